@@ -1,0 +1,137 @@
+//! `cargo xtask`: the jobs a person would otherwise type.
+//!
+//! * `cargo xtask ci`: what CI runs (and `.ci/run` calls): installs missing toolchain components, then
+//!   checks formatting, runs clippy with warnings denied, runs every workspace test, and runs the README's
+//!   main command.
+//! * `cargo xtask bench [ARGS...]`: runs the criterion benchmarks; ARGS go to criterion (for example a
+//!   benchmark name filter).
+
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool reports to its terminal")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).with_context(|| format!("cannot enter {}", root.display()))?;
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            println!("usage: cargo xtask <ci | bench [criterion args...]>");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task `{other}`; expected `ci` or `bench`"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    println!("\n==> {program} {}", args.join(" "));
+    let start = Instant::now();
+    let status = Command::new(program).args(args).status().with_context(|| format!("cannot start `{program}`"))?;
+    println!("==> {program} {} took {:.1} s", args.first().copied().unwrap_or(""), start.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Whether `cargo <sub> --version` works, i.e. the toolchain component is installed.
+fn has_cargo_subcommand(sub: &str) -> bool {
+    Command::new("cargo").args([sub, "--version"]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Installs rustfmt and clippy when a fresh toolchain lacks them.
+fn ensure_components() -> Result<()> {
+    let missing: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(sub, _)| !has_cargo_subcommand(sub))
+        .map(|(_, component)| component)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["component", "add"];
+    args.extend(&missing);
+    run("rustup", &args)
+}
+
+/// Passed and failed counts summed over the `test result:` lines of libtest.
+#[derive(Default)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestCounts {
+    /// Adds the counts of a line such as `test result: ok. 23 passed; 0 failed; 0 ignored; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs the workspace tests, echoing their output, and returns the summed counts.
+fn run_tests(args: &[&str]) -> Result<TestCounts> {
+    println!("\n==> cargo {}", args.join(" "));
+    let start = Instant::now();
+    let mut child = Command::new("cargo").args(args).stdout(Stdio::piped()).spawn().context("cannot start cargo")?;
+    let mut counts = TestCounts::default();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading test output")?;
+            println!("{line}");
+            counts.add_line(&line);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("==> cargo test took {:.1} s", start.elapsed().as_secs_f64());
+    if !status.success() {
+        println!("tests: {} passed, {} failed", counts.passed, counts.failed.max(1));
+        bail!("`cargo {}` failed with {status}", args.join(" "));
+    }
+    Ok(counts)
+}
+
+fn ci() -> Result<()> {
+    let start = Instant::now();
+    ensure_components()?;
+    run("cargo", &["fmt", "--all", "--", "--check"])?;
+    run("cargo", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    let counts = run_tests(&["test", "--workspace", "--locked"])?;
+    // The README's main command, exactly as written there.
+    run("cargo", &["run", "--release", "--locked", "--example", "quickstart"])?;
+    println!("\nci: all steps passed in {:.0} s", start.elapsed().as_secs_f64());
+    // The closing line CI reads: the tests of every crate, summed.
+    println!("tests: {} passed, {} failed", counts.passed, counts.failed);
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let mut cmd = vec!["bench", "--locked", "-p", "m2m-benches"];
+    if !args.is_empty() {
+        cmd.push("--");
+        cmd.extend(args.iter().map(String::as_str));
+    }
+    run("cargo", &cmd)
+}
