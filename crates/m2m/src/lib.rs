@@ -1,0 +1,17 @@
+//! M2M: a vector search engine and training data lake over Gaussian splats.
+//!
+//! This facade wires the layer crates together and re-exports them; the logic lives in the layers. Today
+//! it exposes the splat layer ([`splat`], with its main types at the top level); retrieval, storage, the
+//! GPU backend and the training data lake join as their crates are built (see `ARCHITECTURE.md`).
+//!
+//! ```
+//! use m2m::{Batch, SplatSet};
+//! let mut set = SplatSet::new(3)?;
+//! set.append(Batch::new(&[1.0, 2.0, 2.0], 3))?;
+//! assert_eq!(set.mu_row(0), &[1.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0]);
+//! # Ok::<(), m2m::splat::Error>(())
+//! ```
+
+/// The splat layer: types, validation, vector files and the built-in data set.
+pub use m2m_splat as splat;
+pub use m2m_splat::{Batch, DigitsConfig, Metric, Splat, SplatId, SplatRef, SplatSet, digits_on_sphere};
