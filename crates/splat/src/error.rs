@@ -131,6 +131,12 @@ pub enum Error {
     },
 }
 
+// Errors cross threads (prefetch workers, rayon) and go into `anyhow`: keep them Send + Sync.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Error>();
+};
+
 /// Result alias for m2m-splat.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -23,6 +23,9 @@ compile_error!(
     "m2m-splat copies little-endian file bytes straight into f32/i32 buffers; big-endian hosts are not supported"
 );
 
+/// Size of the buffer `.fvecs`/`.ivecs` records pass through between the file and the caller's rows.
+const SCRATCH_BYTES: usize = 4 << 20;
+
 /// A file format for vectors, chosen by file extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum VectorFormat {
@@ -192,7 +195,7 @@ impl VectorReader {
         let dim = self.info.dim;
         let start = out.len();
         out.resize(start + rows * dim, T::zeroed());
-        let result = self.fill(rows, bytemuck::cast_slice_mut(&mut out[start..]));
+        let result = self.fill(bytemuck::cast_slice_mut(&mut out[start..]));
         match result {
             Ok(()) => {
                 self.next_row += rows as u64;
@@ -207,8 +210,8 @@ impl VectorReader {
         }
     }
 
-    /// Reads `rows` records into `dst` (exactly `rows * dim * 4` bytes).
-    fn fill(&mut self, rows: usize, dst: &mut [u8]) -> Result<()> {
+    /// Reads the next `dst.len() / (4 * dim)` records' values into `dst`.
+    fn fill(&mut self, dst: &mut [u8]) -> Result<()> {
         let start_offset = self.data_offset + self.next_row * self.record_bytes();
         let eof = |e: std::io::Error, path: &Path| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -220,14 +223,19 @@ impl VectorReader {
         match self.info.format {
             VectorFormat::Npy => self.file.read_exact(dst).map_err(|e| eof(e, &self.path)),
             VectorFormat::Fvecs | VectorFormat::Ivecs => {
+                // Records go through a scratch buffer of about SCRATCH_BYTES, so reading a whole file does
+                // not hold a second copy of it.
                 let record = self.record_bytes() as usize;
-                self.scratch.resize(rows * record, 0);
-                self.file.read_exact(&mut self.scratch).map_err(|e| eof(e, &self.path))?;
                 let payload_len = record - fvecs::HEADER as usize;
-                for (i, (src, dst)) in
-                    self.scratch.chunks_exact(record).zip(dst.chunks_exact_mut(payload_len)).enumerate()
-                {
-                    dst.copy_from_slice(fvecs::payload(&self.path, src, self.next_row + i as u64, self.info.dim)?);
+                let block_rows = (SCRATCH_BYTES / record).max(1);
+                let mut row = self.next_row;
+                for dst in dst.chunks_mut(block_rows * payload_len) {
+                    self.scratch.resize(dst.len() / payload_len * record, 0);
+                    self.file.read_exact(&mut self.scratch).map_err(|e| eof(e, &self.path))?;
+                    for (src, dst) in self.scratch.chunks_exact(record).zip(dst.chunks_exact_mut(payload_len)) {
+                        dst.copy_from_slice(fvecs::payload(&self.path, src, row, self.info.dim)?);
+                        row += 1;
+                    }
                 }
                 Ok(())
             }
@@ -399,13 +407,20 @@ impl<T: Element> VectorWriter<T> {
             VectorFormat::Npy => self.write_bytes(bytemuck::cast_slice(data))?,
             VectorFormat::Fvecs | VectorFormat::Ivecs => {
                 let head = (self.dim as i32).to_le_bytes();
+                let block_rows = (SCRATCH_BYTES / (4 + 4 * self.dim)).max(1);
                 let mut scratch = std::mem::take(&mut self.scratch);
-                scratch.clear();
-                for row in data.chunks_exact(self.dim) {
-                    scratch.extend_from_slice(&head);
-                    scratch.extend_from_slice(bytemuck::cast_slice(row));
+                let mut written = Ok(());
+                for block in data.chunks(block_rows * self.dim) {
+                    scratch.clear();
+                    for row in block.chunks_exact(self.dim) {
+                        scratch.extend_from_slice(&head);
+                        scratch.extend_from_slice(bytemuck::cast_slice(row));
+                    }
+                    written = self.write_bytes(&scratch);
+                    if written.is_err() {
+                        break;
+                    }
                 }
-                let written = self.write_bytes(&scratch);
                 self.scratch = scratch;
                 written?;
             }

@@ -233,6 +233,21 @@ fn fvecs_corruption_is_located() {
 }
 
 #[test]
+fn fvecs_spanning_many_read_blocks_round_trips_and_locates_late_corruption() {
+    // 10,000 rows of 256 floats is about 10 MB: several of the reader's and writer's 4 MiB blocks.
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, dim) = (10_000, 256);
+    let path = write_f32(dir.path(), "big.fvecs", rows, dim);
+    assert_eq!(read_vectors::<f32>(&path).unwrap().data, sample(rows, dim));
+
+    let record = 4 + 4 * dim;
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[9_000 * record..9_000 * record + 4].copy_from_slice(&7i32.to_le_bytes());
+    fs::write(&path, &bytes).unwrap();
+    assert_eq!(corrupt_offset(open_and_read(&path), &path), 9_000 * record as u64);
+}
+
+#[test]
 fn npy_corruption_is_located_or_unsupported() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_f32(dir.path(), "c.npy", 6, 3);
