@@ -1,7 +1,35 @@
-//! m2m-index: the retrieval core of M2M (built by the index issue).
+//! m2m-index: the retrieval core of M2M.
 //!
-//! It will own the hierarchical KMeans++ tree (coarse centroids, then fine clusters, vectors stored
-//! cluster-major), the compressed codes kept in the hot tier, the distance kernels with runtime SIMD
-//! dispatch, and `retrieve(query, k, lod)` at LOD 0 (centroids), LOD 1 (codes), LOD 2 (exact re-rank) and
-//! exhaustive exact search. It does no file IO: every index part serialises so that m2m-tier can persist
-//! it. Nothing is implemented yet; this crate exists so the workspace has its final shape.
+//! A two-level k-means tree (coarse centroids, fine clusters under them) over cluster-major storage, with
+//! SQ8 codes of every vector for fast estimated scores, and four levels of detail:
+//!
+//! * [`Lod::Centroids`] (LOD 0): the representatives of the nearest fine clusters, from centroids alone;
+//! * [`Lod::Codes`] (LOD 1): SQ8 estimates over the members of the `nprobe` nearest clusters;
+//! * [`Lod::Rerank`] (LOD 2, default): LOD 1 candidates re-ranked with exact full-precision scores;
+//! * [`Lod::Exact`]: an exhaustive scan, blocked over queries in batches.
+//!
+//! The distance kernels ([`kernels`]) dispatch at run time to AVX-512 (with VNNI for the codes),
+//! AVX2+FMA or portable code. The index does no file IO: [`IndexParts`] serialises with serde so that
+//! m2m-tier can persist it.
+//!
+//! ```
+//! use m2m_index::{Index, IndexConfig, Lod, SearchParams};
+//!
+//! let dim = 8;
+//! let vectors: Vec<f32> = (0..400 * dim).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+//! let ids: Vec<u64> = (0..400).collect();
+//! let index = Index::build(&IndexConfig::default(), dim, &vectors, &ids)?;
+//! let hits = index.search(&vectors[5 * dim..6 * dim], 3, Lod::Exact, &SearchParams::default())?;
+//! assert_eq!(hits[0].id, 5); // a vector is its own nearest neighbour
+//! # Ok::<(), m2m_index::Error>(())
+//! ```
+
+mod error;
+mod index;
+pub mod kernels;
+mod kmeans;
+mod topk;
+
+pub use error::{Error, Result};
+pub use index::{Cluster, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};
+pub use m2m_splat::Metric;

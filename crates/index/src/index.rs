@@ -1,0 +1,1071 @@
+//! The level-of-detail index: a two-level k-means tree over cluster-major storage with SQ8 codes.
+//!
+//! Structure. `n_coarse` coarse centroids partition the vectors; inside each coarse partition k-means
+//! places fine centroids in proportion to the partition's size (`n_fine` in all). Each fine cluster stores
+//! its members contiguously: ids, full-precision vectors, SQ8 codes of their residuals to the fine
+//! centroid, and (for L2) half squared norms, plus a representative member (the one nearest the centroid).
+//!
+//! Scores. Internally every metric is a similarity, higher is better: `q . x` for cosine (on unit vectors)
+//! and inner product, `q . x - |x|^2 / 2` for L2 (the same order as `-|q - x|^2`). Hits report cosine
+//! similarity, inner product, or squared L2 distance (`|q|^2 - 2 s`); the best hit comes first either way.
+//!
+//! SQ8 codes. The residual `r = x - c` of each vector to its fine centroid is quantised per dimension:
+//! `code_j = round((r_j - min_j) / step_j)` with global `min_j`, `step_j = (max_j - min_j) / 255`. Then
+//! `q . x ~ q . c + q . min + sum_j (q_j step_j) code_j`; the last sum runs in integers (`q_j step_j`
+//! scaled to i8), on AVX-512 VNNI where the CPU has it. Codes take `dim` bytes per vector, a quarter of
+//! the full vectors, and only they are read at LOD 1.
+
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::{Isa, dot, dots, sq8_dots_with};
+use crate::kmeans::KMeans;
+use crate::topk::{Entry, TopK};
+use crate::{Error, Metric, Result};
+
+/// Settings of [`Index::build`]. Every field has a documented default; `None` counts are derived from N.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexConfig {
+    /// Metric. Default cosine.
+    pub metric: Metric,
+    /// Fine clusters. Default `round(4 * sqrt(N))`, the usual IVF rule (about 1,058 at N = 70,000).
+    pub n_fine: Option<usize>,
+    /// Coarse clusters. Default `round(sqrt(n_fine))`.
+    pub n_coarse: Option<usize>,
+    /// Lloyd iterations per k-means. Default 10.
+    pub kmeans_iters: usize,
+    /// Each k-means trains on at most this many rows per centroid (a seeded sample). Default 128.
+    pub train_per_centroid: usize,
+    /// A fine cluster larger than this multiple of the mean size is split in two. Default 3.0.
+    pub max_cluster_factor: f32,
+    /// Seed of every random choice. Default 42.
+    pub seed: u64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            metric: Metric::Cosine,
+            n_fine: None,
+            n_coarse: None,
+            kmeans_iters: 10,
+            train_per_centroid: 128,
+            max_cluster_factor: 3.0,
+            seed: 42,
+        }
+    }
+}
+
+impl IndexConfig {
+    /// Sets the metric.
+    pub fn metric(mut self, metric: Metric) -> Self {
+        self.metric = metric;
+        self
+    }
+
+    /// Sets the number of fine clusters.
+    pub fn n_fine(mut self, n: usize) -> Self {
+        self.n_fine = Some(n);
+        self
+    }
+
+    /// Sets the number of coarse clusters.
+    pub fn n_coarse(mut self, n: usize) -> Self {
+        self.n_coarse = Some(n);
+        self
+    }
+
+    /// Sets the seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |what, reason: &str| Err(Error::InvalidConfig { what, reason: reason.into() });
+        if self.n_fine == Some(0) {
+            return bad("n_fine", "must be at least 1");
+        }
+        if self.n_coarse == Some(0) {
+            return bad("n_coarse", "must be at least 1");
+        }
+        if self.train_per_centroid == 0 {
+            return bad("train_per_centroid", "must be at least 1");
+        }
+        if !(self.max_cluster_factor.is_finite() && self.max_cluster_factor > 1.0) {
+            return bad("max_cluster_factor", "must be finite and > 1");
+        }
+        Ok(())
+    }
+}
+
+/// Level of detail of a search.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Lod {
+    /// LOD 0: centroids only; each hit is the representative member of one of the nearest fine clusters,
+    /// scored by its centroid. No code or vector is read.
+    Centroids,
+    /// LOD 1: SQ8 estimates over the members of the probed clusters; scores are estimates.
+    Codes,
+    /// LOD 2: LOD 1 candidates re-ranked with exact full-precision scores. The default.
+    #[default]
+    Rerank,
+    /// Exhaustive exact scan: recall 1.
+    Exact,
+}
+
+impl Lod {
+    /// LOD by number: 0, 1, 2; anything above 2 is exact.
+    pub fn from_level(level: u8) -> Lod {
+        match level {
+            0 => Lod::Centroids,
+            1 => Lod::Codes,
+            2 => Lod::Rerank,
+            _ => Lod::Exact,
+        }
+    }
+}
+
+/// Search knobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchParams {
+    /// Fine clusters whose members are scored (LOD 1 and 2). Default 48.
+    pub nprobe: usize,
+    /// Coarse clusters whose fine centroids are ranked; 0 ranks every fine centroid. Default 0.
+    pub coarse_probe: usize,
+    /// LOD 2: candidates from the codes that are re-ranked exactly; 0 means `max(4k, 40)`. Default 0.
+    pub rerank: usize,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        SearchParams { nprobe: 48, coarse_probe: 0, rerank: 0 }
+    }
+}
+
+/// One result: an id and its score (cosine similarity, inner product, or squared L2 distance).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    /// The vector's id.
+    pub id: u64,
+    /// Its score under the index's metric.
+    pub score: f32,
+}
+
+/// The members of one fine cluster, stored contiguously.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Member ids.
+    pub ids: Vec<u64>,
+    /// Member vectors (unit for cosine), row-major.
+    pub vectors: Vec<f32>,
+    /// SQ8 codes of the residuals, `dim` bytes per member.
+    pub codes: Vec<u8>,
+    /// `|x|^2 / 2` per member for L2, empty otherwise.
+    pub half_sq_norms: Vec<f32>,
+    /// The member nearest the centroid, if any.
+    pub representative: Option<u64>,
+}
+
+impl Cluster {
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the cluster has no member.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Every part of an index, as it is serialised (see [`Index::parts`] and [`Index::from_parts`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexParts {
+    /// The build settings.
+    pub config: IndexConfig,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Coarse centroids, row-major.
+    pub coarse: Vec<f32>,
+    /// Fine centroids, row-major; the fine clusters of coarse `c` are `children[c]`.
+    pub fine: Vec<f32>,
+    /// Fine cluster indices under each coarse centroid.
+    pub children: Vec<Vec<u32>>,
+    /// The fine clusters' members.
+    pub clusters: Vec<Cluster>,
+    /// SQ8 offset per dimension.
+    pub sq_min: Vec<f32>,
+    /// SQ8 step per dimension.
+    pub sq_step: Vec<f32>,
+    /// Mean members per fine cluster at build time (the reference for rebalancing).
+    pub target_cluster_size: f32,
+}
+
+/// Per-query working memory; reuse one per thread to search without allocating.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    q: Vec<f32>,
+    coarse_scores: Vec<f32>,
+    fine: Vec<(f32, u32)>,
+    child_scores: Vec<f32>,
+    qi8: Vec<i8>,
+    est: Vec<i32>,
+    top: TopK,
+    top2: TopK,
+}
+
+/// A prepared query: the vector as the index compares it, plus what is needed to report scores.
+struct Query {
+    q_sq: f32,
+}
+
+/// A built index. Immutable for search (`&self`); updates take `&mut self`.
+#[derive(Clone, Debug)]
+pub struct Index {
+    p: IndexParts,
+    /// Per coarse centroid: its children's centroids, contiguous, and their biases.
+    child_centroids: Vec<Vec<f32>>,
+    coarse_bias: Vec<f32>,
+    fine_bias: Vec<f32>,
+    locations: HashMap<u64, (u32, u32)>,
+    isa: Isa,
+}
+
+/// Counts of [`Index::rebalance`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RebalanceReport {
+    /// Clusters that were split.
+    pub split: usize,
+    /// Clusters after rebalancing.
+    pub clusters: usize,
+}
+
+fn check_rows(data: &[f32], dim: usize) -> Result<usize> {
+    if !data.len().is_multiple_of(dim) {
+        return Err(Error::RaggedBatch { len: data.len(), dim });
+    }
+    Ok(data.len() / dim)
+}
+
+/// Validates rows and returns them as the index stores them (normalised for cosine).
+fn prepare_rows(metric: Metric, data: &[f32], dim: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; data.len()];
+    for (row, (src, dst)) in data.chunks_exact(dim).zip(out.chunks_exact_mut(dim)).enumerate() {
+        if metric == Metric::Cosine {
+            m2m_splat::normalize_into(src, dst, row)?;
+        } else {
+            if let Some((column, &value)) = src.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::NonFinite { row, column, value });
+            }
+            dst.copy_from_slice(src);
+        }
+    }
+    Ok(out)
+}
+
+fn bias(metric: Metric, v: &[f32]) -> f32 {
+    if metric == Metric::L2 { -0.5 * dot(v, v) } else { 0.0 }
+}
+
+/// Derived cluster counts for `n` vectors.
+fn cluster_counts(config: &IndexConfig, n: usize) -> (usize, usize) {
+    let n_fine = config.n_fine.unwrap_or_else(|| (4.0 * (n as f64).sqrt()).round() as usize).clamp(1, n);
+    let n_coarse = config.n_coarse.unwrap_or_else(|| (n_fine as f64).sqrt().round() as usize).clamp(1, n_fine);
+    (n_fine, n_coarse)
+}
+
+impl Index {
+    /// Builds an index over `vectors` (row-major, `dim` per row) with the given ids.
+    ///
+    /// Errors: [`Error::EmptyBuild`], [`Error::RaggedBatch`], [`Error::IdCount`], [`Error::DuplicateId`],
+    /// [`Error::NonFinite`], [`Error::ZeroNorm`] (cosine), [`Error::InvalidConfig`].
+    pub fn build(config: &IndexConfig, dim: usize, vectors: &[f32], ids: &[u64]) -> Result<Index> {
+        config.check()?;
+        if dim == 0 {
+            return Err(Error::InvalidConfig { what: "dim", reason: "must be at least 1".into() });
+        }
+        let n = check_rows(vectors, dim)?;
+        if n == 0 {
+            return Err(Error::EmptyBuild);
+        }
+        if ids.len() != n {
+            return Err(Error::IdCount { ids: ids.len(), rows: n });
+        }
+        let mut seen = HashSet::with_capacity(n);
+        if let Some(&id) = ids.iter().find(|&&id| !seen.insert(id)) {
+            return Err(Error::DuplicateId { id });
+        }
+        drop(seen);
+        let metric = config.metric;
+        let data = prepare_rows(metric, vectors, dim)?;
+        let spherical = metric == Metric::Cosine;
+        let (n_fine, n_coarse) = cluster_counts(config, n);
+
+        // Level 1: coarse k-means over a sample, then every row assigned.
+        let coarse_km = KMeans {
+            k: n_coarse,
+            iters: config.kmeans_iters,
+            spherical,
+            max_train: config.train_per_centroid.saturating_mul(n_coarse).max(n_coarse),
+            seed: config.seed,
+        };
+        let coarse = coarse_km.run(&data, dim);
+        let n_coarse = coarse.centroids.len() / dim;
+        let mut members: Vec<Vec<u32>> = vec![Vec::new(); n_coarse];
+        for (row, &c) in coarse.assign.iter().enumerate() {
+            members[c as usize].push(row as u32);
+        }
+
+        // Level 2: inside each coarse partition, fine clusters in proportion to its size.
+        let cap = ((n as f64 / n_fine as f64) * f64::from(config.max_cluster_factor)).ceil().max(2.0) as usize;
+        let partitions: Vec<(Vec<f32>, Vec<Vec<u32>>)> = members
+            .par_iter()
+            .enumerate()
+            .map(|(c, rows)| {
+                if rows.is_empty() {
+                    return (Vec::new(), Vec::new());
+                }
+                let local: Vec<f32> =
+                    rows.iter().flat_map(|&r| data[r as usize * dim..][..dim].iter().copied()).collect();
+                let k = ((n_fine as f64 * rows.len() as f64 / n as f64).round() as usize).clamp(1, rows.len());
+                let km = KMeans {
+                    k,
+                    iters: config.kmeans_iters,
+                    spherical,
+                    max_train: config.train_per_centroid.saturating_mul(k).max(k),
+                    seed: config.seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                };
+                let r = km.run(&local, dim);
+                let k = r.centroids.len() / dim;
+                let mut groups: Vec<Vec<u32>> = vec![Vec::new(); k];
+                for (i, &f) in r.assign.iter().enumerate() {
+                    groups[f as usize].push(rows[i]);
+                }
+                let (centroids, groups) = split_oversized(&data, dim, r.centroids, groups, cap, spherical, km.seed);
+                // Drop clusters that ended empty: they would only cost probes.
+                let mut cents = Vec::new();
+                let mut kept = Vec::new();
+                for (cent, g) in centroids.chunks_exact(dim).zip(groups) {
+                    if !g.is_empty() {
+                        cents.extend_from_slice(cent);
+                        kept.push(g);
+                    }
+                }
+                (cents, kept)
+            })
+            .collect();
+
+        let mut fine = Vec::new();
+        let mut children = Vec::with_capacity(n_coarse);
+        let mut groups = Vec::new();
+        for (cents, g) in partitions {
+            let start = groups.len() as u32;
+            children.push((start..start + g.len() as u32).collect());
+            fine.extend_from_slice(&cents);
+            groups.extend(g);
+        }
+
+        // SQ8 ranges over every residual (min/max are order independent, so this is deterministic).
+        let (sq_min, sq_max) = groups
+            .par_iter()
+            .enumerate()
+            .map(|(f, rows)| {
+                let c = &fine[f * dim..][..dim];
+                let mut lo = vec![f32::INFINITY; dim];
+                let mut hi = vec![f32::NEG_INFINITY; dim];
+                for &r in rows {
+                    for (j, (&x, &cj)) in data[r as usize * dim..][..dim].iter().zip(c).enumerate() {
+                        lo[j] = lo[j].min(x - cj);
+                        hi[j] = hi[j].max(x - cj);
+                    }
+                }
+                (lo, hi)
+            })
+            .reduce(
+                || (vec![f32::INFINITY; dim], vec![f32::NEG_INFINITY; dim]),
+                |(mut a, mut b), (c, d)| {
+                    a.iter_mut().zip(&c).for_each(|(x, y)| *x = x.min(*y));
+                    b.iter_mut().zip(&d).for_each(|(x, y)| *x = x.max(*y));
+                    (a, b)
+                },
+            );
+        let sq_step: Vec<f32> =
+            sq_min.iter().zip(&sq_max).map(|(&lo, &hi)| ((hi - lo) / 255.0).max(f32::MIN_POSITIVE)).collect();
+
+        let mut p = IndexParts {
+            config: config.clone(),
+            dim,
+            coarse: coarse.centroids,
+            fine,
+            children,
+            clusters: Vec::new(),
+            sq_min,
+            sq_step,
+            target_cluster_size: n as f32 / groups.len().max(1) as f32,
+        };
+        p.clusters = groups
+            .par_iter()
+            .enumerate()
+            .map(|(f, rows)| {
+                let mut cl = Cluster::default();
+                for &r in rows {
+                    let x = &data[r as usize * dim..][..dim];
+                    push_member(&p, f, &mut cl, ids[r as usize], x);
+                }
+                cl.representative = representative(&p, f, &cl);
+                cl
+            })
+            .collect();
+        Index::from_parts(p)
+    }
+
+    /// Rebuilds an index from its parts (after deserialisation), checking that they agree.
+    pub fn from_parts(p: IndexParts) -> Result<Index> {
+        let corrupt = |reason: String| Err(Error::Corrupt { reason });
+        let dim = p.dim;
+        if dim == 0 {
+            return corrupt("dimension 0".into());
+        }
+        let n_coarse = p.coarse.len() / dim;
+        let n_fine = p.fine.len() / dim;
+        if !p.coarse.len().is_multiple_of(dim) || !p.fine.len().is_multiple_of(dim) || n_coarse == 0 {
+            return corrupt("centroid arrays are not whole rows".into());
+        }
+        if p.children.len() != n_coarse || p.clusters.len() != n_fine {
+            return corrupt(format!(
+                "{} child lists for {n_coarse} coarse centroids, {} clusters for {n_fine} fine centroids",
+                p.children.len(),
+                p.clusters.len()
+            ));
+        }
+        let mut owned = vec![false; n_fine];
+        for &f in p.children.iter().flatten() {
+            match owned.get_mut(f as usize) {
+                Some(o) if !*o => *o = true,
+                _ => return corrupt(format!("fine cluster {f} is missing or listed twice")),
+            }
+        }
+        if owned.iter().any(|o| !o) {
+            return corrupt("a fine cluster belongs to no coarse centroid".into());
+        }
+        if p.sq_min.len() != dim || p.sq_step.len() != dim {
+            return corrupt("SQ8 parameters of the wrong length".into());
+        }
+        let l2 = p.config.metric == Metric::L2;
+        let mut locations = HashMap::new();
+        for (f, c) in p.clusters.iter().enumerate() {
+            let m = c.ids.len();
+            if c.vectors.len() != m * dim || c.codes.len() != m * dim || c.half_sq_norms.len() != if l2 { m } else { 0 }
+            {
+                return corrupt(format!("cluster {f}: column lengths disagree with {m} members"));
+            }
+            for (pos, &id) in c.ids.iter().enumerate() {
+                if locations.insert(id, (f as u32, pos as u32)).is_some() {
+                    return corrupt(format!("id {id} stored twice"));
+                }
+            }
+        }
+        let metric = p.config.metric;
+        let coarse_bias = p.coarse.chunks_exact(dim).map(|c| bias(metric, c)).collect();
+        let fine_bias: Vec<f32> = p.fine.chunks_exact(dim).map(|c| bias(metric, c)).collect();
+        let child_centroids = p
+            .children
+            .iter()
+            .map(|ch| ch.iter().flat_map(|&f| p.fine[f as usize * dim..][..dim].iter().copied()).collect())
+            .collect();
+        Ok(Index { p, child_centroids, coarse_bias, fine_bias, locations, isa: Isa::best() })
+    }
+
+    /// The index's parts, for persistence.
+    pub fn parts(&self) -> &IndexParts {
+        &self.p
+    }
+
+    /// Dimension of vectors and queries.
+    pub fn dim(&self) -> usize {
+        self.p.dim
+    }
+
+    /// The metric.
+    pub fn metric(&self) -> Metric {
+        self.p.config.metric
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.locations.len()
+    }
+
+    /// Whether the index holds no vector (possible after deletes).
+    pub fn is_empty(&self) -> bool {
+        self.locations.is_empty()
+    }
+
+    /// Number of fine clusters.
+    pub fn n_fine(&self) -> usize {
+        self.p.clusters.len()
+    }
+
+    /// Number of coarse clusters.
+    pub fn n_coarse(&self) -> usize {
+        self.p.children.len()
+    }
+
+    /// Whether `id` is in the index.
+    pub fn contains(&self, id: u64) -> bool {
+        self.locations.contains_key(&id)
+    }
+
+    /// Bytes of the parts that a search at LOD 1 reads (centroids and codes): what the hot tier holds.
+    pub fn hot_bytes(&self) -> usize {
+        4 * (self.p.coarse.len() + self.p.fine.len()) + self.p.clusters.iter().map(|c| c.codes.len()).sum::<usize>()
+    }
+
+    fn check_query(&self, q: &[f32], k: usize) -> Result<()> {
+        if k == 0 {
+            return Err(Error::ZeroK);
+        }
+        if q.len() != self.p.dim {
+            return Err(Error::DimensionMismatch { expected: self.p.dim, got: q.len() });
+        }
+        Ok(())
+    }
+
+    /// Copies `q` into scratch as the index compares it (normalised for cosine).
+    fn prepare(&self, q: &[f32], s: &mut Scratch) -> Result<Query> {
+        s.q.resize(self.p.dim, 0.0);
+        if self.metric() == Metric::Cosine {
+            m2m_splat::normalize_into(q, &mut s.q, 0)?;
+        } else {
+            if let Some((column, &value)) = q.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::NonFinite { row: 0, column, value });
+            }
+            s.q.copy_from_slice(q);
+        }
+        Ok(Query { q_sq: dot(&s.q, &s.q) })
+    }
+
+    /// Reported score from an internal similarity.
+    fn report(&self, q: &Query, s: f32) -> f32 {
+        if self.metric() == Metric::L2 { (q.q_sq - 2.0 * s).max(0.0) } else { s }
+    }
+
+    /// Searches one query. Hits are sorted best first (highest similarity, or lowest L2 distance).
+    ///
+    /// Errors: [`Error::ZeroK`], [`Error::DimensionMismatch`], [`Error::NonFinite`], [`Error::ZeroNorm`].
+    pub fn search(&self, query: &[f32], k: usize, lod: Lod, params: &SearchParams) -> Result<Vec<Hit>> {
+        self.search_with(query, k, lod, params, &mut Scratch::default())
+    }
+
+    /// [`search`](Self::search) with caller-owned scratch space.
+    pub fn search_with(
+        &self,
+        query: &[f32],
+        k: usize,
+        lod: Lod,
+        params: &SearchParams,
+        s: &mut Scratch,
+    ) -> Result<Vec<Hit>> {
+        self.check_query(query, k)?;
+        let q = self.prepare(query, s)?;
+        let entries = match lod {
+            Lod::Centroids => return Ok(self.lod0(&q, k, params, s)),
+            Lod::Codes => {
+                self.rank_fine(params, s);
+                self.scan_codes(k, k, params.nprobe, s);
+                s.top.drain_sorted()
+            }
+            Lod::Rerank => {
+                let depth = if params.rerank == 0 { (4 * k).max(40) } else { params.rerank.max(k) };
+                self.rank_fine(params, s);
+                self.scan_codes(k, depth, params.nprobe, s);
+                self.rerank(k, s)
+            }
+            Lod::Exact => {
+                s.top.reset(k);
+                for (f, cl) in self.p.clusters.iter().enumerate() {
+                    self.score_exact(f, cl, &s.q, &mut s.top, &mut s.child_scores);
+                }
+                s.top.drain_sorted()
+            }
+        };
+        Ok(entries.iter().map(|e| self.hit(&q, e)).collect())
+    }
+
+    fn hit(&self, q: &Query, e: &Entry) -> Hit {
+        Hit { id: self.p.clusters[e.cluster as usize].ids[e.pos as usize], score: self.report(q, e.score) }
+    }
+
+    /// Searches many queries (row-major) in parallel; one result list per query, in order.
+    pub fn search_batch(&self, queries: &[f32], k: usize, lod: Lod, params: &SearchParams) -> Result<Vec<Vec<Hit>>> {
+        let dim = self.p.dim;
+        let n = check_rows(queries, dim)?;
+        if k == 0 {
+            return Err(Error::ZeroK);
+        }
+        if lod == Lod::Exact {
+            return self.exact_batch(queries, n, k);
+        }
+        queries
+            .par_chunks(dim)
+            .map_init(Scratch::default, |s, q| self.search_with(q, k, lod, params, s))
+            .enumerate()
+            .map(|(row, r)| r.map_err(|e| with_row(e, row)))
+            .collect()
+    }
+
+    /// Exact search blocked over queries: each cluster's vectors are scored against 32 queries at a time
+    /// while they sit in cache.
+    fn exact_batch(&self, queries: &[f32], n: usize, k: usize) -> Result<Vec<Vec<Hit>>> {
+        const BLOCK: usize = 32;
+        let dim = self.p.dim;
+        let blocks: Vec<Result<Vec<Vec<Hit>>>> = queries
+            .par_chunks(BLOCK * dim)
+            .enumerate()
+            .map(|(b, block)| {
+                let nq = block.len() / dim;
+                let mut prepared = vec![0.0f32; block.len()];
+                let mut qs = Vec::with_capacity(nq);
+                let mut s = Scratch::default();
+                for (i, (src, dst)) in block.chunks_exact(dim).zip(prepared.chunks_exact_mut(dim)).enumerate() {
+                    let q = self.prepare(src, &mut s).map_err(|e| with_row(e, b * BLOCK + i))?;
+                    dst.copy_from_slice(&s.q);
+                    qs.push(q);
+                }
+                let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::default()).collect();
+                tops.iter_mut().for_each(|t| t.reset(k));
+                let mut scores = Vec::new();
+                for (f, cl) in self.p.clusters.iter().enumerate() {
+                    let m = cl.len();
+                    if m == 0 {
+                        continue;
+                    }
+                    scores.resize(nq * m, 0.0);
+                    crate::kernels::dots_many_with(self.isa, &prepared, &cl.vectors, dim, &mut scores);
+                    for (t, row) in tops.iter_mut().zip(scores.chunks_exact(m)) {
+                        for (pos, &sc) in row.iter().enumerate() {
+                            let sc = if cl.half_sq_norms.is_empty() { sc } else { sc - cl.half_sq_norms[pos] };
+                            if sc > t.threshold() {
+                                t.push(Entry { score: sc, cluster: f as u32, pos: pos as u32 });
+                            }
+                        }
+                    }
+                }
+                Ok(tops
+                    .iter_mut()
+                    .zip(&qs)
+                    .map(|(t, q)| t.drain_sorted().iter().map(|e| self.hit(q, e)).collect())
+                    .collect())
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for b in blocks {
+            out.extend(b?);
+        }
+        Ok(out)
+    }
+
+    /// Ranks fine clusters by centroid score into `s.fine` (best first, all candidates).
+    fn rank_fine(&self, params: &SearchParams, s: &mut Scratch) {
+        let n_coarse = self.n_coarse();
+        s.fine.clear();
+        let coarse_probe = if params.coarse_probe == 0 { n_coarse } else { params.coarse_probe.min(n_coarse) };
+        let mut chosen: Vec<u32> = (0..n_coarse as u32).collect();
+        if coarse_probe < n_coarse {
+            s.coarse_scores.resize(n_coarse, 0.0);
+            dots(&s.q, &self.p.coarse, &mut s.coarse_scores);
+            let sc: Vec<f32> = s.coarse_scores.iter().zip(&self.coarse_bias).map(|(a, b)| a + b).collect();
+            chosen.select_nth_unstable_by(coarse_probe - 1, |&a, &b| sc[b as usize].total_cmp(&sc[a as usize]));
+            chosen.truncate(coarse_probe);
+        }
+        for &c in &chosen {
+            let children = &self.p.children[c as usize];
+            s.child_scores.resize(children.len(), 0.0);
+            dots(&s.q, &self.child_centroids[c as usize], &mut s.child_scores);
+            for (&f, &v) in children.iter().zip(&s.child_scores) {
+                s.fine.push((v, f));
+            }
+        }
+    }
+
+    /// Moves the `n` best fine clusters of `s.fine` (by biased score) to its front, best first; the rest
+    /// follow in no order. Entries keep the unbiased `q . c`.
+    fn top_fine(&self, n: usize, s: &mut Scratch) {
+        let bias = &self.fine_bias;
+        let key = |e: &(f32, u32)| e.0 + bias[e.1 as usize];
+        let n = n.min(s.fine.len());
+        if n == 0 {
+            return;
+        }
+        if n < s.fine.len() {
+            s.fine.select_nth_unstable_by(n - 1, |a, b| key(b).total_cmp(&key(a)).then(a.1.cmp(&b.1)));
+        }
+        s.fine[..n].sort_unstable_by(|a, b| key(b).total_cmp(&key(a)).then(a.1.cmp(&b.1)));
+    }
+
+    fn lod0(&self, q: &Query, k: usize, params: &SearchParams, s: &mut Scratch) -> Vec<Hit> {
+        self.rank_fine(params, s);
+        // A few spare clusters for the empty ones; doubled while k representatives are not found.
+        let mut want = (k + k / 2 + 4).min(s.fine.len());
+        let mut hits = Vec::with_capacity(k);
+        loop {
+            self.top_fine(want, s);
+            hits.clear();
+            for &(v, f) in &s.fine[..want] {
+                if let Some(id) = self.p.clusters[f as usize].representative {
+                    hits.push(Hit { id, score: self.report(q, v + self.fine_bias[f as usize]) });
+                    if hits.len() == k {
+                        return hits;
+                    }
+                }
+            }
+            if want >= s.fine.len() {
+                return hits;
+            }
+            want = (want * 2).min(s.fine.len());
+        }
+    }
+
+    /// LOD 1 scan: SQ8 estimates of the members of the best `nprobe` clusters into `s.top` (size `depth`).
+    /// Clusters keep being probed, best first, until at least `k` members were seen, so that a search
+    /// returns k hits whenever the index holds k vectors.
+    fn scan_codes(&self, k: usize, depth: usize, nprobe: usize, s: &mut Scratch) {
+        let dim = self.p.dim;
+        let nprobe = nprobe.clamp(1, s.fine.len().max(1));
+        self.top_fine(nprobe, s);
+        // Quantise w_j = q_j * step_j to i8; q . min is the same for every vector.
+        let mut wmax = 0.0f32;
+        for (q, st) in s.q.iter().zip(&self.p.sq_step) {
+            wmax = wmax.max((q * st).abs());
+        }
+        let scale = if wmax > 0.0 { 127.0 / wmax } else { 1.0 };
+        s.qi8.clear();
+        s.qi8.extend(s.q.iter().zip(&self.p.sq_step).map(|(q, st)| (q * st * scale).round() as i8));
+        let q_min = dot(&s.q, &self.p.sq_min);
+        let inv = 1.0 / scale;
+        s.top.reset(depth);
+        let mut seen = 0usize;
+        let mut i = 0;
+        while i < s.fine.len() {
+            if i == nprobe {
+                if seen >= k {
+                    break;
+                }
+                // Too few members in the probed clusters: order the rest and keep going.
+                let bias = &self.fine_bias;
+                s.fine[nprobe..].sort_unstable_by(|a, b| {
+                    (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
+                });
+            }
+            let (qc, f) = s.fine[i];
+            i += 1;
+            let cl = &self.p.clusters[f as usize];
+            let m = cl.len();
+            if m == 0 {
+                continue;
+            }
+            seen += m;
+            s.est.resize(m, 0);
+            sq8_dots_with(self.isa, &s.qi8, &cl.codes, dim, &mut s.est);
+            let base = qc + q_min;
+            for (pos, &e) in s.est.iter().enumerate() {
+                let mut sc = base + e as f32 * inv;
+                if !cl.half_sq_norms.is_empty() {
+                    sc -= cl.half_sq_norms[pos];
+                }
+                if sc > s.top.threshold() {
+                    s.top.push(Entry { score: sc, cluster: f, pos: pos as u32 });
+                }
+            }
+        }
+    }
+
+    /// LOD 2: exact scores of the candidates in `s.top`, best `k` first.
+    fn rerank(&self, k: usize, s: &mut Scratch) -> Vec<Entry> {
+        let dim = self.p.dim;
+        let candidates = s.top.drain_sorted();
+        s.top2.reset(k);
+        for e in candidates {
+            let cl = &self.p.clusters[e.cluster as usize];
+            let x = &cl.vectors[e.pos as usize * dim..][..dim];
+            let mut sc = crate::kernels::dot_with(self.isa, &s.q, x);
+            if !cl.half_sq_norms.is_empty() {
+                sc -= cl.half_sq_norms[e.pos as usize];
+            }
+            s.top2.push(Entry { score: sc, ..e });
+        }
+        s.top2.drain_sorted()
+    }
+
+    fn score_exact(&self, f: usize, cl: &Cluster, q: &[f32], top: &mut TopK, buf: &mut Vec<f32>) {
+        let m = cl.len();
+        buf.resize(m, 0.0);
+        dots(q, &cl.vectors, buf);
+        for (pos, &sc) in buf.iter().enumerate() {
+            let sc = if cl.half_sq_norms.is_empty() { sc } else { sc - cl.half_sq_norms[pos] };
+            if sc > top.threshold() {
+                top.push(Entry { score: sc, cluster: f as u32, pos: pos as u32 });
+            }
+        }
+    }
+
+    /// The fine cluster a prepared vector belongs to: best coarse centroid, then its best child.
+    fn route(&self, x: &[f32]) -> usize {
+        let mut best = (f32::NEG_INFINITY, 0usize);
+        for (c, (cent, &b)) in self.p.coarse.chunks_exact(self.p.dim).zip(&self.coarse_bias).enumerate() {
+            let v = dot(x, cent) + b;
+            if v > best.0 && !self.p.children[c].is_empty() {
+                best = (v, c);
+            }
+        }
+        let mut fbest = (f32::NEG_INFINITY, 0usize);
+        for &f in &self.p.children[best.1] {
+            let v = dot(x, &self.p.fine[f as usize * self.p.dim..][..self.p.dim]) + self.fine_bias[f as usize];
+            if v > fbest.0 {
+                fbest = (v, f as usize);
+            }
+        }
+        fbest.1
+    }
+
+    /// Inserts vectors after the build: each is routed to its fine cluster and its code appended, without
+    /// a rebuild. The batch is validated whole first; on error nothing is inserted.
+    pub fn insert(&mut self, vectors: &[f32], ids: &[u64]) -> Result<()> {
+        let dim = self.p.dim;
+        let n = check_rows(vectors, dim)?;
+        if ids.len() != n {
+            return Err(Error::IdCount { ids: ids.len(), rows: n });
+        }
+        let mut seen = HashSet::with_capacity(n);
+        if let Some(&id) = ids.iter().find(|&&id| self.locations.contains_key(&id) || !seen.insert(id)) {
+            return Err(Error::DuplicateId { id });
+        }
+        let data = prepare_rows(self.metric(), vectors, dim)?;
+        let routes: Vec<usize> = data.par_chunks(dim).map(|x| self.route(x)).collect();
+        let mut touched = HashSet::new();
+        for ((x, &id), &f) in data.chunks_exact(dim).zip(ids).zip(&routes) {
+            let mut cl = std::mem::take(&mut self.p.clusters[f]);
+            push_member(&self.p, f, &mut cl, id, x);
+            self.locations.insert(id, (f as u32, (cl.len() - 1) as u32));
+            self.p.clusters[f] = cl;
+            touched.insert(f);
+        }
+        for f in touched {
+            self.p.clusters[f].representative = representative(&self.p, f, &self.p.clusters[f]);
+        }
+        Ok(())
+    }
+
+    /// Deletes ids without a rebuild; returns how many were present.
+    pub fn delete(&mut self, ids: &[u64]) -> usize {
+        let dim = self.p.dim;
+        let mut removed = 0;
+        for &id in ids {
+            let Some((f, pos)) = self.locations.remove(&id) else { continue };
+            let (f, pos) = (f as usize, pos as usize);
+            let cl = &mut self.p.clusters[f];
+            let last = cl.len() - 1;
+            cl.ids.swap_remove(pos);
+            if !cl.half_sq_norms.is_empty() {
+                cl.half_sq_norms.swap_remove(pos);
+            }
+            if pos != last {
+                cl.vectors.copy_within(last * dim..(last + 1) * dim, pos * dim);
+                cl.codes.copy_within(last * dim..(last + 1) * dim, pos * dim);
+                self.locations.insert(cl.ids[pos], (f as u32, pos as u32));
+            }
+            cl.vectors.truncate(last * dim);
+            cl.codes.truncate(last * dim);
+            if cl.representative == Some(id) {
+                let rep = representative(&self.p, f, &self.p.clusters[f]);
+                self.p.clusters[f].representative = rep;
+            }
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Whether some fine cluster has grown past `max_cluster_factor` times the build-time mean size.
+    pub fn needs_rebalance(&self) -> bool {
+        let cap = self.cap();
+        self.p.clusters.iter().any(|c| c.len() > cap)
+    }
+
+    fn cap(&self) -> usize {
+        (self.p.target_cluster_size * self.p.config.max_cluster_factor).ceil().max(2.0) as usize
+    }
+
+    /// Splits every fine cluster that drifted past the size cap (2-means inside it, the new cluster under
+    /// the same coarse centroid) and re-derives the SQ8 ranges, re-encoding every code.
+    pub fn rebalance(&mut self) -> RebalanceReport {
+        let dim = self.p.dim;
+        let cap = self.cap();
+        let spherical = self.metric() == Metric::Cosine;
+        let mut report = RebalanceReport::default();
+        let mut f = 0;
+        while f < self.p.clusters.len() {
+            if self.p.clusters[f].len() <= cap {
+                f += 1;
+                continue;
+            }
+            let cl = std::mem::take(&mut self.p.clusters[f]);
+            let km = KMeans { k: 2, iters: 10, spherical, max_train: usize::MAX, seed: self.p.config.seed ^ f as u64 };
+            let r = km.run(&cl.vectors, dim);
+            if r.centroids.len() < 2 * dim || r.assign.iter().all(|&a| a == r.assign[0]) {
+                // Identical vectors cannot be split; keep the cluster as it is.
+                self.p.clusters[f] = cl;
+                f += 1;
+                continue;
+            }
+            let new_f = self.p.clusters.len();
+            self.p.fine[f * dim..(f + 1) * dim].copy_from_slice(&r.centroids[..dim]);
+            self.p.fine.extend_from_slice(&r.centroids[dim..2 * dim]);
+            let parent = self.p.children.iter().position(|ch| ch.contains(&(f as u32))).unwrap_or(0);
+            self.p.children[parent].push(new_f as u32);
+            self.p.clusters.push(Cluster::default());
+            let mut halves = [Cluster::default(), Cluster::default()];
+            for (i, &a) in r.assign.iter().enumerate() {
+                let target = if a == 0 { f } else { new_f };
+                push_member(&self.p, target, &mut halves[a as usize], cl.ids[i], &cl.vectors[i * dim..][..dim]);
+            }
+            let [h0, h1] = halves;
+            self.p.clusters[f] = h0;
+            self.p.clusters[new_f] = h1;
+            report.split += 1;
+        }
+        self.reencode();
+        report.clusters = self.p.clusters.len();
+        report
+    }
+
+    /// Re-derives the SQ8 ranges from the current members, re-encodes every code, and refreshes the
+    /// derived tables.
+    fn reencode(&mut self) {
+        let dim = self.p.dim;
+        let mut lo = vec![f32::INFINITY; dim];
+        let mut hi = vec![f32::NEG_INFINITY; dim];
+        for (f, cl) in self.p.clusters.iter().enumerate() {
+            let c = &self.p.fine[f * dim..][..dim];
+            for x in cl.vectors.chunks_exact(dim) {
+                for j in 0..dim {
+                    lo[j] = lo[j].min(x[j] - c[j]);
+                    hi[j] = hi[j].max(x[j] - c[j]);
+                }
+            }
+        }
+        if lo.iter().all(|v| v.is_finite()) {
+            self.p.sq_step = lo.iter().zip(&hi).map(|(&l, &h)| ((h - l) / 255.0).max(f32::MIN_POSITIVE)).collect();
+            self.p.sq_min = lo;
+        }
+        let mut clusters = std::mem::take(&mut self.p.clusters);
+        clusters.par_iter_mut().enumerate().for_each(|(f, cl)| {
+            let old = std::mem::take(cl);
+            for (i, &id) in old.ids.iter().enumerate() {
+                push_member(&self.p, f, cl, id, &old.vectors[i * dim..][..dim]);
+            }
+            cl.representative = representative(&self.p, f, cl);
+        });
+        self.p.clusters = clusters;
+        let p = std::mem::replace(&mut self.p, empty_parts());
+        // The parts were consistent before and splitting keeps them so.
+        if let Ok(index) = Index::from_parts(p) {
+            *self = index;
+        }
+    }
+}
+
+fn empty_parts() -> IndexParts {
+    IndexParts {
+        config: IndexConfig::default(),
+        dim: 0,
+        coarse: Vec::new(),
+        fine: Vec::new(),
+        children: Vec::new(),
+        clusters: Vec::new(),
+        sq_min: Vec::new(),
+        sq_step: Vec::new(),
+        target_cluster_size: 0.0,
+    }
+}
+
+fn with_row(e: Error, row: usize) -> Error {
+    match e {
+        Error::NonFinite { column, value, .. } => Error::NonFinite { row, column, value },
+        Error::ZeroNorm { .. } => Error::ZeroNorm { row },
+        other => other,
+    }
+}
+
+/// Appends one prepared vector to cluster `f`'s storage `cl` (codes clamp to the SQ8 range).
+fn push_member(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
+    let dim = p.dim;
+    let c = &p.fine[f * dim..][..dim];
+    cl.ids.push(id);
+    cl.vectors.extend_from_slice(x);
+    cl.codes.extend(
+        x.iter()
+            .zip(c)
+            .zip(p.sq_min.iter().zip(&p.sq_step))
+            .map(|((&xj, &cj), (&lo, &st))| ((xj - cj - lo) / st).round().clamp(0.0, 255.0) as u8),
+    );
+    if p.config.metric == Metric::L2 {
+        cl.half_sq_norms.push(0.5 * dot(x, x));
+    }
+}
+
+/// The member of cluster `f` nearest its centroid.
+fn representative(p: &IndexParts, f: usize, cl: &Cluster) -> Option<u64> {
+    let dim = p.dim;
+    let c = &p.fine[f * dim..][..dim];
+    let l2 = p.config.metric == Metric::L2;
+    cl.vectors
+        .chunks_exact(dim)
+        .zip(&cl.ids)
+        .map(|(x, &id)| (if l2 { -crate::kernels::l2_sq(x, c) } else { dot(x, c) }, id))
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
+        .map(|(_, id)| id)
+}
+
+/// Splits clusters larger than `cap` with 2-means until none is (or a split makes no progress).
+fn split_oversized(
+    data: &[f32],
+    dim: usize,
+    mut centroids: Vec<f32>,
+    mut groups: Vec<Vec<u32>>,
+    cap: usize,
+    spherical: bool,
+    seed: u64,
+) -> (Vec<f32>, Vec<Vec<u32>>) {
+    let mut i = 0;
+    while i < groups.len() {
+        if groups[i].len() <= cap {
+            i += 1;
+            continue;
+        }
+        let rows = std::mem::take(&mut groups[i]);
+        let local: Vec<f32> = rows.iter().flat_map(|&r| data[r as usize * dim..][..dim].iter().copied()).collect();
+        let km = KMeans { k: 2, iters: 10, spherical, max_train: usize::MAX, seed: seed ^ (i as u64) };
+        let r = km.run(&local, dim);
+        let a = if r.centroids.len() == 2 * dim { r.assign } else { vec![0; rows.len()] };
+        let (g0, g1): (Vec<u32>, Vec<u32>) = {
+            let mut halves = (Vec::new(), Vec::new());
+            for (&r, &a) in rows.iter().zip(&a) {
+                if a == 0 { halves.0.push(r) } else { halves.1.push(r) }
+            }
+            halves
+        };
+        if g0.is_empty() || g1.is_empty() {
+            groups[i] = rows;
+            i += 1;
+            continue;
+        }
+        centroids[i * dim..(i + 1) * dim].copy_from_slice(&r.centroids[..dim]);
+        centroids.extend_from_slice(&r.centroids[dim..2 * dim]);
+        groups[i] = g0;
+        groups.push(g1);
+    }
+    (centroids, groups)
+}

@@ -1,0 +1,659 @@
+//! Distance kernels with runtime SIMD dispatch: f32 dot product and squared L2, one query against many
+//! rows, a register-blocked many-against-many kernel for exhaustive search, and the u8 x i8 dot product
+//! that scores SQ8 codes.
+//!
+//! Every kernel has an auto-vectorisable scalar version (`chunks_exact` with independent accumulators) and
+//! intrinsics versions for AVX2+FMA and AVX-512 (F, BW and VNNI together). [`Isa::best`] is detected once;
+//! the `*_with` functions take an explicit [`Isa`] so tests and benchmarks can compare every variant
+//! against the scalar one and an f64 reference. An [`Isa`] that the CPU lacks falls back to the scalar code,
+//! so no input can reach an instruction the machine does not have.
+
+use std::sync::OnceLock;
+
+/// An instruction set a kernel can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable code; the compiler vectorises it for the build target.
+    Scalar,
+    /// AVX2 with FMA (x86-64 since Haswell / Zen).
+    Avx2,
+    /// AVX-512 F + BW + VNNI (x86-64 since Ice Lake / Zen 4).
+    Avx512,
+}
+
+impl Isa {
+    /// Whether this CPU can run kernels of this instruction set.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest instruction set this CPU has, detected once.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| [Isa::Avx512, Isa::Avx2].into_iter().find(|isa| isa.is_available()).unwrap_or(Isa::Scalar))
+    }
+
+    /// Every instruction set this CPU can run, scalar first.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// `self` if the CPU has it, otherwise scalar.
+    fn checked(self) -> Isa {
+        if self == Isa::Scalar || self.is_available() { self } else { Isa::Scalar }
+    }
+}
+
+const LANES: usize = 16;
+
+/// Dot product of the common prefix of `a` and `b`, with the best instruction set.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(Isa::best(), a, b)
+}
+
+/// Squared Euclidean distance of the common prefix of `a` and `b`, with the best instruction set.
+#[inline]
+pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+    l2_sq_with(Isa::best(), a, b)
+}
+
+/// [`dot`] on a chosen instruction set.
+pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    match isa.checked() {
+        Isa::Scalar => scalar::dot(a, b),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx2 only because the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::dot_avx2(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx512 only because the CPU has AVX-512 F, BW and VNNI.
+        Isa::Avx512 => unsafe { x86::dot_avx512(a, b) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::dot(a, b),
+    }
+}
+
+/// [`l2_sq`] on a chosen instruction set.
+pub fn l2_sq_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    match isa.checked() {
+        Isa::Scalar => scalar::l2_sq(a, b),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx2 only because the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::l2_sq_avx2(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx512 only because the CPU has AVX-512 F, BW and VNNI.
+        Isa::Avx512 => unsafe { x86::l2_sq_avx512(a, b) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::l2_sq(a, b),
+    }
+}
+
+/// `out[i] = dot(query, rows[i*dim..(i+1)*dim])` for `dim = query.len()`; rows beyond `out.len()` are
+/// ignored, and missing rows leave their `out` entries untouched.
+pub fn dots_with(isa: Isa, query: &[f32], rows: &[f32], out: &mut [f32]) {
+    let dim = query.len();
+    if dim == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(dim)) {
+        *o = dot_with(isa, query, row);
+    }
+}
+
+/// [`dots_with`] on the best instruction set.
+#[inline]
+pub fn dots(query: &[f32], rows: &[f32], out: &mut [f32]) {
+    let isa = Isa::best();
+    let dim = query.len();
+    if dim == 0 {
+        out.fill(0.0);
+        return;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::best` returns Avx512 only on a CPU with AVX-512 F, BW and VNNI.
+        Isa::Avx512 => unsafe { x86::dots_avx512(query, rows, out) },
+        _ => dots_with(isa, query, rows, out),
+    }
+}
+
+/// Scores of many queries against many rows: `out[q * n_rows + r] = dot(queries[q], rows[r])`, where
+/// `n_rows = rows.len() / dim`. The AVX-512 version computes 4 x 4 blocks in registers, loading each row
+/// chunk once for four queries: the inner loop of exhaustive search and of k-means assignment.
+///
+/// `queries.len()` and `rows.len()` must be multiples of `dim`, and `out.len() >= n_queries * n_rows`;
+/// otherwise nothing is written.
+pub fn dots_many_with(isa: Isa, queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+    if dim == 0 || !queries.len().is_multiple_of(dim) || !rows.len().is_multiple_of(dim) {
+        return;
+    }
+    let (nq, nr) = (queries.len() / dim, rows.len() / dim);
+    if nq == 0 || nr == 0 || out.len() < nq * nr {
+        return;
+    }
+    match isa.checked() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx512 only on a CPU with AVX-512 F, BW and VNNI; lengths checked above.
+        Isa::Avx512 => unsafe { x86::dots_many_avx512(queries, rows, dim, out) },
+        isa => {
+            for (q, o) in queries.chunks_exact(dim).zip(out.chunks_exact_mut(nr)) {
+                dots_with(isa, q, rows, o);
+            }
+        }
+    }
+}
+
+/// [`dots_many_with`] on the best instruction set.
+#[inline]
+pub fn dots_many(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+    dots_many_with(Isa::best(), queries, rows, dim, out)
+}
+
+/// Integer dot product of unsigned 8-bit codes and a signed 8-bit query over their common prefix.
+///
+/// Sums are exact in i32 for lengths up to 66,000 (255 * 128 * 66,000 < 2^31).
+pub fn sq8_dot_with(isa: Isa, codes: &[u8], query: &[i8]) -> i32 {
+    match isa.checked() {
+        Isa::Scalar => scalar::sq8_dot(codes, query),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx2 only because the CPU has AVX2.
+        Isa::Avx2 => unsafe { x86::sq8_dot_avx2(codes, query) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx512 only because the CPU has AVX-512 F, BW and VNNI.
+        Isa::Avx512 => unsafe { x86::sq8_dot_avx512(codes, query) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::sq8_dot(codes, query),
+    }
+}
+
+/// `out[i] = sq8_dot(codes[i*stride..][..query.len()], query)` for each of `out.len()` rows of `stride`
+/// bytes (`stride >= query.len()`); missing rows leave their entries untouched.
+pub fn sq8_dots_with(isa: Isa, query: &[i8], codes: &[u8], stride: usize, out: &mut [i32]) {
+    if stride < query.len() || stride == 0 {
+        return;
+    }
+    match isa.checked() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx512 only on a CPU with AVX-512 F, BW and VNNI.
+        Isa::Avx512 => unsafe { x86::sq8_dots_avx512(query, codes, stride, out) },
+        isa => {
+            for (o, row) in out.iter_mut().zip(codes.chunks_exact(stride)) {
+                *o = sq8_dot_with(isa, row, query);
+            }
+        }
+    }
+}
+
+/// [`sq8_dots_with`] on the best instruction set.
+#[inline]
+pub fn sq8_dots(query: &[i8], codes: &[u8], stride: usize, out: &mut [i32]) {
+    sq8_dots_with(Isa::best(), query, codes, stride, out)
+}
+
+mod scalar {
+    use super::LANES;
+
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = [0.0f32; LANES];
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (ta, tb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for i in 0..LANES {
+                acc[i] += x[i] * y[i];
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for (x, y) in ta.iter().zip(tb) {
+            s += x * y;
+        }
+        s
+    }
+
+    pub(super) fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = [0.0f32; LANES];
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (ta, tb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for i in 0..LANES {
+                let d = x[i] - y[i];
+                acc[i] += d * d;
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for (x, y) in ta.iter().zip(tb) {
+            s += (x - y) * (x - y);
+        }
+        s
+    }
+
+    pub(super) fn sq8_dot(codes: &[u8], query: &[i8]) -> i32 {
+        let n = codes.len().min(query.len());
+        let mut acc = [0i32; LANES];
+        let (cc, cq) = (codes[..n].chunks_exact(LANES), query[..n].chunks_exact(LANES));
+        let (tc, tq) = (cc.remainder(), cq.remainder());
+        for (c, q) in cc.zip(cq) {
+            for i in 0..LANES {
+                acc[i] += i32::from(c[i]) * i32::from(q[i]);
+            }
+        }
+        let mut s: i32 = acc.iter().sum();
+        for (c, q) in tc.iter().zip(tq) {
+            s += i32::from(*c) * i32::from(*q);
+        }
+        s
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum256(v: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: each load reads 8 floats starting at i with i + 8 <= n, inside both slices.
+        unsafe {
+            while i + 32 <= n {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * k;
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+                i += 8;
+            }
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum256(v);
+        for j in i..n {
+            s += a[j] * b[j];
+        }
+        s
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn l2_sq_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: each load reads 8 floats starting at i with i + 8 <= n, inside both slices.
+        unsafe {
+            while i + 32 <= n {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * k;
+                    let d = _mm256_sub_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)));
+                    *a = _mm256_fmadd_ps(d, d, *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                let d = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+                acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+                i += 8;
+            }
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum256(v);
+        for j in i..n {
+            s += (a[j] - b[j]) * (a[j] - b[j]);
+        }
+        s
+    }
+
+    /// Mask selecting the first `n` (< 16) lanes.
+    #[inline]
+    fn tail_mask(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn dot512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: full loads read 16 floats at i with i + 16 <= n; the masked tail reads only n - i < 16
+        // lanes. Everything stays inside both slices.
+        unsafe {
+            while i + 64 <= n {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let o = i + 16 * k;
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(o)), _mm512_loadu_ps(pb.add(o)), *a);
+                }
+                i += 64;
+            }
+            while i + 16 <= n {
+                acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+                i += 16;
+            }
+            if i < n {
+                let m = tail_mask(n - i);
+                acc[1] =
+                    _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)), acc[1]);
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        dot512(a, b)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn l2_sq_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: as in `dot512`: full loads end at or before n, the masked tail reads n - i < 16 lanes.
+        unsafe {
+            while i + 64 <= n {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let o = i + 16 * k;
+                    let d = _mm512_sub_ps(_mm512_loadu_ps(pa.add(o)), _mm512_loadu_ps(pb.add(o)));
+                    *a = _mm512_fmadd_ps(d, d, *a);
+                }
+                i += 64;
+            }
+            while i + 16 <= n {
+                let d = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
+                acc[0] = _mm512_fmadd_ps(d, d, acc[0]);
+                i += 16;
+            }
+            if i < n {
+                let m = tail_mask(n - i);
+                let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)));
+                acc[1] = _mm512_fmadd_ps(d, d, acc[1]);
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dots_avx512(query: &[f32], rows: &[f32], out: &mut [f32]) {
+        let dim = query.len();
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(dim)) {
+            *o = dot512(query, row);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F; `queries` and `rows` are whole rows of `dim` and
+    /// `out.len() >= n_queries * n_rows`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dots_many_avx512(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+        let (nq, nr) = (queries.len() / dim, rows.len() / dim);
+        let full = dim / 16 * 16;
+        let tail = tail_mask(dim - full);
+        let (q4, r4) = (nq / 4 * 4, nr / 4 * 4);
+        let (pq, pr) = (queries.as_ptr(), rows.as_ptr());
+        for q in (0..q4).step_by(4) {
+            for r in (0..r4).step_by(4) {
+                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                // SAFETY: rows q..q+4 and r..r+4 exist (q < q4 <= nq, r < r4 <= nr); full loads read 16
+                // floats at offsets below `full <= dim`, the masked loads the remaining dim - full lanes.
+                unsafe {
+                    let mut i = 0;
+                    while i < full {
+                        let qv = [0, 1, 2, 3].map(|k| _mm512_loadu_ps(pq.add((q + k) * dim + i)));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let rv = _mm512_loadu_ps(pr.add((r + j) * dim + i));
+                            for k in 0..4 {
+                                a[k] = _mm512_fmadd_ps(qv[k], rv, a[k]);
+                            }
+                        }
+                        i += 16;
+                    }
+                    if full < dim {
+                        let qv = [0, 1, 2, 3].map(|k| _mm512_maskz_loadu_ps(tail, pq.add((q + k) * dim + full)));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let rv = _mm512_maskz_loadu_ps(tail, pr.add((r + j) * dim + full));
+                            for k in 0..4 {
+                                a[k] = _mm512_fmadd_ps(qv[k], rv, a[k]);
+                            }
+                        }
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    for k in 0..4 {
+                        out[(q + k) * nr + r + j] = _mm512_reduce_add_ps(a[k]);
+                    }
+                }
+            }
+            for r in r4..nr {
+                for k in 0..4 {
+                    out[(q + k) * nr + r] = dot512(&queries[(q + k) * dim..][..dim], &rows[r * dim..][..dim]);
+                }
+            }
+        }
+        for q in q4..nq {
+            let qrow = &queries[q * dim..][..dim];
+            for r in 0..nr {
+                out[q * nr + r] = dot512(qrow, &rows[r * dim..][..dim]);
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn sq8_dot_avx2(codes: &[u8], query: &[i8]) -> i32 {
+        let n = codes.len().min(query.len());
+        let mut acc = _mm256_setzero_si256();
+        let mut i = 0;
+        // SAFETY: each load reads 16 bytes at i with i + 16 <= n, inside both slices.
+        unsafe {
+            while i + 16 <= n {
+                let c = _mm256_cvtepu8_epi16(_mm_loadu_si128(codes.as_ptr().add(i).cast()));
+                let q = _mm256_cvtepi8_epi16(_mm_loadu_si128(query.as_ptr().add(i).cast()));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(c, q));
+                i += 16;
+            }
+        }
+        let lo = _mm256_castsi256_si128(acc);
+        let hi = _mm256_extracti128_si256(acc, 1);
+        let s = _mm_add_epi32(lo, hi);
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        let mut total = _mm_cvtsi128_si32(s);
+        for j in i..n {
+            total += i32::from(codes[j]) * i32::from(query[j]);
+        }
+        total
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn sq8_dot512(codes: &[u8], query: &[i8]) -> i32 {
+        let n = codes.len().min(query.len());
+        let mut acc = [_mm512_setzero_si512(); 2];
+        let mut i = 0;
+        // SAFETY: full loads read 64 bytes at i with i + 64 <= n; the masked tail reads n - i < 64 bytes.
+        unsafe {
+            while i + 128 <= n {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let o = i + 64 * k;
+                    let c = _mm512_loadu_si512(codes.as_ptr().add(o).cast());
+                    let q = _mm512_loadu_si512(query.as_ptr().add(o).cast());
+                    *a = _mm512_dpbusd_epi32(*a, c, q);
+                }
+                i += 128;
+            }
+            while i + 64 <= n {
+                let c = _mm512_loadu_si512(codes.as_ptr().add(i).cast());
+                let q = _mm512_loadu_si512(query.as_ptr().add(i).cast());
+                acc[0] = _mm512_dpbusd_epi32(acc[0], c, q);
+                i += 64;
+            }
+            if i < n {
+                let m: __mmask64 = (1u64 << (n - i)) - 1;
+                let c = _mm512_maskz_loadu_epi8(m, codes.as_ptr().add(i).cast());
+                let q = _mm512_maskz_loadu_epi8(m, query.as_ptr().add(i).cast());
+                acc[1] = _mm512_dpbusd_epi32(acc[1], c, q);
+            }
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn sq8_dot_avx512(codes: &[u8], query: &[i8]) -> i32 {
+        sq8_dot512(codes, query)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn sq8_dots_avx512(query: &[i8], codes: &[u8], stride: usize, out: &mut [i32]) {
+        for (o, row) in out.iter_mut().zip(codes.chunks_exact(stride)) {
+            *o = sq8_dot512(row, query);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dot_ref(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
+    }
+
+    fn l2_ref(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum()
+    }
+
+    /// f32 accumulation error bound: a few ulps of the sum of magnitudes.
+    fn tol(a: &[f32], b: &[f32]) -> f64 {
+        let mag: f64 = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs()).sum();
+        1e-5 * mag + 1e-6
+    }
+
+    fn vecs(max: usize) -> impl Strategy<Value = (Vec<f32>, Vec<f32>)> {
+        (0..max).prop_flat_map(|n| {
+            (proptest::collection::vec(-10.0f32..10.0, n), proptest::collection::vec(-10.0f32..10.0, n))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn dot_and_l2_match_f64_on_every_isa((a, b) in vecs(300)) {
+            for isa in Isa::available() {
+                let d = f64::from(dot_with(isa, &a, &b));
+                prop_assert!((d - dot_ref(&a, &b)).abs() <= tol(&a, &b), "{:?} dot {} vs {}", isa, d, dot_ref(&a, &b));
+                let l = f64::from(l2_sq_with(isa, &a, &b));
+                let lr = l2_ref(&a, &b);
+                prop_assert!((l - lr).abs() <= 1e-5 * lr + 1e-6, "{:?} l2 {} vs {}", isa, l, lr);
+            }
+        }
+
+        #[test]
+        fn dots_many_matches_single_dots(dim in 1usize..70, nq in 0usize..11, nr in 0usize..11, seed in any::<u64>()) {
+            use rand::{RngExt, SeedableRng, rngs::StdRng};
+            let mut rng = StdRng::seed_from_u64(seed);
+            let qs: Vec<f32> = (0..nq * dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let rs: Vec<f32> = (0..nr * dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; nq * nr];
+                dots_many_with(isa, &qs, &rs, dim, &mut out);
+                for q in 0..nq {
+                    for r in 0..nr {
+                        let (a, b) = (&qs[q * dim..][..dim], &rs[r * dim..][..dim]);
+                        prop_assert!((f64::from(out[q * nr + r]) - dot_ref(a, b)).abs() <= tol(a, b), "{:?}", isa);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn sq8_dot_is_exact_on_every_isa(
+            pairs in proptest::collection::vec((any::<u8>(), any::<i8>()), 0..400),
+        ) {
+            let (codes, query): (Vec<u8>, Vec<i8>) = pairs.into_iter().unzip();
+            let exact: i64 = codes.iter().zip(&query).map(|(&c, &q)| i64::from(c) * i64::from(q)).sum();
+            for isa in Isa::available() {
+                prop_assert_eq!(i64::from(sq8_dot_with(isa, &codes, &query)), exact, "{:?}", isa);
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_codes_do_not_saturate() {
+        // The AVX2 path must not use a saturating u8 x i8 instruction: 255 * -128 in every lane.
+        let codes = vec![255u8; 384];
+        let query = vec![-128i8; 384];
+        for isa in Isa::available() {
+            assert_eq!(sq8_dot_with(isa, &codes, &query), -255 * 128 * 384, "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn batch_helpers_agree_with_single_kernels() {
+        let q: Vec<f32> = (0..37).map(|i| (i as f32).sin()).collect();
+        let rows: Vec<f32> = (0..37 * 5).map(|i| (i as f32 * 0.3).cos()).collect();
+        let mut out = [0.0; 5];
+        dots(&q, &rows, &mut out);
+        for (i, o) in out.iter().enumerate() {
+            assert!((o - dot(&q, &rows[i * 37..(i + 1) * 37])).abs() < 1e-5);
+        }
+        let codes: Vec<u8> = (0..3 * 70).map(|i| (i * 7 % 256) as u8).collect();
+        let qi: Vec<i8> = (0..64).map(|i| (i * 5 % 255) as i8).collect();
+        let mut o = [0i32; 3];
+        sq8_dots(&qi, &codes, 70, &mut o);
+        for (i, v) in o.iter().enumerate() {
+            assert_eq!(*v, sq8_dot_with(Isa::Scalar, &codes[i * 70..i * 70 + 64], &qi));
+        }
+    }
+
+    #[test]
+    fn best_isa_is_available() {
+        assert!(Isa::best().is_available());
+        assert!(Isa::available().contains(&Isa::best()));
+    }
+}

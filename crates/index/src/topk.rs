@@ -1,0 +1,98 @@
+//! A bounded best-k collector: a min-heap on score whose root is the entry to beat.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// A candidate: its score (higher is better) and where it lives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entry {
+    pub(crate) score: f32,
+    pub(crate) cluster: u32,
+    pub(crate) pos: u32,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    /// Reversed on score so that `BinaryHeap`'s maximum is the worst kept entry; ties broken by location
+    /// so that results are deterministic.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.score.total_cmp(&self.score).then_with(|| (self.cluster, self.pos).cmp(&(other.cluster, other.pos)))
+    }
+}
+
+/// Keeps the `k` highest-scoring entries pushed into it.
+#[derive(Debug, Default)]
+pub(crate) struct TopK {
+    k: usize,
+    heap: BinaryHeap<Entry>,
+}
+
+impl TopK {
+    pub(crate) fn reset(&mut self, k: usize) {
+        self.k = k;
+        self.heap.clear();
+    }
+
+    /// The score a new entry must beat to be kept.
+    #[inline]
+    pub(crate) fn threshold(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.heap.peek().map_or(f32::NEG_INFINITY, |e| e.score)
+        }
+    }
+
+    #[inline]
+    pub(crate) fn push(&mut self, e: Entry) {
+        if self.heap.len() < self.k {
+            self.heap.push(e);
+        } else if let Some(mut worst) = self.heap.peek_mut()
+            && e.score > worst.score
+        {
+            *worst = e;
+        }
+    }
+
+    /// The kept entries, best first; the collector is left empty.
+    pub(crate) fn drain_sorted(&mut self) -> Vec<Entry> {
+        let mut v: Vec<Entry> = self.heap.drain().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn keeps_the_k_best_in_order(scores in proptest::collection::vec(-100.0f32..100.0, 0..200), k in 1usize..20) {
+            let mut t = TopK::default();
+            t.reset(k);
+            for (i, &s) in scores.iter().enumerate() {
+                t.push(Entry { score: s, cluster: 0, pos: i as u32 });
+            }
+            let got: Vec<f32> = t.drain_sorted().iter().map(|e| e.score).collect();
+            let mut want = scores.clone();
+            want.sort_by(|a, b| b.total_cmp(a));
+            want.truncate(k);
+            prop_assert_eq!(got, want);
+        }
+    }
+}

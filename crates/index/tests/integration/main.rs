@@ -1,0 +1,5 @@
+//! Integration tests of m2m-index: recall against brute force at every level of detail, every metric,
+//! typed errors, updates, and serialisation.
+
+mod recall;
+mod updates;

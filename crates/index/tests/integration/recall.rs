@@ -1,0 +1,194 @@
+//! Recall and correctness of search against an f64 brute force, on the built-in digits data.
+
+use m2m_index::{Error, Hit, Index, IndexConfig, Lod, Metric, SearchParams};
+use m2m_splat::{DigitsConfig, digits_on_sphere};
+
+struct Data {
+    dim: usize,
+    base: Vec<f32>,
+    queries: Vec<f32>,
+    ids: Vec<u64>,
+}
+
+fn digits(rows: usize, queries: usize, dim: usize) -> Data {
+    let d = digits_on_sphere(&DigitsConfig::default().rows(rows).queries(queries).dim(dim)).unwrap();
+    // Ids that are not row numbers, to catch any confusion of the two.
+    let ids = (0..rows as u64).map(|i| i * 3 + 1_000).collect();
+    Data { dim, base: d.base, queries: d.queries, ids }
+}
+
+/// Scales each row by a different factor, so inner product and L2 differ from cosine.
+fn scaled(v: &[f32], dim: usize) -> Vec<f32> {
+    v.chunks_exact(dim)
+        .enumerate()
+        .flat_map(|(i, r)| r.iter().map(move |x| x * (0.5 + (i % 7) as f32 * 0.25)))
+        .collect()
+}
+
+/// Exact top-k ids by the metric, in f64.
+fn brute_force(metric: Metric, base: &[f32], ids: &[u64], q: &[f32], k: usize) -> Vec<u64> {
+    let dim = q.len();
+    let qn = q.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let mut scored: Vec<(f64, u64)> = base
+        .chunks_exact(dim)
+        .zip(ids)
+        .map(|(x, &id)| {
+            let dot: f64 = x.iter().zip(q).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let s = match metric {
+                Metric::Cosine => dot / (qn * x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt()),
+                Metric::InnerProduct => dot,
+                Metric::L2 => -x.iter().zip(q).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum::<f64>(),
+            };
+            (s, id)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.into_iter().take(k).map(|(_, id)| id).collect()
+}
+
+fn recall(index: &Index, d: &Data, base: &[f32], queries: &[f32], k: usize, lod: Lod, params: &SearchParams) -> f64 {
+    let results = index.search_batch(queries, k, lod, params).unwrap();
+    let mut found = 0;
+    for (q, hits) in queries.chunks_exact(d.dim).zip(&results) {
+        assert_eq!(hits.len(), k);
+        assert_sorted(index.metric(), hits);
+        let truth = brute_force(index.metric(), base, &d.ids, q, k);
+        found += hits.iter().filter(|h| truth.contains(&h.id)).count();
+    }
+    found as f64 / (results.len() * k) as f64
+}
+
+fn assert_sorted(metric: Metric, hits: &[Hit]) {
+    for w in hits.windows(2) {
+        if metric.higher_is_closer() {
+            assert!(w[0].score >= w[1].score, "not best first: {hits:?}");
+        } else {
+            assert!(w[0].score <= w[1].score, "not best first: {hits:?}");
+        }
+    }
+}
+
+#[test]
+fn every_lod_reaches_its_recall_on_every_metric() {
+    let d = digits(4_000, 100, 64);
+    for metric in [Metric::Cosine, Metric::InnerProduct, Metric::L2] {
+        let (base, queries) = if metric == Metric::Cosine {
+            (d.base.clone(), d.queries.clone())
+        } else {
+            (scaled(&d.base, d.dim), scaled(&d.queries, d.dim))
+        };
+        let index = Index::build(&IndexConfig::default().metric(metric), d.dim, &base, &d.ids).unwrap();
+        assert_eq!(index.len(), 4_000);
+        let p = SearchParams { nprobe: 24, ..SearchParams::default() };
+        let exact = recall(&index, &d, &base, &queries, 10, Lod::Exact, &p);
+        let lod2 = recall(&index, &d, &base, &queries, 10, Lod::Rerank, &p);
+        let lod1 = recall(&index, &d, &base, &queries, 10, Lod::Codes, &p);
+        // Exact is exact (f32 against f64 may swap a near tie, hence not 1.0 to the bit).
+        assert!(exact >= 0.995, "{metric}: exact recall {exact}");
+        assert!(lod2 >= 0.95, "{metric}: LOD 2 recall {lod2}");
+        assert!(lod1 >= 0.85, "{metric}: LOD 1 recall {lod1}");
+        assert!(lod2 >= lod1 - 1e-9, "{metric}: re-ranking lost recall ({lod1} -> {lod2})");
+    }
+}
+
+#[test]
+fn more_probes_never_lower_recall_much_and_all_probes_is_exact() {
+    let d = digits(3_000, 60, 32);
+    let index = Index::build(&IndexConfig::default(), d.dim, &d.base, &d.ids).unwrap();
+    let mut last = 0.0;
+    for nprobe in [1, 4, 16, 64] {
+        let r =
+            recall(&index, &d, &d.base, &d.queries, 10, Lod::Rerank, &SearchParams { nprobe, ..Default::default() });
+        assert!(r >= last - 0.02, "nprobe {nprobe}: {r} after {last}");
+        last = r;
+    }
+    let all = SearchParams { nprobe: index.n_fine(), rerank: 3_000, ..Default::default() };
+    assert!(recall(&index, &d, &d.base, &d.queries, 10, Lod::Rerank, &all) >= 0.995);
+}
+
+#[test]
+fn lod0_returns_distinct_cluster_representatives() {
+    let d = digits(2_000, 20, 32);
+    let index = Index::build(&IndexConfig::default(), d.dim, &d.base, &d.ids).unwrap();
+    let q = &d.queries[..d.dim];
+    let hits = index.search(q, 15, Lod::Centroids, &SearchParams::default()).unwrap();
+    assert_eq!(hits.len(), 15);
+    assert_sorted(Metric::Cosine, &hits);
+    let mut ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 15, "a cluster was returned twice");
+    // The best representative's own cluster is the nearest centroid, so its true score is high.
+    let exact = index.search(q, 1, Lod::Exact, &SearchParams::default()).unwrap();
+    assert!(hits[0].score > exact[0].score - 0.2, "{} vs {}", hits[0].score, exact[0].score);
+}
+
+#[test]
+fn batch_and_single_searches_agree_and_builds_are_deterministic() {
+    let d = digits(2_000, 30, 48);
+    let a = Index::build(&IndexConfig::default(), d.dim, &d.base, &d.ids).unwrap();
+    let b = Index::build(&IndexConfig::default(), d.dim, &d.base, &d.ids).unwrap();
+    assert_eq!(a.parts(), b.parts());
+    for lod in [Lod::Centroids, Lod::Codes, Lod::Rerank, Lod::Exact] {
+        let batch = a.search_batch(&d.queries, 5, lod, &SearchParams::default()).unwrap();
+        for (q, hits) in d.queries.chunks_exact(d.dim).zip(&batch) {
+            let single = a.search(q, 5, lod, &SearchParams::default()).unwrap();
+            let ids = |h: &[Hit]| h.iter().map(|h| h.id).collect::<Vec<_>>();
+            assert_eq!(ids(hits), ids(&single), "{lod:?}");
+        }
+    }
+}
+
+#[test]
+fn bad_queries_and_builds_get_typed_errors() {
+    let d = digits(500, 5, 16);
+    let index = Index::build(&IndexConfig::default(), d.dim, &d.base, &d.ids).unwrap();
+    let p = SearchParams::default();
+    let q = &d.queries[..16];
+    assert!(matches!(index.search(q, 0, Lod::Rerank, &p), Err(Error::ZeroK)));
+    assert!(matches!(
+        index.search(&q[..15], 3, Lod::Rerank, &p),
+        Err(Error::DimensionMismatch { expected: 16, got: 15 })
+    ));
+    let mut nan = q.to_vec();
+    nan[4] = f32::NAN;
+    assert!(matches!(index.search(&nan, 3, Lod::Codes, &p), Err(Error::NonFinite { column: 4, .. })));
+    assert!(matches!(index.search(&[0.0; 16], 3, Lod::Exact, &p), Err(Error::ZeroNorm { .. })));
+    // In a batch, the error names the query's row.
+    let mut batch = d.queries[..3 * 16].to_vec();
+    batch[2 * 16 + 1] = f32::INFINITY;
+    for lod in [Lod::Rerank, Lod::Exact] {
+        assert!(
+            matches!(index.search_batch(&batch, 3, lod, &p), Err(Error::NonFinite { row: 2, column: 1, .. })),
+            "{lod:?}"
+        );
+    }
+    assert!(matches!(index.search_batch(&batch[..20], 3, Lod::Rerank, &p), Err(Error::RaggedBatch { .. })));
+
+    let cfg = IndexConfig::default();
+    assert!(matches!(Index::build(&cfg, 16, &[], &[]), Err(Error::EmptyBuild)));
+    assert!(matches!(Index::build(&cfg, 16, &d.base[..32], &[1]), Err(Error::IdCount { ids: 1, rows: 2 })));
+    assert!(matches!(Index::build(&cfg, 16, &d.base[..32], &[7, 7]), Err(Error::DuplicateId { id: 7 })));
+    assert!(matches!(Index::build(&cfg, 16, &d.base[..30], &[1, 2]), Err(Error::RaggedBatch { .. })));
+    assert!(matches!(
+        Index::build(&cfg.clone().n_fine(0), 16, &d.base[..32], &[1, 2]),
+        Err(Error::InvalidConfig { .. })
+    ));
+    let mut bad = d.base[..32].to_vec();
+    bad[20] = f32::NAN;
+    assert!(matches!(Index::build(&cfg, 16, &bad, &[1, 2]), Err(Error::NonFinite { row: 1, column: 4, .. })));
+}
+
+#[test]
+fn tiny_sets_and_k_larger_than_n_work() {
+    let base = [1.0f32, 0.0, 0.0, 1.0, 0.7, 0.7];
+    let index = Index::build(&IndexConfig::default(), 2, &base, &[10, 20, 30]).unwrap();
+    for lod in [Lod::Centroids, Lod::Codes, Lod::Rerank, Lod::Exact] {
+        let hits = index.search(&[1.0, 0.1], 10, lod, &SearchParams::default()).unwrap();
+        assert!(!hits.is_empty() && hits.len() <= 3, "{lod:?}: {hits:?}");
+        if lod != Lod::Centroids {
+            assert_eq!(hits.len(), 3);
+            assert_eq!(hits[0].id, 10, "{lod:?}");
+        }
+    }
+}
