@@ -5,6 +5,8 @@
 //!   main command.
 //! * `cargo xtask bench [ARGS...]`: runs the criterion benchmarks; ARGS go to criterion (for example a
 //!   benchmark name filter).
+//! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
+//!   [--threads 1] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists every option).
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool reports to its terminal")]
 
@@ -23,7 +25,7 @@ fn main() -> Result<()> {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
-            println!("usage: cargo xtask <ci | bench [criterion args...]>");
+            println!("usage: cargo xtask <ci | bench [criterion args...] | bench search --base B --queries Q ...>");
             Ok(())
         }
         Some(other) => bail!("unknown task `{other}`; expected `ci` or `bench`"),
@@ -128,6 +130,12 @@ fn ci() -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("search") {
+        // The retrieval benchmark: a release binary, so that its figures are those of an optimised build.
+        let mut cmd = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-search", "--"];
+        cmd.extend(args[1..].iter().map(String::as_str));
+        return run("cargo", &cmd);
+    }
     let mut cmd = vec!["bench", "--locked", "-p", "m2m-benches"];
     if !args.is_empty() {
         cmd.push("--");

@@ -1,0 +1,240 @@
+//! The retrieval benchmark of m2m-index: `cargo xtask bench search --base B --queries Q [--truth T]
+//! [--metric cosine|ip|l2] [--k 10] [--threads 1] [--json OUT]`.
+//!
+//! Builds the index (reporting build seconds), then sweeps LOD 0, LOD 1 and LOD 2 over their settings plus
+//! exact search, and reports for each point recall@k against the truth (computed exactly when no truth
+//! file is given), batch QPS on `--threads` threads, and one-query-at-a-time p50/p95/p99 latency in
+//! microseconds: a markdown table on stdout, and JSON with `--json`.
+
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a benchmark reports to its terminal")]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use m2m_index::{Hit, Index, IndexConfig, Lod, Metric, Scratch, SearchParams};
+use m2m_splat::read_vectors;
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "Recall / QPS / latency sweep of m2m-index on vector files")]
+struct Args {
+    /// Base vectors (.fvecs or .npy).
+    #[arg(long)]
+    base: PathBuf,
+    /// Query vectors (.fvecs or .npy).
+    #[arg(long)]
+    queries: PathBuf,
+    /// Exact neighbour ids per query (.ivecs or .npy); computed when absent.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Metric: cosine, ip or l2.
+    #[arg(long, default_value = "cosine")]
+    metric: Metric,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Threads for batch search.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Threads for the build (default: all cores).
+    #[arg(long)]
+    build_threads: Option<usize>,
+    /// Queries timed one at a time for the latency percentiles.
+    #[arg(long, default_value_t = 1000)]
+    nq_lat: usize,
+    /// nprobe values for LOD 1 and LOD 2 (comma separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![8, 16, 24, 32, 48, 64, 96, 128])]
+    nprobe: Vec<usize>,
+    /// Re-rank depths for LOD 2 (comma separated; 0 = max(4k, 40)).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0])]
+    rerank: Vec<usize>,
+    /// Override the number of fine clusters.
+    #[arg(long)]
+    n_fine: Option<usize>,
+    /// Override the number of coarse clusters.
+    #[arg(long)]
+    n_coarse: Option<usize>,
+    /// Coarse clusters probed (0 = rank every fine centroid).
+    #[arg(long, default_value_t = 0)]
+    coarse_probe: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Point {
+    lod: String,
+    params: serde_json::Value,
+    recall: f64,
+    qps: f64,
+    p50_us: f64,
+    p95_us: f64,
+    p99_us: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    base: String,
+    n: usize,
+    dim: usize,
+    queries: usize,
+    k: usize,
+    threads: usize,
+    metric: String,
+    n_fine: usize,
+    n_coarse: usize,
+    hot_bytes: usize,
+    build_s: f64,
+    points: Vec<Point>,
+}
+
+fn recall(results: &[Vec<Hit>], truth: &[Vec<u64>], k: usize) -> f64 {
+    let mut found = 0usize;
+    for (r, t) in results.iter().zip(truth) {
+        let t = &t[..k.min(t.len())];
+        found += r.iter().filter(|h| t.contains(&h.id)).count();
+    }
+    found as f64 / (results.len() * k) as f64
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.k == 0 || args.threads == 0 {
+        bail!("--k and --threads must be at least 1");
+    }
+    let base = read_vectors::<f32>(&args.base)?;
+    let queries = read_vectors::<f32>(&args.queries)?;
+    if base.dim != queries.dim {
+        bail!("base has dimension {}, queries {}", base.dim, queries.dim);
+    }
+    let dim = base.dim;
+    let nq = queries.rows();
+    let ids: Vec<u64> = (0..base.rows() as u64).collect();
+    let mut config = IndexConfig::default().metric(args.metric);
+    config.n_fine = args.n_fine;
+    config.n_coarse = args.n_coarse;
+
+    let build_pool =
+        rayon::ThreadPoolBuilder::new().num_threads(args.build_threads.unwrap_or(0)).build().context("thread pool")?;
+    let t = Instant::now();
+    let index = build_pool.install(|| Index::build(&config, dim, &base.data, &ids))?;
+    let build_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "built {} x {dim} in {build_s:.2} s: {} coarse, {} fine clusters, {:.1} MB hot",
+        base.rows(),
+        index.n_coarse(),
+        index.n_fine(),
+        index.hot_bytes() as f64 / 1e6
+    );
+
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build().context("thread pool")?;
+    let truth: Vec<Vec<u64>> = match &args.truth {
+        Some(path) => {
+            let t = read_vectors::<i32>(path)?;
+            if t.rows() != nq || t.dim < args.k {
+                bail!("truth has {} rows of {} ids; {nq} rows of at least {} are needed", t.rows(), t.dim, args.k);
+            }
+            t.data.chunks_exact(t.dim).map(|r| r.iter().map(|&i| i as u64).collect()).collect()
+        }
+        None => {
+            let exact =
+                pool.install(|| index.search_batch(&queries.data, args.k, Lod::Exact, &SearchParams::default()))?;
+            exact.into_iter().map(|hits| hits.into_iter().map(|h| h.id).collect()).collect()
+        }
+    };
+
+    let mut settings: Vec<(Lod, SearchParams)> = vec![(Lod::Centroids, SearchParams::default())];
+    for &nprobe in &args.nprobe {
+        settings.push((Lod::Codes, SearchParams { nprobe, coarse_probe: args.coarse_probe, rerank: 0 }));
+    }
+    for &nprobe in &args.nprobe {
+        for &rerank in &args.rerank {
+            settings.push((Lod::Rerank, SearchParams { nprobe, coarse_probe: args.coarse_probe, rerank }));
+        }
+    }
+    settings.push((Lod::Exact, SearchParams::default()));
+
+    let mut points = Vec::new();
+    println!("| lod | nprobe | rerank | recall@{} | QPS ({} thr) | p50 us | p95 us | p99 us |", args.k, args.threads);
+    println!("|---|---|---|---|---|---|---|---|");
+    for (lod, params) in settings {
+        // Batch: best of three passes over all queries.
+        let mut best = f64::INFINITY;
+        let mut results = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            results = pool.install(|| index.search_batch(&queries.data, args.k, lod, &params))?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let r = recall(&results, &truth, args.k);
+        // Latency: one query at a time on this thread.
+        let mut scratch = Scratch::default();
+        let mut lat: Vec<f64> = Vec::with_capacity(args.nq_lat);
+        for q in queries.data.chunks_exact(dim).cycle().take(args.nq_lat.max(1)) {
+            let t = Instant::now();
+            let hits = index.search_with(q, args.k, lod, &params, &mut scratch)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+            std::hint::black_box(hits);
+        }
+        lat.sort_by(f64::total_cmp);
+        let (name, json_params) = match lod {
+            Lod::Centroids => ("0", serde_json::json!({})),
+            Lod::Codes => ("1", serde_json::json!({ "nprobe": params.nprobe })),
+            Lod::Rerank => ("2", serde_json::json!({ "nprobe": params.nprobe, "rerank": params.rerank })),
+            Lod::Exact => ("exact", serde_json::json!({})),
+        };
+        let p = Point {
+            lod: name.into(),
+            params: json_params,
+            recall: r,
+            qps: nq as f64 / best,
+            p50_us: percentile(&lat, 0.5),
+            p95_us: percentile(&lat, 0.95),
+            p99_us: percentile(&lat, 0.99),
+        };
+        let show = |v: Option<&serde_json::Value>| v.map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "| {} | {} | {} | {:.4} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            p.lod,
+            show(p.params.get("nprobe")),
+            show(p.params.get("rerank")),
+            p.recall,
+            p.qps,
+            p.p50_us,
+            p.p95_us,
+            p.p99_us
+        );
+        points.push(p);
+    }
+    let report = Report {
+        base: args.base.display().to_string(),
+        n: base.rows(),
+        dim,
+        queries: nq,
+        k: args.k,
+        threads: args.threads,
+        metric: args.metric.to_string(),
+        n_fine: index.n_fine(),
+        n_coarse: index.n_coarse(),
+        hot_bytes: index.hot_bytes(),
+        build_s,
+        points,
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("\nbuild_s {build_s:.3}");
+    Ok(())
+}
