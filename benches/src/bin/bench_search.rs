@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use m2m_index::{Hit, Index, IndexConfig, Lod, Metric, Scratch, SearchParams};
+use m2m_index::{CodeKind, Hit, Index, IndexConfig, Lod, Metric, Scratch, SearchParams};
 use m2m_splat::read_vectors;
 use serde::Serialize;
 
@@ -59,6 +59,12 @@ struct Args {
     /// Coarse clusters probed (0 = rank every fine centroid).
     #[arg(long, default_value_t = 0)]
     coarse_probe: usize,
+    /// Compressed codes: sq4 or sq8.
+    #[arg(long, default_value = "sq4")]
+    codes: String,
+    /// Levels to sweep (comma separated: 0, 1, 2, exact).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["0".to_string(), "1".into(), "2".into(), "exact".into()])]
+    lods: Vec<String>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -78,6 +84,7 @@ struct Point {
 #[derive(Serialize)]
 struct Report {
     base: String,
+    codes: String,
     n: usize,
     dim: usize,
     queries: usize,
@@ -124,6 +131,11 @@ fn main() -> Result<()> {
     let mut config = IndexConfig::default().metric(args.metric);
     config.n_fine = args.n_fine;
     config.n_coarse = args.n_coarse;
+    config.codes = match args.codes.as_str() {
+        "sq4" => CodeKind::Sq4,
+        "sq8" => CodeKind::Sq8,
+        other => bail!("--codes {other}: expected sq4 or sq8"),
+    };
 
     let build_pool =
         rayon::ThreadPoolBuilder::new().num_threads(args.build_threads.unwrap_or(0)).build().context("thread pool")?;
@@ -154,16 +166,22 @@ fn main() -> Result<()> {
         }
     };
 
-    let mut settings: Vec<(Lod, SearchParams)> = vec![(Lod::Centroids, SearchParams::default())];
-    for &nprobe in &args.nprobe {
+    let want = |l: &str| args.lods.iter().any(|x| x == l);
+    let mut settings: Vec<(Lod, SearchParams)> = Vec::new();
+    if want("0") {
+        settings.push((Lod::Centroids, SearchParams { coarse_probe: args.coarse_probe, ..SearchParams::default() }));
+    }
+    for &nprobe in args.nprobe.iter().filter(|_| want("1")) {
         settings.push((Lod::Codes, SearchParams { nprobe, coarse_probe: args.coarse_probe, rerank: 0 }));
     }
-    for &nprobe in &args.nprobe {
+    for &nprobe in args.nprobe.iter().filter(|_| want("2")) {
         for &rerank in &args.rerank {
             settings.push((Lod::Rerank, SearchParams { nprobe, coarse_probe: args.coarse_probe, rerank }));
         }
     }
-    settings.push((Lod::Exact, SearchParams::default()));
+    if want("exact") {
+        settings.push((Lod::Exact, SearchParams::default()));
+    }
 
     let mut points = Vec::new();
     println!("| lod | nprobe | rerank | recall@{} | QPS ({} thr) | p50 us | p95 us | p99 us |", args.k, args.threads);
@@ -219,6 +237,7 @@ fn main() -> Result<()> {
     }
     let report = Report {
         base: args.base.display().to_string(),
+        codes: args.codes.clone(),
         n: base.rows(),
         dim,
         queries: nq,

@@ -42,6 +42,44 @@ pub struct IndexConfig {
     pub max_cluster_factor: f32,
     /// Seed of every random choice. Default 42.
     pub seed: u64,
+    /// The compressed codes every vector gets (what LOD 1 reads). Default [`CodeKind::Sq4`].
+    pub codes: CodeKind,
+}
+
+/// The compressed code of a vector: its residual to the fine centroid, scalar-quantised per dimension.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CodeKind {
+    /// 8 bits per dimension over the full residual range: `dim` bytes per vector, the closer estimate.
+    Sq8,
+    /// 4 bits per dimension over the residual range clipped at its 0.1% and 99.9% quantiles:
+    /// `dim / 2` bytes (rounded up to 64) per vector, half the memory traffic of SQ8 per scanned vector.
+    #[default]
+    Sq4,
+}
+
+impl CodeKind {
+    /// Bytes per vector of dimension `dim`.
+    pub fn stride(self, dim: usize) -> usize {
+        match self {
+            CodeKind::Sq8 => dim,
+            CodeKind::Sq4 => crate::kernels::sq4_stride(dim),
+        }
+    }
+
+    fn levels(self) -> f32 {
+        match self {
+            CodeKind::Sq8 => 255.0,
+            CodeKind::Sq4 => 15.0,
+        }
+    }
+
+    /// Fraction of residuals clipped at each end of a dimension's range.
+    fn clip(self) -> f64 {
+        match self {
+            CodeKind::Sq8 => 0.0,
+            CodeKind::Sq4 => 0.001,
+        }
+    }
 }
 
 impl Default for IndexConfig {
@@ -54,6 +92,7 @@ impl Default for IndexConfig {
             train_per_centroid: 128,
             max_cluster_factor: 3.0,
             seed: 42,
+            codes: CodeKind::default(),
         }
     }
 }
@@ -80,6 +119,12 @@ impl IndexConfig {
     /// Sets the seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Sets the kind of compressed code.
+    pub fn codes(mut self, codes: CodeKind) -> Self {
+        self.codes = codes;
         self
     }
 
@@ -133,7 +178,9 @@ impl Lod {
 pub struct SearchParams {
     /// Fine clusters whose members are scored (LOD 1 and 2). Default 48.
     pub nprobe: usize,
-    /// Coarse clusters whose fine centroids are ranked; 0 ranks every fine centroid. Default 0.
+    /// Coarse clusters whose fine centroids are ranked. 0 (the default) chooses by itself: the best coarse
+    /// clusters are taken until their children number at least `max(8 * nprobe, 256)` (for LOD 0,
+    /// `max(8 * k, 256)`), so the cost of ranking follows nprobe rather than the size of the index.
     pub coarse_probe: usize,
     /// LOD 2: candidates from the codes that are re-ranked exactly; 0 means `max(4k, 40)`. Default 0.
     pub rerank: usize,
@@ -161,7 +208,7 @@ pub struct Cluster {
     pub ids: Vec<u64>,
     /// Member vectors (unit for cosine), row-major.
     pub vectors: Vec<f32>,
-    /// SQ8 codes of the residuals, `dim` bytes per member.
+    /// Codes of the residuals, [`CodeKind::stride`] bytes per member.
     pub codes: Vec<u8>,
     /// `|x|^2 / 2` per member for L2, empty otherwise.
     pub half_sq_norms: Vec<f32>,
@@ -196,9 +243,9 @@ pub struct IndexParts {
     pub children: Vec<Vec<u32>>,
     /// The fine clusters' members.
     pub clusters: Vec<Cluster>,
-    /// SQ8 offset per dimension.
+    /// Quantiser offset per dimension.
     pub sq_min: Vec<f32>,
-    /// SQ8 step per dimension.
+    /// Quantiser step per dimension.
     pub sq_step: Vec<f32>,
     /// Mean members per fine cluster at build time (the reference for rebalancing).
     pub target_cluster_size: f32,
@@ -210,7 +257,9 @@ pub struct Scratch {
     q: Vec<f32>,
     coarse_scores: Vec<f32>,
     fine: Vec<(f32, u32)>,
-    child_scores: Vec<f32>,
+    coarse_order: Vec<u32>,
+    scores: Vec<f32>,
+    row_scores: Vec<f32>,
     qi8: Vec<i8>,
     est: Vec<i32>,
     top: TopK,
@@ -226,8 +275,12 @@ struct Query {
 #[derive(Clone, Debug)]
 pub struct Index {
     p: IndexParts,
-    /// Per coarse centroid: its children's centroids, contiguous, and their biases.
-    child_centroids: Vec<Vec<f32>>,
+    /// Fine cluster ids in the order of their coarse parents (`children` concatenated).
+    order: Vec<u32>,
+    /// For each coarse centroid, its children's positions in `order`.
+    coarse_range: Vec<(u32, u32)>,
+    /// Fine centroids in `order`, transposed into blocks of 16 for [`crate::kernels::dots_t16_with`].
+    fine_t: Vec<f32>,
     coarse_bias: Vec<f32>,
     fine_bias: Vec<f32>,
     locations: HashMap<u64, (u32, u32)>,
@@ -368,32 +421,12 @@ impl Index {
             groups.extend(g);
         }
 
-        // SQ8 ranges over every residual (min/max are order independent, so this is deterministic).
-        let (sq_min, sq_max) = groups
-            .par_iter()
+        let rows_of = &data;
+        let members = groups
+            .iter()
             .enumerate()
-            .map(|(f, rows)| {
-                let c = &fine[f * dim..][..dim];
-                let mut lo = vec![f32::INFINITY; dim];
-                let mut hi = vec![f32::NEG_INFINITY; dim];
-                for &r in rows {
-                    for (j, (&x, &cj)) in data[r as usize * dim..][..dim].iter().zip(c).enumerate() {
-                        lo[j] = lo[j].min(x - cj);
-                        hi[j] = hi[j].max(x - cj);
-                    }
-                }
-                (lo, hi)
-            })
-            .reduce(
-                || (vec![f32::INFINITY; dim], vec![f32::NEG_INFINITY; dim]),
-                |(mut a, mut b), (c, d)| {
-                    a.iter_mut().zip(&c).for_each(|(x, y)| *x = x.min(*y));
-                    b.iter_mut().zip(&d).for_each(|(x, y)| *x = x.max(*y));
-                    (a, b)
-                },
-            );
-        let sq_step: Vec<f32> =
-            sq_min.iter().zip(&sq_max).map(|(&lo, &hi)| ((hi - lo) / 255.0).max(f32::MIN_POSITIVE)).collect();
+            .flat_map(|(f, rows)| rows.iter().map(move |&r| (f, &rows_of[r as usize * dim..][..dim])));
+        let (sq_min, sq_step) = quantiser(config.codes, dim, &fine, n, members);
 
         let mut p = IndexParts {
             config: config.clone(),
@@ -452,14 +485,15 @@ impl Index {
             return corrupt("a fine cluster belongs to no coarse centroid".into());
         }
         if p.sq_min.len() != dim || p.sq_step.len() != dim {
-            return corrupt("SQ8 parameters of the wrong length".into());
+            return corrupt("quantiser parameters of the wrong length".into());
         }
         let l2 = p.config.metric == Metric::L2;
         let mut locations = HashMap::new();
         for (f, c) in p.clusters.iter().enumerate() {
             let m = c.ids.len();
-            if c.vectors.len() != m * dim || c.codes.len() != m * dim || c.half_sq_norms.len() != if l2 { m } else { 0 }
-            {
+            let stride = p.config.codes.stride(dim);
+            let norms = if l2 { m } else { 0 };
+            if c.vectors.len() != m * dim || c.codes.len() != m * stride || c.half_sq_norms.len() != norms {
                 return corrupt(format!("cluster {f}: column lengths disagree with {m} members"));
             }
             for (pos, &id) in c.ids.iter().enumerate() {
@@ -471,12 +505,16 @@ impl Index {
         let metric = p.config.metric;
         let coarse_bias = p.coarse.chunks_exact(dim).map(|c| bias(metric, c)).collect();
         let fine_bias: Vec<f32> = p.fine.chunks_exact(dim).map(|c| bias(metric, c)).collect();
-        let child_centroids = p
-            .children
-            .iter()
-            .map(|ch| ch.iter().flat_map(|&f| p.fine[f as usize * dim..][..dim].iter().copied()).collect())
-            .collect();
-        Ok(Index { p, child_centroids, coarse_bias, fine_bias, locations, isa: Isa::best() })
+        let order: Vec<u32> = p.children.iter().flatten().copied().collect();
+        let mut coarse_range = Vec::with_capacity(n_coarse);
+        let mut at = 0u32;
+        for ch in &p.children {
+            coarse_range.push((at, at + ch.len() as u32));
+            at += ch.len() as u32;
+        }
+        let ordered: Vec<f32> = order.iter().flat_map(|&f| p.fine[f as usize * dim..][..dim].iter().copied()).collect();
+        let fine_t = crate::kernels::transpose_t16(&ordered, dim);
+        Ok(Index { p, order, coarse_range, fine_t, coarse_bias, fine_bias, locations, isa: Isa::best() })
     }
 
     /// The index's parts, for persistence.
@@ -574,20 +612,20 @@ impl Index {
         let entries = match lod {
             Lod::Centroids => return Ok(self.lod0(&q, k, params, s)),
             Lod::Codes => {
-                self.rank_fine(params, s);
+                self.rank_fine(params, Self::rank_target(params.nprobe.max(k)), s);
                 self.scan_codes(k, k, params.nprobe, s);
                 s.top.drain_sorted()
             }
             Lod::Rerank => {
                 let depth = if params.rerank == 0 { (4 * k).max(40) } else { params.rerank.max(k) };
-                self.rank_fine(params, s);
+                self.rank_fine(params, Self::rank_target(params.nprobe), s);
                 self.scan_codes(k, depth, params.nprobe, s);
                 self.rerank(k, s)
             }
             Lod::Exact => {
                 s.top.reset(k);
                 for (f, cl) in self.p.clusters.iter().enumerate() {
-                    self.score_exact(f, cl, &s.q, &mut s.top, &mut s.child_scores);
+                    self.score_exact(f, cl, &s.q, &mut s.top, &mut s.row_scores);
                 }
                 s.top.drain_sorted()
             }
@@ -645,13 +683,11 @@ impl Index {
                     }
                     scores.resize(nq * m, 0.0);
                     crate::kernels::dots_many_with(self.isa, &prepared, &cl.vectors, dim, &mut scores);
-                    for (t, row) in tops.iter_mut().zip(scores.chunks_exact(m)) {
-                        for (pos, &sc) in row.iter().enumerate() {
-                            let sc = if cl.half_sq_norms.is_empty() { sc } else { sc - cl.half_sq_norms[pos] };
-                            if sc > t.threshold() {
-                                t.push(Entry { score: sc, cluster: f as u32, pos: pos as u32 });
-                            }
+                    for (t, row) in tops.iter_mut().zip(scores.chunks_exact_mut(m)) {
+                        if !cl.half_sq_norms.is_empty() {
+                            row.iter_mut().zip(&cl.half_sq_norms).for_each(|(sc, h)| *sc -= h);
                         }
+                        t.offer(f as u32, row);
                     }
                 }
                 Ok(tops
@@ -668,26 +704,60 @@ impl Index {
         Ok(out)
     }
 
-    /// Ranks fine clusters by centroid score into `s.fine` (best first, all candidates).
-    fn rank_fine(&self, params: &SearchParams, s: &mut Scratch) {
+    /// Scores fine centroids into `s.fine` as `(q . c, fine id)`, unordered: the children of the
+    /// `params.coarse_probe` best coarse centroids, or (0) of as many as hold at least `want` children.
+    fn rank_fine(&self, params: &SearchParams, want: usize, s: &mut Scratch) {
         let n_coarse = self.n_coarse();
         s.fine.clear();
-        let coarse_probe = if params.coarse_probe == 0 { n_coarse } else { params.coarse_probe.min(n_coarse) };
-        let mut chosen: Vec<u32> = (0..n_coarse as u32).collect();
-        if coarse_probe < n_coarse {
-            s.coarse_scores.resize(n_coarse, 0.0);
-            dots(&s.q, &self.p.coarse, &mut s.coarse_scores);
-            let sc: Vec<f32> = s.coarse_scores.iter().zip(&self.coarse_bias).map(|(a, b)| a + b).collect();
-            chosen.select_nth_unstable_by(coarse_probe - 1, |&a, &b| sc[b as usize].total_cmp(&sc[a as usize]));
-            chosen.truncate(coarse_probe);
+        let fixed = params.coarse_probe.min(n_coarse);
+        if fixed == n_coarse || (fixed == 0 && want >= self.order.len()) {
+            self.score_order_range(0, self.order.len(), s);
+            return;
         }
-        for &c in &chosen {
-            let children = &self.p.children[c as usize];
-            s.child_scores.resize(children.len(), 0.0);
-            dots(&s.q, &self.child_centroids[c as usize], &mut s.child_scores);
-            for (&f, &v) in children.iter().zip(&s.child_scores) {
-                s.fine.push((v, f));
+        s.coarse_scores.resize(n_coarse, 0.0);
+        dots(&s.q, &self.p.coarse, &mut s.coarse_scores);
+        for (v, b) in s.coarse_scores.iter_mut().zip(&self.coarse_bias) {
+            *v += b;
+        }
+        let sc = &s.coarse_scores;
+        s.coarse_order.clear();
+        s.coarse_order.extend(0..n_coarse as u32);
+        s.coarse_order.sort_unstable_by(|&a, &b| sc[b as usize].total_cmp(&sc[a as usize]).then(a.cmp(&b)));
+        let mut taken = 0usize;
+        for (i, &c) in s.coarse_order.iter().enumerate() {
+            let (lo, hi) = self.coarse_range[c as usize];
+            if (fixed > 0 && i >= fixed) || (fixed == 0 && taken >= want) {
+                break;
             }
+            taken += (hi - lo) as usize;
+            self.score_order_range_into(lo as usize, hi as usize, &s.q, &mut s.fine);
+        }
+    }
+
+    /// How many fine centroids the automatic coarse probe ranks to pick `n` clusters from.
+    fn rank_target(n: usize) -> usize {
+        (8 * n).max(256)
+    }
+
+    /// Pushes `(q . c, fine id)` for the fine centroids at positions `lo..hi` of `order`.
+    fn score_order_range(&self, lo: usize, hi: usize, s: &mut Scratch) {
+        self.score_order_range_into(lo, hi, &s.q, &mut s.fine);
+    }
+
+    fn score_order_range_into(&self, lo: usize, hi: usize, q: &[f32], fine: &mut Vec<(f32, u32)>) {
+        use crate::kernels::T16;
+        let dim = self.p.dim;
+        let mut out = [0.0f32; T16];
+        let mut b = lo / T16;
+        while b * T16 < hi {
+            crate::kernels::dots_t16_with(self.isa, q, &self.fine_t[b * T16 * dim..][..T16 * dim], &mut out);
+            for (l, &v) in out.iter().enumerate() {
+                let i = b * T16 + l;
+                if i >= lo && i < hi {
+                    fine.push((v, self.order[i]));
+                }
+            }
+            b += 1;
         }
     }
 
@@ -707,7 +777,7 @@ impl Index {
     }
 
     fn lod0(&self, q: &Query, k: usize, params: &SearchParams, s: &mut Scratch) -> Vec<Hit> {
-        self.rank_fine(params, s);
+        self.rank_fine(params, Self::rank_target(k), s);
         // A few spare clusters for the empty ones; doubled while k representatives are not found.
         let mut want = (k + k / 2 + 4).min(s.fine.len());
         let mut hits = Vec::with_capacity(k);
@@ -742,8 +812,13 @@ impl Index {
             wmax = wmax.max((q * st).abs());
         }
         let scale = if wmax > 0.0 { 127.0 / wmax } else { 1.0 };
+        let kind = self.p.config.codes;
+        let stride = kind.stride(dim);
         s.qi8.clear();
         s.qi8.extend(s.q.iter().zip(&self.p.sq_step).map(|(q, st)| (q * st * scale).round() as i8));
+        if kind == CodeKind::Sq4 {
+            s.qi8.resize(2 * stride, 0);
+        }
         let q_min = dot(&s.q, &self.p.sq_min);
         let inv = 1.0 / scale;
         s.top.reset(depth);
@@ -769,17 +844,18 @@ impl Index {
             }
             seen += m;
             s.est.resize(m, 0);
-            sq8_dots_with(self.isa, &s.qi8, &cl.codes, dim, &mut s.est);
-            let base = qc + q_min;
-            for (pos, &e) in s.est.iter().enumerate() {
-                let mut sc = base + e as f32 * inv;
-                if !cl.half_sq_norms.is_empty() {
-                    sc -= cl.half_sq_norms[pos];
-                }
-                if sc > s.top.threshold() {
-                    s.top.push(Entry { score: sc, cluster: f, pos: pos as u32 });
-                }
+            match kind {
+                CodeKind::Sq8 => sq8_dots_with(self.isa, &s.qi8, &cl.codes, stride, &mut s.est),
+                CodeKind::Sq4 => crate::kernels::sq4_dots_with(self.isa, &s.qi8, &cl.codes, stride, &mut s.est),
             }
+            // Scores in one vectorisable pass, then a scan against the (rarely changing) threshold.
+            let base = qc + q_min;
+            s.scores.clear();
+            s.scores.extend(s.est.iter().map(|&e| base + e as f32 * inv));
+            if !cl.half_sq_norms.is_empty() {
+                s.scores.iter_mut().zip(&cl.half_sq_norms).for_each(|(sc, h)| *sc -= h);
+            }
+            s.top.offer(f, &s.scores);
         }
     }
 
@@ -804,12 +880,10 @@ impl Index {
         let m = cl.len();
         buf.resize(m, 0.0);
         dots(q, &cl.vectors, buf);
-        for (pos, &sc) in buf.iter().enumerate() {
-            let sc = if cl.half_sq_norms.is_empty() { sc } else { sc - cl.half_sq_norms[pos] };
-            if sc > top.threshold() {
-                top.push(Entry { score: sc, cluster: f as u32, pos: pos as u32 });
-            }
+        if !cl.half_sq_norms.is_empty() {
+            buf.iter_mut().zip(&cl.half_sq_norms).for_each(|(sc, h)| *sc -= h);
         }
+        top.offer(f as u32, buf);
     }
 
     /// The fine cluster a prepared vector belongs to: best coarse centroid, then its best child.
@@ -862,6 +936,7 @@ impl Index {
     /// Deletes ids without a rebuild; returns how many were present.
     pub fn delete(&mut self, ids: &[u64]) -> usize {
         let dim = self.p.dim;
+        let stride = self.p.config.codes.stride(dim);
         let mut removed = 0;
         for &id in ids {
             let Some((f, pos)) = self.locations.remove(&id) else { continue };
@@ -874,11 +949,11 @@ impl Index {
             }
             if pos != last {
                 cl.vectors.copy_within(last * dim..(last + 1) * dim, pos * dim);
-                cl.codes.copy_within(last * dim..(last + 1) * dim, pos * dim);
+                cl.codes.copy_within(last * stride..(last + 1) * stride, pos * stride);
                 self.locations.insert(cl.ids[pos], (f as u32, pos as u32));
             }
             cl.vectors.truncate(last * dim);
-            cl.codes.truncate(last * dim);
+            cl.codes.truncate(last * stride);
             if cl.representative == Some(id) {
                 let rep = representative(&self.p, f, &self.p.clusters[f]);
                 self.p.clusters[f].representative = rep;
@@ -945,20 +1020,17 @@ impl Index {
     /// derived tables.
     fn reencode(&mut self) {
         let dim = self.p.dim;
-        let mut lo = vec![f32::INFINITY; dim];
-        let mut hi = vec![f32::NEG_INFINITY; dim];
-        for (f, cl) in self.p.clusters.iter().enumerate() {
-            let c = &self.p.fine[f * dim..][..dim];
-            for x in cl.vectors.chunks_exact(dim) {
-                for j in 0..dim {
-                    lo[j] = lo[j].min(x[j] - c[j]);
-                    hi[j] = hi[j].max(x[j] - c[j]);
-                }
-            }
-        }
-        if lo.iter().all(|v| v.is_finite()) {
-            self.p.sq_step = lo.iter().zip(&hi).map(|(&l, &h)| ((h - l) / 255.0).max(f32::MIN_POSITIVE)).collect();
+        let total = self.p.clusters.iter().map(Cluster::len).sum();
+        if total > 0 {
+            let members = self
+                .p
+                .clusters
+                .iter()
+                .enumerate()
+                .flat_map(|(f, cl)| cl.vectors.chunks_exact(dim).map(move |x| (f, x)));
+            let (lo, st) = quantiser(self.p.config.codes, dim, &self.p.fine, total, members);
             self.p.sq_min = lo;
+            self.p.sq_step = st;
         }
         let mut clusters = std::mem::take(&mut self.p.clusters);
         clusters.par_iter_mut().enumerate().for_each(|(f, cl)| {
@@ -975,6 +1047,46 @@ impl Index {
             *self = index;
         }
     }
+}
+
+/// Rows sampled per dimension to place the quantiser's range.
+const RANGE_SAMPLE: usize = 16_384;
+
+/// Per-dimension offset and step of the residual quantiser, from a deterministic sample of at most about
+/// [`RANGE_SAMPLE`] residuals `x - c` (every n-th of the `total` members, given as (fine cluster, vector)),
+/// clipped at the kind's quantiles.
+fn quantiser<'a>(
+    kind: CodeKind,
+    dim: usize,
+    fine: &[f32],
+    total: usize,
+    members: impl Iterator<Item = (usize, &'a [f32])>,
+) -> (Vec<f32>, Vec<f32>) {
+    let every = total.div_ceil(RANGE_SAMPLE).max(1);
+    let mut residuals: Vec<f32> = Vec::with_capacity((total / every + 1) * dim);
+    for (f, x) in members.step_by(every) {
+        residuals.extend(x.iter().zip(&fine[f * dim..][..dim]).map(|(x, c)| x - c));
+    }
+    ranges_from_residuals(kind, dim, &residuals)
+}
+
+fn ranges_from_residuals(kind: CodeKind, dim: usize, residuals: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let n = residuals.len() / dim;
+    let levels = kind.levels();
+    let clip = ((n as f64) * kind.clip()).floor() as usize;
+    (0..dim)
+        .into_par_iter()
+        .map(|j| {
+            let mut col: Vec<f32> = residuals.iter().skip(j).step_by(dim).copied().collect();
+            if col.is_empty() {
+                return (0.0, 1.0);
+            }
+            col.sort_unstable_by(f32::total_cmp);
+            let lo = col[clip.min(col.len() - 1)];
+            let hi = col[col.len() - 1 - clip.min(col.len() - 1)];
+            (lo, ((hi - lo) / levels).max(f32::MIN_POSITIVE))
+        })
+        .unzip()
 }
 
 fn empty_parts() -> IndexParts {
@@ -1003,14 +1115,24 @@ fn with_row(e: Error, row: usize) -> Error {
 fn push_member(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
     let dim = p.dim;
     let c = &p.fine[f * dim..][..dim];
+    let kind = p.config.codes;
+    let levels = kind.levels();
     cl.ids.push(id);
     cl.vectors.extend_from_slice(x);
-    cl.codes.extend(
-        x.iter()
-            .zip(c)
-            .zip(p.sq_min.iter().zip(&p.sq_step))
-            .map(|((&xj, &cj), (&lo, &st))| ((xj - cj - lo) / st).round().clamp(0.0, 255.0) as u8),
-    );
+    let codes = x
+        .iter()
+        .zip(c)
+        .zip(p.sq_min.iter().zip(&p.sq_step))
+        .map(|((&xj, &cj), (&lo, &st))| ((xj - cj - lo) / st).round().clamp(0.0, levels) as u8);
+    match kind {
+        CodeKind::Sq8 => cl.codes.extend(codes),
+        CodeKind::Sq4 => {
+            let unpacked: Vec<u8> = codes.collect();
+            let at = cl.codes.len();
+            cl.codes.resize(at + kind.stride(dim), 0);
+            crate::kernels::sq4_pack(&unpacked, &mut cl.codes[at..]);
+        }
+    }
     if p.config.metric == Metric::L2 {
         cl.half_sq_norms.push(0.5 * dot(x, x));
     }

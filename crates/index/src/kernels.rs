@@ -203,6 +203,98 @@ pub fn sq8_dots(query: &[i8], codes: &[u8], stride: usize, out: &mut [i32]) {
     sq8_dots_with(Isa::best(), query, codes, stride, out)
 }
 
+/// Width of a transposed block: [`dots_t16_with`] scores this many rows at once.
+pub const T16: usize = 16;
+
+/// Scores one query against a block of 16 rows stored transposed (`block[j * 16 + l]` is dimension `j`
+/// of row `l`, so `block.len() == 16 * query.len()`): `out[l] = dot(query, row l)`.
+///
+/// The transposed layout needs no horizontal sums: each step broadcasts one query value and multiplies
+/// it into 16 rows at once. m2m-index stores centroids this way, so ranking thousands of them per query is
+/// a stream of fused multiply-adds. A block of the wrong length leaves `out` untouched.
+pub fn dots_t16_with(isa: Isa, query: &[f32], block: &[f32], out: &mut [f32; T16]) {
+    if block.len() != T16 * query.len() {
+        return;
+    }
+    match isa.checked() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx512 only on a CPU with AVX-512 F, BW and VNNI; length checked above.
+        Isa::Avx512 => unsafe { x86::dots_t16_avx512(query, block, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx2 only on a CPU with AVX2 and FMA; length checked above.
+        Isa::Avx2 => unsafe { x86::dots_t16_avx2(query, block, out) },
+        _ => scalar::dots_t16(query, block, out),
+    }
+}
+
+/// Transposes rows (row-major, `dim` each) into blocks of [`T16`] for [`dots_t16_with`]; the last block
+/// is padded with zero rows.
+pub fn transpose_t16(rows: &[f32], dim: usize) -> Vec<f32> {
+    if dim == 0 {
+        return Vec::new();
+    }
+    let n = rows.len() / dim;
+    let blocks = n.div_ceil(T16);
+    let mut out = vec![0.0f32; blocks * T16 * dim];
+    for (i, row) in rows.chunks_exact(dim).enumerate() {
+        let (b, l) = (i / T16, i % T16);
+        let block = &mut out[b * T16 * dim..][..T16 * dim];
+        for (j, &v) in row.iter().enumerate() {
+            block[j * T16 + l] = v;
+        }
+    }
+    out
+}
+
+/// Dimensions per SQ4 group: a group is 64 bytes holding 128 four-bit codes (see [`sq4_pack`]).
+pub const SQ4_GROUP: usize = 128;
+
+/// Bytes of one SQ4-coded row of `dim` dimensions.
+pub fn sq4_stride(dim: usize) -> usize {
+    dim.div_ceil(SQ4_GROUP) * (SQ4_GROUP / 2)
+}
+
+/// Packs 4-bit codes (`codes[j] <= 15`, one per dimension) into the SQ4 row layout: for each group of 128
+/// dimensions, byte `b` holds dimension `b` of the group in its low nibble and dimension `64 + b` in its
+/// high nibble. Missing dimensions (past `codes.len()`) are code 0. `out.len()` must be
+/// `sq4_stride(codes.len())`; otherwise nothing is written.
+pub fn sq4_pack(codes: &[u8], out: &mut [u8]) {
+    if out.len() != sq4_stride(codes.len()) {
+        return;
+    }
+    out.fill(0);
+    for (j, &c) in codes.iter().enumerate() {
+        let (g, r) = (j / SQ4_GROUP, j % SQ4_GROUP);
+        let byte = g * (SQ4_GROUP / 2) + r % 64;
+        out[byte] |= (c & 0x0F) << (4 * (r / 64));
+    }
+}
+
+/// The 4-bit code of dimension `j` in a packed SQ4 row.
+pub fn sq4_code(row: &[u8], j: usize) -> u8 {
+    let (g, r) = (j / SQ4_GROUP, j % SQ4_GROUP);
+    (row[g * (SQ4_GROUP / 2) + r % 64] >> (4 * (r / 64))) & 0x0F
+}
+
+/// `out[i] = sum_j code_ij * query[j]` over SQ4 rows of `stride` bytes; `query` holds one i8 per
+/// dimension, padded with zeros to `2 * stride` values. Rows beyond `out.len()` are ignored; a query of
+/// another length leaves `out` untouched.
+pub fn sq4_dots_with(isa: Isa, query: &[i8], codes: &[u8], stride: usize, out: &mut [i32]) {
+    if stride == 0 || !stride.is_multiple_of(SQ4_GROUP / 2) || query.len() != 2 * stride {
+        return;
+    }
+    match isa.checked() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx512 only on a CPU with AVX-512 F, BW and VNNI; shapes checked above.
+        Isa::Avx512 => unsafe { x86::sq4_dots_avx512(query, codes, stride, out) },
+        _ => {
+            for (o, row) in out.iter_mut().zip(codes.chunks_exact(stride)) {
+                *o = scalar::sq4_dot(row, query);
+            }
+        }
+    }
+}
+
 mod scalar {
     use super::LANES;
 
@@ -239,6 +331,28 @@ mod scalar {
         let mut s: f32 = acc.iter().sum();
         for (x, y) in ta.iter().zip(tb) {
             s += (x - y) * (x - y);
+        }
+        s
+    }
+
+    pub(super) fn dots_t16(query: &[f32], block: &[f32], out: &mut [f32; super::T16]) {
+        let mut acc = [0.0f32; super::T16];
+        for (&q, col) in query.iter().zip(block.chunks_exact(super::T16)) {
+            for (a, &c) in acc.iter_mut().zip(col) {
+                *a += q * c;
+            }
+        }
+        *out = acc;
+    }
+
+    /// One packed SQ4 row against a query of `2 * row.len()` i8 values: each byte feeds two dimensions.
+    pub(super) fn sq4_dot(row: &[u8], query: &[i8]) -> i32 {
+        let mut s = 0i32;
+        for (bytes, q) in row.chunks_exact(64).zip(query.chunks_exact(128)) {
+            let (qlo, qhi) = q.split_at(64);
+            for ((&b, &l), &h) in bytes.iter().zip(qlo).zip(qhi) {
+                s += i32::from(b & 0x0F) * i32::from(l) + i32::from(b >> 4) * i32::from(h);
+            }
         }
         s
     }
@@ -421,10 +535,33 @@ mod x86 {
         }
     }
 
+    /// Sums of four f32 vectors, lane-reduced: `[sum(a), sum(b), sum(c), sum(d)]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn reduce4_ps(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
+        // Within each 128-bit lane: interleave and add until each lane holds [a, b, c, d] partial sums.
+        let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+        let abd = _mm512_castps_pd(ab);
+        let cdd = _mm512_castps_pd(cd);
+        let v = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(abd, cdd)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(abd, cdd)),
+        );
+        // Then add the four 128-bit lanes.
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        let h = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+    }
+
     /// # Safety
     /// The CPU must support AVX-512 F; `queries` and `rows` are whole rows of `dim` and
     /// `out.len() >= n_queries * n_rows`.
     #[target_feature(enable = "avx512f")]
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "register blocking indexes parallel 4x4 arrays; iterators obscure it"
+    )]
     pub(super) unsafe fn dots_many_avx512(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
         let (nq, nr) = (queries.len() / dim, rows.len() / dim);
         let full = dim / 16 * 16;
@@ -458,10 +595,11 @@ mod x86 {
                         }
                     }
                 }
-                for (j, a) in acc.iter().enumerate() {
-                    for k in 0..4 {
-                        out[(q + k) * nr + r + j] = _mm512_reduce_add_ps(a[k]);
-                    }
+                // acc[j][k] is row r + j against query q + k: reduce the four rows of each query together.
+                for k in 0..4 {
+                    let sums = reduce4_ps(acc[0][k], acc[1][k], acc[2][k], acc[3][k]);
+                    // SAFETY: out has n_queries * n_rows entries, and r + 4 <= r4 <= nr.
+                    unsafe { _mm_storeu_ps(out.as_mut_ptr().add((q + k) * nr + r), sums) };
                 }
             }
             for r in r4..nr {
@@ -475,6 +613,68 @@ mod x86 {
             for r in 0..nr {
                 out[q * nr + r] = dot512(qrow, &rows[r * dim..][..dim]);
             }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F; `block.len() == 16 * query.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dots_t16_avx512(query: &[f32], block: &[f32], out: &mut [f32; 16]) {
+        let dim = query.len();
+        let pb = block.as_ptr();
+        // Eight independent chains hide the latency of the fused multiply-add.
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut j = 0;
+        // SAFETY: column j of the block is block[16 j .. 16 j + 16], inside the block for j < dim.
+        unsafe {
+            while j + 8 <= dim {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(query[j + u]), _mm512_loadu_ps(pb.add((j + u) * 16)), *a);
+                }
+                j += 8;
+            }
+            while j < dim {
+                acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(query[j]), _mm512_loadu_ps(pb.add(j * 16)), acc[0]);
+                j += 1;
+            }
+            let s01 = _mm512_add_ps(acc[0], acc[1]);
+            let s23 = _mm512_add_ps(acc[2], acc[3]);
+            let s45 = _mm512_add_ps(acc[4], acc[5]);
+            let s67 = _mm512_add_ps(acc[6], acc[7]);
+            let sum = _mm512_add_ps(_mm512_add_ps(s01, s23), _mm512_add_ps(s45, s67));
+            _mm512_storeu_ps(out.as_mut_ptr(), sum);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `block.len() == 16 * query.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dots_t16_avx2(query: &[f32], block: &[f32], out: &mut [f32; 16]) {
+        let dim = query.len();
+        let pb = block.as_ptr();
+        let mut lo = [_mm256_setzero_ps(); 4];
+        let mut hi = [_mm256_setzero_ps(); 4];
+        let mut j = 0;
+        // SAFETY: column j is block[16 j .. 16 j + 16]; both 8-lane halves lie inside it for j < dim.
+        unsafe {
+            while j + 4 <= dim {
+                for u in 0..4 {
+                    let q = _mm256_set1_ps(query[j + u]);
+                    lo[u] = _mm256_fmadd_ps(q, _mm256_loadu_ps(pb.add((j + u) * 16)), lo[u]);
+                    hi[u] = _mm256_fmadd_ps(q, _mm256_loadu_ps(pb.add((j + u) * 16 + 8)), hi[u]);
+                }
+                j += 4;
+            }
+            while j < dim {
+                let q = _mm256_set1_ps(query[j]);
+                lo[0] = _mm256_fmadd_ps(q, _mm256_loadu_ps(pb.add(j * 16)), lo[0]);
+                hi[0] = _mm256_fmadd_ps(q, _mm256_loadu_ps(pb.add(j * 16 + 8)), hi[0]);
+                j += 1;
+            }
+            let l = _mm256_add_ps(_mm256_add_ps(lo[0], lo[1]), _mm256_add_ps(lo[2], lo[3]));
+            let h = _mm256_add_ps(_mm256_add_ps(hi[0], hi[1]), _mm256_add_ps(hi[2], hi[3]));
+            _mm256_storeu_ps(out.as_mut_ptr(), l);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), h);
         }
     }
 
@@ -547,11 +747,104 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU must support AVX-512 F, BW and VNNI.
+    /// The CPU must support AVX-512 F, BW and VNNI; `stride` is a multiple of 64 and
+    /// `query.len() == 2 * stride`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn sq4_dots_avx512(query: &[i8], codes: &[u8], stride: usize, out: &mut [i32]) {
+        let rows = out.len().min(codes.len() / stride);
+        let groups = stride / 64;
+        let (pq, pc) = (query.as_ptr(), codes.as_ptr());
+        let nibble = _mm512_set1_epi8(0x0F);
+        let mut r = 0;
+        while r + 4 <= rows {
+            let mut acc = [_mm512_setzero_si512(); 4];
+            // SAFETY: rows r..r+4 exist; group g of a row is bytes [64 g, 64 g + 64) < stride, and of the
+            // query values [128 g, 128 g + 128) < 2 stride = query.len().
+            unsafe {
+                for g in 0..groups {
+                    let qlo = _mm512_loadu_si512(pq.add(128 * g).cast());
+                    let qhi = _mm512_loadu_si512(pq.add(128 * g + 64).cast());
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let v = _mm512_loadu_si512(pc.add((r + k) * stride + 64 * g).cast());
+                        let lo = _mm512_and_si512(v, nibble);
+                        let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                        *a = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*a, lo, qlo), hi, qhi);
+                    }
+                }
+                let sums = reduce4_epi32(acc[0], acc[1], acc[2], acc[3]);
+                _mm_storeu_si128(out.as_mut_ptr().add(r).cast(), sums);
+            }
+            r += 4;
+        }
+        for (r, o) in out.iter_mut().enumerate().take(rows).skip(r) {
+            let mut acc = _mm512_setzero_si512();
+            // SAFETY: as above, for the single row r < rows.
+            unsafe {
+                for g in 0..groups {
+                    let qlo = _mm512_loadu_si512(pq.add(128 * g).cast());
+                    let qhi = _mm512_loadu_si512(pq.add(128 * g + 64).cast());
+                    let v = _mm512_loadu_si512(pc.add(r * stride + 64 * g).cast());
+                    let lo = _mm512_and_si512(v, nibble);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                    acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, lo, qlo), hi, qhi);
+                }
+            }
+            *o = _mm512_reduce_add_epi32(acc);
+        }
+    }
+
+    /// Sums of four i32 vectors, lane-reduced: `[sum(a), sum(b), sum(c), sum(d)]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn reduce4_epi32(a: __m512i, b: __m512i, c: __m512i, d: __m512i) -> __m128i {
+        // Within each 128-bit lane: interleave and add until each lane holds [a, b, c, d] partial sums.
+        let ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+        let cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+        let v = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+        // Then add the four 128-bit lanes.
+        let h = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI; `stride >= query.len()`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn sq8_dots_avx512(query: &[i8], codes: &[u8], stride: usize, out: &mut [i32]) {
-        for (o, row) in out.iter_mut().zip(codes.chunks_exact(stride)) {
-            *o = sq8_dot512(row, query);
+        let n = query.len();
+        let rows = out.len().min(codes.len() / stride);
+        let full = n / 64 * 64;
+        let tail: __mmask64 = if n > full { (1u64 << (n - full)) - 1 } else { 0 };
+        let (pq, pc) = (query.as_ptr(), codes.as_ptr());
+        let mut r = 0;
+        // Four rows at a time: each query chunk is loaded once for four rows, and the four sums are
+        // reduced together.
+        while r + 4 <= rows {
+            let mut acc = [_mm512_setzero_si512(); 4];
+            // SAFETY: rows r..r+4 exist (r + 4 <= rows <= codes.len() / stride); loads read bytes
+            // [i, i + 64) with i + 64 <= full <= n <= stride of each row, and the masked tail n - full.
+            unsafe {
+                let mut i = 0;
+                while i < full {
+                    let q = _mm512_loadu_si512(pq.add(i).cast());
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_dpbusd_epi32(*a, _mm512_loadu_si512(pc.add((r + k) * stride + i).cast()), q);
+                    }
+                    i += 64;
+                }
+                if tail != 0 {
+                    let q = _mm512_maskz_loadu_epi8(tail, pq.add(full).cast());
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let c = _mm512_maskz_loadu_epi8(tail, pc.add((r + k) * stride + full).cast());
+                        *a = _mm512_dpbusd_epi32(*a, c, q);
+                    }
+                }
+                let sums = reduce4_epi32(acc[0], acc[1], acc[2], acc[3]);
+                _mm_storeu_si128(out.as_mut_ptr().add(r).cast(), sums);
+            }
+            r += 4;
+        }
+        for r in r..rows {
+            out[r] = sq8_dot512(&codes[r * stride..][..n], query);
         }
     }
 }
@@ -619,6 +912,75 @@ mod tests {
             let exact: i64 = codes.iter().zip(&query).map(|(&c, &q)| i64::from(c) * i64::from(q)).sum();
             for isa in Isa::available() {
                 prop_assert_eq!(i64::from(sq8_dot_with(isa, &codes, &query)), exact, "{:?}", isa);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn transposed_blocks_match_row_dots(dim in 1usize..50, rows in 1usize..40, seed in any::<u64>()) {
+            use rand::{RngExt, SeedableRng, rngs::StdRng};
+            let mut rng = StdRng::seed_from_u64(seed);
+            let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let m: Vec<f32> = (0..rows * dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let t = transpose_t16(&m, dim);
+            prop_assert_eq!(t.len(), rows.div_ceil(T16) * T16 * dim);
+            for isa in Isa::available() {
+                for (b, block) in t.chunks_exact(T16 * dim).enumerate() {
+                    let mut out = [f32::NAN; T16];
+                    dots_t16_with(isa, &q, block, &mut out);
+                    for (l, &o) in out.iter().enumerate() {
+                        let i = b * T16 + l;
+                        let want = if i < rows { dot_ref(&q, &m[i * dim..][..dim]) } else { 0.0 };
+                        let tl = if i < rows { tol(&q, &m[i * dim..][..dim]) } else { 0.0 };
+                        prop_assert!((f64::from(o) - want).abs() <= tl, "{:?} row {}", isa, i);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn sq8_dots_match_single_rows(n in 1usize..200, pad in 0usize..70, rows in 0usize..11, seed in any::<u64>()) {
+            use rand::{RngExt, SeedableRng, rngs::StdRng};
+            let mut rng = StdRng::seed_from_u64(seed);
+            let stride = n + pad;
+            let q: Vec<i8> = (0..n).map(|_| rng.random()).collect();
+            let codes: Vec<u8> = (0..rows * stride).map(|_| rng.random()).collect();
+            for isa in Isa::available() {
+                let mut out = vec![i32::MIN; rows];
+                sq8_dots_with(isa, &q, &codes, stride, &mut out);
+                for (r, &o) in out.iter().enumerate() {
+                    prop_assert_eq!(o, sq8_dot_with(Isa::Scalar, &codes[r * stride..][..n], &q), "{:?} row {}", isa, r);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn sq4_pack_round_trips_and_dots_match_unpacked(dim in 1usize..300, rows in 0usize..9, seed in any::<u64>()) {
+            use rand::{RngExt, SeedableRng, rngs::StdRng};
+            let mut rng = StdRng::seed_from_u64(seed);
+            let stride = sq4_stride(dim);
+            let raw: Vec<Vec<u8>> = (0..rows).map(|_| (0..dim).map(|_| rng.random_range(0u8..16)).collect()).collect();
+            let mut packed = vec![0u8; rows * stride];
+            for (r, c) in raw.iter().enumerate() {
+                sq4_pack(c, &mut packed[r * stride..][..stride]);
+                for (j, &v) in c.iter().enumerate() {
+                    prop_assert_eq!(sq4_code(&packed[r * stride..][..stride], j), v);
+                }
+            }
+            let mut q = vec![0i8; 2 * stride];
+            for v in q.iter_mut().take(dim) {
+                *v = rng.random();
+            }
+            for isa in Isa::available() {
+                let mut out = vec![i32::MIN; rows];
+                sq4_dots_with(isa, &q, &packed, stride, &mut out);
+                for (r, c) in raw.iter().enumerate() {
+                    let want: i32 = c.iter().zip(&q).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+                    prop_assert_eq!(out[r], want, "{:?} row {}", isa, r);
+                }
             }
         }
     }

@@ -1,10 +1,11 @@
 //! m2m-index: the retrieval core of M2M.
 //!
 //! A two-level k-means tree (coarse centroids, fine clusters under them) over cluster-major storage, with
-//! SQ8 codes of every vector for fast estimated scores, and four levels of detail:
+//! compact codes of every vector (SQ4 by default, or SQ8) for fast estimated scores, and four levels of
+//! detail:
 //!
 //! * [`Lod::Centroids`] (LOD 0): the representatives of the nearest fine clusters, from centroids alone;
-//! * [`Lod::Codes`] (LOD 1): SQ8 estimates over the members of the `nprobe` nearest clusters;
+//! * [`Lod::Codes`] (LOD 1): code estimates over the members of the `nprobe` nearest clusters;
 //! * [`Lod::Rerank`] (LOD 2, default): LOD 1 candidates re-ranked with exact full-precision scores;
 //! * [`Lod::Exact`]: an exhaustive scan, blocked over queries in batches.
 //!
@@ -31,5 +32,5 @@ mod kmeans;
 mod topk;
 
 pub use error::{Error, Result};
-pub use index::{Cluster, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};
+pub use index::{Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};
 pub use m2m_splat::Metric;

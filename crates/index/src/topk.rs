@@ -67,6 +67,24 @@ impl TopK {
         }
     }
 
+    /// Offers `scores[pos]` for every position of `cluster`. Chunks of 16 with no score above the
+    /// threshold are skipped after one vectorisable comparison, which is nearly all of them once the
+    /// collector is full.
+    pub(crate) fn offer(&mut self, cluster: u32, scores: &[f32]) {
+        let mut threshold = self.threshold();
+        for (c, chunk) in scores.chunks(16).enumerate() {
+            if !chunk.iter().fold(false, |hit, &v| hit | (v > threshold)) {
+                continue;
+            }
+            for (i, &score) in chunk.iter().enumerate() {
+                if score > threshold {
+                    self.push(Entry { score, cluster, pos: (c * 16 + i) as u32 });
+                    threshold = self.threshold();
+                }
+            }
+        }
+    }
+
     /// The kept entries, best first; the collector is left empty.
     pub(crate) fn drain_sorted(&mut self) -> Vec<Entry> {
         let mut v: Vec<Entry> = self.heap.drain().collect();
@@ -92,7 +110,16 @@ mod tests {
             let mut want = scores.clone();
             want.sort_by(|a, b| b.total_cmp(a));
             want.truncate(k);
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(&got, &want);
+            // `offer` keeps the same entries, at the same positions.
+            t.reset(k);
+            t.offer(3, &scores);
+            let offered = t.drain_sorted();
+            prop_assert_eq!(offered.iter().map(|e| e.score).collect::<Vec<_>>(), want);
+            for e in offered {
+                prop_assert_eq!(e.cluster, 3);
+                prop_assert_eq!(scores[e.pos as usize], e.score);
+            }
         }
     }
 }

@@ -69,25 +69,35 @@ fn assert_sorted(metric: Metric, hits: &[Hit]) {
 }
 
 #[test]
-fn every_lod_reaches_its_recall_on_every_metric() {
+fn every_lod_reaches_its_recall_on_every_metric_and_code() {
+    use m2m_index::CodeKind;
     let d = digits(4_000, 100, 64);
-    for metric in [Metric::Cosine, Metric::InnerProduct, Metric::L2] {
+    // LOD 1 ranks by estimates only; 4-bit codes blur near-duplicate digits more than 8-bit ones.
+    let cases = [
+        (Metric::Cosine, CodeKind::Sq8, 0.85),
+        (Metric::Cosine, CodeKind::Sq4, 0.80),
+        (Metric::InnerProduct, CodeKind::Sq4, 0.80),
+        (Metric::L2, CodeKind::Sq4, 0.80),
+        (Metric::L2, CodeKind::Sq8, 0.85),
+    ];
+    for (metric, kind, lod1_floor) in cases {
         let (base, queries) = if metric == Metric::Cosine {
             (d.base.clone(), d.queries.clone())
         } else {
             (scaled(&d.base, d.dim), scaled(&d.queries, d.dim))
         };
-        let index = Index::build(&IndexConfig::default().metric(metric), d.dim, &base, &d.ids).unwrap();
+        let config = IndexConfig::default().metric(metric).codes(kind);
+        let index = Index::build(&config, d.dim, &base, &d.ids).unwrap();
         assert_eq!(index.len(), 4_000);
         let p = SearchParams { nprobe: 24, ..SearchParams::default() };
         let exact = recall(&index, &d, &base, &queries, 10, Lod::Exact, &p);
         let lod2 = recall(&index, &d, &base, &queries, 10, Lod::Rerank, &p);
         let lod1 = recall(&index, &d, &base, &queries, 10, Lod::Codes, &p);
         // Exact is exact (f32 against f64 may swap a near tie, hence not 1.0 to the bit).
-        assert!(exact >= 0.995, "{metric}: exact recall {exact}");
-        assert!(lod2 >= 0.95, "{metric}: LOD 2 recall {lod2}");
-        assert!(lod1 >= 0.85, "{metric}: LOD 1 recall {lod1}");
-        assert!(lod2 >= lod1 - 1e-9, "{metric}: re-ranking lost recall ({lod1} -> {lod2})");
+        assert!(exact >= 0.995, "{metric} {kind:?}: exact recall {exact}");
+        assert!(lod2 >= 0.95, "{metric} {kind:?}: LOD 2 recall {lod2}");
+        assert!(lod1 >= lod1_floor, "{metric} {kind:?}: LOD 1 recall {lod1}");
+        assert!(lod2 >= lod1 - 1e-9, "{metric} {kind:?}: re-ranking lost recall ({lod1} -> {lod2})");
     }
 }
 
@@ -190,5 +200,29 @@ fn tiny_sets_and_k_larger_than_n_work() {
             assert_eq!(hits.len(), 3);
             assert_eq!(hits[0].id, 10, "{lod:?}");
         }
+    }
+}
+
+#[test]
+fn lod1_estimates_are_close_to_exact_scores_for_both_code_kinds() {
+    use m2m_index::CodeKind;
+    let d = digits(3_000, 40, 64);
+    for (kind, tol) in [(CodeKind::Sq8, 0.01), (CodeKind::Sq4, 0.05)] {
+        let index = Index::build(&IndexConfig::default().codes(kind), d.dim, &d.base, &d.ids).unwrap();
+        let mut worst = 0.0f32;
+        let mut sum = 0.0f32;
+        let mut n = 0;
+        for q in d.queries.chunks_exact(d.dim) {
+            let est = index.search(q, 20, Lod::Codes, &SearchParams::default()).unwrap();
+            for h in &est {
+                let row = ((h.id - 1_000) / 3) as usize;
+                let exact: f32 = d.base[row * d.dim..][..d.dim].iter().zip(q).map(|(a, b)| a * b).sum();
+                worst = worst.max((h.score - exact).abs());
+                sum += (h.score - exact).abs();
+                n += 1;
+            }
+        }
+        let mean = sum / n as f32;
+        assert!(mean < tol, "{kind:?}: mean |estimate - exact| = {mean}, worst {worst}");
     }
 }
