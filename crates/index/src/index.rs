@@ -658,7 +658,7 @@ impl Index {
     /// Exact search blocked over queries: each cluster's vectors are scored against 32 queries at a time
     /// while they sit in cache.
     fn exact_batch(&self, queries: &[f32], n: usize, k: usize) -> Result<Vec<Vec<Hit>>> {
-        const BLOCK: usize = 32;
+        const BLOCK: usize = 64;
         let dim = self.p.dim;
         let blocks: Vec<Result<Vec<Vec<Hit>>>> = queries
             .par_chunks(BLOCK * dim)
