@@ -14,18 +14,21 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use m2m_index::{CodeKind, Hit, Index, IndexConfig, Lod, Metric, Scratch, SearchParams};
-use m2m_splat::read_vectors;
+use m2m_splat::{Vectors, read_vectors};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
 #[command(about = "Recall / QPS / latency sweep of m2m-index on vector files")]
 struct Args {
     /// Base vectors (.fvecs or .npy).
-    #[arg(long)]
-    base: PathBuf,
+    #[arg(long, required_unless_present = "digits")]
+    base: Option<PathBuf>,
     /// Query vectors (.fvecs or .npy).
-    #[arg(long)]
-    queries: PathBuf,
+    #[arg(long, required_unless_present = "digits")]
+    queries: Option<PathBuf>,
+    /// Instead of files: the built-in digits projected to S^639, this many base rows and 1,000 queries.
+    #[arg(long, conflicts_with_all = ["base", "queries", "truth"])]
+    digits: Option<usize>,
     /// Exact neighbour ids per query (.ivecs or .npy); computed when absent.
     #[arg(long)]
     truth: Option<PathBuf>,
@@ -44,8 +47,8 @@ struct Args {
     /// Queries timed one at a time for the latency percentiles.
     #[arg(long, default_value_t = 1000)]
     nq_lat: usize,
-    /// nprobe values for LOD 1 and LOD 2 (comma separated).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![8, 16, 24, 32, 48, 64, 96, 128])]
+    /// nprobe values for LOD 1 and LOD 2 (comma separated; 0 = the index's calibrated default).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0, 16, 32, 48, 64, 96, 128, 192, 256])]
     nprobe: Vec<usize>,
     /// Re-rank depths for LOD 2 (comma separated; 0 = max(4k, 40)).
     #[arg(long, value_delimiter = ',', default_values_t = vec![0])]
@@ -120,8 +123,15 @@ fn main() -> Result<()> {
     if args.k == 0 || args.threads == 0 {
         bail!("--k and --threads must be at least 1");
     }
-    let base = read_vectors::<f32>(&args.base)?;
-    let queries = read_vectors::<f32>(&args.queries)?;
+    let (base, queries, base_name) = match (&args.digits, &args.base, &args.queries) {
+        (Some(rows), _, _) => {
+            let d = m2m_splat::digits_on_sphere(&m2m_splat::DigitsConfig::default().rows(*rows).queries(1_000))?;
+            let dim = d.dim;
+            (Vectors { dim, data: d.base }, Vectors { dim, data: d.queries }, format!("digits-S639-{rows}"))
+        }
+        (None, Some(b), Some(q)) => (read_vectors::<f32>(b)?, read_vectors::<f32>(q)?, b.display().to_string()),
+        _ => bail!("give --base and --queries, or --digits N"),
+    };
     if base.dim != queries.dim {
         bail!("base has dimension {}, queries {}", base.dim, queries.dim);
     }
@@ -143,11 +153,14 @@ fn main() -> Result<()> {
     let index = build_pool.install(|| Index::build(&config, dim, &base.data, &ids))?;
     let build_s = t.elapsed().as_secs_f64();
     eprintln!(
-        "built {} x {dim} in {build_s:.2} s: {} coarse, {} fine clusters, {:.1} MB hot",
+        "built {} x {dim} in {build_s:.2} s: {} coarse, {} fine clusters, {:.1} MB hot, default nprobe {} \
+         (calibrated for recall {})",
         base.rows(),
         index.n_coarse(),
         index.n_fine(),
-        index.hot_bytes() as f64 / 1e6
+        index.hot_bytes() as f64 / 1e6,
+        index.default_nprobe(),
+        config.target_recall
     );
 
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build().context("thread pool")?;
@@ -183,6 +196,10 @@ fn main() -> Result<()> {
         settings.push((Lod::Exact, SearchParams::default()));
     }
 
+    // nprobe 0 asks for the calibrated default: report which value that was.
+    let shown = |nprobe: usize| -> serde_json::Value {
+        if nprobe == 0 { format!("auto:{}", index.default_nprobe()).into() } else { nprobe.into() }
+    };
     let mut points = Vec::new();
     println!("| lod | nprobe | rerank | recall@{} | QPS ({} thr) | p50 us | p95 us | p99 us |", args.k, args.threads);
     println!("|---|---|---|---|---|---|---|---|");
@@ -208,8 +225,8 @@ fn main() -> Result<()> {
         lat.sort_by(f64::total_cmp);
         let (name, json_params) = match lod {
             Lod::Centroids => ("0", serde_json::json!({})),
-            Lod::Codes => ("1", serde_json::json!({ "nprobe": params.nprobe })),
-            Lod::Rerank => ("2", serde_json::json!({ "nprobe": params.nprobe, "rerank": params.rerank })),
+            Lod::Codes => ("1", serde_json::json!({ "nprobe": shown(params.nprobe) })),
+            Lod::Rerank => ("2", serde_json::json!({ "nprobe": shown(params.nprobe), "rerank": params.rerank })),
             Lod::Exact => ("exact", serde_json::json!({})),
         };
         let p = Point {
@@ -221,7 +238,9 @@ fn main() -> Result<()> {
             p95_us: percentile(&lat, 0.95),
             p99_us: percentile(&lat, 0.99),
         };
-        let show = |v: Option<&serde_json::Value>| v.map_or("-".to_string(), |v| v.to_string());
+        let show = |v: Option<&serde_json::Value>| {
+            v.map_or("-".to_string(), |v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+        };
         println!(
             "| {} | {} | {} | {:.4} | {:.0} | {:.1} | {:.1} | {:.1} |",
             p.lod,
@@ -236,7 +255,7 @@ fn main() -> Result<()> {
         points.push(p);
     }
     let report = Report {
-        base: args.base.display().to_string(),
+        base: base_name,
         codes: args.codes.clone(),
         n: base.rows(),
         dim,

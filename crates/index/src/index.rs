@@ -44,6 +44,10 @@ pub struct IndexConfig {
     pub seed: u64,
     /// The compressed codes every vector gets (what LOD 1 reads). Default [`CodeKind::Sq4`].
     pub codes: CodeKind,
+    /// Recall@10 that the default `nprobe` is calibrated to reach at LOD 2, measured at build time on a
+    /// sample of the indexed vectors (see [`Index::calibrate`]). Default 0.95; 0 skips calibration and
+    /// uses `max(8, n_fine / 16)`.
+    pub target_recall: f32,
 }
 
 /// The compressed code of a vector: its residual to the fine centroid, scalar-quantised per dimension.
@@ -93,6 +97,7 @@ impl Default for IndexConfig {
             max_cluster_factor: 3.0,
             seed: 42,
             codes: CodeKind::default(),
+            target_recall: 0.95,
         }
     }
 }
@@ -142,6 +147,9 @@ impl IndexConfig {
         if !(self.max_cluster_factor.is_finite() && self.max_cluster_factor > 1.0) {
             return bad("max_cluster_factor", "must be finite and > 1");
         }
+        if !(0.0..=1.0).contains(&self.target_recall) {
+            return bad("target_recall", "must lie in [0, 1]");
+        }
         Ok(())
     }
 }
@@ -173,10 +181,11 @@ impl Lod {
     }
 }
 
-/// Search knobs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Search knobs. The default (all zeros) lets the index choose every one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchParams {
-    /// Fine clusters whose members are scored (LOD 1 and 2). Default 48.
+    /// Fine clusters whose members are scored (LOD 1 and 2). 0 (the default) uses the index's calibrated
+    /// value ([`Index::default_nprobe`]).
     pub nprobe: usize,
     /// Coarse clusters whose fine centroids are ranked. 0 (the default) chooses by itself: the best coarse
     /// clusters are taken until their children number at least `max(8 * nprobe, 256)` (for LOD 0,
@@ -184,12 +193,6 @@ pub struct SearchParams {
     pub coarse_probe: usize,
     /// LOD 2: candidates from the codes that are re-ranked exactly; 0 means `max(4k, 40)`. Default 0.
     pub rerank: usize,
-}
-
-impl Default for SearchParams {
-    fn default() -> Self {
-        SearchParams { nprobe: 48, coarse_probe: 0, rerank: 0 }
-    }
 }
 
 /// One result: an id and its score (cosine similarity, inner product, or squared L2 distance).
@@ -249,6 +252,10 @@ pub struct IndexParts {
     pub sq_step: Vec<f32>,
     /// Mean members per fine cluster at build time (the reference for rebalancing).
     pub target_cluster_size: f32,
+    /// The nprobe used when a search asks for 0 (calibrated at build time).
+    pub default_nprobe: usize,
+    /// Ids of the vectors held out of k-means training to calibrate `default_nprobe` as unseen queries.
+    pub calibration_ids: Vec<u64>,
 }
 
 /// Per-query working memory; reuse one per thread to search without allocating.
@@ -356,6 +363,19 @@ impl Index {
         let data = prepare_rows(metric, vectors, dim)?;
         let spherical = metric == Metric::Cosine;
         let (n_fine, n_coarse) = cluster_counts(config, n);
+        // Calibration rows: a seeded sample that k-means never trains on, so that they measure recall as
+        // unseen queries would (rows a clustering was fitted to are found more easily).
+        let held: Vec<usize> = if config.target_recall > 0.0 && n > 2 * CALIBRATION_QUERIES {
+            use rand::{SeedableRng, rngs::StdRng};
+            let mut rng = StdRng::seed_from_u64(config.seed ^ 0xCA11_B8A7E);
+            let mut rows = rand::seq::index::sample(&mut rng, n, CALIBRATION_QUERIES).into_vec();
+            rows.sort_unstable();
+            rows
+        } else {
+            Vec::new()
+        };
+        let mut is_held = vec![false; n];
+        held.iter().for_each(|&r| is_held[r] = true);
 
         // Level 1: coarse k-means over a sample, then every row assigned.
         let coarse_km = KMeans {
@@ -365,7 +385,7 @@ impl Index {
             max_train: config.train_per_centroid.saturating_mul(n_coarse).max(n_coarse),
             seed: config.seed,
         };
-        let coarse = coarse_km.run(&data, dim);
+        let coarse = coarse_km.run_held_out(&data, dim, |r| is_held[r]);
         let n_coarse = coarse.centroids.len() / dim;
         let mut members: Vec<Vec<u32>> = vec![Vec::new(); n_coarse];
         for (row, &c) in coarse.assign.iter().enumerate() {
@@ -391,7 +411,7 @@ impl Index {
                     max_train: config.train_per_centroid.saturating_mul(k).max(k),
                     seed: config.seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 };
-                let r = km.run(&local, dim);
+                let r = km.run_held_out(&local, dim, |i| is_held[rows[i] as usize]);
                 let k = r.centroids.len() / dim;
                 let mut groups: Vec<Vec<u32>> = vec![Vec::new(); k];
                 for (i, &f) in r.assign.iter().enumerate() {
@@ -438,6 +458,8 @@ impl Index {
             sq_min,
             sq_step,
             target_cluster_size: n as f32 / groups.len().max(1) as f32,
+            default_nprobe: (groups.len() / 16).max(8),
+            calibration_ids: held.iter().map(|&r| ids[r]).collect(),
         };
         p.clusters = groups
             .par_iter()
@@ -452,7 +474,100 @@ impl Index {
                 cl
             })
             .collect();
-        Index::from_parts(p)
+        let mut index = Index::from_parts(p)?;
+        if config.target_recall > 0.0 {
+            index.calibrate(config.target_recall, 10)?;
+        }
+        Ok(index)
+    }
+
+    /// The nprobe a search uses when it asks for 0.
+    pub fn default_nprobe(&self) -> usize {
+        self.p.default_nprobe
+    }
+
+    /// Sets the default nprobe to the smallest value on a ladder (8, 12, 16, 24, 32, 48, ...) at which LOD 2
+    /// reaches `target` recall@k, measured on up to 200 indexed vectors used as queries against their exact
+    /// neighbours (each query's own id left out of both). The queries are the vectors the build held out of
+    /// k-means training, so they behave like unseen queries. Returns the chosen nprobe and the recall measured
+    /// with it; when no nprobe reaches the target, every cluster is probed.
+    ///
+    /// Recall is measured, never assumed: the build calls this with its `target_recall`, and after many
+    /// inserts a caller can run it again.
+    pub fn calibrate(&mut self, target: f32, k: usize) -> Result<(usize, f32)> {
+        if k == 0 {
+            return Err(Error::ZeroK);
+        }
+        let dim = self.p.dim;
+        let n = self.len();
+        let n_fine = self.n_fine();
+        if n <= k + 1 {
+            self.p.default_nprobe = n_fine.max(1);
+            return Ok((self.p.default_nprobe, 1.0));
+        }
+        // The held-out calibration vectors still in the index, or else a deterministic spread of members
+        // (every (n / 200)-th in cluster order), which measures recall somewhat optimistically.
+        let mut queries = Vec::with_capacity(CALIBRATION_QUERIES * dim);
+        let mut own = Vec::with_capacity(CALIBRATION_QUERIES);
+        for &id in &self.p.calibration_ids {
+            if let Some(&(f, pos)) = self.locations.get(&id) {
+                queries.extend_from_slice(&self.p.clusters[f as usize].vectors[pos as usize * dim..][..dim]);
+                own.push(id);
+            }
+        }
+        if own.len() < CALIBRATION_QUERIES / 2 {
+            queries.clear();
+            own.clear();
+            let m = n.min(CALIBRATION_QUERIES);
+            let step = n / m;
+            let mut i = 0usize;
+            'outer: for cl in &self.p.clusters {
+                for (pos, &id) in cl.ids.iter().enumerate() {
+                    if i.is_multiple_of(step) {
+                        queries.extend_from_slice(&cl.vectors[pos * dim..][..dim]);
+                        own.push(id);
+                        if own.len() == m {
+                            break 'outer;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+        }
+        let others = |hits: Vec<Hit>, me: u64| -> Vec<u64> {
+            hits.into_iter().map(|h| h.id).filter(|&id| id != me).take(k).collect()
+        };
+        let truth: Vec<Vec<u64>> = self
+            .search_batch(&queries, k + 1, Lod::Exact, &SearchParams::default())?
+            .into_iter()
+            .zip(&own)
+            .map(|(h, &me)| others(h, me))
+            .collect();
+        let mut ladder = vec![8usize, 12];
+        while *ladder.last().unwrap_or(&8) < n_fine {
+            let last = ladder[ladder.len() - 2];
+            ladder.push(last * 2);
+        }
+        let mut chosen = (n_fine, 1.0f32);
+        for &nprobe in &ladder {
+            let nprobe = nprobe.min(n_fine);
+            let params = SearchParams { nprobe, ..SearchParams::default() };
+            let results = self.search_batch(&queries, k + 1, Lod::Rerank, &params)?;
+            let mut found = 0usize;
+            let mut total = 0usize;
+            for ((hits, t), &me) in results.into_iter().zip(&truth).zip(&own) {
+                let got = others(hits, me);
+                found += got.iter().filter(|id| t.contains(id)).count();
+                total += t.len();
+            }
+            let recall = if total == 0 { 1.0 } else { found as f32 / total as f32 };
+            if recall >= target || nprobe >= n_fine {
+                chosen = (nprobe, recall);
+                break;
+            }
+        }
+        self.p.default_nprobe = chosen.0;
+        Ok(chosen)
     }
 
     /// Rebuilds an index from its parts (after deserialisation), checking that they agree.
@@ -609,6 +724,13 @@ impl Index {
     ) -> Result<Vec<Hit>> {
         self.check_query(query, k)?;
         let q = self.prepare(query, s)?;
+        let resolved;
+        let params = if params.nprobe == 0 {
+            resolved = SearchParams { nprobe: self.p.default_nprobe.max(1), ..*params };
+            &resolved
+        } else {
+            params
+        };
         let entries = match lod {
             Lod::Centroids => return Ok(self.lod0(&q, k, params, s)),
             Lod::Codes => {
@@ -1100,8 +1222,13 @@ fn empty_parts() -> IndexParts {
         sq_min: Vec::new(),
         sq_step: Vec::new(),
         target_cluster_size: 0.0,
+        default_nprobe: 1,
+        calibration_ids: Vec::new(),
     }
 }
+
+/// Vectors held out of training to calibrate the default nprobe.
+const CALIBRATION_QUERIES: usize = 200;
 
 fn with_row(e: Error, row: usize) -> Error {
     match e {

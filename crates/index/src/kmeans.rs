@@ -65,16 +65,25 @@ pub(crate) fn assign(data: &[f32], dim: usize, centroids: &[f32], spherical: boo
 impl KMeans {
     /// Clusters `data` (rows of `dim`). With fewer rows than `k`, k becomes the row count.
     pub(crate) fn run(&self, data: &[f32], dim: usize) -> Clustering {
+        self.run_held_out(data, dim, |_| false)
+    }
+
+    /// Like [`run`](Self::run), but rows for which `held_out` is true take no part in training (they are
+    /// still assigned), so that they can measure the clustering as unseen queries would.
+    pub(crate) fn run_held_out(&self, data: &[f32], dim: usize, held_out: impl Fn(usize) -> bool) -> Clustering {
         let n = data.len() / dim;
-        let k = self.k.clamp(1, n.max(1));
+        let trainable: Vec<usize> = (0..n).filter(|&i| !held_out(i)).collect();
+        let trainable = if trainable.is_empty() { (0..n).collect() } else { trainable };
+        let k = self.k.clamp(1, trainable.len().max(1));
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let train: Vec<f32> = if n > self.max_train {
-            let mut idx = sample_indices(&mut rng, n, self.max_train).into_vec();
+        let rows: Vec<usize> = if trainable.len() > self.max_train {
+            let mut idx = sample_indices(&mut rng, trainable.len(), self.max_train).into_vec();
             idx.sort_unstable();
-            idx.iter().flat_map(|&i| data[i * dim..(i + 1) * dim].iter().copied()).collect()
+            idx.into_iter().map(|i| trainable[i]).collect()
         } else {
-            data.to_vec()
+            trainable
         };
+        let train: Vec<f32> = rows.iter().flat_map(|&i| data[i * dim..(i + 1) * dim].iter().copied()).collect();
         let mut centroids = self.seed_plus_plus(&train, dim, k, &mut rng);
         for _ in 0..self.iters {
             let a = assign(&train, dim, &centroids, self.spherical);

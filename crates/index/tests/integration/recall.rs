@@ -89,7 +89,7 @@ fn every_lod_reaches_its_recall_on_every_metric_and_code() {
         let config = IndexConfig::default().metric(metric).codes(kind);
         let index = Index::build(&config, d.dim, &base, &d.ids).unwrap();
         assert_eq!(index.len(), 4_000);
-        let p = SearchParams { nprobe: 24, ..SearchParams::default() };
+        let p = SearchParams { nprobe: 32, ..SearchParams::default() };
         let exact = recall(&index, &d, &base, &queries, 10, Lod::Exact, &p);
         let lod2 = recall(&index, &d, &base, &queries, 10, Lod::Rerank, &p);
         let lod1 = recall(&index, &d, &base, &queries, 10, Lod::Codes, &p);
@@ -225,4 +225,26 @@ fn lod1_estimates_are_close_to_exact_scores_for_both_code_kinds() {
         let mean = sum / n as f32;
         assert!(mean < tol, "{kind:?}: mean |estimate - exact| = {mean}, worst {worst}");
     }
+}
+
+#[test]
+fn the_default_nprobe_is_calibrated_to_the_target_recall() {
+    let d = digits(5_000, 200, 48);
+    let base_cfg = IndexConfig::default();
+    let mut index = Index::build(&base_cfg, d.dim, &d.base, &d.ids).unwrap();
+    // Held-out queries with the calibrated default: near the 0.95 target (calibration samples the base).
+    let r = recall(&index, &d, &d.base, &d.queries, 10, Lod::Rerank, &SearchParams::default());
+    assert!(r >= 0.93, "recall {r} at calibrated nprobe {}", index.default_nprobe());
+    let (low, low_recall) = index.calibrate(0.5, 10).unwrap();
+    let (high, high_recall) = index.calibrate(0.995, 10).unwrap();
+    assert!(low <= high, "{low} > {high}");
+    assert!(low_recall >= 0.5 && high_recall >= 0.995 || high == index.n_fine(), "{low_recall} {high_recall}");
+    assert_eq!(index.default_nprobe(), high);
+    assert!(matches!(index.calibrate(0.9, 0), Err(Error::ZeroK)));
+    let mut bad = base_cfg.clone();
+    bad.target_recall = 1.5;
+    assert!(matches!(
+        Index::build(&bad, d.dim, &d.base, &d.ids),
+        Err(Error::InvalidConfig { what: "target_recall", .. })
+    ));
 }
