@@ -292,6 +292,85 @@ pub fn sq4_dots_with(isa: Isa, query: &[i8], codes: &[u8], stride: usize, out: &
     }
 }
 
+/// bf16 values per padded group: rows of a bf16 matrix are padded with zeros to a multiple of this.
+pub const BF16_GROUP: usize = 32;
+
+/// Padded length of a bf16 row of `dim` values.
+pub fn bf16_stride(dim: usize) -> usize {
+    dim.div_ceil(BF16_GROUP) * BF16_GROUP
+}
+
+/// Rounds f32 values to bf16 (round to nearest, ties to even) into `out`, padding the rest of `out` with
+/// zeros. Finite inputs give finite outputs unless they exceed the bf16 range.
+pub fn to_bf16(v: &[f32], out: &mut [u16]) {
+    out.fill(0);
+    for (o, &x) in out.iter_mut().zip(v) {
+        let bits = x.to_bits();
+        let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
+        *o = (rounded >> 16) as u16;
+    }
+}
+
+/// The f32 value of a bf16.
+#[inline]
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// Relative error bound of [`bf16_dots_many_with`] for rows of `dim` values: with both operands rounded to
+/// bf16 (8 bits of precision: relative error at most 2^-8 each, so at most 2^-7 + 2^-16 per product) and
+/// products summed in f32,
+/// `|q . x - score| <= bf16_error_bound(dim) * |q| * |x|` (Cauchy-Schwarz on `sum |q_j| |x_j|`), with a 1%
+/// margin. Values small enough to be flushed as denormals (below 2^-126) are not covered.
+pub fn bf16_error_bound(dim: usize) -> f32 {
+    let per_product = 2f64.powi(-7) + 2f64.powi(-16);
+    let accumulation = dim as f64 * 2f64.powi(-23);
+    (1.01 * (per_product + accumulation + 2f64.powi(-17))) as f32
+}
+
+/// Whether this CPU has the AVX-512 BF16 dot-product instruction.
+pub fn has_bf16_dot() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Isa::Avx512.is_available() && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Scores of bf16 queries against bf16 rows, both padded to `stride` ([`bf16_stride`]):
+/// `out[q * n_rows + r] = sum_j q_j x_j` accumulated in f32. Uses `vdpbf16ps` where [`has_bf16_dot`],
+/// otherwise a scalar twin (exact products, f32 sums). Shapes that do not fit leave `out` untouched.
+pub fn bf16_dots_many_with(isa: Isa, queries: &[u16], rows: &[u16], stride: usize, out: &mut [f32]) {
+    if stride == 0 || !stride.is_multiple_of(BF16_GROUP) {
+        return;
+    }
+    if !queries.len().is_multiple_of(stride) || !rows.len().is_multiple_of(stride) {
+        return;
+    }
+    let (nq, nr) = (queries.len() / stride, rows.len() / stride);
+    if nq == 0 || nr == 0 || out.len() < nq * nr {
+        return;
+    }
+    match isa.checked() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512 plus the bf16 feature were both detected; shapes checked above.
+        Isa::Avx512 if has_bf16_dot() => unsafe { x86::bf16_dots_many_avx512(queries, rows, stride, out) },
+        _ => {
+            for (qrow, o) in queries.chunks_exact(stride).zip(out.chunks_exact_mut(nr)) {
+                for (x, row) in o.iter_mut().zip(rows.chunks_exact(stride)) {
+                    *x = qrow.iter().zip(row).map(|(&a, &b)| bf16_to_f32(a) * bf16_to_f32(b)).sum();
+                }
+            }
+        }
+    }
+}
+
 mod scalar {
     use super::LANES;
 
@@ -860,6 +939,97 @@ mod x86 {
         }
     }
 
+    /// Loads 32 bf16 values.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BF16, and `p` must point to 32 readable `u16`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn load_bh(p: *const u16) -> __m512bh {
+        // SAFETY: the caller guarantees 64 readable bytes at p; both vector types are 64 bytes of plain data.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast())) }
+    }
+
+    /// Scores bf16 queries `q..q+QN` against rows `r..r+RN` in registers and writes the QN x RN scores.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BF16; those queries and rows exist (whole rows of `stride`, a
+    /// multiple of 32), and `out` holds `(q + QN) * nr` scores.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::needless_range_loop, reason = "register blocking indexes parallel arrays; iterators obscure it")]
+    unsafe fn bf16_block<const QN: usize, const RN: usize>(
+        queries: &[u16],
+        rows: &[u16],
+        stride: usize,
+        q: usize,
+        r: usize,
+        nr: usize,
+        out: &mut [f32],
+    ) {
+        let (pq, pr) = (queries.as_ptr(), rows.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); QN]; RN];
+        let mut i = 0;
+        while i < stride {
+            // SAFETY: rows q..q+QN and r..r+RN exist (caller) and i + 32 <= stride, so each load reads 32
+            // values inside one row.
+            unsafe {
+                let qv: [__m512bh; QN] = std::array::from_fn(|k| load_bh(pq.add((q + k) * stride + i)));
+                for j in 0..RN {
+                    let rv = load_bh(pr.add((r + j) * stride + i));
+                    for k in 0..QN {
+                        acc[j][k] = _mm512_dpbf16_ps(acc[j][k], qv[k], rv);
+                    }
+                }
+            }
+            i += 32;
+        }
+        for k in 0..QN {
+            let base = (q + k) * nr + r;
+            let mut j = 0;
+            while j + 4 <= RN {
+                let sums = reduce4_ps(acc[j][k], acc[j + 1][k], acc[j + 2][k], acc[j + 3][k]);
+                // SAFETY: out holds (q + QN) * nr scores and r + j + 4 <= r + RN <= nr.
+                unsafe { _mm_storeu_ps(out.as_mut_ptr().add(base + j), sums) };
+                j += 4;
+            }
+            while j < RN {
+                out[base + j] = _mm512_reduce_add_ps(acc[j][k]);
+                j += 1;
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F and BF16; queries and rows are whole rows of `stride` (a multiple of
+    /// 32) and `out.len() >= n_queries * n_rows`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_dots_many_avx512(queries: &[u16], rows: &[u16], stride: usize, out: &mut [f32]) {
+        let (nq, nr) = (queries.len() / stride, rows.len() / stride);
+        let q4 = nq / 4 * 4;
+        let (r4, r8) = (nr / 4 * 4, nr / 8 * 8);
+        // SAFETY: every call below keeps q + QN <= nq and r + RN <= nr, and out is large enough (caller).
+        unsafe {
+            for q in (0..q4).step_by(4) {
+                for r in (0..r4).step_by(4) {
+                    bf16_block::<4, 4>(queries, rows, stride, q, r, nr, out);
+                }
+                for r in r4..nr {
+                    bf16_block::<4, 1>(queries, rows, stride, q, r, nr, out);
+                }
+            }
+            // Single queries (the one-at-a-time path): eight rows per step keep eight chains in flight.
+            for q in q4..nq {
+                for r in (0..r8).step_by(8) {
+                    bf16_block::<1, 8>(queries, rows, stride, q, r, nr, out);
+                }
+                for r in r8..nr {
+                    bf16_block::<1, 1>(queries, rows, stride, q, r, nr, out);
+                }
+            }
+        }
+    }
+
     /// Sums of four i32 vectors, lane-reduced: `[sum(a), sum(b), sum(c), sum(d)]`.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -1066,6 +1236,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn bf16_scores_stay_within_the_stated_bound(dim in 1usize..200, nq in 1usize..7, nr in 1usize..9, seed in any::<u64>()) {
+            use rand::{RngExt, SeedableRng, rngs::StdRng};
+            let mut rng = StdRng::seed_from_u64(seed);
+            let stride = bf16_stride(dim);
+            let qs: Vec<f32> = (0..nq * dim).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            let rs: Vec<f32> = (0..nr * dim).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            let pack = |m: &[f32], n: usize| {
+                let mut out = vec![0u16; n * stride];
+                for (src, dst) in m.chunks_exact(dim).zip(out.chunks_exact_mut(stride)) {
+                    to_bf16(src, dst);
+                }
+                out
+            };
+            let (qb, rb) = (pack(&qs, nq), pack(&rs, nr));
+            let bound = f64::from(bf16_error_bound(dim));
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; nq * nr];
+                bf16_dots_many_with(isa, &qb, &rb, stride, &mut out);
+                for q in 0..nq {
+                    for r in 0..nr {
+                        let (a, b) = (&qs[q * dim..][..dim], &rs[r * dim..][..dim]);
+                        let norms = dot_ref(a, a).sqrt() * dot_ref(b, b).sqrt();
+                        let err = (f64::from(out[q * nr + r]) - dot_ref(a, b)).abs();
+                        prop_assert!(err <= bound * norms, "{:?}: error {} > bound {}", isa, err, bound * norms);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        let mut out = [0u16; 4];
+        // 1 + 2^-8 is halfway between bf16 1.0 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        to_bf16(&[1.0, 1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), -2.5], &mut out);
+        let back: Vec<f32> = out.iter().map(|&b| bf16_to_f32(b)).collect();
+        assert_eq!(back, vec![1.0, 1.0, 1.0 + 2f32.powi(-6), -2.5]);
     }
 
     #[test]

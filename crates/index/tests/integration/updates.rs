@@ -102,6 +102,9 @@ fn parts_round_trip_through_postcard_and_corruption_is_caught() {
     let dup = bad.clusters[0].ids[0];
     bad.clusters[1].ids[0] = dup;
     assert!(matches!(Index::from_parts(bad), Err(Error::Corrupt { .. })));
+    let mut bad = parts.clone();
+    bad.clusters[2].bf16.pop();
+    assert!(matches!(Index::from_parts(bad), Err(Error::Corrupt { .. })));
     let mut bad = parts;
     bad.sq_min.pop();
     assert!(matches!(Index::from_parts(bad), Err(Error::Corrupt { .. })));
