@@ -62,6 +62,9 @@ struct Args {
     /// Coarse clusters probed (0 = rank every fine centroid).
     #[arg(long, default_value_t = 0)]
     coarse_probe: usize,
+    /// Global refinement iterations of the fine centroids (default: the index's default).
+    #[arg(long)]
+    refine_iters: Option<usize>,
     /// Compressed codes: sq4 or sq8.
     #[arg(long, default_value = "sq4")]
     codes: String,
@@ -141,6 +144,9 @@ fn main() -> Result<()> {
     let mut config = IndexConfig::default().metric(args.metric);
     config.n_fine = args.n_fine;
     config.n_coarse = args.n_coarse;
+    if let Some(r) = args.refine_iters {
+        config.refine_iters = r;
+    }
     config.codes = match args.codes.as_str() {
         "sq4" => CodeKind::Sq4,
         "sq8" => CodeKind::Sq8,

@@ -53,6 +53,12 @@ pub struct IndexConfig {
     /// keeps every row that could still be in the top k, and those are rescored in f32, so results equal
     /// the f32 scan. Used where the CPU has AVX-512 BF16; elsewhere exact search scans f32. Default true.
     pub exact_prefilter: bool,
+    /// Lloyd iterations over all fine centroids at once after the per-partition k-means (each vector may
+    /// move to a fine cluster of another coarse partition; each fine centroid is then re-attached to its
+    /// nearest coarse centroid). This brings the clusters close to a flat k-means, so fewer probes reach a
+    /// given recall. Default 1 (on minilm70k one iteration raised LOD 2 recall at nprobe 48 from 0.943 to
+    /// 0.952; a second added nothing measurable and 0.3 s of build).
+    pub refine_iters: usize,
 }
 
 /// The compressed code of a vector: its residual to the fine centroid, scalar-quantised per dimension.
@@ -104,6 +110,7 @@ impl Default for IndexConfig {
             codes: CodeKind::default(),
             target_recall: 0.95,
             exact_prefilter: true,
+            refine_iters: 1,
         }
     }
 }
@@ -443,13 +450,17 @@ impl Index {
             .collect();
 
         let mut fine = Vec::new();
-        let mut children = Vec::with_capacity(n_coarse);
+        let mut children: Vec<Vec<u32>> = Vec::with_capacity(n_coarse);
         let mut groups = Vec::new();
         for (cents, g) in partitions {
             let start = groups.len() as u32;
             children.push((start..start + g.len() as u32).collect());
             fine.extend_from_slice(&cents);
             groups.extend(g);
+        }
+        if config.refine_iters > 0 {
+            (groups, children) =
+                refine(&data, dim, &mut fine, &coarse.centroids, config.refine_iters, spherical, &is_held);
         }
 
         let rows_of = &data;
@@ -497,7 +508,8 @@ impl Index {
         self.p.default_nprobe
     }
 
-    /// Sets the default nprobe to the smallest value on a ladder (8, 12, 16, 24, 32, 48, ...) at which LOD 2
+    /// Sets the default nprobe to the smallest value on a ladder (8, 10, 12, 14, 17, ..., steps of about
+    /// 20%) at which LOD 2
     /// reaches `target` recall@k, measured on up to 200 indexed vectors used as queries against their exact
     /// neighbours (each query's own id left out of both). The queries are the vectors the build held out of
     /// k-means training, so they behave like unseen queries. Returns the chosen nprobe and the recall measured
@@ -554,10 +566,11 @@ impl Index {
             .zip(&own)
             .map(|(h, &me)| others(h, me))
             .collect();
-        let mut ladder = vec![8usize, 12];
+        // A geometric ladder, steps of about 20%: 8, 10, 12, 14, 17, 20, 24, 29, ...
+        let mut ladder = vec![8usize];
         while *ladder.last().unwrap_or(&8) < n_fine {
-            let last = ladder[ladder.len() - 2];
-            ladder.push(last * 2);
+            let last = *ladder.last().unwrap_or(&8);
+            ladder.push((last + 1).max((last as f64 * 1.2).round() as usize));
         }
         let mut chosen = (n_fine, 1.0f32);
         for &nprobe in &ladder {
@@ -1324,6 +1337,91 @@ fn ranges_from_residuals(kind: CodeKind, dim: usize, residuals: &[f32]) -> (Vec<
             (lo, ((hi - lo) / levels).max(f32::MIN_POSITIVE))
         })
         .unzip()
+}
+
+/// Global Lloyd refinement of the fine centroids (see [`IndexConfig::refine_iters`]): every row is
+/// assigned to its best fine centroid among all of them, the centroids are recomputed from the rows not
+/// held out, and at the end each fine centroid is attached to its best coarse centroid. Clusters that end
+/// empty are dropped. Returns the members of each fine cluster and the children of each coarse centroid.
+fn refine(
+    data: &[f32],
+    dim: usize,
+    fine: &mut Vec<f32>,
+    coarse: &[f32],
+    iters: usize,
+    spherical: bool,
+    is_held: &[bool],
+) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let k = fine.len() / dim;
+    let mut assign = crate::kmeans::assign(data, dim, fine, spherical);
+    for _ in 0..iters {
+        // Sums over fixed chunks added in order: deterministic whatever the thread count.
+        let partial: Vec<(Vec<f64>, Vec<u32>)> = data
+            .par_chunks(1024 * dim)
+            .zip(assign.par_chunks(1024))
+            .zip(is_held.par_chunks(1024))
+            .map(|((rows, a), held)| {
+                let mut sums = vec![0.0f64; k * dim];
+                let mut counts = vec![0u32; k];
+                for ((x, &c), &h) in rows.chunks_exact(dim).zip(a).zip(held) {
+                    if h {
+                        continue;
+                    }
+                    counts[c as usize] += 1;
+                    sums[c as usize * dim..][..dim].iter_mut().zip(x).for_each(|(s, &v)| *s += f64::from(v));
+                }
+                (sums, counts)
+            })
+            .collect();
+        let mut sums = vec![0.0f64; k * dim];
+        let mut counts = vec![0u32; k];
+        for (s, c) in &partial {
+            sums.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+            counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+        }
+        for (j, c) in fine.chunks_exact_mut(dim).enumerate() {
+            if counts[j] == 0 {
+                continue;
+            }
+            let inv = 1.0 / f64::from(counts[j]);
+            c.iter_mut().zip(&sums[j * dim..][..dim]).for_each(|(c, &s)| *c = (s * inv) as f32);
+            if spherical {
+                let n = dot(c, c).sqrt();
+                if n > 0.0 {
+                    c.iter_mut().for_each(|v| *v /= n);
+                }
+            }
+        }
+        assign = crate::kmeans::assign(data, dim, fine, spherical);
+    }
+    // Members per fine cluster; empty clusters are dropped and the rest renumbered.
+    let mut members: Vec<Vec<u32>> = vec![Vec::new(); k];
+    for (row, &c) in assign.iter().enumerate() {
+        members[c as usize].push(row as u32);
+    }
+    let kept: Vec<usize> = (0..k).filter(|&j| !members[j].is_empty()).collect();
+    let new_fine: Vec<f32> = kept.iter().flat_map(|&j| fine[j * dim..][..dim].iter().copied()).collect();
+    let groups: Vec<Vec<u32>> = kept.iter().map(|&j| std::mem::take(&mut members[j])).collect();
+    *fine = new_fine;
+    // Each fine centroid under its best coarse centroid (the same criterion as routing).
+    let parents = crate::kmeans::assign(fine, dim, coarse, spherical);
+    let mut by_coarse: Vec<Vec<u32>> = vec![Vec::new(); coarse.len() / dim];
+    for (f, &c) in parents.iter().enumerate() {
+        by_coarse[c as usize].push(f as u32);
+    }
+    // Renumber fine clusters so that each coarse centroid's children are contiguous.
+    let order: Vec<u32> = by_coarse.iter().flatten().copied().collect();
+    let renumbered_fine: Vec<f32> =
+        order.iter().flat_map(|&f| fine[f as usize * dim..][..dim].iter().copied()).collect();
+    let renumbered_groups: Vec<Vec<u32>> = order.iter().map(|&f| groups[f as usize].clone()).collect();
+    let mut children = Vec::with_capacity(by_coarse.len());
+    let mut at = 0u32;
+    for ch in &by_coarse {
+        children.push((at..at + ch.len() as u32).collect());
+        at += ch.len() as u32;
+    }
+    *fine = renumbered_fine;
+    (renumbered_groups, children)
 }
 
 fn empty_parts() -> IndexParts {
