@@ -160,12 +160,13 @@ fn main() -> Result<()> {
     let build_s = t.elapsed().as_secs_f64();
     eprintln!(
         "built {} x {dim} in {build_s:.2} s: {} coarse, {} fine clusters, {:.1} MB hot, default nprobe {} \
-         (calibrated for recall {})",
+         and re-rank depth {} (calibrated for recall {})",
         base.rows(),
         index.n_coarse(),
         index.n_fine(),
         index.hot_bytes() as f64 / 1e6,
         index.default_nprobe(),
+        index.default_rerank(),
         config.target_recall
     );
 

@@ -204,7 +204,8 @@ pub struct SearchParams {
     /// clusters are taken until their children number at least `max(8 * nprobe, 256)` (for LOD 0,
     /// `max(8 * k, 256)`), so the cost of ranking follows nprobe rather than the size of the index.
     pub coarse_probe: usize,
-    /// LOD 2: candidates from the codes that are re-ranked exactly; 0 means `max(4k, 40)`. Default 0.
+    /// LOD 2: candidates from the codes that are re-ranked exactly. 0 (the default) uses the depth
+    /// calibrated at build time for k = 10, scaled by k / 10 (and at least k).
     pub rerank: usize,
 }
 
@@ -274,6 +275,8 @@ pub struct IndexParts {
     pub default_nprobe: usize,
     /// Ids of the vectors held out of k-means training to calibrate `default_nprobe` as unseen queries.
     pub calibration_ids: Vec<u64>,
+    /// Re-rank depth for k = 10 used when a search asks for 0 (calibrated at build time).
+    pub default_rerank: usize,
 }
 
 /// Per-query working memory; reuse one per thread to search without allocating.
@@ -481,6 +484,7 @@ impl Index {
             sq_step,
             target_cluster_size: n as f32 / groups.len().max(1) as f32,
             default_nprobe: (groups.len() / 16).max(8),
+            default_rerank: 40,
             calibration_ids: held.iter().map(|&r| ids[r]).collect(),
         };
         p.clusters = groups
@@ -508,15 +512,21 @@ impl Index {
         self.p.default_nprobe
     }
 
+    /// The re-rank depth a search for k = 10 uses when it asks for 0 (scaled by k / 10 for other k).
+    pub fn default_rerank(&self) -> usize {
+        self.p.default_rerank
+    }
+
     /// Sets the default nprobe to the smallest value on a ladder (8, 10, 12, 14, 17, ..., steps of about
-    /// 20%) at which LOD 2
+    /// 20%) at which LOD 2 (re-ranking a generous `max(4k, 40)` candidates)
     /// reaches `target` recall@k, measured on up to 200 indexed vectors used as queries against their exact
     /// neighbours (each query's own id left out of both). The queries are the vectors the build held out of
     /// k-means training, so they behave like unseen queries. Returns the chosen nprobe and the recall measured
     /// with it; when no nprobe reaches the target, every cluster is probed.
     ///
-    /// Recall is measured, never assumed: the build calls this with its `target_recall`, and after many
-    /// inserts a caller can run it again.
+    /// Then it sets the default re-rank depth to the smallest of k, 1.5k, 2k, 3k that loses at most 0.002
+    /// of that recall. Recall is measured, never assumed: the build calls this with its `target_recall`,
+    /// and after many inserts a caller can run it again.
     pub fn calibrate(&mut self, target: f32, k: usize) -> Result<(usize, f32)> {
         if k == 0 {
             return Err(Error::ZeroK);
@@ -572,11 +582,9 @@ impl Index {
             let last = *ladder.last().unwrap_or(&8);
             ladder.push((last + 1).max((last as f64 * 1.2).round() as usize));
         }
-        let mut chosen = (n_fine, 1.0f32);
-        for &nprobe in &ladder {
-            let nprobe = nprobe.min(n_fine);
-            let params = SearchParams { nprobe, ..SearchParams::default() };
-            let results = self.search_batch(&queries, k + 1, Lod::Rerank, &params)?;
+        let measure = |index: &Index, nprobe: usize, rerank: usize| -> Result<f32> {
+            let params = SearchParams { nprobe, rerank, ..SearchParams::default() };
+            let results = index.search_batch(&queries, k + 1, Lod::Rerank, &params)?;
             let mut found = 0usize;
             let mut total = 0usize;
             for ((hits, t), &me) in results.into_iter().zip(&truth).zip(&own) {
@@ -584,13 +592,30 @@ impl Index {
                 found += got.iter().filter(|id| t.contains(id)).count();
                 total += t.len();
             }
-            let recall = if total == 0 { 1.0 } else { found as f32 / total as f32 };
+            Ok(if total == 0 { 1.0 } else { found as f32 / total as f32 })
+        };
+        // nprobe first, with a generous re-rank depth so that probing alone decides.
+        let deep = (4 * (k + 1)).max(40);
+        let mut chosen = (n_fine, 1.0f32);
+        for &nprobe in &ladder {
+            let nprobe = nprobe.min(n_fine);
+            let recall = measure(self, nprobe, deep)?;
             if recall >= target || nprobe >= n_fine {
                 chosen = (nprobe, recall);
                 break;
             }
         }
+        // Then the smallest depth that loses no more than 0.002 of that recall.
+        let mut depth = deep;
+        for d in [k + 1, 3 * (k + 1) / 2, 2 * (k + 1), 3 * (k + 1)] {
+            if d < deep && measure(self, chosen.0, d)? >= chosen.1 - 0.002 {
+                depth = d;
+                break;
+            }
+        }
         self.p.default_nprobe = chosen.0;
+        // Stored for k = 10 and scaled by k at search time.
+        self.p.default_rerank = (depth * 10).div_ceil(k + 1).max(1);
         Ok(chosen)
     }
 
@@ -769,7 +794,11 @@ impl Index {
                 s.top.drain_sorted()
             }
             Lod::Rerank => {
-                let depth = if params.rerank == 0 { (4 * k).max(40) } else { params.rerank.max(k) };
+                let depth = if params.rerank == 0 {
+                    (self.p.default_rerank * k).div_ceil(10).max(k)
+                } else {
+                    params.rerank.max(k)
+                };
                 self.rank_fine(params, Self::rank_target(params.nprobe), s);
                 self.scan_codes(k, depth, params.nprobe, s);
                 self.rerank(k, s)
@@ -1437,6 +1466,7 @@ fn empty_parts() -> IndexParts {
         target_cluster_size: 0.0,
         default_nprobe: 1,
         calibration_ids: Vec::new(),
+        default_rerank: 40,
     }
 }
 
