@@ -463,7 +463,7 @@ impl Index {
         }
         if config.refine_iters > 0 {
             (groups, children) =
-                refine(&data, dim, &mut fine, &coarse.centroids, config.refine_iters, spherical, &is_held);
+                refine(&data, dim, &mut fine, &coarse.centroids, &children, config.refine_iters, spherical, &is_held);
         }
 
         let rows_of = &data;
@@ -522,7 +522,8 @@ impl Index {
     /// reaches `target` recall@k, measured on up to 200 indexed vectors used as queries against their exact
     /// neighbours (each query's own id left out of both). The queries are the vectors the build held out of
     /// k-means training, so they behave like unseen queries. Returns the chosen nprobe and the recall measured
-    /// with it; when no nprobe reaches the target, every cluster is probed.
+    /// with it; when the target is not reached by probing a quarter of the clusters, the default stays at
+    /// that quarter (raise `SearchParams::nprobe` explicitly for more).
     ///
     /// Then it sets the default re-rank depth to the smallest of k, 1.5k, 2k, 3k that loses at most 0.002
     /// of that recall. Recall is measured, never assumed: the build calls this with its `target_recall`,
@@ -577,8 +578,11 @@ impl Index {
             .map(|(h, &me)| others(h, me))
             .collect();
         // A geometric ladder, steps of about 20%: 8, 10, 12, 14, 17, 20, 24, 29, ...
-        let mut ladder = vec![8usize];
-        while *ladder.last().unwrap_or(&8) < n_fine {
+        // Probing more than a quarter of the clusters is no longer an index search: the ladder stops there,
+        // and data on which the target needs more keeps that cap (the measured recall is returned).
+        let cap = (n_fine / 4).max(8).min(n_fine);
+        let mut ladder = vec![8usize.min(cap)];
+        while *ladder.last().unwrap_or(&8) < cap {
             let last = *ladder.last().unwrap_or(&8);
             ladder.push((last + 1).max((last as f64 * 1.2).round() as usize));
         }
@@ -596,11 +600,11 @@ impl Index {
         };
         // nprobe first, with a generous re-rank depth so that probing alone decides.
         let deep = (4 * (k + 1)).max(40);
-        let mut chosen = (n_fine, 1.0f32);
+        let mut chosen = (cap, 1.0f32);
         for &nprobe in &ladder {
-            let nprobe = nprobe.min(n_fine);
+            let nprobe = nprobe.min(cap);
             let recall = measure(self, nprobe, deep)?;
-            if recall >= target || nprobe >= n_fine {
+            if recall >= target || nprobe >= cap {
                 chosen = (nprobe, recall);
                 break;
             }
@@ -1372,17 +1376,56 @@ fn ranges_from_residuals(kind: CodeKind, dim: usize, residuals: &[f32]) -> (Vec<
 /// assigned to its best fine centroid among all of them, the centroids are recomputed from the rows not
 /// held out, and at the end each fine centroid is attached to its best coarse centroid. Clusters that end
 /// empty are dropped. Returns the members of each fine cluster and the children of each coarse centroid.
+#[allow(clippy::too_many_arguments, reason = "one internal step of the build, called once")]
 fn refine(
     data: &[f32],
     dim: usize,
     fine: &mut Vec<f32>,
     coarse: &[f32],
+    children: &[Vec<u32>],
     iters: usize,
     spherical: bool,
     is_held: &[bool],
 ) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     let k = fine.len() / dim;
-    let mut assign = crate::kmeans::assign(data, dim, fine, spherical);
+    // A vector's best fine centroid is searched among the children of its REFINE_COARSE best coarse
+    // centroids (as search probes), not among all of them: the cost per vector follows the children of a
+    // few coarse centroids rather than n_fine.
+    let coarse_bias: Vec<f32> =
+        coarse.chunks_exact(dim).map(|c| if spherical { 0.0 } else { -0.5 * dot(c, c) }).collect();
+    let assign_near = |fine: &[f32]| -> Vec<u32> {
+        let fine_bias: Vec<f32> =
+            fine.chunks_exact(dim).map(|c| if spherical { 0.0 } else { -0.5 * dot(c, c) }).collect();
+        data.par_chunks(dim)
+            .map_init(
+                || (vec![0.0f32; coarse_bias.len()], Vec::new(), Vec::new()),
+                |(cs, order, fs): &mut (Vec<f32>, Vec<u32>, Vec<f32>), x| {
+                    dots(x, coarse, cs);
+                    cs.iter_mut().zip(&coarse_bias).for_each(|(v, b)| *v += b);
+                    order.clear();
+                    order.extend(0..cs.len() as u32);
+                    let take = REFINE_COARSE.min(order.len());
+                    order.select_nth_unstable_by(take - 1, |&a, &b| cs[b as usize].total_cmp(&cs[a as usize]));
+                    let mut best = (f32::NEG_INFINITY, 0u32);
+                    for &c in &order[..take] {
+                        let ch = &children[c as usize];
+                        let (Some(&lo), Some(&hi)) = (ch.first(), ch.last()) else { continue };
+                        // Children of one coarse centroid are contiguous during the build.
+                        let (lo, hi) = (lo as usize, hi as usize + 1);
+                        fs.resize(hi - lo, 0.0);
+                        dots(x, &fine[lo * dim..hi * dim], fs);
+                        for (i, (&v, &b)) in fs.iter().zip(&fine_bias[lo..hi]).enumerate() {
+                            if v + b > best.0 {
+                                best = (v + b, (lo + i) as u32);
+                            }
+                        }
+                    }
+                    best.1
+                },
+            )
+            .collect()
+    };
+    let mut assign = assign_near(fine);
     for _ in 0..iters {
         // Sums over fixed chunks added in order: deterministic whatever the thread count.
         let partial: Vec<(Vec<f64>, Vec<u32>)> = data
@@ -1421,7 +1464,7 @@ fn refine(
                 }
             }
         }
-        assign = crate::kmeans::assign(data, dim, fine, spherical);
+        assign = assign_near(fine);
     }
     // Members per fine cluster; empty clusters are dropped and the rest renumbered.
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); k];
@@ -1472,6 +1515,9 @@ fn empty_parts() -> IndexParts {
 
 /// Vectors held out of training to calibrate the default nprobe.
 const CALIBRATION_QUERIES: usize = 200;
+
+/// Coarse centroids whose children a vector may move to during refinement.
+const REFINE_COARSE: usize = 4;
 
 fn with_row(e: Error, row: usize) -> Error {
     match e {

@@ -238,7 +238,10 @@ fn the_default_nprobe_is_calibrated_to_the_target_recall() {
     let (low, low_recall) = index.calibrate(0.5, 10).unwrap();
     let (high, high_recall) = index.calibrate(0.995, 10).unwrap();
     assert!(low <= high, "{low} > {high}");
-    assert!(low_recall >= 0.5 && high_recall >= 0.995 || high == index.n_fine(), "{low_recall} {high_recall}");
+    // An unreachable target stops at a quarter of the clusters.
+    let cap = (index.n_fine() / 4).max(8).min(index.n_fine());
+    assert!(low_recall >= 0.5 && (high_recall >= 0.995 || high == cap), "{low_recall} {high_recall} {high}");
+    assert!(high <= cap);
     assert_eq!(index.default_nprobe(), high);
     assert!(matches!(index.calibrate(0.9, 0), Err(Error::ZeroK)));
     let mut bad = base_cfg.clone();
