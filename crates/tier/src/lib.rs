@@ -1,6 +1,57 @@
-//! m2m-tier: storage tiers of M2M (built by the tier issue).
+//! m2m-tier: storage of M2M, the only crate that owns database files.
 //!
-//! It will own the database directory (immutable memory-mapped segment files, an atomically replaced
-//! manifest, a write-ahead log with CRC32C records), the warm RAM cache with a byte budget, the hot-tier
-//! interface that m2m-gpu implements, and background prefetch driven by access plans. It is the only crate
-//! of the engine that touches the database's files. Nothing is implemented yet.
+//! Built so far:
+//!
+//! * [`Wal`]: the write-ahead log. Batches of validated splats are appended as length + CRC32C records
+//!   and acknowledged after `fdatasync` ([`Durability::Fsync`], the default) or, in the mode named
+//!   [`Durability::NoSync`], once the operating system has the bytes. Recovery keeps every complete record,
+//!   drops a torn tail and refuses corruption in the middle. A failed write cuts its partial record away.
+//! * [`DirLock`]: one writer per database directory, failing at once with [`Error::Locked`].
+//!
+//! Every byte is documented in `FORMAT.md` beside this crate's manifest. Still to come (the rest of the
+//! tier issue): immutable memory-mapped segments and the atomically replaced manifest, the warm cache with
+//! a byte budget, the hot tier, prefetch and compaction.
+//!
+//! ```
+//! use m2m_splat::{Batch, SplatSet};
+//! use m2m_tier::{Durability, Wal};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("000001.wal");
+//! let mut wal = Wal::create(&path, 2, Durability::Fsync)?;
+//! let batch = SplatSet::from_vectors(&[1.0, 0.0, 0.0, 2.0], 2)?;
+//! assert_eq!(wal.append(&batch)?, 0); // acknowledged: on stable storage
+//! drop(wal);
+//!
+//! let (_wal, recovered) = Wal::open(&path, Durability::Fsync)?;
+//! assert_eq!(recovered[0].ids, vec![0, 1]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod lock;
+mod wal;
+
+/// Helpers shared by this crate's crash tests and the helper process they kill; not a stable interface.
+#[doc(hidden)]
+pub mod testing {
+    use m2m_splat::{Batch, SplatSet};
+
+    /// The deterministic batch number `n` of dimension `dim`: `1 + n % 5` rows, ids `1000 n + row`,
+    /// kappa `1 + n`.
+    ///
+    /// # Panics
+    /// If `dim` is 0 (a test helper's programming error).
+    pub fn crash_batch(n: u64, dim: usize) -> SplatSet {
+        let rows = 1 + (n % 5) as usize;
+        let vectors: Vec<f32> = (0..rows * dim).map(|i| 1.0 + ((n as usize * 31 + i * 7) % 97) as f32).collect();
+        let ids: Vec<u64> = (0..rows as u64).map(|r| 1000 * n + r).collect();
+        let mut set = SplatSet::new(dim).expect("dimension at least 1");
+        set.append(Batch::new(&vectors, dim).ids(&ids).kappa(1.0 + n as f32)).expect("a valid batch");
+        set
+    }
+}
+
+pub use error::{Error, Result};
+pub use lock::{DirLock, LOCK_FILE};
+pub use wal::{Durability, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch};

@@ -1,0 +1,75 @@
+//! The one error type of m2m-tier.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong with the files of a database directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system error on a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bytes that do not follow the format (see FORMAT.md): bad magic, checksum, length or content.
+    #[error("{}: corrupt at byte {offset}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset where the problem was found.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file written by another version of the format.
+    #[error("{}: format version {found}, this build reads version {supported}", path.display())]
+    IncompatibleVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// Another writer holds the directory.
+    #[error("{}: locked by another writer", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A batch that does not fit the log: another dimension, or empty.
+    #[error("invalid batch: {reason}")]
+    InvalidBatch {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A write failed earlier and the log refuses further appends until it is reopened.
+    #[error("{}: an earlier write failed; reopen the log to continue from its last good record", path.display())]
+    Poisoned {
+        /// The log file.
+        path: PathBuf,
+    },
+}
+
+// Errors cross threads (prefetch workers) and go into `anyhow`: keep them Send + Sync.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Error>();
+};
+
+/// Result alias for m2m-tier.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
+        Error::Corrupt { path: path.into(), offset, reason: reason.into() }
+    }
+}

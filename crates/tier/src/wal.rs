@@ -1,0 +1,349 @@
+//! The write-ahead log: batches of splats appended as checksummed records, acknowledged after `fdatasync`
+//! (or, in the mode named [`Durability::NoSync`], after the write reaches the operating system).
+//!
+//! The byte layout is documented in `FORMAT.md` beside this crate's `Cargo.toml`. Recovery reads records
+//! in order and stops at the first one that does not check out: if that record reaches the end of the
+//! file, it is a torn write and is dropped (a writer truncates it away); if valid-looking bytes follow it,
+//! the log is corrupt in the middle and opening fails with [`Error::Corrupt`].
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// First bytes of every WAL file.
+pub const WAL_MAGIC: [u8; 8] = *b"M2M-WAL\0";
+/// Format version this build reads and writes.
+pub const WAL_VERSION: u32 = 1;
+/// Bytes of the file header.
+pub const WAL_HEADER: u64 = 32;
+/// Bytes of a record header (length, checksum).
+const RECORD_HEADER: u64 = 8;
+/// Largest record accepted (1 GiB): a longer length field is damage, not data.
+const MAX_RECORD: u64 = 1 << 30;
+/// Record kind of a batch of splats.
+const KIND_BATCH: u8 = 1;
+
+/// When an append counts as acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// After `fdatasync`: the batch survives a process crash and a power loss. The default.
+    #[default]
+    Fsync,
+    /// After the write reaches the operating system: the batch survives a crash of this process, not a
+    /// power loss or kernel crash. Faster, and named for what it does not promise.
+    NoSync,
+}
+
+/// One recovered batch: columns of `rows` splats of dimension `dim`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WalBatch {
+    /// Sequence number of the batch in the log (0-based, consecutive).
+    pub seq: u64,
+    /// Dimension of every row.
+    pub dim: usize,
+    /// Splat ids.
+    pub ids: Vec<u64>,
+    /// Lengths of the raw vectors.
+    pub norms: Vec<f32>,
+    /// Concentrations.
+    pub kappa: Vec<f32>,
+    /// Weights.
+    pub alpha: Vec<f32>,
+    /// Unit directions, row-major.
+    pub mu: Vec<f32>,
+}
+
+impl WalBatch {
+    /// Number of splats.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// An open write-ahead log, for appending.
+#[derive(Debug)]
+pub struct Wal {
+    path: PathBuf,
+    file: File,
+    dim: usize,
+    durability: Durability,
+    next_seq: u64,
+    /// End of the last good record: where the next append goes, and where a failed one is cut back to.
+    end: u64,
+    poisoned: bool,
+    buf: Vec<u8>,
+}
+
+fn header_bytes(dim: u32) -> [u8; WAL_HEADER as usize] {
+    let mut h = [0u8; WAL_HEADER as usize];
+    h[..8].copy_from_slice(&WAL_MAGIC);
+    h[8..12].copy_from_slice(&WAL_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&dim.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+impl Wal {
+    /// Creates a new, empty log at `path` for splats of dimension `dim` (failing if the file exists), and
+    /// makes its creation durable.
+    pub fn create(path: impl AsRef<Path>, dim: usize, durability: Durability) -> Result<Wal> {
+        let path = path.as_ref().to_path_buf();
+        let dim32 = u32::try_from(dim)
+            .ok()
+            .filter(|&d| d > 0)
+            .ok_or_else(|| Error::InvalidBatch { reason: format!("dimension {dim} is not in 1..2^32") })?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        file.write_all(&header_bytes(dim32)).map_err(|e| Error::io(&path, e))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        sync_parent(&path)?;
+        Ok(Wal { path, file, dim, durability, next_seq: 0, end: WAL_HEADER, poisoned: false, buf: Vec::new() })
+    }
+
+    /// Opens an existing log for appending: recovers every complete batch, cuts a torn tail away, and
+    /// returns the log positioned after the last good record.
+    ///
+    /// Errors: [`Error::Corrupt`] (bad header, or damage followed by more records),
+    /// [`Error::IncompatibleVersion`], [`Error::Io`].
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<(Wal, Vec<WalBatch>)> {
+        let path = path.as_ref().to_path_buf();
+        let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let (dim, batches, end) = recover(&path, &mut file)?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        if len != end {
+            file.set_len(end).map_err(|e| Error::io(&path, e))?;
+            file.sync_all().map_err(|e| Error::io(&path, e))?;
+        }
+        file.seek(SeekFrom::Start(end)).map_err(|e| Error::io(&path, e))?;
+        let next_seq = batches.len() as u64;
+        Ok((Wal { path, file, dim, durability, next_seq, end, poisoned: false, buf: Vec::new() }, batches))
+    }
+
+    /// Reads every complete batch of a log without changing the file (a torn tail is skipped, not cut).
+    pub fn read(path: impl AsRef<Path>) -> Result<Vec<WalBatch>> {
+        let path = path.as_ref().to_path_buf();
+        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(recover(&path, &mut file)?.1)
+    }
+
+    /// Appends one batch and returns its sequence number once it is acknowledged (see [`Durability`]).
+    /// Columns are those of a validated [`m2m_splat::SplatSet`] (unit `mu`, positive kappa and alpha).
+    ///
+    /// On a failed write the log cuts the partial record away and refuses further appends
+    /// ([`Error::Poisoned`]) until reopened; nothing acknowledged is lost.
+    pub fn append(&mut self, set: &m2m_splat::SplatSet) -> Result<u64> {
+        if self.poisoned {
+            return Err(Error::Poisoned { path: self.path.clone() });
+        }
+        if set.dim() != self.dim {
+            return Err(Error::InvalidBatch {
+                reason: format!("dimension {} in a log of dimension {}", set.dim(), self.dim),
+            });
+        }
+        if set.is_empty() {
+            return Err(Error::InvalidBatch { reason: "empty batch".into() });
+        }
+        let rows = u32::try_from(set.len()).map_err(|_| Error::InvalidBatch { reason: "too many rows".into() })?;
+        let seq = self.next_seq;
+        encode(&mut self.buf, seq, rows, set);
+        let payload_len = (self.buf.len() as u64) - RECORD_HEADER;
+        if payload_len > MAX_RECORD {
+            return Err(Error::InvalidBatch { reason: format!("record of {payload_len} bytes exceeds 1 GiB") });
+        }
+        let written = self.file.write_all(&self.buf).and_then(|()| match self.durability {
+            Durability::Fsync => self.file.sync_data(),
+            Durability::NoSync => Ok(()),
+        });
+        if let Err(e) = written {
+            // Cut the partial record so that the file ends on a good record, and stop accepting appends.
+            self.poisoned = true;
+            let _ = self.file.set_len(self.end).and_then(|()| self.file.seek(SeekFrom::Start(self.end)).map(drop));
+            return Err(Error::io(&self.path, e));
+        }
+        self.end += self.buf.len() as u64;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Forces every appended batch to stable storage (useful with [`Durability::NoSync`]).
+    pub fn sync(&mut self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Dimension of the log's splats.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of batches in the log.
+    pub fn batches(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes of the log (header and good records).
+    pub fn len_bytes(&self) -> u64 {
+        self.end
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Makes a file's directory entry durable (after create or rename).
+fn sync_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Writes record header and payload of one batch into `buf` (replacing its contents).
+fn encode(buf: &mut Vec<u8>, seq: u64, rows: u32, set: &m2m_splat::SplatSet) {
+    buf.clear();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER as usize]);
+    buf.push(KIND_BATCH);
+    buf.extend_from_slice(&[0u8; 3]);
+    buf.extend_from_slice(&rows.to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(bytemuck::cast_slice(set.ids()));
+    buf.extend_from_slice(bytemuck::cast_slice(set.norms()));
+    buf.extend_from_slice(bytemuck::cast_slice(set.kappa()));
+    buf.extend_from_slice(bytemuck::cast_slice(set.alpha()));
+    buf.extend_from_slice(bytemuck::cast_slice(set.mu()));
+    let payload = &buf[RECORD_HEADER as usize..];
+    let len = payload.len() as u32;
+    let crc = crc32c::crc32c(payload);
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Copies little-endian values out of `bytes` into a typed vector (no reinterpretation in place).
+fn take<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+    let n = bytes.len() / size_of::<T>();
+    let mut out = vec![T::zeroed(); n];
+    bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes[..n * size_of::<T>()]);
+    out
+}
+
+/// Decodes one checksummed payload; `offset` (of its record) only labels errors.
+fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -> Result<WalBatch> {
+    let bad = |reason: String| Error::corrupt(path, offset, reason);
+    if payload.len() < 16 {
+        return Err(bad(format!("record payload of {} bytes is shorter than its 16-byte header", payload.len())));
+    }
+    if payload[0] != KIND_BATCH || payload[1..4] != [0, 0, 0] {
+        return Err(bad(format!("unknown record kind {}", payload[0])));
+    }
+    let rows = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
+    let seq = u64::from_le_bytes(payload[8..16].try_into().unwrap_or([0; 8]));
+    if seq != want_seq {
+        return Err(bad(format!("batch sequence {seq} where {want_seq} was expected")));
+    }
+    let want = rows.checked_mul(8 + 12 + 4 * dim).map(|b| b + 16);
+    if rows == 0 || want != Some(payload.len()) {
+        return Err(bad(format!("{rows} rows of dimension {dim} do not fill a payload of {} bytes", payload.len())));
+    }
+    let mut at = 16;
+    let mut next = |n: usize| {
+        let s = &payload[at..at + n];
+        at += n;
+        s
+    };
+    Ok(WalBatch {
+        seq,
+        dim,
+        ids: take(next(rows * 8)),
+        norms: take(next(rows * 4)),
+        kappa: take(next(rows * 4)),
+        alpha: take(next(rows * 4)),
+        mu: take(next(rows * dim * 4)),
+    })
+}
+
+/// The offset (in `rest`) of the first position at or after `from` where a record with a matching checksum
+/// and a batch payload header starts, if any. Only run on damage, to tell a torn tail from a damaged middle.
+fn record_after(rest: &[u8], from: usize) -> Option<usize> {
+    let header = RECORD_HEADER as usize;
+    (from..rest.len().saturating_sub(header + 16)).find(|&p| {
+        let len = u32::from_le_bytes(rest[p..p + 4].try_into().unwrap_or([0; 4])) as usize;
+        let body = p + header;
+        if len < 16 || body + len > rest.len() || rest[body] != KIND_BATCH || rest[body + 1..body + 4] != [0, 0, 0] {
+            return false;
+        }
+        let crc = u32::from_le_bytes(rest[p + 4..p + 8].try_into().unwrap_or([0; 4]));
+        crc32c::crc32c(&rest[body..body + len]) == crc
+    })
+}
+
+/// Reads the header and every good record; returns the dimension, the batches and the end of the last
+/// good record.
+fn recover(path: &Path, file: &mut File) -> Result<(usize, Vec<WalBatch>, u64)> {
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len < WAL_HEADER {
+        return Err(Error::corrupt(path, len, format!("{len} bytes, shorter than the {WAL_HEADER}-byte header")));
+    }
+    let mut h = [0u8; WAL_HEADER as usize];
+    file.seek(SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut h)).map_err(|e| Error::io(path, e))?;
+    if h[..8] != WAL_MAGIC {
+        return Err(Error::corrupt(path, 0, "not an M2M write-ahead log (bad magic)"));
+    }
+    let stored_crc = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
+    if crc32c::crc32c(&h[..28]) != stored_crc {
+        return Err(Error::corrupt(path, 28, "header checksum mismatch"));
+    }
+    let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if version != WAL_VERSION {
+        return Err(Error::IncompatibleVersion { path: path.to_path_buf(), found: version, supported: WAL_VERSION });
+    }
+    let dim = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
+    if dim == 0 {
+        return Err(Error::corrupt(path, 12, "dimension 0"));
+    }
+    let mut rest = Vec::with_capacity((len - WAL_HEADER) as usize);
+    file.read_to_end(&mut rest).map_err(|e| Error::io(path, e))?;
+    let mut batches = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let offset = WAL_HEADER + at as u64;
+        let left = rest.len() - at;
+        if left == 0 {
+            break;
+        }
+        if (left as u64) < RECORD_HEADER {
+            break; // A torn record header at the end.
+        }
+        let rec_len = u64::from(u32::from_le_bytes(rest[at..at + 4].try_into().unwrap_or([0; 4])));
+        let crc = u32::from_le_bytes(rest[at + 4..at + 8].try_into().unwrap_or([0; 4]));
+        let end = at as u64 + RECORD_HEADER + rec_len;
+        if end > rest.len() as u64 {
+            // The record runs past the end of the file: a torn write, unless its length field is what is
+            // damaged and good records follow (a torn write only ever affects the last record).
+            if let Some(next) = record_after(&rest, at + 1) {
+                return Err(Error::corrupt(
+                    path,
+                    offset,
+                    format!(
+                        "record length {rec_len} runs past the end, but a good record starts at byte {}",
+                        WAL_HEADER + next as u64
+                    ),
+                ));
+            }
+            break;
+        }
+        let payload = &rest[at + RECORD_HEADER as usize..end as usize];
+        if rec_len > MAX_RECORD || crc32c::crc32c(payload) != crc {
+            if end == rest.len() as u64 {
+                break; // The last record is damaged: a torn write.
+            }
+            return Err(Error::corrupt(path, offset, "record checksum mismatch with more records after it"));
+        }
+        batches.push(decode(path, offset, payload, dim, batches.len() as u64)?);
+        at = end as usize;
+    }
+    Ok((dim, batches, WAL_HEADER + at as u64))
+}
