@@ -3,8 +3,8 @@
 //! * `cargo xtask ci`: what CI runs (and `.ci/run` calls): installs missing toolchain components, then
 //!   checks formatting, runs clippy with warnings denied, runs every workspace test, and runs the README's
 //!   main command.
-//! * `cargo xtask bench [ARGS...]`: runs the criterion benchmarks; ARGS go to criterion (for example a
-//!   benchmark name filter).
+//! * `cargo xtask bench [tier|splat|kernels] [ARGS...]`: runs the criterion benchmarks (all, or one by
+//!   name); ARGS go to criterion (for example a benchmark name filter).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists every option).
 
@@ -137,6 +137,12 @@ fn bench(args: &[String]) -> Result<()> {
         return run("cargo", &cmd);
     }
     let mut cmd = vec!["bench", "--locked", "-p", "m2m-benches"];
+    let mut args = args;
+    if let Some(name @ ("tier" | "splat" | "kernels")) = args.first().map(String::as_str) {
+        // One criterion benchmark by name: `cargo xtask bench tier`.
+        cmd.extend(["--bench", name]);
+        args = &args[1..];
+    }
     if !args.is_empty() {
         cmd.push("--");
         cmd.extend(args.iter().map(String::as_str));
