@@ -7,10 +7,13 @@
 //!   [`Durability::NoSync`], once the operating system has the bytes. Recovery keeps every complete record,
 //!   drops a torn tail and refuses corruption in the middle. A failed write cuts its partial record away.
 //! * [`DirLock`]: one writer per database directory, failing at once with [`Error::Locked`].
+//! * [`write_segment`] / [`Segment`]: immutable column files, written atomically and memory-mapped for
+//!   reading after every header field and column checksum is validated.
+//! * [`Manifest`]: the live segments and log with a generation number, replaced atomically.
 //!
 //! Every byte is documented in `FORMAT.md` beside this crate's manifest. Still to come (the rest of the
-//! tier issue): immutable memory-mapped segments and the atomically replaced manifest, the warm cache with
-//! a byte budget, the hot tier, prefetch and compaction.
+//! tier issue): the database directory tying these together (ingest, flush, compaction, snapshots for
+//! readers), the warm cache with a byte budget, the hot tier, and prefetch.
 //!
 //! ```
 //! use m2m_splat::{Batch, SplatSet};
@@ -30,6 +33,8 @@
 
 mod error;
 mod lock;
+mod manifest;
+mod segment;
 mod wal;
 
 /// Helpers shared by this crate's crash tests and the helper process they kill; not a stable interface.
@@ -54,4 +59,6 @@ pub mod testing {
 
 pub use error::{Error, Result};
 pub use lock::{DirLock, LOCK_FILE};
+pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
+pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
 pub use wal::{Durability, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch};

@@ -1,6 +1,8 @@
 //! Integration tests of m2m-tier: the write-ahead log (round trips, torn tails at every byte, damage in
-//! the middle, headers, SIGKILL during ingest) and the directory lock.
+//! the middle, headers, SIGKILL during ingest), segments and the manifest (round trips, damage at every
+//! byte, atomic replacement), and the directory lock.
 
 mod crash;
 mod lock;
+mod segment;
 mod wal;

@@ -1,0 +1,114 @@
+//! `MANIFEST`: which segments and which log make up the database, with a generation number, replaced
+//! atomically (write a temporary file, fsync, rename over the old one, fsync the directory). A reader sees
+//! the old manifest or the new one, never a mixture. The byte layout is in `FORMAT.md`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Name of the manifest inside a database directory.
+pub const MANIFEST_FILE: &str = "MANIFEST";
+/// First bytes of the manifest.
+pub const MANIFEST_MAGIC: [u8; 8] = *b"M2M-MAN\0";
+/// Format version this build reads and writes.
+pub const MANIFEST_VERSION: u32 = 1;
+const HEADER: usize = 20;
+/// A manifest larger than this is damage (it lists files, not data).
+const MAX_PAYLOAD: usize = 64 << 20;
+
+/// One live segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    /// Segment id.
+    pub id: u64,
+    /// File name inside the database directory.
+    pub file: String,
+    /// Number of splats.
+    pub rows: u64,
+}
+
+/// The database's current state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Incremented by every replacement.
+    pub generation: u64,
+    /// Dimension of every splat.
+    pub dim: usize,
+    /// Live segments, oldest first.
+    pub segments: Vec<SegmentEntry>,
+    /// The write-ahead log holding batches not yet in a segment, if any.
+    pub wal: Option<String>,
+    /// Id the next segment gets.
+    pub next_segment_id: u64,
+}
+
+/// A plain file name: no separators, not `.` or `..`, not empty.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+impl Manifest {
+    /// Writes this manifest into `dir`, replacing the current one atomically.
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let payload = postcard::to_allocvec(self)
+            .map_err(|e| Error::InvalidBatch { reason: format!("manifest does not serialise: {e}") })?;
+        let mut bytes = Vec::with_capacity(HEADER + payload.len());
+        bytes.extend_from_slice(&MANIFEST_MAGIC);
+        bytes.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let path = dir.join(MANIFEST_FILE);
+        let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
+        let written = File::create(&tmp).and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, e));
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    }
+
+    /// Reads and validates the manifest of `dir`.
+    ///
+    /// Errors: [`Error::Io`] (including a missing manifest), [`Error::Corrupt`] with the offset of the
+    /// damage, [`Error::IncompatibleVersion`].
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bad = |offset: usize, reason: String| Error::corrupt(&path, offset as u64, reason);
+        if bytes.len() < HEADER {
+            return Err(bad(bytes.len(), format!("{} bytes, shorter than the {HEADER}-byte header", bytes.len())));
+        }
+        if bytes[..8] != MANIFEST_MAGIC {
+            return Err(bad(0, "not an M2M manifest (bad magic)".into()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let version = u32_at(8);
+        if version != MANIFEST_VERSION {
+            return Err(Error::IncompatibleVersion { path, found: version, supported: MANIFEST_VERSION });
+        }
+        let len = u32_at(12) as usize;
+        if len > MAX_PAYLOAD || HEADER + len != bytes.len() {
+            return Err(bad(12, format!("payload length {len} does not match the file's {} bytes", bytes.len())));
+        }
+        let payload = &bytes[HEADER..];
+        if crc32c::crc32c(payload) != u32_at(16) {
+            return Err(bad(HEADER, "payload checksum mismatch".into()));
+        }
+        let m: Manifest =
+            postcard::from_bytes(payload).map_err(|e| bad(HEADER, format!("undecodable payload: {e}")))?;
+        if m.dim == 0 {
+            return Err(bad(HEADER, "dimension 0".into()));
+        }
+        let names = m.segments.iter().map(|s| s.file.as_str()).chain(m.wal.as_deref());
+        if let Some(name) = names.into_iter().find(|n| !plain_name(n)) {
+            return Err(bad(HEADER, format!("file name {name:?} is not a plain name inside the directory")));
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,220 @@
+//! Immutable segment files: the cold tier's columns of splats, laid out so that a memory map can be used
+//! in place after validation. The byte layout is in `FORMAT.md`.
+//!
+//! Opening validates everything before any column is handed out: magic, header checksum, version, that
+//! every column lies inside the file at a 64-byte aligned offset with the length the header implies, and
+//! the CRC32C of every column. Columns are then cast with `bytemuck`, which rechecks size and alignment.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::{Error, Result};
+
+/// First bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"M2M-SEG\0";
+/// Format version this build reads and writes.
+pub const SEGMENT_VERSION: u32 = 1;
+/// Bytes of the segment header.
+pub const SEGMENT_HEADER: usize = 128;
+/// Column alignment in bytes.
+const ALIGN: usize = 64;
+/// Columns in their order in the file: (name, bytes per row as a multiple of 4, whether per dimension).
+const COLUMNS: [(&str, usize, bool); 5] =
+    [("mu", 4, true), ("ids", 8, false), ("norms", 4, false), ("kappa", 4, false), ("alpha", 4, false)];
+
+fn align_up(x: usize) -> usize {
+    x.div_ceil(ALIGN) * ALIGN
+}
+
+/// Byte offsets and lengths of the columns of a segment of `rows` x `dim`.
+fn layout(rows: usize, dim: usize) -> Option<[(usize, usize); 5]> {
+    let mut at = SEGMENT_HEADER;
+    let mut out = [(0, 0); 5];
+    for (slot, &(_, width, per_dim)) in out.iter_mut().zip(&COLUMNS) {
+        let len = rows.checked_mul(width)?.checked_mul(if per_dim { dim } else { 1 })?;
+        *slot = (at, len);
+        at = align_up(at.checked_add(len)?);
+    }
+    Some(out)
+}
+
+/// Writes `set` as segment `id` at `path`: a temporary file beside it, fsync, rename, fsync of the
+/// directory. Nothing appears at `path` unless all of it was written.
+pub fn write_segment(path: &Path, id: u64, set: &m2m_splat::SplatSet) -> Result<()> {
+    let (rows, dim) = (set.len(), set.dim());
+    let cols = layout(rows, dim).ok_or_else(|| Error::InvalidBatch { reason: "segment too large".into() })?;
+    let data: [&[u8]; 5] = [
+        bytemuck::cast_slice(set.mu()),
+        bytemuck::cast_slice(set.ids()),
+        bytemuck::cast_slice(set.norms()),
+        bytemuck::cast_slice(set.kappa()),
+        bytemuck::cast_slice(set.alpha()),
+    ];
+    let mut header = [0u8; SEGMENT_HEADER];
+    header[..8].copy_from_slice(&SEGMENT_MAGIC);
+    header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(dim as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&(rows as u64).to_le_bytes());
+    header[24..32].copy_from_slice(&id.to_le_bytes());
+    for (i, ((offset, _), bytes)) in cols.iter().zip(&data).enumerate() {
+        header[32 + 8 * i..40 + 8 * i].copy_from_slice(&(*offset as u64).to_le_bytes());
+        header[72 + 4 * i..76 + 4 * i].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&header[..124]);
+    header[124..128].copy_from_slice(&crc.to_le_bytes());
+
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
+    let tmp: PathBuf = path.with_file_name(format!(".{name}.tmp"));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        f.write_all(&header)?;
+        let mut at = SEGMENT_HEADER;
+        for ((offset, _), bytes) in cols.iter().zip(&data) {
+            f.write_all(&vec![0u8; offset - at])?;
+            f.write_all(bytes)?;
+            at = offset + bytes.len();
+        }
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// A validated, memory-mapped segment.
+///
+/// # Safety contract of the mapping
+/// The file is mapped read-only. Segments are immutable once renamed into place, and this crate never
+/// writes to one; if another process truncates or rewrites a mapped segment behind our back, reads of the
+/// mapping may see changed bytes or fault (SIGBUS). Keeping database files private to the process that
+/// holds the directory's lock is part of the database's contract.
+#[derive(Debug)]
+pub struct Segment {
+    path: PathBuf,
+    map: Mmap,
+    id: u64,
+    rows: usize,
+    dim: usize,
+    cols: [(usize, usize); 5],
+}
+
+impl Segment {
+    /// Maps and validates the segment at `path`.
+    ///
+    /// Errors: [`Error::Io`], [`Error::Corrupt`] (with the offset of the damaged header field or column),
+    /// [`Error::IncompatibleVersion`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Segment> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: see the type's safety contract: segment files are immutable once in place and are only
+        // mapped read-only here; every byte is validated below before use.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let bad = |offset: usize, reason: String| Error::corrupt(&path, offset as u64, reason);
+        let len = map.len();
+        if len < SEGMENT_HEADER {
+            return Err(bad(len, format!("{len} bytes, shorter than the {SEGMENT_HEADER}-byte header")));
+        }
+        let h = &map[..SEGMENT_HEADER];
+        if h[..8] != SEGMENT_MAGIC {
+            return Err(bad(0, "not an M2M segment (bad magic)".into()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+        let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
+        if crc32c::crc32c(&h[..124]) != u32_at(124) {
+            return Err(bad(124, "header checksum mismatch".into()));
+        }
+        let version = u32_at(8);
+        if version != SEGMENT_VERSION {
+            return Err(Error::IncompatibleVersion { path, found: version, supported: SEGMENT_VERSION });
+        }
+        let dim = u32_at(12) as usize;
+        let rows = usize::try_from(u64_at(16)).map_err(|_| bad(16, "row count does not fit in memory".into()))?;
+        if dim == 0 {
+            return Err(bad(12, "dimension 0".into()));
+        }
+        let cols = layout(rows, dim).ok_or_else(|| bad(16, format!("{rows} rows of dimension {dim} overflow")))?;
+        for (i, &(offset, col_len)) in cols.iter().enumerate() {
+            let stored = u64_at(32 + 8 * i);
+            if stored != offset as u64 {
+                return Err(bad(32 + 8 * i, format!("column {} at byte {stored}, expected {offset}", COLUMNS[i].0)));
+            }
+            if offset + col_len > len {
+                return Err(bad(
+                    len,
+                    format!("column {} runs to byte {}, the file ends at {len}", COLUMNS[i].0, offset + col_len),
+                ));
+            }
+            if crc32c::crc32c(&map[offset..offset + col_len]) != u32_at(72 + 4 * i) {
+                return Err(bad(offset, format!("column {} checksum mismatch", COLUMNS[i].0)));
+            }
+        }
+        let end = cols[4].0 + cols[4].1;
+        if len != end {
+            return Err(bad(end, format!("{} bytes after the last column", len.saturating_sub(end))));
+        }
+        let id = u64_at(24);
+        Ok(Segment { path, map, id, rows, dim, cols })
+    }
+
+    fn column<T: bytemuck::Pod>(&self, i: usize) -> &[T] {
+        let (offset, len) = self.cols[i];
+        // Offsets are multiples of 64 in a page-aligned mapping and lengths were checked at open, so the
+        // cast cannot fail; an empty slice stands in if it ever did.
+        bytemuck::try_cast_slice(&self.map[offset..offset + len]).unwrap_or(&[])
+    }
+
+    /// Unit directions, row-major.
+    pub fn mu(&self) -> &[f32] {
+        self.column(0)
+    }
+
+    /// Ids.
+    pub fn ids(&self) -> &[u64] {
+        self.column(1)
+    }
+
+    /// Raw-vector lengths.
+    pub fn norms(&self) -> &[f32] {
+        self.column(2)
+    }
+
+    /// Concentrations.
+    pub fn kappa(&self) -> &[f32] {
+        self.column(3)
+    }
+
+    /// Weights.
+    pub fn alpha(&self) -> &[f32] {
+        self.column(4)
+    }
+
+    /// Number of splats.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The segment's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
