@@ -10,10 +10,12 @@
 //! * [`write_segment`] / [`Segment`]: immutable column files, written atomically and memory-mapped for
 //!   reading after every header field and column checksum is validated.
 //! * [`Manifest`]: the live segments and log with a generation number, replaced atomically.
+//! * [`Db`]: a database directory tying them together: ingest through the log, `flush` to segments,
+//!   `compact`, crash-safe ordering of every step, and [`Snapshot`]s that readers keep while it changes.
 //!
 //! Every byte is documented in `FORMAT.md` beside this crate's manifest. Still to come (the rest of the
-//! tier issue): the database directory tying these together (ingest, flush, compaction, snapshots for
-//! readers), the warm cache with a byte budget, the hot tier, and prefetch.
+//! tier issue): deletes (and compaction dropping them), the warm cache with a byte budget, the hot tier,
+//! and prefetch.
 //!
 //! ```
 //! use m2m_splat::{Batch, SplatSet};
@@ -31,6 +33,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod db;
 mod error;
 mod lock;
 mod manifest;
@@ -57,8 +60,9 @@ pub mod testing {
     }
 }
 
+pub use db::{Columns, Db, DbOptions, Snapshot};
 pub use error::{Error, Result};
 pub use lock::{DirLock, LOCK_FILE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
-pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
+pub use segment::{ColumnsRef, SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
 pub use wal::{Durability, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch};

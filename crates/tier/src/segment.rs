@@ -41,17 +41,57 @@ fn layout(rows: usize, dim: usize) -> Option<[(usize, usize); 5]> {
     Some(out)
 }
 
-/// Writes `set` as segment `id` at `path`: a temporary file beside it, fsync, rename, fsync of the
+/// Borrowed columns of `rows` splats of dimension `dim`: what a segment stores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ColumnsRef<'a> {
+    /// Dimension of every row.
+    pub dim: usize,
+    /// Ids.
+    pub ids: &'a [u64],
+    /// Raw-vector lengths.
+    pub norms: &'a [f32],
+    /// Concentrations.
+    pub kappa: &'a [f32],
+    /// Weights.
+    pub alpha: &'a [f32],
+    /// Unit directions, row-major.
+    pub mu: &'a [f32],
+}
+
+impl<'a> From<&'a m2m_splat::SplatSet> for ColumnsRef<'a> {
+    fn from(s: &'a m2m_splat::SplatSet) -> Self {
+        ColumnsRef { dim: s.dim(), ids: s.ids(), norms: s.norms(), kappa: s.kappa(), alpha: s.alpha(), mu: s.mu() }
+    }
+}
+
+impl ColumnsRef<'_> {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn check(&self) -> Result<()> {
+        let n = self.ids.len();
+        let ok = self.dim > 0
+            && u32::try_from(self.dim).is_ok()
+            && [self.norms.len(), self.kappa.len(), self.alpha.len()].iter().all(|&l| l == n)
+            && self.mu.len() == n * self.dim;
+        if ok { Ok(()) } else { Err(Error::InvalidBatch { reason: "columns of different lengths".into() }) }
+    }
+}
+
+/// Writes `columns` as segment `id` at `path`: a temporary file beside it, fsync, rename, fsync of the
 /// directory. Nothing appears at `path` unless all of it was written.
-pub fn write_segment(path: &Path, id: u64, set: &m2m_splat::SplatSet) -> Result<()> {
-    let (rows, dim) = (set.len(), set.dim());
+pub fn write_segment(path: &Path, id: u64, columns: ColumnsRef<'_>) -> Result<()> {
+    columns.check()?;
+    let (rows, dim) = (columns.rows(), columns.dim);
     let cols = layout(rows, dim).ok_or_else(|| Error::InvalidBatch { reason: "segment too large".into() })?;
     let data: [&[u8]; 5] = [
-        bytemuck::cast_slice(set.mu()),
-        bytemuck::cast_slice(set.ids()),
-        bytemuck::cast_slice(set.norms()),
-        bytemuck::cast_slice(set.kappa()),
-        bytemuck::cast_slice(set.alpha()),
+        bytemuck::cast_slice(columns.mu),
+        bytemuck::cast_slice(columns.ids),
+        bytemuck::cast_slice(columns.norms),
+        bytemuck::cast_slice(columns.kappa),
+        bytemuck::cast_slice(columns.alpha),
     ];
     let mut header = [0u8; SEGMENT_HEADER];
     header[..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -176,6 +216,18 @@ impl Segment {
     /// Unit directions, row-major.
     pub fn mu(&self) -> &[f32] {
         self.column(0)
+    }
+
+    /// All columns.
+    pub fn columns(&self) -> ColumnsRef<'_> {
+        ColumnsRef {
+            dim: self.dim,
+            ids: self.ids(),
+            norms: self.norms(),
+            kappa: self.kappa(),
+            alpha: self.alpha(),
+            mu: self.mu(),
+        }
     }
 
     /// Ids.

@@ -50,3 +50,53 @@ fn kill_9_during_ingest_never_loses_an_acknowledged_batch() {
     }
     assert!(acknowledged >= 100, "only {acknowledged} batches over all rounds");
 }
+
+#[test]
+fn kill_9_during_ingest_flush_and_compaction_loses_nothing_acknowledged() {
+    use m2m_tier::{Db, DbOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    let exe = env!("CARGO_BIN_EXE_m2m-tier-crash-writer");
+    let mut acknowledged = 0u64;
+    for (round, wait_for) in [3u64, 11, 6, 19, 2, 8, 13, 5].into_iter().enumerate() {
+        let mut child = Command::new(exe)
+            .args(["db".as_ref(), db_dir.as_os_str(), DIM.to_string().as_ref()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the writer");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        for _ in 0..wait_for {
+            let line = lines.next().expect("writer ended early").expect("read ack");
+            let n: u64 = line.strip_prefix("ack ").and_then(|n| n.parse().ok()).expect("an ack line");
+            acknowledged = acknowledged.max(n + 1);
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+
+        let db = Db::open(&db_dir, DbOptions::default()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let snap = db.snapshot();
+        let mut present: std::collections::BTreeMap<u64, Vec<(u64, Vec<f32>)>> = Default::default();
+        for p in snap.parts() {
+            for (i, &id) in p.ids.iter().enumerate() {
+                present.entry(id / 1000).or_default().push((id, p.mu[i * p.dim..(i + 1) * p.dim].to_vec()));
+            }
+        }
+        let batches = present.len() as u64;
+        assert!(
+            batches >= acknowledged && batches <= acknowledged + 1,
+            "round {round}: {batches} batches, {acknowledged} acknowledged"
+        );
+        for (n, mut rows) in present {
+            assert!(n < batches, "round {round}: batch {n} beyond a gap");
+            let want = crash_batch(n, DIM);
+            rows.sort_by_key(|r| r.0);
+            assert_eq!(rows.len(), want.len(), "round {round}: batch {n} is partial");
+            for (i, (id, mu)) in rows.iter().enumerate() {
+                assert_eq!((*id, mu.as_slice()), (want.ids()[i], want.mu_row(i)), "round {round}");
+            }
+        }
+        acknowledged = batches;
+    }
+    assert!(acknowledged >= 60, "only {acknowledged} batches over all rounds");
+}

@@ -3,6 +3,7 @@
 //! byte, atomic replacement), and the directory lock.
 
 mod crash;
+mod db;
 mod lock;
 mod segment;
 mod wal;

@@ -31,7 +31,7 @@ fn segments_round_trip_with_aligned_columns() {
     for (rows, dim) in [(1, 1), (3, 5), (100, 384), (17, 640)] {
         let path = dir.path().join(format!("{rows}x{dim}.seg"));
         let s = set(rows, dim);
-        write_segment(&path, 9, &s).unwrap();
+        write_segment(&path, 9, (&s).into()).unwrap();
         let seg = Segment::open(&path).unwrap();
         assert!(same(&seg, &s));
         assert_eq!((seg.rows(), seg.dim(), seg.id()), (rows, dim, 9));
@@ -49,7 +49,7 @@ fn segment_damage_names_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.seg");
     let s = set(10, 8);
-    write_segment(&path, 1, &s).unwrap();
+    write_segment(&path, 1, (&s).into()).unwrap();
     let good = fs::read(&path).unwrap();
     let cases: Vec<(&str, Vec<u8>, u64)> = vec![
         (
@@ -164,7 +164,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.seg");
         let s = set(7, 9);
-        write_segment(&path, 2, &s).unwrap();
+        write_segment(&path, 2, (&s).into()).unwrap();
         let mut bytes = fs::read(&path).unwrap();
         let i = at.index(bytes.len());
         bytes[i] ^= mask;

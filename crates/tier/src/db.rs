@@ -1,0 +1,316 @@
+//! A database directory: the lock, the manifest, immutable segments and the write-ahead log, tied together.
+//!
+//! Layout: `LOCK`, `MANIFEST`, segments `NNNNNNNNNN.seg`, and one log `NNNNNNNNNN.wal` (numbers are the
+//! manifest generation or segment id that created them). Ingest appends to the log, then to the in-memory
+//! table; `flush` turns the table into a segment:
+//!
+//! 1. write the segment (temporary name, fsync, rename);
+//! 2. create an empty log for the next generation;
+//! 3. store the manifest naming both (the commit point);
+//! 4. delete the old log.
+//!
+//! A crash before step 3 leaves the old manifest, whose log still holds every batch; a crash after it
+//! leaves the new one. Either way `open` removes the files the manifest does not name.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use m2m_splat::SplatSet;
+
+use crate::segment::ColumnsRef;
+use crate::{DirLock, Durability, Error, MANIFEST_FILE, Manifest, Result, Segment, SegmentEntry, Wal, WalBatch};
+
+/// Settings of a database directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DbOptions {
+    /// When an ingested batch is acknowledged. Default [`Durability::Fsync`].
+    pub durability: Durability,
+}
+
+/// Owned columns of splats (the in-memory table of batches not yet in a segment).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Columns {
+    /// Dimension of every row.
+    pub dim: usize,
+    /// Ids.
+    pub ids: Vec<u64>,
+    /// Raw-vector lengths.
+    pub norms: Vec<f32>,
+    /// Concentrations.
+    pub kappa: Vec<f32>,
+    /// Weights.
+    pub alpha: Vec<f32>,
+    /// Unit directions, row-major.
+    pub mu: Vec<f32>,
+}
+
+impl Columns {
+    fn empty(dim: usize) -> Columns {
+        Columns { dim, ..Columns::default() }
+    }
+
+    fn extend(&mut self, c: ColumnsRef<'_>) {
+        self.ids.extend_from_slice(c.ids);
+        self.norms.extend_from_slice(c.norms);
+        self.kappa.extend_from_slice(c.kappa);
+        self.alpha.extend_from_slice(c.alpha);
+        self.mu.extend_from_slice(c.mu);
+    }
+
+    fn extend_wal(&mut self, b: &WalBatch) {
+        self.extend(ColumnsRef {
+            dim: b.dim,
+            ids: &b.ids,
+            norms: &b.norms,
+            kappa: &b.kappa,
+            alpha: &b.alpha,
+            mu: &b.mu,
+        });
+    }
+
+    /// Borrowed view.
+    pub fn view(&self) -> ColumnsRef<'_> {
+        ColumnsRef {
+            dim: self.dim,
+            ids: &self.ids,
+            norms: &self.norms,
+            kappa: &self.kappa,
+            alpha: &self.alpha,
+            mu: &self.mu,
+        }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// A consistent view for readers: the segments and in-memory rows at the moment it was taken. Later
+/// ingests, flushes and compactions do not change it (a mapped segment stays readable after its file is
+/// removed).
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Manifest generation of the view.
+    pub generation: u64,
+    /// The segments.
+    pub segments: Vec<Arc<Segment>>,
+    /// Rows not yet in a segment.
+    pub memtable: Arc<Columns>,
+}
+
+impl Snapshot {
+    /// Every part of the view: segments first, then the in-memory rows.
+    pub fn parts(&self) -> impl Iterator<Item = ColumnsRef<'_>> {
+        self.segments.iter().map(|s| s.columns()).chain(std::iter::once(self.memtable.view()))
+    }
+
+    /// Number of splats.
+    pub fn len(&self) -> usize {
+        self.parts().map(|p| p.rows()).sum()
+    }
+
+    /// Whether the view holds no splat.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An open database directory, held by this process as its only writer.
+#[derive(Debug)]
+pub struct Db {
+    dir: PathBuf,
+    _lock: DirLock,
+    manifest: Manifest,
+    segments: Vec<Arc<Segment>>,
+    wal: Wal,
+    memtable: Arc<Columns>,
+    ids: HashSet<u64>,
+    options: DbOptions,
+}
+
+fn wal_name(generation: u64) -> String {
+    format!("{generation:010}.wal")
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:010}.seg")
+}
+
+impl Db {
+    /// Creates a database for splats of dimension `dim` in `dir` (created if missing; it must not hold a
+    /// database already).
+    pub fn create(dir: impl AsRef<Path>, dim: usize, options: DbOptions) -> Result<Db> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock = DirLock::acquire(&dir)?;
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if manifest_path.exists() {
+            return Err(Error::io(&manifest_path, std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
+        }
+        let wal = Wal::create(dir.join(wal_name(1)), dim, options.durability)?;
+        let manifest =
+            Manifest { generation: 1, dim, segments: Vec::new(), wal: Some(wal_name(1)), next_segment_id: 0 };
+        manifest.store(&dir)?;
+        Ok(Db {
+            dir,
+            _lock: lock,
+            manifest,
+            segments: Vec::new(),
+            wal,
+            memtable: Arc::new(Columns::empty(dim)),
+            ids: HashSet::new(),
+            options,
+        })
+    }
+
+    /// Opens the database in `dir`: takes the writer lock, maps and validates every segment, recovers the
+    /// log (cutting a torn tail) and removes files left over by an interrupted flush or compaction.
+    pub fn open(dir: impl AsRef<Path>, options: DbOptions) -> Result<Db> {
+        let dir = dir.as_ref().to_path_buf();
+        let lock = DirLock::acquire(&dir)?;
+        let manifest = Manifest::load(&dir)?;
+        let segments = manifest
+            .segments
+            .iter()
+            .map(|s| Segment::open(dir.join(&s.file)).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        for (s, e) in segments.iter().zip(&manifest.segments) {
+            if s.dim() != manifest.dim || s.rows() as u64 != e.rows {
+                return Err(Error::corrupt(s.path(), 0, "segment shape differs from the manifest"));
+            }
+        }
+        let wal_file = manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation));
+        let (wal, batches) = Wal::open(dir.join(&wal_file), options.durability)?;
+        if wal.dim() != manifest.dim {
+            return Err(Error::corrupt(wal.path(), 12, "log dimension differs from the manifest"));
+        }
+        let mut memtable = Columns::empty(manifest.dim);
+        batches.iter().for_each(|b| memtable.extend_wal(b));
+        let mut ids = HashSet::new();
+        for id in segments.iter().flat_map(|s| s.ids().iter()).chain(&memtable.ids) {
+            if !ids.insert(*id) {
+                return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, format!("id {id} stored twice")));
+            }
+        }
+        let db = Db { dir, _lock: lock, manifest, segments, wal, memtable: Arc::new(memtable), ids, options };
+        db.remove_orphans()?;
+        Ok(db)
+    }
+
+    /// Removes segment, log and temporary files that the manifest does not name.
+    fn remove_orphans(&self) -> Result<()> {
+        let live: HashSet<&str> =
+            self.manifest.segments.iter().map(|s| s.file.as_str()).chain(self.manifest.wal.as_deref()).collect();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let ours = name.ends_with(".seg") || name.ends_with(".wal") || name.ends_with(".tmp");
+            if ours && !live.contains(name) {
+                std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a validated batch: to the log first (acknowledged per [`DbOptions::durability`]), then to
+    /// the in-memory table. Ids already in the database are refused before anything is written.
+    pub fn ingest(&mut self, batch: &SplatSet) -> Result<()> {
+        if let Some(id) = batch.ids().iter().find(|id| self.ids.contains(id)) {
+            return Err(Error::InvalidBatch { reason: format!("id {id} is already in the database") });
+        }
+        self.wal.append(batch)?;
+        Arc::make_mut(&mut self.memtable).extend(batch.into());
+        self.ids.extend(batch.ids());
+        Ok(())
+    }
+
+    /// Writes the in-memory rows as a new segment and starts a new log (see the module doc for the order
+    /// that keeps it crash-safe). Does nothing when there are no such rows.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.memtable.rows() == 0 {
+            return Ok(());
+        }
+        let id = self.manifest.next_segment_id;
+        let file = segment_name(id);
+        crate::write_segment(&self.dir.join(&file), id, self.memtable.view())?;
+        let segment = Arc::new(Segment::open(self.dir.join(&file))?);
+        let mut next = self.manifest.clone();
+        next.generation += 1;
+        next.segments.push(SegmentEntry { id, file, rows: self.memtable.rows() as u64 });
+        next.next_segment_id = id + 1;
+        self.commit(next, |segments| segments.push(segment))
+    }
+
+    /// Merges every segment into one, in order, and drops the old files once the new manifest is stored.
+    /// Readers holding a [`Snapshot`] keep reading the old segments.
+    pub fn compact(&mut self) -> Result<()> {
+        if self.segments.len() < 2 {
+            return Ok(());
+        }
+        let mut merged = Columns::empty(self.manifest.dim);
+        self.segments.iter().for_each(|s| merged.extend(s.columns()));
+        let id = self.manifest.next_segment_id;
+        let file = segment_name(id);
+        crate::write_segment(&self.dir.join(&file), id, merged.view())?;
+        let segment = Arc::new(Segment::open(self.dir.join(&file))?);
+        let mut next = self.manifest.clone();
+        next.generation += 1;
+        next.segments = vec![SegmentEntry { id, file, rows: merged.rows() as u64 }];
+        next.next_segment_id = id + 1;
+        self.commit(next, |segments| *segments = vec![segment])
+    }
+
+    /// Stores `next` with a fresh log, then updates the in-memory state and removes what it replaced.
+    fn commit(&mut self, mut next: Manifest, update: impl FnOnce(&mut Vec<Arc<Segment>>)) -> Result<()> {
+        let flushing = !self.memtable.ids.is_empty() && next.segments.len() > self.manifest.segments.len();
+        let wal = if flushing {
+            let name = wal_name(next.generation);
+            let wal = Wal::create(self.dir.join(&name), self.manifest.dim, self.options.durability)?;
+            next.wal = Some(name);
+            Some(wal)
+        } else {
+            None
+        };
+        next.store(&self.dir)?;
+        self.manifest = next;
+        update(&mut self.segments);
+        if let Some(wal) = wal {
+            self.wal = wal;
+            self.memtable = Arc::new(Columns::empty(self.manifest.dim));
+        }
+        self.remove_orphans()
+    }
+
+    /// A consistent view of every splat for readers.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            generation: self.manifest.generation,
+            segments: self.segments.clone(),
+            memtable: Arc::clone(&self.memtable),
+        }
+    }
+
+    /// Number of splats.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the database holds no splat.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The current manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

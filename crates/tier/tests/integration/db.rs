@@ -1,0 +1,116 @@
+//! The database directory: ingest, flush, compaction, reopening, snapshots, orphans, the lock.
+
+use std::collections::HashMap;
+use std::fs;
+
+use m2m_tier::testing::crash_batch;
+use m2m_tier::{Db, DbOptions, Error, Snapshot};
+
+const DIM: usize = 12;
+
+/// Every (id -> (mu row, kappa)) in a snapshot.
+fn rows(s: &Snapshot) -> HashMap<u64, (Vec<f32>, f32)> {
+    let mut out = HashMap::new();
+    for p in s.parts() {
+        for (i, &id) in p.ids.iter().enumerate() {
+            assert!(out.insert(id, (p.mu[i * p.dim..(i + 1) * p.dim].to_vec(), p.kappa[i])).is_none(), "id {id} twice");
+        }
+    }
+    out
+}
+
+/// Checks that a snapshot holds exactly batches 0..n of `crash_batch`.
+fn assert_batches(s: &Snapshot, n: u64) {
+    let got = rows(s);
+    let mut expected = 0;
+    for b in 0..n {
+        let want = crash_batch(b, DIM);
+        for (i, id) in want.ids().iter().enumerate() {
+            let (mu, kappa) = got.get(id).unwrap_or_else(|| panic!("batch {b}: id {id} missing"));
+            assert_eq!(mu.as_slice(), want.mu_row(i), "batch {b} id {id}");
+            assert_eq!(*kappa, want.kappa()[i]);
+        }
+        expected += want.len();
+    }
+    assert_eq!(got.len(), expected, "rows beyond batches 0..{n}");
+}
+
+#[test]
+fn ingest_flush_compact_and_reopen_keep_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    for n in 0..10 {
+        db.ingest(&crash_batch(n, DIM)).unwrap();
+        if n % 3 == 2 {
+            db.flush().unwrap();
+        }
+    }
+    assert_eq!(db.manifest().segments.len(), 3);
+    assert_batches(&db.snapshot(), 10);
+    db.compact().unwrap();
+    assert_eq!(db.manifest().segments.len(), 1);
+    assert_batches(&db.snapshot(), 10);
+    drop(db);
+    let db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    assert_batches(&db.snapshot(), 10);
+    // Exactly the files the manifest names, plus LOCK and MANIFEST.
+    let mut files: Vec<String> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    let m = db.manifest();
+    let mut want: Vec<String> = m.segments.iter().map(|s| s.file.clone()).chain(m.wal.clone()).collect();
+    want.extend(["LOCK".to_string(), "MANIFEST".to_string()]);
+    want.sort();
+    assert_eq!(files, want);
+}
+
+#[test]
+fn a_snapshot_does_not_change_while_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    for n in 0..4 {
+        db.ingest(&crash_batch(n, DIM)).unwrap();
+    }
+    db.flush().unwrap();
+    db.ingest(&crash_batch(4, DIM)).unwrap();
+    let snap = db.snapshot();
+    for n in 5..9 {
+        db.ingest(&crash_batch(n, DIM)).unwrap();
+        db.flush().unwrap();
+    }
+    db.compact().unwrap();
+    // The old segment files are gone from the directory, yet the snapshot still reads them.
+    assert_batches(&snap, 5);
+    assert_batches(&db.snapshot(), 9);
+}
+
+#[test]
+fn leftovers_of_an_interrupted_flush_are_removed_and_the_lock_is_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(0, DIM)).unwrap();
+    assert!(matches!(Db::open(dir.path(), DbOptions::default()), Err(Error::Locked { .. })));
+    drop(db);
+    for stray in ["0000000007.seg", "0000000009.wal", ".0000000008.seg.tmp", "MANIFEST.tmp"] {
+        fs::write(dir.path().join(stray), b"half written").unwrap();
+    }
+    let db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    assert_batches(&db.snapshot(), 1);
+    for stray in ["0000000007.seg", "0000000009.wal", ".0000000008.seg.tmp", "MANIFEST.tmp"] {
+        assert!(!dir.path().join(stray).exists(), "{stray} left behind");
+    }
+}
+
+#[test]
+fn bad_batches_and_existing_databases_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(0, DIM)).unwrap();
+    assert!(matches!(db.ingest(&crash_batch(0, DIM)), Err(Error::InvalidBatch { .. })), "duplicate ids accepted");
+    assert!(matches!(db.ingest(&crash_batch(1, DIM + 1)), Err(Error::InvalidBatch { .. })));
+    assert_eq!(db.len(), crash_batch(0, DIM).len());
+    drop(db);
+    assert!(matches!(Db::create(dir.path(), DIM, DbOptions::default()), Err(Error::Io { .. })));
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(Db::open(empty.path(), DbOptions::default()), Err(Error::Io { .. })));
+}
