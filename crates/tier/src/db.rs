@@ -19,7 +19,9 @@ use std::sync::Arc;
 use m2m_splat::SplatSet;
 
 use crate::segment::ColumnsRef;
-use crate::{DirLock, Durability, Error, MANIFEST_FILE, Manifest, Result, Segment, SegmentEntry, Wal, WalBatch};
+use crate::{
+    DirLock, Durability, Error, MANIFEST_FILE, Manifest, Result, Segment, SegmentEntry, Wal, WalBatch, WalRecord,
+};
 
 /// Settings of a database directory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,6 +71,25 @@ impl Columns {
         });
     }
 
+    /// Removes the rows whose id is in `gone`; returns how many were removed.
+    fn remove(&mut self, gone: &HashSet<u64>) -> usize {
+        let dim = self.dim;
+        let keep: Vec<usize> = (0..self.rows()).filter(|&i| !gone.contains(&self.ids[i])).collect();
+        let removed = self.rows() - keep.len();
+        if removed > 0 {
+            let mut next = Columns::empty(dim);
+            for &i in &keep {
+                next.ids.push(self.ids[i]);
+                next.norms.push(self.norms[i]);
+                next.kappa.push(self.kappa[i]);
+                next.alpha.push(self.alpha[i]);
+                next.mu.extend_from_slice(&self.mu[i * dim..(i + 1) * dim]);
+            }
+            *self = next;
+        }
+        removed
+    }
+
     /// Borrowed view.
     pub fn view(&self) -> ColumnsRef<'_> {
         ColumnsRef {
@@ -88,8 +109,8 @@ impl Columns {
 }
 
 /// A consistent view for readers: the segments and in-memory rows at the moment it was taken. Later
-/// ingests, flushes and compactions do not change it (a mapped segment stays readable after its file is
-/// removed).
+/// ingests, deletes, flushes and compactions do not change it (a mapped segment stays readable after its
+/// file is removed). Segment rows whose id is in `deleted` are not part of the view: readers skip them.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// Manifest generation of the view.
@@ -98,6 +119,8 @@ pub struct Snapshot {
     pub segments: Vec<Arc<Segment>>,
     /// Rows not yet in a segment.
     pub memtable: Arc<Columns>,
+    /// Ids deleted from the segments (not yet compacted away).
+    pub deleted: Arc<HashSet<u64>>,
 }
 
 impl Snapshot {
@@ -106,14 +129,19 @@ impl Snapshot {
         self.segments.iter().map(|s| s.columns()).chain(std::iter::once(self.memtable.view()))
     }
 
-    /// Number of splats.
+    /// Number of live splats.
     pub fn len(&self) -> usize {
-        self.parts().map(|p| p.rows()).sum()
+        self.parts().map(|p| p.rows()).sum::<usize>() - self.deleted.len()
     }
 
-    /// Whether the view holds no splat.
+    /// Whether the view holds no live splat.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether a row with this id is part of the view (false for deleted segment rows).
+    pub fn is_live(&self, id: u64) -> bool {
+        !self.deleted.contains(&id)
     }
 }
 
@@ -126,7 +154,10 @@ pub struct Db {
     segments: Vec<Arc<Segment>>,
     wal: Wal,
     memtable: Arc<Columns>,
+    /// Live ids.
     ids: HashSet<u64>,
+    /// Ids deleted from segments, until compaction.
+    deleted: Arc<HashSet<u64>>,
     options: DbOptions,
 }
 
@@ -150,8 +181,14 @@ impl Db {
             return Err(Error::io(&manifest_path, std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
         }
         let wal = Wal::create(dir.join(wal_name(1)), dim, options.durability)?;
-        let manifest =
-            Manifest { generation: 1, dim, segments: Vec::new(), wal: Some(wal_name(1)), next_segment_id: 0 };
+        let manifest = Manifest {
+            generation: 1,
+            dim,
+            segments: Vec::new(),
+            wal: Some(wal_name(1)),
+            next_segment_id: 0,
+            deleted: Vec::new(),
+        };
         manifest.store(&dir)?;
         Ok(Db {
             dir,
@@ -161,6 +198,7 @@ impl Db {
             wal,
             memtable: Arc::new(Columns::empty(dim)),
             ids: HashSet::new(),
+            deleted: Arc::new(HashSet::new()),
             options,
         })
     }
@@ -182,19 +220,48 @@ impl Db {
             }
         }
         let wal_file = manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation));
-        let (wal, batches) = Wal::open(dir.join(&wal_file), options.durability)?;
+        let (wal, records) = Wal::open(dir.join(&wal_file), options.durability)?;
         if wal.dim() != manifest.dim {
             return Err(Error::corrupt(wal.path(), 12, "log dimension differs from the manifest"));
         }
-        let mut memtable = Columns::empty(manifest.dim);
-        batches.iter().for_each(|b| memtable.extend_wal(b));
         let mut ids = HashSet::new();
-        for id in segments.iter().flat_map(|s| s.ids().iter()).chain(&memtable.ids) {
+        for id in segments.iter().flat_map(|s| s.ids().iter()) {
             if !ids.insert(*id) {
                 return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, format!("id {id} stored twice")));
             }
         }
-        let db = Db { dir, _lock: lock, manifest, segments, wal, memtable: Arc::new(memtable), ids, options };
+        let mut deleted: HashSet<u64> = manifest.deleted.iter().copied().collect();
+        ids.retain(|id| !deleted.contains(id));
+        // Replay the log in order: batches add rows, deletes remove them (or tombstone segment rows).
+        let mut memtable = Columns::empty(manifest.dim);
+        for record in &records {
+            match record {
+                WalRecord::Batch(b) => {
+                    if let Some(id) = b.ids.iter().find(|&&id| !ids.insert(id)) {
+                        return Err(Error::corrupt(wal.path(), 0, format!("id {id} added twice")));
+                    }
+                    memtable.extend_wal(b);
+                }
+                WalRecord::Delete { ids: gone, .. } => {
+                    let gone: HashSet<u64> = gone.iter().copied().filter(|id| ids.remove(id)).collect();
+                    // Rows still in memory simply go; rows already in a segment get a tombstone.
+                    let in_memory: HashSet<u64> = memtable.ids.iter().copied().filter(|id| gone.contains(id)).collect();
+                    memtable.remove(&gone);
+                    deleted.extend(gone.into_iter().filter(|id| !in_memory.contains(id)));
+                }
+            }
+        }
+        let db = Db {
+            dir,
+            _lock: lock,
+            manifest,
+            segments,
+            wal,
+            memtable: Arc::new(memtable),
+            ids,
+            deleted: Arc::new(deleted),
+            options,
+        };
         db.remove_orphans()?;
         Ok(db)
     }
@@ -222,10 +289,38 @@ impl Db {
         if let Some(id) = batch.ids().iter().find(|id| self.ids.contains(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} is already in the database") });
         }
+        // A deleted id still inside a segment cannot come back until compaction has dropped it: the
+        // tombstone would hide the new row too.
+        if let Some(id) = batch.ids().iter().find(|id| self.deleted.contains(id)) {
+            return Err(Error::InvalidBatch { reason: format!("id {id} was deleted and awaits compaction") });
+        }
         self.wal.append(batch)?;
         Arc::make_mut(&mut self.memtable).extend(batch.into());
         self.ids.extend(batch.ids());
         Ok(())
+    }
+
+    /// Deletes ids (those not present are ignored) and returns how many were present. The delete is logged
+    /// and acknowledged like a batch; rows still in memory go at once, rows in segments are tombstoned
+    /// until [`compact`](Self::compact).
+    pub fn delete(&mut self, ids: &[u64]) -> Result<usize> {
+        let present: Vec<u64> = {
+            let mut seen = HashSet::new();
+            ids.iter().copied().filter(|id| self.ids.contains(id) && seen.insert(*id)).collect()
+        };
+        if present.is_empty() {
+            return Ok(0);
+        }
+        self.wal.append_delete(&present)?;
+        let gone: HashSet<u64> = present.iter().copied().collect();
+        // Rows still in memory simply go; rows already in a segment get a tombstone.
+        let memtable = Arc::make_mut(&mut self.memtable);
+        let in_memory: HashSet<u64> = memtable.ids.iter().copied().filter(|id| gone.contains(id)).collect();
+        memtable.remove(&gone);
+        let tombstones = Arc::make_mut(&mut self.deleted);
+        tombstones.extend(gone.iter().copied().filter(|id| !in_memory.contains(id)));
+        self.ids.retain(|id| !gone.contains(id));
+        Ok(present.len())
     }
 
     /// Writes the in-memory rows as a new segment and starts a new log (see the module doc for the order
@@ -242,17 +337,22 @@ impl Db {
         next.generation += 1;
         next.segments.push(SegmentEntry { id, file, rows: self.memtable.rows() as u64 });
         next.next_segment_id = id + 1;
+        // The log is retired with this flush: its deletes of segment rows move into the manifest.
+        next.deleted = self.deleted.iter().copied().collect();
+        next.deleted.sort_unstable();
         self.commit(next, |segments| segments.push(segment))
     }
 
-    /// Merges every segment into one, in order, and drops the old files once the new manifest is stored.
-    /// Readers holding a [`Snapshot`] keep reading the old segments.
+    /// Flushes, then merges every segment into one, in order, without the deleted rows, and drops the old
+    /// files once the new manifest is stored. Readers holding a [`Snapshot`] keep reading the old segments.
     pub fn compact(&mut self) -> Result<()> {
-        if self.segments.len() < 2 {
+        self.flush()?;
+        if self.segments.len() < 2 && self.deleted.is_empty() {
             return Ok(());
         }
         let mut merged = Columns::empty(self.manifest.dim);
         self.segments.iter().for_each(|s| merged.extend(s.columns()));
+        merged.remove(&self.deleted);
         let id = self.manifest.next_segment_id;
         let file = segment_name(id);
         crate::write_segment(&self.dir.join(&file), id, merged.view())?;
@@ -261,7 +361,10 @@ impl Db {
         next.generation += 1;
         next.segments = vec![SegmentEntry { id, file, rows: merged.rows() as u64 }];
         next.next_segment_id = id + 1;
-        self.commit(next, |segments| *segments = vec![segment])
+        next.deleted.clear();
+        self.commit(next, |segments| *segments = vec![segment])?;
+        self.deleted = Arc::new(HashSet::new());
+        Ok(())
     }
 
     /// Stores `next` with a fresh log, then updates the in-memory state and removes what it replaced.
@@ -291,6 +394,7 @@ impl Db {
             generation: self.manifest.generation,
             segments: self.segments.clone(),
             memtable: Arc::clone(&self.memtable),
+            deleted: Arc::clone(&self.deleted),
         }
     }
 

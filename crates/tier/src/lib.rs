@@ -10,12 +10,12 @@
 //! * [`write_segment`] / [`Segment`]: immutable column files, written atomically and memory-mapped for
 //!   reading after every header field and column checksum is validated.
 //! * [`Manifest`]: the live segments and log with a generation number, replaced atomically.
-//! * [`Db`]: a database directory tying them together: ingest through the log, `flush` to segments,
-//!   `compact`, crash-safe ordering of every step, and [`Snapshot`]s that readers keep while it changes.
+//! * [`Db`]: a database directory tying them together: ingest through the log, `delete`, `flush` to
+//!   segments, `compact` (dropping deleted rows), crash-safe ordering of every step, and [`Snapshot`]s
+//!   that readers keep while it changes.
 //!
 //! Every byte is documented in `FORMAT.md` beside this crate's manifest. Still to come (the rest of the
-//! tier issue): deletes (and compaction dropping them), the warm cache with a byte budget, the hot tier,
-//! and prefetch.
+//! tier issue): the warm cache with a byte budget, the hot tier, and prefetch.
 //!
 //! ```
 //! use m2m_splat::{Batch, SplatSet};
@@ -29,7 +29,7 @@
 //! drop(wal);
 //!
 //! let (_wal, recovered) = Wal::open(&path, Durability::Fsync)?;
-//! assert_eq!(recovered[0].ids, vec![0, 1]);
+//! assert!(matches!(&recovered[0], m2m_tier::WalRecord::Batch(b) if b.ids == vec![0, 1]));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -65,4 +65,4 @@ pub use error::{Error, Result};
 pub use lock::{DirLock, LOCK_FILE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
 pub use segment::{ColumnsRef, SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
-pub use wal::{Durability, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch};
+pub use wal::{Durability, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};

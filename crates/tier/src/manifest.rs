@@ -44,6 +44,8 @@ pub struct Manifest {
     pub wal: Option<String>,
     /// Id the next segment gets.
     pub next_segment_id: u64,
+    /// Ids deleted from the segments, dropped by the next compaction (sorted).
+    pub deleted: Vec<u64>,
 }
 
 /// A plain file name: no separators, not `.` or `..`, not empty.

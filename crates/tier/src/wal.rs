@@ -24,6 +24,8 @@ const RECORD_HEADER: u64 = 8;
 const MAX_RECORD: u64 = 1 << 30;
 /// Record kind of a batch of splats.
 const KIND_BATCH: u8 = 1;
+/// Record kind of a list of deleted ids.
+const KIND_DELETE: u8 = 2;
 
 /// When an append counts as acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,6 +61,30 @@ impl WalBatch {
     /// Number of splats.
     pub fn rows(&self) -> usize {
         self.ids.len()
+    }
+}
+
+/// One recovered record of the log.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WalRecord {
+    /// Splats added.
+    Batch(WalBatch),
+    /// Ids deleted.
+    Delete {
+        /// Sequence number of the record.
+        seq: u64,
+        /// The ids.
+        ids: Vec<u64>,
+    },
+}
+
+impl WalRecord {
+    /// The record's sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            WalRecord::Batch(b) => b.seq,
+            WalRecord::Delete { seq, .. } => *seq,
+        }
     }
 }
 
@@ -108,7 +134,7 @@ impl Wal {
     ///
     /// Errors: [`Error::Corrupt`] (bad header, or damage followed by more records),
     /// [`Error::IncompatibleVersion`], [`Error::Io`].
-    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<(Wal, Vec<WalBatch>)> {
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<(Wal, Vec<WalRecord>)> {
         let path = path.as_ref().to_path_buf();
         let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
         let (dim, batches, end) = recover(&path, &mut file)?;
@@ -123,7 +149,7 @@ impl Wal {
     }
 
     /// Reads every complete batch of a log without changing the file (a torn tail is skipped, not cut).
-    pub fn read(path: impl AsRef<Path>) -> Result<Vec<WalBatch>> {
+    pub fn read(path: impl AsRef<Path>) -> Result<Vec<WalRecord>> {
         let path = path.as_ref().to_path_buf();
         let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         Ok(recover(&path, &mut file)?.1)
@@ -147,8 +173,33 @@ impl Wal {
             return Err(Error::InvalidBatch { reason: "empty batch".into() });
         }
         let rows = u32::try_from(set.len()).map_err(|_| Error::InvalidBatch { reason: "too many rows".into() })?;
+        encode(&mut self.buf, self.next_seq, rows, set);
+        self.write_record()
+    }
+
+    /// Appends a list of deleted ids, acknowledged like a batch. An empty list is refused.
+    pub fn append_delete(&mut self, ids: &[u64]) -> Result<u64> {
+        if self.poisoned {
+            return Err(Error::Poisoned { path: self.path.clone() });
+        }
+        let count = u32::try_from(ids.len())
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| Error::InvalidBatch { reason: "a delete needs 1 to 2^32 - 1 ids".into() })?;
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0u8; RECORD_HEADER as usize]);
+        self.buf.push(KIND_DELETE);
+        self.buf.extend_from_slice(&[0u8; 3]);
+        self.buf.extend_from_slice(&count.to_le_bytes());
+        self.buf.extend_from_slice(&self.next_seq.to_le_bytes());
+        self.buf.extend_from_slice(bytemuck::cast_slice(ids));
+        seal(&mut self.buf);
+        self.write_record()
+    }
+
+    /// Writes the sealed record in `buf`, syncs per the durability, and returns its sequence number.
+    fn write_record(&mut self) -> Result<u64> {
         let seq = self.next_seq;
-        encode(&mut self.buf, seq, rows, set);
         let payload_len = (self.buf.len() as u64) - RECORD_HEADER;
         if payload_len > MAX_RECORD {
             return Err(Error::InvalidBatch { reason: format!("record of {payload_len} bytes exceeds 1 GiB") });
@@ -215,6 +266,11 @@ fn encode(buf: &mut Vec<u8>, seq: u64, rows: u32, set: &m2m_splat::SplatSet) {
     buf.extend_from_slice(bytemuck::cast_slice(set.kappa()));
     buf.extend_from_slice(bytemuck::cast_slice(set.alpha()));
     buf.extend_from_slice(bytemuck::cast_slice(set.mu()));
+    seal(buf);
+}
+
+/// Fills in the record header (payload length and checksum) of a record assembled in `buf`.
+fn seal(buf: &mut [u8]) {
     let payload = &buf[RECORD_HEADER as usize..];
     let len = payload.len() as u32;
     let crc = crc32c::crc32c(payload);
@@ -231,18 +287,24 @@ fn take<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
 }
 
 /// Decodes one checksummed payload; `offset` (of its record) only labels errors.
-fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -> Result<WalBatch> {
+fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -> Result<WalRecord> {
     let bad = |reason: String| Error::corrupt(path, offset, reason);
     if payload.len() < 16 {
         return Err(bad(format!("record payload of {} bytes is shorter than its 16-byte header", payload.len())));
     }
-    if payload[0] != KIND_BATCH || payload[1..4] != [0, 0, 0] {
+    if !matches!(payload[0], KIND_BATCH | KIND_DELETE) || payload[1..4] != [0, 0, 0] {
         return Err(bad(format!("unknown record kind {}", payload[0])));
     }
     let rows = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
     let seq = u64::from_le_bytes(payload[8..16].try_into().unwrap_or([0; 8]));
     if seq != want_seq {
-        return Err(bad(format!("batch sequence {seq} where {want_seq} was expected")));
+        return Err(bad(format!("record sequence {seq} where {want_seq} was expected")));
+    }
+    if payload[0] == KIND_DELETE {
+        if rows == 0 || rows.checked_mul(8).map(|b| b + 16) != Some(payload.len()) {
+            return Err(bad(format!("{rows} deleted ids do not fill a payload of {} bytes", payload.len())));
+        }
+        return Ok(WalRecord::Delete { seq, ids: take(&payload[16..]) });
     }
     let want = rows.checked_mul(8 + 12 + 4 * dim).map(|b| b + 16);
     if rows == 0 || want != Some(payload.len()) {
@@ -254,7 +316,7 @@ fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -
         at += n;
         s
     };
-    Ok(WalBatch {
+    Ok(WalRecord::Batch(WalBatch {
         seq,
         dim,
         ids: take(next(rows * 8)),
@@ -262,7 +324,7 @@ fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -
         kappa: take(next(rows * 4)),
         alpha: take(next(rows * 4)),
         mu: take(next(rows * dim * 4)),
-    })
+    }))
 }
 
 /// The offset (in `rest`) of the first position at or after `from` where a record with a matching checksum
@@ -272,7 +334,8 @@ fn record_after(rest: &[u8], from: usize) -> Option<usize> {
     (from..rest.len().saturating_sub(header + 16)).find(|&p| {
         let len = u32::from_le_bytes(rest[p..p + 4].try_into().unwrap_or([0; 4])) as usize;
         let body = p + header;
-        if len < 16 || body + len > rest.len() || rest[body] != KIND_BATCH || rest[body + 1..body + 4] != [0, 0, 0] {
+        let kind_ok = matches!(rest.get(body), Some(&KIND_BATCH | &KIND_DELETE));
+        if len < 16 || body + len > rest.len() || !kind_ok || rest[body + 1..body + 4] != [0, 0, 0] {
             return false;
         }
         let crc = u32::from_le_bytes(rest[p + 4..p + 8].try_into().unwrap_or([0; 4]));
@@ -282,7 +345,7 @@ fn record_after(rest: &[u8], from: usize) -> Option<usize> {
 
 /// Reads the header and every good record; returns the dimension, the batches and the end of the last
 /// good record.
-fn recover(path: &Path, file: &mut File) -> Result<(usize, Vec<WalBatch>, u64)> {
+fn recover(path: &Path, file: &mut File) -> Result<(usize, Vec<WalRecord>, u64)> {
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len < WAL_HEADER {
         return Err(Error::corrupt(path, len, format!("{len} bytes, shorter than the {WAL_HEADER}-byte header")));

@@ -114,3 +114,63 @@ fn bad_batches_and_existing_databases_are_refused() {
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(Db::open(empty.path(), DbOptions::default()), Err(Error::Io { .. })));
 }
+
+#[test]
+fn deletes_survive_reopen_flush_and_are_dropped_by_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    for n in 0..3 {
+        db.ingest(&crash_batch(n, DIM)).unwrap();
+    }
+    db.flush().unwrap(); // batches 0..3 now in a segment
+    db.ingest(&crash_batch(3, DIM)).unwrap(); // batch 3 in memory
+    let in_segment = crash_batch(1, DIM).ids()[0];
+    let in_memory = crash_batch(3, DIM).ids()[0];
+    assert_eq!(db.delete(&[in_segment, in_memory, in_segment, 999_999]).unwrap(), 2);
+    assert_eq!(db.delete(&[in_segment]).unwrap(), 0, "deleted twice");
+    let live = |s: &Snapshot| -> Vec<u64> {
+        let mut v: Vec<u64> = s.parts().flat_map(|p| p.ids.to_vec()).filter(|&id| s.is_live(id)).collect();
+        v.sort_unstable();
+        v
+    };
+    let expect: Vec<u64> = {
+        let mut v: Vec<u64> = (0..4)
+            .flat_map(|n| crash_batch(n, DIM).ids().to_vec())
+            .filter(|&id| id != in_segment && id != in_memory)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let before = db.snapshot();
+    assert_eq!(live(&before), expect);
+    assert_eq!(before.len(), expect.len());
+    assert_eq!(db.len(), expect.len());
+    // A deleted id still in a segment cannot come back before compaction.
+    assert!(matches!(db.ingest(&crash_batch(1, DIM)), Err(Error::InvalidBatch { .. })));
+    drop(db);
+
+    // Reopen: the delete replays from the log.
+    let mut db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    assert_eq!(live(&db.snapshot()), expect);
+    // Flush retires the log: the tombstone moves into the manifest.
+    db.flush().unwrap();
+    assert_eq!(db.manifest().deleted, vec![in_segment]);
+    drop(db);
+    let mut db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    assert_eq!(live(&db.snapshot()), expect);
+    // Compaction drops the row for good.
+    db.compact().unwrap();
+    assert!(db.manifest().deleted.is_empty());
+    let after = db.snapshot();
+    assert!(after.deleted.is_empty());
+    let mut all: Vec<u64> = after.parts().flat_map(|p| p.ids.to_vec()).collect();
+    all.sort_unstable();
+    assert_eq!(all, expect);
+    // The old snapshot still sees what it saw.
+    assert_eq!(live(&before), expect);
+    // And the id may be used again.
+    let again = m2m_splat::SplatSet::from_vectors(&[1.0; DIM], DIM).unwrap();
+    let mut reused = m2m_splat::SplatSet::new(DIM).unwrap();
+    reused.append(m2m_splat::Batch::new(again.mu_row(0), DIM).ids(&[in_segment])).unwrap();
+    db.ingest(&reused).unwrap();
+}

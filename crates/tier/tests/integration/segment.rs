@@ -108,6 +108,7 @@ fn the_manifest_round_trips_and_is_replaced_whole() {
         segments: vec![SegmentEntry { id: 0, file: "000000.seg".into(), rows: 5_000 }],
         wal: Some("000001.wal".into()),
         next_segment_id: 1,
+        deleted: vec![42],
     };
     m.store(dir.path()).unwrap();
     assert_eq!(Manifest::load(dir.path()).unwrap(), m);
@@ -148,6 +149,7 @@ fn a_manifest_cannot_point_outside_its_directory() {
             segments: vec![SegmentEntry { id: 0, file: name.into(), rows: 1 }],
             wal: None,
             next_segment_id: 1,
+            deleted: vec![],
         };
         m.store(dir.path()).unwrap();
         assert!(matches!(Manifest::load(dir.path()), Err(Error::Corrupt { .. })), "{name:?} accepted");

@@ -4,10 +4,21 @@ use std::fs;
 use std::path::Path;
 
 use m2m_tier::testing::crash_batch;
-use m2m_tier::{Durability, Error, WAL_HEADER, Wal, WalBatch};
+use m2m_tier::{Durability, Error, WAL_HEADER, Wal, WalBatch, WalRecord};
 use proptest::prelude::*;
 
 const DIM: usize = 6;
+
+/// The batches of a log that holds only batches.
+fn only_batches(records: Vec<WalRecord>) -> Vec<WalBatch> {
+    records
+        .into_iter()
+        .map(|r| match r {
+            WalRecord::Batch(b) => b,
+            other => panic!("unexpected record {other:?}"),
+        })
+        .collect()
+}
 
 fn assert_is_batch(b: &WalBatch, n: u64) {
     let want = crash_batch(n, DIM);
@@ -32,7 +43,7 @@ fn log_of(path: &Path, n: u64) -> (Vec<u8>, Vec<u64>) {
     (fs::read(path).unwrap(), ends)
 }
 
-fn corrupt_offset(r: Result<(Wal, Vec<WalBatch>), Error>) -> u64 {
+fn corrupt_offset(r: Result<(Wal, Vec<WalRecord>), Error>) -> u64 {
     match r {
         Err(Error::Corrupt { offset, .. }) => offset,
         Err(other) => panic!("expected Corrupt, got {other:?}"),
@@ -45,14 +56,15 @@ fn batches_round_trip_and_appends_continue_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.wal");
     log_of(&path, 4);
-    let (mut wal, batches) = Wal::open(&path, Durability::Fsync).unwrap();
+    let (mut wal, records) = Wal::open(&path, Durability::Fsync).unwrap();
+    let batches = only_batches(records);
     assert_eq!(batches.len(), 4);
     for (i, b) in batches.iter().enumerate() {
         assert_is_batch(b, i as u64);
     }
     assert_eq!(wal.append(&crash_batch(4, DIM)).unwrap(), 4);
     drop(wal);
-    let batches = Wal::read(&path).unwrap();
+    let batches = only_batches(Wal::read(&path).unwrap());
     assert_eq!(batches.len(), 5);
     assert_is_batch(&batches[4], 4);
     assert!(matches!(Wal::create(&path, DIM, Durability::Fsync), Err(Error::Io { .. })), "create overwrote a log");
@@ -80,7 +92,8 @@ fn a_torn_tail_at_every_byte_is_dropped_and_cut_away() {
     for cut in WAL_HEADER as usize..=bytes.len() {
         fs::write(&path, &bytes[..cut]).unwrap();
         let complete = ends.iter().filter(|&&e| e <= cut as u64).count();
-        let (mut wal, batches) = Wal::open(&path, Durability::Fsync).unwrap();
+        let (mut wal, records) = Wal::open(&path, Durability::Fsync).unwrap();
+        let batches = only_batches(records);
         assert_eq!(batches.len(), complete, "cut at {cut}");
         for (i, b) in batches.iter().enumerate() {
             assert_is_batch(b, i as u64);
@@ -172,7 +185,7 @@ proptest! {
         let i = at.index(bytes.len());
         bytes[i] ^= mask;
         fs::write(&path, &bytes).unwrap();
-        match Wal::read(&path) {
+        match Wal::read(&path).map(only_batches) {
             Ok(batches) => {
                 prop_assert!(batches.len() <= 4);
                 for (n, b) in batches.iter().enumerate() {
@@ -183,4 +196,21 @@ proptest! {
             Err(other) => prop_assert!(false, "unexpected {:?}", other),
         }
     }
+}
+
+#[test]
+fn delete_records_round_trip_between_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.wal");
+    let mut wal = Wal::create(&path, DIM, Durability::Fsync).unwrap();
+    wal.append(&crash_batch(0, DIM)).unwrap();
+    assert_eq!(wal.append_delete(&[0, 7, 1]).unwrap(), 1);
+    wal.append(&crash_batch(2, DIM)).unwrap();
+    assert!(matches!(wal.append_delete(&[]), Err(Error::InvalidBatch { .. })));
+    drop(wal);
+    let records = Wal::read(&path).unwrap();
+    assert_eq!(records.len(), 3);
+    assert!(matches!(&records[0], WalRecord::Batch(b) if b.seq == 0));
+    assert_eq!(records[1], WalRecord::Delete { seq: 1, ids: vec![0, 7, 1] });
+    assert!(matches!(&records[2], WalRecord::Batch(b) if b.seq == 2 && b.ids == crash_batch(2, DIM).ids()));
 }
