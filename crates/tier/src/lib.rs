@@ -13,9 +13,14 @@
 //! * [`Db`]: a database directory tying them together: ingest through the log, `delete`, `flush` to
 //!   segments, `compact` (dropping deleted rows), crash-safe ordering of every step, and [`Snapshot`]s
 //!   that readers keep while it changes.
+//! * [`BlockStore`]: the warm tier, blocks of rows copied from the mapped segments into a cache with a
+//!   byte budget, with hit / miss / byte counters.
+//! * [`Prefetch`]: a background thread that walks an access plan ahead of the consumer over a bounded
+//!   channel, and stops and is joined when the consumer drops it.
 //!
 //! Every byte is documented in `FORMAT.md` beside this crate's manifest. Still to come (the rest of the
-//! tier issue): the warm cache with a byte budget, the hot tier, and prefetch.
+//! tier issue): the hot tier (device-resident blocks, with m2m-gpu), fuzz targets, injected write
+//! failures and the remaining benchmarks.
 //!
 //! ```
 //! use m2m_splat::{Batch, SplatSet};
@@ -37,8 +42,10 @@ mod db;
 mod error;
 mod lock;
 mod manifest;
+mod prefetch;
 mod segment;
 mod wal;
+mod warm;
 
 /// Helpers shared by this crate's crash tests and the helper process they kill; not a stable interface.
 #[doc(hidden)]
@@ -64,5 +71,7 @@ pub use db::{Columns, Db, DbOptions, Snapshot};
 pub use error::{Error, Result};
 pub use lock::{DirLock, LOCK_FILE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
+pub use prefetch::{Fetched, Prefetch};
 pub use segment::{ColumnsRef, SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
 pub use wal::{Durability, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
+pub use warm::{BlockKey, BlockStore, DEFAULT_BLOCK_ROWS, MEMTABLE, WarmStats};

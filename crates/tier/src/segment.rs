@@ -218,6 +218,18 @@ impl Segment {
         self.column(0)
     }
 
+    /// Hints the kernel that rows `rows` will be read soon (`madvise(WILLNEED)` on their `mu` bytes, the
+    /// bulk of a row). A hint: failures are ignored.
+    pub fn advise_will_need(&self, rows: std::ops::Range<usize>) {
+        let (offset, len) = self.cols[0];
+        let row = 4 * self.dim;
+        let start = rows.start.min(self.rows) * row;
+        let end = rows.end.min(self.rows) * row;
+        if end > start && start < len {
+            let _ = self.map.advise_range(memmap2::Advice::WillNeed, offset + start, end - start);
+        }
+    }
+
     /// All columns.
     pub fn columns(&self) -> ColumnsRef<'_> {
         ColumnsRef {

@@ -7,3 +7,4 @@ mod db;
 mod lock;
 mod segment;
 mod wal;
+mod warm;

@@ -1,0 +1,68 @@
+//! Prefetch: a background thread walks an access plan (the blocks the next queries or training batches
+//! will read, in order), brings each block from the cold tier into the warm one, and hands it over a
+//! bounded channel, so that the consumer finds it ready.
+//!
+//! Cancellation: dropping the [`Prefetch`] drops the receiving end first, which makes the thread's next
+//! send fail, so the thread returns; `Drop` then joins it. No thread outlives its `Prefetch`, and none can
+//! block forever (the only blocking call is the send, which fails once the receiver is gone).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, bounded};
+
+use crate::{BlockKey, BlockStore, Columns, Error, Result};
+
+/// One delivered block, or the error that stopped the prefetch.
+pub type Fetched = Result<(BlockKey, Arc<Columns>)>;
+
+/// A running prefetch: an iterator over the plan's blocks, in plan order.
+#[derive(Debug)]
+pub struct Prefetch {
+    rx: Option<Receiver<Fetched>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Prefetch {
+    /// Starts a thread that loads `plan`'s blocks at most `depth` (at least 1) ahead of the consumer,
+    /// and tells the kernel about the block after those (`madvise(WILLNEED)`).
+    pub fn start(store: Arc<BlockStore>, plan: Vec<BlockKey>, depth: usize) -> Result<Prefetch> {
+        let depth = depth.max(1);
+        let (tx, rx) = bounded(depth);
+        let handle = std::thread::Builder::new()
+            .name("m2m-prefetch".into())
+            .spawn(move || {
+                for (i, &key) in plan.iter().enumerate() {
+                    if let Some(&next) = plan.get(i + depth) {
+                        store.advise(next);
+                    }
+                    let item = store.get(key).map(|block| (key, block));
+                    let failed = item.is_err();
+                    // A failed send means the consumer is gone: stop. An error is sent, then we stop.
+                    if tx.send(item).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Io { path: "<prefetch thread>".into(), source: e })?;
+        Ok(Prefetch { rx: Some(rx), handle: Some(handle) })
+    }
+}
+
+impl Iterator for Prefetch {
+    type Item = Fetched;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        // Receiver first, so that a send blocked on a full channel fails and the thread can finish.
+        drop(self.rx.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
