@@ -119,3 +119,34 @@ fn kill_9_during_ingest_flush_and_compaction_loses_nothing_acknowledged() {
     }
     assert!(acknowledged >= 60, "only {acknowledged} batches over all rounds");
 }
+
+#[test]
+fn a_write_failure_leaves_the_log_at_its_last_good_record() {
+    // The kernel itself fails the write: `ulimit -f` caps the file size (SIGXFSZ ignored, so the write
+    // returns EFBIG), and the writer dies on the error as a process would.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.wal");
+    let exe = env!("CARGO_BIN_EXE_m2m-tier-crash-writer");
+    let script = format!("trap '' XFSZ; ulimit -f 64; exec '{exe}' '{}' {DIM}", path.display());
+    let out = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::null()).output().expect("run the writer");
+    assert!(!out.status.success(), "the writer never hit the size limit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let acknowledged =
+        stdout.lines().filter_map(|l| l.strip_prefix("ack ")?.parse::<u64>().ok()).map(|n| n + 1).max().unwrap_or(0);
+    assert!(acknowledged > 5, "only {acknowledged} batches before the limit");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("File too large"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Reopen: exactly the acknowledged batches, and the file ends on a good record.
+    let len_before = std::fs::metadata(&path).unwrap().len();
+    let (wal, records) = Wal::open(&path, m2m_tier::Durability::Fsync).unwrap();
+    assert_eq!(records.len() as u64, acknowledged);
+    for (i, r) in records.iter().enumerate() {
+        let m2m_tier::WalRecord::Batch(b) = r else { panic!("record {i} is not a batch") };
+        assert_eq!(b.ids.as_slice(), crash_batch(i as u64, DIM).ids());
+    }
+    assert_eq!(wal.len_bytes(), len_before, "the failed append left bytes behind");
+}

@@ -13,6 +13,9 @@ fn rows(s: &Snapshot) -> HashMap<u64, (Vec<f32>, f32)> {
     let mut out = HashMap::new();
     for p in s.parts() {
         for (i, &id) in p.ids.iter().enumerate() {
+            if !s.is_live(id) {
+                continue;
+            }
             assert!(out.insert(id, (p.mu[i * p.dim..(i + 1) * p.dim].to_vec(), p.kappa[i])).is_none(), "id {id} twice");
         }
     }
@@ -173,4 +176,63 @@ fn deletes_survive_reopen_flush_and_are_dropped_by_compaction() {
     let mut reused = m2m_splat::SplatSet::new(DIM).unwrap();
     reused.append(m2m_splat::Batch::new(again.mu_row(0), DIM).ids(&[in_segment])).unwrap();
     db.ingest(&reused).unwrap();
+}
+
+#[test]
+fn readers_on_other_threads_always_see_whole_batches() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    let (tx, rx) = mpsc::sync_channel::<Snapshot>(4);
+    // Only the readers hold the receiver: if they die, the writer's send fails instead of blocking.
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    let deleted: std::collections::HashSet<u64> =
+        (0..120u64).filter(|n| n % 25 == 24).map(|n| (n - 3) * 1000).collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let rx = std::sync::Arc::clone(&rx);
+            let deleted = deleted.clone();
+            std::thread::spawn(move || {
+                let mut checked = 0;
+                loop {
+                    let snap = match rx.lock().unwrap().recv() {
+                        Ok(s) => s,
+                        Err(_) => return checked,
+                    };
+                    // Every batch in the view is whole and byte-exact (deleted ids aside).
+                    let got = rows(&snap);
+                    let mut by_batch: HashMap<u64, usize> = HashMap::new();
+                    for (&id, (mu, _)) in &got {
+                        let n = id / 1000;
+                        let want = crash_batch(n, DIM);
+                        let i = (id % 1000) as usize;
+                        assert_eq!(mu.as_slice(), want.mu_row(i));
+                        *by_batch.entry(n).or_default() += 1;
+                    }
+                    for (n, count) in by_batch {
+                        let gone = crash_batch(n, DIM).ids().iter().filter(|id| deleted.contains(id)).count();
+                        // Whole: every row, or every row but those deleted (in views taken after the delete).
+                        let len = crash_batch(n, DIM).len();
+                        assert!(count == len || count + gone == len, "batch {n} partial: {count} of {len}");
+                    }
+                    checked += 1;
+                }
+            })
+        })
+        .collect();
+    drop(rx);
+    for n in 0..120 {
+        db.ingest(&crash_batch(n, DIM)).unwrap();
+        if n % 7 == 6 {
+            db.flush().unwrap();
+        }
+        if n % 25 == 24 {
+            db.delete(&[(n - 3) * 1000]).unwrap();
+            db.compact().unwrap();
+        }
+        tx.send(db.snapshot()).expect("the readers died; see their panic above");
+    }
+    drop(tx);
+    let checked: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert_eq!(checked, 120);
 }
