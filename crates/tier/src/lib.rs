@@ -6,7 +6,8 @@
 //!   and acknowledged after `fdatasync` ([`Durability::Fsync`], the default) or, in the mode named
 //!   [`Durability::NoSync`], once the operating system has the bytes. Recovery keeps every complete record,
 //!   drops a torn tail and refuses corruption in the middle. A failed write cuts its partial record away.
-//! * [`DirLock`]: one writer per database directory, failing at once with [`Error::Locked`].
+//! * [`DirLock`]: one writer per database directory; a second one gets [`Error::Locked`] within
+//!   [`LOCK_PATIENCE`].
 //! * [`write_segment`] / [`Segment`]: immutable column files, written atomically and memory-mapped for
 //!   reading after every header field and column checksum is validated.
 //! * [`Manifest`]: the live segments and log with a generation number, replaced atomically.
@@ -69,7 +70,7 @@ pub mod testing {
 
 pub use db::{Columns, Db, DbOptions, Snapshot};
 pub use error::{Error, Result};
-pub use lock::{DirLock, LOCK_FILE};
+pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch};
 pub use segment::{ColumnsRef, SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};

@@ -2,11 +2,15 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
 /// Name of the lock file inside a database directory.
 pub const LOCK_FILE: &str = "LOCK";
+
+/// How long [`DirLock::acquire`] retries a held lock before reporting [`Error::Locked`].
+pub const LOCK_PATIENCE: Duration = Duration::from_millis(250);
 
 /// The writer's hold on a directory; released when dropped (or when the process dies, by the kernel).
 #[derive(Debug)]
@@ -16,16 +20,24 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the directory's writer lock, or fails at once with [`Error::Locked`] when another handle or
-    /// process holds it: it never waits.
+    /// Takes the directory's writer lock, or fails with [`Error::Locked`] when another handle or process
+    /// holds it. It retries for at most [`LOCK_PATIENCE`]: a process that forks (to spawn a program) holds
+    /// copies of every descriptor until its child calls `exec`, so a lock just released can look held for
+    /// an instant. It never waits longer.
     pub fn acquire(dir: &Path) -> Result<DirLock> {
         let path = dir.join(LOCK_FILE);
         let file =
             OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(DirLock { path, _file: file }),
-            Err(TryLockError::WouldBlock) => Err(Error::Locked { path }),
-            Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        let start = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(DirLock { path, _file: file }),
+                Err(TryLockError::WouldBlock) if start.elapsed() < LOCK_PATIENCE => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+                Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
         }
     }
 

@@ -113,7 +113,10 @@ fn bad_batches_and_existing_databases_are_refused() {
     assert!(matches!(db.ingest(&crash_batch(1, DIM + 1)), Err(Error::InvalidBatch { .. })));
     assert_eq!(db.len(), crash_batch(0, DIM).len());
     drop(db);
-    assert!(matches!(Db::create(dir.path(), DIM, DbOptions::default()), Err(Error::Io { .. })));
+    match Db::create(dir.path(), DIM, DbOptions::default()) {
+        Err(Error::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists),
+        other => panic!("creating over a database: {other:?}"),
+    }
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(Db::open(empty.path(), DbOptions::default()), Err(Error::Io { .. })));
 }
