@@ -1427,30 +1427,7 @@ fn refine(
     };
     let mut assign = assign_near(fine);
     for _ in 0..iters {
-        // Sums over fixed chunks added in order: deterministic whatever the thread count.
-        let partial: Vec<(Vec<f64>, Vec<u32>)> = data
-            .par_chunks(1024 * dim)
-            .zip(assign.par_chunks(1024))
-            .zip(is_held.par_chunks(1024))
-            .map(|((rows, a), held)| {
-                let mut sums = vec![0.0f64; k * dim];
-                let mut counts = vec![0u32; k];
-                for ((x, &c), &h) in rows.chunks_exact(dim).zip(a).zip(held) {
-                    if h {
-                        continue;
-                    }
-                    counts[c as usize] += 1;
-                    sums[c as usize * dim..][..dim].iter_mut().zip(x).for_each(|(s, &v)| *s += f64::from(v));
-                }
-                (sums, counts)
-            })
-            .collect();
-        let mut sums = vec![0.0f64; k * dim];
-        let mut counts = vec![0u32; k];
-        for (s, c) in &partial {
-            sums.iter_mut().zip(s).for_each(|(a, b)| *a += b);
-            counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
-        }
+        let (sums, counts) = crate::kmeans::cluster_sums(data, dim, &assign, k, |row| is_held[row]);
         for (j, c) in fine.chunks_exact_mut(dim).enumerate() {
             if counts[j] == 0 {
                 continue;

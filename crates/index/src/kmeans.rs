@@ -132,27 +132,7 @@ impl KMeans {
     /// Returns whether any assignment-relevant centroid changed.
     fn update(&self, data: &[f32], dim: usize, assign: &[u32], centroids: &mut [f32], rng: &mut StdRng) -> bool {
         let k = centroids.len() / dim;
-        let partial: Vec<(Vec<f64>, Vec<u32>)> = data
-            .par_chunks(CHUNK * dim)
-            .zip(assign.par_chunks(CHUNK))
-            .map(|(rows, a)| {
-                let mut sums = vec![0.0f64; k * dim];
-                let mut counts = vec![0u32; k];
-                for (x, &c) in rows.chunks_exact(dim).zip(a) {
-                    counts[c as usize] += 1;
-                    for (s, &v) in sums[c as usize * dim..][..dim].iter_mut().zip(x) {
-                        *s += f64::from(v);
-                    }
-                }
-                (sums, counts)
-            })
-            .collect();
-        let mut sums = vec![0.0f64; k * dim];
-        let mut counts = vec![0u32; k];
-        for (s, c) in &partial {
-            sums.iter_mut().zip(s).for_each(|(a, b)| *a += b);
-            counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
-        }
+        let (sums, mut counts) = cluster_sums(data, dim, assign, k, |_| false);
         let old = centroids.to_vec();
         for j in 0..k {
             if counts[j] == 0 {
@@ -188,6 +168,42 @@ impl KMeans {
         }
         centroids.iter().zip(&old).any(|(a, b)| (a - b).abs() > 1e-7)
     }
+}
+
+/// Per-cluster sums (f64) and counts of the rows of `data` under `assign`, leaving out rows for which
+/// `skip(row)` is true. Partial sums are taken over fixed chunks of [`CHUNK`] rows in parallel and added in
+/// chunk order, so the result does not depend on the thread count.
+pub(crate) fn cluster_sums(
+    data: &[f32],
+    dim: usize,
+    assign: &[u32],
+    k: usize,
+    skip: impl Fn(usize) -> bool + Sync,
+) -> (Vec<f64>, Vec<u32>) {
+    let partial: Vec<(Vec<f64>, Vec<u32>)> = data
+        .par_chunks(CHUNK * dim)
+        .zip(assign.par_chunks(CHUNK))
+        .enumerate()
+        .map(|(chunk, (rows, a))| {
+            let mut sums = vec![0.0f64; k * dim];
+            let mut counts = vec![0u32; k];
+            for (i, (x, &c)) in rows.chunks_exact(dim).zip(a).enumerate() {
+                if skip(chunk * CHUNK + i) {
+                    continue;
+                }
+                counts[c as usize] += 1;
+                sums[c as usize * dim..][..dim].iter_mut().zip(x).for_each(|(s, &v)| *s += f64::from(v));
+            }
+            (sums, counts)
+        })
+        .collect();
+    let mut sums = vec![0.0f64; k * dim];
+    let mut counts = vec![0u32; k];
+    for (s, c) in &partial {
+        sums.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+    }
+    (sums, counts)
 }
 
 fn normalise_or_keep(v: &mut [f32]) {

@@ -71,23 +71,25 @@ impl Columns {
         });
     }
 
+    /// Appends row `i` of `c`.
+    pub(crate) fn push_row(&mut self, c: ColumnsRef<'_>, i: usize) {
+        self.ids.push(c.ids[i]);
+        self.norms.push(c.norms[i]);
+        self.kappa.push(c.kappa[i]);
+        self.alpha.push(c.alpha[i]);
+        self.mu.extend_from_slice(&c.mu[i * c.dim..(i + 1) * c.dim]);
+    }
+
     /// Removes the rows whose id is in `gone`; returns how many were removed.
     fn remove(&mut self, gone: &HashSet<u64>) -> usize {
-        let dim = self.dim;
-        let keep: Vec<usize> = (0..self.rows()).filter(|&i| !gone.contains(&self.ids[i])).collect();
-        let removed = self.rows() - keep.len();
-        if removed > 0 {
-            let mut next = Columns::empty(dim);
-            for &i in &keep {
-                next.ids.push(self.ids[i]);
-                next.norms.push(self.norms[i]);
-                next.kappa.push(self.kappa[i]);
-                next.alpha.push(self.alpha[i]);
-                next.mu.extend_from_slice(&self.mu[i * dim..(i + 1) * dim]);
-            }
+        let before = self.rows();
+        if self.ids.iter().any(|id| gone.contains(id)) {
+            let mut next = Columns::empty(self.dim);
+            let view = self.view();
+            (0..before).filter(|&i| !gone.contains(&view.ids[i])).for_each(|i| next.push_row(view, i));
             *self = next;
         }
-        removed
+        before - self.rows()
     }
 
     /// Borrowed view.

@@ -150,16 +150,7 @@ impl BlockStore {
         let start = (block as usize).saturating_mul(self.block_rows).min(c.rows());
         let end = (start + self.block_rows).min(c.rows());
         let mut out = Columns { dim, ..Columns::default() };
-        for i in start..end {
-            if self.deleted.contains(&c.ids[i]) {
-                continue;
-            }
-            out.ids.push(c.ids[i]);
-            out.norms.push(c.norms[i]);
-            out.kappa.push(c.kappa[i]);
-            out.alpha.push(c.alpha[i]);
-            out.mu.extend_from_slice(&c.mu[i * dim..(i + 1) * dim]);
-        }
+        (start..end).filter(|&i| !self.deleted.contains(&c.ids[i])).for_each(|i| out.push_row(c, i));
         out
     }
 
