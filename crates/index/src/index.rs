@@ -239,6 +239,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Turns `q . x` scores of the members (in order) into the index's similarity: subtracts `|x|^2 / 2`
+    /// for L2, and leaves cosine and inner-product scores as they are.
+    fn to_similarity(&self, scores: &mut [f32]) {
+        scores.iter_mut().zip(&self.half_sq_norms).for_each(|(sc, h)| *sc -= h);
+    }
+
     /// Number of members.
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -878,9 +884,7 @@ impl Index {
                     scores.resize(nq * m, 0.0);
                     crate::kernels::dots_many_with(self.isa, &prepared, &cl.vectors, dim, &mut scores);
                     for (t, row) in tops.iter_mut().zip(scores.chunks_exact_mut(m)) {
-                        if !cl.half_sq_norms.is_empty() {
-                            row.iter_mut().zip(&cl.half_sq_norms).for_each(|(sc, h)| *sc -= h);
-                        }
+                        cl.to_similarity(row);
                         t.offer(f as u32, row);
                     }
                 }
@@ -896,6 +900,14 @@ impl Index {
             out.extend(b?);
         }
         Ok(out)
+    }
+
+    /// The exact similarity of member `pos` of cluster `cluster` to the prepared query `q`.
+    fn member_score(&self, q: &[f32], cluster: u32, pos: u32) -> f32 {
+        let cl = &self.p.clusters[cluster as usize];
+        let dim = self.p.dim;
+        let dot = crate::kernels::dot_with(self.isa, q, &cl.vectors[pos as usize * dim..][..dim]);
+        if cl.half_sq_norms.is_empty() { dot } else { dot - cl.half_sq_norms[pos as usize] }
     }
 
     /// Whether exact search can take the bf16 first pass here.
@@ -935,9 +947,7 @@ impl Index {
             // The L2 form subtracts |x|^2 / 2 exactly; allow for that subtraction's rounding too.
             let l2_slack = if cl.half_sq_norms.is_empty() { 0.0 } else { f32::EPSILON * cl.max_norm * cl.max_norm };
             for (qi, row) in scores.chunks_exact_mut(m).enumerate() {
-                if !cl.half_sq_norms.is_empty() {
-                    row.iter_mut().zip(&cl.half_sq_norms).for_each(|(sc, h)| *sc -= h);
-                }
+                cl.to_similarity(row);
                 let e = rel * qnorm[qi] * cl.max_norm + l2_slack;
                 let (low, cand) = (&mut lower[qi], &mut cands[qi]);
                 let mut bar = low.threshold() - e;
@@ -970,12 +980,7 @@ impl Index {
                 let l = low.threshold();
                 top.reset(k);
                 for c in cand.into_iter().filter(|c| c.score >= l) {
-                    let cl = &self.p.clusters[c.cluster as usize];
-                    let mut sc = crate::kernels::dot_with(self.isa, q, &cl.vectors[c.pos as usize * dim..][..dim]);
-                    if !cl.half_sq_norms.is_empty() {
-                        sc -= cl.half_sq_norms[c.pos as usize];
-                    }
-                    top.push(Entry { score: sc, ..c });
+                    top.push(Entry { score: self.member_score(q, c.cluster, c.pos), ..c });
                 }
                 top.drain_sorted()
             })
@@ -1130,26 +1135,17 @@ impl Index {
             let base = qc + q_min;
             s.scores.clear();
             s.scores.extend(s.est.iter().map(|&e| base + e as f32 * inv));
-            if !cl.half_sq_norms.is_empty() {
-                s.scores.iter_mut().zip(&cl.half_sq_norms).for_each(|(sc, h)| *sc -= h);
-            }
+            cl.to_similarity(&mut s.scores);
             s.top.offer(f, &s.scores);
         }
     }
 
     /// LOD 2: exact scores of the candidates in `s.top`, best `k` first.
     fn rerank(&self, k: usize, s: &mut Scratch) -> Vec<Entry> {
-        let dim = self.p.dim;
         let candidates = s.top.drain_sorted();
         s.top2.reset(k);
         for e in candidates {
-            let cl = &self.p.clusters[e.cluster as usize];
-            let x = &cl.vectors[e.pos as usize * dim..][..dim];
-            let mut sc = crate::kernels::dot_with(self.isa, &s.q, x);
-            if !cl.half_sq_norms.is_empty() {
-                sc -= cl.half_sq_norms[e.pos as usize];
-            }
-            s.top2.push(Entry { score: sc, ..e });
+            s.top2.push(Entry { score: self.member_score(&s.q, e.cluster, e.pos), ..e });
         }
         s.top2.drain_sorted()
     }
@@ -1158,9 +1154,7 @@ impl Index {
         let m = cl.len();
         buf.resize(m, 0.0);
         dots(q, &cl.vectors, buf);
-        if !cl.half_sq_norms.is_empty() {
-            buf.iter_mut().zip(&cl.half_sq_norms).for_each(|(sc, h)| *sc -= h);
-        }
+        cl.to_similarity(buf);
         top.offer(f as u32, buf);
     }
 

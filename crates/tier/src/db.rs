@@ -80,16 +80,14 @@ impl Columns {
         self.mu.extend_from_slice(&c.mu[i * c.dim..(i + 1) * c.dim]);
     }
 
-    /// Removes the rows whose id is in `gone`; returns how many were removed.
-    fn remove(&mut self, gone: &HashSet<u64>) -> usize {
-        let before = self.rows();
+    /// Removes the rows whose id is in `gone`.
+    fn remove(&mut self, gone: &HashSet<u64>) {
         if self.ids.iter().any(|id| gone.contains(id)) {
             let mut next = Columns::empty(self.dim);
             let view = self.view();
-            (0..before).filter(|&i| !gone.contains(&view.ids[i])).for_each(|i| next.push_row(view, i));
+            (0..self.rows()).filter(|&i| !gone.contains(&view.ids[i])).for_each(|i| next.push_row(view, i));
             *self = next;
         }
-        before - self.rows()
     }
 
     /// Borrowed view.
