@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use m2m_splat::SplatSet;
 
-use crate::segment::ColumnsRef;
 use crate::{
-    DirLock, Durability, Error, MANIFEST_FILE, Manifest, Result, Segment, SegmentEntry, Wal, WalBatch, WalRecord,
+    Columns, ColumnsRef, DirLock, Durability, Error, MANIFEST_FILE, Manifest, Result, Segment, SegmentEntry, Wal,
+    WalRecord,
 };
 
 /// Settings of a database directory.
@@ -28,84 +28,6 @@ use crate::{
 pub struct DbOptions {
     /// When an ingested batch is acknowledged. Default [`Durability::Fsync`].
     pub durability: Durability,
-}
-
-/// Owned columns of splats (the in-memory table of batches not yet in a segment).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Columns {
-    /// Dimension of every row.
-    pub dim: usize,
-    /// Ids.
-    pub ids: Vec<u64>,
-    /// Raw-vector lengths.
-    pub norms: Vec<f32>,
-    /// Concentrations.
-    pub kappa: Vec<f32>,
-    /// Weights.
-    pub alpha: Vec<f32>,
-    /// Unit directions, row-major.
-    pub mu: Vec<f32>,
-}
-
-impl Columns {
-    fn empty(dim: usize) -> Columns {
-        Columns { dim, ..Columns::default() }
-    }
-
-    fn extend(&mut self, c: ColumnsRef<'_>) {
-        self.ids.extend_from_slice(c.ids);
-        self.norms.extend_from_slice(c.norms);
-        self.kappa.extend_from_slice(c.kappa);
-        self.alpha.extend_from_slice(c.alpha);
-        self.mu.extend_from_slice(c.mu);
-    }
-
-    fn extend_wal(&mut self, b: &WalBatch) {
-        self.extend(ColumnsRef {
-            dim: b.dim,
-            ids: &b.ids,
-            norms: &b.norms,
-            kappa: &b.kappa,
-            alpha: &b.alpha,
-            mu: &b.mu,
-        });
-    }
-
-    /// Appends row `i` of `c`.
-    pub(crate) fn push_row(&mut self, c: ColumnsRef<'_>, i: usize) {
-        self.ids.push(c.ids[i]);
-        self.norms.push(c.norms[i]);
-        self.kappa.push(c.kappa[i]);
-        self.alpha.push(c.alpha[i]);
-        self.mu.extend_from_slice(&c.mu[i * c.dim..(i + 1) * c.dim]);
-    }
-
-    /// Removes the rows whose id is in `gone`.
-    fn remove(&mut self, gone: &HashSet<u64>) {
-        if self.ids.iter().any(|id| gone.contains(id)) {
-            let mut next = Columns::empty(self.dim);
-            let view = self.view();
-            (0..self.rows()).filter(|&i| !gone.contains(&view.ids[i])).for_each(|i| next.push_row(view, i));
-            *self = next;
-        }
-    }
-
-    /// Borrowed view.
-    pub fn view(&self) -> ColumnsRef<'_> {
-        ColumnsRef {
-            dim: self.dim,
-            ids: &self.ids,
-            norms: &self.norms,
-            kappa: &self.kappa,
-            alpha: &self.alpha,
-            mu: &self.mu,
-        }
-    }
-
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.ids.len()
-    }
 }
 
 /// A consistent view for readers: the segments and in-memory rows at the moment it was taken. Later
@@ -237,10 +159,10 @@ impl Db {
         for record in &records {
             match record {
                 WalRecord::Batch(b) => {
-                    if let Some(id) = b.ids.iter().find(|&&id| !ids.insert(id)) {
+                    if let Some(id) = b.columns.ids.iter().find(|&&id| !ids.insert(id)) {
                         return Err(Error::corrupt(wal.path(), 0, format!("id {id} added twice")));
                     }
-                    memtable.extend_wal(b);
+                    memtable.extend(b.columns.view());
                 }
                 WalRecord::Delete { ids: gone, .. } => {
                     let gone: HashSet<u64> = gone.iter().copied().filter(|id| ids.remove(id)).collect();

@@ -35,10 +35,11 @@
 //! drop(wal);
 //!
 //! let (_wal, recovered) = Wal::open(&path, Durability::Fsync)?;
-//! assert!(matches!(&recovered[0], m2m_tier::WalRecord::Batch(b) if b.ids == vec![0, 1]));
+//! assert!(matches!(&recovered[0], m2m_tier::WalRecord::Batch(b) if b.columns.ids == vec![0, 1]));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod columns;
 mod db;
 mod error;
 mod lock;
@@ -68,11 +69,12 @@ pub mod testing {
     }
 }
 
-pub use db::{Columns, Db, DbOptions, Snapshot};
+pub use columns::{Columns, ColumnsRef};
+pub use db::{Db, DbOptions, Snapshot};
 pub use error::{Error, Result};
 pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch};
-pub use segment::{ColumnsRef, SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
+pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
 pub use wal::{Durability, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
 pub use warm::{BlockKey, BlockStore, DEFAULT_BLOCK_ROWS, MEMTABLE, WarmStats};

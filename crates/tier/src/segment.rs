@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use crate::columns::ColumnsRef;
 use crate::{Error, Result};
 
 /// First bytes of every segment file.
@@ -39,45 +40,6 @@ fn layout(rows: usize, dim: usize) -> Option<[(usize, usize); 5]> {
         at = align_up(at.checked_add(len)?);
     }
     Some(out)
-}
-
-/// Borrowed columns of `rows` splats of dimension `dim`: what a segment stores.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ColumnsRef<'a> {
-    /// Dimension of every row.
-    pub dim: usize,
-    /// Ids.
-    pub ids: &'a [u64],
-    /// Raw-vector lengths.
-    pub norms: &'a [f32],
-    /// Concentrations.
-    pub kappa: &'a [f32],
-    /// Weights.
-    pub alpha: &'a [f32],
-    /// Unit directions, row-major.
-    pub mu: &'a [f32],
-}
-
-impl<'a> From<&'a m2m_splat::SplatSet> for ColumnsRef<'a> {
-    fn from(s: &'a m2m_splat::SplatSet) -> Self {
-        ColumnsRef { dim: s.dim(), ids: s.ids(), norms: s.norms(), kappa: s.kappa(), alpha: s.alpha(), mu: s.mu() }
-    }
-}
-
-impl ColumnsRef<'_> {
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.ids.len()
-    }
-
-    fn check(&self) -> Result<()> {
-        let n = self.ids.len();
-        let ok = self.dim > 0
-            && u32::try_from(self.dim).is_ok()
-            && [self.norms.len(), self.kappa.len(), self.alpha.len()].iter().all(|&l| l == n)
-            && self.mu.len() == n * self.dim;
-        if ok { Ok(()) } else { Err(Error::InvalidBatch { reason: "columns of different lengths".into() }) }
-    }
 }
 
 /// Writes `columns` as segment `id` at `path`: a temporary file beside it, fsync, rename, fsync of the

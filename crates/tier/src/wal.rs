@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result};
+use crate::{Columns, Error, Result};
 
 /// First bytes of every WAL file.
 pub const WAL_MAGIC: [u8; 8] = *b"M2M-WAL\0";
@@ -38,30 +38,13 @@ pub enum Durability {
     NoSync,
 }
 
-/// One recovered batch: columns of `rows` splats of dimension `dim`.
+/// One recovered batch of splats.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WalBatch {
-    /// Sequence number of the batch in the log (0-based, consecutive).
+    /// Sequence number of the record in the log (0-based, consecutive).
     pub seq: u64,
-    /// Dimension of every row.
-    pub dim: usize,
-    /// Splat ids.
-    pub ids: Vec<u64>,
-    /// Lengths of the raw vectors.
-    pub norms: Vec<f32>,
-    /// Concentrations.
-    pub kappa: Vec<f32>,
-    /// Weights.
-    pub alpha: Vec<f32>,
-    /// Unit directions, row-major.
-    pub mu: Vec<f32>,
-}
-
-impl WalBatch {
-    /// Number of splats.
-    pub fn rows(&self) -> usize {
-        self.ids.len()
-    }
+    /// The splats.
+    pub columns: Columns,
 }
 
 /// One recovered record of the log.
@@ -318,12 +301,14 @@ fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -
     };
     Ok(WalRecord::Batch(WalBatch {
         seq,
-        dim,
-        ids: take(next(rows * 8)),
-        norms: take(next(rows * 4)),
-        kappa: take(next(rows * 4)),
-        alpha: take(next(rows * 4)),
-        mu: take(next(rows * dim * 4)),
+        columns: Columns {
+            dim,
+            ids: take(next(rows * 8)),
+            norms: take(next(rows * 4)),
+            kappa: take(next(rows * 4)),
+            alpha: take(next(rows * 4)),
+            mu: take(next(rows * dim * 4)),
+        },
     }))
 }
 

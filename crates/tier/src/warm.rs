@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-use crate::segment::ColumnsRef;
-use crate::{Columns, Result, Segment, Snapshot};
+use crate::{Columns, ColumnsRef, Result, Segment, Snapshot};
 
 /// Rows per block unless set otherwise.
 pub const DEFAULT_BLOCK_ROWS: usize = 1024;

@@ -56,7 +56,11 @@ fn kill_9_during_ingest_never_loses_an_acknowledged_batch() {
         assert!(n <= acknowledged + 1, "round {round}: {n} batches recovered, {acknowledged} acknowledged");
         for (i, b) in batches.iter().enumerate() {
             let want = crash_batch(i as u64, DIM);
-            assert_eq!((b.seq, b.ids.as_slice(), b.mu.as_slice()), (i as u64, want.ids(), want.mu()), "round {round}");
+            assert_eq!(
+                (b.seq, b.columns.ids.as_slice(), b.columns.mu.as_slice()),
+                (i as u64, want.ids(), want.mu()),
+                "round {round}"
+            );
         }
         // A batch written but not acknowledged counts as acknowledged from now on (it is in the log).
         acknowledged = n;
@@ -146,7 +150,7 @@ fn a_write_failure_leaves_the_log_at_its_last_good_record() {
     assert_eq!(records.len() as u64, acknowledged);
     for (i, r) in records.iter().enumerate() {
         let m2m_tier::WalRecord::Batch(b) = r else { panic!("record {i} is not a batch") };
-        assert_eq!(b.ids.as_slice(), crash_batch(i as u64, DIM).ids());
+        assert_eq!(b.columns.ids.as_slice(), crash_batch(i as u64, DIM).ids());
     }
     assert_eq!(wal.len_bytes(), len_before, "the failed append left bytes behind");
 }

@@ -23,12 +23,12 @@ fn only_batches(records: Vec<WalRecord>) -> Vec<WalBatch> {
 fn assert_is_batch(b: &WalBatch, n: u64) {
     let want = crash_batch(n, DIM);
     assert_eq!(b.seq, n);
-    assert_eq!(b.dim, DIM);
-    assert_eq!(b.ids, want.ids());
-    assert_eq!(b.norms, want.norms());
-    assert_eq!(b.kappa, want.kappa());
-    assert_eq!(b.alpha, want.alpha());
-    assert_eq!(b.mu, want.mu());
+    assert_eq!(b.columns.dim, DIM);
+    assert_eq!(b.columns.ids, want.ids());
+    assert_eq!(b.columns.norms, want.norms());
+    assert_eq!(b.columns.kappa, want.kappa());
+    assert_eq!(b.columns.alpha, want.alpha());
+    assert_eq!(b.columns.mu, want.mu());
 }
 
 /// A log of `n` batches; returns its bytes and the end offset of each record.
@@ -212,5 +212,5 @@ fn delete_records_round_trip_between_batches() {
     assert_eq!(records.len(), 3);
     assert!(matches!(&records[0], WalRecord::Batch(b) if b.seq == 0));
     assert_eq!(records[1], WalRecord::Delete { seq: 1, ids: vec![0, 7, 1] });
-    assert!(matches!(&records[2], WalRecord::Batch(b) if b.seq == 2 && b.ids == crash_batch(2, DIM).ids()));
+    assert!(matches!(&records[2], WalRecord::Batch(b) if b.seq == 2 && b.columns.ids == crash_batch(2, DIM).ids()));
 }

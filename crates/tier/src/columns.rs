@@ -1,0 +1,112 @@
+//! Columns of splats, owned ([`Columns`]) and borrowed ([`ColumnsRef`]): the shape in which the log, the
+//! segments, the in-memory table and the warm tier all hold rows.
+
+use std::collections::HashSet;
+
+use crate::{Error, Result};
+
+/// Borrowed columns of `rows` splats of dimension `dim`: what a segment stores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ColumnsRef<'a> {
+    /// Dimension of every row.
+    pub dim: usize,
+    /// Ids.
+    pub ids: &'a [u64],
+    /// Raw-vector lengths.
+    pub norms: &'a [f32],
+    /// Concentrations.
+    pub kappa: &'a [f32],
+    /// Weights.
+    pub alpha: &'a [f32],
+    /// Unit directions, row-major.
+    pub mu: &'a [f32],
+}
+
+impl<'a> From<&'a m2m_splat::SplatSet> for ColumnsRef<'a> {
+    fn from(s: &'a m2m_splat::SplatSet) -> Self {
+        ColumnsRef { dim: s.dim(), ids: s.ids(), norms: s.norms(), kappa: s.kappa(), alpha: s.alpha(), mu: s.mu() }
+    }
+}
+
+impl ColumnsRef<'_> {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        let n = self.ids.len();
+        let ok = self.dim > 0
+            && u32::try_from(self.dim).is_ok()
+            && [self.norms.len(), self.kappa.len(), self.alpha.len()].iter().all(|&l| l == n)
+            && self.mu.len() == n * self.dim;
+        if ok { Ok(()) } else { Err(Error::InvalidBatch { reason: "columns of different lengths".into() }) }
+    }
+}
+
+/// Owned columns of splats: a recovered log batch, the in-memory table, a warm block.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Columns {
+    /// Dimension of every row.
+    pub dim: usize,
+    /// Ids.
+    pub ids: Vec<u64>,
+    /// Raw-vector lengths.
+    pub norms: Vec<f32>,
+    /// Concentrations.
+    pub kappa: Vec<f32>,
+    /// Weights.
+    pub alpha: Vec<f32>,
+    /// Unit directions, row-major.
+    pub mu: Vec<f32>,
+}
+
+impl Columns {
+    pub(crate) fn empty(dim: usize) -> Columns {
+        Columns { dim, ..Columns::default() }
+    }
+
+    pub(crate) fn extend(&mut self, c: ColumnsRef<'_>) {
+        self.ids.extend_from_slice(c.ids);
+        self.norms.extend_from_slice(c.norms);
+        self.kappa.extend_from_slice(c.kappa);
+        self.alpha.extend_from_slice(c.alpha);
+        self.mu.extend_from_slice(c.mu);
+    }
+
+    /// Appends row `i` of `c`.
+    pub(crate) fn push_row(&mut self, c: ColumnsRef<'_>, i: usize) {
+        self.ids.push(c.ids[i]);
+        self.norms.push(c.norms[i]);
+        self.kappa.push(c.kappa[i]);
+        self.alpha.push(c.alpha[i]);
+        self.mu.extend_from_slice(&c.mu[i * c.dim..(i + 1) * c.dim]);
+    }
+
+    /// Removes the rows whose id is in `gone`.
+    pub(crate) fn remove(&mut self, gone: &HashSet<u64>) {
+        if self.ids.iter().any(|id| gone.contains(id)) {
+            let mut next = Columns::empty(self.dim);
+            let view = self.view();
+            (0..self.rows()).filter(|&i| !gone.contains(&view.ids[i])).for_each(|i| next.push_row(view, i));
+            *self = next;
+        }
+    }
+
+    /// Borrowed view.
+    pub fn view(&self) -> ColumnsRef<'_> {
+        ColumnsRef {
+            dim: self.dim,
+            ids: &self.ids,
+            norms: &self.norms,
+            kappa: &self.kappa,
+            alpha: &self.alpha,
+            mu: &self.mu,
+        }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+}
