@@ -81,6 +81,9 @@ pub struct Db {
     /// Ids deleted from segments, until compaction.
     deleted: Arc<HashSet<u64>>,
     options: DbOptions,
+    /// Set when a write failed: the files are at their last good version, but this handle's view of them
+    /// may not be, so it refuses further changes until the database is reopened.
+    poisoned: bool,
 }
 
 fn wal_name(generation: u64) -> String {
@@ -102,6 +105,8 @@ impl Db {
         if manifest_path.exists() {
             return Err(Error::io(&manifest_path, std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
         }
+        // Leftovers of an earlier create that failed before its manifest was stored.
+        remove_unnamed(&dir, &HashSet::new())?;
         let wal = Wal::create(dir.join(wal_name(1)), dim, options.durability)?;
         let manifest = Manifest {
             generation: 1,
@@ -111,7 +116,14 @@ impl Db {
             next_segment_id: 0,
             deleted: Vec::new(),
         };
-        manifest.store(&dir)?;
+        if let Err(e) = manifest.store(&dir) {
+            // Nothing half-made stays behind (a manifest renamed into place whose directory sync failed
+            // included): the directory holds no database, and create can be tried again.
+            drop(wal);
+            let _ = std::fs::remove_file(&manifest_path);
+            let _ = remove_unnamed(&dir, &HashSet::new());
+            return Err(e);
+        }
         Ok(Db {
             dir,
             _lock: lock,
@@ -122,6 +134,7 @@ impl Db {
             ids: HashSet::new(),
             deleted: Arc::new(HashSet::new()),
             options,
+            poisoned: false,
         })
     }
 
@@ -183,6 +196,7 @@ impl Db {
             ids,
             deleted: Arc::new(deleted),
             options,
+            poisoned: false,
         };
         db.remove_orphans()?;
         Ok(db)
@@ -192,22 +206,28 @@ impl Db {
     fn remove_orphans(&self) -> Result<()> {
         let live: HashSet<&str> =
             self.manifest.segments.iter().map(|s| s.file.as_str()).chain(self.manifest.wal.as_deref()).collect();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let ours = name.ends_with(".seg") || name.ends_with(".wal") || name.ends_with(".tmp");
-            if ours && !live.contains(name) {
-                std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
-            }
+        remove_unnamed(&self.dir, &live)
+    }
+
+    /// Runs a change; a failure other than a refused input poisons the handle (see [`Error::Poisoned`]).
+    fn change<T>(&mut self, f: impl FnOnce(&mut Db) -> Result<T>) -> Result<T> {
+        if self.poisoned {
+            return Err(Error::Poisoned { path: self.dir.clone() });
         }
-        Ok(())
+        let result = f(self);
+        if matches!(&result, Err(e) if !matches!(e, Error::InvalidBatch { .. })) {
+            self.poisoned = true;
+        }
+        result
     }
 
     /// Appends a validated batch: to the log first (acknowledged per [`DbOptions::durability`]), then to
     /// the in-memory table. Ids already in the database are refused before anything is written.
     pub fn ingest(&mut self, batch: &SplatSet) -> Result<()> {
+        self.change(|db| db.ingest_now(batch))
+    }
+
+    fn ingest_now(&mut self, batch: &SplatSet) -> Result<()> {
         if let Some(id) = batch.ids().iter().find(|id| self.ids.contains(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} is already in the database") });
         }
@@ -226,6 +246,10 @@ impl Db {
     /// and acknowledged like a batch; rows still in memory go at once, rows in segments are tombstoned
     /// until [`compact`](Self::compact).
     pub fn delete(&mut self, ids: &[u64]) -> Result<usize> {
+        self.change(|db| db.delete_now(ids))
+    }
+
+    fn delete_now(&mut self, ids: &[u64]) -> Result<usize> {
         let present: Vec<u64> = {
             let mut seen = HashSet::new();
             ids.iter().copied().filter(|id| self.ids.contains(id) && seen.insert(*id)).collect()
@@ -248,6 +272,10 @@ impl Db {
     /// Writes the in-memory rows as a new segment and starts a new log (see the module doc for the order
     /// that keeps it crash-safe). Does nothing when there are no such rows.
     pub fn flush(&mut self) -> Result<()> {
+        self.change(Db::flush_now)
+    }
+
+    fn flush_now(&mut self) -> Result<()> {
         if self.memtable.rows() == 0 {
             return Ok(());
         }
@@ -268,7 +296,11 @@ impl Db {
     /// Flushes, then merges every segment into one, in order, without the deleted rows, and drops the old
     /// files once the new manifest is stored. Readers holding a [`Snapshot`] keep reading the old segments.
     pub fn compact(&mut self) -> Result<()> {
-        self.flush()?;
+        self.change(Db::compact_now)
+    }
+
+    fn compact_now(&mut self) -> Result<()> {
+        self.flush_now()?;
         if self.segments.len() < 2 && self.deleted.is_empty() {
             return Ok(());
         }
@@ -339,4 +371,19 @@ impl Db {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Removes the segment, log and temporary files of `dir` whose names are not in `live`.
+fn remove_unnamed(dir: &Path, live: &HashSet<&str>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name.ends_with(".seg") || name.ends_with(".wal") || name.ends_with(".tmp");
+        if ours && !live.contains(name) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
 }

@@ -47,10 +47,11 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A write failed earlier and the log refuses further appends until it is reopened.
-    #[error("{}: an earlier write failed; reopen the log to continue from its last good record", path.display())]
+    /// A write failed earlier, and this handle refuses further changes until the log or database is
+    /// reopened, which continues from the last good state on disk.
+    #[error("{}: an earlier write failed; reopen to continue from the last good state", path.display())]
     Poisoned {
-        /// The log file.
+        /// The log file or database directory.
         path: PathBuf,
     },
 }

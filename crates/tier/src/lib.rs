@@ -42,6 +42,7 @@
 mod columns;
 mod db;
 mod error;
+mod fsio;
 mod lock;
 mod manifest;
 mod prefetch;
@@ -72,6 +73,8 @@ pub mod testing {
 pub use columns::{Columns, ColumnsRef};
 pub use db::{Db, DbOptions, Snapshot};
 pub use error::{Error, Result};
+#[cfg(feature = "fault-injection")]
+pub use fsio::fault_injection as fault;
 pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch};

@@ -2,13 +2,12 @@
 //! atomically (write a temporary file, fsync, rename over the old one, fsync the directory). A reader sees
 //! the old manifest or the new one, never a mixture. The byte layout is in `FORMAT.md`.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{Error, Result, fsio};
 
 /// Name of the manifest inside a database directory.
 pub const MANIFEST_FILE: &str = "MANIFEST";
@@ -66,13 +65,14 @@ impl Manifest {
         bytes.extend_from_slice(&payload);
         let path = dir.join(MANIFEST_FILE);
         let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
-        let written = File::create(&tmp).and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()));
+        let written = fsio::create(&tmp, false)
+            .and_then(|f| fsio::Writer(&f).write_all(&bytes).and_then(|()| fsio::sync_all(&f)))
+            .and_then(|()| fsio::rename(&tmp, &path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::io(&tmp, e));
         }
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+        fsio::sync_dir(dir).map_err(|e| Error::io(dir, e))
     }
 
     /// Reads and validates the manifest of `dir`.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::columns::ColumnsRef;
-use crate::{Error, Result};
+use crate::{Error, Result, fsio};
 
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"M2M-SEG\0";
@@ -71,7 +71,8 @@ pub fn write_segment(path: &Path, id: u64, columns: ColumnsRef<'_>) -> Result<()
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
     let tmp: PathBuf = path.with_file_name(format!(".{name}.tmp"));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let file = fsio::create(&tmp, false)?;
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, fsio::Writer(&file));
         f.write_all(&header)?;
         let mut at = SEGMENT_HEADER;
         for ((offset, _), bytes) in cols.iter().zip(&data) {
@@ -79,18 +80,20 @@ pub fn write_segment(path: &Path, id: u64, columns: ColumnsRef<'_>) -> Result<()
             f.write_all(bytes)?;
             at = offset + bytes.len();
         }
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()
+        f.flush()?;
+        drop(f);
+        fsio::sync_all(&file)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(&tmp, e));
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
+    if let Err(e) = fsio::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
     }
-    Ok(())
+    let dir = fsio::parent(path);
+    fsio::sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// A validated, memory-mapped segment.

@@ -7,10 +7,10 @@
 //! the log is corrupt in the middle and opening fails with [`Error::Corrupt`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::{Columns, Error, Result};
+use crate::{Columns, Error, Result, fsio};
 
 /// First bytes of every WAL file.
 pub const WAL_MAGIC: [u8; 8] = *b"M2M-WAL\0";
@@ -104,11 +104,17 @@ impl Wal {
             .ok()
             .filter(|&d| d > 0)
             .ok_or_else(|| Error::InvalidBatch { reason: format!("dimension {dim} is not in 1..2^32") })?;
-        let mut file =
-            OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        file.write_all(&header_bytes(dim32)).map_err(|e| Error::io(&path, e))?;
-        file.sync_all().map_err(|e| Error::io(&path, e))?;
-        sync_parent(&path)?;
+        let file = fsio::create(&path, true).map_err(|e| Error::io(&path, e))?;
+        let written = fsio::Writer(&file)
+            .write_all(&header_bytes(dim32))
+            .and_then(|()| fsio::sync_all(&file))
+            .and_then(|()| fsio::sync_dir(fsio::parent(&path)));
+        if let Err(e) = written {
+            // Nothing half-made stays behind: the caller can create the log again.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::io(&path, e));
+        }
         Ok(Wal { path, file, dim, durability, next_seq: 0, end: WAL_HEADER, poisoned: false, buf: Vec::new() })
     }
 
@@ -124,7 +130,7 @@ impl Wal {
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         if len != end {
             file.set_len(end).map_err(|e| Error::io(&path, e))?;
-            file.sync_all().map_err(|e| Error::io(&path, e))?;
+            fsio::sync_all(&file).map_err(|e| Error::io(&path, e))?;
         }
         file.seek(SeekFrom::Start(end)).map_err(|e| Error::io(&path, e))?;
         let next_seq = batches.len() as u64;
@@ -156,8 +162,32 @@ impl Wal {
             return Err(Error::InvalidBatch { reason: "empty batch".into() });
         }
         let rows = u32::try_from(set.len()).map_err(|_| Error::InvalidBatch { reason: "too many rows".into() })?;
-        encode(&mut self.buf, self.next_seq, rows, set);
-        self.write_record()
+        // The columns go to the kernel straight from the set (one `writev`, no copy into a buffer); only
+        // the 24 bytes of headers are assembled here.
+        let columns: [&[u8]; 5] = [
+            bytemuck::cast_slice(set.ids()),
+            bytemuck::cast_slice(set.norms()),
+            bytemuck::cast_slice(set.kappa()),
+            bytemuck::cast_slice(set.alpha()),
+            bytemuck::cast_slice(set.mu()),
+        ];
+        let mut head = [0u8; RECORD_HEADER as usize + 16];
+        head[8] = KIND_BATCH;
+        head[12..16].copy_from_slice(&rows.to_le_bytes());
+        head[16..24].copy_from_slice(&self.next_seq.to_le_bytes());
+        let payload_len = 16 + columns.iter().map(|c| c.len()).sum::<usize>();
+        let crc = columns.iter().fold(crc32c::crc32c(&head[8..]), |crc, c| crc32c::crc32c_append(crc, c));
+        head[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&crc.to_le_bytes());
+        let mut slices = [
+            IoSlice::new(&head),
+            IoSlice::new(columns[0]),
+            IoSlice::new(columns[1]),
+            IoSlice::new(columns[2]),
+            IoSlice::new(columns[3]),
+            IoSlice::new(columns[4]),
+        ];
+        self.write_record(payload_len as u64, &mut slices)
     }
 
     /// Appends a list of deleted ids, acknowledged like a batch. An empty list is refused.
@@ -177,18 +207,21 @@ impl Wal {
         self.buf.extend_from_slice(&self.next_seq.to_le_bytes());
         self.buf.extend_from_slice(bytemuck::cast_slice(ids));
         seal(&mut self.buf);
-        self.write_record()
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.write_record(buf.len() as u64 - RECORD_HEADER, &mut [IoSlice::new(&buf)]);
+        self.buf = buf;
+        result
     }
 
-    /// Writes the sealed record in `buf`, syncs per the durability, and returns its sequence number.
-    fn write_record(&mut self) -> Result<u64> {
+    /// Writes one sealed record (header and payload, in `slices`), syncs per the durability, and returns
+    /// its sequence number.
+    fn write_record(&mut self, payload_len: u64, slices: &mut [IoSlice<'_>]) -> Result<u64> {
         let seq = self.next_seq;
-        let payload_len = (self.buf.len() as u64) - RECORD_HEADER;
         if payload_len > MAX_RECORD {
             return Err(Error::InvalidBatch { reason: format!("record of {payload_len} bytes exceeds 1 GiB") });
         }
-        let written = self.file.write_all(&self.buf).and_then(|()| match self.durability {
-            Durability::Fsync => self.file.sync_data(),
+        let written = fsio::write_all_vectored(&self.file, slices).and_then(|()| match self.durability {
+            Durability::Fsync => fsio::sync_data(&self.file),
             Durability::NoSync => Ok(()),
         });
         if let Err(e) = written {
@@ -197,14 +230,23 @@ impl Wal {
             let _ = self.file.set_len(self.end).and_then(|()| self.file.seek(SeekFrom::Start(self.end)).map(drop));
             return Err(Error::io(&self.path, e));
         }
-        self.end += self.buf.len() as u64;
+        self.end += RECORD_HEADER + payload_len;
         self.next_seq += 1;
         Ok(seq)
     }
 
     /// Forces every appended batch to stable storage (useful with [`Durability::NoSync`]).
     pub fn sync(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+        if self.poisoned {
+            return Err(Error::Poisoned { path: self.path.clone() });
+        }
+        let synced = fsio::sync_data(&self.file);
+        if let Err(e) = synced {
+            // After a failed fsync the kernel may have dropped the dirty pages: trust nothing unsynced.
+            self.poisoned = true;
+            return Err(Error::io(&self.path, e));
+        }
+        Ok(())
     }
 
     /// Dimension of the log's splats.
@@ -226,30 +268,6 @@ impl Wal {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
-
-/// Makes a file's directory entry durable (after create or rename).
-fn sync_parent(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
-    }
-    Ok(())
-}
-
-/// Writes record header and payload of one batch into `buf` (replacing its contents).
-fn encode(buf: &mut Vec<u8>, seq: u64, rows: u32, set: &m2m_splat::SplatSet) {
-    buf.clear();
-    buf.extend_from_slice(&[0u8; RECORD_HEADER as usize]);
-    buf.push(KIND_BATCH);
-    buf.extend_from_slice(&[0u8; 3]);
-    buf.extend_from_slice(&rows.to_le_bytes());
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(bytemuck::cast_slice(set.ids()));
-    buf.extend_from_slice(bytemuck::cast_slice(set.norms()));
-    buf.extend_from_slice(bytemuck::cast_slice(set.kappa()));
-    buf.extend_from_slice(bytemuck::cast_slice(set.alpha()));
-    buf.extend_from_slice(bytemuck::cast_slice(set.mu()));
-    seal(buf);
 }
 
 /// Fills in the record header (payload length and checksum) of a record assembled in `buf`.

@@ -4,6 +4,7 @@
 
 mod crash;
 mod db;
+mod faults;
 mod lock;
 mod segment;
 mod wal;
