@@ -47,6 +47,16 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// More bytes than a tier's budget allows.
+    #[error("{what} needs {bytes} bytes, over the budget of {budget}")]
+    OverBudget {
+        /// What did not fit.
+        what: String,
+        /// Bytes it would take.
+        bytes: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// A write failed earlier, and this handle refuses further changes until the log or database is
     /// reopened, which continues from the last good state on disk.
     #[error("{}: an earlier write failed; reopen to continue from the last good state", path.display())]

@@ -19,9 +19,14 @@
 //! * [`Prefetch`]: a background thread that walks an access plan ahead of the consumer over a bounded
 //!   channel, and stops and is joined when the consumer drops it.
 //!
-//! Every byte is documented in `FORMAT.md` beside this crate's manifest. Still to come (the rest of the
-//! tier issue): the hot tier (device-resident blocks, with m2m-gpu), fuzz targets, injected write
-//! failures and the remaining benchmarks.
+//! * [`HotTier`]: blocks resident where the kernels read them; m2m-gpu implements it with device
+//!   buffers, and [`RamHot`] keeps them in RAM (the index's centroids and codes, pinned) without a device.
+//!   [`Prefetch::start_hot`] moves blocks cold -> warm -> hot ahead of use.
+//!
+//! Every write, sync, create and rename goes through one module, so that tests can make any of them fail
+//! (feature `fault-injection`, module `fault`): a failed write leaves the files at their last good version
+//! and poisons the handle until it is reopened. Every byte is documented in `FORMAT.md` beside this
+//! crate's manifest.
 //!
 //! ```
 //! use m2m_splat::{Batch, SplatSet};
@@ -43,6 +48,7 @@ mod columns;
 mod db;
 mod error;
 mod fsio;
+mod hot;
 mod lock;
 mod manifest;
 mod prefetch;
@@ -75,6 +81,7 @@ pub use db::{Db, DbOptions, Snapshot};
 pub use error::{Error, Result};
 #[cfg(feature = "fault-injection")]
 pub use fsio::fault_injection as fault;
+pub use hot::{HotBytes, HotKey, HotStats, HotTier, RamHot, Residency};
 pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch};

@@ -11,22 +11,48 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, bounded};
 
-use crate::{BlockKey, BlockStore, Columns, Error, Result};
+use crate::{BlockKey, BlockStore, Columns, Error, HotKey, HotTier, Residency, Result};
 
 /// One delivered block, or the error that stopped the prefetch.
-pub type Fetched = Result<(BlockKey, Arc<Columns>)>;
+pub type Fetched<T = Arc<Columns>> = Result<(BlockKey, T)>;
 
 /// A running prefetch: an iterator over the plan's blocks, in plan order.
 #[derive(Debug)]
-pub struct Prefetch {
-    rx: Option<Receiver<Fetched>>,
+pub struct Prefetch<T = Arc<Columns>> {
+    rx: Option<Receiver<Fetched<T>>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Prefetch {
-    /// Starts a thread that loads `plan`'s blocks at most `depth` (at least 1) ahead of the consumer,
-    /// and tells the kernel about the block after those (`madvise(WILLNEED)`).
+    /// Starts a thread that loads `plan`'s blocks (cold -> warm) at most `depth` (at least 1) ahead of
+    /// the consumer, and tells the kernel about the block after those (`madvise(WILLNEED)`).
     pub fn start(store: Arc<BlockStore>, plan: Vec<BlockKey>, depth: usize) -> Result<Prefetch> {
+        Prefetch::start_with(store, plan, depth, |_, block| Ok(block))
+    }
+}
+
+impl<B: Clone + Send + Sync + 'static> Prefetch<B> {
+    /// Like [`Prefetch::start`], and each block's vectors are also made resident in `hot` (cold -> warm
+    /// -> hot, evictable, under [`HotKey::Vectors`]) before it is handed over as the hot tier's handle.
+    pub fn start_hot<H: HotTier<Block = B> + 'static>(
+        store: Arc<BlockStore>,
+        plan: Vec<BlockKey>,
+        depth: usize,
+        hot: Arc<H>,
+    ) -> Result<Prefetch<B>> {
+        Prefetch::start_with(store, plan, depth, move |key, block| {
+            hot.upload(HotKey::Vectors(key), bytemuck::cast_slice(&block.mu), Residency::Evictable)
+        })
+    }
+}
+
+impl<T: Send + 'static> Prefetch<T> {
+    /// Like [`Prefetch::start`], with `stage` applied to each block on the prefetch thread (a further
+    /// move, such as an upload to the hot tier); an error from it is delivered and stops the prefetch.
+    pub fn start_with<F>(store: Arc<BlockStore>, plan: Vec<BlockKey>, depth: usize, mut stage: F) -> Result<Prefetch<T>>
+    where
+        F: FnMut(BlockKey, Arc<Columns>) -> Result<T> + Send + 'static,
+    {
         let depth = depth.max(1);
         let (tx, rx) = bounded(depth);
         let handle = std::thread::Builder::new()
@@ -36,7 +62,7 @@ impl Prefetch {
                     if let Some(&next) = plan.get(i + depth) {
                         store.advise(next);
                     }
-                    let item = store.get(key).map(|block| (key, block));
+                    let item = store.get(key).and_then(|block| stage(key, block)).map(|v| (key, v));
                     let failed = item.is_err();
                     // A failed send means the consumer is gone: stop. An error is sent, then we stop.
                     if tx.send(item).is_err() || failed {
@@ -49,15 +75,15 @@ impl Prefetch {
     }
 }
 
-impl Iterator for Prefetch {
-    type Item = Fetched;
+impl<T> Iterator for Prefetch<T> {
+    type Item = Fetched<T>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.rx.as_ref()?.recv().ok()
     }
 }
 
-impl Drop for Prefetch {
+impl<T> Drop for Prefetch<T> {
     fn drop(&mut self) {
         // Receiver first, so that a send blocked on a full channel fails and the thread can finish.
         drop(self.rx.take());

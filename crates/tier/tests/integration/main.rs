@@ -5,6 +5,7 @@
 mod crash;
 mod db;
 mod faults;
+mod hot;
 mod lock;
 mod segment;
 mod wal;
