@@ -3,6 +3,10 @@
 //! * `cargo xtask ci`: what CI runs (and `.ci/run` calls): installs missing toolchain components, then
 //!   checks formatting, runs clippy with warnings denied, runs every workspace test, and runs the README's
 //!   main command.
+//! * `cargo xtask fuzz [SECONDS]`: runs every cargo-fuzz target of `crates/tier/fuzz` (the log, segment
+//!   and manifest decoders) for SECONDS each (default 20), installing cargo-fuzz when it is missing; CI
+//!   runs it for 15 seconds per target. cargo-fuzz's flags (`-Z sanitizer=address`) need a nightly
+//!   compiler, and this machine has only stable: `RUSTC_BOOTSTRAP=1` lets stable accept them.
 //! * `cargo xtask bench [tier|splat|kernels] [ARGS...]`: runs the criterion benchmarks (all, or one by
 //!   name); ARGS go to criterion (for example a benchmark name filter).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
@@ -24,11 +28,14 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose().context("SECONDS must be a number")?),
         Some("-h" | "--help" | "help") | None => {
-            println!("usage: cargo xtask <ci | bench [criterion args...] | bench search --base B --queries Q ...>");
+            println!(
+                "usage: cargo xtask <ci | fuzz [SECONDS] | bench [criterion args...] | bench search --base B --queries Q ...>"
+            );
             Ok(())
         }
-        Some(other) => bail!("unknown task `{other}`; expected `ci` or `bench`"),
+        Some(other) => bail!("unknown task `{other}`; expected `ci`, `fuzz` or `bench`"),
     }
 }
 
@@ -123,9 +130,44 @@ fn ci() -> Result<()> {
     let counts = run_tests(&["test", "--workspace", "--locked"])?;
     // The README's main command, exactly as written there.
     run("cargo", &["run", "--release", "--locked", "--example", "quickstart"])?;
+    fuzz(Some(15))?;
     println!("\nci: all steps passed in {:.0} s", start.elapsed().as_secs_f64());
     // The closing line CI reads: the tests of every crate, summed.
     println!("tests: {} passed, {} failed", counts.passed, counts.failed);
+    Ok(())
+}
+
+/// The fuzz targets, each a decoder of m2m-tier.
+const FUZZ_TARGETS: [&str; 3] = ["log", "segment", "manifest"];
+/// cargo-fuzz, pinned.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn fuzz(seconds: Option<u64>) -> Result<()> {
+    if !has_cargo_subcommand("fuzz") {
+        run("cargo", &["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION])?;
+    }
+    let seconds = seconds.unwrap_or(20).to_string();
+    let max_time = format!("-max_total_time={seconds}");
+    let tier = workspace_root().join("crates/tier");
+    for target in FUZZ_TARGETS {
+        // New inputs go to the ignored corpus folder; the committed seeds are read only.
+        let corpus = format!("fuzz/corpus/{target}");
+        let seeds = format!("fuzz/seeds/{target}");
+        std::fs::create_dir_all(tier.join(&corpus)).with_context(|| format!("cannot create {corpus}"))?;
+        let args = ["fuzz", "run", "--fuzz-dir", "fuzz", target, &corpus, &seeds, "--", &max_time];
+        println!("\n==> (in crates/tier) RUSTC_BOOTSTRAP=1 cargo {}", args.join(" "));
+        let start = Instant::now();
+        let status = Command::new("cargo")
+            .args(args)
+            .current_dir(&tier)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .status()
+            .context("cannot start `cargo fuzz`")?;
+        println!("==> fuzz {target} took {:.1} s", start.elapsed().as_secs_f64());
+        if !status.success() {
+            bail!("fuzz target `{target}` failed with {status}: see crates/tier/fuzz/artifacts/{target}");
+        }
+    }
     Ok(())
 }
 

@@ -29,6 +29,18 @@ impl<'a> From<&'a m2m_splat::SplatSet> for ColumnsRef<'a> {
 }
 
 impl ColumnsRef<'_> {
+    /// The first value that no validated splat can have, as (column, row, why): a norm, kappa or alpha
+    /// that is not finite and positive, or (with `mu`) a direction component that is not finite. Reading
+    /// checks this behind the checksums, so that a well-sealed but forged file is refused too.
+    pub(crate) fn invalid_value(&self, mu: bool) -> Option<(&'static str, usize)> {
+        let positive = |x: &f32| x.is_finite() && *x > 0.0;
+        let bad = |name, col: &[f32]| col.iter().position(|x| !positive(x)).map(|row| (name, row));
+        bad("norm", self.norms).or_else(|| bad("kappa", self.kappa)).or_else(|| bad("alpha", self.alpha)).or_else(|| {
+            let dim = self.dim.max(1);
+            mu.then(|| self.mu.iter().position(|x| !x.is_finite()).map(|i| ("mu", i / dim))).flatten()
+        })
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.ids.len()

@@ -74,6 +74,78 @@ pub mod testing {
         set.append(Batch::new(&vectors, dim).ids(&ids).kappa(1.0 + n as f32)).expect("a valid batch");
         set
     }
+
+    /// The decoders, over bytes, for the fuzz targets (`crates/tier/fuzz`): a log, a segment, a manifest.
+    pub mod decode {
+        use std::path::Path;
+
+        use crate::{Manifest, Result, WalRecord};
+
+        const LABEL: &str = "<fuzz input>";
+
+        /// Recovery of a whole log file.
+        pub fn log(bytes: &[u8]) -> Result<Vec<WalRecord>> {
+            crate::wal::decode_log(Path::new(LABEL), bytes).map(|(_, records, _)| records)
+        }
+
+        /// Validation of a whole segment file (copied to an aligned buffer first, as a mapping is);
+        /// returns (rows, dim).
+        pub fn segment(bytes: &[u8]) -> Result<(usize, usize)> {
+            let aligned = aligned_vec::AVec::<u8, aligned_vec::ConstAlign<4096>>::from_slice(4096, bytes);
+            crate::segment::validate(Path::new(LABEL), &aligned).map(|l| (l.rows, l.dim))
+        }
+
+        /// Decoding of a manifest file.
+        pub fn manifest(bytes: &[u8]) -> Result<Manifest> {
+            Manifest::decode(Path::new(LABEL), bytes)
+        }
+
+        /// Recomputes the checksums of a log file's header and of every record whose length fits, so that
+        /// a fuzzer's mutations reach the checks behind them.
+        pub fn reseal_log(bytes: &mut [u8]) {
+            if bytes.len() < 32 {
+                return;
+            }
+            let crc = crc32c::crc32c(&bytes[..28]);
+            bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+            let mut at = 32;
+            while at + 8 <= bytes.len() {
+                let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+                let Some(end) = (at + 8).checked_add(len).filter(|&e| e <= bytes.len()) else { return };
+                let crc = crc32c::crc32c(&bytes[at + 8..end]);
+                bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+                at = end;
+            }
+        }
+
+        /// Recomputes the column and header checksums of a segment file where its header allows.
+        pub fn reseal_segment(bytes: &mut [u8]) {
+            if bytes.len() < crate::SEGMENT_HEADER {
+                return;
+            }
+            let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+            let dim = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+            let rows = usize::try_from(u64_at(bytes, 16)).unwrap_or(usize::MAX);
+            if let Some(cols) = crate::segment::layout(rows, dim) {
+                for (i, (offset, len)) in cols.into_iter().enumerate() {
+                    if let Some(col) = offset.checked_add(len).and_then(|end| bytes.get(offset..end)) {
+                        let crc = crc32c::crc32c(col);
+                        bytes[72 + 4 * i..76 + 4 * i].copy_from_slice(&crc.to_le_bytes());
+                    }
+                }
+            }
+            let crc = crc32c::crc32c(&bytes[..124]);
+            bytes[124..128].copy_from_slice(&crc.to_le_bytes());
+        }
+
+        /// Recomputes the payload checksum of a manifest file.
+        pub fn reseal_manifest(bytes: &mut [u8]) {
+            if bytes.len() >= 20 {
+                let crc = crc32c::crc32c(&bytes[20..]);
+                bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
+    }
 }
 
 pub use columns::{Columns, ColumnsRef};

@@ -82,7 +82,12 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let bad = |offset: usize, reason: String| Error::corrupt(&path, offset as u64, reason);
+        Manifest::decode(&path, &bytes)
+    }
+
+    /// Validates and decodes the bytes of a manifest file; `path` only labels errors.
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+        let bad = |offset: usize, reason: String| Error::corrupt(path, offset as u64, reason);
         if bytes.len() < HEADER {
             return Err(bad(bytes.len(), format!("{} bytes, shorter than the {HEADER}-byte header", bytes.len())));
         }
@@ -92,7 +97,7 @@ impl Manifest {
         let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let version = u32_at(8);
         if version != MANIFEST_VERSION {
-            return Err(Error::IncompatibleVersion { path, found: version, supported: MANIFEST_VERSION });
+            return Err(Error::IncompatibleVersion { path: path.into(), found: version, supported: MANIFEST_VERSION });
         }
         let len = u32_at(12) as usize;
         if len > MAX_PAYLOAD || HEADER + len != bytes.len() {

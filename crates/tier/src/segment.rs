@@ -31,7 +31,7 @@ fn align_up(x: usize) -> usize {
 }
 
 /// Byte offsets and lengths of the columns of a segment of `rows` x `dim`.
-fn layout(rows: usize, dim: usize) -> Option<[(usize, usize); 5]> {
+pub(crate) fn layout(rows: usize, dim: usize) -> Option<[(usize, usize); 5]> {
     let mut at = SEGMENT_HEADER;
     let mut out = [(0, 0); 5];
     for (slot, &(_, width, per_dim)) in out.iter_mut().zip(&COLUMNS) {
@@ -124,52 +124,10 @@ impl Segment {
         // SAFETY: see the type's safety contract: segment files are immutable once in place and are only
         // mapped read-only here; every byte is validated below before use.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let bad = |offset: usize, reason: String| Error::corrupt(&path, offset as u64, reason);
-        let len = map.len();
-        if len < SEGMENT_HEADER {
-            return Err(bad(len, format!("{len} bytes, shorter than the {SEGMENT_HEADER}-byte header")));
-        }
-        let h = &map[..SEGMENT_HEADER];
-        if h[..8] != SEGMENT_MAGIC {
-            return Err(bad(0, "not an M2M segment (bad magic)".into()));
-        }
-        let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-        let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
-        if crc32c::crc32c(&h[..124]) != u32_at(124) {
-            return Err(bad(124, "header checksum mismatch".into()));
-        }
-        let version = u32_at(8);
-        if version != SEGMENT_VERSION {
-            return Err(Error::IncompatibleVersion { path, found: version, supported: SEGMENT_VERSION });
-        }
-        let dim = u32_at(12) as usize;
-        let rows = usize::try_from(u64_at(16)).map_err(|_| bad(16, "row count does not fit in memory".into()))?;
-        if dim == 0 {
-            return Err(bad(12, "dimension 0".into()));
-        }
-        let cols = layout(rows, dim).ok_or_else(|| bad(16, format!("{rows} rows of dimension {dim} overflow")))?;
-        for (i, &(offset, col_len)) in cols.iter().enumerate() {
-            let stored = u64_at(32 + 8 * i);
-            if stored != offset as u64 {
-                return Err(bad(32 + 8 * i, format!("column {} at byte {stored}, expected {offset}", COLUMNS[i].0)));
-            }
-            if offset + col_len > len {
-                return Err(bad(
-                    len,
-                    format!("column {} runs to byte {}, the file ends at {len}", COLUMNS[i].0, offset + col_len),
-                ));
-            }
-            if crc32c::crc32c(&map[offset..offset + col_len]) != u32_at(72 + 4 * i) {
-                return Err(bad(offset, format!("column {} checksum mismatch", COLUMNS[i].0)));
-            }
-        }
-        let end = cols[4].0 + cols[4].1;
-        if len != end {
-            return Err(bad(end, format!("{} bytes after the last column", len.saturating_sub(end))));
-        }
-        let id = u64_at(24);
+        let Layout { id, rows, dim, cols } = validate(&path, &map)?;
         Ok(Segment { path, map, id, rows, dim, cols })
     }
+
 
     fn column<T: bytemuck::Pod>(&self, i: usize) -> &[T] {
         let (offset, len) = self.cols[i];
@@ -246,4 +204,74 @@ impl Segment {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Where the columns of a validated segment are.
+pub(crate) struct Layout {
+    pub(crate) id: u64,
+    pub(crate) rows: usize,
+    pub(crate) dim: usize,
+    pub(crate) cols: [(usize, usize); 5],
+}
+
+/// Checks every header field, column checksum and the length of a segment file's bytes (`map`); `path`
+/// only labels errors.
+pub(crate) fn validate(path: &Path, map: &[u8]) -> Result<Layout> {
+    let bad = |offset: usize, reason: String| Error::corrupt(path, offset as u64, reason);
+    let len = map.len();
+    if len < SEGMENT_HEADER {
+        return Err(bad(len, format!("{len} bytes, shorter than the {SEGMENT_HEADER}-byte header")));
+    }
+    let h = &map[..SEGMENT_HEADER];
+    if h[..8] != SEGMENT_MAGIC {
+        return Err(bad(0, "not an M2M segment (bad magic)".into()));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
+    if crc32c::crc32c(&h[..124]) != u32_at(124) {
+        return Err(bad(124, "header checksum mismatch".into()));
+    }
+    let version = u32_at(8);
+    if version != SEGMENT_VERSION {
+        return Err(Error::IncompatibleVersion { path: path.into(), found: version, supported: SEGMENT_VERSION });
+    }
+    let dim = u32_at(12) as usize;
+    let rows = usize::try_from(u64_at(16)).map_err(|_| bad(16, "row count does not fit in memory".into()))?;
+    if dim == 0 {
+        return Err(bad(12, "dimension 0".into()));
+    }
+    let cols = layout(rows, dim).ok_or_else(|| bad(16, format!("{rows} rows of dimension {dim} overflow")))?;
+    for (i, &(offset, col_len)) in cols.iter().enumerate() {
+        let stored = u64_at(32 + 8 * i);
+        if stored != offset as u64 {
+            return Err(bad(32 + 8 * i, format!("column {} at byte {stored}, expected {offset}", COLUMNS[i].0)));
+        }
+        if offset + col_len > len {
+            return Err(bad(
+                len,
+                format!("column {} runs to byte {}, the file ends at {len}", COLUMNS[i].0, offset + col_len),
+            ));
+        }
+        if crc32c::crc32c(&map[offset..offset + col_len]) != u32_at(72 + 4 * i) {
+            return Err(bad(offset, format!("column {} checksum mismatch", COLUMNS[i].0)));
+        }
+    }
+    let end = cols[4].0 + cols[4].1;
+    if len != end {
+        return Err(bad(end, format!("{} bytes after the last column", len.saturating_sub(end))));
+    }
+    // Behind the checksums, the values (norm, kappa, alpha: the small columns; the directions are covered
+    // by their checksum and were validated when written).
+    let small = |i: usize| -> &[f32] { bytemuck::try_cast_slice(&map[cols[i].0..cols[i].0 + cols[i].1]).unwrap_or(&[]) };
+    let view = ColumnsRef { dim, ids: &[], norms: small(2), kappa: small(3), alpha: small(4), mu: &[] };
+    if let Some((column, row)) = view.invalid_value(false) {
+        let col = match column {
+            "norm" => 2,
+            "kappa" => 3,
+            _ => 4,
+        };
+        return Err(bad(cols[col].0 + 4 * row, format!("row {row} has an invalid {column}")));
+    }
+    let id = u64_at(24);
+    Ok(Layout { id, rows, dim, cols })
 }

@@ -317,17 +317,18 @@ fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -
         at += n;
         s
     };
-    Ok(WalRecord::Batch(WalBatch {
-        seq,
-        columns: Columns {
-            dim,
-            ids: take(next(rows * 8)),
-            norms: take(next(rows * 4)),
-            kappa: take(next(rows * 4)),
-            alpha: take(next(rows * 4)),
-            mu: take(next(rows * dim * 4)),
-        },
-    }))
+    let columns = Columns {
+        dim,
+        ids: take(next(rows * 8)),
+        norms: take(next(rows * 4)),
+        kappa: take(next(rows * 4)),
+        alpha: take(next(rows * 4)),
+        mu: take(next(rows * dim * 4)),
+    };
+    if let Some((column, row)) = columns.view().invalid_value(true) {
+        return Err(bad(format!("row {row} has an invalid {column}")));
+    }
+    Ok(WalRecord::Batch(WalBatch { seq, columns }))
 }
 
 /// The offset (in `rest`) of the first position at or after `from` where a record with a matching checksum
@@ -349,12 +350,19 @@ fn record_after(rest: &[u8], from: usize) -> Option<usize> {
 /// Reads the header and every good record; returns the dimension, the batches and the end of the last
 /// good record.
 fn recover(path: &Path, file: &mut File) -> Result<(usize, Vec<WalRecord>, u64)> {
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
+    decode_log(path, &bytes)
+}
+
+/// Recovery over the bytes of a whole log file; `path` only labels errors. Returns the dimension, the
+/// good records and the end of the last one.
+pub(crate) fn decode_log(path: &Path, bytes: &[u8]) -> Result<(usize, Vec<WalRecord>, u64)> {
+    let len = bytes.len() as u64;
     if len < WAL_HEADER {
         return Err(Error::corrupt(path, len, format!("{len} bytes, shorter than the {WAL_HEADER}-byte header")));
     }
-    let mut h = [0u8; WAL_HEADER as usize];
-    file.seek(SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut h)).map_err(|e| Error::io(path, e))?;
+    let h = &bytes[..WAL_HEADER as usize];
     if h[..8] != WAL_MAGIC {
         return Err(Error::corrupt(path, 0, "not an M2M write-ahead log (bad magic)"));
     }
@@ -370,8 +378,7 @@ fn recover(path: &Path, file: &mut File) -> Result<(usize, Vec<WalRecord>, u64)>
     if dim == 0 {
         return Err(Error::corrupt(path, 12, "dimension 0"));
     }
-    let mut rest = Vec::with_capacity((len - WAL_HEADER) as usize);
-    file.read_to_end(&mut rest).map_err(|e| Error::io(path, e))?;
+    let rest = &bytes[WAL_HEADER as usize..];
     let mut batches = Vec::new();
     let mut at = 0usize;
     loop {
@@ -389,7 +396,7 @@ fn recover(path: &Path, file: &mut File) -> Result<(usize, Vec<WalRecord>, u64)>
         if end > rest.len() as u64 {
             // The record runs past the end of the file: a torn write, unless its length field is what is
             // damaged and good records follow (a torn write only ever affects the last record).
-            if let Some(next) = record_after(&rest, at + 1) {
+            if let Some(next) = record_after(rest, at + 1) {
                 return Err(Error::corrupt(
                     path,
                     offset,

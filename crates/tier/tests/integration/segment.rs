@@ -178,3 +178,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn well_sealed_forgeries_are_refused_behind_the_checksums() {
+    use m2m_tier::testing::decode;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.seg");
+    let s = set(5, 4);
+    write_segment(&path, 1, (&s).into()).unwrap();
+    let good = fs::read(&path).unwrap();
+    let mut resealed = good.clone();
+    decode::reseal_segment(&mut resealed);
+    assert_eq!(resealed, good, "resealing a good file changes nothing");
+    assert_eq!(decode::segment(&good).unwrap(), (5, 4));
+    // kappa of row 2 set to -1 and every checksum recomputed: the value check still refuses it.
+    let kappa_at = u64::from_le_bytes(good[32 + 8 * 3..40 + 8 * 3].try_into().unwrap()) as usize;
+    let mut forged = good.clone();
+    forged[kappa_at + 8..kappa_at + 12].copy_from_slice(&(-1.0f32).to_le_bytes());
+    decode::reseal_segment(&mut forged);
+    fs::write(&path, &forged).unwrap();
+    match Segment::open(&path) {
+        Err(Error::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, kappa_at as u64 + 8);
+            assert!(reason.contains("row 2") && reason.contains("kappa"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -214,3 +214,28 @@ fn delete_records_round_trip_between_batches() {
     assert_eq!(records[1], WalRecord::Delete { seq: 1, ids: vec![0, 7, 1] });
     assert!(matches!(&records[2], WalRecord::Batch(b) if b.seq == 2 && b.columns.ids == crash_batch(2, DIM).ids()));
 }
+
+#[test]
+fn a_well_sealed_record_with_invalid_values_is_refused() {
+    use m2m_tier::testing::decode;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.wal");
+    let (good, _) = log_of(&path, 3);
+    let mut resealed = good.clone();
+    decode::reseal_log(&mut resealed);
+    assert_eq!(resealed, good, "resealing a good log changes nothing");
+    assert_eq!(decode::log(&good).unwrap().len(), 3);
+    // A NaN in the first record's mu, checksum recomputed: still corrupt, at the first record.
+    let mut forged = good.clone();
+    let rows = 1; // crash_batch(0) has one row: ids, norm, kappa, alpha, then mu
+    let mu_at = WAL_HEADER as usize + 8 + 16 + rows * 20;
+    forged[mu_at..mu_at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    decode::reseal_log(&mut forged);
+    match decode::log(&forged) {
+        Err(Error::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, WAL_HEADER);
+            assert!(reason.contains("mu"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
