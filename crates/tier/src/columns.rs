@@ -2,6 +2,7 @@
 //! segments, the in-memory table and the warm tier all hold rows.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::{Error, Result};
 
@@ -35,10 +36,12 @@ impl ColumnsRef<'_> {
     pub(crate) fn invalid_value(&self, mu: bool) -> Option<(&'static str, usize)> {
         let positive = |x: &f32| x.is_finite() && *x > 0.0;
         let bad = |name, col: &[f32]| col.iter().position(|x| !positive(x)).map(|row| (name, row));
-        bad("norm", self.norms).or_else(|| bad("kappa", self.kappa)).or_else(|| bad("alpha", self.alpha)).or_else(|| {
-            let dim = self.dim.max(1);
-            mu.then(|| self.mu.iter().position(|x| !x.is_finite()).map(|i| ("mu", i / dim))).flatten()
-        })
+        bad("norm", self.norms).or_else(|| bad("kappa", self.kappa)).or_else(|| bad("alpha", self.alpha)).or_else(
+            || {
+                let dim = self.dim.max(1);
+                mu.then(|| self.mu.iter().position(|x| !x.is_finite()).map(|i| ("mu", i / dim))).flatten()
+            },
+        )
     }
 
     /// Number of rows.
@@ -120,5 +123,75 @@ impl Columns {
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.ids.len()
+    }
+}
+
+/// Rows not yet in a segment: the ingested batches, each in its own allocation and shared with every
+/// snapshot that saw it. Taking a snapshot copies the list of chunks, never the rows, and an ingest
+/// while readers hold snapshots adds a chunk instead of copying the table.
+#[derive(Clone, Debug, Default)]
+pub struct Memtable {
+    dim: usize,
+    chunks: Vec<Arc<Columns>>,
+    rows: usize,
+}
+
+/// A chunk with fewer rows than this takes the next batch's rows into itself when no snapshot shares
+/// it, so that many small batches do not make many small chunks.
+const SMALL_CHUNK: usize = 256;
+
+impl Memtable {
+    pub(crate) fn new(dim: usize) -> Memtable {
+        Memtable { dim, chunks: Vec::new(), rows: 0 }
+    }
+
+    /// Dimension of every row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The chunks, in ingest order.
+    pub fn chunks(&self) -> &[Arc<Columns>] {
+        &self.chunks
+    }
+
+    /// Every chunk as borrowed columns.
+    pub fn parts(&self) -> impl Iterator<Item = ColumnsRef<'_>> {
+        self.chunks.iter().map(|c| c.view())
+    }
+
+    /// Appends rows (one copy).
+    pub(crate) fn push(&mut self, c: ColumnsRef<'_>) {
+        self.rows += c.rows();
+        if let Some(last) = self.chunks.last_mut().filter(|l| l.rows() < SMALL_CHUNK)
+            && let Some(last) = Arc::get_mut(last)
+        {
+            last.extend(c);
+            return;
+        }
+        let mut chunk = Columns::empty(self.dim);
+        chunk.extend(c);
+        self.chunks.push(Arc::new(chunk));
+    }
+
+    /// Removes the rows whose id is in `gone` (rebuilding only the chunks that hold one); returns the
+    /// ids that were here.
+    pub(crate) fn remove(&mut self, gone: &HashSet<u64>) -> HashSet<u64> {
+        let mut found = HashSet::new();
+        for chunk in &mut self.chunks {
+            let here: Vec<u64> = chunk.ids.iter().copied().filter(|id| gone.contains(id)).collect();
+            if !here.is_empty() {
+                Arc::make_mut(chunk).remove(gone);
+                found.extend(here);
+            }
+        }
+        self.chunks.retain(|c| c.rows() > 0);
+        self.rows = self.chunks.iter().map(|c| c.rows()).sum();
+        found
     }
 }

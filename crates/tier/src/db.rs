@@ -19,8 +19,8 @@ use std::sync::Arc;
 use m2m_splat::SplatSet;
 
 use crate::{
-    Columns, ColumnsRef, DirLock, Durability, Error, MANIFEST_FILE, Manifest, Result, Segment, SegmentEntry, Wal,
-    WalRecord,
+    Columns, ColumnsRef, DirLock, Durability, Error, MANIFEST_FILE, Manifest, Memtable, Result, Segment, SegmentEntry,
+    Wal, WalRecord,
 };
 
 /// Settings of a database directory.
@@ -40,7 +40,7 @@ pub struct Snapshot {
     /// The segments.
     pub segments: Vec<Arc<Segment>>,
     /// Rows not yet in a segment.
-    pub memtable: Arc<Columns>,
+    pub memtable: Memtable,
     /// Ids deleted from the segments (not yet compacted away).
     pub deleted: Arc<HashSet<u64>>,
 }
@@ -48,7 +48,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Every part of the view: segments first, then the in-memory rows.
     pub fn parts(&self) -> impl Iterator<Item = ColumnsRef<'_>> {
-        self.segments.iter().map(|s| s.columns()).chain(std::iter::once(self.memtable.view()))
+        self.segments.iter().map(|s| s.columns()).chain(self.memtable.parts())
     }
 
     /// Number of live splats.
@@ -75,7 +75,7 @@ pub struct Db {
     manifest: Manifest,
     segments: Vec<Arc<Segment>>,
     wal: Wal,
-    memtable: Arc<Columns>,
+    memtable: Memtable,
     /// Live ids.
     ids: HashSet<u64>,
     /// Ids deleted from segments, until compaction.
@@ -130,7 +130,7 @@ impl Db {
             manifest,
             segments: Vec::new(),
             wal,
-            memtable: Arc::new(Columns::empty(dim)),
+            memtable: Memtable::new(dim),
             ids: HashSet::new(),
             deleted: Arc::new(HashSet::new()),
             options,
@@ -168,20 +168,19 @@ impl Db {
         let mut deleted: HashSet<u64> = manifest.deleted.iter().copied().collect();
         ids.retain(|id| !deleted.contains(id));
         // Replay the log in order: batches add rows, deletes remove them (or tombstone segment rows).
-        let mut memtable = Columns::empty(manifest.dim);
+        let mut memtable = Memtable::new(manifest.dim);
         for record in &records {
             match record {
                 WalRecord::Batch(b) => {
                     if let Some(id) = b.columns.ids.iter().find(|&&id| !ids.insert(id)) {
                         return Err(Error::corrupt(wal.path(), 0, format!("id {id} added twice")));
                     }
-                    memtable.extend(b.columns.view());
+                    memtable.push(b.columns.view());
                 }
                 WalRecord::Delete { ids: gone, .. } => {
                     let gone: HashSet<u64> = gone.iter().copied().filter(|id| ids.remove(id)).collect();
                     // Rows still in memory simply go; rows already in a segment get a tombstone.
-                    let in_memory: HashSet<u64> = memtable.ids.iter().copied().filter(|id| gone.contains(id)).collect();
-                    memtable.remove(&gone);
+                    let in_memory = memtable.remove(&gone);
                     deleted.extend(gone.into_iter().filter(|id| !in_memory.contains(id)));
                 }
             }
@@ -192,7 +191,7 @@ impl Db {
             manifest,
             segments,
             wal,
-            memtable: Arc::new(memtable),
+            memtable,
             ids,
             deleted: Arc::new(deleted),
             options,
@@ -237,7 +236,7 @@ impl Db {
             return Err(Error::InvalidBatch { reason: format!("id {id} was deleted and awaits compaction") });
         }
         self.wal.append(batch)?;
-        Arc::make_mut(&mut self.memtable).extend(batch.into());
+        self.memtable.push(batch.into());
         self.ids.extend(batch.ids());
         Ok(())
     }
@@ -260,9 +259,7 @@ impl Db {
         self.wal.append_delete(&present)?;
         let gone: HashSet<u64> = present.iter().copied().collect();
         // Rows still in memory simply go; rows already in a segment get a tombstone.
-        let memtable = Arc::make_mut(&mut self.memtable);
-        let in_memory: HashSet<u64> = memtable.ids.iter().copied().filter(|id| gone.contains(id)).collect();
-        memtable.remove(&gone);
+        let in_memory = self.memtable.remove(&gone);
         let tombstones = Arc::make_mut(&mut self.deleted);
         tombstones.extend(gone.iter().copied().filter(|id| !in_memory.contains(id)));
         self.ids.retain(|id| !gone.contains(id));
@@ -281,7 +278,8 @@ impl Db {
         }
         let id = self.manifest.next_segment_id;
         let file = segment_name(id);
-        crate::write_segment(&self.dir.join(&file), id, self.memtable.view())?;
+        let parts: Vec<ColumnsRef<'_>> = self.memtable.parts().collect();
+        crate::segment::write_segment_parts(&self.dir.join(&file), id, &parts)?;
         let segment = Arc::new(Segment::open(self.dir.join(&file))?);
         let mut next = self.manifest.clone();
         next.generation += 1;
@@ -323,7 +321,7 @@ impl Db {
 
     /// Stores `next` with a fresh log, then updates the in-memory state and removes what it replaced.
     fn commit(&mut self, mut next: Manifest, update: impl FnOnce(&mut Vec<Arc<Segment>>)) -> Result<()> {
-        let flushing = !self.memtable.ids.is_empty() && next.segments.len() > self.manifest.segments.len();
+        let flushing = self.memtable.rows() > 0 && next.segments.len() > self.manifest.segments.len();
         let wal = if flushing {
             let name = wal_name(next.generation);
             let wal = Wal::create(self.dir.join(&name), self.manifest.dim, self.options.durability)?;
@@ -337,7 +335,7 @@ impl Db {
         update(&mut self.segments);
         if let Some(wal) = wal {
             self.wal = wal;
-            self.memtable = Arc::new(Columns::empty(self.manifest.dim));
+            self.memtable = Memtable::new(self.manifest.dim);
         }
         self.remove_orphans()
     }
@@ -347,7 +345,7 @@ impl Db {
         Snapshot {
             generation: self.manifest.generation,
             segments: self.segments.clone(),
-            memtable: Arc::clone(&self.memtable),
+            memtable: self.memtable.clone(),
             deleted: Arc::clone(&self.deleted),
         }
     }

@@ -148,7 +148,7 @@ pub mod testing {
     }
 }
 
-pub use columns::{Columns, ColumnsRef};
+pub use columns::{Columns, ColumnsRef, Memtable};
 pub use db::{Db, DbOptions, Snapshot};
 pub use error::{Error, Result};
 #[cfg(feature = "fault-injection")]
@@ -156,7 +156,7 @@ pub use fsio::fault_injection as fault;
 pub use hot::{HotBytes, HotKey, HotStats, HotTier, RamHot, Residency};
 pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
-pub use prefetch::{Fetched, Prefetch};
+pub use prefetch::{Fetched, Prefetch, PrefetchStats};
 pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
 pub use wal::{Durability, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
 pub use warm::{BlockKey, BlockStore, DEFAULT_BLOCK_ROWS, MEMTABLE, WarmStats};

@@ -21,6 +21,24 @@ pub type Fetched<T = Arc<Columns>> = Result<(BlockKey, T)>;
 pub struct Prefetch<T = Arc<Columns>> {
     rx: Option<Receiver<Fetched<T>>>,
     handle: Option<JoinHandle<()>>,
+    stats: PrefetchStats,
+}
+
+/// How often the consumer found its next block ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefetchStats {
+    /// Blocks that were waiting in the channel when asked for: prefetch hits.
+    pub ready: u64,
+    /// Blocks the consumer had to wait for.
+    pub waited: u64,
+}
+
+impl PrefetchStats {
+    /// `ready / (ready + waited)`, or 1 when nothing was asked for.
+    pub fn hit_rate(&self) -> f64 {
+        let n = self.ready + self.waited;
+        if n == 0 { 1.0 } else { self.ready as f64 / n as f64 }
+    }
 }
 
 impl Prefetch {
@@ -71,7 +89,12 @@ impl<T: Send + 'static> Prefetch<T> {
                 }
             })
             .map_err(|e| Error::Io { path: "<prefetch thread>".into(), source: e })?;
-        Ok(Prefetch { rx: Some(rx), handle: Some(handle) })
+        Ok(Prefetch { rx: Some(rx), handle: Some(handle), stats: PrefetchStats::default() })
+    }
+
+    /// How often the next block was ready when asked for.
+    pub fn stats(&self) -> PrefetchStats {
+        self.stats
     }
 }
 
@@ -79,7 +102,19 @@ impl<T> Iterator for Prefetch<T> {
     type Item = Fetched<T>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.as_ref()?.recv().ok()
+        let rx = self.rx.as_ref()?;
+        match rx.try_recv() {
+            Ok(item) => {
+                self.stats.ready += 1;
+                Some(item)
+            }
+            Err(crossbeam_channel::TryRecvError::Disconnected) => None,
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                let item = rx.recv().ok()?;
+                self.stats.waited += 1;
+                Some(item)
+            }
+        }
     }
 }
 

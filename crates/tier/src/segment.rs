@@ -45,15 +45,30 @@ pub(crate) fn layout(rows: usize, dim: usize) -> Option<[(usize, usize); 5]> {
 /// Writes `columns` as segment `id` at `path`: a temporary file beside it, fsync, rename, fsync of the
 /// directory. Nothing appears at `path` unless all of it was written.
 pub fn write_segment(path: &Path, id: u64, columns: ColumnsRef<'_>) -> Result<()> {
-    columns.check()?;
-    let (rows, dim) = (columns.rows(), columns.dim);
+    write_segment_parts(path, id, &[columns])
+}
+
+/// [`write_segment`] of the rows of `parts`, in order, as one segment (no copy into one buffer first).
+pub(crate) fn write_segment_parts(path: &Path, id: u64, parts: &[ColumnsRef<'_>]) -> Result<()> {
+    let dim = parts.first().map_or(0, |p| p.dim);
+    for p in parts {
+        p.check()?;
+        if p.dim != dim {
+            return Err(Error::InvalidBatch { reason: format!("parts of dimensions {dim} and {}", p.dim) });
+        }
+    }
+    if dim == 0 {
+        return Err(Error::InvalidBatch { reason: "a segment needs at least one part".into() });
+    }
+    let rows: usize = parts.iter().map(|p| p.rows()).sum();
     let cols = layout(rows, dim).ok_or_else(|| Error::InvalidBatch { reason: "segment too large".into() })?;
-    let data: [&[u8]; 5] = [
-        bytemuck::cast_slice(columns.mu),
-        bytemuck::cast_slice(columns.ids),
-        bytemuck::cast_slice(columns.norms),
-        bytemuck::cast_slice(columns.kappa),
-        bytemuck::cast_slice(columns.alpha),
+    // Each column as the parts' slices, in the file's column order.
+    let data: [Vec<&[u8]>; 5] = [
+        parts.iter().map(|p| bytemuck::cast_slice(p.mu)).collect(),
+        parts.iter().map(|p| bytemuck::cast_slice(p.ids)).collect(),
+        parts.iter().map(|p| bytemuck::cast_slice(p.norms)).collect(),
+        parts.iter().map(|p| bytemuck::cast_slice(p.kappa)).collect(),
+        parts.iter().map(|p| bytemuck::cast_slice(p.alpha)).collect(),
     ];
     let mut header = [0u8; SEGMENT_HEADER];
     header[..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -61,9 +76,10 @@ pub fn write_segment(path: &Path, id: u64, columns: ColumnsRef<'_>) -> Result<()
     header[12..16].copy_from_slice(&(dim as u32).to_le_bytes());
     header[16..24].copy_from_slice(&(rows as u64).to_le_bytes());
     header[24..32].copy_from_slice(&id.to_le_bytes());
-    for (i, ((offset, _), bytes)) in cols.iter().zip(&data).enumerate() {
+    for (i, ((offset, _), slices)) in cols.iter().zip(&data).enumerate() {
+        let crc = slices.iter().fold(0, |crc, b| crc32c::crc32c_append(crc, b));
         header[32 + 8 * i..40 + 8 * i].copy_from_slice(&(*offset as u64).to_le_bytes());
-        header[72 + 4 * i..76 + 4 * i].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+        header[72 + 4 * i..76 + 4 * i].copy_from_slice(&crc.to_le_bytes());
     }
     let crc = crc32c::crc32c(&header[..124]);
     header[124..128].copy_from_slice(&crc.to_le_bytes());
@@ -75,10 +91,10 @@ pub fn write_segment(path: &Path, id: u64, columns: ColumnsRef<'_>) -> Result<()
         let mut f = std::io::BufWriter::with_capacity(1 << 20, fsio::Writer(&file));
         f.write_all(&header)?;
         let mut at = SEGMENT_HEADER;
-        for ((offset, _), bytes) in cols.iter().zip(&data) {
+        for ((offset, len), slices) in cols.iter().zip(&data) {
             f.write_all(&vec![0u8; offset - at])?;
-            f.write_all(bytes)?;
-            at = offset + bytes.len();
+            slices.iter().try_for_each(|b| f.write_all(b))?;
+            at = offset + len;
         }
         f.flush()?;
         drop(f);
@@ -128,7 +144,6 @@ impl Segment {
         Ok(Segment { path, map, id, rows, dim, cols })
     }
 
-
     fn column<T: bytemuck::Pod>(&self, i: usize) -> &[T] {
         let (offset, len) = self.cols[i];
         // Offsets are multiples of 64 in a page-aligned mapping and lengths were checked at open, so the
@@ -151,6 +166,20 @@ impl Segment {
         if end > start && start < len {
             let _ = self.map.advise_range(memmap2::Advice::WillNeed, offset + start, end - start);
         }
+    }
+
+    /// Drops the segment's pages from memory: this mapping's (`madvise(DONTNEED)`) and then the kernel's
+    /// page cache of the file (`posix_fadvise(DONTNEED)`, which skips pages another process maps). Later
+    /// reads fault the same bytes in from disk. For memory pressure, and for measuring cold reads.
+    pub fn release_pages(&self) -> Result<()> {
+        // SAFETY: the mapping is a read-only shared map of a file that does not change while mapped (the
+        // type's contract), so after MADV_DONTNEED every access faults the same bytes back in from the file:
+        // slices borrowed from the mapping keep their contents.
+        unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
+            .map_err(|e| Error::io(&self.path, e))?;
+        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+            .map_err(|e| Error::io(&self.path, std::io::Error::from(e)))
     }
 
     /// All columns.
@@ -262,7 +291,8 @@ pub(crate) fn validate(path: &Path, map: &[u8]) -> Result<Layout> {
     }
     // Behind the checksums, the values (norm, kappa, alpha: the small columns; the directions are covered
     // by their checksum and were validated when written).
-    let small = |i: usize| -> &[f32] { bytemuck::try_cast_slice(&map[cols[i].0..cols[i].0 + cols[i].1]).unwrap_or(&[]) };
+    let small =
+        |i: usize| -> &[f32] { bytemuck::try_cast_slice(&map[cols[i].0..cols[i].0 + cols[i].1]).unwrap_or(&[]) };
     let view = ColumnsRef { dim, ids: &[], norms: small(2), kappa: small(3), alpha: small(4), mu: &[] };
     if let Some((column, row)) = view.invalid_value(false) {
         let col = match column {

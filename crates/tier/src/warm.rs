@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-use crate::{Columns, ColumnsRef, Result, Segment, Snapshot};
+use crate::{Columns, ColumnsRef, Memtable, Result, Segment, Snapshot};
 
 /// Rows per block unless set otherwise.
 pub const DEFAULT_BLOCK_ROWS: usize = 1024;
@@ -61,7 +61,9 @@ fn block_bytes(b: &Columns) -> u64 {
 pub struct BlockStore {
     segments: HashMap<u64, Arc<Segment>>,
     order: Vec<u64>,
-    memtable: Arc<Columns>,
+    memtable: Memtable,
+    /// The in-memory table's blocks: (chunk, first row) of each.
+    memtable_blocks: Vec<(usize, usize)>,
     deleted: Arc<HashSet<u64>>,
     block_rows: usize,
     cache: Cache<BlockKey, Arc<Columns>, BlockBytes>,
@@ -81,13 +83,20 @@ impl BlockStore {
     /// A store over `snapshot` with a cache of `budget_bytes` and blocks of `block_rows` rows (at least 1).
     pub fn new(snapshot: &Snapshot, budget_bytes: u64, block_rows: usize) -> BlockStore {
         let block_rows = block_rows.max(1);
-        let dim = snapshot.memtable.dim.max(1);
+        let dim = snapshot.memtable.dim().max(1);
         let estimated_block = (block_rows * (20 + 4 * dim)) as u64;
         let items = usize::try_from(budget_bytes / estimated_block.max(1)).unwrap_or(usize::MAX).clamp(16, 1 << 20);
         BlockStore {
             segments: snapshot.segments.iter().map(|s| (s.id(), Arc::clone(s))).collect(),
             order: snapshot.segments.iter().map(|s| s.id()).collect(),
-            memtable: Arc::clone(&snapshot.memtable),
+            memtable: snapshot.memtable.clone(),
+            memtable_blocks: snapshot
+                .memtable
+                .chunks()
+                .iter()
+                .enumerate()
+                .flat_map(|(c, chunk)| (0..chunk.rows()).step_by(block_rows).map(move |start| (c, start)))
+                .collect(),
             deleted: Arc::clone(&snapshot.deleted),
             block_rows,
             cache: Cache::with_weighter(items, budget_bytes.max(1), BlockBytes),
@@ -110,7 +119,7 @@ impl BlockStore {
             let n = self.blocks_of(self.segments[&id].rows());
             out.extend((0..n).map(|block| BlockKey { segment: id, block }));
         }
-        let n = self.blocks_of(self.memtable.rows());
+        let n = u32::try_from(self.memtable_blocks.len()).unwrap_or(u32::MAX);
         out.extend((0..n).map(|block| BlockKey { segment: MEMTABLE, block }));
         out
     }
@@ -118,12 +127,16 @@ impl BlockStore {
     /// The block `key` (live rows only): from the cache, or copied out of its segment. An unknown key is
     /// an empty block.
     pub fn get(&self, key: BlockKey) -> Result<Arc<Columns>> {
+        let empty = || Arc::new(Columns { dim: self.memtable.dim(), ..Columns::default() });
         if key.segment == MEMTABLE {
-            return Ok(Arc::new(self.copy_rows(self.memtable.view(), key.block)));
+            let Some(&(chunk, start)) = self.memtable_blocks.get(key.block as usize) else { return Ok(empty()) };
+            let c = self.memtable.chunks()[chunk].view();
+            let end = (start + self.block_rows).min(c.rows());
+            let mut out = Columns { dim: c.dim, ..Columns::default() };
+            (start..end).for_each(|i| out.push_row(c, i));
+            return Ok(Arc::new(out));
         }
-        let Some(segment) = self.segments.get(&key.segment) else {
-            return Ok(Arc::new(Columns { dim: self.memtable.dim, ..Columns::default() }));
-        };
+        let Some(segment) = self.segments.get(&key.segment) else { return Ok(empty()) };
         let mut loaded = false;
         let block = self.cache.get_or_insert_with(&key, || -> Result<Arc<Columns>> {
             loaded = true;

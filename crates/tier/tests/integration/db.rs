@@ -239,3 +239,36 @@ fn readers_on_other_threads_always_see_whole_batches() {
     let checked: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
     assert_eq!(checked, 120);
 }
+
+#[test]
+fn snapshots_share_the_in_memory_rows_instead_of_copying_them() {
+    use m2m_splat::{Batch, SplatSet};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    let big = |first: u64| {
+        let raw: Vec<f32> = (0..300 * DIM).map(|i| 1.0 + (i % 13) as f32).collect();
+        let ids: Vec<u64> = (first..first + 300).collect();
+        let mut s = SplatSet::new(DIM).unwrap();
+        s.append(Batch::new(&raw, DIM).ids(&ids)).unwrap();
+        s
+    };
+    db.ingest(&big(0)).unwrap();
+    let before = db.snapshot();
+    db.ingest(&big(300)).unwrap();
+    db.ingest(&big(600)).unwrap();
+    let after = db.snapshot();
+    assert_eq!(before.memtable.rows(), 300);
+    assert_eq!(after.memtable.rows(), 900);
+    assert!(Arc::ptr_eq(&before.memtable.chunks()[0], &after.memtable.chunks()[0]), "ingest copied old rows");
+    // A delete rebuilds only the chunk that held the id; the old snapshot keeps its rows.
+    db.delete(&[650]).unwrap();
+    let deleted = db.snapshot();
+    assert!(Arc::ptr_eq(&after.memtable.chunks()[1], &deleted.memtable.chunks()[1]));
+    assert!(!Arc::ptr_eq(&after.memtable.chunks()[2], &deleted.memtable.chunks()[2]));
+    assert_eq!(deleted.len(), 899);
+    assert_eq!(after.len(), 900);
+    db.flush().unwrap();
+    drop(db);
+    assert_eq!(Db::open(dir.path(), DbOptions::default()).unwrap().len(), 899);
+}

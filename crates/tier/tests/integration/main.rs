@@ -7,6 +7,7 @@ mod db;
 mod faults;
 mod hot;
 mod lock;
+mod scale;
 mod segment;
 mod wal;
 mod warm;
