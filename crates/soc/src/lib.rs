@@ -1,6 +1,36 @@
-//! m2m-soc: the science of the training data lake (built by the SOC issue).
+//! m2m-soc: the science of the training data lake: the splat energy, concentrations learned from data,
+//! a self-organised-criticality controller that turns use and energy into importance weights, an
+//! importance sampler with unbiased weights, and Langevin dynamics on the sphere that generate new
+//! samples from the splats' energy.
 //!
-//! It will own the splat energy E(x) = -log sum_i alpha_i exp(-kappa_i |x - mu_i|^2) and its gradient,
-//! concentrations estimated from data, the self-organised-criticality controller (a sandpile over the
-//! index's cluster graph) that drives importance sampling, and Langevin dynamics on the sphere. Nothing is
-//! implemented yet.
+//! * [`energy`]: E(x) = -log sum_i alpha_i exp(-kappa_i |x - mu_i|^2), the original project's formula
+//!   (on the unit sphere, a von Mises-Fisher mixture), exact with log-sum-exp, and its gradient.
+//! * [`langevin`]: overdamped and underdamped Langevin steps on the sphere against the splats each chain
+//!   is routed to. Routing is the speed-up: the sum runs over the members of the few clusters the index
+//!   sends a point to (a "mixture of experts"), not over every splat. Terms of far splats are smaller than
+//!   those of the routed ones by factors of e^{-2 kappa (s_near - s_far)}, so the truncation changes E and
+//!   its gradient little where routing finds the nearest clusters; the exact sum ([`energy::energy`])
+//!   stays for tests and for small sets.
+//! * [`kappa`]: kappa per splat from the mean resultant length of its nearest neighbours (the vMF
+//!   estimate of Banerjee et al.), on a sphere of the data's intrinsic dimension, clipped to [1, 50].
+//!   Alpha stays 1 at ingest: every splat is one sample of the data's density (a kernel density estimate),
+//!   and the controller below, not alpha, steers sampling by use.
+//! * [`soc`]: the sandpile over the index's cluster graph, its avalanches, and the importance weights it
+//!   sets (high load and high kappa sampled more, with a floor).
+//! * [`sampler`]: alias-table draws, epochs with weights 1 / (N p_i), and an every-row-once option.
+//!
+//! Everything random takes a seed and is deterministic for it, whatever the number of threads.
+
+pub mod energy;
+mod error;
+pub mod kappa;
+pub mod langevin;
+pub mod sampler;
+pub mod soc;
+
+pub use energy::Splats;
+pub use error::{Error, Result};
+pub use kappa::{KappaConfig, KappaDimension, KappaEstimate, estimate_kappa};
+pub use langevin::{Dynamics, Group, LangevinConfig, Noise};
+pub use sampler::{AliasTable, EpochPlan, ImportanceSampler, SamplerConfig};
+pub use soc::{Sandpile, SiteGraph, SocConfig};

@@ -1,0 +1,318 @@
+//! The self-organised-criticality controller: a sandpile over a graph of sites (the index's fine
+//! clusters, linked to their nearest clusters) whose loads set importance weights.
+//!
+//! Each site i holds a load z_i and a threshold theta_i = deg(i) (as in the Bak-Tang-Wiesenfeld model).
+//! Load arrives with use (a retrieval hit or a drawn sample adds one grain to its site) and with energy
+//! (a site of high energy, which the model explains badly, is driven harder). A site whose load reaches
+//! its threshold topples: it loses theta_i and each neighbour receives (1 - dissipation) grains; the
+//! neighbours may topple in turn, and so on: an avalanche, whose size (the number of topplings) is
+//! recorded. With slow driving and a small dissipation the pile organises itself to the critical state,
+//! where avalanche sizes follow a power law (tested: the log-log slope of their distribution); a large
+//! dissipation makes them short and exponentially rare (also tested).
+//!
+//! Importance: a site's weight is 1 + z_i / theta_i + activity_i, where activity counts recent
+//! topplings (decayed by [`Sandpile::tick`]); a splat's weight is its site's weight times kappa^power
+//! (high kappa and high load are sampled more), and [`Sandpile::splat_probabilities`] mixes in a uniform
+//! floor so that nothing starves.
+
+use m2m_index::kernels;
+
+use crate::error::{check_len, check_setting, check_values};
+use crate::{Error, Result};
+
+/// An undirected graph of sites in compressed rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteGraph {
+    offsets: Vec<u32>,
+    neighbours: Vec<u32>,
+}
+
+impl SiteGraph {
+    /// The graph of `n` sites with these undirected edges (self-loops and repeats dropped).
+    pub fn from_edges(n: usize, edges: &[(u32, u32)]) -> Result<SiteGraph> {
+        if n == 0 {
+            return Err(Error::Empty { what: "sites" });
+        }
+        let mut adj: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (index, &(a, b)) in edges.iter().enumerate() {
+            if a as usize >= n || b as usize >= n {
+                return Err(Error::Invalid { what: "edge", index, value: f64::from(a.max(b)), reason: "not a site" });
+            }
+            if a != b {
+                adj[a as usize].push(b);
+                adj[b as usize].push(a);
+            }
+        }
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut neighbours = Vec::new();
+        offsets.push(0);
+        for mut list in adj {
+            list.sort_unstable();
+            list.dedup();
+            neighbours.extend(list);
+            offsets.push(neighbours.len() as u32);
+        }
+        Ok(SiteGraph { offsets, neighbours })
+    }
+
+    /// Each of the `points` (row-major, `dim` wide, e.g. the index's fine centroids) linked to its `k`
+    /// most similar others by inner product, made undirected.
+    pub fn knn(points: &[f32], dim: usize, k: usize) -> Result<SiteGraph> {
+        if dim == 0 || points.is_empty() {
+            return Err(Error::Empty { what: "points" });
+        }
+        let n = points.len() / dim;
+        check_len("points", points.len(), n * dim)?;
+        check_values("points", points, false)?;
+        let mut edges = Vec::with_capacity(n * k);
+        let mut scores = vec![0f32; n];
+        let mut order: Vec<u32> = Vec::with_capacity(n);
+        for (i, p) in points.chunks_exact(dim).enumerate() {
+            kernels::dots(p, points, &mut scores);
+            order.clear();
+            order.extend((0..n as u32).filter(|&j| j as usize != i));
+            let k = k.min(order.len());
+            if k > 0 {
+                order.select_nth_unstable_by(k - 1, |&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
+                edges.extend(order[..k].iter().map(|&j| (i as u32, j)));
+            }
+        }
+        SiteGraph::from_edges(n, &edges)
+    }
+
+    /// Number of sites.
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Always false: a graph has at least one site.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The neighbours of site `i`.
+    pub fn neighbours(&self, i: usize) -> &[u32] {
+        &self.neighbours[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+}
+
+/// Settings of the controller.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SocConfig {
+    /// Fraction of each toppled grain lost instead of passed on, in (0, 1) (default 0.02: near critical).
+    pub dissipation: f64,
+    /// Grains added per unit of (normalised) energy by [`Sandpile::drive_energy`] (default 1).
+    pub energy_gain: f64,
+    /// Factor applied to the activity counters by [`Sandpile::tick`] (default 0.9).
+    pub activity_decay: f64,
+    /// Exponent of kappa in a splat's weight (default 1).
+    pub kappa_power: f64,
+    /// Share of the probability spread uniformly over all splats, in [0, 1] (default 0.1).
+    pub floor: f64,
+}
+
+impl Default for SocConfig {
+    fn default() -> Self {
+        SocConfig { dissipation: 0.02, energy_gain: 1.0, activity_decay: 0.9, kappa_power: 1.0, floor: 0.1 }
+    }
+}
+
+impl SocConfig {
+    /// Refuses values outside their ranges.
+    pub fn validate(&self) -> Result<()> {
+        check_setting("dissipation", self.dissipation, 1e-9, 1.0 - 1e-9)?;
+        check_setting("energy_gain", self.energy_gain, 0.0, 1e9)?;
+        check_setting("activity_decay", self.activity_decay, 0.0, 1.0)?;
+        check_setting("kappa_power", self.kappa_power, 0.0, 16.0)?;
+        check_setting("floor", self.floor, 0.0, 1.0)
+    }
+}
+
+/// The sandpile and its statistics.
+#[derive(Clone, Debug)]
+pub struct Sandpile {
+    graph: SiteGraph,
+    config: SocConfig,
+    load: Vec<f64>,
+    threshold: Vec<f64>,
+    activity: Vec<f64>,
+    avalanches: Vec<u32>,
+    stack: Vec<u32>,
+    grains_in: f64,
+}
+
+impl Sandpile {
+    /// An empty pile over `graph`.
+    pub fn new(graph: SiteGraph, config: SocConfig) -> Result<Sandpile> {
+        config.validate()?;
+        let n = graph.len();
+        // An isolated site keeps a threshold of 1 and loses its grains when it topples.
+        let threshold = (0..n).map(|i| graph.neighbours(i).len().max(1) as f64).collect();
+        Ok(Sandpile {
+            graph,
+            config,
+            load: vec![0.0; n],
+            threshold,
+            activity: vec![0.0; n],
+            avalanches: Vec::new(),
+            stack: Vec::new(),
+            grains_in: 0.0,
+        })
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &SiteGraph {
+        &self.graph
+    }
+
+    /// Adds `grains` to `site` and relaxes the pile; returns the avalanche's size (topplings), which is
+    /// also recorded. Sizes of 0 (no toppling) are not recorded.
+    pub fn drive(&mut self, site: usize, grains: f64) -> Result<u32> {
+        if site >= self.load.len() {
+            return Err(Error::Invalid { what: "site", index: site, value: site as f64, reason: "not a site" });
+        }
+        if !(grains.is_finite() && grains >= 0.0) {
+            return Err(Error::Invalid { what: "grains", index: site, value: grains, reason: "must be finite and >= 0" });
+        }
+        self.grains_in += grains;
+        self.load[site] += grains;
+        let size = self.relax(site);
+        if size > 0 {
+            self.avalanches.push(size);
+        }
+        Ok(size)
+    }
+
+    /// One grain per use of a site (retrieval hits, samples drawn); returns the topplings caused.
+    pub fn record_use(&mut self, sites: &[u32]) -> Result<u64> {
+        sites.iter().try_fold(0u64, |acc, &s| Ok(acc + u64::from(self.drive(s as usize, 1.0)?)))
+    }
+
+    /// Drives every site with `energy_gain` grains per unit of its energy above the mean, in units of
+    /// the energies' standard deviation (so the scale of E does not matter); returns the topplings.
+    pub fn drive_energy(&mut self, energies: &[f64]) -> Result<u64> {
+        check_len("energies", energies.len(), self.load.len())?;
+        if let Some(index) = energies.iter().position(|e| !e.is_finite()) {
+            return Err(Error::Invalid { what: "energy", index, value: energies[index], reason: "must be finite" });
+        }
+        let n = energies.len() as f64;
+        let mean = energies.iter().sum::<f64>() / n;
+        let sd = (energies.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-12);
+        let mut total = 0u64;
+        for (i, e) in energies.iter().enumerate() {
+            let grains = self.config.energy_gain * ((e - mean) / sd).max(0.0);
+            total += u64::from(self.drive(i, grains)?);
+        }
+        Ok(total)
+    }
+
+    fn relax(&mut self, start: usize) -> u32 {
+        let mut size = 0u32;
+        self.stack.clear();
+        if self.load[start] >= self.threshold[start] {
+            self.stack.push(start as u32);
+        }
+        let pass = 1.0 - self.config.dissipation;
+        while let Some(i) = self.stack.pop() {
+            let i = i as usize;
+            while self.load[i] >= self.threshold[i] {
+                self.load[i] -= self.threshold[i];
+                self.activity[i] += 1.0;
+                size = size.saturating_add(1);
+                for &j in self.graph.neighbours(i) {
+                    let j = j as usize;
+                    let was_below = self.load[j] < self.threshold[j];
+                    self.load[j] += pass;
+                    if was_below && self.load[j] >= self.threshold[j] {
+                        self.stack.push(j as u32);
+                    }
+                }
+            }
+        }
+        size
+    }
+
+    /// Ages the activity counters (call once per epoch or batch of queries).
+    pub fn tick(&mut self) {
+        let decay = self.config.activity_decay;
+        self.activity.iter_mut().for_each(|a| *a *= decay);
+    }
+
+    /// The sizes of every avalanche so far, in order.
+    pub fn avalanches(&self) -> &[u32] {
+        &self.avalanches
+    }
+
+    /// The loads.
+    pub fn loads(&self) -> &[f64] {
+        &self.load
+    }
+
+    /// Grains added so far.
+    pub fn grains_in(&self) -> f64 {
+        self.grains_in
+    }
+
+    /// Each site's weight: 1 + load / threshold + activity.
+    pub fn site_weights(&self) -> Vec<f64> {
+        (0..self.load.len()).map(|i| 1.0 + self.load[i] / self.threshold[i] + self.activity[i]).collect()
+    }
+
+    /// Sampling probabilities of splats: splat r (at site `site_of[r]`, concentration `kappa[r]`) gets
+    /// (1 - floor) site_weight * kappa^power / sum + floor / N.
+    pub fn splat_probabilities(&self, site_of: &[u32], kappa: &[f32]) -> Result<Vec<f64>> {
+        check_len("kappa", kappa.len(), site_of.len())?;
+        if site_of.is_empty() {
+            return Err(Error::Empty { what: "splats" });
+        }
+        check_values("kappa", kappa, true)?;
+        if let Some(index) = site_of.iter().position(|&s| s as usize >= self.load.len()) {
+            return Err(Error::Invalid { what: "site_of", index, value: f64::from(site_of[index]), reason: "not a site" });
+        }
+        let sites = self.site_weights();
+        let raw: Vec<f64> = site_of
+            .iter()
+            .zip(kappa)
+            .map(|(&s, &k)| sites[s as usize] * f64::from(k).powf(self.config.kappa_power))
+            .collect();
+        let total: f64 = raw.iter().sum();
+        let n = raw.len() as f64;
+        let floor = self.config.floor;
+        Ok(raw.iter().map(|w| (1.0 - floor) * w / total + floor / n).collect())
+    }
+}
+
+/// Least-squares slope of log(frequency) against log(size) over logarithmic bins of `sizes` between
+/// `lo` and `hi` (frequencies per unit size, so bins of different widths compare). `None` with fewer
+/// than three non-empty bins.
+pub fn power_law_slope(sizes: &[u32], lo: u32, hi: u32) -> Option<f64> {
+    let edges: Vec<f64> = {
+        let mut e = vec![f64::from(lo.max(1))];
+        while *e.last()? < f64::from(hi) {
+            let next = (e.last()? * 1.5).ceil().max(e.last()? + 1.0);
+            e.push(next);
+        }
+        e
+    };
+    let mut counts = vec![0u64; edges.len() - 1];
+    for &s in sizes {
+        let s = f64::from(s);
+        if let Some(b) = edges.windows(2).position(|w| s >= w[0] && s < w[1]) {
+            counts[b] += 1;
+        }
+    }
+    let points: Vec<(f64, f64)> = edges
+        .windows(2)
+        .zip(&counts)
+        .filter(|(_, c)| **c > 0)
+        .map(|(w, &c)| (((w[0] * (w[1] - 1.0)).sqrt()).ln(), (c as f64 / (w[1] - w[0])).ln()))
+        .collect();
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    Some(sxy / sxx)
+}

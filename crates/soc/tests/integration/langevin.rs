@@ -1,0 +1,180 @@
+//! Langevin dynamics: the stationary law of a single splat is the von Mises-Fisher law of concentration
+//! 2 kappa / T; a two-splat mixture is visited in proportion to its weights; one step equals the exact
+//! formula; runs are deterministic whatever the number of threads.
+
+use m2m_soc::energy::energy_grad;
+use m2m_soc::kappa::vmf_mean_resultant;
+use m2m_soc::langevin::{Group, overdamped_step, run, uniform_on_sphere};
+use m2m_soc::{Dynamics, Error, LangevinConfig, Noise, Splats};
+
+fn axis(dim: usize, k: usize) -> Vec<f32> {
+    let mut v = vec![0f32; dim];
+    v[k] = 1.0;
+    v
+}
+
+/// Mean over chains of x . mu after the run.
+fn mean_cos(x: &[f32], mu: &[f32]) -> f64 {
+    let dim = mu.len();
+    let n = x.len() / dim;
+    x.chunks_exact(dim).map(|r| r.iter().zip(mu).map(|(a, b)| f64::from(a * b)).sum::<f64>()).sum::<f64>() / n as f64
+}
+
+fn single_splat(dim: usize, kappa: f32, config: LangevinConfig, chains: usize, seed: u64) -> f64 {
+    let mu = axis(dim, 0);
+    let (k, a) = ([kappa], [1.0f32]);
+    let s = Splats::new(dim, &mu, &k, &a).unwrap();
+    let mut x = uniform_on_sphere(chains, dim, seed);
+    run(&config, &mut [Group { x: &mut x, splats: s }], seed).unwrap();
+    mean_cos(&x, &mu)
+}
+
+#[test]
+fn a_single_splat_is_sampled_as_its_von_mises_fisher_law() {
+    // exp(-E / T) for one splat is a vMF of concentration 2 kappa / T: its mean resultant length is
+    // A_p(2 kappa / T). Tolerance 0.015 (sampling error about 0.002 with these chains; O(dt) bias).
+    for (dim, kappa, t, noise) in [
+        (3usize, 5.0f32, 1.0f32, Noise::Gaussian),
+        (16, 10.0, 1.0, Noise::Gaussian),
+        (16, 10.0, 2.0, Noise::Gaussian),
+        (16, 10.0, 1.0, Noise::Rademacher),
+    ] {
+        let config = LangevinConfig { steps: 3000, temperature: t, noise, ..LangevinConfig::default() };
+        let got = single_splat(dim, kappa, config, 2000, 11);
+        let want = vmf_mean_resultant(dim as f64, f64::from(2.0 * kappa / t));
+        assert!((got - want).abs() < 0.015, "d {dim}, kappa {kappa}, T {t}, {noise:?}: {got} vs {want}");
+    }
+    // Underdamped, friction 2 (the default 0.1 mixes too slowly for a short test; the law is the same).
+    let config = LangevinConfig {
+        steps: 6000,
+        dt: 2e-3,
+        gamma: 2.0,
+        dynamics: Dynamics::Underdamped,
+        ..LangevinConfig::default()
+    };
+    let got = single_splat(16, 10.0, config, 2000, 12);
+    let want = vmf_mean_resultant(16.0, 20.0);
+    assert!((got - want).abs() < 0.02, "underdamped: {got} vs {want}");
+}
+
+#[test]
+fn a_two_splat_mixture_is_visited_in_proportion_to_its_weights() {
+    // mu_1 and mu_2 orthogonal in R^3, kappa 3 each, alpha 0.7 and 0.3, T = 1: exp(-E) is exactly the
+    // mixture. The expected share of points nearer mu_1 comes from a Fibonacci-lattice quadrature of the
+    // density over the sphere (200,000 points). Tolerance 0.03.
+    let dim = 3;
+    let mu = [axis(dim, 0), axis(dim, 1)].concat();
+    let (kappa, alpha) = ([3.0f32, 3.0], [0.7f32, 0.3]);
+    let s = Splats::new(dim, &mu, &kappa, &alpha).unwrap();
+    let density = |p: [f64; 3]| {
+        (0..2)
+            .map(|i| {
+                let d2: f64 = (0..3).map(|j| (p[j] - f64::from(mu[i * 3 + j])).powi(2)).sum();
+                f64::from(alpha[i]) * (-f64::from(kappa[i]) * d2).exp()
+            })
+            .sum::<f64>()
+    };
+    let n = 200_000;
+    let golden = std::f64::consts::PI * (3.0 - 5f64.sqrt());
+    let (mut near1, mut total) = (0.0, 0.0);
+    for i in 0..n {
+        let z = 1.0 - 2.0 * (i as f64 + 0.5) / n as f64;
+        let r = (1.0 - z * z).sqrt();
+        let p = [r * (golden * i as f64).cos(), r * (golden * i as f64).sin(), z];
+        let w = density(p);
+        total += w;
+        if p[0] > p[1] {
+            near1 += w;
+        }
+    }
+    let want = near1 / total;
+
+    let mut x = uniform_on_sphere(2000, dim, 5);
+    let config = LangevinConfig { steps: 2000, dt: 5e-3, ..LangevinConfig::default() };
+    let mut share = 0.0;
+    // Average over snapshots after a burn-in of 2,000 steps (10 time units, several crossings per chain).
+    for round in 0..6 {
+        run(&config, &mut [Group { x: &mut x, splats: s }], 100 + round).unwrap();
+        if round >= 1 {
+            share += x.chunks_exact(3).filter(|r| r[0] > r[1]).count() as f64 / 2000.0 / 5.0;
+        }
+    }
+    assert!((share - want).abs() < 0.03, "share near mu_1: {share} vs {want}");
+    assert!(want > 0.65 && want < 0.75, "quadrature {want}");
+}
+
+#[test]
+fn one_step_equals_the_exact_formula() {
+    // The batched kernel (two matrix products, f32) against x' = normalise(x - dt P grad E + sqrt(2 dt T)
+    // P xi) with the exact f64 gradient. Tolerance 1e-4 per coordinate.
+    let dim = 32;
+    let mut r = crate::rng(3);
+    let mu: Vec<f32> = (0..40).flat_map(|_| crate::unit(&mut r, dim)).collect();
+    let kappa: Vec<f32> = (0..40).map(|i| 0.5 + (i % 7) as f32).collect();
+    let alpha: Vec<f32> = (0..40).map(|i| 0.2 + (i % 3) as f32).collect();
+    let s = Splats::new(dim, &mu, &kappa, &alpha).unwrap();
+    let x0: Vec<f32> = (0..9).flat_map(|_| crate::unit(&mut r, dim)).collect();
+    let xi: Vec<f32> = (0..9 * dim).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+    let config = LangevinConfig { dt: 0.01, temperature: 0.5, ..LangevinConfig::default() };
+    let mut x = x0.clone();
+    overdamped_step(&config, &mut x, &s, &xi).unwrap();
+    for c in 0..9 {
+        let p = &x0[c * dim..(c + 1) * dim];
+        let noise = &xi[c * dim..(c + 1) * dim];
+        let mut g = vec![0f64; dim];
+        energy_grad(p, &s, &mut g).unwrap();
+        let gx: f64 = g.iter().zip(p).map(|(a, b)| a * f64::from(*b)).sum();
+        let nx: f64 = noise.iter().zip(p).map(|(a, b)| f64::from(a * b)).sum();
+        let (dt, t) = (f64::from(config.dt), f64::from(config.temperature));
+        let mut next: Vec<f64> = (0..dim)
+            .map(|j| {
+                let pj = f64::from(p[j]);
+                pj - dt * (g[j] - gx * pj) + (2.0 * dt * t).sqrt() * (f64::from(noise[j]) - nx * pj)
+            })
+            .collect();
+        let norm = next.iter().map(|v| v * v).sum::<f64>().sqrt();
+        next.iter_mut().for_each(|v| *v /= norm);
+        for j in 0..dim {
+            assert!((f64::from(x[c * dim + j]) - next[j]).abs() < 1e-4, "chain {c} coordinate {j}");
+        }
+    }
+}
+
+#[test]
+fn runs_are_deterministic_whatever_the_thread_count() {
+    let dim = 24;
+    let mut r = crate::rng(9);
+    let mu: Vec<f32> = (0..64).flat_map(|_| crate::unit(&mut r, dim)).collect();
+    let (kappa, alpha) = (vec![4.0f32; 64], vec![1.0f32; 64]);
+    let s = Splats::new(dim, &mu, &kappa, &alpha).unwrap();
+    let start = uniform_on_sphere(300, dim, 1);
+    let config = LangevinConfig { steps: 50, ..LangevinConfig::default() };
+    let go = |threads: usize, seed: u64| {
+        let mut x = start.clone();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| run(&config, &mut [Group { x: &mut x, splats: s }], seed)).unwrap();
+        x
+    };
+    let one = go(1, 42);
+    assert_eq!(one, go(2, 42));
+    assert_ne!(one, go(2, 43));
+    assert!(one.chunks_exact(dim).all(|r| (r.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-5));
+}
+
+#[test]
+fn bad_chains_and_settings_are_refused() {
+    let mu = axis(3, 0);
+    let (k, a) = ([1.0f32], [1.0f32]);
+    let s = Splats::new(3, &mu, &k, &a).unwrap();
+    let mut off = vec![2.0f32, 0.0, 0.0];
+    let r = run(&LangevinConfig::default(), &mut [Group { x: &mut off, splats: s }], 0);
+    assert!(matches!(r, Err(Error::Invalid { what: "chain norm^2", .. })), "{r:?}");
+    let mut ragged = vec![1.0f32, 0.0, 0.0, 1.0];
+    assert!(matches!(run(&LangevinConfig::default(), &mut [Group { x: &mut ragged, splats: s }], 0), Err(Error::Length { .. })));
+    let mut x = axis(3, 1);
+    let zero_dt = LangevinConfig { dt: 0.0, ..LangevinConfig::default() };
+    assert!(matches!(run(&zero_dt, &mut [Group { x: &mut x, splats: s }], 0), Err(Error::Invalid { what: "dt", .. })));
+    let hot = LangevinConfig { temperature: f32::NAN, ..LangevinConfig::default() };
+    assert!(matches!(run(&hot, &mut [Group { x: &mut x, splats: s }], 0), Err(Error::Invalid { what: "temperature", .. })));
+    assert_eq!(x, axis(3, 1), "a refused run leaves the chains as they were");
+}
