@@ -97,7 +97,7 @@ pub fn vmf_mean_resultant(p: f64, kappa: f64) -> f64 {
     let (mut f, mut c, mut d) = (tiny, tiny, 0.0f64);
     for m in 1..100_000 {
         let b = 2.0 * (nu + m as f64) / kappa;
-        d = b + d;
+        d += b;
         d = if d.abs() < tiny { tiny } else { 1.0 / d };
         c = b + 1.0 / c;
         c = if c.abs() < tiny { tiny } else { c };
@@ -138,7 +138,12 @@ pub fn kappa_from_neighbours(
         return Err(Error::Empty { what: "neighbours" });
     }
     if let Some(index) = neighbours.iter().position(|&j| j as usize >= n) {
-        return Err(Error::Invalid { what: "neighbour", index, value: f64::from(neighbours[index]), reason: "not a row" });
+        return Err(Error::Invalid {
+            what: "neighbour",
+            index,
+            value: f64::from(neighbours[index]),
+            reason: "not a row",
+        });
     }
     let row = |i: usize| &mu[i * dim..(i + 1) * dim];
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum::<f64>();

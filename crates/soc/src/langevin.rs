@@ -89,7 +89,12 @@ impl LangevinConfig {
     /// Refuses a step size outside (0, 1], a negative or non-finite friction or temperature.
     pub fn validate(&self) -> Result<()> {
         if !(self.dt > 0.0 && self.dt <= 1.0) {
-            return Err(Error::Invalid { what: "dt", index: 0, value: f64::from(self.dt), reason: "must be in (0, 1]" });
+            return Err(Error::Invalid {
+                what: "dt",
+                index: 0,
+                value: f64::from(self.dt),
+                reason: "must be in (0, 1]",
+            });
         }
         check_setting("gamma", f64::from(self.gamma), 0.0, 1e6)?;
         check_setting("temperature", f64::from(self.temperature), 0.0, 1e6)
@@ -122,9 +127,17 @@ pub fn run(config: &LangevinConfig, groups: &mut [Group<'_>], seed: u64) -> Resu
         }
         check_values("chains", g.x, false)?;
         if let Some((i, n)) =
-            g.x.chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum::<f32>()).enumerate().find(|(_, n)| (n - 1.0).abs() > 1e-3)
+            g.x.chunks_exact(dim)
+                .map(|r| r.iter().map(|v| v * v).sum::<f32>())
+                .enumerate()
+                .find(|(_, n)| (n - 1.0).abs() > 1e-3)
         {
-            return Err(Error::Invalid { what: "chain norm^2", index: i, value: f64::from(n), reason: "chains must be unit vectors" });
+            return Err(Error::Invalid {
+                what: "chain norm^2",
+                index: i,
+                value: f64::from(n),
+                reason: "chains must be unit vectors",
+            });
         }
     }
     let mut tasks: Vec<(u64, u64, &mut [f32], Splats<'_>)> = Vec::new();

@@ -38,7 +38,12 @@ impl AliasTable {
             return Err(Error::Invalid { what: "weights", index: 0, value: n as f64, reason: "too many" });
         }
         if let Some(index) = weights.iter().position(|w| !(w.is_finite() && *w >= 0.0)) {
-            return Err(Error::Invalid { what: "weight", index, value: weights[index], reason: "must be finite and >= 0" });
+            return Err(Error::Invalid {
+                what: "weight",
+                index,
+                value: weights[index],
+                reason: "must be finite and >= 0",
+            });
         }
         let total: f64 = weights.iter().sum();
         if total <= 0.0 {
@@ -98,8 +103,8 @@ fn threshold(q: f64) -> u32 {
     (q.clamp(0.0, 1.0) * 4_294_967_296.0).min(4_294_967_295.0) as u32
 }
 
-/// Settings of an [`ImportanceSampler`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Settings of an [`ImportanceSampler`] (default: one draw per row, no cover, seed 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SamplerConfig {
     /// Draws per epoch; `None` means one per row (N), or 2N with `cover`.
     pub epoch_size: Option<usize>,
@@ -109,11 +114,6 @@ pub struct SamplerConfig {
     pub seed: u64,
 }
 
-impl Default for SamplerConfig {
-    fn default() -> Self {
-        SamplerConfig { epoch_size: None, cover: false, seed: 0 }
-    }
-}
 
 /// One epoch: rows to visit, in order, with their importance weights.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -178,7 +178,8 @@ impl ImportanceSampler {
         let weights = rows
             .iter()
             .map(|&r| {
-                let expected = if self.config.cover { 1.0 + extra as f64 * p[r as usize] } else { m as f64 * p[r as usize] };
+                let expected =
+                    if self.config.cover { 1.0 + extra as f64 * p[r as usize] } else { m as f64 * p[r as usize] };
                 (m as f64 / (n as f64 * expected)) as f32
             })
             .collect();

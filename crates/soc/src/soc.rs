@@ -172,7 +172,12 @@ impl Sandpile {
             return Err(Error::Invalid { what: "site", index: site, value: site as f64, reason: "not a site" });
         }
         if !(grains.is_finite() && grains >= 0.0) {
-            return Err(Error::Invalid { what: "grains", index: site, value: grains, reason: "must be finite and >= 0" });
+            return Err(Error::Invalid {
+                what: "grains",
+                index: site,
+                value: grains,
+                reason: "must be finite and >= 0",
+            });
         }
         self.grains_in += grains;
         self.load[site] += grains;
@@ -267,7 +272,12 @@ impl Sandpile {
         }
         check_values("kappa", kappa, true)?;
         if let Some(index) = site_of.iter().position(|&s| s as usize >= self.load.len()) {
-            return Err(Error::Invalid { what: "site_of", index, value: f64::from(site_of[index]), reason: "not a site" });
+            return Err(Error::Invalid {
+                what: "site_of",
+                index,
+                value: f64::from(site_of[index]),
+                reason: "not a site",
+            });
         }
         let sites = self.site_weights();
         let raw: Vec<f64> = site_of

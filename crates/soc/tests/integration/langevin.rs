@@ -170,11 +170,17 @@ fn bad_chains_and_settings_are_refused() {
     let r = run(&LangevinConfig::default(), &mut [Group { x: &mut off, splats: s }], 0);
     assert!(matches!(r, Err(Error::Invalid { what: "chain norm^2", .. })), "{r:?}");
     let mut ragged = vec![1.0f32, 0.0, 0.0, 1.0];
-    assert!(matches!(run(&LangevinConfig::default(), &mut [Group { x: &mut ragged, splats: s }], 0), Err(Error::Length { .. })));
+    assert!(matches!(
+        run(&LangevinConfig::default(), &mut [Group { x: &mut ragged, splats: s }], 0),
+        Err(Error::Length { .. })
+    ));
     let mut x = axis(3, 1);
     let zero_dt = LangevinConfig { dt: 0.0, ..LangevinConfig::default() };
     assert!(matches!(run(&zero_dt, &mut [Group { x: &mut x, splats: s }], 0), Err(Error::Invalid { what: "dt", .. })));
     let hot = LangevinConfig { temperature: f32::NAN, ..LangevinConfig::default() };
-    assert!(matches!(run(&hot, &mut [Group { x: &mut x, splats: s }], 0), Err(Error::Invalid { what: "temperature", .. })));
+    assert!(matches!(
+        run(&hot, &mut [Group { x: &mut x, splats: s }], 0),
+        Err(Error::Invalid { what: "temperature", .. })
+    ));
     assert_eq!(x, axis(3, 1), "a refused run leaves the chains as they were");
 }
