@@ -7,7 +7,7 @@
 //!   and manifest decoders) for SECONDS each (default 20), installing cargo-fuzz when it is missing; CI
 //!   runs it for 15 seconds per target. cargo-fuzz's flags (`-Z sanitizer=address`) need a nightly
 //!   compiler, and this machine has only stable: `RUSTC_BOOTSTRAP=1` lets stable accept them.
-//! * `cargo xtask bench [tier|splat|kernels] [ARGS...]`: runs the criterion benchmarks (all, or one by
+//! * `cargo xtask bench [tier|splat|kernels|soc] [ARGS...]`: runs the criterion benchmarks (all, or one by
 //!   name); ARGS go to criterion (for example a benchmark name filter).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists every option).
@@ -180,7 +180,7 @@ fn bench(args: &[String]) -> Result<()> {
     }
     let mut cmd = vec!["bench", "--locked", "-p", "m2m-benches"];
     let mut args = args;
-    if let Some(name @ ("tier" | "splat" | "kernels")) = args.first().map(String::as_str) {
+    if let Some(name @ ("tier" | "splat" | "kernels" | "soc")) = args.first().map(String::as_str) {
         // One criterion benchmark by name: `cargo xtask bench tier`.
         cmd.extend(["--bench", name]);
         args = &args[1..];

@@ -371,8 +371,49 @@ pub fn bf16_dots_many_with(isa: Isa, queries: &[u16], rows: &[u16], stride: usiz
     }
 }
 
+/// Weighted sums of rows: `out[b] = sum_j coef[b * n + j] * rows[j]` for `n = rows.len() / dim` rows
+/// of `dim` values and `coef.len() / n` outputs (the product C R of a coefficient matrix and a row
+/// matrix). The AVX-512 version keeps 4 outputs x 64 values in registers and loads each row chunk once
+/// for the four; no horizontal sums. Langevin dynamics (m2m-soc) and centroid updates use it.
+///
+/// `rows.len()` must be a multiple of `dim`, `coef.len()` a multiple of `n` and `out.len()` at least
+/// `coef.len() / n * dim`; otherwise nothing is written.
+pub fn weighted_sums_with(isa: Isa, coef: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+    if dim == 0 || rows.is_empty() || !rows.len().is_multiple_of(dim) {
+        return;
+    }
+    let n = rows.len() / dim;
+    if !coef.len().is_multiple_of(n) || out.len() < coef.len() / n * dim {
+        return;
+    }
+    let out = &mut out[..coef.len() / n * dim];
+    match isa.checked() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx512 only on a CPU with AVX-512 F, BW and VNNI; shapes checked above.
+        Isa::Avx512 => unsafe { x86::weighted_sums_avx512(coef, rows, dim, out) },
+        _ => scalar::weighted_sums(coef, rows, dim, out),
+    }
+}
+
+/// [`weighted_sums_with`] on the best instruction set.
+#[inline]
+pub fn weighted_sums(coef: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+    weighted_sums_with(Isa::best(), coef, rows, dim, out)
+}
+
 mod scalar {
     use super::LANES;
+
+    /// Shapes checked by the caller (`weighted_sums_with`).
+    pub(super) fn weighted_sums(coef: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+        let n = rows.len() / dim;
+        for (c, o) in coef.chunks_exact(n).zip(out.chunks_exact_mut(dim)) {
+            o.fill(0.0);
+            for (&w, row) in c.iter().zip(rows.chunks_exact(dim)) {
+                o.iter_mut().zip(row).for_each(|(a, &r)| *a += w * r);
+            }
+        }
+    }
 
     pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
@@ -763,6 +804,72 @@ mod x86 {
     }
 
     /// # Safety
+    /// The CPU must support AVX-512 F; `rows.len() == n * dim`, `coef.len() == b * n` and
+    /// `out.len() == b * dim` for some b (checked by `weighted_sums_with`).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_sums_avx512(coef: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+        let n = rows.len() / dim;
+        let outputs = coef.len() / n;
+        let (pc, pr, po) = (coef.as_ptr(), rows.as_ptr(), out.as_mut_ptr());
+        let chunks = dim / 64 * 64;
+        let mut b = 0;
+        while b < outputs {
+            let m = (outputs - b).min(4);
+            // Four outputs (or the last one to three) x 64 values at a time.
+            let mut d = 0;
+            while d < chunks {
+                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                for j in 0..n {
+                    // SAFETY: row j's values d..d + 64 lie inside `rows` (d + 64 <= dim); coefficient
+                    // (b + t, j) lies inside `coef` for t < m (b + m <= outputs).
+                    unsafe {
+                        let r = [
+                            _mm512_loadu_ps(pr.add(j * dim + d)),
+                            _mm512_loadu_ps(pr.add(j * dim + d + 16)),
+                            _mm512_loadu_ps(pr.add(j * dim + d + 32)),
+                            _mm512_loadu_ps(pr.add(j * dim + d + 48)),
+                        ];
+                        for (t, a) in acc.iter_mut().enumerate().take(m) {
+                            let w = _mm512_set1_ps(*pc.add((b + t) * n + j));
+                            for (k, v) in a.iter_mut().enumerate() {
+                                *v = _mm512_fmadd_ps(w, r[k], *v);
+                            }
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate().take(m) {
+                    for (k, v) in a.iter().enumerate() {
+                        // SAFETY: output (b + t) values d + 16 k .. + 16 lie inside `out`.
+                        unsafe { _mm512_storeu_ps(po.add((b + t) * dim + d + 16 * k), *v) };
+                    }
+                }
+                d += 64;
+            }
+            // The last dim % 64 values, one lane group at a time with a mask.
+            while d < dim {
+                let lanes = (dim - d).min(16);
+                let mask: __mmask16 = if lanes == 16 { 0xFFFF } else { (1u16 << lanes) - 1 };
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for j in 0..n {
+                    // SAFETY: the mask keeps the load inside row j's values d..dim.
+                    unsafe {
+                        let r = _mm512_maskz_loadu_ps(mask, pr.add(j * dim + d));
+                        for (t, a) in acc.iter_mut().enumerate().take(m) {
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*pc.add((b + t) * n + j)), r, *a);
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate().take(m) {
+                    // SAFETY: the mask keeps the store inside output (b + t)'s values d..dim.
+                    unsafe { _mm512_mask_storeu_ps(po.add((b + t) * dim + d), mask, *a) };
+                }
+                d += lanes;
+            }
+            b += m;
+        }
+    }
+
+    /// # Safety
     /// The CPU must support AVX-512 F; `block.len() == 16 * query.len()`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dots_t16_avx512(query: &[f32], block: &[f32], out: &mut [f32; 16]) {
@@ -1136,6 +1243,28 @@ mod tests {
                     for r in 0..nr {
                         let (a, b) = (&qs[q * dim..][..dim], &rs[r * dim..][..dim]);
                         prop_assert!((f64::from(out[q * nr + r]) - dot_ref(a, b)).abs() <= tol(a, b), "{:?}", isa);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn weighted_sums_match_f64_on_every_isa(dim in 1usize..150, n in 1usize..9, b in 0usize..11, seed in any::<u64>()) {
+            use rand::{RngExt, SeedableRng, rngs::StdRng};
+            let mut rng = StdRng::seed_from_u64(seed);
+            let coef: Vec<f32> = (0..b * n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            let rows: Vec<f32> = (0..n * dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; b * dim];
+                weighted_sums_with(isa, &coef, &rows, dim, &mut out);
+                for o in 0..b {
+                    for d in 0..dim {
+                        let (want, mag) = (0..n).fold((0.0f64, 0.0f64), |(w, m), j| {
+                            let t = f64::from(coef[o * n + j]) * f64::from(rows[j * dim + d]);
+                            (w + t, m + t.abs())
+                        });
+                        let got = f64::from(out[o * dim + d]);
+                        prop_assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{:?} out ({}, {}): {} vs {}", isa, o, d, got, want);
                     }
                 }
             }

@@ -16,10 +16,10 @@
 //!
 //! The gradient runs over the splats a chain is routed to (a [`Splats`] per group of chains), and chains
 //! of a group are advanced together as two small matrix products per step: scores S = X M^T (chains x
-//! splats), then U = C M with C_ij = 2 kappa_j softmax_j(ln alpha_j - 2 kappa_j (1 - S_ij)). For unit x,
+//! splats), then U = C M (m2m-index's `weighted_sums`) with C_ij = 2 kappa_j softmax_j(ln alpha_j - 2 kappa_j (1 - S_ij)). For unit x,
 //! grad E = (sum_j C_ij) x - U_i, whose first term is radial, so P_x grad E = -(U_i - (U_i . x) x) and
-//! U_i . x = sum_j C_ij S_ij comes from the scores for free. Both products use m2m-index's blocked SIMD
-//! kernel.
+//! U_i . x = sum_j C_ij S_ij comes from the scores for free. Both products are register-blocked SIMD
+//! kernels of m2m-index.
 //!
 //! [`Noise::Rademacher`] replaces the Gaussian xi by independent +-1 signs: the same mean and covariance,
 //! so the scheme keeps weak order 1 (Kloeden and Platen's simplified weak Euler scheme) while drawing one
@@ -47,7 +47,7 @@ pub enum Dynamics {
 /// The random increments.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Noise {
-    /// Standard normal per coordinate (Ziggurat).
+    /// Standard normal per coordinate (vectorised Box-Muller, [`crate::normal`]).
     #[default]
     Gaussian,
     /// +-1 per coordinate (same first two moments; weak order 1).
@@ -165,7 +165,7 @@ fn mix(seed: u64, g: u64, b: u64) -> u64 {
 /// Working memory for one block of chains against one splat set.
 struct Kernel<'s> {
     splats: &'s Splats<'s>,
-    /// mu transposed: `dim` rows of `n` (for U = C M as a product against rows).
+    /// mu transposed: `dim` rows of `n`, so that the scores are weighted sums of its rows too.
     mu_t: Vec<f32>,
     ln_alpha: Vec<f32>,
     scores: Vec<f32>,
@@ -197,32 +197,28 @@ impl<'s> Kernel<'s> {
     /// U_i = sum_j C_ij mu_j and returns, per chain, sum_j C_ij S_ij (= U_i . x_i), in `dots`.
     fn drift(&mut self, x: &[f32], dots: &mut [f32]) {
         let (n, dim) = (self.splats.len(), self.splats.dim());
-        kernels::dots_many(x, self.splats.mu(), dim, &mut self.scores);
+        // S = X M^T as weighted sums of the rows of M^T: no horizontal sums in the inner loop.
+        kernels::weighted_sums(x, &self.mu_t, n, &mut self.scores);
         let kappa = self.splats.kappa();
         for ((s, c), ux) in self.scores.chunks_exact(n).zip(self.coef.chunks_exact_mut(n)).zip(dots.iter_mut()) {
-            let mut m = f32::NEG_INFINITY;
             for j in 0..n {
                 c[j] = self.ln_alpha[j] - 2.0 * kappa[j] * (1.0 - s[j]);
-                m = m.max(c[j]);
             }
-            let mut z = 0.0f32;
-            for v in c.iter_mut() {
-                *v = (*v - m).exp();
-                z += *v;
-            }
-            let mut dot = 0.0f32;
+            let m = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            c.iter_mut().for_each(|v| *v = exp_nonpositive(*v - m));
+            let z = lane_sum(c);
             for j in 0..n {
                 c[j] *= 2.0 * kappa[j] / z;
-                dot += c[j] * s[j];
             }
-            *ux = dot;
+            *ux = kernels::dot(c, s);
         }
-        kernels::dots_many(&self.coef, &self.mu_t, n, &mut self.u);
+        kernels::weighted_sums(&self.coef, self.splats.mu(), dim, &mut self.u);
     }
 
+    #[inline(always)]
     fn fill_noise(&mut self, noise: Noise, rng: &mut impl Rng) {
         match noise {
-            Noise::Gaussian => self.xi.iter_mut().for_each(|v| *v = rng.sample(StandardNormal)),
+            Noise::Gaussian => crate::normal::fill_normal_generic(rng, &mut self.xi),
             Noise::Rademacher => {
                 for chunk in self.xi.chunks_mut(64) {
                     let bits = rng.next_u64();
@@ -234,7 +230,37 @@ impl<'s> Kernel<'s> {
         }
     }
 
+    /// Runs the steps with the per-chain loops compiled for the best instruction set.
     fn run(&mut self, cfg: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
+        #[cfg(target_arch = "x86_64")]
+        match kernels::Isa::best() {
+            // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
+            kernels::Isa::Avx512 => return unsafe { self.run_avx512(cfg, x, rng) },
+            // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
+            kernels::Isa::Avx2 => return unsafe { self.run_avx2(cfg, x, rng) },
+            kernels::Isa::Scalar => {}
+        }
+        self.run_body(cfg, x, rng)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    unsafe fn run_avx512(&mut self, cfg: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
+        self.run_body(cfg, x, rng)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&mut self, cfg: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
+        self.run_body(cfg, x, rng)
+    }
+
+    #[inline(always)]
+    fn run_body(&mut self, cfg: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
         let dim = self.splats.dim();
         let chains = x.len() / dim;
         let eta = cfg.dt;
@@ -253,7 +279,7 @@ impl<'s> Kernel<'s> {
                 self.fill_noise(cfg.noise, rng);
                 let row = &mut x[i * dim..(i + 1) * dim];
                 let u = &self.u[i * dim..(i + 1) * dim];
-                let xi_dot: f32 = self.xi.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+                let xi_dot = kernels::dot(&self.xi, row);
                 // Tangent force f = P_x U = -P_x grad E, and tangent noise P_x xi.
                 let ux = dots[i];
                 match cfg.dynamics {
@@ -272,11 +298,11 @@ impl<'s> Kernel<'s> {
                         }
                     }
                 }
-                let inv = 1.0 / row.iter().map(|a| a * a).sum::<f32>().sqrt();
+                let inv = 1.0 / kernels::dot(row, row).sqrt();
                 row.iter_mut().for_each(|a| *a *= inv);
                 if cfg.dynamics == Dynamics::Underdamped {
                     let vi = &mut v[i * dim..(i + 1) * dim];
-                    let radial: f32 = vi.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+                    let radial = kernels::dot(vi, row);
                     vi.iter_mut().zip(row.iter()).for_each(|(a, b)| *a -= radial * b);
                 }
             }
@@ -299,12 +325,12 @@ pub fn overdamped_step(config: &LangevinConfig, x: &mut [f32], splats: &Splats<'
         let row = &mut x[i * dim..(i + 1) * dim];
         let noise = &xi[i * dim..(i + 1) * dim];
         let u = &k.u[i * dim..(i + 1) * dim];
-        let xi_dot: f32 = noise.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+        let xi_dot = kernels::dot(noise, row);
         for ((xv, &uv), &nv) in row.iter_mut().zip(u).zip(noise) {
             let x0 = *xv;
             *xv = x0 + config.dt * (uv - dots[i] * x0) + scale * (nv - xi_dot * x0);
         }
-        let inv = 1.0 / row.iter().map(|a| a * a).sum::<f32>().sqrt();
+        let inv = 1.0 / kernels::dot(row, row).sqrt();
         row.iter_mut().for_each(|a| *a *= inv);
     }
     Ok(())
@@ -326,4 +352,46 @@ pub fn uniform_on_sphere(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
         }
     }
     out
+}
+
+/// e^x for x <= 0 (0 below -87), to about 2 ulp: x = n ln 2 + r with |r| <= ln 2 / 2, a degree-6
+/// Taylor polynomial of e^r, and 2^n put into the exponent bits. Branch-free, so the softmax loop
+/// vectorises; libm's `expf` is a call per value.
+#[inline(always)]
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    // Round to nearest by adding and subtracting 1.5 * 2^23 (no call to `roundf`).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // ln 2 split in two so that n * ln 2 is exact enough.
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Sum in eight interleaved lanes (vectorises, unlike a sequential f32 sum).
+#[inline(always)]
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        acc.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_nonpositive;
+
+    #[test]
+    fn exp_matches_the_library_to_a_few_ulp() {
+        let mut x = 0.0f32;
+        while x > -90.0 {
+            let (got, want) = (f64::from(exp_nonpositive(x)), f64::from(x).exp());
+            let tol = if x < -87.0 { 2e-38 } else { 4e-7 * want };
+            assert!((got - want).abs() <= tol, "x {x}: {got} vs {want}");
+            x -= 0.0137;
+        }
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+    }
 }

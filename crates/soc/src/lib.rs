@@ -25,6 +25,7 @@ pub mod energy;
 mod error;
 pub mod kappa;
 pub mod langevin;
+pub mod normal;
 pub mod sampler;
 pub mod soc;
 

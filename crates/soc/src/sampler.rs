@@ -114,7 +114,6 @@ pub struct SamplerConfig {
     pub seed: u64,
 }
 
-
 /// One epoch: rows to visit, in order, with their importance weights.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EpochPlan {
