@@ -11,6 +11,8 @@
 //!   those of the routed ones by factors of e^{-2 kappa (s_near - s_far)}, so the truncation changes E and
 //!   its gradient little where routing finds the nearest clusters; the exact sum ([`energy::energy`])
 //!   stays for tests and for small sets.
+//! * [`router`]: which splats a point is routed to (its nearest fine clusters of an m2m-index index,
+//!   and of their members those with the largest terms), and the clusters' graph for the controller.
 //! * [`kappa`]: kappa per splat from the mean resultant length of its nearest neighbours (the vMF
 //!   estimate of Banerjee et al.), on a sphere of the data's intrinsic dimension, clipped to [1, 50].
 //!   Alpha stays 1 at ingest: every splat is one sample of the data's density (a kernel density estimate),
@@ -26,6 +28,7 @@ mod error;
 pub mod kappa;
 pub mod langevin;
 pub mod normal;
+pub mod router;
 pub mod sampler;
 pub mod soc;
 
@@ -33,5 +36,6 @@ pub use energy::Splats;
 pub use error::{Error, Result};
 pub use kappa::{KappaConfig, KappaDimension, KappaEstimate, estimate_kappa};
 pub use langevin::{Dynamics, Group, LangevinConfig, Noise};
+pub use router::{Routed, Router};
 pub use sampler::{AliasTable, EpochPlan, ImportanceSampler, SamplerConfig};
 pub use soc::{Sandpile, SiteGraph, SocConfig};

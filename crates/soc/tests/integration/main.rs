@@ -3,6 +3,7 @@
 mod energy;
 mod kappa;
 mod langevin;
+mod router;
 mod sampler;
 mod soc;
 
