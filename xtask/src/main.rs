@@ -2,7 +2,11 @@
 //!
 //! * `cargo xtask ci`: what CI runs (and `.ci/run` calls): installs missing toolchain components, then
 //!   checks formatting, runs clippy with warnings denied, runs every workspace test, and runs the README's
-//!   main command.
+//!   main command, then the Vulkan backend: it installs the Debian packages it needs when missing (as
+//!   root; otherwise it names them), merges shaderc's static archives (see `gpu.rs`), validates the
+//!   shaders, and runs clippy and the tests of m2m-gpu with its `vulkan` feature on Mesa's lavapipe.
+//! * `cargo xtask shaders`: compiles every shader of `shaders/` with glslangValidator and validates
+//!   the SPIR-V with spirv-val.
 //! * `cargo xtask fuzz [SECONDS]`: runs every cargo-fuzz target of `crates/tier/fuzz` (the log, segment
 //!   and manifest decoders) for SECONDS each (default 20), installing cargo-fuzz when it is missing; CI
 //!   runs it for 15 seconds per target. cargo-fuzz's flags (`-Z sanitizer=address`) need a nightly
@@ -21,6 +25,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod gpu;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
@@ -28,14 +34,18 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        Some("shaders") => {
+            gpu::ensure_packages()?;
+            gpu::check_shaders(&root)
+        }
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose().context("SECONDS must be a number")?),
         Some("-h" | "--help" | "help") | None => {
             println!(
-                "usage: cargo xtask <ci | fuzz [SECONDS] | bench [criterion args...] | bench search --base B --queries Q ...>"
+                "usage: cargo xtask <ci | shaders | fuzz [SECONDS] | bench [criterion args...] | bench search --base B --queries Q ...>"
             );
             Ok(())
         }
-        Some(other) => bail!("unknown task `{other}`; expected `ci`, `fuzz` or `bench`"),
+        Some(other) => bail!("unknown task `{other}`; expected `ci`, `shaders`, `fuzz` or `bench`"),
     }
 }
 
@@ -122,12 +132,35 @@ fn run_tests(args: &[&str]) -> Result<TestCounts> {
     Ok(counts)
 }
 
+/// Makes the Vulkan backend buildable: packages, and `SHADERC_LIB_DIR` for every cargo started later.
+fn setup_gpu() -> Result<()> {
+    gpu::ensure_packages()?;
+    let dir = gpu::shaderc_dir(&workspace_root())?;
+    // SAFETY: called from `main`'s thread before any other thread exists.
+    unsafe { std::env::set_var("SHADERC_LIB_DIR", &dir) };
+    Ok(())
+}
+
+/// The crates linted with the Vulkan backend, and the features that turn it on.
+const GPU_CLIPPY: [&str; 8] =
+    ["-p", "m2m-gpu", "-p", "m2m", "-p", "m2m-benches", "--features", "m2m-gpu/vulkan,m2m/gpu,m2m-benches/gpu"];
+
 fn ci() -> Result<()> {
     let start = Instant::now();
     ensure_components()?;
+    setup_gpu()?;
     run("cargo", &["fmt", "--all", "--", "--check"])?;
+    gpu::check_shaders(&workspace_root())?;
     run("cargo", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
-    let counts = run_tests(&["test", "--workspace", "--locked"])?;
+    let mut clippy_gpu = vec!["clippy", "--all-targets", "--locked"];
+    clippy_gpu.extend(GPU_CLIPPY);
+    clippy_gpu.extend(["--", "-D", "warnings"]);
+    run("cargo", &clippy_gpu)?;
+    let mut counts = run_tests(&["test", "--workspace", "--locked"])?;
+    // The GPU kernels against their CPU twins, on lavapipe (the tests fail if no device works).
+    let gpu_counts = run_tests(&["test", "--locked", "-p", "m2m-gpu", "--features", "vulkan"])?;
+    counts.passed += gpu_counts.passed;
+    counts.failed += gpu_counts.failed;
     // The README's main command, exactly as written there.
     run("cargo", &["run", "--release", "--locked", "--example", "quickstart"])?;
     fuzz(Some(15))?;
@@ -176,6 +209,16 @@ fn bench(args: &[String]) -> Result<()> {
         // The retrieval benchmark: a release binary, so that its figures are those of an optimised build.
         let mut cmd = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-search", "--"];
         cmd.extend(args[1..].iter().map(String::as_str));
+        return run("cargo", &cmd);
+    }
+    if args.first().map(String::as_str) == Some("gpu") {
+        // Each kernel on the device against its CPU twin (criterion), with the Vulkan backend built.
+        setup_gpu()?;
+        let mut cmd = vec!["bench", "--locked", "-p", "m2m-benches", "--features", "gpu", "--bench", "gpu"];
+        if args.len() > 1 {
+            cmd.push("--");
+            cmd.extend(args[1..].iter().map(String::as_str));
+        }
         return run("cargo", &cmd);
     }
     let mut cmd = vec!["bench", "--locked", "-p", "m2m-benches"];

@@ -1,8 +1,9 @@
 //! M2M: a vector search engine and training data lake over Gaussian splats.
 //!
 //! This facade wires the layer crates together and re-exports them; the logic lives in the layers. Today
-//! it exposes the splat layer ([`splat`], with its main types at the top level); retrieval, storage, the
-//! GPU backend and the training data lake join as their crates are built (see `ARCHITECTURE.md`).
+//! it exposes the splat layer ([`splat`], with its main types at the top level) and the GPU layer
+//! ([`gpu`]; its Vulkan backend behind this crate's `gpu` feature); retrieval, storage and the training
+//! data lake join as the facade issue wires them (see `ARCHITECTURE.md`).
 //!
 //! ```
 //! use m2m::{Batch, SplatSet};
@@ -12,6 +13,8 @@
 //! # Ok::<(), m2m::splat::Error>(())
 //! ```
 
+/// The GPU layer: Vulkan kernels (with the `gpu` feature) and their CPU twins, behind one `Compute`.
+pub use m2m_gpu as gpu;
 /// The splat layer: types, validation, vector files and the built-in data set.
 pub use m2m_splat as splat;
 pub use m2m_splat::{Batch, DigitsConfig, Metric, Splat, SplatId, SplatRef, SplatSet, digits_on_sphere};

@@ -1,0 +1,180 @@
+//! Every kernel against its CPU twin on random inputs (relative error <= 1e-5), the twins against
+//! independent references, and bad input. With the `vulkan` feature the GPU must be there (CI installs
+//! lavapipe); without it the GPU comparisons are not compiled.
+
+use m2m_gpu::{Backend, Compute, Direction, Error, MAX_K, Metric, SqCodes, cpu};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+fn data(seed: u64, n: usize) -> Vec<f32> {
+    let mut r = Xoshiro256PlusPlus::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+}
+
+fn unit_rows(seed: u64, rows: usize, dim: usize) -> Vec<f32> {
+    let mut v = data(seed, rows * dim);
+    for r in v.chunks_exact_mut(dim) {
+        let n = r.iter().map(|a| a * a).sum::<f32>().sqrt();
+        r.iter_mut().for_each(|a| *a /= n);
+    }
+    v
+}
+
+fn close(a: &[f32], b: &[f32], rel: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= rel * y.abs().max(1.0), "{what}[{i}]: {x} vs {y}");
+    }
+}
+
+#[cfg(feature = "vulkan")]
+fn gpu() -> Compute {
+    let c = Compute::new(Backend::Gpu).expect("a Vulkan device (install mesa-vulkan-drivers for lavapipe)");
+    assert!(c.is_gpu());
+    c
+}
+
+#[test]
+fn the_cpu_twins_match_f64_references() {
+    let (dim, b, n) = (37, 5, 60);
+    let (q, x) = (data(1, b * dim), data(2, n * dim));
+    for l2 in [false, true] {
+        let s = cpu::scores(&q, &x, dim, l2);
+        for i in 0..b {
+            for j in 0..n {
+                let want: f64 = (0..dim)
+                    .map(|k| {
+                        let (a, c) = (f64::from(q[i * dim + k]), f64::from(x[j * dim + k]));
+                        if l2 { (a - c) * (a - c) } else { a * c }
+                    })
+                    .sum();
+                assert!((f64::from(s[i * n + j]) - want).abs() < 1e-4, "l2 {l2}");
+            }
+        }
+        let dir = if l2 { Direction::Lower } else { Direction::Higher };
+        for (i, top) in cpu::top_k(&s, n, 7, dir).iter().enumerate() {
+            let mut row: Vec<(u32, f32)> = (0..n as u32).map(|j| (j, s[i * n + j as usize])).collect();
+            row.sort_by(|a, b| if l2 { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) });
+            assert_eq!(top, &row[..7].to_vec());
+        }
+    }
+    // Codes: the estimate is the inner product with the decoded rows.
+    let (rows, stride) = (9, 40);
+    let codes: Vec<u8> = (0..rows * stride).map(|i| (i * 37 % 256) as u8).collect();
+    let (lo, step) = (data(3, dim), data(4, dim).iter().map(|v| v.abs() / 100.0).collect::<Vec<_>>());
+    let sq = SqCodes { dim, rows, stride, codes: &codes, lo: &lo, step: &step };
+    let est = cpu::code_scores(&q[..dim], &sq);
+    for r in 0..rows {
+        let want: f64 = (0..dim)
+            .map(|j| f64::from(q[j]) * (f64::from(lo[j]) + f64::from(step[j]) * f64::from(codes[r * stride + j])))
+            .sum();
+        assert!((f64::from(est[r]) - want).abs() < 1e-4);
+    }
+    // The Langevin twin equals m2m-soc's step (same formula, different association of the sums).
+    let (dim, chains, ns) = (32, 6, 20);
+    let mu = unit_rows(5, ns, dim);
+    let kappa: Vec<f32> = (0..ns).map(|i| 0.5 + (i % 5) as f32).collect();
+    let alpha: Vec<f32> = (0..ns).map(|i| 0.3 + (i % 3) as f32).collect();
+    let x0 = unit_rows(6, chains, dim);
+    let xi = data(7, chains * dim);
+    let (dt, t) = (0.01f32, 0.5f32);
+    let mut a = x0.clone();
+    cpu::langevin_step(&mut a, &mu, &kappa, &alpha, &xi, dim, dt, (2.0 * dt * t).sqrt());
+    let mut b = x0.clone();
+    let splats = m2m_soc::Splats::new(dim, &mu, &kappa, &alpha).unwrap();
+    let cfg = m2m_soc::LangevinConfig { dt, temperature: t, ..Default::default() };
+    m2m_soc::langevin::overdamped_step(&cfg, &mut b, &splats, &xi).unwrap();
+    close(&a, &b, 1e-5, "langevin twin vs m2m-soc");
+}
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn distances_and_top_k_on_the_gpu_match_the_cpu() {
+    let g = gpu();
+    for (dim, b, n) in [(384usize, 13usize, 1000usize), (37, 3, 300), (640, 9, 129)] {
+        let q = data(10 + dim as u64, b * dim);
+        let x = data(20 + dim as u64, n * dim);
+        let c = g.upload(&x, dim).unwrap();
+        for metric in [Metric::InnerProduct, Metric::L2] {
+            let s = g.scores(&q, &c, metric).unwrap();
+            let want = cpu::scores(&q, &x, dim, metric == Metric::L2);
+            close(&s, &want, 1e-5, "scores");
+            for k in [1usize, 10, MAX_K] {
+                let top = g.top_k(&q, &c, metric, k).unwrap();
+                // The device's order over its own scores, which equal the twin's to 1e-5.
+                assert_eq!(top, cpu::top_k(&s, n, k, Direction::of(metric)), "dim {dim} k {k} {metric:?}");
+            }
+        }
+    }
+}
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn buffers_beyond_the_limit_are_split_into_chunks() {
+    let mut g = gpu();
+    g.limit_buffer_bytes(64 * 1024);
+    let (dim, b, n) = (100usize, 40usize, 700usize);
+    let (q, x) = (data(30, b * dim), data(31, n * dim));
+    let c = g.upload(&x, dim).unwrap();
+    assert!(c.chunks() >= 4, "{} chunks", c.chunks());
+    let s = g.scores(&q, &c, Metric::InnerProduct).unwrap();
+    close(&s, &cpu::scores(&q, &x, dim, false), 1e-5, "chunked scores");
+    // Merged across chunks: the same ids as the twin's top 16 over all rows, scores to 1e-5.
+    let top = g.top_k(&q, &c, Metric::L2, 16).unwrap();
+    let want = cpu::top_k(&cpu::scores(&q, &x, dim, true), n, 16, Direction::Lower);
+    for (got, want) in top.iter().zip(&want) {
+        let ids = |v: &[(u32, f32)]| v.iter().map(|p| p.0).collect::<Vec<_>>();
+        let scores = |v: &[(u32, f32)]| v.iter().map(|p| p.1).collect::<Vec<_>>();
+        assert_eq!(ids(got), ids(want));
+        close(&scores(got), &scores(want), 1e-5, "chunked top-k scores");
+    }
+}
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn code_scores_and_langevin_steps_on_the_gpu_match_the_cpu() {
+    let g = gpu();
+    let (dim, rows, stride) = (384usize, 500usize, 384usize);
+    let codes: Vec<u8> = data(40, rows * stride).iter().map(|v| ((v + 1.0) * 127.0) as u8).collect();
+    let lo = data(41, dim);
+    let step: Vec<f32> = data(42, dim).iter().map(|v| v.abs() / 200.0).collect();
+    let q = data(43, dim);
+    let sq = SqCodes { dim, rows, stride, codes: &codes, lo: &lo, step: &step };
+    close(&g.code_scores(&q, &sq).unwrap(), &cpu::code_scores(&q, &sq), 1e-5, "code scores");
+
+    for (dim, ns) in [(384usize, 64usize), (640, 200), (10, 3)] {
+        let mu = unit_rows(50, ns, dim);
+        let kappa: Vec<f32> = (0..ns).map(|i| 1.0 + (i % 50) as f32).collect();
+        let alpha: Vec<f32> = (0..ns).map(|i| 0.5 + (i % 4) as f32).collect();
+        let x0 = unit_rows(51, 20, dim);
+        let xi = data(52, 20 * dim);
+        let (mut a, mut b) = (x0.clone(), x0.clone());
+        g.langevin_step(&mut a, dim, &mu, &kappa, &alpha, &xi, 1e-3, 1.0).unwrap();
+        Compute::new(Backend::Cpu).unwrap().langevin_step(&mut b, dim, &mu, &kappa, &alpha, &xi, 1e-3, 1.0).unwrap();
+        close(&a, &b, 1e-5, "langevin step");
+        assert_ne!(a, x0, "the chains moved");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_on_every_backend() {
+    #[cfg(feature = "vulkan")]
+    let backends = vec![Compute::new(Backend::Cpu).unwrap(), gpu()];
+    #[cfg(not(feature = "vulkan"))]
+    let backends = vec![Compute::new(Backend::Cpu).unwrap()];
+    #[cfg(not(feature = "vulkan"))]
+    assert!(matches!(Compute::new(Backend::Gpu), Err(Error::NotBuilt)));
+    for g in backends {
+        assert!(matches!(g.upload(&[1.0, 2.0, 3.0], 2), Err(Error::Shape { .. })));
+        assert!(matches!(g.upload(&[1.0, f32::NAN], 2), Err(Error::Invalid { .. })));
+        let c = g.upload(&data(1, 40), 4).unwrap();
+        assert!(matches!(g.scores(&[1.0; 3], &c, Metric::L2), Err(Error::Shape { .. })));
+        assert!(matches!(g.scores(&[], &c, Metric::L2), Err(Error::Invalid { .. })));
+        assert!(matches!(g.top_k(&[1.0; 4], &c, Metric::L2, 0), Err(Error::Invalid { what: "k", .. })));
+        assert!(matches!(g.top_k(&[1.0; 4], &c, Metric::L2, MAX_K + 1), Err(Error::Invalid { what: "k", .. })));
+        let mut x = vec![1.0f32, 0.0];
+        let r = g.langevin_step(&mut x, 2, &[1.0, 0.0], &[0.0], &[1.0], &[0.0, 0.0], 1e-3, 1.0);
+        assert!(matches!(r, Err(Error::Invalid { .. })), "kappa 0");
+        assert_eq!(x, vec![1.0, 0.0], "nothing changed");
+    }
+}
