@@ -20,12 +20,22 @@
 //! `maxStorageBufferRange` (128 MiB on lavapipe) are split into chunks of rows. Submissions wait on a
 //! fence.
 //!
+//! With the `vulkan` feature, [`Compute::hot_tier`] gives m2m-tier's hot tier ([`m2m_tier::HotTier`])
+//! with blocks in device-local buffers ([`DeviceStorage`]).
+//!
 //! The default build has only the twins and needs no shader compiler.
 
 pub mod cpu;
 mod error;
 #[cfg(feature = "vulkan")]
 mod vulkan;
+
+#[cfg(feature = "vulkan")]
+pub use vulkan::{DeviceBlock, DeviceStorage};
+
+/// m2m-tier's hot tier over device memory (see [`Compute::hot_tier`]).
+#[cfg(feature = "vulkan")]
+pub type DeviceHot = m2m_tier::HotCache<DeviceStorage>;
 
 pub use error::{Error, Result};
 pub use m2m_splat::Metric;
@@ -146,7 +156,7 @@ pub struct Compute {
 enum Kind {
     Cpu,
     #[cfg(feature = "vulkan")]
-    Vulkan(Box<vulkan::Context>),
+    Vulkan(std::sync::Arc<vulkan::Context>),
 }
 
 impl Compute {
@@ -167,7 +177,7 @@ impl Compute {
 
     #[cfg(feature = "vulkan")]
     fn gpu() -> Result<Compute> {
-        Ok(Compute { kind: Kind::Vulkan(Box::new(vulkan::Context::new()?)) })
+        Ok(Compute { kind: Kind::Vulkan(std::sync::Arc::new(vulkan::Context::new()?)) })
     }
 
     #[cfg(not(feature = "vulkan"))]
@@ -194,10 +204,24 @@ impl Compute {
     #[doc(hidden)]
     pub fn limit_buffer_bytes(&mut self, bytes: u64) {
         #[cfg(feature = "vulkan")]
-        if let Kind::Vulkan(v) = &mut self.kind {
+        if let Kind::Vulkan(v) = &mut self.kind
+            && let Some(v) = std::sync::Arc::get_mut(v)
+        {
             v.limit_buffer_bytes(bytes);
         }
         let _ = bytes;
+    }
+
+    /// A hot tier (m2m-tier's [`m2m_tier::HotTier`]) whose blocks live in this device's memory, with a
+    /// byte budget. On the CPU backend there is no device: use `m2m_tier::RamHot`.
+    #[cfg(feature = "vulkan")]
+    pub fn hot_tier(&self, budget_bytes: u64) -> Result<DeviceHot> {
+        match &self.kind {
+            Kind::Vulkan(v) => Ok(m2m_tier::HotCache::with_storage(DeviceStorage { ctx: v.clone() }, budget_bytes)),
+            Kind::Cpu => {
+                Err(Error::Invalid { what: "hot_tier", reason: "the CPU backend has no device memory".into() })
+            }
+        }
     }
 
     /// Uploads candidate rows (row-major, `dim` wide) once, for any number of later queries.

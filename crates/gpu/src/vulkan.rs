@@ -171,11 +171,11 @@ impl Context {
         .map_err(vk("allocating an input buffer"))
     }
 
-    /// A host-readable buffer of `len` values (outputs).
+    /// A host-readable buffer of `len` values (outputs of shaders and of copies).
     fn output<T: BufferContents>(&self, len: usize) -> Result<Subbuffer<[T]>> {
         Buffer::new_slice(
             self.mem.clone(),
-            BufferCreateInfo { usage: BufferUsage::STORAGE_BUFFER, ..Default::default() },
+            BufferCreateInfo { usage: BufferUsage::STORAGE_BUFFER | BufferUsage::TRANSFER_DST, ..Default::default() },
             AllocationCreateInfo {
                 memory_type_filter: MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_RANDOM_ACCESS,
                 ..Default::default()
@@ -454,5 +454,81 @@ impl Context {
             x[range].copy_from_slice(&xbuf.read().map_err(vk("reading the chains"))?);
         }
         Ok(())
+    }
+}
+
+/// Device-local storage of hot-tier blocks (m2m-tier's [`m2m_tier::HotStorage`]).
+#[derive(Debug)]
+pub struct DeviceStorage {
+    pub(crate) ctx: Arc<Context>,
+}
+
+/// A block of bytes in device-local memory.
+#[derive(Clone, Debug)]
+pub struct DeviceBlock {
+    buf: Subbuffer<[u8]>,
+    len: usize,
+}
+
+impl DeviceBlock {
+    /// Bytes stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the block holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device buffer, for kernels.
+    pub fn buffer(&self) -> &Subbuffer<[u8]> {
+        &self.buf
+    }
+}
+
+impl DeviceStorage {
+    /// Copies a block back to the host (for checks; kernels read it in place).
+    pub fn read(&self, block: &DeviceBlock) -> Result<Vec<u8>> {
+        let ctx = &self.ctx;
+        let out = ctx.output::<u8>(block.len.max(1))?;
+        let src = block.buf.clone();
+        ctx.submit(|b, _| {
+            b.copy_buffer(CopyBufferInfo::buffers(src.clone(), out.clone())).map_err(vk("recording a read-back"))?;
+            Ok(())
+        })?;
+        let bytes = out.read().map_err(vk("reading a block"))?;
+        Ok(bytes[..block.len].to_vec())
+    }
+}
+
+impl m2m_tier::HotStorage for DeviceStorage {
+    type Block = DeviceBlock;
+
+    fn name(&self) -> &str {
+        self.ctx.name()
+    }
+
+    fn store(&self, bytes: &[u8]) -> m2m_tier::Result<DeviceBlock> {
+        let device = |e: Error| m2m_tier::Error::Device { reason: e.to_string() };
+        let ctx = &self.ctx;
+        let staging =
+            ctx.input(if bytes.is_empty() { &[0u8] } else { bytes }, BufferUsage::TRANSFER_SRC).map_err(device)?;
+        let buf = ctx
+            .scratch::<u8>(
+                bytes.len().max(1),
+                BufferUsage::STORAGE_BUFFER | BufferUsage::TRANSFER_SRC | BufferUsage::TRANSFER_DST,
+            )
+            .map_err(device)?;
+        ctx.submit(|b, _| {
+            b.copy_buffer(CopyBufferInfo::buffers(staging.clone(), buf.clone())).map_err(vk("recording an upload"))?;
+            Ok(())
+        })
+        .map_err(device)?;
+        Ok(DeviceBlock { buf, len: bytes.len() })
+    }
+
+    fn bytes(block: &DeviceBlock) -> u64 {
+        block.len as u64
     }
 }

@@ -178,3 +178,30 @@ fn bad_input_is_refused_on_every_backend() {
         assert_eq!(x, vec![1.0, 0.0], "nothing changed");
     }
 }
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn the_device_hot_tier_keeps_blocks_in_device_memory_under_its_budget() {
+    use m2m_tier::{BlockKey, Error as TierError, HotKey, HotTier, Residency};
+    let g = gpu();
+    let hot = g.hot_tier(10_000).unwrap();
+    let centroids: Vec<u8> = (0..4000).map(|i| (i % 251) as u8).collect();
+    let block = hot.upload(HotKey::Centroids, &centroids, Residency::Pinned).unwrap();
+    assert_eq!(block.len(), 4000);
+    assert_eq!(hot.storage().read(&block).unwrap(), centroids, "the device holds the bytes");
+    hot.upload(HotKey::Codes { cluster: 0 }, &centroids, Residency::Pinned).unwrap();
+    let refused = hot.upload(HotKey::Codes { cluster: 1 }, &centroids, Residency::Pinned);
+    assert!(matches!(refused, Err(TierError::OverBudget { .. })), "{refused:?}");
+    for b in 0..20u32 {
+        hot.upload(HotKey::Vectors(BlockKey { segment: 1, block: b }), &[b as u8; 500], Residency::Evictable).unwrap();
+        let s = hot.stats();
+        assert!(s.resident_bytes <= s.budget_bytes, "{s:?}");
+    }
+    let kept: Vec<u32> =
+        (0..20u32).filter(|&b| hot.get(HotKey::Vectors(BlockKey { segment: 1, block: b })).is_some()).collect();
+    assert!(!kept.is_empty() && kept.len() <= 4, "{kept:?}");
+    let last = hot.get(HotKey::Vectors(BlockKey { segment: 1, block: kept[kept.len() - 1] })).unwrap();
+    assert_eq!(hot.storage().read(&last).unwrap(), vec![kept[kept.len() - 1] as u8; 500]);
+    assert!(hot.get(HotKey::Centroids).is_some());
+    assert!(Compute::new(Backend::Cpu).unwrap().hot_tier(1).is_err(), "no device memory on the CPU backend");
+}

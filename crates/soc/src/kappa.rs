@@ -14,6 +14,11 @@
 //! The energy's kernel alpha exp(-kappa |x - mu|^2) is a vMF of concentration 2 kappa, so the fitted vMF
 //! concentration is halved before it is clipped to [min_kappa, max_kappa] (defaults 1 and 50, the
 //! original project's range).
+//!
+//! Alpha from local mass: each splat's in-degree in the neighbour graph (how many splats count it among
+//! their nearest), plus one, over the mean, clipped to [0.1, 10]. Splats that stand for a dense region
+//! weigh more, outliers that no one counts weigh less, so the energy is not pocked by isolated points.
+//! Usage is the controller's business ([`crate::soc`]): it steers sampling without rewriting the model.
 
 use m2m_index::{Index, Lod, SearchParams};
 use std::collections::HashMap;
@@ -76,6 +81,9 @@ pub struct KappaEstimate {
     pub clipped_low: usize,
     /// Rows clipped at `max_kappa`.
     pub clipped_high: usize,
+    /// One alpha per row from local mass: (1 + the number of rows that count this one among their
+    /// neighbours), divided by the mean, clipped to [0.1, 10].
+    pub alpha: Vec<f32>,
 }
 
 /// Banerjee's vMF concentration estimate from a mean resultant length `r` on S^(p-1).
@@ -164,7 +172,13 @@ pub fn kappa_from_neighbours(
             intrinsic_dimension(&r1, &r2).map_or(dim as f64, |d| (d + 1.0).min(dim as f64))
         }
     };
-    let mut out = KappaEstimate { kappa: Vec::with_capacity(n), sphere_dimension: p, clipped_low: 0, clipped_high: 0 };
+    let mut out = KappaEstimate {
+        kappa: Vec::with_capacity(n),
+        sphere_dimension: p,
+        clipped_low: 0,
+        clipped_high: 0,
+        alpha: Vec::new(),
+    };
     let mut sum = vec![0f64; dim];
     for i in 0..n {
         sum.iter_mut().zip(row(i)).for_each(|(s, &v)| *s = f64::from(v));
@@ -178,6 +192,12 @@ pub fn kappa_from_neighbours(
         out.clipped_high += usize::from(kappa > config.max_kappa);
         out.kappa.push(clipped);
     }
+    // Local mass: the in-degree of the neighbour graph. Rows many others count among their nearest sit
+    // where the data is dense and stand for more of it; outliers nobody counts get a small weight.
+    let mut mass = vec![1f64; n];
+    neighbours.iter().for_each(|&j| mass[j as usize] += 1.0);
+    let mean = mass.iter().sum::<f64>() / n as f64;
+    out.alpha = mass.iter().map(|m| (m / mean).clamp(0.1, 10.0) as f32).collect();
     Ok(out)
 }
 

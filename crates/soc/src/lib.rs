@@ -15,8 +15,8 @@
 //!   and of their members those with the largest terms), and the clusters' graph for the controller.
 //! * [`kappa`]: kappa per splat from the mean resultant length of its nearest neighbours (the vMF
 //!   estimate of Banerjee et al.), on a sphere of the data's intrinsic dimension, clipped to [1, 50].
-//!   Alpha stays 1 at ingest: every splat is one sample of the data's density (a kernel density estimate),
-//!   and the controller below, not alpha, steers sampling by use.
+//!   Alpha from local mass: a splat's in-degree in the same neighbour graph, normalised to mean 1; use
+//!   steers sampling through the controller below, not through alpha.
 //! * [`soc`]: the sandpile over the index's cluster graph, its avalanches, and the importance weights it
 //!   sets (high load and high kappa sampled more, with a floor).
 //! * [`sampler`]: alias-table draws, epochs with weights 1 / (N p_i), and an every-row-once option.

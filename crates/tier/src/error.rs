@@ -47,6 +47,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A device of the hot tier failed (allocation, upload).
+    #[error("hot tier device: {reason}")]
+    Device {
+        /// The device's message.
+        reason: String,
+    },
     /// More bytes than a tier's budget allows.
     #[error("{what} needs {bytes} bytes, over the budget of {budget}")]
     OverBudget {

@@ -1,7 +1,9 @@
-//! The hot tier: blocks resident where the kernels read them. m2m-gpu implements [`HotTier`] with device
-//! buffers; [`RamHot`] is the implementation without a device, which keeps the blocks (the index's
-//! centroids and compact codes, which every query reads) resident in RAM, 64-byte aligned, under a byte
-//! budget.
+//! The hot tier: blocks resident where the kernels read them, behind the [`HotTier`] interface.
+//!
+//! [`HotCache`] holds the policy (pinned blocks, evictable blocks under a byte budget, counters) over a
+//! [`HotStorage`] that makes bytes resident: m2m-gpu's stores them in device-local Vulkan buffers, and
+//! [`RamStorage`] keeps them in RAM, 64-byte aligned, when there is no device ([`RamHot`]: the index's
+//! centroids and compact codes, which every query reads).
 //!
 //! Blocks are either [`Residency::Pinned`] (never evicted: the centroids, and the codes while an index is
 //! served) or [`Residency::Evictable`] (staged ahead of use by prefetch, evicted by `quick_cache`'s policy
@@ -83,6 +85,21 @@ pub trait HotTier: Send + Sync + std::fmt::Debug {
     fn stats(&self) -> HotStats;
 }
 
+/// Where a [`HotCache`] puts its blocks: RAM, or a device.
+pub trait HotStorage: Send + Sync + std::fmt::Debug {
+    /// A handle to stored bytes.
+    type Block: Clone + Send + Sync + 'static;
+
+    /// A name for logs.
+    fn name(&self) -> &str;
+
+    /// Makes `bytes` resident. Errors: [`Error::Device`] when the device refuses.
+    fn store(&self, bytes: &[u8]) -> Result<Self::Block>;
+
+    /// Bytes a block occupies.
+    fn bytes(block: &Self::Block) -> u64;
+}
+
 /// Bytes of a block resident in RAM, 64-byte aligned so that they can be read as f32 or wider lanes.
 #[derive(Debug)]
 pub struct HotBytes(AVec<u8, ConstAlign<64>>);
@@ -99,41 +116,83 @@ impl HotBytes {
     }
 }
 
-#[derive(Clone)]
-struct Bytes;
+/// Storage in RAM.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RamStorage;
 
-impl Weighter<HotKey, Arc<HotBytes>> for Bytes {
-    fn weight(&self, _key: &HotKey, block: &Arc<HotBytes>) -> u64 {
-        (block.0.len() as u64).max(1)
+impl HotStorage for RamStorage {
+    type Block = Arc<HotBytes>;
+
+    fn name(&self) -> &str {
+        "ram"
+    }
+
+    fn store(&self, bytes: &[u8]) -> Result<Arc<HotBytes>> {
+        Ok(Arc::new(HotBytes(AVec::from_slice(64, bytes))))
+    }
+
+    fn bytes(block: &Arc<HotBytes>) -> u64 {
+        block.0.len() as u64
     }
 }
 
 /// The hot tier without a device: blocks resident in RAM.
-pub struct RamHot {
+pub type RamHot = HotCache<RamStorage>;
+
+struct Bytes<S>(std::marker::PhantomData<fn() -> S>);
+
+impl<S> Clone for Bytes<S> {
+    fn clone(&self) -> Self {
+        Bytes(std::marker::PhantomData)
+    }
+}
+
+impl<S: HotStorage> Weighter<HotKey, S::Block> for Bytes<S> {
+    fn weight(&self, _key: &HotKey, block: &S::Block) -> u64 {
+        S::bytes(block).max(1)
+    }
+}
+
+/// A hot tier: pinned and evictable blocks of a [`HotStorage`] under one byte budget.
+pub struct HotCache<S: HotStorage> {
+    storage: S,
     budget: u64,
-    pinned: RwLock<HashMap<HotKey, Arc<HotBytes>>>,
+    pinned: RwLock<HashMap<HotKey, S::Block>>,
     pinned_bytes: AtomicU64,
-    cache: Cache<HotKey, Arc<HotBytes>, Bytes>,
+    cache: Cache<HotKey, S::Block, Bytes<S>>,
     hits: AtomicU64,
     misses: AtomicU64,
     uploads: AtomicU64,
     upload_bytes: AtomicU64,
 }
 
-impl std::fmt::Debug for RamHot {
+impl<S: HotStorage> std::fmt::Debug for HotCache<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RamHot").field("stats", &self.stats()).finish()
+        f.debug_struct("HotCache").field("storage", &self.storage).field("stats", &self.stats()).finish()
     }
 }
 
 impl RamHot {
     /// A RAM hot tier holding at most `budget_bytes`.
     pub fn new(budget_bytes: u64) -> RamHot {
-        RamHot {
+        HotCache::with_storage(RamStorage, budget_bytes)
+    }
+}
+
+impl<S: HotStorage> HotCache<S> {
+    /// A hot tier over `storage` holding at most `budget_bytes`.
+    pub fn with_storage(storage: S, budget_bytes: u64) -> HotCache<S> {
+        HotCache {
+            storage,
             budget: budget_bytes,
             pinned: RwLock::new(HashMap::new()),
             pinned_bytes: AtomicU64::new(0),
-            cache: Cache::with_options(options(budget_bytes), Bytes, Default::default(), Default::default()),
+            cache: Cache::with_options(
+                options(budget_bytes),
+                Bytes(std::marker::PhantomData),
+                Default::default(),
+                Default::default(),
+            ),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             uploads: AtomicU64::new(0),
@@ -141,7 +200,12 @@ impl RamHot {
         }
     }
 
-    fn pinned_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<HotKey, Arc<HotBytes>>> {
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    fn pinned_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<HotKey, S::Block>> {
         // A panic while holding the lock cannot leave the map inconsistent (single inserts and removes).
         self.pinned.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -165,20 +229,19 @@ fn options(budget: u64) -> quick_cache::Options {
         .unwrap_or_else(|e| unreachable!("every option is set: {e:?}"))
 }
 
-impl HotTier for RamHot {
-    type Block = Arc<HotBytes>;
+impl<S: HotStorage> HotTier for HotCache<S> {
+    type Block = S::Block;
 
     fn name(&self) -> &str {
-        "ram"
+        self.storage.name()
     }
 
-    fn upload(&self, key: HotKey, bytes: &[u8], residency: Residency) -> Result<Arc<HotBytes>> {
-        let block = Arc::new(HotBytes(AVec::from_slice(64, bytes)));
+    fn upload(&self, key: HotKey, bytes: &[u8], residency: Residency) -> Result<S::Block> {
         let len = bytes.len() as u64;
-        match residency {
+        let block = match residency {
             Residency::Pinned => {
                 let mut pinned = self.pinned_map();
-                let replaced = pinned.get(&key).map_or(0, |b| b.0.len() as u64);
+                let replaced = pinned.get(&key).map_or(0, |b| S::bytes(b));
                 let others = self.pinned_bytes.load(Ordering::Relaxed) - replaced;
                 if others + len > self.budget {
                     return Err(Error::OverBudget {
@@ -187,26 +250,30 @@ impl HotTier for RamHot {
                         budget: self.budget,
                     });
                 }
+                let block = self.storage.store(bytes)?;
                 self.cache.remove(&key);
-                pinned.insert(key, Arc::clone(&block));
+                pinned.insert(key, block.clone());
                 self.resize(others + len);
+                block
             }
             Residency::Evictable => {
+                let block = self.storage.store(bytes)?;
                 let mut pinned = self.pinned_map();
                 if let Some(old) = pinned.remove(&key) {
-                    let now = self.pinned_bytes.load(Ordering::Relaxed) - old.0.len() as u64;
+                    let now = self.pinned_bytes.load(Ordering::Relaxed) - S::bytes(&old);
                     self.resize(now);
                 }
                 drop(pinned);
-                self.cache.insert(key, Arc::clone(&block));
+                self.cache.insert(key, block.clone());
+                block
             }
-        }
+        };
         self.uploads.fetch_add(1, Ordering::Relaxed);
         self.upload_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(block)
     }
 
-    fn get(&self, key: HotKey) -> Option<Arc<HotBytes>> {
+    fn get(&self, key: HotKey) -> Option<S::Block> {
         let found = self
             .pinned
             .read()
@@ -222,7 +289,7 @@ impl HotTier for RamHot {
     fn remove(&self, key: HotKey) -> bool {
         let mut pinned = self.pinned_map();
         if let Some(old) = pinned.remove(&key) {
-            let now = self.pinned_bytes.load(Ordering::Relaxed) - old.0.len() as u64;
+            let now = self.pinned_bytes.load(Ordering::Relaxed) - S::bytes(&old);
             self.resize(now);
             return true;
         }

@@ -153,7 +153,7 @@ pub use db::{Db, DbOptions, Snapshot};
 pub use error::{Error, Result};
 #[cfg(feature = "fault-injection")]
 pub use fsio::fault_injection as fault;
-pub use hot::{HotBytes, HotKey, HotStats, HotTier, RamHot, Residency};
+pub use hot::{HotBytes, HotCache, HotKey, HotStats, HotStorage, HotTier, RamHot, RamStorage, Residency};
 pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch, PrefetchStats};

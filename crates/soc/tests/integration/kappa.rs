@@ -158,6 +158,23 @@ fn kappa_through_an_index_on_the_digits_is_spread_over_the_range() {
     let sd = (est.kappa.iter().map(|&k| (f64::from(k) - mean).powi(2)).sum::<f64>() / est.kappa.len() as f64).sqrt();
     assert!(sd > 1.0, "kappa carries information: mean {mean}, sd {sd}");
     assert!(est.clipped_high < ids.len() / 2, "{} of {} at the top of the range", est.clipped_high, ids.len());
+    // Alpha from local mass: mean 1 before clipping, within the clip range, and not uniform.
+    assert_eq!(est.alpha.len(), ids.len());
+    assert!(est.alpha.iter().all(|&a| (0.1..=10.0).contains(&a)));
+    let mean_alpha = est.alpha.iter().map(|&a| f64::from(a)).sum::<f64>() / ids.len() as f64;
+    assert!((mean_alpha - 1.0).abs() < 0.05, "mean alpha {mean_alpha}");
+    assert!(est.alpha.iter().any(|&a| a > 1.5) && est.alpha.iter().any(|&a| a < 0.5));
+}
+
+#[test]
+fn alpha_weighs_hubs_over_outliers() {
+    // In-degrees 4, 4, 2, 0, 0: masses 5, 5, 3, 1, 1 over their mean 3.
+    let mu = [1.0f32, 0.0, 0.0, 1.0, 0.6, 0.8, 0.8, 0.6, -1.0, 0.0];
+    let neighbours = [1u32, 2, 0, 2, 0, 1, 0, 1, 0, 1];
+    let c = KappaConfig { dimension: KappaDimension::Ambient, ..KappaConfig::default() };
+    let est = kappa_from_neighbours(&mu, 2, &neighbours, 2, &c).unwrap();
+    assert!(est.alpha[0] > est.alpha[2] && est.alpha[2] > est.alpha[4], "{:?}", est.alpha);
+    assert!((est.alpha[4] - 1.0 / 3.0).abs() < 1e-6, "mass 1 over mean 3: {:?}", est.alpha);
 }
 
 #[test]
