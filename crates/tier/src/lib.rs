@@ -44,6 +44,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod blob;
 mod columns;
 mod db;
 mod error;
@@ -148,6 +149,7 @@ pub mod testing {
     }
 }
 
+pub use blob::{BLOB_MAGIC, BLOB_VERSION, load_blob, store_blob};
 pub use columns::{Columns, ColumnsRef, Memtable};
 pub use db::{Db, DbOptions, Snapshot};
 pub use error::{Error, Result};

@@ -1,0 +1,124 @@
+//! Settings of an engine, with the original project's defaults where it had them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Metric;
+
+/// Where kernels run (see `m2m_gpu::Backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Device {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// A Vulkan device, or an error (build with the `gpu` feature).
+    Vulkan,
+    /// A Vulkan device when one works, otherwise the CPU.
+    Auto,
+}
+
+/// Settings of an [`M2m`](crate::M2m) engine. Every field has a default (`M2mConfig::default()`), and a
+/// partial JSON or other serde document fills in the rest with them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct M2mConfig {
+    /// Dimension of every embedding. Default 640 (the original project's).
+    pub dim: usize,
+    /// How retrieval scores. Default cosine (the sphere).
+    pub metric: Metric,
+    /// Kappa of splats added without one, until `build_index` learns them. Default 10 (original).
+    pub init_kappa: f32,
+    /// Alpha of splats added without one. Default 1 (original).
+    pub init_alpha: f32,
+    /// Smallest learned kappa. Default 1 (original).
+    pub min_kappa: f32,
+    /// Largest learned kappa. Default 50 (original).
+    pub max_kappa: f32,
+    /// Whether `build_index` estimates kappa and alpha from each splat's neighbours. Default true.
+    pub learn_kappa: bool,
+    /// Langevin steps of `generate`. Default 200 (original).
+    pub langevin_steps: usize,
+    /// Langevin step size. Default 0.001 (original).
+    pub langevin_dt: f32,
+    /// Friction of underdamped Langevin. Default 0.1 (original).
+    pub langevin_gamma: f32,
+    /// Temperature of Langevin. Default 1 (original).
+    pub temperature: f32,
+    /// Where kernels run. Default `Cpu`.
+    pub device: Device,
+    /// Warm tier budget in bytes (blocks read from disk kept in RAM). Default 1 GiB.
+    pub warm_budget_bytes: u64,
+    /// Hot tier budget in bytes (centroids and codes). Default 256 MiB.
+    pub hot_budget_bytes: u64,
+    /// The database directory; `None` keeps everything in memory. Default `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Acknowledge `add_splats` after fsync (true) or once the OS has the bytes. Default true.
+    pub durable: bool,
+    /// Seed of index building, sampling and Langevin. Default 42.
+    pub seed: u64,
+}
+
+impl Default for M2mConfig {
+    fn default() -> Self {
+        M2mConfig {
+            dim: 640,
+            metric: Metric::Cosine,
+            init_kappa: 10.0,
+            init_alpha: 1.0,
+            min_kappa: 1.0,
+            max_kappa: 50.0,
+            learn_kappa: true,
+            langevin_steps: 200,
+            langevin_dt: 1e-3,
+            langevin_gamma: 0.1,
+            temperature: 1.0,
+            device: Device::Cpu,
+            warm_budget_bytes: 1 << 30,
+            hot_budget_bytes: 256 << 20,
+            data_dir: None,
+            durable: true,
+            seed: 42,
+        }
+    }
+}
+
+impl M2mConfig {
+    /// The settings with another dimension.
+    pub fn dim(mut self, dim: usize) -> Self {
+        self.dim = dim;
+        self
+    }
+
+    /// The settings with a database directory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        let bad = |field: &'static str, reason: String| Err(crate::Error::Config { field, reason });
+        if self.dim == 0 {
+            return bad("dim", "must be at least 1".into());
+        }
+        if !(self.init_kappa.is_finite() && self.init_kappa > 0.0) {
+            return bad("init_kappa", format!("{} is not finite and > 0", self.init_kappa));
+        }
+        if !(self.init_alpha.is_finite() && self.init_alpha > 0.0) {
+            return bad("init_alpha", format!("{} is not finite and > 0", self.init_alpha));
+        }
+        if !(self.min_kappa > 0.0 && self.min_kappa <= self.max_kappa && self.max_kappa.is_finite()) {
+            return bad("min_kappa", format!("range {}..{} is not 0 < min <= max", self.min_kappa, self.max_kappa));
+        }
+        if !(self.langevin_dt > 0.0 && self.langevin_dt <= 1.0) {
+            return bad("langevin_dt", format!("{} is not in (0, 1]", self.langevin_dt));
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", format!("{} is not finite and >= 0", self.temperature));
+        }
+        if !(self.langevin_gamma >= 0.0 && self.langevin_gamma.is_finite()) {
+            return bad("langevin_gamma", format!("{} is not finite and >= 0", self.langevin_gamma));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,511 @@
+//! The engine: splats in RAM (and, with a data directory, in m2m-tier's database), the index, the SOC
+//! controller and the compute backend.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use m2m_index::{Index, IndexConfig, Lod, SearchParams};
+use m2m_soc::langevin::{Group, run};
+use m2m_soc::{KappaConfig, LangevinConfig, Router, Sandpile, SocConfig, Splats};
+use m2m_splat::{Batch, SplatSet};
+use m2m_tier::{Db, DbOptions, Durability};
+
+use crate::{Device, Error, M2mConfig, Metric, Result};
+
+/// Name of the engine's settings inside a data directory.
+pub const CONFIG_BLOB: &str = "m2m-config.blob";
+
+/// One retrieved splat.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hit {
+    /// Its id.
+    pub id: u64,
+    /// Its score under the metric (similarity, or squared distance for L2).
+    pub score: f32,
+    /// Its concentration.
+    pub kappa: f32,
+    /// Its weight.
+    pub alpha: f32,
+}
+
+/// What the engine holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stats {
+    /// Live splats.
+    pub splats: usize,
+    /// Splats deleted since the last index build (still in RAM until then).
+    pub deleted: usize,
+    /// Dimension.
+    pub dim: usize,
+    /// Fine and coarse clusters of the index, when built.
+    pub index: Option<(usize, usize)>,
+    /// Mean, min and max kappa of the live splats.
+    pub kappa: (f32, f32, f32),
+    /// The compute device's name.
+    pub device: String,
+    /// Segments on disk (0 in memory).
+    pub segments: usize,
+}
+
+/// The controller's state, behind a lock so that retrieval (`&self`) can record use.
+#[derive(Debug)]
+pub(crate) struct Soc {
+    pub(crate) router: Arc<Router>,
+    pub(crate) pile: Sandpile,
+    pub(crate) cluster_of: HashMap<u64, u32>,
+}
+
+/// An M2M engine: ingest, retrieval with levels of detail, energy, generation and the data lake.
+#[derive(Debug)]
+pub struct M2m {
+    pub(crate) config: M2mConfig,
+    pub(crate) set: SplatSet,
+    pub(crate) kappa: Vec<f32>,
+    pub(crate) alpha: Vec<f32>,
+    pub(crate) deleted: HashSet<u64>,
+    db: Option<Db>,
+    pub(crate) index: Option<Index>,
+    pub(crate) soc: Mutex<Option<Soc>>,
+    compute: m2m_gpu::Compute,
+    next_id: u64,
+}
+
+/// `create_m2m` of the original API: [`M2m::create`].
+pub fn create_m2m(config: M2mConfig) -> Result<M2m> {
+    M2m::create(config)
+}
+
+fn backend(device: Device) -> m2m_gpu::Backend {
+    match device {
+        Device::Cpu => m2m_gpu::Backend::Cpu,
+        Device::Vulkan => m2m_gpu::Backend::Gpu,
+        Device::Auto => m2m_gpu::Backend::Auto,
+    }
+}
+
+fn db_options(config: &M2mConfig) -> DbOptions {
+    DbOptions { durability: if config.durable { Durability::Fsync } else { Durability::NoSync } }
+}
+
+impl M2m {
+    /// A new engine: in memory, or in `config.data_dir` (created; it must not hold a database yet).
+    pub fn create(config: M2mConfig) -> Result<M2m> {
+        config.check()?;
+        let compute = m2m_gpu::Compute::new(backend(config.device))?;
+        let db = match &config.data_dir {
+            Some(dir) => {
+                let db = Db::create(dir, config.dim, db_options(&config))?;
+                let json = serde_json::to_vec_pretty(&config)
+                    .map_err(|e| Error::Config { field: "config", reason: e.to_string() })?;
+                m2m_tier::store_blob(dir, CONFIG_BLOB, &json)?;
+                Some(db)
+            }
+            None => None,
+        };
+        Ok(M2m {
+            set: SplatSet::new(config.dim)?,
+            kappa: Vec::new(),
+            alpha: Vec::new(),
+            deleted: HashSet::new(),
+            db,
+            index: None,
+            soc: Mutex::new(None),
+            compute,
+            next_id: 0,
+            config,
+        })
+    }
+
+    /// Opens the engine stored in `dir`: its settings, and every splat acknowledged before it was
+    /// closed (or crashed). The index is not stored: call [`build_index`](Self::build_index) again.
+    pub fn open(dir: impl AsRef<Path>) -> Result<M2m> {
+        let dir = dir.as_ref();
+        let json = m2m_tier::load_blob(dir, CONFIG_BLOB)?;
+        let mut config: M2mConfig = serde_json::from_slice(&json).map_err(|e| Error::Config {
+            field: "config",
+            reason: format!("{}: {e}", dir.join(CONFIG_BLOB).display()),
+        })?;
+        config.data_dir = Some(dir.to_path_buf());
+        config.check()?;
+        let db = Db::open(dir, db_options(&config))?;
+        let mut engine = M2m {
+            set: SplatSet::new(config.dim)?,
+            kappa: Vec::new(),
+            alpha: Vec::new(),
+            deleted: HashSet::new(),
+            db: None,
+            index: None,
+            soc: Mutex::new(None),
+            compute: m2m_gpu::Compute::new(backend(config.device))?,
+            next_id: 0,
+            config,
+        };
+        let snap = db.snapshot();
+        for part in snap.parts() {
+            let dim = part.dim;
+            let keep: Vec<usize> = (0..part.rows()).filter(|&i| snap.is_live(part.ids[i])).collect();
+            if keep.is_empty() {
+                continue;
+            }
+            // Raw vectors back from unit mu and norm, so the set keeps the original norms.
+            let mut raw = Vec::with_capacity(keep.len() * dim);
+            for &i in &keep {
+                raw.extend(part.mu[i * dim..(i + 1) * dim].iter().map(|v| v * part.norms[i]));
+            }
+            let ids: Vec<u64> = keep.iter().map(|&i| part.ids[i]).collect();
+            let kappa: Vec<f32> = keep.iter().map(|&i| part.kappa[i]).collect();
+            let alpha: Vec<f32> = keep.iter().map(|&i| part.alpha[i]).collect();
+            engine.set.append(Batch::new(&raw, dim).ids(&ids).kappas(&kappa).alphas(&alpha))?;
+            engine.kappa.extend(kappa);
+            engine.alpha.extend(alpha);
+        }
+        engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m + 1);
+        engine.db = Some(db);
+        Ok(engine)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &M2mConfig {
+        &self.config
+    }
+
+    /// Number of live splats.
+    pub fn len(&self) -> usize {
+        self.set.len() - self.deleted.len()
+    }
+
+    /// Whether the engine holds no live splat.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds raw vectors (row-major, `dim` wide) as splats with the default kappa and alpha, and returns
+    /// their new ids. The batch is validated whole: a bad row (NaN, zero vector, wrong length) refuses it
+    /// and nothing is written. After `build_index`, the splats also go into the index.
+    pub fn add_splats(&mut self, vectors: &[f32]) -> Result<Vec<u64>> {
+        let dim = self.config.dim;
+        let n = vectors.len() / dim.max(1);
+        let ids: Vec<u64> = (self.next_id..self.next_id + n as u64).collect();
+        self.add_splats_with(vectors, &ids, None, None)?;
+        Ok(ids)
+    }
+
+    /// Adds raw vectors with these ids and, optionally, per-row kappa and alpha.
+    pub fn add_splats_with(
+        &mut self,
+        vectors: &[f32],
+        ids: &[u64],
+        kappa: Option<&[f32]>,
+        alpha: Option<&[f32]>,
+    ) -> Result<()> {
+        let dim = self.config.dim;
+        let mut batch = Batch::new(vectors, dim).ids(ids).kappa(self.config.init_kappa).alpha(self.config.init_alpha);
+        if let Some(k) = kappa {
+            batch = batch.kappas(k);
+        }
+        if let Some(a) = alpha {
+            batch = batch.alphas(a);
+        }
+        if let Some((row, id)) = ids.iter().enumerate().find(|(_, id)| self.deleted.contains(id)) {
+            return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
+        }
+        // Validate into a batch set first: nothing is written unless all of it is good.
+        let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
+        fresh.append(batch)?;
+        if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some()) {
+            return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
+        }
+        if let Some(db) = &mut self.db {
+            db.ingest(&fresh)?;
+        }
+        let rows = self.set.append(batch)?;
+        self.kappa.extend_from_slice(&self.set.kappa()[rows.clone()]);
+        self.alpha.extend_from_slice(&self.set.alpha()[rows.clone()]);
+        self.next_id = self.next_id.max(ids.iter().max().map_or(0, |m| m + 1));
+        if let Some(index) = &mut self.index {
+            let vectors = index_vectors(&self.set, rows.clone(), self.config.metric);
+            index.insert(&vectors, &self.set.ids()[rows])?;
+            // The router's clusters are a snapshot of the index: rebuilt on next use.
+            *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
+        Ok(())
+    }
+
+    /// Builds the retrieval index over the live splats (replacing an older one), learns kappa and alpha
+    /// from each splat's neighbours when `learn_kappa` is set, and starts the SOC controller over the
+    /// index's clusters.
+    pub fn build_index(&mut self) -> Result<()> {
+        if self.is_empty() {
+            return Err(Error::Empty);
+        }
+        if !self.deleted.is_empty() {
+            self.compact_rows()?;
+        }
+        let ids = self.set.ids().to_vec();
+        let vectors = index_vectors(&self.set, 0..self.set.len(), self.config.metric);
+        let cfg = IndexConfig { metric: self.config.metric, seed: self.config.seed, ..IndexConfig::default() };
+        let index = Index::build(&cfg, self.config.dim, &vectors, &ids)?;
+        if self.config.learn_kappa && self.config.metric == Metric::Cosine && ids.len() >= 64 {
+            let kc = KappaConfig {
+                min_kappa: self.config.min_kappa,
+                max_kappa: self.config.max_kappa,
+                ..KappaConfig::default()
+            };
+            let est = m2m_soc::estimate_kappa(&index, self.set.mu(), &ids, &kc)?;
+            self.kappa = est.kappa;
+            self.alpha = est.alpha;
+        }
+        self.index = Some(index);
+        *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        Ok(())
+    }
+
+    /// Drops deleted rows from RAM (their ids stay deleted in the database).
+    fn compact_rows(&mut self) -> Result<()> {
+        let dim = self.config.dim;
+        let keep: Vec<usize> = (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect();
+        let mut raw = Vec::with_capacity(keep.len() * dim);
+        for &r in &keep {
+            let norm = self.set.norms()[r];
+            raw.extend(self.set.mu_row(r).iter().map(|v| v * norm));
+        }
+        let ids: Vec<u64> = keep.iter().map(|&r| self.set.ids()[r]).collect();
+        let kappa: Vec<f32> = keep.iter().map(|&r| self.kappa[r]).collect();
+        let alpha: Vec<f32> = keep.iter().map(|&r| self.alpha[r]).collect();
+        let mut set = SplatSet::with_capacity(dim, keep.len())?;
+        if !keep.is_empty() {
+            set.append(Batch::new(&raw, dim).ids(&ids).kappas(&kappa).alphas(&alpha))?;
+        }
+        self.set = set;
+        self.kappa = kappa;
+        self.alpha = alpha;
+        self.deleted.clear();
+        Ok(())
+    }
+
+    /// The controller, built on first use after an index build or insert.
+    pub(crate) fn with_soc<T>(&self, f: impl FnOnce(&mut Soc) -> T) -> Result<T> {
+        let index = self.index.as_ref().ok_or(Error::NoIndex { what: "the SOC controller" })?;
+        let mut guard = self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            let router = Router::new(index, |id| {
+                let r = self.set.row_of(id)?;
+                Some((self.kappa[r], self.alpha[r]))
+            })?;
+            let pile = Sandpile::new(router.site_graph(6)?, SocConfig::default())?;
+            let cluster_of = router.cluster_of();
+            *guard = Some(Soc { router: Arc::new(router), pile, cluster_of });
+        }
+        Ok(f(guard.as_mut().unwrap_or_else(|| unreachable!("set above"))))
+    }
+
+    fn hit(&self, id: u64, score: f32) -> Hit {
+        let r = self.set.row_of(id).unwrap_or(0);
+        Hit {
+            id,
+            score,
+            kappa: self.kappa.get(r).copied().unwrap_or(0.0),
+            alpha: self.alpha.get(r).copied().unwrap_or(0.0),
+        }
+    }
+
+    /// The `k` best splats for `query` at a level of detail (`Lod::Rerank`, LOD 2, is the default of the
+    /// original API; `Lod::Centroids` answers from the centroids alone). Each retrieval adds load to the
+    /// SOC controller's sites of the hits.
+    pub fn retrieve(&self, query: &[f32], k: usize, lod: Lod) -> Result<Vec<Hit>> {
+        let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve" })?;
+        let hits = index.search(query, k, lod, &SearchParams::default())?;
+        self.record_use(hits.iter().map(|h| h.id));
+        Ok(hits.iter().map(|h| self.hit(h.id, h.score)).collect())
+    }
+
+    /// [`retrieve`](Self::retrieve) for many queries (row-major), in parallel.
+    pub fn retrieve_batch(&self, queries: &[f32], k: usize, lod: Lod) -> Result<Vec<Vec<Hit>>> {
+        let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve_batch" })?;
+        let all = index.search_batch(queries, k, lod, &SearchParams::default())?;
+        self.record_use(all.iter().flatten().map(|h| h.id));
+        Ok(all.iter().map(|hits| hits.iter().map(|h| self.hit(h.id, h.score)).collect()).collect())
+    }
+
+    fn record_use(&self, ids: impl Iterator<Item = u64>) {
+        let ids: Vec<u64> = ids.collect();
+        let _ = self.with_soc(|soc| {
+            let sites: Vec<u32> = ids.iter().filter_map(|id| soc.cluster_of.get(id).copied()).collect();
+            let _ = soc.pile.record_use(&sites);
+        });
+    }
+
+    /// The energy E(x) = -log sum alpha exp(-kappa |x - mu|^2) of a unit vector `x`: over the splats
+    /// the index routes it to (16 clusters, up to 1,024 splats) when built, exactly otherwise.
+    pub fn energy(&self, x: &[f32]) -> Result<f64> {
+        if self.is_empty() {
+            return Err(Error::Empty);
+        }
+        if self.index.is_some() {
+            return self.with_soc(|soc| soc.router.energy(x, 16, 1024))?.map_err(Error::from);
+        }
+        let splats = Splats::new(self.config.dim, self.set.mu(), &self.kappa, &self.alpha)?;
+        Ok(m2m_soc::energy::energy(x, &splats)?)
+    }
+
+    /// Generates samples by Langevin dynamics on the splats' energy: `seeds` (unit rows) are moved
+    /// `steps` steps (0: the config's `langevin_steps`) and returned. Needs the index for routing.
+    pub fn generate(&self, seeds: &[f32], steps: usize) -> Result<Vec<f32>> {
+        let dim = self.config.dim;
+        if !seeds.len().is_multiple_of(dim) || seeds.is_empty() {
+            return Err(Error::Config {
+                field: "seeds",
+                reason: format!("{} values are not rows of {dim}", seeds.len()),
+            });
+        }
+        let mut x = seeds.to_vec();
+        for row in x.chunks_exact_mut(dim) {
+            let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if !(n.is_finite() && n > 0.0) {
+                return Err(Error::Config { field: "seeds", reason: "a seed row is zero or not finite".into() });
+            }
+            row.iter_mut().for_each(|v| *v /= n);
+        }
+        let router = self.with_soc(|soc| Arc::clone(&soc.router))?;
+        let config = LangevinConfig {
+            steps: if steps == 0 { self.config.langevin_steps } else { steps },
+            dt: self.config.langevin_dt,
+            gamma: self.config.langevin_gamma,
+            temperature: self.config.temperature,
+            ..LangevinConfig::default()
+        };
+        run_routed(&router, &config, &mut x, dim, self.config.seed)?;
+        Ok(x)
+    }
+
+    /// Generates `n` samples from seeds drawn uniformly among the live splats (deterministic for the
+    /// config's seed).
+    pub fn generate_n(&self, n: usize, steps: usize) -> Result<Vec<f32>> {
+        if self.is_empty() {
+            return Err(Error::Empty);
+        }
+        let dim = self.config.dim;
+        let live: Vec<usize> = (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect();
+        let mut seeds = Vec::with_capacity(n * dim);
+        let mut state = self.config.seed ^ 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..n {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            seeds.extend_from_slice(self.set.mu_row(live[(state >> 33) as usize % live.len()]));
+        }
+        self.generate(&seeds, steps)
+    }
+
+    /// Deletes splats (ids not present are ignored) and returns how many were live. They leave the
+    /// index at once and RAM at the next index build; the database logs the delete.
+    pub fn delete(&mut self, ids: &[u64]) -> Result<usize> {
+        let present: Vec<u64> = {
+            let mut seen = HashSet::new();
+            ids.iter()
+                .copied()
+                .filter(|id| self.set.row_of(*id).is_some() && !self.deleted.contains(id) && seen.insert(*id))
+                .collect()
+        };
+        if present.is_empty() {
+            return Ok(0);
+        }
+        if let Some(db) = &mut self.db {
+            db.delete(&present)?;
+        }
+        if let Some(index) = &mut self.index {
+            index.delete(&present);
+            *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
+        self.deleted.extend(present.iter().copied());
+        Ok(present.len())
+    }
+
+    /// Writes the splats added since the last flush into a segment (a no-op in memory).
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(db) = &mut self.db {
+            db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// What the engine holds.
+    pub fn stats(&self) -> Stats {
+        let live: Vec<f32> = (0..self.set.len())
+            .filter(|&r| !self.deleted.contains(&self.set.ids()[r]))
+            .map(|r| self.kappa[r])
+            .collect();
+        let (mut lo, mut hi, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0.0f64);
+        for &k in &live {
+            lo = lo.min(k);
+            hi = hi.max(k);
+            sum += f64::from(k);
+        }
+        let mean = if live.is_empty() { 0.0 } else { (sum / live.len() as f64) as f32 };
+        Stats {
+            splats: self.len(),
+            deleted: self.deleted.len(),
+            dim: self.config.dim,
+            index: self.index.as_ref().map(|i| (i.n_fine(), i.n_coarse())),
+            kappa: if live.is_empty() { (0.0, 0.0, 0.0) } else { (mean, lo, hi) },
+            device: self.compute.device_name(),
+            segments: self.db.as_ref().map_or(0, |db| db.manifest().segments.len()),
+        }
+    }
+
+    /// The compute backend.
+    pub fn compute(&self) -> &m2m_gpu::Compute {
+        &self.compute
+    }
+
+    /// The index, when built.
+    pub fn index(&self) -> Option<&Index> {
+        self.index.as_ref()
+    }
+}
+
+/// The vectors the index is built on: unit `mu` for cosine, the original vectors otherwise.
+fn index_vectors(set: &SplatSet, rows: std::ops::Range<usize>, metric: Metric) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * set.dim());
+    for r in rows {
+        if metric == Metric::Cosine {
+            out.extend_from_slice(set.mu_row(r));
+        } else {
+            let n = set.norms()[r];
+            out.extend(set.mu_row(r).iter().map(|v| v * n));
+        }
+    }
+    out
+}
+
+/// Langevin on unit rows `x`: chains grouped by their nearest cluster, each group against the splats
+/// routed from its first chain (4 clusters, 64 splats), all groups in parallel.
+pub(crate) fn run_routed(router: &Router, config: &LangevinConfig, x: &mut [f32], dim: usize, seed: u64) -> Result<()> {
+    let chains = x.len() / dim;
+    let mut by_cluster: HashMap<u32, Vec<usize>> = HashMap::new();
+    for c in 0..chains {
+        let near = router.nearest_clusters(&x[c * dim..(c + 1) * dim], 1)?;
+        by_cluster.entry(near[0]).or_default().push(c);
+    }
+    let mut keys: Vec<u32> = by_cluster.keys().copied().collect();
+    keys.sort_unstable();
+    let mut staged: Vec<(Vec<usize>, Vec<f32>, m2m_soc::Routed)> = Vec::with_capacity(keys.len());
+    for k in keys {
+        let members = by_cluster.remove(&k).unwrap_or_default();
+        let routed = router.route(&x[members[0] * dim..(members[0] + 1) * dim], 4, 64)?;
+        let rows: Vec<f32> = members.iter().flat_map(|&c| x[c * dim..(c + 1) * dim].iter().copied()).collect();
+        staged.push((members, rows, routed));
+    }
+    {
+        let mut groups: Vec<Group<'_>> = Vec::with_capacity(staged.len());
+        for (_, rows, routed) in &mut staged {
+            groups.push(Group { x: rows.as_mut_slice(), splats: routed.splats()? });
+        }
+        run(config, &mut groups, seed)?;
+    }
+    for (members, rows, _) in &staged {
+        for (i, &c) in members.iter().enumerate() {
+            x[c * dim..(c + 1) * dim].copy_from_slice(&rows[i * dim..(i + 1) * dim]);
+        }
+    }
+    Ok(())
+}

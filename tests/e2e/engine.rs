@@ -1,0 +1,169 @@
+//! The engine through its whole path: ingest, build, retrieve at every LOD with recall against exact
+//! search, energy, generation, deletes, inserts after the build, reopen after close, and bad input.
+
+use std::collections::HashSet;
+
+use m2m::{DataLoaderConfig, Error, Lod, M2m, M2mConfig, create_m2m, digits_on_sphere};
+
+const DIM: usize = 64;
+
+fn digits(rows: usize, queries: usize) -> m2m::splat::DigitsSphere {
+    digits_on_sphere(&m2m::DigitsConfig { rows, queries, dim: DIM, ..Default::default() }).unwrap()
+}
+
+fn recall(engine: &M2m, queries: &[f32], lod: Lod) -> f64 {
+    let mut found = 0;
+    let mut total = 0;
+    for q in queries.chunks_exact(DIM) {
+        let exact: HashSet<u64> = engine.retrieve(q, 10, Lod::Exact).unwrap().iter().map(|h| h.id).collect();
+        found += engine.retrieve(q, 10, lod).unwrap().iter().filter(|h| exact.contains(&h.id)).count();
+        total += 10;
+    }
+    found as f64 / total as f64
+}
+
+#[test]
+fn ingest_build_retrieve_generate_and_delete_in_memory() {
+    let d = digits(4_000, 50);
+    let mut engine = create_m2m(M2mConfig::default().dim(DIM)).unwrap();
+    let ids = engine.add_splats(&d.base).unwrap();
+    assert_eq!(ids, (0..4_000).collect::<Vec<u64>>());
+    assert!(matches!(engine.retrieve(&d.queries[..DIM], 10, Lod::Rerank), Err(Error::NoIndex { .. })));
+    engine.build_index().unwrap();
+    let s = engine.stats();
+    assert_eq!(s.splats, 4_000);
+    assert!(s.index.is_some());
+    // Learned kappa: inside the range and not the constant 10.
+    assert!(s.kappa.1 >= 1.0 && s.kappa.2 <= 50.0 && s.kappa.2 > s.kappa.1, "{:?}", s.kappa);
+
+    // Recall against exact search, measured: LOD 2 is calibrated for 0.95.
+    let r2 = recall(&engine, &d.queries, Lod::Rerank);
+    let r0 = recall(&engine, &d.queries, Lod::Centroids);
+    assert!(r2 >= 0.9, "LOD 2 recall {r2}");
+    assert!(r0 < r2, "LOD 0 {r0} below LOD 2 {r2}");
+    let batch = engine.retrieve_batch(&d.queries, 10, Lod::Rerank).unwrap();
+    assert_eq!(batch[3], engine.retrieve(&d.queries[3 * DIM..4 * DIM], 10, Lod::Rerank).unwrap());
+
+    // Energy: lower on the data than far from it; generation moves seeds and keeps them unit.
+    let on = engine.energy(&d.base[..DIM]).unwrap();
+    let off: Vec<f32> = d.base[..DIM].iter().map(|v| -v).collect();
+    assert!(on < engine.energy(&off).unwrap());
+    let generated = engine.generate(&d.queries[..4 * DIM], 20).unwrap();
+    assert_eq!(generated.len(), 4 * DIM);
+    assert_ne!(generated, d.queries[..4 * DIM].to_vec());
+    assert!(generated.chunks_exact(DIM).all(|r| (r.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-4));
+    assert_eq!(engine.generate_n(3, 5).unwrap().len(), 3 * DIM);
+
+    // Inserts after the build are found without a rebuild; deletes leave results at once.
+    let new_ids = engine.add_splats(&d.queries[..2 * DIM]).unwrap();
+    let hit = engine.retrieve(&d.queries[..DIM], 1, Lod::Rerank).unwrap();
+    assert_eq!(hit[0].id, new_ids[0], "the inserted copy of the query is its own nearest neighbour");
+    assert_eq!(engine.delete(&[new_ids[0], 999_999]).unwrap(), 1);
+    let hit = engine.retrieve(&d.queries[..DIM], 10, Lod::Rerank).unwrap();
+    assert!(hit.iter().all(|h| h.id != new_ids[0]));
+    assert_eq!(engine.len(), 4_001);
+    engine.build_index().unwrap();
+    assert_eq!(engine.stats().deleted, 0);
+}
+
+#[test]
+fn a_directory_engine_reopens_with_every_acknowledged_splat() {
+    let d = digits(1_500, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let mut engine =
+            M2m::create(M2mConfig { durable: false, ..M2mConfig::default().dim(DIM).data_dir(&path) }).unwrap();
+        engine.add_splats(&d.base[..1_000 * DIM]).unwrap();
+        engine.flush().unwrap();
+        engine.add_splats(&d.base[1_000 * DIM..]).unwrap();
+        engine.delete(&[7, 1_200]).unwrap();
+        assert!(
+            matches!(M2m::open(&path), Err(Error::Tier(m2m::tier::Error::Locked { .. }))),
+            "a second engine on the same directory is refused"
+        );
+    }
+    let mut engine = M2m::open(&path).unwrap();
+    assert_eq!(engine.len(), 1_498);
+    assert!(!engine.config().durable, "settings come back from the directory");
+    engine.build_index().unwrap();
+    let hits = engine.retrieve(&d.base[8 * DIM..9 * DIM], 1, Lod::Exact).unwrap();
+    assert_eq!(hits[0].id, 8);
+    assert!(engine.retrieve(&d.base[7 * DIM..8 * DIM], 1, Lod::Exact).unwrap()[0].id != 7, "7 stays deleted");
+    let ids = engine.add_splats(&d.queries[..DIM]).unwrap();
+    assert_eq!(ids, vec![1_500], "new ids continue after the stored ones");
+}
+
+#[test]
+fn the_data_lake_covers_shards_once_and_is_deterministic() {
+    let d = digits(2_000, 0);
+    let mut engine = create_m2m(M2mConfig::default().dim(DIM)).unwrap();
+    engine.add_splats(&d.base).unwrap();
+    engine.build_index().unwrap();
+    let collect = |cfg: &DataLoaderConfig| -> Vec<m2m::TrainingBatch> {
+        engine.export_to_dataloader(cfg).unwrap().map(|b| b.unwrap()).collect()
+    };
+    // Two shards: disjoint, together every splat once; the same seed gives the same batches.
+    let mut seen = Vec::new();
+    for rank in 0..2 {
+        let cfg = DataLoaderConfig { batch_size: 100, rank, world_size: 2, seed: 5, ..Default::default() };
+        let batches = collect(&cfg);
+        assert_eq!(batches, collect(&cfg), "deterministic");
+        seen.extend(batches.iter().flat_map(|b| b.ids.iter().copied()));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..2_000).collect::<Vec<u64>>());
+
+    // Importance sampling: weights 1 / (N p) average to about 1; generated rows follow the real ones.
+    let cfg = DataLoaderConfig {
+        batch_size: 250,
+        importance_sampling: true,
+        generate_samples: true,
+        epochs: 2,
+        ..Default::default()
+    };
+    let batches = collect(&cfg);
+    assert_eq!(batches.len(), 16);
+    assert!(batches.iter().all(|b| b.len() == 500 && b.generated.iter().filter(|g| **g).count() == 250));
+    let w: Vec<f32> = batches.iter().flat_map(|b| b.weights.iter().copied()).collect();
+    let mean = w.iter().map(|&v| f64::from(v)).sum::<f64>() / w.len() as f64;
+    assert!((mean - 1.0).abs() < 0.2, "mean weight {mean}");
+    let b = &batches[0];
+    assert_ne!(&b.mu[..DIM], &b.mu[250 * DIM..251 * DIM], "the generated row moved from its seed");
+
+    // Dropping the loader early stops its thread (the test would hang otherwise).
+    let mut early = engine.export_to_dataloader(&DataLoaderConfig { batch_size: 10, ..Default::default() }).unwrap();
+    assert!(early.next().is_some());
+    drop(early);
+}
+
+#[test]
+fn bad_input_gets_a_typed_error_and_changes_nothing() {
+    let mut engine = create_m2m(M2mConfig::default().dim(4)).unwrap();
+    assert!(matches!(engine.add_splats(&[1.0, 2.0, 3.0]), Err(Error::Splat(_))), "wrong dimension");
+    assert!(matches!(engine.add_splats(&[1.0, f32::NAN, 0.0, 0.0]), Err(Error::Splat(_))));
+    assert!(matches!(engine.add_splats(&[]), Err(Error::Splat(_))), "empty batch");
+    let r = engine.add_splats_with(&[1.0, 0.0, 0.0, 0.0], &[3], Some(&[0.0]), None);
+    assert!(matches!(r, Err(Error::Splat(_))), "kappa 0: {r:?}");
+    assert_eq!(engine.len(), 0);
+    assert!(matches!(engine.build_index(), Err(Error::Empty)));
+    assert!(matches!(
+        create_m2m(M2mConfig { dim: 0, ..M2mConfig::default() }),
+        Err(Error::Config { field: "dim", .. })
+    ));
+    assert!(matches!(
+        create_m2m(M2mConfig { min_kappa: 60.0, ..M2mConfig::default() }),
+        Err(Error::Config { field: "min_kappa", .. })
+    ));
+    let missing = tempfile::tempdir().unwrap();
+    assert!(matches!(M2m::open(missing.path().join("nope")), Err(Error::Tier(m2m::tier::Error::Io { .. }))));
+    engine.add_splats(&[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]).unwrap();
+    assert!(matches!(
+        engine.export_to_dataloader(&DataLoaderConfig { batch_size: 0, ..Default::default() }),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        engine.export_to_dataloader(&DataLoaderConfig { rank: 2, world_size: 2, ..Default::default() }),
+        Err(Error::Config { field: "rank", .. })
+    ));
+}
