@@ -210,16 +210,22 @@ impl M2m {
         if let Some((row, id)) = ids.iter().enumerate().find(|(_, id)| self.deleted.contains(id)) {
             return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
         }
-        // Validate into a batch set first: nothing is written unless all of it is good.
-        let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
-        fresh.append(batch)?;
-        if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some()) {
-            return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
-        }
-        if let Some(db) = &mut self.db {
-            db.ingest(&fresh)?;
-        }
-        let rows = self.set.append(batch)?;
+        let rows = match &mut self.db {
+            // In memory the set's own append is all-or-nothing.
+            None => self.set.append(batch)?,
+            Some(db) => {
+                // Validated into a batch set first, logged, then appended: nothing is written, to disk
+                // or RAM, unless all of it is good.
+                let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
+                fresh.append(batch)?;
+                if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some())
+                {
+                    return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
+                }
+                db.ingest(&fresh)?;
+                self.set.append(batch)?
+            }
+        };
         self.kappa.extend_from_slice(&self.set.kappa()[rows.clone()]);
         self.alpha.extend_from_slice(&self.set.alpha()[rows.clone()]);
         self.next_id = self.next_id.max(ids.iter().max().map_or(0, |m| m + 1));
@@ -477,23 +483,23 @@ fn index_vectors(set: &SplatSet, rows: std::ops::Range<usize>, metric: Metric) -
     out
 }
 
-/// Langevin on unit rows `x`: chains grouped by their nearest cluster, each group against the splats
-/// routed from its first chain (4 clusters, 64 splats), all groups in parallel.
+/// Langevin on unit rows `x`: chains ordered by their nearest cluster and cut into groups of up to 64
+/// neighbouring chains; each group runs against the splats routed from its mean direction (8 clusters,
+/// 64 splats), all groups in parallel.
 pub(crate) fn run_routed(router: &Router, config: &LangevinConfig, x: &mut [f32], dim: usize, seed: u64) -> Result<()> {
     let chains = x.len() / dim;
-    let mut by_cluster: HashMap<u32, Vec<usize>> = HashMap::new();
-    for c in 0..chains {
-        let near = router.nearest_clusters(&x[c * dim..(c + 1) * dim], 1)?;
-        by_cluster.entry(near[0]).or_default().push(c);
-    }
-    let mut keys: Vec<u32> = by_cluster.keys().copied().collect();
-    keys.sort_unstable();
-    let mut staged: Vec<(Vec<usize>, Vec<f32>, m2m_soc::Routed)> = Vec::with_capacity(keys.len());
-    for k in keys {
-        let members = by_cluster.remove(&k).unwrap_or_default();
-        let routed = router.route(&x[members[0] * dim..(members[0] + 1) * dim], 4, 64)?;
+    let nearest = router.nearest_cluster_of_rows(x)?;
+    let mut order: Vec<usize> = (0..chains).collect();
+    order.sort_by_key(|&c| (nearest[c], c));
+    let mut staged: Vec<(Vec<usize>, Vec<f32>, m2m_soc::Routed)> = Vec::new();
+    for members in order.chunks(64) {
         let rows: Vec<f32> = members.iter().flat_map(|&c| x[c * dim..(c + 1) * dim].iter().copied()).collect();
-        staged.push((members, rows, routed));
+        let mut mean = vec![0f32; dim];
+        rows.chunks_exact(dim).for_each(|r| mean.iter_mut().zip(r).for_each(|(m, v)| *m += v));
+        let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let centre: Vec<f32> = if norm > 1e-6 { mean.iter().map(|v| v / norm).collect() } else { rows[..dim].to_vec() };
+        let routed = router.route(&centre, 8, 64)?;
+        staged.push((members.to_vec(), rows, routed));
     }
     {
         let mut groups: Vec<Group<'_>> = Vec::with_capacity(staged.len());

@@ -129,6 +129,25 @@ impl Router {
         Ok(order)
     }
 
+    /// The nearest cluster of each row of `x` (row-major), scored as one matrix product.
+    pub fn nearest_cluster_of_rows(&self, x: &[f32]) -> Result<Vec<u32>> {
+        let rows = x.len() / self.dim;
+        check_len("x", x.len(), rows * self.dim)?;
+        check_values("x", x, false)?;
+        let n = self.members.len();
+        let mut scores = vec![0f32; rows * n];
+        kernels::dots_many(x, &self.centroids, self.dim, &mut scores);
+        Ok(scores
+            .chunks_exact(n)
+            .map(|s| {
+                s.iter()
+                    .enumerate()
+                    .fold((0u32, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i as u32, v) } else { b })
+                    .0
+            })
+            .collect())
+    }
+
     /// The splats `x` is routed to: of the members of its `probes` nearest clusters, the `max_splats`
     /// (at least 1) with the largest terms. `x` should be a unit vector.
     pub fn route(&self, x: &[f32], probes: usize, max_splats: usize) -> Result<Routed> {
