@@ -19,7 +19,7 @@ fn main() -> Result<()> {
         bail!("usage: retrieval_from_file BASE [QUERIES] [K]");
     };
     let k: usize = args.get(2).map(|s| s.parse()).transpose().context("K must be a number")?.unwrap_or(10);
-    let mut reader = VectorReader::open(base)?;
+    let reader = VectorReader::open(base)?;
     let dim = reader.info().dim;
     let mut engine = create_m2m(M2mConfig::default().dim(dim))?;
     let t = Instant::now();
