@@ -131,6 +131,15 @@ fn the_data_lake_covers_shards_once_and_is_deterministic() {
     let b = &batches[0];
     assert_ne!(&b.mu[..DIM], &b.mu[250 * DIM..251 * DIM], "the generated row moved from its seed");
 
+    // A running loader keeps the splats as they were at export while the engine changes.
+    let loader = engine
+        .export_to_dataloader(&DataLoaderConfig { batch_size: 500, shuffle: false, ..Default::default() })
+        .unwrap();
+    engine.add_splats(&d.base[..DIM]).unwrap();
+    engine.delete(&[0, 1, 2]).unwrap();
+    let ids: Vec<u64> = loader.flat_map(|b| b.unwrap().ids).collect();
+    assert_eq!(ids, (0..2_000).collect::<Vec<u64>>());
+
     // Dropping the loader early stops its thread (the test would hang otherwise).
     let mut early = engine.export_to_dataloader(&DataLoaderConfig { batch_size: 10, ..Default::default() }).unwrap();
     assert!(early.next().is_some());

@@ -12,7 +12,9 @@
 //!   runs it for 15 seconds per target. cargo-fuzz's flags (`-Z sanitizer=address`) need a nightly
 //!   compiler, and this machine has only stable: `RUSTC_BOOTSTRAP=1` lets stable accept them.
 //! * `cargo xtask bench [tier|splat|kernels|soc] [ARGS...]`: runs the criterion benchmarks (all, or one by
-//!   name); ARGS go to criterion (for example a benchmark name filter).
+//!   name); ARGS go to criterion (for example a benchmark name filter). Without arguments it then runs
+//!   `cargo xtask bench report`, which regenerates `BENCHMARKS.md` and `BENCHMARKS-recall-qps.svg` from an
+//!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin.
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists every option).
 
@@ -221,7 +223,12 @@ fn bench(args: &[String]) -> Result<()> {
         }
         return run("cargo", &cmd);
     }
+    let report = ["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-report"];
+    if args.first().map(String::as_str) == Some("report") {
+        return run("cargo", &report);
+    }
     let mut cmd = vec!["bench", "--locked", "-p", "m2m-benches"];
+    let everything = args.is_empty();
     let mut args = args;
     if let Some(name @ ("tier" | "splat" | "kernels" | "soc")) = args.first().map(String::as_str) {
         // One criterion benchmark by name: `cargo xtask bench tier`.
@@ -232,5 +239,11 @@ fn bench(args: &[String]) -> Result<()> {
         cmd.push("--");
         cmd.extend(args.iter().map(String::as_str));
     }
-    run("cargo", &cmd)
+    run("cargo", &cmd)?;
+    if everything {
+        // Every benchmark: the criterion ones above, then the engine report that regenerates
+        // BENCHMARKS.md and its plot.
+        run("cargo", &report)?;
+    }
+    Ok(())
 }

@@ -60,9 +60,10 @@ pub(crate) struct Soc {
 #[derive(Debug)]
 pub struct M2m {
     pub(crate) config: M2mConfig,
-    pub(crate) set: SplatSet,
-    pub(crate) kappa: Vec<f32>,
-    pub(crate) alpha: Vec<f32>,
+    /// Shared with running data loaders: a change while one runs copies (the loader keeps its snapshot).
+    pub(crate) set: Arc<SplatSet>,
+    pub(crate) kappa: Arc<Vec<f32>>,
+    pub(crate) alpha: Arc<Vec<f32>>,
     pub(crate) deleted: HashSet<u64>,
     db: Option<Db>,
     pub(crate) index: Option<Index>,
@@ -104,9 +105,9 @@ impl M2m {
             None => None,
         };
         Ok(M2m {
-            set: SplatSet::new(config.dim)?,
-            kappa: Vec::new(),
-            alpha: Vec::new(),
+            set: Arc::new(SplatSet::new(config.dim)?),
+            kappa: Arc::new(Vec::new()),
+            alpha: Arc::new(Vec::new()),
             deleted: HashSet::new(),
             db,
             index: None,
@@ -130,9 +131,9 @@ impl M2m {
         config.check()?;
         let db = Db::open(dir, db_options(&config))?;
         let mut engine = M2m {
-            set: SplatSet::new(config.dim)?,
-            kappa: Vec::new(),
-            alpha: Vec::new(),
+            set: Arc::new(SplatSet::new(config.dim)?),
+            kappa: Arc::new(Vec::new()),
+            alpha: Arc::new(Vec::new()),
             deleted: HashSet::new(),
             db: None,
             index: None,
@@ -156,9 +157,9 @@ impl M2m {
             let ids: Vec<u64> = keep.iter().map(|&i| part.ids[i]).collect();
             let kappa: Vec<f32> = keep.iter().map(|&i| part.kappa[i]).collect();
             let alpha: Vec<f32> = keep.iter().map(|&i| part.alpha[i]).collect();
-            engine.set.append(Batch::new(&raw, dim).ids(&ids).kappas(&kappa).alphas(&alpha))?;
-            engine.kappa.extend(kappa);
-            engine.alpha.extend(alpha);
+            Arc::make_mut(&mut engine.set).append(Batch::new(&raw, dim).ids(&ids).kappas(&kappa).alphas(&alpha))?;
+            Arc::make_mut(&mut engine.kappa).extend(kappa);
+            Arc::make_mut(&mut engine.alpha).extend(alpha);
         }
         engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m + 1);
         engine.db = Some(db);
@@ -212,7 +213,7 @@ impl M2m {
         }
         let rows = match &mut self.db {
             // In memory the set's own append is all-or-nothing.
-            None => self.set.append(batch)?,
+            None => Arc::make_mut(&mut self.set).append(batch)?,
             Some(db) => {
                 // Validated into a batch set first, logged, then appended: nothing is written, to disk
                 // or RAM, unless all of it is good.
@@ -223,11 +224,11 @@ impl M2m {
                     return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
                 }
                 db.ingest(&fresh)?;
-                self.set.append(batch)?
+                Arc::make_mut(&mut self.set).append(batch)?
             }
         };
-        self.kappa.extend_from_slice(&self.set.kappa()[rows.clone()]);
-        self.alpha.extend_from_slice(&self.set.alpha()[rows.clone()]);
+        Arc::make_mut(&mut self.kappa).extend_from_slice(&self.set.kappa()[rows.clone()]);
+        Arc::make_mut(&mut self.alpha).extend_from_slice(&self.set.alpha()[rows.clone()]);
         self.next_id = self.next_id.max(ids.iter().max().map_or(0, |m| m + 1));
         if let Some(index) = &mut self.index {
             let vectors = index_vectors(&self.set, rows.clone(), self.config.metric);
@@ -259,8 +260,8 @@ impl M2m {
                 ..KappaConfig::default()
             };
             let est = m2m_soc::estimate_kappa(&index, self.set.mu(), &ids, &kc)?;
-            self.kappa = est.kappa;
-            self.alpha = est.alpha;
+            self.kappa = Arc::new(est.kappa);
+            self.alpha = Arc::new(est.alpha);
         }
         self.index = Some(index);
         *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
@@ -283,9 +284,9 @@ impl M2m {
         if !keep.is_empty() {
             set.append(Batch::new(&raw, dim).ids(&ids).kappas(&kappa).alphas(&alpha))?;
         }
-        self.set = set;
-        self.kappa = kappa;
-        self.alpha = alpha;
+        self.set = Arc::new(set);
+        self.kappa = Arc::new(kappa);
+        self.alpha = Arc::new(alpha);
         self.deleted.clear();
         Ok(())
     }
@@ -351,7 +352,7 @@ impl M2m {
         if self.index.is_some() {
             return self.with_soc(|soc| soc.router.energy(x, 16, 1024))?.map_err(Error::from);
         }
-        let splats = Splats::new(self.config.dim, self.set.mu(), &self.kappa, &self.alpha)?;
+        let splats = Splats::new(self.config.dim, self.set.mu(), self.kappa.as_slice(), self.alpha.as_slice())?;
         Ok(m2m_soc::energy::energy(x, &splats)?)
     }
 
@@ -381,7 +382,7 @@ impl M2m {
             temperature: self.config.temperature,
             ..LangevinConfig::default()
         };
-        run_routed(&router, &config, &mut x, dim, self.config.seed)?;
+        run_routed(&router, &config, &mut x, dim, self.config.seed, None)?;
         Ok(x)
     }
 
@@ -486,9 +487,20 @@ fn index_vectors(set: &SplatSet, rows: std::ops::Range<usize>, metric: Metric) -
 /// Langevin on unit rows `x`: chains ordered by their nearest cluster and cut into groups of up to 64
 /// neighbouring chains; each group runs against the splats routed from its mean direction (8 clusters,
 /// 64 splats), all groups in parallel.
-pub(crate) fn run_routed(router: &Router, config: &LangevinConfig, x: &mut [f32], dim: usize, seed: u64) -> Result<()> {
+pub(crate) fn run_routed(
+    router: &Router,
+    config: &LangevinConfig,
+    x: &mut [f32],
+    dim: usize,
+    seed: u64,
+    clusters: Option<&[u32]>,
+) -> Result<()> {
     let chains = x.len() / dim;
-    let nearest = router.nearest_cluster_of_rows(x)?;
+    // The chains' clusters when the caller knows them (seeds that are splats), else the nearest.
+    let nearest = match clusters {
+        Some(c) if c.len() == chains => c.to_vec(),
+        _ => router.nearest_cluster_of_rows(x)?,
+    };
     let mut order: Vec<usize> = (0..chains).collect();
     order.sort_by_key(|&c| (nearest[c], c));
     let mut staged: Vec<(Vec<usize>, Vec<f32>, m2m_soc::Routed)> = Vec::new();

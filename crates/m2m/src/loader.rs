@@ -92,14 +92,18 @@ impl TrainingBatch {
     }
 }
 
-/// The rows the loader reads: a copy of the live splats taken at export, shared with its thread.
+/// What the loader reads: the engine's splats as they were at export (shared, not copied: the engine
+/// copies on its next change while a loader holds them), and which rows are live.
 #[derive(Debug)]
 struct Lake {
     dim: usize,
-    ids: Vec<u64>,
-    mu: Vec<f32>,
-    kappa: Vec<f32>,
-    alpha: Vec<f32>,
+    set: Arc<m2m_splat::SplatSet>,
+    kappa: Arc<Vec<f32>>,
+    alpha: Arc<Vec<f32>>,
+    /// Rows of `set` in the epoch's universe (the live ones).
+    live: Vec<u32>,
+    /// The cluster of each live row (when the controller runs).
+    cluster: Vec<u32>,
     /// Sampling probability of each row (importance sampling only).
     probs: Option<Vec<f64>>,
     router: Option<Arc<Router>>,
@@ -148,10 +152,11 @@ impl M2m {
         let live: Vec<usize> = (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect();
         let mut lake = Lake {
             dim,
-            ids: live.iter().map(|&r| self.set.ids()[r]).collect(),
-            mu: live.iter().flat_map(|&r| self.set.mu_row(r).iter().copied()).collect(),
-            kappa: live.iter().map(|&r| self.kappa[r]).collect(),
-            alpha: live.iter().map(|&r| self.alpha[r]).collect(),
+            set: Arc::clone(&self.set),
+            kappa: Arc::clone(&self.kappa),
+            alpha: Arc::clone(&self.alpha),
+            live: live.iter().map(|&r| r as u32).collect(),
+            cluster: Vec::new(),
             probs: None,
             router: None,
             langevin: LangevinConfig {
@@ -163,12 +168,15 @@ impl M2m {
             },
         };
         if config.importance_sampling || config.generate_samples {
-            let (router, probs) = self.with_soc(|soc| {
+            let (router, site_of, probs) = self.with_soc(|soc| {
                 let site_of: Vec<u32> =
-                    lake.ids.iter().map(|id| soc.cluster_of.get(id).copied().unwrap_or(0)).collect();
-                (Arc::clone(&soc.router), soc.pile.splat_probabilities(&site_of, &lake.kappa))
+                    live.iter().map(|&r| soc.cluster_of.get(&self.set.ids()[r]).copied().unwrap_or(0)).collect();
+                let kappa: Vec<f32> = live.iter().map(|&r| self.kappa[r]).collect();
+                let probs = soc.pile.splat_probabilities(&site_of, &kappa);
+                (Arc::clone(&soc.router), site_of, probs)
             })?;
             lake.router = Some(router);
+            lake.cluster = site_of;
             if config.importance_sampling {
                 lake.probs = Some(probs?);
             }
@@ -208,7 +216,7 @@ impl M2m {
 
 /// The rows of an epoch with their importance weights.
 fn epoch_plan(lake: &Lake, cfg: &DataLoaderConfig, epoch: u64) -> Result<Vec<(u32, f32)>> {
-    let n = lake.ids.len();
+    let n = lake.live.len();
     if let Some(p) = &lake.probs {
         let sampler = ImportanceSampler::new(p, SamplerConfig { epoch_size: Some(n), cover: false, seed: cfg.seed })?;
         let plan = sampler.epoch(epoch);
@@ -225,10 +233,11 @@ fn epoch_plan(lake: &Lake, cfg: &DataLoaderConfig, epoch: u64) -> Result<Vec<(u3
 fn assemble(lake: &Lake, cfg: &DataLoaderConfig, epoch: u64, b: u64, chunk: &[(u32, f32)]) -> Result<TrainingBatch> {
     let dim = lake.dim;
     let mut out = TrainingBatch { epoch, ..TrainingBatch::default() };
-    for &(r, w) in chunk {
-        let r = r as usize;
-        out.ids.push(lake.ids[r]);
-        out.mu.extend_from_slice(&lake.mu[r * dim..(r + 1) * dim]);
+    out.mu.reserve(chunk.len() * dim * if cfg.generate_samples { 2 } else { 1 });
+    for &(i, w) in chunk {
+        let r = lake.live[i as usize] as usize;
+        out.ids.push(lake.set.ids()[r]);
+        out.mu.extend_from_slice(lake.set.mu_row(r));
         out.kappa.push(lake.kappa[r]);
         out.alpha.push(lake.alpha[r]);
         out.weights.push(w);
@@ -238,7 +247,9 @@ fn assemble(lake: &Lake, cfg: &DataLoaderConfig, epoch: u64, b: u64, chunk: &[(u
         let router = lake.router.as_ref().ok_or(Error::NoIndex { what: "generate_samples" })?;
         let mut x = out.mu.clone();
         let seed = cfg.seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        run_routed(router, &lake.langevin, &mut x, dim, seed)?;
+        let clusters: Vec<u32> =
+            chunk.iter().map(|&(i, _)| lake.cluster.get(i as usize).copied().unwrap_or(0)).collect();
+        run_routed(router, &lake.langevin, &mut x, dim, seed, Some(&clusters))?;
         let real = out.ids.len();
         for i in 0..real {
             out.ids.push(out.ids[i]);
