@@ -92,6 +92,13 @@ fn a_directory_engine_reopens_with_every_acknowledged_splat() {
     assert!(engine.retrieve(&d.base[7 * DIM..8 * DIM], 1, Lod::Exact).unwrap()[0].id != 7, "7 stays deleted");
     let ids = engine.add_splats(&d.queries[..DIM]).unwrap();
     assert_eq!(ids, vec![1_500], "new ids continue after the stored ones");
+    engine.build_index().unwrap();
+    let before = engine.retrieve(&d.queries[..DIM], 10, Lod::Rerank).unwrap();
+    drop(engine);
+    // The index comes back with the engine: no build needed, the same answers.
+    let engine = M2m::open(&path).unwrap();
+    assert!(engine.index().is_some(), "the stored index is loaded");
+    assert_eq!(engine.retrieve(&d.queries[..DIM], 10, Lod::Rerank).unwrap(), before);
 }
 
 #[test]

@@ -15,6 +15,17 @@ use crate::{Device, Error, M2mConfig, Metric, Result};
 
 /// Name of the engine's settings inside a data directory.
 pub const CONFIG_BLOB: &str = "m2m-config.blob";
+/// Name of the stored index (with the learned kappa and alpha) inside a data directory.
+pub const INDEX_BLOB: &str = "m2m-index.blob";
+
+/// What `build_index` stores in a data directory and `open` loads back.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredIndex {
+    parts: m2m_index::IndexParts,
+    ids: Vec<u64>,
+    kappa: Vec<f32>,
+    alpha: Vec<f32>,
+}
 
 /// One retrieved splat.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -163,7 +174,44 @@ impl M2m {
         }
         engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m + 1);
         engine.db = Some(db);
+        engine.load_index(dir)?;
         Ok(engine)
+    }
+
+    /// Loads the stored index when it covers exactly the splats now live (splats added or deleted since
+    /// the build make it stale: then `build_index` is needed again).
+    fn load_index(&mut self, dir: &Path) -> Result<()> {
+        if !dir.join(INDEX_BLOB).exists() {
+            return Ok(());
+        }
+        let bytes = m2m_tier::load_blob(dir, INDEX_BLOB)?;
+        let stored: StoredIndex = postcard::from_bytes(&bytes).map_err(|e| {
+            Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(INDEX_BLOB), offset: 20, reason: e.to_string() })
+        })?;
+        let mut now: Vec<u64> = self.set.ids().to_vec();
+        let mut then = stored.ids.clone();
+        now.sort_unstable();
+        then.sort_unstable();
+        if now != then {
+            tracing::info!(
+                "m2m: the stored index is stale ({} splats then, {} now); build_index to rebuild",
+                then.len(),
+                now.len()
+            );
+            return Ok(());
+        }
+        let index = Index::from_parts(stored.parts)?;
+        let (mut kappa, mut alpha) = (self.kappa.to_vec(), self.alpha.to_vec());
+        for (i, id) in stored.ids.iter().enumerate() {
+            if let Some(r) = self.set.row_of(*id) {
+                kappa[r] = stored.kappa[i];
+                alpha[r] = stored.alpha[i];
+            }
+        }
+        self.kappa = Arc::new(kappa);
+        self.alpha = Arc::new(alpha);
+        self.index = Some(index);
+        Ok(())
     }
 
     /// The settings.
@@ -262,6 +310,17 @@ impl M2m {
             let est = m2m_soc::estimate_kappa(&index, self.set.mu(), &ids, &kc)?;
             self.kappa = Arc::new(est.kappa);
             self.alpha = Arc::new(est.alpha);
+        }
+        if let Some(dir) = self.config.data_dir.clone() {
+            let stored = StoredIndex {
+                parts: index.parts().clone(),
+                ids: ids.clone(),
+                kappa: self.kappa.to_vec(),
+                alpha: self.alpha.to_vec(),
+            };
+            let bytes = postcard::to_allocvec(&stored)
+                .map_err(|e| Error::Config { field: "index", reason: format!("does not serialise: {e}") })?;
+            m2m_tier::store_blob(&dir, INDEX_BLOB, &bytes)?;
         }
         self.index = Some(index);
         *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;

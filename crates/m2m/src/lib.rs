@@ -26,7 +26,7 @@ mod error;
 mod loader;
 
 pub use config::{Device, M2mConfig};
-pub use engine::{CONFIG_BLOB, Hit, M2m, Stats, create_m2m};
+pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, M2m, Stats, create_m2m};
 pub use error::{Error, Result};
 pub use loader::{DataLoader, DataLoaderConfig, TrainingBatch};
 

@@ -1,4 +1,4 @@
-//! Small named files of a database directory written whole by upper layers (the facade's settings):
+//! Named files of a database directory written whole by upper layers (the facade's settings, its index):
 //! a checksummed header and the bytes, replaced atomically like the manifest. The layout is in
 //! `FORMAT.md`; m2m-tier stays the only crate that writes database files.
 
@@ -12,8 +12,8 @@ pub const BLOB_MAGIC: [u8; 8] = *b"M2M-BLB\0";
 /// Format version this build reads and writes.
 pub const BLOB_VERSION: u32 = 1;
 const HEADER: usize = 20;
-/// Largest blob accepted (16 MiB): these hold settings, not data.
-const MAX_BLOB: usize = 16 << 20;
+/// Largest blob accepted (2 GiB: an index's parts; the length field is a u32).
+const MAX_BLOB: usize = 2 << 30;
 
 fn check_name(name: &str) -> Result<()> {
     let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -29,7 +29,7 @@ fn check_name(name: &str) -> Result<()> {
 pub fn store_blob(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     check_name(name)?;
     if bytes.len() > MAX_BLOB {
-        return Err(Error::InvalidBatch { reason: format!("blob of {} bytes exceeds 16 MiB", bytes.len()) });
+        return Err(Error::InvalidBatch { reason: format!("blob of {} bytes exceeds 2 GiB", bytes.len()) });
     }
     let mut out = Vec::with_capacity(HEADER + bytes.len());
     out.extend_from_slice(&BLOB_MAGIC);
