@@ -224,6 +224,26 @@ impl M2m {
         self.set.len() - self.deleted.len()
     }
 
+    /// Whether `id` is a live splat.
+    pub fn contains(&self, id: u64) -> bool {
+        self.set.row_of(id).is_some() && !self.deleted.contains(&id)
+    }
+
+    /// The largest id the engine has ever held (deleted ones included), if any.
+    pub fn stats_max_id(&self) -> Option<u64> {
+        self.set.ids().iter().copied().max().max(self.next_id.checked_sub(1))
+    }
+
+    /// The original vector of a live splat (unit `mu` times its norm).
+    pub fn vector_of(&self, id: u64) -> Option<Vec<f32>> {
+        if !self.contains(id) {
+            return None;
+        }
+        let r = self.set.row_of(id)?;
+        let n = self.set.norms()[r];
+        Some(self.set.mu_row(r).iter().map(|v| v * n).collect())
+    }
+
     /// Whether the engine holds no live splat.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -291,6 +311,12 @@ impl M2m {
     /// from each splat's neighbours when `learn_kappa` is set, and starts the SOC controller over the
     /// index's clusters.
     pub fn build_index(&mut self) -> Result<()> {
+        self.build_index_with(None, None)
+    }
+
+    /// [`build_index`](Self::build_index) with the numbers of fine and coarse clusters set (`None`: the
+    /// index's own choice from the number of splats).
+    pub fn build_index_with(&mut self, n_fine: Option<usize>, n_coarse: Option<usize>) -> Result<()> {
         if self.is_empty() {
             return Err(Error::Empty);
         }
@@ -299,7 +325,13 @@ impl M2m {
         }
         let ids = self.set.ids().to_vec();
         let vectors = index_vectors(&self.set, 0..self.set.len(), self.config.metric);
-        let cfg = IndexConfig { metric: self.config.metric, seed: self.config.seed, ..IndexConfig::default() };
+        let cfg = IndexConfig {
+            metric: self.config.metric,
+            seed: self.config.seed,
+            n_fine,
+            n_coarse,
+            ..IndexConfig::default()
+        };
         let index = Index::build(&cfg, self.config.dim, &vectors, &ids)?;
         if self.config.learn_kappa && self.config.metric == Metric::Cosine && ids.len() >= 64 {
             let kc = KappaConfig {

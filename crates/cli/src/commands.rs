@@ -1,0 +1,439 @@
+//! The subcommands.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use m2m::splat::{VectorReader, VectorWriter, read_vectors};
+use m2m::{CONFIG_BLOB, DataLoaderConfig, INDEX_BLOB, Lod, M2m, M2mConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{Cli, Command};
+
+/// `println!` that ignores a closed stdout (`m2m info DB | head` must not panic on the broken pipe).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// Where `ingest` keeps, per file, the first id it gave that file's rows (so a rerun knows which rows
+/// are in and resumes after them).
+const INGEST_BLOB: &str = "m2m-ingest.blob";
+
+#[derive(Serialize, Deserialize, Default)]
+struct IngestLog {
+    files: Vec<IngestedFile>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct IngestedFile {
+    path: String,
+    bytes: u64,
+    rows: u64,
+    base: u64,
+}
+
+pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Ingest { db, files, chunk, no_sync } => ingest(cli, db, files, *chunk, *no_sync),
+        Command::Build { db, n_fine, n_coarse } => build(cli, db, *n_fine, *n_coarse),
+        Command::Query { db, file, row, k, lod } => query(cli, db, file.as_deref(), *row, *k, lod),
+        Command::Stream { db, batch_size, importance, generate, epochs, seed, out } => {
+            let cfg = DataLoaderConfig {
+                batch_size: *batch_size,
+                importance_sampling: *importance,
+                generate_samples: *generate,
+                epochs: *epochs,
+                seed: *seed,
+                ..DataLoaderConfig::default()
+            };
+            stream(cli, db, &cfg, out.as_deref())
+        }
+        Command::Info { db } => info(cli, db),
+        Command::Verify { db } => verify(cli, db),
+        Command::Bench { base, queries, k } => bench(cli, base, queries, *k),
+    }
+}
+
+fn bar(cli: &Cli, len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if cli.json || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn spinner(cli: &Cli, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    if cli.json || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+fn is_db(db: &Path) -> bool {
+    db.join(CONFIG_BLOB).exists()
+}
+
+fn open(db: &Path) -> Result<M2m> {
+    if !is_db(db) {
+        bail!("{}: not an M2M database (no {CONFIG_BLOB})", db.display());
+    }
+    M2m::open(db).with_context(|| format!("opening {}", db.display()))
+}
+
+fn ingest(cli: &Cli, db: &Path, files: &[PathBuf], chunk: usize, no_sync: bool) -> Result<ExitCode> {
+    if chunk == 0 {
+        bail!("--chunk: must be at least 1");
+    }
+    // Every file is opened (and its header checked) before anything is written.
+    let mut readers = Vec::new();
+    for f in files {
+        let r = VectorReader::open(f).with_context(|| format!("{}", f.display()))?;
+        readers.push((f.clone(), r));
+    }
+    let dim = readers[0].1.info().dim;
+    for (f, r) in &readers {
+        if r.info().dim != dim {
+            bail!("{}: dimension {} differs from {}'s {dim}", f.display(), r.info().dim, files[0].display());
+        }
+    }
+    let mut engine = if is_db(db) {
+        let e = open(db)?;
+        if e.config().dim != dim {
+            bail!("{}: dimension {dim} does not match the database's {}", files[0].display(), e.config().dim);
+        }
+        e
+    } else {
+        let config = M2mConfig { durable: !no_sync, ..M2mConfig::default().dim(dim).data_dir(db) };
+        M2m::create(config).with_context(|| format!("creating {}", db.display()))?
+    };
+    let mut log: IngestLog = match m2m::tier::load_blob(db, INGEST_BLOB) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{}", db.join(INGEST_BLOB).display()))?,
+        Err(m2m::tier::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            IngestLog::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        // A second handler cannot be installed in one process; the CLI installs one.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    let start = Instant::now();
+    let (mut added, mut skipped) = (0u64, 0u64);
+    let mut interrupted = false;
+    for (path, mut reader) in readers {
+        let info = reader.info();
+        let key = std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string();
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let entry = match log.files.iter().find(|e| e.path == key && e.bytes == bytes && e.rows == info.rows) {
+            Some(e) => e.clone(),
+            None => {
+                // A fresh range of ids, after every id in use; logged before any row is written.
+                let after_log = log.files.iter().map(|e| e.base + e.rows).max().unwrap_or(0);
+                let base = after_log.max(next_free_id(&engine));
+                let e = IngestedFile { path: key.clone(), bytes, rows: info.rows, base };
+                log.files.retain(|x| x.path != key);
+                log.files.push(e.clone());
+                m2m::tier::store_blob(db, INGEST_BLOB, &serde_json::to_vec(&log)?)?;
+                e
+            }
+        };
+        let done = (0..entry.rows).take_while(|r| engine.contains(entry.base + r)).count() as u64;
+        skipped += done;
+        if done == entry.rows {
+            continue;
+        }
+        reader.seek_row(done).with_context(|| format!("{}", path.display()))?;
+        let pb = bar(cli, entry.rows, &path.display().to_string());
+        pb.set_position(done);
+        let mut row = done;
+        for c in reader.chunks::<f32>(chunk) {
+            if stop.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
+            let c = c.with_context(|| format!("{}", path.display()))?;
+            let n = (c.len() / dim) as u64;
+            let ids: Vec<u64> = (entry.base + row..entry.base + row + n).collect();
+            engine.add_splats_with(&c, &ids, None, None).with_context(|| format!("{} at row {row}", path.display()))?;
+            row += n;
+            added += n;
+            pb.set_position(row);
+        }
+        pb.finish_and_clear();
+        if interrupted {
+            break;
+        }
+    }
+    engine.flush()?;
+    let secs = start.elapsed().as_secs_f64();
+    if cli.json {
+        say!(
+            "{}",
+            json!({ "added": added, "already_in": skipped, "splats": engine.len(), "seconds": secs, "interrupted": interrupted })
+        );
+    } else {
+        say!(
+            "ingested {added} splats ({skipped} already in) in {secs:.2} s ({:.0} splats/s); the database holds {}",
+            added as f64 / secs.max(1e-9),
+            engine.len()
+        );
+    }
+    if interrupted {
+        eprintln!("interrupted: every acknowledged chunk is stored; run the same command to resume");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An id above every id the engine holds.
+fn next_free_id(engine: &M2m) -> u64 {
+    engine.stats_max_id().map_or(0, |m| m + 1)
+}
+
+fn build(cli: &Cli, db: &Path, n_fine: Option<usize>, n_coarse: Option<usize>) -> Result<ExitCode> {
+    let mut engine = open(db)?;
+    let pb = spinner(cli, "building the index");
+    let t = Instant::now();
+    engine.build_index_with(n_fine, n_coarse)?;
+    pb.finish_and_clear();
+    let s = engine.stats();
+    let (fine, coarse) = s.index.unwrap_or_default();
+    let secs = t.elapsed().as_secs_f64();
+    if cli.json {
+        say!(
+            "{}",
+            json!({ "splats": s.splats, "fine": fine, "coarse": coarse, "seconds": secs,
+                    "kappa": { "mean": s.kappa.0, "min": s.kappa.1, "max": s.kappa.2 } })
+        );
+    } else {
+        say!(
+            "built the index over {} splats in {secs:.2} s: {fine} fine / {coarse} coarse clusters; kappa mean {:.2} (min {:.2}, max {:.2})",
+            s.splats,
+            s.kappa.0,
+            s.kappa.1,
+            s.kappa.2
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_lod(lod: &str) -> Lod {
+    match lod {
+        "0" => Lod::Centroids,
+        "1" => Lod::Codes,
+        "exact" => Lod::Exact,
+        _ => Lod::Rerank,
+    }
+}
+
+fn query(cli: &Cli, db: &Path, file: Option<&Path>, row: Option<u64>, k: usize, lod: &str) -> Result<ExitCode> {
+    let engine = open(db)?;
+    if engine.index().is_none() {
+        bail!("{}: no current index; run `m2m build {}`", db.display(), db.display());
+    }
+    let dim = engine.config().dim;
+    let queries: Vec<f32> = match (file, row) {
+        (Some(f), _) => {
+            let v = read_vectors::<f32>(f).with_context(|| format!("{}", f.display()))?;
+            if v.dim != dim {
+                bail!("{}: dimension {} does not match the database's {dim}", f.display(), v.dim);
+            }
+            v.data
+        }
+        (None, Some(id)) => engine.vector_of(id).with_context(|| format!("--row: no splat with id {id}"))?,
+        (None, None) => bail!("--file or --row: one is needed"),
+    };
+    let t = Instant::now();
+    let results = engine.retrieve_batch(&queries, k, parse_lod(lod))?;
+    let secs = t.elapsed().as_secs_f64();
+    if cli.json {
+        let out: Vec<_> = results
+            .iter()
+            .map(|hits| {
+                hits.iter()
+                    .map(|h| json!({ "id": h.id, "score": h.score, "kappa": h.kappa, "alpha": h.alpha }))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        say!("{}", json!({ "lod": lod, "k": k, "results": out, "seconds": secs }));
+    } else {
+        for (q, hits) in results.iter().enumerate() {
+            say!("query {q}:");
+            say!("  {:>4}  {:>12}  {:>10}  {:>7}  {:>7}", "rank", "id", "score", "kappa", "alpha");
+            for (r, h) in hits.iter().enumerate() {
+                say!("  {:>4}  {:>12}  {:>10.5}  {:>7.2}  {:>7.3}", r + 1, h.id, h.score, h.kappa, h.alpha);
+            }
+        }
+        say!("{} queries at LOD {lod} in {:.2} ms", results.len(), secs * 1e3);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>) -> Result<ExitCode> {
+    let engine = open(db)?;
+    if (cfg.importance_sampling || cfg.generate_samples) && engine.index().is_none() {
+        bail!("{}: --importance and --generate need an index; run `m2m build {}`", db.display(), db.display());
+    }
+    let dim = engine.config().dim;
+    let mut writer = match out {
+        Some(p) => Some(VectorWriter::<f32>::create(p, dim).with_context(|| format!("{}", p.display()))?),
+        None => None,
+    };
+    let per_epoch = engine.len().div_ceil(cfg.batch_size.max(1)) as u64;
+    let pb = bar(cli, per_epoch * cfg.epochs, "batches");
+    let t = Instant::now();
+    let (mut rows, mut generated, mut batches) = (0usize, 0usize, 0u64);
+    for b in engine.export_to_dataloader(cfg)? {
+        let b = b?;
+        rows += b.len();
+        generated += b.generated.iter().filter(|g| **g).count();
+        batches += 1;
+        if let Some(w) = &mut writer {
+            w.write_rows(&b.mu)?;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if cli.json {
+        say!(
+            "{}",
+            json!({ "batches": batches, "rows": rows, "generated": generated, "seconds": secs, "splats_per_second": rows as f64 / secs })
+        );
+    } else {
+        say!(
+            "streamed {batches} batches, {rows} rows ({generated} generated) in {secs:.2} s: {:.0} splats/s",
+            rows as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dir_bytes(db: &Path) -> Result<Vec<(String, u64)>> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(db).with_context(|| format!("{}", db.display()))? {
+        let e = e?;
+        files.push((e.file_name().to_string_lossy().into_owned(), e.metadata()?.len()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn info(cli: &Cli, db: &Path) -> Result<ExitCode> {
+    let engine = open(db)?;
+    let s = engine.stats();
+    let files = dir_bytes(db)?;
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    if cli.json {
+        say!(
+            "{}",
+            json!({ "splats": s.splats, "dim": s.dim, "segments": s.segments, "bytes": total,
+                    "index": s.index.map(|(f, c)| json!({ "fine": f, "coarse": c })),
+                    "kappa": { "mean": s.kappa.0, "min": s.kappa.1, "max": s.kappa.2 },
+                    "device": s.device, "files": files.iter().map(|(n, b)| json!({ "name": n, "bytes": b })).collect::<Vec<_>>() })
+        );
+    } else {
+        say!("database   {}", db.display());
+        say!("splats     {} x {}", s.splats, s.dim);
+        say!("segments   {}", s.segments);
+        say!("size       {:.1} MB in {} files", total as f64 / 1e6, files.len());
+        match s.index {
+            Some((f, c)) => say!("index      {f} fine / {c} coarse clusters"),
+            None => say!("index      none (run `m2m build`)"),
+        }
+        say!("kappa      mean {:.2}, min {:.2}, max {:.2}", s.kappa.0, s.kappa.1, s.kappa.2);
+        say!("device     {}", s.device);
+        for (name, bytes) in &files {
+            say!("  {name:<24} {bytes:>14}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(cli: &Cli, db: &Path) -> Result<ExitCode> {
+    // Opening reads and checks every file: the manifest, every segment's header and column checksums
+    // (every byte), every log record, the settings and the index blob.
+    let engine = open(db)?;
+    let index = if db.join(INDEX_BLOB).exists() {
+        if engine.index().is_some() { "ok" } else { "stale (rebuild with `m2m build`)" }
+    } else {
+        "none"
+    };
+    let s = engine.stats();
+    if cli.json {
+        say!("{}", json!({ "ok": true, "splats": s.splats, "segments": s.segments, "index": index }));
+    } else {
+        say!("OK: {} splats, {} segments, every checksum verified; index {index}", s.splats, s.segments);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(cli: &Cli, base: &Path, queries: &Path, k: usize) -> Result<ExitCode> {
+    let b = read_vectors::<f32>(base).with_context(|| format!("{}", base.display()))?;
+    let q = read_vectors::<f32>(queries).with_context(|| format!("{}", queries.display()))?;
+    if b.dim != q.dim {
+        bail!("{}: dimension {} does not match {}'s {}", queries.display(), q.dim, base.display(), b.dim);
+    }
+    let mut engine = M2m::create(M2mConfig::default().dim(b.dim))?;
+    let t = Instant::now();
+    engine.add_splats(&b.data)?;
+    let ingest = t.elapsed().as_secs_f64();
+    let pb = spinner(cli, "building the index");
+    let t = Instant::now();
+    engine.build_index()?;
+    let build = t.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let nq = q.data.len() / q.dim;
+    let exact: Vec<HashSet<u64>> =
+        engine.retrieve_batch(&q.data, k, Lod::Exact)?.iter().map(|h| h.iter().map(|x| x.id).collect()).collect();
+    let mut rows = Vec::new();
+    for (name, lod) in [("0", Lod::Centroids), ("1", Lod::Codes), ("2", Lod::Rerank), ("exact", Lod::Exact)] {
+        let t = Instant::now();
+        let res = engine.retrieve_batch(&q.data, k, lod)?;
+        let qps = nq as f64 / t.elapsed().as_secs_f64();
+        let found: usize = res.iter().zip(&exact).map(|(h, e)| h.iter().filter(|x| e.contains(&x.id)).count()).sum();
+        rows.push((name, found as f64 / (k * nq) as f64, qps));
+    }
+    if cli.json {
+        let lods: Vec<_> = rows.iter().map(|(n, r, q)| json!({ "lod": n, "recall": r, "qps": q })).collect();
+        say!(
+            "{}",
+            json!({ "rows": b.data.len() / b.dim, "dim": b.dim, "queries": nq, "ingest_seconds": ingest, "build_seconds": build, "lods": lods })
+        );
+    } else {
+        say!(
+            "{} x {} ingested in {ingest:.2} s, index built in {build:.2} s; {nq} queries, k = {k}",
+            b.data.len() / b.dim,
+            b.dim
+        );
+        say!("  {:>5}  {:>9}  {:>10}", "LOD", "recall", "QPS");
+        for (n, r, q) in rows {
+            say!("  {n:>5}  {r:>9.4}  {q:>10.0}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,160 @@
+//! `m2m`: the command line of the M2M engine.
+//!
+//! ```text
+//! m2m ingest DB FILE...        .fvecs/.npy streamed in chunks; resumes after an interruption
+//! m2m build DB                 the index (cluster counts overridable), kappa and alpha learned
+//! m2m query DB --file Q | --row N [--k 10] [--lod 0|1|2|exact]
+//! m2m stream DB [--batch-size 256] [--importance] [--generate] [--epochs 1] [--out batches.npy]
+//! m2m info DB                  segments, sizes, index shape, kappa statistics
+//! m2m verify DB                every checksum of every file
+//! m2m bench --base B --queries Q [--k 10]
+//! ```
+//!
+//! Tables for people, `--json` for scripts, `-v` / `-vv` for logs. Errors are one line naming the file or
+//! field, with exit code 1 (2 for a bad flag, 130 after Ctrl-C).
+
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool reports to its terminal")]
+
+mod commands;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "m2m", version, about = "M2M: vector search engine and training data lake over Gaussian splats")]
+pub(crate) struct Cli {
+    /// Machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log more (repeat for more detail).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Ingest vector files (.fvecs or .npy) into a database, created when missing.
+    Ingest {
+        /// The database directory.
+        db: PathBuf,
+        /// Vector files, ingested in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Rows per acknowledged chunk.
+        #[arg(long, default_value_t = 10_000)]
+        chunk: usize,
+        /// Acknowledge chunks once the OS has them, without fsync (faster; a power loss may lose the last ones).
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// Build the index (and learn kappa and alpha).
+    Build {
+        /// The database directory.
+        db: PathBuf,
+        /// Number of fine clusters (default: chosen from the number of splats).
+        #[arg(long)]
+        n_fine: Option<usize>,
+        /// Number of coarse clusters.
+        #[arg(long)]
+        n_coarse: Option<usize>,
+    },
+    /// Retrieve the nearest splats of query vectors.
+    Query {
+        /// The database directory.
+        db: PathBuf,
+        /// Query vectors (.fvecs or .npy).
+        #[arg(long, conflicts_with = "row", required_unless_present = "row")]
+        file: Option<PathBuf>,
+        /// Use the stored splat with this id as the query.
+        #[arg(long)]
+        row: Option<u64>,
+        /// Neighbours per query.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Level of detail: 0 (centroids), 1 (codes), 2 (re-ranked) or exact.
+        #[arg(long, default_value = "2", value_parser = ["0", "1", "2", "exact"])]
+        lod: String,
+    },
+    /// Stream training batches and report the throughput.
+    Stream {
+        /// The database directory.
+        db: PathBuf,
+        /// Rows per batch.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        /// Sample by importance (the SOC controller).
+        #[arg(long)]
+        importance: bool,
+        /// Add one Langevin sample per row.
+        #[arg(long)]
+        generate: bool,
+        /// Epochs.
+        #[arg(long, default_value_t = 1)]
+        epochs: u64,
+        /// Seed of the order and the draws.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write every row streamed to this .npy (or .fvecs) file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Describe a database: splats, segments, sizes, index, kappa.
+    Info {
+        /// The database directory.
+        db: PathBuf,
+    },
+    /// Check every checksum of every file of a database.
+    Verify {
+        /// The database directory.
+        db: PathBuf,
+    },
+    /// The retrieval benchmark on vector files: recall against exact search and QPS at each level.
+    Bench {
+        /// Base vectors.
+        #[arg(long)]
+        base: PathBuf,
+        /// Query vectors.
+        #[arg(long)]
+        queries: PathBuf,
+        /// Neighbours per query.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match commands::run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the error and those of its causes that add something (the layers' errors already
+            // name their file and include their OS error).
+            let mut line = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !line.contains(&cause) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&cause);
+                }
+            }
+            eprintln!("error: {line}");
+            ExitCode::from(1)
+        }
+    }
+}
