@@ -146,7 +146,12 @@ fn main() -> ExitCode {
             // name their file and include their OS error).
             let mut line = String::new();
             for cause in e.chain().map(|c| c.to_string()) {
-                if !line.contains(&cause) {
+                if line.contains(&cause) {
+                    continue;
+                }
+                if cause.contains(&line) {
+                    line = cause;
+                } else {
                     if !line.is_empty() {
                         line.push_str(": ");
                     }
