@@ -98,10 +98,15 @@ pub(crate) fn sincos_turns(t: f32) -> (f32, f32) {
     let p2 = phi * phi;
     let sin = phi * (1.0 + p2 * (-1.0 / 6.0 + p2 * (1.0 / 120.0 + p2 * (-1.0 / 5040.0 + p2 * (1.0 / 362_880.0)))));
     let cos = 1.0 + p2 * (-0.5 + p2 * (1.0 / 24.0 + p2 * (-1.0 / 720.0 + p2 * (1.0 / 40_320.0))));
-    let q = q as i32 & 3;
-    // Rotate by q quarter turns.
-    let (s, c) = if q & 1 == 1 { (cos, -sin) } else { (sin, cos) };
-    if q & 2 == 2 { (-s, -c) } else { (s, c) }
+    // Rotate by q quarter turns: (sin, cos) -> (s, c), (c, -s), (-s, -c), (-c, s) for q = 0..3, with
+    // arithmetic blends rather than branches so that the loop stays in vector registers.
+    let q = q as i32;
+    let odd = (q & 1) as f32;
+    let sin_sign = 1.0 - 2.0 * ((q >> 1) & 1) as f32;
+    let cos_sign = 1.0 - 2.0 * (((q + 1) >> 1) & 1) as f32;
+    let a = sin + odd * (cos - sin);
+    let b = cos + odd * (sin - cos);
+    (sin_sign * a, cos_sign * b)
 }
 
 #[cfg(test)]
