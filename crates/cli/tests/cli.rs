@@ -145,7 +145,14 @@ fn ctrl_c_during_ingest_leaves_a_usable_database_and_a_rerun_resumes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The ingest log appears once the Ctrl-C handler is installed and before the first row is written:
+    // wait for it (a loaded machine may take a while to get there), then interrupt mid-way.
+    let marker = Path::new(&db).join("m2m-ingest.blob");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !marker.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(150));
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let out = child.wait_with_output().unwrap();
     let code = out.status.code().unwrap_or(-1);
