@@ -2,7 +2,7 @@
 //!
 //! * `cargo xtask ci`: what CI runs (and `.ci/run` calls): installs missing toolchain components, then
 //!   checks formatting, runs clippy with warnings denied, runs every workspace test, and runs the README's
-//!   main command, then the Vulkan backend: it installs the Debian packages it needs when missing (as
+//!   main command, builds the documentation with rustdoc warnings denied, then the Vulkan backend: it installs the Debian packages it needs when missing (as
 //!   root; otherwise it names them), merges shaderc's static archives (see `gpu.rs`), validates the
 //!   shaders, and runs clippy and the tests of m2m-gpu with its `vulkan` feature on Mesa's lavapipe.
 //! * `cargo xtask shaders`: compiles every shader of `shaders/` with glslangValidator and validates
@@ -158,6 +158,10 @@ fn ci() -> Result<()> {
     clippy_gpu.extend(GPU_CLIPPY);
     clippy_gpu.extend(["--", "-D", "warnings"]);
     run("cargo", &clippy_gpu)?;
+    // Documentation builds without a broken link or other rustdoc warning.
+    // SAFETY: `main`'s thread, before any other thread exists (cargo children inherit it).
+    unsafe { std::env::set_var("RUSTDOCFLAGS", "-D warnings") };
+    run("cargo", &["doc", "--no-deps", "--workspace", "--locked"])?;
     let mut counts = run_tests(&["test", "--workspace", "--locked"])?;
     // The GPU kernels against their CPU twins, on lavapipe (the tests fail if no device works).
     let gpu_counts = run_tests(&["test", "--locked", "-p", "m2m-gpu", "--features", "vulkan"])?;

@@ -20,8 +20,8 @@
 //! `maxStorageBufferRange` (128 MiB on lavapipe) are split into chunks of rows. Submissions wait on a
 //! fence.
 //!
-//! With the `vulkan` feature, [`Compute::hot_tier`] gives m2m-tier's hot tier ([`m2m_tier::HotTier`])
-//! with blocks in device-local buffers ([`DeviceStorage`]).
+//! With the `vulkan` feature, `Compute::hot_tier` gives m2m-tier's hot tier (`m2m_tier::HotTier`) with
+//! blocks in device-local buffers (`DeviceStorage`).
 //!
 //! The default build has only the twins and needs no shader compiler.
 

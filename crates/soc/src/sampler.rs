@@ -7,8 +7,8 @@
 //! benchmark measures against the 10M draws/s target.
 //!
 //! An epoch of M draws with replacement gives row i an expected count M p_i and the weight
-//! M / (N E[count]) = 1 / (N p_i). With `cover`, every row is first taken once and the other M - N
-//! draws follow p, so E[count] = 1 + (M - N) p_i and the weight is M / (N (1 + (M - N) p_i)). Either way
+//! M / (N E(count)) = 1 / (N p_i). With `cover`, every row is first taken once and the other M - N
+//! draws follow p, so E(count) = 1 + (M - N) p_i and the weight is M / (N (1 + (M - N) p_i)). Either way
 //! sum over the epoch of weight * f(row) / M has expectation mean_i f(i). The epoch's order is shuffled;
 //! everything is deterministic for (seed, epoch).
 
