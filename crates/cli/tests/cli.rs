@@ -29,20 +29,20 @@ fn fails(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), err)
 }
 
-fn digits(dir: &Path, rows: usize, dim: usize) -> (String, String, Vec<f32>) {
+fn digits(dir: &Path, rows: usize, dim: usize) -> (String, String) {
     let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows, queries: 5, dim, ..Default::default() }).unwrap();
     let (a, b) = (dir.join("a.npy"), dir.join("b.fvecs"));
     let half = rows / 2 * dim;
     write_vectors(&a, &d.base[..half], dim).unwrap();
     write_vectors(&b, &d.base[half..], dim).unwrap();
     write_vectors(dir.join("q.npy"), &d.queries, dim).unwrap();
-    (a.display().to_string(), b.display().to_string(), d.base)
+    (a.display().to_string(), b.display().to_string())
 }
 
 #[test]
 fn a_whole_session_ingest_build_query_stream_info_verify() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, base) = digits(dir.path(), 3_000, 32);
+    let (a, b) = digits(dir.path(), 3_000, 32);
     let db = dir.path().join("db").display().to_string();
     let q = dir.path().join("q.npy").display().to_string();
 
@@ -61,8 +61,8 @@ fn a_whole_session_ingest_build_query_stream_info_verify() {
     // A stored row is its own nearest neighbour (ids are row numbers across the two files).
     let r = ok(&["query", &db, "--row", "1700", "--k", "1"]);
     assert_eq!(r["results"][0][0]["id"], 1700);
-    let vec_1700 = &base[1700 * 32..1701 * 32];
-    assert!(vec_1700.iter().all(|v| v.is_finite()));
+    let score = r["results"][0][0]["score"].as_f64().unwrap();
+    assert!(score > 0.999, "its cosine with itself: {score}");
 
     let out = dir.path().join("batches.npy").display().to_string();
     let r = ok(&["stream", &db, "--batch-size", "256", "--importance", "--generate", "--out", &out]);
@@ -86,7 +86,7 @@ fn a_whole_session_ingest_build_query_stream_info_verify() {
 #[test]
 fn every_error_is_one_line_with_a_non_zero_exit() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, _, _) = digits(dir.path(), 400, 16);
+    let (a, _) = digits(dir.path(), 400, 16);
     let db = dir.path().join("db").display().to_string();
     assert!(m2m(&["ingest", &db, &a]).status.success());
 

@@ -287,21 +287,7 @@ impl Context {
                 let nq = qb.min(b - q0);
                 let qbuf = self.input(&queries[q0 * dim..(q0 + nq) * dim], BufferUsage::STORAGE_BUFFER)?;
                 let sbuf = self.output::<f32>(nq * ch.rows)?;
-                let pc = cs::DistParams {
-                    dim: dim as u32,
-                    n_queries: nq as u32,
-                    n_cand: ch.rows as u32,
-                    metric: u32::from(l2),
-                };
-                self.submit(|bld, ctx| {
-                    let writes = vec![
-                        WriteDescriptorSet::buffer(0, qbuf.clone()),
-                        WriteDescriptorSet::buffer(1, ch.buf.clone()),
-                        WriteDescriptorSet::buffer(2, sbuf.clone()),
-                    ];
-                    let groups = [ch.rows.div_ceil(64) as u32, nq.div_ceil(QUERY_BLOCK) as u32, 1];
-                    ctx.dispatch(bld, &ctx.pipes.distances, writes, pc, groups)
-                })?;
+                self.submit(|bld, ctx| ctx.record_distances(bld, &qbuf, ch, &sbuf, nq, dim, l2))?;
                 let s = sbuf.read().map_err(vk("reading scores"))?;
                 for q in 0..nq {
                     out[(q0 + q) * c.rows + ch.first..(q0 + q) * c.rows + ch.first + ch.rows]
@@ -310,6 +296,29 @@ impl Context {
             }
         }
         Ok(out)
+    }
+
+    /// Records the distances dispatch of the `nq` queries in `qbuf` against chunk `ch`, scores into `sbuf`.
+    #[allow(clippy::too_many_arguments, reason = "the dispatch's buffers and shape")]
+    fn record_distances(
+        &self,
+        bld: &mut AutoCommandBufferBuilder<PrimaryAutoCommandBuffer>,
+        qbuf: &Subbuffer<[f32]>,
+        ch: &Chunk,
+        sbuf: &Subbuffer<[f32]>,
+        nq: usize,
+        dim: usize,
+        l2: bool,
+    ) -> Result<()> {
+        let pc =
+            cs::DistParams { dim: dim as u32, n_queries: nq as u32, n_cand: ch.rows as u32, metric: u32::from(l2) };
+        let writes = vec![
+            WriteDescriptorSet::buffer(0, qbuf.clone()),
+            WriteDescriptorSet::buffer(1, ch.buf.clone()),
+            WriteDescriptorSet::buffer(2, sbuf.clone()),
+        ];
+        let groups = [ch.rows.div_ceil(64) as u32, nq.div_ceil(QUERY_BLOCK) as u32, 1];
+        self.dispatch(bld, &self.pipes.distances, writes, pc, groups)
     }
 
     pub(crate) fn top_k(
@@ -333,12 +342,6 @@ impl Context {
                 let sbuf = self.scratch::<f32>(nq * ch.rows, BufferUsage::STORAGE_BUFFER)?;
                 let ids = self.output::<u32>(nq * k)?;
                 let tops = self.output::<f32>(nq * k)?;
-                let dist = cs::DistParams {
-                    dim: dim as u32,
-                    n_queries: nq as u32,
-                    n_cand: ch.rows as u32,
-                    metric: u32::from(l2),
-                };
                 let sel = cs::TopkParams {
                     n_cand: ch.rows as u32,
                     k: k as u32,
@@ -348,13 +351,7 @@ impl Context {
                 // Scores stay on the device: both dispatches in one submission (the command buffer
                 // inserts the barrier between them), and only k ids and scores per query come back.
                 self.submit(|bld, ctx| {
-                    let writes = vec![
-                        WriteDescriptorSet::buffer(0, qbuf.clone()),
-                        WriteDescriptorSet::buffer(1, ch.buf.clone()),
-                        WriteDescriptorSet::buffer(2, sbuf.clone()),
-                    ];
-                    let groups = [ch.rows.div_ceil(64) as u32, nq.div_ceil(QUERY_BLOCK) as u32, 1];
-                    ctx.dispatch(bld, &ctx.pipes.distances, writes, dist, groups)?;
+                    ctx.record_distances(bld, &qbuf, ch, &sbuf, nq, dim, l2)?;
                     let writes = vec![
                         WriteDescriptorSet::buffer(0, sbuf.clone()),
                         WriteDescriptorSet::buffer(1, ids.clone()),

@@ -224,6 +224,11 @@ impl M2m {
         self.set.len() - self.deleted.len()
     }
 
+    /// Rows of the set that are not deleted, in order.
+    pub(crate) fn live_rows(&self) -> Vec<usize> {
+        (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect()
+    }
+
     /// Whether `id` is a live splat.
     pub fn contains(&self, id: u64) -> bool {
         self.set.row_of(id).is_some() && !self.deleted.contains(&id)
@@ -239,9 +244,7 @@ impl M2m {
         if !self.contains(id) {
             return None;
         }
-        let r = self.set.row_of(id)?;
-        let n = self.set.norms()[r];
-        Some(self.set.mu_row(r).iter().map(|v| v * n).collect())
+        Some(raw_row(&self.set, self.set.row_of(id)?).collect())
     }
 
     /// Whether the engine holds no live splat.
@@ -362,11 +365,10 @@ impl M2m {
     /// Drops deleted rows from RAM (their ids stay deleted in the database).
     fn compact_rows(&mut self) -> Result<()> {
         let dim = self.config.dim;
-        let keep: Vec<usize> = (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect();
+        let keep: Vec<usize> = self.live_rows();
         let mut raw = Vec::with_capacity(keep.len() * dim);
         for &r in &keep {
-            let norm = self.set.norms()[r];
-            raw.extend(self.set.mu_row(r).iter().map(|v| v * norm));
+            raw.extend(raw_row(&self.set, r));
         }
         let ids: Vec<u64> = keep.iter().map(|&r| self.set.ids()[r]).collect();
         let kappa: Vec<f32> = keep.iter().map(|&r| self.kappa[r]).collect();
@@ -484,7 +486,7 @@ impl M2m {
             return Err(Error::Empty);
         }
         let dim = self.config.dim;
-        let live: Vec<usize> = (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect();
+        let live: Vec<usize> = self.live_rows();
         let mut seeds = Vec::with_capacity(n * dim);
         let mut state = self.config.seed ^ 0x9E37_79B9_7F4A_7C15;
         for _ in 0..n {
@@ -528,10 +530,7 @@ impl M2m {
 
     /// What the engine holds.
     pub fn stats(&self) -> Stats {
-        let live: Vec<f32> = (0..self.set.len())
-            .filter(|&r| !self.deleted.contains(&self.set.ids()[r]))
-            .map(|r| self.kappa[r])
-            .collect();
+        let live: Vec<f32> = self.live_rows().into_iter().map(|r| self.kappa[r]).collect();
         let (mut lo, mut hi, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0.0f64);
         for &k in &live {
             lo = lo.min(k);
@@ -561,6 +560,12 @@ impl M2m {
     }
 }
 
+/// Row `r`'s original vector: its unit `mu` times its norm.
+fn raw_row(set: &SplatSet, r: usize) -> impl Iterator<Item = f32> + '_ {
+    let n = set.norms()[r];
+    set.mu_row(r).iter().map(move |v| v * n)
+}
+
 /// The vectors the index is built on: unit `mu` for cosine, the original vectors otherwise.
 fn index_vectors(set: &SplatSet, rows: std::ops::Range<usize>, metric: Metric) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() * set.dim());
@@ -568,8 +573,7 @@ fn index_vectors(set: &SplatSet, rows: std::ops::Range<usize>, metric: Metric) -
         if metric == Metric::Cosine {
             out.extend_from_slice(set.mu_row(r));
         } else {
-            let n = set.norms()[r];
-            out.extend(set.mu_row(r).iter().map(|v| v * n));
+            out.extend(raw_row(set, r));
         }
     }
     out

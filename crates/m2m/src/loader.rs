@@ -149,7 +149,7 @@ impl M2m {
             return Err(Error::Empty);
         }
         let dim = self.config.dim;
-        let live: Vec<usize> = (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect();
+        let live: Vec<usize> = self.live_rows();
         let mut lake = Lake {
             dim,
             set: Arc::clone(&self.set),

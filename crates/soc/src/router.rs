@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use m2m_index::{Index, Metric, kernels};
 
-use crate::energy::{Splats, log_sum_exp};
+use crate::energy::Splats;
 use crate::error::{check_len, check_values};
 use crate::{Error, Result, SiteGraph};
 
@@ -181,19 +181,6 @@ impl Router {
     /// The routed (truncated) energy of `x`: E over its [`route`](Self::route)d splats, in f64.
     pub fn energy(&self, x: &[f32], probes: usize, max_splats: usize) -> Result<f64> {
         let r = self.route(x, probes, max_splats)?;
-        if r.ids.is_empty() {
-            return Err(Error::Empty { what: "routed splats" });
-        }
-        let l: Vec<f64> = (0..r.ids.len())
-            .map(|i| {
-                let d2: f64 = x
-                    .iter()
-                    .zip(&r.mu[i * self.dim..(i + 1) * self.dim])
-                    .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
-                    .sum();
-                f64::from(r.alpha[i]).ln() - f64::from(r.kappa[i]) * d2
-            })
-            .collect();
-        Ok(-log_sum_exp(&l))
+        crate::energy::energy(x, &r.splats()?)
     }
 }

@@ -31,22 +31,7 @@ pub fn store_blob(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     if bytes.len() > MAX_BLOB {
         return Err(Error::InvalidBatch { reason: format!("blob of {} bytes exceeds 2 GiB", bytes.len()) });
     }
-    let mut out = Vec::with_capacity(HEADER + bytes.len());
-    out.extend_from_slice(&BLOB_MAGIC);
-    out.extend_from_slice(&BLOB_VERSION.to_le_bytes());
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
-    out.extend_from_slice(bytes);
-    let path = dir.join(name);
-    let tmp = dir.join(format!("{name}.tmp"));
-    let written = fsio::create(&tmp, false)
-        .and_then(|f| fsio::Writer(&f).write_all(&out).and_then(|()| fsio::sync_all(&f)))
-        .and_then(|()| fsio::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(&tmp, e));
-    }
-    fsio::sync_dir(dir).map_err(|e| Error::io(dir, e))
+    replace_file(dir, name, &seal(BLOB_MAGIC, BLOB_VERSION, bytes))
 }
 
 /// Reads and checks `dir/name`: [`Error::Io`] when missing, [`Error::Corrupt`] with the offset when
@@ -55,23 +40,64 @@ pub fn load_blob(dir: &Path, name: &str) -> Result<Vec<u8>> {
     check_name(name)?;
     let path = dir.join(name);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let bad = |offset: usize, reason: String| Error::corrupt(&path, offset as u64, reason);
+    unseal(&path, &bytes, BLOB_MAGIC, BLOB_VERSION, MAX_BLOB, "blob").map(<[u8]>::to_vec)
+}
+
+/// The 20-byte header shared by blobs and the manifest (magic, version, payload length, payload CRC32C)
+/// followed by the payload.
+pub(crate) fn seal(magic: [u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks a [`seal`]ed file's header and checksum and returns its payload; `path` labels errors and
+/// `what` names the file kind in them.
+pub(crate) fn unseal<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    magic: [u8; 8],
+    version: u32,
+    max: usize,
+    what: &str,
+) -> Result<&'a [u8]> {
+    let bad = |offset: usize, reason: String| Error::corrupt(path, offset as u64, reason);
     if bytes.len() < HEADER {
         return Err(bad(bytes.len(), format!("{} bytes, shorter than the {HEADER}-byte header", bytes.len())));
     }
-    if bytes[..8] != BLOB_MAGIC {
-        return Err(bad(0, "not an M2M blob (bad magic)".into()));
+    if bytes[..8] != magic {
+        return Err(bad(0, format!("not an M2M {what} (bad magic)")));
     }
     let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
-    if u32_at(8) != BLOB_VERSION {
-        return Err(Error::IncompatibleVersion { path, found: u32_at(8), supported: BLOB_VERSION });
+    if u32_at(8) != version {
+        return Err(Error::IncompatibleVersion { path: path.into(), found: u32_at(8), supported: version });
     }
     let len = u32_at(12) as usize;
-    if HEADER + len != bytes.len() {
-        return Err(bad(12, format!("length {len} does not match the file's {} bytes", bytes.len())));
+    if len > max || HEADER + len != bytes.len() {
+        return Err(bad(12, format!("payload length {len} does not match the file's {} bytes", bytes.len())));
     }
-    if crc32c::crc32c(&bytes[HEADER..]) != u32_at(16) {
-        return Err(bad(HEADER, "checksum mismatch".into()));
+    let payload = &bytes[HEADER..];
+    if crc32c::crc32c(payload) != u32_at(16) {
+        return Err(bad(HEADER, "payload checksum mismatch".into()));
     }
-    Ok(bytes[HEADER..].to_vec())
+    Ok(payload)
+}
+
+/// Replaces `dir/name` with `bytes` atomically: a temporary file beside it, fsync, rename, directory
+/// fsync. On failure the temporary file is removed and the old file, if any, stays.
+pub(crate) fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let written = fsio::create(&tmp, false)
+        .and_then(|f| fsio::Writer(&f).write_all(bytes).and_then(|()| fsio::sync_all(&f)))
+        .and_then(|()| fsio::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    fsio::sync_dir(dir).map_err(|e| Error::io(dir, e))
 }

@@ -2,12 +2,11 @@
 //! atomically (write a temporary file, fsync, rename over the old one, fsync the directory). A reader sees
 //! the old manifest or the new one, never a mixture. The byte layout is in `FORMAT.md`.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, fsio};
+use crate::{Error, Result};
 
 /// Name of the manifest inside a database directory.
 pub const MANIFEST_FILE: &str = "MANIFEST";
@@ -57,22 +56,7 @@ impl Manifest {
     pub fn store(&self, dir: &Path) -> Result<()> {
         let payload = postcard::to_allocvec(self)
             .map_err(|e| Error::InvalidBatch { reason: format!("manifest does not serialise: {e}") })?;
-        let mut bytes = Vec::with_capacity(HEADER + payload.len());
-        bytes.extend_from_slice(&MANIFEST_MAGIC);
-        bytes.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        let path = dir.join(MANIFEST_FILE);
-        let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
-        let written = fsio::create(&tmp, false)
-            .and_then(|f| fsio::Writer(&f).write_all(&bytes).and_then(|()| fsio::sync_all(&f)))
-            .and_then(|()| fsio::rename(&tmp, &path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(&tmp, e));
-        }
-        fsio::sync_dir(dir).map_err(|e| Error::io(dir, e))
+        crate::blob::replace_file(dir, MANIFEST_FILE, &crate::blob::seal(MANIFEST_MAGIC, MANIFEST_VERSION, &payload))
     }
 
     /// Reads and validates the manifest of `dir`.
@@ -88,25 +72,7 @@ impl Manifest {
     /// Validates and decodes the bytes of a manifest file; `path` only labels errors.
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<Manifest> {
         let bad = |offset: usize, reason: String| Error::corrupt(path, offset as u64, reason);
-        if bytes.len() < HEADER {
-            return Err(bad(bytes.len(), format!("{} bytes, shorter than the {HEADER}-byte header", bytes.len())));
-        }
-        if bytes[..8] != MANIFEST_MAGIC {
-            return Err(bad(0, "not an M2M manifest (bad magic)".into()));
-        }
-        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
-        let version = u32_at(8);
-        if version != MANIFEST_VERSION {
-            return Err(Error::IncompatibleVersion { path: path.into(), found: version, supported: MANIFEST_VERSION });
-        }
-        let len = u32_at(12) as usize;
-        if len > MAX_PAYLOAD || HEADER + len != bytes.len() {
-            return Err(bad(12, format!("payload length {len} does not match the file's {} bytes", bytes.len())));
-        }
-        let payload = &bytes[HEADER..];
-        if crc32c::crc32c(payload) != u32_at(16) {
-            return Err(bad(HEADER, "payload checksum mismatch".into()));
-        }
+        let payload = crate::blob::unseal(path, bytes, MANIFEST_MAGIC, MANIFEST_VERSION, MAX_PAYLOAD, "manifest")?;
         let m: Manifest =
             postcard::from_bytes(payload).map_err(|e| bad(HEADER, format!("undecodable payload: {e}")))?;
         if m.dim == 0 {
