@@ -102,6 +102,48 @@ fn a_directory_engine_reopens_with_every_acknowledged_splat() {
 }
 
 #[test]
+fn a_read_only_engine_reads_beside_the_writer_and_refuses_changes() {
+    let d = digits(1_200, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut writer =
+        M2m::create(M2mConfig { durable: false, ..M2mConfig::default().dim(DIM).data_dir(&path) }).unwrap();
+    writer.add_splats(&d.base[..800 * DIM]).unwrap();
+    writer.flush().unwrap();
+    writer.add_splats(&d.base[800 * DIM..1_000 * DIM]).unwrap();
+    writer.delete(&[3, 900]).unwrap();
+    writer.build_index().unwrap();
+    // While the writer holds the directory: a segment, a log with a batch and a delete, and the index.
+    let mut reader = M2m::open_read_only(&path).unwrap();
+    assert!(reader.is_read_only());
+    assert_eq!(reader.len(), 998);
+    assert!(!reader.contains(3) && !reader.contains(900) && reader.contains(950));
+    assert!(reader.index().is_some(), "the stored index is loaded");
+    assert_eq!(
+        reader.retrieve(&d.queries[..DIM], 10, Lod::Rerank).unwrap(),
+        writer.retrieve(&d.queries[..DIM], 10, Lod::Rerank).unwrap()
+    );
+    for r in [
+        reader.add_splats(&d.base[1_000 * DIM..1_001 * DIM]).map(|_| ()),
+        reader.delete(&[5]).map(|_| ()),
+        reader.flush(),
+    ] {
+        assert!(matches!(r, Err(Error::ReadOnly { .. })), "{r:?}");
+    }
+    assert_eq!(reader.len(), 998, "nothing changed");
+    // It shows what was acknowledged when it opened; a later reader sees the writer's later changes,
+    // the writer keeps working, and nothing the reader did touched the files.
+    writer.add_splats(&d.base[1_000 * DIM..]).unwrap();
+    writer.flush().unwrap();
+    assert_eq!(reader.len(), 998);
+    assert_eq!(M2m::open_read_only(&path).unwrap().len(), 1_198);
+    drop(reader);
+    drop(writer);
+    assert_eq!(M2m::open(&path).unwrap().len(), 1_198);
+    assert!(matches!(M2m::open_read_only(dir.path().join("missing")), Err(Error::Tier(_))));
+}
+
+#[test]
 fn the_data_lake_covers_shards_once_and_is_deterministic() {
     let d = digits(2_000, 0);
     let mut engine = create_m2m(M2mConfig::default().dim(DIM)).unwrap();
@@ -137,6 +179,12 @@ fn the_data_lake_covers_shards_once_and_is_deterministic() {
     assert!((mean - 1.0).abs() < 0.2, "mean weight {mean}");
     let b = &batches[0];
     assert_ne!(&b.mu[..DIM], &b.mu[250 * DIM..251 * DIM], "the generated row moved from its seed");
+
+    // Resuming: skipping the first 11 batches (into the second epoch) gives exactly the rest, on a pool
+    // of one thread as well as the default.
+    let rest = collect(&DataLoaderConfig { skip_batches: 11, threads: 1, ..cfg.clone() });
+    assert_eq!(rest, batches[11..]);
+    assert!(collect(&DataLoaderConfig { skip_batches: 16, ..cfg.clone() }).is_empty());
 
     // A running loader keeps the splats as they were at export while the engine changes.
     let loader = engine

@@ -81,6 +81,8 @@ pub struct M2m {
     pub(crate) soc: Mutex<Option<Soc>>,
     compute: m2m_gpu::Compute,
     next_id: u64,
+    /// Opened with [`M2m::open_read_only`]: changes are refused.
+    read_only: bool,
 }
 
 /// `create_m2m` of the original API: [`M2m::create`].
@@ -126,13 +128,41 @@ impl M2m {
             compute,
             next_id: 0,
             config,
+            read_only: false,
         })
     }
 
-    /// Opens the engine stored in `dir`: its settings, and every splat acknowledged before it was
-    /// closed (or crashed). The index is not stored: call [`build_index`](Self::build_index) again.
+    /// Opens the engine stored in `dir` as its only writer: its settings, every splat acknowledged before
+    /// it was closed (or crashed), and the stored index when it still covers exactly those splats
+    /// (otherwise call [`build_index`](Self::build_index) again).
     pub fn open(dir: impl AsRef<Path>) -> Result<M2m> {
         let dir = dir.as_ref();
+        let config = Self::stored_config(dir)?;
+        let db = Db::open(dir, db_options(&config))?;
+        let snap = db.snapshot();
+        Self::load(dir, config, &snap, Some(db))
+    }
+
+    /// Opens the engine stored in `dir` for reading only, while another process may hold it open and
+    /// write to it (data-loader workers, readers beside a writer): no lock is taken and no file changes.
+    /// It shows what was acknowledged when it opened. Changes ([`add_splats`](Self::add_splats),
+    /// [`delete`](Self::delete), [`flush`](Self::flush)) are refused with [`Error::ReadOnly`];
+    /// [`build_index`](Self::build_index) builds in memory and stores nothing.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<M2m> {
+        let dir = dir.as_ref();
+        let config = Self::stored_config(dir)?;
+        let snap = m2m_tier::Db::read_snapshot(dir)?;
+        let mut engine = Self::load(dir, config, &snap, None)?;
+        engine.read_only = true;
+        Ok(engine)
+    }
+
+    /// Whether the engine was opened with [`open_read_only`](Self::open_read_only).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn stored_config(dir: &Path) -> Result<M2mConfig> {
         let json = m2m_tier::load_blob(dir, CONFIG_BLOB)?;
         let mut config: M2mConfig = serde_json::from_slice(&json).map_err(|e| Error::Config {
             field: "config",
@@ -140,7 +170,11 @@ impl M2m {
         })?;
         config.data_dir = Some(dir.to_path_buf());
         config.check()?;
-        let db = Db::open(dir, db_options(&config))?;
+        Ok(config)
+    }
+
+    /// The engine over a view of the database (with its writer handle, unless read-only).
+    fn load(dir: &Path, config: M2mConfig, snap: &m2m_tier::Snapshot, db: Option<Db>) -> Result<M2m> {
         let mut engine = M2m {
             set: Arc::new(SplatSet::new(config.dim)?),
             kappa: Arc::new(Vec::new()),
@@ -152,8 +186,8 @@ impl M2m {
             compute: m2m_gpu::Compute::new(backend(config.device))?,
             next_id: 0,
             config,
+            read_only: false,
         };
-        let snap = db.snapshot();
         for part in snap.parts() {
             let dim = part.dim;
             let keep: Vec<usize> = (0..part.rows()).filter(|&i| snap.is_live(part.ids[i])).collect();
@@ -173,9 +207,13 @@ impl M2m {
             Arc::make_mut(&mut engine.alpha).extend(alpha);
         }
         engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m + 1);
-        engine.db = Some(db);
+        engine.db = db;
         engine.load_index(dir)?;
         Ok(engine)
+    }
+
+    fn refuse_if_read_only(&self, what: &'static str) -> Result<()> {
+        if self.read_only { Err(Error::ReadOnly { what }) } else { Ok(()) }
     }
 
     /// Loads the stored index when it covers exactly the splats now live (splats added or deleted since
@@ -271,6 +309,7 @@ impl M2m {
         kappa: Option<&[f32]>,
         alpha: Option<&[f32]>,
     ) -> Result<()> {
+        self.refuse_if_read_only("add_splats")?;
         let dim = self.config.dim;
         let mut batch = Batch::new(vectors, dim).ids(ids).kappa(self.config.init_kappa).alpha(self.config.init_alpha);
         if let Some(k) = kappa {
@@ -346,7 +385,7 @@ impl M2m {
             self.kappa = Arc::new(est.kappa);
             self.alpha = Arc::new(est.alpha);
         }
-        if let Some(dir) = self.config.data_dir.clone() {
+        if let Some(dir) = self.config.data_dir.clone().filter(|_| !self.read_only) {
             let stored = StoredIndex {
                 parts: index.parts().clone(),
                 ids: ids.clone(),
@@ -499,6 +538,7 @@ impl M2m {
     /// Deletes splats (ids not present are ignored) and returns how many were live. They leave the
     /// index at once and RAM at the next index build; the database logs the delete.
     pub fn delete(&mut self, ids: &[u64]) -> Result<usize> {
+        self.refuse_if_read_only("delete")?;
         let present: Vec<u64> = {
             let mut seen = HashSet::new();
             ids.iter()
@@ -522,6 +562,7 @@ impl M2m {
 
     /// Writes the splats added since the last flush into a segment (a no-op in memory).
     pub fn flush(&mut self) -> Result<()> {
+        self.refuse_if_read_only("flush")?;
         if let Some(db) = &mut self.db {
             db.flush()?;
         }

@@ -33,6 +33,12 @@ pub enum Error {
         /// The call.
         what: &'static str,
     },
+    /// A change to an engine opened with `M2m::open_read_only`.
+    #[error("{what} on an engine opened read-only")]
+    ReadOnly {
+        /// The call.
+        what: &'static str,
+    },
     /// The engine holds no splat.
     #[error("the engine holds no splat")]
     Empty,

@@ -11,6 +11,7 @@ use m2m_soc::{ImportanceSampler, LangevinConfig, Router, SamplerConfig};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 
 use crate::engine::run_routed;
 use crate::{Error, M2m, Result};
@@ -41,6 +42,12 @@ pub struct DataLoaderConfig {
     pub rank: usize,
     /// Number of shards. Default 1.
     pub world_size: usize,
+    /// Batches of this shard to skip from the start (resuming: the batches already consumed, counted
+    /// over epochs). Skipped batches are not assembled. Default 0.
+    pub skip_batches: u64,
+    /// Threads of the loader's own pool (0: the machine's cores). The loader never uses rayon's global
+    /// pool, so a process forked from one that used it (a DataLoader worker) can still export. Default 0.
+    pub threads: usize,
 }
 
 impl Default for DataLoaderConfig {
@@ -57,6 +64,8 @@ impl Default for DataLoaderConfig {
             drop_last: false,
             rank: 0,
             world_size: 1,
+            skip_batches: 0,
+            threads: 0,
         }
     }
 }
@@ -184,33 +193,53 @@ impl M2m {
         let lake = Arc::new(lake);
         let cfg = config.clone();
         let (tx, rx) = bounded(config.prefetch_batches.max(1));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads)
+            .thread_name(|i| format!("m2m-dataloader-{i}"))
+            .build()
+            .map_err(|e| Error::Config { field: "threads", reason: format!("cannot start the loader's pool: {e}") })?;
         let handle = std::thread::Builder::new()
             .name("m2m-dataloader".into())
-            .spawn(move || {
-                for epoch in 0..cfg.epochs {
-                    let plan = match epoch_plan(&lake, &cfg, epoch) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    // This shard: every world_size-th entry, so shards are disjoint and cover the plan.
-                    let mine: Vec<(u32, f32)> = plan.into_iter().skip(cfg.rank).step_by(cfg.world_size).collect();
-                    for (b, chunk) in mine.chunks(cfg.batch_size).enumerate() {
-                        if cfg.drop_last && chunk.len() < cfg.batch_size {
-                            break;
-                        }
-                        let batch = assemble(&lake, &cfg, epoch, b as u64, chunk);
-                        let failed = batch.is_err();
-                        if tx.send(batch).is_err() || failed {
-                            return;
-                        }
-                    }
-                }
-            })
+            .spawn(move || pool.install(|| stream(&lake, &cfg, &tx)))
             .map_err(|e| Error::Config { field: "dataloader", reason: format!("cannot start its thread: {e}") })?;
         Ok(DataLoader { rx: Some(rx), handle: Some(handle) })
+    }
+}
+
+/// The loader thread: every epoch's batches of this shard, in order, into `tx` (until it is dropped).
+fn stream(lake: &Lake, cfg: &DataLoaderConfig, tx: &crossbeam_channel::Sender<Result<TrainingBatch>>) {
+    let mut skip = cfg.skip_batches;
+    for epoch in 0..cfg.epochs {
+        let plan = match epoch_plan(lake, cfg, epoch) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        // This shard: every world_size-th entry, so shards are disjoint and cover the plan.
+        let mine: Vec<(u32, f32)> = plan.into_iter().skip(cfg.rank).step_by(cfg.world_size).collect();
+        let mut chunks: Vec<(u64, &[(u32, f32)])> =
+            mine.chunks(cfg.batch_size).enumerate().map(|(b, c)| (b as u64, c)).collect();
+        if cfg.drop_last && chunks.last().is_some_and(|c| c.1.len() < cfg.batch_size) {
+            chunks.pop();
+        }
+        let skipped = usize::try_from(skip).unwrap_or(usize::MAX).min(chunks.len());
+        chunks.drain(..skipped);
+        skip -= skipped as u64;
+        // A window of batches is assembled at once (routing and Langevin of one batch overlap those of
+        // the others), then sent in order; each batch depends only on (seed, epoch, its index).
+        let window = cfg.prefetch_batches.max(rayon::current_num_threads()).max(1);
+        for group in chunks.chunks(window) {
+            let batches: Vec<Result<TrainingBatch>> =
+                group.par_iter().map(|&(b, chunk)| assemble(lake, cfg, epoch, b, chunk)).collect();
+            for batch in batches {
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -35,7 +35,7 @@ pub mod soc;
 pub use energy::Splats;
 pub use error::{Error, Result};
 pub use kappa::{KappaConfig, KappaDimension, KappaEstimate, estimate_kappa};
-pub use langevin::{Dynamics, Group, LangevinConfig, Noise};
+pub use langevin::{Dynamics, Group, LangevinConfig, Method, Noise};
 pub use router::{Routed, Router};
 pub use sampler::{AliasTable, EpochPlan, ImportanceSampler, SamplerConfig};
 pub use soc::{Sandpile, SiteGraph, SocConfig};

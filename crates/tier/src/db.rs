@@ -86,6 +86,55 @@ pub struct Db {
     poisoned: bool,
 }
 
+/// What the manifest's segments and the replayed log add up to.
+struct Replayed {
+    segments: Vec<Arc<Segment>>,
+    memtable: Memtable,
+    ids: HashSet<u64>,
+    deleted: HashSet<u64>,
+}
+
+/// Maps and checks the manifest's segments and replays the log's records over them: batches add rows,
+/// deletes remove them (or tombstone segment rows).
+fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord]) -> Result<Replayed> {
+    let segments =
+        manifest.segments.iter().map(|s| Segment::open(dir.join(&s.file)).map(Arc::new)).collect::<Result<Vec<_>>>()?;
+    for (s, e) in segments.iter().zip(&manifest.segments) {
+        if s.dim() != manifest.dim || s.rows() as u64 != e.rows {
+            return Err(Error::corrupt(s.path(), 0, "segment shape differs from the manifest"));
+        }
+    }
+    let mut ids = HashSet::new();
+    for id in segments.iter().flat_map(|s| s.ids().iter()) {
+        if !ids.insert(*id) {
+            return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, format!("id {id} stored twice")));
+        }
+    }
+    let mut deleted: HashSet<u64> = manifest.deleted.iter().copied().collect();
+    ids.retain(|id| !deleted.contains(id));
+    let mut memtable = Memtable::new(manifest.dim);
+    for record in records {
+        match record {
+            WalRecord::Batch(b) => {
+                if b.columns.dim != manifest.dim {
+                    return Err(Error::corrupt(wal_path, 12, "log dimension differs from the manifest"));
+                }
+                if let Some(id) = b.columns.ids.iter().find(|&&id| !ids.insert(id)) {
+                    return Err(Error::corrupt(wal_path, 0, format!("id {id} added twice")));
+                }
+                memtable.push(b.columns.view());
+            }
+            WalRecord::Delete { ids: gone, .. } => {
+                let gone: HashSet<u64> = gone.iter().copied().filter(|id| ids.remove(id)).collect();
+                // Rows still in memory simply go; rows already in a segment get a tombstone.
+                let in_memory = memtable.remove(&gone);
+                deleted.extend(gone.into_iter().filter(|id| !in_memory.contains(id)));
+            }
+        }
+    }
+    Ok(Replayed { segments, memtable, ids, deleted })
+}
+
 fn wal_name(generation: u64) -> String {
     format!("{generation:010}.wal")
 }
@@ -144,61 +193,57 @@ impl Db {
         let dir = dir.as_ref().to_path_buf();
         let lock = DirLock::acquire(&dir)?;
         let manifest = Manifest::load(&dir)?;
-        let segments = manifest
-            .segments
-            .iter()
-            .map(|s| Segment::open(dir.join(&s.file)).map(Arc::new))
-            .collect::<Result<Vec<_>>>()?;
-        for (s, e) in segments.iter().zip(&manifest.segments) {
-            if s.dim() != manifest.dim || s.rows() as u64 != e.rows {
-                return Err(Error::corrupt(s.path(), 0, "segment shape differs from the manifest"));
-            }
-        }
         let wal_file = manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation));
         let (wal, records) = Wal::open(dir.join(&wal_file), options.durability)?;
         if wal.dim() != manifest.dim {
             return Err(Error::corrupt(wal.path(), 12, "log dimension differs from the manifest"));
         }
-        let mut ids = HashSet::new();
-        for id in segments.iter().flat_map(|s| s.ids().iter()) {
-            if !ids.insert(*id) {
-                return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, format!("id {id} stored twice")));
-            }
-        }
-        let mut deleted: HashSet<u64> = manifest.deleted.iter().copied().collect();
-        ids.retain(|id| !deleted.contains(id));
-        // Replay the log in order: batches add rows, deletes remove them (or tombstone segment rows).
-        let mut memtable = Memtable::new(manifest.dim);
-        for record in &records {
-            match record {
-                WalRecord::Batch(b) => {
-                    if let Some(id) = b.columns.ids.iter().find(|&&id| !ids.insert(id)) {
-                        return Err(Error::corrupt(wal.path(), 0, format!("id {id} added twice")));
-                    }
-                    memtable.push(b.columns.view());
-                }
-                WalRecord::Delete { ids: gone, .. } => {
-                    let gone: HashSet<u64> = gone.iter().copied().filter(|id| ids.remove(id)).collect();
-                    // Rows still in memory simply go; rows already in a segment get a tombstone.
-                    let in_memory = memtable.remove(&gone);
-                    deleted.extend(gone.into_iter().filter(|id| !in_memory.contains(id)));
-                }
-            }
-        }
+        let state = replay(&dir, &manifest, wal.path(), &records)?;
         let db = Db {
             dir,
             _lock: lock,
             manifest,
-            segments,
+            segments: state.segments,
             wal,
-            memtable,
-            ids,
-            deleted: Arc::new(deleted),
+            memtable: state.memtable,
+            ids: state.ids,
+            deleted: Arc::new(state.deleted),
             options,
             poisoned: false,
         };
         db.remove_orphans()?;
         Ok(db)
+    }
+
+    /// Reads a consistent view of the database in `dir` without opening it: no lock is taken and no file
+    /// is changed (a torn log tail is skipped, not cut), so it works while another process holds the
+    /// database open and writes to it. What it shows is the last acknowledged state it found. A flush or
+    /// compaction that replaces files while it reads makes it start again (up to 8 times; then the
+    /// missing file's error is returned).
+    pub fn read_snapshot(dir: impl AsRef<Path>) -> Result<Snapshot> {
+        let dir = dir.as_ref();
+        let mut attempt = 0;
+        loop {
+            let result = (|| {
+                let manifest = Manifest::load(dir)?;
+                let wal_path = dir.join(manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation)));
+                let records = Wal::read(&wal_path)?;
+                let state = replay(dir, &manifest, &wal_path, &records)?;
+                Ok(Snapshot {
+                    generation: manifest.generation,
+                    segments: state.segments,
+                    memtable: state.memtable,
+                    deleted: Arc::new(state.deleted),
+                })
+            })();
+            match result {
+                Err(Error::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound && attempt < 7 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Removes segment, log and temporary files that the manifest does not name.

@@ -5,7 +5,7 @@
 use m2m_soc::energy::energy_grad;
 use m2m_soc::kappa::vmf_mean_resultant;
 use m2m_soc::langevin::{Group, overdamped_step, run, uniform_on_sphere};
-use m2m_soc::{Dynamics, Error, LangevinConfig, Noise, Splats};
+use m2m_soc::{Dynamics, Error, LangevinConfig, Method, Noise, Splats};
 
 fn axis(dim: usize, k: usize) -> Vec<f32> {
     let mut v = vec![0f32; dim];
@@ -33,16 +33,21 @@ fn single_splat(dim: usize, kappa: f32, config: LangevinConfig, chains: usize, s
 fn a_single_splat_is_sampled_as_its_von_mises_fisher_law() {
     // exp(-E / T) for one splat is a vMF of concentration 2 kappa / T: its mean resultant length is
     // A_p(2 kappa / T). Tolerance 0.015 (sampling error about 0.002 with these chains; O(dt) bias).
-    for (dim, kappa, t, noise) in [
-        (3usize, 5.0f32, 1.0f32, Noise::Gaussian),
-        (16, 10.0, 1.0, Noise::Gaussian),
-        (16, 10.0, 2.0, Noise::Gaussian),
-        (16, 10.0, 1.0, Noise::Rademacher),
+    // Both methods for Gaussian noise: the reduced one keeps 1 (d = 3) or 14 (d = 16) dimensions as a
+    // radius and a chi-square.
+    for (dim, kappa, t, noise, method) in [
+        (3usize, 5.0f32, 1.0f32, Noise::Gaussian, Method::Full),
+        (3, 5.0, 1.0, Noise::Gaussian, Method::Reduced),
+        (16, 10.0, 1.0, Noise::Gaussian, Method::Full),
+        (16, 10.0, 1.0, Noise::Gaussian, Method::Reduced),
+        (16, 10.0, 2.0, Noise::Gaussian, Method::Full),
+        (16, 10.0, 2.0, Noise::Gaussian, Method::Reduced),
+        (16, 10.0, 1.0, Noise::Rademacher, Method::Full),
     ] {
-        let config = LangevinConfig { steps: 3000, temperature: t, noise, ..LangevinConfig::default() };
+        let config = LangevinConfig { steps: 3000, temperature: t, noise, method, ..LangevinConfig::default() };
         let got = single_splat(dim, kappa, config, 2000, 11);
         let want = vmf_mean_resultant(dim as f64, f64::from(2.0 * kappa / t));
-        assert!((got - want).abs() < 0.015, "d {dim}, kappa {kappa}, T {t}, {noise:?}: {got} vs {want}");
+        assert!((got - want).abs() < 0.015, "d {dim}, kappa {kappa}, T {t}, {noise:?}, {method:?}: {got} vs {want}");
     }
     // Underdamped, friction 2 (the default 0.1 mixes too slowly for a short test; the law is the same).
     let config = LangevinConfig {
@@ -101,6 +106,112 @@ fn a_two_splat_mixture_is_visited_in_proportion_to_its_weights() {
     }
     assert!((share - want).abs() < 0.03, "share near mu_1: {share} vs {want}");
     assert!(want > 0.65 && want < 0.75, "quadrature {want}");
+}
+
+/// `n` random unit splats in `dim` dimensions with mixed kappa and alpha.
+fn random_splats(dim: usize, n: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut r = crate::rng(seed);
+    let mu: Vec<f32> = (0..n).flat_map(|_| crate::unit(&mut r, dim)).collect();
+    let kappa: Vec<f32> = (0..n).map(|i| 2.0 + (i % 5) as f32).collect();
+    let alpha: Vec<f32> = (0..n).map(|i| 0.5 + (i % 3) as f32).collect();
+    (mu, kappa, alpha)
+}
+
+#[test]
+fn without_noise_the_reduced_method_follows_the_full_one() {
+    // T = 0: both methods are the same deterministic map, one in 96 coordinates, the other in the
+    // 41-dimensional span of 40 splats and the start. 30 steps of dt 0.02; tolerance 2e-4.
+    let (dim, n) = (96, 40);
+    let (mu, kappa, alpha) = random_splats(dim, n, 21);
+    let s = Splats::new(dim, &mu, &kappa, &alpha).unwrap();
+    let start = uniform_on_sphere(70, dim, 4);
+    let go = |method| {
+        let mut x = start.clone();
+        let config = LangevinConfig { steps: 30, dt: 0.02, temperature: 0.0, method, ..LangevinConfig::default() };
+        run(&config, &mut [Group { x: &mut x, splats: s }], 1).unwrap();
+        x
+    };
+    let (full, red) = (go(Method::Full), go(Method::Reduced));
+    let moved = full.iter().zip(&start).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 0.05, "the drift moves the chains ({moved})");
+    let worst = full.iter().zip(&red).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 2e-4, "largest difference {worst}");
+    // Starts inside the span (the splats themselves) take the path without a direction of their own.
+    let mut inside = mu[..8 * dim].to_vec();
+    let mut inside_full = inside.clone();
+    let config = LangevinConfig { steps: 30, dt: 0.02, temperature: 0.0, ..LangevinConfig::default() };
+    let reduced = LangevinConfig { method: Method::Reduced, ..config };
+    let full_cfg = LangevinConfig { method: Method::Full, ..config };
+    run(&reduced, &mut [Group { x: &mut inside, splats: s }], 1).unwrap();
+    run(&full_cfg, &mut [Group { x: &mut inside_full, splats: s }], 1).unwrap();
+    let worst = inside.iter().zip(&inside_full).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 2e-4, "inside the span: largest difference {worst}");
+}
+
+#[test]
+fn with_noise_the_reduced_method_has_the_law_of_the_full_one() {
+    // 4,000 chains from one start near a cluster of 6 splats in 48 dimensions, 12 steps of dt 0.01 at
+    // T = 1: per splat, the mean and mean square of x . mu_j, and the mean square of the part of x off
+    // the span, agree between the methods within 5 standard errors of the difference.
+    let (dim, n, chains) = (48, 6, 4000);
+    let mut r = crate::rng(33);
+    let centre = crate::unit(&mut r, dim);
+    let mu: Vec<f32> = (0..n)
+        .flat_map(|_| {
+            let v: Vec<f32> = crate::unit(&mut r, dim).iter().zip(&centre).map(|(a, c)| 0.4 * a + c).collect();
+            let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            v.into_iter().map(move |a| a / norm)
+        })
+        .collect();
+    let (kappa, alpha) = (vec![8.0f32; n], vec![1.0f32; n]);
+    let s = Splats::new(dim, &mu, &kappa, &alpha).unwrap();
+    let start: Vec<f32> = (0..chains).flat_map(|_| centre.iter().copied()).collect();
+    let stats = |method, seed| {
+        let mut x = start.clone();
+        let config = LangevinConfig { steps: 12, dt: 0.01, method, ..LangevinConfig::default() };
+        run(&config, &mut [Group { x: &mut x, splats: s }], seed).unwrap();
+        // Per chain: x . mu_j for each j, and x . centre.
+        let mut out: Vec<Vec<f64>> = vec![Vec::new(); 2 * n + 2];
+        for row in x.chunks_exact(dim) {
+            for j in 0..n {
+                let c: f64 = row.iter().zip(&mu[j * dim..(j + 1) * dim]).map(|(a, b)| f64::from(a * b)).sum();
+                out[j].push(c);
+                out[n + j].push(c * c);
+            }
+            let c: f64 = row.iter().zip(&centre).map(|(a, b)| f64::from(a * b)).sum();
+            out[2 * n].push(c);
+            out[2 * n + 1].push(c * c);
+        }
+        out
+    };
+    let (full, red) = (stats(Method::Full, 5), stats(Method::Reduced, 6));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let var = |v: &[f64]| {
+        let m = mean(v);
+        v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    };
+    for (k, (f, g)) in full.iter().zip(&red).enumerate() {
+        let se = ((var(f) + var(g)) / chains as f64).sqrt();
+        let (mf, mg) = (mean(f), mean(g));
+        assert!((mf - mg).abs() < 5.0 * se + 1e-4, "statistic {k}: full {mf}, reduced {mg}, se {se}");
+    }
+    // The noise carries the chains well away from the start, so the comparison is not vacuous.
+    let moved = mean(&full[2 * n]);
+    assert!(moved < 0.9, "mean cos to the start {moved}");
+}
+
+#[test]
+fn the_reduced_method_is_refused_where_it_does_not_hold() {
+    let (mu, kappa, alpha) = random_splats(32, 4, 2);
+    let s = Splats::new(32, &mu, &kappa, &alpha).unwrap();
+    let mut x = uniform_on_sphere(3, 32, 1);
+    for config in [
+        LangevinConfig { method: Method::Reduced, dynamics: Dynamics::Underdamped, ..LangevinConfig::default() },
+        LangevinConfig { method: Method::Reduced, noise: Noise::Rademacher, ..LangevinConfig::default() },
+    ] {
+        let r = run(&config, &mut [Group { x: &mut x, splats: s }], 0);
+        assert!(matches!(r, Err(Error::Invalid { what: "method", .. })), "{r:?}");
+    }
 }
 
 #[test]

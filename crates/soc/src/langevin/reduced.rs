@@ -1,0 +1,328 @@
+//! [`Method::Reduced`](super::Method::Reduced): overdamped Langevin with Gaussian noise, simulated
+//! exactly in law in the span of the splats instead of in all `dim` coordinates.
+//!
+//! A chain started at x0 against splats M = (mu_1 .. mu_n) is x = Q a + p, where the columns of Q are an
+//! orthonormal basis of V = span(mu_1 .. mu_n, x0) (r' <= n + 1 of them) and p is orthogonal to V.
+//!
+//! - The scores are x . mu_j = a . (Q^T mu_j): they depend on `a` only.
+//! - The drift U = sum_j C_j mu_j lies in V, and U . x = U . (Q a).
+//! - The noise is xi = Q z + xi_perp with z ~ N(0, I_r') and xi_perp isotropic in V^perp. Given
+//!   rho = |p|, xi_perp . p is rho g with g ~ N(0, 1), and |xi_perp|^2 = g^2 + chi2 with d - r' - 1
+//!   degrees of freedom.
+//!
+//! So one step of the full scheme, x <- normalise(x + eta (U - (U.x) x) + s (xi - (xi.x) x)), is, with
+//! beta = 1 - eta U.x - s xi.x,
+//!
+//!   a <- a + eta (u - (U.x) a) + s (z - (xi.x) a),   rho^2 <- (beta rho + s g)^2 + s^2 chi2,
+//!
+//! both divided by sqrt(|a|^2 + rho^2). Nothing depends on the direction of p, and every increment of p
+//! is isotropic in V^perp, so at the end that direction is uniform in V^perp and independent of the
+//! path: it is drawn once, from one Gaussian vector projected off V. The reduced chain therefore has
+//! exactly the law of the full one; a step costs O(n r') instead of O(n d), and a run pays O(n d) three
+//! times (scores at the start, the projection of the last Gaussian, the lift back) plus the basis.
+//!
+//! The basis comes from a pivoted Cholesky factorisation of the Gram matrix M M^T (f32 products, f64
+//! factorisation): a splat within `PIVOT_TOL` (squared distance) of the span of the chosen ones is
+//! treated as in it. x0 adds its own direction when its squared distance from the span exceeds the same
+//! tolerance.
+
+use m2m_index::kernels;
+use rand::Rng;
+use rand_distr::{ChiSquared, Distribution};
+
+use super::{Kernel, LangevinConfig, softmax_coefficients};
+use crate::normal::fill_normal_generic;
+
+/// Squared distance below which a splat, or a chain's start, is taken as in the span of the basis.
+const PIVOT_TOL: f64 = 1e-5;
+
+/// The orthonormal basis Q = L^-1 M_B of the splats' span and every splat's coordinates in it.
+struct Basis {
+    /// Splats chosen as the basis, in pivot order.
+    pivots: Vec<usize>,
+    /// L^-1, `r` x `r` row-major lower triangular, where M_B M_B^T = L L^T (computed in f64).
+    l_inv: Vec<f32>,
+    /// L^-1 transposed (row `m` holds column `m`).
+    l_inv_t: Vec<f32>,
+    /// Coordinates of each splat: `n` rows of `r + 1` (the last, the chain's own direction, is 0).
+    w: Vec<f32>,
+    /// `w` transposed: `r + 1` rows of `n`.
+    w_t: Vec<f32>,
+}
+
+impl Basis {
+    fn new(mu: &[f32], mu_t: &[f32], n: usize) -> Basis {
+        let mut g32 = vec![0f32; n * n];
+        kernels::weighted_sums(mu, mu_t, n, &mut g32);
+        let g = |i: usize, j: usize| 0.5 * (f64::from(g32[i * n + j]) + f64::from(g32[j * n + i]));
+        let mut diag: Vec<f64> = (0..n).map(|j| g(j, j)).collect();
+        let mut used = vec![false; n];
+        // Column k of the factor (`n` values from k * n): coordinate k of every splat's projection on
+        // the span. Each column is G's pivot column less the earlier columns (axpys, which vectorise).
+        let mut f = vec![0f64; n * n];
+        let mut col = vec![0f64; n];
+        let mut pivots = Vec::new();
+        for k in 0..n {
+            let Some(p) = (0..n).filter(|&j| !used[j]).max_by(|&i, &j| diag[i].total_cmp(&diag[j])) else {
+                break;
+            };
+            if diag[p] <= PIVOT_TOL {
+                break;
+            }
+            let piv = diag[p].sqrt();
+            used[p] = true;
+            pivots.push(p);
+            col.iter_mut().enumerate().for_each(|(j, c)| *c = g(j, p));
+            for m in 0..k {
+                let fp = f[m * n + p];
+                col.iter_mut().zip(&f[m * n..(m + 1) * n]).for_each(|(c, fm)| *c -= fp * fm);
+            }
+            for j in 0..n {
+                // An earlier pivot lies in the span already: its coordinate k is 0.
+                let v = if used[j] && j != p { 0.0 } else { col[j] / piv };
+                f[k * n + j] = v;
+                if !used[j] {
+                    diag[j] -= v * v;
+                }
+            }
+        }
+        let r = pivots.len();
+        let rr = r + 1;
+        let mut l = vec![0f64; r * r];
+        for (i, &p) in pivots.iter().enumerate() {
+            for k in 0..=i {
+                l[i * r + k] = f[k * n + p];
+            }
+        }
+        // L^-1 by forward substitution on the columns of I (r^3 / 6, once per block), so that the
+        // per-chain solves are products that vectorise.
+        let mut l_inv = vec![0f64; r * r];
+        for c in 0..r {
+            for k in c..r {
+                let mut s = if k == c { 1.0 } else { 0.0 };
+                for m in c..k {
+                    s -= l[k * r + m] * l_inv[m * r + c];
+                }
+                l_inv[k * r + c] = s / l[k * r + k];
+            }
+        }
+        let mut w = vec![0f32; n * rr];
+        let mut w_t = vec![0f32; rr * n];
+        for j in 0..n {
+            for k in 0..r {
+                w[j * rr + k] = f[k * n + j] as f32;
+                w_t[k * n + j] = f[k * n + j] as f32;
+            }
+        }
+        let mut l_inv_t = vec![0f32; r * r];
+        for k in 0..r {
+            for m in 0..=k {
+                l_inv_t[m * r + k] = l_inv[k * r + m] as f32;
+            }
+        }
+        let l_inv = l_inv.iter().map(|&v| v as f32).collect();
+        Basis { pivots, l_inv, l_inv_t, w, w_t }
+    }
+
+    fn rank(&self) -> usize {
+        self.pivots.len()
+    }
+
+    /// Q^T v for every chain from its scores M v (`n` per chain): y = L^-1 (scores of the pivots), as
+    /// one product over the chains.
+    #[inline(always)]
+    fn forward(&self, scores: &[f32], n: usize, gathered: &mut Vec<f32>, y: &mut [f32]) {
+        let r = self.rank();
+        gathered.clear();
+        for row in scores.chunks_exact(n) {
+            gathered.extend(self.pivots.iter().map(|&p| row[p]));
+        }
+        if r > 0 {
+            kernels::weighted_sums(gathered, &self.l_inv_t, r, y);
+        }
+    }
+
+    /// Coefficients over M_B of Q v for every chain: y = L^-T v, as one product over the chains.
+    #[inline(always)]
+    fn backward(&self, v: &[f32], y: &mut [f32]) {
+        let r = self.rank();
+        if r > 0 {
+            kernels::weighted_sums(v, &self.l_inv, r, y);
+        }
+    }
+}
+
+/// Whether the reduced run costs less than the full one for a block of `chains` against `n` splats.
+pub(super) fn pays(config: &LangevinConfig, n: usize, dim: usize, chains: usize) -> bool {
+    let (n, d, c, steps) = (n as f64, dim as f64, chains.max(1) as f64, config.steps as f64);
+    let full = steps * (2.0 * n * d + 4.0 * d);
+    let reduced = n * n * d / c + 3.0 * n * d + 4.0 * d + steps * (2.0 * n * (n + 1.0) + 4.0 * (n + 1.0));
+    reduced < full
+}
+
+/// Runs `config.steps` overdamped steps on the block `x` (unit rows) with Gaussian noise. Needs
+/// `splats + 1 < dim`, so that every chain keeps at least one dimension off its span.
+pub(super) fn run_block(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
+    #[cfg(target_arch = "x86_64")]
+    match kernels::Isa::best() {
+        // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
+        kernels::Isa::Avx512 => return unsafe { run_block_avx512(k, config, x, rng) },
+        // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
+        kernels::Isa::Avx2 => return unsafe { run_block_avx2(k, config, x, rng) },
+        kernels::Isa::Scalar => {}
+    }
+    run_block_body(k, config, x, rng)
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn run_block_avx512(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
+    run_block_body(k, config, x, rng)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_block_avx2(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
+    run_block_body(k, config, x, rng)
+}
+
+#[inline(always)]
+fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
+    let (n, dim) = (k.splats.len(), k.splats.dim());
+    let chains = x.len() / dim;
+    let basis = Basis::new(k.splats.mu(), &k.mu_t, n);
+    let r = basis.rank();
+    let rr = r + 1;
+
+    // Start: a = (Q^T x0, rho_x), where rho_x is x0's distance from the splats' span (0 when inside).
+    kernels::weighted_sums(x, &k.mu_t, n, &mut k.scores);
+    let mut a = vec![0f32; chains * rr];
+    let mut start = vec![0f32; chains * r];
+    let mut gathered = Vec::with_capacity(chains * r);
+    basis.forward(&k.scores, n, &mut gathered, &mut start);
+    let mut rho_x = vec![0f32; chains];
+    for i in 0..chains {
+        let l0 = &start[i * r..(i + 1) * r];
+        let row = &x[i * dim..(i + 1) * dim];
+        let norm2 = kernels::dot(row, row);
+        let res = f64::from(norm2) - f64::from(kernels::dot(l0, l0));
+        rho_x[i] = if res > PIVOT_TOL * f64::from(norm2) { res.sqrt() as f32 } else { 0.0 };
+        a[i * rr..i * rr + r].copy_from_slice(l0);
+        a[i * rr + r] = rho_x[i];
+    }
+    // Dimension of V^perp for each chain.
+    let perp: Vec<usize> = rho_x.iter().map(|&rx| dim - r - usize::from(rx > 0.0)).collect();
+    let chi = |df: usize| (df >= 1).then(|| ChiSquared::new(df as f32).expect("df >= 1 is valid"));
+    let chi_with_x = chi(dim.saturating_sub(rr + 1));
+    let chi_without = chi(dim.saturating_sub(r + 1));
+
+    let eta = config.dt;
+    let s = (2.0 * eta * config.temperature).sqrt();
+    let mut rho = vec![0f32; chains];
+    let mut u = vec![0f32; chains * rr];
+    let mut dots = vec![0f32; chains];
+    let mut z = vec![0f32; chains * (rr + 1)];
+    let kappa = k.splats.kappa();
+    for _ in 0..config.steps {
+        kernels::weighted_sums(&a, &basis.w_t, n, &mut k.scores);
+        softmax_coefficients(&k.scores, &k.ln_alpha, kappa, n, &mut k.coef, &mut dots);
+        kernels::weighted_sums(&k.coef, &basis.w, rr, &mut u);
+        if s > 0.0 {
+            fill_normal_generic(rng, &mut z);
+        }
+        for i in 0..chains {
+            let zi = &mut z[i * (rr + 1)..(i + 1) * (rr + 1)];
+            let has_x = rho_x[i] > 0.0;
+            if !has_x {
+                zi[r] = 0.0;
+            }
+            let (g, q) = if s > 0.0 {
+                let g = if perp[i] >= 1 { zi[rr] } else { 0.0 };
+                let dist = if has_x { &chi_with_x } else { &chi_without };
+                (g, dist.as_ref().map_or(0.0, |d| d.sample(rng)))
+            } else {
+                (0.0, 0.0)
+            };
+            let ai = &mut a[i * rr..(i + 1) * rr];
+            let ui = &u[i * rr..(i + 1) * rr];
+            let xi_dot = kernels::dot(&zi[..rr], ai) + g * rho[i];
+            let ux = dots[i];
+            for ((av, &uv), &zv) in ai.iter_mut().zip(ui).zip(&zi[..rr]) {
+                let a0 = *av;
+                *av = a0 + eta * (uv - ux * a0) + s * (zv - xi_dot * a0);
+            }
+            let beta = 1.0 - eta * ux - s * xi_dot;
+            let rp = beta * rho[i] + s * g;
+            let rho2 = rp * rp + s * s * q;
+            let inv = 1.0 / (kernels::dot(ai, ai) + rho2).sqrt();
+            ai.iter_mut().for_each(|v| *v *= inv);
+            rho[i] = rho2.sqrt() * inv;
+        }
+    }
+
+    // Lift: x = Q a_Q + a_x q_x + rho p_hat, with q_x = (x0 - Q l0) / rho_x and p_hat the unit part of a
+    // Gaussian vector off V, as coefficients over the pivots' mu, x0 and that Gaussian vector.
+    let mut gauss = vec![0f32; chains * dim];
+    let lift_noise = rho.iter().zip(&perp).any(|(&rh, &pp)| rh > 0.0 && pp > 0);
+    if lift_noise {
+        fill_normal_generic(rng, &mut gauss);
+        kernels::weighted_sums(&gauss, &k.mu_t, n, &mut k.scores);
+    }
+    let mut h = vec![0f32; chains * r];
+    if lift_noise {
+        basis.forward(&k.scores, n, &mut gathered, &mut h);
+    }
+    let mut extra = vec![(0f32, 0f32); chains];
+    let mut v = vec![0f32; chains * r];
+    for i in 0..chains {
+        let ai = &a[i * rr..(i + 1) * rr];
+        let l0 = &start[i * r..(i + 1) * r];
+        let vi = &mut v[i * r..(i + 1) * r];
+        vi.copy_from_slice(&ai[..r]);
+        let mut vx = ai[r];
+        let mut t = 0.0;
+        if lift_noise && rho[i] > 0.0 && perp[i] > 0 {
+            let gi = &gauss[i * dim..(i + 1) * dim];
+            let hi = &h[i * r..(i + 1) * r];
+            let hx = if rho_x[i] > 0.0 {
+                (kernels::dot(&x[i * dim..(i + 1) * dim], gi) - kernels::dot(l0, hi)) / rho_x[i]
+            } else {
+                0.0
+            };
+            let g2 = kernels::dot(gi, gi);
+            let off = (g2 - kernels::dot(hi, hi) - hx * hx).max(1e-6 * g2);
+            t = rho[i] / off.sqrt();
+            vi.iter_mut().zip(hi).for_each(|(vv, hv)| *vv -= t * hv);
+            vx -= t * hx;
+        }
+        let cx = if rho_x[i] > 0.0 { vx / rho_x[i] } else { 0.0 };
+        vi.iter_mut().zip(l0).for_each(|(vv, lv)| *vv -= cx * lv);
+        extra[i] = (cx, t);
+    }
+    let mut y = vec![0f32; chains * r];
+    basis.backward(&v, &mut y);
+    k.coef.fill(0.0);
+    for (i, yi) in y.chunks_exact(r.max(1)).enumerate().take(chains) {
+        for (&p, &yv) in basis.pivots.iter().zip(yi) {
+            k.coef[i * n + p] = yv;
+        }
+    }
+    kernels::weighted_sums(&k.coef, k.splats.mu(), dim, &mut k.u);
+    for (i, &(cx, t)) in extra.iter().enumerate() {
+        let out = &mut k.u[i * dim..(i + 1) * dim];
+        let x0 = &x[i * dim..(i + 1) * dim];
+        if t != 0.0 {
+            let gi = &gauss[i * dim..(i + 1) * dim];
+            out.iter_mut().zip(x0).zip(gi).for_each(|((o, &xv), &gv)| *o += cx * xv + t * gv);
+        } else {
+            out.iter_mut().zip(x0).for_each(|(o, &xv)| *o += cx * xv);
+        }
+        let inv = 1.0 / kernels::dot(out, out).sqrt();
+        out.iter_mut().for_each(|v| *v *= inv);
+    }
+    x.copy_from_slice(&k.u[..x.len()]);
+}
