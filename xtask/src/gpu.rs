@@ -53,10 +53,16 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
-/// Installs the missing packages with apt when running as root; otherwise fails naming them.
+/// Installs the Vulkan backend's missing packages (see [`ensure_debian_packages`]).
 pub(crate) fn ensure_packages() -> Result<()> {
+    ensure_debian_packages(&PACKAGES, "the Vulkan backend")
+}
+
+/// Installs the packages whose file (`{lib}` is the multiarch library folder) is missing, with apt when
+/// running as root; otherwise fails naming them.
+pub(crate) fn ensure_debian_packages(packages: &[(&str, &str)], purpose: &str) -> Result<()> {
     let lib = lib_dir();
-    let missing: Vec<&str> = PACKAGES
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, file)| !Path::new(&file.replace("{lib}", &lib.to_string_lossy())).exists())
         .map(|(pkg, _)| *pkg)
@@ -65,7 +71,7 @@ pub(crate) fn ensure_packages() -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("the Vulkan backend needs Debian packages; run: sudo apt-get install -y {}", missing.join(" "));
+        bail!("{purpose} needs Debian packages; run: sudo apt-get install -y {}", missing.join(" "));
     }
     println!("\n==> apt-get install {}", missing.join(" "));
     // An outdated package list is refreshed first; a failed refresh still lets the install try.

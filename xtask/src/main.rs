@@ -5,6 +5,9 @@
 //!   main command, builds the documentation with rustdoc warnings denied, then the Vulkan backend: it installs the Debian packages it needs when missing (as
 //!   root; otherwise it names them), merges shaderc's static archives (see `gpu.rs`), validates the
 //!   shaders, and runs clippy and the tests of m2m-gpu with its `vulkan` feature on Mesa's lavapipe.
+//!   Then the Python bindings (`crates/py`): Debian's python3-venv, python3-numpy and python3-torch
+//!   when missing, a virtual environment in `target/py-venv` that sees them, maturin and pytest from
+//!   PyPI, the wheel built and installed, and its pytest suite.
 //! * `cargo xtask shaders`: compiles every shader of `shaders/` with glslangValidator and validates
 //!   the SPIR-V with spirv-val.
 //! * `cargo xtask fuzz [SECONDS]`: runs every cargo-fuzz target of `crates/tier/fuzz` (the log, segment
@@ -28,6 +31,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 mod gpu;
+mod python;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,10 +44,11 @@ fn main() -> Result<()> {
             gpu::ensure_packages()?;
             gpu::check_shaders(&root)
         }
+        Some("python") => python::test().map(|c| println!("tests: {} passed, {} failed", c.passed, c.failed)),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose().context("SECONDS must be a number")?),
         Some("-h" | "--help" | "help") | None => {
             println!(
-                "usage: cargo xtask <ci | shaders | fuzz [SECONDS] | bench [criterion args...] | bench search --base B --queries Q ...>"
+                "usage: cargo xtask <ci | shaders | python | fuzz [SECONDS] | bench [criterion args...] | bench search --base B --queries Q ...>"
             );
             Ok(())
         }
@@ -167,6 +172,10 @@ fn ci() -> Result<()> {
     let gpu_counts = run_tests(&["test", "--locked", "-p", "m2m-gpu", "--features", "vulkan"])?;
     counts.passed += gpu_counts.passed;
     counts.failed += gpu_counts.failed;
+    // The Python bindings: the wheel built into a virtual environment, then pytest.
+    let py_counts = python::test()?;
+    counts.passed += py_counts.passed;
+    counts.failed += py_counts.failed;
     // The README's main command, exactly as written there.
     run("cargo", &["run", "--release", "--locked", "--example", "quickstart"])?;
     fuzz(Some(15))?;

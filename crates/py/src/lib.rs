@@ -1,0 +1,362 @@
+//! The native module `m2m._m2m`: the engine (`Engine`) and its data loader (`Loader`) for Python.
+//! The Python package `m2m` (python/m2m) wraps them with conversions, the PyTorch `IterableDataset` and
+//! documentation.
+//!
+//! - Inputs are borrowed: float32 C-contiguous arrays are read in place (`PyReadonlyArray`), never copied.
+//! - Outputs are Rust buffers handed to numpy: `Vec::into_pyarray` moves the buffer into the array (its
+//!   `base` is the Rust allocation), so a batch of the data lake crosses without a copy.
+//! - Every call that computes or does IO releases the GIL and runs on a rayon pool owned by this process:
+//!   a process forked from one that used the pool (a DataLoader worker) gets a fresh pool instead of one
+//!   whose threads did not survive the fork.
+//! - Errors: bad input is `ValueError`, storage is `OSError`, a call in the wrong state (no index yet,
+//!   a change to a read-only engine) is `RuntimeError`; each carries the Rust message.
+
+use std::sync::{Arc, Mutex};
+
+use m2m::{DataLoader, DataLoaderConfig, Error, Lod, M2m, M2mConfig};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// The Rust error as the Python exception that fits it.
+fn py_err(e: Error) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        Error::Tier(_) => PyOSError::new_err(msg),
+        Error::NoIndex { .. } | Error::ReadOnly { .. } | Error::Gpu(_) => PyRuntimeError::new_err(msg),
+        _ => PyValueError::new_err(msg),
+    }
+}
+
+/// This process's pool: rebuilt when the process id changes (after a fork).
+fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
+    static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut slot = POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((p, pool)) = slot.as_ref()
+        && *p == pid
+    {
+        return Ok(Arc::clone(pool));
+    }
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("m2m-py-{i}"))
+            .build()
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the thread pool: {e}")))?,
+    );
+    *slot = Some((pid, Arc::clone(&pool)));
+    Ok(pool)
+}
+
+/// Runs `f` without the GIL on this process's pool.
+fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send) -> PyResult<T> {
+    let pool = pool()?;
+    py.detach(|| pool.install(f)).map_err(py_err)
+}
+
+fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, what: &str) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| PyValueError::new_err(format!("{what} must be a C-contiguous 1-d array")))
+}
+
+fn rows<'a>(a: &'a PyReadonlyArray2<'_, f32>, what: &str, dim: usize) -> PyResult<(&'a [f32], usize)> {
+    let shape = a.shape();
+    if shape[1] != dim {
+        return Err(PyValueError::new_err(format!("{what} has {} columns; the engine's dimension is {dim}", shape[1])));
+    }
+    let data =
+        a.as_slice().map_err(|_| PyValueError::new_err(format!("{what} must be a C-contiguous float32 array")))?;
+    Ok((data, shape[0]))
+}
+
+fn lod(level: i64) -> PyResult<Lod> {
+    match level {
+        0 => Ok(Lod::Centroids),
+        1 => Ok(Lod::Codes),
+        2 => Ok(Lod::Rerank),
+        3 => Ok(Lod::Exact),
+        _ => Err(PyValueError::new_err(format!("lod {level}: 0 (centroids), 1 (codes), 2 (re-ranked) or 3 (exact)"))),
+    }
+}
+
+/// A 2-d array over a Rust buffer (no copy): the buffer becomes a 1-d array, reshaped as a view.
+fn matrix<'py, T: numpy::Element>(py: Python<'py>, v: Vec<T>, cols: usize) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let n = v.len().checked_div(cols).unwrap_or(0);
+    v.into_pyarray(py).reshape([n, cols])
+}
+
+/// An engine (see the Python class `m2m.M2M`).
+#[pyclass(module = "m2m._m2m")]
+struct Engine {
+    inner: M2m,
+}
+
+#[pymethods]
+impl Engine {
+    /// A new engine from settings as JSON (fields of `M2mConfig`; missing ones take their defaults).
+    #[staticmethod]
+    fn create(py: Python<'_>, config_json: &str) -> PyResult<Engine> {
+        let config: M2mConfig =
+            serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("config: {e}")))?;
+        Ok(Engine { inner: run(py, || M2m::create(config))? })
+    }
+
+    /// Opens a stored engine; `read_only` takes no lock and changes nothing (readers beside a writer).
+    #[staticmethod]
+    #[pyo3(signature = (path, read_only = false))]
+    fn open(py: Python<'_>, path: std::path::PathBuf, read_only: bool) -> PyResult<Engine> {
+        let inner = run(py, || if read_only { M2m::open_read_only(&path) } else { M2m::open(&path) })?;
+        Ok(Engine { inner })
+    }
+
+    /// The settings as JSON.
+    fn config_json(&self) -> PyResult<String> {
+        serde_json::to_string(self.inner.config()).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.config().dim
+    }
+
+    #[getter]
+    fn read_only(&self) -> bool {
+        self.inner.is_read_only()
+    }
+
+    #[getter]
+    fn has_index(&self) -> bool {
+        self.inner.index().is_some()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.inner.contains(id)
+    }
+
+    /// Adds rows (float32, C-contiguous, n x dim), with optional ids, kappa and alpha; returns the ids.
+    #[pyo3(signature = (vectors, ids = None, kappa = None, alpha = None))]
+    fn add_splats<'py>(
+        &mut self,
+        py: Python<'py>,
+        vectors: PyReadonlyArray2<'py, f32>,
+        ids: Option<PyReadonlyArray1<'py, u64>>,
+        kappa: Option<PyReadonlyArray1<'py, f32>>,
+        alpha: Option<PyReadonlyArray1<'py, f32>>,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        let (data, _) = rows(&vectors, "vectors", self.inner.config().dim)?;
+        let ids = ids.as_ref().map(|a| slice(a, "ids")).transpose()?;
+        let kappa = kappa.as_ref().map(|a| slice(a, "kappa")).transpose()?;
+        let alpha = alpha.as_ref().map(|a| slice(a, "alpha")).transpose()?;
+        let inner = &mut self.inner;
+        let out = run(py, || match ids {
+            Some(ids) => inner.add_splats_with(data, ids, kappa, alpha).map(|()| ids.to_vec()),
+            None if kappa.is_some() || alpha.is_some() => {
+                let n = data.len() / inner.config().dim.max(1);
+                let start = inner.stats_max_id().map_or(0, |m| m + 1);
+                let ids: Vec<u64> = (start..start + n as u64).collect();
+                inner.add_splats_with(data, &ids, kappa, alpha).map(|()| ids)
+            }
+            None => inner.add_splats(data),
+        })?;
+        Ok(out.into_pyarray(py))
+    }
+
+    /// Builds the index (and learns kappa and alpha).
+    #[pyo3(signature = (n_fine = None, n_coarse = None))]
+    fn build_index(&mut self, py: Python<'_>, n_fine: Option<usize>, n_coarse: Option<usize>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        run(py, || inner.build_index_with(n_fine, n_coarse))
+    }
+
+    /// Top-k of each query row: (ids, scores, kappa, alpha), each q x k' with k' = min(k, splats).
+    #[pyo3(signature = (queries, k = 10, lod = 2))]
+    #[allow(clippy::type_complexity)]
+    fn retrieve_batch<'py>(
+        &self,
+        py: Python<'py>,
+        queries: PyReadonlyArray2<'py, f32>,
+        k: usize,
+        lod: i64,
+    ) -> PyResult<(
+        Bound<'py, PyArray2<u64>>,
+        Bound<'py, PyArray2<f32>>,
+        Bound<'py, PyArray2<f32>>,
+        Bound<'py, PyArray2<f32>>,
+    )> {
+        let level = self::lod(lod)?;
+        let (data, nq) = rows(&queries, "queries", self.inner.config().dim)?;
+        let inner = &self.inner;
+        let hits = run(py, || inner.retrieve_batch(data, k, level))?;
+        let width = hits.iter().map(Vec::len).max().unwrap_or(0);
+        if hits.iter().any(|h| h.len() != width) {
+            return Err(PyRuntimeError::new_err("queries got different numbers of hits"));
+        }
+        let mut ids = Vec::with_capacity(nq * width);
+        let (mut scores, mut kappa, mut alpha) = (Vec::new(), Vec::new(), Vec::new());
+        for h in hits.iter().flatten() {
+            ids.push(h.id);
+            scores.push(h.score);
+            kappa.push(h.kappa);
+            alpha.push(h.alpha);
+        }
+        Ok((matrix(py, ids, width)?, matrix(py, scores, width)?, matrix(py, kappa, width)?, matrix(py, alpha, width)?))
+    }
+
+    /// The energy of one point (routed once the index exists, exact before).
+    fn energy(&self, py: Python<'_>, x: PyReadonlyArray1<'_, f32>) -> PyResult<f64> {
+        let x = slice(&x, "x")?;
+        let inner = &self.inner;
+        run(py, || inner.energy(x))
+    }
+
+    /// Langevin samples from seed rows (n x dim); `steps` defaults to the engine's setting.
+    #[pyo3(signature = (seeds, steps = None))]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        seeds: PyReadonlyArray2<'py, f32>,
+        steps: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let dim = self.inner.config().dim;
+        let (data, _) = rows(&seeds, "seeds", dim)?;
+        let steps = steps.unwrap_or(self.inner.config().langevin_steps);
+        let inner = &self.inner;
+        let out = run(py, || inner.generate(data, steps))?;
+        matrix(py, out, dim)
+    }
+
+    /// `n` Langevin samples started from splats of the engine.
+    #[pyo3(signature = (n, steps = None))]
+    fn generate_n<'py>(&self, py: Python<'py>, n: usize, steps: Option<usize>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let dim = self.inner.config().dim;
+        let steps = steps.unwrap_or(self.inner.config().langevin_steps);
+        let inner = &self.inner;
+        let out = run(py, || inner.generate_n(n, steps))?;
+        matrix(py, out, dim)
+    }
+
+    /// Deletes ids; returns how many were live.
+    fn delete(&mut self, py: Python<'_>, ids: PyReadonlyArray1<'_, u64>) -> PyResult<usize> {
+        let ids = slice(&ids, "ids")?;
+        let inner = &mut self.inner;
+        run(py, || inner.delete(ids))
+    }
+
+    /// Writes the rows added since the last flush into a segment.
+    fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        run(py, || inner.flush())
+    }
+
+    /// What the engine holds, as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("splats", s.splats)?;
+        d.set_item("deleted", s.deleted)?;
+        d.set_item("dim", s.dim)?;
+        d.set_item("index", s.index)?;
+        d.set_item("kappa_mean", s.kappa.0)?;
+        d.set_item("kappa_min", s.kappa.1)?;
+        d.set_item("kappa_max", s.kappa.2)?;
+        d.set_item("device", s.device)?;
+        d.set_item("segments", s.segments)?;
+        Ok(d)
+    }
+
+    /// Starts streaming batches (see `m2m.M2M.export_to_dataloader` for the fields).
+    #[pyo3(signature = (batch_size = 256, generate_samples = false, generate_steps = 5, importance_sampling = false,
+        shuffle = true, seed = 0, epochs = 1, prefetch_batches = 2, drop_last = false, rank = 0, world_size = 1,
+        skip_batches = 0, threads = 0))]
+    #[allow(clippy::too_many_arguments)]
+    fn loader(
+        &self,
+        py: Python<'_>,
+        batch_size: usize,
+        generate_samples: bool,
+        generate_steps: usize,
+        importance_sampling: bool,
+        shuffle: bool,
+        seed: u64,
+        epochs: u64,
+        prefetch_batches: usize,
+        drop_last: bool,
+        rank: usize,
+        world_size: usize,
+        skip_batches: u64,
+        threads: usize,
+    ) -> PyResult<Loader> {
+        let config = DataLoaderConfig {
+            batch_size,
+            generate_samples,
+            generate_steps,
+            importance_sampling,
+            shuffle,
+            seed,
+            epochs,
+            prefetch_batches,
+            drop_last,
+            rank,
+            world_size,
+            skip_batches,
+            threads,
+        };
+        let inner = &self.inner;
+        let loader = run(py, || inner.export_to_dataloader(&config))?;
+        Ok(Loader { inner: Mutex::new(Some(loader)) })
+    }
+}
+
+/// A running export: an iterator of dicts of numpy arrays over Rust buffers.
+#[pyclass(module = "m2m._m2m")]
+struct Loader {
+    inner: Mutex<Option<DataLoader>>,
+}
+
+#[pymethods]
+impl Loader {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let next = py.detach(|| {
+            let mut guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            guard.as_mut().and_then(Iterator::next)
+        });
+        let batch = match next {
+            None => return Err(PyStopIteration::new_err(())),
+            Some(b) => b.map_err(py_err)?,
+        };
+        let dim = batch.mu.len().checked_div(batch.ids.len()).unwrap_or(0);
+        let d = PyDict::new(py);
+        d.set_item("epoch", batch.epoch)?;
+        d.set_item("ids", batch.ids.into_pyarray(py))?;
+        d.set_item("mu", matrix(py, batch.mu, dim.max(1))?)?;
+        d.set_item("kappa", batch.kappa.into_pyarray(py))?;
+        d.set_item("alpha", batch.alpha.into_pyarray(py))?;
+        d.set_item("weights", batch.weights.into_pyarray(py))?;
+        d.set_item("generated", batch.generated.into_pyarray(py))?;
+        Ok(d)
+    }
+
+    /// Stops the loader's thread now (also done when the object is collected).
+    fn close(&self, py: Python<'_>) {
+        let taken = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        py.detach(move || drop(taken));
+    }
+}
+
+#[pymodule]
+fn _m2m(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()?;
+    m.add_class::<Loader>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+"""The Python bindings: every call, every bad input, zero-copy outputs, the DataLoader with workers under
+fork and spawn, determinism and resumption. Run by `cargo xtask ci` (crates/py, pytest)."""
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+import m2m
+
+DIM = 32
+
+
+def vectors(n, seed=0):
+    rng = np.random.default_rng(seed)
+    # Clustered rows, so that the index has structure to find.
+    centres = rng.standard_normal((20, DIM)).astype(np.float32)
+    rows = centres[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return rows.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = m2m.create_m2m(dim=DIM, seed=7)
+    e.add_splats(vectors(3000))
+    e.build_index()
+    return e
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lake") / "db"
+    e = m2m.create_m2m(m2m.M2MConfig(dim=DIM, data_dir=path, durable=False))
+    e.add_splats(vectors(1200, seed=3))
+    e.build_index()
+    e.flush()
+    return e, path
+
+
+def test_ingest_retrieve_and_every_call(engine):
+    assert len(engine) == 3000 and engine.dim == DIM
+    data = vectors(3000)
+    ids, scores = engine.retrieve(data[5], k=10, lod=3)
+    assert ids.dtype == np.uint64 and scores.dtype == np.float32 and ids.shape == (10,)
+    assert ids[0] == 5 and scores[0] == pytest.approx(1.0, abs=1e-5)
+    exact, _ = engine.retrieve_batch(data[:50], k=10, lod=3)
+    for lod, floor in [(1, 0.5), (2, 0.9)]:
+        got, _ = engine.retrieve_batch(data[:50], k=10, lod=lod)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)])
+        assert recall >= floor, (lod, recall)
+    coarse, _ = engine.retrieve_batch(data[:3], k=4, lod=0)
+    assert coarse.shape == (3, 4)
+    assert np.isfinite(engine.energy(data[0]))
+    samples = engine.generate(8, steps=5)
+    assert samples.shape == (8, DIM)
+    np.testing.assert_allclose(np.linalg.norm(samples, axis=1), 1.0, atol=1e-4)
+    moved = engine.generate(data[:4], steps=5)
+    assert moved.shape == (4, DIM)
+    stats = engine.stats()
+    assert stats["splats"] == 3000 and stats["dim"] == DIM and stats["index"] is not None
+    assert 1.0 <= stats["kappa_min"] <= stats["kappa_max"] <= 50.0
+
+
+def test_add_with_ids_and_delete():
+    e = m2m.create_m2m(dim=DIM)
+    ids = e.add_splats(vectors(10), ids=np.arange(100, 110), kappa=np.full(10, 3.0))
+    assert list(ids) == list(range(100, 110)) and 105 in e
+    assert e.delete([105, 105, 999]) == 1
+    assert 105 not in e and len(e) == 9
+    # Float64 and non-contiguous inputs are converted once.
+    assert len(e.add_splats(np.asfortranarray(vectors(4, seed=1).astype(np.float64)))) == 4
+
+
+def test_bad_input_raises_and_changes_nothing(tmp_path):
+    e = m2m.create_m2m(dim=DIM)
+    e.add_splats(vectors(20))
+    bad = vectors(5)
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match="(?i)nan|finite"):
+        e.add_splats(bad)
+    with pytest.raises(ValueError, match="columns"):
+        e.add_splats(np.zeros((3, DIM + 1), np.float32))
+    with pytest.raises(ValueError):
+        e.add_splats(np.zeros((0, DIM), np.float32))
+    with pytest.raises(ValueError):
+        e.add_splats(vectors(2), kappa=np.array([1.0, -2.0]))
+    with pytest.raises(ValueError):
+        e.add_splats(vectors(2), ids=np.array([0, 1]))  # ids already present
+    assert len(e) == 20, "nothing of a refused batch is kept"
+    with pytest.raises(RuntimeError, match="index"):
+        e.retrieve(vectors(1)[0], lod=2)
+    with pytest.raises(ValueError, match="lod"):
+        e.retrieve(vectors(1)[0], lod=7)
+    with pytest.raises(ValueError, match="unknown"):
+        m2m.M2MConfig(dimension=3)
+    with pytest.raises(ValueError):
+        m2m.create_m2m(dim=0)
+    with pytest.raises(OSError):
+        m2m.open(tmp_path / "missing")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "m2m-config.blob").write_bytes(b"garbage")
+    with pytest.raises(OSError):
+        m2m.open(tmp_path / "corrupt")
+
+
+def test_read_only_beside_the_writer(stored):
+    writer, path = stored
+    reader = m2m.open(path, read_only=True)
+    assert reader.read_only and len(reader) == len(writer)
+    q = vectors(3, seed=3)
+    np.testing.assert_array_equal(reader.retrieve_batch(q)[0], writer.retrieve_batch(q)[0])
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.add_splats(vectors(1))
+    with pytest.raises(OSError):
+        m2m.open(path)  # the writer holds the lock
+
+
+def root_base(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a.base
+
+
+def test_outputs_are_numpy_views_of_rust_buffers(engine):
+    batch = next(iter(engine._engine.loader(batch_size=64)))
+    for name in ["ids", "mu", "kappa", "alpha", "weights", "generated"]:
+        arr = batch[name]
+        assert not arr.flags.owndata, name
+        assert type(root_base(arr)).__name__ == "PySliceContainer", (name, type(root_base(arr)))
+    assert batch["mu"].shape == (64, DIM) and batch["mu"].flags.c_contiguous
+    ids, _ = engine.retrieve_batch(vectors(2), k=3)
+    assert not ids.flags.owndata
+
+
+torch = pytest.importorskip("torch")
+
+
+def epoch_ids(ds, workers, context=None):
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context=context)
+    return [b["ids"].tolist() for b in loader]
+
+
+def test_torch_batches_shards_and_zero_copy(engine):
+    ds = engine.export_to_dataloader(batch_size=100, importance_sampling=True, generate_samples=True, seed=3)
+    batches = list(ds)
+    assert len(batches) == 30
+    b = batches[0]
+    assert isinstance(b["mu"], torch.Tensor) and b["mu"].shape == (200, DIM)
+    assert int(b["generated"].sum()) == 100
+    # Two ranks: disjoint, together every splat once.
+    seen = []
+    for rank in range(2):
+        seen += [i for b in engine.export_to_dataloader(batch_size=128, rank=rank, world_size=2) for i in b["ids"].tolist()]
+    assert sorted(seen) == list(range(3000))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_cover_the_epoch_deterministically(stored, context):
+    writer, _ = stored
+    ds = writer.export_to_dataloader(batch_size=50, seed=11)
+    single = epoch_ids(ds, 0)
+    two = epoch_ids(ds, 2, context)
+    assert sorted(sum(single, [])) == sorted(sum(two, [])) == sorted(range(1200))
+    assert two == epoch_ids(ds, 2, context), "the same seed gives the same batches"
+    assert single == epoch_ids(ds, 0)
+
+
+def test_workers_need_a_directory(engine):
+    ds = engine.export_to_dataloader(batch_size=100)
+    with pytest.raises(RuntimeError, match="data_dir"):
+        epoch_ids(ds, 2, "fork")
+
+
+def test_resumes_from_its_state(stored):
+    writer, _ = stored
+    full = epoch_ids(writer.export_to_dataloader(batch_size=100, seed=4, epochs=2), 0)
+    ds = writer.export_to_dataloader(batch_size=100, seed=4, epochs=2)
+    it = iter(ds)
+    head = [next(it)["ids"].tolist() for _ in range(5)]
+    state = ds.state_dict()
+    assert state == {"batches": 5} and head == full[:5]
+    resumed = writer.export_to_dataloader(batch_size=100, seed=4, epochs=2)
+    resumed.load_state_dict(state)
+    assert epoch_ids(resumed, 0) == full[5:]
+    # With two workers: the loop counts what it received and resumes from that.
+    full2 = epoch_ids(writer.export_to_dataloader(batch_size=100, seed=4, epochs=2), 2, "fork")
+    resumed = writer.export_to_dataloader(batch_size=100, seed=4, epochs=2)
+    resumed.load_state_dict({"batches": 6})
+    assert epoch_ids(resumed, 2, "fork") == full2[6:]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    multiprocessing.freeze_support()
