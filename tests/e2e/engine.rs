@@ -144,6 +144,92 @@ fn a_read_only_engine_reads_beside_the_writer_and_refuses_changes() {
 }
 
 #[test]
+fn the_data_lake_streams_from_the_tiers_with_the_same_rows() {
+    use m2m::Source;
+    let d = digits(3_000, 0);
+    let dir = tempfile::tempdir().unwrap();
+    // A warm budget of a few blocks (1 MiB blocks of 4,096 rows at d = 64): blocks are evicted and
+    // read again across epochs.
+    let config = M2mConfig {
+        durable: false,
+        warm_budget_bytes: 600_000,
+        ..M2mConfig::default().dim(DIM).data_dir(dir.path().join("db"))
+    };
+    let mut engine = M2m::create(config).unwrap();
+    engine.add_splats(&d.base[..1_800 * DIM]).unwrap();
+    engine.flush().unwrap();
+    engine.add_splats(&d.base[1_800 * DIM..]).unwrap(); // some rows only in the log
+    engine.delete(&[4, 2_500]).unwrap();
+    engine.build_index().unwrap();
+    let collect = |cfg: &DataLoaderConfig| -> Vec<m2m::TrainingBatch> {
+        engine.export_to_dataloader(cfg).unwrap().map(|b| b.unwrap()).collect()
+    };
+    let base = DataLoaderConfig { batch_size: 128, seed: 9, epochs: 2, ..Default::default() };
+    let tiers = collect(&DataLoaderConfig { source: Source::Tiers, ..base.clone() });
+    assert_eq!(tiers, collect(&DataLoaderConfig { source: Source::Auto, ..base.clone() }), "auto reads the tiers");
+    assert_eq!(tiers, collect(&DataLoaderConfig { source: Source::Tiers, ..base.clone() }), "deterministic");
+    let memory = collect(&DataLoaderConfig { source: Source::Memory, ..base.clone() });
+    assert_ne!(tiers, memory, "a block-ordered plan, not the row-shuffled one");
+    // Each epoch: every live splat once, with the vector, kappa and alpha the engine holds.
+    for epoch in 0..2 {
+        let mut rows: Vec<(u64, Vec<f32>, f32, f32)> = tiers
+            .iter()
+            .filter(|b| b.epoch == epoch)
+            .flat_map(|b| {
+                (0..b.len()).map(move |i| (b.ids[i], b.mu[i * DIM..(i + 1) * DIM].to_vec(), b.kappa[i], b.alpha[i]))
+            })
+            .collect();
+        rows.sort_by_key(|r| r.0);
+        let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        let want: Vec<u64> = (0..3_000).filter(|&i| i != 4 && i != 2_500).collect();
+        assert_eq!(ids, want);
+        let mut mem: Vec<(u64, Vec<f32>, f32, f32)> = memory
+            .iter()
+            .filter(|b| b.epoch == epoch)
+            .flat_map(|b| {
+                (0..b.len()).map(move |i| (b.ids[i], b.mu[i * DIM..(i + 1) * DIM].to_vec(), b.kappa[i], b.alpha[i]))
+            })
+            .collect();
+        mem.sort_by_key(|r| r.0);
+        assert_eq!(rows.len(), mem.len());
+        // The same rows as from RAM (whose mu a build with deletes re-normalised: within 1e-6).
+        for (a, b) in rows.iter().zip(&mem) {
+            let worst = a.1.iter().zip(&b.1).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(a.0 == b.0 && a.2 == b.2 && a.3 == b.3 && worst < 1e-6, "row {}: mu differs by {worst}", a.0);
+        }
+    }
+    // The epoch is still mixed: consecutive batch ids are not runs of storage order.
+    let first = &tiers[0].ids;
+    let runs = first.windows(2).filter(|w| w[1] == w[0] + 1).count();
+    assert!(runs < first.len() / 4, "{runs} consecutive pairs in a batch of {}", first.len());
+    // Shards stay disjoint and covering; importance sampling draws the same rows with the same weights.
+    let mut seen = Vec::new();
+    for rank in 0..3 {
+        let cfg = DataLoaderConfig { rank, world_size: 3, epochs: 1, source: Source::Tiers, ..base.clone() };
+        seen.extend(collect(&cfg).iter().flat_map(|b| b.ids.clone()));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen.len(), 2_998);
+    seen.dedup();
+    assert_eq!(seen.len(), 2_998);
+    let weighted = |source| {
+        let cfg = DataLoaderConfig { importance_sampling: true, epochs: 1, source, ..base.clone() };
+        let mut rows: Vec<(u64, u32)> = collect(&cfg)
+            .iter()
+            .flat_map(|b| b.ids.iter().copied().zip(b.weights.iter().map(|w| w.to_bits())).collect::<Vec<_>>())
+            .collect();
+        rows.sort_unstable();
+        rows
+    };
+    assert_eq!(weighted(Source::Tiers), weighted(Source::Memory));
+    // An engine in memory has no tiers.
+    let mut mem_engine = create_m2m(M2mConfig::default().dim(DIM)).unwrap();
+    mem_engine.add_splats(&d.base[..100 * DIM]).unwrap();
+    let r = mem_engine.export_to_dataloader(&DataLoaderConfig { source: Source::Tiers, ..Default::default() });
+    assert!(matches!(r, Err(Error::Config { field: "source", .. })), "{r:?}");
+}
+
+#[test]
 fn the_data_lake_covers_shards_once_and_is_deterministic() {
     let d = digits(2_000, 0);
     let mut engine = create_m2m(M2mConfig::default().dim(DIM)).unwrap();

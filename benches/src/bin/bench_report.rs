@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use m2m::{DataLoaderConfig, DigitsConfig, Lod, M2m, M2mConfig, create_m2m, digits_on_sphere};
+use m2m::{DataLoaderConfig, DigitsConfig, Lod, M2m, M2mConfig, Source, create_m2m, digits_on_sphere};
 use m2m_index::SearchParams;
 use plotters::prelude::*;
 
@@ -48,6 +48,9 @@ struct Report {
     lake_plain: f64,
     lake_importance: f64,
     lake_langevin: f64,
+    /// The lake from the tiers: plain from cold pages (dropped first), and with Langevin.
+    lake_tiers_cold: f64,
+    lake_tiers_langevin: f64,
     curve: Vec<(f64, f64)>,
 }
 
@@ -138,6 +141,38 @@ fn run(name: &str, base: &[f32], queries: &[f32], dim: usize) -> Result<Report> 
     let lake_importance = lake(DataLoaderConfig { epochs, importance_sampling: true, ..Default::default() })?;
     let lake_langevin =
         lake(DataLoaderConfig { epochs: 1, importance_sampling: true, generate_samples: true, ..Default::default() })?;
+
+    // The same lake from the tiers: an engine with a data directory (every row flushed into segments),
+    // its segments' pages dropped from the page cache before the plain epoch.
+    eprintln!("{name}: data lake from the tiers");
+    let dir = tempfile::tempdir()?;
+    let mut stored = M2m::create(M2mConfig { durable: false, ..M2mConfig::default().dim(dim).data_dir(dir.path()) })?;
+    for chunk in base.chunks(10_000 * dim) {
+        stored.add_splats(chunk)?;
+    }
+    stored.flush()?;
+    stored.build_index()?;
+    let drop_pages = || -> Result<()> {
+        for entry in std::fs::read_dir(dir.path())? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "seg") {
+                m2m_tier::Segment::open(&path)?.release_pages()?;
+            }
+        }
+        Ok(())
+    };
+    let tiers = |cfg: DataLoaderConfig| -> Result<f64> {
+        let t = Instant::now();
+        let mut rows = 0usize;
+        for b in stored.export_to_dataloader(&DataLoaderConfig { source: Source::Tiers, ..cfg })? {
+            rows += b?.len();
+        }
+        Ok(rows as f64 / t.elapsed().as_secs_f64())
+    };
+    drop_pages()?;
+    let lake_tiers_cold = tiers(DataLoaderConfig::default())?;
+    let lake_tiers_langevin =
+        tiers(DataLoaderConfig { importance_sampling: true, generate_samples: true, ..Default::default() })?;
     Ok(Report {
         name: name.into(),
         rows: base.len() / dim,
@@ -148,6 +183,8 @@ fn run(name: &str, base: &[f32], queries: &[f32], dim: usize) -> Result<Report> 
         lake_plain,
         lake_importance,
         lake_langevin,
+        lake_tiers_cold,
+        lake_tiers_langevin,
         curve,
     })
 }
@@ -223,6 +260,13 @@ fn markdown(reports: &[Report]) -> String {
             "\nData lake, splats/s: plain {:.0}; importance-sampled {:.0}; importance-sampled with one Langevin \
              sample (5 steps) per row {:.0}.\n",
             r.lake_plain, r.lake_importance, r.lake_langevin
+        );
+        let _ = writeln!(
+            s,
+            "The same lake from the tiers (an engine with a data directory: segments read through the warm \
+             cache with prefetch, in block order): plain, pages dropped from the page cache first, {:.0}; \
+             importance-sampled with Langevin {:.0}.\n",
+            r.lake_tiers_cold, r.lake_tiers_langevin
         );
     }
     if let Some(d) = reports.first() {

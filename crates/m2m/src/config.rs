@@ -47,9 +47,11 @@ pub struct M2mConfig {
     pub temperature: f32,
     /// Where kernels run. Default `Cpu`.
     pub device: Device,
-    /// Warm tier budget in bytes (blocks read from disk kept in RAM). Default 1 GiB.
+    /// Warm tier budget in bytes: the block cache through which the data lake reads the database's
+    /// segments ([`Source::Tiers`](crate::Source::Tiers)). Default 1 GiB.
     pub warm_budget_bytes: u64,
-    /// Hot tier budget in bytes (centroids and codes). Default 256 MiB.
+    /// Hot tier budget in bytes (centroids and codes on a device). Default 256 MiB. Not used by the CPU
+    /// engine, which keeps them in RAM.
     pub hot_budget_bytes: u64,
     /// The database directory; `None` keeps everything in memory. Default `None`.
     pub data_dir: Option<PathBuf>,

@@ -83,6 +83,8 @@ pub struct M2m {
     next_id: u64,
     /// Opened with [`M2m::open_read_only`]: changes are refused.
     read_only: bool,
+    /// The view a read-only engine was opened on (the data lake's tiers read it).
+    snapshot: Option<m2m_tier::Snapshot>,
 }
 
 /// `create_m2m` of the original API: [`M2m::create`].
@@ -129,6 +131,7 @@ impl M2m {
             next_id: 0,
             config,
             read_only: false,
+            snapshot: None,
         })
     }
 
@@ -154,6 +157,7 @@ impl M2m {
         let snap = m2m_tier::Db::read_snapshot(dir)?;
         let mut engine = Self::load(dir, config, &snap, None)?;
         engine.read_only = true;
+        engine.snapshot = Some(snap);
         Ok(engine)
     }
 
@@ -187,6 +191,7 @@ impl M2m {
             next_id: 0,
             config,
             read_only: false,
+            snapshot: None,
         };
         for part in snap.parts() {
             let dim = part.dim;
@@ -210,6 +215,12 @@ impl M2m {
         engine.db = db;
         engine.load_index(dir)?;
         Ok(engine)
+    }
+
+    /// The database view behind the data lake's tiers: the writer's current snapshot, or the one a
+    /// read-only engine opened on; none in memory.
+    pub(crate) fn tier_snapshot(&self) -> Option<m2m_tier::Snapshot> {
+        self.db.as_ref().map(Db::snapshot).or_else(|| self.snapshot.clone())
     }
 
     fn refuse_if_read_only(&self, what: &'static str) -> Result<()> {

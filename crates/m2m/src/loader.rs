@@ -15,6 +15,30 @@ use rayon::prelude::*;
 
 use crate::engine::run_routed;
 use crate::{Error, M2m, Result};
+use m2m_tier::{BlockKey, BlockStore, Columns, Prefetch};
+
+/// Where the data lake reads the splats' vectors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// The tiers when the engine has a data directory, its RAM otherwise.
+    #[default]
+    Auto,
+    /// The engine's RAM copy.
+    Memory,
+    /// The database's segments (cold, memory-mapped) through the warm tier (a block cache of the
+    /// engine's `warm_budget_bytes`), with a prefetch thread bringing the blocks of the next batches in
+    /// ahead of the loader. Each epoch visits the blocks in a seeded order and shuffles rows within
+    /// windows of a few blocks, so that reads are sequential within blocks. Needs a data directory.
+    Tiers,
+}
+
+/// Rows per warm block: about 1 MiB of vectors.
+fn block_rows(dim: usize) -> usize {
+    ((1 << 20) / (4 * dim.max(1))).max(64)
+}
+
+/// Blocks whose rows are shuffled together (the shuffle buffer of [`Source::Tiers`]).
+const SHUFFLE_BLOCKS: usize = 4;
 
 /// Settings of [`M2m::export_to_dataloader`].
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +72,8 @@ pub struct DataLoaderConfig {
     /// Threads of the loader's own pool (0: the machine's cores). The loader never uses rayon's global
     /// pool, so a process forked from one that used it (a DataLoader worker) can still export. Default 0.
     pub threads: usize,
+    /// Where the vectors are read. Default [`Source::Auto`].
+    pub source: Source,
 }
 
 impl Default for DataLoaderConfig {
@@ -66,6 +92,7 @@ impl Default for DataLoaderConfig {
             world_size: 1,
             skip_batches: 0,
             threads: 0,
+            source: Source::Auto,
         }
     }
 }
@@ -117,6 +144,21 @@ struct Lake {
     probs: Option<Vec<f64>>,
     router: Option<Arc<Router>>,
     langevin: LangevinConfig,
+    /// The tiered source, when the vectors are read from the database.
+    tiers: Option<Tiers>,
+}
+
+/// The database's blocks behind [`Source::Tiers`] and where each live row lies in them.
+#[derive(Debug)]
+struct Tiers {
+    store: Arc<BlockStore>,
+    blocks: Vec<BlockKey>,
+    /// Block (index into `blocks`) of each live row.
+    block_of: Vec<u32>,
+    /// Position of each live row among its block's rows.
+    pos: Vec<u32>,
+    /// Blocks loaded ahead of the loader.
+    depth: usize,
 }
 
 /// A running export: an iterator of batches. Dropping it stops and joins its thread.
@@ -175,7 +217,36 @@ impl M2m {
                 temperature: self.config.temperature,
                 ..LangevinConfig::default()
             },
+            tiers: None,
         };
+        let tiered = match config.source {
+            Source::Memory => None,
+            Source::Auto => self.tier_snapshot(),
+            Source::Tiers => Some(self.tier_snapshot().ok_or(Error::Config {
+                field: "source",
+                reason: "the tiers need an engine with a data directory".into(),
+            })?),
+        };
+        if let Some(snap) = tiered {
+            let store = Arc::new(BlockStore::new(&snap, self.config.warm_budget_bytes, block_rows(dim)));
+            let blocks = store.blocks();
+            let lake_row: std::collections::HashMap<u64, u32> =
+                live.iter().enumerate().map(|(i, &r)| (self.set.ids()[r], i as u32)).collect();
+            let (mut block_of, mut pos) = (vec![u32::MAX; live.len()], vec![0u32; live.len()]);
+            for (b, &key) in blocks.iter().enumerate() {
+                for (p, id) in store.ids_of(key).into_iter().enumerate() {
+                    if let Some(&i) = lake_row.get(&id) {
+                        block_of[i as usize] = b as u32;
+                        pos[i as usize] = p as u32;
+                    }
+                }
+            }
+            if let Some(i) = block_of.iter().position(|&b| b == u32::MAX) {
+                return bad("source", format!("splat {} is not in the database", self.set.ids()[live[i]]));
+            }
+            let depth = config.prefetch_batches.max(2) * SHUFFLE_BLOCKS;
+            lake.tiers = Some(Tiers { store, blocks, block_of, pos, depth });
+        }
         if config.importance_sampling || config.generate_samples {
             let (router, site_of, probs) = self.with_soc(|soc| {
                 let site_of: Vec<u32> =
@@ -227,20 +298,115 @@ fn stream(lake: &Lake, cfg: &DataLoaderConfig, tx: &crossbeam_channel::Sender<Re
         let skipped = usize::try_from(skip).unwrap_or(usize::MAX).min(chunks.len());
         chunks.drain(..skipped);
         skip -= skipped as u64;
-        // A window of batches is assembled at once (routing and Langevin of one batch overlap those of
-        // the others), then sent in order; each batch depends only on (seed, epoch, its index).
-        let window = cfg.prefetch_batches.max(rayon::current_num_threads()).max(1);
-        for group in chunks.chunks(window) {
-            let batches: Vec<Result<TrainingBatch>> =
-                group.par_iter().map(|&(b, chunk)| assemble(lake, cfg, epoch, b, chunk)).collect();
-            for batch in batches {
-                let failed = batch.is_err();
-                if tx.send(batch).is_err() || failed {
-                    return;
-                }
+        let sent = match &lake.tiers {
+            None => send_batches(lake, cfg, epoch, &chunks, tx, &|i| lake.set.mu_row(lake.live[i as usize] as usize)),
+            Some(t) => stream_tiers(lake, t, cfg, epoch, &chunks, tx),
+        };
+        if !sent {
+            return;
+        }
+    }
+}
+
+/// Assembles the batches a window at a time (routing and Langevin of one batch overlap those of the
+/// others; each batch depends only on (seed, epoch, its index)) and sends them in order; `mu` gives a
+/// row's vector. Returns false once the consumer is gone or an error was sent.
+fn send_batches<'a>(
+    lake: &Lake,
+    cfg: &DataLoaderConfig,
+    epoch: u64,
+    chunks: &[(u64, &[(u32, f32)])],
+    tx: &crossbeam_channel::Sender<Result<TrainingBatch>>,
+    mu: &(dyn Fn(u32) -> &'a [f32] + Sync),
+) -> bool {
+    let window = cfg.prefetch_batches.max(rayon::current_num_threads()).max(1);
+    for group in chunks.chunks(window) {
+        let batches: Vec<Result<TrainingBatch>> =
+            group.par_iter().map(|&(b, chunk)| assemble(lake, cfg, epoch, b, chunk, mu)).collect();
+        for batch in batches {
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                return false;
             }
         }
     }
+    true
+}
+
+/// One epoch of the shard from the tiers: the blocks its batches need, in order of first use, come
+/// through the prefetch thread; each stays resident until the last batch that reads it.
+fn stream_tiers(
+    lake: &Lake,
+    t: &Tiers,
+    cfg: &DataLoaderConfig,
+    epoch: u64,
+    chunks: &[(u64, &[(u32, f32)])],
+    tx: &crossbeam_channel::Sender<Result<TrainingBatch>>,
+) -> bool {
+    let mut order: Vec<u32> = Vec::new();
+    let mut last_use: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for (c, (_, chunk)) in chunks.iter().enumerate() {
+        for &(i, _) in chunk.iter() {
+            let b = t.block_of[i as usize];
+            if last_use.insert(b, c).is_none() {
+                order.push(b);
+            }
+        }
+    }
+    let plan: Vec<BlockKey> = order.iter().map(|&b| t.blocks[b as usize]).collect();
+    let mut prefetch = match Prefetch::start(Arc::clone(&t.store), plan, t.depth) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tx.send(Err(e.into()));
+            return false;
+        }
+    };
+    let resident: std::sync::RwLock<std::collections::HashMap<u32, Arc<Columns>>> = Default::default();
+    let mut next = 0usize;
+    let mut done = 0usize;
+    let dim = lake.dim;
+    let window = cfg.prefetch_batches.max(rayon::current_num_threads()).max(1);
+    for group in chunks.chunks(window) {
+        // Load what this window reads; evict what no later batch reads.
+        {
+            let mut map = resident.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.retain(|b, _| last_use[b] >= done);
+            for (_, chunk) in group {
+                for &(i, _) in chunk.iter() {
+                    let b = t.block_of[i as usize];
+                    // Blocks arrive in order of first use, so the one needed is never behind us.
+                    while !map.contains_key(&b) {
+                        match prefetch.next() {
+                            Some(Ok((_, columns))) => {
+                                map.insert(order[next], columns);
+                                next += 1;
+                            }
+                            Some(Err(e)) => {
+                                let _ = tx.send(Err(e.into()));
+                                return false;
+                            }
+                            None => {
+                                let reason = "the prefetch ended before the plan".into();
+                                let _ = tx.send(Err(Error::Config { field: "source", reason }));
+                                return false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let map = resident.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mu = |i: u32| -> &[f32] {
+            let block = &map[&t.block_of[i as usize]];
+            let p = t.pos[i as usize] as usize;
+            &block.mu[p * dim..(p + 1) * dim]
+        };
+        if !send_batches(lake, cfg, epoch, group, tx, &mu) {
+            return false;
+        }
+        done += group.len();
+    }
+    true
 }
 
 /// The rows of an epoch with their importance weights.
@@ -249,24 +415,56 @@ fn epoch_plan(lake: &Lake, cfg: &DataLoaderConfig, epoch: u64) -> Result<Vec<(u3
     if let Some(p) = &lake.probs {
         let sampler = ImportanceSampler::new(p, SamplerConfig { epoch_size: Some(n), cover: false, seed: cfg.seed })?;
         let plan = sampler.epoch(epoch);
-        return Ok(plan.rows.into_iter().zip(plan.weights).collect());
+        let plan: Vec<(u32, f32)> = plan.rows.into_iter().zip(plan.weights).collect();
+        return Ok(match &lake.tiers {
+            Some(t) => block_ordered(t, plan, cfg, epoch),
+            None => plan,
+        });
     }
     let mut rows: Vec<u32> = (0..n as u32).collect();
     if cfg.shuffle {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         rows.shuffle(&mut rng);
     }
-    Ok(rows.into_iter().map(|r| (r, 1.0)).collect())
+    let plan: Vec<(u32, f32)> = rows.into_iter().map(|r| (r, 1.0)).collect();
+    Ok(match &lake.tiers {
+        Some(t) => block_ordered(t, plan, cfg, epoch),
+        None => plan,
+    })
 }
 
-fn assemble(lake: &Lake, cfg: &DataLoaderConfig, epoch: u64, b: u64, chunk: &[(u32, f32)]) -> Result<TrainingBatch> {
+/// The plan regrouped for the tiers: blocks in a seeded order (storage order without shuffling or
+/// importance sampling), the plan's entries of each block together in their plan order, then shuffled
+/// within windows of [`SHUFFLE_BLOCKS`] blocks' rows. The same entries, so the same weights.
+fn block_ordered(t: &Tiers, mut plan: Vec<(u32, f32)>, cfg: &DataLoaderConfig, epoch: u64) -> Vec<(u32, f32)> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0xB10C);
+    let mut rank: Vec<u32> = (0..t.blocks.len() as u32).collect();
+    if cfg.shuffle || cfg.importance_sampling {
+        rank.shuffle(&mut rng);
+    }
+    plan.sort_by_key(|&(i, _)| rank[t.block_of[i as usize] as usize]);
+    if cfg.shuffle || cfg.importance_sampling {
+        let window = t.store.block_rows() * SHUFFLE_BLOCKS;
+        plan.chunks_mut(window.max(1)).for_each(|w| w.shuffle(&mut rng));
+    }
+    plan
+}
+
+fn assemble<'a>(
+    lake: &Lake,
+    cfg: &DataLoaderConfig,
+    epoch: u64,
+    b: u64,
+    chunk: &[(u32, f32)],
+    mu: &(dyn Fn(u32) -> &'a [f32] + Sync),
+) -> Result<TrainingBatch> {
     let dim = lake.dim;
     let mut out = TrainingBatch { epoch, ..TrainingBatch::default() };
     out.mu.reserve(chunk.len() * dim * if cfg.generate_samples { 2 } else { 1 });
     for &(i, w) in chunk {
         let r = lake.live[i as usize] as usize;
         out.ids.push(lake.set.ids()[r]);
-        out.mu.extend_from_slice(lake.set.mu_row(r));
+        out.mu.extend_from_slice(mu(i));
         out.kappa.push(lake.kappa[r]);
         out.alpha.push(lake.alpha[r]);
         out.weights.push(w);

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use m2m::{DataLoader, DataLoaderConfig, Error, Lod, M2m, M2mConfig};
+use m2m::{DataLoader, DataLoaderConfig, Error, Lod, M2m, M2mConfig, Source};
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
@@ -273,7 +273,7 @@ impl Engine {
     /// Starts streaming batches (see `m2m.M2M.export_to_dataloader` for the fields).
     #[pyo3(signature = (batch_size = 256, generate_samples = false, generate_steps = 5, importance_sampling = false,
         shuffle = true, seed = 0, epochs = 1, prefetch_batches = 2, drop_last = false, rank = 0, world_size = 1,
-        skip_batches = 0, threads = 0))]
+        skip_batches = 0, threads = 0, source = "auto"))]
     #[allow(clippy::too_many_arguments)]
     fn loader(
         &self,
@@ -291,7 +291,14 @@ impl Engine {
         world_size: usize,
         skip_batches: u64,
         threads: usize,
+        source: &str,
     ) -> PyResult<Loader> {
+        let source = match source {
+            "auto" => Source::Auto,
+            "memory" => Source::Memory,
+            "tiers" => Source::Tiers,
+            other => return Err(PyValueError::new_err(format!("source {other:?}: \"auto\", \"memory\" or \"tiers\""))),
+        };
         let config = DataLoaderConfig {
             batch_size,
             generate_samples,
@@ -306,6 +313,7 @@ impl Engine {
             world_size,
             skip_batches,
             threads,
+            source,
         };
         let inner = &self.inner;
         let loader = run(py, || inner.export_to_dataloader(&config))?;

@@ -115,6 +115,21 @@ def test_read_only_beside_the_writer(stored):
         m2m.open(path)  # the writer holds the lock
 
 
+def test_the_lake_reads_the_tiers_or_ram(stored):
+    writer, _ = stored
+    ids = {}
+    for source in ["tiers", "memory"]:
+        batches = list(writer._engine.loader(batch_size=100, seed=2, source=source))
+        ids[source] = sorted(i for b in batches for i in b["ids"].tolist())
+    assert ids["tiers"] == ids["memory"] == list(range(1200))
+    with pytest.raises(ValueError, match="source"):
+        writer._engine.loader(source="disk")
+    e = m2m.create_m2m(dim=DIM)
+    e.add_splats(vectors(10))
+    with pytest.raises(ValueError, match="data directory"):
+        e._engine.loader(source="tiers")
+
+
 def root_base(a):
     while isinstance(a.base, np.ndarray):
         a = a.base

@@ -107,6 +107,11 @@ impl BlockStore {
         }
     }
 
+    /// Rows per block.
+    pub fn block_rows(&self) -> usize {
+        self.block_rows
+    }
+
     fn blocks_of(&self, rows: usize) -> u32 {
         u32::try_from(rows.div_ceil(self.block_rows)).unwrap_or(u32::MAX)
     }
@@ -147,6 +152,21 @@ impl BlockStore {
         let counter = if loaded { &self.misses } else { &self.hits };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(block)
+    }
+
+    /// The ids of the live rows of block `key`, in the order [`get`](Self::get) returns its rows, read
+    /// from the ids column alone (no vector is touched). An unknown key has none.
+    pub fn ids_of(&self, key: BlockKey) -> Vec<u64> {
+        if key.segment == MEMTABLE {
+            let Some(&(chunk, start)) = self.memtable_blocks.get(key.block as usize) else { return Vec::new() };
+            let c = self.memtable.chunks()[chunk].view();
+            return c.ids[start..(start + self.block_rows).min(c.rows())].to_vec();
+        }
+        let Some(segment) = self.segments.get(&key.segment) else { return Vec::new() };
+        let c = segment.columns();
+        let start = (key.block as usize).saturating_mul(self.block_rows).min(c.rows());
+        let end = (start + self.block_rows).min(c.rows());
+        c.ids[start..end].iter().copied().filter(|id| !self.deleted.contains(id)).collect()
     }
 
     /// Tells the kernel that the rows of `key` will be read soon (a hint; errors are ignored).

@@ -152,7 +152,9 @@ class M2M:
     ) -> "SplatDataset":
         """The data lake as a ``torch.utils.data.IterableDataset`` (a plain iterable of numpy batches
         without torch). Options: shuffle (True), seed (0), epochs (1), prefetch_batches (2), drop_last
-        (False), rank (0), world_size (1), generate_steps (5), threads (0: all cores).
+        (False), rank (0), world_size (1), generate_steps (5), threads (0: all cores), source ("auto":
+        the database's blocks through the warm tier and prefetch when the engine has a data_dir, RAM
+        otherwise; "memory"; "tiers").
 
         Each batch is a dict: ids (uint64), mu (rows x dim), kappa, alpha, weights (importance weights)
         and generated (bool); torch tensors sharing the Rust buffers when torch is present. It shards by
@@ -185,7 +187,18 @@ except ImportError:  # pragma: no cover - exercised where torch is absent
     _Base = object
 
 
-_OPTIONS = {"shuffle", "seed", "epochs", "prefetch_batches", "drop_last", "rank", "world_size", "generate_steps", "threads"}
+_OPTIONS = {
+    "shuffle",
+    "seed",
+    "epochs",
+    "prefetch_batches",
+    "drop_last",
+    "rank",
+    "world_size",
+    "generate_steps",
+    "threads",
+    "source",
+}
 
 
 class SplatDataset(_Base):  # type: ignore[misc, valid-type]

@@ -64,6 +64,13 @@ fn a_small_budget_serves_the_same_rows_as_everything_in_ram() {
     assert!(t.misses > segment_blocks, "{t:?}");
     assert!(t.resident_bytes <= t.budget_bytes, "{t:?}");
     assert!(t.cold_bytes > p.cold_bytes, "{t:?} vs {p:?}");
+    // The ids of each block, read without its vectors, are those its rows come back with.
+    let before = plenty.stats();
+    for key in plenty.blocks() {
+        assert_eq!(plenty.ids_of(key), plenty.get(key).unwrap().ids, "{key:?}");
+    }
+    assert!(plenty.ids_of(m2m_tier::BlockKey { segment: 999, block: 0 }).is_empty());
+    assert_eq!(plenty.stats().misses, before.misses, "ids_of reads no block");
 }
 
 #[test]
