@@ -652,7 +652,10 @@ pub(crate) fn run_routed(
     order.sort_by_key(|&c| (nearest[c], c));
     let mut staged: Vec<(Vec<usize>, Vec<f32>, m2m_soc::Routed)> = Vec::new();
     for members in order.chunks(64) {
-        let rows: Vec<f32> = members.iter().flat_map(|&c| x[c * dim..(c + 1) * dim].iter().copied()).collect();
+        let mut rows: Vec<f32> = Vec::with_capacity(members.len() * dim);
+        for &c in members {
+            rows.extend_from_slice(&x[c * dim..(c + 1) * dim]);
+        }
         let mut mean = vec![0f32; dim];
         rows.chunks_exact(dim).for_each(|r| mean.iter_mut().zip(r).for_each(|(m, v)| *m += v));
         let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt();

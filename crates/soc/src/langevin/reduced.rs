@@ -51,6 +51,8 @@ struct Basis {
 }
 
 impl Basis {
+    /// Inlined into the per-instruction-set bodies of `run_block`, so that its loops use their vectors.
+    #[inline(always)]
     fn new(mu: &[f32], mu_t: &[f32], n: usize) -> Basis {
         let mut g32 = vec![0f32; n * n];
         kernels::weighted_sums(mu, mu_t, n, &mut g32);
@@ -96,15 +98,18 @@ impl Basis {
         }
         // L^-1 by forward substitution on the columns of I (r^3 / 6, once per block), so that the
         // per-chain solves are products that vectorise.
+        // Row k of L^-1 is (e_k - sum_{m<k} L_km row_m) / L_kk: axpys over rows.
         let mut l_inv = vec![0f64; r * r];
-        for c in 0..r {
-            for k in c..r {
-                let mut s = if k == c { 1.0 } else { 0.0 };
-                for m in c..k {
-                    s -= l[k * r + m] * l_inv[m * r + c];
-                }
-                l_inv[k * r + c] = s / l[k * r + k];
+        let mut row = vec![0f64; r];
+        for k in 0..r {
+            row.fill(0.0);
+            row[k] = 1.0;
+            for m in 0..k {
+                let lkm = l[k * r + m];
+                row[..=m].iter_mut().zip(&l_inv[m * r..m * r + m + 1]).for_each(|(a, b)| *a -= lkm * b);
             }
+            let inv = 1.0 / l[k * r + k];
+            l_inv[k * r..(k + 1) * r].iter_mut().zip(&row).for_each(|(a, b)| *a = b * inv);
         }
         let mut w = vec![0f32; n * rr];
         let mut w_t = vec![0f32; rr * n];
@@ -227,8 +232,11 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
     let mut dots = vec![0f32; chains];
     let mut z = vec![0f32; chains * (rr + 1)];
     let kappa = k.splats.kappa();
-    for _ in 0..config.steps {
-        kernels::weighted_sums(&a, &basis.w_t, n, &mut k.scores);
+    for step in 0..config.steps {
+        // The first step's scores are the start's (X M^T, still in `k.scores`).
+        if step > 0 {
+            kernels::weighted_sums(&a, &basis.w_t, n, &mut k.scores);
+        }
         softmax_coefficients(&k.scores, &k.ln_alpha, kappa, n, &mut k.coef, &mut dots);
         kernels::weighted_sums(&k.coef, &basis.w, rr, &mut u);
         if s > 0.0 {
