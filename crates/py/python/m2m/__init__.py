@@ -152,9 +152,9 @@ class M2M:
     ) -> "SplatDataset":
         """The data lake as a ``torch.utils.data.IterableDataset`` (a plain iterable of numpy batches
         without torch). Options: shuffle (True), seed (0), epochs (1), prefetch_batches (2), drop_last
-        (False), rank (0), world_size (1), generate_steps (5), threads (0: all cores), source ("auto":
-        the database's blocks through the warm tier and prefetch when the engine has a data_dir, RAM
-        otherwise; "memory"; "tiers").
+        (False), rank (0), world_size (1), generate_steps (5), threads (0: all cores; 1 in DataLoader
+        workers), source ("auto" = "memory": the engine's RAM copy; "tiers": the database's segments
+        through the warm tier with prefetch, in block order; needs a data_dir).
 
         Each batch is a dict: ids (uint64), mu (rows x dim), kappa, alpha, weights (importance weights)
         and generated (bool); torch tensors sharing the Rust buffers when torch is present. It shards by
@@ -252,6 +252,9 @@ class SplatDataset(_Base):  # type: ignore[misc, valid-type]
                 )
             engine = open(self._data_dir, read_only=True)
         opts = dict(self._options)
+        if workers > 1:
+            # The workers already run in parallel: one loader thread each unless asked otherwise.
+            opts.setdefault("threads", 1)
         rank, world = opts.pop("rank", 0), opts.pop("world_size", 1)
         # Worker w of W takes the plan entries of shard rank * W + w of world * W; in the DataLoader's
         # round-robin order it produced batches w, w + W, ... of the batches consumed so far.
