@@ -2,6 +2,11 @@
 fork and spawn, determinism and resumption. Run by `cargo xtask ci` (crates/py, pytest)."""
 
 import multiprocessing
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +133,36 @@ def test_the_lake_reads_the_tiers_or_ram(stored):
     e.add_splats(vectors(10))
     with pytest.raises(ValueError, match="data directory"):
         e._engine.loader(source="tiers")
+
+
+def test_long_calls_release_the_gil(engine):
+    # While a native call runs in a thread, this thread keeps running Python. Were the GIL held, it
+    # could run only between switch intervals (5 ms each) before the call entered Rust.
+    started = threading.Event()
+    queries = vectors(20000, seed=9)
+
+    def work():
+        started.set()
+        engine.retrieve_batch(queries, k=10, lod=3)
+
+    t = threading.Thread(target=work)
+    t.start()
+    started.wait()
+    begin, spins = time.perf_counter(), 0
+    while t.is_alive():
+        spins += 1
+    elapsed = time.perf_counter() - begin
+    t.join()
+    assert elapsed > 0.05, f"the call was too short to tell ({elapsed:.3f} s)"
+    assert spins > 100_000, f"{spins} iterations in {elapsed:.3f} s"
+
+
+def test_the_torch_example_trains():
+    pytest.importorskip("torch")
+    script = Path(__file__).resolve().parents[3] / "examples" / "python" / "train_torch.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mean loss of the first 10" in out.stdout
 
 
 def root_base(a):
