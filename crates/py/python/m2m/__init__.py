@@ -221,7 +221,9 @@ class SplatDataset(_Base):  # type: ignore[misc, valid-type]
     def state_dict(self) -> Dict[str, int]:
         """Batches consumed so far (those given to :meth:`load_state_dict` plus those this object yielded
         in this process). With DataLoader workers, count the batches the training loop received and pass
-        that number instead: {"batches": n}."""
+        that number instead: {"batches": n}. Worker w of W then skips the batches it had produced in the
+        DataLoader's round-robin order (all its epochs form one stream), which is exact while every worker
+        still had batches left, that is, except within the last round of the whole run."""
         return {"batches": self._skip + self._yielded}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
