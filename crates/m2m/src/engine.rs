@@ -532,6 +532,9 @@ impl M2m {
     /// Generates `n` samples from seeds drawn uniformly among the live splats (deterministic for the
     /// config's seed).
     pub fn generate_n(&self, n: usize, steps: usize) -> Result<Vec<f32>> {
+        if n == 0 {
+            return Err(Error::Config { field: "n", reason: "must be at least 1".into() });
+        }
         if self.is_empty() {
             return Err(Error::Empty);
         }

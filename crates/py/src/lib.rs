@@ -81,10 +81,15 @@ fn lod(level: i64) -> PyResult<Lod> {
     }
 }
 
-/// A 2-d array over a Rust buffer (no copy): the buffer becomes a 1-d array, reshaped as a view.
-fn matrix<'py, T: numpy::Element>(py: Python<'py>, v: Vec<T>, cols: usize) -> PyResult<Bound<'py, PyArray2<T>>> {
-    let n = v.len().checked_div(cols).unwrap_or(0);
-    v.into_pyarray(py).reshape([n, cols])
+/// A `rows` x `cols` array over a Rust buffer (no copy): the buffer becomes a 1-d array, reshaped as a
+/// view.
+fn matrix<'py, T: numpy::Element>(
+    py: Python<'py>,
+    v: Vec<T>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    v.into_pyarray(py).reshape([rows, cols])
 }
 
 /// An engine (see the Python class `m2m.M2M`).
@@ -205,7 +210,12 @@ impl Engine {
             kappa.push(h.kappa);
             alpha.push(h.alpha);
         }
-        Ok((matrix(py, ids, width)?, matrix(py, scores, width)?, matrix(py, kappa, width)?, matrix(py, alpha, width)?))
+        Ok((
+            matrix(py, ids, nq, width)?,
+            matrix(py, scores, nq, width)?,
+            matrix(py, kappa, nq, width)?,
+            matrix(py, alpha, nq, width)?,
+        ))
     }
 
     /// The energy of one point (routed once the index exists, exact before).
@@ -224,11 +234,11 @@ impl Engine {
         steps: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let dim = self.inner.config().dim;
-        let (data, _) = rows(&seeds, "seeds", dim)?;
+        let (data, n) = rows(&seeds, "seeds", dim)?;
         let steps = steps.unwrap_or(self.inner.config().langevin_steps);
         let inner = &self.inner;
         let out = run(py, || inner.generate(data, steps))?;
-        matrix(py, out, dim)
+        matrix(py, out, n, dim)
     }
 
     /// `n` Langevin samples started from splats of the engine.
@@ -238,7 +248,7 @@ impl Engine {
         let steps = steps.unwrap_or(self.inner.config().langevin_steps);
         let inner = &self.inner;
         let out = run(py, || inner.generate_n(n, steps))?;
-        matrix(py, out, dim)
+        matrix(py, out, n, dim)
     }
 
     /// Deletes ids; returns how many were live.
@@ -342,11 +352,12 @@ impl Loader {
             None => return Err(PyStopIteration::new_err(())),
             Some(b) => b.map_err(py_err)?,
         };
-        let dim = batch.mu.len().checked_div(batch.ids.len()).unwrap_or(0);
+        let n = batch.ids.len();
+        let dim = batch.mu.len().checked_div(n).unwrap_or(0);
         let d = PyDict::new(py);
         d.set_item("epoch", batch.epoch)?;
         d.set_item("ids", batch.ids.into_pyarray(py))?;
-        d.set_item("mu", matrix(py, batch.mu, dim.max(1))?)?;
+        d.set_item("mu", matrix(py, batch.mu, n, dim)?)?;
         d.set_item("kappa", batch.kappa.into_pyarray(py))?;
         d.set_item("alpha", batch.alpha.into_pyarray(py))?;
         d.set_item("weights", batch.weights.into_pyarray(py))?;

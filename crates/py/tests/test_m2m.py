@@ -55,6 +55,8 @@ def test_ingest_retrieve_and_every_call(engine):
         assert recall >= floor, (lod, recall)
     coarse, _ = engine.retrieve_batch(data[:3], k=4, lod=0)
     assert coarse.shape == (3, 4)
+    none, _ = engine.retrieve_batch(np.zeros((0, DIM), np.float32))
+    assert none.shape == (0, 0)
     assert np.isfinite(engine.energy(data[0]))
     samples = engine.generate(8, steps=5)
     assert samples.shape == (8, DIM)
@@ -68,6 +70,11 @@ def test_ingest_retrieve_and_every_call(engine):
 
 def test_add_with_ids_and_delete():
     e = m2m.create_m2m(dim=DIM)
+    e.add_splats(vectors(5, seed=4), ids=np.arange(500, 505))
+    e.build_index()
+    assert e.delete(np.arange(500, 505)) == 5
+    ids, scores = e.retrieve(vectors(1)[0], k=3, lod=2)
+    assert ids.shape == (0,) and scores.shape == (0,), "no live splat: no hit, one row of width 0"
     ids = e.add_splats(vectors(10), ids=np.arange(100, 110), kappa=np.full(10, 3.0))
     assert list(ids) == list(range(100, 110)) and 105 in e
     assert e.delete([105, 105, 999]) == 1
@@ -91,6 +98,12 @@ def test_bad_input_raises_and_changes_nothing(tmp_path):
         e.add_splats(vectors(2), kappa=np.array([1.0, -2.0]))
     with pytest.raises(ValueError):
         e.add_splats(vectors(2), ids=np.array([0, 1]))  # ids already present
+    with pytest.raises(ValueError, match=">= 0"):
+        e.add_splats(vectors(1), ids=[-1])
+    with pytest.raises(ValueError, match="integers"):
+        e.add_splats(vectors(1), ids=[0.5])
+    with pytest.raises(ValueError, match="at least 1"):
+        e.generate(0)
     assert len(e) == 20, "nothing of a refused batch is kept"
     with pytest.raises(RuntimeError, match="index"):
         e.retrieve(vectors(1)[0], lod=2)

@@ -82,6 +82,15 @@ def _opt(a: Any, dtype: Any) -> Optional[np.ndarray]:
     return None if a is None else np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
 
+def _ids(a: Any) -> np.ndarray:
+    raw = np.asarray(a).reshape(-1)
+    if raw.size and raw.dtype.kind not in "ui":
+        raise ValueError(f"ids must be integers, got {raw.dtype}")
+    if raw.size and raw.dtype.kind == "i" and raw.min() < 0:
+        raise ValueError(f"ids must be >= 0, got {raw.min()}")
+    return np.ascontiguousarray(raw, dtype=np.uint64)
+
+
 class M2M:
     """An engine. Make one with :func:`create_m2m` or :func:`open`."""
 
@@ -110,7 +119,8 @@ class M2M:
         """Adds rows (n x dim); returns their ids (uint64). A batch is validated whole: on error nothing
         of it is kept."""
         rows = _f32_rows(vectors, self.dim, "vectors")
-        return self._engine.add_splats(rows, _opt(ids, np.uint64), _opt(kappa, np.float32), _opt(alpha, np.float32))
+        ids = None if ids is None else _ids(ids)
+        return self._engine.add_splats(rows, ids, _opt(kappa, np.float32), _opt(alpha, np.float32))
 
     def build_index(self, n_fine: Optional[int] = None, n_coarse: Optional[int] = None) -> None:
         self._engine.build_index(n_fine, n_coarse)
@@ -135,7 +145,7 @@ class M2M:
         return self._engine.generate(_f32_rows(n_or_seeds, self.dim, "seeds"), steps)
 
     def delete(self, ids: Any) -> int:
-        return self._engine.delete(np.ascontiguousarray(ids, dtype=np.uint64).reshape(-1))
+        return self._engine.delete(_ids(ids))
 
     def flush(self) -> None:
         self._engine.flush()
