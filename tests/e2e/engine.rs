@@ -230,6 +230,60 @@ fn the_data_lake_streams_from_the_tiers_with_the_same_rows() {
 }
 
 #[test]
+fn a_lake_reader_streams_what_a_read_only_engine_streams() {
+    use m2m::{LakeReader, Source};
+    let d = digits(2_500, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut writer =
+        M2m::create(M2mConfig { durable: false, ..M2mConfig::default().dim(DIM).data_dir(&path) }).unwrap();
+    writer.add_splats(&d.base[..1_500 * DIM]).unwrap();
+    writer.flush().unwrap();
+    writer.add_splats(&d.base[1_500 * DIM..2_200 * DIM]).unwrap();
+    writer.delete(&[10, 1_600]).unwrap();
+    writer.build_index().unwrap();
+    let same = |label: &str| {
+        let reader = LakeReader::open(&path).unwrap();
+        let engine = M2m::open_read_only(&path).unwrap();
+        assert_eq!(reader.len(), engine.len(), "{label}");
+        for cfg in [
+            DataLoaderConfig { batch_size: 100, seed: 3, epochs: 2, ..Default::default() },
+            DataLoaderConfig { batch_size: 64, rank: 1, world_size: 3, drop_last: true, ..Default::default() },
+            DataLoaderConfig { batch_size: 50, shuffle: false, skip_batches: 7, ..Default::default() },
+        ] {
+            let from_reader: Vec<_> = reader.export_to_dataloader(&cfg).unwrap().map(|b| b.unwrap()).collect();
+            let tiers = DataLoaderConfig { source: Source::Tiers, ..cfg.clone() };
+            let from_engine: Vec<_> = engine.export_to_dataloader(&tiers).unwrap().map(|b| b.unwrap()).collect();
+            assert!(!from_reader.is_empty());
+            assert_eq!(from_reader, from_engine, "{label}: {cfg:?}");
+        }
+        reader
+    };
+    // Beside the writer, after a build: the learned kappa and alpha.
+    let reader = same("after the build");
+    let learned: Vec<f32> = reader
+        .export_to_dataloader(&DataLoaderConfig { batch_size: 4_000, ..Default::default() })
+        .unwrap()
+        .flat_map(|b| b.unwrap().kappa)
+        .collect();
+    assert!(learned.iter().any(|&k| k != 10.0), "learned, not the initial kappa");
+    // Rows added since the build make the learned values stale: both fall back to the stored ones.
+    writer.add_splats(&d.base[2_200 * DIM..]).unwrap();
+    let reader = same("stale");
+    assert_eq!(reader.len(), 2_498);
+    for cfg in [
+        DataLoaderConfig { importance_sampling: true, ..Default::default() },
+        DataLoaderConfig { generate_samples: true, ..Default::default() },
+        DataLoaderConfig { source: Source::Memory, ..Default::default() },
+        DataLoaderConfig { batch_size: 0, ..Default::default() },
+    ] {
+        let r = reader.export_to_dataloader(&cfg);
+        assert!(matches!(r, Err(Error::Config { .. })), "{cfg:?}: {r:?}");
+    }
+    assert!(matches!(LakeReader::open(dir.path().join("missing")), Err(Error::Tier(_))));
+}
+
+#[test]
 fn the_data_lake_covers_shards_once_and_is_deterministic() {
     let d = digits(2_000, 0);
     let mut engine = create_m2m(M2mConfig::default().dim(DIM)).unwrap();

@@ -17,6 +17,33 @@ use crate::{Device, Error, M2mConfig, Metric, Result};
 pub const CONFIG_BLOB: &str = "m2m-config.blob";
 /// Name of the stored index (with the learned kappa and alpha) inside a data directory.
 pub const INDEX_BLOB: &str = "m2m-index.blob";
+/// Blob of the learned kappa and alpha of the last build (with their ids), read by [`crate::LakeReader`]
+/// without the index.
+pub const LEARNED_BLOB: &str = "m2m-learned.blob";
+
+/// The learned kappa and alpha of a build, by id.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Learned {
+    pub(crate) ids: Vec<u64>,
+    pub(crate) kappa: Vec<f32>,
+    pub(crate) alpha: Vec<f32>,
+}
+
+/// The stored learned values of `dir`, if any.
+pub(crate) fn load_learned(dir: &Path) -> Result<Option<Learned>> {
+    if !dir.join(LEARNED_BLOB).exists() {
+        return Ok(None);
+    }
+    let bytes = m2m_tier::load_blob(dir, LEARNED_BLOB)?;
+    let learned: Learned = postcard::from_bytes(&bytes).map_err(|e| {
+        Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(LEARNED_BLOB), offset: 20, reason: e.to_string() })
+    })?;
+    if learned.kappa.len() != learned.ids.len() || learned.alpha.len() != learned.ids.len() {
+        let reason = "columns of different lengths".into();
+        return Err(Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(LEARNED_BLOB), offset: 20, reason }));
+    }
+    Ok(Some(learned))
+}
 
 /// What `build_index` stores in a data directory and `open` loads back.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -166,7 +193,7 @@ impl M2m {
         self.read_only
     }
 
-    fn stored_config(dir: &Path) -> Result<M2mConfig> {
+    pub(crate) fn stored_config(dir: &Path) -> Result<M2mConfig> {
         let json = m2m_tier::load_blob(dir, CONFIG_BLOB)?;
         let mut config: M2mConfig = serde_json::from_slice(&json).map_err(|e| Error::Config {
             field: "config",
@@ -403,9 +430,12 @@ impl M2m {
                 kappa: self.kappa.to_vec(),
                 alpha: self.alpha.to_vec(),
             };
-            let bytes = postcard::to_allocvec(&stored)
-                .map_err(|e| Error::Config { field: "index", reason: format!("does not serialise: {e}") })?;
-            m2m_tier::store_blob(&dir, INDEX_BLOB, &bytes)?;
+            let learned = Learned { ids: ids.clone(), kappa: self.kappa.to_vec(), alpha: self.alpha.to_vec() };
+            let serialise =
+                |e: postcard::Error| Error::Config { field: "index", reason: format!("does not serialise: {e}") };
+            // The learned values first: they match any index blob built on the same rows.
+            m2m_tier::store_blob(&dir, LEARNED_BLOB, &postcard::to_allocvec(&learned).map_err(serialise)?)?;
+            m2m_tier::store_blob(&dir, INDEX_BLOB, &postcard::to_allocvec(&stored).map_err(serialise)?)?;
         }
         self.index = Some(index);
         *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;

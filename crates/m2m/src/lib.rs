@@ -26,9 +26,9 @@ mod error;
 mod loader;
 
 pub use config::{Device, M2mConfig};
-pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, M2m, Stats, create_m2m};
+pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, Stats, create_m2m};
 pub use error::{Error, Result};
-pub use loader::{DataLoader, DataLoaderConfig, Source, TrainingBatch};
+pub use loader::{DataLoader, DataLoaderConfig, LakeReader, Source, TrainingBatch};
 
 /// The GPU layer: Vulkan kernels (with the `gpu` feature) and their CPU twins, behind one `Compute`.
 pub use m2m_gpu as gpu;

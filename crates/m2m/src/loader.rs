@@ -14,8 +14,8 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use crate::engine::run_routed;
-use crate::{Error, M2m, Result};
-use m2m_tier::{BlockKey, BlockStore, Columns, Prefetch};
+use crate::{Error, M2m, M2mConfig, Result};
+use m2m_tier::{BlockKey, BlockStore, Columns, Prefetch, Snapshot};
 
 /// Where the data lake reads the splats' vectors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -134,7 +134,7 @@ impl TrainingBatch {
 #[derive(Debug)]
 struct Lake {
     dim: usize,
-    set: Arc<m2m_splat::SplatSet>,
+    rows: Rows,
     kappa: Arc<Vec<f32>>,
     alpha: Arc<Vec<f32>>,
     /// Rows of `set` in the epoch's universe (the live ones).
@@ -149,6 +149,23 @@ struct Lake {
     tiers: Option<Tiers>,
 }
 
+/// Whose rows a lake indexes: an engine's set (ids and, for [`Source::Memory`], vectors), or a
+/// [`LakeReader`]'s ids (its vectors always come from the tiers).
+#[derive(Debug)]
+enum Rows {
+    Engine(Arc<m2m_splat::SplatSet>),
+    Reader(Arc<Vec<u64>>),
+}
+
+impl Lake {
+    fn id(&self, r: usize) -> u64 {
+        match &self.rows {
+            Rows::Engine(set) => set.ids()[r],
+            Rows::Reader(ids) => ids[r],
+        }
+    }
+}
+
 /// The database's blocks behind [`Source::Tiers`] and where each live row lies in them.
 #[derive(Debug)]
 struct Tiers {
@@ -160,6 +177,156 @@ struct Tiers {
     pos: Vec<u32>,
     /// Blocks loaded ahead of the loader.
     depth: usize,
+}
+
+impl Tiers {
+    /// The blocks of `snap` (a warm cache of `budget` bytes) and where each of `ids` (the lake's rows,
+    /// in order) lies in them; a row missing from the database is a `Config` error.
+    fn over(snap: &Snapshot, budget: u64, dim: usize, ids: &[u64], config: &DataLoaderConfig) -> Result<Tiers> {
+        let store = Arc::new(BlockStore::new(snap, budget, block_rows(dim)));
+        let blocks = store.blocks();
+        let lake_row: std::collections::HashMap<u64, u32> =
+            ids.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect();
+        let (mut block_of, mut pos) = (vec![u32::MAX; ids.len()], vec![0u32; ids.len()]);
+        for (b, &key) in blocks.iter().enumerate() {
+            for (p, id) in store.ids_of(key).into_iter().enumerate() {
+                if let Some(&i) = lake_row.get(&id) {
+                    block_of[i as usize] = b as u32;
+                    pos[i as usize] = p as u32;
+                }
+            }
+        }
+        if let Some(i) = block_of.iter().position(|&b| b == u32::MAX) {
+            let reason = format!("splat {} is not in the database", ids[i]);
+            return Err(Error::Config { field: "source", reason });
+        }
+        let depth = config.prefetch_batches.max(2) * SHUFFLE_BLOCKS;
+        Ok(Tiers { store, blocks, block_of, pos, depth })
+    }
+}
+
+/// Refuses a batch size of 0 and a rank outside the world.
+fn check_shard(config: &DataLoaderConfig) -> Result<()> {
+    let bad = |field: &'static str, reason: String| Err(Error::Config { field, reason });
+    if config.batch_size == 0 {
+        return bad("batch_size", "must be at least 1".into());
+    }
+    if config.world_size == 0 || config.rank >= config.world_size {
+        return bad("rank", format!("rank {} of world size {}", config.rank, config.world_size));
+    }
+    Ok(())
+}
+
+/// Starts the loader thread (on a pool of its own) over `lake`.
+fn spawn(lake: Lake, config: &DataLoaderConfig) -> Result<DataLoader> {
+    let lake = Arc::new(lake);
+    let cfg = config.clone();
+    let (tx, rx) = bounded(config.prefetch_batches.max(1));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.threads)
+        .thread_name(|i| format!("m2m-dataloader-{i}"))
+        .build()
+        .map_err(|e| Error::Config { field: "threads", reason: format!("cannot start the loader's pool: {e}") })?;
+    let handle = std::thread::Builder::new()
+        .name("m2m-dataloader".into())
+        .spawn(move || pool.install(|| stream(&lake, &cfg, &tx)))
+        .map_err(|e| Error::Config { field: "dataloader", reason: format!("cannot start its thread: {e}") })?;
+    Ok(DataLoader { rx: Some(rx), handle: Some(handle) })
+}
+
+/// The data lake of a stored engine without the engine: the rows' ids, kappa and alpha (the learned ones
+/// when the last build still covers exactly the live rows, as [`M2m::open`] would use), and their
+/// vectors streamed from the database's segments through the warm tier ([`Source::Tiers`]). Opening it
+/// reads no vector, takes no lock and changes no file, so DataLoader workers can each open one beside
+/// a writer at the cost of a few bytes a row. It has no index and no SOC controller: importance sampling
+/// and Langevin samples need the engine ([`M2m::open_read_only`]).
+#[derive(Debug)]
+pub struct LakeReader {
+    config: M2mConfig,
+    snapshot: Snapshot,
+    ids: Arc<Vec<u64>>,
+    kappa: Arc<Vec<f32>>,
+    alpha: Arc<Vec<f32>>,
+}
+
+impl LakeReader {
+    /// Opens the lake of the engine stored in `dir`.
+    pub fn open(dir: impl AsRef<std::path::Path>) -> Result<LakeReader> {
+        let dir = dir.as_ref();
+        let config = M2m::stored_config(dir)?;
+        let snapshot = m2m_tier::Db::read_snapshot(dir)?;
+        let (mut ids, mut kappa, mut alpha) = (Vec::new(), Vec::new(), Vec::new());
+        for part in snapshot.parts() {
+            for i in (0..part.rows()).filter(|&i| snapshot.is_live(part.ids[i])) {
+                ids.push(part.ids[i]);
+                kappa.push(part.kappa[i]);
+                alpha.push(part.alpha[i]);
+            }
+        }
+        if let Some(learned) = crate::engine::load_learned(dir)? {
+            let mut now = ids.clone();
+            let mut then = learned.ids.clone();
+            now.sort_unstable();
+            then.sort_unstable();
+            if now == then {
+                let at: std::collections::HashMap<u64, usize> =
+                    learned.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+                for (r, id) in ids.iter().enumerate() {
+                    kappa[r] = learned.kappa[at[id]];
+                    alpha[r] = learned.alpha[at[id]];
+                }
+            }
+        }
+        Ok(LakeReader { config, snapshot, ids: Arc::new(ids), kappa: Arc::new(kappa), alpha: Arc::new(alpha) })
+    }
+
+    /// Live splats.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the lake holds no live splat.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The stored engine's settings.
+    pub fn config(&self) -> &M2mConfig {
+        &self.config
+    }
+
+    /// Streams the splats from the tiers, exactly as [`M2m::export_to_dataloader`] with
+    /// [`Source::Tiers`] streams them from an engine opened on the same state. Importance sampling,
+    /// Langevin samples and [`Source::Memory`] are `Config` errors.
+    pub fn export_to_dataloader(&self, config: &DataLoaderConfig) -> Result<DataLoader> {
+        check_shard(config)?;
+        if config.importance_sampling || config.generate_samples {
+            let field = if config.importance_sampling { "importance_sampling" } else { "generate_samples" };
+            let reason = "a LakeReader has no SOC controller: open the engine (M2m::open_read_only) for it".into();
+            return Err(Error::Config { field, reason });
+        }
+        if config.source == Source::Memory {
+            return Err(Error::Config { field: "source", reason: "a LakeReader reads the tiers".into() });
+        }
+        if self.is_empty() {
+            return Err(Error::Empty);
+        }
+        let dim = self.config.dim;
+        let tiers = Tiers::over(&self.snapshot, self.config.warm_budget_bytes, dim, &self.ids, config)?;
+        let lake = Lake {
+            dim,
+            rows: Rows::Reader(Arc::clone(&self.ids)),
+            kappa: Arc::clone(&self.kappa),
+            alpha: Arc::clone(&self.alpha),
+            live: (0..self.ids.len() as u32).collect(),
+            cluster: Vec::new(),
+            probs: None,
+            router: None,
+            langevin: LangevinConfig::default(),
+            tiers: Some(tiers),
+        };
+        spawn(lake, config)
+    }
 }
 
 /// A running export: an iterator of batches. Dropping it stops and joins its thread.
@@ -190,13 +357,7 @@ impl M2m {
     /// Streams the splats to a training loop (see [`DataLoaderConfig`]). Deterministic for the seed; the
     /// shards of one epoch are disjoint and, without importance sampling, cover every live splat once.
     pub fn export_to_dataloader(&self, config: &DataLoaderConfig) -> Result<DataLoader> {
-        let bad = |field: &'static str, reason: String| Err(Error::Config { field, reason });
-        if config.batch_size == 0 {
-            return bad("batch_size", "must be at least 1".into());
-        }
-        if config.world_size == 0 || config.rank >= config.world_size {
-            return bad("rank", format!("rank {} of world size {}", config.rank, config.world_size));
-        }
+        check_shard(config)?;
         if self.is_empty() {
             return Err(Error::Empty);
         }
@@ -204,7 +365,7 @@ impl M2m {
         let live: Vec<usize> = self.live_rows();
         let mut lake = Lake {
             dim,
-            set: Arc::clone(&self.set),
+            rows: Rows::Engine(Arc::clone(&self.set)),
             kappa: Arc::clone(&self.kappa),
             alpha: Arc::clone(&self.alpha),
             live: live.iter().map(|&r| r as u32).collect(),
@@ -228,24 +389,8 @@ impl M2m {
             })?),
         };
         if let Some(snap) = tiered {
-            let store = Arc::new(BlockStore::new(&snap, self.config.warm_budget_bytes, block_rows(dim)));
-            let blocks = store.blocks();
-            let lake_row: std::collections::HashMap<u64, u32> =
-                live.iter().enumerate().map(|(i, &r)| (self.set.ids()[r], i as u32)).collect();
-            let (mut block_of, mut pos) = (vec![u32::MAX; live.len()], vec![0u32; live.len()]);
-            for (b, &key) in blocks.iter().enumerate() {
-                for (p, id) in store.ids_of(key).into_iter().enumerate() {
-                    if let Some(&i) = lake_row.get(&id) {
-                        block_of[i as usize] = b as u32;
-                        pos[i as usize] = p as u32;
-                    }
-                }
-            }
-            if let Some(i) = block_of.iter().position(|&b| b == u32::MAX) {
-                return bad("source", format!("splat {} is not in the database", self.set.ids()[live[i]]));
-            }
-            let depth = config.prefetch_batches.max(2) * SHUFFLE_BLOCKS;
-            lake.tiers = Some(Tiers { store, blocks, block_of, pos, depth });
+            let ids: Vec<u64> = live.iter().map(|&r| self.set.ids()[r]).collect();
+            lake.tiers = Some(Tiers::over(&snap, self.config.warm_budget_bytes, dim, &ids, config)?);
         }
         if config.importance_sampling || config.generate_samples {
             let (router, site_of, probs) = self.with_soc(|soc| {
@@ -261,19 +406,7 @@ impl M2m {
                 lake.probs = Some(probs?);
             }
         }
-        let lake = Arc::new(lake);
-        let cfg = config.clone();
-        let (tx, rx) = bounded(config.prefetch_batches.max(1));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(config.threads)
-            .thread_name(|i| format!("m2m-dataloader-{i}"))
-            .build()
-            .map_err(|e| Error::Config { field: "threads", reason: format!("cannot start the loader's pool: {e}") })?;
-        let handle = std::thread::Builder::new()
-            .name("m2m-dataloader".into())
-            .spawn(move || pool.install(|| stream(&lake, &cfg, &tx)))
-            .map_err(|e| Error::Config { field: "dataloader", reason: format!("cannot start its thread: {e}") })?;
-        Ok(DataLoader { rx: Some(rx), handle: Some(handle) })
+        spawn(lake, config)
     }
 }
 
@@ -298,9 +431,16 @@ fn stream(lake: &Lake, cfg: &DataLoaderConfig, tx: &crossbeam_channel::Sender<Re
         let skipped = usize::try_from(skip).unwrap_or(usize::MAX).min(chunks.len());
         chunks.drain(..skipped);
         skip -= skipped as u64;
-        let sent = match &lake.tiers {
-            None => send_batches(lake, cfg, epoch, &chunks, tx, &|i| lake.set.mu_row(lake.live[i as usize] as usize)),
-            Some(t) => stream_tiers(lake, t, cfg, epoch, &chunks, tx),
+        let sent = match (&lake.tiers, &lake.rows) {
+            (Some(t), _) => stream_tiers(lake, t, cfg, epoch, &chunks, tx),
+            (None, Rows::Engine(set)) => {
+                send_batches(lake, cfg, epoch, &chunks, tx, &|i| set.mu_row(lake.live[i as usize] as usize))
+            }
+            (None, Rows::Reader(_)) => {
+                let reason = "a LakeReader reads the tiers".into();
+                let _ = tx.send(Err(Error::Config { field: "source", reason }));
+                false
+            }
         };
         if !sent {
             return;
@@ -463,7 +603,7 @@ fn assemble<'a>(
     out.mu.reserve(chunk.len() * dim * if cfg.generate_samples { 2 } else { 1 });
     for &(i, w) in chunk {
         let r = lake.live[i as usize] as usize;
-        out.ids.push(lake.set.ids()[r]);
+        out.ids.push(lake.id(r));
         out.mu.extend_from_slice(mu(i));
         out.kappa.push(lake.kappa[r]);
         out.alpha.push(lake.alpha[r]);

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use m2m::{DataLoader, DataLoaderConfig, Error, Lod, M2m, M2mConfig, Source};
+use m2m::{DataLoader, DataLoaderConfig, Error, LakeReader, Lod, M2m, M2mConfig, Source};
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
@@ -281,54 +281,79 @@ impl Engine {
     }
 
     /// Starts streaming batches (see `m2m.M2M.export_to_dataloader` for the fields).
-    #[pyo3(signature = (batch_size = 256, generate_samples = false, generate_steps = 5, importance_sampling = false,
-        shuffle = true, seed = 0, epochs = 1, prefetch_batches = 2, drop_last = false, rank = 0, world_size = 1,
-        skip_batches = 0, threads = 0, source = "auto"))]
-    #[allow(clippy::too_many_arguments)]
-    fn loader(
-        &self,
-        py: Python<'_>,
-        batch_size: usize,
-        generate_samples: bool,
-        generate_steps: usize,
-        importance_sampling: bool,
-        shuffle: bool,
-        seed: u64,
-        epochs: u64,
-        prefetch_batches: usize,
-        drop_last: bool,
-        rank: usize,
-        world_size: usize,
-        skip_batches: u64,
-        threads: usize,
-        source: &str,
-    ) -> PyResult<Loader> {
-        let source = match source {
-            "auto" => Source::Auto,
-            "memory" => Source::Memory,
-            "tiers" => Source::Tiers,
-            other => return Err(PyValueError::new_err(format!("source {other:?}: \"auto\", \"memory\" or \"tiers\""))),
-        };
-        let config = DataLoaderConfig {
-            batch_size,
-            generate_samples,
-            generate_steps,
-            importance_sampling,
-            shuffle,
-            seed,
-            epochs,
-            prefetch_batches,
-            drop_last,
-            rank,
-            world_size,
-            skip_batches,
-            threads,
-            source,
-        };
+    #[pyo3(signature = (**options))]
+    fn loader(&self, py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Loader> {
+        let config = loader_config(options)?;
         let inner = &self.inner;
         let loader = run(py, || inner.export_to_dataloader(&config))?;
         Ok(Loader { inner: Mutex::new(Some(loader)) })
     }
+}
+
+/// The lake of a stored engine without the engine (see `m2m::LakeReader`): what DataLoader workers open.
+#[pyclass(module = "m2m._m2m")]
+struct Reader {
+    inner: LakeReader,
+}
+
+#[pymethods]
+impl Reader {
+    /// Opens the lake of the engine stored in `path` (no lock, no vector read).
+    #[staticmethod]
+    fn open(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Reader> {
+        Ok(Reader { inner: run(py, || LakeReader::open(&path))? })
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Starts streaming batches from the tiers (no importance sampling or generated rows).
+    #[pyo3(signature = (**options))]
+    fn loader(&self, py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Loader> {
+        let config = loader_config(options)?;
+        let inner = &self.inner;
+        let loader = run(py, || inner.export_to_dataloader(&config))?;
+        Ok(Loader { inner: Mutex::new(Some(loader)) })
+    }
+}
+
+/// A `DataLoaderConfig` from keyword options; an unknown one is a `ValueError`.
+fn loader_config(options: Option<&Bound<'_, PyDict>>) -> PyResult<DataLoaderConfig> {
+    let mut c = DataLoaderConfig::default();
+    let Some(options) = options else { return Ok(c) };
+    for (key, value) in options.iter() {
+        let key: String = key.extract()?;
+        match key.as_str() {
+            "batch_size" => c.batch_size = value.extract()?,
+            "generate_samples" => c.generate_samples = value.extract()?,
+            "generate_steps" => c.generate_steps = value.extract()?,
+            "importance_sampling" => c.importance_sampling = value.extract()?,
+            "shuffle" => c.shuffle = value.extract()?,
+            "seed" => c.seed = value.extract()?,
+            "epochs" => c.epochs = value.extract()?,
+            "prefetch_batches" => c.prefetch_batches = value.extract()?,
+            "drop_last" => c.drop_last = value.extract()?,
+            "rank" => c.rank = value.extract()?,
+            "world_size" => c.world_size = value.extract()?,
+            "skip_batches" => c.skip_batches = value.extract()?,
+            "threads" => c.threads = value.extract()?,
+            "source" => {
+                c.source = match value.extract::<String>()?.as_str() {
+                    "auto" => Source::Auto,
+                    "memory" => Source::Memory,
+                    "tiers" => Source::Tiers,
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "source {other:?}: \"auto\", \"memory\" or \"tiers\""
+                        )));
+                    }
+                }
+            }
+            other => return Err(PyValueError::new_err(format!("unknown loader option {other:?}"))),
+        }
+    }
+    Ok(c)
 }
 
 /// A running export: an iterator of dicts of numpy arrays over Rust buffers.
@@ -376,6 +401,7 @@ impl Loader {
 fn _m2m(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Loader>()?;
+    m.add_class::<Reader>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -245,6 +245,29 @@ def test_workers_cover_the_epoch_deterministically(stored, context):
     assert single == epoch_ids(ds, 0)
 
 
+def test_workers_with_importance_sampling_open_the_engine(stored):
+    writer, _ = stored
+    ds = writer.export_to_dataloader(batch_size=100, seed=5, importance_sampling=True, generate_samples=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    batches = list(loader)
+    assert sum(int((~b["generated"]).sum()) for b in batches) == 1200
+    assert all(int(b["generated"].sum()) * 2 == len(b["ids"]) for b in batches)
+    assert [b["ids"].tolist() for b in batches] == [b["ids"].tolist() for b in loader]
+
+
+def test_the_lake_reader_streams_without_the_engine(stored):
+    writer, path = stored
+    reader = m2m._m2m.Reader.open(str(path))
+    assert len(reader) == len(writer)
+    got = [b["ids"].tolist() for b in reader.loader(batch_size=100, seed=8)]
+    want = [b["ids"].tolist() for b in writer._engine.loader(batch_size=100, seed=8, source="tiers")]
+    assert got == want
+    with pytest.raises(ValueError, match="SOC"):
+        reader.loader(importance_sampling=True)
+    with pytest.raises(ValueError, match="unknown loader option"):
+        reader.loader(batchsize=3)
+
+
 def test_workers_need_a_directory(engine):
     ds = engine.export_to_dataloader(batch_size=100)
     with pytest.raises(RuntimeError, match="data_dir"):

@@ -170,7 +170,9 @@ class M2M:
         and generated (bool); torch tensors sharing the Rust buffers when torch is present. It shards by
         (rank, world_size) and by DataLoader worker, is deterministic for a seed, and resumes from
         :meth:`SplatDataset.state_dict`. With ``num_workers > 0`` each worker opens the engine's
-        directory read-only (fork and spawn both work), so the engine needs a ``data_dir``.
+        directory read-only (fork and spawn both work), so the engine needs a ``data_dir``: for plain
+        epochs a worker opens only the lake (ids, kappa and alpha; vectors from the tiers, no index), with
+        importance sampling, generated rows or source="memory" the whole engine.
         """
         return SplatDataset(self, batch_size, generate_samples, importance_sampling, **options)
 
@@ -255,14 +257,21 @@ class SplatDataset(_Base):  # type: ignore[misc, valid-type]
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         wid, workers = self._worker()
-        engine = self._engine if workers == 1 else None
-        if engine is None:
+        source = self._engine._engine if (workers == 1 and self._engine is not None) else None
+        if source is None:
             if self._data_dir is None:
                 raise RuntimeError(
                     "DataLoader workers open the engine's directory: create the engine with data_dir "
                     "(or use num_workers=0)"
                 )
-            engine = open(self._data_dir, read_only=True)
+            o = self._options
+            if o["importance_sampling"] or o["generate_samples"] or o.get("source") == "memory":
+                # The SOC controller and the router, or a RAM copy, need the engine.
+                source = _m2m.Engine.open(self._data_dir, True)
+            else:
+                # The lake alone: ids, kappa and alpha; vectors streamed from the tiers.
+                source = _m2m.Reader.open(self._data_dir)
+                self._options.setdefault("source", "tiers")
         opts = dict(self._options)
         if workers > 1:
             # The workers already run in parallel: one loader thread each unless asked otherwise.
@@ -271,7 +280,7 @@ class SplatDataset(_Base):  # type: ignore[misc, valid-type]
         # Worker w of W takes the plan entries of shard rank * W + w of world * W; in the DataLoader's
         # round-robin order it produced batches w, w + W, ... of the batches consumed so far.
         skip = max(0, math.ceil((self._skip - wid) / workers))
-        loader = engine._engine.loader(rank=rank * workers + wid, world_size=world * workers, skip_batches=skip, **opts)
+        loader = source.loader(rank=rank * workers + wid, world_size=world * workers, skip_batches=skip, **opts)
         try:
             for batch in loader:
                 if workers == 1:

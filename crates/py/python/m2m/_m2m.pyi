@@ -40,23 +40,15 @@ class Engine:
     def delete(self, ids: npt.NDArray[np.uint64]) -> int: ...
     def flush(self) -> None: ...
     def stats(self) -> Dict[str, Any]: ...
-    def loader(
-        self,
-        batch_size: int = 256,
-        generate_samples: bool = False,
-        generate_steps: int = 5,
-        importance_sampling: bool = False,
-        shuffle: bool = True,
-        seed: int = 0,
-        epochs: int = 1,
-        prefetch_batches: int = 2,
-        drop_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        skip_batches: int = 0,
-        threads: int = 0,
-        source: str = "auto",
-    ) -> "Loader": ...
+    def loader(self, **options: Any) -> "Loader":
+        """Options: batch_size, generate_samples, generate_steps, importance_sampling, shuffle, seed,
+        epochs, prefetch_batches, drop_last, rank, world_size, skip_batches, threads, source."""
+
+class Reader:
+    @staticmethod
+    def open(path: str) -> "Reader": ...
+    def __len__(self) -> int: ...
+    def loader(self, **options: Any) -> "Loader": ...
 
 class Loader:
     def __iter__(self) -> Iterator[Dict[str, Any]]: ...
