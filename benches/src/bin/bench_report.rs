@@ -128,14 +128,7 @@ fn run(name: &str, base: &[f32], queries: &[f32], dim: usize) -> Result<Report> 
     }
 
     eprintln!("{name}: data lake");
-    let lake = |cfg: DataLoaderConfig| -> Result<f64> {
-        let t = Instant::now();
-        let mut rows = 0usize;
-        for b in engine.export_to_dataloader(&cfg)? {
-            rows += b?.len();
-        }
-        Ok(rows as f64 / t.elapsed().as_secs_f64())
-    };
+    let lake = |cfg: DataLoaderConfig| lake_rate(&engine, &cfg);
     let epochs = 3;
     let lake_plain = lake(DataLoaderConfig { epochs, ..Default::default() })?;
     let lake_importance = lake(DataLoaderConfig { epochs, importance_sampling: true, ..Default::default() })?;
@@ -162,14 +155,7 @@ fn run(name: &str, base: &[f32], queries: &[f32], dim: usize) -> Result<Report> 
         }
         Ok(())
     };
-    let tiers = |cfg: DataLoaderConfig| -> Result<f64> {
-        let t = Instant::now();
-        let mut rows = 0usize;
-        for b in stored.export_to_dataloader(&DataLoaderConfig { source: Source::Tiers, ..cfg })? {
-            rows += b?.len();
-        }
-        Ok(rows as f64 / t.elapsed().as_secs_f64())
-    };
+    let tiers = |cfg: DataLoaderConfig| lake_rate(&stored, &DataLoaderConfig { source: Source::Tiers, ..cfg });
     drop_pages()?;
     let lake_tiers_cold = tiers(DataLoaderConfig::default())?;
     let lake_tiers_langevin = median((0..3).map(|_| tiers(langevin.clone())).collect::<Result<Vec<_>>>()?);
@@ -187,6 +173,16 @@ fn run(name: &str, base: &[f32], queries: &[f32], dim: usize) -> Result<Report> 
         lake_tiers_langevin,
         curve,
     })
+}
+
+/// Rows per second of one export, generated ones included.
+fn lake_rate(engine: &M2m, cfg: &DataLoaderConfig) -> Result<f64> {
+    let t = Instant::now();
+    let mut rows = 0usize;
+    for b in engine.export_to_dataloader(cfg)? {
+        rows += b?.len();
+    }
+    Ok(rows as f64 / t.elapsed().as_secs_f64())
 }
 
 fn machine() -> String {

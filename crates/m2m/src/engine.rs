@@ -29,6 +29,15 @@ pub(crate) struct Learned {
     pub(crate) alpha: Vec<f32>,
 }
 
+/// Whether a build's ids are exactly the live ones (in any order): the rule by which a stored index and
+/// its learned kappa and alpha are current.
+pub(crate) fn same_ids(now: &[u64], then: &[u64]) -> bool {
+    let (mut now, mut then) = (now.to_vec(), then.to_vec());
+    now.sort_unstable();
+    then.sort_unstable();
+    now == then
+}
+
 /// The stored learned values of `dir`, if any.
 pub(crate) fn load_learned(dir: &Path) -> Result<Option<Learned>> {
     if !dir.join(LEARNED_BLOB).exists() {
@@ -264,15 +273,11 @@ impl M2m {
         let stored: StoredIndex = postcard::from_bytes(&bytes).map_err(|e| {
             Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(INDEX_BLOB), offset: 20, reason: e.to_string() })
         })?;
-        let mut now: Vec<u64> = self.set.ids().to_vec();
-        let mut then = stored.ids.clone();
-        now.sort_unstable();
-        then.sort_unstable();
-        if now != then {
+        if !same_ids(self.set.ids(), &stored.ids) {
             tracing::info!(
                 "m2m: the stored index is stale ({} splats then, {} now); build_index to rebuild",
-                then.len(),
-                now.len()
+                stored.ids.len(),
+                self.set.len()
             );
             return Ok(());
         }

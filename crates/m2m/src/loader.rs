@@ -263,18 +263,14 @@ impl LakeReader {
                 alpha.push(part.alpha[i]);
             }
         }
-        if let Some(learned) = crate::engine::load_learned(dir)? {
-            let mut now = ids.clone();
-            let mut then = learned.ids.clone();
-            now.sort_unstable();
-            then.sort_unstable();
-            if now == then {
-                let at: std::collections::HashMap<u64, usize> =
-                    learned.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-                for (r, id) in ids.iter().enumerate() {
-                    kappa[r] = learned.kappa[at[id]];
-                    alpha[r] = learned.alpha[at[id]];
-                }
+        if let Some(learned) = crate::engine::load_learned(dir)?
+            && crate::engine::same_ids(&ids, &learned.ids)
+        {
+            let at: std::collections::HashMap<u64, usize> =
+                learned.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+            for (r, id) in ids.iter().enumerate() {
+                kappa[r] = learned.kappa[at[id]];
+                alpha[r] = learned.alpha[at[id]];
             }
         }
         Ok(LakeReader { config, snapshot, ids: Arc::new(ids), kappa: Arc::new(kappa), alpha: Arc::new(alpha) })
@@ -501,7 +497,7 @@ fn stream_tiers(
             return false;
         }
     };
-    let resident: std::sync::RwLock<std::collections::HashMap<u32, Arc<Columns>>> = Default::default();
+    let mut map: std::collections::HashMap<u32, Arc<Columns>> = std::collections::HashMap::new();
     let mut next = 0usize;
     let mut done = 0usize;
     let dim = lake.dim;
@@ -509,7 +505,6 @@ fn stream_tiers(
     for group in chunks.chunks(window) {
         // Load what this window reads; evict what no later batch reads.
         {
-            let mut map = resident.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             map.retain(|b, _| last_use[b] >= done);
             for (_, chunk) in group {
                 for &(i, _) in chunk.iter() {
@@ -535,7 +530,7 @@ fn stream_tiers(
                 }
             }
         }
-        let map = resident.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = &map;
         let mu = |i: u32| -> &[f32] {
             let block = &map[&t.block_of[i as usize]];
             let p = t.pos[i as usize] as usize;

@@ -283,10 +283,8 @@ impl Engine {
     /// Starts streaming batches (see `m2m.M2M.export_to_dataloader` for the fields).
     #[pyo3(signature = (**options))]
     fn loader(&self, py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Loader> {
-        let config = loader_config(options)?;
         let inner = &self.inner;
-        let loader = run(py, || inner.export_to_dataloader(&config))?;
-        Ok(Loader { inner: Mutex::new(Some(loader)) })
+        start_loader(py, options, |config| inner.export_to_dataloader(config))
     }
 }
 
@@ -311,11 +309,20 @@ impl Reader {
     /// Starts streaming batches from the tiers (no importance sampling or generated rows).
     #[pyo3(signature = (**options))]
     fn loader(&self, py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Loader> {
-        let config = loader_config(options)?;
         let inner = &self.inner;
-        let loader = run(py, || inner.export_to_dataloader(&config))?;
-        Ok(Loader { inner: Mutex::new(Some(loader)) })
+        start_loader(py, options, |config| inner.export_to_dataloader(config))
     }
+}
+
+/// Starts `export` (an engine's or a reader's) with the keyword options, without the GIL.
+fn start_loader(
+    py: Python<'_>,
+    options: Option<&Bound<'_, PyDict>>,
+    export: impl FnOnce(&DataLoaderConfig) -> Result<DataLoader, Error> + Send,
+) -> PyResult<Loader> {
+    let config = loader_config(options)?;
+    let loader = run(py, || export(&config))?;
+    Ok(Loader { inner: Mutex::new(Some(loader)) })
 }
 
 /// A `DataLoaderConfig` from keyword options; an unknown one is a `ValueError`.

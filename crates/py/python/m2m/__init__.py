@@ -257,6 +257,7 @@ class SplatDataset(_Base):  # type: ignore[misc, valid-type]
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         wid, workers = self._worker()
+        opts = dict(self._options)
         source = self._engine._engine if (workers == 1 and self._engine is not None) else None
         if source is None:
             if self._data_dir is None:
@@ -264,15 +265,13 @@ class SplatDataset(_Base):  # type: ignore[misc, valid-type]
                     "DataLoader workers open the engine's directory: create the engine with data_dir "
                     "(or use num_workers=0)"
                 )
-            o = self._options
-            if o["importance_sampling"] or o["generate_samples"] or o.get("source") == "memory":
+            if opts["importance_sampling"] or opts["generate_samples"] or opts.get("source") == "memory":
                 # The SOC controller and the router, or a RAM copy, need the engine.
                 source = _m2m.Engine.open(self._data_dir, True)
             else:
                 # The lake alone: ids, kappa and alpha; vectors streamed from the tiers.
                 source = _m2m.Reader.open(self._data_dir)
-                self._options.setdefault("source", "tiers")
-        opts = dict(self._options)
+                opts.setdefault("source", "tiers")
         if workers > 1:
             # The workers already run in parallel: one loader thread each unless asked otherwise.
             opts.setdefault("threads", 1)

@@ -96,8 +96,7 @@ impl Basis {
                 l[i * r + k] = f[k * n + p];
             }
         }
-        // L^-1 by forward substitution on the columns of I (r^3 / 6, once per block), so that the
-        // per-chain solves are products that vectorise.
+        // L^-1 once per block (r^3 / 6), so that the per-chain solves are products that vectorise.
         // Row k of L^-1 is (e_k - sum_{m<k} L_km row_m) / L_kk: axpys over rows.
         let mut l_inv = vec![0f64; r * r];
         let mut row = vec![0f64; r];
