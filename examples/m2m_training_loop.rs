@@ -1,7 +1,10 @@
 //! A small model trained in Rust on batches streamed from the data lake: a softmax classifier (nalgebra)
 //! of the digit each splat was made from, fed by `export_to_dataloader` with importance sampling, the
-//! loss weighted by the importance weights so that it estimates the plain average. The held-out query
-//! rows measure accuracy; the loss falls visibly epoch after epoch.
+//! loss weighted by the importance weights so that it estimates the plain average. Each batch's per-row
+//! losses go back to the engine (`feedback`), which drives the SOC controller, and `tick` ends each
+//! epoch: the next epoch samples the rows the model gets wrong more (the weights' range and effective
+//! sample size are printed). The held-out query rows measure accuracy; the loss falls visibly epoch
+//! after epoch.
 //!
 //! `cargo run --release --example m2m_training_loop`
 
@@ -39,7 +42,8 @@ fn main() -> Result<()> {
     let mut first_loss = None;
     let mut last_loss = 0.0;
     for epoch in 0..8u64 {
-        let cfg = DataLoaderConfig { batch_size: 256, importance_sampling: true, seed: epoch, ..Default::default() };
+        let cfg =
+            DataLoaderConfig { batch_size: 256, importance_sampling: true, start_epoch: epoch, ..Default::default() };
         let (mut loss_sum, mut weight_sum) = (0.0f64, 0.0f64);
         for batch in engine.export_to_dataloader(&cfg)? {
             let batch = batch?;
@@ -52,17 +56,23 @@ fn main() -> Result<()> {
             softmax_columns(&mut p);
             // Gradient of the importance-weighted cross-entropy: (p - onehot) * weight, averaged.
             let mut g = p.clone();
+            let mut losses = Vec::with_capacity(n);
             for (j, (&id, &iw)) in batch.ids.iter().zip(&batch.weights).enumerate() {
                 let label = usize::from(digits.base_labels[id as usize]);
-                loss_sum += f64::from(-p[(label, j)].max(1e-12).ln() * iw);
+                let loss = -p[(label, j)].max(1e-12).ln();
+                losses.push(loss);
+                loss_sum += f64::from(loss * iw);
                 weight_sum += f64::from(iw);
                 g[(label, j)] -= 1.0;
                 g.column_mut(j).scale_mut(iw / n as f32);
             }
             w -= (&g * x.transpose()) * lr;
             b -= g.column_sum() * lr;
+            engine.feedback(&batch.ids, &losses)?;
         }
+        engine.tick()?;
         let loss = loss_sum / weight_sum;
+        let weights = engine.weight_report()?;
         // Accuracy on the held-out queries.
         let mut p = &w * &queries;
         for mut col in p.column_iter_mut() {
@@ -74,8 +84,11 @@ fn main() -> Result<()> {
             .filter(|(col, label)| col.argmax().0 == usize::from(**label))
             .count();
         println!(
-            "epoch {epoch}: weighted training loss {loss:.4}, held-out accuracy {:.3}",
-            correct as f64 / digits.query_labels.len() as f64
+            "epoch {epoch}: weighted training loss {loss:.4}, held-out accuracy {:.3}; next epoch's weights {:.2}..{:.2}, effective sample size {:.1}%",
+            correct as f64 / digits.query_labels.len() as f64,
+            weights.min,
+            weights.max,
+            100.0 * weights.ess_share
         );
         first_loss.get_or_insert(loss);
         last_loss = loss;

@@ -18,6 +18,8 @@
 //!   name); ARGS go to criterion (for example a benchmark name filter). Without arguments it then runs
 //!   `cargo xtask bench report`, which regenerates `BENCHMARKS.md` and `BENCHMARKS-recall-qps.svg` from an
 //!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin.
+//!   `cargo xtask bench train [--seeds 5]` trains classifiers on the built-in digits through the data
+//!   lake (uniform against loss-driven SOC sampling; no augmentation against Langevin augmentation).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists every option).
 
@@ -223,6 +225,12 @@ fn bench(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("search") {
         // The retrieval benchmark: a release binary, so that its figures are those of an optimised build.
         let mut cmd = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-search", "--"];
+        cmd.extend(args[1..].iter().map(String::as_str));
+        return run("cargo", &cmd);
+    }
+    if args.first().map(String::as_str) == Some("train") {
+        // Downstream evidence for the data lake's training science (a release binary: minutes).
+        let mut cmd = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-train", "--"];
         cmd.extend(args[1..].iter().map(String::as_str));
         return run("cargo", &cmd);
     }

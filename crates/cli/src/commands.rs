@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use m2m::splat::{VectorReader, VectorWriter, read_vectors};
-use m2m::{CONFIG_BLOB, DataLoaderConfig, INDEX_BLOB, Lod, M2m, M2mConfig};
+use m2m::{CONFIG_BLOB, DataLoaderConfig, INDEX_BLOB, LangevinDynamics, Lod, M2m, M2mConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -47,13 +47,31 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Ingest { db, files, chunk, no_sync } => ingest(cli, db, files, *chunk, *no_sync),
         Command::Build { db, n_fine, n_coarse } => build(cli, db, *n_fine, *n_coarse),
         Command::Query { db, file, row, k, lod } => query(cli, db, file.as_deref(), *row, *k, lod),
-        Command::Stream { db, batch_size, importance, generate, epochs, seed, out } => {
+        Command::Stream {
+            db,
+            batch_size,
+            importance,
+            generate,
+            epochs,
+            seed,
+            out,
+            steps,
+            temperature,
+            step_size,
+            dynamics,
+        } => {
             let cfg = DataLoaderConfig {
                 batch_size: *batch_size,
                 importance_sampling: *importance,
                 generate_samples: *generate,
                 epochs: *epochs,
                 seed: *seed,
+                generate_steps: *steps,
+                temperature: *temperature,
+                step_size: *step_size,
+                dynamics: dynamics.as_deref().map(|d| {
+                    if d == "underdamped" { LangevinDynamics::Underdamped } else { LangevinDynamics::Overdamped }
+                }),
                 ..DataLoaderConfig::default()
             };
             stream(cli, db, &cfg, out.as_deref())
@@ -304,11 +322,19 @@ fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>) -> R
     let pb = bar(cli, per_epoch * cfg.epochs, "batches");
     let t = Instant::now();
     let (mut rows, mut generated, mut batches) = (0usize, 0usize, 0u64);
+    // Generated rows of the first batch (up to 256) and their seeds, for the fidelity report.
+    let (mut gen_seeds, mut gen_rows) = (Vec::new(), Vec::new());
     for b in engine.export_to_dataloader(cfg)? {
         let b = b?;
         rows += b.len();
         generated += b.generated.iter().filter(|g| **g).count();
         batches += 1;
+        if gen_seeds.is_empty() {
+            for (i, _) in b.generated.iter().enumerate().filter(|(_, g)| **g).take(256) {
+                gen_seeds.push(b.ids[i]);
+                gen_rows.extend_from_slice(&b.mu[i * dim..(i + 1) * dim]);
+            }
+        }
         if let Some(w) = &mut writer {
             w.write_rows(&b.mu)?;
         }
@@ -319,16 +345,47 @@ fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>) -> R
         w.finish()?;
     }
     let secs = t.elapsed().as_secs_f64();
+    // What the rows were worth: the importance weights, the clipped kappa, the generated rows' fidelity.
+    let weights = if cfg.importance_sampling { Some(engine.weight_report()?) } else { None };
+    let fidelity = if gen_seeds.is_empty() { None } else { Some(engine.fidelity(&gen_seeds, &gen_rows, None)?) };
+    let clipped = engine.stats().kappa_clipped;
     if cli.json {
         say!(
             "{}",
-            json!({ "batches": batches, "rows": rows, "generated": generated, "seconds": secs, "splats_per_second": rows as f64 / secs })
+            json!({ "batches": batches, "rows": rows, "generated": generated, "seconds": secs, "splats_per_second": rows as f64 / secs,
+                    "weights": weights.map(|w| json!({ "min": w.min, "max": w.max, "ess_share": w.ess_share })),
+                    "kappa_clipped_share": clipped,
+                    "fidelity": fidelity.map(|f| json!({ "rows": f.rows, "mean_cos_to_seed": f.mean_cos_to_seed, "in_band": f.in_band,
+                        "within_16th": f.within_16th, "copies": f.copies, "max_cos_to_real": f.max_cos_to_real })) })
         );
     } else {
         say!(
             "streamed {batches} batches, {rows} rows ({generated} generated) in {secs:.2} s: {:.0} splats/s",
             rows as f64 / secs.max(1e-9)
         );
+        match weights {
+            Some(w) => say!(
+                "importance weights: min {:.3}, max {:.3}, effective sample size {:.1}% of the draws",
+                w.min,
+                w.max,
+                100.0 * w.ess_share
+            ),
+            None => say!("importance weights: none (every row once, weight 1)"),
+        }
+        if let Some(c) = clipped {
+            say!("kappa clipped to [min_kappa, max_kappa]: {:.1}% of the splats", 100.0 * c);
+        }
+        if let Some(f) = fidelity {
+            say!(
+                "generated rows ({} measured): cosine to seed {:.3}, {:.1}% inside the seed's band of real neighbours (1st-16th), {:.1}% within its 16th, {} copies (max cosine to a real row {:.4})",
+                f.rows,
+                f.mean_cos_to_seed,
+                100.0 * f.in_band,
+                100.0 * f.within_16th,
+                f.copies,
+                f.max_cos_to_real
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

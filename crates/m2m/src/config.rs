@@ -18,6 +18,25 @@ pub enum Device {
     Auto,
 }
 
+/// Which Langevin dynamics generate samples (m2m-soc's `Dynamics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LangevinDynamics {
+    /// First order: positions only (and, with Gaussian noise, the exact reduced method where it pays).
+    #[default]
+    Overdamped,
+    /// Second order, with a velocity and the friction `langevin_gamma`.
+    Underdamped,
+}
+
+impl From<LangevinDynamics> for m2m_soc::Dynamics {
+    fn from(d: LangevinDynamics) -> Self {
+        match d {
+            LangevinDynamics::Overdamped => m2m_soc::Dynamics::Overdamped,
+            LangevinDynamics::Underdamped => m2m_soc::Dynamics::Underdamped,
+        }
+    }
+}
+
 /// Settings of an [`M2m`](crate::M2m) engine. Every field has a default (`M2mConfig::default()`), and a
 /// partial JSON or other serde document fills in the rest with them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,8 +62,14 @@ pub struct M2mConfig {
     pub langevin_dt: f32,
     /// Friction of underdamped Langevin. Default 0.1 (original).
     pub langevin_gamma: f32,
-    /// Temperature of Langevin. Default 1 (original).
+    /// Temperature of Langevin, relative to the fitted model. Default 1: each splat's kernel is sampled
+    /// with the spread of the real neighbourhood its kappa was fitted on. When kappa is learned on a
+    /// sphere of the data's intrinsic dimension p, the temperature applied in the `dim` ambient
+    /// dimensions is this times (p - 1) / (dim - 1) (see `m2m_soc::kappa::ambient_temperature`);
+    /// without learned kappa it is applied as given.
     pub temperature: f32,
+    /// Overdamped (default) or underdamped Langevin.
+    pub langevin_dynamics: LangevinDynamics,
     /// Where kernels run. Default `Cpu`.
     pub device: Device,
     /// Warm tier budget in bytes: the block cache through which the data lake reads the database's
@@ -75,6 +100,7 @@ impl Default for M2mConfig {
             langevin_dt: 1e-3,
             langevin_gamma: 0.1,
             temperature: 1.0,
+            langevin_dynamics: LangevinDynamics::Overdamped,
             device: Device::Cpu,
             warm_budget_bytes: 1 << 30,
             hot_budget_bytes: 256 << 20,

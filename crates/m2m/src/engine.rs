@@ -1,16 +1,16 @@
 //! The engine: splats in RAM (and, with a data directory, in m2m-tier's database), the index, the SOC
 //! controller and the compute backend.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use m2m_index::{Index, IndexConfig, Lod, SearchParams};
-use m2m_soc::langevin::{Group, run};
-use m2m_soc::{KappaConfig, LangevinConfig, Router, Sandpile, SocConfig, Splats};
+use m2m_soc::{KappaConfig, Splats};
 use m2m_splat::{Batch, SplatSet};
 use m2m_tier::{Db, DbOptions, Durability};
 
+use crate::training::{Controller, KappaFit, LangevinOverrides, NEIGHBOURS, NEIGHBOURS_BLOB, StoredNeighbours, run_routed};
 use crate::{Device, Error, M2mConfig, Metric, Result};
 
 /// Name of the engine's settings inside a data directory.
@@ -36,6 +36,20 @@ pub(crate) fn same_ids(now: &[u64], then: &[u64]) -> bool {
     now.sort_unstable();
     then.sort_unstable();
     now == then
+}
+
+/// The stored neighbourhoods and kappa fit of `dir`, if any.
+pub(crate) fn load_neighbours(dir: &Path) -> Result<Option<StoredNeighbours>> {
+    if !dir.join(NEIGHBOURS_BLOB).exists() {
+        return Ok(None);
+    }
+    let bytes = m2m_tier::load_blob(dir, NEIGHBOURS_BLOB)?;
+    let corrupt = |reason: String| Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(NEIGHBOURS_BLOB), offset: 20, reason });
+    let nb: StoredNeighbours = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if nb.neighbours.len() != nb.ids.len() * nb.k as usize {
+        return Err(corrupt("neighbour lists of the wrong length".into()));
+    }
+    Ok(Some(nb))
 }
 
 /// The stored learned values of `dir`, if any.
@@ -93,14 +107,9 @@ pub struct Stats {
     pub device: String,
     /// Segments on disk (0 in memory).
     pub segments: usize,
-}
-
-/// The controller's state, behind a lock so that retrieval (`&self`) can record use.
-#[derive(Debug)]
-pub(crate) struct Soc {
-    pub(crate) router: Arc<Router>,
-    pub(crate) pile: Sandpile,
-    pub(crate) cluster_of: HashMap<u64, u32>,
+    /// Share of the splats whose learned kappa was clipped to [min_kappa, max_kappa] at the last build
+    /// (none without learned kappa).
+    pub kappa_clipped: Option<f64>,
 }
 
 /// An M2M engine: ingest, retrieval with levels of detail, energy, generation and the data lake.
@@ -114,7 +123,11 @@ pub struct M2m {
     pub(crate) deleted: HashSet<u64>,
     db: Option<Db>,
     pub(crate) index: Option<Index>,
-    pub(crate) soc: Mutex<Option<Soc>>,
+    /// The SOC controller (router and sandpile), started with the index and kept current by inserts
+    /// and deletes: retrieval only records its hits, it never builds anything.
+    pub(crate) soc: Option<Controller>,
+    /// How the last build fitted kappa.
+    pub(crate) kappa_fit: Option<KappaFit>,
     compute: m2m_gpu::Compute,
     next_id: u64,
     /// Opened with [`M2m::open_read_only`]: changes are refused.
@@ -162,7 +175,8 @@ impl M2m {
             deleted: HashSet::new(),
             db,
             index: None,
-            soc: Mutex::new(None),
+            soc: None,
+            kappa_fit: None,
             compute,
             next_id: 0,
             config,
@@ -222,7 +236,8 @@ impl M2m {
             deleted: HashSet::new(),
             db: None,
             index: None,
-            soc: Mutex::new(None),
+            soc: None,
+            kappa_fit: None,
             compute: m2m_gpu::Compute::new(backend(config.device))?,
             next_id: 0,
             config,
@@ -292,7 +307,10 @@ impl M2m {
         self.kappa = Arc::new(kappa);
         self.alpha = Arc::new(alpha);
         self.index = Some(index);
-        Ok(())
+        let neighbours = load_neighbours(dir)?.filter(|nb| same_ids(self.set.ids(), &nb.ids));
+        self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
+        self.start_controller(neighbours.as_ref())?;
+        self.restore_pile(dir)
     }
 
     /// The settings.
@@ -385,9 +403,12 @@ impl M2m {
         self.next_id = self.next_id.max(ids.iter().max().map_or(0, |m| m + 1));
         if let Some(index) = &mut self.index {
             let vectors = index_vectors(&self.set, rows.clone(), self.config.metric);
-            index.insert(&vectors, &self.set.ids()[rows])?;
-            // The router's clusters are a snapshot of the index: rebuilt on next use.
-            *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            index.insert(&vectors, &self.set.ids()[rows.clone()])?;
+            // The router follows the index (its clusters are the SOC sites; the pile is unchanged).
+            if let Some(ctl) = &mut self.soc {
+                let router = Arc::make_mut(&mut ctl.router);
+                router.insert(&self.set.ids()[rows.clone()], &vectors, &self.kappa[rows.clone()], &self.alpha[rows])?;
+            }
         }
         Ok(())
     }
@@ -418,16 +439,28 @@ impl M2m {
             ..IndexConfig::default()
         };
         let index = Index::build(&cfg, self.config.dim, &vectors, &ids)?;
+        let mut neighbours = None;
         if self.config.learn_kappa && self.config.metric == Metric::Cosine && ids.len() >= 64 {
             let kc = KappaConfig {
                 min_kappa: self.config.min_kappa,
                 max_kappa: self.config.max_kappa,
+                neighbours: NEIGHBOURS,
                 ..KappaConfig::default()
             };
-            let est = m2m_soc::estimate_kappa(&index, self.set.mu(), &ids, &kc)?;
+            let nb = m2m_soc::kappa::neighbours_from_index(&index, self.set.mu(), &ids, NEIGHBOURS)?;
+            let est = m2m_soc::kappa::kappa_from_neighbours(self.set.mu(), self.config.dim, &nb, NEIGHBOURS, &kc)?;
+            let fit = KappaFit {
+                sphere_dimension: est.sphere_dimension,
+                clipped_low: est.clipped_low as u64,
+                clipped_high: est.clipped_high as u64,
+                rows: ids.len() as u64,
+            };
             self.kappa = Arc::new(est.kappa);
             self.alpha = Arc::new(est.alpha);
+            let nb = nb.iter().map(|&j| ids[j as usize]).collect();
+            neighbours = Some(StoredNeighbours { fit, ids: ids.clone(), k: NEIGHBOURS as u32, neighbours: nb });
         }
+        self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
         if let Some(dir) = self.config.data_dir.clone().filter(|_| !self.read_only) {
             let stored = StoredIndex {
                 parts: index.parts().clone(),
@@ -441,10 +474,14 @@ impl M2m {
             // The learned values first: they match any index blob built on the same rows.
             m2m_tier::store_blob(&dir, LEARNED_BLOB, &postcard::to_allocvec(&learned).map_err(serialise)?)?;
             m2m_tier::store_blob(&dir, INDEX_BLOB, &postcard::to_allocvec(&stored).map_err(serialise)?)?;
+            if let Some(nb) = &neighbours {
+                m2m_tier::store_blob(&dir, NEIGHBOURS_BLOB, &postcard::to_allocvec(nb).map_err(serialise)?)?;
+            }
         }
         self.index = Some(index);
-        *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        Ok(())
+        // The pile is carried over onto the new clusters.
+        self.start_controller(neighbours.as_ref())?;
+        self.save_pile()
     }
 
     /// Drops deleted rows from RAM (their ids stay deleted in the database).
@@ -467,22 +504,6 @@ impl M2m {
         self.alpha = Arc::new(alpha);
         self.deleted.clear();
         Ok(())
-    }
-
-    /// The controller, built on first use after an index build or insert.
-    pub(crate) fn with_soc<T>(&self, f: impl FnOnce(&mut Soc) -> T) -> Result<T> {
-        let index = self.index.as_ref().ok_or(Error::NoIndex { what: "the SOC controller" })?;
-        let mut guard = self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if guard.is_none() {
-            let router = Router::new(index, |id| {
-                let r = self.set.row_of(id)?;
-                Some((self.kappa[r], self.alpha[r]))
-            })?;
-            let pile = Sandpile::new(router.site_graph(6)?, SocConfig::default())?;
-            let cluster_of = router.cluster_of();
-            *guard = Some(Soc { router: Arc::new(router), pile, cluster_of });
-        }
-        Ok(f(guard.as_mut().unwrap_or_else(|| unreachable!("set above"))))
     }
 
     fn hit(&self, id: u64, score: f32) -> Hit {
@@ -513,12 +534,11 @@ impl M2m {
         Ok(all.iter().map(|hits| hits.iter().map(|h| self.hit(h.id, h.score)).collect()).collect())
     }
 
+    /// Counts retrieval hits for the controller: atomic counters, no lock and nothing built.
     fn record_use(&self, ids: impl Iterator<Item = u64>) {
-        let ids: Vec<u64> = ids.collect();
-        let _ = self.with_soc(|soc| {
-            let sites: Vec<u32> = ids.iter().filter_map(|id| soc.cluster_of.get(id).copied()).collect();
-            let _ = soc.pile.record_use(&sites);
-        });
+        if let Some(ctl) = &self.soc {
+            ctl.record_hits(ids);
+        }
     }
 
     /// The energy E(x) = -log sum alpha exp(-kappa |x - mu|^2) of a unit vector `x`: over the splats
@@ -527,16 +547,23 @@ impl M2m {
         if self.is_empty() {
             return Err(Error::Empty);
         }
-        if self.index.is_some() {
-            return self.with_soc(|soc| soc.router.energy(x, 16, 1024))?.map_err(Error::from);
+        if let Some(ctl) = &self.soc {
+            return Ok(ctl.router.energy(x, 16, 1024)?);
         }
         let splats = Splats::new(self.config.dim, self.set.mu(), self.kappa.as_slice(), self.alpha.as_slice())?;
         Ok(m2m_soc::energy::energy(x, &splats)?)
     }
 
     /// Generates samples by Langevin dynamics on the splats' energy: `seeds` (unit rows) are moved
-    /// `steps` steps (0: the config's `langevin_steps`) and returned. Needs the index for routing.
+    /// `steps` steps (0: the config's `langevin_steps`) and returned. Each chain is routed by its own
+    /// neighbourhood (the largest terms of its 4 nearest clusters). Needs the index for routing.
     pub fn generate(&self, seeds: &[f32], steps: usize) -> Result<Vec<f32>> {
+        self.generate_from(seeds, None, steps)
+    }
+
+    /// [`generate`](Self::generate) from seeds that are splats (`ids`, one per row; chains routed to
+    /// the seed and its neighbours from the kappa fit).
+    fn generate_from(&self, seeds: &[f32], ids: Option<&[u64]>, steps: usize) -> Result<Vec<f32>> {
         let dim = self.config.dim;
         if !seeds.len().is_multiple_of(dim) || seeds.is_empty() {
             return Err(Error::Config {
@@ -552,15 +579,10 @@ impl M2m {
             }
             row.iter_mut().for_each(|v| *v /= n);
         }
-        let router = self.with_soc(|soc| Arc::clone(&soc.router))?;
-        let config = LangevinConfig {
-            steps: if steps == 0 { self.config.langevin_steps } else { steps },
-            dt: self.config.langevin_dt,
-            gamma: self.config.langevin_gamma,
-            temperature: self.config.temperature,
-            ..LangevinConfig::default()
-        };
-        run_routed(&router, &config, &mut x, dim, self.config.seed, None)?;
+        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "generate" })?;
+        let steps = if steps == 0 { self.config.langevin_steps } else { steps };
+        let config = self.langevin_config(steps, &LangevinOverrides::default());
+        run_routed(&ctl.router, &config, &mut x, dim, self.config.seed, ids)?;
         Ok(x)
     }
 
@@ -576,12 +598,15 @@ impl M2m {
         let dim = self.config.dim;
         let live: Vec<usize> = self.live_rows();
         let mut seeds = Vec::with_capacity(n * dim);
+        let mut ids = Vec::with_capacity(n);
         let mut state = self.config.seed ^ 0x9E37_79B9_7F4A_7C15;
         for _ in 0..n {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            seeds.extend_from_slice(self.set.mu_row(live[(state >> 33) as usize % live.len()]));
+            let r = live[(state >> 33) as usize % live.len()];
+            seeds.extend_from_slice(self.set.mu_row(r));
+            ids.push(self.set.ids()[r]);
         }
-        self.generate(&seeds, steps)
+        self.generate_from(&seeds, Some(&ids), steps)
     }
 
     /// Deletes splats (ids not present are ignored) and returns how many were live. They leave the
@@ -603,7 +628,9 @@ impl M2m {
         }
         if let Some(index) = &mut self.index {
             index.delete(&present);
-            *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
+        if let Some(ctl) = &mut self.soc {
+            Arc::make_mut(&mut ctl.router).remove(&present);
         }
         self.deleted.extend(present.iter().copied());
         Ok(present.len())
@@ -615,7 +642,7 @@ impl M2m {
         if let Some(db) = &mut self.db {
             db.flush()?;
         }
-        Ok(())
+        self.save_pile()
     }
 
     /// What the engine holds.
@@ -636,6 +663,7 @@ impl M2m {
             kappa: if live.is_empty() { (0.0, 0.0, 0.0) } else { (mean, lo, hi) },
             device: self.compute.device_name(),
             segments: self.db.as_ref().map_or(0, |db| db.manifest().segments.len()),
+            kappa_clipped: self.kappa_fit.map(|f| f.clipped_share()),
         }
     }
 
@@ -667,51 +695,4 @@ fn index_vectors(set: &SplatSet, rows: std::ops::Range<usize>, metric: Metric) -
         }
     }
     out
-}
-
-/// Langevin on unit rows `x`: chains ordered by their nearest cluster and cut into groups of up to 64
-/// neighbouring chains; each group runs against the splats routed from its mean direction (8 clusters,
-/// 64 splats), all groups in parallel.
-pub(crate) fn run_routed(
-    router: &Router,
-    config: &LangevinConfig,
-    x: &mut [f32],
-    dim: usize,
-    seed: u64,
-    clusters: Option<&[u32]>,
-) -> Result<()> {
-    let chains = x.len() / dim;
-    // The chains' clusters when the caller knows them (seeds that are splats), else the nearest.
-    let nearest = match clusters {
-        Some(c) if c.len() == chains => c.to_vec(),
-        _ => router.nearest_cluster_of_rows(x)?,
-    };
-    let mut order: Vec<usize> = (0..chains).collect();
-    order.sort_by_key(|&c| (nearest[c], c));
-    let mut staged: Vec<(Vec<usize>, Vec<f32>, m2m_soc::Routed)> = Vec::new();
-    for members in order.chunks(64) {
-        let mut rows: Vec<f32> = Vec::with_capacity(members.len() * dim);
-        for &c in members {
-            rows.extend_from_slice(&x[c * dim..(c + 1) * dim]);
-        }
-        let mut mean = vec![0f32; dim];
-        rows.chunks_exact(dim).for_each(|r| mean.iter_mut().zip(r).for_each(|(m, v)| *m += v));
-        let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
-        let centre: Vec<f32> = if norm > 1e-6 { mean.iter().map(|v| v / norm).collect() } else { rows[..dim].to_vec() };
-        let routed = router.route(&centre, 8, 64)?;
-        staged.push((members.to_vec(), rows, routed));
-    }
-    {
-        let mut groups: Vec<Group<'_>> = Vec::with_capacity(staged.len());
-        for (_, rows, routed) in &mut staged {
-            groups.push(Group { x: rows.as_mut_slice(), splats: routed.splats()? });
-        }
-        run(config, &mut groups, seed)?;
-    }
-    for (members, rows, _) in &staged {
-        for (i, &c) in members.iter().enumerate() {
-            x[c * dim..(c + 1) * dim].copy_from_slice(&rows[i * dim..(i + 1) * dim]);
-        }
-    }
-    Ok(())
 }

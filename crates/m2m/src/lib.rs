@@ -24,11 +24,13 @@ mod config;
 mod engine;
 mod error;
 mod loader;
+mod training;
 
-pub use config::{Device, M2mConfig};
+pub use config::{Device, LangevinDynamics, M2mConfig};
 pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, Stats, create_m2m};
 pub use error::{Error, Result};
 pub use loader::{DataLoader, DataLoaderConfig, LakeReader, Source, TrainingBatch};
+pub use training::{Fidelity, KappaFit, NEIGHBOURS_BLOB, SOC_BLOB, WeightReport};
 
 /// The GPU layer: Vulkan kernels (with the `gpu` feature) and their CPU twins, behind one `Compute`.
 pub use m2m_gpu as gpu;

@@ -13,8 +13,8 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use crate::engine::run_routed;
-use crate::{Error, M2m, M2mConfig, Result};
+use crate::training::{FeedbackSink, LangevinOverrides, run_routed};
+use crate::{Error, LangevinDynamics, M2m, M2mConfig, Result};
 use m2m_tier::{BlockKey, BlockStore, Columns, Prefetch, Snapshot};
 
 /// Where the data lake reads the splats' vectors.
@@ -46,7 +46,8 @@ const SHUFFLE_BLOCKS: usize = 4;
 pub struct DataLoaderConfig {
     /// Real (not generated) rows per batch. Default 256.
     pub batch_size: usize,
-    /// Add one Langevin sample per real row (`generated` marks them). Default false.
+    /// Add one Langevin sample per real row (`generated` marks them; each carries its seed's id, kappa,
+    /// alpha and weight). Default false.
     pub generate_samples: bool,
     /// Langevin steps of generated samples. Default 5.
     pub generate_steps: usize,
@@ -75,6 +76,17 @@ pub struct DataLoaderConfig {
     pub threads: usize,
     /// Where the vectors are read. Default [`Source::Auto`].
     pub source: Source,
+    /// Number of the first epoch (the epochs streamed are `start_epoch..start_epoch + epochs`): a
+    /// training loop that exports once per epoch, to sample each epoch from the controller as its
+    /// feedback left it, passes the epoch here. Default 0.
+    pub start_epoch: u64,
+    /// Temperature of generated samples, relative to the model (see `M2mConfig::temperature`).
+    /// Default `None`: the engine's.
+    pub temperature: Option<f32>,
+    /// Langevin step size of generated samples. Default `None`: the engine's `langevin_dt`.
+    pub step_size: Option<f32>,
+    /// Dynamics of generated samples. Default `None`: the engine's `langevin_dynamics`.
+    pub dynamics: Option<LangevinDynamics>,
 }
 
 impl Default for DataLoaderConfig {
@@ -94,6 +106,10 @@ impl Default for DataLoaderConfig {
             skip_batches: 0,
             threads: 0,
             source: Source::Auto,
+            start_epoch: 0,
+            temperature: None,
+            step_size: None,
+            dynamics: None,
         }
     }
 }
@@ -139,8 +155,6 @@ struct Lake {
     alpha: Arc<Vec<f32>>,
     /// Rows of `set` in the epoch's universe (the live ones).
     live: Vec<u32>,
-    /// The cluster of each live row (when the controller runs).
-    cluster: Vec<u32>,
     /// Sampling probability of each row (importance sampling only).
     probs: Option<Vec<f64>>,
     router: Option<Arc<Router>>,
@@ -214,11 +228,20 @@ fn check_shard(config: &DataLoaderConfig) -> Result<()> {
     if config.world_size == 0 || config.rank >= config.world_size {
         return bad("rank", format!("rank {} of world size {}", config.rank, config.world_size));
     }
+    if let Some(t) = config.temperature.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+        return bad("temperature", format!("{t} is not finite and >= 0"));
+    }
+    if let Some(dt) = config.step_size.filter(|dt| !(*dt > 0.0 && *dt <= 1.0)) {
+        return bad("step_size", format!("{dt} is not in (0, 1]"));
+    }
+    if config.generate_samples && config.generate_steps == 0 {
+        return bad("generate_steps", "must be at least 1 with generate_samples".into());
+    }
     Ok(())
 }
 
-/// Starts the loader thread (on a pool of its own) over `lake`.
-fn spawn(lake: Lake, config: &DataLoaderConfig) -> Result<DataLoader> {
+/// Starts the loader thread (on a pool of its own) over `lake`; `sink` takes its training feedback.
+fn spawn(lake: Lake, config: &DataLoaderConfig, sink: Option<FeedbackSink>) -> Result<DataLoader> {
     let lake = Arc::new(lake);
     let cfg = config.clone();
     let (tx, rx) = bounded(config.prefetch_batches.max(1));
@@ -231,7 +254,7 @@ fn spawn(lake: Lake, config: &DataLoaderConfig) -> Result<DataLoader> {
         .name("m2m-dataloader".into())
         .spawn(move || pool.install(|| stream(&lake, &cfg, &tx)))
         .map_err(|e| Error::Config { field: "dataloader", reason: format!("cannot start its thread: {e}") })?;
-    Ok(DataLoader { rx: Some(rx), handle: Some(handle) })
+    Ok(DataLoader { rx: Some(rx), handle: Some(handle), sink })
 }
 
 /// The data lake of a stored engine without the engine: the rows' ids, kappa and alpha (the learned ones
@@ -315,13 +338,12 @@ impl LakeReader {
             kappa: Arc::clone(&self.kappa),
             alpha: Arc::clone(&self.alpha),
             live: (0..self.ids.len() as u32).collect(),
-            cluster: Vec::new(),
             probs: None,
             router: None,
             langevin: LangevinConfig::default(),
             tiers: Some(tiers),
         };
-        spawn(lake, config)
+        spawn(lake, config, None)
     }
 }
 
@@ -330,6 +352,18 @@ impl LakeReader {
 pub struct DataLoader {
     rx: Option<Receiver<Result<TrainingBatch>>>,
     handle: Option<JoinHandle<()>>,
+    sink: Option<FeedbackSink>,
+}
+
+impl DataLoader {
+    /// Training feedback: the losses of rows `ids` drive the exporting engine's SOC controller, exactly
+    /// as [`M2m::feedback`] does (the same pile, shared; ids as the batches gave them, generated rows
+    /// standing for their seeds). The epochs of this loader were planned at export; the next export
+    /// samples from the pile as the feedback left it. Returns the topplings caused. A loader without a
+    /// controller (a [`LakeReader`]'s, or an engine without an index) refuses with `NoIndex`.
+    pub fn feedback(&self, ids: &[u64], losses: &[f32]) -> Result<u64> {
+        self.sink.as_ref().ok_or(Error::NoIndex { what: "feedback" })?.feedback(ids, losses)
+    }
 }
 
 impl Iterator for DataLoader {
@@ -365,16 +399,16 @@ impl M2m {
             kappa: Arc::clone(&self.kappa),
             alpha: Arc::clone(&self.alpha),
             live: live.iter().map(|&r| r as u32).collect(),
-            cluster: Vec::new(),
             probs: None,
             router: None,
-            langevin: LangevinConfig {
-                steps: config.generate_steps.max(1),
-                dt: self.config.langevin_dt,
-                gamma: self.config.langevin_gamma,
-                temperature: self.config.temperature,
-                ..LangevinConfig::default()
-            },
+            langevin: self.langevin_config(
+                config.generate_steps.max(1),
+                &LangevinOverrides {
+                    temperature: config.temperature,
+                    step_size: config.step_size,
+                    dynamics: config.dynamics,
+                },
+            ),
             tiers: None,
         };
         let tiered = match config.source {
@@ -389,27 +423,20 @@ impl M2m {
             lake.tiers = Some(Tiers::over(&snap, self.config.warm_budget_bytes, dim, &ids, config)?);
         }
         if config.importance_sampling || config.generate_samples {
-            let (router, site_of, probs) = self.with_soc(|soc| {
-                let site_of: Vec<u32> =
-                    live.iter().map(|&r| soc.cluster_of.get(&self.set.ids()[r]).copied().unwrap_or(0)).collect();
-                let kappa: Vec<f32> = live.iter().map(|&r| self.kappa[r]).collect();
-                let probs = soc.pile.splat_probabilities(&site_of, &kappa);
-                (Arc::clone(&soc.router), site_of, probs)
-            })?;
-            lake.router = Some(router);
-            lake.cluster = site_of;
+            let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "the SOC controller" })?;
+            lake.router = Some(Arc::clone(&ctl.router));
             if config.importance_sampling {
-                lake.probs = Some(probs?);
+                lake.probs = Some(self.row_probabilities(&live)?.1);
             }
         }
-        spawn(lake, config)
+        spawn(lake, config, self.soc.as_ref().map(|c| c.sink()))
     }
 }
 
 /// The loader thread: every epoch's batches of this shard, in order, into `tx` (until it is dropped).
 fn stream(lake: &Lake, cfg: &DataLoaderConfig, tx: &crossbeam_channel::Sender<Result<TrainingBatch>>) {
     let mut skip = cfg.skip_batches;
-    for epoch in 0..cfg.epochs {
+    for epoch in cfg.start_epoch..cfg.start_epoch.saturating_add(cfg.epochs) {
         let plan = match epoch_plan(lake, cfg, epoch) {
             Ok(p) => p,
             Err(e) => {
@@ -609,9 +636,8 @@ fn assemble<'a>(
         let router = lake.router.as_ref().ok_or(Error::NoIndex { what: "generate_samples" })?;
         let mut x = out.mu.clone();
         let seed = cfg.seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let clusters: Vec<u32> =
-            chunk.iter().map(|&(i, _)| lake.cluster.get(i as usize).copied().unwrap_or(0)).collect();
-        run_routed(router, &lake.langevin, &mut x, dim, seed, Some(&clusters))?;
+        // Each chain is routed by its seed's own neighbourhood.
+        run_routed(router, &lake.langevin, &mut x, dim, seed, Some(&out.ids))?;
         let real = out.ids.len();
         for i in 0..real {
             out.ids.push(out.ids[i]);

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use m2m::{DataLoader, DataLoaderConfig, Error, LakeReader, Lod, M2m, M2mConfig, Source};
+use m2m::{DataLoader, DataLoaderConfig, Error, LakeReader, LangevinDynamics, Lod, M2m, M2mConfig, Source};
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
@@ -277,6 +277,63 @@ impl Engine {
         d.set_item("kappa_max", s.kappa.2)?;
         d.set_item("device", s.device)?;
         d.set_item("segments", s.segments)?;
+        d.set_item("kappa_clipped", s.kappa_clipped)?;
+        if self.inner.index().is_some()
+            && let Ok(w) = self.inner.weight_report()
+        {
+            d.set_item("weights_min", w.min)?;
+            d.set_item("weights_max", w.max)?;
+            d.set_item("weights_ess_share", w.ess_share)?;
+        }
+        Ok(d)
+    }
+
+    /// Training feedback: per-row losses drive the SOC controller (see `m2m::M2m::feedback`).
+    fn feedback(&self, py: Python<'_>, ids: PyReadonlyArray1<'_, u64>, losses: PyReadonlyArray1<'_, f32>) -> PyResult<u64> {
+        let (ids, losses) = (slice(&ids, "ids")?, slice(&losses, "losses")?);
+        let inner = &self.inner;
+        run(py, || inner.feedback(ids, losses))
+    }
+
+    /// Ends an epoch: the controller's activity decays and its state is saved in the data directory.
+    fn tick(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = &self.inner;
+        run(py, || inner.tick())
+    }
+
+    /// Fidelity of generated rows to their seeds (ids), as a dict; `labels[id]` gives a row's label.
+    #[pyo3(signature = (seeds, generated, labels = None))]
+    fn fidelity<'py>(
+        &self,
+        py: Python<'py>,
+        seeds: PyReadonlyArray1<'_, u64>,
+        generated: PyReadonlyArray2<'_, f32>,
+        labels: Option<PyReadonlyArray1<'_, i64>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let dim = self.inner.config().dim;
+        let seeds = slice(&seeds, "seeds")?;
+        let (generated, _) = rows(&generated, "generated", dim)?;
+        let labels = match &labels {
+            Some(l) => Some(slice(l, "labels")?),
+            None => None,
+        };
+        let inner = &self.inner;
+        let f = run(py, || {
+            let lookup = labels.map(|l| {
+                move |id: u64| usize::try_from(id).ok().and_then(|i| l.get(i)).and_then(|&v| u32::try_from(v).ok())
+            });
+            let lookup_ref = lookup.as_ref().map(|f| f as &dyn Fn(u64) -> Option<u32>);
+            inner.fidelity(seeds, generated, lookup_ref)
+        })?;
+        let d = PyDict::new(py);
+        d.set_item("rows", f.rows)?;
+        d.set_item("mean_cos_to_seed", f.mean_cos_to_seed)?;
+        d.set_item("in_band", f.in_band)?;
+        d.set_item("within_16th", f.within_16th)?;
+        d.set_item("label_agreement", f.label_agreement)?;
+        d.set_item("real_label_agreement", f.real_label_agreement)?;
+        d.set_item("copies", f.copies)?;
+        d.set_item("max_cos_to_real", f.max_cos_to_real)?;
         Ok(d)
     }
 
@@ -345,6 +402,20 @@ fn loader_config(options: Option<&Bound<'_, PyDict>>) -> PyResult<DataLoaderConf
             "world_size" => c.world_size = value.extract()?,
             "skip_batches" => c.skip_batches = value.extract()?,
             "threads" => c.threads = value.extract()?,
+            "start_epoch" => c.start_epoch = value.extract()?,
+            "temperature" => c.temperature = value.extract()?,
+            "step_size" => c.step_size = value.extract()?,
+            "dynamics" => {
+                c.dynamics = match value.extract::<String>()?.as_str() {
+                    "overdamped" => Some(LangevinDynamics::Overdamped),
+                    "underdamped" => Some(LangevinDynamics::Underdamped),
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "dynamics {other:?}: \"overdamped\" or \"underdamped\""
+                        )));
+                    }
+                }
+            }
             "source" => {
                 c.source = match value.extract::<String>()?.as_str() {
                     "auto" => Source::Auto,
@@ -395,6 +466,14 @@ impl Loader {
         d.set_item("weights", batch.weights.into_pyarray(py))?;
         d.set_item("generated", batch.generated.into_pyarray(py))?;
         Ok(d)
+    }
+
+    /// Training feedback through the exporting engine's controller (see `m2m::DataLoader::feedback`).
+    fn feedback(&self, py: Python<'_>, ids: PyReadonlyArray1<'_, u64>, losses: PyReadonlyArray1<'_, f32>) -> PyResult<u64> {
+        let (ids, losses) = (slice(&ids, "ids")?, slice(&losses, "losses")?);
+        let guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let loader = guard.as_ref().ok_or_else(|| PyValueError::new_err("the loader is closed"))?;
+        run(py, || loader.feedback(ids, losses))
     }
 
     /// Stops the loader's thread now (also done when the object is collected).

@@ -86,6 +86,21 @@ pub struct KappaEstimate {
     pub alpha: Vec<f32>,
 }
 
+/// The temperature factor that makes Langevin in `dim` ambient dimensions agree with kappa fitted on
+/// S^(p-1), p = `sphere_dimension`: (p - 1) / (dim - 1), at most 1.
+///
+/// Why: at high concentration a vMF of concentration K on S^(q-1) has 1 - r ~ (q - 1) / (2 K). The fit
+/// chose kappa so that a kernel of concentration 2 kappa on S^(p-1) has the neighbourhood's mean
+/// resultant r, but exp(-E / T) lives in all `dim` dimensions, where concentration 2 kappa / T has
+/// 1 - r ~ T (dim - 1) / (4 kappa). Equal spreads need T = (p - 1) / (dim - 1). Without it (T = 1,
+/// p ~ 12, dim = 640) every kernel is about 50 times too broad and chains wander across the sphere.
+pub fn ambient_temperature(sphere_dimension: f64, dim: usize) -> f64 {
+    if dim < 2 || !sphere_dimension.is_finite() {
+        return 1.0;
+    }
+    ((sphere_dimension - 1.0) / (dim as f64 - 1.0)).clamp(1e-6, 1.0)
+}
+
 /// Banerjee's vMF concentration estimate from a mean resultant length `r` on S^(p-1).
 pub fn vmf_kappa(r: f64, p: f64) -> f64 {
     let r = r.clamp(0.0, 1.0 - 1e-12);

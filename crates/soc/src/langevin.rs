@@ -342,12 +342,7 @@ impl<'s> Kernel<'s> {
                 // Tangent force f = P_x U = -P_x grad E, and tangent noise P_x xi.
                 let ux = dots[i];
                 match cfg.dynamics {
-                    Dynamics::Overdamped => {
-                        for ((xv, &uv), &nv) in row.iter_mut().zip(u).zip(&self.xi) {
-                            let x0 = *xv;
-                            *xv = x0 + eta * (uv - ux * x0) + scale * (nv - xi_dot * x0);
-                        }
-                    }
+                    Dynamics::Overdamped => overdamped_update(row, u, ux, &self.xi, xi_dot, eta, scale),
                     Dynamics::Underdamped => {
                         let vi = &mut v[i * dim..(i + 1) * dim];
                         for (((xv, vv), &uv), &nv) in row.iter_mut().zip(vi.iter_mut()).zip(u).zip(&self.xi) {
@@ -357,9 +352,8 @@ impl<'s> Kernel<'s> {
                         }
                     }
                 }
-                let inv = 1.0 / kernels::dot(row, row).sqrt();
-                row.iter_mut().for_each(|a| *a *= inv);
                 if cfg.dynamics == Dynamics::Underdamped {
+                    retract(row);
                     let vi = &mut v[i * dim..(i + 1) * dim];
                     let radial = kernels::dot(vi, row);
                     vi.iter_mut().zip(row.iter()).for_each(|(a, b)| *a -= radial * b);
@@ -370,7 +364,9 @@ impl<'s> Kernel<'s> {
 }
 
 /// Advances chains by exactly one overdamped step with the given increments `xi` (`dim` per chain,
-/// before projection): the deterministic core of the kernel, which m2m-gpu's step shader must match.
+/// before projection): the drift of the production kernel ([`Kernel`]'s two products) and the same
+/// per-chain update function that [`run`] applies, with the noise given instead of drawn. m2m-gpu's step
+/// shader must match it.
 pub fn overdamped_step(config: &LangevinConfig, x: &mut [f32], splats: &Splats<'_>, xi: &[f32]) -> Result<()> {
     check_len("xi", xi.len(), x.len())?;
     let dim = splats.dim();
@@ -385,14 +381,27 @@ pub fn overdamped_step(config: &LangevinConfig, x: &mut [f32], splats: &Splats<'
         let noise = &xi[i * dim..(i + 1) * dim];
         let u = &k.u[i * dim..(i + 1) * dim];
         let xi_dot = kernels::dot(noise, row);
-        for ((xv, &uv), &nv) in row.iter_mut().zip(u).zip(noise) {
-            let x0 = *xv;
-            *xv = x0 + config.dt * (uv - dots[i] * x0) + scale * (nv - xi_dot * x0);
-        }
-        let inv = 1.0 / kernels::dot(row, row).sqrt();
-        row.iter_mut().for_each(|a| *a *= inv);
+        overdamped_update(row, u, dots[i], noise, xi_dot, config.dt, scale);
     }
     Ok(())
+}
+
+/// One overdamped step of one chain, the update the production loop runs: x <- normalise(x + eta (U -
+/// (U.x) x) + scale (xi - (xi.x) x)), with `ux` = U.x and `xi_dot` = xi.x computed before the update.
+#[inline(always)]
+fn overdamped_update(row: &mut [f32], u: &[f32], ux: f32, xi: &[f32], xi_dot: f32, eta: f32, scale: f32) {
+    for ((xv, &uv), &nv) in row.iter_mut().zip(u).zip(xi) {
+        let x0 = *xv;
+        *xv = x0 + eta * (uv - ux * x0) + scale * (nv - xi_dot * x0);
+    }
+    retract(row);
+}
+
+/// Back onto the sphere (the retraction after every step).
+#[inline(always)]
+fn retract(row: &mut [f32]) {
+    let inv = 1.0 / kernels::dot(row, row).sqrt();
+    row.iter_mut().for_each(|a| *a *= inv);
 }
 
 /// Draws `rows` independent uniform points on the sphere S^(dim-1) (normalised Gaussians), for starting

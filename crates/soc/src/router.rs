@@ -33,6 +33,14 @@ pub struct Router {
     dim: usize,
     centroids: Vec<f32>,
     members: Vec<Members>,
+    /// Where each id lies: (cluster, position among its members).
+    locate: HashMap<u64, (u32, u32)>,
+    /// Each splat's own neighbourhood (ids of its nearest splats, nearest first), when known: the
+    /// splats a chain seeded at it is routed to.
+    neighbours: HashMap<u64, Box<[u64]>>,
+    /// Sum of the members' kappa per cluster (the mass [`crate::Sandpile::splat_probabilities`] gives a
+    /// site with `kappa_power` 1), kept current by inserts and removals.
+    kappa_sum: Vec<f64>,
 }
 
 /// Owned routed splats (see [`Router::route`]).
@@ -86,7 +94,129 @@ impl Router {
             check_values("alpha", &m.alpha, true)?;
             members.push(m);
         }
-        Ok(Router { dim, centroids: parts.fine.clone(), members })
+        let mut locate = HashMap::new();
+        for (c, m) in members.iter().enumerate() {
+            locate.extend(m.ids.iter().enumerate().map(|(i, &id)| (id, (c as u32, i as u32))));
+        }
+        let kappa_sum = members.iter().map(|m| m.kappa.iter().map(|&k| f64::from(k)).sum()).collect();
+        Ok(Router { dim, centroids: parts.fine.clone(), members, locate, neighbours: HashMap::new(), kappa_sum })
+    }
+
+    /// Records each splat's own neighbourhood: `k` neighbour ids per id of `ids`, nearest first (for
+    /// example from [`crate::kappa::neighbours_from_index`], the neighbours kappa was fitted on).
+    /// Chains seeded at these splats are then routed to the seed and its neighbours
+    /// ([`Router::route_seed`]).
+    pub fn set_neighbourhoods(&mut self, ids: &[u64], neighbours: &[u64], k: usize) -> Result<()> {
+        check_len("neighbours", neighbours.len(), ids.len() * k)?;
+        self.neighbours =
+            ids.iter().zip(neighbours.chunks_exact(k.max(1))).map(|(&id, nb)| (id, nb.to_vec().into())).collect();
+        Ok(())
+    }
+
+    /// Number of routed splats.
+    pub fn len(&self) -> usize {
+        self.locate.len()
+    }
+
+    /// Whether no splat is routed.
+    pub fn is_empty(&self) -> bool {
+        self.locate.is_empty()
+    }
+
+    /// Sum of the members' kappa per cluster.
+    pub fn kappa_sums(&self) -> &[f64] {
+        &self.kappa_sum
+    }
+
+    /// The site and kappa of `id`, if routed.
+    pub fn site_and_kappa(&self, id: u64) -> Option<(u32, f32)> {
+        self.locate.get(&id).map(|&(c, i)| (c, self.members[c as usize].kappa[i as usize]))
+    }
+
+    /// Whether `id` is routed.
+    pub fn contains(&self, id: u64) -> bool {
+        self.locate.contains_key(&id)
+    }
+
+    /// The cluster (SOC site) of `id`, if routed.
+    pub fn site(&self, id: u64) -> Option<u32> {
+        self.locate.get(&id).map(|&(c, _)| c)
+    }
+
+    /// Adds splats (unit `mu`, `dim` per row) to their nearest clusters by centroid, as the index
+    /// inserts them; returns their clusters. Ids already routed are refused.
+    pub fn insert(&mut self, ids: &[u64], mu: &[f32], kappa: &[f32], alpha: &[f32]) -> Result<Vec<u32>> {
+        check_len("mu", mu.len(), ids.len() * self.dim)?;
+        check_len("kappa", kappa.len(), ids.len())?;
+        check_len("alpha", alpha.len(), ids.len())?;
+        check_values("kappa", kappa, true)?;
+        check_values("alpha", alpha, true)?;
+        if let Some(index) = ids.iter().position(|id| self.locate.contains_key(id)) {
+            return Err(Error::Invalid { what: "id", index, value: ids[index] as f64, reason: "already routed" });
+        }
+        let clusters = self.nearest_cluster_of_rows(mu)?;
+        for (r, (&id, &c)) in ids.iter().zip(&clusters).enumerate() {
+            let m = &mut self.members[c as usize];
+            self.locate.insert(id, (c, m.ids.len() as u32));
+            m.ids.push(id);
+            m.mu.extend_from_slice(&mu[r * self.dim..(r + 1) * self.dim]);
+            m.kappa.push(kappa[r]);
+            m.alpha.push(alpha[r]);
+            self.kappa_sum[c as usize] += f64::from(kappa[r]);
+        }
+        Ok(clusters)
+    }
+
+    /// Removes splats (ids not routed are ignored); neighbourhoods that name them skip them.
+    pub fn remove(&mut self, ids: &[u64]) {
+        let dim = self.dim;
+        for id in ids {
+            let Some((c, i)) = self.locate.remove(id) else { continue };
+            let m = &mut self.members[c as usize];
+            let (i, last) = (i as usize, m.ids.len() - 1);
+            self.kappa_sum[c as usize] = (self.kappa_sum[c as usize] - f64::from(m.kappa[i])).max(0.0);
+            m.ids.swap_remove(i);
+            m.kappa.swap_remove(i);
+            m.alpha.swap_remove(i);
+            if i != last {
+                m.mu.copy_within(last * dim..(last + 1) * dim, i * dim);
+                self.locate.insert(m.ids[i], (c, i as u32));
+            }
+            m.mu.truncate(last * dim);
+            self.neighbours.remove(id);
+        }
+    }
+
+    /// The routed splats of these ids (those routed), in order.
+    pub fn gather(&self, ids: &[u64]) -> Routed {
+        let mut out = Routed { dim: self.dim, ..Routed::default() };
+        for id in ids {
+            if let Some(&(c, i)) = self.locate.get(id) {
+                let (m, i) = (&self.members[c as usize], i as usize);
+                out.ids.push(*id);
+                out.mu.extend_from_slice(&m.mu[i * self.dim..(i + 1) * self.dim]);
+                out.kappa.push(m.kappa[i]);
+                out.alpha.push(m.alpha[i]);
+            }
+        }
+        out
+    }
+
+    /// The splats a chain seeded at splat `seed` (at `x`) is routed to: the seed and its own
+    /// neighbourhood when known (the neighbours its kappa was fitted on, still routed), otherwise the
+    /// `max_splats` largest terms of the `probes` clusters nearest `x` ([`Router::route`]).
+    pub fn route_seed(&self, seed: Option<u64>, x: &[f32], probes: usize, max_splats: usize) -> Result<Routed> {
+        if let Some(id) = seed
+            && self.locate.contains_key(&id)
+            && let Some(nb) = self.neighbours.get(&id)
+        {
+            let mut ids = Vec::with_capacity(nb.len() + 1);
+            ids.push(id);
+            ids.extend(nb.iter().copied().filter(|&n| n != id));
+            ids.dedup();
+            return Ok(self.gather(&ids));
+        }
+        self.route(x, probes, max_splats)
     }
 
     /// Dimension.

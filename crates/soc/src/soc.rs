@@ -109,11 +109,13 @@ pub struct SocConfig {
     pub kappa_power: f64,
     /// Share of the probability spread uniformly over all splats, in [0, 1] (default 0.1).
     pub floor: f64,
+    /// Grains per unit of relative loss in [`Sandpile::record_losses`] (default 4).
+    pub loss_gain: f64,
 }
 
 impl Default for SocConfig {
     fn default() -> Self {
-        SocConfig { dissipation: 0.02, energy_gain: 1.0, activity_decay: 0.9, kappa_power: 1.0, floor: 0.1 }
+        SocConfig { dissipation: 0.02, energy_gain: 1.0, activity_decay: 0.9, kappa_power: 1.0, floor: 0.1, loss_gain: 4.0 }
     }
 }
 
@@ -124,7 +126,8 @@ impl SocConfig {
         check_setting("energy_gain", self.energy_gain, 0.0, 1e9)?;
         check_setting("activity_decay", self.activity_decay, 0.0, 1.0)?;
         check_setting("kappa_power", self.kappa_power, 0.0, 16.0)?;
-        check_setting("floor", self.floor, 0.0, 1.0)
+        check_setting("floor", self.floor, 0.0, 1.0)?;
+        check_setting("loss_gain", self.loss_gain, 0.0, 1e9)
     }
 }
 
@@ -191,6 +194,120 @@ impl Sandpile {
     /// One grain per use of a site (retrieval hits, samples drawn); returns the topplings caused.
     pub fn record_use(&mut self, sites: &[u32]) -> Result<u64> {
         sites.iter().try_fold(0u64, |acc, &s| Ok(acc + u64::from(self.drive(s as usize, 1.0)?)))
+    }
+
+    /// Training feedback: row `r` (at site `sites[r]`, drawn with importance weight `weights[r]`)
+    /// adds weights[r] (1 + `loss_gain` losses[r] / mean loss) grains at its site: one for the draw and
+    /// more the worse the model does on it, relative to the call's mean loss (so the scale of the loss
+    /// does not matter). The importance weight makes each site's drive an unbiased estimate of its
+    /// total relative loss whatever its sampling probability; without it rows drawn often would drive
+    /// their sites more and be drawn more still. Losses must be finite and >= 0, weights finite and
+    /// > 0. Returns the topplings.
+    pub fn record_losses(&mut self, sites: &[u32], losses: &[f32], weights: &[f64]) -> Result<u64> {
+        check_len("losses", losses.len(), sites.len())?;
+        check_len("weights", weights.len(), sites.len())?;
+        if let Some(index) = losses.iter().position(|l| !(l.is_finite() && *l >= 0.0)) {
+            return Err(Error::Invalid {
+                what: "loss",
+                index,
+                value: f64::from(losses[index]),
+                reason: "must be finite and >= 0",
+            });
+        }
+        if let Some(index) = weights.iter().position(|w| !(w.is_finite() && *w > 0.0)) {
+            return Err(Error::Invalid { what: "weight", index, value: weights[index], reason: "must be finite and > 0" });
+        }
+        if let Some(index) = sites.iter().position(|&s| s as usize >= self.load.len()) {
+            return Err(Error::Invalid { what: "site", index, value: f64::from(sites[index]), reason: "not a site" });
+        }
+        let mean = losses.iter().map(|&l| f64::from(l)).sum::<f64>() / losses.len().max(1) as f64;
+        let mut total = 0u64;
+        for ((&s, &l), &w) in sites.iter().zip(losses).zip(weights) {
+            let relative = if mean > 0.0 { f64::from(l) / mean } else { 0.0 };
+            total += u64::from(self.drive(s as usize, w * (1.0 + self.config.loss_gain * relative))?);
+        }
+        Ok(total)
+    }
+
+    /// The probabilities [`splat_probabilities`](Self::splat_probabilities) gives splats of
+    /// concentrations `kappa` at `sites`, from the sum of kappa^`kappa_power` over each site's splats
+    /// (`kappa_sums`) and their number `n`, without visiting every splat.
+    pub fn probabilities_of(&self, sites: &[u32], kappa: &[f32], kappa_sums: &[f64], n: usize) -> Result<Vec<f64>> {
+        check_len("kappa_sums", kappa_sums.len(), self.load.len())?;
+        check_len("kappa", kappa.len(), sites.len())?;
+        if let Some(index) = sites.iter().position(|&s| s as usize >= self.load.len()) {
+            return Err(Error::Invalid { what: "site", index, value: f64::from(sites[index]), reason: "not a site" });
+        }
+        let weights = self.site_weights();
+        let total: f64 = weights.iter().zip(kappa_sums).map(|(w, k)| w * k).sum();
+        let floor = self.config.floor;
+        Ok(sites
+            .iter()
+            .zip(kappa)
+            .map(|(&s, &k)| {
+                let raw = weights[s as usize] * f64::from(k).powf(self.config.kappa_power);
+                (1.0 - floor) * raw / total.max(f64::MIN_POSITIVE) + floor / n.max(1) as f64
+            })
+            .collect())
+    }
+
+    /// The pile over `graph` carried over from `old` through `pairs` (old site, new site): each new
+    /// site takes the mean relative load (load / threshold) and the mean activity of the old sites
+    /// paired with it (rows that moved between them), so that a rebuilt index keeps what training
+    /// taught the controller. New sites without a pair start empty.
+    pub fn carried_over(graph: SiteGraph, old: &Sandpile, pairs: &[(u32, u32)]) -> Result<Sandpile> {
+        let mut pile = Sandpile::new(graph, old.config)?;
+        let n = pile.load.len();
+        let (mut rel, mut act, mut count) = (vec![0f64; n], vec![0f64; n], vec![0u64; n]);
+        for (index, &(o, s)) in pairs.iter().enumerate() {
+            let (o, s) = (o as usize, s as usize);
+            if o >= old.load.len() || s >= n {
+                return Err(Error::Invalid { what: "site pair", index, value: o.max(s) as f64, reason: "not a site" });
+            }
+            rel[s] += old.load[o] / old.threshold[o];
+            act[s] += old.activity[o];
+            count[s] += 1;
+        }
+        for s in 0..n {
+            if count[s] > 0 {
+                let c = count[s] as f64;
+                // Below the threshold, as a relaxed pile is.
+                pile.load[s] = (rel[s] / c).min(1.0 - 1e-9) * pile.threshold[s];
+                pile.activity[s] = act[s] / c;
+            }
+        }
+        pile.grains_in = old.grains_in;
+        Ok(pile)
+    }
+
+    /// The pile over `graph` with these loads and activities (a saved state, see [`Sandpile::loads`]
+    /// and [`Sandpile::activity`]); loads at or above their threshold are relaxed.
+    pub fn restored(graph: SiteGraph, config: SocConfig, loads: &[f64], activity: &[f64]) -> Result<Sandpile> {
+        let mut pile = Sandpile::new(graph, config)?;
+        check_len("loads", loads.len(), pile.load.len())?;
+        check_len("activity", activity.len(), pile.load.len())?;
+        for (what, v) in [("load", loads), ("activity", activity)] {
+            if let Some(index) = v.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+                return Err(Error::Invalid { what, index, value: v[index], reason: "must be finite and >= 0" });
+            }
+        }
+        pile.load.copy_from_slice(loads);
+        pile.activity.copy_from_slice(activity);
+        for s in 0..pile.load.len() {
+            pile.relax(s);
+        }
+        pile.avalanches.clear();
+        Ok(pile)
+    }
+
+    /// The activity counters (recent topplings, decayed by [`tick`](Self::tick)).
+    pub fn activity(&self) -> &[f64] {
+        &self.activity
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SocConfig {
+        &self.config
     }
 
     /// Drives every site with `energy_gain` grains per unit of its energy above the mean, in units of

@@ -32,6 +32,7 @@ _FIELDS = {
     "langevin_dt",
     "langevin_gamma",
     "temperature",
+    "langevin_dynamics",
     "device",
     "warm_budget_bytes",
     "hot_budget_bytes",
@@ -151,7 +152,28 @@ class M2M:
         self._engine.flush()
 
     def stats(self) -> Dict[str, Any]:
+        """What the engine holds, with the honest part of the lake's report: ``kappa_clipped`` (share of
+        learned kappa clipped to its range) and, with an index, ``weights_min``, ``weights_max`` and
+        ``weights_ess_share`` (the importance weights an export would give now)."""
         return self._engine.stats()
+
+    def feedback(self, ids: Any, losses: Any) -> int:
+        """Training feedback: per-row losses (ids as the batches gave them) drive the SOC controller, so
+        the next export samples the rows the model gets wrong more. Call it in the process that holds
+        the writable engine (the training loop's), not in DataLoader workers."""
+        return self._engine.feedback(_ids(ids), np.ascontiguousarray(losses, dtype=np.float32).reshape(-1))
+
+    def tick(self) -> None:
+        """Ends an epoch: the controller's activity decays and its state is saved in the data directory,
+        where the next epoch's DataLoader workers (and resumed runs) read it."""
+        self._engine.tick()
+
+    def fidelity(self, seeds: Any, generated: Any, labels: Any = None) -> Dict[str, Any]:
+        """How close generated rows stay to their seeds (ids): mean cosine, share inside the seed's band
+        of real neighbours (1st to 16th), copies, and with ``labels`` (indexed by id) the share whose
+        nearest real row has the seed's label against the real rows' own 1-NN agreement."""
+        lab = None if labels is None else np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+        return self._engine.fidelity(_ids(seeds), _f32_rows(generated, self.dim, "generated"), lab)
 
     def export_to_dataloader(
         self,
@@ -162,8 +184,9 @@ class M2M:
     ) -> "SplatDataset":
         """The data lake as a ``torch.utils.data.IterableDataset`` (a plain iterable of numpy batches
         without torch). Options: shuffle (True), seed (0), epochs (1), prefetch_batches (2), drop_last
-        (False), rank (0), world_size (1), generate_steps (5), threads (0: all cores; 1 in DataLoader
-        workers), source ("auto" = "memory": the engine's RAM copy; "tiers": the database's segments
+        (False), rank (0), world_size (1), generate_steps (5), temperature, step_size and dynamics
+        ("overdamped" or "underdamped"; default the engine's), start_epoch (0), threads (0: all cores; 1
+        in DataLoader workers), source ("auto" = "memory": the engine's RAM copy; "tiers": the database's segments
         through the warm tier with prefetch, in block order; needs a data_dir).
 
         Each batch is a dict: ids (uint64), mu (rows x dim), kappa, alpha, weights (importance weights)
@@ -210,6 +233,10 @@ _OPTIONS = {
     "generate_steps",
     "threads",
     "source",
+    "start_epoch",
+    "temperature",
+    "step_size",
+    "dynamics",
 }
 
 
@@ -237,6 +264,27 @@ class SplatDataset(_Base):  # type: ignore[misc, valid-type]
         DataLoader's round-robin order (all its epochs form one stream), which is exact while every worker
         still had batches left, that is, except within the last round of the whole run."""
         return {"batches": self._skip + self._yielded}
+
+    def feedback(self, ids: Any, losses: Any) -> int:
+        """Per-row losses of a batch (its ``ids``, torch or numpy) back to the engine's SOC controller.
+        Call it from the training loop: it runs in the main process, on the engine this dataset was
+        made from; DataLoader workers only read the state that :meth:`end_epoch` saved."""
+        if self._engine is None:
+            raise RuntimeError("feedback goes to the engine in the training process, not in a worker")
+        def to_np(t: Any) -> Any:
+            if _torch is not None and isinstance(t, _torch.Tensor):
+                return t.detach().cpu().numpy()
+            return t
+
+        return self._engine.feedback(to_np(ids), to_np(losses))
+
+    def end_epoch(self) -> None:
+        """After an epoch: the controller ticks and saves its state, and the next iteration plans the next
+        epoch (``start_epoch`` + 1) from it, so a plan depends only on (seed, epoch, saved state)."""
+        if self._engine is None:
+            raise RuntimeError("end_epoch runs in the training process, not in a worker")
+        self._engine.tick()
+        self._options["start_epoch"] = int(self._options.get("start_epoch", 0)) + 1
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         """Resumes after ``state["batches"]`` batches: the next iteration starts with the batch after."""

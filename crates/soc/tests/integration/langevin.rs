@@ -166,12 +166,13 @@ fn with_noise_the_reduced_method_has_the_law_of_the_full_one() {
     let (kappa, alpha) = (vec![8.0f32; n], vec![1.0f32; n]);
     let s = Splats::new(dim, &mu, &kappa, &alpha).unwrap();
     let start: Vec<f32> = (0..chains).flat_map(|_| centre.iter().copied()).collect();
+    let span = orthonormal(&mu, dim);
     let stats = |method, seed| {
         let mut x = start.clone();
         let config = LangevinConfig { steps: 12, dt: 0.01, method, ..LangevinConfig::default() };
         run(&config, &mut [Group { x: &mut x, splats: s }], seed).unwrap();
-        // Per chain: x . mu_j for each j, and x . centre.
-        let mut out: Vec<Vec<f64>> = vec![Vec::new(); 2 * n + 2];
+        // Per chain: x . mu_j for each j, x . centre, and the squared length of x off the splats' span.
+        let mut out: Vec<Vec<f64>> = vec![Vec::new(); 2 * n + 3];
         for row in x.chunks_exact(dim) {
             for j in 0..n {
                 let c: f64 = row.iter().zip(&mu[j * dim..(j + 1) * dim]).map(|(a, b)| f64::from(a * b)).sum();
@@ -181,6 +182,12 @@ fn with_noise_the_reduced_method_has_the_law_of_the_full_one() {
             let c: f64 = row.iter().zip(&centre).map(|(a, b)| f64::from(a * b)).sum();
             out[2 * n].push(c);
             out[2 * n + 1].push(c * c);
+            let mut p: Vec<f64> = row.iter().map(|&a| f64::from(a)).collect();
+            for b in &span {
+                let c: f64 = p.iter().zip(b).map(|(a, b)| a * b).sum();
+                p.iter_mut().zip(b).for_each(|(a, b)| *a -= c * b);
+            }
+            out[2 * n + 2].push(p.iter().map(|a| a * a).sum());
         }
         out
     };
@@ -198,6 +205,8 @@ fn with_noise_the_reduced_method_has_the_law_of_the_full_one() {
     // The noise carries the chains well away from the start, so the comparison is not vacuous.
     let moved = mean(&full[2 * n]);
     assert!(moved < 0.9, "mean cos to the start {moved}");
+    let off = mean(&full[2 * n + 2]);
+    assert!(off > 0.05, "mean squared length off the span {off}");
 }
 
 #[test]
@@ -294,4 +303,68 @@ fn bad_chains_and_settings_are_refused() {
         Err(Error::Invalid { what: "temperature", .. })
     ));
     assert_eq!(x, axis(3, 1), "a refused run leaves the chains as they were");
+}
+
+/// An orthonormal basis (f64, Gram-Schmidt) of the span of `rows` (`dim` wide).
+fn orthonormal(rows: &[f32], dim: usize) -> Vec<Vec<f64>> {
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    for r in rows.chunks_exact(dim) {
+        let mut v: Vec<f64> = r.iter().map(|&a| f64::from(a)).collect();
+        for b in &basis {
+            let c: f64 = v.iter().zip(b).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(b).for_each(|(a, b)| *a -= c * b);
+        }
+        let n = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if n > 1e-6 {
+            basis.push(v.iter().map(|a| a / n).collect());
+        }
+    }
+    basis
+}
+
+#[test]
+fn the_reduced_lift_is_uniform_off_the_span() {
+    // Chains started at a splat stay in V = span(splats) except for the part the noise puts off it; the
+    // reduced method draws that part's direction once, at the lift, and it must be uniform on the unit
+    // sphere of V^perp: for 8 orthonormal directions e of V^perp, E[e . p] = 0 and E[(e . p)^2] =
+    // 1 / dim(V^perp), with p the unit part of x off V, within 5 standard errors. The full method
+    // passes the same test (so the test states the law, not the implementation), and a lift along a
+    // fixed direction, or one that kept the part of the Gaussian inside V, would fail it.
+    let (dim, n, chains) = (24, 5, 6000);
+    let (mu, kappa, alpha) = random_splats(dim, n, 41);
+    let s = Splats::new(dim, &mu, &kappa, &alpha).unwrap();
+    let v = orthonormal(&mu, dim);
+    assert_eq!(v.len(), n);
+    // Directions of V^perp: the standard axes with V projected out, orthonormalised after V.
+    let mut all: Vec<f32> = v.iter().flat_map(|b| b.iter().map(|&a| a as f32)).collect();
+    all.extend((0..8).flat_map(|k| axis(dim, k)));
+    let perp: Vec<Vec<f64>> = orthonormal(&all, dim)[n..].to_vec();
+    assert_eq!(perp.len(), 8);
+    let want = 1.0 / (dim - n) as f64;
+    for method in [Method::Reduced, Method::Full] {
+        let mut x: Vec<f32> = (0..chains).flat_map(|c| mu[(c % n) * dim..(c % n + 1) * dim].to_vec()).collect();
+        let config = LangevinConfig { steps: 6, dt: 0.01, method, ..LangevinConfig::default() };
+        run(&config, &mut [Group { x: &mut x, splats: s }], 17).unwrap();
+        let mut first = vec![Vec::with_capacity(chains); perp.len()];
+        for row in x.chunks_exact(dim) {
+            let mut p: Vec<f64> = row.iter().map(|&a| f64::from(a)).collect();
+            for b in &v {
+                let c: f64 = p.iter().zip(b).map(|(a, b)| a * b).sum();
+                p.iter_mut().zip(b).for_each(|(a, b)| *a -= c * b);
+            }
+            let norm = p.iter().map(|a| a * a).sum::<f64>().sqrt();
+            assert!(norm > 1e-4, "{method:?}: the noise leaves V");
+            for (k, e) in perp.iter().enumerate() {
+                first[k].push(p.iter().zip(e).map(|(a, b)| a * b).sum::<f64>() / norm);
+            }
+        }
+        for (k, c) in first.iter().enumerate() {
+            let m = c.iter().sum::<f64>() / chains as f64;
+            let sq: Vec<f64> = c.iter().map(|a| a * a).collect();
+            let m2 = sq.iter().sum::<f64>() / chains as f64;
+            let var2 = sq.iter().map(|a| (a - m2).powi(2)).sum::<f64>() / (chains - 1) as f64;
+            assert!(m.abs() < 5.0 * (want / chains as f64).sqrt(), "{method:?} direction {k}: mean {m}");
+            assert!((m2 - want).abs() < 5.0 * (var2 / chains as f64).sqrt(), "{method:?} direction {k}: {m2} vs {want}");
+        }
+    }
 }

@@ -100,3 +100,56 @@ fn bad_input_is_refused() {
     assert!(matches!(pile.drive_energy(&[1.0]), Err(Error::Length { .. })));
     assert!(matches!(pile.splat_probabilities(&[0, 9], &[1.0, 1.0]), Err(Error::Invalid { what: "site_of", .. })));
 }
+
+#[test]
+fn losses_drive_their_sites_whatever_their_draw_rate() {
+    // Two groups of 50 sites (the graph is sparse between random points, so both see avalanches from
+    // the other): sites 0..50 are drawn 9 times as often as sites 50..100 but with a tenth of the loss.
+    // With the draws' importance weights (1 / (N p), here 9 times smaller for the frequent group) the
+    // rare, high-loss sites end heavier; without them (weights 1) the frequent sites win on volume,
+    // which is the rich-get-richer loop the weights are there to break.
+    let run = |weighted: bool| {
+        // Dissipation 0.3: grains travel a few sites before they are lost, so a site's activity says
+        // more about its own drive than about the graph's (at 0.02 they cross the whole graph).
+        let mut pile = Sandpile::new(graph(100, 5), SocConfig { dissipation: 0.3, ..SocConfig::default() }).unwrap();
+        let mut r = rng(6);
+        for _ in 0..200 {
+            let (mut sites, mut losses, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..100 {
+                let frequent = uniform(&mut r) < 0.9;
+                let s = if frequent { (uniform(&mut r) * 50.0) as u32 } else { 50 + (uniform(&mut r) * 50.0) as u32 };
+                sites.push(s);
+                losses.push(if frequent { 0.1f32 } else { 1.0 });
+                weights.push(if weighted { if frequent { 1.0 / 1.8 } else { 1.0 / 0.2 } } else { 1.0 });
+            }
+            pile.record_losses(&sites, &losses, &weights).unwrap();
+            pile.tick();
+        }
+        let w = pile.site_weights();
+        (w[..50].iter().sum::<f64>() / 50.0, w[50..].iter().sum::<f64>() / 50.0)
+    };
+    let (frequent, rare) = run(true);
+    assert!(rare > 1.5 * frequent, "weighted: rare high-loss sites {rare} vs frequent {frequent}");
+    let (frequent, rare) = run(false);
+    assert!(frequent > rare, "unweighted: frequent sites {frequent} vs rare {rare}");
+}
+
+#[test]
+fn a_pile_is_restored_exactly_and_carried_over_onto_new_sites() {
+    let mut pile = Sandpile::new(graph(60, 7), SocConfig::default()).unwrap();
+    pile.record_use(&(0..600).map(|i| (i * 7 % 13) as u32).collect::<Vec<_>>()).unwrap();
+    let back = Sandpile::restored(graph(60, 7), SocConfig::default(), pile.loads(), pile.activity()).unwrap();
+    assert_eq!(back.site_weights(), pile.site_weights());
+    // Carried over onto 30 sites, new site i taking old sites 2i and 2i + 1: the mean of their weights
+    // (load relative to the threshold, and activity) is kept.
+    let pairs: Vec<(u32, u32)> = (0..60).map(|o| (o, o / 2)).collect();
+    let moved = Sandpile::carried_over(graph(30, 8), &pile, &pairs).unwrap();
+    let (old, new) = (pile.site_weights(), moved.site_weights());
+    for i in 0..30 {
+        let want = (old[2 * i] + old[2 * i + 1]) / 2.0;
+        assert!((new[i] - want).abs() < 1e-9, "site {i}: {} vs {want}", new[i]);
+    }
+    assert!(matches!(Sandpile::carried_over(graph(30, 8), &pile, &[(60, 0)]), Err(Error::Invalid { .. })));
+    assert!(matches!(pile.record_losses(&[0], &[-1.0], &[1.0]), Err(Error::Invalid { what: "loss", .. })));
+    assert!(matches!(pile.record_losses(&[0], &[1.0], &[0.0]), Err(Error::Invalid { what: "weight", .. })));
+}

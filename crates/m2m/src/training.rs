@@ -1,0 +1,511 @@
+//! The engine's training science wiring: the SOC controller (router, sandpile, retrieval hits), the
+//! training feedback that drives it, its saved state, Langevin augmentation routed per chain, and the
+//! honest reports (importance weights, fidelity of generated rows).
+//!
+//! What it does not do: the maths (m2m-soc) and the batches (`loader.rs`).
+//!
+//! Retrieval records its hits without a lock: one atomic counter per site, absorbed into the pile in
+//! site order whenever the pile is read or fed (feedback, probabilities, tick, save), so queries never
+//! wait on training and the pile's state does not depend on thread timing, only on the counts.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use m2m_index::{Lod, SearchParams};
+use m2m_soc::langevin::{Group, run};
+use m2m_soc::{LangevinConfig, Router, Sandpile, SocConfig};
+
+use crate::{Error, M2m, Result};
+
+/// Name of the build's neighbourhoods and kappa fit inside a data directory.
+pub const NEIGHBOURS_BLOB: &str = "m2m-neighbours.blob";
+/// Name of the SOC controller's saved state (the sandpile) inside a data directory.
+pub const SOC_BLOB: &str = "m2m-soc.blob";
+
+/// Neighbours per splat kept from the kappa fit: a chain seeded at a splat is routed to it and these.
+pub(crate) const NEIGHBOURS: usize = 16;
+
+/// Per-export changes to the engine's Langevin settings (the data loader's knobs).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct LangevinOverrides {
+    pub(crate) temperature: Option<f32>,
+    pub(crate) step_size: Option<f32>,
+    pub(crate) dynamics: Option<crate::LangevinDynamics>,
+}
+
+/// How the last build fitted kappa.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KappaFit {
+    /// The sphere dimension p of the vMF fit (the data's intrinsic dimension + 1 by default).
+    pub sphere_dimension: f64,
+    /// Splats clipped at `min_kappa`.
+    pub clipped_low: u64,
+    /// Splats clipped at `max_kappa`.
+    pub clipped_high: u64,
+    /// Splats fitted.
+    pub rows: u64,
+}
+
+impl KappaFit {
+    /// Share of the fitted splats whose kappa was clipped (either end).
+    pub fn clipped_share(&self) -> f64 {
+        (self.clipped_low + self.clipped_high) as f64 / self.rows.max(1) as f64
+    }
+}
+
+/// The build's neighbourhoods (as ids) and kappa fit, stored in [`NEIGHBOURS_BLOB`].
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct StoredNeighbours {
+    pub(crate) fit: KappaFit,
+    pub(crate) ids: Vec<u64>,
+    pub(crate) k: u32,
+    pub(crate) neighbours: Vec<u64>,
+}
+
+/// The sandpile's saved state, stored in [`SOC_BLOB`]: each site's load and activity, and the site of
+/// every id then, so that a pile saved on other clusters is carried over rather than dropped.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPile {
+    loads: Vec<f64>,
+    activity: Vec<f64>,
+    ids: Vec<u64>,
+    sites: Vec<u32>,
+}
+
+/// The sandpile and the retrieval hits not yet absorbed into it; shared with running data loaders,
+/// whose feedback lands here.
+#[derive(Debug)]
+pub(crate) struct Pile {
+    pile: Mutex<Sandpile>,
+    hits: Vec<AtomicU32>,
+}
+
+impl Pile {
+    fn new(pile: Sandpile) -> Pile {
+        let hits = (0..pile.graph().len()).map(|_| AtomicU32::new(0)).collect();
+        Pile { pile: Mutex::new(pile), hits }
+    }
+
+    /// One retrieval hit at `site` (lock-free).
+    fn hit(&self, site: u32) {
+        if let Some(h) = self.hits.get(site as usize) {
+            h.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The pile with every pending hit absorbed (one grain each, in site order).
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Sandpile) -> T) -> Result<T> {
+        let mut pile = self.pile.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (site, h) in self.hits.iter().enumerate() {
+            let n = h.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                pile.drive(site, f64::from(n))?;
+            }
+        }
+        Ok(f(&mut pile))
+    }
+}
+
+/// Training feedback for the pile of a running loader: the sites of its rows come from its router.
+#[derive(Clone, Debug)]
+pub(crate) struct FeedbackSink {
+    pub(crate) router: Arc<Router>,
+    pub(crate) pile: Arc<Pile>,
+}
+
+impl FeedbackSink {
+    /// Drives the pile with `losses` of rows `ids` (see [`M2m::feedback`]); returns the topplings.
+    pub(crate) fn feedback(&self, ids: &[u64], losses: &[f32]) -> Result<u64> {
+        if ids.len() != losses.len() {
+            let reason = format!("{} ids but {} losses", ids.len(), losses.len());
+            return Err(Error::Config { field: "losses", reason });
+        }
+        // Rows the router does not know (deleted since the export) drive nothing.
+        let (mut sites, mut kappa, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        for (&id, &l) in ids.iter().zip(losses) {
+            if let Some((s, k)) = self.router.site_and_kappa(id) {
+                sites.push(s);
+                kappa.push(k);
+                kept.push(l);
+            }
+        }
+        let (sums, n) = (self.router.kappa_sums(), self.router.len());
+        Ok(self.pile.with(|p| -> Result<u64> {
+            // Each row's importance weight under the pile as it stands: 1 / (N p).
+            let probs = p.probabilities_of(&sites, &kappa, sums, n)?;
+            let weights: Vec<f64> = probs.iter().map(|q| 1.0 / (n as f64 * q)).collect();
+            Ok(p.record_losses(&sites, &kept, &weights)?)
+        })??)
+    }
+}
+
+/// The controller: the router over the index's clusters (the SOC sites), and the pile.
+#[derive(Debug)]
+pub(crate) struct Controller {
+    pub(crate) router: Arc<Router>,
+    pub(crate) pile: Arc<Pile>,
+}
+
+impl Controller {
+    /// Records retrieval hits (lock-free; absorbed at the next read of the pile).
+    pub(crate) fn record_hits(&self, ids: impl Iterator<Item = u64>) {
+        for id in ids {
+            if let Some(s) = self.router.site(id) {
+                self.pile.hit(s);
+            }
+        }
+    }
+
+    pub(crate) fn sink(&self) -> FeedbackSink {
+        FeedbackSink { router: Arc::clone(&self.router), pile: Arc::clone(&self.pile) }
+    }
+}
+
+/// The importance weights a sampling distribution gives: what every lake report shows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightReport {
+    /// Smallest weight 1 / (N p_i) over the rows.
+    pub min: f64,
+    /// Largest weight.
+    pub max: f64,
+    /// Effective sample size of an epoch of draws over its number of draws, N^2 / sum_i (1 / p_i): 1
+    /// for uniform sampling, smaller the more the weights vary.
+    pub ess_share: f64,
+}
+
+impl WeightReport {
+    /// The report of probabilities `p` (summing to 1).
+    pub fn of(p: &[f64]) -> WeightReport {
+        let n = p.len().max(1) as f64;
+        let (mut min, mut max, mut inv) = (f64::INFINITY, 0f64, 0f64);
+        for &q in p {
+            let w = 1.0 / (n * q);
+            min = min.min(w);
+            max = max.max(w);
+            inv += 1.0 / q;
+        }
+        WeightReport { min, max, ess_share: n * n / inv }
+    }
+}
+
+/// How close generated rows stay to their seeds: see [`M2m::fidelity`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Fidelity {
+    /// Generated rows measured.
+    pub rows: usize,
+    /// Mean cosine of a generated row to its seed.
+    pub mean_cos_to_seed: f64,
+    /// Share of generated rows whose cosine to the seed lies in the seed's own band of real neighbours:
+    /// at least its 16th nearest neighbour's cosine and at most its nearest's.
+    pub in_band: f64,
+    /// Share of generated rows closer to the seed than the seed's 16th neighbour (the band's lower
+    /// edge only: rows nearer than the nearest neighbour count too).
+    pub within_16th: f64,
+    /// Share of generated rows whose nearest real row has the seed's label (labels given only).
+    pub label_agreement: Option<f64>,
+    /// Share of seeds whose nearest other real row has their own label (the real rows' 1-NN agreement,
+    /// what `label_agreement` compares with).
+    pub real_label_agreement: Option<f64>,
+    /// Generated rows that are a copy of a real row (cosine >= 0.9999 to their nearest).
+    pub copies: usize,
+    /// Largest cosine of a generated row to its nearest real row.
+    pub max_cos_to_real: f64,
+}
+
+impl M2m {
+    /// Builds the controller over the current index (the router with the build's neighbourhoods), with
+    /// the pile carried over from the old controller, or restored from `saved`, or fresh.
+    pub(crate) fn start_controller(&mut self, neighbours: Option<&StoredNeighbours>) -> Result<()> {
+        // Routing lives on the sphere: no controller over an inner-product or L2 index.
+        let Some(index) = self.index.as_ref().filter(|i| i.metric() == crate::Metric::Cosine) else {
+            self.soc = None;
+            return Ok(());
+        };
+        let set = &self.set;
+        let (kappa, alpha, deleted) = (&self.kappa, &self.alpha, &self.deleted);
+        let mut router = Router::new(index, |id| {
+            let r = set.row_of(id)?;
+            (!deleted.contains(&id)).then(|| (kappa[r], alpha[r]))
+        })?;
+        if let Some(nb) = neighbours {
+            router.set_neighbourhoods(&nb.ids, &nb.neighbours, nb.k as usize)?;
+        }
+        let graph = router.site_graph(6)?;
+        let pile = match self.soc.take() {
+            Some(old) => {
+                let pairs = site_pairs(&old.router, &router, self.set.ids());
+                old.pile.with(|p| Sandpile::carried_over(graph, p, &pairs))??
+            }
+            None => Sandpile::new(graph, SocConfig::default())?,
+        };
+        self.soc = Some(Controller { router: Arc::new(router), pile: Arc::new(Pile::new(pile)) });
+        Ok(())
+    }
+
+    /// Restores the saved pile of `dir`, if any, onto the current controller (carried over when it was
+    /// saved on other clusters).
+    pub(crate) fn restore_pile(&mut self, dir: &Path) -> Result<()> {
+        let Some(ctl) = self.soc.as_mut() else { return Ok(()) };
+        if !dir.join(SOC_BLOB).exists() {
+            return Ok(());
+        }
+        let bytes = m2m_tier::load_blob(dir, SOC_BLOB)?;
+        let corrupt = |reason: String| {
+            Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(SOC_BLOB), offset: 20, reason })
+        };
+        let saved: StoredPile = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if saved.ids.len() != saved.sites.len() || saved.loads.len() != saved.activity.len() {
+            return Err(corrupt("columns of different lengths".into()));
+        }
+        let graph = ctl.router.site_graph(6)?;
+        let same = saved.loads.len() == graph.len()
+            && saved.ids.iter().zip(&saved.sites).all(|(&id, &s)| ctl.router.site(id).is_none_or(|now| now == s));
+        let pile = if same {
+            Sandpile::restored(graph, SocConfig::default(), &saved.loads, &saved.activity)
+        } else {
+            let old = Sandpile::restored(
+                m2m_soc::SiteGraph::from_edges(saved.loads.len().max(1), &[])?,
+                SocConfig::default(),
+                &saved.loads,
+                &saved.activity,
+            );
+            let old = old.map_err(|e| corrupt(e.to_string()))?;
+            let pairs: Vec<(u32, u32)> = saved
+                .ids
+                .iter()
+                .zip(&saved.sites)
+                .filter_map(|(&id, &s)| ctl.router.site(id).map(|now| (s, now)))
+                .collect();
+            Sandpile::carried_over(graph, &old, &pairs)
+        };
+        ctl.pile = Arc::new(Pile::new(pile.map_err(|e| corrupt(e.to_string()))?));
+        Ok(())
+    }
+
+    /// Saves the pile in the data directory (a no-op in memory, read-only or without an index).
+    pub(crate) fn save_pile(&self) -> Result<()> {
+        let (Some(dir), Some(ctl)) = (self.config.data_dir.as_ref(), self.soc.as_ref()) else { return Ok(()) };
+        if self.is_read_only() {
+            return Ok(());
+        }
+        let (loads, activity) = ctl.pile.with(|p| (p.loads().to_vec(), p.activity().to_vec()))?;
+        let live = self.live_rows();
+        let ids: Vec<u64> = live.iter().map(|&r| self.set.ids()[r]).collect();
+        let sites: Vec<u32> = ids.iter().map(|&id| ctl.router.site(id).unwrap_or(u32::MAX)).collect();
+        let (ids, sites): (Vec<u64>, Vec<u32>) =
+            ids.into_iter().zip(sites).filter(|&(_, s)| s != u32::MAX).unzip();
+        let stored = StoredPile { loads, activity, ids, sites };
+        let bytes = postcard::to_allocvec(&stored)
+            .map_err(|e| Error::Config { field: "soc", reason: format!("does not serialise: {e}") })?;
+        m2m_tier::store_blob(dir, SOC_BLOB, &bytes)?;
+        Ok(())
+    }
+
+    /// Training feedback: the losses of rows `ids` (as the training loop computed them on a batch)
+    /// drive the SOC controller: each row adds one grain at its site (the draw) and grains in
+    /// proportion to its loss over the batch's mean loss, so sites the model gets wrong are sampled
+    /// more in the next export. Ids no longer live are ignored. Returns the topplings caused.
+    /// The state is saved with [`tick`](Self::tick) and [`flush`](Self::flush).
+    pub fn feedback(&self, ids: &[u64], losses: &[f32]) -> Result<u64> {
+        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "feedback" })?;
+        ctl.sink().feedback(ids, losses)
+    }
+
+    /// Ends a round of training (an epoch): the controller's activity decays, and the pile is saved in
+    /// the data directory, where DataLoader workers and resumed runs read it.
+    pub fn tick(&self) -> Result<()> {
+        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "tick" })?;
+        ctl.pile.with(Sandpile::tick)?;
+        self.save_pile()
+    }
+
+    /// The sampling probability of every live row (in the order of the live rows) under the
+    /// controller's current state.
+    pub(crate) fn row_probabilities(&self, live: &[usize]) -> Result<(Vec<u32>, Vec<f64>)> {
+        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "importance sampling" })?;
+        let site_of: Vec<u32> = live.iter().map(|&r| ctl.router.site(self.set.ids()[r]).unwrap_or(0)).collect();
+        let kappa: Vec<f32> = live.iter().map(|&r| self.kappa[r]).collect();
+        let probs = ctl.pile.with(|p| p.splat_probabilities(&site_of, &kappa))??;
+        Ok((site_of, probs))
+    }
+
+    /// The importance weights an export with importance sampling would give now.
+    pub fn weight_report(&self) -> Result<WeightReport> {
+        let (_, p) = self.row_probabilities(&self.live_rows())?;
+        Ok(WeightReport::of(&p))
+    }
+
+    /// How the last build fitted kappa (none without a build that learned kappa).
+    pub fn kappa_fit(&self) -> Option<KappaFit> {
+        self.kappa_fit
+    }
+
+    /// The Langevin settings of the engine, with its temperature scaled to the ambient dimension
+    /// ([`m2m_soc::kappa::ambient_temperature`]) when kappa was fitted on a lower-dimensional sphere.
+    pub(crate) fn langevin_config(&self, steps: usize, overrides: &LangevinOverrides) -> LangevinConfig {
+        let t = overrides.temperature.unwrap_or(self.config.temperature);
+        let scale = self.kappa_fit.map_or(1.0, |f| m2m_soc::kappa::ambient_temperature(f.sphere_dimension, self.config.dim));
+        LangevinConfig {
+            steps,
+            dt: overrides.step_size.unwrap_or(self.config.langevin_dt),
+            gamma: self.config.langevin_gamma,
+            temperature: (f64::from(t) * scale) as f32,
+            dynamics: overrides.dynamics.unwrap_or(self.config.langevin_dynamics).into(),
+            ..LangevinConfig::default()
+        }
+    }
+
+    /// Fidelity of generated rows `generated` (unit rows, `dim` each) to their seeds `seeds` (ids of
+    /// live splats, one per row): cosine to the seed, the seed's band of real neighbours (1st to
+    /// 16th, by exact search), the label of the nearest real row against the seed's (when `label`
+    /// knows them), and copies. Searches the index directly: measuring does not drive the controller.
+    pub fn fidelity(
+        &self,
+        seeds: &[u64],
+        generated: &[f32],
+        label: Option<&dyn Fn(u64) -> Option<u32>>,
+    ) -> Result<Fidelity> {
+        let index = self.index.as_ref().ok_or(Error::NoIndex { what: "fidelity" })?;
+        let dim = self.config.dim;
+        if generated.len() != seeds.len() * dim || seeds.is_empty() {
+            let reason = format!("{} values are not {} rows of {dim}", generated.len(), seeds.len());
+            return Err(Error::Config { field: "generated", reason });
+        }
+        let mut seed_rows = Vec::with_capacity(generated.len());
+        for (i, &id) in seeds.iter().enumerate() {
+            let r = self
+                .set
+                .row_of(id)
+                .filter(|_| !self.deleted.contains(&id))
+                .ok_or_else(|| Error::Config { field: "seeds", reason: format!("seed {i} (id {id}) is not live") })?;
+            seed_rows.extend_from_slice(self.set.mu_row(r));
+        }
+        let params = SearchParams::default();
+        let around = index.search_batch(&seed_rows, NEIGHBOURS + 1, Lod::Exact, &params)?;
+        let nearest = index.search_batch(generated, 1, Lod::Exact, &params)?;
+        let mut out = Fidelity { rows: seeds.len(), ..Fidelity::default() };
+        let (mut agree, mut real_agree, mut labelled) = (0usize, 0usize, 0usize);
+        for (i, &seed) in seeds.iter().enumerate() {
+            let g = &generated[i * dim..(i + 1) * dim];
+            let cos = f64::from(m2m_index::kernels::dot(g, &seed_rows[i * dim..(i + 1) * dim]));
+            out.mean_cos_to_seed += cos / seeds.len() as f64;
+            let others: Vec<f64> =
+                around[i].iter().filter(|h| h.id != seed).map(|h| f64::from(h.score)).take(NEIGHBOURS).collect();
+            if let (Some(&first), Some(&last)) = (others.first(), others.last()) {
+                out.in_band += f64::from(u8::from(cos >= last && cos <= first));
+                out.within_16th += f64::from(u8::from(cos >= last));
+            }
+            let near = nearest[i].first();
+            let near_cos = near.map_or(0.0, |h| f64::from(h.score));
+            out.max_cos_to_real = out.max_cos_to_real.max(near_cos);
+            out.copies += usize::from(near_cos >= 0.9999);
+            if let (Some(label), Some(want)) = (label, label.and_then(|l| l(seed))) {
+                labelled += 1;
+                agree += usize::from(near.and_then(|h| label(h.id)) == Some(want));
+                let first_other = around[i].iter().find(|h| h.id != seed);
+                real_agree += usize::from(first_other.and_then(|h| label(h.id)) == Some(want));
+            }
+        }
+        out.in_band /= seeds.len() as f64;
+        out.within_16th /= seeds.len() as f64;
+        if labelled > 0 {
+            out.label_agreement = Some(agree as f64 / labelled as f64);
+            out.real_label_agreement = Some(real_agree as f64 / labelled as f64);
+        }
+        Ok(out)
+    }
+}
+
+impl M2m {
+    /// The routed energy's truncation at `points` (unit rows): for each, the share of the exact mixture
+    /// sum_i alpha_i exp(-kappa_i |x - mu_i|^2) over every live splat that the splats Langevin routes a
+    /// chain there to leave out (1 - exp(E_exact - E_routed), in [0, 1]). With `seeds` (one live id per
+    /// point) chains are routed as the data lake routes them (the seed and its neighbours), otherwise
+    /// as [`generate`](Self::generate) routes them. Exact sums visit every splat: for reports and tests.
+    pub fn routing_truncation(&self, points: &[f32], seeds: Option<&[u64]>) -> Result<Vec<f64>> {
+        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "routing_truncation" })?;
+        let dim = self.config.dim;
+        let n = points.len() / dim;
+        if points.len() != n * dim || n == 0 || seeds.is_some_and(|s| s.len() != n) {
+            let reason = format!("{} values are not rows of {dim} (one seed each)", points.len());
+            return Err(Error::Config { field: "points", reason });
+        }
+        let live = self.live_rows();
+        let mut mu = Vec::with_capacity(live.len() * dim);
+        live.iter().for_each(|&r| mu.extend_from_slice(self.set.mu_row(r)));
+        let kappa: Vec<f32> = live.iter().map(|&r| self.kappa[r]).collect();
+        let alpha: Vec<f32> = live.iter().map(|&r| self.alpha[r]).collect();
+        let all = m2m_soc::Splats::new(dim, &mu, &kappa, &alpha)?;
+        points
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, x)| {
+                let routed = ctl.router.route_seed(seeds.map(|s| s[i]), x, 4, NEIGHBOURS + 1)?;
+                let exact = m2m_soc::energy::energy(x, &all)?;
+                let kept = m2m_soc::energy::energy(x, &routed.splats()?)?;
+                Ok((1.0 - (exact - kept).exp()).clamp(0.0, 1.0))
+            })
+            .collect()
+    }
+}
+
+/// (old site, new site) of every id both routers know.
+fn site_pairs(old: &Router, new: &Router, ids: &[u64]) -> Vec<(u32, u32)> {
+    ids.iter().filter_map(|&id| Some((old.site(id)?, new.site(id)?))).collect()
+}
+
+/// Langevin on unit rows `x`, each chain routed by its own neighbourhood: a chain seeded at a splat
+/// (`seeds[c]`) runs against that splat and its neighbours from the kappa fit; any other chain
+/// against the largest terms of its 4 nearest clusters. Chains with the same seed share a group (and
+/// its splats); all groups run in parallel.
+pub(crate) fn run_routed(
+    router: &Router,
+    config: &LangevinConfig,
+    x: &mut [f32],
+    dim: usize,
+    seed: u64,
+    seeds: Option<&[u64]>,
+) -> Result<()> {
+    let chains = x.len() / dim;
+    let seeds = seeds.filter(|s| s.len() == chains);
+    // Chains grouped by seed (deterministic order: first appearance).
+    let mut group_of: HashMap<u64, usize> = HashMap::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    for c in 0..chains {
+        match seeds {
+            Some(s) => {
+                let g = *group_of.entry(s[c]).or_insert_with(|| {
+                    members.push(Vec::new());
+                    members.len() - 1
+                });
+                members[g].push(c);
+            }
+            None => members.push(vec![c]),
+        }
+    }
+    let mut staged: Vec<(Vec<f32>, m2m_soc::Routed)> = Vec::with_capacity(members.len());
+    for m in &members {
+        let first = &x[m[0] * dim..(m[0] + 1) * dim];
+        let routed = router.route_seed(seeds.map(|s| s[m[0]]), first, 4, NEIGHBOURS + 1)?;
+        let mut rows = Vec::with_capacity(m.len() * dim);
+        for &c in m {
+            rows.extend_from_slice(&x[c * dim..(c + 1) * dim]);
+        }
+        staged.push((rows, routed));
+    }
+    {
+        let mut groups: Vec<Group<'_>> = Vec::with_capacity(staged.len());
+        for (rows, routed) in &mut staged {
+            groups.push(Group { x: rows.as_mut_slice(), splats: routed.splats()? });
+        }
+        run(config, &mut groups, seed)?;
+    }
+    for (m, (rows, _)) in members.iter().zip(&staged) {
+        for (i, &c) in m.iter().enumerate() {
+            x[c * dim..(c + 1) * dim].copy_from_slice(&rows[i * dim..(i + 1) * dim]);
+        }
+    }
+    Ok(())
+}
