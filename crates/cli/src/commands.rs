@@ -68,7 +68,7 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
                 seed: *seed,
                 generate_steps: *steps,
                 temperature: *temperature,
-                step_size: *step_size,
+                step_size: step_size.or(DataLoaderConfig::default().step_size),
                 dynamics: dynamics.as_deref().map(|d| {
                     if d == "underdamped" { LangevinDynamics::Underdamped } else { LangevinDynamics::Overdamped }
                 }),

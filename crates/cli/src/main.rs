@@ -5,7 +5,7 @@
 //! m2m build DB                 the index (cluster counts overridable), kappa and alpha learned
 //! m2m query DB --file Q | --row N [--k 10] [--lod 0|1|2|exact]
 //! m2m stream DB [--batch-size 256] [--importance] [--generate] [--epochs 1] [--out batches.npy]
-//!            [--steps 5] [--temperature T] [--step-size DT] [--dynamics overdamped|underdamped]
+//!            [--steps 20] [--temperature T] [--step-size DT] [--dynamics overdamped|underdamped]
 //! m2m info DB                  segments, sizes, index shape, kappa statistics
 //! m2m verify DB                every checksum of every file
 //! m2m bench --base B --queries Q [--k 10]
@@ -104,12 +104,12 @@ pub(crate) enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Langevin steps per generated row.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 20)]
         steps: usize,
         /// Temperature of generated rows, relative to the model (default: the engine's).
         #[arg(long)]
         temperature: Option<f32>,
-        /// Langevin step size (default: the engine's).
+        /// Langevin step size (default: the data lake's, 0.004).
         #[arg(long)]
         step_size: Option<f32>,
         /// Langevin dynamics (default: the engine's).

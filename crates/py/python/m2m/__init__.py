@@ -184,7 +184,7 @@ class M2M:
     ) -> "SplatDataset":
         """The data lake as a ``torch.utils.data.IterableDataset`` (a plain iterable of numpy batches
         without torch). Options: shuffle (True), seed (0), epochs (1), prefetch_batches (2), drop_last
-        (False), rank (0), world_size (1), generate_steps (5), temperature, step_size and dynamics
+        (False), rank (0), world_size (1), generate_steps (20), step_size (0.004; None: the engine's langevin_dt), temperature and dynamics
         ("overdamped" or "underdamped"; default the engine's), start_epoch (0), threads (0: all cores; 1
         in DataLoader workers), source ("auto" = "memory": the engine's RAM copy; "tiers": the database's segments
         through the warm tier with prefetch, in block order; needs a data_dir).
