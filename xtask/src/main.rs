@@ -19,7 +19,8 @@
 //!   `cargo xtask bench report`, which regenerates `BENCHMARKS.md` and `BENCHMARKS-recall-qps.svg` from an
 //!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin.
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
-//!   [--threads 1] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists every option).
+//!   [--threads 1] [--isa scalar|avx2|avx512] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists
+//!   every option; the ISA that ran is printed).
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool reports to its terminal")]
 

@@ -217,7 +217,7 @@ pub fn dots(query: &[f32], rows: &[f32], out: &mut [f32]) {
 }
 
 /// Scores of many queries against many rows: `out[q * n_rows + r] = dot(queries[q], rows[r])`, where
-/// `n_rows = rows.len() / dim`. The AVX-512 version computes 4 x 4 blocks in registers, the AVX2 one 3 x 4,
+/// `n_rows = rows.len() / dim`. The AVX-512 version computes 4 x 4 blocks in registers, the AVX2 one 2 x 4,
 /// loading each row chunk once for several queries: the inner loop of exhaustive search and of k-means
 /// assignment.
 ///
