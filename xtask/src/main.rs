@@ -21,7 +21,8 @@
 //!   `cargo xtask bench train [--seeds 5]` trains classifiers on the built-in digits through the data
 //!   lake (uniform against loss-driven SOC sampling; no augmentation against Langevin augmentation).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
-//!   [--threads 1] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists every option).
+//!   [--threads 1] [--isa scalar|avx2|avx512] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists
+//!   every option; the ISA that ran is printed).
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool reports to its terminal")]
 

@@ -64,6 +64,20 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An instruction-set name that is not `scalar`, `avx2` or `avx512` (from `M2M_ISA` or [`crate::kernels::Isa::parse`]).
+    #[error("unknown instruction set {name:?} (M2M_ISA takes scalar, avx2 or avx512)")]
+    UnknownIsa {
+        /// The name given.
+        name: String,
+    },
+    /// Forcing an instruction set this CPU does not have.
+    #[error("this CPU cannot run the {isa} kernels (available: {available})")]
+    IsaUnavailable {
+        /// The instruction set asked for.
+        isa: &'static str,
+        /// The ones this CPU can run.
+        available: String,
+    },
     /// Deserialised index parts that contradict each other.
     #[error("corrupt index: {reason}")]
     Corrupt {

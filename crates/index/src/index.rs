@@ -371,6 +371,7 @@ impl Index {
     /// [`Error::NonFinite`], [`Error::ZeroNorm`] (cosine), [`Error::InvalidConfig`].
     pub fn build(config: &IndexConfig, dim: usize, vectors: &[f32], ids: &[u64]) -> Result<Index> {
         config.check()?;
+        Isa::forced()?;
         if dim == 0 {
             return Err(Error::InvalidConfig { what: "dim", reason: "must be at least 1".into() });
         }
@@ -629,6 +630,18 @@ impl Index {
         Ok(chosen)
     }
 
+    /// The instruction set this index's kernels run on: `M2M_ISA` if set, otherwise the best detected.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Forces the instruction set of this index's kernels (for tests and benchmarks that compare paths).
+    /// An instruction set this CPU lacks is refused with [`Error::IsaUnavailable`] and changes nothing.
+    pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
+        self.isa = isa.require()?;
+        Ok(())
+    }
+
     /// Rebuilds an index from its parts (after deserialisation), checking that they agree.
     pub fn from_parts(p: IndexParts) -> Result<Index> {
         let corrupt = |reason: String| Err(Error::Corrupt { reason });
@@ -694,7 +707,9 @@ impl Index {
         }
         let ordered: Vec<f32> = order.iter().flat_map(|&f| p.fine[f as usize * dim..][..dim].iter().copied()).collect();
         let fine_t = crate::kernels::transpose_t16(&ordered, dim);
-        Ok(Index { p, order, coarse_range, fine_t, coarse_bias, fine_bias, locations, isa: Isa::best() })
+        // A bad M2M_ISA is refused here rather than silently ignored.
+        let isa = Isa::forced()?.unwrap_or_else(Isa::detected);
+        Ok(Index { p, order, coarse_range, fine_t, coarse_bias, fine_bias, locations, isa })
     }
 
     /// The index's parts, for persistence.
@@ -763,7 +778,7 @@ impl Index {
             }
             s.q.copy_from_slice(q);
         }
-        Ok(Query { q_sq: dot(&s.q, &s.q) })
+        Ok(Query { q_sq: crate::kernels::dot_with(self.isa, &s.q, &s.q) })
     }
 
     /// Reported score from an internal similarity.
@@ -912,7 +927,7 @@ impl Index {
 
     /// Whether exact search can take the bf16 first pass here.
     fn bf16_usable(&self) -> bool {
-        self.p.config.exact_prefilter && crate::kernels::has_bf16_dot()
+        self.p.config.exact_prefilter && self.isa == Isa::Avx512 && crate::kernels::has_bf16_dot()
     }
 
     /// Exact top-k of prepared queries (row-major), by a bf16 first pass with a proven error bound and an
@@ -998,7 +1013,7 @@ impl Index {
             return;
         }
         s.coarse_scores.resize(n_coarse, 0.0);
-        dots(&s.q, &self.p.coarse, &mut s.coarse_scores);
+        crate::kernels::dots_with(self.isa, &s.q, &self.p.coarse, &mut s.coarse_scores);
         for (v, b) in s.coarse_scores.iter_mut().zip(&self.coarse_bias) {
             *v += b;
         }
@@ -1102,7 +1117,7 @@ impl Index {
         if kind == CodeKind::Sq4 {
             s.qi8.resize(2 * stride, 0);
         }
-        let q_min = dot(&s.q, &self.p.sq_min);
+        let q_min = crate::kernels::dot_with(self.isa, &s.q, &self.p.sq_min);
         let inv = 1.0 / scale;
         s.top.reset(depth);
         let mut seen = 0usize;
@@ -1153,7 +1168,7 @@ impl Index {
     fn score_exact(&self, f: usize, cl: &Cluster, q: &[f32], top: &mut TopK, buf: &mut Vec<f32>) {
         let m = cl.len();
         buf.resize(m, 0.0);
-        dots(q, &cl.vectors, buf);
+        crate::kernels::dots_with(self.isa, q, &cl.vectors, buf);
         cl.to_similarity(buf);
         top.offer(f as u32, buf);
     }

@@ -10,7 +10,7 @@
 //! * [`Lod::Exact`]: an exhaustive scan, blocked over queries in batches.
 //!
 //! The distance kernels ([`kernels`]) dispatch at run time to AVX-512 (with VNNI for the codes),
-//! AVX2+FMA or portable code. The index does no file IO: [`IndexParts`] serialises with serde so that
+//! AVX2+FMA or portable code; `M2M_ISA=scalar|avx2|avx512` or [`Index::set_isa`] forces one. The index does no file IO: [`IndexParts`] serialises with serde so that
 //! m2m-tier can persist it.
 //!
 //! ```

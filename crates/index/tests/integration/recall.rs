@@ -283,3 +283,45 @@ fn bf16_prefiltered_exact_search_equals_the_f32_scan() {
         }
     }
 }
+
+#[test]
+fn every_available_isa_returns_the_same_hits_and_a_missing_one_is_refused() {
+    use m2m_index::kernels::Isa;
+    let d = digits(2_000, 30, 50);
+    let base = Index::build(&IndexConfig::default(), d.dim, &d.base, &d.ids).unwrap();
+    let ids = |h: &[Hit]| h.iter().map(|h| h.id).collect::<Vec<_>>();
+    for lod in [Lod::Codes, Lod::Rerank, Lod::Exact] {
+        let mut scalar = base.clone();
+        scalar.set_isa(Isa::Scalar).unwrap();
+        let want = scalar.search_batch(&d.queries, 10, lod, &SearchParams::default()).unwrap();
+        for isa in Isa::available() {
+            let mut index = base.clone();
+            index.set_isa(isa).unwrap();
+            assert_eq!(index.isa(), isa);
+            let got = index.search_batch(&d.queries, 10, lod, &SearchParams::default()).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                // Integer code scores are exact on every path, and f32 scores differ only in rounding: the
+                // same ids come back, with scores equal up to that rounding.
+                assert_eq!(ids(g), ids(w), "{isa:?} {lod:?}");
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a.score - b.score).abs() <= 1e-4 * (1.0 + b.score.abs()), "{isa:?} {lod:?}");
+                }
+            }
+        }
+    }
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+        let mut index = base.clone();
+        let before = index.isa();
+        match index.set_isa(isa) {
+            Ok(()) => assert!(isa.is_available()),
+            Err(Error::IsaUnavailable { isa: name, .. }) => {
+                assert!(!isa.is_available());
+                assert_eq!(name, isa.name());
+                assert_eq!(index.isa(), before, "a refused ISA must change nothing");
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(matches!(Isa::parse("sse9"), Err(Error::UnknownIsa { .. })));
+    assert_eq!(Isa::parse(" Scalar ").unwrap(), Isa::Scalar);
+}
