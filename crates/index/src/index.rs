@@ -644,6 +644,7 @@ impl Index {
 
     /// Rebuilds an index from its parts (after deserialisation), checking that they agree.
     pub fn from_parts(p: IndexParts) -> Result<Index> {
+        crate::validate::parts(&p)?;
         let corrupt = |reason: String| Err(Error::Corrupt { reason });
         let dim = p.dim;
         if dim == 0 {

@@ -58,23 +58,19 @@ pub(crate) fn load_learned(dir: &Path) -> Result<Option<Learned>> {
         return Ok(None);
     }
     let bytes = m2m_tier::load_blob(dir, LEARNED_BLOB)?;
-    let learned: Learned = postcard::from_bytes(&bytes).map_err(|e| {
-        Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(LEARNED_BLOB), offset: 20, reason: e.to_string() })
-    })?;
-    if learned.kappa.len() != learned.ids.len() || learned.alpha.len() != learned.ids.len() {
-        let reason = "columns of different lengths".into();
-        return Err(Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(LEARNED_BLOB), offset: 20, reason }));
-    }
+    let path = dir.join(LEARNED_BLOB);
+    let learned: Learned = postcard::from_bytes(&bytes).map_err(|e| crate::validate::corrupt(&path, e.to_string()))?;
+    crate::validate::learned(&path, &learned.ids, &learned.kappa, &learned.alpha)?;
     Ok(Some(learned))
 }
 
 /// What `build_index` stores in a data directory and `open` loads back.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredIndex {
-    parts: m2m_index::IndexParts,
-    ids: Vec<u64>,
-    kappa: Vec<f32>,
-    alpha: Vec<f32>,
+pub(crate) struct StoredIndex {
+    pub(crate) parts: m2m_index::IndexParts,
+    pub(crate) ids: Vec<u64>,
+    pub(crate) kappa: Vec<f32>,
+    pub(crate) alpha: Vec<f32>,
 }
 
 /// One retrieved splat.
@@ -149,6 +145,19 @@ fn backend(device: Device) -> m2m_gpu::Backend {
     }
 }
 
+/// The backend of a stored engine. The device is a preference of the machine that created it, not a
+/// property of the data: a database created with `Vulkan` opens on a build or machine without it, on the
+/// CPU, with a warning (an explicit `Vulkan` at create still fails without a device).
+fn stored_compute(device: Device) -> Result<m2m_gpu::Compute> {
+    match m2m_gpu::Compute::new(backend(device)) {
+        Err(e) if device == Device::Vulkan => {
+            tracing::warn!("m2m: the stored device Vulkan is not available ({e}); running on the CPU");
+            Ok(m2m_gpu::Compute::new(m2m_gpu::Backend::Cpu)?)
+        }
+        other => Ok(other?),
+    }
+}
+
 fn db_options(config: &M2mConfig) -> DbOptions {
     DbOptions { durability: if config.durable { Durability::Fsync } else { Durability::NoSync } }
 }
@@ -160,7 +169,15 @@ impl M2m {
         let compute = m2m_gpu::Compute::new(backend(config.device))?;
         let db = match &config.data_dir {
             Some(dir) => {
-                let db = Db::create(dir, config.dim, db_options(&config))?;
+                let db = match Db::create(dir, config.dim, db_options(&config)) {
+                    // A database without settings is a create killed between the database's manifest and
+                    // the settings below: it never held a splat. It is discarded and created again.
+                    Err(m2m_tier::Error::AlreadyExists { .. }) if !dir.join(CONFIG_BLOB).exists() => {
+                        Db::open(dir, db_options(&config))?.discard()?;
+                        Db::create(dir, config.dim, db_options(&config))?
+                    }
+                    other => other?,
+                };
                 let json = serde_json::to_vec_pretty(&config)
                     .map_err(|e| Error::Config { field: "config", reason: e.to_string() })?;
                 m2m_tier::store_blob(dir, CONFIG_BLOB, &json)?;
@@ -211,6 +228,22 @@ impl M2m {
         Ok(engine)
     }
 
+    /// Removes the stored engine of a writer that never held a splat (a create whose first add failed),
+    /// leaving its directory as it was before the create; refused when it holds or held any splat.
+    /// Blobs of other layers in the directory (a CLI's) must be removed first.
+    pub fn discard(mut self) -> Result<()> {
+        self.refuse_if_read_only("discard")?;
+        let db = self.db.take().ok_or(Error::Config { field: "data_dir", reason: "an in-memory engine".into() })?;
+        if self.next_id != 0 || !self.set.is_empty() {
+            return Err(Error::Tier(m2m_tier::Error::AlreadyExists { path: db.dir().to_path_buf() }));
+        }
+        let dir = db.dir().to_path_buf();
+        for blob in [INDEX_BLOB, LEARNED_BLOB, CONFIG_BLOB] {
+            m2m_tier::remove_blob(&dir, blob)?;
+        }
+        Ok(db.discard()?)
+    }
+
     /// Whether the engine was opened with [`open_read_only`](Self::open_read_only).
     pub fn is_read_only(&self) -> bool {
         self.read_only
@@ -238,7 +271,7 @@ impl M2m {
             index: None,
             soc: None,
             kappa_fit: None,
-            compute: m2m_gpu::Compute::new(backend(config.device))?,
+            compute: stored_compute(config.device)?,
             next_id: 0,
             config,
             read_only: false,
@@ -263,8 +296,18 @@ impl M2m {
             Arc::make_mut(&mut engine.alpha).extend(alpha);
         }
         engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m + 1);
+        let writer = db.is_some();
         engine.db = db;
-        engine.load_index(dir)?;
+        match engine.load_index(dir) {
+            // The writer opens to add splats or to build: a damaged index must not block the commands that
+            // replace it. It is reported and left out (stale); readers get the error.
+            Err(e @ Error::Tier(m2m_tier::Error::Corrupt { .. } | m2m_tier::Error::IncompatibleVersion { .. }))
+                if writer =>
+            {
+                tracing::warn!("m2m: ignoring the stored index ({e}); build_index replaces it");
+            }
+            other => other?,
+        }
         Ok(engine)
     }
 
@@ -285,9 +328,10 @@ impl M2m {
             return Ok(());
         }
         let bytes = m2m_tier::load_blob(dir, INDEX_BLOB)?;
-        let stored: StoredIndex = postcard::from_bytes(&bytes).map_err(|e| {
-            Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(INDEX_BLOB), offset: 20, reason: e.to_string() })
-        })?;
+        let path = dir.join(INDEX_BLOB);
+        let stored: StoredIndex =
+            postcard::from_bytes(&bytes).map_err(|e| crate::validate::corrupt(&path, e.to_string()))?;
+        crate::validate::learned(&path, &stored.ids, &stored.kappa, &stored.alpha)?;
         if !same_ids(self.set.ids(), &stored.ids) {
             tracing::info!(
                 "m2m: the stored index is stale ({} splats then, {} now); build_index to rebuild",
@@ -296,7 +340,7 @@ impl M2m {
             );
             return Ok(());
         }
-        let index = Index::from_parts(stored.parts)?;
+        let (index, stored) = crate::validate::stored_index(&path, stored, &self.config)?;
         let (mut kappa, mut alpha) = (self.kappa.to_vec(), self.alpha.to_vec());
         for (i, id) in stored.ids.iter().enumerate() {
             if let Some(r) = self.set.row_of(*id) {
@@ -521,6 +565,7 @@ impl M2m {
     /// SOC controller's sites of the hits.
     pub fn retrieve(&self, query: &[f32], k: usize, lod: Lod) -> Result<Vec<Hit>> {
         let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve" })?;
+        let k = crate::validate::bound_k(k, self.len());
         let hits = index.search(query, k, lod, &SearchParams::default())?;
         self.record_use(hits.iter().map(|h| h.id));
         Ok(hits.iter().map(|h| self.hit(h.id, h.score)).collect())
@@ -529,6 +574,7 @@ impl M2m {
     /// [`retrieve`](Self::retrieve) for many queries (row-major), in parallel.
     pub fn retrieve_batch(&self, queries: &[f32], k: usize, lod: Lod) -> Result<Vec<Vec<Hit>>> {
         let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve_batch" })?;
+        let k = crate::validate::bound_k(k, self.len());
         let all = index.search_batch(queries, k, lod, &SearchParams::default())?;
         self.record_use(all.iter().flatten().map(|h| h.id));
         Ok(all.iter().map(|hits| hits.iter().map(|h| self.hit(h.id, h.score)).collect()).collect())

@@ -24,7 +24,10 @@ mod config;
 mod engine;
 mod error;
 mod loader;
+#[doc(hidden)]
+pub mod testing;
 mod training;
+mod validate;
 
 pub use config::{Device, LangevinDynamics, M2mConfig};
 pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, Stats, create_m2m};

@@ -43,6 +43,16 @@ pub fn load_blob(dir: &Path, name: &str) -> Result<Vec<u8>> {
     unseal(&path, &bytes, BLOB_MAGIC, BLOB_VERSION, MAX_BLOB, "blob").map(<[u8]>::to_vec)
 }
 
+/// Removes `dir/name` if it exists (a blob of a database being discarded, or one that is stale).
+pub fn remove_blob(dir: &Path, name: &str) -> Result<()> {
+    check_name(name)?;
+    let path = dir.join(name);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// The 20-byte header shared by blobs and the manifest (magic, version, payload length, payload CRC32C)
 /// followed by the payload.
 pub(crate) fn seal(magic: [u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
@@ -91,7 +101,7 @@ pub(crate) fn unseal<'a>(
 /// fsync. On failure the temporary file is removed and the old file, if any, stays.
 pub(crate) fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
-    let tmp = dir.join(format!("{name}.tmp"));
+    let tmp = dir.join(crate::owned::temp_name(name));
     let written = fsio::create(&tmp, false)
         .and_then(|f| fsio::Writer(&f).write_all(bytes).and_then(|()| fsio::sync_all(&f)))
         .and_then(|()| fsio::rename(&tmp, &path));

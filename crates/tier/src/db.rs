@@ -10,7 +10,8 @@
 //! 4. delete the old log.
 //!
 //! A crash before step 3 leaves the old manifest, whose log still holds every batch; a crash after it
-//! leaves the new one. Either way `open` removes the files the manifest does not name.
+//! leaves the new one. Either way `open` removes the files of our naming that the manifest does not name
+//! (the rule of what a directory owns is in `owned.rs`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use m2m_splat::SplatSet;
 
 use crate::{
-    Columns, ColumnsRef, DirLock, Durability, Error, MANIFEST_FILE, Manifest, Memtable, Result, Segment, SegmentEntry,
-    Wal, WalRecord,
+    Columns, ColumnsRef, DirLock, Durability, Error, LogCheck, MANIFEST_FILE, Manifest, Memtable, Result, Segment,
+    SegmentEntry, Wal, WalRecord, owned,
 };
 
 /// Settings of a database directory.
@@ -65,6 +66,17 @@ impl Snapshot {
     pub fn is_live(&self, id: u64) -> bool {
         !self.deleted.contains(&id)
     }
+}
+
+/// What [`Db::check`] found: the state a reader would see, and the log's tail.
+#[derive(Clone, Debug)]
+pub struct DbCheck {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The acknowledged state.
+    pub snapshot: Snapshot,
+    /// The log: its good records and any tail after them.
+    pub log: LogCheck,
 }
 
 /// An open database directory, held by this process as its only writer.
@@ -148,14 +160,24 @@ impl Db {
     /// database already).
     pub fn create(dir: impl AsRef<Path>, dim: usize, options: DbOptions) -> Result<Db> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let lock = DirLock::acquire(&dir)?;
         let manifest_path = dir.join(MANIFEST_FILE);
-        if manifest_path.exists() {
-            return Err(Error::io(&manifest_path, std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
+        // The directory is checked before anything is written into it (the lock file included): it must
+        // be empty, or hold only what a create killed before its manifest left (see `owned`).
+        match std::fs::symlink_metadata(&dir) {
+            Ok(_) if manifest_path.exists() => return Err(Error::AlreadyExists { path: dir }),
+            Ok(_) => drop(owned::check_creatable(&dir)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+            Err(e) => return Err(Error::io(&dir, e)),
         }
-        // Leftovers of an earlier create that failed before its manifest was stored.
-        remove_unnamed(&dir, &HashSet::new())?;
+        let lock = DirLock::acquire(&dir)?;
+        // Checked again under the lock: another creator may have won the race.
+        if manifest_path.exists() {
+            return Err(Error::AlreadyExists { path: dir });
+        }
+        owned::check_creatable(&dir)?;
+        owned::remove_unnamed(&dir, &HashSet::new())?;
         let wal = Wal::create(dir.join(wal_name(1)), dim, options.durability)?;
         let manifest = Manifest {
             generation: 1,
@@ -170,7 +192,7 @@ impl Db {
             // included): the directory holds no database, and create can be tried again.
             drop(wal);
             let _ = std::fs::remove_file(&manifest_path);
-            let _ = remove_unnamed(&dir, &HashSet::new());
+            let _ = owned::remove_unnamed(&dir, &HashSet::new());
             return Err(e);
         }
         Ok(Db {
@@ -191,6 +213,9 @@ impl Db {
     /// log (cutting a torn tail) and removes files left over by an interrupted flush or compaction.
     pub fn open(dir: impl AsRef<Path>, options: DbOptions) -> Result<Db> {
         let dir = dir.as_ref().to_path_buf();
+        // The manifest is read before the lock file is created: a directory without one is not ours,
+        // and nothing is written into it.
+        Manifest::load(&dir)?;
         let lock = DirLock::acquire(&dir)?;
         let manifest = Manifest::load(&dir)?;
         let wal_file = manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation));
@@ -246,11 +271,30 @@ impl Db {
         }
     }
 
+    /// Checks the database in `dir` without changing anything (no lock, no file written or removed): the
+    /// manifest, every segment's header and column checksums, every log record. A torn or damaged log
+    /// tail is reported in [`DbCheck::log`] instead of being cut: [`Db::open`] cuts it (the explicit
+    /// repair: check first to report what it drops).
+    pub fn check(dir: impl AsRef<Path>) -> Result<DbCheck> {
+        let dir = dir.as_ref();
+        let manifest = Manifest::load(dir)?;
+        let wal_path = dir.join(manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation)));
+        let log = LogCheck::of(&wal_path)?;
+        let state = replay(dir, &manifest, &wal_path, &log.records)?;
+        let snapshot = Snapshot {
+            generation: manifest.generation,
+            segments: state.segments,
+            memtable: state.memtable,
+            deleted: Arc::new(state.deleted),
+        };
+        Ok(DbCheck { manifest, snapshot, log })
+    }
+
     /// Removes segment, log and temporary files that the manifest does not name.
     fn remove_orphans(&self) -> Result<()> {
         let live: HashSet<&str> =
             self.manifest.segments.iter().map(|s| s.file.as_str()).chain(self.manifest.wal.as_deref()).collect();
-        remove_unnamed(&self.dir, &live)
+        owned::remove_unnamed(&self.dir, &live)
     }
 
     /// Runs a change; a failure other than a refused input poisons the handle (see [`Error::Poisoned`]).
@@ -385,6 +429,30 @@ impl Db {
         self.remove_orphans()
     }
 
+    /// Removes a database that never held a splat (no segment, no log record, none in memory), leaving
+    /// the directory as it was before [`create`](Self::create): a create whose first ingest failed, or a
+    /// create killed before the layer above stored its settings. Refused with [`Error::AlreadyExists`]
+    /// when the database holds anything. Blobs of the layers above must be removed first (see
+    /// [`remove_blob`](crate::remove_blob)). The manifest goes first, so that a crash midway leaves a
+    /// directory that [`create`](Self::create) accepts.
+    pub fn discard(self) -> Result<()> {
+        let never_used = self.ids.is_empty()
+            && self.deleted.is_empty()
+            && self.manifest.segments.is_empty()
+            && self.wal.batches() == 0
+            && self.memtable.rows() == 0;
+        if !never_used || self.poisoned {
+            return Err(Error::AlreadyExists { path: self.dir });
+        }
+        let manifest = self.dir.join(MANIFEST_FILE);
+        std::fs::remove_file(&manifest).map_err(|e| Error::io(&manifest, e))?;
+        crate::fsio::sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        owned::remove_unnamed(&self.dir, &HashSet::new())?;
+        let lock = self.dir.join(crate::LOCK_FILE);
+        std::fs::remove_file(&lock).map_err(|e| Error::io(&lock, e))?;
+        Ok(())
+    }
+
     /// A consistent view of every splat for readers.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -414,19 +482,4 @@ impl Db {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-}
-
-/// Removes the segment, log and temporary files of `dir` whose names are not in `live`.
-fn remove_unnamed(dir: &Path, live: &HashSet<&str>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let ours = name.ends_with(".seg") || name.ends_with(".wal") || name.ends_with(".tmp");
-        if ours && !live.contains(name) {
-            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
-        }
-    }
-    Ok(())
 }

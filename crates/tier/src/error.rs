@@ -35,6 +35,21 @@ pub enum Error {
         /// The version this build reads and writes.
         supported: u32,
     },
+    /// A directory that is not a database and is not empty: creating a database there would mix our files
+    /// with someone else's, so nothing is written into it.
+    #[error("{}: not empty and not an M2M database (found {}); use an empty or new directory", path.display(), found.display())]
+    NotOurs {
+        /// The directory.
+        path: PathBuf,
+        /// The first entry that is not ours.
+        found: PathBuf,
+    },
+    /// Creating a database where one exists.
+    #[error("{}: already holds an M2M database", path.display())]
+    AlreadyExists {
+        /// The directory.
+        path: PathBuf,
+    },
     /// Another writer holds the directory.
     #[error("{}: locked by another writer", path.display())]
     Locked {

@@ -52,6 +52,7 @@ mod fsio;
 mod hot;
 mod lock;
 mod manifest;
+mod owned;
 mod prefetch;
 mod segment;
 mod wal;
@@ -76,7 +77,8 @@ pub mod testing {
         set
     }
 
-    /// The decoders, over bytes, for the fuzz targets (`crates/tier/fuzz`): a log, a segment, a manifest.
+    /// The decoders, over bytes, for the fuzz targets (`crates/tier/fuzz`): a log, a segment, a manifest,
+    /// a blob's framing.
     pub mod decode {
         use std::path::Path;
 
@@ -99,6 +101,13 @@ pub mod testing {
         /// Decoding of a manifest file.
         pub fn manifest(bytes: &[u8]) -> Result<Manifest> {
             Manifest::decode(Path::new(LABEL), bytes)
+        }
+
+        /// Checking of a blob file's framing (magic, version, length, checksum); returns the payload's
+        /// length. The facade decodes the payloads (`m2m::testing`).
+        pub fn blob(bytes: &[u8]) -> Result<usize> {
+            crate::blob::unseal(Path::new(LABEL), bytes, crate::BLOB_MAGIC, crate::BLOB_VERSION, usize::MAX, "blob")
+                .map(<[u8]>::len)
         }
 
         /// Recomputes the checksums of a log file's header and of every record whose length fits, so that
@@ -139,7 +148,7 @@ pub mod testing {
             bytes[124..128].copy_from_slice(&crc.to_le_bytes());
         }
 
-        /// Recomputes the payload checksum of a manifest file.
+        /// Recomputes the payload checksum of a manifest or blob file (they share the framing).
         pub fn reseal_manifest(bytes: &mut [u8]) {
             if bytes.len() >= 20 {
                 let crc = crc32c::crc32c(&bytes[20..]);
@@ -149,9 +158,9 @@ pub mod testing {
     }
 }
 
-pub use blob::{BLOB_MAGIC, BLOB_VERSION, load_blob, store_blob};
+pub use blob::{BLOB_MAGIC, BLOB_VERSION, load_blob, remove_blob, store_blob};
 pub use columns::{Columns, ColumnsRef, Memtable};
-pub use db::{Db, DbOptions, Snapshot};
+pub use db::{Db, DbCheck, DbOptions, Snapshot};
 pub use error::{Error, Result};
 #[cfg(feature = "fault-injection")]
 pub use fsio::fault_injection as fault;
@@ -160,5 +169,5 @@ pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch, PrefetchStats};
 pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
-pub use wal::{Durability, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
+pub use wal::{Durability, LogCheck, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
 pub use warm::{BlockKey, BlockStore, DEFAULT_BLOCK_ROWS, MEMTABLE, WarmStats};

@@ -85,7 +85,7 @@ pub(crate) fn write_segment_parts(path: &Path, id: u64, parts: &[ColumnsRef<'_>]
     header[124..128].copy_from_slice(&crc.to_le_bytes());
 
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
-    let tmp: PathBuf = path.with_file_name(format!(".{name}.tmp"));
+    let tmp: PathBuf = path.with_file_name(crate::owned::temp_name(name));
     let result = (|| -> std::io::Result<()> {
         let file = fsio::create(&tmp, false)?;
         let mut f = std::io::BufWriter::with_capacity(1 << 20, fsio::Writer(&file));

@@ -355,6 +355,53 @@ fn recover(path: &Path, file: &mut File) -> Result<(usize, Vec<WalRecord>, u64)>
     decode_log(path, &bytes)
 }
 
+/// The end (in `rest`) of the record at `at` when it is whole and its checksum matches: a length of
+/// 16 bytes (the payload header) to [`MAX_RECORD`] that fits in `rest`.
+fn good_record(rest: &[u8], at: usize) -> Option<usize> {
+    let header = rest.get(at..at + RECORD_HEADER as usize)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len < 16 || len as u64 > MAX_RECORD {
+        return None;
+    }
+    let end = (at + RECORD_HEADER as usize).checked_add(len).filter(|&e| e <= rest.len())?;
+    (crc32c::crc32c(&rest[at + RECORD_HEADER as usize..end]) == crc).then_some(end)
+}
+
+/// What recovery of a log keeps and what it would cut, without changing the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogCheck {
+    /// The log file.
+    pub path: PathBuf,
+    /// The good records.
+    pub records: Vec<WalRecord>,
+    /// End of the last good record.
+    pub end: u64,
+    /// Length of the file; bytes from `end` to here are a torn or damaged tail that `Wal::open` cuts.
+    pub len: u64,
+    /// Rows of a batch record in that tail, when its header is readable (a damaged acknowledged batch, or
+    /// a torn write that was never acknowledged).
+    pub tail_rows: Option<u64>,
+}
+
+impl LogCheck {
+    /// Bytes after the last good record (zero when the log ends cleanly).
+    pub fn tail_bytes(&self) -> u64 {
+        self.len - self.end
+    }
+
+    /// Checks the log at `path`, reading it whole and changing nothing.
+    pub fn of(path: impl AsRef<Path>) -> Result<LogCheck> {
+        let path = path.as_ref().to_path_buf();
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let (_, records, end) = decode_log(&path, &bytes)?;
+        let tail = &bytes[end as usize..];
+        let tail_rows = (tail.len() >= RECORD_HEADER as usize + 8 && tail[8] == KIND_BATCH)
+            .then(|| u64::from(u32::from_le_bytes([tail[12], tail[13], tail[14], tail[15]])));
+        Ok(LogCheck { path, records, end, len: bytes.len() as u64, tail_rows })
+    }
+}
+
 /// Recovery over the bytes of a whole log file; `path` only labels errors. Returns the dimension, the
 /// good records and the end of the last one.
 pub(crate) fn decode_log(path: &Path, bytes: &[u8]) -> Result<(usize, Vec<WalRecord>, u64)> {
@@ -381,42 +428,44 @@ pub(crate) fn decode_log(path: &Path, bytes: &[u8]) -> Result<(usize, Vec<WalRec
     let rest = &bytes[WAL_HEADER as usize..];
     let mut batches = Vec::new();
     let mut at = 0usize;
-    loop {
+    while at < rest.len() {
         let offset = WAL_HEADER + at as u64;
-        let left = rest.len() - at;
-        if left == 0 {
-            break;
-        }
-        if (left as u64) < RECORD_HEADER {
-            break; // A torn record header at the end.
-        }
-        let rec_len = u64::from(u32::from_le_bytes(rest[at..at + 4].try_into().unwrap_or([0; 4])));
-        let crc = u32::from_le_bytes(rest[at + 4..at + 8].try_into().unwrap_or([0; 4]));
-        let end = at as u64 + RECORD_HEADER + rec_len;
-        if end > rest.len() as u64 {
-            // The record runs past the end of the file: a torn write, unless its length field is what is
-            // damaged and good records follow (a torn write only ever affects the last record).
-            if let Some(next) = record_after(rest, at + 1) {
-                return Err(Error::corrupt(
-                    path,
-                    offset,
-                    format!(
-                        "record length {rec_len} runs past the end, but a good record starts at byte {}",
-                        WAL_HEADER + next as u64
-                    ),
-                ));
+        match good_record(rest, at) {
+            Some(end) => {
+                let payload = &rest[at + RECORD_HEADER as usize..end];
+                batches.push(decode(path, offset, payload, dim, batches.len() as u64)?);
+                at = end;
             }
-            break;
-        }
-        let payload = &rest[at + RECORD_HEADER as usize..end as usize];
-        if rec_len > MAX_RECORD || crc32c::crc32c(payload) != crc {
-            if end == rest.len() as u64 {
-                break; // The last record is damaged: a torn write.
+            None => {
+                // Zeros after the last record (space a crash left allocated, or a zero-filled extension)
+                // hold no record: a record is never shorter than its 16-byte payload header, so a zero
+                // length field is damage, not an empty record whose checksum happens to be 0.
+                if rest[at..].iter().all(|&b| b == 0) || rest.len() - at < RECORD_HEADER as usize {
+                    break;
+                }
+                let rec_len = u64::from(u32::from_le_bytes(rest[at..at + 4].try_into().unwrap_or([0; 4])));
+                let end = at as u64 + RECORD_HEADER + rec_len;
+                if end > rest.len() as u64 {
+                    // The record runs past the end of the file: a torn write, unless its length field is
+                    // what is damaged and good records follow (a torn write only affects the last record).
+                    if let Some(next) = record_after(rest, at + 1) {
+                        return Err(Error::corrupt(
+                            path,
+                            offset,
+                            format!(
+                                "record length {rec_len} runs past the end, but a good record starts at byte {}",
+                                WAL_HEADER + next as u64
+                            ),
+                        ));
+                    }
+                    break;
+                }
+                if end == rest.len() as u64 {
+                    break; // The last record is damaged: a torn write.
+                }
+                return Err(Error::corrupt(path, offset, "record checksum mismatch with more records after it"));
             }
-            return Err(Error::corrupt(path, offset, "record checksum mismatch with more records after it"));
         }
-        batches.push(decode(path, offset, payload, dim, batches.len() as u64)?);
-        at = end as usize;
     }
     Ok((dim, batches, WAL_HEADER + at as u64))
 }

@@ -7,6 +7,18 @@
 //! Either way it prints `ack N` on standard output once batch N is acknowledged, and runs until killed.
 //! Batch N's content is a function of N alone (`testing::crash_batch`), so the test that kills this
 //! process with SIGKILL can check every recovered batch byte for byte.
+//!
+//! For `cargo xtask torture` it also checks and damages:
+//!
+//! * `m2m-tier-crash-writer check DIR DIM ACKED`: opens the database as the writer would after a crash and
+//!   checks that batches 0..=ACKED (`-` for none) are each present exactly once with their exact bytes,
+//!   that any later batch is present whole or not at all, and that no other row exists. Prints `ok ROWS`.
+//! * `m2m-tier-crash-writer rows DIR FILE`: a database made by `m2m ingest DIR FILE` (ids are file rows)
+//!   read without changing it: every row present is the file's row of that number, byte for byte (unit
+//!   `mu`, norm), once. Prints `ok ROWS`.
+//! * `m2m-tier-crash-writer forge KIND FILE SEED`: changes a byte of a log, segment, manifest or blob
+//!   file (KIND `log`, `segment`, `sealed`) chosen by SEED, then recomputes its checksums, so that the
+//!   damage reaches the decoders behind them; a length or count field is the target half of the time.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line helper reports to its terminal")]
 
@@ -59,9 +71,135 @@ fn main() {
                 ack(n);
             }
         }
+        [mode, dir, dim, acked] if mode == "check" => {
+            let dim: usize = dim.parse().expect("DIM is a number");
+            let acked: Option<u64> = (acked != "-").then(|| acked.parse().expect("ACKED is a number or -"));
+            finish(check(&PathBuf::from(dir), dim, acked));
+        }
+        [mode, dir, file] if mode == "rows" => finish(rows(&PathBuf::from(dir), &PathBuf::from(file))),
+        [mode, kind, file, seed] if mode == "forge" => {
+            finish(forge(kind, &PathBuf::from(file), seed.parse().expect("SEED is a number")).map(|()| 0));
+        }
         _ => {
-            eprintln!("usage: m2m-tier-crash-writer WAL_PATH DIM | m2m-tier-crash-writer db DIR DIM");
+            eprintln!(
+                "usage: m2m-tier-crash-writer WAL_PATH DIM | db DIR DIM | check DIR DIM ACKED | rows DIR FILE | forge KIND FILE SEED"
+            );
             std::process::exit(2);
         }
     }
+}
+
+fn finish(result: Result<usize, String>) {
+    match result {
+        Ok(rows) => println!("ok {rows}"),
+        Err(e) => {
+            eprintln!("FAILED: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Every row of a snapshot by id: (mu, norm, kappa, alpha) as bits.
+type Rows = std::collections::HashMap<u64, (Vec<u32>, u32, u32, u32)>;
+
+fn rows_of(snap: &m2m_tier::Snapshot) -> Result<Rows, String> {
+    let mut out = Rows::new();
+    for part in snap.parts() {
+        for (r, &id) in part.ids.iter().enumerate() {
+            if !snap.is_live(id) {
+                continue;
+            }
+            let mu = part.mu[r * part.dim..(r + 1) * part.dim].iter().map(|v| v.to_bits()).collect();
+            let row = (mu, part.norms[r].to_bits(), part.kappa[r].to_bits(), part.alpha[r].to_bits());
+            if out.insert(id, row).is_some() {
+                return Err(format!("id {id} present twice"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check(dir: &std::path::Path, dim: usize, acked: Option<u64>) -> Result<usize, String> {
+    let db = Db::open(dir, DbOptions::default()).map_err(|e| format!("open after the kill: {e}"))?;
+    let mut rows = rows_of(&db.snapshot())?;
+    let total = rows.len();
+    let mut n = 0u64;
+    loop {
+        let want = crash_batch(n, dim);
+        let present = want.ids().iter().filter(|id| rows.contains_key(id)).count();
+        if present == 0 {
+            if acked.is_some_and(|a| n <= a) {
+                return Err(format!("acknowledged batch {n} is missing"));
+            }
+            break;
+        }
+        if present != want.len() {
+            return Err(format!("batch {n}: {present} of its {} rows present", want.len()));
+        }
+        for (r, id) in want.ids().iter().enumerate() {
+            let (mu, norm, kappa, alpha) = rows.remove(id).unwrap_or_default();
+            let want_mu: Vec<u32> = want.mu_row(r).iter().map(|v| v.to_bits()).collect();
+            if mu != want_mu
+                || norm != want.norms()[r].to_bits()
+                || kappa != want.kappa()[r].to_bits()
+                || alpha != want.alpha()[r].to_bits()
+            {
+                return Err(format!("batch {n}, row {r} (id {id}): bytes differ"));
+            }
+        }
+        n += 1;
+    }
+    if let Some(id) = rows.keys().next() {
+        return Err(format!("row {id} belongs to no batch in order (a batch after a missing one)"));
+    }
+    Ok(total)
+}
+
+fn rows(dir: &std::path::Path, file: &std::path::Path) -> Result<usize, String> {
+    let snap = Db::read_snapshot(dir).map_err(|e| e.to_string())?;
+    let rows = rows_of(&snap)?;
+    let v = m2m_splat::read_vectors::<f32>(file).map_err(|e| e.to_string())?;
+    let set = m2m_splat::SplatSet::from_vectors(&v.data, v.dim).map_err(|e| e.to_string())?;
+    for (&id, (mu, norm, _, _)) in &rows {
+        let r = usize::try_from(id).ok().filter(|&r| r < set.len()).ok_or(format!("id {id} is no row of the file"))?;
+        let want_mu: Vec<u32> = set.mu_row(r).iter().map(|v| v.to_bits()).collect();
+        if *mu != want_mu || *norm != set.norms()[r].to_bits() {
+            return Err(format!("row {r}: bytes differ from the file's"));
+        }
+    }
+    Ok(rows.len())
+}
+
+fn forge(kind: &str, file: &std::path::Path, seed: u64) -> Result<(), String> {
+    let mut bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // Half the time a length or count field: the record lengths and row counts of a log, the row
+    // count and column offsets of a segment, the first bytes of a sealed payload (postcard's lengths).
+    let fields: Vec<usize> = match kind {
+        "log" => (32..bytes.len().min(32 + 24)).collect(),
+        "segment" => (12..72).collect(),
+        _ => (20..bytes.len().min(40)).collect(),
+    };
+    let at = if next() % 2 == 0 && !fields.is_empty() {
+        fields[(next() % fields.len() as u64) as usize]
+    } else {
+        (next() % bytes.len() as u64) as usize
+    };
+    bytes[at] ^= 1 << (next() % 8);
+    match kind {
+        "log" => m2m_tier::testing::decode::reseal_log(&mut bytes),
+        "segment" => m2m_tier::testing::decode::reseal_segment(&mut bytes),
+        "sealed" => m2m_tier::testing::decode::reseal_manifest(&mut bytes),
+        other => return Err(format!("unknown kind {other}")),
+    }
+    std::fs::write(file, &bytes).map_err(|e| format!("{}: {e}", file.display()))
 }

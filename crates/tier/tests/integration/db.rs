@@ -94,14 +94,58 @@ fn leftovers_of_an_interrupted_flush_are_removed_and_the_lock_is_exclusive() {
     db.ingest(&crash_batch(0, DIM)).unwrap();
     assert!(matches!(Db::open(dir.path(), DbOptions::default()), Err(Error::Locked { .. })));
     drop(db);
-    for stray in ["0000000007.seg", "0000000009.wal", ".0000000008.seg.tmp", "MANIFEST.tmp"] {
+    let ours = [
+        "0000000007.seg",
+        "0000000009.wal",
+        ".m2m-tmp.0000000008.seg.0123456789abcdef",
+        ".m2m-tmp.MANIFEST.fedcba9876543210",
+    ];
+    // Names that merely look like ours belong to the user: never removed.
+    let theirs = ["report.tmp", "MANIFEST.tmp", ".0000000008.seg.tmp", "notes.wal", "x.seg", "m2m-notes.blob"];
+    for stray in ours.iter().chain(&theirs) {
         fs::write(dir.path().join(stray), b"half written").unwrap();
     }
     let db = Db::open(dir.path(), DbOptions::default()).unwrap();
     assert_batches(&db.snapshot(), 1);
-    for stray in ["0000000007.seg", "0000000009.wal", ".0000000008.seg.tmp", "MANIFEST.tmp"] {
+    for stray in ours {
         assert!(!dir.path().join(stray).exists(), "{stray} left behind");
     }
+    for file in theirs {
+        assert_eq!(fs::read(dir.path().join(file)).unwrap(), b"half written", "{file} was touched");
+    }
+}
+
+#[test]
+fn a_foreign_directory_is_never_written_to_nor_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["report.tmp", "0000000001.wal"] {
+        fs::write(dir.path().join(file), b"user data").unwrap();
+    }
+    match Db::create(dir.path(), DIM, DbOptions::default()) {
+        Err(Error::NotOurs { found, .. }) => assert_eq!(found, dir.path().join("report.tmp")),
+        other => panic!("creating in a foreign directory: {other:?}"),
+    }
+    assert!(matches!(Db::open(dir.path(), DbOptions::default()), Err(Error::Io { .. })));
+    assert!(Db::read_snapshot(dir.path()).is_err());
+    let mut names: Vec<String> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["0000000001.wal", "report.tmp"], "no lock file, nothing removed");
+    assert_eq!(fs::read(dir.path().join("report.tmp")).unwrap(), b"user data");
+}
+
+#[test]
+fn a_create_killed_before_its_manifest_can_be_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a create leaves when killed between its first files and the manifest.
+    for file in ["LOCK", "0000000001.wal", ".m2m-tmp.MANIFEST.0123456789abcdef"] {
+        fs::write(dir.path().join(file), b"half").unwrap();
+    }
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(0, DIM)).unwrap();
+    drop(db);
+    assert!(!dir.path().join(".m2m-tmp.MANIFEST.0123456789abcdef").exists());
+    assert_batches(&Db::open(dir.path(), DbOptions::default()).unwrap().snapshot(), 1);
 }
 
 #[test]
@@ -114,7 +158,7 @@ fn bad_batches_and_existing_databases_are_refused() {
     assert_eq!(db.len(), crash_batch(0, DIM).len());
     drop(db);
     match Db::create(dir.path(), DIM, DbOptions::default()) {
-        Err(Error::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists),
+        Err(Error::AlreadyExists { path }) => assert_eq!(path, dir.path()),
         other => panic!("creating over a database: {other:?}"),
     }
     let empty = tempfile::tempdir().unwrap();

@@ -39,7 +39,7 @@ fn segments_round_trip_with_aligned_columns() {
     }
     let leftovers = fs::read_dir(dir.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".m2m-tmp."))
         .count();
     assert_eq!(leftovers, 0);
 }
@@ -116,7 +116,10 @@ fn the_manifest_round_trips_and_is_replaced_whole() {
     m.segments.push(SegmentEntry { id: 1, file: "000001.seg".into(), rows: 7 });
     m.store(dir.path()).unwrap();
     assert_eq!(Manifest::load(dir.path()).unwrap(), m);
-    assert!(!dir.path().join(format!("{MANIFEST_FILE}.tmp")).exists());
+    let temps = fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".m2m-tmp."));
+    assert_eq!(temps.count(), 0, "a temporary manifest left behind");
 
     let path = dir.path().join(MANIFEST_FILE);
     let good = fs::read(&path).unwrap();

@@ -239,3 +239,47 @@ fn a_well_sealed_record_with_invalid_values_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_zero_tail_of_any_length_is_cut_and_reported_not_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0000000001.wal");
+    let (good, ends) = log_of(&path, 3);
+    // 8 zero bytes are a record header of length 0 whose checksum (of nothing) is 0: it must not pass
+    // as a record; neither must longer runs of zeros.
+    for zeros in [1usize, 7, 8, 9, 16, 24, 100, 4096] {
+        let mut bytes = good.clone();
+        bytes.resize(good.len() + zeros, 0);
+        fs::write(&path, &bytes).unwrap();
+        let check = m2m_tier::LogCheck::of(&path).unwrap();
+        assert_eq!((check.records.len(), check.end, check.tail_bytes()), (3, ends[2], zeros as u64), "{zeros} zeros");
+        assert_eq!(check.tail_rows, None);
+        assert_eq!(fs::read(&path).unwrap(), bytes, "a check changed the file");
+        let (wal, records) = Wal::open(&path, Durability::NoSync).unwrap();
+        assert_eq!(only_batches(records).len(), 3);
+        assert_eq!(wal.len_bytes(), ends[2]);
+        drop(wal);
+        assert_eq!(fs::read(&path).unwrap(), good, "the writer's open cuts the zeros");
+    }
+    // A zero-length record followed by a good one is damage in the middle, not a tail.
+    let mut bytes = good[..ends[1] as usize].to_vec();
+    bytes.extend_from_slice(&[0; 8]);
+    bytes.extend_from_slice(&good[ends[1] as usize..]);
+    fs::write(&path, &bytes).unwrap();
+    assert!(matches!(Wal::read(&path), Err(Error::Corrupt { .. })));
+}
+
+#[test]
+fn a_damaged_last_record_is_reported_with_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0000000001.wal");
+    let (mut bytes, ends) = log_of(&path, 3);
+    let last = bytes.len() - 5;
+    bytes[last] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    let check = m2m_tier::LogCheck::of(&path).unwrap();
+    assert_eq!(check.records.len(), 2);
+    assert_eq!(check.tail_bytes(), bytes.len() as u64 - ends[1]);
+    assert_eq!(check.tail_rows, Some(crash_batch(2, DIM).len() as u64));
+    assert_eq!(fs::read(&path).unwrap(), bytes, "a check changed the file");
+}

@@ -1,0 +1,114 @@
+//! The facade's checks of what it decodes from its blobs (the stored index with its ids, kappa and alpha;
+//! the learned kappa and alpha), and the one place that bounds a retrieval's `k`.
+//!
+//! A blob's checksum proves that its bytes are the ones written, not that they are sane: every decoded
+//! structure is checked here for internal consistency (lengths, ranges, ids) before any of it is used,
+//! so that a forged file is an [`Error::Tier`] `Corrupt` naming it, never a panic. The index's own parts
+//! are checked by `m2m_index::Index::from_parts`.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use m2m_index::Index;
+
+use crate::engine::{Learned, StoredIndex};
+use crate::{Error, M2mConfig, Result};
+
+/// Offset of a blob's payload (after its 20-byte header): where decoded-content errors point.
+const PAYLOAD: u64 = 20;
+
+pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Tier(m2m_tier::Error::Corrupt { path: path.to_path_buf(), offset: PAYLOAD, reason: reason.into() })
+}
+
+/// Columns of learned values by id: as many kappa and alpha as ids, ids distinct, every value finite and
+/// positive (the splat invariant).
+pub(crate) fn learned(path: &Path, ids: &[u64], kappa: &[f32], alpha: &[f32]) -> Result<()> {
+    if kappa.len() != ids.len() || alpha.len() != ids.len() {
+        return Err(corrupt(
+            path,
+            format!("{} ids with {} kappa and {} alpha values", ids.len(), kappa.len(), alpha.len()),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(ids.len());
+    if let Some(id) = ids.iter().find(|id| !seen.insert(**id)) {
+        return Err(corrupt(path, format!("id {id} stored twice")));
+    }
+    for (what, values) in [("kappa", kappa), ("alpha", alpha)] {
+        if let Some(i) = values.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(corrupt(path, format!("{what} of id {} is {}, not finite and > 0", ids[i], values[i])));
+        }
+    }
+    Ok(())
+}
+
+/// The index of a decoded stored index, checked (its parts by `Index::from_parts`, its learned columns,
+/// and against the settings); returns it with the learned values stored beside it.
+pub(crate) fn stored_index(path: &Path, stored: StoredIndex, config: &M2mConfig) -> Result<(Index, Learned)> {
+    let StoredIndex { parts, ids, kappa, alpha } = stored;
+    learned(path, &ids, &kappa, &alpha)?;
+    let index = Index::from_parts(parts).map_err(|e| corrupt(path, e.to_string()))?;
+    index_matches(path, &index, config, &ids)?;
+    Ok((index, Learned { ids, kappa, alpha }))
+}
+
+/// A stored index against the settings and the ids it was stored with: same dimension and metric, and
+/// exactly those ids inside.
+fn index_matches(path: &Path, index: &Index, config: &M2mConfig, ids: &[u64]) -> Result<()> {
+    if index.dim() != config.dim || index.metric() != config.metric {
+        return Err(corrupt(
+            path,
+            format!(
+                "index of dimension {} ({:?}) in a database of dimension {} ({:?})",
+                index.dim(),
+                index.metric(),
+                config.dim,
+                config.metric
+            ),
+        ));
+    }
+    if index.len() != ids.len() || ids.iter().any(|id| !index.contains(*id)) {
+        return Err(corrupt(
+            path,
+            format!("the index holds {} rows, not the {} ids stored with it", index.len(), ids.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The one bound of a retrieval's `k`: at most the live splats (asking for more returns all of them, as
+/// asking for exactly that many would), so that no `k` can make a search allocate beyond the data or
+/// overflow. `k = 0` stays 0 for the index to refuse.
+pub(crate) fn bound_k(k: usize, live: usize) -> usize {
+    k.min(live.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_is_bounded_by_the_live_rows_and_zero_stays_refused() {
+        assert_eq!(bound_k(usize::MAX, 100), 100);
+        assert_eq!(bound_k(1_000_000_000, 100), 100);
+        assert_eq!(bound_k(7, 100), 7);
+        assert_eq!(bound_k(0, 100), 0);
+        assert_eq!(bound_k(5, 0), 1);
+    }
+
+    #[test]
+    fn learned_columns_must_agree_and_be_valid() {
+        let p = Path::new("m2m-learned.blob");
+        assert!(learned(p, &[1, 2], &[1.0, 2.0], &[1.0, 1.0]).is_ok());
+        for (ids, kappa, alpha) in [
+            (&[1u64, 2][..], &[1.0f32][..], &[1.0f32, 1.0][..]),
+            (&[1, 2], &[1.0, 2.0], &[1.0]),
+            (&[1, 1], &[1.0, 2.0], &[1.0, 1.0]),
+            (&[1, 2], &[1.0, f32::NAN], &[1.0, 1.0]),
+            (&[1, 2], &[1.0, 2.0], &[0.0, 1.0]),
+        ] {
+            let e = learned(p, ids, kappa, alpha).unwrap_err().to_string();
+            assert!(e.starts_with("m2m-learned.blob: corrupt"), "{e}");
+        }
+    }
+}
