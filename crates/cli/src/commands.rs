@@ -318,7 +318,7 @@ fn build(cli: &Cli, db: &Path, n_fine: Option<usize>, n_coarse: Option<usize>) -
     let mut engine = open(db)?;
     let pb = spinner(cli, "building the index");
     let t = Instant::now();
-    engine.build_index_with(n_fine, n_coarse)?;
+    engine.build_index_with(n_fine, n_coarse).with_context(|| format!("{}", db.display()))?;
     pb.finish_and_clear();
     let s = engine.stats();
     let (fine, coarse) = s.index.unwrap_or_default();
@@ -423,8 +423,10 @@ fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>) -> R
     let pb = bar(cli, per_epoch * cfg.epochs, "batches");
     let t = Instant::now();
     let (mut rows, mut generated, mut batches) = (0usize, 0usize, 0u64);
-    for b in engine.export_to_dataloader(cfg)? {
-        let b = b?;
+    // Errors name the database (an empty one has nothing to stream).
+    let in_db = || format!("{}", db.display());
+    for b in engine.export_to_dataloader(cfg).with_context(in_db)? {
+        let b = b.with_context(in_db)?;
         rows += b.len();
         generated += b.generated.iter().filter(|g| **g).count();
         batches += 1;

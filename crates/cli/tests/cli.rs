@@ -326,3 +326,15 @@ fn huge_k_empty_queries_and_changed_files_get_answers_not_panics() {
     let (code, err) = fails(&["ingest", &d, &a]);
     assert!(code == 1 && err.contains("content changed"), "{err}");
 }
+
+#[test]
+fn errors_on_an_empty_database_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    drop(m2m::M2m::create(m2m::M2mConfig::default().dim(8).data_dir(&db)).unwrap());
+    let d = db.display().to_string();
+    for args in [["stream", &d], ["build", &d]] {
+        let (code, err) = fails(&args);
+        assert!(code == 1 && err.contains(&d) && err.contains("no splat"), "{args:?}: {err}");
+    }
+}
