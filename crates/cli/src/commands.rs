@@ -240,9 +240,10 @@ fn ingest_into(
         let crc = file_crc(&path, chunk)?;
         let entry = match log.files.iter().find(|e| e.path == key && e.bytes == bytes && e.rows == info.rows) {
             Some(e) if e.crc.is_some_and(|c| c != crc) => bail!(
-                "{}: the content changed since its rows were ingested (same size, other values); ingest it \
-                 under another name, or into a new database",
-                path.display()
+                "{}: the content changed since its rows were ingested (same size, other values, by the CRC in \
+                 {}); ingest it under another name, or into a new database",
+                path.display(),
+                db.join(INGEST_BLOB).display()
             ),
             Some(e) => e.clone(),
             None => {

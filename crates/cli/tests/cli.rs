@@ -324,7 +324,7 @@ fn huge_k_empty_queries_and_changed_files_get_answers_not_panics() {
     let changed: Vec<f32> = b.data.iter().map(|v| v + 0.125).collect();
     write_vectors(&a, &changed, 16).unwrap();
     let (code, err) = fails(&["ingest", &d, &a]);
-    assert!(code == 1 && err.contains("content changed"), "{err}");
+    assert!(code == 1 && err.contains("content changed") && err.contains("m2m-ingest.blob"), "{err}");
 }
 
 #[test]
