@@ -35,6 +35,9 @@ fn forge(dir: &Path, change: impl FnOnce(&mut StoredIndex)) {
     m2m::tier::store_blob(dir, INDEX_BLOB, &postcard::to_allocvec(&stored).unwrap()).unwrap();
 }
 
+/// A named change to a stored index.
+type Forgery = (&'static str, Box<dyn Fn(&mut StoredIndex)>);
+
 fn names_the_index(e: &Error) -> bool {
     matches!(e, Error::Tier(m2m::tier::Error::Corrupt { path, .. }) if path.ends_with(INDEX_BLOB))
 }
@@ -44,7 +47,7 @@ fn a_forged_index_is_a_typed_error_for_readers_and_rebuilt_by_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let base = built(dir.path(), 600);
     let good = std::fs::read(dir.path().join(INDEX_BLOB)).unwrap();
-    let forgeries: Vec<(&str, Box<dyn Fn(&mut StoredIndex)>)> = vec![
+    let forgeries: Vec<Forgery> = vec![
         (
             "one kappa value fewer",
             Box::new(|s| {
@@ -128,7 +131,7 @@ fn a_create_killed_before_the_settings_is_created_again_and_an_unused_one_discar
     assert!(M2m::open(&path).is_err(), "no settings: not an engine");
     let mut engine = M2m::create(M2mConfig::default().dim(DIM).data_dir(&path)).unwrap();
     assert_eq!(engine.config().dim, DIM);
-    engine.add_splats(&vec![0.5; 3 * DIM]).unwrap();
+    engine.add_splats(&[0.5; 3 * DIM]).unwrap();
     drop(engine);
     assert_eq!(M2m::open(&path).unwrap().len(), 3);
     // A used database is not discarded; a never-used one leaves the directory empty.

@@ -11,9 +11,12 @@
 //! * `cargo xtask shaders`: compiles every shader of `shaders/` with glslangValidator and validates
 //!   the SPIR-V with spirv-val.
 //! * `cargo xtask fuzz [SECONDS]`: runs every cargo-fuzz target of `crates/tier/fuzz` (the log, segment
-//!   and manifest decoders) for SECONDS each (default 20), installing cargo-fuzz when it is missing; CI
+//!   and manifest decoders, and the blobs' framing and payloads) for SECONDS each (default 20), installing cargo-fuzz when it is missing; CI
 //!   runs it for 15 seconds per target. cargo-fuzz's flags (`-Z sanitizer=address`) need a nightly
 //!   compiler, and this machine has only stable: `RUSTC_BOOTSTRAP=1` lets stable accept them.
+//! * `cargo xtask torture [--minutes N] [--seed S]`: the hostile test (`torture.rs`): SIGKILLs of ingest,
+//!   flush, compaction and build at random moments, damage and forgeries of every file kind, foreign
+//!   files, a full disk as root; CI runs it for 3 minutes.
 //! * `cargo xtask bench [tier|splat|kernels|soc] [ARGS...]`: runs the criterion benchmarks (all, or one by
 //!   name); ARGS go to criterion (for example a benchmark name filter). Without arguments it then runs
 //!   `cargo xtask bench report`, which regenerates `BENCHMARKS.md` and `BENCHMARKS-recall-qps.svg` from an
@@ -35,6 +38,7 @@ use anyhow::{Context, Result, bail};
 
 mod gpu;
 mod python;
+mod torture;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,13 +53,14 @@ fn main() -> Result<()> {
         }
         Some("python") => python::test().map(|c| println!("tests: {} passed, {} failed", c.passed, c.failed)),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose().context("SECONDS must be a number")?),
+        Some("torture") => torture::torture(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!(
-                "usage: cargo xtask <ci | shaders | python | fuzz [SECONDS] | bench [criterion args...] | bench search --base B --queries Q ...>"
+                "usage: cargo xtask <ci | shaders | python | fuzz [SECONDS] | torture [--minutes N] [--seed S] | bench [criterion args...] | bench search --base B --queries Q ...>"
             );
             Ok(())
         }
-        Some(other) => bail!("unknown task `{other}`; expected `ci`, `shaders`, `fuzz` or `bench`"),
+        Some(other) => bail!("unknown task `{other}`; expected `ci`, `shaders`, `fuzz`, `torture` or `bench`"),
     }
 }
 
@@ -182,14 +187,17 @@ fn ci() -> Result<()> {
     // The README's main command, exactly as written there.
     run("cargo", &["run", "--release", "--locked", "--example", "quickstart"])?;
     fuzz(Some(15))?;
+    // The hostile test: kills, damage, forgeries and foreign files for 3 minutes (longer: `cargo xtask
+    // torture --minutes 30`).
+    torture::torture(&["--minutes".into(), "3".into()])?;
     println!("\nci: all steps passed in {:.0} s", start.elapsed().as_secs_f64());
     // The closing line CI reads: the tests of every crate, summed.
     println!("tests: {} passed, {} failed", counts.passed, counts.failed);
     Ok(())
 }
 
-/// The fuzz targets, each a decoder of m2m-tier.
-const FUZZ_TARGETS: [&str; 3] = ["log", "segment", "manifest"];
+/// The fuzz targets: m2m-tier's decoders, and the blobs (framing and the facade's payloads).
+const FUZZ_TARGETS: [&str; 4] = ["log", "segment", "manifest", "blobs"];
 /// cargo-fuzz, pinned.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 

@@ -7,7 +7,8 @@
 //! m2m stream DB [--batch-size 256] [--importance] [--generate] [--epochs 1] [--out batches.npy]
 //!            [--steps 20] [--temperature T] [--step-size DT] [--dynamics overdamped|underdamped]
 //! m2m info DB                  segments, sizes, index shape, kappa statistics
-//! m2m verify DB                every checksum of every file
+//! m2m verify DB                every checksum of every file, the blobs' contents; changes nothing
+//! m2m repair DB                cuts a damaged log tail and drops a damaged index, saying what it drops
 //! m2m bench --base B --queries Q [--k 10]
 //! ```
 //!
@@ -121,8 +122,14 @@ pub(crate) enum Command {
         /// The database directory.
         db: PathBuf,
     },
-    /// Check every checksum of every file of a database.
+    /// Check every checksum of every file of a database and the contents of its blobs; changes nothing
+    /// (exit 1 when anything is wrong: then see `m2m repair`).
     Verify {
+        /// The database directory.
+        db: PathBuf,
+    },
+    /// Cut a torn or damaged log tail and drop a damaged index blob, reporting what is dropped.
+    Repair {
         /// The database directory.
         db: PathBuf,
     },

@@ -106,12 +106,16 @@ fn every_error_is_one_line_with_a_non_zero_exit() {
     assert_eq!(code, 1);
     assert!(err.contains("not an M2M database"), "{err}");
 
-    // Locked: another writer holds the directory.
+    // Locked: another writer holds the directory. Writers are refused; readers open beside it.
     {
         let _holder = m2m::M2m::open(&db).unwrap();
-        let (code, err) = fails(&["info", &db]);
+        let (code, err) = fails(&["build", &db]);
         assert_eq!(code, 1);
         assert!(err.contains("locked"), "{err}");
+        for args in [["info", &db], ["verify", &db]] {
+            let out = m2m(&args);
+            assert!(out.status.success(), "{args:?} beside a writer: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 
     // Corrupt: a byte flipped in the middle of the segment's data.
@@ -165,4 +169,172 @@ fn ctrl_c_during_ingest_leaves_a_usable_database_and_a_rerun_resumes() {
     let r = ok(&["ingest", &db, &f, "--chunk", "20000"]);
     assert_eq!(r["already_in"].as_u64(), Some(before));
     assert_eq!(r["splats"].as_u64(), Some(rows as u64), "no row twice, none missing");
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn files_that_are_not_ours_are_never_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = digits(dir.path(), 400, 16);
+    // A directory that is not a database: refused, nothing written into it, nothing removed.
+    let s = dir.path().join("s");
+    std::fs::create_dir(&s).unwrap();
+    std::fs::write(s.join("report.tmp"), b"mine").unwrap();
+    let (code, err) = fails(&["ingest", &s.display().to_string(), &a]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty and not an M2M database") && err.contains("report.tmp"), "{err}");
+    assert_eq!(names(&s), ["report.tmp"]);
+    // Inside a database: files that merely look like ours survive every command.
+    let db = dir.path().join("db");
+    let d = db.display().to_string();
+    assert!(m2m(&["ingest", &d, &a]).status.success());
+    let foreign = ["report.tmp", "notes.wal", "x.seg", "MANIFEST.tmp", ".0000000001.seg.tmp", "m2m-notes.blob"];
+    for f in foreign {
+        std::fs::write(db.join(f), f.as_bytes()).unwrap();
+    }
+    for args in [
+        &["info", &d][..],
+        &["verify", &d],
+        &["build", &d],
+        &["query", &d, "--row", "1"],
+        &["repair", &d],
+        &["ingest", &d, &a],
+    ] {
+        assert!(m2m(args).status.success(), "{args:?}");
+    }
+    for f in foreign {
+        assert_eq!(std::fs::read(db.join(f)).unwrap(), f.as_bytes(), "{f} touched");
+    }
+}
+
+#[test]
+fn a_failed_first_ingest_leaves_no_database_bound_to_its_dimension() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = |name: &str, row: usize| {
+        let path = dir.path().join(name);
+        let mut rows = vec![0.5f32; 30 * 8];
+        rows[row * 8 + 3] = f32::NAN;
+        write_vectors(&path, &rows, 8).unwrap();
+        path.display().to_string()
+    };
+    // A bad row in the second chunk: reported by its row in the file, not in the chunk.
+    let d1 = dir.path().join("db1").display().to_string();
+    let (code, err) = fails(&["ingest", &d1, &bad("late.npy", 17), "--chunk", "10"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("late.npy") && err.contains("row 17, column 3"), "{err}");
+    // A bad row in the first chunk: the database it created is gone, the directory as before.
+    let db = dir.path().join("db2");
+    std::fs::create_dir(&db).unwrap();
+    let d = db.display().to_string();
+    let (code, err) = fails(&["ingest", &d, &bad("early.npy", 7), "--chunk", "10"]);
+    assert!(code == 1 && err.contains("row 7, column 3"), "{err}");
+    assert!(names(&db).is_empty(), "{:?}", names(&db));
+    let (a, _) = digits(dir.path(), 100, 16);
+    let r = ok(&["ingest", &d, &a]);
+    assert_eq!(r["splats"], 50, "the directory takes a file of another dimension");
+}
+
+#[test]
+fn verify_only_reports_and_repair_says_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = digits(dir.path(), 400, 16);
+    let db = dir.path().join("db");
+    let d = db.display().to_string();
+    assert!(m2m(&["ingest", &d, &a]).status.success());
+    {
+        // 100 acknowledged rows still in the log (not flushed).
+        let mut e = m2m::M2m::open(&db).unwrap();
+        e.add_splats_with(&vec![0.25; 100 * 16], &(1000..1100).collect::<Vec<u64>>(), None, None).unwrap();
+    }
+    let wal =
+        std::fs::read_dir(&db).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "wal"));
+    let wal = wal.unwrap();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x04;
+    std::fs::write(&wal, &bytes).unwrap();
+    let (code, err) = fails(&["verify", &d]);
+    assert_eq!(code, 1);
+    assert!(err.contains(".wal") && err.contains("100 rows") && err.contains("m2m repair"), "{err}");
+    assert_eq!(std::fs::read(&wal).unwrap(), bytes, "verify changed the log");
+    let out = m2m(&["repair", &d]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("dropped") && said.contains("100 rows"), "{said}");
+    assert_eq!(ok(&["verify", &d])["splats"], 200);
+
+    // A zero tail: reported by verify, harmless to every reader, cut by repair.
+    let wal =
+        std::fs::read_dir(&db).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "wal"));
+    let wal = wal.unwrap();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    bytes.extend_from_slice(&[0; 8]);
+    std::fs::write(&wal, &bytes).unwrap();
+    assert_eq!(fails(&["verify", &d]).0, 1);
+    assert_eq!(ok(&["info", &d])["splats"], 200);
+    assert!(m2m(&["repair", &d]).status.success());
+    assert_eq!(ok(&["verify", &d])["ok"], true);
+
+    // A damaged index: reported, dropped by repair, and never in the way of build.
+    let index = db.join("m2m-index.blob");
+    assert!(m2m(&["build", &d]).status.success());
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes.truncate(bytes.len() - 1);
+    std::fs::write(&index, &bytes).unwrap();
+    let (_, err) = fails(&["verify", &d]);
+    assert!(err.contains("m2m-index.blob"), "{err}");
+    assert!(m2m(&["build", &d]).status.success(), "build over a damaged index");
+    assert_eq!(ok(&["verify", &d])["index"], "ok");
+}
+
+#[test]
+fn huge_k_empty_queries_and_changed_files_get_answers_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = digits(dir.path(), 200, 16);
+    let d = dir.path().join("db").display().to_string();
+    assert!(m2m(&["ingest", &d, &a]).status.success());
+    assert!(m2m(&["build", &d]).status.success());
+    for k in ["18446744073709551615", "1000000000"] {
+        let r = ok(&["query", &d, "--row", "42", "--k", k, "--lod", "exact"]);
+        assert_eq!(r["results"][0].as_array().unwrap().len(), 100, "k {k}");
+        assert_eq!(r["k"], 100);
+    }
+    let empty = dir.path().join("empty.npy");
+    write_vectors::<f32>(&empty, &[], 16).unwrap();
+    let (code, err) = fails(&["query", &d, "--file", &empty.display().to_string()]);
+    assert!(code == 1 && err.contains("empty.npy") && err.contains("no query vector"), "{err}");
+    let nan = dir.path().join("nan.npy");
+    let mut q = vec![0.5f32; 3 * 16];
+    q[2 * 16 + 1] = f32::NAN;
+    write_vectors(&nan, &q, 16).unwrap();
+    let (_, err) = fails(&["query", &d, "--file", &nan.display().to_string()]);
+    assert!(err.contains("nan.npy") && err.contains("row 2"), "{err}");
+    // Exact recall with k beyond the rows is every row found: 1.
+    let r = ok(&["bench", "--base", &a, "--queries", &a, "--k", "1000"]);
+    let exact = r["lods"].as_array().unwrap().iter().find(|l| l["lod"] == "exact").unwrap();
+    assert_eq!(exact["recall"], 1.0);
+    // The same file regenerated in place (same shape, other values) is refused on resume.
+    let b = m2m::splat::read_vectors::<f32>(&a).unwrap();
+    let changed: Vec<f32> = b.data.iter().map(|v| v + 0.125).collect();
+    write_vectors(&a, &changed, 16).unwrap();
+    let (code, err) = fails(&["ingest", &d, &a]);
+    assert!(code == 1 && err.contains("content changed") && err.contains("m2m-ingest.blob"), "{err}");
+}
+
+#[test]
+fn errors_on_an_empty_database_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    drop(m2m::M2m::create(m2m::M2mConfig::default().dim(8).data_dir(&db)).unwrap());
+    let d = db.display().to_string();
+    for args in [["stream", &d], ["build", &d]] {
+        let (code, err) = fails(&args);
+        assert!(code == 1 && err.contains(&d) && err.contains("no splat"), "{args:?}: {err}");
+    }
 }

@@ -89,7 +89,8 @@ mod tests {
     fn forged_values_with_sound_shapes_are_typed_errors() {
         let good = built().parts().clone();
         assert!(Index::from_parts(good.clone()).is_ok());
-        let forgeries: Vec<(&str, Box<dyn Fn(&mut crate::IndexParts)>)> = vec![
+        type Forgery = (&'static str, Box<dyn Fn(&mut crate::IndexParts)>);
+        let forgeries: Vec<Forgery> = vec![
             ("NaN centroid", Box::new(|p| p.fine[3] = f32::NAN)),
             ("infinite member", Box::new(|p| p.clusters[0].vectors[0] = f32::INFINITY)),
             ("negative quantiser step", Box::new(|p| p.sq_step[1] = -1.0)),

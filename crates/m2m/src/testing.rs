@@ -90,7 +90,7 @@ pub fn mutate_index(bytes: &[u8], choice: u64) -> Option<Vec<u8>> {
             *p.fine.get_mut(i)? = f32::NAN;
         }
         11 => p.default_rerank = usize::MAX - (choice >> 8) as usize,
-        12 => p.default_nprobe = if (choice >> 8) % 2 == 0 { 0 } else { usize::MAX },
+        12 => p.default_nprobe = if (choice >> 8).is_multiple_of(2) { 0 } else { usize::MAX },
         _ => {
             p.sq_step.pop();
         }

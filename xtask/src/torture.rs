@@ -1,0 +1,480 @@
+//! `cargo xtask torture [--minutes N] [--seed S]`: the hostile test, kept running.
+//!
+//! Trials, drawn at random until the time is up, each in a fresh directory with foreign files planted
+//! beside and (once it exists) inside the database:
+//!
+//! * `tier-kill`: m2m-tier's crash writer (ingest, flush every 4th batch, compaction every 10th) is
+//!   SIGKILLed at a random moment, creation included, three times over; after each kill every
+//!   acknowledged batch must be present exactly once with its exact bytes (`crash-writer check`).
+//! * `ingest-kill`: `m2m ingest` SIGKILLed at a random moment (creation included); every row present
+//!   must be the file's row byte for byte; then the same command must complete, with every row exactly
+//!   once. Half of these trials first damage a file of the killed database (below) and only judge the
+//!   commands.
+//! * `build-kill`: `m2m build` SIGKILLed; then `verify` must pass, and `build` and an exact query work.
+//! * `damage`: one file of a built database (manifest, log, segment, any blob) gets a bit flip, a
+//!   truncation, a zero tail, or a forged change with recomputed checksums (structure-aware: length and
+//!   count fields half the time); then every command runs on it.
+//! * `full-disk` (as root only): ingest into a 1 MiB tmpfs.
+//!
+//! Every command run is judged: no panic (exit 101, or "panicked" on stderr), and a failure is exactly
+//! one `error:` line naming a path. After each trial the foreign files must be unchanged. A failing trial
+//! keeps its directory and prints the seed that replays the whole run.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const DIM: usize = 16;
+const ROWS: usize = 3_000;
+
+/// xorshift64*: the run's one random stream, replayable from `--seed`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+struct Bins {
+    m2m: PathBuf,
+    writer: PathBuf,
+}
+
+/// One command's result.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_bin(bin: &Path, args: &[&str]) -> Result<Ran> {
+    let out = Command::new(bin).args(args).output().with_context(|| format!("cannot start {}", bin.display()))?;
+    Ok(Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// No panic; a failure is one `error:` line that names a path under `dir`.
+fn judge(r: &Ran, what: &str, dir: &Path) -> Result<(), String> {
+    if r.code == Some(101) || r.stderr.contains("panicked") {
+        return Err(format!("{what}: panicked: {}", r.stderr.trim()));
+    }
+    if r.code == Some(0) {
+        return Ok(());
+    }
+    let errors: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    let dir = dir.display().to_string();
+    match errors.as_slice() {
+        // A path under the trial, or a flag the user gave (`--row: no splat with id 3` after damage).
+        [line] if line.contains(&dir) || line.starts_with("error: --") => Ok(()),
+        [line] => Err(format!("{what}: the error names no file under {dir}: {line}")),
+        _ => Err(format!("{what}: exit {:?} without exactly one error line: {}", r.code, r.stderr.trim())),
+    }
+}
+
+/// Writes `rows` rows of `DIM` seeded values as `.fvecs` (per row: the dimension as i32, then f32s).
+fn write_fvecs(path: &Path, rows: usize, rng: &mut Rng) -> Result<()> {
+    let mut bytes = Vec::with_capacity(rows * (4 + 4 * DIM));
+    for _ in 0..rows {
+        bytes.extend_from_slice(&(DIM as i32).to_le_bytes());
+        for _ in 0..DIM {
+            let v = (rng.below(2_000_001) as f32 - 1_000_000.0) / 1e5;
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Foreign files: names that look like ours and names that do not, with their contents.
+const FOREIGN: [&str; 7] =
+    ["report.tmp", "notes.wal", "x.seg", "MANIFEST.tmp", ".0000000001.seg.tmp", "m2m-notes.blob", "0000000001.txt"];
+
+fn plant(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    FOREIGN
+        .iter()
+        .filter_map(|name| {
+            let path = dir.join(name);
+            let body = format!("not yours: {}", path.display()).into_bytes();
+            std::fs::write(&path, &body).ok().map(|()| (path, body))
+        })
+        .collect()
+}
+
+fn untouched(planted: &[(PathBuf, Vec<u8>)]) -> Result<(), String> {
+    for (path, body) in planted {
+        match std::fs::read(path) {
+            Ok(b) if &b == body => {}
+            Ok(_) => return Err(format!("{} was changed", path.display())),
+            Err(e) => return Err(format!("{} was removed: {e}", path.display())),
+        }
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Spawns `bin args`, SIGKILLs it after `delay`, and returns the last `ack N` it printed (-1: none).
+fn kill_after(bin: &Path, args: &[&str], delay: Duration) -> Result<i64> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let last = Arc::new(AtomicI64::new(-1));
+    let reader = child.stdout.take().map(|out| {
+        let last = Arc::clone(&last);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(std::result::Result::ok) {
+                if let Some(n) = line.strip_prefix("ack ").and_then(|n| n.parse::<i64>().ok()) {
+                    last.store(n, Ordering::SeqCst);
+                }
+            }
+        })
+    });
+    std::thread::sleep(delay);
+    // `Child::kill` is SIGKILL on Unix.
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(r) = reader {
+        let _ = r.join();
+    }
+    Ok(last.load(Ordering::SeqCst))
+}
+
+/// Applies one random damage to one random file of `db`; returns what it did.
+fn damage(bins: &Bins, db: &Path, rng: &mut Rng) -> Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(db)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            n == "MANIFEST"
+                || n.ends_with(".seg") && n.len() == 14
+                || n.ends_with(".wal") && n.len() == 14
+                || n.starts_with("m2m-") && n.ends_with(".blob") && n != "m2m-notes.blob"
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Ok("nothing to damage".into());
+    }
+    let file = files[rng.below(files.len() as u64) as usize].clone();
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut bytes = std::fs::read(&file)?;
+    let how = match rng.below(4) {
+        0 if !bytes.is_empty() => {
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] ^= 1 << rng.below(8);
+            format!("bit flip at byte {at}")
+        }
+        1 => {
+            let len = rng.below(bytes.len() as u64) as usize;
+            bytes.truncate(len);
+            format!("truncated to {len} bytes")
+        }
+        2 => {
+            let zeros = [8, 16, 100, 4096][rng.below(4) as usize];
+            bytes.resize(bytes.len() + zeros, 0);
+            format!("{zeros} zero bytes appended")
+        }
+        _ => {
+            let kind = if name.ends_with(".wal") {
+                "log"
+            } else if name.ends_with(".seg") {
+                "segment"
+            } else {
+                "sealed"
+            };
+            let seed = rng.next().to_string();
+            let f = file.display().to_string();
+            let r = run_bin(&bins.writer, &["forge", kind, &f, &seed])?;
+            if r.code != Some(0) {
+                bail!("forge {kind} {f}: {}", r.stderr.trim());
+            }
+            return Ok(format!("{name}: forged ({kind}, seed {seed}) with valid checksums"));
+        }
+    };
+    std::fs::write(&file, &bytes)?;
+    Ok(format!("{name}: {how}"))
+}
+
+/// Every command on a (possibly damaged) database, each judged.
+fn every_command(bins: &Bins, db: &Path, file: &Path) -> Result<Result<(), String>> {
+    let d = db.display().to_string();
+    let f = file.display().to_string();
+    let commands: [&[&str]; 8] = [
+        &["info", &d],
+        &["verify", &d],
+        &["query", &d, "--row", "3", "--k", "5"],
+        &["query", &d, "--row", "3", "--k", "18446744073709551615", "--lod", "0"],
+        &["stream", &d, "--batch-size", "500"],
+        &["repair", &d],
+        &["build", &d],
+        &["ingest", &d, &f],
+    ];
+    for args in commands {
+        let r = run_bin(&bins.m2m, args)?;
+        if let Err(e) = judge(&r, &args.join(" "), db) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
+}
+
+#[derive(Default)]
+struct Tally {
+    trials: [u64; 5],
+    failures: Vec<String>,
+}
+
+const KINDS: [&str; 5] = ["tier-kill", "ingest-kill", "build-kill", "damage", "full-disk"];
+
+pub(crate) fn torture(args: &[String]) -> Result<()> {
+    let mut minutes = 3.0f64;
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64 | 1;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--minutes" => minutes = it.next().context("--minutes N")?.parse().context("--minutes: a number")?,
+            "--seed" => seed = it.next().context("--seed S")?.parse().context("--seed: a number")?,
+            other => bail!("torture: unknown argument {other} (expected --minutes N, --seed S)"),
+        }
+    }
+    crate::run("cargo", &["build", "--locked", "-p", "m2m-cli", "-p", "m2m-tier", "--bins"])?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    let bins = Bins { m2m: target.join("debug/m2m"), writer: target.join("debug/m2m-tier-crash-writer") };
+    let root = std::env::temp_dir().join(format!("m2m-torture-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let mut rng = Rng(seed);
+    println!("torture: {minutes} minutes, seed {seed}, in {}", root.display());
+
+    let file = root.join("a.fvecs");
+    write_fvecs(&file, ROWS, &mut rng)?;
+    let big = root.join("big.fvecs");
+    write_fvecs(&big, 20_000, &mut rng)?;
+    // A built database, copied by each damage trial.
+    let template = root.join("template");
+    let f = file.display().to_string();
+    for args in [
+        vec!["ingest", template.to_str().unwrap_or_default(), &f],
+        vec!["build", template.to_str().unwrap_or_default()],
+    ] {
+        let r = run_bin(&bins.m2m, &args)?;
+        if r.code != Some(0) {
+            bail!("making the template database: {}", r.stderr.trim());
+        }
+    }
+    let root_user = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+
+    let deadline = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
+    let mut tally = Tally::default();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        n += 1;
+        let kind = match rng.below(16) {
+            0..=3 => 0,
+            4..=8 => 1,
+            9..=10 => 2,
+            11..=14 => 3,
+            _ if root_user => 4,
+            _ => 3,
+        };
+        let trial = root.join(format!("trial-{n}"));
+        std::fs::create_dir_all(&trial)?;
+        let mut planted = plant(&trial);
+        let db = trial.join("db");
+        let outcome = match kind {
+            0 => tier_kill(&bins, &db, &mut rng, &mut planted)?,
+            1 => ingest_kill(&bins, &db, &file, &mut rng, &mut planted)?,
+            2 => build_kill(&bins, &template, &db, &mut rng, &mut planted)?,
+            3 => {
+                copy_dir(&template, &db)?;
+                planted.extend(plant(&db));
+                let what = damage(&bins, &db, &mut rng)?;
+                every_command(&bins, &db, &file)?.map_err(|e| format!("{what}: {e}"))
+            }
+            _ => full_disk(&bins, &trial, &big, &mut planted)?,
+        };
+        let outcome = outcome.and_then(|()| untouched(&planted));
+        tally.trials[kind] += 1;
+        match outcome {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&trial);
+            }
+            Err(e) => {
+                let line = format!("trial {n} ({}): {e} [kept in {}]", KINDS[kind], trial.display());
+                println!("FAILED {line}");
+                tally.failures.push(line);
+            }
+        }
+    }
+    let total: u64 = tally.trials.iter().sum();
+    let per_kind: Vec<String> = KINDS.iter().zip(tally.trials).map(|(k, t)| format!("{k} {t}")).collect();
+    println!("torture: {total} trials ({}), {} failed; seed {seed}", per_kind.join(", "), tally.failures.len());
+    if tally.failures.is_empty() {
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(())
+    } else {
+        bail!(
+            "{} torture trials failed (replay with --seed {seed}); kept under {}",
+            tally.failures.len(),
+            root.display()
+        )
+    }
+}
+
+fn tier_kill(
+    bins: &Bins,
+    db: &Path,
+    rng: &mut Rng,
+    planted: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<Result<(), String>> {
+    let d = db.display().to_string();
+    let dim = "8";
+    for round in 0..3 {
+        // Sometimes within the first milliseconds: the kill lands in the creation.
+        let delay = if rng.below(3) == 0 { rng.below(15) } else { rng.below(400) };
+        let acked = kill_after(&bins.writer, &["db", &d, dim], Duration::from_millis(delay))?;
+        if !db.join("MANIFEST").exists() {
+            if acked >= 0 {
+                return Ok(Err(format!("round {round}: batch {acked} acknowledged but no manifest")));
+            }
+            continue;
+        }
+        if round == 0 {
+            planted.extend(plant(db));
+        }
+        let a = if acked < 0 { "-".to_string() } else { acked.to_string() };
+        let r = run_bin(&bins.writer, &["check", &d, dim, &a])?;
+        if r.code != Some(0) {
+            return Ok(Err(format!("round {round} (killed after {delay} ms, ack {a}): {}", r.stderr.trim())));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn ingest_kill(
+    bins: &Bins,
+    db: &Path,
+    file: &Path,
+    rng: &mut Rng,
+    planted: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<Result<(), String>> {
+    let (d, f) = (db.display().to_string(), file.display().to_string());
+    let chunk = (50 + rng.below(1_000)).to_string();
+    let mut args = vec!["ingest", &d, &f, "--chunk", &chunk];
+    if rng.below(2) == 0 {
+        args.push("--no-sync");
+    }
+    let delay = if rng.below(3) == 0 { rng.below(40) } else { rng.below(1_500) };
+    kill_after(&bins.m2m, &args, Duration::from_millis(delay))?;
+    if db.join("m2m-config.blob").exists() {
+        planted.extend(plant(db));
+    }
+    if rng.below(2) == 0 && db.join("MANIFEST").exists() {
+        let what = damage(bins, db, rng)?;
+        return Ok(every_command(bins, db, file)?.map_err(|e| format!("after a kill at {delay} ms, {what}: {e}")));
+    }
+    if db.join("m2m-config.blob").exists() {
+        let r = run_bin(&bins.writer, &["rows", &d, &f])?;
+        if r.code != Some(0) {
+            return Ok(Err(format!("killed at {delay} ms: {}", r.stderr.trim())));
+        }
+    }
+    let r = run_bin(&bins.m2m, &["ingest", &d, &f])?;
+    if r.code != Some(0) {
+        return Ok(Err(format!("the rerun after a kill at {delay} ms failed: {}", r.stderr.trim())));
+    }
+    let r = run_bin(&bins.writer, &["rows", &d, &f])?;
+    if r.stdout.trim() != format!("ok {ROWS}") {
+        return Ok(Err(format!("after the rerun: {} {}", r.stdout.trim(), r.stderr.trim())));
+    }
+    Ok(Ok(()))
+}
+
+fn build_kill(
+    bins: &Bins,
+    template: &Path,
+    db: &Path,
+    rng: &mut Rng,
+    planted: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<Result<(), String>> {
+    copy_dir(template, db)?;
+    planted.extend(plant(db));
+    let d = db.display().to_string();
+    let delay = rng.below(1_500);
+    kill_after(&bins.m2m, &["build", &d, "--n-fine", "30"], Duration::from_millis(delay))?;
+    for args in
+        [vec!["verify", &d], vec!["build", &d], vec!["query", &d, "--row", "5", "--k", "1", "--lod", "exact", "--json"]]
+    {
+        let r = run_bin(&bins.m2m, &args)?;
+        if r.code != Some(0) {
+            return Ok(Err(format!("{} after a kill at {delay} ms: {}", args.join(" "), r.stderr.trim())));
+        }
+        if args[0] == "query" && !r.stdout.contains("\"id\":5") {
+            return Ok(Err(format!("row 5 is not its own nearest neighbour: {}", r.stdout.trim())));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn full_disk(
+    bins: &Bins,
+    trial: &Path,
+    big: &Path,
+    planted: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<Result<(), String>> {
+    let mnt = trial.join("small");
+    std::fs::create_dir_all(&mnt)?;
+    let m = mnt.display().to_string();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", &m]).status()?;
+    if !mounted.success() {
+        return Ok(Ok(()));
+    }
+    planted.extend(plant(&mnt));
+    let db = mnt.join("db");
+    let (d, f) = (db.display().to_string(), big.display().to_string());
+    let verdict = (|| -> Result<Result<(), String>> {
+        let r = run_bin(&bins.m2m, &["ingest", &d, &f, "--chunk", "1000"])?;
+        if r.code == Some(0) {
+            return Ok(Err("an ingest larger than the disk succeeded".into()));
+        }
+        if let Err(e) = judge(&r, "ingest on a full disk", &mnt) {
+            return Ok(Err(e));
+        }
+        for args in [vec!["info", &d], vec!["verify", &d]] {
+            if let Err(e) = judge(&run_bin(&bins.m2m, &args)?, &args.join(" "), &mnt) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(untouched(planted))
+    })();
+    let _ = Command::new("umount").arg(&m).status();
+    planted.retain(|(p, _)| !p.starts_with(&mnt));
+    verdict
+}
