@@ -132,12 +132,12 @@ impl FeedbackSink {
             }
         }
         let (sums, n) = (self.router.kappa_sums(), self.router.len());
-        Ok(self.pile.with(|p| -> Result<u64> {
+        self.pile.with(|p| -> Result<u64> {
             // Each row's importance weight under the pile as it stands: 1 / (N p).
             let probs = p.probabilities_of(&sites, &kappa, sums, n)?;
             let weights: Vec<f64> = probs.iter().map(|q| 1.0 / (n as f64 * q)).collect();
             Ok(p.record_losses(&sites, &kept, &weights)?)
-        })??)
+        })?
     }
 }
 
