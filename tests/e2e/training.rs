@@ -106,8 +106,13 @@ fn the_routed_energy_truncation_is_measured_at_learned_kappa() {
 
 /// The share of `rows` among the importance draws of epoch `epoch`.
 fn share(engine: &M2m, epoch: u64, rows: &dyn Fn(u64) -> bool) -> f64 {
-    let cfg =
-        DataLoaderConfig { batch_size: 500, importance_sampling: true, seed: 1, start_epoch: epoch, ..Default::default() };
+    let cfg = DataLoaderConfig {
+        batch_size: 500,
+        importance_sampling: true,
+        seed: 1,
+        start_epoch: epoch,
+        ..Default::default()
+    };
     let ids: Vec<u64> = engine.export_to_dataloader(&cfg).unwrap().flat_map(|b| b.unwrap().ids).collect();
     ids.iter().filter(|&&id| rows(id)).count() as f64 / ids.len() as f64
 }
@@ -127,7 +132,8 @@ fn feedback_steers_the_next_epoch_and_survives_changes_and_reopening() {
 
     // Three epochs of a training loop whose model gets the threes wrong.
     for epoch in 0..3 {
-        let cfg = DataLoaderConfig { batch_size: 200, importance_sampling: true, start_epoch: epoch, ..Default::default() };
+        let cfg =
+            DataLoaderConfig { batch_size: 200, importance_sampling: true, start_epoch: epoch, ..Default::default() };
         let mut loader = engine.export_to_dataloader(&cfg).unwrap();
         let mut batches = Vec::new();
         for b in loader.by_ref() {
@@ -136,8 +142,7 @@ fn feedback_steers_the_next_epoch_and_survives_changes_and_reopening() {
         for b in &batches {
             let losses: Vec<f32> = b.ids.iter().map(|&id| if is_three(id) { 3.0 } else { 0.1 }).collect();
             // Half through the loader, half through the engine: the same pile.
-            if b.epoch % 2 == 0 { loader.feedback(&b.ids, &losses) } else { engine.feedback(&b.ids, &losses) }
-                .unwrap();
+            if b.epoch % 2 == 0 { loader.feedback(&b.ids, &losses) } else { engine.feedback(&b.ids, &losses) }.unwrap();
         }
         engine.tick().unwrap();
     }

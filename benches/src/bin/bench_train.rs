@@ -79,8 +79,7 @@ impl Softmax {
             total[label as usize] += 1;
             right[label as usize] += usize::from(best == label as usize);
         }
-        let acc: Vec<f64> =
-            (0..CLASSES).filter(|&c| total[c] > 0).map(|c| right[c] as f64 / total[c] as f64).collect();
+        let acc: Vec<f64> = (0..CLASSES).filter(|&c| total[c] > 0).map(|c| right[c] as f64 / total[c] as f64).collect();
         (acc.iter().sum::<f64>() / acc.len() as f64, acc.iter().copied().fold(1.0, f64::min))
     }
 }
@@ -145,7 +144,15 @@ enum Sampling {
 }
 
 /// Trains for `steps` batches drawn from `engine` (labels by id) and evaluates on the test rows.
-fn train(e: &M2m, labels: &[u8], s: &Split, sampling: Sampling, augment: bool, steps: usize, seed: u64) -> Result<(f64, f64)> {
+fn train(
+    e: &M2m,
+    labels: &[u8],
+    s: &Split,
+    sampling: Sampling,
+    augment: bool,
+    steps: usize,
+    seed: u64,
+) -> Result<(f64, f64)> {
     let mut model = Softmax::new(s.dim);
     let (mut done, mut epoch) = (0usize, 0u64);
     while done < steps {
@@ -244,7 +251,12 @@ fn main() -> Result<()> {
         plain.push(train(&e, &y, &s, Sampling::Uniform, false, steps, seed)?.0);
         aug.push(train(&e, &y, &s, Sampling::Uniform, true, steps, seed)?.0);
         // Fidelity of generated rows at the defaults, with labels.
-        let g = e.export_to_dataloader(&DataLoaderConfig { batch_size: 512, generate_samples: true, seed, ..Default::default() })?;
+        let g = e.export_to_dataloader(&DataLoaderConfig {
+            batch_size: 512,
+            generate_samples: true,
+            seed,
+            ..Default::default()
+        })?;
         let b = g.into_iter().next().context("no batch")??;
         let gen_rows: Vec<usize> = (0..b.len()).filter(|&i| b.generated[i]).collect();
         let seeds_ids: Vec<u64> = gen_rows.iter().map(|&i| b.ids[i]).collect();
@@ -254,7 +266,9 @@ fn main() -> Result<()> {
         println!("seed {seed} done");
     }
     println!();
-    println!("Class imbalance (digits {MINORITY:?} at 5% of their rows; balanced test set; softmax, {steps} steps of {BATCH}; {seeds} seeds):");
+    println!(
+        "Class imbalance (digits {MINORITY:?} at 5% of their rows; balanced test set; softmax, {steps} steps of {BATCH}; {seeds} seeds):"
+    );
     println!();
     println!("| sampling | balanced accuracy % | worst-class accuracy % |");
     println!("|---|---|---|");
@@ -263,8 +277,14 @@ fn main() -> Result<()> {
         println!("| {name} | {} | {} |", cell(b), cell(w));
     }
     println!();
-    println!("{}", verdict("loss-driven SOC (weighted) vs uniform, worst class", &imb["SOC, weighted"].1, &imb["uniform"].1));
-    println!("{}", verdict("loss-driven SOC (unweighted) vs uniform, worst class", &imb["SOC, unweighted"].1, &imb["uniform"].1));
+    println!(
+        "{}",
+        verdict("loss-driven SOC (weighted) vs uniform, worst class", &imb["SOC, weighted"].1, &imb["uniform"].1)
+    );
+    println!(
+        "{}",
+        verdict("loss-driven SOC (unweighted) vs uniform, worst class", &imb["SOC, unweighted"].1, &imb["uniform"].1)
+    );
     println!();
     println!("Low data (10% of the training rows; {steps} steps; {seeds} seeds):");
     println!();

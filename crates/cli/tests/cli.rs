@@ -67,6 +67,11 @@ fn a_whole_session_ingest_build_query_stream_info_verify() {
     let out = dir.path().join("batches.npy").display().to_string();
     let r = ok(&["stream", &db, "--batch-size", "256", "--importance", "--generate", "--out", &out]);
     assert_eq!((r["rows"].as_u64(), r["generated"].as_u64()), (Some(6_000), Some(3_000)));
+    // The honest part of the report: the weights' spread and the generated rows' fidelity.
+    let ess = r["weights"]["ess_share"].as_f64().unwrap();
+    assert!(ess > 0.0 && ess <= 1.0, "{r}");
+    assert_eq!(r["fidelity"]["rows"].as_u64(), Some(256), "{r}");
+    assert_eq!(r["fidelity"]["copies"].as_u64(), Some(0), "{r}");
     let written = m2m::splat::read_vectors::<f32>(&out).unwrap();
     assert_eq!(written.data.len(), 6_000 * 32);
 

@@ -10,7 +10,9 @@ use m2m_soc::{KappaConfig, Splats};
 use m2m_splat::{Batch, SplatSet};
 use m2m_tier::{Db, DbOptions, Durability};
 
-use crate::training::{Controller, KappaFit, LangevinOverrides, NEIGHBOURS, NEIGHBOURS_BLOB, StoredNeighbours, run_routed};
+use crate::training::{
+    Controller, KappaFit, LangevinOverrides, NEIGHBOURS, NEIGHBOURS_BLOB, StoredNeighbours, run_routed,
+};
 use crate::{Device, Error, M2mConfig, Metric, Result};
 
 /// Name of the engine's settings inside a data directory.
@@ -44,7 +46,8 @@ pub(crate) fn load_neighbours(dir: &Path) -> Result<Option<StoredNeighbours>> {
         return Ok(None);
     }
     let bytes = m2m_tier::load_blob(dir, NEIGHBOURS_BLOB)?;
-    let corrupt = |reason: String| Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(NEIGHBOURS_BLOB), offset: 20, reason });
+    let corrupt =
+        |reason: String| Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(NEIGHBOURS_BLOB), offset: 20, reason });
     let nb: StoredNeighbours = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
     if nb.neighbours.len() != nb.ids.len() * nb.k as usize {
         return Err(corrupt("neighbour lists of the wrong length".into()));

@@ -132,12 +132,12 @@ impl FeedbackSink {
             }
         }
         let (sums, n) = (self.router.kappa_sums(), self.router.len());
-        Ok(self.pile.with(|p| -> Result<u64> {
+        self.pile.with(|p| -> Result<u64> {
             // Each row's importance weight under the pile as it stands: 1 / (N p).
             let probs = p.probabilities_of(&sites, &kappa, sums, n)?;
             let weights: Vec<f64> = probs.iter().map(|q| 1.0 / (n as f64 * q)).collect();
             Ok(p.record_losses(&sites, &kept, &weights)?)
-        })??)
+        })?
     }
 }
 
@@ -252,9 +252,8 @@ impl M2m {
             return Ok(());
         }
         let bytes = m2m_tier::load_blob(dir, SOC_BLOB)?;
-        let corrupt = |reason: String| {
-            Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(SOC_BLOB), offset: 20, reason })
-        };
+        let corrupt =
+            |reason: String| Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(SOC_BLOB), offset: 20, reason });
         let saved: StoredPile = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if saved.ids.len() != saved.sites.len() || saved.loads.len() != saved.activity.len() {
             return Err(corrupt("columns of different lengths".into()));
@@ -294,8 +293,7 @@ impl M2m {
         let live = self.live_rows();
         let ids: Vec<u64> = live.iter().map(|&r| self.set.ids()[r]).collect();
         let sites: Vec<u32> = ids.iter().map(|&id| ctl.router.site(id).unwrap_or(u32::MAX)).collect();
-        let (ids, sites): (Vec<u64>, Vec<u32>) =
-            ids.into_iter().zip(sites).filter(|&(_, s)| s != u32::MAX).unzip();
+        let (ids, sites): (Vec<u64>, Vec<u32>) = ids.into_iter().zip(sites).filter(|&(_, s)| s != u32::MAX).unzip();
         let stored = StoredPile { loads, activity, ids, sites };
         let bytes = postcard::to_allocvec(&stored)
             .map_err(|e| Error::Config { field: "soc", reason: format!("does not serialise: {e}") })?;
@@ -346,7 +344,8 @@ impl M2m {
     /// ([`m2m_soc::kappa::ambient_temperature`]) when kappa was fitted on a lower-dimensional sphere.
     pub(crate) fn langevin_config(&self, steps: usize, overrides: &LangevinOverrides) -> LangevinConfig {
         let t = overrides.temperature.unwrap_or(self.config.temperature);
-        let scale = self.kappa_fit.map_or(1.0, |f| m2m_soc::kappa::ambient_temperature(f.sphere_dimension, self.config.dim));
+        let scale =
+            self.kappa_fit.map_or(1.0, |f| m2m_soc::kappa::ambient_temperature(f.sphere_dimension, self.config.dim));
         LangevinConfig {
             steps,
             dt: overrides.step_size.unwrap_or(self.config.langevin_dt),

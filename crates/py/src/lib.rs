@@ -289,7 +289,12 @@ impl Engine {
     }
 
     /// Training feedback: per-row losses drive the SOC controller (see `m2m::M2m::feedback`).
-    fn feedback(&self, py: Python<'_>, ids: PyReadonlyArray1<'_, u64>, losses: PyReadonlyArray1<'_, f32>) -> PyResult<u64> {
+    fn feedback(
+        &self,
+        py: Python<'_>,
+        ids: PyReadonlyArray1<'_, u64>,
+        losses: PyReadonlyArray1<'_, f32>,
+    ) -> PyResult<u64> {
         let (ids, losses) = (slice(&ids, "ids")?, slice(&losses, "losses")?);
         let inner = &self.inner;
         run(py, || inner.feedback(ids, losses))
@@ -469,7 +474,12 @@ impl Loader {
     }
 
     /// Training feedback through the exporting engine's controller (see `m2m::DataLoader::feedback`).
-    fn feedback(&self, py: Python<'_>, ids: PyReadonlyArray1<'_, u64>, losses: PyReadonlyArray1<'_, f32>) -> PyResult<u64> {
+    fn feedback(
+        &self,
+        py: Python<'_>,
+        ids: PyReadonlyArray1<'_, u64>,
+        losses: PyReadonlyArray1<'_, f32>,
+    ) -> PyResult<u64> {
         let (ids, losses) = (slice(&ids, "ids")?, slice(&losses, "losses")?);
         let guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let loader = guard.as_ref().ok_or_else(|| PyValueError::new_err("the loader is closed"))?;

@@ -115,7 +115,14 @@ pub struct SocConfig {
 
 impl Default for SocConfig {
     fn default() -> Self {
-        SocConfig { dissipation: 0.02, energy_gain: 1.0, activity_decay: 0.9, kappa_power: 1.0, floor: 0.1, loss_gain: 4.0 }
+        SocConfig {
+            dissipation: 0.02,
+            energy_gain: 1.0,
+            activity_decay: 0.9,
+            kappa_power: 1.0,
+            floor: 0.1,
+            loss_gain: 4.0,
+        }
     }
 }
 
@@ -215,7 +222,12 @@ impl Sandpile {
             });
         }
         if let Some(index) = weights.iter().position(|w| !(w.is_finite() && *w > 0.0)) {
-            return Err(Error::Invalid { what: "weight", index, value: weights[index], reason: "must be finite and > 0" });
+            return Err(Error::Invalid {
+                what: "weight",
+                index,
+                value: weights[index],
+                reason: "must be finite and > 0",
+            });
         }
         if let Some(index) = sites.iter().position(|&s| s as usize >= self.load.len()) {
             return Err(Error::Invalid { what: "site", index, value: f64::from(sites[index]), reason: "not a site" });

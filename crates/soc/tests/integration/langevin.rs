@@ -364,7 +364,10 @@ fn the_reduced_lift_is_uniform_off_the_span() {
             let m2 = sq.iter().sum::<f64>() / chains as f64;
             let var2 = sq.iter().map(|a| (a - m2).powi(2)).sum::<f64>() / (chains - 1) as f64;
             assert!(m.abs() < 5.0 * (want / chains as f64).sqrt(), "{method:?} direction {k}: mean {m}");
-            assert!((m2 - want).abs() < 5.0 * (var2 / chains as f64).sqrt(), "{method:?} direction {k}: {m2} vs {want}");
+            assert!(
+                (m2 - want).abs() < 5.0 * (var2 / chains as f64).sqrt(),
+                "{method:?} direction {k}: {m2} vs {want}"
+            );
         }
     }
 }
