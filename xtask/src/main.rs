@@ -17,7 +17,10 @@
 //! * `cargo xtask bench [tier|splat|kernels|soc] [ARGS...]`: runs the criterion benchmarks (all, or one by
 //!   name); ARGS go to criterion (for example a benchmark name filter). Without arguments it then runs
 //!   `cargo xtask bench report`, which regenerates `BENCHMARKS.md` and `BENCHMARKS-recall-qps.svg` from an
-//!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin.
+//!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin, then runs `bench-gpu` (engine
+//!   retrieval on the device against the CPU) on minilm70k when present, else on the digits.
+//! * `cargo xtask gpu-devrun [DIR]`: fills the folder a lent GPU machine's call carries (see
+//!   `devrun.rs` and `scripts/device-gpu.sh`).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists every option).
 
@@ -30,6 +33,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod devrun;
 mod gpu;
 mod python;
 
@@ -45,6 +49,10 @@ fn main() -> Result<()> {
             gpu::check_shaders(&root)
         }
         Some("python") => python::test().map(|c| println!("tests: {} passed, {} failed", c.passed, c.failed)),
+        Some("gpu-devrun") => {
+            let to = args.get(1).map_or_else(|| root.join(".devrun"), PathBuf::from);
+            devrun::fill(&root, &to)
+        }
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose().context("SECONDS must be a number")?),
         Some("-h" | "--help" | "help") | None => {
             println!(
@@ -234,7 +242,18 @@ fn bench(args: &[String]) -> Result<()> {
             cmd.push("--");
             cmd.extend(args[1..].iter().map(String::as_str));
         }
-        return run("cargo", &cmd);
+        run("cargo", &cmd)?;
+        // Then the engine's retrieval on the device against the CPU (bench_gpu.rs), on minilm70k when
+        // present, else on the digits.
+        let mut engine = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--features", "gpu"];
+        engine.extend(["--bin", "bench-gpu", "--"]);
+        let data = workspace_root().join("../shared/data/minilm70k/minilm70k");
+        let (base, queries) = (data.with_extension("base.fvecs"), data.with_extension("query.fvecs"));
+        let (base, queries) = (base.to_string_lossy().into_owned(), queries.to_string_lossy().into_owned());
+        if Path::new(&base).exists() && Path::new(&queries).exists() {
+            engine.extend(["--base", &base, "--queries", &queries]);
+        }
+        return run("cargo", &engine);
     }
     let report = ["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-report"];
     if args.first().map(String::as_str) == Some("report") {

@@ -30,6 +30,7 @@ mod index;
 pub mod kernels;
 mod kmeans;
 mod topk;
+mod view;
 
 pub use error::{Error, Result};
 pub use index::{Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};

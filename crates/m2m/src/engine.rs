@@ -93,6 +93,8 @@ pub struct Stats {
     pub device: String,
     /// Segments on disk (0 in memory).
     pub segments: usize,
+    /// Which path answered batch retrievals (device or CPU) and the cost models that chose it.
+    pub retrieval: crate::RetrievalStats,
 }
 
 /// The controller's state, behind a lock so that retrieval (`&self`) can record use.
@@ -116,6 +118,8 @@ pub struct M2m {
     pub(crate) index: Option<Index>,
     pub(crate) soc: Mutex<Option<Soc>>,
     compute: m2m_gpu::Compute,
+    /// Batch retrieval on the device (`gpu_search.rs`).
+    gpu: crate::gpu_search::GpuRetrieval,
     next_id: u64,
     /// Opened with [`M2m::open_read_only`]: changes are refused.
     read_only: bool,
@@ -164,6 +168,7 @@ impl M2m {
             index: None,
             soc: Mutex::new(None),
             compute,
+            gpu: Default::default(),
             next_id: 0,
             config,
             read_only: false,
@@ -224,6 +229,7 @@ impl M2m {
             index: None,
             soc: Mutex::new(None),
             compute: m2m_gpu::Compute::new(backend(config.device))?,
+            gpu: Default::default(),
             next_id: 0,
             config,
             read_only: false,
@@ -388,6 +394,7 @@ impl M2m {
             index.insert(&vectors, &self.set.ids()[rows])?;
             // The router's clusters are a snapshot of the index: rebuilt on next use.
             *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            self.gpu.invalidate();
         }
         Ok(())
     }
@@ -444,6 +451,7 @@ impl M2m {
         }
         self.index = Some(index);
         *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.gpu.invalidate();
         Ok(())
     }
 
@@ -505,10 +513,12 @@ impl M2m {
         Ok(hits.iter().map(|h| self.hit(h.id, h.score)).collect())
     }
 
-    /// [`retrieve`](Self::retrieve) for many queries (row-major), in parallel.
+    /// [`retrieve`](Self::retrieve) for many queries (row-major), in parallel. With a compute device,
+    /// LOD 2 and Exact batches run on it where the cost model measured at first use says it is faster
+    /// ([`Stats::retrieval`] says which path ran).
     pub fn retrieve_batch(&self, queries: &[f32], k: usize, lod: Lod) -> Result<Vec<Vec<Hit>>> {
         let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve_batch" })?;
-        let all = index.search_batch(queries, k, lod, &SearchParams::default())?;
+        let all = self.gpu.retrieve_batch(&self.gpu_request(index), queries, k, lod)?;
         self.record_use(all.iter().flatten().map(|h| h.id));
         Ok(all.iter().map(|hits| hits.iter().map(|h| self.hit(h.id, h.score)).collect()).collect())
     }
@@ -604,6 +614,7 @@ impl M2m {
         if let Some(index) = &mut self.index {
             index.delete(&present);
             *self.soc.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            self.gpu.invalidate();
         }
         self.deleted.extend(present.iter().copied());
         Ok(present.len())
@@ -636,7 +647,23 @@ impl M2m {
             kappa: if live.is_empty() { (0.0, 0.0, 0.0) } else { (mean, lo, hi) },
             device: self.compute.device_name(),
             segments: self.db.as_ref().map_or(0, |db| db.manifest().segments.len()),
+            retrieval: self.gpu.stats(),
         }
+    }
+
+    fn gpu_request<'a>(&'a self, index: &'a Index) -> crate::gpu_search::Request<'a> {
+        crate::gpu_search::Request {
+            compute: &self.compute,
+            device: self.config.device,
+            hot_budget_bytes: self.config.hot_budget_bytes,
+            index,
+        }
+    }
+
+    /// Overrides the cost model's choice of path for batch retrieval (tests and benchmarks).
+    #[doc(hidden)]
+    pub fn force_retrieval_path(&self, path: crate::ForcePath) {
+        self.gpu.force(path);
     }
 
     /// The compute backend.

@@ -23,11 +23,15 @@
 mod config;
 mod engine;
 mod error;
+mod gpu_search;
 mod loader;
 
 pub use config::{Device, M2mConfig};
 pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, Stats, create_m2m};
 pub use error::{Error, Result};
+#[doc(hidden)]
+pub use gpu_search::ForcePath;
+pub use gpu_search::{CostModel, RetrievalStats};
 pub use loader::{DataLoader, DataLoaderConfig, LakeReader, Source, TrainingBatch};
 
 /// The GPU layer: Vulkan kernels (with the `gpu` feature) and their CPU twins, behind one `Compute`.
