@@ -31,6 +31,45 @@ shared float s_score[64u * MAX_K];
 shared uint s_id[64u * MAX_K];
 shared uint s_len[64];
 
+// Member `row`'s score against the query in shared memory. Eight loads are issued before their
+// multiply-adds, into four partial sums: the loads are independent and each crosses the memory's whole
+// latency, so a loop that waited on one at a time would leave the memory idle.
+float score_row(uint row) {
+    float a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    uint j = 0u;
+    if (p.metric == METRIC_L2) {
+        for (; j + 8u <= p.dim; j += 8u) {
+            float x[8];
+            for (uint u = 0u; u < 8u; u++) x[u] = vecs[(j + u) * p.rows + row];
+            for (uint u = 0u; u < 8u; u += 4u) {
+                float d0 = s_q[j + u] - x[u], d1 = s_q[j + u + 1u] - x[u + 1u];
+                float d2 = s_q[j + u + 2u] - x[u + 2u], d3 = s_q[j + u + 3u] - x[u + 3u];
+                a0 = fma(d0, d0, a0);
+                a1 = fma(d1, d1, a1);
+                a2 = fma(d2, d2, a2);
+                a3 = fma(d3, d3, a3);
+            }
+        }
+        for (; j < p.dim; j++) {
+            float d = s_q[j] - vecs[j * p.rows + row];
+            a0 = fma(d, d, a0);
+        }
+    } else {
+        for (; j + 8u <= p.dim; j += 8u) {
+            float x[8];
+            for (uint u = 0u; u < 8u; u++) x[u] = vecs[(j + u) * p.rows + row];
+            for (uint u = 0u; u < 8u; u += 4u) {
+                a0 = fma(s_q[j + u], x[u], a0);
+                a1 = fma(s_q[j + u + 1u], x[u + 1u], a1);
+                a2 = fma(s_q[j + u + 2u], x[u + 2u], a2);
+                a3 = fma(s_q[j + u + 3u], x[u + 3u], a3);
+            }
+        }
+        for (; j < p.dim; j++) a0 = fma(s_q[j], vecs[j * p.rows + row], a0);
+    }
+    return (a0 + a1) + (a2 + a3);
+}
+
 bool better(float a, uint ia, float b, uint ib) {
     if (a == b) return ia < ib;
     return p.metric == METRIC_L2 ? a < b : a > b;
@@ -53,15 +92,7 @@ void main() {
         uint r0 = (t + 64u - before % 64u) % 64u;
         before += rows;
         for (uint r = r0; r < rows; r += 64u) {
-            float acc = 0.0;
-            if (p.metric == METRIC_L2) {
-                for (uint j = 0u; j < p.dim; j++) {
-                    float d = s_q[j] - vecs[j * p.rows + first + r];
-                    acc = fma(d, d, acc);
-                }
-            } else {
-                for (uint j = 0u; j < p.dim; j++) acc = fma(s_q[j], vecs[j * p.rows + first + r], acc);
-            }
+            float acc = score_row(first + r);
             uint id = first + r;
             if (len == p.k && !better(acc, id, s_score[base + len - 1u], s_id[base + len - 1u])) continue;
             uint pos = (len < p.k) ? len : len - 1u;

@@ -57,7 +57,7 @@ fn device_batches_equal_the_cpu_and_follow_the_index() {
         for (a, b) in g.iter().zip(c) {
             assert!((a.score - b.score).abs() <= 1e-5, "{a:?} vs {b:?}");
             assert!(a.id == b.id || c.iter().any(|o| o.id == a.id && (o.score - b.score).abs() <= 1e-5));
-            assert_eq!((a.kappa, a.alpha), (b.kappa, b.alpha) , "the engine's kappa and alpha of the id");
+            assert_eq!((a.kappa, a.alpha), (b.kappa, b.alpha), "the engine's kappa and alpha of the id");
         }
     }
     // LOD 2 on the device scores every member of the probed lists exactly: at least the CPU's recall.
@@ -91,9 +91,10 @@ fn device_batches_equal_the_cpu_and_follow_the_index() {
 #[test]
 fn lists_over_the_hot_budget_are_an_error_on_vulkan_and_the_cpu_on_auto() {
     for device in [Device::Vulkan, Device::Auto] {
-        let d = digits_on_sphere(&m2m::DigitsConfig { rows: 1_000, queries: 20, dim: DIM, ..Default::default() })
-            .unwrap();
-        let config = M2mConfig { device, learn_kappa: false, hot_budget_bytes: 10_000, ..M2mConfig::default().dim(DIM) };
+        let d =
+            digits_on_sphere(&m2m::DigitsConfig { rows: 1_000, queries: 20, dim: DIM, ..Default::default() }).unwrap();
+        let config =
+            M2mConfig { device, learn_kappa: false, hot_budget_bytes: 10_000, ..M2mConfig::default().dim(DIM) };
         let mut e = M2m::create(config).unwrap();
         e.add_splats(&d.base).unwrap();
         e.build_index().unwrap();

@@ -97,7 +97,11 @@ pub(crate) fn fill(root: &Path, to: &Path) -> Result<()> {
         println!("{name}.f16: {rows} rows x {dim}");
     }
     let total: u64 = std::fs::read_dir(to)?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
-    println!("{}: {:.1} MiB; call the device with carry [\".devrun\", \".gl\"]", to.display(), total as f64 / 1048576.0);
+    println!(
+        "{}: {:.1} MiB; call the device with carry [\".devrun\", \".gl\"]",
+        to.display(),
+        total as f64 / 1048576.0
+    );
     Ok(())
 }
 

@@ -168,7 +168,8 @@ fn main() -> Result<()> {
     }
     let (base, queries, dim) = load(&args)?;
     let (rows, nq, k) = (base.len() / dim, queries.len() / dim, args.k);
-    let config = M2mConfig { dim, metric: Metric::Cosine, learn_kappa: false, device: Device::Vulkan, ..Default::default() };
+    let config =
+        M2mConfig { dim, metric: Metric::Cosine, learn_kappa: false, device: Device::Vulkan, ..Default::default() };
     let mut engine = M2m::create(config).context("an engine on the Vulkan device")?;
     engine.add_splats(&base)?;
     let t = Instant::now();
@@ -177,7 +178,9 @@ fn main() -> Result<()> {
     let index = engine.index().context("index")?;
     let (n_lists, nprobe) = (index.n_lists(), index.default_nprobe());
     let device = engine.stats().device;
-    eprintln!("{device}: {rows} rows x {dim}, {nq} queries, {n_lists} lists, nprobe {nprobe}, build {build_seconds:.1} s");
+    eprintln!(
+        "{device}: {rows} rows x {dim}, {nq} queries, {n_lists} lists, nprobe {nprobe}, build {build_seconds:.1} s"
+    );
 
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.cpu_threads).build()?;
     let mut retrieval = Vec::new();
@@ -256,7 +259,8 @@ fn main() -> Result<()> {
         langevin_chain_steps_per_s: Some(langevin),
     };
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     print_table(&report);
     Ok(())
@@ -283,7 +287,10 @@ fn smoke() -> Result<()> {
             same_ids += usize::from(a.0 == b.0);
         }
     }
-    println!("smoke: {} | ids equal {same_ids}/640 | worst relative score difference {worst:.2e}", compute.device_name());
+    println!(
+        "smoke: {} | ids equal {same_ids}/640 | worst relative score difference {worst:.2e}",
+        compute.device_name()
+    );
     if worst > 1e-4 || same_ids < 600 {
         bail!("the device's IVF search differs from the CPU twin");
     }
@@ -294,7 +301,8 @@ fn smoke() -> Result<()> {
 fn langevin(compute: &Compute, dim: usize, chains: usize, reps: usize) -> Result<f64> {
     let ns = 64;
     let unit = |seed: u64, rows: usize| -> Vec<f32> {
-        let mut v: Vec<f32> = (0..rows * dim).map(|i| (((i as u64 + seed) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
+        let mut v: Vec<f32> =
+            (0..rows * dim).map(|i| (((i as u64 + seed) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
         for r in v.chunks_exact_mut(dim) {
             let n = r.iter().map(|a| a * a).sum::<f32>().sqrt();
             r.iter_mut().for_each(|a| *a /= n);
@@ -314,14 +322,27 @@ fn langevin(compute: &Compute, dim: usize, chains: usize, reps: usize) -> Result
 }
 
 fn print_table(r: &Report) {
-    println!("\n{} | {} rows x {} | {} lists, nprobe {} | index build {:.1} s", r.device, r.rows, r.dim, r.n_lists, r.nprobe, r.build_seconds);
+    println!(
+        "\n{} | {} rows x {} | {} lists, nprobe {} | index build {:.1} s",
+        r.device, r.rows, r.dim, r.n_lists, r.nprobe, r.build_seconds
+    );
     println!("| retrieval | path | queries | QPS | recall@10 |");
     println!("|---|---|---:|---:|---:|");
     for row in &r.retrieval {
-        println!("| {} | {} | {} | {:.0} | {:.4} |", row.what, row.path, row.queries, row.qps, row.recall.unwrap_or(f64::NAN));
+        println!(
+            "| {} | {} | {} | {:.0} | {:.4} |",
+            row.what,
+            row.path,
+            row.queries,
+            row.qps,
+            row.recall.unwrap_or(f64::NAN)
+        );
     }
     println!("cost models: {}", r.cost_models.join("; "));
-    println!("model picks device: one query {:?}, the batch {:?}", r.model_picks_gpu_for_one, r.model_picks_gpu_for_batch);
+    println!(
+        "model picks device: one query {:?}, the batch {:?}",
+        r.model_picks_gpu_for_one, r.model_picks_gpu_for_batch
+    );
     println!("| distances+top-k batch | ms | candidate GB/s | GFLOP/s |");
     println!("|---:|---:|---:|---:|");
     for k in &r.kernels {

@@ -71,7 +71,11 @@ pub struct IvfResident {
 
 #[derive(Debug)]
 enum IvfData {
-    Cpu { centroids: Vec<f32>, offsets: Vec<u32>, vectors: Vec<f32> },
+    Cpu {
+        centroids: Vec<f32>,
+        offsets: Vec<u32>,
+        vectors: Vec<f32>,
+    },
     #[cfg(feature = "vulkan")]
     Gpu(crate::vulkan::IvfBuffers),
 }

@@ -221,12 +221,24 @@ fn lists(seed: u64, dim: usize, sizes: &[u32]) -> (Vec<f32>, Vec<u32>, Vec<f32>)
 const SIZES: [u32; 9] = [70, 0, 1, 130, 64, 5, 33, 200, 9];
 
 /// f64 reference of the IVF search of one query: the `nprobe` best centroids, then the best `k` members.
-fn ivf_reference(q: &[f32], c: &[f32], off: &[u32], x: &[f32], dim: usize, l2: bool, nprobe: usize, k: usize) -> Vec<(u32, f64)> {
+fn ivf_reference(
+    q: &[f32],
+    c: &[f32],
+    off: &[u32],
+    x: &[f32],
+    dim: usize,
+    l2: bool,
+    nprobe: usize,
+    k: usize,
+) -> Vec<(u32, f64)> {
     let score = |a: &[f32], b: &[f32]| -> f64 {
-        a.iter().zip(b).map(|(u, v)| {
-            let (u, v) = (f64::from(*u), f64::from(*v));
-            if l2 { (u - v) * (u - v) } else { u * v }
-        }).sum()
+        a.iter()
+            .zip(b)
+            .map(|(u, v)| {
+                let (u, v) = (f64::from(*u), f64::from(*v));
+                if l2 { (u - v) * (u - v) } else { u * v }
+            })
+            .sum()
     };
     let rank = |v: &mut Vec<(u32, f64)>| v.sort_by(|a, b| if l2 { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) });
     let mut cs: Vec<(u32, f64)> = c.chunks_exact(dim).enumerate().map(|(l, r)| (l as u32, score(q, r))).collect();
@@ -252,7 +264,11 @@ fn the_ivf_twin_matches_an_f64_reference_and_probing_every_list_is_exact() {
             let got = cpu::ivf_search(&q, &c, &off, &x, dim, l2, nprobe, k);
             for (i, got) in got.iter().enumerate() {
                 let want = ivf_reference(&q[i * dim..(i + 1) * dim], &c, &off, &x, dim, l2, nprobe, k);
-                assert_eq!(got.iter().map(|h| h.0).collect::<Vec<_>>(), want.iter().map(|h| h.0).collect::<Vec<_>>(), "l2 {l2} nprobe {nprobe}");
+                assert_eq!(
+                    got.iter().map(|h| h.0).collect::<Vec<_>>(),
+                    want.iter().map(|h| h.0).collect::<Vec<_>>(),
+                    "l2 {l2} nprobe {nprobe}"
+                );
                 for (g, w) in got.iter().zip(&want) {
                     assert!((f64::from(g.1) - w.1).abs() < 1e-4);
                 }
@@ -260,7 +276,12 @@ fn the_ivf_twin_matches_an_f64_reference_and_probing_every_list_is_exact() {
         }
         // Every list probed: the exact top k over all rows.
         let all = cpu::ivf_search(&q, &c, &off, &x, dim, l2, SIZES.len(), 10);
-        let exact = cpu::top_k(&cpu::scores(&q, &x, dim, l2), x.len() / dim, 10, if l2 { Direction::Lower } else { Direction::Higher });
+        let exact = cpu::top_k(
+            &cpu::scores(&q, &x, dim, l2),
+            x.len() / dim,
+            10,
+            if l2 { Direction::Lower } else { Direction::Higher },
+        );
         assert_eq!(all, exact);
     }
 }

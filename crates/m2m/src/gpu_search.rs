@@ -135,7 +135,11 @@ impl GpuRetrieval {
         let mut g = self.lock();
         g.stats.last_on_gpu = Some(on_gpu);
         let n = all.len() as u64;
-        if on_gpu { g.stats.gpu_queries += n } else { g.stats.cpu_queries += n }
+        if on_gpu {
+            g.stats.gpu_queries += n
+        } else {
+            g.stats.cpu_queries += n
+        }
         Ok(all)
     }
 
@@ -245,7 +249,10 @@ fn upload(r: &Request<'_>) -> Result<Resident> {
     if bytes > r.hot_budget_bytes {
         return Err(Error::Config {
             field: "hot_budget_bytes",
-            reason: format!("the index's lists take {bytes} bytes of device memory, over the budget {}", r.hot_budget_bytes),
+            reason: format!(
+                "the index's lists take {bytes} bytes of device memory, over the budget {}",
+                r.hot_budget_bytes
+            ),
         });
     }
     let mut offsets = Vec::with_capacity(n_lists + 1);

@@ -86,7 +86,8 @@ impl Context {
                     .map_err(vk("recording a query upload"))?;
                 ctx.record_distances(bld, &qbuf, &bufs.centroids, &sbuf, nq, dim, l2)?;
                 let sel = cs::SelectParams { n_lists: n_lists as u32, nprobe: nprobe as u32, metric };
-                let writes = vec![WriteDescriptorSet::buffer(0, sbuf.clone()), WriteDescriptorSet::buffer(1, probes.clone())];
+                let writes =
+                    vec![WriteDescriptorSet::buffer(0, sbuf.clone()), WriteDescriptorSet::buffer(1, probes.clone())];
                 ctx.dispatch(bld, &ctx.pipes.select, writes, sel, [nq as u32, 1, 1])?;
                 let pc = cs::IvfParams {
                     dim: dim as u32,
@@ -108,10 +109,7 @@ impl Context {
             let (ids, tops) = (ids.read().map_err(vk("reading ids"))?, tops.read().map_err(vk("reading scores"))?);
             for q in 0..nq {
                 out.push(
-                    (0..k)
-                        .filter(|&r| ids[q * k + r] != u32::MAX)
-                        .map(|r| (ids[q * k + r], tops[q * k + r]))
-                        .collect(),
+                    (0..k).filter(|&r| ids[q * k + r] != u32::MAX).map(|r| (ids[q * k + r], tops[q * k + r])).collect(),
                 );
             }
         }
