@@ -11,4 +11,10 @@
 // Largest k of the device top-k.
 #define MAX_K 32u
 
+// Most lists (centroids) of the IVF probe (select.comp keeps one key per list in shared memory).
+#define MAX_LISTS 4096u
+
+// Largest dimension of the IVF scan (ivf.comp keeps the query in shared memory).
+#define MAX_IVF_DIM 2048u
+
 #endif

@@ -23,6 +23,8 @@
 //!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin.
 //!   `cargo xtask bench train [--seeds 5]` trains classifiers on the built-in digits through the data
 //!   lake (uniform against loss-driven SOC sampling; no augmentation against Langevin augmentation).
+//! * `cargo xtask gpu-devrun [DIR]`: fills the folder a lent GPU machine's call carries (see
+//!   `devrun.rs` and `scripts/device-gpu.sh`).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--isa scalar|avx2|avx512] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists
 //!   every option; the ISA that ran is printed).
@@ -36,6 +38,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod devrun;
 mod gpu;
 mod python;
 mod torture;
@@ -52,6 +55,10 @@ fn main() -> Result<()> {
             gpu::check_shaders(&root)
         }
         Some("python") => python::test().map(|c| println!("tests: {} passed, {} failed", c.passed, c.failed)),
+        Some("gpu-devrun") => {
+            let to = args.get(1).map_or_else(|| root.join(".devrun"), PathBuf::from);
+            devrun::fill(&root, &to)
+        }
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose().context("SECONDS must be a number")?),
         Some("torture") => torture::torture(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
@@ -180,6 +187,10 @@ fn ci() -> Result<()> {
     let gpu_counts = run_tests(&["test", "--locked", "-p", "m2m-gpu", "--features", "vulkan"])?;
     counts.passed += gpu_counts.passed;
     counts.failed += gpu_counts.failed;
+    // The engine's batch retrieval on the device against its CPU path (tests/e2e/gpu.rs), on lavapipe.
+    let engine_gpu = run_tests(&["test", "--locked", "-p", "m2m", "--features", "gpu", "--test", "e2e", "gpu::"])?;
+    counts.passed += engine_gpu.passed;
+    counts.failed += engine_gpu.failed;
     // The Python bindings: the wheel built into a virtual environment, then pytest.
     let py_counts = python::test()?;
     counts.passed += py_counts.passed;
@@ -251,7 +262,18 @@ fn bench(args: &[String]) -> Result<()> {
             cmd.push("--");
             cmd.extend(args[1..].iter().map(String::as_str));
         }
-        return run("cargo", &cmd);
+        run("cargo", &cmd)?;
+        // Then the engine's retrieval on the device against the CPU (bench_gpu.rs), on minilm70k when
+        // present, else on the digits.
+        let mut engine = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--features", "gpu"];
+        engine.extend(["--bin", "bench-gpu", "--"]);
+        let data = workspace_root().join("../shared/data/minilm70k/minilm70k");
+        let (base, queries) = (data.with_extension("base.fvecs"), data.with_extension("query.fvecs"));
+        let (base, queries) = (base.to_string_lossy().into_owned(), queries.to_string_lossy().into_owned());
+        if Path::new(&base).exists() && Path::new(&queries).exists() {
+            engine.extend(["--base", &base, "--queries", &queries]);
+        }
+        return run("cargo", &engine);
     }
     let report = ["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-report"];
     if args.first().map(String::as_str) == Some("report") {

@@ -108,3 +108,42 @@ pub fn langevin_step(
         row.iter_mut().zip(&next).for_each(|(r, v)| *r = v * inv);
     }
 }
+
+/// The IVF-Flat search of [`crate::Compute::ivf_search`]: for each query, the `nprobe` lists whose
+/// centroids score best (ties to the lower list), then the best `k` (row, score) among their members'
+/// exact scores, best first (ties to the lower row). `offsets` has one entry per list plus one; the
+/// members of list `l` are rows `offsets[l]..offsets[l + 1]` of `vectors` (row-major).
+#[allow(clippy::too_many_arguments, reason = "the search's inputs, each a plain slice or number")]
+pub fn ivf_search(
+    queries: &[f32],
+    centroids: &[f32],
+    offsets: &[u32],
+    vectors: &[f32],
+    dim: usize,
+    l2: bool,
+    nprobe: usize,
+    k: usize,
+) -> Vec<Vec<(u32, f32)>> {
+    let n_lists = centroids.len() / dim;
+    let dir = if l2 { Direction::Lower } else { Direction::Higher };
+    let probe_scores = scores(queries, centroids, dim, l2);
+    let probes = top_k(&probe_scores, n_lists, nprobe, dir);
+    queries
+        .chunks_exact(dim)
+        .zip(&probes)
+        .map(|(q, lists)| {
+            let mut found: Vec<(u32, f32)> = Vec::new();
+            for &(l, _) in lists {
+                for r in offsets[l as usize]..offsets[l as usize + 1] {
+                    let x = &vectors[r as usize * dim..(r as usize + 1) * dim];
+                    found.push((r, if l2 { kernels::l2_sq(q, x) } else { kernels::dot(q, x) }));
+                }
+            }
+            found.sort_by(|a, b| {
+                if better(dir, a.1, a.0, b.1, b.0) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater }
+            });
+            found.truncate(k);
+            found
+        })
+        .collect()
+}

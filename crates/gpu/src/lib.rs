@@ -9,7 +9,10 @@
 //! 2. `topk`: the best k (at most [`MAX_K`]) of each query's scores on the device, chained after
 //!    `distances` in one submission, so only k ids and scores per query come back.
 //! 3. `codes`: estimated inner products from 8-bit scalar-quantised codes ([`SqCodes`]).
-//! 4. `langevin`: one overdamped Langevin step on the sphere against shared routed splats (the step of
+//! 4. `select` and `ivf`: IVF-Flat search over resident inverted lists ([`Compute::ivf_upload`],
+//!    [`Compute::ivf_search`]): the probe of each query's best lists and the exact scan of their
+//!    members with a device top-k, in one submission per batch.
+//! 5. `langevin`: one overdamped Langevin step on the sphere against shared routed splats (the step of
 //!    m2m-soc, whose `overdamped_step` the tests also compare with).
 //!
 //! Backends ([`Backend`]): `Cpu` runs the twins in [`cpu`]; `Gpu` runs the shaders and is an error
@@ -27,6 +30,7 @@
 
 pub mod cpu;
 mod error;
+mod ivf;
 #[cfg(feature = "vulkan")]
 mod vulkan;
 
@@ -38,6 +42,7 @@ pub use vulkan::{DeviceBlock, DeviceStorage};
 pub type DeviceHot = m2m_tier::HotCache<DeviceStorage>;
 
 pub use error::{Error, Result};
+pub use ivf::{IvfLists, IvfResident, MAX_IVF_DIM, MAX_LISTS, ivf_bytes};
 pub use m2m_splat::Metric;
 
 use error::{finite, shape};
@@ -277,7 +282,7 @@ impl Compute {
                 Ok(cpu::top_k(&cpu::scores(queries, rows, c.dim, metric == Metric::L2), c.rows, k, dir))
             }
             #[cfg(feature = "vulkan")]
-            (Kind::Vulkan(v), CandidateData::Gpu(chunks)) => v.top_k(queries, b, chunks, c, dir, k),
+            (Kind::Vulkan(v), CandidateData::Gpu(chunks)) => v.top_k(queries, b, chunks, c.dim, dir, k),
             #[cfg(feature = "vulkan")]
             (Kind::Cpu, CandidateData::Gpu(_)) => Err(foreign()),
         }

@@ -1,4 +1,4 @@
-//! The Vulkan backend: device choice, allocators, the four compute pipelines, chunked buffers, and
+//! The Vulkan backend: device choice, allocators, the compute pipelines, chunked buffers, and
 //! submission with a fence.
 
 use std::sync::Arc;
@@ -20,6 +20,9 @@ use vulkano::{Validated, VulkanLibrary};
 
 use crate::{Candidates, Direction, Error, MAX_K, Result, SqCodes, cpu};
 
+mod ivf;
+pub(crate) use ivf::IvfBuffers;
+
 mod cs {
     vulkano_shaders::shader! {
         shaders: {
@@ -27,6 +30,8 @@ mod cs {
             topk: { ty: "compute", path: "../../shaders/topk.comp" },
             codes: { ty: "compute", path: "../../shaders/codes.comp" },
             langevin: { ty: "compute", path: "../../shaders/langevin.comp" },
+            select: { ty: "compute", path: "../../shaders/select.comp" },
+            ivf: { ty: "compute", path: "../../shaders/ivf.comp" },
         }
     }
 }
@@ -52,6 +57,8 @@ struct Pipelines {
     topk: Arc<ComputePipeline>,
     codes: Arc<ComputePipeline>,
     langevin: Arc<ComputePipeline>,
+    select: Arc<ComputePipeline>,
+    ivf: Arc<ComputePipeline>,
 }
 
 /// A device with its queue, allocators and pipelines.
@@ -136,6 +143,8 @@ impl Context {
             topk: pipeline(cs::load_topk(device.clone()))?,
             codes: pipeline(cs::load_codes(device.clone()))?,
             langevin: pipeline(cs::load_langevin(device.clone()))?,
+            select: pipeline(cs::load_select(device.clone()))?,
+            ivf: pipeline(cs::load_ivf(device.clone()))?,
         };
         Ok(Context {
             name,
@@ -273,7 +282,8 @@ impl Context {
 
     /// Queries per dispatch against a chunk of `rows`: the score buffer must fit one buffer too.
     fn query_block(&self, rows: usize) -> usize {
-        let fit = ((self.max_bytes / 4) as usize / rows.max(1)).max(1);
+        // At most 65,535 queries: the top-k dispatch has one workgroup per query along x.
+        let fit = ((self.max_bytes / 4) as usize / rows.max(1)).clamp(1, 65_535);
         if fit >= QUERY_BLOCK { fit / QUERY_BLOCK * QUERY_BLOCK } else { fit }
     }
 
@@ -326,19 +336,21 @@ impl Context {
         queries: &[f32],
         b: usize,
         chunks: &[Chunk],
-        c: &Candidates,
+        dim: usize,
         dir: Direction,
         k: usize,
     ) -> Result<Vec<Vec<(u32, f32)>>> {
         debug_assert!(k <= MAX_K);
-        let dim = c.dim;
         let l2 = dir == Direction::Lower;
         let mut best: Vec<Vec<(u32, f32)>> = vec![Vec::new(); b];
         for ch in chunks {
             let qb = self.query_block(ch.rows);
             for q0 in (0..b).step_by(qb) {
                 let nq = qb.min(b - q0);
-                let qbuf = self.input(&queries[q0 * dim..(q0 + nq) * dim], BufferUsage::STORAGE_BUFFER)?;
+                // The queries go to device memory first: every workgroup of the distances dispatch reads
+                // them, and reading them from host memory crosses the bus each time.
+                let staging = self.input(&queries[q0 * dim..(q0 + nq) * dim], BufferUsage::TRANSFER_SRC)?;
+                let qbuf = self.scratch::<f32>(nq * dim, BufferUsage::STORAGE_BUFFER | BufferUsage::TRANSFER_DST)?;
                 let sbuf = self.scratch::<f32>(nq * ch.rows, BufferUsage::STORAGE_BUFFER)?;
                 let ids = self.output::<u32>(nq * k)?;
                 let tops = self.output::<f32>(nq * k)?;
@@ -351,6 +363,8 @@ impl Context {
                 // Scores stay on the device: both dispatches in one submission (the command buffer
                 // inserts the barrier between them), and only k ids and scores per query come back.
                 self.submit(|bld, ctx| {
+                    bld.copy_buffer(CopyBufferInfo::buffers(staging.clone(), qbuf.clone()))
+                        .map_err(vk("recording a query upload"))?;
                     ctx.record_distances(bld, &qbuf, ch, &sbuf, nq, dim, l2)?;
                     let writes = vec![
                         WriteDescriptorSet::buffer(0, sbuf.clone()),

@@ -2,7 +2,7 @@
 //! independent references, and bad input. With the `vulkan` feature the GPU must be there (CI installs
 //! lavapipe); without it the GPU comparisons are not compiled.
 
-use m2m_gpu::{Backend, Compute, Direction, Error, MAX_K, Metric, SqCodes, cpu};
+use m2m_gpu::{Backend, Compute, Direction, Error, IvfLists, MAX_K, Metric, SqCodes, cpu};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -204,4 +204,165 @@ fn the_device_hot_tier_keeps_blocks_in_device_memory_under_its_budget() {
     assert_eq!(hot.storage().read(&last).unwrap(), vec![kept[kept.len() - 1] as u8; 500]);
     assert!(hot.get(HotKey::Centroids).is_some());
     assert!(Compute::new(Backend::Cpu).unwrap().hot_tier(1).is_err(), "no device memory on the CPU backend");
+}
+
+/// Inverted lists of the given sizes (an empty one, a single row and some longer than a workgroup):
+/// centroids, offsets and vectors.
+fn lists(seed: u64, dim: usize, sizes: &[u32]) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let centroids = data(seed, sizes.len() * dim);
+    let mut offsets = vec![0u32];
+    for s in sizes {
+        offsets.push(offsets.last().copied().unwrap_or(0) + s);
+    }
+    let rows = *offsets.last().unwrap_or(&0) as usize;
+    (centroids, offsets, data(seed + 1, rows * dim))
+}
+
+const SIZES: [u32; 9] = [70, 0, 1, 130, 64, 5, 33, 200, 9];
+
+/// f64 reference of the IVF search of one query: the `nprobe` best centroids, then the best `k` members.
+fn ivf_reference(
+    q: &[f32],
+    c: &[f32],
+    off: &[u32],
+    x: &[f32],
+    dim: usize,
+    l2: bool,
+    nprobe: usize,
+    k: usize,
+) -> Vec<(u32, f64)> {
+    let score = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(u, v)| {
+                let (u, v) = (f64::from(*u), f64::from(*v));
+                if l2 { (u - v) * (u - v) } else { u * v }
+            })
+            .sum()
+    };
+    let rank = |v: &mut Vec<(u32, f64)>| v.sort_by(|a, b| if l2 { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) });
+    let mut cs: Vec<(u32, f64)> = c.chunks_exact(dim).enumerate().map(|(l, r)| (l as u32, score(q, r))).collect();
+    rank(&mut cs);
+    let mut found: Vec<(u32, f64)> = Vec::new();
+    for &(l, _) in &cs[..nprobe] {
+        for r in off[l as usize]..off[l as usize + 1] {
+            found.push((r, score(q, &x[r as usize * dim..(r as usize + 1) * dim])));
+        }
+    }
+    rank(&mut found);
+    found.truncate(k);
+    found
+}
+
+#[test]
+fn the_ivf_twin_matches_an_f64_reference_and_probing_every_list_is_exact() {
+    let dim = 24;
+    let (c, off, x) = lists(60, dim, &SIZES);
+    let q = data(61, 7 * dim);
+    for l2 in [false, true] {
+        for (nprobe, k) in [(1usize, 5usize), (3, 10), (SIZES.len(), MAX_K)] {
+            let got = cpu::ivf_search(&q, &c, &off, &x, dim, l2, nprobe, k);
+            for (i, got) in got.iter().enumerate() {
+                let want = ivf_reference(&q[i * dim..(i + 1) * dim], &c, &off, &x, dim, l2, nprobe, k);
+                assert_eq!(
+                    got.iter().map(|h| h.0).collect::<Vec<_>>(),
+                    want.iter().map(|h| h.0).collect::<Vec<_>>(),
+                    "l2 {l2} nprobe {nprobe}"
+                );
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((f64::from(g.1) - w.1).abs() < 1e-4);
+                }
+            }
+        }
+        // Every list probed: the exact top k over all rows.
+        let all = cpu::ivf_search(&q, &c, &off, &x, dim, l2, SIZES.len(), 10);
+        let exact = cpu::top_k(
+            &cpu::scores(&q, &x, dim, l2),
+            x.len() / dim,
+            10,
+            if l2 { Direction::Lower } else { Direction::Higher },
+        );
+        assert_eq!(all, exact);
+    }
+}
+
+/// The device's IVF hits equal the twin's: scores to 1e-5 and the same rows, except where two
+/// neighbouring scores are within that tolerance (then either order is right).
+#[cfg(feature = "vulkan")]
+fn same_hits(got: &[Vec<(u32, f32)>], want: &[Vec<(u32, f32)>], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: queries");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len(), "{what}: query {i} hits");
+        for (j, (a, b)) in g.iter().zip(w).enumerate() {
+            assert!((a.1 - b.1).abs() <= 1e-5 * b.1.abs().max(1.0), "{what}: query {i} hit {j}: {a:?} vs {b:?}");
+            if a.0 != b.0 {
+                let tied = w.iter().any(|o| o.0 == a.0 && (o.1 - b.1).abs() <= 1e-5 * b.1.abs().max(1.0));
+                assert!(tied, "{what}: query {i} hit {j}: row {} vs {} and not a tie", a.0, b.0);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn ivf_search_on_the_gpu_matches_the_cpu_twin() {
+    let mut g = gpu();
+    for dim in [37usize, 384] {
+        let (c, off, x) = lists(70 + dim as u64, dim, &SIZES);
+        let q = data(71, 300 * dim);
+        let ivf = g.ivf_upload(&IvfLists { dim, centroids: &c, offsets: &off, vectors: &x }).unwrap();
+        assert!(ivf.on_device());
+        assert_eq!((ivf.n_lists(), ivf.rows()), (SIZES.len(), x.len() / dim));
+        for metric in [Metric::InnerProduct, Metric::L2] {
+            for (nprobe, k) in [(1usize, 1usize), (3, 10), (SIZES.len(), MAX_K)] {
+                let got = g.ivf_search(&q, &ivf, metric, nprobe, k).unwrap();
+                let want = cpu::ivf_search(&q, &c, &off, &x, dim, metric == Metric::L2, nprobe, k);
+                same_hits(&got, &want, &format!("dim {dim} {metric:?} nprobe {nprobe} k {k}"));
+            }
+        }
+    }
+    // Queries split over several submissions (the probe scores of 7 queries fill a buffer).
+    let dim = 16;
+    let (c, off, x) = lists(80, dim, &SIZES);
+    let ivf = g.ivf_upload(&IvfLists { dim, centroids: &c, offsets: &off, vectors: &x }).unwrap();
+    g.limit_buffer_bytes(4 * 7 * SIZES.len() as u64);
+    let q = data(81, 50 * dim);
+    let got = g.ivf_search(&q, &ivf, Metric::InnerProduct, 2, 4).unwrap();
+    same_hits(&got, &cpu::ivf_search(&q, &c, &off, &x, dim, false, 2, 4), "split batch");
+}
+
+#[test]
+fn bad_ivf_input_is_refused_on_every_backend() {
+    #[cfg(feature = "vulkan")]
+    let backends = vec![Compute::new(Backend::Cpu).unwrap(), gpu()];
+    #[cfg(not(feature = "vulkan"))]
+    let backends = vec![Compute::new(Backend::Cpu).unwrap()];
+    let dim = 4;
+    let (c, off, x) = lists(90, dim, &[3, 0, 5]);
+    for g in backends {
+        let bad = |centroids: &[f32], offsets: &[u32], vectors: &[f32], dim: usize| {
+            g.ivf_upload(&IvfLists { dim, centroids, offsets, vectors }).unwrap_err()
+        };
+        assert!(matches!(bad(&c, &off, &x, 0), Error::Invalid { what: "ivf dim", .. }));
+        assert!(matches!(bad(&c[..5], &off, &x, dim), Error::Shape { what: "ivf centroids", .. }));
+        assert!(matches!(bad(&c, &off[..3], &x, dim), Error::Shape { what: "ivf offsets", .. }));
+        assert!(matches!(bad(&c, &[1, 3, 3, 8], &x, dim), Error::Invalid { what: "ivf offsets", .. }));
+        assert!(matches!(bad(&c, &[0, 3, 2, 8], &x, dim), Error::Invalid { what: "ivf offsets", .. }));
+        assert!(matches!(bad(&c, &off, &x[..8], dim), Error::Shape { what: "ivf vectors", .. }));
+        let mut nan = x.clone();
+        nan[7] = f32::NAN;
+        assert!(matches!(bad(&c, &off, &nan, dim), Error::Invalid { what: "ivf vectors", .. }));
+        let ivf = g.ivf_upload(&IvfLists { dim, centroids: &c, offsets: &off, vectors: &x }).unwrap();
+        let q = data(91, 2 * dim);
+        let search = |q: &[f32], nprobe, k| g.ivf_search(q, &ivf, Metric::L2, nprobe, k).unwrap_err();
+        assert!(matches!(search(&q, 0, 3), Error::Invalid { what: "nprobe", .. }));
+        assert!(matches!(search(&q, 4, 3), Error::Invalid { what: "nprobe", .. }));
+        assert!(matches!(search(&q, 2, 0), Error::Invalid { what: "k", .. }));
+        assert!(matches!(search(&q, 2, MAX_K + 1), Error::Invalid { what: "k", .. }));
+        assert!(matches!(search(&q[..5], 2, 3), Error::Shape { what: "queries", .. }));
+        assert!(matches!(search(&[], 2, 3), Error::Invalid { what: "queries", .. }));
+        assert!(matches!(search(&[f32::INFINITY; 4], 2, 3), Error::Invalid { what: "queries", .. }));
+        // Every list probed holds 8 rows in all: 8 hits when k asks for more.
+        assert!(g.ivf_search(&q, &ivf, Metric::L2, 3, 20).unwrap().iter().all(|h| h.len() == 8));
+    }
 }

@@ -31,6 +31,7 @@ pub mod kernels;
 mod kmeans;
 mod topk;
 mod validate;
+mod view;
 
 pub use error::{Error, Result};
 pub use index::{Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};

@@ -109,6 +109,8 @@ pub struct Stats {
     /// Share of the splats whose learned kappa was clipped to [min_kappa, max_kappa] at the last build
     /// (none without learned kappa).
     pub kappa_clipped: Option<f64>,
+    /// Which path answered batch retrievals (device or CPU) and the cost models that chose it.
+    pub retrieval: crate::RetrievalStats,
 }
 
 /// An M2M engine: ingest, retrieval with levels of detail, energy, generation and the data lake.
@@ -128,6 +130,8 @@ pub struct M2m {
     /// How the last build fitted kappa.
     pub(crate) kappa_fit: Option<KappaFit>,
     compute: m2m_gpu::Compute,
+    /// Batch retrieval on the device (`gpu_search.rs`).
+    gpu: crate::gpu_search::GpuRetrieval,
     next_id: u64,
     /// Opened with [`M2m::open_read_only`]: changes are refused.
     read_only: bool,
@@ -198,6 +202,7 @@ impl M2m {
             soc: None,
             kappa_fit: None,
             compute,
+            gpu: Default::default(),
             next_id: 0,
             config,
             read_only: false,
@@ -275,6 +280,7 @@ impl M2m {
             soc: None,
             kappa_fit: None,
             compute: stored_compute(config.device)?,
+            gpu: Default::default(),
             next_id: 0,
             config,
             read_only: false,
@@ -456,6 +462,7 @@ impl M2m {
                 let router = Arc::make_mut(&mut ctl.router);
                 router.insert(&self.set.ids()[rows.clone()], &vectors, &self.kappa[rows.clone()], &self.alpha[rows])?;
             }
+            self.gpu.invalidate();
         }
         Ok(())
     }
@@ -526,6 +533,7 @@ impl M2m {
             }
         }
         self.index = Some(index);
+        self.gpu.invalidate();
         // The pile is carried over onto the new clusters.
         self.start_controller(neighbours.as_ref())?;
         self.save_pile()
@@ -574,11 +582,13 @@ impl M2m {
         Ok(hits.iter().map(|h| self.hit(h.id, h.score)).collect())
     }
 
-    /// [`retrieve`](Self::retrieve) for many queries (row-major), in parallel.
+    /// [`retrieve`](Self::retrieve) for many queries (row-major), in parallel. With a compute device,
+    /// LOD 2 and Exact batches run on it where the cost model measured at first use says it is faster
+    /// ([`Stats::retrieval`] says which path ran).
     pub fn retrieve_batch(&self, queries: &[f32], k: usize, lod: Lod) -> Result<Vec<Vec<Hit>>> {
         let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve_batch" })?;
         let k = crate::validate::bound_k(k, self.len());
-        let all = index.search_batch(queries, k, lod, &SearchParams::default())?;
+        let all = self.gpu.retrieve_batch(&self.gpu_request(index), queries, k, lod)?;
         self.record_use(all.iter().flatten().map(|h| h.id));
         Ok(all.iter().map(|hits| hits.iter().map(|h| self.hit(h.id, h.score)).collect()).collect())
     }
@@ -677,6 +687,7 @@ impl M2m {
         }
         if let Some(index) = &mut self.index {
             index.delete(&present);
+            self.gpu.invalidate();
         }
         if let Some(ctl) = &mut self.soc {
             Arc::make_mut(&mut ctl.router).remove(&present);
@@ -713,7 +724,23 @@ impl M2m {
             device: self.compute.device_name(),
             segments: self.db.as_ref().map_or(0, |db| db.manifest().segments.len()),
             kappa_clipped: self.kappa_fit.map(|f| f.clipped_share()),
+            retrieval: self.gpu.stats(),
         }
+    }
+
+    fn gpu_request<'a>(&'a self, index: &'a Index) -> crate::gpu_search::Request<'a> {
+        crate::gpu_search::Request {
+            compute: &self.compute,
+            device: self.config.device,
+            hot_budget_bytes: self.config.hot_budget_bytes,
+            index,
+        }
+    }
+
+    /// Overrides the cost model's choice of path for batch retrieval (tests and benchmarks).
+    #[doc(hidden)]
+    pub fn force_retrieval_path(&self, path: crate::ForcePath) {
+        self.gpu.force(path);
     }
 
     /// The compute backend.

@@ -23,6 +23,7 @@
 mod config;
 mod engine;
 mod error;
+mod gpu_search;
 mod loader;
 #[doc(hidden)]
 pub mod testing;
@@ -32,6 +33,9 @@ mod validate;
 pub use config::{Device, LangevinDynamics, M2mConfig};
 pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, Stats, create_m2m};
 pub use error::{Error, Result};
+#[doc(hidden)]
+pub use gpu_search::ForcePath;
+pub use gpu_search::{CostModel, RetrievalStats};
 pub use loader::{DataLoader, DataLoaderConfig, LakeReader, Source, TrainingBatch};
 pub use training::{Fidelity, KappaFit, NEIGHBOURS_BLOB, SOC_BLOB, WeightReport};
 
