@@ -1,6 +1,7 @@
 //! End-to-end tests through the facade: data made, written, streamed and ingested as a user would.
 
 mod engine;
+mod vocabulary;
 
 use m2m::splat::{Error, VectorReader, VectorWriter};
 use m2m::{Batch, DigitsConfig, SplatSet, digits_on_sphere};
