@@ -58,9 +58,14 @@ fn durability_given_at_open_is_not_stored() {
     assert!(!e.config().durable);
     e.add_splats(&[1.0, 2.0, 3.0, 4.0]).unwrap();
     drop(e);
-    let e = M2m::open(&path).unwrap();
+    let mut e = M2m::open(&path).unwrap();
     assert!(e.config().durable, "the stored setting is unchanged");
     assert_eq!(e.len(), 1);
+    e.flush().unwrap();
+    // A reader beside the writer reports the same statistics (the segment it sees included).
+    let reader = M2m::open_read_only(&path).unwrap();
+    assert_eq!(reader.stats(), e.stats());
+    assert_eq!(reader.stats().segments, 1);
 }
 
 fn collect(e: &M2m, cfg: &DataLoaderConfig) -> Vec<TrainingBatch> {
@@ -84,7 +89,15 @@ fn worker_strides_interleave_back_into_the_in_process_stream() {
         for workers in [2usize, 3] {
             let parts: Vec<Vec<TrainingBatch>> = (0..workers)
                 .map(|w| {
-                    collect(&e, &DataLoaderConfig { skip_batches: skip, batch_stride: workers, batch_offset: w, ..base.clone() })
+                    collect(
+                        &e,
+                        &DataLoaderConfig {
+                            skip_batches: skip,
+                            batch_stride: workers,
+                            batch_offset: w,
+                            ..base.clone()
+                        },
+                    )
                 })
                 .collect();
             // The DataLoader's round-robin over its workers.
@@ -107,7 +120,8 @@ fn first_epoch_gives_that_epochs_order_and_batch_count_is_exact() {
     assert_eq!(third, three[20..]);
     assert!(third.iter().all(|b| b.epoch == 2));
     assert_ne!(three[0].ids, three[10].ids, "epochs differ in order");
-    for (batch_size, drop_last, rank, world_size) in [(128, false, 0, 1), (128, true, 0, 1), (70, false, 1, 3), (70, true, 2, 3)]
+    for (batch_size, drop_last, rank, world_size) in
+        [(128, false, 0, 1), (128, true, 0, 1), (70, false, 1, 3), (70, true, 2, 3)]
     {
         let cfg = DataLoaderConfig { batch_size, drop_last, rank, world_size, epochs: 2, ..Default::default() };
         assert_eq!(collect(&e, &cfg).len() as u64, cfg.batch_count(1_000), "{cfg:?}");

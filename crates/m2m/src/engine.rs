@@ -688,7 +688,12 @@ impl M2m {
             dim: self.config.dim,
             metric: self.config.metric.name().to_owned(),
             device: self.compute.device_name(),
-            segments: self.db.as_ref().map_or(0, |db| db.manifest().segments.len()),
+            // The writer's manifest, or the snapshot a read-only engine opened on.
+            segments: match (&self.db, &self.snapshot) {
+                (Some(db), _) => db.manifest().segments.len(),
+                (None, Some(snap)) => snap.segments.len(),
+                (None, None) => 0,
+            },
             fine_clusters: index.map(Index::n_fine),
             coarse_clusters: index.map(Index::n_coarse),
             nprobe: index.map(Index::default_nprobe),

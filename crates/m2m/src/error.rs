@@ -144,10 +144,7 @@ mod tests {
             (m2m_tier::Error::Locked { path: path.clone() }.into(), ErrorKind::Locked),
             (m2m_tier::Error::Corrupt { path: path.clone(), offset: 0, reason: "x".into() }.into(), ErrorKind::Corrupt),
             (m2m_tier::Error::Poisoned { path: path.clone() }.into(), ErrorKind::Poisoned),
-            (
-                m2m_tier::Error::Io { path, source: std::io::Error::other("disk") }.into(),
-                ErrorKind::Io,
-            ),
+            (m2m_tier::Error::Io { path, source: std::io::Error::other("disk") }.into(), ErrorKind::Io),
             (m2m_gpu::Error::NotBuilt.into(), ErrorKind::Device),
             (Error::Config { field: "dim", reason: "0".into() }, ErrorKind::InvalidInput),
             (Error::NoIndex { what: "retrieve" }, ErrorKind::NoIndex),

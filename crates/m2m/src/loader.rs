@@ -118,7 +118,8 @@ impl DataLoaderConfig {
     pub fn batch_count(&self, rows: usize) -> u64 {
         let world = self.world_size.max(1);
         let mine = if self.rank < rows { (rows - self.rank).div_ceil(world) } else { 0 };
-        let per_epoch = if self.drop_last { mine / self.batch_size.max(1) } else { mine.div_ceil(self.batch_size.max(1)) };
+        let per_epoch =
+            if self.drop_last { mine / self.batch_size.max(1) } else { mine.div_ceil(self.batch_size.max(1)) };
         (per_epoch as u64).saturating_mul(self.epochs).saturating_sub(self.skip_batches)
     }
 }
@@ -466,7 +467,12 @@ fn stream(lake: &Lake, cfg: &DataLoaderConfig, tx: &crossbeam_channel::Sender<Re
             let start = position;
             let offset = cfg.batch_offset as u64;
             position += chunks.len() as u64;
-            chunks = chunks.into_iter().enumerate().filter(|(j, _)| (start + *j as u64) % stride == offset).map(|(_, c)| c).collect();
+            chunks = chunks
+                .into_iter()
+                .enumerate()
+                .filter(|(j, _)| (start + *j as u64) % stride == offset)
+                .map(|(_, c)| c)
+                .collect();
         }
         let sent = match (&lake.tiers, &lake.rows) {
             (Some(t), _) => stream_tiers(lake, t, cfg, epoch, &chunks, tx),
