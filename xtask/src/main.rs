@@ -7,7 +7,8 @@
 //!   shaders, and runs clippy and the tests of m2m-gpu with its `vulkan` feature on Mesa's lavapipe.
 //!   Then the Python bindings (`crates/py`): Debian's python3-venv, python3-numpy and python3-torch
 //!   when missing, a virtual environment in `target/py-venv` that sees them, maturin and pytest from
-//!   PyPI, the wheel built and installed, and its pytest suite.
+//!   PyPI, the wheel built and installed, its pytest suite and `mypy --strict` over the package. Then
+//!   `cargo xtask package` and `cargo xtask portability` (below).
 //! * `cargo xtask shaders`: compiles every shader of `shaders/` with glslangValidator and validates
 //!   the SPIR-V with spirv-val.
 //! * `cargo xtask fuzz [SECONDS]`: runs every cargo-fuzz target of `crates/tier/fuzz` (the log, segment
@@ -18,6 +19,16 @@
 //!   name); ARGS go to criterion (for example a benchmark name filter). Without arguments it then runs
 //!   `cargo xtask bench report`, which regenerates `BENCHMARKS.md` and `BENCHMARKS-recall-qps.svg` from an
 //!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin.
+//! * `cargo xtask package`: `cargo package --no-verify` for every published crate, and a check that each
+//!   package carries both licence files and the README (in CI).
+//! * `cargo xtask portability [--strict]`: `cargo check --workspace --target T` for aarch64 Linux,
+//!   x86-64 macOS and x86-64 Windows (GNU), each whose standard library is installed (`rustup target
+//!   add T`); the others are named (with `--strict`, an error). In CI, without `--strict`.
+//! * `cargo xtask msrv`: `cargo +RUST_VERSION check --workspace --all-targets` with the root manifest's
+//!   rust-version (not in CI: it is the toolchain CI builds with).
+//! * `cargo xtask python [--matrix]`: the wheel and its pytest suite (and mypy --strict over the
+//!   package); `--matrix` repeats the suite on the oldest and newest numpy the wheel supports (not in
+//!   CI: it downloads and installs numpy twice).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists every option).
 
@@ -32,6 +43,7 @@ use anyhow::{Context, Result, bail};
 
 mod gpu;
 mod python;
+mod release;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,15 +56,21 @@ fn main() -> Result<()> {
             gpu::ensure_packages()?;
             gpu::check_shaders(&root)
         }
+        Some("python") if args.get(1).map(String::as_str) == Some("--matrix") => python::matrix(),
         Some("python") => python::test().map(|c| println!("tests: {} passed, {} failed", c.passed, c.failed)),
+        Some("package") => release::package(),
+        Some("portability") => release::portability(args.get(1).map(String::as_str) == Some("--strict")),
+        Some("msrv") => release::msrv(),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose().context("SECONDS must be a number")?),
         Some("-h" | "--help" | "help") | None => {
             println!(
-                "usage: cargo xtask <ci | shaders | python | fuzz [SECONDS] | bench [criterion args...] | bench search --base B --queries Q ...>"
+                "usage: cargo xtask <ci | shaders | python [--matrix] | package | portability [--strict] | msrv | fuzz [SECONDS] | bench [criterion args...] | bench search --base B --queries Q ...>"
             );
             Ok(())
         }
-        Some(other) => bail!("unknown task `{other}`; expected `ci`, `shaders`, `fuzz` or `bench`"),
+        Some(other) => bail!(
+            "unknown task `{other}`; expected `ci`, `shaders`, `python`, `package`, `portability`, `msrv`, `fuzz` or `bench`"
+        ),
     }
 }
 
@@ -176,6 +194,10 @@ fn ci() -> Result<()> {
     let py_counts = python::test()?;
     counts.passed += py_counts.passed;
     counts.failed += py_counts.failed;
+    // Every published crate packaged as crates.io would receive it; the other platforms whose
+    // standard library is installed.
+    release::package()?;
+    release::portability(false)?;
     // The README's main command, exactly as written there.
     run("cargo", &["run", "--release", "--locked", "--example", "quickstart"])?;
     fuzz(Some(15))?;
