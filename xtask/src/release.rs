@@ -67,6 +67,13 @@ pub(crate) fn portability(strict: bool) -> Result<()> {
             missing.push(target);
             continue;
         }
+        if target == "aarch64-unknown-linux-gnu" {
+            // A build script (psm, under npyz's header parser) compiles C for the target.
+            crate::gpu::ensure_debian_packages(
+                &[("gcc-aarch64-linux-gnu", "/usr/bin/aarch64-linux-gnu-gcc")],
+                "the aarch64 check",
+            )?;
+        }
         run("cargo", &["check", "--workspace", "--locked", "--target", target])?;
     }
     if strict && !missing.is_empty() {
