@@ -46,10 +46,10 @@ fn main() -> Result<()> {
     println!(
         "built the index in {:.0} ms: {:?} fine/coarse clusters; learned kappa mean {:.1} (range {:.1}..{:.1})",
         ms(t),
-        s.index.unwrap_or_default(),
-        s.kappa.0,
-        s.kappa.1,
-        s.kappa.2
+        (s.fine_clusters.unwrap_or(0), s.coarse_clusters.unwrap_or(0)),
+        s.kappa_mean,
+        s.kappa_min,
+        s.kappa_max
     );
 
     // One query at a time, as the original benchmark did.

@@ -4,6 +4,7 @@ mod engine;
 mod gpu;
 mod hostile;
 mod training;
+mod vocabulary;
 
 use m2m::splat::{Error, VectorReader, VectorWriter};
 use m2m::{Batch, DigitsConfig, SplatSet, digits_on_sphere};

@@ -7,7 +7,8 @@
 //!   shaders, and runs clippy and the tests of m2m-gpu with its `vulkan` feature on Mesa's lavapipe.
 //!   Then the Python bindings (`crates/py`): Debian's python3-venv, python3-numpy and python3-torch
 //!   when missing, a virtual environment in `target/py-venv` that sees them, maturin and pytest from
-//!   PyPI, the wheel built and installed, and its pytest suite.
+//!   PyPI, the wheel built and installed, its pytest suite and `mypy --strict` over the package. Then
+//!   `cargo xtask package` and `cargo xtask portability` (below).
 //! * `cargo xtask shaders`: compiles every shader of `shaders/` with glslangValidator and validates
 //!   the SPIR-V with spirv-val.
 //! * `cargo xtask fuzz [SECONDS]`: runs every cargo-fuzz target of `crates/tier/fuzz` (the log, segment
@@ -25,6 +26,16 @@
 //!   lake (uniform against loss-driven SOC sampling; no augmentation against Langevin augmentation).
 //! * `cargo xtask gpu-devrun [DIR]`: fills the folder a lent GPU machine's call carries (see
 //!   `devrun.rs` and `scripts/device-gpu.sh`).
+//! * `cargo xtask package`: `cargo package --no-verify` for every published crate, and a check that each
+//!   package carries both licence files and the README (in CI).
+//! * `cargo xtask portability [--strict]`: `cargo check --workspace --target T` for aarch64 Linux,
+//!   x86-64 macOS and x86-64 Windows (GNU), each whose standard library is installed (`rustup target
+//!   add T`); the others are named (with `--strict`, an error). In CI, without `--strict`.
+//! * `cargo xtask msrv`: `cargo +RUST_VERSION check --workspace --all-targets` with the root manifest's
+//!   rust-version (not in CI: it is the toolchain CI builds with).
+//! * `cargo xtask python [--matrix]`: the wheel and its pytest suite (and mypy --strict over the
+//!   package); `--matrix` repeats the suite on the oldest and newest numpy the wheel supports (not in
+//!   CI: it downloads and installs numpy twice).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--isa scalar|avx2|avx512] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists
 //!   every option; the ISA that ran is printed).
@@ -42,6 +53,7 @@ mod devrun;
 mod gpu;
 mod python;
 mod torture;
+mod release;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,20 +66,26 @@ fn main() -> Result<()> {
             gpu::ensure_packages()?;
             gpu::check_shaders(&root)
         }
+        Some("python") if args.get(1).map(String::as_str) == Some("--matrix") => python::matrix(),
         Some("python") => python::test().map(|c| println!("tests: {} passed, {} failed", c.passed, c.failed)),
         Some("gpu-devrun") => {
             let to = args.get(1).map_or_else(|| root.join(".devrun"), PathBuf::from);
             devrun::fill(&root, &to)
         }
+        Some("package") => release::package(),
+        Some("portability") => release::portability(args.get(1).map(String::as_str) == Some("--strict")),
+        Some("msrv") => release::msrv(),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose().context("SECONDS must be a number")?),
         Some("torture") => torture::torture(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!(
-                "usage: cargo xtask <ci | shaders | python | fuzz [SECONDS] | torture [--minutes N] [--seed S] | bench [criterion args...] | bench search --base B --queries Q ...>"
+                "usage: cargo xtask <ci | shaders | python [--matrix] | package | portability [--strict] | msrv | fuzz [SECONDS] | torture [--minutes N] [--seed S] | gpu-devrun [DIR] | bench [criterion args...] | bench search --base B --queries Q ...>"
             );
             Ok(())
         }
-        Some(other) => bail!("unknown task `{other}`; expected `ci`, `shaders`, `fuzz`, `torture` or `bench`"),
+        Some(other) => bail!(
+            "unknown task `{other}`; expected `ci`, `shaders`, `python`, `package`, `portability`, `msrv`, `fuzz`, `torture`, `gpu-devrun` or `bench`"
+        ),
     }
 }
 
@@ -195,6 +213,10 @@ fn ci() -> Result<()> {
     let py_counts = python::test()?;
     counts.passed += py_counts.passed;
     counts.failed += py_counts.failed;
+    // Every published crate packaged as crates.io would receive it; the other platforms whose
+    // standard library is installed.
+    release::package()?;
+    release::portability(false)?;
     // The README's main command, exactly as written there.
     run("cargo", &["run", "--release", "--locked", "--example", "quickstart"])?;
     fuzz(Some(15))?;

@@ -1,6 +1,12 @@
 //! The Python bindings' test job: Debian's interpreter with its numpy and torch (PyPI's torch pulls
-//! gigabytes of CUDA libraries; Debian's is CPU-only), a virtual environment that sees them, maturin and
-//! pytest from PyPI (pinned), the wheel built and installed, then pytest over `crates/py/tests`.
+//! gigabytes of CUDA libraries; Debian's is CPU-only), a virtual environment that sees them, maturin,
+//! pytest and mypy from PyPI (pinned), the manylinux wheel built (maturin checks its symbols against
+//! the manylinux policies and tags it with the oldest this machine's glibc allows) and installed, then
+//! pytest over `crates/py/tests` and `mypy --strict` over the package.
+//!
+//! `--matrix` (not in CI: it downloads numpy twice) runs the suite again in clean environments with the
+//! oldest numpy the wheel declares (1.23.5, the first with wheels for this Python) and the newest; torch's
+//! tests skip there: only Debian's torch is installable here (see the module's first paragraph).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -19,7 +25,10 @@ const PACKAGES: [(&str, &str); 3] = [
 ];
 
 /// PyPI tools, pinned.
-const TOOLS: [&str; 2] = ["maturin==1.16.0", "pytest==9.2.0"];
+const TOOLS: [&str; 3] = ["maturin==1.16.0", "pytest==9.2.0", "mypy==2.4.1"];
+
+/// The numpy versions of `--matrix`: the oldest the wheel declares (pyproject's floor) and the newest.
+const NUMPY_MATRIX: [(&str, &str); 2] = [("oldest", "numpy==1.23.5"), ("newest", "numpy==2.4.6")];
 
 /// Builds the wheel into `target/py-venv` and runs the pytest suite; returns its counts.
 pub(crate) fn test() -> Result<TestCounts> {
@@ -34,30 +43,7 @@ pub(crate) fn test() -> Result<TestCounts> {
     let mut pip = vec!["-m", "pip", "install", "-q", "--disable-pip-version-check"];
     pip.extend(TOOLS);
     run(&py_s, &pip)?;
-    let wheels = root.join("target/wheels");
-    let _ = std::fs::remove_dir_all(&wheels);
-    let manifest = root.join("crates/py/Cargo.toml");
-    run(
-        &py_s,
-        &[
-            "-m",
-            "maturin",
-            "build",
-            "--release",
-            "--locked",
-            "-m",
-            &manifest.to_string_lossy(),
-            "-o",
-            &wheels.to_string_lossy(),
-            "-i",
-            &py_s,
-        ],
-    )?;
-    let wheel = std::fs::read_dir(&wheels)
-        .context("reading target/wheels")?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .context("maturin built no wheel")?;
+    let wheel = build_wheel(&py_s)?;
     run(
         &py_s,
         &[
@@ -71,7 +57,66 @@ pub(crate) fn test() -> Result<TestCounts> {
             &wheel.to_string_lossy(),
         ],
     )?;
-    pytest(&py, &root.join("crates/py"))
+    let counts = pytest(&py, &root.join("crates/py"))?;
+    // The package's annotations and the native module's stubs agree, and nothing is left untyped.
+    let package = root.join("crates/py/python/m2m");
+    run(&py_s, &["-m", "mypy", "--strict", "--no-incremental", &package.to_string_lossy()])?;
+    Ok(counts)
+}
+
+/// Builds the manylinux wheel (abi3) into `target/wheels` with the interpreter `py`; returns it.
+fn build_wheel(py_s: &str) -> Result<std::path::PathBuf> {
+    let root = workspace_root();
+    let wheels = root.join("target/wheels");
+    let _ = std::fs::remove_dir_all(&wheels);
+    let manifest = root.join("crates/py/Cargo.toml");
+    let (manifest, out) = (manifest.to_string_lossy(), wheels.to_string_lossy());
+    // maturin checks the extension's symbols against the manylinux policies (as auditwheel does) and tags
+    // the wheel with the oldest one it meets on this machine's glibc.
+    run(py_s, &["-m", "maturin", "build", "--release", "--locked", "-m", &manifest, "-o", &out, "-i", py_s])?;
+    let wheel = std::fs::read_dir(&wheels)
+        .context("reading target/wheels")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("maturin built no wheel")?;
+    let name = wheel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !name.contains("manylinux") {
+        bail!("{name}: not a manylinux wheel");
+    }
+    println!("==> wheel {name}");
+    Ok(wheel)
+}
+
+/// `cargo xtask python --matrix`: the wheel of `test` (built again) and the suite in a clean
+/// environment per numpy version of [`NUMPY_MATRIX`].
+pub(crate) fn matrix() -> Result<()> {
+    let mut counts = test()?;
+    let root = workspace_root();
+    let wheel = std::fs::read_dir(root.join("target/wheels"))
+        .context("reading target/wheels")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("no wheel in target/wheels")?;
+    for (label, numpy) in NUMPY_MATRIX {
+        let venv = root.join(format!("target/py-venv-{label}"));
+        let py = venv.join("bin/python");
+        let py_s = py.to_string_lossy().into_owned();
+        if !py.exists() {
+            run("/usr/bin/python3", &["-m", "venv", &venv.to_string_lossy()])?;
+        }
+        run(&py_s, &["-m", "pip", "install", "-q", "--disable-pip-version-check", numpy, TOOLS[1]])?;
+        let wheel_s = wheel.to_string_lossy();
+        let install = ["-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall", "--no-deps"];
+        let mut args = install.to_vec();
+        args.push(&wheel_s);
+        run(&py_s, &args)?;
+        println!("\n==> matrix: {label} ({numpy}, no torch)");
+        let c = pytest(&py, &root.join("crates/py"))?;
+        counts.passed += c.passed;
+        counts.failed += c.failed;
+    }
+    println!("tests: {} passed, {} failed", counts.passed, counts.failed);
+    Ok(())
 }
 
 /// Runs pytest, echoing its output, and reads the counts of its summary line ("9 passed, 1 failed in").

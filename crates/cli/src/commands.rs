@@ -11,7 +11,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use m2m::splat::{VectorReader, VectorWriter, read_vectors};
-use m2m::{CONFIG_BLOB, DataLoaderConfig, INDEX_BLOB, LEARNED_BLOB, LangevinDynamics, Lod, M2m, M2mConfig};
+use m2m::{
+    CONFIG_BLOB, DataLoaderConfig, INDEX_BLOB, LEARNED_BLOB, LangevinDynamics, Lod, M2m, M2mConfig, Metric, SearchParams,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -49,9 +51,12 @@ struct IngestedFile {
 
 pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::Ingest { db, files, chunk, no_sync } => ingest(cli, db, files, *chunk, *no_sync),
+        Command::Ingest { db, files, chunk, no_sync, metric } => ingest(cli, db, files, *chunk, *no_sync, *metric),
         Command::Build { db, n_fine, n_coarse } => build(cli, db, *n_fine, *n_coarse),
-        Command::Query { db, file, row, k, lod } => query(cli, db, file.as_deref(), *row, *k, lod),
+        Command::Query { db, file, row, k, lod, nprobe, rerank } => {
+            let params = SearchParams { nprobe: nprobe.unwrap_or(0), rerank: rerank.unwrap_or(0), coarse_probe: 0 };
+            query(cli, db, file.as_deref(), *row, *k, *lod, &params)
+        }
         Command::Stream {
             db,
             batch_size,
@@ -167,7 +172,22 @@ fn at_file_row(e: m2m::Error, path: &Path, first: u64, rows: u64) -> anyhow::Err
     }
 }
 
-fn ingest(cli: &Cli, db: &Path, files: &[PathBuf], chunk: usize, no_sync: bool) -> Result<ExitCode> {
+/// [`open`] with this run's durability.
+fn open_with(db: &Path, durable: bool) -> Result<M2m> {
+    if !is_db(db) {
+        bail!("{}: not an M2M database (no {CONFIG_BLOB})", db.display());
+    }
+    M2m::open_with(db, durable).with_context(|| format!("opening {}", db.display()))
+}
+
+fn ingest(
+    cli: &Cli,
+    db: &Path,
+    files: &[PathBuf],
+    chunk: usize,
+    no_sync: bool,
+    metric: Option<Metric>,
+) -> Result<ExitCode> {
     if chunk == 0 {
         bail!("--chunk: must be at least 1");
     }
@@ -183,12 +203,14 @@ fn ingest(cli: &Cli, db: &Path, files: &[PathBuf], chunk: usize, no_sync: bool) 
             bail!("{}: dimension {} differs from {}'s {dim}", f.display(), r.info().dim, files[0].display());
         }
     }
-    let create = |db: &Path| {
-        let config = M2mConfig { durable: !no_sync, ..M2mConfig::default().dim(dim).data_dir(db) };
-        M2m::create(config).with_context(|| format!("creating {}", db.display()))
+    let create = |db: &Path| -> Result<M2m> {
+        // The stored setting stays durable: `--no-sync` is this run's choice, applied by the open below.
+        let config = M2mConfig::default().dim(dim).metric(metric.unwrap_or_default()).data_dir(db);
+        drop(M2m::create(config).with_context(|| format!("creating {}", db.display()))?);
+        open_with(db, !no_sync)
     };
     let (mut engine, created) = if is_db(db) {
-        let e = open(db)?;
+        let e = open_with(db, !no_sync)?;
         if e.config().dim == dim {
             (e, false)
         } else if e.stats_max_id().is_none() {
@@ -203,6 +225,9 @@ fn ingest(cli: &Cli, db: &Path, files: &[PathBuf], chunk: usize, no_sync: bool) 
     } else {
         (create(db)?, true)
     };
+    if let Some(m) = metric.filter(|m| *m != engine.config().metric) {
+        bail!("--metric {m}: the database {} uses {}", db.display(), engine.config().metric);
+    }
     match ingest_into(cli, db, &mut engine, readers, chunk) {
         Ok(done) => report_ingest(cli, &mut engine, done),
         Err(e) => {
@@ -340,7 +365,7 @@ fn build(cli: &Cli, db: &Path, n_fine: Option<usize>, n_coarse: Option<usize>) -
     engine.build_index_with(n_fine, n_coarse).with_context(|| format!("{}", db.display()))?;
     pb.finish_and_clear();
     let s = engine.stats();
-    let (fine, coarse) = s.index.unwrap_or_default();
+    let (fine, coarse) = (s.fine_clusters.unwrap_or(0), s.coarse_clusters.unwrap_or(0));
     let secs = t.elapsed().as_secs_f64();
     // The index caps cluster counts by the data (a cluster needs members): say so rather than build
     // something else without a word.
@@ -352,33 +377,33 @@ fn build(cli: &Cli, db: &Path, n_fine: Option<usize>, n_coarse: Option<usize>) -
         }
     }
     if cli.json {
-        say!(
-            "{}",
-            json!({ "splats": s.splats, "fine": fine, "coarse": coarse, "seconds": secs,
-                    "kappa": { "mean": s.kappa.0, "min": s.kappa.1, "max": s.kappa.2 } })
-        );
+        // The engine's statistics (the same fields as `m2m info --json` and Python's `m2m.Stats`).
+        let mut out = serde_json::to_value(&s)?;
+        out["seconds"] = json!(secs);
+        say!("{out}");
     } else {
         say!(
-            "built the index over {} splats in {secs:.2} s: {fine} fine / {coarse} coarse clusters; kappa mean {:.2} (min {:.2}, max {:.2})",
+            "built the index over {} splats in {secs:.2} s: {} fine / {} coarse clusters; kappa mean {:.2} (min {:.2}, max {:.2})",
             s.splats,
-            s.kappa.0,
-            s.kappa.1,
-            s.kappa.2
+            fine,
+            coarse,
+            s.kappa_mean,
+            s.kappa_min,
+            s.kappa_max
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_lod(lod: &str) -> Lod {
-    match lod {
-        "0" => Lod::Centroids,
-        "1" => Lod::Codes,
-        "exact" => Lod::Exact,
-        _ => Lod::Rerank,
-    }
-}
-
-fn query(cli: &Cli, db: &Path, file: Option<&Path>, row: Option<u64>, k: usize, lod: &str) -> Result<ExitCode> {
+fn query(
+    cli: &Cli,
+    db: &Path,
+    file: Option<&Path>,
+    row: Option<u64>,
+    k: usize,
+    lod: Lod,
+    params: &SearchParams,
+) -> Result<ExitCode> {
     let engine = open_reader(db)?;
     if engine.index().is_none() {
         bail!("{}: no current index; run `m2m build {}`", db.display(), db.display());
@@ -400,7 +425,7 @@ fn query(cli: &Cli, db: &Path, file: Option<&Path>, row: Option<u64>, k: usize, 
     };
     let t = Instant::now();
     let results = engine
-        .retrieve_batch(&queries, k, parse_lod(lod))
+        .retrieve_batch_with(&queries, k, lod, params)
         .with_context(|| file.map_or_else(|| format!("--row {}", row.unwrap_or(0)), |f| f.display().to_string()))?;
     // The engine answers at most every live splat (its one bound of k); the output says what it used.
     let k = k.min(engine.len());
@@ -414,7 +439,7 @@ fn query(cli: &Cli, db: &Path, file: Option<&Path>, row: Option<u64>, k: usize, 
                     .collect::<Vec<_>>()
             })
             .collect();
-        say!("{}", json!({ "lod": lod, "k": k, "results": out, "seconds": secs }));
+        say!("{}", json!({ "lod": lod.level(), "lod_name": lod.name(), "k": k, "results": out, "seconds": secs }));
     } else {
         for (q, hits) in results.iter().enumerate() {
             say!("query {q}:");
@@ -423,7 +448,7 @@ fn query(cli: &Cli, db: &Path, file: Option<&Path>, row: Option<u64>, k: usize, 
                 say!("  {:>4}  {:>12}  {:>10.5}  {:>7.2}  {:>7.3}", r + 1, h.id, h.score, h.kappa, h.alpha);
             }
         }
-        say!("{} queries at LOD {lod} in {:.2} ms", results.len(), secs * 1e3);
+        say!("{} queries at LOD {} ({lod}) in {:.2} ms", results.len(), lod.level(), secs * 1e3);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -528,23 +553,26 @@ fn info(cli: &Cli, db: &Path) -> Result<ExitCode> {
     let files = dir_bytes(db)?;
     let total: u64 = files.iter().map(|f| f.1).sum();
     if cli.json {
-        say!(
-            "{}",
-            json!({ "splats": s.splats, "dim": s.dim, "segments": s.segments, "bytes": total,
-                    "index": s.index.map(|(f, c)| json!({ "fine": f, "coarse": c })),
-                    "kappa": { "mean": s.kappa.0, "min": s.kappa.1, "max": s.kappa.2 },
-                    "device": s.device, "files": files.iter().map(|(n, b)| json!({ "name": n, "bytes": b })).collect::<Vec<_>>() })
-        );
+        // The engine's statistics (`m2m::Stats`, Python's `m2m.Stats`: the same fields), then the files.
+        let mut out = serde_json::to_value(&s)?;
+        out["bytes"] = json!(total);
+        out["files"] = json!(files.iter().map(|(n, b)| json!({ "name": n, "bytes": b })).collect::<Vec<_>>());
+        say!("{out}");
     } else {
         say!("database   {}", db.display());
         say!("splats     {} x {}", s.splats, s.dim);
         say!("segments   {}", s.segments);
         say!("size       {:.1} MB in {} files", total as f64 / 1e6, files.len());
-        match s.index {
-            Some((f, c)) => say!("index      {f} fine / {c} coarse clusters"),
-            None => say!("index      none (run `m2m build`)"),
+        match (s.fine_clusters, s.coarse_clusters) {
+            (Some(f), Some(c)) => say!(
+                "index      {f} fine / {c} coarse clusters; calibrated nprobe {}, rerank {}",
+                s.nprobe.unwrap_or(0),
+                s.rerank.unwrap_or(0)
+            ),
+            _ => say!("index      none (run `m2m build`)"),
         }
-        say!("kappa      mean {:.2}, min {:.2}, max {:.2}", s.kappa.0, s.kappa.1, s.kappa.2);
+        say!("metric     {}", s.metric);
+        say!("kappa      mean {:.2}, min {:.2}, max {:.2}", s.kappa_mean, s.kappa_min, s.kappa_max);
         say!("device     {}", s.device);
         for (name, bytes) in &files {
             say!("  {name:<24} {bytes:>14}");

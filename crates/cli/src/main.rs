@@ -1,9 +1,9 @@
 //! `m2m`: the command line of the M2M engine.
 //!
 //! ```text
-//! m2m ingest DB FILE...        .fvecs/.npy streamed in chunks; resumes after an interruption
+//! m2m ingest DB FILE...        .fvecs/.npy streamed in chunks; resumes after an interruption [--metric M] [--no-sync]
 //! m2m build DB                 the index (cluster counts overridable), kappa and alpha learned
-//! m2m query DB --file Q | --row N [--k 10] [--lod 0|1|2|exact]
+//! m2m query DB --file Q | --row N [--k 10] [--lod 0-3|centroids|codes|rerank|exact] [--nprobe N] [--rerank N]
 //! m2m stream DB [--batch-size 256] [--importance] [--generate] [--epochs 1] [--out batches.npy]
 //!            [--steps 20] [--temperature T] [--step-size DT] [--dynamics overdamped|underdamped]
 //! m2m info DB                  segments, sizes, index shape, kappa statistics
@@ -50,9 +50,14 @@ pub(crate) enum Command {
         /// Rows per acknowledged chunk.
         #[arg(long, default_value_t = 10_000)]
         chunk: usize,
-        /// Acknowledge chunks once the OS has them, without fsync (faster; a power loss may lose the last ones).
+        /// Acknowledge this run's chunks once the OS has them, without fsync (faster; a power loss may lose
+        /// the last ones). Applies to this run only; nothing is stored.
         #[arg(long)]
         no_sync: bool,
+        /// Metric of a new database: cosine, ip or l2 (any case). An existing database keeps its own; a
+        /// different one given here is an error.
+        #[arg(long, value_parser = parse_metric)]
+        metric: Option<m2m::Metric>,
     },
     /// Build the index (and learn kappa and alpha).
     Build {
@@ -78,9 +83,15 @@ pub(crate) enum Command {
         /// Neighbours per query.
         #[arg(long, default_value_t = 10)]
         k: usize,
-        /// Level of detail: 0 (centroids), 1 (codes), 2 (re-ranked) or exact.
-        #[arg(long, default_value = "2", value_parser = ["0", "1", "2", "exact"])]
-        lod: String,
+        /// Level of detail, by number or name: 0 or centroids, 1 or codes, 2 or rerank, 3 or exact.
+        #[arg(long, default_value = "2", value_parser = parse_lod)]
+        lod: m2m::Lod,
+        /// Fine clusters scored per query at LOD 1 and 2 (default: the value calibrated at build time).
+        #[arg(long)]
+        nprobe: Option<usize>,
+        /// Candidates re-ranked exactly at LOD 2 (default: the calibrated depth, scaled by k / 10).
+        #[arg(long)]
+        rerank: Option<usize>,
     },
     /// Stream training batches and report the throughput.
     Stream {
@@ -145,6 +156,14 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 10)]
         k: usize,
     },
+}
+
+fn parse_lod(s: &str) -> Result<m2m::Lod, String> {
+    s.parse().map_err(|e: m2m::index::Error| e.to_string())
+}
+
+fn parse_metric(s: &str) -> Result<m2m::Metric, String> {
+    s.parse().map_err(|_| format!("{s:?}: cosine, ip or l2 (any case)"))
 }
 
 fn main() -> ExitCode {

@@ -54,7 +54,7 @@ fn a_whole_session_ingest_build_query_stream_info_verify() {
 
     // The index honours the requested cluster count (empty clusters are dropped, so about 40).
     let r = ok(&["build", &db, "--n-fine", "40"]);
-    let fine = r["fine"].as_u64().unwrap();
+    let fine = r["fine_clusters"].as_u64().unwrap();
     assert!((30..=40).contains(&fine), "{fine} fine clusters");
     let r = ok(&["query", &db, "--file", &q, "--k", "5", "--lod", "exact"]);
     assert_eq!(r["results"].as_array().unwrap().len(), 5);
@@ -77,7 +77,7 @@ fn a_whole_session_ingest_build_query_stream_info_verify() {
 
     let r = ok(&["info", &db]);
     assert_eq!((r["splats"].as_u64(), r["dim"].as_u64()), (Some(3_000), Some(32)));
-    assert_eq!(r["index"]["fine"].as_u64(), Some(fine));
+    assert_eq!(r["fine_clusters"].as_u64(), Some(fine));
     let r = ok(&["verify", &db]);
     assert_eq!((r["ok"].as_bool(), r["index"].as_str()), (Some(true), Some("ok")));
 
@@ -342,4 +342,61 @@ fn errors_on_an_empty_database_name_it() {
         let (code, err) = fails(&args);
         assert!(code == 1 && err.contains(&d) && err.contains("no splat"), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn one_vocabulary_lod_names_search_parameters_metric_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = digits(dir.path(), 3_000, 32);
+    let db = dir.path().join("db").display().to_string();
+    let q = dir.path().join("q.npy").display().to_string();
+
+    // --metric in any case; --no-sync is this run's choice and is not stored.
+    ok(&["ingest", &db, &a, "--metric", "COSINE", "--no-sync"]);
+    let (code, err) = fails(&["ingest", &db, &a, "--metric", "l2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--metric l2") && err.contains("cosine"), "{err}");
+    {
+        let engine = m2m::M2m::open(&db).unwrap();
+        assert!(engine.config().durable, "--no-sync must not be stored");
+    }
+    let built = ok(&["build", &db, "--n-fine", "40"]);
+
+    // Levels by number and by name give the same answers.
+    for (number, name) in [("0", "centroids"), ("1", "codes"), ("2", "rerank"), ("3", "EXACT")] {
+        let by_number = ok(&["query", &db, "--file", &q, "--k", "5", "--lod", number]);
+        let by_name = ok(&["query", &db, "--file", &q, "--k", "5", "--lod", name]);
+        assert_eq!(by_number["results"], by_name["results"], "--lod {number} / {name}");
+        assert_eq!(by_number["lod"].as_u64(), number.parse::<u64>().ok());
+    }
+
+    // --nprobe reaches the index: the CLI answers what the facade answers with the same parameters,
+    // which on this data differs from the calibrated default.
+    let engine = m2m::M2m::open_read_only(&db).unwrap();
+    let queries = m2m::splat::read_vectors::<f32>(&q).unwrap().data;
+    let one = m2m::SearchParams { nprobe: 1, rerank: 0, coarse_probe: 0 };
+    let ids =
+        |hits: Vec<Vec<m2m::Hit>>| -> Vec<Vec<u64>> { hits.iter().map(|h| h.iter().map(|x| x.id).collect()).collect() };
+    let narrow = ids(engine.retrieve_batch_with(&queries, 50, m2m::Lod::Rerank, &one).unwrap());
+    let default = ids(engine.retrieve_batch(&queries, 50, m2m::Lod::Rerank).unwrap());
+    assert_ne!(narrow, default, "the test needs data where nprobe 1 changes the answer");
+    let r = ok(&["query", &db, "--file", &q, "--k", "50", "--nprobe", "1", "--rerank", "0"]);
+    let cli: Vec<Vec<u64>> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hits| hits.as_array().unwrap().iter().map(|h| h["id"].as_u64().unwrap()).collect())
+        .collect();
+    assert_eq!(cli, narrow);
+
+    // `info --json` is the facade's Stats, field for field.
+    let info = ok(&["info", &db]);
+    let stats = serde_json::to_value(engine.stats()).unwrap();
+    for (field, value) in stats.as_object().unwrap() {
+        if field != "device" {
+            assert_eq!(&info[field], value, "info --json field {field}");
+        }
+    }
+    assert_eq!(built["fine_clusters"], stats["fine_clusters"]);
+    assert_eq!(info["metric"], "cosine");
 }

@@ -1,19 +1,22 @@
-//! The level-of-detail index: a two-level k-means tree over cluster-major storage with SQ8 codes.
+//! The level-of-detail index: a two-level k-means tree over cluster-major storage with compact codes
+//! (SQ4 by default, SQ8 on request: [`CodeKind`]).
 //!
 //! Structure. `n_coarse` coarse centroids partition the vectors; inside each coarse partition k-means
 //! places fine centroids in proportion to the partition's size (`n_fine` in all). Each fine cluster stores
-//! its members contiguously: ids, full-precision vectors, SQ8 codes of their residuals to the fine
-//! centroid, and (for L2) half squared norms, plus a representative member (the one nearest the centroid).
+//! its members contiguously: ids, full-precision vectors, codes of their residuals to the fine centroid,
+//! and (for L2) half squared norms, plus a representative member (the one nearest the centroid).
 //!
 //! Scores. Internally every metric is a similarity, higher is better: `q . x` for cosine (on unit vectors)
 //! and inner product, `q . x - |x|^2 / 2` for L2 (the same order as `-|q - x|^2`). Hits report cosine
 //! similarity, inner product, or squared L2 distance (`|q|^2 - 2 s`); the best hit comes first either way.
 //!
-//! SQ8 codes. The residual `r = x - c` of each vector to its fine centroid is quantised per dimension:
-//! `code_j = round((r_j - min_j) / step_j)` with global `min_j`, `step_j = (max_j - min_j) / 255`. Then
-//! `q . x ~ q . c + q . min + sum_j (q_j step_j) code_j`; the last sum runs in integers (`q_j step_j`
-//! scaled to i8), on AVX-512 VNNI where the CPU has it. Codes take `dim` bytes per vector, a quarter of
-//! the full vectors, and only they are read at LOD 1.
+//! Codes. The residual `r = x - c` of each vector to its fine centroid is quantised per dimension:
+//! `code_j = round((r_j - min_j) / step_j)` with global `min_j`, `step_j = (max_j - min_j) / levels`
+//! (255 levels for SQ8 over the full range; 15 for SQ4, the default, over the range clipped at the
+//! 0.1% and 99.9% quantiles). Then `q . x ~ q . c + q . min + sum_j (q_j step_j) code_j`; the last sum
+//! runs in integers (`q_j step_j` scaled to i8), on AVX-512 VNNI where the CPU has it. SQ4 codes take
+//! `dim / 2` bytes per vector (SQ8 `dim`), an eighth (a quarter) of the full vectors, and only they are
+//! read at LOD 1.
 
 use std::collections::{HashMap, HashSet};
 
@@ -173,7 +176,8 @@ pub enum Lod {
     /// LOD 0: centroids only; each hit is the representative member of one of the nearest fine clusters,
     /// scored by its centroid. No code or vector is read.
     Centroids,
-    /// LOD 1: SQ8 estimates over the members of the probed clusters; scores are estimates.
+    /// LOD 1: estimates from the compact codes (SQ4 by default, SQ8 on request) of the members of the
+    /// probed clusters; scores are estimates.
     Codes,
     /// LOD 2: LOD 1 candidates re-ranked with exact full-precision scores. The default.
     #[default]
@@ -190,6 +194,51 @@ impl Lod {
             1 => Lod::Codes,
             2 => Lod::Rerank,
             _ => Lod::Exact,
+        }
+    }
+
+    /// The level's number: 0 (centroids), 1 (codes), 2 (re-ranked) or 3 (exact).
+    pub fn level(self) -> u8 {
+        match self {
+            Lod::Centroids => 0,
+            Lod::Codes => 1,
+            Lod::Rerank => 2,
+            Lod::Exact => 3,
+        }
+    }
+
+    /// The level's name, the same in Rust, Python and the CLI: `centroids`, `codes`, `rerank`, `exact`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lod::Centroids => "centroids",
+            Lod::Codes => "codes",
+            Lod::Rerank => "rerank",
+            Lod::Exact => "exact",
+        }
+    }
+}
+
+impl std::fmt::Display for Lod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Lod {
+    type Err = Error;
+
+    /// A level by number (`0` to `3`) or by name (`centroids`, `codes`, `rerank` or `reranked`, `exact`),
+    /// in any case. Unlike [`Lod::from_level`], a number above 3 is refused.
+    fn from_str(s: &str) -> Result<Lod> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "0" | "centroids" => Ok(Lod::Centroids),
+            "1" | "codes" => Ok(Lod::Codes),
+            "2" | "rerank" | "reranked" => Ok(Lod::Rerank),
+            "3" | "exact" => Ok(Lod::Exact),
+            _ => Err(Error::InvalidConfig {
+                what: "lod",
+                reason: format!("{s:?}: 0 or centroids, 1 or codes, 2 or rerank, 3 or exact"),
+            }),
         }
     }
 }

@@ -1,13 +1,18 @@
 //! Settings of an engine, with the original project's defaults where it had them.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Metric;
 
 /// Where kernels run (see `m2m_gpu::Backend`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Names are case-insensitive everywhere (Rust, JSON settings, Python, the CLI): `cpu`, `vulkan` (or
+/// `gpu`), `auto`. It serialises as the variant name (`"Cpu"`), which older readers accept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub enum Device {
     /// The CPU.
     #[default]
@@ -34,6 +39,46 @@ impl From<LangevinDynamics> for m2m_soc::Dynamics {
             LangevinDynamics::Overdamped => m2m_soc::Dynamics::Overdamped,
             LangevinDynamics::Underdamped => m2m_soc::Dynamics::Underdamped,
         }
+    }
+}
+
+impl Device {
+    /// The short name: `cpu`, `vulkan` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Vulkan => "vulkan",
+            Device::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Device {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Device> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "vulkan" | "gpu" => Ok(Device::Vulkan),
+            "auto" => Ok(Device::Auto),
+            _ => Err(crate::Error::Config {
+                field: "device",
+                reason: format!("unknown device {s:?}: cpu, vulkan (or gpu) or auto, in any case"),
+            }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(|e: crate::Error| serde::de::Error::custom(e.to_string()))
     }
 }
 
@@ -118,6 +163,30 @@ impl M2mConfig {
         self
     }
 
+    /// The settings with another metric.
+    pub fn metric(mut self, metric: Metric) -> Self {
+        self.metric = metric;
+        self
+    }
+
+    /// The settings with another device.
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// The settings with `add_splats` acknowledged after fsync (true) or without it.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// The settings with another seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
     /// The settings with a database directory.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
@@ -148,5 +217,29 @@ impl M2mConfig {
             return bad("langevin_gamma", format!("{} is not finite and >= 0", self.langevin_gamma));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_case_insensitive_in_json() {
+        let c: M2mConfig = serde_json::from_str(r#"{"metric": "cosine", "device": "cpu"}"#).unwrap();
+        assert_eq!((c.metric, c.device), (Metric::Cosine, Device::Cpu));
+        let c: M2mConfig = serde_json::from_str(r#"{"metric": "L2", "device": "AUTO"}"#).unwrap();
+        assert_eq!((c.metric, c.device), (Metric::L2, Device::Auto));
+        let c: M2mConfig = serde_json::from_str(r#"{"metric": "InnerProduct", "device": "Vulkan"}"#).unwrap();
+        assert_eq!((c.metric, c.device), (Metric::InnerProduct, Device::Vulkan));
+        let err = serde_json::from_str::<M2mConfig>(r#"{"device": "cuda"}"#).unwrap_err().to_string();
+        assert!(err.contains("cuda") && err.contains("auto"), "{err}");
+    }
+
+    #[test]
+    fn settings_round_trip_through_json() {
+        let c = M2mConfig::default().dim(3).metric(Metric::L2).device(Device::Auto).durable(false).seed(7);
+        let back: M2mConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
     }
 }

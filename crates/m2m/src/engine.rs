@@ -89,8 +89,9 @@ pub struct Hit {
     pub alpha: f32,
 }
 
-/// What the engine holds.
-#[derive(Clone, Debug, PartialEq)]
+/// What the engine holds: the one statistics object, with the same fields in Rust, in Python
+/// (`m2m.Stats`) and in `m2m info --json` (its serde form).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Live splats.
     pub splats: usize,
@@ -98,14 +99,27 @@ pub struct Stats {
     pub deleted: usize,
     /// Dimension.
     pub dim: usize,
-    /// Fine and coarse clusters of the index, when built.
-    pub index: Option<(usize, usize)>,
-    /// Mean, min and max kappa of the live splats.
-    pub kappa: (f32, f32, f32),
+    /// The metric's short name (`cosine`, `ip`, `l2`).
+    pub metric: String,
     /// The compute device's name.
     pub device: String,
     /// Segments on disk (0 in memory).
     pub segments: usize,
+    /// Fine clusters of the index; `None` before `build_index`.
+    pub fine_clusters: Option<usize>,
+    /// Coarse clusters of the index; `None` before `build_index`.
+    pub coarse_clusters: Option<usize>,
+    /// The calibrated default nprobe (fine clusters scored per query at LOD 1 and 2); `None` without
+    /// an index. A query's own `nprobe` overrides it.
+    pub nprobe: Option<usize>,
+    /// The calibrated default re-rank depth for k = 10 at LOD 2; `None` without an index.
+    pub rerank: Option<usize>,
+    /// Mean kappa of the live splats (0 when there is none).
+    pub kappa_mean: f32,
+    /// Smallest kappa of the live splats (0 when there is none).
+    pub kappa_min: f32,
+    /// Largest kappa of the live splats (0 when there is none).
+    pub kappa_max: f32,
     /// Share of the splats whose learned kappa was clipped to [min_kappa, max_kappa] at the last build
     /// (none without learned kappa).
     pub kappa_clipped: Option<f64>,
@@ -216,6 +230,19 @@ impl M2m {
     pub fn open(dir: impl AsRef<Path>) -> Result<M2m> {
         let dir = dir.as_ref();
         let config = Self::stored_config(dir)?;
+        Self::open_config(dir, config)
+    }
+
+    /// [`open`](Self::open) with the durability of this session's adds set here (`durable`: fsync before
+    /// each acknowledgement, or not) instead of the stored setting. Nothing is stored: the next plain
+    /// `open` uses the stored setting again.
+    pub fn open_with(dir: impl AsRef<Path>, durable: bool) -> Result<M2m> {
+        let dir = dir.as_ref();
+        let config = M2mConfig { durable, ..Self::stored_config(dir)? };
+        Self::open_config(dir, config)
+    }
+
+    fn open_config(dir: &Path, config: M2mConfig) -> Result<M2m> {
         let db = Db::open(dir, db_options(&config))?;
         let snap = db.snapshot();
         Self::load(dir, config, &snap, Some(db))
@@ -593,6 +620,33 @@ impl M2m {
         Ok(all.iter().map(|hits| hits.iter().map(|h| self.hit(h.id, h.score)).collect()).collect())
     }
 
+    /// [`retrieve`](Self::retrieve) with search parameters set for this query: `nprobe` (fine clusters
+    /// scored), `rerank` (candidates re-ranked exactly at LOD 2) and `coarse_probe`; a zero leaves the
+    /// calibrated default (see [`Stats::nprobe`]).
+    pub fn retrieve_with(&self, query: &[f32], k: usize, lod: Lod, params: &SearchParams) -> Result<Vec<Hit>> {
+        let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve" })?;
+        let k = crate::validate::bound_k(k, self.len());
+        let hits = index.search(query, k, lod, params)?;
+        self.record_use(hits.iter().map(|h| h.id));
+        Ok(hits.iter().map(|h| self.hit(h.id, h.score)).collect())
+    }
+
+    /// [`retrieve_batch`](Self::retrieve_batch) with search parameters (see
+    /// [`retrieve_with`](Self::retrieve_with)).
+    pub fn retrieve_batch_with(
+        &self,
+        queries: &[f32],
+        k: usize,
+        lod: Lod,
+        params: &SearchParams,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve_batch" })?;
+        let k = crate::validate::bound_k(k, self.len());
+        let all = index.search_batch(queries, k, lod, params)?;
+        self.record_use(all.iter().flatten().map(|h| h.id));
+        Ok(all.iter().map(|hits| hits.iter().map(|h| self.hit(h.id, h.score)).collect()).collect())
+    }
+
     /// Counts retrieval hits for the controller: atomic counters, no lock and nothing built.
     fn record_use(&self, ids: impl Iterator<Item = u64>) {
         if let Some(ctl) = &self.soc {
@@ -715,14 +769,27 @@ impl M2m {
             sum += f64::from(k);
         }
         let mean = if live.is_empty() { 0.0 } else { (sum / live.len() as f64) as f32 };
+        let (kappa_mean, kappa_min, kappa_max) = if live.is_empty() { (0.0, 0.0, 0.0) } else { (mean, lo, hi) };
+        let index = self.index.as_ref();
         Stats {
             splats: self.len(),
             deleted: self.deleted.len(),
             dim: self.config.dim,
-            index: self.index.as_ref().map(|i| (i.n_fine(), i.n_coarse())),
-            kappa: if live.is_empty() { (0.0, 0.0, 0.0) } else { (mean, lo, hi) },
+            metric: self.config.metric.name().to_owned(),
             device: self.compute.device_name(),
-            segments: self.db.as_ref().map_or(0, |db| db.manifest().segments.len()),
+            // The writer's manifest, or the snapshot a read-only engine opened on.
+            segments: match (&self.db, &self.snapshot) {
+                (Some(db), _) => db.manifest().segments.len(),
+                (None, Some(snap)) => snap.segments.len(),
+                (None, None) => 0,
+            },
+            fine_clusters: index.map(Index::n_fine),
+            coarse_clusters: index.map(Index::n_coarse),
+            nprobe: index.map(Index::default_nprobe),
+            rerank: index.map(Index::default_rerank),
+            kappa_mean,
+            kappa_min,
+            kappa_max,
             kappa_clipped: self.kappa_fit.map(|f| f.clipped_share()),
             retrieval: self.gpu.stats(),
         }

@@ -23,7 +23,7 @@ const MODEL_QUERIES: usize = 64;
 /// Seconds a batch of B queries takes: `gpu_fixed_s + gpu_per_query_s * B` on the device,
 /// `cpu_per_query_s * B` on the CPU (all its threads). Measured once per level of detail, at the first
 /// batch that could run on the device, on member vectors of the index as queries.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CostModel {
     /// The device's cost of a batch beyond its queries (submission, fence, read-back).
     pub gpu_fixed_s: f64,
@@ -42,7 +42,7 @@ impl CostModel {
 }
 
 /// Which path answered [`M2m::retrieve_batch`](crate::M2m::retrieve_batch), and why.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RetrievalStats {
     /// Queries answered on the device.
     pub gpu_queries: u64,

@@ -32,7 +32,7 @@ mod validate;
 
 pub use config::{Device, LangevinDynamics, M2mConfig};
 pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, Stats, create_m2m};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 #[doc(hidden)]
 pub use gpu_search::ForcePath;
 pub use gpu_search::{CostModel, RetrievalStats};
@@ -43,7 +43,7 @@ pub use training::{Fidelity, KappaFit, NEIGHBOURS_BLOB, SOC_BLOB, WeightReport};
 pub use m2m_gpu as gpu;
 /// The index layer: the KMeans++ level-of-detail tree and the distance kernels.
 pub use m2m_index as index;
-pub use m2m_index::Lod;
+pub use m2m_index::{Lod, SearchParams};
 /// The science layer: energy, kappa, the SOC controller, the sampler, Langevin dynamics.
 pub use m2m_soc as soc;
 /// The splat layer: types, validation, vector files and the built-in data set.

@@ -73,14 +73,22 @@ pub struct DataLoaderConfig {
     /// Batches of this shard to skip from the start (resuming: the batches already consumed, counted
     /// over epochs). Skipped batches are not assembled. Default 0.
     pub skip_batches: u64,
+    /// Keep one batch in `batch_stride` of this shard's stream (counted over epochs, after the skipped
+    /// ones): those at positions `batch_offset`, `batch_offset + batch_stride`, ... DataLoader worker `w`
+    /// of `W` takes offset `w` of stride `W`; the DataLoader's round-robin then yields exactly the
+    /// in-process order, whatever the number of workers. Default 1 (every batch).
+    pub batch_stride: usize,
+    /// See [`batch_stride`](Self::batch_stride). Default 0.
+    pub batch_offset: usize,
     /// Threads of the loader's own pool (0: the machine's cores). The loader never uses rayon's global
     /// pool, so a process forked from one that used it (a DataLoader worker) can still export. Default 0.
     pub threads: usize,
     /// Where the vectors are read. Default [`Source::Auto`].
     pub source: Source,
     /// Number of the first epoch (the epochs streamed are `start_epoch..start_epoch + epochs`): a
-    /// training loop that exports once per epoch, to sample each epoch from the controller as its
-    /// feedback left it, passes the epoch here. Default 0.
+    /// training loop that calls `set_epoch(e)`, or exports once per epoch to sample each epoch from the
+    /// controller as its feedback left it, gets epoch `e`'s order, which depends only on (seed, epoch,
+    /// saved state). Default 0.
     pub start_epoch: u64,
     /// Temperature of generated samples, relative to the model (see `M2mConfig::temperature`).
     /// Default `None`: the engine's.
@@ -107,6 +115,8 @@ impl Default for DataLoaderConfig {
             rank: 0,
             world_size: 1,
             skip_batches: 0,
+            batch_stride: 1,
+            batch_offset: 0,
             threads: 0,
             source: Source::Auto,
             start_epoch: 0,
@@ -114,6 +124,19 @@ impl Default for DataLoaderConfig {
             step_size: Some(0.004),
             dynamics: None,
         }
+    }
+}
+
+impl DataLoaderConfig {
+    /// Batches this shard streams over all its epochs from a lake of `rows` live splats, after
+    /// `skip_batches` and before `batch_stride` (what a DataLoader yields in total, whatever its
+    /// number of workers). Every epoch plan has `rows` entries, with or without importance sampling.
+    pub fn batch_count(&self, rows: usize) -> u64 {
+        let world = self.world_size.max(1);
+        let mine = if self.rank < rows { (rows - self.rank).div_ceil(world) } else { 0 };
+        let per_epoch =
+            if self.drop_last { mine / self.batch_size.max(1) } else { mine.div_ceil(self.batch_size.max(1)) };
+        (per_epoch as u64).saturating_mul(self.epochs).saturating_sub(self.skip_batches)
     }
 }
 
@@ -239,6 +262,12 @@ fn check_shard(config: &DataLoaderConfig) -> Result<()> {
     }
     if config.generate_samples && config.generate_steps == 0 {
         return bad("generate_steps", "must be at least 1 with generate_samples".into());
+    }
+    if config.batch_stride == 0 || config.batch_offset >= config.batch_stride {
+        return bad("batch_offset", format!("offset {} of stride {}", config.batch_offset, config.batch_stride));
+    }
+    if config.start_epoch.checked_add(config.epochs).is_none() {
+        return bad("start_epoch", format!("{} + {} epochs overflows", config.start_epoch, config.epochs));
     }
     Ok(())
 }
@@ -444,7 +473,11 @@ impl M2m {
 /// The loader thread: every epoch's batches of this shard, in order, into `tx` (until it is dropped).
 fn stream(lake: &Lake, cfg: &DataLoaderConfig, tx: &crossbeam_channel::Sender<Result<TrainingBatch>>) {
     let mut skip = cfg.skip_batches;
-    for epoch in cfg.start_epoch..cfg.start_epoch.saturating_add(cfg.epochs) {
+    // Batches of the shard after the skipped ones, counted over epochs: the position `batch_stride`
+    // selects on.
+    let mut position = 0u64;
+    let stride = cfg.batch_stride.max(1) as u64;
+    for epoch in cfg.start_epoch..cfg.start_epoch + cfg.epochs {
         let plan = match epoch_plan(lake, cfg, epoch) {
             Ok(p) => p,
             Err(e) => {
@@ -462,6 +495,17 @@ fn stream(lake: &Lake, cfg: &DataLoaderConfig, tx: &crossbeam_channel::Sender<Re
         let skipped = usize::try_from(skip).unwrap_or(usize::MAX).min(chunks.len());
         chunks.drain(..skipped);
         skip -= skipped as u64;
+        if stride > 1 {
+            let start = position;
+            let offset = cfg.batch_offset as u64;
+            position += chunks.len() as u64;
+            chunks = chunks
+                .into_iter()
+                .enumerate()
+                .filter(|(j, _)| (start + *j as u64) % stride == offset)
+                .map(|(_, c)| c)
+                .collect();
+        }
         let sent = match (&lake.tiers, &lake.rows) {
             (Some(t), _) => stream_tiers(lake, t, cfg, epoch, &chunks, tx),
             (None, Rows::Engine(set)) => {

@@ -8,27 +8,73 @@
 //! - Every call that computes or does IO releases the GIL and runs on a rayon pool owned by this process:
 //!   a process forked from one that used the pool (a DataLoader worker) gets a fresh pool instead of one
 //!   whose threads did not survive the fork.
-//! - Errors: bad input is `ValueError`, storage is `OSError`, a call in the wrong state (no index yet,
-//!   a change to a read-only engine) is `RuntimeError`; each carries the Rust message.
+//! - Errors: each Rust error becomes the Python exception of its kind (`m2m::ErrorKind`): the classes
+//!   of `m2m.errors` (`InvalidInputError`, a `ValueError`; `CorruptError` and `LockedError`, storage
+//!   errors and `OSError`s; `NoIndexError`, ...; all under `M2MError`), which the package registers at
+//!   import. Each carries the Rust message.
 
 use std::sync::{Arc, Mutex};
 
-use m2m::{DataLoader, DataLoaderConfig, Error, LakeReader, LangevinDynamics, Lod, M2m, M2mConfig, Source};
+use m2m::{
+    DataLoader, DataLoaderConfig, Error, LakeReader, LangevinDynamics, Lod, M2m, M2mConfig, SearchParams, Source,
+};
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
 
-/// The Rust error as the Python exception that fits it.
-fn py_err(e: Error) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        Error::Tier(_) => PyOSError::new_err(msg),
-        Error::NoIndex { .. } | Error::ReadOnly { .. } | Error::Gpu(_) => PyRuntimeError::new_err(msg),
-        _ => PyValueError::new_err(msg),
+/// The exception classes by kind name (`invalid_input`, `corrupt`, ..., and `closed`), registered by
+/// the Python package at import (`_register_errors`).
+static ERRORS: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+
+/// An exception of `kind` with `msg`: the registered class, or the built-in one it derives from when
+/// the module is used without its package.
+fn err_of(py: Python<'_>, kind: &str, msg: String) -> PyErr {
+    if let Some(classes) = ERRORS.get(py)
+        && let Ok(Some(cls)) = classes.bind(py).get_item(kind)
+        && let Ok(cls) = cls.cast_into::<PyType>()
+    {
+        return PyErr::from_type(cls, msg);
     }
+    match kind {
+        "invalid_input" => PyValueError::new_err(msg),
+        "corrupt" | "locked" | "io" | "poisoned" => PyOSError::new_err(msg),
+        _ => PyRuntimeError::new_err(msg),
+    }
+}
+
+/// Bad input found here, before the engine saw it.
+fn invalid(msg: String) -> PyErr {
+    Python::attach(|py| err_of(py, "invalid_input", msg))
+}
+
+/// The Rust error as the Python exception of its kind.
+fn py_err(e: Error) -> PyErr {
+    Python::attach(|py| err_of(py, e.kind().name(), e.to_string()))
+}
+
+/// Registers the exception classes (a dict from kind name to class); called once by `m2m/__init__.py`.
+#[pyfunction]
+fn _register_errors(py: Python<'_>, classes: Bound<'_, PyDict>) -> PyResult<()> {
+    let _ = ERRORS.set(py, classes.unbind());
+    Ok(())
+}
+
+/// The default settings as JSON (every field of `M2mConfig`).
+#[pyfunction]
+fn default_config_json() -> PyResult<String> {
+    serde_json::to_string(&M2mConfig::default()).map_err(|e| invalid(e.to_string()))
+}
+
+/// Batches a DataLoader yields in total from a lake of `rows` splats with these options (see
+/// `DataLoaderConfig::batch_count`).
+#[pyfunction]
+#[pyo3(signature = (rows, **options))]
+fn batch_count(rows: usize, options: Option<&Bound<'_, PyDict>>) -> PyResult<u64> {
+    Ok(loader_config(options)?.batch_count(rows))
 }
 
 /// This process's pool: rebuilt when the process id changes (after a fork).
@@ -58,27 +104,28 @@ fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send) -> 
 }
 
 fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, what: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{what} must be a C-contiguous 1-d array")))
+    a.as_slice().map_err(|_| invalid(format!("{what} must be a C-contiguous 1-d array")))
 }
 
 fn rows<'a>(a: &'a PyReadonlyArray2<'_, f32>, what: &str, dim: usize) -> PyResult<(&'a [f32], usize)> {
     let shape = a.shape();
     if shape[1] != dim {
-        return Err(PyValueError::new_err(format!("{what} has {} columns; the engine's dimension is {dim}", shape[1])));
+        return Err(invalid(format!("{what} has {} columns; the engine's dimension is {dim}", shape[1])));
     }
-    let data =
-        a.as_slice().map_err(|_| PyValueError::new_err(format!("{what} must be a C-contiguous float32 array")))?;
+    let data = a.as_slice().map_err(|_| invalid(format!("{what} must be a C-contiguous float32 array")))?;
     Ok((data, shape[0]))
 }
 
-fn lod(level: i64) -> PyResult<Lod> {
-    match level {
-        0 => Ok(Lod::Centroids),
-        1 => Ok(Lod::Codes),
-        2 => Ok(Lod::Rerank),
-        3 => Ok(Lod::Exact),
-        _ => Err(PyValueError::new_err(format!("lod {level}: 0 (centroids), 1 (codes), 2 (re-ranked) or 3 (exact)"))),
-    }
+/// A level of detail from a number (0-3) or a name (`centroids`, `codes`, `rerank`, `exact`; any case).
+fn lod(level: &Bound<'_, PyAny>) -> PyResult<Lod> {
+    let text = if let Ok(n) = level.extract::<i64>() {
+        n.to_string()
+    } else if let Ok(s) = level.extract::<String>() {
+        s
+    } else {
+        return Err(invalid(format!("lod {level}: a number 0-3 or a name (centroids, codes, rerank, exact)")));
+    };
+    text.parse::<Lod>().map_err(|e| invalid(e.to_string()))
 }
 
 /// A `rows` x `cols` array over a Rust buffer (no copy): the buffer becomes a 1-d array, reshaped as a
@@ -95,7 +142,22 @@ fn matrix<'py, T: numpy::Element>(
 /// An engine (see the Python class `m2m.M2M`).
 #[pyclass(module = "m2m._m2m")]
 struct Engine {
-    inner: M2m,
+    /// `None` once closed.
+    inner: Option<M2m>,
+}
+
+impl Engine {
+    fn get(&self) -> PyResult<&M2m> {
+        self.inner.as_ref().ok_or_else(closed)
+    }
+
+    fn get_mut(&mut self) -> PyResult<&mut M2m> {
+        self.inner.as_mut().ok_or_else(closed)
+    }
+}
+
+fn closed() -> PyErr {
+    Python::attach(|py| err_of(py, "closed", "the engine is closed".into()))
 }
 
 #[pymethods]
@@ -103,9 +165,8 @@ impl Engine {
     /// A new engine from settings as JSON (fields of `M2mConfig`; missing ones take their defaults).
     #[staticmethod]
     fn create(py: Python<'_>, config_json: &str) -> PyResult<Engine> {
-        let config: M2mConfig =
-            serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("config: {e}")))?;
-        Ok(Engine { inner: run(py, || M2m::create(config))? })
+        let config: M2mConfig = serde_json::from_str(config_json).map_err(|e| invalid(format!("config: {e}")))?;
+        Ok(Engine { inner: Some(run(py, || M2m::create(config))?) })
     }
 
     /// Opens a stored engine; `read_only` takes no lock and changes nothing (readers beside a writer).
@@ -113,35 +174,47 @@ impl Engine {
     #[pyo3(signature = (path, read_only = false))]
     fn open(py: Python<'_>, path: std::path::PathBuf, read_only: bool) -> PyResult<Engine> {
         let inner = run(py, || if read_only { M2m::open_read_only(&path) } else { M2m::open(&path) })?;
-        Ok(Engine { inner })
+        Ok(Engine { inner: Some(inner) })
+    }
+
+    /// Releases the engine now: its writer lock, its memory. Later calls raise the `closed` error.
+    /// Every add was acknowledged by the log already, so nothing is lost; closing twice is a no-op.
+    fn close(&mut self, py: Python<'_>) {
+        let taken = self.inner.take();
+        py.detach(move || drop(taken));
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_none()
     }
 
     /// The settings as JSON.
     fn config_json(&self) -> PyResult<String> {
-        serde_json::to_string(self.inner.config()).map_err(|e| PyValueError::new_err(e.to_string()))
+        serde_json::to_string(self.get()?.config()).map_err(|e| invalid(e.to_string()))
     }
 
     #[getter]
-    fn dim(&self) -> usize {
-        self.inner.config().dim
+    fn dim(&self) -> PyResult<usize> {
+        Ok(self.get()?.config().dim)
     }
 
     #[getter]
-    fn read_only(&self) -> bool {
-        self.inner.is_read_only()
+    fn read_only(&self) -> PyResult<bool> {
+        Ok(self.get()?.is_read_only())
     }
 
     #[getter]
-    fn has_index(&self) -> bool {
-        self.inner.index().is_some()
+    fn has_index(&self) -> PyResult<bool> {
+        Ok(self.get()?.index().is_some())
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.len()
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.get()?.len())
     }
 
-    fn contains(&self, id: u64) -> bool {
-        self.inner.contains(id)
+    fn contains(&self, id: u64) -> PyResult<bool> {
+        Ok(self.get()?.contains(id))
     }
 
     /// Adds rows (float32, C-contiguous, n x dim), with optional ids, kappa and alpha; returns the ids.
@@ -154,11 +227,11 @@ impl Engine {
         kappa: Option<PyReadonlyArray1<'py, f32>>,
         alpha: Option<PyReadonlyArray1<'py, f32>>,
     ) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        let (data, _) = rows(&vectors, "vectors", self.inner.config().dim)?;
+        let (data, _) = rows(&vectors, "vectors", self.get()?.config().dim)?;
         let ids = ids.as_ref().map(|a| slice(a, "ids")).transpose()?;
         let kappa = kappa.as_ref().map(|a| slice(a, "kappa")).transpose()?;
         let alpha = alpha.as_ref().map(|a| slice(a, "alpha")).transpose()?;
-        let inner = &mut self.inner;
+        let inner = self.get_mut()?;
         let out = run(py, || match ids {
             Some(ids) => inner.add_splats_with(data, ids, kappa, alpha).map(|()| ids.to_vec()),
             None if kappa.is_some() || alpha.is_some() => {
@@ -175,29 +248,36 @@ impl Engine {
     /// Builds the index (and learns kappa and alpha).
     #[pyo3(signature = (n_fine = None, n_coarse = None))]
     fn build_index(&mut self, py: Python<'_>, n_fine: Option<usize>, n_coarse: Option<usize>) -> PyResult<()> {
-        let inner = &mut self.inner;
+        let inner = self.get_mut()?;
         run(py, || inner.build_index_with(n_fine, n_coarse))
     }
 
     /// Top-k of each query row: (ids, scores, kappa, alpha), each q x k' with k' = min(k, splats).
-    #[pyo3(signature = (queries, k = 10, lod = 2))]
+    /// `lod` is 0-3 or a name; `nprobe` and `rerank` override the calibrated defaults for this call.
+    #[pyo3(signature = (queries, k = 10, lod = None, nprobe = None, rerank = None))]
     #[allow(clippy::type_complexity)]
     fn retrieve_batch<'py>(
         &self,
         py: Python<'py>,
         queries: PyReadonlyArray2<'py, f32>,
         k: usize,
-        lod: i64,
+        lod: Option<Bound<'py, PyAny>>,
+        nprobe: Option<usize>,
+        rerank: Option<usize>,
     ) -> PyResult<(
         Bound<'py, PyArray2<u64>>,
         Bound<'py, PyArray2<f32>>,
         Bound<'py, PyArray2<f32>>,
         Bound<'py, PyArray2<f32>>,
     )> {
-        let level = self::lod(lod)?;
-        let (data, nq) = rows(&queries, "queries", self.inner.config().dim)?;
-        let inner = &self.inner;
-        let hits = run(py, || inner.retrieve_batch(data, k, level))?;
+        let level = lod.as_ref().map(self::lod).transpose()?.unwrap_or_default();
+        if nprobe == Some(0) || rerank == Some(0) {
+            return Err(invalid("nprobe and rerank must be at least 1 (None: the calibrated default)".into()));
+        }
+        let params = SearchParams { nprobe: nprobe.unwrap_or(0), rerank: rerank.unwrap_or(0), coarse_probe: 0 };
+        let inner = self.get()?;
+        let (data, nq) = rows(&queries, "queries", inner.config().dim)?;
+        let hits = run(py, || inner.retrieve_batch_with(data, k, level, &params))?;
         let width = hits.iter().map(Vec::len).max().unwrap_or(0);
         if hits.iter().any(|h| h.len() != width) {
             return Err(PyRuntimeError::new_err("queries got different numbers of hits"));
@@ -221,7 +301,7 @@ impl Engine {
     /// The energy of one point (routed once the index exists, exact before).
     fn energy(&self, py: Python<'_>, x: PyReadonlyArray1<'_, f32>) -> PyResult<f64> {
         let x = slice(&x, "x")?;
-        let inner = &self.inner;
+        let inner = self.get()?;
         run(py, || inner.energy(x))
     }
 
@@ -233,10 +313,10 @@ impl Engine {
         seeds: PyReadonlyArray2<'py, f32>,
         steps: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let dim = self.inner.config().dim;
+        let inner = self.get()?;
+        let dim = inner.config().dim;
         let (data, n) = rows(&seeds, "seeds", dim)?;
-        let steps = steps.unwrap_or(self.inner.config().langevin_steps);
-        let inner = &self.inner;
+        let steps = steps.unwrap_or(inner.config().langevin_steps);
         let out = run(py, || inner.generate(data, steps))?;
         matrix(py, out, n, dim)
     }
@@ -244,9 +324,9 @@ impl Engine {
     /// `n` Langevin samples started from splats of the engine.
     #[pyo3(signature = (n, steps = None))]
     fn generate_n<'py>(&self, py: Python<'py>, n: usize, steps: Option<usize>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let dim = self.inner.config().dim;
-        let steps = steps.unwrap_or(self.inner.config().langevin_steps);
-        let inner = &self.inner;
+        let inner = self.get()?;
+        let dim = inner.config().dim;
+        let steps = steps.unwrap_or(inner.config().langevin_steps);
         let out = run(py, || inner.generate_n(n, steps))?;
         matrix(py, out, n, dim)
     }
@@ -254,38 +334,19 @@ impl Engine {
     /// Deletes ids; returns how many were live.
     fn delete(&mut self, py: Python<'_>, ids: PyReadonlyArray1<'_, u64>) -> PyResult<usize> {
         let ids = slice(&ids, "ids")?;
-        let inner = &mut self.inner;
+        let inner = self.get_mut()?;
         run(py, || inner.delete(ids))
     }
 
     /// Writes the rows added since the last flush into a segment.
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
-        let inner = &mut self.inner;
+        let inner = self.get_mut()?;
         run(py, || inner.flush())
     }
 
-    /// What the engine holds, as a dict.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.inner.stats();
-        let d = PyDict::new(py);
-        d.set_item("splats", s.splats)?;
-        d.set_item("deleted", s.deleted)?;
-        d.set_item("dim", s.dim)?;
-        d.set_item("index", s.index)?;
-        d.set_item("kappa_mean", s.kappa.0)?;
-        d.set_item("kappa_min", s.kappa.1)?;
-        d.set_item("kappa_max", s.kappa.2)?;
-        d.set_item("device", s.device)?;
-        d.set_item("segments", s.segments)?;
-        d.set_item("kappa_clipped", s.kappa_clipped)?;
-        if self.inner.index().is_some()
-            && let Ok(w) = self.inner.weight_report()
-        {
-            d.set_item("weights_min", w.min)?;
-            d.set_item("weights_max", w.max)?;
-            d.set_item("weights_ess_share", w.ess_share)?;
-        }
-        Ok(d)
+    /// What the engine holds: `m2m::Stats` as JSON (Python's `m2m.Stats` has the same fields).
+    fn stats_json(&self) -> PyResult<String> {
+        serde_json::to_string(&self.get()?.stats()).map_err(|e| invalid(e.to_string()))
     }
 
     /// Training feedback: per-row losses drive the SOC controller (see `m2m::M2m::feedback`).
@@ -296,13 +357,13 @@ impl Engine {
         losses: PyReadonlyArray1<'_, f32>,
     ) -> PyResult<u64> {
         let (ids, losses) = (slice(&ids, "ids")?, slice(&losses, "losses")?);
-        let inner = &self.inner;
+        let inner = self.get()?;
         run(py, || inner.feedback(ids, losses))
     }
 
     /// Ends an epoch: the controller's activity decays and its state is saved in the data directory.
     fn tick(&self, py: Python<'_>) -> PyResult<()> {
-        let inner = &self.inner;
+        let inner = self.get()?;
         run(py, || inner.tick())
     }
 
@@ -315,14 +376,14 @@ impl Engine {
         generated: PyReadonlyArray2<'_, f32>,
         labels: Option<PyReadonlyArray1<'_, i64>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let dim = self.inner.config().dim;
+        let dim = self.get()?.config().dim;
         let seeds = slice(&seeds, "seeds")?;
         let (generated, _) = rows(&generated, "generated", dim)?;
         let labels = match &labels {
             Some(l) => Some(slice(l, "labels")?),
             None => None,
         };
-        let inner = &self.inner;
+        let inner = self.get()?;
         let f = run(py, || {
             let lookup = labels.map(|l| {
                 move |id: u64| usize::try_from(id).ok().and_then(|i| l.get(i)).and_then(|&v| u32::try_from(v).ok())
@@ -345,7 +406,7 @@ impl Engine {
     /// Starts streaming batches (see `m2m.M2M.export_to_dataloader` for the fields).
     #[pyo3(signature = (**options))]
     fn loader(&self, py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Loader> {
-        let inner = &self.inner;
+        let inner = self.get()?;
         start_loader(py, options, |config| inner.export_to_dataloader(config))
     }
 }
@@ -406,6 +467,8 @@ fn loader_config(options: Option<&Bound<'_, PyDict>>) -> PyResult<DataLoaderConf
             "rank" => c.rank = value.extract()?,
             "world_size" => c.world_size = value.extract()?,
             "skip_batches" => c.skip_batches = value.extract()?,
+            "batch_stride" => c.batch_stride = value.extract()?,
+            "batch_offset" => c.batch_offset = value.extract()?,
             "threads" => c.threads = value.extract()?,
             "start_epoch" => c.start_epoch = value.extract()?,
             "temperature" => c.temperature = value.extract()?,
@@ -422,18 +485,16 @@ fn loader_config(options: Option<&Bound<'_, PyDict>>) -> PyResult<DataLoaderConf
                 }
             }
             "source" => {
-                c.source = match value.extract::<String>()?.as_str() {
+                c.source = match value.extract::<String>()?.to_ascii_lowercase().as_str() {
                     "auto" => Source::Auto,
                     "memory" => Source::Memory,
                     "tiers" => Source::Tiers,
                     other => {
-                        return Err(PyValueError::new_err(format!(
-                            "source {other:?}: \"auto\", \"memory\" or \"tiers\""
-                        )));
+                        return Err(invalid(format!("source {other:?}: \"auto\", \"memory\" or \"tiers\"")));
                     }
                 }
             }
-            other => return Err(PyValueError::new_err(format!("unknown loader option {other:?}"))),
+            other => return Err(invalid(format!("unknown loader option {other:?}"))),
         }
     }
     Ok(c)
@@ -498,6 +559,9 @@ fn _m2m(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Loader>()?;
     m.add_class::<Reader>()?;
+    m.add_function(wrap_pyfunction!(_register_errors, m)?)?;
+    m.add_function(wrap_pyfunction!(default_config_json, m)?)?;
+    m.add_function(wrap_pyfunction!(batch_count, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -17,7 +17,11 @@ use crate::Error;
 /// * [`Metric::L2`] is the squared Euclidean distance between the original vectors, lower is better.
 ///
 /// On unit-norm data (such as sentence embeddings) all three rank neighbours identically.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// In human-readable formats (JSON, TOML) it deserialises from any name [`FromStr`] accepts, in any
+/// case (`"cosine"`, `"Cosine"`, `"IP"`, `"l2"`); it serialises as the variant name (`"Cosine"`), which
+/// every older reader accepts. Binary formats (postcard) keep the variant index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub enum Metric {
     /// Cosine similarity: the geometry of the unit sphere. The default.
     #[default]
@@ -63,9 +67,53 @@ impl FromStr for Metric {
     }
 }
 
+/// The derived binary representation of [`Metric`] (variant index), kept for stored indexes.
+#[derive(Deserialize)]
+enum MetricRepr {
+    Cosine,
+    InnerProduct,
+    L2,
+}
+
+impl<'de> Deserialize<'de> for Metric {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let name = String::deserialize(d)?;
+            name.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "unknown metric {name:?}: cosine, ip (inner product) or l2, in any case"
+                ))
+            })
+        } else {
+            Ok(match MetricRepr::deserialize(d)? {
+                MetricRepr::Cosine => Metric::Cosine,
+                MetricRepr::InnerProduct => Metric::InnerProduct,
+                MetricRepr::L2 => Metric::L2,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_names_are_case_insensitive_and_binary_keeps_the_index() {
+        for (json, m) in [("\"cosine\"", Metric::Cosine), ("\"Cosine\"", Metric::Cosine), ("\"IP\"", Metric::InnerProduct),
+            ("\"InnerProduct\"", Metric::InnerProduct), ("\"l2\"", Metric::L2)] {
+            assert_eq!(serde_json::from_str::<Metric>(json).unwrap(), m, "{json}");
+        }
+        assert!(serde_json::from_str::<Metric>("\"hamming\"").unwrap_err().to_string().contains("hamming"));
+        for m in [Metric::Cosine, Metric::InnerProduct, Metric::L2] {
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<Metric>(&json).unwrap(), m);
+            let bytes = postcard::to_allocvec(&m).unwrap();
+            assert_eq!(postcard::from_bytes::<Metric>(&bytes).unwrap(), m);
+        }
+        // The binary form is the variant index, as the derived impl wrote it.
+        assert_eq!(postcard::to_allocvec(&Metric::L2).unwrap(), vec![2]);
+    }
 
     #[test]
     fn names_round_trip() {

@@ -157,29 +157,40 @@ impl Segment {
     }
 
     /// Hints the kernel that rows `rows` will be read soon (`madvise(WILLNEED)` on their `mu` bytes, the
-    /// bulk of a row). A hint: failures are ignored.
+    /// bulk of a row). A hint: failures are ignored, and it does nothing where there is no `madvise`
+    /// (Windows).
     pub fn advise_will_need(&self, rows: std::ops::Range<usize>) {
         let (offset, len) = self.cols[0];
         let row = 4 * self.dim;
         let start = rows.start.min(self.rows) * row;
         let end = rows.end.min(self.rows) * row;
+        #[cfg(unix)]
         if end > start && start < len {
             let _ = self.map.advise_range(memmap2::Advice::WillNeed, offset + start, end - start);
         }
+        #[cfg(not(unix))]
+        let _ = (offset, len, start, end);
     }
 
-    /// Drops the segment's pages from memory: this mapping's (`madvise(DONTNEED)`) and then the kernel's
-    /// page cache of the file (`posix_fadvise(DONTNEED)`, which skips pages another process maps). Later
-    /// reads fault the same bytes in from disk. For memory pressure, and for measuring cold reads.
+    /// Drops the segment's pages from memory: this mapping's (`madvise(DONTNEED)`, on Unix) and then the
+    /// kernel's page cache of the file (`posix_fadvise(DONTNEED)`, on Linux, Android and FreeBSD; it skips
+    /// pages another process maps). Later reads fault the same bytes in from disk. For memory pressure,
+    /// and for measuring cold reads. Elsewhere (macOS keeps its page cache, Windows has neither call) it
+    /// drops what the platform allows and returns `Ok`.
     pub fn release_pages(&self) -> Result<()> {
+        #[cfg(unix)]
         // SAFETY: the mapping is a read-only shared map of a file that does not change while mapped (the
         // type's contract), so after MADV_DONTNEED every access faults the same bytes back in from the file:
         // slices borrowed from the mapping keep their contents.
         unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
             .map_err(|e| Error::io(&self.path, e))?;
-        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
-            .map_err(|e| Error::io(&self.path, std::io::Error::from(e)))
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        {
+            let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+                .map_err(|e| Error::io(&self.path, std::io::Error::from(e)))?;
+        }
+        Ok(())
     }
 
     /// All columns.

@@ -1,17 +1,24 @@
 """Type stubs of the native module (crates/py/src/lib.rs); use the wrappers in `m2m` instead."""
 
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple, Type, Union
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
 
+def _register_errors(classes: Dict[str, Type[BaseException]]) -> None: ...
+def default_config_json() -> str: ...
+def batch_count(rows: int, **options: Any) -> int: ...
+
 class Engine:
     @staticmethod
     def create(config_json: str) -> "Engine": ...
     @staticmethod
     def open(path: str, read_only: bool = False) -> "Engine": ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
     def config_json(self) -> str: ...
     @property
     def dim(self) -> int: ...
@@ -25,12 +32,17 @@ class Engine:
         self,
         vectors: npt.NDArray[np.float32],
         ids: Optional[npt.NDArray[np.uint64]] = None,
-        kappa: Optional[npt.NDArray[np.float32]] = None,
-        alpha: Optional[npt.NDArray[np.float32]] = None,
+        kappa: Optional[npt.NDArray[Any]] = None,
+        alpha: Optional[npt.NDArray[Any]] = None,
     ) -> npt.NDArray[np.uint64]: ...
     def build_index(self, n_fine: Optional[int] = None, n_coarse: Optional[int] = None) -> None: ...
     def retrieve_batch(
-        self, queries: npt.NDArray[np.float32], k: int = 10, lod: int = 2
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int = 10,
+        lod: Union[int, str, None] = None,
+        nprobe: Optional[int] = None,
+        rerank: Optional[int] = None,
     ) -> Tuple[
         npt.NDArray[np.uint64], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]
     ]: ...
@@ -39,7 +51,7 @@ class Engine:
     def generate_n(self, n: int, steps: Optional[int] = None) -> npt.NDArray[np.float32]: ...
     def delete(self, ids: npt.NDArray[np.uint64]) -> int: ...
     def flush(self) -> None: ...
-    def stats(self) -> Dict[str, Any]: ...
+    def stats_json(self) -> str: ...
     def feedback(self, ids: npt.NDArray[np.uint64], losses: npt.NDArray[np.float32]) -> int: ...
     def tick(self) -> None: ...
     def fidelity(
@@ -50,8 +62,8 @@ class Engine:
     ) -> Dict[str, Any]: ...
     def loader(self, **options: Any) -> "Loader":
         """Options: batch_size, generate_samples, generate_steps, importance_sampling, shuffle, seed,
-        epochs, prefetch_batches, drop_last, rank, world_size, skip_batches, threads, source, start_epoch,
-        temperature, step_size, dynamics."""
+        epochs, prefetch_batches, drop_last, rank, world_size, skip_batches, start_epoch, batch_stride,
+        batch_offset, threads, source, temperature, step_size, dynamics."""
 
 class Reader:
     @staticmethod

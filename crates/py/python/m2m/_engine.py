@@ -1,0 +1,366 @@
+"""The engine from Python: :class:`M2M` (alias ``M2m``, the Rust name), its result types :class:`Hits`
+and :class:`Stats`, and the constructors :func:`create_m2m`, :func:`open_m2m` (also ``m2m.open``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Type, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _m2m
+from ._config import M2MConfig
+from .errors import InvalidInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._dataset import SplatDataset
+
+#: A level of detail: 0-3 or a name ("centroids", "codes", "rerank", "exact"; any case).
+Lod = Union[int, str]
+
+
+class Hits(NamedTuple):
+    """What ``retrieve`` returns: for one query (a 1-d query) 1-d arrays of k' = min(k, splats)
+    entries, best first; for a batch (a 2-d query) q x k' arrays."""
+
+    ids: npt.NDArray[np.uint64]
+    scores: npt.NDArray[np.float32]
+    kappa: npt.NDArray[np.float32]
+    alpha: npt.NDArray[np.float32]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """What an engine holds: the fields of the Rust ``m2m::Stats`` and of ``m2m info --json``."""
+
+    splats: int
+    deleted: int
+    dim: int
+    metric: str
+    device: str
+    segments: int
+    fine_clusters: Optional[int]
+    coarse_clusters: Optional[int]
+    nprobe: Optional[int]
+    rerank: Optional[int]
+    kappa_mean: float
+    kappa_min: float
+    kappa_max: float
+
+    @classmethod
+    def from_json(cls, text: str) -> "Stats":
+        return cls(**json.loads(text))
+
+    def __getitem__(self, field: str) -> Any:
+        """``stats()["splats"]``, the dict access of earlier versions (deprecated: use attributes)."""
+        warnings.warn("Stats is an object now: use stats().splats", DeprecationWarning, stacklevel=2)
+        if field not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(field)
+        return getattr(self, field)
+
+
+def _rows(a: Any, dim: int, what: str) -> npt.NDArray[np.float32]:
+    """A float32 C-contiguous 2-d array from numpy arrays, lists or torch tensors (detached, on the CPU)."""
+    if hasattr(a, "detach") and hasattr(a, "cpu"):
+        a = a.detach().cpu().numpy()
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    if out.ndim == 1:
+        out = out.reshape(1, -1)
+    if out.ndim != 2:
+        raise InvalidInputError(f"{what} must be 1-d or 2-d, got {out.ndim} dimensions")
+    if out.shape[1] != dim:
+        raise InvalidInputError(f"{what} has {out.shape[1]} columns; the engine's dimension is {dim}")
+    return out
+
+
+def _column(a: Any, dtype: Any) -> Optional[npt.NDArray[Any]]:
+    if a is None:
+        return None
+    if hasattr(a, "detach") and hasattr(a, "cpu"):
+        a = a.detach().cpu().numpy()
+    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+
+def _ids(a: Any) -> npt.NDArray[np.uint64]:
+    if hasattr(a, "detach") and hasattr(a, "cpu"):
+        a = a.detach().cpu().numpy()
+    raw = np.asarray(a).reshape(-1)
+    if raw.size and raw.dtype.kind not in "ui":
+        raise InvalidInputError(f"ids must be integers, got {raw.dtype}")
+    if raw.size and raw.dtype.kind == "i" and raw.min() < 0:
+        raise InvalidInputError(f"ids must be >= 0, got {raw.min()}")
+    return np.ascontiguousarray(raw, dtype=np.uint64)
+
+
+class _Splats:
+    """``engine.splats``: the original project's splat store, kept for its scripts (deprecated)."""
+
+    def __init__(self, engine: "M2M") -> None:
+        self._engine = engine
+
+    def build_index(self) -> None:
+        """The original's ``m2m.splats.build_index()``: :meth:`M2M.build_index`."""
+        warnings.warn("m2m.splats.build_index() is m2m.build_index()", DeprecationWarning, stacklevel=2)
+        self._engine.build_index()
+
+    @property
+    def n_active(self) -> int:
+        """The original's count of live splats: ``len(engine)``."""
+        return len(self._engine)
+
+
+class M2M:
+    """An engine. Make one with :func:`create_m2m` or :func:`open_m2m`; close it with :meth:`close` or
+    a ``with`` block, which releases the directory's writer lock at once (it is also released when the
+    object is collected)."""
+
+    def __init__(self, engine: "_m2m.Engine", config: Optional[M2MConfig] = None) -> None:
+        self._engine = engine
+        self._legacy = config is not None and config.legacy
+        self._default_k = 10 if config is None else config.default_k
+
+    # Lifetime.
+
+    def close(self) -> None:
+        """Releases the engine now: the writer lock and the memory. Every add was already acknowledged
+        by the log, so nothing is lost. Later calls raise :class:`m2m.ClosedError`; closing twice is
+        harmless."""
+        self._engine.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._engine.closed
+
+    def __enter__(self) -> "M2M":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "M2M(closed)"
+        return f"M2M(dim={self.dim}, splats={len(self)}, read_only={self.read_only})"
+
+    # What it holds.
+
+    @property
+    def dim(self) -> int:
+        return self._engine.dim
+
+    @property
+    def read_only(self) -> bool:
+        return self._engine.read_only
+
+    @property
+    def has_index(self) -> bool:
+        return self._engine.has_index
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The engine's settings (the Rust ``M2mConfig`` as a dict)."""
+        out: Dict[str, Any] = json.loads(self._engine.config_json())
+        return out
+
+    def __len__(self) -> int:
+        return len(self._engine)
+
+    def __contains__(self, id_: object) -> bool:
+        if not isinstance(id_, (int, np.integer)) or int(id_) < 0:
+            return False
+        return self._engine.contains(int(id_))
+
+    def stats(self) -> Stats:
+        """What the engine holds (the same fields as Rust's ``m2m::Stats`` and ``m2m info --json``)."""
+        return Stats.from_json(self._engine.stats_json())
+
+    # Changes.
+
+    def add_splats(self, vectors: Any, ids: Any = None, kappa: Any = None, alpha: Any = None) -> npt.NDArray[np.uint64]:
+        """Adds rows (n x dim: numpy, lists or torch tensors); returns their ids (uint64). A batch is
+        validated whole: on error nothing of it is kept."""
+        rows = _rows(vectors, self.dim, "vectors")
+        id_col = None if ids is None else _ids(ids)
+        return self._engine.add_splats(rows, id_col, _column(kappa, np.float32), _column(alpha, np.float32))
+
+    def build_index(self, n_fine: Optional[int] = None, n_coarse: Optional[int] = None) -> None:
+        """Builds the index (and learns kappa and alpha); replaces an older one."""
+        self._engine.build_index(n_fine, n_coarse)
+
+    def delete(self, ids: Any) -> int:
+        """Deletes ids; returns how many were live."""
+        return self._engine.delete(_ids(ids))
+
+    def flush(self) -> None:
+        """Writes the rows added since the last flush into a segment."""
+        self._engine.flush()
+
+    # Training feedback.
+
+    def feedback(self, ids: Any, losses: Any) -> int:
+        """Training feedback: per-row losses (ids as the batches gave them) drive the SOC controller, so
+        the next export samples the rows the model gets wrong more. Call it in the process that holds
+        the writable engine (the training loop's), not in DataLoader workers."""
+        return self._engine.feedback(_ids(ids), np.ascontiguousarray(losses, dtype=np.float32).reshape(-1))
+
+    def tick(self) -> None:
+        """Ends an epoch: the controller's activity decays and its state is saved in the data directory,
+        where the next epoch's DataLoader workers (and resumed runs) read it."""
+        self._engine.tick()
+
+    def fidelity(self, seeds: Any, generated: Any, labels: Any = None) -> Dict[str, Any]:
+        """How close generated rows stay to their seeds (ids): mean cosine, share inside the seed's band
+        of real neighbours (1st to 16th), copies, and with ``labels`` (indexed by id) the share whose
+        nearest real row has the seed's label against the real rows' own 1-NN agreement."""
+        lab = None if labels is None else np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+        return self._engine.fidelity(_ids(seeds), _rows(generated, self.dim, "generated"), lab)
+
+    # Retrieval.
+
+    def _index_for(self, what: str) -> None:
+        """The original built the index by itself; an engine made from its settings does so too."""
+        if self._legacy and not self._engine.has_index and len(self._engine) > 0:
+            warnings.warn(
+                f"{what} built the index first, as the original project did: call build_index() after adding",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            self._engine.build_index(None, None)
+
+    def retrieve(
+        self,
+        query: Any,
+        k: Optional[int] = None,
+        lod: Lod = 2,
+        *,
+        nprobe: Optional[int] = None,
+        rerank: Optional[int] = None,
+    ) -> Hits:
+        """The k best splats (k defaults to 10) of a query at a level of detail: 0 or "centroids", 1 or
+        "codes", 2 or "rerank" (the default), 3 or "exact". ``nprobe`` (fine clusters scored) and
+        ``rerank`` (candidates re-ranked exactly at LOD 2) override the calibrated defaults
+        (``stats().nprobe``, ``stats().rerank``) for this call. A 1-d query gives 1-d arrays; a 2-d one
+        is a batch (see :meth:`retrieve_batch`)."""
+        single = np.ndim(query) == 1
+        hits = self.retrieve_batch(query, k, lod, nprobe=nprobe, rerank=rerank)
+        if single:
+            return Hits(hits.ids[0], hits.scores[0], hits.kappa[0], hits.alpha[0])
+        return hits
+
+    def retrieve_batch(
+        self,
+        queries: Any,
+        k: Optional[int] = None,
+        lod: Lod = 2,
+        *,
+        nprobe: Optional[int] = None,
+        rerank: Optional[int] = None,
+    ) -> Hits:
+        """:meth:`retrieve` for each query row: q x k' arrays."""
+        self._index_for("retrieve")
+        rows = _rows(queries, self.dim, "queries")
+        k = self._default_k if k is None else k
+        return Hits(*self._engine.retrieve_batch(rows, k, lod, nprobe, rerank))
+
+    def search(self, query: Any, k: Optional[int] = None) -> Hits:
+        """The original project's name of :meth:`retrieve` (deprecated)."""
+        warnings.warn("search is the original project's name: use retrieve", DeprecationWarning, stacklevel=2)
+        return self.retrieve(query, k)
+
+    # Science.
+
+    def energy(self, x: Any) -> float:
+        """The energy of one point (routed once the index exists, exact before)."""
+        return self._engine.energy(_rows(x, self.dim, "x").reshape(-1))
+
+    def generate(self, n_or_seeds: Any, steps: Optional[int] = None) -> npt.NDArray[np.float32]:
+        """Langevin samples: ``n`` from splats of the engine, or one per seed row."""
+        self._index_for("generate")
+        if isinstance(n_or_seeds, (int, np.integer)):
+            return self._engine.generate_n(int(n_or_seeds), steps)
+        return self._engine.generate(_rows(n_or_seeds, self.dim, "seeds"), steps)
+
+    @property
+    def splats(self) -> _Splats:
+        """The original project's splat store (``m2m.splats.build_index()``), kept for its scripts."""
+        return _Splats(self)
+
+    # The data lake.
+
+    def export_to_dataloader(
+        self,
+        batch_size: int = 256,
+        generate_samples: bool = False,
+        importance_sampling: bool = False,
+        *,
+        num_workers: Optional[int] = None,
+        output: Optional[str] = None,
+        **options: Any,
+    ) -> Any:
+        """The data lake as a :class:`m2m.SplatDataset` (a ``torch.utils.data.IterableDataset`` when
+        torch is installed, a plain iterable of numpy batches otherwise); with ``num_workers`` (as the
+        original project took it) a ``torch.utils.data.DataLoader`` over it.
+
+        Options: shuffle (True), seed (0), epochs (1), prefetch_batches (2), drop_last (False), rank (0),
+        world_size (1), generate_steps (5), threads (0: all cores; 1 in DataLoader workers), source
+        ("auto" = "memory": the engine's RAM copy; "tiers": the database's segments through the warm
+        tier, in block order; needs a data_dir). ``output``: "dict" (the default: ids, mu, kappa, alpha,
+        weights, generated, epoch) or "mu" (the vectors alone, as the original yielded them; the default
+        of an engine made from the original's settings).
+
+        The order depends only on (seed, epoch) and the options, never on the number of DataLoader
+        workers: worker w of W assembles batches w, w + W, ... of the one stream, which the DataLoader's
+        round-robin puts back in order. Call :meth:`SplatDataset.set_epoch` for each epoch's order."""
+        from ._dataset import SplatDataset
+
+        if generate_samples or importance_sampling:
+            self._index_for("export_to_dataloader")
+        if output is None:
+            output = "dict"
+            if self._legacy:
+                warnings.warn(
+                    'the data lake yields the vectors alone, as the original did; output="dict" gives ids, '
+                    "kappa, alpha and importance weights too",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                output = "mu"
+        dataset: SplatDataset = SplatDataset(
+            self, batch_size, generate_samples, importance_sampling, output=output, **options
+        )
+        if num_workers is None:
+            return dataset
+        from ._dataset import _torch
+
+        if _torch is None:
+            raise InvalidInputError("num_workers needs torch (pip install torch)")
+        return _torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
+
+
+#: The Rust name of the engine type.
+M2m = M2M
+
+
+def create_m2m(config: Optional[M2MConfig] = None, **fields: Any) -> M2M:
+    """A new engine from an :class:`M2MConfig` (or its fields as keywords)."""
+    if config is None:
+        config = M2MConfig(**fields)
+    elif fields:
+        raise InvalidInputError("give a config or keyword fields, not both")
+    return M2M(_m2m.Engine.create(config.to_json()), config)
+
+
+def open_m2m(path: Union[str, "os.PathLike[str]"], read_only: bool = False) -> M2M:
+    """Opens a stored engine as its only writer, or with ``read_only`` beside a writer (no lock, no file
+    changed). Also ``m2m.open``, which ``from m2m import *`` leaves out so as not to hide the builtin."""
+    return M2M(_m2m.Engine.open(os.fspath(path), read_only))

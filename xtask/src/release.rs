@@ -1,0 +1,100 @@
+//! Publishing and portability jobs: `cargo xtask package` (every crate packaged as crates.io would
+//! receive it), `cargo xtask portability` (the workspace checked for other platforms) and
+//! `cargo xtask msrv` (the workspace checked with the declared minimum toolchain).
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{run, workspace_root};
+
+/// The crates published to crates.io, bottom of the stack first (m2m-py goes to PyPI as a wheel;
+/// m2m-benches and xtask are not published).
+pub(crate) const PUBLISHED: [&str; 7] = ["m2m-splat", "m2m-index", "m2m-tier", "m2m-gpu", "m2m-soc", "m2m", "m2m-cli"];
+
+/// `cargo package` for every published crate, without building the packages (`--no-verify`: a verified
+/// package builds against its dependencies from crates.io, where they are not published yet). It checks
+/// what crates.io checks on upload: metadata, versioned dependencies, the files inside each package.
+pub(crate) fn package() -> Result<()> {
+    let mut args = vec!["package", "--no-verify", "--locked", "--allow-dirty"];
+    for krate in PUBLISHED {
+        args.extend(["-p", krate]);
+    }
+    run("cargo", &args)?;
+    // Each packaged crate carries both licence texts.
+    let dir = workspace_root().join("target/package");
+    for krate in PUBLISHED {
+        let listing = Command::new("cargo")
+            .args(["package", "--list", "--locked", "--allow-dirty", "-p", krate])
+            .output()
+            .with_context(|| format!("cannot list the package of {krate}"))?;
+        let files = String::from_utf8_lossy(&listing.stdout);
+        for needed in ["LICENSE-APACHE", "LICENSE-MIT", "README.md"] {
+            if !files.lines().any(|f| f == needed) {
+                bail!("the package of {krate} lacks {needed} (see {})", dir.display());
+            }
+        }
+    }
+    println!("packages: {} crates packaged with both licences and the README", PUBLISHED.len());
+    Ok(())
+}
+
+/// Targets the workspace must build for, beyond this machine's.
+const TARGETS: [&str; 3] = ["aarch64-unknown-linux-gnu", "x86_64-apple-darwin", "x86_64-pc-windows-gnu"];
+
+/// Whether the toolchain has the standard library of `target` (`rustup target add TARGET`): its
+/// library directory holds a `libcore-*.rlib`.
+fn has_target(target: &str) -> bool {
+    let Ok(out) = Command::new("rustc").args(["--print", "target-libdir", "--target", target]).output() else {
+        return false;
+    };
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    out.status.success()
+        && std::fs::read_dir(dir).is_ok_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
+        })
+}
+
+/// `cargo check --workspace --target T` for each target whose standard library is installed; the
+/// others are named with the command that installs them. With `strict`, a missing target is an error.
+pub(crate) fn portability(strict: bool) -> Result<()> {
+    let mut missing = Vec::new();
+    for target in TARGETS {
+        if !has_target(target) {
+            println!(
+                "portability: {target} skipped: its standard library is not installed (rustup target add {target})"
+            );
+            missing.push(target);
+            continue;
+        }
+        if target == "aarch64-unknown-linux-gnu" {
+            // A build script (psm, under npyz's header parser) compiles C for the target.
+            crate::gpu::ensure_debian_packages(
+                &[("gcc-aarch64-linux-gnu", "/usr/bin/aarch64-linux-gnu-gcc")],
+                "the aarch64 check",
+            )?;
+        }
+        run("cargo", &["check", "--workspace", "--locked", "--target", target])?;
+    }
+    if strict && !missing.is_empty() {
+        bail!("portability: targets not installed: {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+/// `cargo +RUST_VERSION check --workspace`, the declared minimum toolchain (rust-version of the root
+/// manifest), when that toolchain is installed.
+pub(crate) fn msrv() -> Result<()> {
+    let manifest = std::fs::read_to_string(workspace_root().join("Cargo.toml")).context("reading Cargo.toml")?;
+    let version = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .context("no rust-version in the root Cargo.toml")?;
+    let toolchain = format!("+{version}");
+    let have = Command::new("rustc").args([toolchain.as_str(), "-V"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        bail!("msrv: toolchain {version} is not installed (rustup toolchain install {version})");
+    }
+    run("cargo", &[toolchain.as_str(), "check", "--workspace", "--locked", "--all-targets"])
+}
