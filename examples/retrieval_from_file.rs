@@ -29,7 +29,11 @@ fn main() -> Result<()> {
     println!("{base}: {} x {dim} ingested in {:.2} s", engine.len(), t.elapsed().as_secs_f64());
     let t = Instant::now();
     engine.build_index()?;
-    println!("index built in {:.2} s: {:?}", t.elapsed().as_secs_f64(), (engine.stats().fine_clusters, engine.stats().coarse_clusters));
+    println!(
+        "index built in {:.2} s: {:?}",
+        t.elapsed().as_secs_f64(),
+        (engine.stats().fine_clusters, engine.stats().coarse_clusters)
+    );
 
     let queries: Vec<f32> = match args.get(1) {
         Some(path) => m2m::splat::read_vectors::<f32>(path)?.data,

@@ -52,8 +52,8 @@ use anyhow::{Context, Result, bail};
 mod devrun;
 mod gpu;
 mod python;
-mod torture;
 mod release;
+mod torture;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

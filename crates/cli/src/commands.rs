@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use m2m::splat::{VectorReader, VectorWriter, read_vectors};
 use m2m::{
-    CONFIG_BLOB, DataLoaderConfig, INDEX_BLOB, LEARNED_BLOB, LangevinDynamics, Lod, M2m, M2mConfig, Metric, SearchParams,
+    CONFIG_BLOB, DataLoaderConfig, INDEX_BLOB, LEARNED_BLOB, LangevinDynamics, Lod, M2m, M2mConfig, Metric,
+    SearchParams,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;

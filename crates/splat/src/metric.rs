@@ -100,8 +100,13 @@ mod tests {
 
     #[test]
     fn json_names_are_case_insensitive_and_binary_keeps_the_index() {
-        for (json, m) in [("\"cosine\"", Metric::Cosine), ("\"Cosine\"", Metric::Cosine), ("\"IP\"", Metric::InnerProduct),
-            ("\"InnerProduct\"", Metric::InnerProduct), ("\"l2\"", Metric::L2)] {
+        for (json, m) in [
+            ("\"cosine\"", Metric::Cosine),
+            ("\"Cosine\"", Metric::Cosine),
+            ("\"IP\"", Metric::InnerProduct),
+            ("\"InnerProduct\"", Metric::InnerProduct),
+            ("\"l2\"", Metric::L2),
+        ] {
             assert_eq!(serde_json::from_str::<Metric>(json).unwrap(), m, "{json}");
         }
         assert!(serde_json::from_str::<Metric>("\"hamming\"").unwrap_err().to_string().contains("hamming"));
