@@ -221,6 +221,7 @@ fn lists(seed: u64, dim: usize, sizes: &[u32]) -> (Vec<f32>, Vec<u32>, Vec<f32>)
 const SIZES: [u32; 9] = [70, 0, 1, 130, 64, 5, 33, 200, 9];
 
 /// f64 reference of the IVF search of one query: the `nprobe` best centroids, then the best `k` members.
+#[allow(clippy::too_many_arguments, reason = "a reference over the raw parts the kernel takes, one per argument")]
 fn ivf_reference(
     q: &[f32],
     c: &[f32],
