@@ -364,7 +364,7 @@ impl<'s> Kernel<'s> {
 }
 
 /// Advances chains by exactly one overdamped step with the given increments `xi` (`dim` per chain,
-/// before projection): the drift of the production kernel ([`Kernel`]'s two products) and the same
+/// before projection): the drift of the production kernel (the `Kernel`'s two products) and the same
 /// per-chain update function that [`run`] applies, with the noise given instead of drawn. m2m-gpu's step
 /// shader must match it.
 pub fn overdamped_step(config: &LangevinConfig, x: &mut [f32], splats: &Splats<'_>, xi: &[f32]) -> Result<()> {

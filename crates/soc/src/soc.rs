@@ -204,7 +204,7 @@ impl Sandpile {
     }
 
     /// Training feedback: row `r` (at site `sites[r]`, drawn with importance weight `weights[r]`)
-    /// adds weights[r] (1 + `loss_gain` losses[r] / mean loss) grains at its site: one for the draw and
+    /// adds `weights[r]` (1 + `loss_gain` `losses[r]` / mean loss) grains at its site: one for the draw and
     /// more the worse the model does on it, relative to the call's mean loss (so the scale of the loss
     /// does not matter). The importance weight makes each site's drive an unbiased estimate of its
     /// total relative loss whatever its sampling probability; without it rows drawn often would drive
