@@ -283,7 +283,15 @@ fn the_ivf_twin_matches_an_f64_reference_and_probing_every_list_is_exact() {
             10,
             if l2 { Direction::Lower } else { Direction::Higher },
         );
-        assert_eq!(all, exact);
+        // The same rows; the scores within f32 rounding (the twin scores one row at a time, the exact scan
+        // through the blocked many-rows kernel, which may sum in another order).
+        for (a, e) in all.iter().zip(&exact) {
+            assert_eq!(a.iter().map(|h| h.0).collect::<Vec<_>>(), e.iter().map(|h| h.0).collect::<Vec<_>>());
+            for (x, y) in a.iter().zip(e) {
+                assert!((x.1 - y.1).abs() <= 1e-5 * y.1.abs().max(1.0), "{x:?} against {y:?}");
+            }
+        }
+        assert_eq!(all.len(), exact.len());
     }
 }
 
