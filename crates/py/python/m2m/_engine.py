@@ -51,6 +51,11 @@ class Stats:
     kappa_mean: float
     kappa_min: float
     kappa_max: float
+    #: Share of the splats whose learned kappa was clipped to its range at the last build (None without).
+    kappa_clipped: Optional[float]
+    #: Which path answered batch retrievals in this process (device or CPU) and the cost models: a dict
+    #: with gpu_queries, cpu_queries, last_on_gpu and models.
+    retrieval: Dict[str, Any]
 
     @classmethod
     def from_json(cls, text: str) -> "Stats":
