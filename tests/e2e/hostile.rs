@@ -142,3 +142,20 @@ fn a_create_killed_before_the_settings_is_created_again_and_an_unused_one_discar
     M2m::create(M2mConfig::default().dim(DIM).data_dir(&fresh)).unwrap().discard().unwrap();
     assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 0, "the directory is as it was");
 }
+
+#[test]
+fn the_largest_id_is_accepted_and_no_later_add_panics() {
+    // `next_id = max + 1` overflowed (a panic in debug builds, a wrap to id 0 in release) when a caller
+    // or a forged log used id u64::MAX.
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = M2m::create(M2mConfig::default().dim(4).data_dir(dir.path().join("db"))).unwrap();
+    e.add_splats_with(&[1.0, 0.0, 0.0, 0.0], &[u64::MAX], None, None).unwrap();
+    assert!(e.contains(u64::MAX));
+    // No id is left to assign: a typed error, the engine unchanged, never a wrapped or repeated id.
+    assert!(e.add_splats(&[0.0, 1.0, 0.0, 0.0]).is_err());
+    assert_eq!(e.len(), 1);
+    drop(e);
+    let e = M2m::open(dir.path().join("db")).unwrap();
+    assert_eq!(e.len(), 1);
+    assert!(e.contains(u64::MAX));
+}

@@ -331,7 +331,7 @@ impl M2m {
             Arc::make_mut(&mut engine.kappa).extend(kappa);
             Arc::make_mut(&mut engine.alpha).extend(alpha);
         }
-        engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m + 1);
+        engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m.saturating_add(1));
         let writer = db.is_some();
         engine.db = db;
         match engine.load_index(dir) {
@@ -437,7 +437,12 @@ impl M2m {
     pub fn add_splats(&mut self, vectors: &[f32]) -> Result<Vec<u64>> {
         let dim = self.config.dim;
         let n = vectors.len() / dim.max(1);
-        let ids: Vec<u64> = (self.next_id..self.next_id + n as u64).collect();
+        // Ids are assigned after the largest ever used; none is reused, so past u64::MAX there is none left.
+        let end = self.next_id.checked_add(n as u64).ok_or_else(|| Error::Config {
+            field: "ids",
+            reason: format!("no id is left to assign {n} rows after id {}", self.next_id.saturating_sub(1)),
+        })?;
+        let ids: Vec<u64> = (self.next_id..end).collect();
         self.add_splats_with(vectors, &ids, None, None)?;
         Ok(ids)
     }
@@ -480,7 +485,7 @@ impl M2m {
         };
         Arc::make_mut(&mut self.kappa).extend_from_slice(&self.set.kappa()[rows.clone()]);
         Arc::make_mut(&mut self.alpha).extend_from_slice(&self.set.alpha()[rows.clone()]);
-        self.next_id = self.next_id.max(ids.iter().max().map_or(0, |m| m + 1));
+        self.next_id = self.next_id.max(ids.iter().max().map_or(0, |m| m.saturating_add(1)));
         if let Some(index) = &mut self.index {
             let vectors = index_vectors(&self.set, rows.clone(), self.config.metric);
             index.insert(&vectors, &self.set.ids()[rows.clone()])?;
