@@ -36,6 +36,13 @@ impl<'a> Splats<'a> {
         Ok(Splats { dim, mu, kappa, alpha })
     }
 
+    /// Without the checks of [`Splats::new`], for parameters checked when they were stored (the
+    /// router's members). The shapes must agree: `mu` is `kappa.len()` rows of `dim`, as many alphas.
+    pub(crate) fn trusted(dim: usize, mu: &'a [f32], kappa: &'a [f32], alpha: &'a [f32]) -> Splats<'a> {
+        debug_assert!(mu.len() == kappa.len() * dim && alpha.len() == kappa.len() && !kappa.is_empty());
+        Splats { dim, mu, kappa, alpha }
+    }
+
     /// Dimension.
     pub fn dim(&self) -> usize {
         self.dim

@@ -40,6 +40,8 @@ use crate::{Error, Result, Splats};
 
 mod reduced;
 
+pub(crate) use reduced::OneScratch;
+
 /// Which dynamics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dynamics {
@@ -188,6 +190,58 @@ pub fn run(config: &LangevinConfig, groups: &mut [Group<'_>], seed: u64) -> Resu
         }
     });
     Ok(())
+}
+
+/// Runs one chain `x` (a unit row, updated in place) against its own `splats` with the reduced method:
+/// the data lake's case, one chain per seed, where the basis serves a single chain. The same law and,
+/// for the same `seed`, the same draws as [`run`] with [`Method::Reduced`] on one group of this one
+/// chain (the results agree up to float rounding), without the group's transposed copy of the splats.
+///
+/// Errors: a bad setting, dynamics or noise the reduced method does not simulate, `Method::Full`, as
+/// many splats as dimensions less one, or a chain row of another dimension, not finite or not unit.
+pub fn run_one(config: &LangevinConfig, splats: &Splats<'_>, x: &mut [f32], seed: u64) -> Result<()> {
+    config.validate()?;
+    check_len("chain", x.len(), splats.dim())?;
+    check_values("chain", x, false)?;
+    let n2 = kernels::dot(x, x);
+    if (n2 - 1.0).abs() > 1e-3 {
+        return Err(Error::Invalid { what: "chain norm^2", index: 0, value: f64::from(n2), reason: "must be unit" });
+    }
+    if !one_applies(config, splats.len(), splats.dim()) {
+        return Err(Error::Invalid {
+            what: "method",
+            index: 0,
+            value: splats.len() as f64,
+            reason: "one chain runs the reduced method: overdamped, Gaussian, not Full, splats + 1 < dim",
+        });
+    }
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed, 0, 0));
+    reduced::run_one(splats, config, x, &mut rng, &mut reduced::OneScratch::default());
+    Ok(())
+}
+
+/// Whether [`run_one`] applies: the reduced method is asked for or left to `Auto` (it is exact in law,
+/// and for one chain its basis costs less than the full steps), with overdamped dynamics, Gaussian
+/// noise, and at least one dimension off the splats' span.
+pub(crate) fn one_applies(config: &LangevinConfig, n: usize, dim: usize) -> bool {
+    config.method != Method::Full
+        && config.dynamics == Dynamics::Overdamped
+        && config.noise == Noise::Gaussian
+        && n + 1 < dim
+}
+
+/// Chain `c` of [`crate::Router::run_seeded`]: [`run_one`]'s step with chain `c`'s own generator (the
+/// one [`run`] gives group `c`), on trusted splats and reused buffers.
+pub(crate) fn run_one_chain(
+    config: &LangevinConfig,
+    splats: &Splats<'_>,
+    x: &mut [f32],
+    seed: u64,
+    c: u64,
+    scratch: &mut reduced::OneScratch,
+) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed, c, 0));
+    reduced::run_one(splats, config, x, &mut rng, scratch);
 }
 
 /// Whether a block of `chains` against `n` splats in `dim` dimensions runs the reduced method.

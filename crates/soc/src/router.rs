@@ -13,9 +13,11 @@
 use std::collections::HashMap;
 
 use m2m_index::{Index, Metric, kernels};
+use rayon::prelude::*;
 
 use crate::energy::Splats;
 use crate::error::{check_len, check_values};
+use crate::langevin::{LangevinConfig, OneScratch, one_applies, run_one_chain};
 use crate::{Error, Result, SiteGraph};
 
 /// The members of one fine cluster with their parameters.
@@ -219,6 +221,99 @@ impl Router {
         self.route(x, probes, max_splats)
     }
 
+    /// Langevin for chains seeded at splats (the data lake's generated rows): chain `c` (row `c` of
+    /// `x`, a unit vector, updated in place) runs against `seeds[c]` and its own neighbourhood (as
+    /// [`Router::route_seed`] routes it), by itself: [`crate::langevin::run_one`] with the generator
+    /// [`crate::langevin::run`] gives group `c`, so the result is that of `run` with one group per
+    /// chain, whatever the number of threads. Chains run in parallel, each reusing its thread's
+    /// buffers; nothing is copied but the neighbourhood's rows.
+    ///
+    /// Returns which chains ran. A chain whose seed is not routed or has no recorded neighbourhood,
+    /// and every chain when `config` asks for what the single-chain method does not simulate
+    /// (underdamped, Rademacher, `Method::Full`), is left as it was, for the caller to route otherwise.
+    ///
+    /// Errors: a bad setting, `x` not `seeds.len()` rows of `dim`, a row not finite or not unit.
+    pub fn run_seeded(&self, config: &LangevinConfig, x: &mut [f32], seeds: &[u64], seed: u64) -> Result<Vec<bool>> {
+        config.validate()?;
+        let dim = self.dim;
+        check_len("chains", x.len(), seeds.len() * dim)?;
+        check_values("chains", x, false)?;
+        if let Some((i, n)) =
+            x.chunks_exact(dim).map(|r| kernels::dot(r, r)).enumerate().find(|(_, n)| (n - 1.0).abs() > 1e-3)
+        {
+            return Err(Error::Invalid {
+                what: "chain norm^2",
+                index: i,
+                value: f64::from(n),
+                reason: "chains must be unit vectors",
+            });
+        }
+        if !one_applies(config, 1, dim) {
+            return Ok(vec![false; seeds.len()]);
+        }
+        // Blocks of chains run one after the other on a thread, each chain prefetching the next one's
+        // neighbourhood: its rows lie anywhere in memory, and fetching them is what a chain waits on.
+        const BLOCK: usize = 16;
+        let ran: Vec<Vec<bool>> = x
+            .par_chunks_mut(dim * BLOCK)
+            .zip(seeds.par_chunks(BLOCK))
+            .enumerate()
+            .map_init(SeededScratch::default, |scr, (b, (rows, ids))| {
+                self.prefetch_neighbourhood(ids[0]);
+                rows.chunks_exact_mut(dim)
+                    .zip(ids)
+                    .enumerate()
+                    .map(|(k, (row, &s))| {
+                        if let Some(&next) = ids.get(k + 1) {
+                            self.prefetch_neighbourhood(next);
+                        }
+                        if !self.gather_neighbourhood(s, scr) || !one_applies(config, scr.kappa.len(), dim) {
+                            return false;
+                        }
+                        let splats = Splats::trusted(dim, &scr.mu, &scr.kappa, &scr.alpha);
+                        run_one_chain(config, &splats, row, seed, (b * BLOCK + k) as u64, &mut scr.one);
+                        true
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(ran.concat())
+    }
+
+    /// Asks the CPU to bring the rows of `id`'s neighbourhood into cache (a hint; nothing on other
+    /// architectures).
+    fn prefetch_neighbourhood(&self, id: u64) {
+        let Some(nb) = self.neighbours.get(&id) else { return };
+        for n in std::iter::once(&id).chain(nb.iter()) {
+            if let Some(&(c, i)) = self.locate.get(n) {
+                let (m, i) = (&self.members[c as usize], i as usize);
+                prefetch(&m.mu[i * self.dim..(i + 1) * self.dim]);
+            }
+        }
+    }
+
+    /// The seed `id` and its neighbourhood (the splats [`Router::route_seed`] routes a chain seeded at
+    /// it to) into `scr`; false when `id` is not routed or has no neighbourhood.
+    fn gather_neighbourhood(&self, id: u64, scr: &mut SeededScratch) -> bool {
+        let (Some(_), Some(nb)) = (self.locate.get(&id), self.neighbours.get(&id)) else { return false };
+        scr.ids.clear();
+        scr.ids.push(id);
+        scr.ids.extend(nb.iter().copied().filter(|&n| n != id));
+        scr.ids.dedup();
+        scr.mu.clear();
+        scr.kappa.clear();
+        scr.alpha.clear();
+        for id in &scr.ids {
+            if let Some(&(c, i)) = self.locate.get(id) {
+                let (m, i) = (&self.members[c as usize], i as usize);
+                scr.mu.extend_from_slice(&m.mu[i * self.dim..(i + 1) * self.dim]);
+                scr.kappa.push(m.kappa[i]);
+                scr.alpha.push(m.alpha[i]);
+            }
+        }
+        true
+    }
+
     /// Dimension.
     pub fn dim(&self) -> usize {
         self.dim
@@ -313,4 +408,26 @@ impl Router {
         let r = self.route(x, probes, max_splats)?;
         crate::energy::energy(x, &r.splats()?)
     }
+}
+
+/// One thread's buffers for [`Router::run_seeded`].
+#[derive(Debug, Default)]
+struct SeededScratch {
+    ids: Vec<u64>,
+    mu: Vec<f32>,
+    kappa: Vec<f32>,
+    alpha: Vec<f32>,
+    one: OneScratch,
+}
+
+/// Prefetches the cache lines of `row` (a hint).
+#[inline]
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        // SAFETY: a prefetch is a hint that never faults, and the pointer is that of a live slice.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }

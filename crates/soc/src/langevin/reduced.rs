@@ -53,9 +53,15 @@ struct Basis {
 impl Basis {
     /// Inlined into the per-instruction-set bodies of `run_block`, so that its loops use their vectors.
     #[inline(always)]
-    fn new(mu: &[f32], mu_t: &[f32], n: usize) -> Basis {
-        let mut g32 = vec![0f32; n * n];
-        kernels::weighted_sums(mu, mu_t, n, &mut g32);
+    fn new(mu: &[f32], n: usize) -> Basis {
+        let (mut g32, mut tmp) = (Vec::new(), Vec::new());
+        gram(mu, n, &mut tmp, &mut g32);
+        Basis::from_gram(&g32, n)
+    }
+
+    /// The basis from the splats' Gram matrix `g32` (`n` x `n`, row-major; symmetrised here).
+    #[inline(always)]
+    fn from_gram(g32: &[f32], n: usize) -> Basis {
         let g = |i: usize, j: usize| 0.5 * (f64::from(g32[i * n + j]) + f64::from(g32[j * n + i]));
         let mut diag: Vec<f64> = (0..n).map(|j| g(j, j)).collect();
         let mut used = vec![false; n];
@@ -156,6 +162,28 @@ impl Basis {
     }
 }
 
+/// The Gram matrix M M^T of `n` rows `mu` into `out` (`n` x `n`): its upper triangle in blocks of 4
+/// rows (the register-blocked product), mirrored. One function for blocks and single chains, so that
+/// both factor the same bits and pick the same pivots (unit rows tie on the diagonal).
+#[inline(always)]
+fn gram(mu: &[f32], n: usize, tmp: &mut Vec<f32>, out: &mut Vec<f32>) {
+    let dim = mu.len() / n.max(1);
+    out.resize(n * n, 0.0);
+    tmp.resize(4 * n, 0.0);
+    for i0 in (0..n).step_by(4) {
+        let q = (n - i0).min(4);
+        let cols = n - i0;
+        kernels::dots_many(&mu[i0 * dim..(i0 + q) * dim], &mu[i0 * dim..], dim, &mut tmp[..q * cols]);
+        for a in 0..q {
+            for b in a..cols {
+                let v = tmp[a * cols + b];
+                out[(i0 + a) * n + i0 + b] = v;
+                out[(i0 + b) * n + i0 + a] = v;
+            }
+        }
+    }
+}
+
 /// Whether the reduced run costs less than the full one for a block of `chains` against `n` splats.
 pub(super) fn pays(config: &LangevinConfig, n: usize, dim: usize, chains: usize) -> bool {
     let (n, d, c, steps) = (n as f64, dim as f64, chains.max(1) as f64, config.steps as f64);
@@ -198,7 +226,7 @@ unsafe fn run_block_avx2(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f
 fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
     let (n, dim) = (k.splats.len(), k.splats.dim());
     let chains = x.len() / dim;
-    let basis = Basis::new(k.splats.mu(), &k.mu_t, n);
+    let basis = Basis::new(k.splats.mu(), n);
     let r = basis.rank();
     let rr = r + 1;
 
@@ -332,4 +360,197 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
         out.iter_mut().for_each(|v| *v *= inv);
     }
     x.copy_from_slice(&k.u[..x.len()]);
+}
+
+/// Reused buffers of [`run_one`]: a chain allocates only its basis.
+#[derive(Debug, Default)]
+pub(crate) struct OneScratch {
+    gram: Vec<f32>,
+    scores: Vec<f32>,
+    coef: Vec<f32>,
+    ln_alpha: Vec<f32>,
+    a: Vec<f32>,
+    u: Vec<f32>,
+    z: Vec<f32>,
+    start: Vec<f32>,
+    gathered: Vec<f32>,
+    h: Vec<f32>,
+    v: Vec<f32>,
+    y: Vec<f32>,
+    gauss: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// One chain `x` (a unit row, updated in place) against its own `splats`: the reduced method of
+/// [`run_block`] for a block of one chain, without the block's transposed copy of the splats. Its
+/// random draws are the block's, in the same order, so with the same generator it gives the block's
+/// result (up to float rounding). Needs `splats + 1 < dim`.
+pub(crate) fn run_one(
+    splats: &crate::Splats<'_>,
+    config: &LangevinConfig,
+    x: &mut [f32],
+    rng: &mut impl Rng,
+    scr: &mut OneScratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    match kernels::Isa::best() {
+        // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
+        kernels::Isa::Avx512 => return unsafe { run_one_avx512(splats, config, x, rng, scr) },
+        // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
+        kernels::Isa::Avx2 => return unsafe { run_one_avx2(splats, config, x, rng, scr) },
+        kernels::Isa::Scalar => {}
+    }
+    run_one_body(splats, config, x, rng, scr)
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn run_one_avx512(
+    splats: &crate::Splats<'_>,
+    config: &LangevinConfig,
+    x: &mut [f32],
+    rng: &mut impl Rng,
+    scr: &mut OneScratch,
+) {
+    run_one_body(splats, config, x, rng, scr)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_one_avx2(
+    splats: &crate::Splats<'_>,
+    config: &LangevinConfig,
+    x: &mut [f32],
+    rng: &mut impl Rng,
+    scr: &mut OneScratch,
+) {
+    run_one_body(splats, config, x, rng, scr)
+}
+
+/// `run_block_body` for one chain; the comments there apply.
+#[inline(always)]
+fn run_one_body(
+    splats: &crate::Splats<'_>,
+    config: &LangevinConfig,
+    x: &mut [f32],
+    rng: &mut impl Rng,
+    scr: &mut OneScratch,
+) {
+    let (n, dim, mu, kappa) = (splats.len(), splats.dim(), splats.mu(), splats.kappa());
+    gram(mu, n, &mut scr.h, &mut scr.gram);
+    let basis = Basis::from_gram(&scr.gram, n);
+    let r = basis.rank();
+    let rr = r + 1;
+    scr.ln_alpha.clear();
+    scr.ln_alpha.extend(splats.alpha().iter().map(|a| a.ln()));
+    scr.scores.resize(n, 0.0);
+    scr.coef.resize(n, 0.0);
+    // A chain started at its seed (the first splat, as the lake starts them) has the Gram's first row
+    // as its scores.
+    if x == &mu[..dim] {
+        scr.scores.copy_from_slice(&scr.gram[..n]);
+    } else {
+        kernels::dots(x, mu, &mut scr.scores);
+    }
+    scr.start.resize(r, 0.0);
+    basis.forward(&scr.scores, n, &mut scr.gathered, &mut scr.start);
+    let norm2 = kernels::dot(x, x);
+    let res = f64::from(norm2) - f64::from(kernels::dot(&scr.start, &scr.start));
+    let rho_x = if res > PIVOT_TOL * f64::from(norm2) { res.sqrt() as f32 } else { 0.0 };
+    let has_x = rho_x > 0.0;
+    scr.a.clear();
+    scr.a.extend_from_slice(&scr.start);
+    scr.a.push(rho_x);
+    let perp = dim - r - usize::from(has_x);
+    let chi = (perp >= 2).then(|| ChiSquared::new((perp - 1) as f32).expect("df >= 1 is valid"));
+
+    let eta = config.dt;
+    let s = (2.0 * eta * config.temperature).sqrt();
+    let mut rho = 0f32;
+    let mut dots = [0f32; 1];
+    scr.u.resize(rr, 0.0);
+    scr.z.resize(rr + 1, 0.0);
+    for step in 0..config.steps {
+        // The two small products of a step as loops here, where they vectorise with this body's
+        // instruction set (the library's are calls sized for blocks of chains).
+        if step > 0 {
+            for (sc, wj) in scr.scores.iter_mut().zip(basis.w.chunks_exact(rr)) {
+                *sc = wj.iter().zip(&scr.a).map(|(w, a)| w * a).sum();
+            }
+        }
+        softmax_coefficients(&scr.scores, &scr.ln_alpha, kappa, n, &mut scr.coef, &mut dots);
+        scr.u.fill(0.0);
+        for (&c, wj) in scr.coef.iter().zip(basis.w.chunks_exact(rr)) {
+            scr.u.iter_mut().zip(wj).for_each(|(u, &w)| *u += c * w);
+        }
+        if s > 0.0 {
+            fill_normal_generic(rng, &mut scr.z);
+        }
+        let zi = &mut scr.z;
+        if !has_x {
+            zi[r] = 0.0;
+        }
+        let (g, q) = if s > 0.0 {
+            let g = if perp >= 1 { zi[rr] } else { 0.0 };
+            (g, chi.as_ref().map_or(0.0, |d| d.sample(rng)))
+        } else {
+            (0.0, 0.0)
+        };
+        let ai = &mut scr.a;
+        let xi_dot = kernels::dot(&zi[..rr], ai) + g * rho;
+        let ux = dots[0];
+        for ((av, &uv), &zv) in ai.iter_mut().zip(&scr.u).zip(&zi[..rr]) {
+            let a0 = *av;
+            *av = a0 + eta * (uv - ux * a0) + s * (zv - xi_dot * a0);
+        }
+        let beta = 1.0 - eta * ux - s * xi_dot;
+        let rp = beta * rho + s * g;
+        let rho2 = rp * rp + s * s * q;
+        let inv = 1.0 / (kernels::dot(ai, ai) + rho2).sqrt();
+        ai.iter_mut().for_each(|v| *v *= inv);
+        rho = rho2.sqrt() * inv;
+    }
+
+    // The lift, as in `run_block_body`.
+    let lift_noise = rho > 0.0 && perp > 0;
+    scr.h.resize(r, 0.0);
+    scr.gauss.resize(dim, 0.0);
+    if lift_noise {
+        fill_normal_generic(rng, &mut scr.gauss);
+        kernels::dots(&scr.gauss, mu, &mut scr.scores);
+        basis.forward(&scr.scores, n, &mut scr.gathered, &mut scr.h);
+    }
+    scr.v.clear();
+    scr.v.extend_from_slice(&scr.a[..r]);
+    let mut vx = scr.a[r];
+    let mut t = 0.0;
+    if lift_noise {
+        let hx = if has_x { (kernels::dot(x, &scr.gauss) - kernels::dot(&scr.start, &scr.h)) / rho_x } else { 0.0 };
+        let g2 = kernels::dot(&scr.gauss, &scr.gauss);
+        let off = (g2 - kernels::dot(&scr.h, &scr.h) - hx * hx).max(1e-6 * g2);
+        t = rho / off.sqrt();
+        scr.v.iter_mut().zip(&scr.h).for_each(|(vv, hv)| *vv -= t * hv);
+        vx -= t * hx;
+    }
+    let cx = if has_x { vx / rho_x } else { 0.0 };
+    scr.v.iter_mut().zip(&scr.start).for_each(|(vv, lv)| *vv -= cx * lv);
+    scr.y.resize(r, 0.0);
+    basis.backward(&scr.v, &mut scr.y);
+    // Sum of the pivots' rows as axpys here, where they vectorise with this body's instruction set.
+    scr.out.clear();
+    scr.out.resize(dim, 0.0);
+    for (&p, &yv) in basis.pivots.iter().zip(&scr.y) {
+        scr.out.iter_mut().zip(&mu[p * dim..(p + 1) * dim]).for_each(|(o, &m)| *o += yv * m);
+    }
+    if t != 0.0 {
+        scr.out.iter_mut().zip(x.iter()).zip(&scr.gauss).for_each(|((o, &xv), &gv)| *o += cx * xv + t * gv);
+    } else {
+        scr.out.iter_mut().zip(x.iter()).for_each(|(o, &xv)| *o += cx * xv);
+    }
+    let inv = 1.0 / kernels::dot(&scr.out, &scr.out).sqrt();
+    x.iter_mut().zip(&scr.out).for_each(|(xv, o)| *xv = o * inv);
 }

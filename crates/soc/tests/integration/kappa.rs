@@ -80,11 +80,13 @@ fn the_estimator_recovers_a_known_concentration() {
         &KappaConfig { dimension: KappaDimension::Ambient, ..KappaConfig::default() },
     )
     .unwrap();
-    assert!(clipped.kappa.iter().all(|&v| (1.0..=50.0).contains(&v)));
+    assert!(clipped.kappa.iter().all(|&v| (2.0..=100.0).contains(&v)));
     assert_eq!(clipped.clipped_low + clipped.clipped_high, 0);
-    let tight = KappaConfig { dimension: KappaDimension::Ambient, max_kappa: 5.0, ..KappaConfig::default() };
+    // The bounds are per dimension of the sphere: 2.5 on S^2 (p - 1 = 2) clips at 5.
+    let tight = KappaConfig { dimension: KappaDimension::Ambient, max_kappa: 2.5, ..KappaConfig::default() };
     let clipped = kappa_from_neighbours(&mu, 3, &neighbours, k, &tight).unwrap();
     assert_eq!(clipped.clipped_high, 2 * n, "the kappa 15 and 40 clusters exceed 5");
+    assert!(clipped.kappa.iter().all(|&v| v <= 5.0 + 1e-4), "clipped at 2.5 x (p - 1) = 5");
 }
 
 /// Brute-force first and second nearest-neighbour chord distances.

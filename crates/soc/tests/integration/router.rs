@@ -1,10 +1,11 @@
 //! Routing through an index: the routed energy is an upper bound of the exact one and close to it,
-//! equal when every splat is routed, and routed groups drive Langevin chains.
+//! equal when every splat is routed, and routed groups drive Langevin chains; chains seeded at splats
+//! run alone against their neighbourhoods as `run` would run them.
 
 use m2m_index::{Index, IndexConfig};
 use m2m_soc::energy::energy;
 use m2m_soc::langevin::{Group, run};
-use m2m_soc::{LangevinConfig, Router, Splats};
+use m2m_soc::{Error, LangevinConfig, Method, Router, Splats};
 
 #[test]
 fn the_routed_energy_bounds_the_exact_one_and_stays_close() {
@@ -41,4 +42,78 @@ fn the_routed_energy_bounds_the_exact_one_and_stays_close() {
     for (q, b) in x.chunks_exact(64).zip(before) {
         assert!(energy(q, &all).unwrap() < b, "gradient descent lowers the energy");
     }
+}
+
+#[test]
+fn seeded_chains_run_alone_against_their_neighbourhood_as_run_would() {
+    // The lake's path: each chain against its seed and the seed's neighbours, by itself. It must give
+    // what `run` gives on one group per chain with the reduced method (same law and same draws: group
+    // c's generator), whatever the number of threads; chains without a neighbourhood are reported and
+    // left untouched. Catches a step or lift of the single-chain body that differs from the block's
+    // (a dropped chi-square or lift term moves the rows by far more than the 1e-4 tolerance), chains
+    // given another chain's generator, and a seed routed to the wrong splats.
+    let dim = 64;
+    let config = m2m_splat::DigitsConfig { rows: 600, queries: 0, dim, ..Default::default() };
+    let d = m2m_splat::digits_on_sphere(&config).unwrap();
+    let ids: Vec<u64> = (0..600).collect();
+    let index = Index::build(&IndexConfig::default().seed(2), dim, &d.base, &ids).unwrap();
+    let kappa: Vec<f32> = (0..600).map(|i| 20.0 + (i % 13) as f32).collect();
+    let alpha: Vec<f32> = (0..600).map(|i| 0.5 + (i % 5) as f32 * 0.25).collect();
+    let mut router = Router::new(&index, |id| Some((kappa[id as usize], alpha[id as usize]))).unwrap();
+    // Neighbourhoods: the 8 rows after each (any fixed choice; the router takes what it is given),
+    // for all rows but the last 100.
+    let with: Vec<u64> = (0..500).collect();
+    let nb: Vec<u64> = with.iter().flat_map(|&i| (1..=8).map(move |k| (i + k * 7) % 600)).collect();
+    router.set_neighbourhoods(&with, &nb, 8).unwrap();
+    let seeds: Vec<u64> = vec![3, 3, 17, 250, 499, 550, 42, 0];
+    let start: Vec<f32> =
+        seeds.iter().flat_map(|&s| d.base[s as usize * dim..(s as usize + 1) * dim].to_vec()).collect();
+    for method in [Method::Reduced, Method::Auto] {
+        let cfg = LangevinConfig { steps: 30, dt: 0.01, temperature: 0.05, method, ..LangevinConfig::default() };
+        let mut x = start.clone();
+        let ran = router.run_seeded(&cfg, &mut x, &seeds, 7).unwrap();
+        assert_eq!(ran, [true, true, true, true, true, false, true, true]);
+        assert_eq!(x[5 * dim..6 * dim], start[5 * dim..6 * dim], "a chain without a neighbourhood is untouched");
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let mut y = start.clone();
+        one_thread.install(|| router.run_seeded(&cfg, &mut y, &seeds, 7)).unwrap();
+        assert_eq!(x, y, "the same rows on one thread");
+        // `run`, one group per chain (group c = chain c), the reduced method.
+        let reduced = LangevinConfig { method: Method::Reduced, ..cfg };
+        let routed: Vec<_> = seeds
+            .iter()
+            .zip(start.chunks_exact(dim))
+            .map(|(&s, r)| router.route_seed(Some(s), r, 4, 9).unwrap())
+            .collect();
+        let mut z = start.clone();
+        let mut groups: Vec<Group<'_>> =
+            z.chunks_mut(dim).zip(&routed).map(|(x, r)| Group { x, splats: r.splats().unwrap() }).collect();
+        run(&reduced, &mut groups, 7).unwrap();
+        for c in [0usize, 1, 2, 3, 4, 6, 7] {
+            let (a, b) = (&x[c * dim..(c + 1) * dim], &z[c * dim..(c + 1) * dim]);
+            let gap = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(gap < 1e-4, "chain {c}: {gap}");
+            let moved: f32 = a.iter().zip(&start[c * dim..(c + 1) * dim]).map(|(p, q)| p * q).sum();
+            assert!(moved < 0.9999, "chain {c} moved (cosine to its start {moved})");
+        }
+        // Two chains of one seed draw independently.
+        assert_ne!(x[..dim], x[dim..2 * dim]);
+    }
+    // What the single-chain method does not simulate is left to the caller.
+    for cfg in [
+        LangevinConfig { dynamics: m2m_soc::Dynamics::Underdamped, ..LangevinConfig::default() },
+        LangevinConfig { method: Method::Full, ..LangevinConfig::default() },
+    ] {
+        let mut x = start.clone();
+        assert!(router.run_seeded(&cfg, &mut x, &seeds, 7).unwrap().iter().all(|r| !r));
+        assert_eq!(x, start);
+    }
+    // Bad input is refused with what is wrong.
+    let mut short = start[..dim].to_vec();
+    assert!(matches!(router.run_seeded(&LangevinConfig::default(), &mut short, &seeds, 7), Err(Error::Length { .. })));
+    let mut long = vec![0.5f32; 8 * dim];
+    assert!(matches!(
+        router.run_seeded(&LangevinConfig::default(), &mut long, &seeds, 7),
+        Err(Error::Invalid { what: "chain norm^2", .. })
+    ));
 }
