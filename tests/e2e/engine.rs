@@ -33,8 +33,10 @@ fn ingest_build_retrieve_generate_and_delete_in_memory() {
     let s = engine.stats();
     assert_eq!(s.splats, 4_000);
     assert!(s.fine_clusters.is_some() && s.coarse_clusters.is_some() && s.nprobe.is_some());
-    // Learned kappa: inside the range and not the constant 10.
-    assert!(s.kappa_min >= 1.0 && s.kappa_max <= 50.0 && s.kappa_max > s.kappa_min, "{s:?}");
+    // Learned kappa: inside the range (per dimension of the fit's sphere) and not the constant 10.
+    let p = engine.kappa_fit().unwrap().sphere_dimension;
+    let (lo, hi) = ((p - 1.0) as f32, (50.0 * (p - 1.0)) as f32);
+    assert!(s.kappa_min >= lo * 0.999 && s.kappa_max <= hi * 1.001 && s.kappa_max > s.kappa_min, "{s:?}");
 
     // Recall against exact search, measured: LOD 2 is calibrated for 0.95.
     let r2 = recall(&engine, &d.queries, Lod::Rerank);

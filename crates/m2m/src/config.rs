@@ -95,15 +95,21 @@ pub struct M2mConfig {
     pub init_kappa: f32,
     /// Alpha of splats added without one. Default 1 (original).
     pub init_alpha: f32,
-    /// Smallest learned kappa. Default 1 (original).
+    /// Smallest learned kappa per dimension of the fit's sphere: learned kappa is clipped below at
+    /// `min_kappa` x (p - 1), p the sphere dimension of the fit (see `m2m_soc::kappa`). Default 1 (the
+    /// original's bound, on the circle p = 2).
     pub min_kappa: f32,
-    /// Largest learned kappa. Default 50 (original).
+    /// Largest learned kappa per dimension of the fit's sphere: clipped above at `max_kappa` x (p - 1).
+    /// Default 50 (the original's bound, on the circle p = 2).
     pub max_kappa: f32,
     /// Whether `build_index` estimates kappa and alpha from each splat's neighbours. Default true.
     pub learn_kappa: bool,
     /// Langevin steps of `generate`. Default 200 (original).
     pub langevin_steps: usize,
-    /// Langevin step size. Default 0.001 (original).
+    /// Langevin step size, for kernels of concentration `init_kappa`. Default 0.001 (original). When
+    /// kappa is learned, the step applied is this times `init_kappa` / (mean learned kappa), so that a
+    /// step moves a chain the same share of its kernel's relaxation time (1 / (2 kappa)) whatever the
+    /// data's dimension.
     pub langevin_dt: f32,
     /// Friction of underdamped Langevin. Default 0.1 (original).
     pub langevin_gamma: f32,

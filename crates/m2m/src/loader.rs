@@ -93,8 +93,9 @@ pub struct DataLoaderConfig {
     /// Temperature of generated samples, relative to the model (see `M2mConfig::temperature`).
     /// Default `None`: the engine's.
     pub temperature: Option<f32>,
-    /// Langevin step size of generated samples. Default `Some(0.004)` (see `generate_steps`); `None`
-    /// uses the engine's `langevin_dt`.
+    /// Langevin step size of generated samples, scaled like the engine's `langevin_dt` (relative to
+    /// kernels of `init_kappa`). Default `Some(0.004)` (see `generate_steps`); `None` uses the
+    /// engine's `langevin_dt`.
     pub step_size: Option<f32>,
     /// Dynamics of generated samples. Default `None`: the engine's `langevin_dynamics`.
     pub dynamics: Option<LangevinDynamics>,

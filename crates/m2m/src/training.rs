@@ -340,15 +340,31 @@ impl M2m {
         self.kappa_fit
     }
 
-    /// The Langevin settings of the engine, with its temperature scaled to the ambient dimension
-    /// ([`m2m_soc::kappa::ambient_temperature`]) when kappa was fitted on a lower-dimensional sphere.
+    /// The Langevin settings of the engine, relative to the fitted model when kappa was learned: the
+    /// temperature scaled to the ambient dimension ([`m2m_soc::kappa::ambient_temperature`]), and the
+    /// step scaled by `init_kappa` / (mean learned kappa).
+    ///
+    /// Why the step: a kernel of concentration kappa pulls a chain back at rate 2 kappa, so a step dt
+    /// moves it 2 kappa dt of the kernel's relaxation time, and the explicit scheme is unstable beyond
+    /// about 1. The step sizes are given for kernels of `init_kappa` (the kappa every splat has until
+    /// kappa is learned); learned kappa grows with the fit's sphere dimension, kappa ~ (p - 1) / (4 (1 -
+    /// r)): a mean of 14 for 3,000 digits (p ~ 2.7) but ~800 for 10,000 (p ~ 60), where an unscaled
+    /// step of 0.004 is 6 relaxation times and chains leave their neighbourhood. Scaled, a step moves a
+    /// chain the same share of its kernel's relaxation time whatever the dimension and the data.
     pub(crate) fn langevin_config(&self, steps: usize, overrides: &LangevinOverrides) -> LangevinConfig {
         let t = overrides.temperature.unwrap_or(self.config.temperature);
         let scale =
             self.kappa_fit.map_or(1.0, |f| m2m_soc::kappa::ambient_temperature(f.sphere_dimension, self.config.dim));
+        let mean_kappa =
+            self.soc.as_ref().map(|c| c.router.kappa_sums().iter().sum::<f64>() / c.router.len().max(1) as f64);
+        let dt_scale = match (self.kappa_fit, mean_kappa) {
+            (Some(_), Some(k)) if k > 0.0 => f64::from(self.config.init_kappa) / k,
+            _ => 1.0,
+        };
+        let dt = f64::from(overrides.step_size.unwrap_or(self.config.langevin_dt)) * dt_scale;
         LangevinConfig {
             steps,
-            dt: overrides.step_size.unwrap_or(self.config.langevin_dt),
+            dt: (dt as f32).clamp(f32::MIN_POSITIVE, 1.0),
             gamma: self.config.langevin_gamma,
             temperature: (f64::from(t) * scale) as f32,
             dynamics: overrides.dynamics.unwrap_or(self.config.langevin_dynamics).into(),
@@ -457,8 +473,12 @@ fn site_pairs(old: &Router, new: &Router, ids: &[u64]) -> Vec<(u32, u32)> {
 
 /// Langevin on unit rows `x`, each chain routed by its own neighbourhood: a chain seeded at a splat
 /// (`seeds[c]`) runs against that splat and its neighbours from the kappa fit; any other chain
-/// against the largest terms of its 4 nearest clusters. Chains with the same seed share a group (and
-/// its splats); all groups run in parallel.
+/// against the largest terms of its 4 nearest clusters.
+///
+/// Seeded chains run one by one in parallel ([`Router::run_seeded`]: one basis per chain, no group to
+/// stage, buffers reused per thread), which is what keeps the data lake fast with one generated row
+/// per real one; the rest (no neighbourhood, or dynamics the single-chain method does not simulate)
+/// are grouped by seed, each group sharing its routed splats, and the groups run in parallel.
 pub(crate) fn run_routed(
     router: &Router,
     config: &LangevinConfig,
@@ -469,10 +489,14 @@ pub(crate) fn run_routed(
 ) -> Result<()> {
     let chains = x.len() / dim;
     let seeds = seeds.filter(|s| s.len() == chains);
-    // Chains grouped by seed (deterministic order: first appearance).
+    let done = match seeds {
+        Some(s) => router.run_seeded(config, x, s, seed)?,
+        None => vec![false; chains],
+    };
+    // The other chains grouped by seed (deterministic order: first appearance).
     let mut group_of: HashMap<u64, usize> = HashMap::new();
     let mut members: Vec<Vec<usize>> = Vec::new();
-    for c in 0..chains {
+    for c in (0..chains).filter(|&c| !done[c]) {
         match seeds {
             Some(s) => {
                 let g = *group_of.entry(s[c]).or_insert_with(|| {
@@ -483,6 +507,9 @@ pub(crate) fn run_routed(
             }
             None => members.push(vec![c]),
         }
+    }
+    if members.is_empty() {
+        return Ok(());
     }
     let mut staged: Vec<(Vec<f32>, m2m_soc::Routed)> = Vec::with_capacity(members.len());
     for m in &members {
