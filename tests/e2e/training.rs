@@ -89,7 +89,7 @@ fn fidelity_holds_where_the_fit_sees_many_dimensions_and_the_clip_share_follows_
 
     // The step applied literally (undoing the scaling by init_kappa / mean kappa).
     let mean = f64::from(engine.stats().kappa_mean);
-    let literal = DataLoaderConfig { step_size: Some((0.004 * mean / 10.0) as f32), ..cfg.clone() };
+    let literal = DataLoaderConfig { step_size: Some((0.016 * mean / 10.0).min(1.0) as f32), ..cfg.clone() };
     let wrong = measure(&engine, &literal);
     assert!(wrong.in_band < 0.5, "{wrong:?} vs {f:?}");
 

@@ -121,7 +121,7 @@ pub(crate) enum Command {
         /// Temperature of generated rows, relative to the model (default: the engine's).
         #[arg(long)]
         temperature: Option<f32>,
-        /// Langevin step size (default: the data lake's, 0.004).
+        /// Langevin step size (default: the data lake's, 0.016).
         #[arg(long)]
         step_size: Option<f32>,
         /// Langevin dynamics (default: the engine's).

@@ -95,12 +95,11 @@ pub struct M2mConfig {
     pub init_kappa: f32,
     /// Alpha of splats added without one. Default 1 (original).
     pub init_alpha: f32,
-    /// Smallest learned kappa per dimension of the fit's sphere: learned kappa is clipped below at
-    /// `min_kappa` x (p - 1), p the sphere dimension of the fit (see `m2m_soc::kappa`). Default 1 (the
-    /// original's bound, on the circle p = 2).
+    /// Smallest learned kappa. Default 1 (original).
     pub min_kappa: f32,
-    /// Largest learned kappa per dimension of the fit's sphere: clipped above at `max_kappa` x (p - 1).
-    /// Default 50 (the original's bound, on the circle p = 2).
+    /// Largest learned kappa per dimension of the fit's sphere: learned kappa is clipped above at
+    /// `max_kappa` x (p - 1), p the sphere dimension of the fit (see `m2m_soc::kappa`). Default 50
+    /// (the original's bound, as on the circle p = 2).
     pub max_kappa: f32,
     /// Whether `build_index` estimates kappa and alpha from each splat's neighbours. Default true.
     pub learn_kappa: bool,

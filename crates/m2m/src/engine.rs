@@ -700,7 +700,7 @@ impl M2m {
         let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "generate" })?;
         let steps = if steps == 0 { self.config.langevin_steps } else { steps };
         let config = self.langevin_config(steps, &LangevinOverrides::default());
-        run_routed(&ctl.router, &config, &mut x, dim, self.config.seed, ids)?;
+        run_routed(&ctl.router, &config, &mut x, dim, self.config.seed, ids, self.step_kappa())?;
         Ok(x)
     }
 

@@ -355,12 +355,7 @@ impl M2m {
         let t = overrides.temperature.unwrap_or(self.config.temperature);
         let scale =
             self.kappa_fit.map_or(1.0, |f| m2m_soc::kappa::ambient_temperature(f.sphere_dimension, self.config.dim));
-        let mean_kappa =
-            self.soc.as_ref().map(|c| c.router.kappa_sums().iter().sum::<f64>() / c.router.len().max(1) as f64);
-        let dt_scale = match (self.kappa_fit, mean_kappa) {
-            (Some(_), Some(k)) if k > 0.0 => f64::from(self.config.init_kappa) / k,
-            _ => 1.0,
-        };
+        let dt_scale = self.step_kappa().map_or(1.0, |k| f64::from(self.config.init_kappa) / f64::from(k));
         let dt = f64::from(overrides.step_size.unwrap_or(self.config.langevin_dt)) * dt_scale;
         LangevinConfig {
             steps,
@@ -370,6 +365,17 @@ impl M2m {
             dynamics: overrides.dynamics.unwrap_or(self.config.langevin_dynamics).into(),
             ..LangevinConfig::default()
         }
+    }
+
+    /// The mean learned kappa (none without learned kappa): the step of [`langevin_config`] is scaled
+    /// by `init_kappa` / this, and a seeded chain's by this / its seed's kappa ([`run_routed`]), so
+    /// that each chain moves the same share of its own seed kernel's relaxation time.
+    ///
+    /// [`langevin_config`]: Self::langevin_config
+    pub(crate) fn step_kappa(&self) -> Option<f32> {
+        let ctl = self.soc.as_ref().filter(|_| self.kappa_fit.is_some())?;
+        let mean = ctl.router.kappa_sums().iter().sum::<f64>() / ctl.router.len().max(1) as f64;
+        (mean > 0.0 && mean.is_finite()).then_some(mean as f32)
     }
 
     /// Fidelity of generated rows `generated` (unit rows, `dim` each) to their seeds `seeds` (ids of
@@ -476,8 +482,8 @@ fn site_pairs(old: &Router, new: &Router, ids: &[u64]) -> Vec<(u32, u32)> {
 /// against the largest terms of its 4 nearest clusters.
 ///
 /// Seeded chains run one by one in parallel ([`Router::run_seeded`]: one basis per chain, no group to
-/// stage, buffers reused per thread), which is what keeps the data lake fast with one generated row
-/// per real one; the rest (no neighbourhood, or dynamics the single-chain method does not simulate)
+/// stage, buffers reused per thread), with `step_kappa` (the mean kappa [`M2m::step_kappa`], against
+/// which `config.dt` was scaled) making each chain's step relative to its own seed's kappa; the rest (no neighbourhood, or dynamics the single-chain method does not simulate)
 /// are grouped by seed, each group sharing its routed splats, and the groups run in parallel.
 pub(crate) fn run_routed(
     router: &Router,
@@ -486,11 +492,12 @@ pub(crate) fn run_routed(
     dim: usize,
     seed: u64,
     seeds: Option<&[u64]>,
+    step_kappa: Option<f32>,
 ) -> Result<()> {
     let chains = x.len() / dim;
     let seeds = seeds.filter(|s| s.len() == chains);
     let done = match seeds {
-        Some(s) => router.run_seeded(config, x, s, seed)?,
+        Some(s) => router.run_seeded(config, x, s, seed, step_kappa)?,
         None => vec![false; chains],
     };
     // The other chains grouped by seed (deterministic order: first appearance).

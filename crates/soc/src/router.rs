@@ -228,13 +228,28 @@ impl Router {
     /// chain, whatever the number of threads. Chains run in parallel, each reusing its thread's
     /// buffers; nothing is copied but the neighbourhood's rows.
     ///
+    /// With `step_kappa`, chain `c`'s step is `config.dt` x `step_kappa` / (kappa of `seeds[c]`): the
+    /// step is given for a kernel of concentration `step_kappa`, and every chain moves the same share of
+    /// its own seed kernel's relaxation time (1 / (2 kappa)), so its distance from the seed is measured
+    /// against its own neighbourhood's spread (1 - r ~ (p - 1) / (4 kappa)) whatever that spread is.
+    ///
     /// Returns which chains ran. A chain whose seed is not routed or has no recorded neighbourhood,
     /// and every chain when `config` asks for what the single-chain method does not simulate
     /// (underdamped, Rademacher, `Method::Full`), is left as it was, for the caller to route otherwise.
     ///
     /// Errors: a bad setting, `x` not `seeds.len()` rows of `dim`, a row not finite or not unit.
-    pub fn run_seeded(&self, config: &LangevinConfig, x: &mut [f32], seeds: &[u64], seed: u64) -> Result<Vec<bool>> {
+    pub fn run_seeded(
+        &self,
+        config: &LangevinConfig,
+        x: &mut [f32],
+        seeds: &[u64],
+        seed: u64,
+        step_kappa: Option<f32>,
+    ) -> Result<Vec<bool>> {
         config.validate()?;
+        if let Some(k) = step_kappa.filter(|k| !(k.is_finite() && *k > 0.0)) {
+            return Err(Error::Invalid { what: "step_kappa", index: 0, value: f64::from(k), reason: "must be > 0" });
+        }
         let dim = self.dim;
         check_len("chains", x.len(), seeds.len() * dim)?;
         check_values("chains", x, false)?;
@@ -271,7 +286,14 @@ impl Router {
                             return false;
                         }
                         let splats = Splats::trusted(dim, &scr.mu, &scr.kappa, &scr.alpha);
-                        run_one_chain(config, &splats, row, seed, (b * BLOCK + k) as u64, &mut scr.one);
+                        // The seed is the first splat gathered; its step stays in (0, 1].
+                        let cfg = match step_kappa {
+                            Some(sk) => {
+                                LangevinConfig { dt: (config.dt * sk / scr.kappa[0]).clamp(1e-9, 1.0), ..*config }
+                            }
+                            None => *config,
+                        };
+                        run_one_chain(&cfg, &splats, row, seed, (b * BLOCK + k) as u64, &mut scr.one);
                         true
                     })
                     .collect()

@@ -80,7 +80,7 @@ fn the_estimator_recovers_a_known_concentration() {
         &KappaConfig { dimension: KappaDimension::Ambient, ..KappaConfig::default() },
     )
     .unwrap();
-    assert!(clipped.kappa.iter().all(|&v| (2.0..=100.0).contains(&v)));
+    assert!(clipped.kappa.iter().all(|&v| (1.0..=100.0).contains(&v)));
     assert_eq!(clipped.clipped_low + clipped.clipped_high, 0);
     // The bounds are per dimension of the sphere: 2.5 on S^2 (p - 1 = 2) clips at 5.
     let tight = KappaConfig { dimension: KappaDimension::Ambient, max_kappa: 2.5, ..KappaConfig::default() };

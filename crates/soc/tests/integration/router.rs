@@ -71,12 +71,12 @@ fn seeded_chains_run_alone_against_their_neighbourhood_as_run_would() {
     for method in [Method::Reduced, Method::Auto] {
         let cfg = LangevinConfig { steps: 30, dt: 0.01, temperature: 0.05, method, ..LangevinConfig::default() };
         let mut x = start.clone();
-        let ran = router.run_seeded(&cfg, &mut x, &seeds, 7).unwrap();
+        let ran = router.run_seeded(&cfg, &mut x, &seeds, 7, None).unwrap();
         assert_eq!(ran, [true, true, true, true, true, false, true, true]);
         assert_eq!(x[5 * dim..6 * dim], start[5 * dim..6 * dim], "a chain without a neighbourhood is untouched");
         let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         let mut y = start.clone();
-        one_thread.install(|| router.run_seeded(&cfg, &mut y, &seeds, 7)).unwrap();
+        one_thread.install(|| router.run_seeded(&cfg, &mut y, &seeds, 7, None)).unwrap();
         assert_eq!(x, y, "the same rows on one thread");
         // `run`, one group per chain (group c = chain c), the reduced method.
         let reduced = LangevinConfig { method: Method::Reduced, ..cfg };
@@ -98,22 +98,47 @@ fn seeded_chains_run_alone_against_their_neighbourhood_as_run_would() {
         }
         // Two chains of one seed draw independently.
         assert_ne!(x[..dim], x[dim..2 * dim]);
+        // Steps relative to each seed's kappa: chain c runs as `run` with dt x 10 / kappa(seed c).
+        let mut w = start.clone();
+        router.run_seeded(&cfg, &mut w, &seeds, 7, Some(10.0)).unwrap();
+        for c in [0usize, 2, 3, 6] {
+            let own = LangevinConfig { dt: reduced.dt * 10.0 / kappa[seeds[c] as usize], ..reduced };
+            let mut groups: Vec<Group<'_>> = Vec::new();
+            let mut z = start.clone();
+            for (i, (x, r)) in z.chunks_mut(dim).zip(&routed).enumerate() {
+                // Every group keeps its generator (group i); only chain c's is compared.
+                let _ = i;
+                groups.push(Group { x, splats: r.splats().unwrap() });
+            }
+            run(&own, &mut groups, 7).unwrap();
+            let (a, b) = (&w[c * dim..(c + 1) * dim], &z[c * dim..(c + 1) * dim]);
+            let gap = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(gap < 1e-4, "chain {c} with its own step: {gap}");
+        }
+        assert_ne!(w, x, "a relative step changes the rows");
     }
+    assert!(matches!(
+        router.run_seeded(&LangevinConfig::default(), &mut start.clone(), &seeds, 7, Some(0.0)),
+        Err(Error::Invalid { what: "step_kappa", .. })
+    ));
     // What the single-chain method does not simulate is left to the caller.
     for cfg in [
         LangevinConfig { dynamics: m2m_soc::Dynamics::Underdamped, ..LangevinConfig::default() },
         LangevinConfig { method: Method::Full, ..LangevinConfig::default() },
     ] {
         let mut x = start.clone();
-        assert!(router.run_seeded(&cfg, &mut x, &seeds, 7).unwrap().iter().all(|r| !r));
+        assert!(router.run_seeded(&cfg, &mut x, &seeds, 7, None).unwrap().iter().all(|r| !r));
         assert_eq!(x, start);
     }
     // Bad input is refused with what is wrong.
     let mut short = start[..dim].to_vec();
-    assert!(matches!(router.run_seeded(&LangevinConfig::default(), &mut short, &seeds, 7), Err(Error::Length { .. })));
+    assert!(matches!(
+        router.run_seeded(&LangevinConfig::default(), &mut short, &seeds, 7, None),
+        Err(Error::Length { .. })
+    ));
     let mut long = vec![0.5f32; 8 * dim];
     assert!(matches!(
-        router.run_seeded(&LangevinConfig::default(), &mut long, &seeds, 7),
+        router.run_seeded(&LangevinConfig::default(), &mut long, &seeds, 7, None),
         Err(Error::Invalid { what: "chain norm^2", .. })
     ));
 }
