@@ -51,7 +51,7 @@ _DEVICES = {"cpu": "cpu", "vulkan": "vulkan", "gpu": "vulkan", "auto": "auto"}
 
 class M2MConfig:
     """Settings of an engine. Every field left out takes the Rust default: dim 640, metric "cosine",
-    init_kappa 10, init_alpha 1, kappa 1..50 per dimension of the fit's sphere (times p - 1),
+    init_kappa 10, init_alpha 1, kappa 1..50 x (p - 1) (p: the fit's sphere dimension),
     learn_kappa True, Langevin 200 steps of dt 0.001 (scaled by init_kappa / mean learned kappa),
     gamma 0.1, temperature 1, device "cpu", warm budget 1 GiB, hot budget 256 MiB, data_dir None (in
     memory), durable True, seed 42. Metric and device names are case-insensitive ("cosine", "Cosine",
