@@ -30,14 +30,16 @@
 //!   package carries both licence files and the README (in CI).
 //! * `cargo xtask portability [--strict]`: `cargo check --workspace --target T` for aarch64 Linux,
 //!   x86-64 macOS and x86-64 Windows (GNU), each whose standard library is installed (`rustup target
-//!   add T`); the others are named (with `--strict`, an error). In CI, without `--strict`.
+//!   add T`); the others are named (with `--strict`, an error). In CI, without `--strict`. With
+//!   `--run-aarch64` (not in CI) it then runs m2m-index's tests for aarch64 under qemu-user, once on a
+//!   CPU model with the dot-product extension and once on one without, so both NEON code paths run.
 //! * `cargo xtask msrv`: `cargo +RUST_VERSION check --workspace --all-targets` with the root manifest's
 //!   rust-version (not in CI: it is the toolchain CI builds with).
 //! * `cargo xtask python [--matrix]`: the wheel and its pytest suite (and mypy --strict over the
 //!   package); `--matrix` repeats the suite on the oldest and newest numpy the wheel supports (not in
 //!   CI: it downloads and installs numpy twice).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
-//!   [--threads 1] [--isa scalar|avx2|avx512] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists
+//!   [--threads 1] [--isa scalar|avx2|avx512|neon] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists
 //!   every option; the ISA that ran is printed).
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool reports to its terminal")]
@@ -73,13 +75,17 @@ fn main() -> Result<()> {
             devrun::fill(&root, &to)
         }
         Some("package") => release::package(),
-        Some("portability") => release::portability(args.get(1).map(String::as_str) == Some("--strict")),
+        Some("portability") => {
+            let flag = |f: &str| args[1..].iter().any(|a| a == f);
+            release::portability(flag("--strict"))?;
+            if flag("--run-aarch64") { release::run_aarch64_tests() } else { Ok(()) }
+        }
         Some("msrv") => release::msrv(),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose().context("SECONDS must be a number")?),
         Some("torture") => torture::torture(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!(
-                "usage: cargo xtask <ci | shaders | python [--matrix] | package | portability [--strict] | msrv | fuzz [SECONDS] | torture [--minutes N] [--seed S] | gpu-devrun [DIR] | bench [criterion args...] | bench search --base B --queries Q ...>"
+                "usage: cargo xtask <ci | shaders | python [--matrix] | package | portability [--strict] [--run-aarch64] | msrv | fuzz [SECONDS] | torture [--minutes N] [--seed S] | gpu-devrun [DIR] | bench [criterion args...] | bench search --base B --queries Q ...>"
             );
             Ok(())
         }

@@ -82,6 +82,44 @@ pub(crate) fn portability(strict: bool) -> Result<()> {
     Ok(())
 }
 
+/// The aarch64 target, built and run under emulation by [`run_aarch64_tests`].
+const AARCH64: &str = "aarch64-unknown-linux-gnu";
+
+/// `cargo test -p m2m-index --target aarch64-unknown-linux-gnu` run by qemu-user, twice: on qemu's `max`
+/// CPU model (NEON with the dot-product extension, so the `sdot` code kernels run) and on `cortex-a57`
+/// (Armv8.0: NEON only, so the fallback runs). Emulated, so it checks results, never speed. Needs the
+/// target's standard library, `aarch64-linux-gnu-gcc` (installed here as root when missing) and
+/// `qemu-aarch64` (package qemu-user; asked for, not installed).
+pub(crate) fn run_aarch64_tests() -> Result<()> {
+    if !has_target(AARCH64) {
+        bail!("run-aarch64: the {AARCH64} standard library is not installed (rustup target add {AARCH64})");
+    }
+    crate::gpu::ensure_debian_packages(
+        &[("gcc-aarch64-linux-gnu", "/usr/bin/aarch64-linux-gnu-gcc")],
+        "the aarch64 test run",
+    )?;
+    if Command::new("qemu-aarch64").arg("--version").output().is_err() {
+        bail!("run-aarch64: qemu-aarch64 is not installed (apt-get install -y qemu-user)");
+    }
+    for cpu in ["max", "cortex-a57"] {
+        let args = ["test", "-p", "m2m-index", "--locked", "--target", AARCH64];
+        println!("\n==> QEMU_CPU={cpu} cargo {}", args.join(" "));
+        let start = std::time::Instant::now();
+        let status = Command::new("cargo")
+            .args(args)
+            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER", "aarch64-linux-gnu-gcc")
+            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER", "qemu-aarch64 -L /usr/aarch64-linux-gnu")
+            .env("QEMU_CPU", cpu)
+            .status()
+            .context("cannot start cargo")?;
+        println!("==> aarch64 tests on qemu CPU {cpu} took {:.1} s", start.elapsed().as_secs_f64());
+        if !status.success() {
+            bail!("m2m-index tests for {AARCH64} under qemu (CPU {cpu}) failed with {status}");
+        }
+    }
+    Ok(())
+}
+
 /// `cargo +RUST_VERSION check --workspace`, the declared minimum toolchain (rust-version of the root
 /// manifest), when that toolchain is installed.
 pub(crate) fn msrv() -> Result<()> {

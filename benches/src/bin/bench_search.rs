@@ -1,5 +1,5 @@
 //! The retrieval benchmark of m2m-index: `cargo xtask bench search --base B --queries Q [--truth T]
-//! [--metric cosine|ip|l2] [--k 10] [--threads 1] [--isa scalar|avx2|avx512] [--json OUT]`.
+//! [--metric cosine|ip|l2] [--k 10] [--threads 1] [--isa scalar|avx2|avx512|neon] [--json OUT]`.
 //!
 //! Builds the index (reporting build seconds), then sweeps LOD 0, LOD 1 and LOD 2 over their settings plus
 //! exact search, and reports for each point recall@k against the truth (computed exactly when no truth
@@ -74,7 +74,7 @@ struct Args {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Force the kernels' instruction set (scalar, avx2, avx512) for the build and the searches, as
+    /// Force the kernels' instruction set (scalar, avx2, avx512, neon) for the build and the searches, as
     /// `M2M_ISA` does; one this CPU lacks is refused. Default: `M2M_ISA`, else the best detected.
     #[arg(long)]
     isa: Option<String>,

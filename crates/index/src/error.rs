@@ -64,8 +64,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// An instruction-set name that is not `scalar`, `avx2` or `avx512` (from `M2M_ISA` or [`crate::kernels::Isa::parse`]).
-    #[error("unknown instruction set {name:?} (M2M_ISA takes scalar, avx2 or avx512)")]
+    /// An instruction-set name that is not `scalar`, `avx2`, `avx512` or `neon` (from `M2M_ISA` or
+    /// [`crate::kernels::Isa::parse`]).
+    #[error("unknown instruction set {name:?} (M2M_ISA takes scalar, avx2, avx512 or neon)")]
     UnknownIsa {
         /// The name given.
         name: String,

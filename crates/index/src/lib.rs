@@ -10,8 +10,9 @@
 //! * [`Lod::Exact`]: an exhaustive scan, blocked over queries in batches.
 //!
 //! The distance kernels ([`kernels`]) dispatch at run time to AVX-512 (with VNNI for the codes),
-//! AVX2+FMA or portable code; `M2M_ISA=scalar|avx2|avx512` or [`Index::set_isa`] forces one. The index does no file IO: [`IndexParts`] serialises with serde so that
-//! m2m-tier can persist it.
+//! AVX2+FMA, aarch64 NEON (with `sdot` for the codes where present) or portable code;
+//! `M2M_ISA=scalar|avx2|avx512|neon` or [`Index::set_isa`] forces one. The index does no file IO:
+//! [`IndexParts`] serialises with serde so that m2m-tier can persist it.
 //!
 //! ```
 //! use m2m_index::{Index, IndexConfig, Lod, SearchParams};

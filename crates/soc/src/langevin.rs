@@ -351,7 +351,9 @@ impl<'s> Kernel<'s> {
             kernels::Isa::Avx512 => return unsafe { self.run_avx512(cfg, x, rng) },
             // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
             kernels::Isa::Avx2 => return unsafe { self.run_avx2(cfg, x, rng) },
-            kernels::Isa::Scalar => {}
+            // Scalar runs the portable body below. Neon is never returned on x86-64; on aarch64 this
+            // match is compiled out and the portable body is built with NEON, baseline there.
+            kernels::Isa::Scalar | kernels::Isa::Neon => {}
         }
         self.run_body(cfg, x, rng)
     }

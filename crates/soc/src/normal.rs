@@ -16,7 +16,9 @@ pub fn fill_normal(rng: &mut impl Rng, out: &mut [f32]) {
         m2m_index::kernels::Isa::Avx512 => return unsafe { fill_normal_avx512(rng, out) },
         // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
         m2m_index::kernels::Isa::Avx2 => return unsafe { fill_normal_avx2(rng, out) },
-        m2m_index::kernels::Isa::Scalar => {}
+        // Scalar runs the portable body below. Neon is never returned on x86-64; on aarch64 this
+        // match is compiled out and the portable body is built with NEON, baseline there.
+        m2m_index::kernels::Isa::Scalar | m2m_index::kernels::Isa::Neon => {}
     }
     fill_normal_generic(rng, out)
 }

@@ -3,7 +3,8 @@
 //! that score SQ8 and SQ4 codes.
 //!
 //! One module per instruction set: `scalar` (auto-vectorisable `chunks_exact` loops, the reference),
-//! `avx2` (AVX2 + FMA) and `avx512` (F, BW and VNNI; BF16 where present), behind the dispatch in this
+//! `avx2` (AVX2 + FMA), `avx512` (F, BW and VNNI; BF16 where present) and `neon` (aarch64; the
+//! dot-product extension `sdot` for the code kernels where present), behind the dispatch in this
 //! file. [`Isa::best`] is chosen once: the detected best, or what `M2M_ISA` ([`ISA_ENV`]) forces. The
 //! `*_with` functions take an explicit [`Isa`] so tests and benchmarks can compare every variant against
 //! the scalar one and an f64 reference. Forcing an instruction set the CPU lacks is refused with a typed
@@ -22,9 +23,12 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F + BW + VNNI (x86-64 since Ice Lake / Zen 4).
     Avx512,
+    /// aarch64 NEON (every aarch64 CPU); the SQ8 and SQ4 code kernels use the dot-product extension
+    /// (`sdot`) where the CPU has it and a NEON-only form where it does not.
+    Neon,
 }
 
-/// The environment variable that forces an instruction set: `scalar`, `avx2` or `avx512`.
+/// The environment variable that forces an instruction set: `scalar`, `avx2`, `avx512` or `neon`.
 pub const ISA_ENV: &str = "M2M_ISA";
 
 impl Isa {
@@ -34,16 +38,18 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
 
-    /// Parses an instruction-set name (`scalar`, `avx2`, `avx512`, any case) and checks that this CPU can
+    /// Parses an instruction-set name (`scalar`, `avx2`, `avx512`, `neon`, any case) and checks that this CPU can
     /// run it: naming one it lacks is an error, never a silent fallback.
     pub fn parse(name: &str) -> crate::Result<Isa> {
         let isa = match name.trim().to_ascii_lowercase().as_str() {
             "scalar" => Isa::Scalar,
             "avx2" => Isa::Avx2,
             "avx512" => Isa::Avx512,
+            "neon" => Isa::Neon,
             other => {
                 return Err(crate::Error::UnknownIsa { name: other.to_string() });
             }
@@ -76,7 +82,9 @@ impl Isa {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            // The instruction sets of other architectures.
             _ => false,
         }
     }
@@ -84,8 +92,9 @@ impl Isa {
     /// The fastest instruction set this CPU has, ignoring [`ISA_ENV`]; detected once.
     pub fn detected() -> Isa {
         static DETECTED: OnceLock<Isa> = OnceLock::new();
-        *DETECTED
-            .get_or_init(|| [Isa::Avx512, Isa::Avx2].into_iter().find(|isa| isa.is_available()).unwrap_or(Isa::Scalar))
+        *DETECTED.get_or_init(|| {
+            [Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().find(|isa| isa.is_available()).unwrap_or(Isa::Scalar)
+        })
     }
 
     /// What [`ISA_ENV`] asks for, read once: `Ok(None)` when it is unset or empty, an error when it names an
@@ -112,7 +121,7 @@ impl Isa {
 
     /// Every instruction set this CPU can run, scalar first.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.is_available()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().filter(|i| i.is_available()).collect()
     }
 
     /// `self` if the CPU has it, otherwise scalar. The `*_with` kernels go through this so that no input
@@ -155,14 +164,16 @@ pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
 /// [`dot`] on a chosen instruction set.
 pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     match isa.checked() {
-        Isa::Scalar => scalar::dot(a, b),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx2 only because the CPU has AVX2 and FMA.
         Isa::Avx2 => unsafe { avx2::dot_avx2(a, b) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx512 only because the CPU has AVX-512 F, BW and VNNI.
         Isa::Avx512 => unsafe { avx512::dot_avx512(a, b) },
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `checked` returned Neon only because the CPU has NEON.
+        Isa::Neon => unsafe { neon::dot_neon(a, b) },
+        // Scalar, and the instruction sets of other architectures (which `checked` never returns).
         _ => scalar::dot(a, b),
     }
 }
@@ -170,21 +181,23 @@ pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 /// [`l2_sq`] on a chosen instruction set.
 pub fn l2_sq_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     match isa.checked() {
-        Isa::Scalar => scalar::l2_sq(a, b),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx2 only because the CPU has AVX2 and FMA.
         Isa::Avx2 => unsafe { avx2::l2_sq_avx2(a, b) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx512 only because the CPU has AVX-512 F, BW and VNNI.
         Isa::Avx512 => unsafe { avx512::l2_sq_avx512(a, b) },
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `checked` returned Neon only because the CPU has NEON.
+        Isa::Neon => unsafe { neon::l2_sq_neon(a, b) },
+        // Scalar, and the instruction sets of other architectures (which `checked` never returns).
         _ => scalar::l2_sq(a, b),
     }
 }
 
 /// `out[i] = dot(query, rows[i*dim..(i+1)*dim])` for `dim = query.len()`; rows beyond `out.len()` are
 /// ignored, and missing rows leave their `out` entries untouched. The AVX-512 version scores four rows per
-/// step with one combined reduction, the AVX2 one eight.
+/// step with one combined reduction, the AVX2 and NEON ones eight.
 pub fn dots_with(isa: Isa, query: &[f32], rows: &[f32], out: &mut [f32]) {
     let dim = query.len();
     if dim == 0 {
@@ -202,6 +215,13 @@ pub fn dots_with(isa: Isa, query: &[f32], rows: &[f32], out: &mut [f32]) {
             // rows of `dim` and `out[..n]` holds one score per row.
             unsafe { avx2::dots_many_avx2(query, &rows[..n * dim], dim, &mut out[..n]) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            let n = out.len().min(rows.len() / dim);
+            // SAFETY: `checked` returned Neon only on a CPU with NEON; `rows[..n * dim]` is whole rows of
+            // `dim` and `out[..n]` holds one score per row.
+            unsafe { neon::dots_many_neon(query, &rows[..n * dim], dim, &mut out[..n]) }
+        }
         isa => {
             for (o, row) in out.iter_mut().zip(rows.chunks_exact(dim)) {
                 *o = dot_with(isa, query, row);
@@ -217,9 +237,9 @@ pub fn dots(query: &[f32], rows: &[f32], out: &mut [f32]) {
 }
 
 /// Scores of many queries against many rows: `out[q * n_rows + r] = dot(queries[q], rows[r])`, where
-/// `n_rows = rows.len() / dim`. The AVX-512 version computes 4 x 4 blocks in registers, the AVX2 one 2 x 4,
-/// loading each row chunk once for several queries: the inner loop of exhaustive search and of k-means
-/// assignment.
+/// `n_rows = rows.len() / dim`. The AVX-512 version computes 4 x 4 blocks in registers, the AVX2 one 2 x 4
+/// and the NEON one 4 x 4 (of 4 lanes), loading each row chunk once for several queries: the inner loop
+/// of exhaustive search and of k-means assignment.
 ///
 /// `queries.len()` and `rows.len()` must be multiples of `dim`, and `out.len() >= n_queries * n_rows`;
 /// otherwise nothing is written.
@@ -238,6 +258,9 @@ pub fn dots_many_with(isa: Isa, queries: &[f32], rows: &[f32], dim: usize, out: 
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx2 only on a CPU with AVX2 and FMA; lengths checked above.
         Isa::Avx2 => unsafe { avx2::dots_many_avx2(queries, rows, dim, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `checked` returned Neon only on a CPU with NEON; lengths checked above.
+        Isa::Neon => unsafe { neon::dots_many_neon(queries, rows, dim, out) },
         isa => {
             for (q, o) in queries.chunks_exact(dim).zip(out.chunks_exact_mut(nr)) {
                 dots_with(isa, q, rows, o);
@@ -254,17 +277,19 @@ pub fn dots_many(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
 
 /// Integer dot product of unsigned 8-bit codes and a signed 8-bit query over their common prefix.
 ///
-/// Sums are exact in i32 for lengths up to 66,000 (255 * 128 * 66,000 < 2^31).
+/// Sums are exact in i32 for lengths up to 65,000 (255 * 128 * 65,000 < 2^31).
 pub fn sq8_dot_with(isa: Isa, codes: &[u8], query: &[i8]) -> i32 {
     match isa.checked() {
-        Isa::Scalar => scalar::sq8_dot(codes, query),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx2 only because the CPU has AVX2.
         Isa::Avx2 => unsafe { avx2::sq8_dot_avx2(codes, query) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx512 only because the CPU has AVX-512 F, BW and VNNI.
         Isa::Avx512 => unsafe { avx512::sq8_dot_avx512(codes, query) },
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `checked` returned Neon only because the CPU has NEON, and `sdot` is used only where
+        // `has_dotprod` detected it.
+        Isa::Neon => unsafe { neon::sq8_dot(codes, query, neon::has_dotprod()) },
         _ => scalar::sq8_dot(codes, query),
     }
 }
@@ -279,6 +304,10 @@ pub fn sq8_dots_with(isa: Isa, query: &[i8], codes: &[u8], stride: usize, out: &
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx512 only on a CPU with AVX-512 F, BW and VNNI.
         Isa::Avx512 => unsafe { avx512::sq8_dots_avx512(query, codes, stride, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `checked` returned Neon only on a CPU with NEON; `sdot` only where `has_dotprod`
+        // detected it; `stride >= query.len()` checked above.
+        Isa::Neon => unsafe { neon::sq8_dots(query, codes, stride, out, neon::has_dotprod()) },
         isa => {
             for (o, row) in out.iter_mut().zip(codes.chunks_exact(stride)) {
                 *o = sq8_dot_with(isa, row, query);
@@ -313,6 +342,9 @@ pub fn dots_t16_with(isa: Isa, query: &[f32], block: &[f32], out: &mut [f32; T16
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx2 only on a CPU with AVX2 and FMA; length checked above.
         Isa::Avx2 => unsafe { avx2::dots_t16_avx2(query, block, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `checked` returned Neon only on a CPU with NEON; length checked above.
+        Isa::Neon => unsafe { neon::dots_t16_neon(query, block, out) },
         _ => scalar::dots_t16(query, block, out),
     }
 }
@@ -380,6 +412,10 @@ pub fn sq4_dots_with(isa: Isa, query: &[i8], codes: &[u8], stride: usize, out: &
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `checked` returned Avx2 only on a CPU with AVX2 and FMA; shapes checked above.
         Isa::Avx2 => unsafe { avx2::sq4_dots_avx2(query, codes, stride, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `checked` returned Neon only on a CPU with NEON; `sdot` only where `has_dotprod`
+        // detected it; shapes checked above.
+        Isa::Neon => unsafe { neon::sq4_dots(query, codes, stride, out, neon::has_dotprod()) },
         _ => {
             for (o, row) in out.iter_mut().zip(codes.chunks_exact(stride)) {
                 *o = scalar::sq4_dot(row, query);
@@ -501,6 +537,8 @@ pub fn weighted_sums(coef: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 
 #[cfg(test)]

@@ -243,7 +243,7 @@ fn sq4_extreme_codes_do_not_overflow_the_i16_sums() {
 
 #[test]
 fn isa_names_round_trip_and_missing_isas_are_refused() {
-    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
         match Isa::parse(&isa.name().to_uppercase()) {
             Ok(parsed) => assert!(parsed == isa && isa.is_available()),
             Err(crate::Error::IsaUnavailable { isa: name, available }) => {
@@ -257,6 +257,100 @@ fn isa_names_round_trip_and_missing_isas_are_refused() {
     assert!(matches!(Isa::parse("avx3"), Err(crate::Error::UnknownIsa { .. })));
     assert!(Isa::best().is_available());
     assert!(Isa::detected().is_available());
+    // Each architecture's sets are available only on it: NEON is baseline on aarch64 and absent
+    // elsewhere, and the x86 sets never exist on aarch64.
+    assert_eq!(Isa::Neon.is_available(), cfg!(target_arch = "aarch64"));
+    if cfg!(target_arch = "aarch64") {
+        assert_eq!(Isa::detected(), Isa::Neon);
+        assert!(!Isa::Avx2.is_available() && !Isa::Avx512.is_available());
+    } else {
+        match Isa::parse("neon") {
+            Err(crate::Error::IsaUnavailable { isa: "neon", available }) => assert!(!available.contains("neon")),
+            other => panic!("neon on a CPU without it: {other:?}"),
+        }
+    }
+}
+
+/// The NEON code kernels with and without the dot-product extension, forced, against the scalar
+/// reference: the dispatch only ever runs one of the two on a given CPU.
+#[cfg(target_arch = "aarch64")]
+mod neon_forced {
+    use super::super::neon;
+    use super::*;
+
+    /// The `sdot` forms where this CPU has the extension, the NEON-only forms always.
+    fn forms() -> Vec<bool> {
+        if neon::has_dotprod() { vec![false, true] } else { vec![false] }
+    }
+
+    proptest! {
+        #[test]
+        fn sq8_forms_are_exact(n in 0usize..300, pad in 0usize..40, rows in 0usize..6, seed in any::<u64>()) {
+            use rand::{RngExt, SeedableRng, rngs::StdRng};
+            let mut rng = StdRng::seed_from_u64(seed);
+            let stride = (n + pad).max(1);
+            let q: Vec<i8> = (0..n).map(|_| rng.random()).collect();
+            let codes: Vec<u8> = (0..rows * stride).map(|_| rng.random()).collect();
+            for dotprod in forms() {
+                let mut out = vec![i32::MIN; rows];
+                // SAFETY: NEON is baseline on aarch64; `sdot` only where detected; stride >= q.len().
+                unsafe { neon::sq8_dots(&q, &codes, stride, &mut out, dotprod) };
+                for (r, &o) in out.iter().enumerate() {
+                    let row = &codes[r * stride..][..n];
+                    prop_assert_eq!(o, scalar::sq8_dot(row, &q), "dotprod {} row {}", dotprod, r);
+                    // SAFETY: as above.
+                    prop_assert_eq!(unsafe { neon::sq8_dot(row, &q, dotprod) }, o, "dotprod {}", dotprod);
+                }
+            }
+        }
+
+        #[test]
+        fn sq4_forms_are_exact(dim in 1usize..400, rows in 0usize..10, seed in any::<u64>()) {
+            use rand::{RngExt, SeedableRng, rngs::StdRng};
+            let mut rng = StdRng::seed_from_u64(seed);
+            let stride = sq4_stride(dim);
+            let mut packed = vec![0u8; rows * stride];
+            for r in 0..rows {
+                let c: Vec<u8> = (0..dim).map(|_| rng.random_range(0u8..16)).collect();
+                sq4_pack(&c, &mut packed[r * stride..][..stride]);
+            }
+            let mut q = vec![0i8; 2 * stride];
+            for v in q.iter_mut().take(dim) {
+                *v = rng.random();
+            }
+            for dotprod in forms() {
+                let mut out = vec![i32::MIN; rows];
+                // SAFETY: NEON is baseline on aarch64; `sdot` only where detected; shapes from sq4_stride.
+                unsafe { neon::sq4_dots(&q, &packed, stride, &mut out, dotprod) };
+                for (r, &o) in out.iter().enumerate() {
+                    prop_assert_eq!(o, scalar::sq4_dot(&packed[r * stride..][..stride], &q), "dotprod {} row {}", dotprod, r);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_codes_are_exact_in_both_forms() {
+        // 255 x -128 (SQ8) and 15 x -128 over three SQ4 groups: the largest magnitudes each form sums.
+        let dim = 384;
+        let (codes, q8) = (vec![255u8; dim], vec![-128i8; dim]);
+        let stride = sq4_stride(dim);
+        let mut row = vec![0u8; stride];
+        sq4_pack(&vec![15u8; dim], &mut row);
+        let rows: Vec<u8> = row.iter().copied().cycle().take(5 * stride).collect();
+        for qv in [-128i8, 127] {
+            let q4 = vec![qv; 2 * stride];
+            for dotprod in forms() {
+                // SAFETY: NEON is baseline on aarch64; `sdot` only where detected.
+                unsafe {
+                    assert_eq!(neon::sq8_dot(&codes, &q8, dotprod), -255 * 128 * dim as i32, "dotprod {dotprod}");
+                    let mut out = [0i32; 5];
+                    neon::sq4_dots(&q4, &rows, stride, &mut out, dotprod);
+                    assert_eq!(out, [15 * i32::from(qv) * dim as i32; 5], "dotprod {dotprod} q {qv}");
+                }
+            }
+        }
+    }
 }
 
 #[test]

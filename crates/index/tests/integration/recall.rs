@@ -309,7 +309,7 @@ fn every_available_isa_returns_the_same_hits_and_a_missing_one_is_refused() {
             }
         }
     }
-    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
         let mut index = base.clone();
         let before = index.isa();
         match index.set_isa(isa) {

@@ -201,7 +201,9 @@ pub(super) fn run_block(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f3
         kernels::Isa::Avx512 => return unsafe { run_block_avx512(k, config, x, rng) },
         // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
         kernels::Isa::Avx2 => return unsafe { run_block_avx2(k, config, x, rng) },
-        kernels::Isa::Scalar => {}
+        // Scalar runs the portable body below. Neon is never returned on x86-64; on aarch64 this
+        // match is compiled out and the portable body is built with NEON, baseline there.
+        kernels::Isa::Scalar | kernels::Isa::Neon => {}
     }
     run_block_body(k, config, x, rng)
 }
