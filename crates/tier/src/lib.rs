@@ -10,7 +10,12 @@
 //!   [`LOCK_PATIENCE`].
 //! * [`write_segment`] / [`Segment`]: immutable column files, written atomically and memory-mapped for
 //!   reading after every header field and column checksum is validated.
-//! * [`Manifest`]: the live segments and log with a generation number, replaced atomically.
+//! * [`Manifest`]: the live segments and log (and the stored index's files) with a generation number,
+//!   replaced atomically.
+//! * [`SectionWriter`] / [`SectionFile`]: files of named typed sections, written streaming (no size cap
+//!   short of the disk) and memory-mapped after a cheap header and table check; every section's checksum
+//!   is checked on request. The facade stores its index in them ([`Db::index_writer`],
+//!   [`Db::commit_index`]).
 //! * [`Db`]: a database directory tying them together: ingest through the log, `delete`, `flush` to
 //!   segments, `compact` (dropping deleted rows), crash-safe ordering of every step, and [`Snapshot`]s
 //!   that readers keep while it changes.
@@ -54,6 +59,7 @@ mod lock;
 mod manifest;
 mod owned;
 mod prefetch;
+mod sections;
 mod segment;
 mod wal;
 mod warm;
@@ -168,6 +174,9 @@ pub use hot::{HotBytes, HotCache, HotKey, HotStats, HotStorage, HotTier, RamHot,
 pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch, PrefetchStats};
+pub use sections::{
+    MappedF32, SECTIONS_HEADER, SECTIONS_MAGIC, SECTIONS_VERSION, SectionEntry, SectionFile, SectionKind, SectionWriter,
+};
 pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
 pub use wal::{Durability, LogCheck, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
 pub use warm::{BlockKey, BlockStore, DEFAULT_BLOCK_ROWS, MEMTABLE, WarmStats};
