@@ -11,7 +11,8 @@
 //!
 //! The distance kernels ([`kernels`]) dispatch at run time to AVX-512 (with VNNI for the codes),
 //! AVX2+FMA or portable code; `M2M_ISA=scalar|avx2|avx512` or [`Index::set_isa`] forces one. The index does no file IO: [`IndexParts`] serialises with serde so that
-//! m2m-tier can persist it.
+//! m2m-tier can persist it, and an index can read its full vectors from rows it does not own
+//! ([`ColdRows`]: a memory-mapped file in the facade) instead of holding them in RAM.
 //!
 //! ```
 //! use m2m_index::{Index, IndexConfig, Lod, SearchParams};
@@ -25,6 +26,7 @@
 //! # Ok::<(), m2m_index::Error>(())
 //! ```
 
+mod cold;
 mod error;
 mod index;
 pub mod kernels;
@@ -33,6 +35,7 @@ mod topk;
 mod validate;
 mod view;
 
+pub use cold::ColdRows;
 pub use error::{Error, Result};
 pub use index::{Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};
 pub use m2m_splat::Metric;
