@@ -334,7 +334,7 @@ impl M2m {
         engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m.saturating_add(1));
         let writer = db.is_some();
         engine.db = db;
-        match engine.load_index(dir) {
+        match engine.load_index(dir, snap) {
             // The writer opens to add splats or to build: a damaged index must not block the commands that
             // replace it. It is reported and left out (stale); readers get the error.
             Err(e @ Error::Tier(m2m_tier::Error::Corrupt { .. } | m2m_tier::Error::IncompatibleVersion { .. }))
@@ -358,25 +358,34 @@ impl M2m {
     }
 
     /// Loads the stored index when it covers exactly the splats now live (splats added or deleted since
-    /// the build make it stale: then `build_index` is needed again).
-    fn load_index(&mut self, dir: &Path) -> Result<()> {
-        if !dir.join(INDEX_BLOB).exists() {
-            return Ok(());
+    /// the build make it stale: then `build_index` is needed again): the one in the tier's section files
+    /// that the manifest names (hot part into RAM, vectors mapped), or else a legacy `m2m-index.blob` of an
+    /// older build, read whole (the next build replaces it with section files and removes it).
+    fn load_index(&mut self, dir: &Path, snap: &m2m_tier::Snapshot) -> Result<()> {
+        if let Some(e) = &snap.index_error {
+            return Err(crate::stored::damage(dir, e));
         }
-        let bytes = m2m_tier::load_blob(dir, INDEX_BLOB)?;
-        let path = dir.join(INDEX_BLOB);
-        let stored: StoredIndex =
-            postcard::from_bytes(&bytes).map_err(|e| crate::validate::corrupt(&path, e.to_string()))?;
-        crate::validate::learned(&path, &stored.ids, &stored.kappa, &stored.alpha)?;
-        if !same_ids(self.set.ids(), &stored.ids) {
-            tracing::info!(
-                "m2m: the stored index is stale ({} splats then, {} now); build_index to rebuild",
-                stored.ids.len(),
-                self.set.len()
-            );
+        let (index, stored) = if !snap.index.is_empty() {
+            let (index, learned) = crate::stored::load(&snap.index, &self.config)?;
+            if !same_ids(self.set.ids(), &learned.ids) {
+                self.stale(learned.ids.len());
+                return Ok(());
+            }
+            (index, learned)
+        } else if dir.join(INDEX_BLOB).exists() {
+            let bytes = m2m_tier::load_blob(dir, INDEX_BLOB)?;
+            let path = dir.join(INDEX_BLOB);
+            let stored: StoredIndex =
+                postcard::from_bytes(&bytes).map_err(|e| crate::validate::corrupt(&path, e.to_string()))?;
+            crate::validate::learned(&path, &stored.ids, &stored.kappa, &stored.alpha)?;
+            if !same_ids(self.set.ids(), &stored.ids) {
+                self.stale(stored.ids.len());
+                return Ok(());
+            }
+            crate::validate::stored_index(&path, stored, &self.config)?
+        } else {
             return Ok(());
-        }
-        let (index, stored) = crate::validate::stored_index(&path, stored, &self.config)?;
+        };
         let (mut kappa, mut alpha) = (self.kappa.to_vec(), self.alpha.to_vec());
         for (i, id) in stored.ids.iter().enumerate() {
             if let Some(r) = self.set.row_of(*id) {
@@ -391,6 +400,13 @@ impl M2m {
         self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
         self.start_controller(neighbours.as_ref())?;
         self.restore_pile(dir)
+    }
+
+    fn stale(&self, then: usize) {
+        tracing::info!(
+            "m2m: the stored index is stale ({then} splats then, {} now); build_index to rebuild",
+            self.set.len()
+        );
     }
 
     /// The settings.
@@ -524,7 +540,7 @@ impl M2m {
             n_coarse,
             ..IndexConfig::default()
         };
-        let index = Index::build(&cfg, self.config.dim, &vectors, &ids)?;
+        let mut index = Index::build(&cfg, self.config.dim, &vectors, &ids)?;
         let mut neighbours = None;
         if self.config.learn_kappa && self.config.metric == Metric::Cosine && ids.len() >= 64 {
             let kc = KappaConfig {
@@ -547,19 +563,18 @@ impl M2m {
             neighbours = Some(StoredNeighbours { fit, ids: ids.clone(), k: NEIGHBOURS as u32, neighbours: nb });
         }
         self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
-        if let Some(dir) = self.config.data_dir.clone().filter(|_| !self.read_only) {
-            let stored = StoredIndex {
-                parts: index.parts().clone(),
-                ids: ids.clone(),
-                kappa: self.kappa.to_vec(),
-                alpha: self.alpha.to_vec(),
-            };
+        if let (Some(dir), Some(db)) = (self.config.data_dir.clone(), self.db.as_mut()) {
             let learned = Learned { ids: ids.clone(), kappa: self.kappa.to_vec(), alpha: self.alpha.to_vec() };
             let serialise =
                 |e: postcard::Error| Error::Config { field: "index", reason: format!("does not serialise: {e}") };
-            // The learned values first: they match any index blob built on the same rows.
+            // The learned values first: they match any index built on the same rows.
             m2m_tier::store_blob(&dir, LEARNED_BLOB, &postcard::to_allocvec(&learned).map_err(serialise)?)?;
-            m2m_tier::store_blob(&dir, INDEX_BLOB, &postcard::to_allocvec(&stored).map_err(serialise)?)?;
+            // The index in the tier's section files, streamed, committed by one manifest store; then the
+            // index reads its vectors from the mapped file and drops its RAM copies.
+            let files = crate::stored::write(db, &index, &learned)?;
+            db.commit_index(&files)?;
+            m2m_tier::remove_blob(&dir, INDEX_BLOB)?;
+            index.attach_cold(crate::stored::cold_rows(&db.snapshot().index)?)?;
             if let Some(nb) = &neighbours {
                 m2m_tier::store_blob(&dir, NEIGHBOURS_BLOB, &postcard::to_allocvec(nb).map_err(serialise)?)?;
             }
