@@ -419,3 +419,46 @@ fn a_reopened_engine_serves_rows_added_and_deleted_since_its_build_without_a_reb
     // Ids 3 and 4 were among the 1,500 deleted already; 2,100 and 2,700 are not.
     assert_eq!(writer.index().unwrap().len(), 3_000 - 1_500 - 2);
 }
+
+/// Catches: a compaction that keeps deleted ids blocked, one that does not store the index again (the
+/// reopened index would serve a re-added id with the vector it had before its delete), and rows added
+/// since the build lost from the stored index.
+#[test]
+fn after_compact_a_deleted_id_is_added_again_with_its_new_vector_and_survives_a_reopen() {
+    let d = digits(1_200, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut e = M2m::create(M2mConfig { durable: false, ..M2mConfig::default().dim(DIM).data_dir(&path) }).unwrap();
+    e.add_splats(&d.base[..1_000 * DIM]).unwrap();
+    e.build_index().unwrap();
+    e.add_splats(&d.base[1_000 * DIM..1_100 * DIM]).unwrap();
+    e.delete(&[1, 2]).unwrap();
+    let old = d.base[DIM..2 * DIM].to_vec();
+    let new = d.base[1_150 * DIM..1_151 * DIM].to_vec();
+    assert!(e.add_splats_with(&new, &[1], None, None).is_err(), "a deleted id is refused before compaction");
+    e.compact().unwrap();
+    assert_eq!(e.stats().deleted, 0);
+    e.add_splats_with(&new, &[1], None, None).unwrap();
+    let check = |e: &M2m, label: &str| {
+        assert_eq!(e.len(), 1_099, "{label}");
+        let hit = e.retrieve(&new, 1, Lod::Rerank).unwrap()[0];
+        assert!(hit.id == 1 && hit.score > 0.999, "{label}: {hit:?}");
+        let hit = e.retrieve(&old, 1, Lod::Exact).unwrap()[0];
+        assert!(!(hit.id == 1 && hit.score > 0.999), "{label}: the old vector of id 1 is served");
+        assert!(e.retrieve(&d.base[1_050 * DIM..1_051 * DIM], 1, Lod::Rerank).unwrap()[0].id == 1_050, "{label}");
+        assert!(e.index().is_some_and(|i| i.len() == 1_099), "{label}");
+    };
+    check(&e, "after compact");
+    drop(e);
+    check(&M2m::open(&path).unwrap(), "reopened");
+    check(&M2m::open_read_only(&path).unwrap(), "read-only");
+    // In memory: the same rule.
+    let mut m = create_m2m(M2mConfig::default().dim(DIM)).unwrap();
+    m.add_splats(&d.base[..300 * DIM]).unwrap();
+    m.build_index().unwrap();
+    m.delete(&[7]).unwrap();
+    assert!(m.add_splats_with(&new, &[7], None, None).is_err());
+    m.compact().unwrap();
+    m.add_splats_with(&new, &[7], None, None).unwrap();
+    assert_eq!(m.retrieve(&new, 1, Lod::Exact).unwrap()[0].id, 7);
+}

@@ -808,6 +808,42 @@ impl M2m {
         Ok(present.len())
     }
 
+    /// Compacts the engine: the index as it is now (with the rows added and deleted since its build) is
+    /// stored again and read from its new files, the database's segments are merged without the deleted
+    /// rows, and those rows leave RAM. Afterwards a deleted id may be added again. With a data directory
+    /// the index is stored first: a crash before the merge leaves the deleted ids refused (the
+    /// database's tombstones) and absent from the stored index, so a stored index never holds a vector
+    /// that an id had before it was deleted and added again. In memory only the RAM part applies.
+    pub fn compact(&mut self) -> Result<()> {
+        self.refuse_if_read_only("compact")?;
+        if let (Some(dir), Some(db), Some(index)) =
+            (self.config.data_dir.clone(), self.db.as_mut(), self.index.as_mut())
+        {
+            let live: Vec<usize> =
+                (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect();
+            let learned = Learned {
+                ids: live.iter().map(|&r| self.set.ids()[r]).collect(),
+                kappa: live.iter().map(|&r| self.kappa[r]).collect(),
+                alpha: live.iter().map(|&r| self.alpha[r]).collect(),
+            };
+            let serialise =
+                |e: postcard::Error| Error::Config { field: "index", reason: format!("does not serialise: {e}") };
+            m2m_tier::store_blob(&dir, LEARNED_BLOB, &postcard::to_allocvec(&learned).map_err(serialise)?)?;
+            let files = crate::stored::write(db, index, &learned)?;
+            db.commit_index(&files)?;
+            m2m_tier::remove_blob(&dir, INDEX_BLOB)?;
+            index.attach_cold(crate::stored::cold_rows(&db.snapshot().index)?)?;
+            self.gpu.invalidate();
+        }
+        if let Some(db) = &mut self.db {
+            db.compact()?;
+        }
+        if !self.deleted.is_empty() {
+            self.compact_rows()?;
+        }
+        self.save_pile()
+    }
+
     /// Writes the splats added since the last flush into a segment (a no-op in memory).
     pub fn flush(&mut self) -> Result<()> {
         self.refuse_if_read_only("flush")?;
