@@ -90,6 +90,7 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Info { db } => info(cli, db),
         Command::Verify { db } => verify(cli, db),
         Command::Repair { db } => repair(cli, db),
+        Command::Compact { db } => compact(cli, db),
         Command::Bench { base, queries, k } => bench(cli, base, queries, *k),
     }
 }
@@ -357,6 +358,18 @@ fn report_ingest(cli: &Cli, engine: &mut M2m, done: Ingested) -> Result<ExitCode
 /// An id above every id the engine holds.
 fn next_free_id(engine: &M2m) -> u64 {
     engine.stats_max_id().map_or(0, |m| m + 1)
+}
+
+fn compact(cli: &Cli, db: &Path) -> Result<ExitCode> {
+    let mut engine = open(db)?;
+    engine.compact().with_context(|| format!("{}", db.display()))?;
+    let s = engine.stats();
+    if cli.json {
+        say!("{}", json!({ "splats": s.splats, "segments": s.segments }));
+    } else {
+        say!("compacted: {} splats in {} segments", s.splats, s.segments);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn build(cli: &Cli, db: &Path, n_fine: Option<usize>, n_coarse: Option<usize>) -> Result<ExitCode> {

@@ -419,3 +419,28 @@ fn one_vocabulary_lod_names_search_parameters_metric_and_stats() {
     assert_eq!(built["fine_clusters"], stats["fine_clusters"]);
     assert_eq!(info["metric"], "cosine");
 }
+
+/// Catches: `m2m compact` that does not merge the segments or leaves deleted ids blocked, or that loses
+/// the index (verify must still find it, current, after the compaction).
+#[test]
+fn compact_merges_segments_and_frees_deleted_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = digits(dir.path(), 400, 16);
+    let db = dir.path().join("db");
+    let d = db.display().to_string();
+    assert!(m2m(&["ingest", &d, &a]).status.success());
+    assert!(m2m(&["build", &d]).status.success());
+    {
+        let mut e = m2m::M2m::open(&db).unwrap();
+        e.add_splats(&vec![0.25; 10 * 16]).unwrap();
+        e.flush().unwrap();
+        e.delete(&[3, 5]).unwrap();
+    }
+    assert_eq!(ok(&["info", &d])["segments"], 2);
+    let r = ok(&["compact", &d]);
+    assert_eq!((r["splats"].as_u64(), r["segments"].as_u64()), (Some(208), Some(1)), "{r}");
+    let v = ok(&["verify", &d]);
+    assert_eq!((v["index"].as_str(), v["splats"].as_u64()), (Some("ok"), Some(208)), "{v}");
+    let mut e = m2m::M2m::open(&db).unwrap();
+    e.add_splats_with(&[0.5; 16], &[3], None, None).expect("a deleted id is free after compact");
+}
