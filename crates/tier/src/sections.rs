@@ -592,6 +592,25 @@ mod tests {
         assert!(checked > 4000, "{checked}");
     }
 
+    /// Catches: a fuzz decoder that disagrees with `open` + `verify`, and a reseal that leaves a checksum
+    /// stale (then the fuzzer never gets past the checksums).
+    #[test]
+    fn the_fuzz_decoder_agrees_and_reseal_reaches_past_the_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = std::fs::read(sample(dir.path())).unwrap();
+        assert_eq!(crate::testing::decode::sections(&good).unwrap(), 4);
+        let mut bad = good.clone();
+        bad[64 + 3] ^= 0x40;
+        assert!(crate::testing::decode::sections(&bad).is_err());
+        crate::testing::decode::reseal_sections(&mut bad);
+        assert_eq!(crate::testing::decode::sections(&bad).unwrap(), 4);
+        for n in [0, 10, 63, 64, 200] {
+            let mut cut = good[..n].to_vec();
+            crate::testing::decode::reseal_sections(&mut cut);
+            assert!(crate::testing::decode::sections(&cut).is_err());
+        }
+    }
+
     /// Catches: a truncated file accepted (the length check), a writer that leaves its temporary file.
     #[test]
     fn truncation_is_found_and_an_abandoned_writer_leaves_nothing() {
