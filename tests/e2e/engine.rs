@@ -373,3 +373,94 @@ fn bad_input_gets_a_typed_error_and_changes_nothing() {
         Err(Error::Config { field: "rank", .. })
     ));
 }
+
+/// Catches: a reopen that loses rows added after the build (they must be routed into the stored index),
+/// one that still returns rows deleted since, an index that is not read from the mapped file after open,
+/// and a change larger than the build that is not left for a rebuild.
+#[test]
+fn a_reopened_engine_serves_rows_added_and_deleted_since_its_build_without_a_rebuild() {
+    let d = digits(3_000, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut writer =
+        M2m::create(M2mConfig { durable: false, ..M2mConfig::default().dim(DIM).data_dir(&path) }).unwrap();
+    writer.add_splats(&d.base[..2_000 * DIM]).unwrap();
+    writer.build_index().unwrap();
+    assert!(writer.index().is_some_and(m2m::index::Index::is_cold), "the built index reads the mapped file");
+    // Added after the build: some flushed into a segment, some only in the log.
+    let added = writer.add_splats(&d.base[2_000 * DIM..2_600 * DIM]).unwrap();
+    writer.flush().unwrap();
+    let logged = writer.add_splats(&d.base[2_600 * DIM..2_800 * DIM]).unwrap();
+    writer.delete(&[3, 4, 2_100, 2_700]).unwrap();
+    drop(writer);
+    for (label, engine) in [("writer", M2m::open(&path).unwrap()), ("reader", M2m::open_read_only(&path).unwrap())] {
+        let index = engine.index().unwrap_or_else(|| panic!("{label}: no index after adds and deletes"));
+        assert!(index.is_cold(), "{label}");
+        assert_eq!(index.len(), 2_800 - 4, "{label}");
+        for &id in added.iter().chain(&logged).step_by(37) {
+            let q = &d.base[id as usize * DIM..][..DIM];
+            let top = engine.retrieve(q, 1, Lod::Rerank).unwrap();
+            if [2_100, 2_700].contains(&id) {
+                assert_ne!(top[0].id, id, "{label}: deleted id {id} found");
+            } else {
+                assert_eq!(top[0].id, id, "{label}: added id {id} not found by itself");
+            }
+        }
+        let all = engine.retrieve(&d.base[..DIM], 3_000, Lod::Exact).unwrap();
+        assert_eq!(all.len(), 2_796, "{label}");
+        assert!(all.iter().all(|h| ![3, 4, 2_100, 2_700].contains(&h.id)), "{label}: a deleted id is returned");
+    }
+    // A change larger than the build: left stale, and built again on request.
+    let mut writer = M2m::open(&path).unwrap();
+    writer.delete(&(0..1_500).collect::<Vec<u64>>()).unwrap();
+    writer.add_splats(&d.base[2_800 * DIM..]).unwrap();
+    drop(writer);
+    let mut writer = M2m::open(&path).unwrap();
+    assert!(writer.index().is_none(), "a change larger than the build was patched in");
+    writer.build_index().unwrap();
+    // Ids 3 and 4 were among the 1,500 deleted already; 2,100 and 2,700 are not.
+    assert_eq!(writer.index().unwrap().len(), 3_000 - 1_500 - 2);
+}
+
+/// Catches: a compaction that keeps deleted ids blocked, one that does not store the index again (the
+/// reopened index would serve a re-added id with the vector it had before its delete), and rows added
+/// since the build lost from the stored index.
+#[test]
+fn after_compact_a_deleted_id_is_added_again_with_its_new_vector_and_survives_a_reopen() {
+    let d = digits(1_200, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut e = M2m::create(M2mConfig { durable: false, ..M2mConfig::default().dim(DIM).data_dir(&path) }).unwrap();
+    e.add_splats(&d.base[..1_000 * DIM]).unwrap();
+    e.build_index().unwrap();
+    e.add_splats(&d.base[1_000 * DIM..1_100 * DIM]).unwrap();
+    e.delete(&[1, 2]).unwrap();
+    let old = d.base[DIM..2 * DIM].to_vec();
+    let new = d.base[1_150 * DIM..1_151 * DIM].to_vec();
+    assert!(e.add_splats_with(&new, &[1], None, None).is_err(), "a deleted id is refused before compaction");
+    e.compact().unwrap();
+    assert_eq!(e.stats().deleted, 0);
+    e.add_splats_with(&new, &[1], None, None).unwrap();
+    let check = |e: &M2m, label: &str| {
+        assert_eq!(e.len(), 1_099, "{label}");
+        let hit = e.retrieve(&new, 1, Lod::Rerank).unwrap()[0];
+        assert!(hit.id == 1 && hit.score > 0.999, "{label}: {hit:?}");
+        let hit = e.retrieve(&old, 1, Lod::Exact).unwrap()[0];
+        assert!(!(hit.id == 1 && hit.score > 0.999), "{label}: the old vector of id 1 is served");
+        assert!(e.retrieve(&d.base[1_050 * DIM..1_051 * DIM], 1, Lod::Rerank).unwrap()[0].id == 1_050, "{label}");
+        assert!(e.index().is_some_and(|i| i.len() == 1_099), "{label}");
+    };
+    check(&e, "after compact");
+    drop(e);
+    check(&M2m::open(&path).unwrap(), "reopened");
+    check(&M2m::open_read_only(&path).unwrap(), "read-only");
+    // In memory: the same rule.
+    let mut m = create_m2m(M2mConfig::default().dim(DIM)).unwrap();
+    m.add_splats(&d.base[..300 * DIM]).unwrap();
+    m.build_index().unwrap();
+    m.delete(&[7]).unwrap();
+    assert!(m.add_splats_with(&new, &[7], None, None).is_err());
+    m.compact().unwrap();
+    m.add_splats_with(&new, &[7], None, None).unwrap();
+    assert_eq!(m.retrieve(&new, 1, Lod::Exact).unwrap()[0].id, 7);
+}

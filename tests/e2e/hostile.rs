@@ -2,22 +2,13 @@
 //! k, a database made by a GPU build, a create killed midway. Each is a typed error or a right answer,
 //! never a panic.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use m2m::index::IndexParts;
-use m2m::{CONFIG_BLOB, Error, INDEX_BLOB, Lod, M2m, M2mConfig, digits_on_sphere};
+use m2m::tier::{SectionFile, SectionKind, SectionWriter};
+use m2m::{CONFIG_BLOB, Error, INDEX_BLOB, LEARNED_BLOB, Lod, M2m, M2mConfig, digits_on_sphere};
 
 const DIM: usize = 16;
-
-/// The layout of the facade's stored index (postcard encodes a struct as its fields in order), so that
-/// a test can forge one with a valid checksum.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredIndex {
-    parts: IndexParts,
-    ids: Vec<u64>,
-    kappa: Vec<f32>,
-    alpha: Vec<f32>,
-}
 
 fn built(dir: &Path, rows: usize) -> Vec<f32> {
     let d = digits_on_sphere(&m2m::DigitsConfig { rows, queries: 0, dim: DIM, ..Default::default() }).unwrap();
@@ -28,64 +19,226 @@ fn built(dir: &Path, rows: usize) -> Vec<f32> {
     d.base
 }
 
-fn forge(dir: &Path, change: impl FnOnce(&mut StoredIndex)) {
-    let bytes = m2m::tier::load_blob(dir, INDEX_BLOB).unwrap();
-    let mut stored: StoredIndex = postcard::from_bytes(&bytes).unwrap();
+/// The stored index's files as (name, kind, bytes) per section: `[N.idx, N.vec]`.
+type Sections = Vec<(String, SectionKind, Vec<u8>)>;
+
+fn index_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx" || x == "vec"))
+        .collect();
+    files.sort_by_key(|p| p.extension().unwrap_or_default() == "vec");
+    assert_eq!(files.len(), 2, "{files:?}");
+    files
+}
+
+fn read_sections(path: &Path) -> Sections {
+    let f = SectionFile::open(path).unwrap();
+    f.sections().iter().map(|e| (e.name.clone(), e.kind, f.bytes(&e.name, e.kind).unwrap().to_vec())).collect()
+}
+
+/// Rewrites a section file with valid checksums (a forger who knows the format).
+fn write_sections(path: &Path, sections: &Sections) {
+    let mut w = SectionWriter::create(path).unwrap();
+    for (name, kind, bytes) in sections {
+        w.begin(name, *kind).unwrap();
+        w.write(bytes).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// What a forgery may change: the hot file's sections (with the decoded `meta`) and the vector file's.
+struct Stored {
+    meta: IndexParts,
+    hot: Sections,
+    cold: Sections,
+}
+
+impl Stored {
+    fn section(&mut self, name: &str) -> &mut Vec<u8> {
+        let all = self.hot.iter_mut().chain(self.cold.iter_mut());
+        all.into_iter().find(|(n, _, _)| n == name).map(|(_, _, b)| b).unwrap()
+    }
+
+    fn set_f32(&mut self, name: &str, i: usize, v: f32) {
+        self.section(name)[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn set_u64(&mut self, name: &str, i: usize, v: u64) {
+        self.section(name)[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn get_u64(&mut self, name: &str, i: usize) -> u64 {
+        u64::from_le_bytes(self.section(name)[8 * i..8 * i + 8].try_into().unwrap())
+    }
+}
+
+fn forge(dir: &Path, change: impl FnOnce(&mut Stored)) {
+    let files = index_files(dir);
+    let hot = read_sections(&files[0]);
+    let meta = postcard::from_bytes(&hot.iter().find(|s| s.0 == "meta").unwrap().2).unwrap();
+    let mut stored = Stored { meta, hot, cold: read_sections(&files[1]) };
     change(&mut stored);
-    m2m::tier::store_blob(dir, INDEX_BLOB, &postcard::to_allocvec(&stored).unwrap()).unwrap();
+    let meta = postcard::to_allocvec(&stored.meta).unwrap();
+    *stored.section("meta") = meta;
+    write_sections(&files[0], &stored.hot);
+    write_sections(&files[1], &stored.cold);
 }
 
 /// A named change to a stored index.
-type Forgery = (&'static str, Box<dyn Fn(&mut StoredIndex)>);
+type Forgery = (&'static str, Box<dyn Fn(&mut Stored)>);
 
 fn names_the_index(e: &Error) -> bool {
-    matches!(e, Error::Tier(m2m::tier::Error::Corrupt { path, .. }) if path.ends_with(INDEX_BLOB))
+    matches!(e, Error::Tier(m2m::tier::Error::Corrupt { path, .. })
+        if path.extension().is_some_and(|x| x == "idx" || x == "vec"))
 }
 
+/// Catches: a decoded value of the stored index used unchecked (a panic or a wrong answer instead of
+/// `Corrupt` naming the file), and a writer that refuses to open, instead of rebuilding, over a bad index.
 #[test]
 fn a_forged_index_is_a_typed_error_for_readers_and_rebuilt_by_the_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = built(dir.path(), 600);
-    let good = std::fs::read(dir.path().join(INDEX_BLOB)).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let base = built(&pristine, 600);
     let forgeries: Vec<Forgery> = vec![
         (
             "one kappa value fewer",
             Box::new(|s| {
-                s.kappa.pop();
+                let k = s.section("kappa");
+                k.truncate(k.len() - 4);
             }),
         ),
         (
             "one alpha value fewer",
             Box::new(|s| {
-                s.alpha.pop();
+                let a = s.section("alpha");
+                a.truncate(a.len() - 4);
             }),
         ),
-        ("a NaN kappa", Box::new(|s| s.kappa[3] = f32::NAN)),
-        ("an id twice", Box::new(|s| s.ids[1] = s.ids[0])),
-        ("a NaN centroid", Box::new(|s| s.parts.fine[0] = f32::NAN)),
-        ("another dimension", Box::new(|s| s.parts.dim = DIM * 2)),
+        ("a NaN kappa", Box::new(|s| s.set_f32("kappa", 3, f32::NAN))),
+        (
+            "an id twice",
+            Box::new(|s| {
+                let first = s.get_u64("build_ids", 0);
+                s.set_u64("build_ids", 1, first);
+            }),
+        ),
+        (
+            "a member id twice",
+            Box::new(|s| {
+                let first = s.get_u64("ids", 0);
+                s.set_u64("ids", 1, first);
+            }),
+        ),
+        ("a NaN centroid", Box::new(|s| s.meta.fine[0] = f32::NAN)),
+        ("another dimension", Box::new(|s| s.meta.dim = DIM * 2)),
         (
             "a cluster member dropped",
             Box::new(|s| {
-                s.parts.clusters[0].ids.pop();
+                let ids = s.section("ids");
+                ids.truncate(ids.len() - 8);
+            }),
+        ),
+        ("offsets out of order", Box::new(|s| s.set_u64("offsets", 1, 10_000))),
+        (
+            "codes cut short",
+            Box::new(|s| {
+                let c = s.section("codes");
+                c.truncate(c.len() - 1);
+            }),
+        ),
+        (
+            "one vector fewer",
+            Box::new(|s| {
+                let v = s.section("vectors");
+                v.truncate(v.len() - 4 * DIM);
             }),
         ),
     ];
-    for (what, change) in forgeries {
-        std::fs::write(dir.path().join(INDEX_BLOB), &good).unwrap();
-        forge(dir.path(), change);
-        let e = M2m::open_read_only(dir.path()).expect_err(what);
+    for (n, (what, change)) in forgeries.into_iter().enumerate() {
+        let dir = root.path().join(format!("forged-{n}"));
+        std::fs::create_dir(&dir).unwrap();
+        for entry in std::fs::read_dir(&pristine).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        let dir = dir.as_path();
+        forge(dir, change);
+        let e = M2m::open_read_only(dir).expect_err(what);
         assert!(names_the_index(&e), "{what}: {e}");
         // The writer (ingest, build) reports it and goes on without it, so that a build replaces it.
-        let mut engine = M2m::open(dir.path()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut engine = M2m::open(dir).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert!(engine.index().is_none(), "{what}: a forged index was loaded");
         assert!(matches!(engine.retrieve(&base[..DIM], 1, Lod::Exact), Err(Error::NoIndex { .. })));
         if what == "a NaN centroid" {
             engine.build_index().unwrap();
             drop(engine);
-            let engine = M2m::open_read_only(dir.path()).unwrap();
+            let engine = M2m::open_read_only(dir).unwrap();
             assert_eq!(engine.retrieve(&base[5 * DIM..6 * DIM], 1, Lod::Exact).unwrap()[0].id, 5);
+            assert_eq!(index_files(dir).len(), 2, "the forged files stay beside the new ones");
         }
+    }
+}
+
+/// The layout of the index blob of builds before the section files (postcard encodes a struct as its
+/// fields in order).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LegacyIndex {
+    parts: IndexParts,
+    ids: Vec<u64>,
+    kappa: Vec<f32>,
+    alpha: Vec<f32>,
+}
+
+/// Catches: a database of an older build (its index in `m2m-index.blob`, a version 1 manifest) that no
+/// longer opens with its index, and a build that leaves the old blob beside the new files.
+#[test]
+fn a_database_with_the_old_index_blob_opens_and_the_next_build_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = built(dir.path(), 500);
+    let stored = M2m::open_read_only(dir.path()).unwrap();
+    let want = stored.retrieve_batch(&base[..20 * DIM], 5, Lod::Rerank).unwrap();
+    drop(stored);
+    // The same index with its vectors in RAM (the build is deterministic for the seed), and the learned
+    // values of the build, as an older build stored them.
+    let mut ram = M2m::create(M2mConfig::default().dim(DIM)).unwrap();
+    ram.add_splats(&base).unwrap();
+    ram.build_index().unwrap();
+    #[derive(serde::Deserialize)]
+    struct Learned {
+        ids: Vec<u64>,
+        kappa: Vec<f32>,
+        alpha: Vec<f32>,
+    }
+    let learned: Learned = postcard::from_bytes(&m2m::tier::load_blob(dir.path(), LEARNED_BLOB).unwrap()).unwrap();
+    let legacy = LegacyIndex {
+        parts: ram.index().unwrap().parts().clone(),
+        ids: learned.ids,
+        kappa: learned.kappa,
+        alpha: learned.alpha,
+    };
+    let mut db = m2m::tier::Db::open(dir.path(), m2m::tier::DbOptions::default()).unwrap();
+    db.drop_index().unwrap();
+    drop(db);
+    m2m::tier::store_blob(dir.path(), INDEX_BLOB, &postcard::to_allocvec(&legacy).unwrap()).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("MANIFEST")).unwrap()[8], 1, "an old build's manifest");
+    let reader = M2m::open_read_only(dir.path()).unwrap();
+    assert!(reader.index().is_some_and(|i| !i.is_cold()), "the blob's index is read whole");
+    assert_eq!(reader.retrieve_batch(&base[..20 * DIM], 5, Lod::Rerank).unwrap(), want);
+    drop(reader);
+    let mut writer = M2m::open(dir.path()).unwrap();
+    writer.build_index().unwrap();
+    drop(writer);
+    assert!(!dir.path().join(INDEX_BLOB).exists(), "the old blob stays beside the new index");
+    let reader = M2m::open_read_only(dir.path()).unwrap();
+    assert!(reader.index().is_some_and(m2m::index::Index::is_cold));
+    // Rebuilt from the segments (unit rows times norms, normalised again): the same neighbours, scores
+    // and learned values within f32 rounding.
+    let got = reader.retrieve_batch(&base[..20 * DIM], 5, Lod::Rerank).unwrap();
+    for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+        assert_eq!(g.id, w.id);
+        assert!((g.score - w.score).abs() < 1e-5 && (g.kappa - w.kappa).abs() < 1e-3 * w.kappa, "{g:?} {w:?}");
     }
 }
 

@@ -236,7 +236,7 @@ fn ci() -> Result<()> {
 }
 
 /// The fuzz targets: m2m-tier's decoders, and the blobs (framing and the facade's payloads).
-const FUZZ_TARGETS: [&str; 4] = ["log", "segment", "manifest", "blobs"];
+const FUZZ_TARGETS: [&str; 5] = ["log", "segment", "manifest", "blobs", "sections"];
 /// cargo-fuzz, pinned.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 

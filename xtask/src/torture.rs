@@ -175,6 +175,7 @@ fn damage(bins: &Bins, db: &Path, rng: &mut Rng) -> Result<String> {
             n == "MANIFEST"
                 || n.ends_with(".seg") && n.len() == 14
                 || n.ends_with(".wal") && n.len() == 14
+                || (n.ends_with(".idx") || n.ends_with(".vec")) && n.len() == 14
                 || n.starts_with("m2m-") && n.ends_with(".blob") && n != "m2m-notes.blob"
         })
         .collect();

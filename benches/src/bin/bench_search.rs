@@ -78,6 +78,11 @@ struct Args {
     /// `M2M_ISA` does; one this CPU lacks is refused. Default: `M2M_ISA`, else the best detected.
     #[arg(long)]
     isa: Option<String>,
+    /// After the build, write the index's full vectors (cluster-major) as an m2m-tier section file in
+    /// this directory and search with them read from the memory-mapped file (`Index::attach_cold`), as a
+    /// stored engine does, instead of from the index's RAM copies.
+    #[arg(long)]
+    cold: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -182,8 +187,20 @@ fn main() -> Result<()> {
     let build_pool =
         rayon::ThreadPoolBuilder::new().num_threads(args.build_threads.unwrap_or(0)).build().context("thread pool")?;
     let t = Instant::now();
-    let index = build_pool.install(|| Index::build(&config, dim, &base.data, &ids))?;
+    let mut index = build_pool.install(|| Index::build(&config, dim, &base.data, &ids))?;
     let build_s = t.elapsed().as_secs_f64();
+    if let Some(dir) = &args.cold {
+        let path = dir.join("bench-search.vec");
+        let mut w = m2m_tier::SectionWriter::create(&path)?;
+        w.begin("vectors", m2m_tier::SectionKind::F32)?;
+        for f in 0..index.n_fine() {
+            w.write_values(index.cluster_vectors(f))?;
+        }
+        w.finish()?;
+        let file = std::sync::Arc::new(m2m_tier::SectionFile::open(&path)?);
+        index.attach_cold(m2m_index::ColdRows::new(file.shared_f32("vectors")?))?;
+        eprintln!("full vectors read from {} (mapped)", path.display());
+    }
     eprintln!("isa: {} (detected best: {})", index.isa(), m2m_index::kernels::Isa::detected());
     eprintln!(
         "built {} x {dim} in {build_s:.2} s: {} coarse, {} fine clusters, {:.1} MB hot, default nprobe {} \

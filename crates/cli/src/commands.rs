@@ -90,6 +90,7 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Info { db } => info(cli, db),
         Command::Verify { db } => verify(cli, db),
         Command::Repair { db } => repair(cli, db),
+        Command::Compact { db } => compact(cli, db),
         Command::Bench { base, queries, k } => bench(cli, base, queries, *k),
     }
 }
@@ -359,6 +360,18 @@ fn next_free_id(engine: &M2m) -> u64 {
     engine.stats_max_id().map_or(0, |m| m + 1)
 }
 
+fn compact(cli: &Cli, db: &Path) -> Result<ExitCode> {
+    let mut engine = open(db)?;
+    engine.compact().with_context(|| format!("{}", db.display()))?;
+    let s = engine.stats();
+    if cli.json {
+        say!("{}", json!({ "splats": s.splats, "segments": s.segments }));
+    } else {
+        say!("compacted: {} splats in {} segments", s.splats, s.segments);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn build(cli: &Cli, db: &Path, n_fine: Option<usize>, n_coarse: Option<usize>) -> Result<ExitCode> {
     let mut engine = open(db)?;
     let pb = spinner(cli, "building the index");
@@ -619,14 +632,23 @@ fn find(db: &Path) -> Result<Findings> {
     let mut bad_index = false;
     let mut unrepairable = Vec::new();
     let mut index = "none";
+    // The stored index's section files, every byte (their checksums); repairable by a rebuild.
+    if let Some(problem) = &check.index_problem {
+        bad_index = true;
+        problems.push(problem.clone());
+    }
+    let stored_index = db.join(INDEX_BLOB).exists() || !check.manifest.index.is_empty();
     match M2m::open_read_only(db) {
         Ok(engine) if engine.index().is_some() => index = "ok",
-        Ok(_) if db.join(INDEX_BLOB).exists() => index = "stale (rebuild with `m2m build`)",
+        Ok(_) if stored_index => index = "stale (rebuild with `m2m build`)",
         Ok(_) => {}
         Err(e) => {
             index = "damaged";
             note_blob_error(e, &mut problems, &mut unrepairable, &mut bad_index);
         }
+    }
+    if bad_index {
+        index = "damaged";
     }
     if let Err(e) = m2m::LakeReader::open(db) {
         note_blob_error(e, &mut problems, &mut unrepairable, &mut bad_index);
@@ -653,7 +675,8 @@ fn note_blob_error(e: m2m::Error, problems: &mut Vec<String>, unrepairable: &mut
     }
     let index = matches!(&e, m2m::Error::Tier(
         m2m::tier::Error::Corrupt { path, .. } | m2m::tier::Error::IncompatibleVersion { path, .. })
-        if path.ends_with(INDEX_BLOB) || path.ends_with(LEARNED_BLOB));
+        if path.ends_with(INDEX_BLOB) || path.ends_with(LEARNED_BLOB)
+            || path.extension().is_some_and(|x| x == "idx" || x == "vec"));
     if index {
         *bad_index = true;
         problems.push(line);
@@ -705,6 +728,13 @@ fn repair(cli: &Cli, db: &Path) -> Result<ExitCode> {
         }
     }
     drop(engine);
+    if f.bad_index && !f.check.manifest.index.is_empty() {
+        let mut tier = m2m::tier::Db::open(db, m2m::tier::DbOptions::default())?;
+        tier.drop_index()?;
+        for name in &f.check.manifest.index {
+            dropped.push(format!("{}: removed (damaged; `m2m build` makes a new index)", db.join(name).display()));
+        }
+    }
     let left = &f.unrepairable;
     if cli.json {
         say!("{}", json!({ "dropped": dropped, "not_repaired": left }));

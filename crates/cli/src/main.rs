@@ -144,6 +144,12 @@ pub(crate) enum Command {
         /// The database directory.
         db: PathBuf,
     },
+    /// Merge the segments without deleted rows and store the index as it is now (with the rows added
+    /// and deleted since its build); afterwards deleted ids may be added again.
+    Compact {
+        /// The database directory.
+        db: PathBuf,
+    },
     /// The retrieval benchmark on vector files: recall against exact search and QPS at each level.
     Bench {
         /// Base vectors.

@@ -286,14 +286,32 @@ fn verify_only_reports_and_repair_says_what_it_drops() {
     assert!(m2m(&["repair", &d]).status.success());
     assert_eq!(ok(&["verify", &d])["ok"], true);
 
-    // A damaged index: reported, dropped by repair, and never in the way of build.
-    let index = db.join("m2m-index.blob");
+    // A damaged index: reported, dropped by repair, and never in the way of build. Its vector file is
+    // not read whole when the index opens; verify reads every byte of it.
     assert!(m2m(&["build", &d]).status.success());
-    let mut bytes = std::fs::read(&index).unwrap();
-    bytes.truncate(bytes.len() - 1);
-    std::fs::write(&index, &bytes).unwrap();
+    assert_eq!(ok(&["verify", &d])["index"], "ok");
+    let file = |ext: &str| {
+        std::fs::read_dir(&db).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == ext))
+    };
+    let vec = file("vec").expect("the index's vector file");
+    let mut bytes = std::fs::read(&vec).unwrap();
+    bytes[64 + 4 * 16 * 37 + 5] ^= 0x01;
+    std::fs::write(&vec, &bytes).unwrap();
     let (_, err) = fails(&["verify", &d]);
-    assert!(err.contains("m2m-index.blob"), "{err}");
+    assert!(err.contains(".vec") && err.contains("checksum"), "{err}");
+    let out = m2m(&["repair", &d]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(".vec: removed"), "{said}");
+    assert!(file("vec").is_none() && file("idx").is_none(), "repair left the damaged index");
+    assert_eq!(ok(&["verify", &d])["index"], "none");
+    assert!(m2m(&["build", &d]).status.success());
+    let idx = file("idx").unwrap();
+    let mut bytes = std::fs::read(&idx).unwrap();
+    bytes.truncate(bytes.len() - 1);
+    std::fs::write(&idx, &bytes).unwrap();
+    let (_, err) = fails(&["verify", &d]);
+    assert!(err.contains(".idx"), "{err}");
     assert!(m2m(&["build", &d]).status.success(), "build over a damaged index");
     assert_eq!(ok(&["verify", &d])["index"], "ok");
 }
@@ -400,4 +418,29 @@ fn one_vocabulary_lod_names_search_parameters_metric_and_stats() {
     }
     assert_eq!(built["fine_clusters"], stats["fine_clusters"]);
     assert_eq!(info["metric"], "cosine");
+}
+
+/// Catches: `m2m compact` that does not merge the segments or leaves deleted ids blocked, or that loses
+/// the index (verify must still find it, current, after the compaction).
+#[test]
+fn compact_merges_segments_and_frees_deleted_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = digits(dir.path(), 400, 16);
+    let db = dir.path().join("db");
+    let d = db.display().to_string();
+    assert!(m2m(&["ingest", &d, &a]).status.success());
+    assert!(m2m(&["build", &d]).status.success());
+    {
+        let mut e = m2m::M2m::open(&db).unwrap();
+        e.add_splats(&vec![0.25; 10 * 16]).unwrap();
+        e.flush().unwrap();
+        e.delete(&[3, 5]).unwrap();
+    }
+    assert_eq!(ok(&["info", &d])["segments"], 2);
+    let r = ok(&["compact", &d]);
+    assert_eq!((r["splats"].as_u64(), r["segments"].as_u64()), (Some(208), Some(1)), "{r}");
+    let v = ok(&["verify", &d]);
+    assert_eq!((v["index"].as_str(), v["splats"].as_u64()), (Some("ok"), Some(208)), "{v}");
+    let mut e = m2m::M2m::open(&db).unwrap();
+    e.add_splats_with(&[0.5; 16], &[3], None, None).expect("a deleted id is free after compact");
 }

@@ -357,7 +357,7 @@ struct Query {
 /// A built index. Immutable for search (`&self`); updates take `&mut self`.
 #[derive(Clone, Debug)]
 pub struct Index {
-    p: IndexParts,
+    pub(crate) p: IndexParts,
     /// Fine cluster ids in the order of their coarse parents (`children` concatenated).
     order: Vec<u32>,
     /// For each coarse centroid, its children's positions in `order`.
@@ -366,8 +366,11 @@ pub struct Index {
     fine_t: Vec<f32>,
     coarse_bias: Vec<f32>,
     fine_bias: Vec<f32>,
-    locations: HashMap<u64, (u32, u32)>,
+    pub(crate) locations: HashMap<u64, (u32, u32)>,
     isa: Isa,
+    /// Full vectors read from outside RAM (a mapped file), cluster by cluster; clusters changed since
+    /// are back in RAM (see `cold.rs`).
+    pub(crate) cold: Option<crate::cold::Cold>,
 }
 
 /// Counts of [`Index::rebalance`].
@@ -601,7 +604,7 @@ impl Index {
         let mut own = Vec::with_capacity(CALIBRATION_QUERIES);
         for &id in &self.p.calibration_ids {
             if let Some(&(f, pos)) = self.locations.get(&id) {
-                queries.extend_from_slice(&self.p.clusters[f as usize].vectors[pos as usize * dim..][..dim]);
+                queries.extend_from_slice(&self.cluster_vectors(f as usize)[pos as usize * dim..][..dim]);
                 own.push(id);
             }
         }
@@ -611,10 +614,10 @@ impl Index {
             let m = n.min(CALIBRATION_QUERIES);
             let step = n / m;
             let mut i = 0usize;
-            'outer: for cl in &self.p.clusters {
+            'outer: for (f, cl) in self.p.clusters.iter().enumerate() {
                 for (pos, &id) in cl.ids.iter().enumerate() {
                     if i.is_multiple_of(step) {
-                        queries.extend_from_slice(&cl.vectors[pos * dim..][..dim]);
+                        queries.extend_from_slice(&self.cluster_vectors(f)[pos * dim..][..dim]);
                         own.push(id);
                         if own.len() == m {
                             break 'outer;
@@ -693,6 +696,12 @@ impl Index {
 
     /// Rebuilds an index from its parts (after deserialisation), checking that they agree.
     pub fn from_parts(p: IndexParts) -> Result<Index> {
+        Index::assemble(p, true)
+    }
+
+    /// [`from_parts`](Self::from_parts); `vectors_in_ram` false accepts clusters without their vectors
+    /// and bf16 copies (a cold index adds them from its mapped rows).
+    pub(crate) fn assemble(p: IndexParts, vectors_in_ram: bool) -> Result<Index> {
         crate::validate::parts(&p)?;
         let corrupt = |reason: String| Err(Error::Corrupt { reason });
         let dim = p.dim;
@@ -730,8 +739,9 @@ impl Index {
             let m = c.ids.len();
             let stride = p.config.codes.stride(dim);
             let norms = if l2 { m } else { 0 };
-            let bf16 = if p.config.exact_prefilter { m * crate::kernels::bf16_stride(dim) } else { 0 };
-            if c.vectors.len() != m * dim
+            let bf16 =
+                if p.config.exact_prefilter && vectors_in_ram { m * crate::kernels::bf16_stride(dim) } else { 0 };
+            if c.vectors.len() != if vectors_in_ram { m * dim } else { 0 }
                 || c.codes.len() != m * stride
                 || c.half_sq_norms.len() != norms
                 || c.bf16.len() != bf16
@@ -759,10 +769,12 @@ impl Index {
         let fine_t = crate::kernels::transpose_t16(&ordered, dim);
         // A bad M2M_ISA is refused here rather than silently ignored.
         let isa = Isa::forced()?.unwrap_or_else(Isa::detected);
-        Ok(Index { p, order, coarse_range, fine_t, coarse_bias, fine_bias, locations, isa })
+        Ok(Index { p, order, coarse_range, fine_t, coarse_bias, fine_bias, locations, isa, cold: None })
     }
 
-    /// The index's parts, for persistence.
+    /// The index's parts, for persistence. A cluster whose full vectors are read from cold rows
+    /// ([`Index::from_cold_parts`], [`Index::attach_cold`]) has empty `vectors` and `bf16` here: read
+    /// vectors through [`cluster_vectors`](Self::cluster_vectors).
     pub fn parts(&self) -> &IndexParts {
         &self.p
     }
@@ -947,7 +959,7 @@ impl Index {
                         continue;
                     }
                     scores.resize(nq * m, 0.0);
-                    crate::kernels::dots_many_with(self.isa, &prepared, &cl.vectors, dim, &mut scores);
+                    crate::kernels::dots_many_with(self.isa, &prepared, self.cluster_vectors(f), dim, &mut scores);
                     for (t, row) in tops.iter_mut().zip(scores.chunks_exact_mut(m)) {
                         cl.to_similarity(row);
                         t.offer(f as u32, row);
@@ -971,13 +983,17 @@ impl Index {
     fn member_score(&self, q: &[f32], cluster: u32, pos: u32) -> f32 {
         let cl = &self.p.clusters[cluster as usize];
         let dim = self.p.dim;
-        let dot = crate::kernels::dot_with(self.isa, q, &cl.vectors[pos as usize * dim..][..dim]);
+        let dot =
+            crate::kernels::dot_with(self.isa, q, &self.cluster_vectors(cluster as usize)[pos as usize * dim..][..dim]);
         if cl.half_sq_norms.is_empty() { dot } else { dot - cl.half_sq_norms[pos as usize] }
     }
 
     /// Whether exact search can take the bf16 first pass here.
     fn bf16_usable(&self) -> bool {
-        self.p.config.exact_prefilter && self.isa == Isa::Avx512 && crate::kernels::has_bf16_dot()
+        self.p.config.exact_prefilter
+            && self.cold.is_none()
+            && self.isa == Isa::Avx512
+            && crate::kernels::has_bf16_dot()
     }
 
     /// Exact top-k of prepared queries (row-major), by a bf16 first pass with a proven error bound and an
@@ -1218,7 +1234,7 @@ impl Index {
     fn score_exact(&self, f: usize, cl: &Cluster, q: &[f32], top: &mut TopK, buf: &mut Vec<f32>) {
         let m = cl.len();
         buf.resize(m, 0.0);
-        crate::kernels::dots_with(self.isa, q, &cl.vectors, buf);
+        crate::kernels::dots_with(self.isa, q, self.cluster_vectors(f), buf);
         cl.to_similarity(buf);
         top.offer(f as u32, buf);
     }
@@ -1258,6 +1274,7 @@ impl Index {
         let routes: Vec<usize> = data.par_chunks(dim).map(|x| self.route(x)).collect();
         let mut touched = HashSet::new();
         for ((x, &id), &f) in data.chunks_exact(dim).zip(ids).zip(&routes) {
+            self.own(f);
             let mut cl = std::mem::take(&mut self.p.clusters[f]);
             push_member(&self.p, f, &mut cl, id, x);
             self.locations.insert(id, (f as u32, (cl.len() - 1) as u32));
@@ -1279,6 +1296,7 @@ impl Index {
         for &id in ids {
             let Some((f, pos)) = self.locations.remove(&id) else { continue };
             let (f, pos) = (f as usize, pos as usize);
+            self.own(f);
             let cl = &mut self.p.clusters[f];
             let last = cl.len() - 1;
             cl.ids.swap_remove(pos);
@@ -1321,6 +1339,8 @@ impl Index {
         let dim = self.p.dim;
         let cap = self.cap();
         let spherical = self.metric() == Metric::Cosine;
+        // Splitting moves members and re-encoding rewrites every cluster: all of them in RAM first.
+        self.own_all();
         let mut report = RebalanceReport::default();
         let mut f = 0;
         while f < self.p.clusters.len() {

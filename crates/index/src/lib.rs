@@ -12,7 +12,9 @@
 //! The distance kernels ([`kernels`]) dispatch at run time to AVX-512 (with VNNI for the codes),
 //! AVX2+FMA, aarch64 NEON (with `sdot` for the codes where present) or portable code;
 //! `M2M_ISA=scalar|avx2|avx512|neon` or [`Index::set_isa`] forces one. The index does no file IO:
-//! [`IndexParts`] serialises with serde so that m2m-tier can persist it.
+//! [`IndexParts`] serialises with serde so that m2m-tier can persist it, and an index can read its
+//! full vectors from rows it does not own ([`ColdRows`]: a memory-mapped file in the facade) instead
+//! of holding them in RAM.
 //!
 //! ```
 //! use m2m_index::{Index, IndexConfig, Lod, SearchParams};
@@ -26,6 +28,7 @@
 //! # Ok::<(), m2m_index::Error>(())
 //! ```
 
+mod cold;
 mod error;
 mod index;
 pub mod kernels;
@@ -34,6 +37,7 @@ mod topk;
 mod validate;
 mod view;
 
+pub use cold::ColdRows;
 pub use error::{Error, Result};
 pub use index::{Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};
 pub use m2m_splat::Metric;

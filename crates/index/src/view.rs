@@ -23,7 +23,7 @@ impl Index {
     /// The full vectors of list `l`'s members, row-major in the order of [`list_ids`](Self::list_ids)
     /// (unit rows for cosine; empty for a list that does not exist).
     pub fn list_vectors(&self, l: usize) -> &[f32] {
-        self.parts().clusters.get(l).map_or(&[], |c| c.vectors.as_slice())
+        self.cluster_vectors(l)
     }
 }
 

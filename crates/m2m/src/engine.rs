@@ -23,6 +23,9 @@ pub const INDEX_BLOB: &str = "m2m-index.blob";
 /// without the index.
 pub const LEARNED_BLOB: &str = "m2m-learned.blob";
 
+/// Rows converted at a time when an engine opens.
+const LOAD_ROWS: usize = 4096;
+
 /// The learned kappa and alpha of a build, by id.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Learned {
@@ -225,8 +228,10 @@ impl M2m {
     }
 
     /// Opens the engine stored in `dir` as its only writer: its settings, every splat acknowledged before
-    /// it was closed (or crashed), and the stored index when it still covers exactly those splats
-    /// (otherwise call [`build_index`](Self::build_index) again).
+    /// it was closed (or crashed), and the stored index (its hot part read, its full vectors mapped),
+    /// with the splats added since its build routed into it and those deleted since removed from it.
+    /// When those outnumber the splats of the build, the index is left out: call
+    /// [`build_index`](Self::build_index) again.
     pub fn open(dir: impl AsRef<Path>) -> Result<M2m> {
         let dir = dir.as_ref();
         let config = Self::stored_config(dir)?;
@@ -313,28 +318,30 @@ impl M2m {
             read_only: false,
             snapshot: None,
         };
+        // Sized once (no doubling of the largest buffer while it fills), then filled in chunks of rows, so
+        // that the only full copy of the vectors made here is the set itself.
+        engine.set = Arc::new(SplatSet::with_capacity(engine.config.dim, snap.len())?);
         for part in snap.parts() {
             let dim = part.dim;
             let keep: Vec<usize> = (0..part.rows()).filter(|&i| snap.is_live(part.ids[i])).collect();
-            if keep.is_empty() {
-                continue;
+            for chunk in keep.chunks(LOAD_ROWS) {
+                // Raw vectors back from unit mu and norm, so the set keeps the original norms.
+                let mut raw = Vec::with_capacity(chunk.len() * dim);
+                for &i in chunk {
+                    raw.extend(part.mu[i * dim..(i + 1) * dim].iter().map(|v| v * part.norms[i]));
+                }
+                let ids: Vec<u64> = chunk.iter().map(|&i| part.ids[i]).collect();
+                let kappa: Vec<f32> = chunk.iter().map(|&i| part.kappa[i]).collect();
+                let alpha: Vec<f32> = chunk.iter().map(|&i| part.alpha[i]).collect();
+                Arc::make_mut(&mut engine.set).append(Batch::new(&raw, dim).ids(&ids).kappas(&kappa).alphas(&alpha))?;
+                Arc::make_mut(&mut engine.kappa).extend(kappa);
+                Arc::make_mut(&mut engine.alpha).extend(alpha);
             }
-            // Raw vectors back from unit mu and norm, so the set keeps the original norms.
-            let mut raw = Vec::with_capacity(keep.len() * dim);
-            for &i in &keep {
-                raw.extend(part.mu[i * dim..(i + 1) * dim].iter().map(|v| v * part.norms[i]));
-            }
-            let ids: Vec<u64> = keep.iter().map(|&i| part.ids[i]).collect();
-            let kappa: Vec<f32> = keep.iter().map(|&i| part.kappa[i]).collect();
-            let alpha: Vec<f32> = keep.iter().map(|&i| part.alpha[i]).collect();
-            Arc::make_mut(&mut engine.set).append(Batch::new(&raw, dim).ids(&ids).kappas(&kappa).alphas(&alpha))?;
-            Arc::make_mut(&mut engine.kappa).extend(kappa);
-            Arc::make_mut(&mut engine.alpha).extend(alpha);
         }
         engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m.saturating_add(1));
         let writer = db.is_some();
         engine.db = db;
-        match engine.load_index(dir) {
+        match engine.load_index(dir, snap) {
             // The writer opens to add splats or to build: a damaged index must not block the commands that
             // replace it. It is reported and left out (stale); readers get the error.
             Err(e @ Error::Tier(m2m_tier::Error::Corrupt { .. } | m2m_tier::Error::IncompatibleVersion { .. }))
@@ -357,40 +364,87 @@ impl M2m {
         if self.read_only { Err(Error::ReadOnly { what }) } else { Ok(()) }
     }
 
-    /// Loads the stored index when it covers exactly the splats now live (splats added or deleted since
-    /// the build make it stale: then `build_index` is needed again).
-    fn load_index(&mut self, dir: &Path) -> Result<()> {
-        if !dir.join(INDEX_BLOB).exists() {
+    /// Loads the stored index, brought up to the splats now live when some were added or deleted since
+    /// the build (see `catch_up`; a change larger than the build leaves it stale: then `build_index` is
+    /// needed again): the one in the tier's section files
+    /// that the manifest names (hot part into RAM, vectors mapped), or else a legacy `m2m-index.blob` of an
+    /// older build, read whole (the next build replaces it with section files and removes it).
+    fn load_index(&mut self, dir: &Path, snap: &m2m_tier::Snapshot) -> Result<()> {
+        if let Some(e) = &snap.index_error {
+            return Err(crate::stored::damage(dir, e));
+        }
+        let (mut index, stored) = if !snap.index.is_empty() {
+            crate::stored::load(&snap.index, &self.config)?
+        } else if dir.join(INDEX_BLOB).exists() {
+            let bytes = m2m_tier::load_blob(dir, INDEX_BLOB)?;
+            let path = dir.join(INDEX_BLOB);
+            let stored: StoredIndex =
+                postcard::from_bytes(&bytes).map_err(|e| crate::validate::corrupt(&path, e.to_string()))?;
+            crate::validate::learned(&path, &stored.ids, &stored.kappa, &stored.alpha)?;
+            crate::validate::stored_index(&path, stored, &self.config)?
+        } else {
+            return Ok(());
+        };
+        let exact = same_ids(self.set.ids(), &stored.ids);
+        if !exact && !self.catch_up(&mut index, &stored.ids)? {
             return Ok(());
         }
-        let bytes = m2m_tier::load_blob(dir, INDEX_BLOB)?;
-        let path = dir.join(INDEX_BLOB);
-        let stored: StoredIndex =
-            postcard::from_bytes(&bytes).map_err(|e| crate::validate::corrupt(&path, e.to_string()))?;
-        crate::validate::learned(&path, &stored.ids, &stored.kappa, &stored.alpha)?;
-        if !same_ids(self.set.ids(), &stored.ids) {
-            tracing::info!(
-                "m2m: the stored index is stale ({} splats then, {} now); build_index to rebuild",
-                stored.ids.len(),
-                self.set.len()
-            );
-            return Ok(());
-        }
-        let (index, stored) = crate::validate::stored_index(&path, stored, &self.config)?;
-        let (mut kappa, mut alpha) = (self.kappa.to_vec(), self.alpha.to_vec());
-        for (i, id) in stored.ids.iter().enumerate() {
-            if let Some(r) = self.set.row_of(*id) {
-                kappa[r] = stored.kappa[i];
-                alpha[r] = stored.alpha[i];
+        // The learned values hold while the build covers exactly the live rows (the rule `LakeReader`
+        // follows too); rows added or deleted since then leave every row its stored kappa and alpha.
+        if exact {
+            let (mut kappa, mut alpha) = (self.kappa.to_vec(), self.alpha.to_vec());
+            for (i, id) in stored.ids.iter().enumerate() {
+                if let Some(r) = self.set.row_of(*id) {
+                    kappa[r] = stored.kappa[i];
+                    alpha[r] = stored.alpha[i];
+                }
             }
+            self.kappa = Arc::new(kappa);
+            self.alpha = Arc::new(alpha);
         }
-        self.kappa = Arc::new(kappa);
-        self.alpha = Arc::new(alpha);
         self.index = Some(index);
         let neighbours = load_neighbours(dir)?.filter(|nb| same_ids(self.set.ids(), &nb.ids));
         self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
         self.start_controller(neighbours.as_ref())?;
         self.restore_pile(dir)
+    }
+
+    /// Brings a stored index built on `built` up to the live rows without a rebuild: ids deleted since
+    /// are deleted from it, rows added since are routed to their nearest clusters and coded (what
+    /// `add_splats` does to a live index). The change is recomputed at each open from the rows the
+    /// database holds, not stored with the index. When the change outnumbers the build's rows the index
+    /// is left stale (false) and `build_index` is needed.
+    fn catch_up(&self, index: &mut Index, built: &[u64]) -> Result<bool> {
+        let live: HashSet<u64> = self.set.ids().iter().copied().collect();
+        let then: HashSet<u64> = built.iter().copied().collect();
+        let gone: Vec<u64> = built.iter().copied().filter(|id| !live.contains(id)).collect();
+        let added: Vec<usize> = (0..self.set.len()).filter(|&r| !then.contains(&self.set.ids()[r])).collect();
+        if gone.len() + added.len() > built.len() {
+            self.stale(built.len());
+            return Ok(false);
+        }
+        index.delete(&gone);
+        if !added.is_empty() {
+            let mut vectors = Vec::with_capacity(added.len() * self.config.dim);
+            for &r in &added {
+                vectors.extend(index_vectors(&self.set, r..r + 1, self.config.metric));
+            }
+            let ids: Vec<u64> = added.iter().map(|&r| self.set.ids()[r]).collect();
+            index.insert(&vectors, &ids)?;
+        }
+        tracing::info!(
+            "m2m: the stored index takes {} rows added and {} deleted since its build",
+            added.len(),
+            gone.len()
+        );
+        Ok(true)
+    }
+
+    fn stale(&self, then: usize) {
+        tracing::info!(
+            "m2m: the stored index is stale ({then} splats then, {} now); build_index to rebuild",
+            self.set.len()
+        );
     }
 
     /// The settings.
@@ -524,7 +578,7 @@ impl M2m {
             n_coarse,
             ..IndexConfig::default()
         };
-        let index = Index::build(&cfg, self.config.dim, &vectors, &ids)?;
+        let mut index = Index::build(&cfg, self.config.dim, &vectors, &ids)?;
         let mut neighbours = None;
         if self.config.learn_kappa && self.config.metric == Metric::Cosine && ids.len() >= 64 {
             let kc = KappaConfig {
@@ -547,19 +601,18 @@ impl M2m {
             neighbours = Some(StoredNeighbours { fit, ids: ids.clone(), k: NEIGHBOURS as u32, neighbours: nb });
         }
         self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
-        if let Some(dir) = self.config.data_dir.clone().filter(|_| !self.read_only) {
-            let stored = StoredIndex {
-                parts: index.parts().clone(),
-                ids: ids.clone(),
-                kappa: self.kappa.to_vec(),
-                alpha: self.alpha.to_vec(),
-            };
+        if let (Some(dir), Some(db)) = (self.config.data_dir.clone(), self.db.as_mut()) {
             let learned = Learned { ids: ids.clone(), kappa: self.kappa.to_vec(), alpha: self.alpha.to_vec() };
             let serialise =
                 |e: postcard::Error| Error::Config { field: "index", reason: format!("does not serialise: {e}") };
-            // The learned values first: they match any index blob built on the same rows.
+            // The learned values first: they match any index built on the same rows.
             m2m_tier::store_blob(&dir, LEARNED_BLOB, &postcard::to_allocvec(&learned).map_err(serialise)?)?;
-            m2m_tier::store_blob(&dir, INDEX_BLOB, &postcard::to_allocvec(&stored).map_err(serialise)?)?;
+            // The index in the tier's section files, streamed, committed by one manifest store; then the
+            // index reads its vectors from the mapped file and drops its RAM copies.
+            let files = crate::stored::write(db, &index, &learned)?;
+            db.commit_index(&files)?;
+            m2m_tier::remove_blob(&dir, INDEX_BLOB)?;
+            index.attach_cold(crate::stored::cold_rows(&db.snapshot().index)?)?;
             if let Some(nb) = &neighbours {
                 m2m_tier::store_blob(&dir, NEIGHBOURS_BLOB, &postcard::to_allocvec(nb).map_err(serialise)?)?;
             }
@@ -753,6 +806,42 @@ impl M2m {
         }
         self.deleted.extend(present.iter().copied());
         Ok(present.len())
+    }
+
+    /// Compacts the engine: the index as it is now (with the rows added and deleted since its build) is
+    /// stored again and read from its new files, the database's segments are merged without the deleted
+    /// rows, and those rows leave RAM. Afterwards a deleted id may be added again. With a data directory
+    /// the index is stored first: a crash before the merge leaves the deleted ids refused (the
+    /// database's tombstones) and absent from the stored index, so a stored index never holds a vector
+    /// that an id had before it was deleted and added again. In memory only the RAM part applies.
+    pub fn compact(&mut self) -> Result<()> {
+        self.refuse_if_read_only("compact")?;
+        if let (Some(dir), Some(db), Some(index)) =
+            (self.config.data_dir.clone(), self.db.as_mut(), self.index.as_mut())
+        {
+            let live: Vec<usize> =
+                (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect();
+            let learned = Learned {
+                ids: live.iter().map(|&r| self.set.ids()[r]).collect(),
+                kappa: live.iter().map(|&r| self.kappa[r]).collect(),
+                alpha: live.iter().map(|&r| self.alpha[r]).collect(),
+            };
+            let serialise =
+                |e: postcard::Error| Error::Config { field: "index", reason: format!("does not serialise: {e}") };
+            m2m_tier::store_blob(&dir, LEARNED_BLOB, &postcard::to_allocvec(&learned).map_err(serialise)?)?;
+            let files = crate::stored::write(db, index, &learned)?;
+            db.commit_index(&files)?;
+            m2m_tier::remove_blob(&dir, INDEX_BLOB)?;
+            index.attach_cold(crate::stored::cold_rows(&db.snapshot().index)?)?;
+            self.gpu.invalidate();
+        }
+        if let Some(db) = &mut self.db {
+            db.compact()?;
+        }
+        if !self.deleted.is_empty() {
+            self.compact_rows()?;
+        }
+        self.save_pile()
     }
 
     /// Writes the splats added since the last flush into a segment (a no-op in memory).

@@ -54,7 +54,7 @@ pub(crate) fn stored_index(path: &Path, stored: StoredIndex, config: &M2mConfig)
 
 /// A stored index against the settings and the ids it was stored with: same dimension and metric, and
 /// exactly those ids inside.
-fn index_matches(path: &Path, index: &Index, config: &M2mConfig, ids: &[u64]) -> Result<()> {
+pub(crate) fn index_matches(path: &Path, index: &Index, config: &M2mConfig, ids: &[u64]) -> Result<()> {
     if index.dim() != config.dim || index.metric() != config.metric {
         return Err(corrupt(
             path,

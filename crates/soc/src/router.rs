@@ -82,12 +82,14 @@ impl Router {
         let dim = index.dim();
         let parts = index.parts();
         let mut members = Vec::with_capacity(parts.clusters.len());
-        for cl in &parts.clusters {
+        for (f, cl) in parts.clusters.iter().enumerate() {
             let mut m = Members::default();
+            // Through the accessor: a cold index's vectors are not in its parts.
+            let vectors = index.cluster_vectors(f);
             for (i, &id) in cl.ids.iter().enumerate() {
                 if let Some((k, a)) = params(id) {
                     m.ids.push(id);
-                    m.mu.extend_from_slice(&cl.vectors[i * dim..(i + 1) * dim]);
+                    m.mu.extend_from_slice(&vectors[i * dim..(i + 1) * dim]);
                     m.kappa.push(k);
                     m.alpha.push(a);
                 }

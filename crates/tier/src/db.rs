@@ -20,8 +20,8 @@ use std::sync::Arc;
 use m2m_splat::SplatSet;
 
 use crate::{
-    Columns, ColumnsRef, DirLock, Durability, Error, LogCheck, MANIFEST_FILE, Manifest, Memtable, Result, Segment,
-    SegmentEntry, Wal, WalRecord, owned,
+    Columns, ColumnsRef, DirLock, Durability, Error, LogCheck, MANIFEST_FILE, Manifest, Memtable, Result, SectionFile,
+    SectionWriter, Segment, SegmentEntry, Wal, WalRecord, owned,
 };
 
 /// Settings of a database directory.
@@ -44,6 +44,12 @@ pub struct Snapshot {
     pub memtable: Memtable,
     /// Ids deleted from the segments (not yet compacted away).
     pub deleted: Arc<HashSet<u64>>,
+    /// The stored index's section files, mapped (header and table checked), in the manifest's order;
+    /// empty when there is none or when they are damaged (then `index_error` says how).
+    pub index: Vec<Arc<SectionFile>>,
+    /// Why the stored index's files could not be mapped, if they could not: the layer above reports it
+    /// (readers) or leaves the index out (the writer, whose next build replaces it).
+    pub index_error: Option<Arc<Error>>,
 }
 
 impl Snapshot {
@@ -77,6 +83,9 @@ pub struct DbCheck {
     pub snapshot: Snapshot,
     /// The log: its good records and any tail after them.
     pub log: LogCheck,
+    /// What is wrong with the stored index's files (header, table, or any section's checksum), if
+    /// anything: the index can be dropped and built again, unlike damage to a segment.
+    pub index_problem: Option<String>,
 }
 
 /// An open database directory, held by this process as its only writer.
@@ -92,6 +101,9 @@ pub struct Db {
     ids: HashSet<u64>,
     /// Ids deleted from segments, until compaction.
     deleted: Arc<HashSet<u64>>,
+    /// The stored index's mapped files (see [`Snapshot::index`]).
+    index: Vec<Arc<SectionFile>>,
+    index_error: Option<Arc<Error>>,
     options: DbOptions,
     /// Set when a write failed: the files are at their last good version, but this handle's view of them
     /// may not be, so it refuses further changes until the database is reopened.
@@ -104,6 +116,26 @@ struct Replayed {
     memtable: Memtable,
     ids: HashSet<u64>,
     deleted: HashSet<u64>,
+    index: Vec<Arc<SectionFile>>,
+    index_error: Option<Arc<Error>>,
+}
+
+/// The stored index's mapped files, or why they could not be mapped.
+type MappedIndex = (Vec<Arc<SectionFile>>, Option<Arc<Error>>);
+
+/// Maps the stored index's files named by `manifest`. A missing file is the error (a reader racing a
+/// writer that replaced the index starts again; for the writer the manifest names a file that is gone);
+/// damage is returned beside an empty list, so that the layer above decides.
+fn map_index(dir: &Path, manifest: &Manifest) -> Result<MappedIndex> {
+    let mut files = Vec::with_capacity(manifest.index.len());
+    for name in &manifest.index {
+        match SectionFile::open(dir.join(name)) {
+            Ok(f) => files.push(Arc::new(f)),
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => return Ok((Vec::new(), Some(Arc::new(e)))),
+        }
+    }
+    Ok((files, None))
 }
 
 /// Maps and checks the manifest's segments and replays the log's records over them: batches add rows,
@@ -144,7 +176,8 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
             }
         }
     }
-    Ok(Replayed { segments, memtable, ids, deleted })
+    let (index, index_error) = map_index(dir, manifest)?;
+    Ok(Replayed { segments, memtable, ids, deleted, index, index_error })
 }
 
 fn wal_name(generation: u64) -> String {
@@ -186,6 +219,7 @@ impl Db {
             wal: Some(wal_name(1)),
             next_segment_id: 0,
             deleted: Vec::new(),
+            index: Vec::new(),
         };
         if let Err(e) = manifest.store(&dir) {
             // Nothing half-made stays behind (a manifest renamed into place whose directory sync failed
@@ -204,6 +238,8 @@ impl Db {
             memtable: Memtable::new(dim),
             ids: HashSet::new(),
             deleted: Arc::new(HashSet::new()),
+            index: Vec::new(),
+            index_error: None,
             options,
             poisoned: false,
         })
@@ -233,6 +269,8 @@ impl Db {
             memtable: state.memtable,
             ids: state.ids,
             deleted: Arc::new(state.deleted),
+            index: state.index,
+            index_error: state.index_error,
             options,
             poisoned: false,
         };
@@ -259,6 +297,8 @@ impl Db {
                     segments: state.segments,
                     memtable: state.memtable,
                     deleted: Arc::new(state.deleted),
+                    index: state.index,
+                    index_error: state.index_error,
                 })
             })();
             match result {
@@ -281,19 +321,32 @@ impl Db {
         let wal_path = dir.join(manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation)));
         let log = LogCheck::of(&wal_path)?;
         let state = replay(dir, &manifest, &wal_path, &log.records)?;
+        // Every byte of the index's files (their sections' checksums), which opening does not read.
+        let index_problem = match &state.index_error {
+            Some(e) => Some(e.to_string()),
+            None => state.index.iter().find_map(|f| f.verify().err()).map(|e| e.to_string()),
+        };
         let snapshot = Snapshot {
             generation: manifest.generation,
             segments: state.segments,
             memtable: state.memtable,
             deleted: Arc::new(state.deleted),
+            index: state.index,
+            index_error: state.index_error,
         };
-        Ok(DbCheck { manifest, snapshot, log })
+        Ok(DbCheck { manifest, snapshot, log, index_problem })
     }
 
     /// Removes segment, log and temporary files that the manifest does not name.
     fn remove_orphans(&self) -> Result<()> {
-        let live: HashSet<&str> =
-            self.manifest.segments.iter().map(|s| s.file.as_str()).chain(self.manifest.wal.as_deref()).collect();
+        let live: HashSet<&str> = self
+            .manifest
+            .segments
+            .iter()
+            .map(|s| s.file.as_str())
+            .chain(self.manifest.wal.as_deref())
+            .chain(self.manifest.index.iter().map(String::as_str))
+            .collect();
         owned::remove_unnamed(&self.dir, &live)
     }
 
@@ -429,6 +482,71 @@ impl Db {
         self.remove_orphans()
     }
 
+    /// A writer for a file of a new stored index: `NNNNNNNNNN.<ext>` with `ext` `idx` (the index's hot
+    /// part) or `vec` (its full vectors), numbered after every segment and index file so far. Files
+    /// of one index share the number. The file belongs to the database only once
+    /// [`commit_index`](Self::commit_index) names it; until then, a crash leaves it to be removed by the
+    /// next open.
+    pub fn index_writer(&self, ext: &str) -> Result<SectionWriter> {
+        if self.poisoned {
+            return Err(Error::Poisoned { path: self.dir.clone() });
+        }
+        if !matches!(ext, "idx" | "vec") {
+            return Err(Error::InvalidBatch { reason: format!("index file extension {ext:?} is not idx or vec") });
+        }
+        SectionWriter::create(self.dir.join(format!("{:010}.{ext}", self.manifest.next_segment_id)))
+    }
+
+    /// Makes the finished files at `paths` (from [`index_writer`](Self::index_writer)) the stored index,
+    /// replacing the old one, in one manifest store (the commit point): a crash before it leaves the old
+    /// index, after it the new one. The old files are removed afterwards.
+    pub fn commit_index(&mut self, paths: &[PathBuf]) -> Result<()> {
+        self.change(|db| db.commit_index_now(paths))
+    }
+
+    fn commit_index_now(&mut self, paths: &[PathBuf]) -> Result<()> {
+        let number = format!("{:010}.", self.manifest.next_segment_id);
+        let mut names = Vec::with_capacity(paths.len());
+        for path in paths {
+            let name = path.file_name().and_then(|n| n.to_str()).filter(|n| {
+                crate::fsio::parent(path) == self.dir.as_path() && n.starts_with(&number) && owned::is_data_name(n)
+            });
+            let Some(name) = name else {
+                return Err(Error::InvalidBatch { reason: format!("{} is not a new index file here", path.display()) });
+            };
+            names.push(name.to_string());
+        }
+        // Mapped (and so checked) before they are committed.
+        let files = paths.iter().map(|p| SectionFile::open(p).map(Arc::new)).collect::<Result<Vec<_>>>()?;
+        // The renames that put the files in place are made durable before the manifest names them.
+        crate::fsio::sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let mut next = self.manifest.clone();
+        next.generation += 1;
+        next.next_segment_id += 1;
+        next.index = names;
+        self.commit(next, |_| {})?;
+        self.index = files;
+        self.index_error = None;
+        Ok(())
+    }
+
+    /// Removes the stored index (a damaged one, before it is built again): the manifest stops naming
+    /// its files, which are then removed. Nothing else changes.
+    pub fn drop_index(&mut self) -> Result<()> {
+        self.change(|db| {
+            if db.manifest.index.is_empty() {
+                return Ok(());
+            }
+            let mut next = db.manifest.clone();
+            next.generation += 1;
+            next.index.clear();
+            db.commit(next, |_| {})?;
+            db.index.clear();
+            db.index_error = None;
+            Ok(())
+        })
+    }
+
     /// Removes a database that never held a splat (no segment, no log record, none in memory), leaving
     /// the directory as it was before [`create`](Self::create): a create whose first ingest failed, or a
     /// create killed before the layer above stored its settings. Refused with [`Error::AlreadyExists`]
@@ -460,6 +578,8 @@ impl Db {
             segments: self.segments.clone(),
             memtable: self.memtable.clone(),
             deleted: Arc::clone(&self.deleted),
+            index: self.index.clone(),
+            index_error: self.index_error.clone(),
         }
     }
 

@@ -10,7 +10,12 @@
 //!   [`LOCK_PATIENCE`].
 //! * [`write_segment`] / [`Segment`]: immutable column files, written atomically and memory-mapped for
 //!   reading after every header field and column checksum is validated.
-//! * [`Manifest`]: the live segments and log with a generation number, replaced atomically.
+//! * [`Manifest`]: the live segments and log (and the stored index's files) with a generation number,
+//!   replaced atomically.
+//! * [`SectionWriter`] / [`SectionFile`]: files of named typed sections, written streaming (no size cap
+//!   short of the disk) and memory-mapped after a cheap header and table check; every section's checksum
+//!   is checked on request. The facade stores its index in them ([`Db::index_writer`],
+//!   [`Db::commit_index`]).
 //! * [`Db`]: a database directory tying them together: ingest through the log, `delete`, `flush` to
 //!   segments, `compact` (dropping deleted rows), crash-safe ordering of every step, and [`Snapshot`]s
 //!   that readers keep while it changes.
@@ -54,6 +59,7 @@ mod lock;
 mod manifest;
 mod owned;
 mod prefetch;
+mod sections;
 mod segment;
 mod wal;
 mod warm;
@@ -78,7 +84,7 @@ pub mod testing {
     }
 
     /// The decoders, over bytes, for the fuzz targets (`crates/tier/fuzz`): a log, a segment, a manifest,
-    /// a blob's framing.
+    /// a blob's framing, a section file.
     pub mod decode {
         use std::path::Path;
 
@@ -96,6 +102,47 @@ pub mod testing {
         pub fn segment(bytes: &[u8]) -> Result<(usize, usize)> {
             let aligned = aligned_vec::AVec::<u8, aligned_vec::ConstAlign<4096>>::from_slice(4096, bytes);
             crate::segment::validate(Path::new(LABEL), &aligned).map(|l| (l.rows, l.dim))
+        }
+
+        /// Validation of a whole section file (copied to an aligned buffer first, as a mapping is), then
+        /// of every section's checksum; returns the number of sections.
+        pub fn sections(bytes: &[u8]) -> Result<usize> {
+            let aligned = aligned_vec::AVec::<u8, aligned_vec::ConstAlign<4096>>::from_slice(4096, bytes);
+            let table = crate::sections::validate(Path::new(LABEL), &aligned)?;
+            for e in &table {
+                let section = &aligned[e.offset as usize..(e.offset + e.len) as usize];
+                if crc32c::crc32c(section) != e.crc {
+                    return Err(crate::Error::corrupt(LABEL, e.offset, "section checksum mismatch"));
+                }
+            }
+            Ok(table.len())
+        }
+
+        /// Recomputes the checksums of a section file (each section whose entry lies inside the file, the
+        /// table, the header) where its header allows.
+        pub fn reseal_sections(bytes: &mut [u8]) {
+            if bytes.len() < crate::SECTIONS_HEADER {
+                return;
+            }
+            let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+            let count = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+            let table = usize::try_from(u64_at(bytes, 16)).unwrap_or(usize::MAX);
+            let end = count.checked_mul(48).and_then(|n| n.checked_add(table)).filter(|&e| e <= bytes.len());
+            if let Some(end) = end {
+                for i in 0..count {
+                    let at = table + 48 * i;
+                    let (offset, len) = (u64_at(bytes, at + 24), u64_at(bytes, at + 32));
+                    let range = usize::try_from(offset).ok().zip(usize::try_from(len).ok());
+                    if let Some(section) = range.and_then(|(o, l)| bytes.get(o..o.checked_add(l)?)) {
+                        let crc = crc32c::crc32c(section);
+                        bytes[at + 40..at + 44].copy_from_slice(&crc.to_le_bytes());
+                    }
+                }
+                let crc = crc32c::crc32c(&bytes[table..end]);
+                bytes[32..36].copy_from_slice(&crc.to_le_bytes());
+            }
+            let crc = crc32c::crc32c(&bytes[..60]);
+            bytes[60..64].copy_from_slice(&crc.to_le_bytes());
         }
 
         /// Decoding of a manifest file.
@@ -168,6 +215,9 @@ pub use hot::{HotBytes, HotCache, HotKey, HotStats, HotStorage, HotTier, RamHot,
 pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch, PrefetchStats};
+pub use sections::{
+    MappedF32, SECTIONS_HEADER, SECTIONS_MAGIC, SECTIONS_VERSION, SectionEntry, SectionFile, SectionKind, SectionWriter,
+};
 pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
 pub use wal::{Durability, LogCheck, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
 pub use warm::{BlockKey, BlockStore, DEFAULT_BLOCK_ROWS, MEMTABLE, WarmStats};

@@ -12,8 +12,10 @@ use crate::{Error, Result};
 pub const MANIFEST_FILE: &str = "MANIFEST";
 /// First bytes of the manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"M2M-MAN\0";
-/// Format version this build reads and writes.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Format version this build writes when the database has a stored index (`index` not empty); without one
+/// it writes version 1, the layout without that field, so that such a database stays readable by builds
+/// that know only version 1. Both are read.
+pub const MANIFEST_VERSION: u32 = 2;
 const HEADER: usize = 20;
 /// A manifest larger than this is damage (it lists files, not data).
 const MAX_PAYLOAD: usize = 64 << 20;
@@ -44,6 +46,20 @@ pub struct Manifest {
     pub next_segment_id: u64,
     /// Ids deleted from the segments, dropped by the next compaction (sorted).
     pub deleted: Vec<u64>,
+    /// The files of the stored index (section files, see `sections.rs`), empty when there is none. They
+    /// are replaced together by one manifest store: a reader sees the old index or the new one.
+    pub index: Vec<String>,
+}
+
+/// The version 1 payload: [`Manifest`] without `index`.
+#[derive(Deserialize)]
+struct ManifestV1 {
+    generation: u64,
+    dim: usize,
+    segments: Vec<SegmentEntry>,
+    wal: Option<String>,
+    next_segment_id: u64,
+    deleted: Vec<u64>,
 }
 
 /// A plain file name: no separators, not `.` or `..`, not empty.
@@ -54,9 +70,15 @@ fn plain_name(name: &str) -> bool {
 impl Manifest {
     /// Writes this manifest into `dir`, replacing the current one atomically.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let payload = postcard::to_allocvec(self)
-            .map_err(|e| Error::InvalidBatch { reason: format!("manifest does not serialise: {e}") })?;
-        crate::blob::replace_file(dir, MANIFEST_FILE, &crate::blob::seal(MANIFEST_MAGIC, MANIFEST_VERSION, &payload))
+        let serialise =
+            |e: postcard::Error| Error::InvalidBatch { reason: format!("manifest does not serialise: {e}") };
+        let (version, payload) = if self.index.is_empty() {
+            let v1 = (self.generation, self.dim, &self.segments, &self.wal, self.next_segment_id, &self.deleted);
+            (1, postcard::to_allocvec(&v1).map_err(serialise)?)
+        } else {
+            (MANIFEST_VERSION, postcard::to_allocvec(self).map_err(serialise)?)
+        };
+        crate::blob::replace_file(dir, MANIFEST_FILE, &crate::blob::seal(MANIFEST_MAGIC, version, &payload))
     }
 
     /// Reads and validates the manifest of `dir`.
@@ -72,13 +94,41 @@ impl Manifest {
     /// Validates and decodes the bytes of a manifest file; `path` only labels errors.
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<Manifest> {
         let bad = |offset: usize, reason: String| Error::corrupt(path, offset as u64, reason);
-        let payload = crate::blob::unseal(path, bytes, MANIFEST_MAGIC, MANIFEST_VERSION, MAX_PAYLOAD, "manifest")?;
-        let m: Manifest =
-            postcard::from_bytes(payload).map_err(|e| bad(HEADER, format!("undecodable payload: {e}")))?;
+        // Version 1 (no index) is read as well as the current one; anything else is refused by `unseal`.
+        let version = match bytes.get(8..12) {
+            Some(&[a, b, c, d]) if u32::from_le_bytes([a, b, c, d]) == 1 => 1,
+            _ => MANIFEST_VERSION,
+        };
+        let payload = crate::blob::unseal(path, bytes, MANIFEST_MAGIC, version, MAX_PAYLOAD, "manifest")?;
+        let undecodable = |e: postcard::Error| bad(HEADER, format!("undecodable payload: {e}"));
+        let m: Manifest = if version == 1 {
+            // The version field is outside the payload's checksum: a version 2 payload read as version 1
+            // would leave bytes over, which is refused rather than dropping the index.
+            let (v1, rest): (ManifestV1, _) = postcard::take_from_bytes(payload).map_err(undecodable)?;
+            if !rest.is_empty() {
+                return Err(bad(HEADER, format!("{} bytes after a version 1 payload", rest.len())));
+            }
+            Manifest {
+                generation: v1.generation,
+                dim: v1.dim,
+                segments: v1.segments,
+                wal: v1.wal,
+                next_segment_id: v1.next_segment_id,
+                deleted: v1.deleted,
+                index: Vec::new(),
+            }
+        } else {
+            postcard::from_bytes(payload).map_err(undecodable)?
+        };
         if m.dim == 0 {
             return Err(bad(HEADER, "dimension 0".into()));
         }
-        let names = m.segments.iter().map(|s| s.file.as_str()).chain(m.wal.as_deref());
+        let names = m
+            .segments
+            .iter()
+            .map(|s| s.file.as_str())
+            .chain(m.wal.as_deref())
+            .chain(m.index.iter().map(String::as_str));
         if let Some(name) = names.into_iter().find(|n| !plain_name(n)) {
             return Err(bad(HEADER, format!("file name {name:?} is not a plain name inside the directory")));
         }

@@ -5,7 +5,7 @@
 //!   before its manifest was stored (the lock file, our data file names, our temporary files); anything
 //!   else there is someone else's, and create refuses with [`Error::NotOurs`].
 //! * Inside a database, a file is ours if the manifest names it, or if its name is one this crate gives:
-//!   a segment or log name (`NNNNNNNNNN.seg`, `NNNNNNNNNN.wal`: ten digits) or a temporary name from
+//!   a segment, log or stored-index name (`NNNNNNNNNN.seg`, `.wal`, `.idx`, `.vec`: ten digits) or a temporary name from
 //!   [`temp_name`] (`.m2m-tmp.<target>.<16 hex digits>`, unique per write). Only files of those names
 //!   that the manifest does not name are ever removed, and only by the writer (`Db::open`, `Db::create`,
 //!   a commit): never by [`Db::read_snapshot`](crate::Db::read_snapshot) or any read path.
@@ -41,9 +41,10 @@ pub(crate) fn is_temp(name: &str) -> bool {
     !target.is_empty() && suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Whether `name` is a segment or log name this crate gives (ten digits, then `.seg` or `.wal`).
+/// Whether `name` is a segment, log or stored-index name this crate gives (ten digits, then `.seg`,
+/// `.wal`, or `.idx` / `.vec` for the index's section files).
 pub(crate) fn is_data_name(name: &str) -> bool {
-    let Some(stem) = name.strip_suffix(".seg").or_else(|| name.strip_suffix(".wal")) else { return false };
+    let Some(stem) = [".seg", ".wal", ".idx", ".vec"].iter().find_map(|s| name.strip_suffix(s)) else { return false };
     stem.len() == 10 && stem.bytes().all(|b| b.is_ascii_digit())
 }
 
@@ -100,7 +101,10 @@ mod tests {
             assert!(!is_temp(foreign), "{foreign}");
         }
         assert!(is_data_name("0000000001.seg") && is_data_name("0000000042.wal"));
-        for foreign in ["x.seg", "notes.wal", "000000001.seg", "00000000001.wal", "000000000a.seg"] {
+        assert!(is_data_name("0000000007.idx") && is_data_name("0000000007.vec"));
+        for foreign in
+            ["x.seg", "notes.wal", "000000001.seg", "00000000001.wal", "000000000a.seg", "index.idx", "1.vec"]
+        {
             assert!(!is_data_name(foreign), "{foreign}");
         }
     }

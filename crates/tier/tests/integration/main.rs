@@ -6,6 +6,7 @@ mod crash;
 mod db;
 mod faults;
 mod hot;
+mod index_files;
 mod lock;
 mod scale;
 mod segment;

@@ -109,9 +109,21 @@ fn the_manifest_round_trips_and_is_replaced_whole() {
         wal: Some("000001.wal".into()),
         next_segment_id: 1,
         deleted: vec![42],
+        index: vec![],
     };
     m.store(dir.path()).unwrap();
     assert_eq!(Manifest::load(dir.path()).unwrap(), m);
+    // Without an index the manifest is version 1 (readable by builds that know only it); with one, 2.
+    assert_eq!(std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap()[8], 1);
+    m.index = vec!["0000000003.idx".into(), "0000000003.vec".into()];
+    m.store(dir.path()).unwrap();
+    assert_eq!(std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap()[8], 2);
+    assert_eq!(Manifest::load(dir.path()).unwrap(), m);
+    // A version 2 manifest whose version field is changed to 1 is refused, not read without its index.
+    let mut bytes = std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap();
+    bytes[8] = 1;
+    assert!(matches!(Manifest::decode(dir.path(), &bytes), Err(Error::Corrupt { .. })));
+    m.index.clear();
     m.generation = 2;
     m.segments.push(SegmentEntry { id: 1, file: "000001.seg".into(), rows: 7 });
     m.store(dir.path()).unwrap();
@@ -153,6 +165,7 @@ fn a_manifest_cannot_point_outside_its_directory() {
             wal: None,
             next_segment_id: 1,
             deleted: vec![],
+            index: vec![],
         };
         m.store(dir.path()).unwrap();
         assert!(matches!(Manifest::load(dir.path()), Err(Error::Corrupt { .. })), "{name:?} accepted");

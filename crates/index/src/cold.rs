@@ -1,0 +1,280 @@
+//! Full vectors outside RAM: an index whose members' full-precision vectors are read from rows the caller
+//! owns (a memory-mapped file of m2m-tier, cluster after cluster in the index's order), so that the page
+//! cache, not the index, holds them. LOD 0 and LOD 1 never read them; LOD 2's re-rank and `Exact` read
+//! them in place through the same kernels (they take slices).
+//!
+//! A cluster that changes (an insert routed to it, a delete of one of its members, a rebalance) is copied
+//! back into RAM first and lives there from then on: the mapped rows are never written. Such an index has
+//! no bf16 copies (exact search is the plain f32 scan): keeping none is the point.
+//!
+//! The index does no IO: the rows come in as anything that derefs to `[f32]`.
+
+use std::sync::Arc;
+
+use crate::{Error, Index, IndexParts, Result};
+
+/// Cluster-major rows of full vectors held outside the index (a mapped file section), shared.
+#[derive(Clone)]
+pub struct ColdRows(Arc<dyn AsRef<[f32]> + Send + Sync>);
+
+impl ColdRows {
+    /// Rows from any owner of an `[f32]` (a memory-mapped section, or a `Vec` in tests).
+    pub fn new(rows: impl AsRef<[f32]> + Send + Sync + 'static) -> ColdRows {
+        ColdRows(Arc::new(rows))
+    }
+
+    /// The values.
+    pub fn as_slice(&self) -> &[f32] {
+        (*self.0).as_ref()
+    }
+}
+
+impl std::fmt::Debug for ColdRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ColdRows({} values)", self.as_slice().len())
+    }
+}
+
+/// Marks a cluster whose vectors are in RAM (`Cluster::vectors`), not in the cold rows.
+const IN_RAM: usize = usize::MAX;
+
+/// The cold rows and where each cluster's members start in them (in rows), or [`IN_RAM`].
+#[derive(Clone, Debug)]
+pub(crate) struct Cold {
+    rows: ColdRows,
+    start: Vec<usize>,
+}
+
+/// First row of each cluster when the clusters' members follow each other in order; the total.
+fn starts(p: &IndexParts) -> (Vec<usize>, usize) {
+    let mut at = 0usize;
+    let start = p
+        .clusters
+        .iter()
+        .map(|c| {
+            let s = at;
+            at += c.ids.len();
+            s
+        })
+        .collect();
+    (start, at)
+}
+
+impl Index {
+    /// An index over parts whose clusters carry no full vectors (and no bf16 copies), with the vectors
+    /// read from `rows`: every member of cluster 0, then of cluster 1, and so on, `dim` values each, in
+    /// the order of the clusters' ids. The parts are checked as [`from_parts`](Self::from_parts) checks
+    /// them; the rows' length must match. Values of the rows are not read here (a forged file's NaN makes
+    /// scores NaN, which no top-k keeps; checksums are the storage layer's job).
+    ///
+    /// Errors: [`Error::Corrupt`].
+    pub fn from_cold_parts(mut p: IndexParts, rows: ColdRows) -> Result<Index> {
+        p.config.exact_prefilter = false;
+        let dim = p.dim;
+        let (start, total) = starts(&p);
+        if total.checked_mul(dim) != Some(rows.as_slice().len()) {
+            return Err(Error::Corrupt {
+                reason: format!("{} vector values for {total} members of dimension {dim}", rows.as_slice().len()),
+            });
+        }
+        let mut index = Index::assemble(p, false)?;
+        index.cold = Some(Cold { rows, start });
+        Ok(index)
+    }
+
+    /// Moves this index's full vectors out of RAM: from now on they are read from `rows`, which must hold
+    /// exactly the vectors the index holds, cluster after cluster (what was just written to a file and
+    /// mapped). Checked value by value before any RAM copy is dropped; the bf16 copies go too.
+    ///
+    /// Errors: [`Error::Corrupt`] when the rows differ (nothing is changed then).
+    pub fn attach_cold(&mut self, rows: ColdRows) -> Result<()> {
+        let dim = self.p.dim;
+        let (start, total) = starts(&self.p);
+        let values = rows.as_slice();
+        if total.checked_mul(dim) != Some(values.len()) {
+            return Err(Error::Corrupt { reason: format!("{} vector values for {total} members", values.len()) });
+        }
+        for (f, &s) in start.iter().enumerate() {
+            let mine = self.cluster_vectors(f);
+            let theirs = &values[s * dim..s * dim + mine.len()];
+            // Bits, not values: a NaN must not pass, and -0.0 is not 0.0 to a file.
+            if mine.iter().zip(theirs).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                return Err(Error::Corrupt { reason: format!("cold rows differ from cluster {f}'s vectors") });
+            }
+        }
+        for cl in &mut self.p.clusters {
+            cl.vectors = Vec::new();
+            cl.bf16 = Vec::new();
+        }
+        self.p.config.exact_prefilter = false;
+        self.cold = Some(Cold { rows, start });
+        Ok(())
+    }
+
+    /// Whether full vectors are read from cold rows (for some cluster at least).
+    pub fn is_cold(&self) -> bool {
+        self.cold.as_ref().is_some_and(|c| c.start.iter().any(|&s| s != IN_RAM))
+    }
+
+    /// The full vectors of cluster `f`'s members, row-major in the order of its ids (unit rows for
+    /// cosine): from RAM, or from the cold rows. Empty for a cluster that does not exist.
+    pub fn cluster_vectors(&self, f: usize) -> &[f32] {
+        let Some(cl) = self.p.clusters.get(f) else { return &[] };
+        if let Some(cold) = &self.cold
+            && let Some(&s) = cold.start.get(f)
+            && s != IN_RAM
+        {
+            let dim = self.p.dim;
+            return cold.rows.as_slice().get(s * dim..(s + cl.ids.len()) * dim).unwrap_or(&[]);
+        }
+        &cl.vectors
+    }
+
+    /// Copies cluster `f`'s vectors into RAM before it changes (the cold rows are never written).
+    pub(crate) fn own(&mut self, f: usize) {
+        let Some(cold) = &self.cold else { return };
+        if cold.start.get(f).is_none_or(|&s| s == IN_RAM) {
+            return;
+        }
+        let copy = self.cluster_vectors(f).to_vec();
+        self.p.clusters[f].vectors = copy;
+        if let Some(cold) = &mut self.cold {
+            cold.start[f] = IN_RAM;
+        }
+    }
+
+    /// Every cluster into RAM (before a rebalance, which rewrites them all).
+    pub(crate) fn own_all(&mut self) {
+        for f in 0..self.p.clusters.len() {
+            self.own(f);
+        }
+        self.cold = None;
+    }
+
+    /// The parts without any cluster's full vectors, codes, ids or bf16 copies: what a stored index
+    /// keeps beside its sections of per-member columns (see the facade's `stored.rs`). Cheap: nothing
+    /// per member is copied.
+    pub fn hollow_parts(&self) -> IndexParts {
+        let p = &self.p;
+        IndexParts {
+            config: p.config.clone(),
+            dim: p.dim,
+            coarse: p.coarse.clone(),
+            fine: p.fine.clone(),
+            children: p.children.clone(),
+            clusters: p
+                .clusters
+                .iter()
+                .map(|c| crate::Cluster {
+                    representative: c.representative,
+                    max_norm: c.max_norm,
+                    ..crate::Cluster::default()
+                })
+                .collect(),
+            sq_min: p.sq_min.clone(),
+            sq_step: p.sq_step.clone(),
+            target_cluster_size: p.target_cluster_size,
+            default_nprobe: p.default_nprobe,
+            calibration_ids: p.calibration_ids.clone(),
+            default_rerank: p.default_rerank,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IndexConfig, Lod, Metric, SearchParams};
+
+    fn data(n: usize, dim: usize) -> Vec<f32> {
+        (0..n * dim).map(|i| (((i * 7919) % 211) as f32 - 105.0) / 50.0).collect()
+    }
+
+    fn rows_of(index: &Index) -> Vec<f32> {
+        (0..index.n_fine()).flat_map(|f| index.cluster_vectors(f).to_vec()).collect()
+    }
+
+    /// Parts rebuilt the way the facade loads a stored index: hollow parts with ids, codes and norms
+    /// put back, and the vectors as cold rows.
+    fn cold_copy(index: &Index) -> Index {
+        let mut p = index.hollow_parts();
+        for (f, c) in p.clusters.iter_mut().enumerate() {
+            let full = &index.parts().clusters[f];
+            c.ids = full.ids.clone();
+            c.codes = full.codes.clone();
+            c.half_sq_norms = full.half_sq_norms.clone();
+        }
+        Index::from_cold_parts(p, ColdRows::new(rows_of(index))).unwrap()
+    }
+
+    /// Catches: a cold index that reads the wrong rows for a cluster (an off-by-one start, rows of the
+    /// wrong cluster), at every level of detail and for every metric.
+    #[test]
+    fn a_cold_index_answers_exactly_as_the_index_in_ram() {
+        let dim = 12;
+        let n = 900;
+        let vectors = data(n, dim);
+        let ids: Vec<u64> = (0..n as u64).map(|i| 5 * i + 2).collect();
+        for metric in [Metric::Cosine, Metric::InnerProduct, Metric::L2] {
+            let cfg = IndexConfig::default().metric(metric).n_fine(30).n_coarse(5);
+            let warm = Index::build(&cfg, dim, &vectors, &ids).unwrap();
+            let cold = cold_copy(&warm);
+            assert!(cold.is_cold() && !warm.is_cold());
+            assert!(cold.parts().clusters.iter().all(|c| c.vectors.is_empty() && c.bf16.is_empty()));
+            for lod in [Lod::Centroids, Lod::Codes, Lod::Rerank, Lod::Exact] {
+                let q = &vectors[..40 * dim];
+                let a = warm.search_batch(q, 7, lod, &SearchParams::default()).unwrap();
+                let b = cold.search_batch(q, 7, lod, &SearchParams::default()).unwrap();
+                for (x, y) in a.iter().zip(&b) {
+                    let xi: Vec<u64> = x.iter().map(|h| h.id).collect();
+                    let yi: Vec<u64> = y.iter().map(|h| h.id).collect();
+                    // The bf16 pass of a warm index may break exact ties differently; scores must agree.
+                    if lod == Lod::Exact {
+                        for (h, g) in x.iter().zip(y) {
+                            assert!((h.score - g.score).abs() <= 1e-4 * h.score.abs().max(1.0), "{metric:?}");
+                        }
+                    } else {
+                        assert_eq!(xi, yi, "{metric:?} {lod:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Catches: a change lost or applied to the wrong rows (insert and delete must copy the cluster to RAM
+    /// first, with the right members), and rows that differ from the index accepted by `attach_cold`.
+    #[test]
+    fn changes_copy_clusters_to_ram_and_attach_checks_the_rows() {
+        let dim = 8;
+        let n = 600;
+        let vectors = data(n, dim);
+        let ids: Vec<u64> = (0..n as u64).collect();
+        let cfg = IndexConfig::default().metric(Metric::InnerProduct).n_fine(20).n_coarse(4);
+        let mut warm = Index::build(&cfg, dim, &vectors, &ids).unwrap();
+        let rows = rows_of(&warm);
+        let mut wrong = rows.clone();
+        wrong[3 * dim + 1] += 1.0;
+        assert!(matches!(warm.attach_cold(ColdRows::new(wrong)), Err(Error::Corrupt { .. })));
+        assert!(!warm.is_cold(), "a failed attach changed the index");
+        assert!(matches!(warm.attach_cold(ColdRows::new(rows[dim..].to_vec())), Err(Error::Corrupt { .. })));
+        warm.attach_cold(ColdRows::new(rows)).unwrap();
+        assert!(warm.is_cold());
+        let extra: Vec<f32> = (0..dim).map(|j| 100.0 + j as f32).collect();
+        warm.insert(&extra, &[10_000]).unwrap();
+        assert_eq!(warm.delete(&[0, 1, 2]), 3);
+        let hits = warm.search(&extra, 1, Lod::Exact, &SearchParams::default()).unwrap();
+        assert_eq!(hits[0].id, 10_000);
+        let all = warm.search(&vectors[..dim], n, Lod::Exact, &SearchParams::default()).unwrap();
+        assert!(all.iter().all(|h| h.id > 2), "a deleted id is found");
+        assert_eq!(all.len(), n - 3 + 1);
+        // Every member's vector is still the one it was inserted with.
+        for f in 0..warm.n_fine() {
+            for (id, row) in warm.list_ids(f).iter().zip(warm.cluster_vectors(f).chunks_exact(dim)) {
+                let want = if *id == 10_000 { &extra[..] } else { &vectors[*id as usize * dim..][..dim] };
+                assert_eq!(row, want, "id {id}");
+            }
+        }
+        warm.rebalance();
+        assert!(!warm.is_cold());
+    }
+}

@@ -1,0 +1,148 @@
+//! The stored index in m2m-tier's section files (see `crates/tier/FORMAT.md`, "Stored index"): what
+//! `build_index` writes, streaming, cluster by cluster, and what `open` maps.
+//!
+//! Two files of one number `N`, committed together through the manifest:
+//!
+//! * `N.idx`, the hot part, read into RAM at open after every section's checksum is checked: `meta` (the
+//!   index's parts without any per-member column, postcard), `offsets` (n_fine + 1 u64: the first member
+//!   of each fine cluster in the member order, then the total), `ids` (u64 per member), `codes` (the
+//!   code stride per member), `half_sq_norms` (f32 per member for L2, empty otherwise), and the learned
+//!   values of the build: `build_ids` (u64), `kappa`, `alpha` (f32 per build id).
+//! * `N.vec`, the cold part: `vectors`, every member's full vector (unit for cosine), f32, in the same
+//!   member order (cluster after cluster). It is mapped and never read whole at open: the index reads
+//!   its rows in place (LOD 2 re-rank, Exact), so the page cache holds what is used. Its checksum is
+//!   checked by `Db::check` (`m2m verify`).
+//!
+//! A vector is stored once: the engine's segments hold the raw splats, this file the index's copy in
+//! cluster order (the order that makes a probed cluster's rows contiguous).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use m2m_index::{ColdRows, Index, IndexParts};
+use m2m_tier::{Db, SectionFile, SectionKind, SectionWriter};
+
+use crate::engine::Learned;
+use crate::{Error, M2mConfig, Result};
+
+/// Rows of vectors per write while streaming (a few MiB).
+const ROWS_PER_WRITE: usize = 4096;
+
+fn corrupt(file: &SectionFile, reason: impl Into<String>) -> Error {
+    Error::Tier(m2m_tier::Error::Corrupt { path: file.path().to_path_buf(), offset: 0, reason: reason.into() })
+}
+
+/// Writes `index` and the build's learned values as a new (uncommitted) index of `db`; returns the
+/// files to pass to `Db::commit_index`.
+pub(crate) fn write(db: &Db, index: &Index, learned: &Learned) -> Result<Vec<PathBuf>> {
+    let parts = index.parts();
+    let n_fine = index.n_fine();
+    let meta = postcard::to_allocvec(&index.hollow_parts())
+        .map_err(|e| Error::Config { field: "index", reason: format!("does not serialise: {e}") })?;
+    let mut hot = db.index_writer("idx")?;
+    hot.begin("meta", SectionKind::U8)?;
+    hot.write(&meta)?;
+    hot.begin("offsets", SectionKind::U64)?;
+    let mut at = 0u64;
+    for cl in &parts.clusters {
+        hot.write_values(&[at])?;
+        at += cl.ids.len() as u64;
+    }
+    hot.write_values(&[at])?;
+    hot.begin("ids", SectionKind::U64)?;
+    parts.clusters.iter().try_for_each(|cl| hot.write_values(&cl.ids))?;
+    hot.begin("codes", SectionKind::U8)?;
+    parts.clusters.iter().try_for_each(|cl| hot.write(&cl.codes))?;
+    hot.begin("half_sq_norms", SectionKind::F32)?;
+    parts.clusters.iter().try_for_each(|cl| hot.write_values(&cl.half_sq_norms))?;
+    hot.begin("build_ids", SectionKind::U64)?;
+    hot.write_values(&learned.ids)?;
+    hot.begin("kappa", SectionKind::F32)?;
+    hot.write_values(&learned.kappa)?;
+    hot.begin("alpha", SectionKind::F32)?;
+    hot.write_values(&learned.alpha)?;
+    let mut cold: SectionWriter = db.index_writer("vec")?;
+    cold.begin("vectors", SectionKind::F32)?;
+    let dim = index.dim();
+    for f in 0..n_fine {
+        for chunk in index.cluster_vectors(f).chunks(ROWS_PER_WRITE * dim) {
+            cold.write_values(chunk)?;
+        }
+    }
+    Ok(vec![hot.finish()?, cold.finish()?])
+}
+
+/// The cold rows of a committed index's `vec` file.
+pub(crate) fn cold_rows(files: &[Arc<SectionFile>]) -> Result<ColdRows> {
+    let file = files.get(1).ok_or_else(|| Error::Config { field: "index", reason: "no vector file".into() })?;
+    Ok(ColdRows::new(file.shared_f32("vectors")?))
+}
+
+/// Loads the stored index of `files` (the manifest's `[N.idx, N.vec]`): the hot part into RAM (checksums
+/// checked), the vectors mapped. Checked against the settings as the old blob was: a forged file with
+/// valid checksums is `Corrupt` naming it.
+pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(Index, Learned)> {
+    let [hot, _] = files else {
+        let path = files.first().map_or_else(PathBuf::new, |f| f.path().to_path_buf());
+        return Err(Error::Tier(m2m_tier::Error::Corrupt {
+            path,
+            offset: 0,
+            reason: format!("{} index files, not 2", files.len()),
+        }));
+    };
+    let meta = hot.verified_bytes("meta", SectionKind::U8)?;
+    let mut parts: IndexParts =
+        postcard::from_bytes(meta).map_err(|e| corrupt(hot, format!("undecodable meta section: {e}")))?;
+    let offsets: &[u64] = hot.values("offsets", SectionKind::U64, true)?;
+    let ids: &[u64] = hot.values("ids", SectionKind::U64, true)?;
+    let codes: &[u8] = hot.verified_bytes("codes", SectionKind::U8)?;
+    let half: &[f32] = hot.values("half_sq_norms", SectionKind::F32, true)?;
+    let dim = parts.dim;
+    let stride = parts.config.codes.stride(dim);
+    let l2 = parts.config.metric == crate::Metric::L2;
+    let members = ids.len();
+    let monotone = offsets.windows(2).all(|w| w[0] <= w[1]);
+    if offsets.len() != parts.clusters.len() + 1
+        || offsets.first() != Some(&0)
+        || offsets.last() != Some(&(members as u64))
+        || !monotone
+    {
+        return Err(corrupt(
+            hot,
+            format!("offsets do not split {members} members into {} clusters", parts.clusters.len()),
+        ));
+    }
+    if codes.len() != members * stride || half.len() != if l2 { members } else { 0 } {
+        return Err(corrupt(hot, format!("codes or norms of the wrong length for {members} members")));
+    }
+    for (f, cl) in parts.clusters.iter_mut().enumerate() {
+        let (lo, hi) = (offsets[f] as usize, offsets[f + 1] as usize);
+        cl.ids = ids[lo..hi].to_vec();
+        cl.codes = codes[lo * stride..hi * stride].to_vec();
+        if l2 {
+            cl.half_sq_norms = half[lo..hi].to_vec();
+        }
+    }
+    let learned = Learned {
+        ids: hot.values::<u64>("build_ids", SectionKind::U64, true)?.to_vec(),
+        kappa: hot.values::<f32>("kappa", SectionKind::F32, true)?.to_vec(),
+        alpha: hot.values::<f32>("alpha", SectionKind::F32, true)?.to_vec(),
+    };
+    crate::validate::learned(hot.path(), &learned.ids, &learned.kappa, &learned.alpha)?;
+    let index = Index::from_cold_parts(parts, cold_rows(files)?).map_err(|e| corrupt(hot, e.to_string()))?;
+    crate::validate::index_matches(hot.path(), &index, config, &learned.ids)?;
+    Ok((index, learned))
+}
+
+/// The error of index files that could not be mapped (kept by the snapshot), as this crate's error.
+pub(crate) fn damage(dir: &std::path::Path, e: &m2m_tier::Error) -> Error {
+    Error::Tier(match e {
+        m2m_tier::Error::Corrupt { path, offset, reason } => {
+            m2m_tier::Error::Corrupt { path: path.clone(), offset: *offset, reason: reason.clone() }
+        }
+        m2m_tier::Error::IncompatibleVersion { path, found, supported } => {
+            m2m_tier::Error::IncompatibleVersion { path: path.clone(), found: *found, supported: *supported }
+        }
+        other => m2m_tier::Error::Corrupt { path: dir.to_path_buf(), offset: 0, reason: other.to_string() },
+    })
+}
