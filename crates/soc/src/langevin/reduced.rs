@@ -400,7 +400,7 @@ pub(crate) fn run_one(
         kernels::Isa::Avx512 => return unsafe { run_one_avx512(splats, config, x, rng, scr) },
         // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
         kernels::Isa::Avx2 => return unsafe { run_one_avx2(splats, config, x, rng, scr) },
-        kernels::Isa::Scalar => {}
+        kernels::Isa::Scalar | kernels::Isa::Neon => {}
     }
     run_one_body(splats, config, x, rng, scr)
 }
