@@ -290,6 +290,14 @@ impl Db {
         Ok(DbCheck { manifest, snapshot, log })
     }
 
+    /// The generation or segment id after `n`, or a typed error when ten digits cannot carry it (only a
+    /// forged manifest gets there: [`Manifest::load`] refuses numbers above [`crate::MAX_NUMBER`]).
+    fn next_number(&self, n: u64) -> Result<u64> {
+        n.checked_add(1).filter(|&m| m <= crate::MAX_NUMBER).ok_or_else(|| {
+            Error::corrupt(self.dir.join(MANIFEST_FILE), 0, format!("no number is left after {n} (ten-digit names)"))
+        })
+    }
+
     /// Removes segment, log and temporary files that the manifest does not name.
     fn remove_orphans(&self) -> Result<()> {
         let live: HashSet<&str> =
@@ -366,14 +374,16 @@ impl Db {
             return Ok(());
         }
         let id = self.manifest.next_segment_id;
+        // Both numbers are checked before anything is written.
+        let (generation, next_id) = (self.next_number(self.manifest.generation)?, self.next_number(id)?);
         let file = segment_name(id);
         let parts: Vec<ColumnsRef<'_>> = self.memtable.parts().collect();
         crate::segment::write_segment_parts(&self.dir.join(&file), id, &parts)?;
         let segment = Arc::new(Segment::open(self.dir.join(&file))?);
         let mut next = self.manifest.clone();
-        next.generation += 1;
+        next.generation = generation;
         next.segments.push(SegmentEntry { id, file, rows: self.memtable.rows() as u64 });
-        next.next_segment_id = id + 1;
+        next.next_segment_id = next_id;
         // The log is retired with this flush: its deletes of segment rows move into the manifest.
         next.deleted = self.deleted.iter().copied().collect();
         next.deleted.sort_unstable();
@@ -395,13 +405,15 @@ impl Db {
         self.segments.iter().for_each(|s| merged.extend(s.columns()));
         merged.remove(&self.deleted);
         let id = self.manifest.next_segment_id;
+        // Both numbers are checked before anything is written.
+        let (generation, next_id) = (self.next_number(self.manifest.generation)?, self.next_number(id)?);
         let file = segment_name(id);
         crate::write_segment(&self.dir.join(&file), id, merged.view())?;
         let segment = Arc::new(Segment::open(self.dir.join(&file))?);
         let mut next = self.manifest.clone();
-        next.generation += 1;
+        next.generation = generation;
         next.segments = vec![SegmentEntry { id, file, rows: merged.rows() as u64 }];
-        next.next_segment_id = id + 1;
+        next.next_segment_id = next_id;
         next.deleted.clear();
         self.commit(next, |segments| *segments = vec![segment])?;
         self.deleted = Arc::new(HashSet::new());
@@ -448,8 +460,11 @@ impl Db {
         std::fs::remove_file(&manifest).map_err(|e| Error::io(&manifest, e))?;
         crate::fsio::sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         owned::remove_unnamed(&self.dir, &HashSet::new())?;
+        // The lock file goes only while it is empty (ours: the lock writes nothing into it).
         let lock = self.dir.join(crate::LOCK_FILE);
-        std::fs::remove_file(&lock).map_err(|e| Error::io(&lock, e))?;
+        if std::fs::metadata(&lock).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            std::fs::remove_file(&lock).map_err(|e| Error::io(&lock, e))?;
+        }
         Ok(())
     }
 
@@ -481,5 +496,11 @@ impl Db {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What [`open`](Self::open) cut from the end of the log (a torn write, or a damaged acknowledged
+    /// record), if anything: writers report it, as `verify` does before the cut.
+    pub fn cut_tail(&self) -> Option<&crate::CutTail> {
+        self.wal.cut()
     }
 }

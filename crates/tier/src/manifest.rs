@@ -17,6 +17,9 @@ pub const MANIFEST_VERSION: u32 = 1;
 const HEADER: usize = 20;
 /// A manifest larger than this is damage (it lists files, not data).
 const MAX_PAYLOAD: usize = 64 << 20;
+/// The largest generation or segment id: file names carry ten digits (`NNNNNNNNNN.wal`). A manifest
+/// with a larger one is damage (or forged); a writer that would pass it stops with a typed error.
+pub const MAX_NUMBER: u64 = 9_999_999_999;
 
 /// One live segment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +69,12 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        // A file whose first bytes are far from our magic (more than 2 bits differ) is someone else's
+        // `MANIFEST`, not a damaged one of ours.
+        let differing: u32 = bytes.iter().zip(MANIFEST_MAGIC).map(|(a, b)| (a ^ b).count_ones()).sum();
+        if bytes.len() >= MANIFEST_MAGIC.len() && differing > 2 {
+            return Err(Error::NotOurs { path: dir.to_path_buf(), found: path });
+        }
         Manifest::decode(&path, &bytes)
     }
 
@@ -77,6 +86,15 @@ impl Manifest {
             postcard::from_bytes(payload).map_err(|e| bad(HEADER, format!("undecodable payload: {e}")))?;
         if m.dim == 0 {
             return Err(bad(HEADER, "dimension 0".into()));
+        }
+        if m.generation == 0 || m.generation > MAX_NUMBER || m.next_segment_id > MAX_NUMBER {
+            return Err(bad(
+                HEADER,
+                format!(
+                    "generation {} or next segment id {} is outside 1..={MAX_NUMBER} (file names have ten digits)",
+                    m.generation, m.next_segment_id
+                ),
+            ));
         }
         let names = m.segments.iter().map(|s| s.file.as_str()).chain(m.wal.as_deref());
         if let Some(name) = names.into_iter().find(|n| !plain_name(n)) {

@@ -104,6 +104,11 @@ pub(crate) fn write_segment_parts(path: &Path, id: u64, parts: &[ColumnsRef<'_>]
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(&tmp, e));
     }
+    // A file of this name that is not ours (no segment magic) is never replaced.
+    if let Err(e) = crate::owned::claim(path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Err(e) = fsio::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
