@@ -267,7 +267,12 @@ fn ingest(
     let create = |db: &Path| -> Result<M2m> {
         // The stored setting stays durable: `--no-sync` is this run's choice, applied by the open below.
         let config = M2mConfig::default().dim(dim).metric(metric.unwrap_or_default()).data_dir(db);
-        drop(M2m::create(config).with_context(|| format!("creating {}", db.display()))?);
+        match M2m::create(config) {
+            Ok(e) => drop(e),
+            // Another first ingest created it meanwhile: open it as a writer (locked while that one runs).
+            Err(m2m::Error::Tier(m2m::tier::Error::AlreadyExists { .. })) if is_db(db) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {}", db.display()))),
+        }
         open_with(db, !no_sync)
     };
     let (mut engine, created) = if is_db(db) {
