@@ -418,6 +418,8 @@ fn ingest_into(
             let n = (c.len() / dim) as u64;
             let ids: Vec<u64> = (entry.base + row..entry.base + row + n).collect();
             engine.add_splats_with(&c, &ids, None, None).map_err(|e| at_file_row(e, &path, row, n))?;
+            // `m2m -v ingest` reports each acknowledged chunk (the torture test holds the CLI to them).
+            tracing::info!("acknowledged rows {row}..{} of {} as ids {}..", row + n, path.display(), entry.base + row);
             row += n;
             added += n;
             pb.set_position(row);
