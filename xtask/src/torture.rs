@@ -254,29 +254,38 @@ fn damage(bins: &Bins, db: &Path, rng: &mut Rng) -> Result<Option<Damage>> {
     if files.is_empty() {
         return Ok(None);
     }
+    // A quarter of the damages are structure-aware forgeries of the numbers that must not overflow (ids,
+    // generations, id ranges near 2^64): on the files that hold them.
+    let how = rng.below(8);
+    if how >= 6 {
+        files.retain(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            n == "MANIFEST" || n.ends_with(".seg") || n.ends_with(".wal") || n == "m2m-ingest.blob"
+        });
+    }
     let file = files[rng.below(files.len() as u64) as usize].clone();
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let removable = ["m2m-index.blob", "m2m-learned.blob", "m2m-neighbours.blob", "m2m-soc.blob", "m2m-ingest.blob"]
         .contains(&name.as_str());
     let mut bytes = std::fs::read(&file)?;
-    let (how, tail) = match rng.below(4) {
-        0 if !bytes.is_empty() => {
+    let (how, tail) = match how {
+        0 | 1 if !bytes.is_empty() => {
             let at = rng.below(bytes.len() as u64) as usize;
             bytes[at] ^= 1 << rng.below(8);
             (format!("bit flip at byte {at}"), false)
         }
-        1 => {
+        0..=2 => {
             let len = rng.below(bytes.len() as u64) as usize;
             bytes.truncate(len);
             (format!("truncated to {len} bytes"), false)
         }
-        2 => {
+        3 => {
             let zeros = [8, 16, 100, 4096][rng.below(4) as usize];
             bytes.resize(bytes.len() + zeros, 0);
             (format!("{zeros} zero bytes appended"), true)
         }
         _ => {
-            let kind = if rng.below(2) == 0 {
+            let kind = if how >= 6 {
                 "huge"
             } else if name.ends_with(".wal") {
                 "log"
@@ -342,8 +351,16 @@ fn every_command(bins: &Bins, db: &Path, file: &Path, hurt: &Damage) -> Result<R
             return Ok(Err(format!("rows lost after repair and build: {} {}", r.stdout.trim(), r.stderr.trim())));
         }
     }
-    let r = run_bin(&bins.m2m, &["ingest", &d, &f])?;
-    Ok(judge(&r, "ingest", &[damaged, f.clone()]))
+    // Resuming the file that is in, then a new file: fresh ids after the largest, a flush (the next
+    // generation and segment id).
+    let more = file.with_file_name("more.fvecs").display().to_string();
+    for input in [&f, &more] {
+        let r = run_bin(&bins.m2m, &["ingest", &d, input])?;
+        if let Err(e) = judge(&r, &format!("ingest {input}"), &[damaged.clone(), input.clone()]) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
 }
 
 #[derive(Default)]
@@ -377,6 +394,8 @@ pub(crate) fn torture(args: &[String]) -> Result<()> {
 
     let file = root.join("a.fvecs");
     write_fvecs(&file, ROWS, &mut rng)?;
+    // New rows for the damage trials' last ingest (`every_command`).
+    write_fvecs(&root.join("more.fvecs"), 300, &mut rng)?;
     let big = root.join("big.fvecs");
     write_fvecs(&big, 20_000, &mut rng)?;
     // A built database, copied by each damage trial.

@@ -384,7 +384,7 @@ fn ingest_into(
                 // A fresh range of ids, after every id in use; logged before any row is written.
                 // (The log is validated: no range end overflows.)
                 let after_log = log.files.iter().map(|e| e.base + e.rows).max().unwrap_or(0);
-                let base = after_log.max(next_free_id(engine, db)?);
+                let base = after_log.max(next_free_id(engine, db).with_context(|| format!("{}", path.display()))?);
                 if base.checked_add(info.rows).is_none() {
                     bail!(
                         "{}: no range of {} ids is left after id {base} in {} (ids are 64-bit)",

@@ -200,8 +200,8 @@ fn forge_huge(file: &std::path::Path, seed: u64) -> Result<(), String> {
     }
     let mut bytes = std::fs::read(file).map_err(|e| err(&e))?;
     if name.ends_with(".seg") {
-        // The ids are the first column; its offset is the header's first column offset.
-        let at = bytes.get(32..40).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
+        // The ids are the second column (after the directions): its offset is the header's second.
+        let at = bytes.get(40..48).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
         let rows = bytes.get(16..24).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
         let row = (seed / 8) % rows.max(1);
         let Some(slot) = at.and_then(|a| bytes.get_mut(a + 8 * row as usize..a + 8 * row as usize + 8)) else {

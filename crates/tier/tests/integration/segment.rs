@@ -207,4 +207,19 @@ fn well_sealed_forgeries_are_refused_behind_the_checksums() {
         }
         other => panic!("{other:?}"),
     }
+    // A NaN direction component of row 3, resealed: refused too (the torture found it passing to the
+    // facade, whose error named no file). Mutation caught: the value check without the directions.
+    let mu_at = u64::from_le_bytes(good[32..40].try_into().unwrap()) as usize;
+    let mut forged = good.clone();
+    let at = mu_at + 4 * (3 * 4 + 1);
+    forged[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    decode::reseal_segment(&mut forged);
+    fs::write(&path, &forged).unwrap();
+    match Segment::open(&path) {
+        Err(Error::Corrupt { path: p, offset, reason }) => {
+            assert_eq!((p, offset), (path.clone(), (mu_at + 4 * 3 * 4) as u64));
+            assert!(reason.contains("row 3") && reason.contains("mu"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
