@@ -100,6 +100,14 @@ impl Manifest {
         if let Some(name) = names.into_iter().find(|n| !plain_name(n)) {
             return Err(bad(HEADER, format!("file name {name:?} is not a plain name inside the directory")));
         }
+        // The names this crate gives: segment `id` in `NNNNNNNNNN.seg` (its id, ten digits), the log in a
+        // ten-digit `.wal`. Another name is damage (or forged), not a file to go looking for.
+        if let Some(s) = m.segments.iter().find(|s| s.file != format!("{:010}.seg", s.id) || s.id > MAX_NUMBER) {
+            return Err(bad(HEADER, format!("segment {} is named {:?}, not by its id", s.id, s.file)));
+        }
+        if let Some(w) = m.wal.as_deref().filter(|w| !(crate::owned::is_data_name(w) && w.ends_with(".wal"))) {
+            return Err(bad(HEADER, format!("log name {w:?} is not a ten-digit .wal")));
+        }
         Ok(m)
     }
 }

@@ -105,17 +105,27 @@ fn the_manifest_round_trips_and_is_replaced_whole() {
     let mut m = Manifest {
         generation: 1,
         dim: 384,
-        segments: vec![SegmentEntry { id: 0, file: "000000.seg".into(), rows: 5_000 }],
-        wal: Some("000001.wal".into()),
+        segments: vec![SegmentEntry { id: 0, file: "0000000000.seg".into(), rows: 5_000 }],
+        wal: Some("0000000001.wal".into()),
         next_segment_id: 1,
         deleted: vec![42],
     };
     m.store(dir.path()).unwrap();
     assert_eq!(Manifest::load(dir.path()).unwrap(), m);
     m.generation = 2;
-    m.segments.push(SegmentEntry { id: 1, file: "000001.seg".into(), rows: 7 });
+    m.segments.push(SegmentEntry { id: 1, file: "0000000001.seg".into(), rows: 7 });
     m.store(dir.path()).unwrap();
     assert_eq!(Manifest::load(dir.path()).unwrap(), m);
+    // A segment not named by its id (a forged manifest sent the open looking for "000000000.seg"),
+    // or a log name we never give: Corrupt naming the manifest, not a missing file.
+    for (seg, wal) in [("000000000.seg", "0000000001.wal"), ("0000000000.seg", "notes.wal")] {
+        let mut forged = m.clone();
+        forged.segments[0].file = seg.into();
+        forged.wal = Some(wal.into());
+        forged.store(dir.path()).unwrap();
+        assert!(matches!(Manifest::load(dir.path()), Err(Error::Corrupt { .. })), "{seg} {wal}");
+    }
+    m.store(dir.path()).unwrap();
     let temps = fs::read_dir(dir.path())
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".m2m-tmp."));
