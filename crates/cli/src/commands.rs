@@ -271,6 +271,11 @@ fn ingest(
             Ok(e) => drop(e),
             // Another first ingest created it meanwhile: open it as a writer (locked while that one runs).
             Err(m2m::Error::Tier(m2m::tier::Error::AlreadyExists { .. })) if is_db(db) => {}
+            Err(m2m::Error::Tier(m2m::tier::Error::AlreadyExists { .. })) => bail!(
+                "{}: holds an M2M database without its settings (no {CONFIG_BLOB}) that is not empty; it is not \
+                 created over: move it away",
+                db.display()
+            ),
             Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {}", db.display()))),
         }
         open_with(db, !no_sync)

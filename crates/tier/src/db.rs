@@ -113,7 +113,16 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
         manifest.segments.iter().map(|s| Segment::open(dir.join(&s.file)).map(Arc::new)).collect::<Result<Vec<_>>>()?;
     for (s, e) in segments.iter().zip(&manifest.segments) {
         if s.dim() != manifest.dim || s.rows() as u64 != e.rows {
-            return Err(Error::corrupt(s.path(), 0, "segment shape differs from the manifest"));
+            // Either file may be the damaged one: the error names both.
+            let reason = format!(
+                "{} holds {} rows of dimension {}, the manifest says {} of dimension {}",
+                s.path().display(),
+                s.rows(),
+                s.dim(),
+                e.rows,
+                manifest.dim
+            );
+            return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, reason));
         }
     }
     let mut ids = HashSet::new();
