@@ -138,7 +138,7 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
         match record {
             WalRecord::Batch(b) => {
                 if b.columns.dim != manifest.dim {
-                    return Err(Error::corrupt(wal_path, 12, "log dimension differs from the manifest"));
+                    return Err(dim_mismatch(wal_path, b.columns.dim, manifest.dim));
                 }
                 if let Some(id) = b.columns.ids.iter().find(|&&id| !ids.insert(id)) {
                     return Err(Error::corrupt(wal_path, 0, format!("id {id} added twice")));
@@ -154,6 +154,33 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
         }
     }
     Ok(Replayed { segments, memtable, ids, deleted })
+}
+
+/// The log and the manifest disagree on the dimension: either may be the damaged one, so the error
+/// names both (the log's path, in the reason, and the manifest's).
+fn dim_mismatch(wal: &Path, found: usize, manifest: usize) -> Error {
+    let reason = format!("{} holds rows of dimension {found}, the manifest says {manifest}", wal.display());
+    Error::corrupt(fsio_parent(wal).join(MANIFEST_FILE), 0, reason)
+}
+
+fn fsio_parent(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// A file the manifest names is missing: a deleted file, or a damaged (forged) manifest. The error names
+/// the manifest and the missing file; any other error is returned as it is.
+fn named_but_missing(dir: &Path, e: Error) -> Error {
+    match e {
+        Error::Io { path, source }
+            if source.kind() == std::io::ErrorKind::NotFound
+                && path.starts_with(dir)
+                && path != dir.join(MANIFEST_FILE) =>
+        {
+            let reason = format!("names {}, which is missing ({source})", path.display());
+            Error::corrupt(dir.join(MANIFEST_FILE), 0, reason)
+        }
+        other => other,
+    }
 }
 
 fn wal_name(generation: u64) -> String {
@@ -228,11 +255,12 @@ impl Db {
         let lock = DirLock::acquire(&dir)?;
         let manifest = Manifest::load(&dir)?;
         let wal_file = manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation));
-        let (wal, records) = Wal::open(dir.join(&wal_file), options.durability)?;
+        let (wal, records) =
+            Wal::open(dir.join(&wal_file), options.durability).map_err(|e| named_but_missing(&dir, e))?;
         if wal.dim() != manifest.dim {
-            return Err(Error::corrupt(wal.path(), 12, "log dimension differs from the manifest"));
+            return Err(dim_mismatch(wal.path(), wal.dim(), manifest.dim));
         }
-        let state = replay(&dir, &manifest, wal.path(), &records)?;
+        let state = replay(&dir, &manifest, wal.path(), &records).map_err(|e| named_but_missing(&dir, e))?;
         let db = Db {
             dir,
             _lock: lock,
@@ -275,7 +303,7 @@ impl Db {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
                 }
-                other => return other,
+                other => return other.map_err(|e| named_but_missing(dir, e)),
             }
         }
     }
@@ -288,8 +316,8 @@ impl Db {
         let dir = dir.as_ref();
         let manifest = Manifest::load(dir)?;
         let wal_path = dir.join(manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation)));
-        let log = LogCheck::of(&wal_path)?;
-        let state = replay(dir, &manifest, &wal_path, &log.records)?;
+        let log = LogCheck::of(&wal_path).map_err(|e| named_but_missing(dir, e))?;
+        let state = replay(dir, &manifest, &wal_path, &log.records).map_err(|e| named_but_missing(dir, e))?;
         let snapshot = Snapshot {
             generation: manifest.generation,
             segments: state.segments,

@@ -249,6 +249,42 @@ fn forged_huge_generations_are_corrupt_and_never_overflow() {
     }
 }
 
+/// A manifest that names a log that is not there, or whose dimension the log does not share (a forged
+/// manifest, or a deleted log): the error names the manifest, and the log in its reason, on every path.
+/// Mutations caught: `named_but_missing` left out (an Io error naming only the log), `dim_mismatch`
+/// naming only the log.
+#[test]
+fn a_manifest_that_disagrees_with_its_log_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(0, DIM)).unwrap();
+    drop(db);
+    let good = m2m_tier::Manifest::load(dir.path()).unwrap();
+    let manifest = dir.path().join("MANIFEST");
+    for (wal, dim) in [("0004000001.wal", DIM), (good.wal.as_deref().unwrap(), DIM + 1)] {
+        let mut m = good.clone();
+        m.wal = Some(wal.into());
+        m.dim = dim;
+        m.store(dir.path()).unwrap();
+        let results = [
+            Db::open(dir.path(), DbOptions::default()).map(drop),
+            Db::check(dir.path()).map(drop),
+            Db::read_snapshot(dir.path()).map(drop),
+        ];
+        for r in results {
+            match r {
+                Err(Error::Corrupt { path, reason, .. }) => {
+                    assert_eq!(path, manifest);
+                    assert!(reason.contains(wal), "{reason}");
+                }
+                other => panic!("{wal}, dim {dim}: {other:?}"),
+            }
+        }
+    }
+    good.store(dir.path()).unwrap();
+    assert_batches(&Db::open(dir.path(), DbOptions::default()).unwrap().snapshot(), 1);
+}
+
 /// A writer's open that cuts a damaged tail says what it cut: the same bytes and rows `Db::check`
 /// reported before. Mutation caught: `Wal::open` not recording the cut (`cut_tail` None).
 #[test]
