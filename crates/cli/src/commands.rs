@@ -194,6 +194,19 @@ fn open_reader(db: &Path) -> Result<M2m> {
     M2m::open_read_only(db).with_context(|| format!("opening {}", db.display()))
 }
 
+/// Refuses an input that is not a regular file (a FIFO, a device, a directory): vector files are read
+/// by their header's row count and seeked in, so a pipe would read as an empty or short file.
+fn regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "{}: not a regular file (a pipe, device or directory); write the vectors to a file first",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// CRC32C of every row of a vector file, read in chunks as f32; and of its first `prefix` rows when the
 /// file holds that many.
 fn file_crc(path: &Path, chunk: usize, prefix: u64) -> Result<(u32, Option<u32>)> {
@@ -255,6 +268,7 @@ fn ingest(
     // Every file is opened (and its header checked) before anything is written.
     let mut readers = Vec::new();
     for f in files {
+        regular_file(f)?;
         let r = VectorReader::open(f).with_context(|| format!("{}", f.display()))?;
         readers.push((f.clone(), r));
     }
@@ -522,6 +536,7 @@ fn query(
     let dim = engine.config().dim;
     let queries: Vec<f32> = match (file, row) {
         (Some(f), _) => {
+            regular_file(f)?;
             let v = read_vectors::<f32>(f).with_context(|| format!("{}", f.display()))?;
             if v.dim != dim {
                 bail!("{}: dimension {} does not match the database's {dim}", f.display(), v.dim);
@@ -854,6 +869,8 @@ fn repair(cli: &Cli, db: &Path) -> Result<ExitCode> {
 }
 
 fn bench(cli: &Cli, base: &Path, queries: &Path, k: usize) -> Result<ExitCode> {
+    regular_file(base)?;
+    regular_file(queries)?;
     let b = read_vectors::<f32>(base).with_context(|| format!("{}", base.display()))?;
     let q = read_vectors::<f32>(queries).with_context(|| format!("{}", queries.display()))?;
     if b.dim != q.dim {

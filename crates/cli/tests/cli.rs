@@ -520,6 +520,11 @@ fn forged_numbers_damaged_blobs_and_grown_files_are_named_and_repaired() {
         assert_eq!(names(&s), [name]);
         assert_eq!(std::fs::read(s.join(name)).unwrap(), body);
     }
+    // A FIFO input: named as what it is, not as an empty file. Mutation caught: `regular_file` left out.
+    let fifo = dir.path().join("pipe.npy");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let err = no_panic(&["ingest", &d, &fifo.display().to_string()]);
+    assert!(err.contains("pipe.npy") && err.contains("not a regular file"), "{err}");
     // A forged manifest generation: a one-line error naming MANIFEST from every command.
     let mut m = m2m::tier::Manifest::load(&db).unwrap();
     m.generation = u64::MAX;
