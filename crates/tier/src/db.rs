@@ -125,12 +125,18 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
             return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, reason));
         }
     }
-    let mut ids = HashSet::new();
-    for id in segments.iter().flat_map(|s| s.ids().iter()) {
-        if !ids.insert(*id) {
-            return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, format!("id {id} stored twice")));
+    // Where each id is stored, so that a repeated id names both files (either may be the damaged one).
+    let mut first: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for (i, s) in segments.iter().enumerate() {
+        for &id in s.ids() {
+            if let Some(&j) = first.get(&id) {
+                let reason = format!("id {id} stored twice (also in {})", segments[j].path().display());
+                return Err(Error::corrupt(s.path(), 0, reason));
+            }
+            first.insert(id, i);
         }
     }
+    let mut ids: HashSet<u64> = first.into_keys().collect();
     let mut deleted: HashSet<u64> = manifest.deleted.iter().copied().collect();
     ids.retain(|id| !deleted.contains(id));
     let mut memtable = Memtable::new(manifest.dim);
