@@ -312,3 +312,40 @@ fn the_largest_id_is_accepted_and_no_later_add_panics() {
     assert_eq!(e.len(), 1);
     assert!(e.contains(u64::MAX));
 }
+
+/// A writer's open that cuts a damaged log tail says what it dropped (`cut_tail`, and a warning), and a
+/// forged setting's error names `m2m-config.blob`. Mutations caught: `open_config` not reading
+/// `Db::cut_tail` (None here), `stored_config` passing `check`'s error on without the blob's path.
+#[test]
+fn a_cut_tail_is_reported_and_a_forged_setting_names_its_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut e = M2m::create(M2mConfig::default().dim(4).data_dir(&db)).unwrap();
+    e.add_splats(&[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]).unwrap();
+    e.add_splats(&[0.0, 0.0, 1.0, 0.0]).unwrap();
+    drop(e);
+    let wal = std::fs::read_dir(&db)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .unwrap();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&wal, &bytes).unwrap();
+    let e = M2m::open(&db).unwrap();
+    let cut = e.cut_tail().expect("the cut is reported");
+    assert_eq!((cut.path.as_path(), cut.rows), (wal.as_path(), Some(1)));
+    assert_eq!(e.len(), 2, "the damaged last record (1 row) is dropped, the first kept");
+    drop(e);
+    assert!(M2m::open(&db).unwrap().cut_tail().is_none());
+
+    let json = String::from_utf8(m2m::tier::load_blob(&db, CONFIG_BLOB).unwrap()).unwrap();
+    let forged = json.replacen("\"dim\": 4", "\"dim\": 0", 1);
+    assert_ne!(json, forged, "the settings hold \"dim\": 4");
+    m2m::tier::store_blob(&db, CONFIG_BLOB, forged.as_bytes()).unwrap();
+    for r in [M2m::open(&db).map(drop), M2m::open_read_only(&db).map(drop)] {
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains(CONFIG_BLOB), "{msg}");
+    }
+}

@@ -1,24 +1,32 @@
 //! `cargo xtask torture [--minutes N] [--seed S]`: the hostile test, kept running.
 //!
 //! Trials, drawn at random until the time is up, each in a fresh directory with foreign files planted
-//! beside and (once it exists) inside the database:
+//! beside and (once it exists) inside the database (names like ours included: ten-digit `.wal`/`.seg`
+//! without our magic):
 //!
 //! * `tier-kill`: m2m-tier's crash writer (ingest, flush every 4th batch, compaction every 10th) is
 //!   SIGKILLed at a random moment, creation included, three times over; after each kill every
 //!   acknowledged batch must be present exactly once with its exact bytes (`crash-writer check`).
-//! * `ingest-kill`: `m2m ingest` SIGKILLed at a random moment (creation included); every row present
-//!   must be the file's row byte for byte; then the same command must complete, with every row exactly
-//!   once. Half of these trials first damage a file of the killed database (below) and only judge the
-//!   commands.
-//! * `build-kill`: `m2m build` SIGKILLed; then `verify` must pass, and `build` and an exact query work.
+//! * `ingest-kill`: `m2m -v ingest` SIGKILLed at a random moment (creation included); every row it
+//!   acknowledged (`acknowledged rows A..B` on stderr) must be present and every row present must be the
+//!   file's row byte for byte; then the same command must complete, with every row exactly once. A
+//!   quarter of these first damage a file of the killed database (below) and judge every command; one
+//!   in eight plants a user's non-empty `LOCK` or a ten-digit `.wal` without our magic in the directory
+//!   first: the ingest must refuse, naming it, and change nothing.
+//! * `build-kill`: `m2m build` SIGKILLed; then `verify` must pass, `build` work, and row 5 be its own
+//!   nearest neighbour (id matched exactly).
 //! * `damage`: one file of a built database (manifest, log, segment, any blob) gets a bit flip, a
 //!   truncation, a zero tail, or a forged change with recomputed checksums (structure-aware: length and
-//!   count fields half the time); then every command runs on it.
-//! * `full-disk` (as root only): ingest into a 1 MiB tmpfs.
+//!   count fields, and the numbers that must not overflow: ids, generations and id ranges near 2^64);
+//!   then every command runs on it. The read-only commands must leave every file byte-identical;
+//!   `verify` must flag any unforged damage, naming the file; when the damage is one `repair` can undo
+//!   (a removable blob, a log tail), every row must survive `repair` and `build`.
+//! * `full-disk` (as root only): ingest into a 1 MiB tmpfs. A mount that fails is counted as skipped.
 //!
 //! Every command run is judged: no panic (exit 101, or "panicked" on stderr), and a failure is exactly
-//! one `error:` line naming a path. After each trial the foreign files must be unchanged. A failing trial
-//! keeps its directory and prints the seed that replays the whole run.
+//! one `error:` line naming the damaged file (or a file inside the database, or the input file given to
+//! `ingest`, or a flag): never just the database directory. After each trial the foreign files must be
+//! unchanged. A failing trial keeps its directory and prints the seed that replays the whole run.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -69,8 +77,9 @@ fn run_bin(bin: &Path, args: &[&str]) -> Result<Ran> {
     })
 }
 
-/// No panic; a failure is one `error:` line that names a path under `dir`.
-fn judge(r: &Ran, what: &str, dir: &Path) -> Result<(), String> {
+/// No panic; a failure is one `error:` line that names one of `names` (the damaged file, a file inside
+/// the database, the input file: never just the database directory), or a flag the user gave.
+fn judge(r: &Ran, what: &str, names: &[String]) -> Result<(), String> {
     if r.code == Some(101) || r.stderr.contains("panicked") {
         return Err(format!("{what}: panicked: {}", r.stderr.trim()));
     }
@@ -78,13 +87,37 @@ fn judge(r: &Ran, what: &str, dir: &Path) -> Result<(), String> {
         return Ok(());
     }
     let errors: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    let dir = dir.display().to_string();
     match errors.as_slice() {
-        // A path under the trial, or a flag the user gave (`--row: no splat with id 3` after damage).
-        [line] if line.contains(&dir) || line.starts_with("error: --") => Ok(()),
-        [line] => Err(format!("{what}: the error names no file under {dir}: {line}")),
+        // `--row: no splat with id 3` after damage names the flag; a state of the whole database that no
+        // file's damage causes (no index yet, a create killed before its settings) names the database
+        // and what to do.
+        [line]
+            if names.iter().any(|n| line.contains(n.as_str()))
+                || line.starts_with("error: --")
+                || STATE_ERRORS.iter().any(|s| line.contains(s)) =>
+        {
+            Ok(())
+        }
+        [line] => Err(format!("{what}: the error names none of {names:?}: {line}")),
         _ => Err(format!("{what}: exit {:?} without exactly one error line: {}", r.code, r.stderr.trim())),
     }
+}
+
+/// Errors about the state of a whole database, not about a file: accepted without a file name.
+const STATE_ERRORS: [&str; 3] =
+    ["no current index; run `m2m build", "(no m2m-config.blob)", "the engine holds no splat"];
+
+/// Every file of `dir` with its bytes, sorted by name.
+fn contents(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            out.push((e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path())?));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Writes `rows` rows of `DIM` seeded values as `.fvecs` (per row: the dimension as i32, then f32s).
@@ -100,9 +133,20 @@ fn write_fvecs(path: &Path, rows: usize, rng: &mut Rng) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Foreign files: names that look like ours and names that do not, with their contents.
-const FOREIGN: [&str; 7] =
-    ["report.tmp", "notes.wal", "x.seg", "MANIFEST.tmp", ".0000000001.seg.tmp", "m2m-notes.blob", "0000000001.txt"];
+/// Foreign files: names that look like ours and names that do not, with their contents. The ten-digit
+/// `.wal` and `.seg` carry our names but not our magic: they are the user's (numbers no trial reaches,
+/// so they never stand where a log or segment must go).
+const FOREIGN: [&str; 9] = [
+    "report.tmp",
+    "notes.wal",
+    "x.seg",
+    "MANIFEST.tmp",
+    ".0000000001.seg.tmp",
+    "m2m-notes.blob",
+    "0000000001.txt",
+    "0000000099.wal",
+    "0000000098.seg",
+];
 
 fn plant(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     FOREIGN
@@ -137,73 +181,118 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Spawns `bin args`, SIGKILLs it after `delay`, and returns the last `ack N` it printed (-1: none).
+/// Spawns `bin args`, SIGKILLs it after `delay`, and returns the last acknowledgement it printed (-1:
+/// none): the crash writer's `ack N` on stdout (batch N), or `m2m -v ingest`'s `acknowledged rows A..B`
+/// on stderr (B: the rows of the file acknowledged so far).
 fn kill_after(bin: &Path, args: &[&str], delay: Duration) -> Result<i64> {
     let mut child = Command::new(bin)
         .args(args)
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let last = Arc::new(AtomicI64::new(-1));
-    let reader = child.stdout.take().map(|out| {
+    let read = |out: Box<dyn std::io::Read + Send>| {
         let last = Arc::clone(&last);
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(std::result::Result::ok) {
-                if let Some(n) = line.strip_prefix("ack ").and_then(|n| n.parse::<i64>().ok()) {
+                if let Some(n) = ack_of(&line) {
                     last.store(n, Ordering::SeqCst);
                 }
             }
         })
-    });
+    };
+    let stdout = child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>);
+    let stderr = child.stderr.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>);
+    let readers: Vec<_> = [stdout, stderr].into_iter().flatten().map(read).collect();
     std::thread::sleep(delay);
     // `Child::kill` is SIGKILL on Unix.
     let _ = child.kill();
     let _ = child.wait();
-    if let Some(r) = reader {
+    for r in readers {
         let _ = r.join();
     }
     Ok(last.load(Ordering::SeqCst))
 }
 
-/// Applies one random damage to one random file of `db`; returns what it did.
-fn damage(bins: &Bins, db: &Path, rng: &mut Rng) -> Result<String> {
+/// The acknowledgement a line carries: `ack N`, or `... acknowledged rows A..B of ...` (B).
+fn ack_of(line: &str) -> Option<i64> {
+    if let Some(n) = line.strip_prefix("ack ") {
+        return n.trim().parse().ok();
+    }
+    const MARK: &str = "acknowledged rows ";
+    let rest = &line[line.find(MARK)? + MARK.len()..];
+    rest.split_once("..")?.1.split(' ').next()?.parse().ok()
+}
+
+/// What [`damage`] did: to which file, and whether `verify` must see it and `repair` undo it.
+struct Damage {
+    what: String,
+    file: PathBuf,
+    /// Not a forgery: every checksum now disagrees, so `verify` must flag it.
+    visible: bool,
+    /// `repair` (and `build`) bring every row back: the file is a removable blob, or the damage is a
+    /// log tail.
+    recoverable: bool,
+}
+
+/// Applies one random damage to one random file of `db`; returns what it did (`None`: no file).
+fn damage(bins: &Bins, db: &Path, rng: &mut Rng) -> Result<Option<Damage>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(db)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let ours = |ext: &str| n.ends_with(ext) && n.len() == 14 && !FOREIGN.contains(&n.as_str());
             n == "MANIFEST"
-                || n.ends_with(".seg") && n.len() == 14
-                || n.ends_with(".wal") && n.len() == 14
-                || (n.ends_with(".idx") || n.ends_with(".vec")) && n.len() == 14
+                || ours(".seg")
+                || ours(".wal")
+                || ours(".idx")
+                || ours(".vec")
                 || n.starts_with("m2m-") && n.ends_with(".blob") && n != "m2m-notes.blob"
         })
         .collect();
     files.sort();
     if files.is_empty() {
-        return Ok("nothing to damage".into());
+        return Ok(None);
+    }
+    // A quarter of the damages are structure-aware forgeries of the numbers that must not overflow (ids,
+    // generations, id ranges near 2^64): on the files that hold them.
+    let how = rng.below(8);
+    if how >= 6 {
+        files.retain(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            n == "MANIFEST" || n.ends_with(".seg") || n.ends_with(".wal") || n == "m2m-ingest.blob"
+        });
     }
     let file = files[rng.below(files.len() as u64) as usize].clone();
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // The blobs `repair` may remove, and the stored index's section files (`repair` drops the index).
+    let removable = ["m2m-index.blob", "m2m-learned.blob", "m2m-neighbours.blob", "m2m-soc.blob", "m2m-ingest.blob"]
+        .contains(&name.as_str())
+        || name.ends_with(".idx")
+        || name.ends_with(".vec");
     let mut bytes = std::fs::read(&file)?;
-    let how = match rng.below(4) {
-        0 if !bytes.is_empty() => {
+    let (how, tail) = match how {
+        0 | 1 if !bytes.is_empty() => {
             let at = rng.below(bytes.len() as u64) as usize;
             bytes[at] ^= 1 << rng.below(8);
-            format!("bit flip at byte {at}")
+            (format!("bit flip at byte {at}"), false)
         }
-        1 => {
+        0..=2 => {
             let len = rng.below(bytes.len() as u64) as usize;
             bytes.truncate(len);
-            format!("truncated to {len} bytes")
+            (format!("truncated to {len} bytes"), false)
         }
-        2 => {
+        3 => {
             let zeros = [8, 16, 100, 4096][rng.below(4) as usize];
             bytes.resize(bytes.len() + zeros, 0);
-            format!("{zeros} zero bytes appended")
+            (format!("{zeros} zero bytes appended"), true)
         }
         _ => {
-            let kind = if name.ends_with(".wal") {
+            let kind = if how >= 6 {
+                "huge"
+            } else if name.ends_with(".wal") {
                 "log"
             } else if name.ends_with(".seg") {
                 "segment"
@@ -216,30 +305,63 @@ fn damage(bins: &Bins, db: &Path, rng: &mut Rng) -> Result<String> {
             if r.code != Some(0) {
                 bail!("forge {kind} {f}: {}", r.stderr.trim());
             }
-            return Ok(format!("{name}: forged ({kind}, seed {seed}) with valid checksums"));
+            let what = format!("{name}: forged ({kind}, seed {seed}) with valid checksums");
+            return Ok(Some(Damage { what, file, visible: false, recoverable: removable }));
         }
     };
     std::fs::write(&file, &bytes)?;
-    Ok(format!("{name}: {how}"))
+    let recoverable = removable || tail && name.ends_with(".wal");
+    Ok(Some(Damage { what: format!("{name}: {how}"), file, visible: true, recoverable }))
 }
 
-/// Every command on a (possibly damaged) database, each judged.
-fn every_command(bins: &Bins, db: &Path, file: &Path) -> Result<Result<(), String>> {
+/// Every command on a damaged database, each judged: errors name the damaged file (or the input file,
+/// for `ingest`); the read-only commands change no byte; `verify` flags visible damage; recoverable
+/// damage loses no row through `repair` and `build`.
+fn every_command(bins: &Bins, db: &Path, file: &Path, hurt: &Damage) -> Result<Result<(), String>> {
     let d = db.display().to_string();
     let f = file.display().to_string();
-    let commands: [&[&str]; 8] = [
+    let damaged = hurt.file.display().to_string();
+    let before = contents(db)?;
+    let readers: [&[&str]; 5] = [
         &["info", &d],
         &["verify", &d],
         &["query", &d, "--row", "3", "--k", "5"],
         &["query", &d, "--row", "3", "--k", "18446744073709551615", "--lod", "0"],
         &["stream", &d, "--batch-size", "500"],
-        &["repair", &d],
-        &["build", &d],
-        &["ingest", &d, &f],
     ];
-    for args in commands {
+    for args in readers {
         let r = run_bin(&bins.m2m, args)?;
-        if let Err(e) = judge(&r, &args.join(" "), db) {
+        if let Err(e) = judge(&r, &args.join(" "), std::slice::from_ref(&damaged)) {
+            return Ok(Err(e));
+        }
+        if args[0] == "verify" && hurt.visible && r.code == Some(0) {
+            return Ok(Err(format!("verify says OK: {}", r.stdout.trim())));
+        }
+        if contents(db)? != before {
+            return Ok(Err(format!("{} changed a file of the database", args.join(" "))));
+        }
+    }
+    for args in [&["repair", &d][..], &["build", &d]] {
+        let r = run_bin(&bins.m2m, args)?;
+        if let Err(e) = judge(&r, &args.join(" "), std::slice::from_ref(&damaged)) {
+            return Ok(Err(e));
+        }
+        if hurt.recoverable && r.code != Some(0) {
+            return Ok(Err(format!("{} failed on damage it can undo: {}", args.join(" "), r.stderr.trim())));
+        }
+    }
+    if hurt.recoverable {
+        let r = run_bin(&bins.writer, &["rows", &d, &f])?;
+        if r.stdout.trim() != format!("ok {ROWS}") {
+            return Ok(Err(format!("rows lost after repair and build: {} {}", r.stdout.trim(), r.stderr.trim())));
+        }
+    }
+    // Resuming the file that is in, then a new file: fresh ids after the largest, a flush (the next
+    // generation and segment id).
+    let more = file.with_file_name("more.fvecs").display().to_string();
+    for input in [&f, &more] {
+        let r = run_bin(&bins.m2m, &["ingest", &d, input])?;
+        if let Err(e) = judge(&r, &format!("ingest {input}"), &[damaged.clone(), input.clone()]) {
             return Ok(Err(e));
         }
     }
@@ -249,6 +371,7 @@ fn every_command(bins: &Bins, db: &Path, file: &Path) -> Result<Result<(), Strin
 #[derive(Default)]
 struct Tally {
     trials: [u64; 5],
+    skipped: [u64; 5],
     failures: Vec<String>,
 }
 
@@ -276,6 +399,8 @@ pub(crate) fn torture(args: &[String]) -> Result<()> {
 
     let file = root.join("a.fvecs");
     write_fvecs(&file, ROWS, &mut rng)?;
+    // New rows for the damage trials' last ingest (`every_command`).
+    write_fvecs(&root.join("more.fvecs"), 300, &mut rng)?;
     let big = root.join("big.fvecs");
     write_fvecs(&big, 20_000, &mut rng)?;
     // A built database, copied by each damage trial.
@@ -316,10 +441,19 @@ pub(crate) fn torture(args: &[String]) -> Result<()> {
             3 => {
                 copy_dir(&template, &db)?;
                 planted.extend(plant(&db));
-                let what = damage(&bins, &db, &mut rng)?;
-                every_command(&bins, &db, &file)?.map_err(|e| format!("{what}: {e}"))
+                match damage(&bins, &db, &mut rng)? {
+                    Some(hurt) => every_command(&bins, &db, &file, &hurt)?.map_err(|e| format!("{}: {e}", hurt.what)),
+                    None => Err("the template holds no file to damage".into()),
+                }
             }
-            _ => full_disk(&bins, &trial, &big, &mut planted)?,
+            _ => match full_disk(&bins, &trial, &big, &mut planted)? {
+                Some(verdict) => verdict,
+                None => {
+                    tally.skipped[kind] += 1;
+                    let _ = std::fs::remove_dir_all(&trial);
+                    continue;
+                }
+            },
         };
         let outcome = outcome.and_then(|()| untouched(&planted));
         tally.trials[kind] += 1;
@@ -336,7 +470,12 @@ pub(crate) fn torture(args: &[String]) -> Result<()> {
     }
     let total: u64 = tally.trials.iter().sum();
     let per_kind: Vec<String> = KINDS.iter().zip(tally.trials).map(|(k, t)| format!("{k} {t}")).collect();
-    println!("torture: {total} trials ({}), {} failed; seed {seed}", per_kind.join(", "), tally.failures.len());
+    let skipped: u64 = tally.skipped.iter().sum();
+    println!(
+        "torture: {total} trials ({}), {} failed, {skipped} skipped (full-disk: the tmpfs mount failed); seed {seed}",
+        per_kind.join(", "),
+        tally.failures.len()
+    );
     if tally.failures.is_empty() {
         let _ = std::fs::remove_dir_all(&root);
         Ok(())
@@ -387,25 +526,54 @@ fn ingest_kill(
     planted: &mut Vec<(PathBuf, Vec<u8>)>,
 ) -> Result<Result<(), String>> {
     let (d, f) = (db.display().to_string(), file.display().to_string());
+    if rng.below(8) == 0 {
+        // A user's file in the directory: a non-empty LOCK, or a ten-digit log without our magic.
+        std::fs::create_dir_all(db)?;
+        let name = ["LOCK", "0000000001.wal", "0000000001.seg"][rng.below(3) as usize];
+        let body = format!("not yours: {name}").into_bytes();
+        std::fs::write(db.join(name), &body)?;
+        planted.push((db.join(name), body));
+        let r = run_bin(&bins.m2m, &["ingest", &d, &f])?;
+        if r.code == Some(0) {
+            return Ok(Err(format!("ingest into a directory holding a user's {name} succeeded")));
+        }
+        if let Err(e) = judge(&r, "ingest", &[db.join(name).display().to_string()]) {
+            return Ok(Err(e));
+        }
+        let left = std::fs::read_dir(db)?.count();
+        return Ok(if left == 1 { Ok(()) } else { Err(format!("ingest left {left} files beside the user's {name}")) });
+    }
     let chunk = (50 + rng.below(1_000)).to_string();
-    let mut args = vec!["ingest", &d, &f, "--chunk", &chunk];
+    let mut args = vec!["-v", "ingest", &d, &f, "--chunk", &chunk];
     if rng.below(2) == 0 {
         args.push("--no-sync");
     }
     let delay = if rng.below(3) == 0 { rng.below(40) } else { rng.below(1_500) };
-    kill_after(&bins.m2m, &args, Duration::from_millis(delay))?;
+    let acked = kill_after(&bins.m2m, &args, Duration::from_millis(delay))?;
     if db.join("m2m-config.blob").exists() {
         planted.extend(plant(db));
     }
-    if rng.below(2) == 0 && db.join("MANIFEST").exists() {
-        let what = damage(bins, db, rng)?;
-        return Ok(every_command(bins, db, file)?.map_err(|e| format!("after a kill at {delay} ms, {what}: {e}")));
+    if rng.below(4) == 0
+        && db.join("MANIFEST").exists()
+        && let Some(hurt) = damage(bins, db, rng)?
+    {
+        let at = format!("after a kill at {delay} ms, {}", hurt.what);
+        // Rows of a killed ingest (not all in) are no promise to keep: judge the commands only.
+        let hurt = Damage { recoverable: false, ..hurt };
+        return Ok(every_command(bins, db, file, &hurt)?.map_err(|e| format!("{at}: {e}")));
     }
     if db.join("m2m-config.blob").exists() {
         let r = run_bin(&bins.writer, &["rows", &d, &f])?;
-        if r.code != Some(0) {
-            return Ok(Err(format!("killed at {delay} ms: {}", r.stderr.trim())));
+        let present: i64 = r.stdout.trim().strip_prefix("ok ").and_then(|n| n.parse().ok()).unwrap_or(-1);
+        if r.code != Some(0) || present < acked {
+            return Ok(Err(format!(
+                "killed at {delay} ms after rows 0..{acked} were acknowledged: {} {}",
+                r.stdout.trim(),
+                r.stderr.trim()
+            )));
         }
+    } else if acked > 0 {
+        return Ok(Err(format!("killed at {delay} ms: rows 0..{acked} acknowledged, but no database")));
     }
     let r = run_bin(&bins.m2m, &["ingest", &d, &f])?;
     if r.code != Some(0) {
@@ -437,7 +605,8 @@ fn build_kill(
         if r.code != Some(0) {
             return Ok(Err(format!("{} after a kill at {delay} ms: {}", args.join(" "), r.stderr.trim())));
         }
-        if args[0] == "query" && !r.stdout.contains("\"id\":5") {
+        // Exactly id 5 (followed by the comma before its score), not 50 or 512.
+        if args[0] == "query" && !r.stdout.contains("\"id\":5,") {
             return Ok(Err(format!("row 5 is not its own nearest neighbour: {}", r.stdout.trim())));
         }
     }
@@ -449,27 +618,29 @@ fn full_disk(
     trial: &Path,
     big: &Path,
     planted: &mut Vec<(PathBuf, Vec<u8>)>,
-) -> Result<Result<(), String>> {
+) -> Result<Option<Result<(), String>>> {
     let mnt = trial.join("small");
     std::fs::create_dir_all(&mnt)?;
     let m = mnt.display().to_string();
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", &m]).status()?;
     if !mounted.success() {
-        return Ok(Ok(()));
+        // Not a trial: nothing was tested.
+        return Ok(None);
     }
     planted.extend(plant(&mnt));
     let db = mnt.join("db");
     let (d, f) = (db.display().to_string(), big.display().to_string());
+    let inside = vec![format!("{d}/")];
     let verdict = (|| -> Result<Result<(), String>> {
         let r = run_bin(&bins.m2m, &["ingest", &d, &f, "--chunk", "1000"])?;
         if r.code == Some(0) {
             return Ok(Err("an ingest larger than the disk succeeded".into()));
         }
-        if let Err(e) = judge(&r, "ingest on a full disk", &mnt) {
+        if let Err(e) = judge(&r, "ingest on a full disk", &inside) {
             return Ok(Err(e));
         }
         for args in [vec!["info", &d], vec!["verify", &d]] {
-            if let Err(e) = judge(&run_bin(&bins.m2m, &args)?, &args.join(" "), &mnt) {
+            if let Err(e) = judge(&run_bin(&bins.m2m, &args)?, &args.join(" "), &inside) {
                 return Ok(Err(e));
             }
         }
@@ -477,5 +648,5 @@ fn full_disk(
     })();
     let _ = Command::new("umount").arg(&m).status();
     planted.retain(|(p, _)| !p.starts_with(&mnt));
-    verdict
+    verdict.map(Some)
 }

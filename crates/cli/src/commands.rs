@@ -50,6 +50,56 @@ struct IngestedFile {
     crc: Option<u32>,
 }
 
+/// Reads and checks the ingest log of `db` (empty when there is none). Like every decoded structure it
+/// is validated before use: each file's rows fit in its bytes (4 bytes at least per row), its id range
+/// `base..base + rows` does not overflow, and no two ranges overlap. A bad one is an error naming the
+/// blob (`m2m repair` removes it).
+fn load_ingest_log(db: &Path) -> Result<IngestLog> {
+    let path = db.join(INGEST_BLOB);
+    let bytes = match m2m::tier::load_blob(db, INGEST_BLOB) {
+        Ok(bytes) => bytes,
+        Err(m2m::tier::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(IngestLog::default());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let log: IngestLog =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: undecodable ingest log", path.display()))?;
+    let mut ranges = Vec::new();
+    for (i, e) in log.files.iter().enumerate() {
+        let end = e.base.checked_add(e.rows);
+        let fits = e.rows.checked_mul(4).is_some_and(|b| b <= e.bytes);
+        match end {
+            Some(end) if fits && e.rows > 0 => ranges.push((e.base, end, i)),
+            _ => bail!(
+                "{}: corrupt ingest log: entry {i} ({}) claims {} rows from id {} in a file of {} bytes",
+                path.display(),
+                e.path,
+                e.rows,
+                e.base,
+                e.bytes
+            ),
+        }
+    }
+    ranges.sort_unstable();
+    if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+        bail!(
+            "{}: corrupt ingest log: the id ranges of entries {} and {} overlap ({}..{} and {}..{})",
+            path.display(),
+            w[0].2,
+            w[1].2,
+            w[0].0,
+            w[0].1,
+            w[1].0,
+            w[1].1
+        );
+    }
+    if let Some(p) = log.files.iter().enumerate().find(|(i, e)| log.files[..*i].iter().any(|x| x.path == e.path)) {
+        bail!("{}: corrupt ingest log: {} is listed twice", path.display(), p.1.path);
+    }
+    Ok(log)
+}
+
 pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Ingest { db, files, chunk, no_sync, metric } => ingest(cli, db, files, *chunk, *no_sync, *metric),
@@ -66,6 +116,7 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
             epochs,
             seed,
             out,
+            force,
             steps,
             temperature,
             step_size,
@@ -85,7 +136,7 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
                 }),
                 ..DataLoaderConfig::default()
             };
-            stream(cli, db, &cfg, out.as_deref())
+            stream(cli, db, &cfg, out.as_deref(), *force)
         }
         Command::Info { db } => info(cli, db),
         Command::Verify { db } => verify(cli, db),
@@ -144,18 +195,40 @@ fn open_reader(db: &Path) -> Result<M2m> {
     M2m::open_read_only(db).with_context(|| format!("opening {}", db.display()))
 }
 
-/// CRC32C of every row of a vector file, read in chunks as f32.
-fn file_crc(path: &Path, chunk: usize) -> Result<u32> {
+/// Refuses an input that is not a regular file (a FIFO, a device, a directory): vector files are read
+/// by their header's row count and seeked in, so a pipe would read as an empty or short file.
+fn regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "{}: not a regular file (a pipe, device or directory); write the vectors to a file first",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// CRC32C of every row of a vector file, read in chunks as f32; and of its first `prefix` rows when the
+/// file holds that many.
+fn file_crc(path: &Path, chunk: usize, prefix: u64) -> Result<(u32, Option<u32>)> {
     let reader = VectorReader::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut crc = 0u32;
+    let dim = reader.info().dim;
+    let (mut crc, mut prefix_crc) = (0u32, (prefix == 0).then_some(0u32));
+    let mut row = 0u64;
     let mut bytes = Vec::new();
     for c in reader.chunks::<f32>(chunk.min(65_536)) {
         let c = c.with_context(|| format!("{}", path.display()))?;
         bytes.clear();
         bytes.extend(c.iter().flat_map(|v| v.to_le_bytes()));
+        let n = (c.len() / dim.max(1)) as u64;
+        if prefix_crc.is_none() && row + n >= prefix {
+            let upto = ((prefix - row) as usize) * dim * 4;
+            prefix_crc = Some(crc32c::crc32c_append(crc, &bytes[..upto]));
+        }
         crc = crc32c::crc32c_append(crc, &bytes);
+        row += n;
     }
-    Ok(crc)
+    Ok((crc, prefix_crc))
 }
 
 /// A refused chunk's error with its rows counted from the start of the file, not of the chunk.
@@ -196,6 +269,7 @@ fn ingest(
     // Every file is opened (and its header checked) before anything is written.
     let mut readers = Vec::new();
     for f in files {
+        regular_file(f)?;
         let r = VectorReader::open(f).with_context(|| format!("{}", f.display()))?;
         readers.push((f.clone(), r));
     }
@@ -208,7 +282,17 @@ fn ingest(
     let create = |db: &Path| -> Result<M2m> {
         // The stored setting stays durable: `--no-sync` is this run's choice, applied by the open below.
         let config = M2mConfig::default().dim(dim).metric(metric.unwrap_or_default()).data_dir(db);
-        drop(M2m::create(config).with_context(|| format!("creating {}", db.display()))?);
+        match M2m::create(config) {
+            Ok(e) => drop(e),
+            // Another first ingest created it meanwhile: open it as a writer (locked while that one runs).
+            Err(m2m::Error::Tier(m2m::tier::Error::AlreadyExists { .. })) if is_db(db) => {}
+            Err(m2m::Error::Tier(m2m::tier::Error::AlreadyExists { .. })) => bail!(
+                "{}: holds an M2M database without its settings (no {CONFIG_BLOB}) that is not empty; it is not \
+                 created over: move it away",
+                db.display()
+            ),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {}", db.display()))),
+        }
         open_with(db, !no_sync)
     };
     let (mut engine, created) = if is_db(db) {
@@ -262,13 +346,7 @@ fn ingest_into(
     chunk: usize,
 ) -> Result<Ingested> {
     let dim = engine.config().dim;
-    let mut log: IngestLog = match m2m::tier::load_blob(db, INGEST_BLOB) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{}", db.join(INGEST_BLOB).display()))?,
-        Err(m2m::tier::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            IngestLog::default()
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let mut log = load_ingest_log(db)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -282,7 +360,38 @@ fn ingest_into(
         let info = reader.info();
         let key = std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string();
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let crc = file_crc(&path, chunk)?;
+        // The CRC of the whole file, and of the rows an earlier entry for this path logged (an
+        // appended-to file keeps that prefix).
+        let earlier = log.files.iter().find(|e| e.path == key).cloned();
+        let prefix = earlier.as_ref().map_or(0, |e| e.rows);
+        let (crc, prefix_crc) = file_crc(&path, chunk, prefix)?;
+        if let Some(e) = earlier.as_ref().filter(|e| e.bytes != bytes || e.rows != info.rows) {
+            // Another size than when its range was logged. If any of its rows are in, ingesting it again
+            // under a new range would add them twice: refused, saying whether its first rows still match.
+            // (Rows go in in order, from the file's first: if any is in, the first is.)
+            if engine.contains(e.base) {
+                let how = if info.rows > e.rows && e.crc.is_some_and(|c| Some(c) == prefix_crc) {
+                    format!(
+                        "grew from {} to {} rows (its first {} rows are unchanged): put the new rows in a file of \
+                         their own and ingest that",
+                        e.rows, info.rows, e.rows
+                    )
+                } else {
+                    format!(
+                        "changed from {} rows ({} bytes) to {} rows ({} bytes): ingest it under another name, or into \
+                         a new database",
+                        e.rows, e.bytes, info.rows, bytes
+                    )
+                };
+                bail!(
+                    "{}: {how}; its earlier rows are in as ids {}..{} (by {}), and ingesting it again would add them twice",
+                    path.display(),
+                    e.base,
+                    e.base + e.rows,
+                    db.join(INGEST_BLOB).display()
+                );
+            }
+        }
         let entry = match log.files.iter().find(|e| e.path == key && e.bytes == bytes && e.rows == info.rows) {
             Some(e) if e.crc.is_some_and(|c| c != crc) => bail!(
                 "{}: the content changed since its rows were ingested (same size, other values, by the CRC in \
@@ -293,8 +402,17 @@ fn ingest_into(
             Some(e) => e.clone(),
             None => {
                 // A fresh range of ids, after every id in use; logged before any row is written.
+                // (The log is validated: no range end overflows.)
                 let after_log = log.files.iter().map(|e| e.base + e.rows).max().unwrap_or(0);
-                let base = after_log.max(next_free_id(engine));
+                let base = after_log.max(next_free_id(engine, db).with_context(|| format!("{}", path.display()))?);
+                if base.checked_add(info.rows).is_none() {
+                    bail!(
+                        "{}: no range of {} ids is left after id {base} in {} (ids are 64-bit)",
+                        path.display(),
+                        info.rows,
+                        db.display()
+                    );
+                }
                 let e = IngestedFile { path: key.clone(), bytes, rows: info.rows, base, crc: Some(crc) };
                 log.files.retain(|x| x.path != key);
                 log.files.push(e.clone());
@@ -320,6 +438,8 @@ fn ingest_into(
             let n = (c.len() / dim) as u64;
             let ids: Vec<u64> = (entry.base + row..entry.base + row + n).collect();
             engine.add_splats_with(&c, &ids, None, None).map_err(|e| at_file_row(e, &path, row, n))?;
+            // `m2m -v ingest` reports each acknowledged chunk (the torture test holds the CLI to them).
+            tracing::info!("acknowledged rows {row}..{} of {} as ids {}..", row + n, path.display(), entry.base + row);
             row += n;
             added += n;
             pb.set_position(row);
@@ -355,9 +475,13 @@ fn report_ingest(cli: &Cli, engine: &mut M2m, done: Ingested) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// An id above every id the engine holds.
-fn next_free_id(engine: &M2m) -> u64 {
-    engine.stats_max_id().map_or(0, |m| m + 1)
+/// An id above every id the engine holds, or an error naming the database when none is left (a stored
+/// id of 2^64-1).
+fn next_free_id(engine: &M2m, db: &Path) -> Result<u64> {
+    match engine.stats_max_id() {
+        None => Ok(0),
+        Some(m) => m.checked_add(1).with_context(|| format!("{}: no id is left after id {m}", db.display())),
+    }
 }
 
 fn compact(cli: &Cli, db: &Path) -> Result<ExitCode> {
@@ -425,6 +549,7 @@ fn query(
     let dim = engine.config().dim;
     let queries: Vec<f32> = match (file, row) {
         (Some(f), _) => {
+            regular_file(f)?;
             let v = read_vectors::<f32>(f).with_context(|| format!("{}", f.display()))?;
             if v.dim != dim {
                 bail!("{}: dimension {} does not match the database's {dim}", f.display(), v.dim);
@@ -467,7 +592,10 @@ fn query(
     Ok(ExitCode::SUCCESS)
 }
 
-fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>) -> Result<ExitCode> {
+fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>, force: bool) -> Result<ExitCode> {
+    if let Some(p) = out.filter(|p| !force && std::fs::symlink_metadata(p).is_ok()) {
+        bail!("{}: exists; --force replaces it", p.display());
+    }
     let engine = open_reader(db)?;
     if (cfg.importance_sampling || cfg.generate_samples) && engine.index().is_none() {
         bail!("{}: --importance and --generate need an index; run `m2m build {}`", db.display(), db.display());
@@ -601,12 +729,26 @@ struct Findings {
     check: m2m::tier::DbCheck,
     /// One line per problem, each naming its file.
     problems: Vec<String>,
-    /// Whether the stored index (or its learned values) is what is damaged.
-    bad_index: bool,
-    /// The problems `repair` cannot fix (neither the log's tail nor the index).
+    /// The damaged blobs that `repair` removes (each is rebuilt or optional), with what removing it costs.
+    damaged: Vec<(&'static str, &'static str)>,
+    /// The problems `repair` cannot fix (neither the log's tail nor a removable blob).
     unrepairable: Vec<String>,
     index: &'static str,
+    /// The stored index's section files are damaged: `repair` drops the index through the manifest.
+    bad_stored_index: bool,
 }
+
+/// The blobs `repair` may remove when damaged, and what their removal costs.
+const REMOVABLE: [(&str, &str); 5] = [
+    (INDEX_BLOB, "`m2m build` makes a new index"),
+    (LEARNED_BLOB, "the learned kappa and alpha go back to the stored ones; `m2m build` learns them again"),
+    (m2m::NEIGHBOURS_BLOB, "`m2m build` computes the neighbourhoods again"),
+    (m2m::SOC_BLOB, "the sandpile's state starts afresh"),
+    (
+        INGEST_BLOB,
+        "`m2m ingest` can no longer resume the files it listed: ingesting one again adds its rows again under new ids",
+    ),
+];
 
 fn find(db: &Path) -> Result<Findings> {
     if !is_db(db) {
@@ -627,61 +769,85 @@ fn find(db: &Path) -> Result<Findings> {
             log.end
         ));
     }
-    // The blobs: the settings and the index (decoded and checked by a read-only open), the learned
-    // values (by the lake reader), the ingest log.
-    let mut bad_index = false;
-    let mut unrepairable = Vec::new();
-    let mut index = "none";
-    // The stored index's section files, every byte (their checksums); repairable by a rebuild.
-    if let Some(problem) = &check.index_problem {
-        bad_index = true;
-        problems.push(problem.clone());
-    }
+    // The blobs: the settings and the index, neighbourhoods and sandpile (decoded and checked by a
+    // read-only open), the learned values (by the lake reader), the ingest log. The stored index's
+    // section files were checked byte by byte by `Db::check`; a rebuild repairs them.
+    let index_problem = check.index_problem.clone();
     let stored_index = db.join(INDEX_BLOB).exists() || !check.manifest.index.is_empty();
+    let mut f = Findings {
+        check,
+        problems,
+        damaged: Vec::new(),
+        unrepairable: Vec::new(),
+        index: "none",
+        bad_stored_index: false,
+    };
+    if let Some(problem) = index_problem {
+        f.bad_stored_index = true;
+        f.problems.push(problem);
+    }
     match M2m::open_read_only(db) {
-        Ok(engine) if engine.index().is_some() => index = "ok",
-        Ok(_) if stored_index => index = "stale (rebuild with `m2m build`)",
+        Ok(engine) if engine.index().is_some() => f.index = "ok",
+        Ok(_) if stored_index => f.index = "stale (rebuild with `m2m build`)",
         Ok(_) => {}
-        Err(e) => {
-            index = "damaged";
-            note_blob_error(e, &mut problems, &mut unrepairable, &mut bad_index);
-        }
-    }
-    if bad_index {
-        index = "damaged";
-    }
-    if let Err(e) = m2m::LakeReader::open(db) {
-        note_blob_error(e, &mut problems, &mut unrepairable, &mut bad_index);
-    }
-    match m2m::tier::load_blob(db, INGEST_BLOB) {
-        Ok(bytes) => {
-            if let Err(e) = serde_json::from_slice::<IngestLog>(&bytes) {
-                unrepairable.push(format!("{}: undecodable ingest log: {e}", db.join(INGEST_BLOB).display()));
+        Err(e) if names_index_file(&e) => {
+            f.bad_stored_index = true;
+            let line = e.to_string();
+            if !f.problems.contains(&line) {
+                f.problems.push(line);
             }
         }
-        Err(m2m::tier::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => unrepairable.push(e.to_string()),
+        Err(e) => {
+            let damaged = blob_of(&e);
+            if damaged == Some(INDEX_BLOB) {
+                f.index = "damaged";
+            }
+            f.note(e.to_string(), damaged);
+        }
     }
-    problems.extend(unrepairable.iter().cloned());
-    Ok(Findings { check, problems, bad_index, unrepairable, index })
+    if f.bad_stored_index {
+        f.index = "damaged";
+    }
+    if let Err(e) = m2m::LakeReader::open(db) {
+        let damaged = blob_of(&e);
+        f.note(e.to_string(), damaged);
+    }
+    if let Err(e) = load_ingest_log(db) {
+        f.note(format!("{e:#}"), Some(INGEST_BLOB));
+    }
+    Ok(f)
 }
 
-/// Files an error of a read-only open: a damaged index or learned blob is repairable (dropped and built
-/// again), anything else is not. The same error from two checks is listed once.
-fn note_blob_error(e: m2m::Error, problems: &mut Vec<String>, unrepairable: &mut Vec<String>, bad_index: &mut bool) {
-    let line = e.to_string();
-    if problems.contains(&line) || unrepairable.contains(&line) {
-        return;
-    }
-    let index = matches!(&e, m2m::Error::Tier(
+/// Whether an error of a read-only open names one of the stored index's section files (`.idx`, `.vec`).
+fn names_index_file(e: &m2m::Error) -> bool {
+    matches!(e, m2m::Error::Tier(
         m2m::tier::Error::Corrupt { path, .. } | m2m::tier::Error::IncompatibleVersion { path, .. })
-        if path.ends_with(INDEX_BLOB) || path.ends_with(LEARNED_BLOB)
-            || path.extension().is_some_and(|x| x == "idx" || x == "vec"));
-    if index {
-        *bad_index = true;
-        problems.push(line);
-    } else {
-        unrepairable.push(line);
+        if path.extension().is_some_and(|x| x == "idx" || x == "vec"))
+}
+
+/// The removable blob an error of a read-only open names (damaged or of another format version).
+fn blob_of(e: &m2m::Error) -> Option<&'static str> {
+    match e {
+        m2m::Error::Tier(
+            m2m::tier::Error::Corrupt { path, .. } | m2m::tier::Error::IncompatibleVersion { path, .. },
+        ) => REMOVABLE.iter().map(|r| r.0).find(|b| path.ends_with(b)),
+        _ => None,
+    }
+}
+
+impl Findings {
+    /// Files one problem: a damaged removable blob (once), or one `repair` cannot fix. The same line from
+    /// two checks is listed once.
+    fn note(&mut self, line: String, blob: Option<&'static str>) {
+        if self.problems.contains(&line) {
+            return;
+        }
+        self.problems.push(line.clone());
+        match blob.and_then(|b| REMOVABLE.iter().find(|r| r.0 == b)) {
+            Some(r) if !self.damaged.iter().any(|d| d.0 == r.0) => self.damaged.push(*r),
+            Some(_) => {}
+            None => self.unrepairable.push(line),
+        }
     }
 }
 
@@ -709,32 +875,43 @@ fn verify(cli: &Cli, db: &Path) -> Result<ExitCode> {
 }
 
 fn repair(cli: &Cli, db: &Path) -> Result<ExitCode> {
-    let f = find(db)?;
     let mut dropped = Vec::new();
-    // The writer's open cuts the log's tail (and takes the lock for what follows).
-    let engine = open(db)?;
-    let log = &f.check.log;
-    if log.tail_bytes() > 0 {
-        let rows =
-            log.tail_rows.map_or_else(|| "no whole record header".to_string(), |r| format!("a record of {r} rows"));
-        dropped.push(format!("{}: cut {} bytes after byte {} ({rows})", log.path.display(), log.tail_bytes(), log.end));
-    }
-    if f.bad_index {
-        for blob in [INDEX_BLOB, LEARNED_BLOB] {
-            if db.join(blob).exists() {
-                m2m::tier::remove_blob(db, blob)?;
-                dropped.push(format!("{}: removed (damaged; `m2m build` makes a new index)", db.join(blob).display()));
+    // A read-only open stops at the first damaged blob: find, remove, and look again, until no
+    // removable blob is damaged (each round removes at least one, so at most one round per blob).
+    let mut f = find(db)?;
+    for _ in 0..=REMOVABLE.len() + 1 {
+        let drop_stored = f.bad_stored_index && !f.check.manifest.index.is_empty();
+        if f.damaged.is_empty() && !drop_stored {
+            break;
+        }
+        if drop_stored {
+            // The stored index's section files: dropped through the manifest (the writer's open).
+            let mut tier = m2m::tier::Db::open(db, m2m::tier::DbOptions::default())?;
+            if let Some(cut) = tier.cut_tail() {
+                dropped.push(cut.to_string());
+            }
+            tier.drop_index()?;
+            for name in &f.check.manifest.index {
+                dropped.push(format!("{}: removed (damaged); `m2m build` makes a new index", db.join(name).display()));
             }
         }
+        if !f.damaged.is_empty() {
+            // Under the writer's lock: no writer is changing the blobs meanwhile.
+            let lock = m2m::tier::DirLock::acquire(db)?;
+            for (blob, cost) in &f.damaged {
+                m2m::tier::remove_blob(db, blob)?;
+                dropped.push(format!("{}: removed (damaged); {cost}", db.join(blob).display()));
+            }
+            drop(lock);
+        }
+        f = find(db)?;
+    }
+    // The writer's open cuts the log's tail and says what it cut.
+    let engine = open(db)?;
+    if let Some(cut) = engine.cut_tail() {
+        dropped.push(cut.to_string());
     }
     drop(engine);
-    if f.bad_index && !f.check.manifest.index.is_empty() {
-        let mut tier = m2m::tier::Db::open(db, m2m::tier::DbOptions::default())?;
-        tier.drop_index()?;
-        for name in &f.check.manifest.index {
-            dropped.push(format!("{}: removed (damaged; `m2m build` makes a new index)", db.join(name).display()));
-        }
-    }
     let left = &f.unrepairable;
     if cli.json {
         say!("{}", json!({ "dropped": dropped, "not_repaired": left }));
@@ -752,6 +929,8 @@ fn repair(cli: &Cli, db: &Path) -> Result<ExitCode> {
 }
 
 fn bench(cli: &Cli, base: &Path, queries: &Path, k: usize) -> Result<ExitCode> {
+    regular_file(base)?;
+    regular_file(queries)?;
     let b = read_vectors::<f32>(base).with_context(|| format!("{}", base.display()))?;
     let q = read_vectors::<f32>(queries).with_context(|| format!("{}", queries.display()))?;
     if b.dim != q.dim {
@@ -786,13 +965,14 @@ fn bench(cli: &Cli, base: &Path, queries: &Path, k: usize) -> Result<ExitCode> {
         let lods: Vec<_> = rows.iter().map(|(n, r, q)| json!({ "lod": n, "recall": r, "qps": q })).collect();
         say!(
             "{}",
-            json!({ "rows": b.data.len() / b.dim, "dim": b.dim, "queries": nq, "ingest_seconds": ingest, "build_seconds": build, "lods": lods })
+            json!({ "rows": b.data.len() / b.dim, "dim": b.dim, "queries": nq, "k": k.min(b.data.len() / b.dim), "ingest_seconds": ingest, "build_seconds": build, "lods": lods })
         );
     } else {
         say!(
-            "{} x {} ingested in {ingest:.2} s, index built in {build:.2} s; {nq} queries, k = {k}",
+            "{} x {} ingested in {ingest:.2} s, index built in {build:.2} s; {nq} queries, k = {}",
             b.data.len() / b.dim,
-            b.dim
+            b.dim,
+            k.min(b.data.len() / b.dim)
         );
         say!("  {:>5}  {:>9}  {:>10}", "LOD", "recall", "QPS");
         for (n, r, q) in rows {

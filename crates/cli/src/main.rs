@@ -115,6 +115,9 @@ pub(crate) enum Command {
         /// Write every row streamed to this .npy (or .fvecs) file.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace the --out file when it exists (refused otherwise).
+        #[arg(long)]
+        force: bool,
         /// Langevin steps per generated row.
         #[arg(long, default_value_t = 20)]
         steps: usize,

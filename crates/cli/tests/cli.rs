@@ -444,3 +444,136 @@ fn compact_merges_segments_and_frees_deleted_ids() {
     let mut e = m2m::M2m::open(&db).unwrap();
     e.add_splats_with(&[0.5; 16], &[3], None, None).expect("a deleted id is free after compact");
 }
+
+/// Forged ids, ingest logs and manifests (valid checksums), damaged optional blobs, an appended-to
+/// input, and a user's LOCK or ten-digit log: each a one-line error naming the file or an honest
+/// repair, never a panic or a lost row. Mutations caught (each fails an assertion here):
+/// `next_free_id` as `max + 1` (panics: exit 101), `load_ingest_log` without its range checks (the
+/// forged base overflows in `base + rows`: exit 101), the manifest bound removed (exit 101 in ingest's
+/// flush), `repair` removing the index with the learned blob or not removing soc/neighbours/ingest
+/// blobs, the facade not reporting the cut tail, the appended file ingested again, `stream --out`
+/// replacing a file, `check_creatable` accepting a non-empty LOCK.
+#[test]
+fn forged_numbers_damaged_blobs_and_grown_files_are_named_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = digits(dir.path(), 200, 16);
+    let no_panic = |args: &[&str]| -> String {
+        let (code, err) = fails(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        err
+    };
+    // The largest ids: no id (or range) is left for a new file.
+    for top in [u64::MAX, u64::MAX - 1, u64::MAX - 60] {
+        let db = dir.path().join(format!("top{top}"));
+        let mut e = m2m::M2m::create(m2m::M2mConfig::default().dim(16).data_dir(&db)).unwrap();
+        e.add_splats_with(&[0.5; 16], &[top], None, None).unwrap();
+        drop(e);
+        let err = no_panic(&["ingest", &db.display().to_string(), &a]);
+        assert!(err.contains("no id is left") || err.contains("no range of 100 ids"), "{err}");
+    }
+    let db = dir.path().join("db");
+    let d = db.display().to_string();
+    assert!(m2m(&["ingest", &d, &a]).status.success());
+    // A forged ingest log: a range that overflows, an absurd row count, overlapping ranges.
+    let good = m2m::tier::load_blob(&db, "m2m-ingest.blob").unwrap();
+    let log: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let entry = log["files"][0].clone();
+    for (base, rows) in [(u64::MAX - 5, 100u64), (0, 10_000_000_000_000_000_000)] {
+        let mut forged = entry.clone();
+        forged["base"] = base.into();
+        forged["rows"] = rows.into();
+        let blob = serde_json::to_vec(&serde_json::json!({ "files": [forged] })).unwrap();
+        m2m::tier::store_blob(&db, "m2m-ingest.blob", &blob).unwrap();
+        for cmd in ["ingest", "verify"] {
+            let args: Vec<&str> = if cmd == "ingest" { vec![cmd, &d, &a] } else { vec![cmd, &d] };
+            let err = no_panic(&args);
+            assert!(err.contains("m2m-ingest.blob"), "{cmd}: {err}");
+        }
+    }
+    let mut twice = entry.clone();
+    twice["path"] = "/elsewhere.npy".into();
+    twice["base"] = 50.into();
+    let blob = serde_json::to_vec(&serde_json::json!({ "files": [entry, twice] })).unwrap();
+    m2m::tier::store_blob(&db, "m2m-ingest.blob", &blob).unwrap();
+    assert!(no_panic(&["ingest", &d, &a]).contains("overlap"));
+    let out = m2m(&["repair", &d]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("m2m-ingest.blob: removed"), "{said}");
+    assert!(!db.join("m2m-ingest.blob").exists());
+    assert_eq!(ok(&["verify", &d])["splats"], 100);
+    m2m::tier::store_blob(&db, "m2m-ingest.blob", &good).unwrap();
+
+    // Damaged optional blobs: repair removes each (and only it); the learned blob never takes the index.
+    assert!(m2m(&["build", &d]).status.success());
+    for blob in ["m2m-learned.blob", "m2m-neighbours.blob", "m2m-soc.blob"] {
+        let had: Vec<String> = names(&db);
+        m2m::tier::store_blob(&db, blob, b"forged, with a valid checksum").unwrap();
+        assert!(no_panic(&["verify", &d]).contains(blob));
+        let out = m2m(&["repair", &d]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && said.contains(&format!("{blob}: removed")), "{blob}: {said}");
+        assert!(!db.join(blob).exists());
+        let left: Vec<String> = had.into_iter().filter(|n| n != blob).collect();
+        assert_eq!(names(&db), left, "{blob}: repair removed something else");
+        assert_eq!(ok(&["info", &d])["splats"], 100, "{blob}");
+    }
+    assert!(names(&db).iter().any(|n| n.ends_with(".idx")), "the intact index was removed");
+    assert_eq!(ok(&["verify", &d])["index"], "ok");
+
+    // A writer that cuts a damaged tail says so on stderr (one line).
+    {
+        let mut e = m2m::M2m::open(&db).unwrap();
+        e.add_splats_with(&vec![0.25; 7 * 16], &(5000..5007).collect::<Vec<u64>>(), None, None).unwrap();
+    }
+    let wal = names(&db).into_iter().find(|n| n.ends_with(".wal")).unwrap();
+    let mut bytes = std::fs::read(db.join(&wal)).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 1;
+    std::fs::write(db.join(&wal), &bytes).unwrap();
+    let out = m2m(&["build", &d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&wal) && err.contains("7 rows") && err.contains("cut"), "{err}");
+
+    // A file appended to since its rows went in: refused, nothing added twice.
+    let all: Vec<f32> =
+        [m2m::splat::read_vectors::<f32>(&a).unwrap().data, m2m::splat::read_vectors::<f32>(&b).unwrap().data].concat();
+    write_vectors(&a, &all, 16).unwrap();
+    let err = no_panic(&["ingest", &d, &a]);
+    assert!(err.contains("grew from 100 to 200 rows") && err.contains("unchanged"), "{err}");
+    assert_eq!(ok(&["info", &d])["splats"], 100);
+
+    // `stream --out` never replaces a file without --force; bench says the k it used.
+    let out_file = dir.path().join("out.npy");
+    std::fs::write(&out_file, b"mine").unwrap();
+    let o = out_file.display().to_string();
+    assert!(no_panic(&["stream", &d, "--out", &o]).contains("--force"));
+    assert_eq!(std::fs::read(&out_file).unwrap(), b"mine");
+    ok(&["stream", &d, "--out", &o, "--force"]);
+    assert_eq!(m2m::splat::read_vectors::<f32>(&out_file).unwrap().data.len(), 100 * 16);
+    assert_eq!(ok(&["bench", "--base", &b, "--queries", &b, "--k", "1000"])["k"], 100);
+
+    // A user's non-empty LOCK, or a ten-digit log without our magic: the directory is not ours.
+    for (name, body) in [("LOCK", &b"my lock"[..]), ("0000000001.wal", b"notes")] {
+        let s = dir.path().join(format!("s-{name}"));
+        std::fs::create_dir(&s).unwrap();
+        std::fs::write(s.join(name), body).unwrap();
+        let err = no_panic(&["ingest", &s.display().to_string(), &b]);
+        assert!(err.contains("not an M2M database") && err.contains(name), "{err}");
+        assert_eq!(names(&s), [name]);
+        assert_eq!(std::fs::read(s.join(name)).unwrap(), body);
+    }
+    // A FIFO input: named as what it is, not as an empty file. Mutation caught: `regular_file` left out.
+    let fifo = dir.path().join("pipe.npy");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let err = no_panic(&["ingest", &d, &fifo.display().to_string()]);
+    assert!(err.contains("pipe.npy") && err.contains("not a regular file"), "{err}");
+    // A forged manifest generation: a one-line error naming MANIFEST from every command.
+    let mut m = m2m::tier::Manifest::load(&db).unwrap();
+    m.generation = u64::MAX;
+    m.store(&db).unwrap();
+    for args in [&["ingest", &d, &b][..], &["info", &d], &["verify", &d], &["repair", &d]] {
+        assert!(no_panic(args).contains("MANIFEST"), "{args:?}");
+    }
+}

@@ -249,6 +249,10 @@ impl M2m {
 
     fn open_config(dir: &Path, config: M2mConfig) -> Result<M2m> {
         let db = Db::open(dir, db_options(&config))?;
+        // A writer that cuts a damaged log tail says what it drops (as `verify` reports it before).
+        if let Some(cut) = db.cut_tail() {
+            tracing::warn!("m2m: {cut}: a torn write or a damaged acknowledged record, dropped");
+        }
         let snap = db.snapshot();
         Self::load(dir, config, &snap, Some(db))
     }
@@ -284,6 +288,13 @@ impl M2m {
         Ok(db.discard()?)
     }
 
+    /// What the writer's [`open`](Self::open) cut from the end of the log (a torn write or a damaged
+    /// acknowledged record: its bytes and rows), until the next flush starts a new log; `None` when
+    /// nothing was cut or for a reader. The open also logs it as a warning.
+    pub fn cut_tail(&self) -> Option<m2m_tier::CutTail> {
+        self.db.as_ref().and_then(|db| db.cut_tail().cloned())
+    }
+
     /// Whether the engine was opened with [`open_read_only`](Self::open_read_only).
     pub fn is_read_only(&self) -> bool {
         self.read_only
@@ -296,7 +307,11 @@ impl M2m {
             reason: format!("{}: {e}", dir.join(CONFIG_BLOB).display()),
         })?;
         config.data_dir = Some(dir.to_path_buf());
-        config.check()?;
+        // A forged setting names the blob it came from.
+        config.check().map_err(|e| Error::Config {
+            field: "config",
+            reason: format!("{}: {e}", dir.join(CONFIG_BLOB).display()),
+        })?;
         Ok(config)
     }
 

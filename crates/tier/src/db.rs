@@ -145,15 +145,30 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
         manifest.segments.iter().map(|s| Segment::open(dir.join(&s.file)).map(Arc::new)).collect::<Result<Vec<_>>>()?;
     for (s, e) in segments.iter().zip(&manifest.segments) {
         if s.dim() != manifest.dim || s.rows() as u64 != e.rows {
-            return Err(Error::corrupt(s.path(), 0, "segment shape differs from the manifest"));
+            // Either file may be the damaged one: the error names both.
+            let reason = format!(
+                "{} holds {} rows of dimension {}, the manifest says {} of dimension {}",
+                s.path().display(),
+                s.rows(),
+                s.dim(),
+                e.rows,
+                manifest.dim
+            );
+            return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, reason));
         }
     }
-    let mut ids = HashSet::new();
-    for id in segments.iter().flat_map(|s| s.ids().iter()) {
-        if !ids.insert(*id) {
-            return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, format!("id {id} stored twice")));
+    // Where each id is stored, so that a repeated id names both files (either may be the damaged one).
+    let mut first: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for (i, s) in segments.iter().enumerate() {
+        for &id in s.ids() {
+            if let Some(&j) = first.get(&id) {
+                let reason = format!("id {id} stored twice (also in {})", segments[j].path().display());
+                return Err(Error::corrupt(s.path(), 0, reason));
+            }
+            first.insert(id, i);
         }
     }
+    let mut ids: HashSet<u64> = first.into_keys().collect();
     let mut deleted: HashSet<u64> = manifest.deleted.iter().copied().collect();
     ids.retain(|id| !deleted.contains(id));
     let mut memtable = Memtable::new(manifest.dim);
@@ -161,7 +176,7 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
         match record {
             WalRecord::Batch(b) => {
                 if b.columns.dim != manifest.dim {
-                    return Err(Error::corrupt(wal_path, 12, "log dimension differs from the manifest"));
+                    return Err(dim_mismatch(wal_path, b.columns.dim, manifest.dim));
                 }
                 if let Some(id) = b.columns.ids.iter().find(|&&id| !ids.insert(id)) {
                     return Err(Error::corrupt(wal_path, 0, format!("id {id} added twice")));
@@ -178,6 +193,33 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
     }
     let (index, index_error) = map_index(dir, manifest)?;
     Ok(Replayed { segments, memtable, ids, deleted, index, index_error })
+}
+
+/// The log and the manifest disagree on the dimension: either may be the damaged one, so the error
+/// names both (the log's path, in the reason, and the manifest's).
+fn dim_mismatch(wal: &Path, found: usize, manifest: usize) -> Error {
+    let reason = format!("{} holds rows of dimension {found}, the manifest says {manifest}", wal.display());
+    Error::corrupt(fsio_parent(wal).join(MANIFEST_FILE), 0, reason)
+}
+
+fn fsio_parent(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// A file the manifest names is missing: a deleted file, or a damaged (forged) manifest. The error names
+/// the manifest and the missing file; any other error is returned as it is.
+fn named_but_missing(dir: &Path, e: Error) -> Error {
+    match e {
+        Error::Io { path, source }
+            if source.kind() == std::io::ErrorKind::NotFound
+                && path.starts_with(dir)
+                && path != dir.join(MANIFEST_FILE) =>
+        {
+            let reason = format!("names {}, which is missing ({source})", path.display());
+            Error::corrupt(dir.join(MANIFEST_FILE), 0, reason)
+        }
+        other => other,
+    }
 }
 
 fn wal_name(generation: u64) -> String {
@@ -255,11 +297,12 @@ impl Db {
         let lock = DirLock::acquire(&dir)?;
         let manifest = Manifest::load(&dir)?;
         let wal_file = manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation));
-        let (wal, records) = Wal::open(dir.join(&wal_file), options.durability)?;
+        let (wal, records) =
+            Wal::open(dir.join(&wal_file), options.durability).map_err(|e| named_but_missing(&dir, e))?;
         if wal.dim() != manifest.dim {
-            return Err(Error::corrupt(wal.path(), 12, "log dimension differs from the manifest"));
+            return Err(dim_mismatch(wal.path(), wal.dim(), manifest.dim));
         }
-        let state = replay(&dir, &manifest, wal.path(), &records)?;
+        let state = replay(&dir, &manifest, wal.path(), &records).map_err(|e| named_but_missing(&dir, e))?;
         let db = Db {
             dir,
             _lock: lock,
@@ -306,7 +349,7 @@ impl Db {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
                 }
-                other => return other,
+                other => return other.map_err(|e| named_but_missing(dir, e)),
             }
         }
     }
@@ -319,8 +362,8 @@ impl Db {
         let dir = dir.as_ref();
         let manifest = Manifest::load(dir)?;
         let wal_path = dir.join(manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation)));
-        let log = LogCheck::of(&wal_path)?;
-        let state = replay(dir, &manifest, &wal_path, &log.records)?;
+        let log = LogCheck::of(&wal_path).map_err(|e| named_but_missing(dir, e))?;
+        let state = replay(dir, &manifest, &wal_path, &log.records).map_err(|e| named_but_missing(dir, e))?;
         // Every byte of the index's files (their sections' checksums), which opening does not read.
         let index_problem = match &state.index_error {
             Some(e) => Some(e.to_string()),
@@ -335,6 +378,14 @@ impl Db {
             index_error: state.index_error,
         };
         Ok(DbCheck { manifest, snapshot, log, index_problem })
+    }
+
+    /// The generation or segment id after `n`, or a typed error when ten digits cannot carry it (only a
+    /// forged manifest gets there: [`Manifest::load`] refuses numbers above [`crate::MAX_NUMBER`]).
+    fn next_number(&self, n: u64) -> Result<u64> {
+        n.checked_add(1).filter(|&m| m <= crate::MAX_NUMBER).ok_or_else(|| {
+            Error::corrupt(self.dir.join(MANIFEST_FILE), 0, format!("no number is left after {n} (ten-digit names)"))
+        })
     }
 
     /// Removes segment, log and temporary files that the manifest does not name.
@@ -419,14 +470,16 @@ impl Db {
             return Ok(());
         }
         let id = self.manifest.next_segment_id;
+        // Both numbers are checked before anything is written.
+        let (generation, next_id) = (self.next_number(self.manifest.generation)?, self.next_number(id)?);
         let file = segment_name(id);
         let parts: Vec<ColumnsRef<'_>> = self.memtable.parts().collect();
         crate::segment::write_segment_parts(&self.dir.join(&file), id, &parts)?;
         let segment = Arc::new(Segment::open(self.dir.join(&file))?);
         let mut next = self.manifest.clone();
-        next.generation += 1;
+        next.generation = generation;
         next.segments.push(SegmentEntry { id, file, rows: self.memtable.rows() as u64 });
-        next.next_segment_id = id + 1;
+        next.next_segment_id = next_id;
         // The log is retired with this flush: its deletes of segment rows move into the manifest.
         next.deleted = self.deleted.iter().copied().collect();
         next.deleted.sort_unstable();
@@ -448,13 +501,15 @@ impl Db {
         self.segments.iter().for_each(|s| merged.extend(s.columns()));
         merged.remove(&self.deleted);
         let id = self.manifest.next_segment_id;
+        // Both numbers are checked before anything is written.
+        let (generation, next_id) = (self.next_number(self.manifest.generation)?, self.next_number(id)?);
         let file = segment_name(id);
         crate::write_segment(&self.dir.join(&file), id, merged.view())?;
         let segment = Arc::new(Segment::open(self.dir.join(&file))?);
         let mut next = self.manifest.clone();
-        next.generation += 1;
+        next.generation = generation;
         next.segments = vec![SegmentEntry { id, file, rows: merged.rows() as u64 }];
-        next.next_segment_id = id + 1;
+        next.next_segment_id = next_id;
         next.deleted.clear();
         self.commit(next, |segments| *segments = vec![segment])?;
         self.deleted = Arc::new(HashSet::new());
@@ -521,8 +576,8 @@ impl Db {
         // The renames that put the files in place are made durable before the manifest names them.
         crate::fsio::sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let mut next = self.manifest.clone();
-        next.generation += 1;
-        next.next_segment_id += 1;
+        next.generation = self.next_number(next.generation)?;
+        next.next_segment_id = self.next_number(next.next_segment_id)?;
         next.index = names;
         self.commit(next, |_| {})?;
         self.index = files;
@@ -538,7 +593,7 @@ impl Db {
                 return Ok(());
             }
             let mut next = db.manifest.clone();
-            next.generation += 1;
+            next.generation = db.next_number(next.generation)?;
             next.index.clear();
             db.commit(next, |_| {})?;
             db.index.clear();
@@ -566,8 +621,11 @@ impl Db {
         std::fs::remove_file(&manifest).map_err(|e| Error::io(&manifest, e))?;
         crate::fsio::sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         owned::remove_unnamed(&self.dir, &HashSet::new())?;
+        // The lock file goes only while it is empty (ours: the lock writes nothing into it).
         let lock = self.dir.join(crate::LOCK_FILE);
-        std::fs::remove_file(&lock).map_err(|e| Error::io(&lock, e))?;
+        if std::fs::metadata(&lock).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            std::fs::remove_file(&lock).map_err(|e| Error::io(&lock, e))?;
+        }
         Ok(())
     }
 
@@ -601,5 +659,11 @@ impl Db {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What [`open`](Self::open) cut from the end of the log (a torn write, or a damaged acknowledged
+    /// record), if anything: writers report it, as `verify` does before the cut.
+    pub fn cut_tail(&self) -> Option<&crate::CutTail> {
+        self.wal.cut()
     }
 }

@@ -213,11 +213,11 @@ pub use error::{Error, Result};
 pub use fsio::fault_injection as fault;
 pub use hot::{HotBytes, HotCache, HotKey, HotStats, HotStorage, HotTier, RamHot, RamStorage, Residency};
 pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
-pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, Manifest, SegmentEntry};
+pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, MAX_NUMBER, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch, PrefetchStats};
 pub use sections::{
     MappedF32, SECTIONS_HEADER, SECTIONS_MAGIC, SECTIONS_VERSION, SectionEntry, SectionFile, SectionKind, SectionWriter,
 };
 pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
-pub use wal::{Durability, LogCheck, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
+pub use wal::{CutTail, Durability, LogCheck, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
 pub use warm::{BlockKey, BlockStore, DEFAULT_BLOCK_ROWS, MEMTABLE, WarmStats};

@@ -19,6 +19,9 @@ pub const MANIFEST_VERSION: u32 = 2;
 const HEADER: usize = 20;
 /// A manifest larger than this is damage (it lists files, not data).
 const MAX_PAYLOAD: usize = 64 << 20;
+/// The largest generation or segment id: file names carry ten digits (`NNNNNNNNNN.wal`). A manifest
+/// with a larger one is damage (or forged); a writer that would pass it stops with a typed error.
+pub const MAX_NUMBER: u64 = 9_999_999_999;
 
 /// One live segment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,12 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        // A file whose first bytes are far from our magic (more than 2 bits differ) is someone else's
+        // `MANIFEST`, not a damaged one of ours.
+        let differing: u32 = bytes.iter().zip(MANIFEST_MAGIC).map(|(a, b)| (a ^ b).count_ones()).sum();
+        if bytes.len() >= MANIFEST_MAGIC.len() && differing > 2 {
+            return Err(Error::NotOurs { path: dir.to_path_buf(), found: path });
+        }
         Manifest::decode(&path, &bytes)
     }
 
@@ -123,6 +132,15 @@ impl Manifest {
         if m.dim == 0 {
             return Err(bad(HEADER, "dimension 0".into()));
         }
+        if m.generation == 0 || m.generation > MAX_NUMBER || m.next_segment_id > MAX_NUMBER {
+            return Err(bad(
+                HEADER,
+                format!(
+                    "generation {} or next segment id {} is outside 1..={MAX_NUMBER} (file names have ten digits)",
+                    m.generation, m.next_segment_id
+                ),
+            ));
+        }
         let names = m
             .segments
             .iter()
@@ -131,6 +149,20 @@ impl Manifest {
             .chain(m.index.iter().map(String::as_str));
         if let Some(name) = names.into_iter().find(|n| !plain_name(n)) {
             return Err(bad(HEADER, format!("file name {name:?} is not a plain name inside the directory")));
+        }
+        // The names this crate gives: segment `id` in `NNNNNNNNNN.seg` (its id, ten digits), the log in a
+        // ten-digit `.wal`. Another name is damage (or forged), not a file to go looking for.
+        if let Some(s) = m.segments.iter().find(|s| s.file != format!("{:010}.seg", s.id) || s.id > MAX_NUMBER) {
+            return Err(bad(HEADER, format!("segment {} is named {:?}, not by its id", s.id, s.file)));
+        }
+        if let Some(w) = m.wal.as_deref().filter(|w| !(crate::owned::is_data_name(w) && w.ends_with(".wal"))) {
+            return Err(bad(HEADER, format!("log name {w:?} is not a ten-digit .wal")));
+        }
+        // The stored index's files: ten-digit `.idx` / `.vec` names (a forged name could otherwise send a
+        // later build, which removes the old index's files, to a user's file).
+        let index_name = |n: &str| crate::owned::is_data_name(n) && (n.ends_with(".idx") || n.ends_with(".vec"));
+        if let Some(n) = m.index.iter().find(|n| !index_name(n)) {
+            return Err(bad(HEADER, format!("index file name {n:?} is not a ten-digit .idx or .vec")));
         }
         Ok(m)
     }

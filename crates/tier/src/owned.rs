@@ -4,20 +4,27 @@
 //!   a directory that is empty, or that holds nothing but the leftovers of a create that was killed
 //!   before its manifest was stored (the lock file, our data file names, our temporary files); anything
 //!   else there is someone else's, and create refuses with [`Error::NotOurs`].
-//! * Inside a database, a file is ours if the manifest names it, or if its name is one this crate gives:
-//!   a segment, log or stored-index name (`NNNNNNNNNN.seg`, `.wal`, `.idx`, `.vec`: ten digits) or a temporary name from
-//!   [`temp_name`] (`.m2m-tmp.<target>.<16 hex digits>`, unique per write). Only files of those names
-//!   that the manifest does not name are ever removed, and only by the writer (`Db::open`, `Db::create`,
-//!   a commit): never by [`Db::read_snapshot`](crate::Db::read_snapshot) or any read path.
+//! * Inside a database, a file is ours if the manifest names it, or if it is a file this crate wrote: a
+//!   segment, log or stored-index name (`NNNNNNNNNN.seg`, `.wal`, `.idx`, `.vec`: ten digits) **and**
+//!   the matching magic bytes at its start ([`carries_our_magic`]: a segment's, a log's, or the section
+//!   files' `M2M-SEC`; each is renamed into place whole, so a file of ours never lacks them), or a
+//!   temporary name from [`temp_name`] (`.m2m-tmp.<target>.<16 hex digits>`, unique per write). Only
+//!   such files that the manifest does not name are ever removed, and only by the writer (`Db::open`,
+//!   `Db::create`, a commit): never by [`Db::read_snapshot`](crate::Db::read_snapshot) or any read path.
+//! * The lock file `LOCK` is ours only while it is empty (the lock never writes a byte into it): a
+//!   non-empty `LOCK` is someone else's, and create refuses the directory.
+//! * A file of our name that is not ours and stands where we must write (a user's `0000000002.wal`
+//!   where the next log goes) is never replaced: the write fails with [`Error::NotOurs`] naming it.
 //!
-//! A user's `report.tmp`, `notes.wal` or `x.seg` in the directory is therefore never touched.
+//! A user's `report.tmp`, `notes.wal`, `x.seg` or `0000000001.wal` in the directory is therefore never
+//! touched.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Error, LOCK_FILE, MANIFEST_FILE, Result};
+use crate::{Error, LOCK_FILE, MANIFEST_FILE, Result, SEGMENT_MAGIC, WAL_MAGIC};
 
 /// Prefix of every temporary file this crate writes.
 pub(crate) const TEMP_PREFIX: &str = ".m2m-tmp.";
@@ -48,14 +55,50 @@ pub(crate) fn is_data_name(name: &str) -> bool {
     stem.len() == 10 && stem.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Checks that `dir` (which holds no manifest) may become a database: every entry is the lock file or a
-/// leftover of a killed create ([`is_data_name`], [`is_temp`]). Returns the leftovers.
+/// Whether the plain file at `path`, of a data name ([`is_data_name`]), starts with the magic bytes of
+/// what its name says: a segment's for `.seg`, a log's for `.wal`, the section files' for `.idx` and
+/// `.vec`. Unreadable or short: not ours.
+pub(crate) fn carries_our_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let magic = if name.ends_with(".seg") {
+        SEGMENT_MAGIC
+    } else if name.ends_with(".idx") || name.ends_with(".vec") {
+        crate::SECTIONS_MAGIC
+    } else {
+        WAL_MAGIC
+    };
+    let mut head = [0u8; 8];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == magic
+}
+
+/// Whether the entry `name` of `dir` is a file this crate wrote and may remove when the manifest does
+/// not name it: a temporary name, or a data name carrying our magic. Only plain files.
+fn is_ours(dir: &Path, name: &str, entry: &std::fs::DirEntry) -> bool {
+    entry.file_type().is_ok_and(|t| t.is_file())
+        && (is_temp(name) || is_data_name(name) && carries_our_magic(&dir.join(name)))
+}
+
+/// Refuses to write at `path` (a data name about to be created or renamed into place) when a file that
+/// is not ours is there: [`Error::NotOurs`] naming it. A missing file, or one of ours, is fine.
+pub(crate) fn claim(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(m) if m.is_file() && carries_our_magic(path) => Ok(()),
+        _ => Err(Error::NotOurs { path: crate::fsio::parent(path).to_path_buf(), found: path.to_path_buf() }),
+    }
+}
+
+/// Checks that `dir` (which holds no manifest) may become a database: every entry is an empty lock
+/// file or a leftover of a killed create (a temporary name, or a data name carrying our magic). Returns
+/// the leftovers.
 pub(crate) fn check_creatable(dir: &Path) -> Result<Vec<String>> {
     let mut leftovers = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
-        let Some(name) = name.to_str().filter(|n| *n == LOCK_FILE || is_data_name(n) || is_temp(n)) else {
+        let empty_lock = |n: &str| n == LOCK_FILE && entry.metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
+        let Some(name) = name.to_str().filter(|n| empty_lock(n) || is_ours(dir, n, &entry)) else {
             return Err(Error::NotOurs { path: dir.to_path_buf(), found: entry.path() });
         };
         if name != LOCK_FILE {
@@ -65,8 +108,8 @@ pub(crate) fn check_creatable(dir: &Path) -> Result<Vec<String>> {
     Ok(leftovers)
 }
 
-/// Removes the files of `dir` that are ours by name ([`is_data_name`], [`is_temp`]) and not in `live`.
-/// Nothing else is touched. Only the writer calls it, on a directory that holds our manifest (or that
+/// Removes the files of `dir` that are ours (a temporary name, or a data name carrying our magic) and not
+/// in `live`. Nothing else is touched. Only the writer calls it, on a directory that holds our manifest (or that
 /// [`check_creatable`] accepted).
 pub(crate) fn remove_unnamed(dir: &Path, live: &HashSet<&str>) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -74,13 +117,10 @@ pub(crate) fn remove_unnamed(dir: &Path, live: &HashSet<&str>) -> Result<()> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name == MANIFEST_FILE || live.contains(name) || !(is_data_name(name) || is_temp(name)) {
+        if name == MANIFEST_FILE || live.contains(name) || !is_ours(dir, name, &entry) {
             continue;
         }
-        // Only plain files: a directory that happens to carry one of our names is not ours.
-        if entry.file_type().is_ok_and(|t| t.is_file()) {
-            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
-        }
+        std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
     }
     Ok(())
 }

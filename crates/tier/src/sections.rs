@@ -129,9 +129,11 @@ pub struct SectionWriter {
 impl SectionWriter {
     /// Starts a section file that will become `path`.
     ///
-    /// Errors: [`Error::Io`].
+    /// Errors: [`Error::Io`]; [`Error::NotOurs`] when a file that is not ours stands at `path` (it is
+    /// never replaced).
     pub fn create(path: impl AsRef<Path>) -> Result<SectionWriter> {
         let path = path.as_ref().to_path_buf();
+        crate::owned::claim(&path)?;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("sections");
         let tmp = path.with_file_name(crate::owned::temp_name(name));
         let file = fsio::create(&tmp, true).map_err(|e| Error::io(&tmp, e))?;

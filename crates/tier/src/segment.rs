@@ -104,6 +104,11 @@ pub(crate) fn write_segment_parts(path: &Path, id: u64, parts: &[ColumnsRef<'_>]
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(&tmp, e));
     }
+    // A file of this name that is not ours (no segment magic) is never replaced.
+    if let Err(e) = crate::owned::claim(path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Err(e) = fsio::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
@@ -300,18 +305,20 @@ pub(crate) fn validate(path: &Path, map: &[u8]) -> Result<Layout> {
     if len != end {
         return Err(bad(end, format!("{} bytes after the last column", len.saturating_sub(end))));
     }
-    // Behind the checksums, the values (norm, kappa, alpha: the small columns; the directions are covered
-    // by their checksum and were validated when written).
-    let small =
+    // Behind the checksums, the values: a file forged with recomputed checksums must not bring a NaN
+    // direction or a non-positive norm, kappa or alpha to the layers above (the checksum pass above has
+    // read every byte already; this pass is over the same pages).
+    let floats =
         |i: usize| -> &[f32] { bytemuck::try_cast_slice(&map[cols[i].0..cols[i].0 + cols[i].1]).unwrap_or(&[]) };
-    let view = ColumnsRef { dim, ids: &[], norms: small(2), kappa: small(3), alpha: small(4), mu: &[] };
-    if let Some((column, row)) = view.invalid_value(false) {
-        let col = match column {
-            "norm" => 2,
-            "kappa" => 3,
-            _ => 4,
+    let view = ColumnsRef { dim, ids: &[], norms: floats(2), kappa: floats(3), alpha: floats(4), mu: floats(0) };
+    if let Some((column, row)) = view.invalid_value(true) {
+        let at = match column {
+            "norm" => cols[2].0 + 4 * row,
+            "kappa" => cols[3].0 + 4 * row,
+            "alpha" => cols[4].0 + 4 * row,
+            _ => cols[0].0 + 4 * row * dim,
         };
-        return Err(bad(cols[col].0 + 4 * row, format!("row {row} has an invalid {column}")));
+        return Err(bad(at, format!("row {row} has an invalid {column}")));
     }
     let id = u64_at(24);
     Ok(Layout { id, rows, dim, cols })

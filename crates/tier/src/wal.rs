@@ -83,6 +83,35 @@ pub struct Wal {
     end: u64,
     poisoned: bool,
     buf: Vec<u8>,
+    /// What [`Wal::open`] cut from the end of the file, if anything.
+    cut: Option<CutTail>,
+}
+
+/// Bytes [`Wal::open`] cut after the last good record: a torn write, or a damaged acknowledged record.
+/// Writers report it (the same facts `verify` reports before the cut).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutTail {
+    /// The log file.
+    pub path: PathBuf,
+    /// End of the last good record, where the file now ends.
+    pub at: u64,
+    /// Bytes cut.
+    pub bytes: u64,
+    /// Rows of the batch record whose header starts the cut bytes, when readable.
+    pub rows: Option<u64>,
+}
+
+impl std::fmt::Display for CutTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows = self.rows.map_or_else(|| "no whole record header".to_string(), |r| format!("a record of {r} rows"));
+        write!(f, "{}: cut {} bytes after byte {} ({rows})", self.path.display(), self.bytes, self.at)
+    }
+}
+
+/// Rows of the batch record whose header starts `tail`, when the header is whole.
+fn tail_rows(tail: &[u8]) -> Option<u64> {
+    (tail.len() >= RECORD_HEADER as usize + 8 && tail[8] == KIND_BATCH)
+        .then(|| u64::from(u32::from_le_bytes([tail[12], tail[13], tail[14], tail[15]])))
 }
 
 fn header_bytes(dim: u32) -> [u8; WAL_HEADER as usize] {
@@ -97,25 +126,45 @@ fn header_bytes(dim: u32) -> [u8; WAL_HEADER as usize] {
 
 impl Wal {
     /// Creates a new, empty log at `path` for splats of dimension `dim` (failing if the file exists), and
-    /// makes its creation durable.
+    /// makes its creation durable. The header is written under a temporary name and renamed into place,
+    /// so a file of a log's name always starts with the log's magic (the mark of what is ours, see
+    /// `owned.rs`); a file there that is not ours is [`Error::NotOurs`].
     pub fn create(path: impl AsRef<Path>, dim: usize, durability: Durability) -> Result<Wal> {
         let path = path.as_ref().to_path_buf();
         let dim32 = u32::try_from(dim)
             .ok()
             .filter(|&d| d > 0)
             .ok_or_else(|| Error::InvalidBatch { reason: format!("dimension {dim} is not in 1..2^32") })?;
-        let file = fsio::create(&path, true).map_err(|e| Error::io(&path, e))?;
+        crate::owned::claim(&path)?;
+        if path.exists() {
+            return Err(Error::io(&path, std::io::Error::from(std::io::ErrorKind::AlreadyExists)));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("log");
+        let tmp = path.with_file_name(crate::owned::temp_name(name));
+        let file = fsio::create(&tmp, true).map_err(|e| Error::io(&tmp, e))?;
         let written = fsio::Writer(&file)
             .write_all(&header_bytes(dim32))
             .and_then(|()| fsio::sync_all(&file))
+            .and_then(|()| fsio::rename(&tmp, &path))
             .and_then(|()| fsio::sync_dir(fsio::parent(&path)));
         if let Err(e) = written {
             // Nothing half-made stays behind: the caller can create the log again.
             drop(file);
+            let _ = std::fs::remove_file(&tmp);
             let _ = std::fs::remove_file(&path);
             return Err(Error::io(&path, e));
         }
-        Ok(Wal { path, file, dim, durability, next_seq: 0, end: WAL_HEADER, poisoned: false, buf: Vec::new() })
+        Ok(Wal {
+            path,
+            file,
+            dim,
+            durability,
+            next_seq: 0,
+            end: WAL_HEADER,
+            poisoned: false,
+            buf: Vec::new(),
+            cut: None,
+        })
     }
 
     /// Opens an existing log for appending: recovers every complete batch, cuts a torn tail away, and
@@ -126,15 +175,23 @@ impl Wal {
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<(Wal, Vec<WalRecord>)> {
         let path = path.as_ref().to_path_buf();
         let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        let (dim, batches, end) = recover(&path, &mut file)?;
-        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
+        let (dim, batches, end) = decode_log(&path, &bytes)?;
+        let len = bytes.len() as u64;
+        let cut = (len != end).then(|| CutTail {
+            path: path.clone(),
+            at: end,
+            bytes: len - end,
+            rows: tail_rows(&bytes[end as usize..]),
+        });
         if len != end {
             file.set_len(end).map_err(|e| Error::io(&path, e))?;
             fsio::sync_all(&file).map_err(|e| Error::io(&path, e))?;
         }
         file.seek(SeekFrom::Start(end)).map_err(|e| Error::io(&path, e))?;
         let next_seq = batches.len() as u64;
-        Ok((Wal { path, file, dim, durability, next_seq, end, poisoned: false, buf: Vec::new() }, batches))
+        Ok((Wal { path, file, dim, durability, next_seq, end, poisoned: false, buf: Vec::new(), cut }, batches))
     }
 
     /// Reads every complete batch of a log without changing the file (a torn tail is skipped, not cut).
@@ -268,6 +325,11 @@ impl Wal {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// What [`open`](Self::open) cut from the end of the file (a torn or damaged tail), if anything.
+    pub fn cut(&self) -> Option<&CutTail> {
+        self.cut.as_ref()
+    }
 }
 
 /// Fills in the record header (payload length and checksum) of a record assembled in `buf`.
@@ -395,9 +457,7 @@ impl LogCheck {
         let path = path.as_ref().to_path_buf();
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let (_, records, end) = decode_log(&path, &bytes)?;
-        let tail = &bytes[end as usize..];
-        let tail_rows = (tail.len() >= RECORD_HEADER as usize + 8 && tail[8] == KIND_BATCH)
-            .then(|| u64::from(u32::from_le_bytes([tail[12], tail[13], tail[14], tail[15]])));
+        let tail_rows = tail_rows(&bytes[end as usize..]);
         Ok(LogCheck { path, records, end, len: bytes.len() as u64, tail_rows })
     }
 }

@@ -19,6 +19,10 @@
 //! * `m2m-tier-crash-writer forge KIND FILE SEED`: changes a byte of a log, segment, manifest or blob
 //!   file (KIND `log`, `segment`, `sealed`) chosen by SEED, then recomputes its checksums, so that the
 //!   damage reaches the decoders behind them; a length or count field is the target half of the time.
+//! * `m2m-tier-crash-writer forge huge FILE SEED`: a structure-aware forgery of the numbers that must
+//!   never overflow, with valid checksums: a manifest's generation or next segment id near 2^64 or past
+//!   ten digits; a segment row's id near 2^64; a log record (appended by the log writer itself) with an
+//!   id near 2^64; an ingest log (`m2m-ingest.blob`, JSON) entry whose base or row count is huge.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line helper reports to its terminal")]
 
@@ -170,7 +174,59 @@ fn rows(dir: &std::path::Path, file: &std::path::Path) -> Result<usize, String> 
     Ok(rows.len())
 }
 
+/// Numbers near the edges: 2^64-1, 2^64-2, 2^64-60, the largest ten-digit number and the one after.
+const HUGE: [u64; 5] = [u64::MAX, u64::MAX - 1, u64::MAX - 60, m2m_tier::MAX_NUMBER, m2m_tier::MAX_NUMBER + 1];
+
+fn forge_huge(file: &std::path::Path, seed: u64) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+    let dir = file.parent().unwrap_or(std::path::Path::new("."));
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let huge = HUGE[(seed % HUGE.len() as u64) as usize];
+    if name == m2m_tier::MANIFEST_FILE {
+        let mut m = m2m_tier::Manifest::load(dir).map_err(|e| err(&e))?;
+        if (seed / 8).is_multiple_of(2) {
+            m.generation = huge
+        } else {
+            m.next_segment_id = huge
+        }
+        return m.store(dir).map_err(|e| err(&e));
+    }
+    if name.ends_with(".wal") {
+        let (mut wal, _) = Wal::open(file, Durability::Fsync).map_err(|e| err(&e))?;
+        let dim = wal.dim();
+        let mut set = m2m_splat::SplatSet::new(dim).map_err(|e| err(&e))?;
+        set.append(m2m_splat::Batch::new(&vec![0.5; dim], dim).ids(&[huge])).map_err(|e| err(&e))?;
+        return wal.append(&set).map(drop).map_err(|e| err(&e));
+    }
+    let mut bytes = std::fs::read(file).map_err(|e| err(&e))?;
+    if name.ends_with(".seg") {
+        // The ids are the second column (after the directions): its offset is the header's second.
+        let at = bytes.get(40..48).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
+        let rows = bytes.get(16..24).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+        let row = (seed / 8) % rows.max(1);
+        let Some(slot) = at.and_then(|a| bytes.get_mut(a + 8 * row as usize..a + 8 * row as usize + 8)) else {
+            return Err(err(&"no id column"));
+        };
+        slot.copy_from_slice(&huge.to_le_bytes());
+        m2m_tier::testing::decode::reseal_segment(&mut bytes);
+        return std::fs::write(file, &bytes).map_err(|e| err(&e));
+    }
+    if name == "m2m-ingest.blob" {
+        let text = String::from_utf8(m2m_tier::load_blob(dir, name).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+        let field = if (seed / 8).is_multiple_of(2) { "\"base\":" } else { "\"rows\":" };
+        let Some(start) = text.find(field).map(|i| i + field.len()) else { return Err(err(&"no field")) };
+        let end = start + text[start..].bytes().take_while(u8::is_ascii_digit).count();
+        let forged = format!("{}{huge}{}", &text[..start], &text[end..]);
+        return m2m_tier::store_blob(dir, name, forged.as_bytes()).map_err(|e| err(&e));
+    }
+    // Other blobs: the generic forgery.
+    forge("sealed", file, seed)
+}
+
 fn forge(kind: &str, file: &std::path::Path, seed: u64) -> Result<(), String> {
+    if kind == "huge" {
+        return forge_huge(file, seed);
+    }
     let mut bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     if bytes.is_empty() {
         return Ok(());

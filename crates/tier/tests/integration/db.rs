@@ -100,11 +100,24 @@ fn leftovers_of_an_interrupted_flush_are_removed_and_the_lock_is_exclusive() {
         ".m2m-tmp.0000000008.seg.0123456789abcdef",
         ".m2m-tmp.MANIFEST.fedcba9876543210",
     ];
-    // Names that merely look like ours belong to the user: never removed.
-    let theirs = ["report.tmp", "MANIFEST.tmp", ".0000000008.seg.tmp", "notes.wal", "x.seg", "m2m-notes.blob"];
+    // Names that merely look like ours belong to the user: never removed. A ten-digit name without our
+    // magic bytes is the user's too (the name alone would delete it: the mutation this catches).
+    let theirs = [
+        "report.tmp",
+        "MANIFEST.tmp",
+        ".0000000008.seg.tmp",
+        "notes.wal",
+        "x.seg",
+        "m2m-notes.blob",
+        "0000000005.wal",
+        "0000000006.seg",
+    ];
     for stray in ours.iter().chain(&theirs) {
         fs::write(dir.path().join(stray), b"half written").unwrap();
     }
+    // Ours carry our magic (a segment or log is renamed into place whole).
+    fs::write(dir.path().join("0000000007.seg"), [&m2m_tier::SEGMENT_MAGIC[..], b"half"].concat()).unwrap();
+    fs::write(dir.path().join("0000000009.wal"), [&m2m_tier::WAL_MAGIC[..], b"half"].concat()).unwrap();
     let db = Db::open(dir.path(), DbOptions::default()).unwrap();
     assert_batches(&db.snapshot(), 1);
     for stray in ours {
@@ -122,7 +135,10 @@ fn a_foreign_directory_is_never_written_to_nor_emptied() {
         fs::write(dir.path().join(file), b"user data").unwrap();
     }
     match Db::create(dir.path(), DIM, DbOptions::default()) {
-        Err(Error::NotOurs { found, .. }) => assert_eq!(found, dir.path().join("report.tmp")),
+        // Either one is named (directory order): neither is ours (the `.wal` lacks our magic).
+        Err(Error::NotOurs { found, .. }) => {
+            assert!(found == dir.path().join("report.tmp") || found == dir.path().join("0000000001.wal"), "{found:?}")
+        }
         other => panic!("creating in a foreign directory: {other:?}"),
     }
     assert!(matches!(Db::open(dir.path(), DbOptions::default()), Err(Error::Io { .. })));
@@ -138,14 +154,189 @@ fn a_foreign_directory_is_never_written_to_nor_emptied() {
 fn a_create_killed_before_its_manifest_can_be_created_again() {
     let dir = tempfile::tempdir().unwrap();
     // What a create leaves when killed between its first files and the manifest.
-    for file in ["LOCK", "0000000001.wal", ".m2m-tmp.MANIFEST.0123456789abcdef"] {
-        fs::write(dir.path().join(file), b"half").unwrap();
-    }
+    fs::write(dir.path().join("LOCK"), b"").unwrap();
+    fs::write(dir.path().join("0000000001.wal"), [&m2m_tier::WAL_MAGIC[..], b"half"].concat()).unwrap();
+    fs::write(dir.path().join(".m2m-tmp.MANIFEST.0123456789abcdef"), b"half").unwrap();
     let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
     db.ingest(&crash_batch(0, DIM)).unwrap();
     drop(db);
     assert!(!dir.path().join(".m2m-tmp.MANIFEST.0123456789abcdef").exists());
     assert_batches(&Db::open(dir.path(), DbOptions::default()).unwrap().snapshot(), 1);
+}
+
+/// What is ours is decided by content, not by name: a non-empty `LOCK`, a ten-digit `.wal` or `.seg`
+/// without our magic are the user's. Create refuses them, naming the file, and leaves them as they were;
+/// a writer never replaces a user's file that stands where its next log or segment goes.
+/// Mutations caught: `check_creatable` accepting any `LOCK` or any ten-digit name (create then empties
+/// the directory), `Wal::create` or the segment rename writing over a file that is not ours.
+#[test]
+fn files_of_our_names_without_our_magic_are_the_users() {
+    for (name, body) in [("LOCK", &b"my lock notes"[..]), ("0000000001.wal", b"notes"), ("0000000001.seg", b"")] {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(name), body).unwrap();
+        match Db::create(dir.path(), DIM, DbOptions::default()) {
+            Err(Error::NotOurs { found, .. }) => assert_eq!(found, dir.path().join(name)),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(fs::read(dir.path().join(name)).unwrap(), body, "{name} was changed");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "{name}: something was written");
+    }
+    // Inside a database: the user's file where the next log (generation 2) and segment (id 0) go.
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(0, DIM)).unwrap();
+    drop(db);
+    fs::write(dir.path().join("0000000002.wal"), b"user log").unwrap();
+    let mut db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    assert_eq!(fs::read(dir.path().join("0000000002.wal")).unwrap(), b"user log", "open removed it");
+    match db.flush() {
+        Err(Error::NotOurs { found, .. }) => assert_eq!(found, dir.path().join("0000000002.wal")),
+        other => panic!("flush over a user's log name: {other:?}"),
+    }
+    assert_eq!(fs::read(dir.path().join("0000000002.wal")).unwrap(), b"user log", "flush replaced it");
+    drop(db);
+    fs::remove_file(dir.path().join("0000000002.wal")).unwrap();
+    fs::write(dir.path().join("0000000000.seg"), b"user segment").unwrap();
+    let mut db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    assert!(matches!(db.flush(), Err(Error::NotOurs { .. })), "flush over a user's segment name");
+    assert_eq!(fs::read(dir.path().join("0000000000.seg")).unwrap(), b"user segment");
+    drop(db);
+    fs::remove_file(dir.path().join("0000000000.seg")).unwrap();
+    let mut db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    db.flush().unwrap();
+    assert_batches(&db.snapshot(), 1);
+}
+
+/// A manifest with a generation or segment id that ten digits cannot carry (forged with a valid
+/// checksum) is `Corrupt` naming the manifest on every path; the largest allowed one opens, and the
+/// flush that would pass it is a typed error, not an overflow. A foreign `MANIFEST` is not ours.
+/// Mutations caught: removing the bound in `Manifest::decode` (open then accepts u64::MAX and the flush
+/// panics in debug on `generation + 1`), `next_number` without its check.
+#[test]
+fn forged_huge_generations_are_corrupt_and_never_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(0, DIM)).unwrap();
+    drop(db);
+    let good = m2m_tier::Manifest::load(dir.path()).unwrap();
+    for (generation, next_segment_id) in [(u64::MAX, 0), (m2m_tier::MAX_NUMBER + 1, 0), (0, 0), (5, u64::MAX)] {
+        let mut m = good.clone();
+        m.generation = generation;
+        m.next_segment_id = next_segment_id;
+        m.store(dir.path()).unwrap();
+        for r in [Db::open(dir.path(), DbOptions::default()).map(drop), Db::check(dir.path()).map(drop)] {
+            match r {
+                Err(Error::Corrupt { path, .. }) => assert_eq!(path, dir.path().join("MANIFEST")),
+                other => panic!("generation {generation}, next id {next_segment_id}: {other:?}"),
+            }
+        }
+    }
+    let mut m = good.clone();
+    m.generation = m2m_tier::MAX_NUMBER;
+    m.wal = Some(good.wal.clone().unwrap());
+    m.store(dir.path()).unwrap();
+    let mut db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    match db.flush() {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, dir.path().join("MANIFEST")),
+        other => panic!("a flush past the last generation: {other:?}"),
+    }
+    drop(db);
+    assert_batches(&Db::read_snapshot(dir.path()).unwrap(), 1);
+    fs::write(dir.path().join("MANIFEST"), b"# my project manifest\n").unwrap();
+    match Db::open(dir.path(), DbOptions::default()) {
+        Err(Error::NotOurs { found, .. }) => assert_eq!(found, dir.path().join("MANIFEST")),
+        other => panic!("a foreign MANIFEST: {other:?}"),
+    }
+}
+
+/// A manifest that names a log that is not there, or whose dimension the log does not share (a forged
+/// manifest, or a deleted log): the error names the manifest, and the log in its reason, on every path.
+/// Mutations caught: `named_but_missing` left out (an Io error naming only the log), `dim_mismatch`
+/// naming only the log.
+#[test]
+fn a_manifest_that_disagrees_with_its_log_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(0, DIM)).unwrap();
+    drop(db);
+    let good = m2m_tier::Manifest::load(dir.path()).unwrap();
+    let manifest = dir.path().join("MANIFEST");
+    for (wal, dim) in [("0004000001.wal", DIM), (good.wal.as_deref().unwrap(), DIM + 1)] {
+        let mut m = good.clone();
+        m.wal = Some(wal.into());
+        m.dim = dim;
+        m.store(dir.path()).unwrap();
+        let results = [
+            Db::open(dir.path(), DbOptions::default()).map(drop),
+            Db::check(dir.path()).map(drop),
+            Db::read_snapshot(dir.path()).map(drop),
+        ];
+        for r in results {
+            match r {
+                Err(Error::Corrupt { path, reason, .. }) => {
+                    assert_eq!(path, manifest);
+                    assert!(reason.contains(wal), "{reason}");
+                }
+                other => panic!("{wal}, dim {dim}: {other:?}"),
+            }
+        }
+    }
+    good.store(dir.path()).unwrap();
+    assert_batches(&Db::open(dir.path(), DbOptions::default()).unwrap().snapshot(), 1);
+}
+
+/// A segment forged (checksums recomputed) so that an id repeats: the error names that segment, not the
+/// manifest (found by the 30-minute torture). Mutation caught: naming `MANIFEST` as before.
+#[test]
+fn a_repeated_id_names_the_segment_that_repeats_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(1, DIM)).unwrap();
+    db.flush().unwrap();
+    let seg = dir.path().join(&db.manifest().segments[0].file);
+    drop(db);
+    let mut bytes = fs::read(&seg).unwrap();
+    let ids_at = u64::from_le_bytes(bytes[40..48].try_into().unwrap()) as usize;
+    let first: [u8; 8] = bytes[ids_at..ids_at + 8].try_into().unwrap();
+    bytes[ids_at + 8..ids_at + 16].copy_from_slice(&first);
+    m2m_tier::testing::decode::reseal_segment(&mut bytes);
+    fs::write(&seg, &bytes).unwrap();
+    for r in [Db::open(dir.path(), DbOptions::default()).map(drop), Db::check(dir.path()).map(drop)] {
+        match r {
+            Err(Error::Corrupt { path, reason, .. }) => {
+                assert_eq!(path, seg);
+                assert!(reason.contains("stored twice"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A writer's open that cuts a damaged tail says what it cut: the same bytes and rows `Db::check`
+/// reported before. Mutation caught: `Wal::open` not recording the cut (`cut_tail` None).
+#[test]
+fn the_writer_reports_the_tail_it_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(0, DIM)).unwrap();
+    db.ingest(&crash_batch(1, DIM)).unwrap();
+    let wal = db.manifest().wal.clone().unwrap();
+    drop(db);
+    let path = dir.path().join(&wal);
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let check = Db::check(dir.path()).unwrap();
+    assert!(check.log.tail_bytes() > 0);
+    let db = Db::open(dir.path(), DbOptions::default()).unwrap();
+    let cut = db.cut_tail().expect("the cut is reported").clone();
+    assert_eq!((cut.path.clone(), cut.at, cut.bytes), (path.clone(), check.log.end, check.log.tail_bytes()));
+    assert_eq!(cut.rows, Some(crash_batch(1, DIM).len() as u64));
+    assert!(cut.to_string().contains(&wal), "{cut}");
+    assert_batches(&db.snapshot(), 1);
+    drop(db);
+    assert!(Db::open(dir.path(), DbOptions::default()).unwrap().cut_tail().is_none(), "a clean log cuts nothing");
 }
 
 #[test]
