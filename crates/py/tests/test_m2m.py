@@ -66,7 +66,11 @@ def test_ingest_retrieve_and_every_call(engine):
     assert moved.shape == (4, DIM)
     stats = engine.stats()
     assert stats.splats == 3000 and stats.dim == DIM and stats.fine_clusters is not None
-    assert 1.0 <= stats.kappa_min <= stats.kappa_max <= 50.0
+    # Learned kappa: at least min_kappa (1), spread by the data (not one value for every splat), finite,
+    # and below max_kappa x (p - 1) for any fitted dimension p the ambient one allows (50 x (DIM - 1)).
+    # Catches a build that leaves kappa at one value, or a clip that no longer holds.
+    assert 1.0 <= stats.kappa_min < stats.kappa_max <= 50.0 * (DIM - 1)
+    assert 0.0 <= stats.kappa_clipped < 1.0
 
 
 def test_add_with_ids_and_delete():
