@@ -31,7 +31,29 @@ pub fn store_blob(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     if bytes.len() > MAX_BLOB {
         return Err(Error::InvalidBatch { reason: format!("blob of {} bytes exceeds 2 GiB", bytes.len()) });
     }
+    claim_blob(&dir.join(name))?;
     replace_file(dir, name, &seal(BLOB_MAGIC, BLOB_VERSION, bytes))
+}
+
+/// Refuses to replace or remove `path` when a file that is not ours stands there: a blob is written whole
+/// by rename, so one of ours always starts with [`BLOB_MAGIC`]; anything else there (a person's notes of
+/// the same name, a link, a directory) is [`Error::Occupied`] naming it. A missing file is fine.
+fn claim_blob(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let ours = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(m) if m.is_file() => {
+            let mut head = [0u8; 8];
+            std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == BLOB_MAGIC
+        }
+        _ => false,
+    };
+    if ours {
+        Ok(())
+    } else {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        Err(Error::Occupied { path: path.to_path_buf(), what: format!("M2M's blob {name}") })
+    }
 }
 
 /// Reads and checks `dir/name`: [`Error::Io`] when missing, [`Error::Corrupt`] with the offset when
@@ -43,10 +65,12 @@ pub fn load_blob(dir: &Path, name: &str) -> Result<Vec<u8>> {
     unseal(&path, &bytes, BLOB_MAGIC, BLOB_VERSION, MAX_BLOB, "blob").map(<[u8]>::to_vec)
 }
 
-/// Removes `dir/name` if it exists (a blob of a database being discarded, or one that is stale).
+/// Removes `dir/name` if it exists (a blob of a database being discarded, or one that is stale); a file
+/// there without the blob magic is not ours and stays: [`Error::Occupied`].
 pub fn remove_blob(dir: &Path, name: &str) -> Result<()> {
     check_name(name)?;
     let path = dir.join(name);
+    claim_blob(&path)?;
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
         _ => Ok(()),
