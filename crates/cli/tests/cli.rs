@@ -577,3 +577,34 @@ fn forged_numbers_damaged_blobs_and_grown_files_are_named_and_repaired() {
         assert!(no_panic(args).contains("MANIFEST"), "{args:?}");
     }
 }
+
+/// A file that failed mid-ingest (a NaN past the rows already in) and was then fixed in place resumes
+/// after the rows already in, adding each row once; a file whose rows already in changed is refused
+/// without advice that would add them twice ("under another name"). Mutations caught: the resume check
+/// comparing the whole file's CRC (the fixed file is then refused, finding 3 of the second review), or
+/// accepting a file whose ingested prefix changed.
+#[test]
+fn a_file_fixed_in_place_after_a_failure_resumes_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 300, queries: 1, dim: 16, ..Default::default() }).unwrap();
+    let f = dir.path().join("nan.fvecs");
+    let mut bad = d.base.clone();
+    bad[250 * 16 + 3] = f32::NAN;
+    write_vectors(&f, &bad, 16).unwrap();
+    let db = dir.path().join("db").display().to_string();
+    let fs = f.display().to_string();
+    let (code, err) = fails(&["ingest", &db, &fs, "--chunk", "100"]);
+    assert!(code != 0 && err.contains("row 250"), "{err}");
+    assert_eq!(ok(&["info", &db])["splats"], 200);
+    write_vectors(&f, &d.base, 16).unwrap();
+    let r = ok(&["ingest", &db, &fs, "--chunk", "100"]);
+    assert_eq!((r["added"].as_u64(), r["already_in"].as_u64()), (Some(100), Some(200)), "{r}");
+    assert_eq!(ok(&["info", &db])["splats"], 300);
+    // Now a value among the rows already in changes: refused, and the advice adds nothing twice.
+    let mut changed = d.base.clone();
+    changed[5] += 0.5;
+    write_vectors(&f, &changed, 16).unwrap();
+    let (_, err) = fails(&["ingest", &db, &fs, "--chunk", "100"]);
+    assert!(err.contains("content changed") && !err.contains("another name"), "{err}");
+    assert_eq!(ok(&["info", &db])["splats"], 300);
+}
