@@ -671,6 +671,14 @@ fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>, forc
     if let Some(p) = out.filter(|p| !force && std::fs::symlink_metadata(p).is_ok()) {
         bail!("{}: exists; --force replaces it", p.display());
     }
+    // The loader's bounds, checked before the database is read (so `--epochs 2^64-1` is an answer, not a
+    // run that never ends, nor an overflow in the progress bar's length).
+    if cfg.epochs > m2m::MAX_EPOCHS {
+        bail!("--epochs {}: at most {}", cfg.epochs, m2m::MAX_EPOCHS);
+    }
+    if cfg.generate_steps > m2m::MAX_GENERATE_STEPS {
+        bail!("--steps {}: at most {}", cfg.generate_steps, m2m::MAX_GENERATE_STEPS);
+    }
     let engine = open_reader(db)?;
     if (cfg.importance_sampling || cfg.generate_samples) && engine.index().is_none() {
         bail!("{}: --importance and --generate need an index; run `m2m build {}`", db.display(), db.display());
@@ -699,19 +707,24 @@ fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>, forc
                 gen_rows.extend_from_slice(&b.mu[i * dim..(i + 1) * dim]);
             }
         }
-        if let Some(w) = &mut writer {
-            w.write_rows(&b.mu)?;
+        if let (Some(w), Some(p)) = (&mut writer, out) {
+            w.write_rows(&b.mu).with_context(|| format!("{}", p.display()))?;
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
-    if let Some(w) = writer {
-        w.finish()?;
+    if let (Some(w), Some(p)) = (writer, out) {
+        w.finish().with_context(|| format!("{}", p.display()))?;
     }
     let secs = t.elapsed().as_secs_f64();
     // What the rows were worth: the importance weights, the clipped kappa, the generated rows' fidelity.
-    let weights = if cfg.importance_sampling { Some(engine.weight_report()?) } else { None };
-    let fidelity = if gen_seeds.is_empty() { None } else { Some(engine.fidelity(&gen_seeds, &gen_rows, None)?) };
+    // Every error here names the database too (finding 4 of the second review: none may name no file).
+    let weights = if cfg.importance_sampling { Some(engine.weight_report().with_context(in_db)?) } else { None };
+    let fidelity = if gen_seeds.is_empty() {
+        None
+    } else {
+        Some(engine.fidelity(&gen_seeds, &gen_rows, None).with_context(in_db)?)
+    };
     let clipped = engine.stats().kappa_clipped;
     if cli.json {
         say!(
