@@ -43,25 +43,36 @@ fn claim_blob(path: &Path) -> Result<()> {
     let ours = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Ok(m) if m.is_file() => {
-            let mut head = [0u8; 8];
-            std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == BLOB_MAGIC
+            let mut head = Vec::with_capacity(8);
+            std::fs::File::open(path).and_then(|f| f.take(8).read_to_end(&mut head)).is_ok() && looks_ours(&head)
         }
         _ => false,
     };
-    if ours {
-        Ok(())
-    } else {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        Err(Error::Occupied { path: path.to_path_buf(), what: format!("M2M's blob {name}") })
-    }
+    if ours { Ok(()) } else { Err(occupied(path)) }
+}
+
+fn occupied(path: &Path) -> Error {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    Error::Occupied { path: path.to_path_buf(), what: format!("M2M's blob {name}") }
+}
+
+/// Whether a blob file's first bytes (up to 8) are ours, damaged or not: at most 2 bits away from the
+/// magic's first bytes, as for the manifest. A bit flip or a truncation keeps a file ours (`repair` may
+/// remove it); a person's notes of the same name are far from it.
+fn looks_ours(head: &[u8]) -> bool {
+    head.iter().zip(BLOB_MAGIC).map(|(a, b)| (a ^ b).count_ones()).sum::<u32>() <= 2
 }
 
 /// Reads and checks `dir/name`: [`Error::Io`] when missing, [`Error::Corrupt`] with the offset when
-/// damaged, [`Error::IncompatibleVersion`].
+/// damaged, [`Error::IncompatibleVersion`]; [`Error::Occupied`] when the file there is not ours (its
+/// first bytes more than 2 bits from the blob magic).
 pub fn load_blob(dir: &Path, name: &str) -> Result<Vec<u8>> {
     check_name(name)?;
     let path = dir.join(name);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    if !looks_ours(&bytes[..bytes.len().min(8)]) {
+        return Err(occupied(&path));
+    }
     unseal(&path, &bytes, BLOB_MAGIC, BLOB_VERSION, MAX_BLOB, "blob").map(<[u8]>::to_vec)
 }
 

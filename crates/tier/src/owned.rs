@@ -15,8 +15,9 @@
 //!   (`.m2m-creating`, an empty file that create makes first, under the lock, and removes after the
 //!   manifest is stored). Without the marker, a directory holding anything but an empty `LOCK` is
 //!   refused, even a copy of our own segment or log that a person put there (a backup is theirs).
-//! * A blob (`*.blob`, written whole by rename) is ours only if it starts with the blob magic: a file of
-//!   a blob's name without it is never replaced nor removed ([`Error::Occupied`] naming it).
+//! * A blob (`*.blob`, written whole by rename) is ours only if its first bytes are within 2 bits of the
+//!   blob magic (a flipped bit or a truncation keeps it ours and removable by repair): a file of a blob's
+//!   name without it is never read as ours, replaced nor removed ([`Error::Occupied`] naming it).
 //! * The lock file `LOCK` is ours only while it is empty (the lock never writes a byte into it): a
 //!   non-empty `LOCK` is someone else's, and create refuses the directory.
 //! * A file of our name that is not ours and stands where we must write (a user's `0000000002.wal`

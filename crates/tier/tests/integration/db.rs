@@ -217,14 +217,27 @@ fn a_blob_name_without_blob_magic_is_never_replaced_nor_removed() {
     drop(Db::create(dir.path(), DIM, DbOptions::default()).unwrap());
     let path = dir.path().join("m2m-soc.blob");
     fs::write(&path, b"notes\n").unwrap();
-    for r in [m2m_tier::remove_blob(dir.path(), "m2m-soc.blob"), m2m_tier::store_blob(dir.path(), "m2m-soc.blob", b"x")]
-    {
+    for r in [
+        m2m_tier::remove_blob(dir.path(), "m2m-soc.blob"),
+        m2m_tier::store_blob(dir.path(), "m2m-soc.blob", b"x"),
+        m2m_tier::load_blob(dir.path(), "m2m-soc.blob").map(drop),
+    ] {
         match r {
             Err(Error::Occupied { path: p, .. }) => assert_eq!(p, path),
             other => panic!("a user's file of a blob name: {other:?}"),
         }
     }
     assert_eq!(fs::read(&path).unwrap(), b"notes\n");
+    // Ours damaged (a flipped magic bit, a truncation) stays ours: removable.
+    m2m_tier::store_blob(dir.path(), "m2m-other.blob", b"ours").unwrap();
+    let other = dir.path().join("m2m-other.blob");
+    let mut b = fs::read(&other).unwrap();
+    b[2] ^= 4;
+    fs::write(&other, &b).unwrap();
+    assert!(matches!(m2m_tier::load_blob(dir.path(), "m2m-other.blob"), Err(Error::Corrupt { .. })));
+    m2m_tier::remove_blob(dir.path(), "m2m-other.blob").unwrap();
+    fs::write(&other, &b[..5]).unwrap();
+    m2m_tier::remove_blob(dir.path(), "m2m-other.blob").unwrap();
     m2m_tier::store_blob(dir.path(), "m2m-other.blob", b"ours").unwrap();
     m2m_tier::store_blob(dir.path(), "m2m-other.blob", b"ours again").unwrap();
     m2m_tier::remove_blob(dir.path(), "m2m-other.blob").unwrap();
