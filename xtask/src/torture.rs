@@ -11,8 +11,10 @@
 //!   acknowledged (`acknowledged rows A..B` on stderr) must be present and every row present must be the
 //!   file's row byte for byte; then the same command must complete, with every row exactly once. A
 //!   quarter of these first damage a file of the killed database (below) and judge every command; one
-//!   in eight plants a user's non-empty `LOCK` or a ten-digit `.wal` without our magic in the directory
-//!   first: the ingest must refuse, naming it, and change nothing.
+//!   in eight plants a user's non-empty `LOCK`, a ten-digit `.wal` without our magic, a magic-less
+//!   `m2m-soc.blob`, or a copy of our own segment in the directory first: the ingest must refuse, naming
+//!   it, and change nothing; or a magic-less `m2m-soc.blob` in a built database, which `repair`, `build`
+//!   and `verify` must leave as it is. Kills drawn after the process exited are counted apart.
 //! * `build-kill`: `m2m build` SIGKILLed; then `verify` must pass, `build` work, and row 5 be its own
 //!   nearest neighbour (id matched exactly).
 //! * `damage`: one file of a built database (manifest, log, segment, any blob) gets a bit flip, a
@@ -24,7 +26,7 @@
 //! * `full-disk` (as root only): ingest into a 1 MiB tmpfs. A mount that fails is counted as skipped.
 //!
 //! Every command run is judged: no panic (exit 101, or "panicked" on stderr), and a failure is exactly
-//! one `error:` line naming the damaged file (or a file inside the database, or the input file given to
+//! one line on stderr in all, an `error:` line naming the damaged file (or a file inside the database, or the input file given to
 //! `ingest`, or a flag): never just the database directory. After each trial the foreign files must be
 //! unchanged. A failing trial keeps its directory and prints the seed that replays the whole run.
 
@@ -32,7 +34,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -77,8 +79,9 @@ fn run_bin(bin: &Path, args: &[&str]) -> Result<Ran> {
     })
 }
 
-/// No panic; a failure is one `error:` line that names one of `names` (the damaged file, a file inside
-/// the database, the input file: never just the database directory), or a flag the user gave.
+/// No panic; a failure is exactly one line on stderr in all, an `error:` line that names one of `names`
+/// (the damaged file, a file inside the database, the input file: never just the database directory), or a
+/// flag the user gave.
 fn judge(r: &Ran, what: &str, names: &[String]) -> Result<(), String> {
     if r.code == Some(101) || r.stderr.contains("panicked") {
         return Err(format!("{what}: panicked: {}", r.stderr.trim()));
@@ -86,8 +89,10 @@ fn judge(r: &Ran, what: &str, names: &[String]) -> Result<(), String> {
     if r.code == Some(0) {
         return Ok(());
     }
-    let errors: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    // Every line of stderr counts: a warning before the error makes it two lines.
+    let errors: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     match errors.as_slice() {
+        [line] if !line.starts_with("error:") => Err(format!("{what}: the one line is no error: {line}")),
         // `--row: no splat with id 3` after damage names the flag; a state of the whole database that no
         // file's damage causes (no index yet, a create killed before its settings) names the database
         // and what to do.
@@ -154,7 +159,10 @@ fn plant(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .filter_map(|name| {
             let path = dir.join(name);
             let body = format!("not yours: {}", path.display()).into_bytes();
-            std::fs::write(&path, &body).ok().map(|()| (path, body))
+            // Never over a file that is there: a long trial reaches segment 98 or log 99, and planting
+            // over it would forge the database instead of testing it.
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).ok()?;
+            std::io::Write::write_all(&mut f, &body).ok().map(|()| (path, body))
         })
         .collect()
 }
@@ -180,6 +188,11 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// SIGKILLs that landed on a running process.
+static KILLS: AtomicU64 = AtomicU64::new(0);
+/// Kills drawn too late: the process had exited already (no kill trial, though its checks still ran).
+static FINISHED_BEFORE_KILL: AtomicU64 = AtomicU64::new(0);
 
 /// Spawns `bin args`, SIGKILLs it after `delay`, and returns the last acknowledgement it printed (-1:
 /// none): the crash writer's `ack N` on stdout (batch N), or `m2m -v ingest`'s `acknowledged rows A..B`
@@ -207,6 +220,12 @@ fn kill_after(bin: &Path, args: &[&str], delay: Duration) -> Result<i64> {
     let stderr = child.stderr.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>);
     let readers: Vec<_> = [stdout, stderr].into_iter().flatten().map(read).collect();
     std::thread::sleep(delay);
+    // A child that already exited was not killed: counted apart, so the kill count is only real kills.
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        FINISHED_BEFORE_KILL.fetch_add(1, Ordering::Relaxed);
+    } else {
+        KILLS.fetch_add(1, Ordering::Relaxed);
+    }
     // `Child::kill` is SIGKILL on Unix.
     let _ = child.kill();
     let _ = child.wait();
@@ -472,9 +491,12 @@ pub(crate) fn torture(args: &[String]) -> Result<()> {
     let per_kind: Vec<String> = KINDS.iter().zip(tally.trials).map(|(k, t)| format!("{k} {t}")).collect();
     let skipped: u64 = tally.skipped.iter().sum();
     println!(
-        "torture: {total} trials ({}), {} failed, {skipped} skipped (full-disk: the tmpfs mount failed); seed {seed}",
+        "torture: {total} trials ({}), {} failed, {skipped} skipped (full-disk: the tmpfs mount failed); {} kills \
+         landed, {} processes finished before their kill; seed {seed}",
         per_kind.join(", "),
-        tally.failures.len()
+        tally.failures.len(),
+        KILLS.load(Ordering::Relaxed),
+        FINISHED_BEFORE_KILL.load(Ordering::Relaxed),
     );
     if tally.failures.is_empty() {
         let _ = std::fs::remove_dir_all(&root);
@@ -518,6 +540,29 @@ fn tier_kill(
     Ok(Ok(()))
 }
 
+/// A magic-less `m2m-soc.blob` in a built database: `repair` and `build` either succeed or fail with
+/// one line naming it, and it stays as it was (the caller checks `planted`).
+fn blob_in_a_database(
+    bins: &Bins,
+    template: &Path,
+    db: &Path,
+    planted: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<Result<(), String>> {
+    copy_dir(template, db)?;
+    let blob = db.join("m2m-soc.blob");
+    let body = b"not yours: m2m-soc.blob".to_vec();
+    std::fs::write(&blob, &body)?;
+    planted.push((blob.clone(), body));
+    let d = db.display().to_string();
+    for cmd in ["repair", "build", "verify"] {
+        let r = run_bin(&bins.m2m, &[cmd, &d])?;
+        if let Err(e) = judge(&r, cmd, &[blob.display().to_string()]) {
+            return Ok(Err(format!("a user's m2m-soc.blob in a database: {e}")));
+        }
+    }
+    Ok(Ok(()))
+}
+
 fn ingest_kill(
     bins: &Bins,
     db: &Path,
@@ -527,10 +572,27 @@ fn ingest_kill(
 ) -> Result<Result<(), String>> {
     let (d, f) = (db.display().to_string(), file.display().to_string());
     if rng.below(8) == 0 {
-        // A user's file in the directory: a non-empty LOCK, or a ten-digit log without our magic.
+        // A user's file in the directory: a non-empty LOCK, a ten-digit log without our magic, a file of
+        // a blob's name without the blob magic, or a copy of our own segment (a backup: without the
+        // create marker it is the user's, not a leftover).
         std::fs::create_dir_all(db)?;
-        let name = ["LOCK", "0000000001.wal", "0000000001.seg"][rng.below(3) as usize];
-        let body = format!("not yours: {name}").into_bytes();
+        let template = file.parent().unwrap_or(Path::new(".")).join("template");
+        let segment = std::fs::read_dir(&template)?
+            .filter_map(std::result::Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"));
+        let pick = rng.below(6) as usize;
+        if pick == 5 {
+            // The same blob name inside a built database: `repair` and `build` must leave it.
+            return blob_in_a_database(bins, &template, db, planted);
+        }
+        let (name, body) = match (pick, segment) {
+            (4, Some(seg)) => ("0000000000.seg", std::fs::read(seg)?),
+            (p, _) => {
+                let name = ["LOCK", "0000000001.wal", "0000000001.seg", "m2m-soc.blob", "m2m-soc.blob"][p.min(4)];
+                (name, format!("not yours: {name}").into_bytes())
+            }
+        };
         std::fs::write(db.join(name), &body)?;
         planted.push((db.join(name), body));
         let r = run_bin(&bins.m2m, &["ingest", &d, &f])?;

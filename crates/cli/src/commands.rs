@@ -48,6 +48,37 @@ struct IngestedFile {
     /// written before it existed.
     #[serde(default)]
     crc: Option<u32>,
+    /// The running CRC32C after every `step` rows (the ingest's chunk, so after each acknowledged chunk):
+    /// a rerun checks only the rows already in against it, so a file fixed in place after a failure
+    /// past them resumes. Empty in logs written before it existed.
+    #[serde(default)]
+    checkpoints: Vec<u32>,
+    #[serde(default)]
+    step: u64,
+}
+
+impl IngestedFile {
+    /// The CRC this entry logged for the file's first `rows` rows, if it logged one.
+    fn crc_of_first(&self, rows: u64) -> Option<u32> {
+        if rows == 0 {
+            return Some(0);
+        }
+        if rows == self.rows {
+            return self.crc;
+        }
+        let i = (self.step > 0 && rows.is_multiple_of(self.step)).then(|| rows / self.step - 1)?;
+        self.checkpoints.get(usize::try_from(i).ok()?).copied()
+    }
+}
+
+/// What [`file_crc`] found.
+struct FileCrc {
+    /// Of every row.
+    all: u32,
+    /// Of the first `prefix` rows, when the file holds that many.
+    prefix: Option<u32>,
+    /// Running CRC after every `step` rows.
+    checkpoints: Vec<u32>,
 }
 
 /// Reads and checks the ingest log of `db` (empty when there is none). Like every decoded structure it
@@ -208,12 +239,12 @@ fn regular_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// CRC32C of every row of a vector file, read in chunks as f32; and of its first `prefix` rows when the
-/// file holds that many.
-fn file_crc(path: &Path, chunk: usize, prefix: u64) -> Result<(u32, Option<u32>)> {
+/// CRC32C of every row of a vector file, read in chunks as f32; of its first `prefix` rows when the
+/// file holds that many; and after every `step` rows.
+fn file_crc(path: &Path, chunk: usize, prefix: u64, step: u64) -> Result<FileCrc> {
     let reader = VectorReader::open(path).with_context(|| format!("{}", path.display()))?;
     let dim = reader.info().dim;
-    let (mut crc, mut prefix_crc) = (0u32, (prefix == 0).then_some(0u32));
+    let mut out = FileCrc { all: 0, prefix: (prefix == 0).then_some(0u32), checkpoints: Vec::new() };
     let mut row = 0u64;
     let mut bytes = Vec::new();
     for c in reader.chunks::<f32>(chunk.min(65_536)) {
@@ -221,14 +252,24 @@ fn file_crc(path: &Path, chunk: usize, prefix: u64) -> Result<(u32, Option<u32>)
         bytes.clear();
         bytes.extend(c.iter().flat_map(|v| v.to_le_bytes()));
         let n = (c.len() / dim.max(1)) as u64;
-        if prefix_crc.is_none() && row + n >= prefix {
-            let upto = ((prefix - row) as usize) * dim * 4;
-            prefix_crc = Some(crc32c::crc32c_append(crc, &bytes[..upto]));
+        let upto = |r: u64| ((r - row) as usize) * dim * 4;
+        if out.prefix.is_none() && row + n >= prefix {
+            out.prefix = Some(crc32c::crc32c_append(out.all, &bytes[..upto(prefix)]));
         }
-        crc = crc32c::crc32c_append(crc, &bytes);
+        let mut next = (row / step.max(1) + 1) * step.max(1);
+        while step > 0 && next <= row + n {
+            out.checkpoints.push(crc32c::crc32c_append(out.all, &bytes[..upto(next)]));
+            next += step;
+        }
+        out.all = crc32c::crc32c_append(out.all, &bytes);
         row += n;
     }
-    Ok((crc, prefix_crc))
+    Ok(out)
+}
+
+/// How many of an entry's rows are in: rows go in in order, from the file's first, so they are its first.
+fn rows_in(engine: &M2m, e: &IngestedFile) -> u64 {
+    (0..e.rows).take_while(|r| engine.contains(e.base + r)).count() as u64
 }
 
 /// A refused chunk's error with its rows counted from the start of the file, not of the chunk.
@@ -364,7 +405,9 @@ fn ingest_into(
         // appended-to file keeps that prefix).
         let earlier = log.files.iter().find(|e| e.path == key).cloned();
         let prefix = earlier.as_ref().map_or(0, |e| e.rows);
-        let (crc, prefix_crc) = file_crc(&path, chunk, prefix)?;
+        let step = (chunk as u64).max(1);
+        let FileCrc { all: crc, prefix: prefix_crc, checkpoints } = file_crc(&path, chunk, prefix, step)?;
+
         if let Some(e) = earlier.as_ref().filter(|e| e.bytes != bytes || e.rows != info.rows) {
             // Another size than when its range was logged. If any of its rows are in, ingesting it again
             // under a new range would add them twice: refused, saying whether its first rows still match.
@@ -377,9 +420,10 @@ fn ingest_into(
                         e.rows, info.rows, e.rows
                     )
                 } else {
+                    // Not "ingest it under another name": that adds the rows already in a second time.
                     format!(
-                        "changed from {} rows ({} bytes) to {} rows ({} bytes): ingest it under another name, or into \
-                         a new database",
+                        "changed from {} rows ({} bytes) to {} rows ({} bytes): restore it as it was to resume, or \
+                         ingest the changed file into a new database",
                         e.rows, e.bytes, info.rows, bytes
                     )
                 };
@@ -393,12 +437,35 @@ fn ingest_into(
             }
         }
         let entry = match log.files.iter().find(|e| e.path == key && e.bytes == bytes && e.rows == info.rows) {
-            Some(e) if e.crc.is_some_and(|c| c != crc) => bail!(
-                "{}: the content changed since its rows were ingested (same size, other values, by the CRC in \
-                 {}); ingest it under another name, or into a new database",
-                path.display(),
-                db.join(INGEST_BLOB).display()
-            ),
+            Some(e) if e.crc.is_some_and(|c| c != crc) => {
+                // Only the rows already in must be unchanged (a file fixed in place after a failure past
+                // them resumes); the entry then takes the file's new CRCs for the rest.
+                let done = rows_in(engine, e);
+                let prefix_now = match done {
+                    0 => Some(0),
+                    _ if done.is_multiple_of(step) => checkpoints.get((done / step - 1) as usize).copied(),
+                    _ => None,
+                };
+                let unchanged = prefix_now.is_some() && e.crc_of_first(done) == prefix_now;
+                if !unchanged {
+                    // Not "ingest it under another name": that adds the rows already in a second time.
+                    bail!(
+                        "{}: the content changed since its rows were ingested (same size, other values in its first \
+                         {done} rows, which are in as ids {}..{}, by the CRC in {}); restore it as it was to resume, \
+                         or ingest the changed file into a new database",
+                        path.display(),
+                        e.base,
+                        e.base + done,
+                        db.join(INGEST_BLOB).display()
+                    );
+                }
+                let e = IngestedFile { crc: Some(crc), checkpoints: checkpoints.clone(), step, ..e.clone() };
+                for x in log.files.iter_mut().filter(|x| x.path == key) {
+                    *x = e.clone();
+                }
+                m2m::tier::store_blob(db, INGEST_BLOB, &serde_json::to_vec(&log)?)?;
+                e
+            }
             Some(e) => e.clone(),
             None => {
                 // A fresh range of ids, after every id in use; logged before any row is written.
@@ -413,14 +480,22 @@ fn ingest_into(
                         db.display()
                     );
                 }
-                let e = IngestedFile { path: key.clone(), bytes, rows: info.rows, base, crc: Some(crc) };
+                let e = IngestedFile {
+                    path: key.clone(),
+                    bytes,
+                    rows: info.rows,
+                    base,
+                    crc: Some(crc),
+                    checkpoints: checkpoints.clone(),
+                    step,
+                };
                 log.files.retain(|x| x.path != key);
                 log.files.push(e.clone());
                 m2m::tier::store_blob(db, INGEST_BLOB, &serde_json::to_vec(&log)?)?;
                 e
             }
         };
-        let done = (0..entry.rows).take_while(|r| engine.contains(entry.base + r)).count() as u64;
+        let done = rows_in(engine, &entry);
         skipped += done;
         if done == entry.rows {
             continue;
@@ -596,6 +671,14 @@ fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>, forc
     if let Some(p) = out.filter(|p| !force && std::fs::symlink_metadata(p).is_ok()) {
         bail!("{}: exists; --force replaces it", p.display());
     }
+    // The loader's bounds, checked before the database is read (so `--epochs 2^64-1` is an answer, not a
+    // run that never ends, nor an overflow in the progress bar's length).
+    if cfg.epochs > m2m::MAX_EPOCHS {
+        bail!("--epochs {}: at most {}", cfg.epochs, m2m::MAX_EPOCHS);
+    }
+    if cfg.generate_steps > m2m::MAX_GENERATE_STEPS {
+        bail!("--steps {}: at most {}", cfg.generate_steps, m2m::MAX_GENERATE_STEPS);
+    }
     let engine = open_reader(db)?;
     if (cfg.importance_sampling || cfg.generate_samples) && engine.index().is_none() {
         bail!("{}: --importance and --generate need an index; run `m2m build {}`", db.display(), db.display());
@@ -624,19 +707,24 @@ fn stream(cli: &Cli, db: &Path, cfg: &DataLoaderConfig, out: Option<&Path>, forc
                 gen_rows.extend_from_slice(&b.mu[i * dim..(i + 1) * dim]);
             }
         }
-        if let Some(w) = &mut writer {
-            w.write_rows(&b.mu)?;
+        if let (Some(w), Some(p)) = (&mut writer, out) {
+            w.write_rows(&b.mu).with_context(|| format!("{}", p.display()))?;
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
-    if let Some(w) = writer {
-        w.finish()?;
+    if let (Some(w), Some(p)) = (writer, out) {
+        w.finish().with_context(|| format!("{}", p.display()))?;
     }
     let secs = t.elapsed().as_secs_f64();
     // What the rows were worth: the importance weights, the clipped kappa, the generated rows' fidelity.
-    let weights = if cfg.importance_sampling { Some(engine.weight_report()?) } else { None };
-    let fidelity = if gen_seeds.is_empty() { None } else { Some(engine.fidelity(&gen_seeds, &gen_rows, None)?) };
+    // Every error here names the database too (finding 4 of the second review: none may name no file).
+    let weights = if cfg.importance_sampling { Some(engine.weight_report().with_context(in_db)?) } else { None };
+    let fidelity = if gen_seeds.is_empty() {
+        None
+    } else {
+        Some(engine.fidelity(&gen_seeds, &gen_rows, None).with_context(in_db)?)
+    };
     let clipped = engine.stats().kappa_clipped;
     if cli.json {
         say!(

@@ -577,3 +577,79 @@ fn forged_numbers_damaged_blobs_and_grown_files_are_named_and_repaired() {
         assert!(no_panic(args).contains("MANIFEST"), "{args:?}");
     }
 }
+
+/// A file that failed mid-ingest (a NaN past the rows already in) and was then fixed in place resumes
+/// after the rows already in, adding each row once; a file whose rows already in changed is refused
+/// without advice that would add them twice ("under another name"). Mutations caught: the resume check
+/// comparing the whole file's CRC (the fixed file is then refused, finding 3 of the second review), or
+/// accepting a file whose ingested prefix changed.
+#[test]
+fn a_file_fixed_in_place_after_a_failure_resumes_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 300, queries: 1, dim: 16, ..Default::default() }).unwrap();
+    let f = dir.path().join("nan.fvecs");
+    let mut bad = d.base.clone();
+    bad[250 * 16 + 3] = f32::NAN;
+    write_vectors(&f, &bad, 16).unwrap();
+    let db = dir.path().join("db").display().to_string();
+    let fs = f.display().to_string();
+    let (code, err) = fails(&["ingest", &db, &fs, "--chunk", "100"]);
+    assert!(code != 0 && err.contains("row 250"), "{err}");
+    assert_eq!(ok(&["info", &db])["splats"], 200);
+    write_vectors(&f, &d.base, 16).unwrap();
+    let r = ok(&["ingest", &db, &fs, "--chunk", "100"]);
+    assert_eq!((r["added"].as_u64(), r["already_in"].as_u64()), (Some(100), Some(200)), "{r}");
+    assert_eq!(ok(&["info", &db])["splats"], 300);
+    // Now a value among the rows already in changes: refused, and the advice adds nothing twice.
+    let mut changed = d.base.clone();
+    changed[5] += 0.5;
+    write_vectors(&f, &changed, 16).unwrap();
+    let (_, err) = fails(&["ingest", &db, &fs, "--chunk", "100"]);
+    assert!(err.contains("content changed") && !err.contains("another name"), "{err}");
+    assert_eq!(ok(&["info", &db])["splats"], 300);
+}
+
+/// Forged settings (valid checksum) are named by every command: a dimension that differs from the
+/// manifest's is `m2m-config.blob` corrupt (not a bare "dimension mismatch"), a metric that differs from
+/// the index's names the settings too, and no message repeats "config field config". Mutations caught:
+/// `stored_config` without the manifest's dimension check, `index_matches` naming only the index
+/// (finding 5 of the second review).
+#[test]
+fn forged_settings_name_the_settings_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = digits(dir.path(), 200, 16);
+    let db = dir.path().join("db");
+    let d = db.display().to_string();
+    assert!(m2m(&["ingest", &d, &a]).status.success());
+    assert!(m2m(&["build", &d]).status.success());
+    let good = m2m::tier::load_blob(&db, "m2m-config.blob").unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let mut dim = json.clone();
+    dim["dim"] = 17.into();
+    m2m::tier::store_blob(&db, "m2m-config.blob", &serde_json::to_vec(&dim).unwrap()).unwrap();
+    for cmd in ["info", "verify", "stream", "build"] {
+        let (_, err) = fails(&[cmd, &d]);
+        assert!(err.contains("m2m-config.blob") && err.contains("MANIFEST"), "{cmd}: {err}");
+        assert!(!err.contains("config field config"), "{cmd}: {err}");
+    }
+    let metric = if json["metric"] == "L2" { "Cosine" } else { "L2" };
+    let mut m = json.clone();
+    m["metric"] = metric.into();
+    m2m::tier::store_blob(&db, "m2m-config.blob", &serde_json::to_vec(&m).unwrap()).unwrap();
+    let (_, err) = fails(&["query", &d, "--row", "1"]);
+    assert!(err.contains("m2m-config.blob"), "{err}");
+}
+
+/// `--epochs` and `--steps` beyond their bounds are one-line errors, not runs that never end. Mutation
+/// caught: removing the bounds (the test then runs for ever, or overflows `per_epoch * epochs`).
+#[test]
+fn unbounded_stream_counts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = digits(dir.path(), 100, 16);
+    let d = dir.path().join("db").display().to_string();
+    assert!(m2m(&["ingest", &d, &a]).status.success());
+    for (flag, bound) in [("--epochs", "1000000"), ("--steps", "100000")] {
+        let (code, err) = fails(&["stream", &d, flag, "18446744073709551615"]);
+        assert!(code == 1 && err.contains(flag) && err.contains(bound), "{err}");
+    }
+}

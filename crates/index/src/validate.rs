@@ -17,9 +17,14 @@ fn corrupt<T>(reason: String) -> Result<T> {
     Err(Error::Corrupt { reason })
 }
 
-/// The index of the first value of `values` that is not finite, if any.
+/// Largest magnitude accepted for a stored coordinate, quantiser value or norm. A squared distance over
+/// MAX_DIM coordinates of this size stays finite in f32 (1e15^2 x 2^20 ~ 1e36 < 3.4e38); a forged 3e38
+/// would overflow to inf in search and fail far from the file.
+const MAX_MAGNITUDE: f32 = 1e15;
+
+/// The index of the first value of `values` that is not finite or beyond [`MAX_MAGNITUDE`], if any.
 fn first_non_finite(values: &[f32]) -> Option<usize> {
-    values.iter().position(|v| !v.is_finite())
+    values.iter().position(|v| !(v.is_finite() && v.abs() <= MAX_MAGNITUDE))
 }
 
 /// Checks the values of decoded parts: the dimension, the settings, every centroid, quantiser range and
@@ -44,7 +49,7 @@ pub(crate) fn parts(p: &IndexParts) -> Result<()> {
             return corrupt(format!("{what} value {i} is {}", values[i]));
         }
     }
-    if let Some(i) = p.sq_step.iter().position(|s| !(s.is_finite() && *s >= 0.0)) {
+    if let Some(i) = p.sq_step.iter().position(|s| !(s.is_finite() && *s >= 0.0 && *s <= MAX_MAGNITUDE)) {
         return corrupt(format!("quantiser step {i} is {}, not finite and >= 0", p.sq_step[i]));
     }
     if !(p.target_cluster_size.is_finite() && p.target_cluster_size >= 0.0) {
@@ -61,7 +66,8 @@ pub(crate) fn parts(p: &IndexParts) -> Result<()> {
         if let Some(i) = first_non_finite(&cl.vectors) {
             return corrupt(format!("cluster {f}: vector value {i} is {}", cl.vectors[i]));
         }
-        if let Some(i) = first_non_finite(&cl.half_sq_norms) {
+        // A norm is a sum of squares: it may be large where every coordinate is in range, so only finite.
+        if let Some(i) = cl.half_sq_norms.iter().position(|v| !v.is_finite()) {
             return corrupt(format!("cluster {f}: squared norm {i} is {}", cl.half_sq_norms[i]));
         }
         if let Some(r) = cl.representative.filter(|r| !cl.ids.contains(r)) {
@@ -92,6 +98,10 @@ mod tests {
         type Forgery = (&'static str, Box<dyn Fn(&mut crate::IndexParts)>);
         let forgeries: Vec<Forgery> = vec![
             ("NaN centroid", Box::new(|p| p.fine[3] = f32::NAN)),
+            // Finite but huge (finding 4 of the second review): inf once squared in search.
+            ("3e38 centroid", Box::new(|p| p.coarse[0] = 3e38)),
+            ("3e38 quantiser step", Box::new(|p| p.sq_step[0] = 3e38)),
+            ("-3e38 member", Box::new(|p| p.clusters[0].vectors[1] = -3e38)),
             ("infinite member", Box::new(|p| p.clusters[0].vectors[0] = f32::INFINITY)),
             ("negative quantiser step", Box::new(|p| p.sq_step[1] = -1.0)),
             ("foreign representative", Box::new(|p| p.clusters[0].representative = Some(u64::MAX))),

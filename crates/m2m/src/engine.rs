@@ -300,18 +300,23 @@ impl M2m {
         self.read_only
     }
 
+    /// The settings stored in `dir`, checked: decodable, each in range, and of the dimension the database's
+    /// manifest records. A bad one is `Corrupt` naming the settings blob (once: the reason does not repeat
+    /// a field label).
     pub(crate) fn stored_config(dir: &Path) -> Result<M2mConfig> {
+        let path = dir.join(CONFIG_BLOB);
         let json = m2m_tier::load_blob(dir, CONFIG_BLOB)?;
-        let mut config: M2mConfig = serde_json::from_slice(&json).map_err(|e| Error::Config {
-            field: "config",
-            reason: format!("{}: {e}", dir.join(CONFIG_BLOB).display()),
-        })?;
+        let bad = |reason: String| crate::validate::corrupt(&path, reason);
+        let mut config: M2mConfig =
+            serde_json::from_slice(&json).map_err(|e| bad(format!("undecodable settings: {e}")))?;
         config.data_dir = Some(dir.to_path_buf());
-        // A forged setting names the blob it came from.
-        config.check().map_err(|e| Error::Config {
-            field: "config",
-            reason: format!("{}: {e}", dir.join(CONFIG_BLOB).display()),
-        })?;
+        config.check().map_err(|e| bad(e.to_string()))?;
+        // The manifest is the tier's own record of the dimension (its segments and log are checked
+        // against it). A manifest that cannot be read is left for the open to report.
+        if let Some(m) = m2m_tier::Manifest::load(dir).ok().filter(|m| m.dim != config.dim) {
+            let manifest = dir.join(m2m_tier::MANIFEST_FILE);
+            return Err(bad(format!("dim {}, but {} records dimension {}", config.dim, manifest.display(), m.dim)));
+        }
         Ok(config)
     }
 

@@ -37,7 +37,7 @@ pub use error::{Error, ErrorKind, Result};
 #[doc(hidden)]
 pub use gpu_search::ForcePath;
 pub use gpu_search::{CostModel, RetrievalStats};
-pub use loader::{DataLoader, DataLoaderConfig, LakeReader, Source, TrainingBatch};
+pub use loader::{DataLoader, DataLoaderConfig, LakeReader, MAX_EPOCHS, MAX_GENERATE_STEPS, Source, TrainingBatch};
 pub use training::{Fidelity, KappaFit, NEIGHBOURS_BLOB, SOC_BLOB, WeightReport};
 
 /// The GPU layer: Vulkan kernels (with the `gpu` feature) and their CPU twins, behind one `Compute`.

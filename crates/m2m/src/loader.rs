@@ -250,7 +250,13 @@ impl Tiers {
     }
 }
 
-/// Refuses a batch size of 0 and a rank outside the world.
+/// Most epochs one loader runs (a training run is a few hundred; more is a mistake, not a plan).
+pub const MAX_EPOCHS: u64 = 1_000_000;
+/// Most Langevin steps per generated row (the default is 20; thousands already cost more than they give).
+pub const MAX_GENERATE_STEPS: usize = 100_000;
+
+/// Refuses a batch size of 0, a rank outside the world, and counts beyond [`MAX_EPOCHS`] and
+/// [`MAX_GENERATE_STEPS`].
 fn check_shard(config: &DataLoaderConfig) -> Result<()> {
     let bad = |field: &'static str, reason: String| Err(Error::Config { field, reason });
     if config.batch_size == 0 {
@@ -270,6 +276,13 @@ fn check_shard(config: &DataLoaderConfig) -> Result<()> {
     }
     if config.batch_stride == 0 || config.batch_offset >= config.batch_stride {
         return bad("batch_offset", format!("offset {} of stride {}", config.batch_offset, config.batch_stride));
+    }
+    // Bounded like k: a count no run can finish (2^64 - 1 epochs or Langevin steps) is refused, not run.
+    if config.epochs > MAX_EPOCHS {
+        return bad("epochs", format!("{} is more than {MAX_EPOCHS}", config.epochs));
+    }
+    if config.generate_steps > MAX_GENERATE_STEPS {
+        return bad("generate_steps", format!("{} is more than {MAX_GENERATE_STEPS}", config.generate_steps));
     }
     if config.start_epoch.checked_add(config.epochs).is_none() {
         return bad("start_epoch", format!("{} + {} epochs overflows", config.start_epoch, config.epochs));

@@ -17,6 +17,11 @@ use crate::{Error, M2mConfig, Result};
 /// Offset of a blob's payload (after its 20-byte header): where decoded-content errors point.
 const PAYLOAD: u64 = 20;
 
+/// Largest learned kappa or alpha accepted from a file. Kappa is clipped at build to max_kappa x (p - 1)
+/// (max_kappa <= 1e9 by its setting's check, p <= 2^20), far below; a value near f32::MAX (3e38) is
+/// damage that would overflow to inf in the sampler's arithmetic.
+const MAX_LEARNED: f32 = 1e16;
+
 pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     Error::Tier(m2m_tier::Error::Corrupt { path: path.to_path_buf(), offset: PAYLOAD, reason: reason.into() })
 }
@@ -35,8 +40,11 @@ pub(crate) fn learned(path: &Path, ids: &[u64], kappa: &[f32], alpha: &[f32]) ->
         return Err(corrupt(path, format!("id {id} stored twice")));
     }
     for (what, values) in [("kappa", kappa), ("alpha", alpha)] {
-        if let Some(i) = values.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(corrupt(path, format!("{what} of id {} is {}, not finite and > 0", ids[i], values[i])));
+        if let Some(i) = values.iter().position(|v| !(v.is_finite() && *v > 0.0 && *v <= MAX_LEARNED)) {
+            return Err(corrupt(
+                path,
+                format!("{what} of id {} is {}, not in (0, {MAX_LEARNED:e}]", ids[i], values[i]),
+            ));
         }
     }
     Ok(())
@@ -56,14 +64,17 @@ pub(crate) fn stored_index(path: &Path, stored: StoredIndex, config: &M2mConfig)
 /// exactly those ids inside.
 pub(crate) fn index_matches(path: &Path, index: &Index, config: &M2mConfig, ids: &[u64]) -> Result<()> {
     if index.dim() != config.dim || index.metric() != config.metric {
+        // Either file may be the damaged one (both have valid checksums): the reason names the settings.
+        let settings = config.data_dir.as_deref().map(|d| d.join(crate::CONFIG_BLOB));
         return Err(corrupt(
             path,
             format!(
-                "index of dimension {} ({:?}) in a database of dimension {} ({:?})",
+                "index of dimension {} ({:?}) in a database of dimension {} ({:?}, by {})",
                 index.dim(),
                 index.metric(),
                 config.dim,
-                config.metric
+                config.metric,
+                settings.map_or_else(|| "its settings".to_string(), |p| p.display().to_string())
             ),
         ));
     }
@@ -106,6 +117,9 @@ mod tests {
             (&[1, 1], &[1.0, 2.0], &[1.0, 1.0]),
             (&[1, 2], &[1.0, f32::NAN], &[1.0, 1.0]),
             (&[1, 2], &[1.0, 2.0], &[0.0, 1.0]),
+            // Finite but huge (finding 4 of the second review): overflows to inf in the sampler.
+            (&[1, 2], &[1.0, 3e38], &[1.0, 1.0]),
+            (&[1, 2], &[1.0, 2.0], &[f32::INFINITY, 1.0]),
         ] {
             let e = learned(p, ids, kappa, alpha).unwrap_err().to_string();
             assert!(e.starts_with("m2m-learned.blob: corrupt"), "{e}");

@@ -31,22 +31,57 @@ pub fn store_blob(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     if bytes.len() > MAX_BLOB {
         return Err(Error::InvalidBatch { reason: format!("blob of {} bytes exceeds 2 GiB", bytes.len()) });
     }
+    claim_blob(&dir.join(name))?;
     replace_file(dir, name, &seal(BLOB_MAGIC, BLOB_VERSION, bytes))
 }
 
+/// Refuses to replace or remove `path` when a file that is not ours stands there: a blob is written whole
+/// by rename, so one of ours always starts with [`BLOB_MAGIC`]; anything else there (a person's notes of
+/// the same name, a link, a directory) is [`Error::Occupied`] naming it. A missing file is fine.
+fn claim_blob(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let ours = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(m) if m.is_file() => {
+            let mut head = Vec::with_capacity(8);
+            std::fs::File::open(path).and_then(|f| f.take(8).read_to_end(&mut head)).is_ok() && looks_ours(&head)
+        }
+        _ => false,
+    };
+    if ours { Ok(()) } else { Err(occupied(path)) }
+}
+
+fn occupied(path: &Path) -> Error {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    Error::Occupied { path: path.to_path_buf(), what: format!("M2M's blob {name}") }
+}
+
+/// Whether a blob file's first bytes (up to 8) are ours, damaged or not: at most 2 bits away from the
+/// magic's first bytes, as for the manifest. A bit flip or a truncation keeps a file ours (`repair` may
+/// remove it); a person's notes of the same name are far from it.
+fn looks_ours(head: &[u8]) -> bool {
+    head.iter().zip(BLOB_MAGIC).map(|(a, b)| (a ^ b).count_ones()).sum::<u32>() <= 2
+}
+
 /// Reads and checks `dir/name`: [`Error::Io`] when missing, [`Error::Corrupt`] with the offset when
-/// damaged, [`Error::IncompatibleVersion`].
+/// damaged, [`Error::IncompatibleVersion`]; [`Error::Occupied`] when the file there is not ours (its
+/// first bytes more than 2 bits from the blob magic).
 pub fn load_blob(dir: &Path, name: &str) -> Result<Vec<u8>> {
     check_name(name)?;
     let path = dir.join(name);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    if !looks_ours(&bytes[..bytes.len().min(8)]) {
+        return Err(occupied(&path));
+    }
     unseal(&path, &bytes, BLOB_MAGIC, BLOB_VERSION, MAX_BLOB, "blob").map(<[u8]>::to_vec)
 }
 
-/// Removes `dir/name` if it exists (a blob of a database being discarded, or one that is stale).
+/// Removes `dir/name` if it exists (a blob of a database being discarded, or one that is stale); a file
+/// there without the blob magic is not ours and stays: [`Error::Occupied`].
 pub fn remove_blob(dir: &Path, name: &str) -> Result<()> {
     check_name(name)?;
     let path = dir.join(name);
+    claim_blob(&path)?;
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
         _ => Ok(()),

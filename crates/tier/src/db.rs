@@ -251,9 +251,7 @@ impl Db {
         if manifest_path.exists() {
             return Err(Error::AlreadyExists { path: dir });
         }
-        owned::check_creatable(&dir)?;
-        owned::remove_unnamed(&dir, &HashSet::new())?;
-        let wal = Wal::create(dir.join(wal_name(1)), dim, options.durability)?;
+        // Leftovers are removed only under our create marker (see `owned`): written first, removed last.
         let manifest = Manifest {
             generation: 1,
             dim,
@@ -263,14 +261,26 @@ impl Db {
             deleted: Vec::new(),
             index: Vec::new(),
         };
-        if let Err(e) = manifest.store(&dir) {
-            // Nothing half-made stays behind (a manifest renamed into place whose directory sync failed
-            // included): the directory holds no database, and create can be tried again.
-            drop(wal);
-            let _ = std::fs::remove_file(&manifest_path);
-            let _ = owned::remove_unnamed(&dir, &HashSet::new());
-            return Err(e);
-        }
+        let made = owned::check_creatable(&dir)
+            .and_then(|marked| if marked { Ok(()) } else { owned::mark_creating(&dir) })
+            .and_then(|()| owned::remove_unnamed(&dir, &HashSet::new()))
+            .and_then(|()| Wal::create(dir.join(wal_name(1)), dim, options.durability))
+            .and_then(|wal| manifest.store(&dir).map(|()| wal));
+        let wal = match made {
+            Ok(wal) => wal,
+            Err(e) => {
+                // Nothing half-made stays behind (a manifest renamed into place whose directory sync
+                // failed included): the directory holds no database, and create can be tried again.
+                if !matches!(e, Error::NotOurs { .. }) {
+                    let _ = std::fs::remove_file(&manifest_path);
+                    if owned::remove_unnamed(&dir, &HashSet::new()).is_ok() {
+                        let _ = owned::unmark_creating(&dir);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        owned::unmark_creating(&dir)?;
         Ok(Db {
             dir,
             _lock: lock,
@@ -398,7 +408,8 @@ impl Db {
             .chain(self.manifest.wal.as_deref())
             .chain(self.manifest.index.iter().map(String::as_str))
             .collect();
-        owned::remove_unnamed(&self.dir, &live)
+        owned::remove_unnamed(&self.dir, &live)?;
+        owned::unmark_creating(&self.dir)
     }
 
     /// Runs a change; a failure other than a refused input poisons the handle (see [`Error::Poisoned`]).
@@ -617,10 +628,13 @@ impl Db {
         if !never_used || self.poisoned {
             return Err(Error::AlreadyExists { path: self.dir });
         }
+        // Under the create marker, so that a discard killed midway leaves a directory create accepts.
+        owned::mark_creating(&self.dir)?;
         let manifest = self.dir.join(MANIFEST_FILE);
         std::fs::remove_file(&manifest).map_err(|e| Error::io(&manifest, e))?;
         crate::fsio::sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         owned::remove_unnamed(&self.dir, &HashSet::new())?;
+        owned::unmark_creating(&self.dir)?;
         // The lock file goes only while it is empty (ours: the lock writes nothing into it).
         let lock = self.dir.join(crate::LOCK_FILE);
         if std::fs::metadata(&lock).is_ok_and(|m| m.is_file() && m.len() == 0) {

@@ -44,6 +44,18 @@ pub enum Error {
         /// The first entry that is not ours.
         found: PathBuf,
     },
+    /// A file that is not ours stands where this crate must write, replace or remove one of its own
+    /// files (the next segment or log, a stored index file, a blob): it is never replaced nor removed.
+    #[error(
+        "{}: a file that is not M2M's stands where {what} must go; it was left untouched (move it elsewhere and run the command again to continue)",
+        path.display()
+    )]
+    Occupied {
+        /// The file that is not ours.
+        path: PathBuf,
+        /// What this crate meant to keep there ("the next segment", "the settings blob").
+        what: String,
+    },
     /// Creating a database where one exists.
     #[error("{}: already holds an M2M database", path.display())]
     AlreadyExists {

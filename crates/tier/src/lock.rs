@@ -19,6 +19,16 @@ pub struct DirLock {
     _file: File,
 }
 
+/// `O_NOFOLLOW`: the value differs between systems, and this crate does not depend on `libc`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+const NOFOLLOW: i32 = 0x100; // macOS and the BSDs
+
+fn not_a_plain_file(path: &Path) -> Error {
+    Error::Occupied { path: path.to_path_buf(), what: "the lock file (a plain file)".into() }
+}
+
 impl DirLock {
     /// Takes the directory's writer lock, or fails with [`Error::Locked`] when another handle or process
     /// holds it. It retries for at most [`LOCK_PATIENCE`]: a process that forks (to spawn a program) holds
@@ -26,8 +36,20 @@ impl DirLock {
     /// an instant. It never waits longer.
     pub fn acquire(dir: &Path) -> Result<DirLock> {
         let path = dir.join(LOCK_FILE);
-        let file =
-            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut options = OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        // A `LOCK` that is a link is not followed: it would make us create or lock a file outside the
+        // database.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, NOFOLLOW);
+        let file = match options.open(&path) {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+            Ok(_) => return Err(not_a_plain_file(&path)),
+            Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) => {
+                return Err(not_a_plain_file(&path));
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
         let start = Instant::now();
         loop {
             match file.try_lock() {

@@ -11,10 +11,17 @@
 //!   temporary name from [`temp_name`] (`.m2m-tmp.<target>.<16 hex digits>`, unique per write). Only
 //!   such files that the manifest does not name are ever removed, and only by the writer (`Db::open`,
 //!   `Db::create`, a commit): never by [`Db::read_snapshot`](crate::Db::read_snapshot) or any read path.
+//! * Leftovers of a killed create are removed only from a directory that holds our create marker
+//!   (`.m2m-creating`, an empty file that create makes first, under the lock, and removes after the
+//!   manifest is stored). Without the marker, a directory holding anything but an empty `LOCK` is
+//!   refused, even a copy of our own segment or log that a person put there (a backup is theirs).
+//! * A blob (`*.blob`, written whole by rename) is ours only if its first bytes are within 2 bits of the
+//!   blob magic (a flipped bit or a truncation keeps it ours and removable by repair): a file of a blob's
+//!   name without it is never read as ours, replaced nor removed ([`Error::Occupied`] naming it).
 //! * The lock file `LOCK` is ours only while it is empty (the lock never writes a byte into it): a
 //!   non-empty `LOCK` is someone else's, and create refuses the directory.
 //! * A file of our name that is not ours and stands where we must write (a user's `0000000002.wal`
-//!   where the next log goes) is never replaced: the write fails with [`Error::NotOurs`] naming it.
+//!   where the next log goes) is never replaced: the write fails with [`Error::Occupied`] naming it.
 //!
 //! A user's `report.tmp`, `notes.wal`, `x.seg` or `0000000001.wal` in the directory is therefore never
 //! touched.
@@ -80,32 +87,56 @@ fn is_ours(dir: &Path, name: &str, entry: &std::fs::DirEntry) -> bool {
 }
 
 /// Refuses to write at `path` (a data name about to be created or renamed into place) when a file that
-/// is not ours is there: [`Error::NotOurs`] naming it. A missing file, or one of ours, is fine.
+/// is not ours is there: [`Error::Occupied`] naming it. A missing file, or one of ours, is fine.
 pub(crate) fn claim(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Ok(m) if m.is_file() && carries_our_magic(path) => Ok(()),
-        _ => Err(Error::NotOurs { path: crate::fsio::parent(path).to_path_buf(), found: path.to_path_buf() }),
+        _ => {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let what = if name.ends_with(".seg") {
+                "the next segment"
+            } else if name.ends_with(".wal") {
+                "the next log"
+            } else {
+                "a stored index file"
+            };
+            Err(Error::Occupied { path: path.to_path_buf(), what: what.into() })
+        }
     }
 }
 
-/// Checks that `dir` (which holds no manifest) may become a database: every entry is an empty lock
-/// file or a leftover of a killed create (a temporary name, or a data name carrying our magic). Returns
-/// the leftovers.
-pub(crate) fn check_creatable(dir: &Path) -> Result<Vec<String>> {
-    let mut leftovers = Vec::new();
+/// Name of the create marker: an empty file that [`Db::create`](crate::Db::create) makes before any
+/// other file and removes once the manifest is stored. Only a directory holding it may have leftovers
+/// of a killed create removed.
+pub(crate) const CREATE_MARKER: &str = ".m2m-creating";
+
+/// Whether the entry is a plain empty file (what the lock file and the create marker always are).
+fn is_empty_file(entry: &std::fs::DirEntry) -> bool {
+    entry.file_type().is_ok_and(|t| t.is_file()) && entry.metadata().is_ok_and(|m| m.len() == 0)
+}
+
+/// Checks that `dir` (which holds no manifest) may become a database. Without our create marker it must
+/// be empty but for an empty lock file: a copy of our own segment or log placed there by a person is
+/// theirs, however much it looks like ours. With the marker (a create was killed before its manifest
+/// was stored), the leftovers of that create may be there too: temporary names and data names carrying
+/// our magic. Anything else is [`Error::NotOurs`] naming it. Returns whether the marker is there.
+pub(crate) fn check_creatable(dir: &Path) -> Result<bool> {
+    let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        entries.push(entry.map_err(|e| Error::io(dir, e))?);
+    }
+    let marked = entries.iter().any(|e| e.file_name() == CREATE_MARKER && is_empty_file(e));
+    for entry in &entries {
         let name = entry.file_name();
-        let empty_lock = |n: &str| n == LOCK_FILE && entry.metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
-        let Some(name) = name.to_str().filter(|n| empty_lock(n) || is_ours(dir, n, &entry)) else {
+        let ours = name.to_str().is_some_and(|n| {
+            ((n == LOCK_FILE || n == CREATE_MARKER) && is_empty_file(entry)) || (marked && is_ours(dir, n, entry))
+        });
+        if !ours {
             return Err(Error::NotOurs { path: dir.to_path_buf(), found: entry.path() });
-        };
-        if name != LOCK_FILE {
-            leftovers.push(name.to_string());
         }
     }
-    Ok(leftovers)
+    Ok(marked)
 }
 
 /// Removes the files of `dir` that are ours (a temporary name, or a data name carrying our magic) and not
@@ -123,6 +154,24 @@ pub(crate) fn remove_unnamed(dir: &Path, live: &HashSet<&str>) -> Result<()> {
         std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
     }
     Ok(())
+}
+
+/// Writes the create marker (empty) into `dir` and makes it durable, before any other file of a create
+/// (or of a discard, which leaves leftovers behind if killed).
+pub(crate) fn mark_creating(dir: &Path) -> Result<()> {
+    let path = dir.join(CREATE_MARKER);
+    crate::fsio::create(&path, false).map_err(|e| Error::io(&path, e))?;
+    crate::fsio::sync_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Removes the create marker if it is there and ours (an empty plain file); the last step of a create or
+/// a discard, and of an open that finds one left by a create killed just after its manifest was stored.
+pub(crate) fn unmark_creating(dir: &Path) -> Result<()> {
+    let path = dir.join(CREATE_MARKER);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(&path).map_err(|e| Error::io(&path, e)),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,12 @@ pub(super) fn open<R: Read + Seek>(path: &Path, reader: &mut R, file_len: u64) -
             format!("truncated: the header runs to byte {data_offset}, the file ends at {file_len}"),
         ));
     }
+    // npyz multiplies the shape's numbers without checking (a panic in debug builds, a wrapped bogus size in
+    // release ones), so the shape is read and checked here first, with checked arithmetic.
+    let mut text = vec![0u8; header_len as usize];
+    reader.seek(SeekFrom::Start(text_start)).map_err(|e| Error::io(path, e))?;
+    reader.read_exact(&mut text).map_err(|e| Error::io(path, e))?;
+    check_shape(&String::from_utf8_lossy(&text)).map_err(|reason| Error::corrupt(path, text_start, reason))?;
     reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
     let header = npyz::NpyHeader::from_reader(&mut *reader)
         .map_err(|e| Error::corrupt(path, text_start, format!("malformed header: {e}")))?;
@@ -98,7 +104,9 @@ pub(super) fn open<R: Read + Seek>(path: &Path, reader: &mut R, file_len: u64) -
         .checked_mul(dim)
         .and_then(|n| n.checked_mul(4))
         .ok_or_else(|| Error::corrupt(path, text_start, format!("shape ({rows}, {dim}) overflows")))?;
-    let expected_end = data_offset + data_len;
+    let expected_end = data_offset
+        .checked_add(data_len)
+        .ok_or_else(|| Error::corrupt(path, text_start, format!("shape ({rows}, {dim}) overflows")))?;
     if file_len < expected_end {
         return Err(Error::corrupt(
             path,
@@ -117,6 +125,28 @@ pub(super) fn open<R: Read + Seek>(path: &Path, reader: &mut R, file_len: u64) -
     }
     let dim = usize::try_from(dim).map_err(|_| Error::corrupt(path, text_start, "dimension does not fit in memory"))?;
     Ok(Header { element, rows, dim, data_offset })
+}
+
+/// Checks that the `shape` tuple in the header dict holds numbers whose product, in 4-byte elements, fits in
+/// a u64; a header without a readable shape is left to npyz, which reports it.
+fn check_shape(dict: &str) -> std::result::Result<(), String> {
+    let Some(at) = dict.find("'shape'").or_else(|| dict.find("\"shape\"")) else { return Ok(()) };
+    let rest = &dict[at + 7..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return Ok(()) };
+    if close < open {
+        return Ok(());
+    }
+    let mut bytes: u64 = 4;
+    for part in rest[open + 1..close].split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let n: u64 = part.parse().map_err(|_| format!("shape number {part} is not a count that fits in 64 bits"))?;
+        bytes = bytes.checked_mul(n).ok_or_else(|| {
+            format!(
+                "shape ({}) overflows: its element count times 4 bytes exceeds 64 bits",
+                rest[open + 1..close].trim()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The 128-byte preamble of a version 1.0 file holding `rows` rows of `dim` elements.

@@ -295,6 +295,31 @@ fn npy_corruption_is_located_or_unsupported() {
     }
 }
 
+/// A shape whose element count overflows is `Corrupt` naming the file, not a panic inside npyz
+/// ("attempt to multiply with overflow") nor, in release builds, a wrapped small size. Catches removing
+/// `check_shape` (the test panics in the debug build) or an unchecked multiply in it.
+#[test]
+fn npy_shape_that_overflows_is_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.npy");
+    for shape in [
+        "(18446744073709551615, 4)",
+        "(4611686018427387904, 4)",
+        "(4, 4611686018427387904)",
+        "(99999999999999999999, 4)",
+    ] {
+        let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut h = format!("{dict:<117}").into_bytes();
+        h.push(b'\n');
+        let mut file = b"\x93NUMPY\x01\x00".to_vec();
+        file.extend(118u16.to_le_bytes());
+        file.extend(h);
+        file.extend([0u8; 64]);
+        fs::write(&path, &file).unwrap();
+        corrupt_offset(open_and_read(&path), &path);
+    }
+}
+
 #[test]
 fn a_file_truncated_while_streaming_is_reported_not_panicked() {
     let dir = tempfile::tempdir().unwrap();

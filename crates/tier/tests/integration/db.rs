@@ -153,15 +153,94 @@ fn a_foreign_directory_is_never_written_to_nor_emptied() {
 #[test]
 fn a_create_killed_before_its_manifest_can_be_created_again() {
     let dir = tempfile::tempdir().unwrap();
-    // What a create leaves when killed between its first files and the manifest.
+    // What a create leaves when killed between its first files and the manifest: the marker first.
     fs::write(dir.path().join("LOCK"), b"").unwrap();
+    fs::write(dir.path().join(".m2m-creating"), b"").unwrap();
     fs::write(dir.path().join("0000000001.wal"), [&m2m_tier::WAL_MAGIC[..], b"half"].concat()).unwrap();
     fs::write(dir.path().join(".m2m-tmp.MANIFEST.0123456789abcdef"), b"half").unwrap();
     let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
     db.ingest(&crash_batch(0, DIM)).unwrap();
     drop(db);
     assert!(!dir.path().join(".m2m-tmp.MANIFEST.0123456789abcdef").exists());
+    assert!(!dir.path().join(".m2m-creating").exists(), "the marker outlived the create");
     assert_batches(&Db::open(dir.path(), DbOptions::default()).unwrap().snapshot(), 1);
+}
+
+/// Copies of our own segment and log in a directory without our create marker are a person's (a
+/// backup), not leftovers of a killed create: create refuses the directory naming one and removes
+/// nothing. Mutation caught: `check_creatable` accepting our data names without the marker (create then
+/// deletes the user's copies, finding 2a of the second review).
+#[test]
+fn copies_of_our_files_without_the_create_marker_are_the_users() {
+    let src = tempfile::tempdir().unwrap();
+    let mut db = Db::create(src.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(0, DIM)).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let bk = tempfile::tempdir().unwrap();
+    fs::copy(src.path().join("0000000000.seg"), bk.path().join("0000000000.seg")).unwrap();
+    fs::copy(src.path().join("0000000002.wal"), bk.path().join("0000000005.wal")).unwrap();
+    let before = fs::read(bk.path().join("0000000000.seg")).unwrap();
+    match Db::create(bk.path(), DIM, DbOptions::default()) {
+        Err(Error::NotOurs { found, .. }) => assert!(found.starts_with(bk.path()), "{found:?}"),
+        other => panic!("create over a backup: {other:?}"),
+    }
+    assert_eq!(fs::read(bk.path().join("0000000000.seg")).unwrap(), before);
+    assert!(bk.path().join("0000000005.wal").exists(), "the user's log copy was removed");
+    assert_eq!(fs::read_dir(bk.path()).unwrap().count(), 2, "something was written");
+}
+
+/// A `LOCK` that is a symbolic link is not followed: the writer refuses it (naming it) and creates no file
+/// where it points. Mutation caught: opening `LOCK` without `O_NOFOLLOW` (the target is then created).
+#[cfg(unix)]
+#[test]
+fn a_lock_that_is_a_link_is_refused_and_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    drop(Db::create(dir.path(), DIM, DbOptions::default()).unwrap());
+    fs::remove_file(dir.path().join("LOCK")).unwrap();
+    let target = elsewhere.path().join("lock2");
+    std::os::unix::fs::symlink(&target, dir.path().join("LOCK")).unwrap();
+    match Db::open(dir.path(), DbOptions::default()) {
+        Err(Error::Occupied { path, .. }) => assert_eq!(path, dir.path().join("LOCK")),
+        other => panic!("a linked LOCK: {other:?}"),
+    }
+    assert!(!target.exists(), "a file was created outside the database");
+}
+
+/// A file with a blob's name but without the blob magic is a person's: storing or removing that blob
+/// leaves it as it is and names it. Mutation caught: `store_blob` or `remove_blob` without `claim_blob`
+/// (finding 2b: `repair` removed `m2m-soc.blob`, `build` replaced `m2m-index.blob`).
+#[test]
+fn a_blob_name_without_blob_magic_is_never_replaced_nor_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Db::create(dir.path(), DIM, DbOptions::default()).unwrap());
+    let path = dir.path().join("m2m-soc.blob");
+    fs::write(&path, b"notes\n").unwrap();
+    for r in [
+        m2m_tier::remove_blob(dir.path(), "m2m-soc.blob"),
+        m2m_tier::store_blob(dir.path(), "m2m-soc.blob", b"x"),
+        m2m_tier::load_blob(dir.path(), "m2m-soc.blob").map(drop),
+    ] {
+        match r {
+            Err(Error::Occupied { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("a user's file of a blob name: {other:?}"),
+        }
+    }
+    assert_eq!(fs::read(&path).unwrap(), b"notes\n");
+    // Ours damaged (a flipped magic bit, a truncation) stays ours: removable.
+    m2m_tier::store_blob(dir.path(), "m2m-other.blob", b"ours").unwrap();
+    let other = dir.path().join("m2m-other.blob");
+    let mut b = fs::read(&other).unwrap();
+    b[2] ^= 4;
+    fs::write(&other, &b).unwrap();
+    assert!(matches!(m2m_tier::load_blob(dir.path(), "m2m-other.blob"), Err(Error::Corrupt { .. })));
+    m2m_tier::remove_blob(dir.path(), "m2m-other.blob").unwrap();
+    fs::write(&other, &b[..5]).unwrap();
+    m2m_tier::remove_blob(dir.path(), "m2m-other.blob").unwrap();
+    m2m_tier::store_blob(dir.path(), "m2m-other.blob", b"ours").unwrap();
+    m2m_tier::store_blob(dir.path(), "m2m-other.blob", b"ours again").unwrap();
+    m2m_tier::remove_blob(dir.path(), "m2m-other.blob").unwrap();
 }
 
 /// What is ours is decided by content, not by name: a non-empty `LOCK`, a ten-digit `.wal` or `.seg`
@@ -190,7 +269,7 @@ fn files_of_our_names_without_our_magic_are_the_users() {
     let mut db = Db::open(dir.path(), DbOptions::default()).unwrap();
     assert_eq!(fs::read(dir.path().join("0000000002.wal")).unwrap(), b"user log", "open removed it");
     match db.flush() {
-        Err(Error::NotOurs { found, .. }) => assert_eq!(found, dir.path().join("0000000002.wal")),
+        Err(Error::Occupied { path, .. }) => assert_eq!(path, dir.path().join("0000000002.wal")),
         other => panic!("flush over a user's log name: {other:?}"),
     }
     assert_eq!(fs::read(dir.path().join("0000000002.wal")).unwrap(), b"user log", "flush replaced it");
@@ -198,7 +277,11 @@ fn files_of_our_names_without_our_magic_are_the_users() {
     fs::remove_file(dir.path().join("0000000002.wal")).unwrap();
     fs::write(dir.path().join("0000000000.seg"), b"user segment").unwrap();
     let mut db = Db::open(dir.path(), DbOptions::default()).unwrap();
-    assert!(matches!(db.flush(), Err(Error::NotOurs { .. })), "flush over a user's segment name");
+    match db.flush() {
+        // Finding 6 of the second review: the message says the file stands where the next segment goes.
+        Err(e @ Error::Occupied { .. }) => assert!(e.to_string().contains("the next segment"), "{e}"),
+        other => panic!("flush over a user's segment name: {other:?}"),
+    }
     assert_eq!(fs::read(dir.path().join("0000000000.seg")).unwrap(), b"user segment");
     drop(db);
     fs::remove_file(dir.path().join("0000000000.seg")).unwrap();
