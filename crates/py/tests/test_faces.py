@@ -174,9 +174,16 @@ def test_errors_form_one_hierarchy_mapped_from_the_rust_kinds(tmp_path):
     with pytest.raises(m2m.ReadOnlyError):
         reader.delete([0])
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "m2m-config.blob").write_bytes(b"garbage that is no sealed blob")
+    # Our blob magic, then garbage: a damaged blob of ours is CorruptError (an OSError).
+    (tmp_path / "bad" / "m2m-config.blob").write_bytes(b"M2M-BLB\0" + b"garbage that is no sealed blob")
     with pytest.raises(m2m.CorruptError):
         m2m.open_m2m(tmp_path / "bad")
+    # Without the magic the file is someone else's: left untouched, a StorageError naming it.
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "m2m-config.blob").write_bytes(b"garbage that is no sealed blob")
+    with pytest.raises(m2m.StorageError, match="m2m-config.blob"):
+        m2m.open_m2m(tmp_path / "foreign")
+    assert (tmp_path / "foreign" / "m2m-config.blob").read_bytes() == b"garbage that is no sealed blob"
     with pytest.raises(m2m.StorageError) as missing:
         m2m.open_m2m(tmp_path / "missing")
     assert type(missing.value) is m2m.StorageError
