@@ -37,6 +37,20 @@ fn main() {
     let mut out = std::io::stdout().lock();
     let mut ack = |n: u64| writeln!(out, "ack {n}").and_then(|()| out.flush()).expect("stdout");
     match args.as_slice() {
+        // The files the manifest of DIR names, one per line (none when it has no readable manifest).
+        [mode, dir] if mode == "named" => {
+            if let Ok(m) = m2m_tier::Manifest::load(&PathBuf::from(dir)) {
+                for name in m
+                    .segments
+                    .iter()
+                    .map(|s| s.file.as_str())
+                    .chain(m.wal.as_deref())
+                    .chain(m.index.iter().map(String::as_str))
+                {
+                    writeln!(out, "{name}").expect("stdout");
+                }
+            }
+        }
         [mode, dir, dim] if mode == "db" => {
             let dir = PathBuf::from(dir);
             let dim: usize = dim.parse().expect("DIM is a number");
@@ -86,7 +100,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: m2m-tier-crash-writer WAL_PATH DIM | db DIR DIM | check DIR DIM ACKED | rows DIR FILE | forge KIND FILE SEED"
+                "usage: m2m-tier-crash-writer WAL_PATH DIM | db DIR DIM | check DIR DIM ACKED | rows DIR FILE | named DIR | forge KIND FILE SEED"
             );
             std::process::exit(2);
         }
