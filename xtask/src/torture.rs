@@ -496,7 +496,7 @@ pub(crate) fn torture(args: &[String]) -> Result<()> {
     let per_kind: Vec<String> = KINDS.iter().zip(tally.trials).map(|(k, t)| format!("{k} {t}")).collect();
     let skipped: u64 = tally.skipped.iter().sum();
     println!(
-        "torture: {total} trials ({}), {} failed, {skipped} skipped (full-disk: the tmpfs mount failed); {} kills \
+        "torture: {total} trials ({}), {} failed, {skipped} skipped (full-disk trials whose tmpfs mount failed); {} kills \
          landed, {} processes finished before their kill; seed {seed}",
         per_kind.join(", "),
         tally.failures.len(),
