@@ -56,6 +56,30 @@ fn sync_dir_entries(_dir: &Path) -> io::Result<()> {
 }
 
 /// The directory of `path` ("." for a bare name).
+/// Drops a read-only file mapping's pages from memory: the mapping's (`madvise(DONTNEED)`, on Unix) and
+/// then the kernel's page cache of the file (`posix_fadvise(DONTNEED)`, on Linux, Android and FreeBSD; it
+/// skips pages another process maps). Later reads fault the same bytes in from disk. Elsewhere it drops
+/// what the platform allows and returns `Ok`.
+///
+/// The caller's mapping must be a read-only shared map of a file that does not change while mapped
+/// (the contract of [`Segment`](crate::Segment) and [`SectionFile`](crate::SectionFile)).
+pub(crate) fn release_pages(map: &memmap2::Mmap, path: &Path) -> crate::Result<()> {
+    #[cfg(unix)]
+    // SAFETY: a read-only shared map of a file that does not change while mapped (the caller's contract),
+    // so after MADV_DONTNEED every access faults the same bytes back in from the file: slices borrowed
+    // from the mapping keep their contents.
+    unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }.map_err(|e| crate::Error::io(path, e))?;
+    #[cfg(not(unix))]
+    let _ = map;
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    {
+        let file = File::open(path).map_err(|e| crate::Error::io(path, e))?;
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+            .map_err(|e| crate::Error::io(path, io::Error::from(e)))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn parent(path: &Path) -> &Path {
     path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }

@@ -403,18 +403,7 @@ impl SectionFile {
     /// Drops this file's pages from memory, as [`Segment::release_pages`](crate::Segment::release_pages)
     /// does: for memory pressure and for measuring cold reads.
     pub fn release_pages(&self) -> Result<()> {
-        #[cfg(unix)]
-        // SAFETY: a read-only shared map of a file that does not change while mapped (the type's contract):
-        // after MADV_DONTNEED every access faults the same bytes back in from the file.
-        unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
-            .map_err(|e| Error::io(&self.path, e))?;
-        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-        {
-            let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
-                .map_err(|e| Error::io(&self.path, std::io::Error::from(e)))?;
-        }
-        Ok(())
+        fsio::release_pages(&self.map, &self.path)
     }
 }
 

@@ -183,19 +183,7 @@ impl Segment {
     /// and for measuring cold reads. Elsewhere (macOS keeps its page cache, Windows has neither call) it
     /// drops what the platform allows and returns `Ok`.
     pub fn release_pages(&self) -> Result<()> {
-        #[cfg(unix)]
-        // SAFETY: the mapping is a read-only shared map of a file that does not change while mapped (the
-        // type's contract), so after MADV_DONTNEED every access faults the same bytes back in from the file:
-        // slices borrowed from the mapping keep their contents.
-        unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
-            .map_err(|e| Error::io(&self.path, e))?;
-        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-        {
-            let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
-                .map_err(|e| Error::io(&self.path, std::io::Error::from(e)))?;
-        }
-        Ok(())
+        fsio::release_pages(&self.map, &self.path)
     }
 
     /// All columns.
