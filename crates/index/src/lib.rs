@@ -30,6 +30,7 @@
 
 mod cold;
 mod error;
+mod filter;
 mod index;
 pub mod kernels;
 mod kmeans;
@@ -39,5 +40,6 @@ mod view;
 
 pub use cold::ColdRows;
 pub use error::{Error, Result};
+pub use filter::{IdSet, RowFilter};
 pub use index::{Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};
 pub use m2m_splat::Metric;
