@@ -1,6 +1,7 @@
 //! m2m-gpu: Vulkan compute for M2M through vulkano, with a CPU twin for every kernel.
 //!
-//! Kernels (GLSL in the workspace's `shaders/`, compiled to SPIR-V at build time by one
+//! Kernels (GLSL in the workspace's `shaders/`, reached through the crate's `shaders` link so that the
+//! published package carries them; compiled to SPIR-V at build time by one
 //! `vulkano_shaders::shader!` invocation; shared definitions in `shaders/include/`):
 //!
 //! 1. `distances`: B queries against N candidates (`q . x` for cosine and inner product, `|q - x|^2` for

@@ -26,12 +26,12 @@ pub(crate) use ivf::IvfBuffers;
 mod cs {
     vulkano_shaders::shader! {
         shaders: {
-            distances: { ty: "compute", path: "../../shaders/distances.comp" },
-            topk: { ty: "compute", path: "../../shaders/topk.comp" },
-            codes: { ty: "compute", path: "../../shaders/codes.comp" },
-            langevin: { ty: "compute", path: "../../shaders/langevin.comp" },
-            select: { ty: "compute", path: "../../shaders/select.comp" },
-            ivf: { ty: "compute", path: "../../shaders/ivf.comp" },
+            distances: { ty: "compute", path: "shaders/distances.comp" },
+            topk: { ty: "compute", path: "shaders/topk.comp" },
+            codes: { ty: "compute", path: "shaders/codes.comp" },
+            langevin: { ty: "compute", path: "shaders/langevin.comp" },
+            select: { ty: "compute", path: "shaders/select.comp" },
+            ivf: { ty: "compute", path: "shaders/ivf.comp" },
         }
     }
 }
