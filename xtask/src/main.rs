@@ -29,8 +29,8 @@
 //! * `cargo xtask package`: `cargo package --no-verify` for every published crate, and a check that each
 //!   package carries both licence files and the README (in CI).
 //! * `cargo xtask portability [--strict]`: `cargo check --workspace --target T` for aarch64 Linux,
-//!   x86-64 macOS and x86-64 Windows (GNU), each whose standard library is installed (`rustup target
-//!   add T`); the others are named (with `--strict`, an error). In CI, without `--strict`. With
+//!   x86-64 macOS and x86-64 Windows (GNU), warnings denied; a missing standard library is asked of
+//!   rustup (`rustup target add T`) and one it cannot get is named (with `--strict`, an error). In CI, without `--strict`. With
 //!   `--run-aarch64` (not in CI) it then runs m2m-index's tests for aarch64 under qemu-user, once on a
 //!   CPU model with the dot-product extension and once on one without, so both NEON code paths run.
 //! * `cargo xtask msrv`: `cargo +RUST_VERSION check --workspace --all-targets` with the root manifest's

@@ -55,7 +55,6 @@ fn sync_dir_entries(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The directory of `path` ("." for a bare name).
 /// Drops a read-only file mapping's pages from memory: the mapping's (`madvise(DONTNEED)`, on Unix) and
 /// then the kernel's page cache of the file (`posix_fadvise(DONTNEED)`, on Linux, Android and FreeBSD; it
 /// skips pages another process maps). Later reads fault the same bytes in from disk. Elsewhere it drops
@@ -70,7 +69,7 @@ pub(crate) fn release_pages(map: &memmap2::Mmap, path: &Path) -> crate::Result<(
     // from the mapping keep their contents.
     unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }.map_err(|e| crate::Error::io(path, e))?;
     #[cfg(not(unix))]
-    let _ = map;
+    let _ = (map, path);
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     {
         let file = File::open(path).map_err(|e| crate::Error::io(path, e))?;
@@ -80,6 +79,7 @@ pub(crate) fn release_pages(map: &memmap2::Mmap, path: &Path) -> crate::Result<(
     Ok(())
 }
 
+/// The directory of `path` ("." for a bare name).
 pub(crate) fn parent(path: &Path) -> &Path {
     path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
