@@ -147,6 +147,11 @@ impl std::fmt::Display for Isa {
     }
 }
 
+pub use fastscan::{
+    FS_BLOCK, FS_FLUSH, pq4_block_bytes, pq4_codes_len, pq4_copy_row, pq4_get, pq4_lut_len, pq4_pairs, pq4_push,
+    pq4_scan_with, pq4_truncate,
+};
+
 const LANES: usize = 16;
 
 /// Dot product of the common prefix of `a` and `b`, with the best instruction set.
@@ -539,6 +544,7 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod fastscan;
 mod scalar;
 
 #[cfg(test)]
