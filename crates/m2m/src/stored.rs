@@ -7,7 +7,9 @@
 //!   index's parts without any per-member column, postcard), `offsets` (n_fine + 1 u64: the first member
 //!   of each fine cluster in the member order, then the total), `ids` (u64 per member), `codes` (the
 //!   code stride per member), `half_sq_norms` (f32 per member for L2, empty otherwise), and the learned
-//!   values of the build: `build_ids` (u64), `kappa`, `alpha` (f32 per build id).
+//!   values of the build: `build_ids` (u64), `kappa`, `alpha` (f32 per build id), and, for PQ4 codes,
+//!   `pq_codebook` (f32, the index's product-quantisation codebook, which the postcard meta does not
+//!   carry). Files written before PQ4 have no `pq_codebook` section and read as before.
 //! * `N.vec`, the cold part: `vectors`, every member's full vector (unit for cosine), f32, in the same
 //!   member order (cluster after cluster). It is mapped and never read whole at open: the index reads
 //!   its rows in place (LOD 2 re-rank, Exact), so the page cache holds what is used. Its checksum is
@@ -61,6 +63,10 @@ pub(crate) fn write(db: &Db, index: &Index, learned: &Learned) -> Result<Vec<Pat
     hot.write_values(&learned.kappa)?;
     hot.begin("alpha", SectionKind::F32)?;
     hot.write_values(&learned.alpha)?;
+    if !parts.pq_codebook.is_empty() {
+        hot.begin("pq_codebook", SectionKind::F32)?;
+        hot.write_values(&parts.pq_codebook)?;
+    }
     let mut cold: SectionWriter = db.index_writer("vec")?;
     cold.begin("vectors", SectionKind::F32)?;
     let dim = index.dim();
@@ -98,7 +104,7 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
     let codes: &[u8] = hot.verified_bytes("codes", SectionKind::U8)?;
     let half: &[f32] = hot.values("half_sq_norms", SectionKind::F32, true)?;
     let dim = parts.dim;
-    let stride = parts.config.codes.stride(dim);
+    let kind = parts.config.codes;
     let l2 = parts.config.metric == crate::Metric::L2;
     let members = ids.len();
     let monotone = offsets.windows(2).all(|w| w[0] <= w[1]);
@@ -112,13 +118,18 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
             format!("offsets do not split {members} members into {} clusters", parts.clusters.len()),
         ));
     }
-    if codes.len() != members * stride || half.len() != if l2 { members } else { 0 } {
+    // Each cluster's codes take `codes_len` bytes (whole blocks of 32 rows for PQ4), cluster after cluster.
+    let code_bytes: usize = offsets.windows(2).map(|w| kind.codes_len(dim, (w[1] - w[0]) as usize)).sum();
+    if codes.len() != code_bytes || half.len() != if l2 { members } else { 0 } {
         return Err(corrupt(hot, format!("codes or norms of the wrong length for {members} members")));
     }
+    let mut at = 0usize;
     for (f, cl) in parts.clusters.iter_mut().enumerate() {
         let (lo, hi) = (offsets[f] as usize, offsets[f + 1] as usize);
         cl.ids = ids[lo..hi].to_vec();
-        cl.codes = codes[lo * stride..hi * stride].to_vec();
+        let len = kind.codes_len(dim, hi - lo);
+        cl.codes = codes[at..at + len].to_vec();
+        at += len;
         if l2 {
             cl.half_sq_norms = half[lo..hi].to_vec();
         }
@@ -129,6 +140,11 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
         alpha: hot.values::<f32>("alpha", SectionKind::F32, true)?.to_vec(),
     };
     crate::validate::learned(hot.path(), &learned.ids, &learned.kappa, &learned.alpha)?;
+    // Absent in files of scalar codes (and in every file from before PQ4); a PQ4 index without it, or a
+    // codebook of the wrong length, is refused by `from_cold_parts` below.
+    if hot.sections().iter().any(|s| s.name == "pq_codebook") {
+        parts.pq_codebook = hot.values::<f32>("pq_codebook", SectionKind::F32, true)?.to_vec();
+    }
     let index = Index::from_cold_parts(parts, cold_rows(files)?).map_err(|e| corrupt(hot, e.to_string()))?;
     crate::validate::index_matches(hot.path(), &index, config, &learned.ids)?;
     Ok((index, learned))
