@@ -43,6 +43,7 @@ pub use cold::ColdRows;
 pub use error::{Error, Result};
 pub use filter::{IdSet, RowFilter};
 pub use index::{
-    Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, MAX_DIMS_PER_CODE, RebalanceReport, Scratch, SearchParams,
+    Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, MAX_DIMS_PER_CODE, RebalanceReport, Scratch,
+    SearchParams,
 };
 pub use m2m_splat::Metric;

@@ -211,10 +211,14 @@ mod tests {
         assert_eq!(back.parts().pq_codebook, index.parts().pq_codebook);
         let p = SearchParams::default();
         let q = &vectors[..8 * DIM];
-        assert_eq!(back.search_batch(q, 10, Lod::Codes, &p).unwrap(), index.search_batch(q, 10, Lod::Codes, &p).unwrap());
+        assert_eq!(
+            back.search_batch(q, 10, Lod::Codes, &p).unwrap(),
+            index.search_batch(q, 10, Lod::Codes, &p).unwrap()
+        );
 
         let forged = dir.path().join("forged.idx");
-        let forgeries: [(&str, Box<dyn Fn(&str, &[u8]) -> Option<Vec<u8>>>); 2] = [
+        type Edit = Box<dyn Fn(&str, &[u8]) -> Option<Vec<u8>>>;
+        let forgeries: [(&str, Edit); 2] = [
             ("no codebook", Box::new(|name, b| (name != "pq_codebook").then(|| b.to_vec()))),
             (
                 "NaN in the codebook",

@@ -542,9 +542,9 @@ pub fn weighted_sums(coef: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod fastscan;
 #[cfg(target_arch = "aarch64")]
 mod neon;
-mod fastscan;
 mod scalar;
 
 #[cfg(test)]

@@ -55,7 +55,8 @@ fn pq4_reaches_the_recall_of_sq4_on_every_metric() {
     for metric in [Metric::Cosine, Metric::InnerProduct, Metric::L2] {
         let sq = Index::build(&IndexConfig::default().metric(metric), dim, base, &ids).unwrap();
         let pq = Index::build(&IndexConfig::default().metric(metric).codes(PQ), dim, base, &ids).unwrap();
-        let (r_sq, r_pq) = (recall(&sq, base, dim, queries, Lod::Rerank, &p), recall(&pq, base, dim, queries, Lod::Rerank, &p));
+        let (r_sq, r_pq) =
+            (recall(&sq, base, dim, queries, Lod::Rerank, &p), recall(&pq, base, dim, queries, Lod::Rerank, &p));
         let l1 = recall(&pq, base, dim, queries, Lod::Codes, &p);
         assert!(r_pq >= r_sq - 0.02, "{metric}: PQ4 LOD 2 {r_pq} against SQ4 {r_sq}");
         assert!(l1 >= 0.5, "{metric}: PQ4 LOD 1 {l1}");
@@ -145,19 +146,31 @@ fn pq4_codebook_is_checked_on_load() {
     parts.pq_codebook = index.parts().pq_codebook.clone();
     let back = Index::from_parts(parts.clone()).unwrap();
     let p = SearchParams::default();
-    assert_eq!(back.search_batch(&all[..5 * dim], 10, Lod::Codes, &p).unwrap(), index.search_batch(&all[..5 * dim], 10, Lod::Codes, &p).unwrap());
+    assert_eq!(
+        back.search_batch(&all[..5 * dim], 10, Lod::Codes, &p).unwrap(),
+        index.search_batch(&all[..5 * dim], 10, Lod::Codes, &p).unwrap()
+    );
     type Forgery = (&'static str, Box<dyn Fn(&mut IndexParts)>);
     let forgeries: Vec<Forgery> = vec![
         ("NaN codebook value", Box::new(|p| p.pq_codebook[7] = f32::NAN)),
-        ("short codebook", Box::new(|p| {
-            p.pq_codebook.pop();
-        })),
+        (
+            "short codebook",
+            Box::new(|p| {
+                p.pq_codebook.pop();
+            }),
+        ),
         ("dims_per_code 0", Box::new(|p| p.config.codes = CodeKind::Pq4 { dims_per_code: 0, anisotropic: false })),
-        ("dims_per_code 3 (codebook and codes of 2)", Box::new(|p| p.config.codes = CodeKind::Pq4 { dims_per_code: 3, anisotropic: false })),
-        ("a block of codes missing", Box::new(|p| {
-            let c = &mut p.clusters[0].codes;
-            c.truncate(c.len() - 32);
-        })),
+        (
+            "dims_per_code 3 (codebook and codes of 2)",
+            Box::new(|p| p.config.codes = CodeKind::Pq4 { dims_per_code: 3, anisotropic: false }),
+        ),
+        (
+            "a block of codes missing",
+            Box::new(|p| {
+                let c = &mut p.clusters[0].codes;
+                c.truncate(c.len() - 32);
+            }),
+        ),
         ("codebook on an SQ4 index", Box::new(|p| p.config.codes = CodeKind::Sq4)),
     ];
     for (what, forge) in forgeries {
