@@ -65,7 +65,8 @@ struct Args {
     /// Global refinement iterations of the fine centroids (default: the index's default).
     #[arg(long)]
     refine_iters: Option<usize>,
-    /// Compressed codes: sq4 or sq8.
+    /// Compressed codes: sq4, sq8, or pq4:D (4-bit product quantisation, D dimensions per sub-code),
+    /// pq4a:D (the same with ScaNN's anisotropic encoding).
     #[arg(long, default_value = "sq4")]
     codes: String,
     /// Levels to sweep (comma separated: 0, 1, 2, exact).
@@ -181,7 +182,13 @@ fn main() -> Result<()> {
     config.codes = match args.codes.as_str() {
         "sq4" => CodeKind::Sq4,
         "sq8" => CodeKind::Sq8,
-        other => bail!("--codes {other}: expected sq4 or sq8"),
+        other => match other.split_once(':') {
+            Some((kind @ ("pq4" | "pq4a"), d)) => CodeKind::Pq4 {
+                dims_per_code: d.parse().map_err(|_| anyhow::anyhow!("--codes {other}: D must be 1 to 16"))?,
+                anisotropic: kind == "pq4a",
+            },
+            _ => bail!("--codes {other}: expected sq4, sq8, pq4:D or pq4a:D"),
+        },
     };
 
     let build_pool =

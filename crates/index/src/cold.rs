@@ -177,6 +177,7 @@ impl Index {
             default_nprobe: p.default_nprobe,
             calibration_ids: p.calibration_ids.clone(),
             default_rerank: p.default_rerank,
+            pq_codebook: p.pq_codebook.clone(),
         }
     }
 }

@@ -64,7 +64,8 @@ pub struct IndexConfig {
     pub refine_iters: usize,
 }
 
-/// The compressed code of a vector: its residual to the fine centroid, scalar-quantised per dimension.
+/// The compressed code of a vector: its residual to the fine centroid, scalar-quantised per dimension
+/// (SQ8, SQ4) or product-quantised with 4-bit sub-codes (PQ4, see `pq.rs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CodeKind {
     /// 8 bits per dimension over the full residual range: `dim` bytes per vector, the closer estimate.
@@ -73,6 +74,18 @@ pub enum CodeKind {
     /// `dim / 2` bytes (rounded up to 64) per vector, half the memory traffic of SQ8 per scanned vector.
     #[default]
     Sq4,
+    /// Product quantisation: the residual is cut into sub-vectors of `dims_per_code` dimensions (1 to
+    /// 16), each coded by the 4-bit number of one of 16 sub-centroids trained per index (k-means per
+    /// sub-space on the residuals). `ceil(dim / dims_per_code / 2)` bytes per vector (48 at d = 384 with
+    /// 4 dimensions per code, 13 at d = 50 with 2), stored in the fast-scan layout (blocks of 32 rows,
+    /// scored with in-register table look-ups). `anisotropic` refines each code with ScaNN's
+    /// score-aware loss (threshold 0.2), which weighs the error along the vector's own direction.
+    Pq4 {
+        /// Dimensions per 4-bit sub-code.
+        dims_per_code: u8,
+        /// Encode with the anisotropic loss rather than the nearest sub-centroid.
+        anisotropic: bool,
+    },
 }
 
 impl CodeKind {
@@ -81,20 +94,45 @@ impl CodeKind {
         match self {
             CodeKind::Sq8 => dim,
             CodeKind::Sq4 => crate::kernels::sq4_stride(dim),
+            CodeKind::Pq4 { dims_per_code, .. } => {
+                crate::kernels::pq4_pairs(crate::pq::Shape::new(dim, dims_per_code).m)
+            }
         }
+    }
+
+    /// Bytes of the codes of `rows` vectors of dimension `dim` in one cluster: `rows * stride` for SQ, and
+    /// whole blocks of 32 rows for PQ4 (the fast-scan layout).
+    pub fn codes_len(self, dim: usize, rows: usize) -> usize {
+        match self.pq_shape(dim) {
+            Some(shape) => crate::kernels::pq4_codes_len(rows, shape.m),
+            None => rows * self.stride(dim),
+        }
+    }
+
+    /// The PQ4 code shape at dimension `dim`, `None` for scalar codes.
+    pub(crate) fn pq_shape(self, dim: usize) -> Option<crate::pq::Shape> {
+        match self {
+            CodeKind::Pq4 { dims_per_code, .. } => Some(crate::pq::Shape::new(dim, dims_per_code)),
+            _ => None,
+        }
+    }
+
+    /// Length of the PQ4 codebook at dimension `dim` (0 for scalar codes).
+    pub fn codebook_len(self, dim: usize) -> usize {
+        self.pq_shape(dim).map_or(0, crate::pq::Shape::codebook_len)
     }
 
     fn levels(self) -> f32 {
         match self {
             CodeKind::Sq8 => 255.0,
-            CodeKind::Sq4 => 15.0,
+            CodeKind::Sq4 | CodeKind::Pq4 { .. } => 15.0,
         }
     }
 
     /// Fraction of residuals clipped at each end of a dimension's range.
     fn clip(self) -> f64 {
         match self {
-            CodeKind::Sq8 => 0.0,
+            CodeKind::Sq8 | CodeKind::Pq4 { .. } => 0.0,
             CodeKind::Sq4 => 0.001,
         }
     }
@@ -165,6 +203,11 @@ impl IndexConfig {
         }
         if !(0.0..=1.0).contains(&self.target_recall) {
             return bad("target_recall", "must lie in [0, 1]");
+        }
+        if let CodeKind::Pq4 { dims_per_code, .. } = self.codes
+            && !(1..=MAX_DIMS_PER_CODE).contains(&dims_per_code)
+        {
+            return bad("codes", &format!("PQ4 dims_per_code {dims_per_code} is not in 1..={MAX_DIMS_PER_CODE}"));
         }
         Ok(())
     }
@@ -332,6 +375,13 @@ pub struct IndexParts {
     pub calibration_ids: Vec<u64>,
     /// Re-rank depth for k = 10 used when a search asks for 0 (calibrated at build time).
     pub default_rerank: usize,
+    /// The PQ4 codebook ([`CodeKind::Pq4`]; empty for scalar codes): sub-space after sub-space, 16
+    /// sub-centroids of `dims_per_code` values each. Not part of the serde form (which stays the one of
+    /// indexes stored before PQ4 existed): a stored index keeps it in a section of its own (the facade's
+    /// `pq_codebook`), and parts of a PQ4 index decoded without it are refused by
+    /// [`Index::from_parts`] as corrupt.
+    #[serde(skip)]
+    pub pq_codebook: Vec<f32>,
 }
 
 /// Per-query working memory; reuse one per thread to search without allocating.
@@ -345,6 +395,8 @@ pub struct Scratch {
     row_scores: Vec<f32>,
     qi8: Vec<i8>,
     est: Vec<i32>,
+    lut: Vec<u8>,
+    table: Vec<f32>,
     top: TopK,
     top2: TopK,
 }
@@ -530,7 +582,8 @@ impl Index {
             .iter()
             .enumerate()
             .flat_map(|(f, rows)| rows.iter().map(move |&r| (f, &rows_of[r as usize * dim..][..dim])));
-        let (sq_min, sq_step) = quantiser(config.codes, dim, &fine, n, members);
+        let (sq_min, sq_step) = quantiser(config.codes, dim, &fine, n, members.clone());
+        let pq_codebook = crate::pq::train_on_members(config.codes, dim, &fine, n, members, config.seed);
 
         let mut p = IndexParts {
             config: config.clone(),
@@ -545,6 +598,7 @@ impl Index {
             default_nprobe: (groups.len() / 16).max(8),
             default_rerank: 40,
             calibration_ids: held.iter().map(|&r| ids[r]).collect(),
+            pq_codebook,
         };
         p.clusters = groups
             .par_iter()
@@ -733,16 +787,24 @@ impl Index {
         if p.sq_min.len() != dim || p.sq_step.len() != dim {
             return corrupt("quantiser parameters of the wrong length".into());
         }
+        if p.pq_codebook.len() != p.config.codes.codebook_len(dim) {
+            return corrupt(format!(
+                "PQ codebook of {} values, {} expected for {:?} at dimension {dim}",
+                p.pq_codebook.len(),
+                p.config.codes.codebook_len(dim),
+                p.config.codes
+            ));
+        }
         let l2 = p.config.metric == Metric::L2;
         let mut locations = HashMap::new();
         for (f, c) in p.clusters.iter().enumerate() {
             let m = c.ids.len();
-            let stride = p.config.codes.stride(dim);
+            let codes_len = p.config.codes.codes_len(dim, m);
             let norms = if l2 { m } else { 0 };
             let bf16 =
                 if p.config.exact_prefilter && vectors_in_ram { m * crate::kernels::bf16_stride(dim) } else { 0 };
             if c.vectors.len() != if vectors_in_ram { m * dim } else { 0 }
-                || c.codes.len() != m * stride
+                || c.codes.len() != codes_len
                 || c.half_sq_norms.len() != norms
                 || c.bf16.len() != bf16
                 || !(c.max_norm.is_finite() && c.max_norm >= 0.0)
@@ -816,7 +878,8 @@ impl Index {
 
     /// Bytes of the parts that a search at LOD 1 reads (centroids and codes): what the hot tier holds.
     pub fn hot_bytes(&self) -> usize {
-        4 * (self.p.coarse.len() + self.p.fine.len()) + self.p.clusters.iter().map(|c| c.codes.len()).sum::<usize>()
+        4 * (self.p.coarse.len() + self.p.fine.len() + self.p.pq_codebook.len())
+            + self.p.clusters.iter().map(|c| c.codes.len()).sum::<usize>()
     }
 
     fn check_query(&self, q: &[f32], k: usize) -> Result<()> {
@@ -1178,13 +1241,17 @@ impl Index {
         let scale = if wmax > 0.0 { 127.0 / wmax } else { 1.0 };
         let kind = self.p.config.codes;
         let stride = kind.stride(dim);
-        s.qi8.clear();
-        s.qi8.extend(s.q.iter().zip(&self.p.sq_step).map(|(q, st)| (q * st * scale).round() as i8));
-        if kind == CodeKind::Sq4 {
-            s.qi8.resize(2 * stride, 0);
-        }
-        let q_min = crate::kernels::dot_with(self.isa, &s.q, &self.p.sq_min);
-        let inv = 1.0 / scale;
+        let pq = kind.pq_shape(dim);
+        let (q_min, inv) = if let Some(shape) = pq {
+            crate::pq::lut(shape, &self.p.pq_codebook, &s.q, &mut s.table, &mut s.lut)
+        } else {
+            s.qi8.clear();
+            s.qi8.extend(s.q.iter().zip(&self.p.sq_step).map(|(q, st)| (q * st * scale).round() as i8));
+            if kind == CodeKind::Sq4 {
+                s.qi8.resize(2 * stride, 0);
+            }
+            (crate::kernels::dot_with(self.isa, &s.q, &self.p.sq_min), 1.0 / scale)
+        };
         s.top.reset(depth);
         let mut seen = 0usize;
         let mut i = 0;
@@ -1211,6 +1278,10 @@ impl Index {
             match kind {
                 CodeKind::Sq8 => sq8_dots_with(self.isa, &s.qi8, &cl.codes, stride, &mut s.est),
                 CodeKind::Sq4 => crate::kernels::sq4_dots_with(self.isa, &s.qi8, &cl.codes, stride, &mut s.est),
+                CodeKind::Pq4 { .. } => {
+                    let m = pq.map_or(0, |shape| shape.m);
+                    crate::kernels::pq4_scan_with(self.isa, &s.lut, &cl.codes, m, &mut s.est)
+                }
             }
             // Scores in one vectorisable pass, then a scan against the (rarely changing) threshold.
             let base = qc + q_min;
@@ -1291,6 +1362,7 @@ impl Index {
     pub fn delete(&mut self, ids: &[u64]) -> usize {
         let dim = self.p.dim;
         let stride = self.p.config.codes.stride(dim);
+        let pq = self.p.config.codes.pq_shape(dim);
         let bstride = crate::kernels::bf16_stride(dim);
         let mut removed = 0;
         for &id in ids {
@@ -1305,14 +1377,20 @@ impl Index {
             }
             if pos != last {
                 cl.vectors.copy_within(last * dim..(last + 1) * dim, pos * dim);
-                cl.codes.copy_within(last * stride..(last + 1) * stride, pos * stride);
+                match pq {
+                    Some(shape) => crate::kernels::pq4_copy_row(&mut cl.codes, shape.m, last, pos),
+                    None => cl.codes.copy_within(last * stride..(last + 1) * stride, pos * stride),
+                }
                 if !cl.bf16.is_empty() {
                     cl.bf16.copy_within(last * bstride..(last + 1) * bstride, pos * bstride);
                 }
                 self.locations.insert(cl.ids[pos], (f as u32, pos as u32));
             }
             cl.vectors.truncate(last * dim);
-            cl.codes.truncate(last * stride);
+            match pq {
+                Some(shape) => crate::kernels::pq4_truncate(&mut cl.codes, shape.m, last),
+                None => cl.codes.truncate(last * stride),
+            }
             cl.bf16.truncate(if cl.bf16.is_empty() { 0 } else { last * bstride });
             if cl.representative == Some(id) {
                 let rep = representative(&self.p, f, &self.p.clusters[f]);
@@ -1390,9 +1468,12 @@ impl Index {
                 .iter()
                 .enumerate()
                 .flat_map(|(f, cl)| cl.vectors.chunks_exact(dim).map(move |x| (f, x)));
-            let (lo, st) = quantiser(self.p.config.codes, dim, &self.p.fine, total, members);
+            let (lo, st) = quantiser(self.p.config.codes, dim, &self.p.fine, total, members.clone());
             self.p.sq_min = lo;
             self.p.sq_step = st;
+            let seed = self.p.config.seed;
+            self.p.pq_codebook =
+                crate::pq::train_on_members(self.p.config.codes, dim, &self.p.fine, total, members, seed);
         }
         let mut clusters = std::mem::take(&mut self.p.clusters);
         clusters.par_iter_mut().enumerate().for_each(|(f, cl)| {
@@ -1424,6 +1505,10 @@ fn quantiser<'a>(
     total: usize,
     members: impl Iterator<Item = (usize, &'a [f32])>,
 ) -> (Vec<f32>, Vec<f32>) {
+    if kind.pq_shape(dim).is_some() {
+        // PQ4 codes have no per-dimension range; the fields keep their shape (offset 0, step 1).
+        return (vec![0.0; dim], vec![1.0; dim]);
+    }
     let every = total.div_ceil(RANGE_SAMPLE).max(1);
     let mut residuals: Vec<f32> = Vec::with_capacity((total / every + 1) * dim);
     for (f, x) in members.step_by(every) {
@@ -1566,11 +1651,15 @@ fn empty_parts() -> IndexParts {
         default_nprobe: 1,
         calibration_ids: Vec::new(),
         default_rerank: 40,
+        pq_codebook: Vec::new(),
     }
 }
 
 /// Vectors held out of training to calibrate the default nprobe.
 const CALIBRATION_QUERIES: usize = 200;
+
+/// Largest `dims_per_code` of [`CodeKind::Pq4`].
+pub const MAX_DIMS_PER_CODE: u8 = 16;
 
 /// Coarse centroids whose children a vector may move to during refinement.
 const REFINE_COARSE: usize = 4;
@@ -1597,6 +1686,14 @@ fn push_member(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
         .zip(p.sq_min.iter().zip(&p.sq_step))
         .map(|((&xj, &cj), (&lo, &st))| ((xj - cj - lo) / st).round().clamp(0.0, levels) as u8);
     match kind {
+        CodeKind::Pq4 { dims_per_code, anisotropic } => {
+            let shape = crate::pq::Shape::new(dim, dims_per_code);
+            let r: Vec<f32> = x.iter().zip(c).map(|(a, b)| a - b).collect();
+            let mut sub = vec![0u8; shape.m];
+            let eta = if anisotropic { crate::pq::eta(dim) } else { 1.0 };
+            crate::pq::encode(shape, &p.pq_codebook, &r, x, eta, &mut sub);
+            crate::kernels::pq4_push(&mut cl.codes, shape.m, cl.ids.len() - 1, &sub);
+        }
         CodeKind::Sq8 => cl.codes.extend(codes),
         CodeKind::Sq4 => {
             let unpacked: Vec<u8> = codes.collect();

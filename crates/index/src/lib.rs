@@ -34,6 +34,7 @@ mod filter;
 mod index;
 pub mod kernels;
 mod kmeans;
+mod pq;
 mod topk;
 mod validate;
 mod view;
@@ -41,5 +42,8 @@ mod view;
 pub use cold::ColdRows;
 pub use error::{Error, Result};
 pub use filter::{IdSet, RowFilter};
-pub use index::{Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};
+pub use index::{
+    Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, MAX_DIMS_PER_CODE, RebalanceReport, Scratch,
+    SearchParams,
+};
 pub use m2m_splat::Metric;

@@ -43,8 +43,17 @@ pub(crate) fn parts(p: &IndexParts) -> Result<()> {
     if !(0.0..=1.0).contains(&c.target_recall) {
         return corrupt(format!("target_recall {} is not in [0, 1]", c.target_recall));
     }
-    for (what, values) in [("coarse centroid", &p.coarse), ("fine centroid", &p.fine), ("quantiser offset", &p.sq_min)]
+    if let crate::CodeKind::Pq4 { dims_per_code, .. } = c.codes
+        && !(1..=crate::MAX_DIMS_PER_CODE).contains(&dims_per_code)
     {
+        return corrupt(format!("PQ4 dims_per_code {dims_per_code} is not in 1..={}", crate::MAX_DIMS_PER_CODE));
+    }
+    for (what, values) in [
+        ("coarse centroid", &p.coarse),
+        ("fine centroid", &p.fine),
+        ("quantiser offset", &p.sq_min),
+        ("PQ codebook", &p.pq_codebook),
+    ] {
         if let Some(i) = first_non_finite(values) {
             return corrupt(format!("{what} value {i} is {}", values[i]));
         }

@@ -7,7 +7,9 @@
 //!   index's parts without any per-member column, postcard), `offsets` (n_fine + 1 u64: the first member
 //!   of each fine cluster in the member order, then the total), `ids` (u64 per member), `codes` (the
 //!   code stride per member), `half_sq_norms` (f32 per member for L2, empty otherwise), and the learned
-//!   values of the build: `build_ids` (u64), `kappa`, `alpha` (f32 per build id).
+//!   values of the build: `build_ids` (u64), `kappa`, `alpha` (f32 per build id), and, for PQ4 codes,
+//!   `pq_codebook` (f32, the index's product-quantisation codebook, which the postcard meta does not
+//!   carry). Files written before PQ4 have no `pq_codebook` section and read as before.
 //! * `N.vec`, the cold part: `vectors`, every member's full vector (unit for cosine), f32, in the same
 //!   member order (cluster after cluster). It is mapped and never read whole at open: the index reads
 //!   its rows in place (LOD 2 re-rank, Exact), so the page cache holds what is used. Its checksum is
@@ -61,6 +63,10 @@ pub(crate) fn write(db: &Db, index: &Index, learned: &Learned) -> Result<Vec<Pat
     hot.write_values(&learned.kappa)?;
     hot.begin("alpha", SectionKind::F32)?;
     hot.write_values(&learned.alpha)?;
+    if !parts.pq_codebook.is_empty() {
+        hot.begin("pq_codebook", SectionKind::F32)?;
+        hot.write_values(&parts.pq_codebook)?;
+    }
     let mut cold: SectionWriter = db.index_writer("vec")?;
     cold.begin("vectors", SectionKind::F32)?;
     let dim = index.dim();
@@ -98,7 +104,7 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
     let codes: &[u8] = hot.verified_bytes("codes", SectionKind::U8)?;
     let half: &[f32] = hot.values("half_sq_norms", SectionKind::F32, true)?;
     let dim = parts.dim;
-    let stride = parts.config.codes.stride(dim);
+    let kind = parts.config.codes;
     let l2 = parts.config.metric == crate::Metric::L2;
     let members = ids.len();
     let monotone = offsets.windows(2).all(|w| w[0] <= w[1]);
@@ -112,13 +118,18 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
             format!("offsets do not split {members} members into {} clusters", parts.clusters.len()),
         ));
     }
-    if codes.len() != members * stride || half.len() != if l2 { members } else { 0 } {
+    // Each cluster's codes take `codes_len` bytes (whole blocks of 32 rows for PQ4), cluster after cluster.
+    let code_bytes: usize = offsets.windows(2).map(|w| kind.codes_len(dim, (w[1] - w[0]) as usize)).sum();
+    if codes.len() != code_bytes || half.len() != if l2 { members } else { 0 } {
         return Err(corrupt(hot, format!("codes or norms of the wrong length for {members} members")));
     }
+    let mut at = 0usize;
     for (f, cl) in parts.clusters.iter_mut().enumerate() {
         let (lo, hi) = (offsets[f] as usize, offsets[f + 1] as usize);
         cl.ids = ids[lo..hi].to_vec();
-        cl.codes = codes[lo * stride..hi * stride].to_vec();
+        let len = kind.codes_len(dim, hi - lo);
+        cl.codes = codes[at..at + len].to_vec();
+        at += len;
         if l2 {
             cl.half_sq_norms = half[lo..hi].to_vec();
         }
@@ -129,6 +140,11 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
         alpha: hot.values::<f32>("alpha", SectionKind::F32, true)?.to_vec(),
     };
     crate::validate::learned(hot.path(), &learned.ids, &learned.kappa, &learned.alpha)?;
+    // Absent in files of scalar codes (and in every file from before PQ4); a PQ4 index without it, or a
+    // codebook of the wrong length, is refused by `from_cold_parts` below.
+    if hot.sections().iter().any(|s| s.name == "pq_codebook") {
+        parts.pq_codebook = hot.values::<f32>("pq_codebook", SectionKind::F32, true)?.to_vec();
+    }
     let index = Index::from_cold_parts(parts, cold_rows(files)?).map_err(|e| corrupt(hot, e.to_string()))?;
     crate::validate::index_matches(hot.path(), &index, config, &learned.ids)?;
     Ok((index, learned))
@@ -145,4 +161,91 @@ pub(crate) fn damage(dir: &std::path::Path, e: &m2m_tier::Error) -> Error {
         }
         other => m2m_tier::Error::Corrupt { path: dir.to_path_buf(), offset: 0, reason: other.to_string() },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m2m_index::{CodeKind, IndexConfig, Lod, SearchParams};
+    use m2m_tier::DbOptions;
+
+    const DIM: usize = 16;
+    const ROWS: usize = 600;
+
+    fn open_all(paths: &[PathBuf]) -> Vec<Arc<SectionFile>> {
+        paths.iter().map(|p| Arc::new(SectionFile::open(p).unwrap())).collect()
+    }
+
+    /// Copies the hot file `from` to `to`, section by section, with `edit` applied to each (name, bytes);
+    /// `None` leaves the section out.
+    fn rewrite(from: &SectionFile, to: &std::path::Path, edit: impl Fn(&str, &[u8]) -> Option<Vec<u8>>) {
+        let mut w = SectionWriter::create(to).unwrap();
+        for s in from.sections() {
+            if let Some(bytes) = edit(&s.name, from.bytes(&s.name, s.kind).unwrap()) {
+                w.begin(&s.name, s.kind).unwrap();
+                w.write(&bytes).unwrap();
+            }
+        }
+        w.finish().unwrap();
+    }
+
+    /// A PQ4 index written to its section files loads with the same codebook and answers as before; a hot
+    /// file without its `pq_codebook` section, or with a NaN in it, is `Corrupt` naming that file. An SQ4
+    /// index writes no such section (files stay as before PQ4). Catches a writer that drops the codebook,
+    /// a loader that slices PQ4 codes by a per-row stride (blocks of 32 rows are not), and a codebook
+    /// accepted unchecked.
+    #[test]
+    fn a_pq4_index_round_trips_and_a_forged_codebook_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+        let vectors: Vec<f32> = (0..ROWS * DIM).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+        let ids: Vec<u64> = (0..ROWS as u64).collect();
+        let learned = Learned { ids: ids.clone(), kappa: vec![10.0; ROWS], alpha: vec![1.0; ROWS] };
+        let config = M2mConfig::default().dim(DIM);
+        let pq = CodeKind::Pq4 { dims_per_code: 2, anisotropic: true };
+        let index = Index::build(&IndexConfig::default().codes(pq), DIM, &vectors, &ids).unwrap();
+        let paths = write(&db, &index, &learned).unwrap();
+        let files = open_all(&paths);
+        assert!(files[0].sections().iter().any(|s| s.name == "pq_codebook"));
+        let (back, _) = load(&files, &config).unwrap();
+        assert_eq!(back.parts().pq_codebook, index.parts().pq_codebook);
+        let p = SearchParams::default();
+        let q = &vectors[..8 * DIM];
+        assert_eq!(
+            back.search_batch(q, 10, Lod::Codes, &p).unwrap(),
+            index.search_batch(q, 10, Lod::Codes, &p).unwrap()
+        );
+
+        let forged = dir.path().join("forged.idx");
+        type Edit = Box<dyn Fn(&str, &[u8]) -> Option<Vec<u8>>>;
+        let forgeries: [(&str, Edit); 2] = [
+            ("no codebook", Box::new(|name, b| (name != "pq_codebook").then(|| b.to_vec()))),
+            (
+                "NaN in the codebook",
+                Box::new(|name, b| {
+                    let mut b = b.to_vec();
+                    if name == "pq_codebook" {
+                        b[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+                    }
+                    Some(b)
+                }),
+            ),
+        ];
+        for (what, edit) in forgeries {
+            rewrite(&files[0], &forged, edit);
+            let bad = vec![Arc::new(SectionFile::open(&forged).unwrap()), files[1].clone()];
+            match load(&bad, &config) {
+                Err(Error::Tier(m2m_tier::Error::Corrupt { path, .. })) => assert_eq!(path, forged, "{what}"),
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what}: accepted"),
+            }
+        }
+
+        let sq = Index::build(&IndexConfig::default(), DIM, &vectors, &ids).unwrap();
+        let paths = write(&db, &sq, &learned).unwrap();
+        let files = open_all(&paths);
+        assert!(files[0].sections().iter().all(|s| s.name != "pq_codebook"));
+        let (back, _) = load(&files, &config).unwrap();
+        assert_eq!(back.search_batch(q, 10, Lod::Codes, &p).unwrap(), sq.search_batch(q, 10, Lod::Codes, &p).unwrap());
+    }
 }

@@ -344,3 +344,52 @@ pub(super) unsafe fn sq4_dots_avx2(query: &[i8], codes: &[u8], stride: usize, ou
         }
     }
 }
+
+/// The fast-scan PQ4 kernel (layout and overflow rule in `fastscan.rs`): per block of 32 rows and pair of
+/// sub-spaces, one 32-byte load, two `vpshufb` against the pair's two tables (one per 128-bit lane), and
+/// four u16 adds, flushed into u32 totals every [`FS_FLUSH`](super::fastscan::FS_FLUSH) pairs.
+///
+/// # Safety
+/// The CPU must support AVX2; `lut.len() == pairs * 32` and `codes` holds at least
+/// `ceil(out.len() / 32)` blocks of `pairs * 32` bytes.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn pq4_scan_avx2(lut: &[u8], codes: &[u8], pairs: usize, out: &mut [i32]) {
+    use super::fastscan::{FS_BLOCK, FS_FLUSH, fold_flush};
+    let bb = pairs * FS_BLOCK;
+    let mask = _mm256_set1_epi8(0x0F);
+    for (b, chunk) in out.chunks_mut(FS_BLOCK).enumerate() {
+        let mut tot = [0i32; FS_BLOCK];
+        let mut p0 = 0;
+        while p0 < pairs {
+            let p1 = (p0 + FS_FLUSH).min(pairs);
+            let z = _mm256_setzero_si256();
+            let (mut a_lo, mut b_lo, mut a_hi, mut b_hi) = (z, z, z, z);
+            for p in p0..p1 {
+                // SAFETY: block b exists (the caller's shape) and p < pairs, so bytes b * bb + p * 32 + 0..32
+                // are in `codes`; p * 32 + 0..32 are in `lut`.
+                let (x, t) = unsafe {
+                    (
+                        _mm256_loadu_si256(codes.as_ptr().add(b * bb + p * 32).cast()),
+                        _mm256_loadu_si256(lut.as_ptr().add(p * 32).cast()),
+                    )
+                };
+                let lo = _mm256_and_si256(x, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), mask);
+                let rl = _mm256_shuffle_epi8(t, lo);
+                let rh = _mm256_shuffle_epi8(t, hi);
+                a_lo = _mm256_add_epi16(a_lo, rl);
+                b_lo = _mm256_add_epi16(b_lo, _mm256_srli_epi16(rl, 8));
+                a_hi = _mm256_add_epi16(a_hi, rh);
+                b_hi = _mm256_add_epi16(b_hi, _mm256_srli_epi16(rh, 8));
+            }
+            let mut w = [[0u16; 16]; 4];
+            for (dst, v) in w.iter_mut().zip([a_lo, b_lo, a_hi, b_hi]) {
+                // SAFETY: each destination is 32 bytes.
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+            }
+            fold_flush(&mut tot, &w[0], &w[1], &w[2], &w[3]);
+            p0 = p1;
+        }
+        chunk.copy_from_slice(&tot[..chunk.len()]);
+    }
+}

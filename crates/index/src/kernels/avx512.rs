@@ -564,3 +564,60 @@ pub(super) unsafe fn sq8_dots_avx512(query: &[i8], codes: &[u8], stride: usize, 
         out[r] = sq8_dot512(&codes[r * stride..][..n], query);
     }
 }
+
+/// The fast-scan PQ4 kernel on 512-bit registers (layout and overflow rule in `fastscan.rs`): one 64-byte
+/// load brings two pairs (four sub-spaces, one per 128-bit lane) of 32 rows, scored by two `vpshufb`;
+/// an odd last pair is scored by the scalar loop.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `lut.len() == pairs * 32` and `codes` holds at least
+/// `ceil(out.len() / 32)` blocks of `pairs * 32` bytes.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn pq4_scan_avx512(lut: &[u8], codes: &[u8], pairs: usize, out: &mut [i32]) {
+    use super::fastscan::{FS_BLOCK, FS_FLUSH, fold_flush};
+    let bb = pairs * FS_BLOCK;
+    let quads = pairs / 2;
+    let mask = _mm512_set1_epi8(0x0F);
+    for (b, chunk) in out.chunks_mut(FS_BLOCK).enumerate() {
+        let mut tot = [0i32; FS_BLOCK];
+        let block = &codes[b * bb..][..bb];
+        let mut q0 = 0;
+        while q0 < quads {
+            let q1 = (q0 + FS_FLUSH).min(quads);
+            let z = _mm512_setzero_si512();
+            let (mut a_lo, mut b_lo, mut a_hi, mut b_hi) = (z, z, z, z);
+            for q in q0..q1 {
+                // SAFETY: q < quads, so bytes q * 64 + 0..64 lie within the block (2 * quads <= pairs) and
+                // within `lut`.
+                let (x, t) = unsafe {
+                    (
+                        _mm512_loadu_si512(block.as_ptr().add(q * 64).cast()),
+                        _mm512_loadu_si512(lut.as_ptr().add(q * 64).cast()),
+                    )
+                };
+                let lo = _mm512_and_si512(x, mask);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), mask);
+                let rl = _mm512_shuffle_epi8(t, lo);
+                let rh = _mm512_shuffle_epi8(t, hi);
+                a_lo = _mm512_add_epi16(a_lo, rl);
+                b_lo = _mm512_add_epi16(b_lo, _mm512_srli_epi16(rl, 8));
+                a_hi = _mm512_add_epi16(a_hi, rh);
+                b_hi = _mm512_add_epi16(b_hi, _mm512_srli_epi16(rh, 8));
+            }
+            let mut w = [[0u16; 32]; 4];
+            for (dst, v) in w.iter_mut().zip([a_lo, b_lo, a_hi, b_hi]) {
+                // SAFETY: each destination is 64 bytes.
+                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
+            }
+            fold_flush(&mut tot, &w[0], &w[1], &w[2], &w[3]);
+            q0 = q1;
+        }
+        if pairs % 2 == 1 {
+            let p = pairs - 1;
+            let mut tail = [0i32; FS_BLOCK];
+            super::fastscan::pq4_scan_scalar(&lut[p * 32..], &block[p * 32..], 1, &mut tail);
+            tot.iter_mut().zip(tail).for_each(|(t, v)| *t += v);
+        }
+        chunk.copy_from_slice(&tot[..chunk.len()]);
+    }
+}

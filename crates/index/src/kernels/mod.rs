@@ -147,6 +147,11 @@ impl std::fmt::Display for Isa {
     }
 }
 
+pub use fastscan::{
+    FS_BLOCK, FS_FLUSH, pq4_block_bytes, pq4_codes_len, pq4_copy_row, pq4_get, pq4_lut_len, pq4_pairs, pq4_push,
+    pq4_scan_with, pq4_truncate,
+};
+
 const LANES: usize = 16;
 
 /// Dot product of the common prefix of `a` and `b`, with the best instruction set.
@@ -537,6 +542,7 @@ pub fn weighted_sums(coef: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod fastscan;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod scalar;

@@ -376,3 +376,90 @@ fn best_isa_is_available() {
     assert!(Isa::best().is_available());
     assert!(Isa::available().contains(&Isa::best()));
 }
+
+/// Fast-scan codes of `rows` rows of `m` random sub-codes, and the codes themselves.
+fn fastscan_rows(rows: usize, m: usize, rng: &mut impl rand::Rng) -> (Vec<u8>, Vec<Vec<u8>>) {
+    use rand::RngExt;
+    let plain: Vec<Vec<u8>> = (0..rows).map(|_| (0..m).map(|_| rng.random_range(0..16u8)).collect()).collect();
+    let mut codes = Vec::new();
+    for (r, row) in plain.iter().enumerate() {
+        pq4_push(&mut codes, m, r, row);
+    }
+    (codes, plain)
+}
+
+proptest! {
+    /// Every ISA's fast-scan sums equal the plain sum of looked-up bytes over the unpacked codes, to the
+    /// integer. Rows 0..100 cover partial and several blocks; m 1..40 odd and even sub-space counts (the
+    /// padding sub-space, AVX-512's odd last pair). Catches a swapped nibble half (rows j and 16 + j), a
+    /// lane holding the wrong sub-space, a wrong even/odd recovery in `fold_flush`, and a block stride
+    /// off by a pair.
+    #[test]
+    fn pq4_fastscan_matches_the_unpacked_sums(rows in 0usize..100, m in 1usize..40, seed in any::<u64>()) {
+        use rand::{RngExt, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (codes, plain) = fastscan_rows(rows, m, &mut rng);
+        prop_assert_eq!(codes.len(), pq4_codes_len(rows, m));
+        let mut lut = vec![0u8; pq4_lut_len(m)];
+        lut[..16 * m].iter_mut().for_each(|v| *v = rng.random_range(0..=255u8));
+        for (r, row) in plain.iter().enumerate() {
+            for (s, &c) in row.iter().enumerate() {
+                prop_assert_eq!(pq4_get(&codes, m, r, s), c);
+            }
+        }
+        let want: Vec<i32> = plain
+            .iter()
+            .map(|row| row.iter().enumerate().map(|(s, &c)| i32::from(lut[s * 16 + usize::from(c)])).sum())
+            .collect();
+        for isa in Isa::available() {
+            let mut out = vec![-1i32; rows];
+            pq4_scan_with(isa, &lut, &codes, m, &mut out);
+            prop_assert_eq!(&out, &want, "{:?}", isa);
+        }
+    }
+
+    /// Deleting by copying the last row over another and truncating keeps every other row's codes and
+    /// leaves the layout equal to one built from the remaining rows. Catches a copy of the wrong nibble,
+    /// a truncate that leaves stale codes in the last block (scored as padding rows) or drops a block
+    /// too early.
+    #[test]
+    fn pq4_copy_and_truncate_keep_the_layout(rows in 1usize..80, m in 1usize..9, del in any::<usize>(), seed in any::<u64>()) {
+        use rand::{SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (mut codes, mut plain) = fastscan_rows(rows, m, &mut rng);
+        let pos = del % rows;
+        let last = rows - 1;
+        pq4_copy_row(&mut codes, m, last, pos);
+        pq4_truncate(&mut codes, m, last);
+        plain.swap_remove(pos);
+        let mut rebuilt = Vec::new();
+        for (r, row) in plain.iter().enumerate() {
+            pq4_push(&mut rebuilt, m, r, row);
+        }
+        prop_assert_eq!(codes, rebuilt);
+    }
+}
+
+/// The largest sums: every byte 255 over 600 sub-spaces (300 pairs, more than one u16 flush of
+/// `FS_FLUSH` = 256 steps, 153,000 per row). Catches a flush placed after more than 257 steps (a u16
+/// lane wraps) or never (the sum wraps at 65,536).
+#[test]
+fn pq4_extreme_sums_are_exact() {
+    for m in [512usize, 513, 600, 1100] {
+        let rows = 40;
+        let mut codes = Vec::new();
+        for r in 0..rows {
+            pq4_push(&mut codes, m, r, &vec![(r % 16) as u8; m]);
+        }
+        let lut = {
+            let mut l = vec![255u8; pq4_lut_len(m)];
+            l[16 * m..].fill(0);
+            l
+        };
+        for isa in Isa::available() {
+            let mut out = vec![0i32; rows];
+            pq4_scan_with(isa, &lut, &codes, m, &mut out);
+            assert!(out.iter().all(|&v| v == 255 * m as i32), "{isa:?} m {m}: {:?}", &out[..4]);
+        }
+    }
+}

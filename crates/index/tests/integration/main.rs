@@ -2,5 +2,6 @@
 //! typed errors, updates, and serialisation.
 
 mod lod;
+mod pq;
 mod recall;
 mod updates;
