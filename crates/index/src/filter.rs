@@ -144,6 +144,31 @@ impl std::fmt::Display for FilterPlan {
     }
 }
 
+/// Knobs of a filtered search; the default chooses the plan and widens as the module documentation says.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FilterOptions {
+    /// The plan at LOD 1 and 2: forced (`Some`) or chosen by the cost model (`None`, the default). LOD 0
+    /// and Exact keep their own.
+    pub plan: Option<FilterPlan>,
+    /// In-cluster probing stops once `widen` times as many matching members were scored as the first
+    /// `nprobe` clusters hold (at least k). Default 1.0: as many candidates as an unfiltered search
+    /// scores, so that a filter every row matches gives the unfiltered search (which holds for any
+    /// `widen` <= 1). Must be finite and positive.
+    pub widen: f64,
+}
+
+impl Default for FilterOptions {
+    fn default() -> Self {
+        FilterOptions { plan: None, widen: 1.0 }
+    }
+}
+
+impl From<Option<FilterPlan>> for FilterOptions {
+    fn from(plan: Option<FilterPlan>) -> Self {
+        FilterOptions { plan, ..FilterOptions::default() }
+    }
+}
+
 /// What one filtered search did: the plan that ran and its work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FilterStats {
@@ -239,6 +264,8 @@ struct FilterScratch {
     pos: Vec<u32>,
     buf: Vec<f32>,
     est: Vec<i32>,
+    gather: Vec<u8>,
+    rows: Vec<(u32, u32)>,
     visited: Vec<bool>,
 }
 
@@ -248,6 +275,16 @@ struct Codes {
     inv: f32,
     stride: usize,
     kind: CodeKind,
+}
+
+fn check_options(o: FilterOptions) -> Result<FilterOptions> {
+    if !(o.widen.is_finite() && o.widen > 0.0) {
+        return Err(Error::InvalidConfig {
+            what: "widen",
+            reason: format!("{}: must be finite and positive", o.widen),
+        });
+    }
+    Ok(o)
 }
 
 impl Index {
@@ -266,10 +303,11 @@ impl Index {
         Ok(self.search_filtered_planned(query, k, lod, params, filter, None)?.0)
     }
 
-    /// [`search_filtered`](Self::search_filtered) with the plan forced (`Some`; LOD 0 and Exact keep
-    /// their own) or chosen (`None`), returning what the search did beside the hits.
+    /// [`search_filtered`](Self::search_filtered) with [`FilterOptions`] (or just the plan: `Some` forced,
+    /// `None` chosen), returning what the search did beside the hits.
     ///
-    /// Errors: those of [`Index::search`].
+    /// Errors: those of [`Index::search`]; [`Error::InvalidConfig`] for a `widen` that is not finite and
+    /// positive.
     pub fn search_filtered_planned(
         &self,
         query: &[f32],
@@ -277,10 +315,11 @@ impl Index {
         lod: Lod,
         params: &SearchParams,
         filter: &dyn RowFilter,
-        plan: Option<FilterPlan>,
+        options: impl Into<FilterOptions>,
     ) -> Result<(Vec<Hit>, FilterStats)> {
+        let options = check_options(options.into())?;
         self.check_filtered(query.len(), k)?;
-        self.filtered_one(query, k, lod, params, Source::Lazy(filter), plan, &mut FilterScratch::default())
+        self.filtered_one(query, k, lod, params, Source::Lazy(filter), &options, &mut FilterScratch::default())
     }
 
     /// [`search_filtered`](Self::search_filtered) for many queries (row-major), in parallel; one list per
@@ -313,8 +352,9 @@ impl Index {
         lod: Lod,
         params: &SearchParams,
         filter: &dyn RowFilter,
-        plan: Option<FilterPlan>,
+        options: impl Into<FilterOptions>,
     ) -> Result<Vec<(Vec<Hit>, FilterStats)>> {
+        let options = check_options(options.into())?;
         let dim = self.dim();
         if !queries.len().is_multiple_of(dim) {
             return Err(Error::RaggedBatch { len: queries.len(), dim });
@@ -326,7 +366,7 @@ impl Index {
         queries
             .par_chunks(dim)
             .map_init(FilterScratch::default, |fs, q| {
-                self.filtered_one(q, k, lod, params, Source::Mask(&mask), plan, fs)
+                self.filtered_one(q, k, lod, params, Source::Mask(&mask), &options, fs)
             })
             .enumerate()
             .map(|(row, r)| r.map_err(|e| with_row(e, row)))
@@ -351,9 +391,10 @@ impl Index {
         lod: Lod,
         params: &SearchParams,
         src: Source<'_>,
-        force: Option<FilterPlan>,
+        options: &FilterOptions,
         fs: &mut FilterScratch,
     ) -> Result<(Vec<Hit>, FilterStats)> {
+        let force = options.plan;
         self.check_filtered(query.len(), k)?;
         let q = self.prepare(query, &mut fs.s)?;
         let n = self.len();
@@ -399,8 +440,18 @@ impl Index {
                     self.exact_scan(k, exact_rows, src, fs, &mut stats)
                 } else {
                     let adaptive = force.is_none() && known.is_none();
-                    match self.in_cluster(k, depth, nprobe, known.unwrap_or(1.0), params, src, adaptive, fs, &mut stats)
-                    {
+                    match self.in_cluster(
+                        k,
+                        depth,
+                        nprobe,
+                        known.unwrap_or(1.0),
+                        options.widen,
+                        params,
+                        src,
+                        adaptive,
+                        fs,
+                        &mut stats,
+                    ) {
                         Some(()) => {
                             stats.plan = FilterPlan::InCluster;
                             if exact_rows { self.rerank_filtered(k, fs) } else { fs.s.top.drain_sorted() }
@@ -466,6 +517,7 @@ impl Index {
         pos: &[u32],
         est: &mut Vec<i32>,
         buf: &mut Vec<f32>,
+        gather: &mut Vec<u8>,
         top: &mut TopK,
     ) {
         let cl = &self.p.clusters[f];
@@ -485,10 +537,17 @@ impl Index {
             top.offer(f as u32, buf);
             return;
         }
-        est.resize(1, 0);
+        // Otherwise the matching codes are gathered side by side and scored by one kernel call (the
+        // kernels score four rows per step; one call per row costs several times more, and scoring the
+        // whole cluster scores rows that cannot be returned).
+        gather.clear();
         for &p in pos {
-            score_rows(&cl.codes[p as usize * c.stride..][..c.stride], &mut est[..1]);
-            let mut score = base + est[0] as f32 * c.inv;
+            gather.extend_from_slice(&cl.codes[p as usize * c.stride..][..c.stride]);
+        }
+        est.resize(pos.len(), 0);
+        score_rows(gather, est);
+        for (&p, &e) in pos.iter().zip(est.iter()) {
+            let mut score = base + e as f32 * c.inv;
             if let Some(h) = cl.half_sq_norms.get(p as usize) {
                 score -= h;
             }
@@ -527,6 +586,7 @@ impl Index {
         depth: usize,
         nprobe: usize,
         s_est: f64,
+        widen: f64,
         params: &SearchParams,
         src: Source<'_>,
         adaptive: bool,
@@ -539,7 +599,7 @@ impl Index {
         let nprobe = nprobe.clamp(1, fs.s.fine.len().max(1));
         self.top_fine(nprobe, &mut fs.s);
         let codes = self.code_query(&mut fs.s);
-        let FilterScratch { s, pos, buf, est, visited } = fs;
+        let FilterScratch { s, pos, buf, est, gather, visited, .. } = fs;
         s.top.reset(depth);
         let mut first_rows = 0usize;
         let mut matched = 0usize;
@@ -548,8 +608,8 @@ impl Index {
         let mut i = 0;
         loop {
             if i == nprobe.min(s.fine.len()) && need == usize::MAX {
-                // The members an unfiltered search scores for this query, at least k.
-                need = first_rows.max(k);
+                // The members an unfiltered search scores for this query (times `widen`), at least k.
+                need = ((first_rows as f64 * widen).ceil() as usize).max(k);
                 if adaptive && stats.rows_checked > 0 {
                     let s_local = matched as f64 / stats.rows_checked as f64;
                     stats.selectivity = s_local;
@@ -602,7 +662,7 @@ impl Index {
                 continue;
             }
             matched += pos.len();
-            self.offer_codes(f as usize, qc, &codes, &s.qi8, pos, est, buf, &mut s.top);
+            self.offer_codes(f as usize, qc, &codes, &s.qi8, pos, est, buf, gather, &mut s.top);
         }
         stats.rows_scored = matched;
         Some(())
@@ -630,22 +690,30 @@ impl Index {
     ) -> Vec<Entry> {
         let dim = self.dim();
         let codes = if exact_rows { None } else { Some(self.code_query(&mut fs.s)) };
-        let FilterScratch { s, pos, buf, est, .. } = fs;
+        let FilterScratch { s, pos, buf, est, gather, rows, .. } = fs;
         s.top.reset(k);
         let mut scored = 0usize;
         let centroid_dot = |f: usize, q: &[f32]| dot_with(self.isa(), q, &self.p.fine[f * dim..][..dim]);
         if let Source::Lazy(filter) = src
             && let Some(ids) = filter.matching_ids()
         {
-            // Listed ids, each looked up in the id map; ids not in the index are skipped.
-            for id in ids {
-                let Some(&(f, p)) = self.locations.get(id) else { continue };
+            // Listed ids, each looked up in the id map (ids not in the index are skipped), then scored in
+            // storage order, which reads memory forwards instead of at random.
+            rows.clear();
+            rows.extend(ids.iter().filter_map(|id| self.locations.get(id).copied()));
+            rows.sort_unstable();
+            for &(f, p) in rows.iter() {
                 scored += 1;
                 match &codes {
-                    None => s.top.push(Entry { score: self.member_score(&s.q, f, p), cluster: f, pos: p }),
+                    None => {
+                        let score = self.member_score(&s.q, f, p);
+                        if score > s.top.threshold() {
+                            s.top.push(Entry { score, cluster: f, pos: p });
+                        }
+                    }
                     Some(c) => {
                         let qc = centroid_dot(f as usize, &s.q);
-                        self.offer_codes(f as usize, qc, c, &s.qi8, &[p], est, buf, &mut s.top);
+                        self.offer_codes(f as usize, qc, c, &s.qi8, &[p], est, buf, gather, &mut s.top);
                     }
                 }
             }
@@ -666,7 +734,7 @@ impl Index {
             match &codes {
                 Some(c) => {
                     let qc = centroid_dot(f, &s.q);
-                    self.offer_codes(f, qc, c, &s.qi8, pos, est, buf, &mut s.top);
+                    self.offer_codes(f, qc, c, &s.qi8, pos, est, buf, gather, &mut s.top);
                 }
                 // Most members match: one many-row kernel call, then only the matching scores offered.
                 None if 4 * pos.len() >= m => {

@@ -40,6 +40,6 @@ mod view;
 
 pub use cold::ColdRows;
 pub use error::{Error, Result};
-pub use filter::{CHECK_COST, CODE_COST, FilterPlan, FilterStats, IdSet, RowFilter};
+pub use filter::{CHECK_COST, CODE_COST, FilterOptions, FilterPlan, FilterStats, IdSet, RowFilter};
 pub use index::{Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};
 pub use m2m_splat::Metric;

@@ -1,7 +1,7 @@
 //! Filtered search: the plans against the exact filtered truth (f64 brute force over the matching rows),
 //! the planner's switch, and the edge cases (no match, fewer than k, every row, deleted and unknown ids).
 
-use m2m_index::{Error, FilterPlan, Hit, IdSet, Index, IndexConfig, Lod, RowFilter, SearchParams};
+use m2m_index::{Error, FilterOptions, FilterPlan, Hit, IdSet, Index, IndexConfig, Lod, RowFilter, SearchParams};
 use m2m_splat::{DigitsConfig, digits_on_sphere};
 
 const DIM: usize = 32;
@@ -337,6 +337,17 @@ fn bad_queries_are_typed_errors() {
         d.index.search_batch_filtered(&d.queries[..DIM + 1], 3, Lod::Rerank, &params(), &f),
         Err(Error::RaggedBatch { .. })
     ));
+    for widen in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let o = FilterOptions { widen, ..FilterOptions::default() };
+        assert!(matches!(
+            d.index.search_filtered_planned(&d.queries[..DIM], 3, Lod::Rerank, &params(), &f, o),
+            Err(Error::InvalidConfig { what: "widen", .. })
+        ));
+        assert!(matches!(
+            d.index.search_batch_filtered_planned(&d.queries, 3, Lod::Rerank, &params(), &f, o),
+            Err(Error::InvalidConfig { what: "widen", .. })
+        ));
+    }
     let mut bad = d.queries[..2 * DIM].to_vec();
     bad[DIM + 3] = f32::NAN;
     assert!(matches!(
