@@ -537,6 +537,22 @@ impl Index {
             top.offer(f as u32, buf);
             return;
         }
+        if 2 * pos.len() >= m {
+            // Most members match: the whole cluster by one kernel call over its contiguous codes (cheaper
+            // than copying the matching half aside), then only the matching scores offered.
+            est.resize(m, 0);
+            score_rows(&cl.codes, est);
+            for &p in pos {
+                let mut score = base + est[p as usize] as f32 * c.inv;
+                if let Some(h) = cl.half_sq_norms.get(p as usize) {
+                    score -= h;
+                }
+                if score > top.threshold() {
+                    top.push(Entry { score, cluster: f as u32, pos: p });
+                }
+            }
+            return;
+        }
         // Otherwise the matching codes are gathered side by side and scored by one kernel call (the
         // kernels score four rows per step; one call per row costs several times more, and scoring the
         // whole cluster scores rows that cannot be returned).
