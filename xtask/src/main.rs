@@ -38,6 +38,10 @@
 //! * `cargo xtask python [--matrix]`: the wheel and its pytest suite (and mypy --strict over the
 //!   package); `--matrix` repeats the suite on the oldest and newest numpy the wheel supports (not in
 //!   CI: it downloads and installs numpy twice).
+//! * `cargo xtask bench filter [--nq 1000] [--shares 0.5,0.1,0.01,0.001] [--json OUT] [--export DIR]`:
+//!   filtered search on minilm70k with synthetic attributes (random rows and k-means labels) against the
+//!   exact filtered truth, pinned to one core (`M2M_BENCH_CPU`, default 1) with `taskset`; `--export`
+//!   writes the filters and truth for `benches/peers/filtered.py` (hnswlib and LanceDB).
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--isa scalar|avx2|avx512|neon] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists
 //!   every option; the ISA that ran is printed).
@@ -269,12 +273,44 @@ fn fuzz(seconds: Option<u64>) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench filter [ARGS...]`: the filtered-search benchmark (bench_filter.rs), a release binary
+/// on minilm70k unless ARGS name `--base`, pinned to one core with `taskset` where it exists (the timed
+/// searches are 1-thread; the build and the truth then run on that core too).
+fn bench_filter(args: &[String]) -> Result<()> {
+    run("cargo", &["build", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-filter"])?;
+    let bin = workspace_root().join("target/release/bench-filter");
+    let bin = bin.to_string_lossy().into_owned();
+    let mut cmd: Vec<String> = Vec::new();
+    let pinned = Command::new("taskset").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    if pinned {
+        cmd.extend(["-c".to_string(), std::env::var("M2M_BENCH_CPU").unwrap_or_else(|_| "1".into()), bin]);
+    } else {
+        eprintln!("taskset not found: the benchmark runs unpinned");
+        cmd.push(bin);
+    }
+    if !args.iter().any(|a| a == "--base") {
+        let data = workspace_root().join("../shared/data/minilm70k/minilm70k");
+        let (base, queries) = (data.with_extension("base.fvecs"), data.with_extension("query.fvecs"));
+        if !base.exists() || !queries.exists() {
+            bail!("{} not found: give --base and --queries", base.display());
+        }
+        cmd.extend(["--base".into(), base.to_string_lossy().into_owned()]);
+        cmd.extend(["--queries".into(), queries.to_string_lossy().into_owned()]);
+    }
+    cmd.extend(args.iter().cloned());
+    let cmd_refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    if pinned { run("taskset", &cmd_refs) } else { run(cmd_refs[0], &cmd_refs[1..]) }
+}
+
 fn bench(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("search") {
         // The retrieval benchmark: a release binary, so that its figures are those of an optimised build.
         let mut cmd = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-search", "--"];
         cmd.extend(args[1..].iter().map(String::as_str));
         return run("cargo", &cmd);
+    }
+    if args.first().map(String::as_str) == Some("filter") {
+        return bench_filter(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("train") {
         // Downstream evidence for the data lake's training science (a release binary: minutes).

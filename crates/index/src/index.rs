@@ -387,22 +387,22 @@ pub struct IndexParts {
 /// Per-query working memory; reuse one per thread to search without allocating.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    q: Vec<f32>,
-    coarse_scores: Vec<f32>,
-    fine: Vec<(f32, u32)>,
-    coarse_order: Vec<u32>,
-    scores: Vec<f32>,
-    row_scores: Vec<f32>,
-    qi8: Vec<i8>,
-    est: Vec<i32>,
-    lut: Vec<u8>,
-    table: Vec<f32>,
-    top: TopK,
-    top2: TopK,
+    pub(crate) q: Vec<f32>,
+    pub(crate) coarse_scores: Vec<f32>,
+    pub(crate) fine: Vec<(f32, u32)>,
+    pub(crate) coarse_order: Vec<u32>,
+    pub(crate) scores: Vec<f32>,
+    pub(crate) row_scores: Vec<f32>,
+    pub(crate) qi8: Vec<i8>,
+    pub(crate) est: Vec<i32>,
+    pub(crate) lut: Vec<u8>,
+    pub(crate) table: Vec<f32>,
+    pub(crate) top: TopK,
+    pub(crate) top2: TopK,
 }
 
 /// A prepared query: the vector as the index compares it, plus what is needed to report scores.
-struct Query {
+pub(crate) struct Query {
     q_sq: f32,
 }
 
@@ -417,7 +417,7 @@ pub struct Index {
     /// Fine centroids in `order`, transposed into blocks of 16 for [`crate::kernels::dots_t16_with`].
     fine_t: Vec<f32>,
     coarse_bias: Vec<f32>,
-    fine_bias: Vec<f32>,
+    pub(crate) fine_bias: Vec<f32>,
     pub(crate) locations: HashMap<u64, (u32, u32)>,
     isa: Isa,
     /// Full vectors read from outside RAM (a mapped file), cluster by cluster; clusters changed since
@@ -893,7 +893,7 @@ impl Index {
     }
 
     /// Copies `q` into scratch as the index compares it (normalised for cosine).
-    fn prepare(&self, q: &[f32], s: &mut Scratch) -> Result<Query> {
+    pub(crate) fn prepare(&self, q: &[f32], s: &mut Scratch) -> Result<Query> {
         s.q.resize(self.p.dim, 0.0);
         if self.metric() == Metric::Cosine {
             m2m_splat::normalize_into(q, &mut s.q, 0)?;
@@ -907,7 +907,7 @@ impl Index {
     }
 
     /// Reported score from an internal similarity.
-    fn report(&self, q: &Query, s: f32) -> f32 {
+    pub(crate) fn report(&self, q: &Query, s: f32) -> f32 {
         if self.metric() == Metric::L2 { (q.q_sq - 2.0 * s).max(0.0) } else { s }
     }
 
@@ -965,7 +965,7 @@ impl Index {
         Ok(entries.iter().map(|e| self.hit(&q, e)).collect())
     }
 
-    fn hit(&self, q: &Query, e: &Entry) -> Hit {
+    pub(crate) fn hit(&self, q: &Query, e: &Entry) -> Hit {
         Hit { id: self.p.clusters[e.cluster as usize].ids[e.pos as usize], score: self.report(q, e.score) }
     }
 
@@ -1043,7 +1043,7 @@ impl Index {
     }
 
     /// The exact similarity of member `pos` of cluster `cluster` to the prepared query `q`.
-    fn member_score(&self, q: &[f32], cluster: u32, pos: u32) -> f32 {
+    pub(crate) fn member_score(&self, q: &[f32], cluster: u32, pos: u32) -> f32 {
         let cl = &self.p.clusters[cluster as usize];
         let dim = self.p.dim;
         let dot =
@@ -1133,7 +1133,7 @@ impl Index {
 
     /// Scores fine centroids into `s.fine` as `(q . c, fine id)`, unordered: the children of the
     /// `params.coarse_probe` best coarse centroids, or (0) of as many as hold at least `want` children.
-    fn rank_fine(&self, params: &SearchParams, want: usize, s: &mut Scratch) {
+    pub(crate) fn rank_fine(&self, params: &SearchParams, want: usize, s: &mut Scratch) {
         let n_coarse = self.n_coarse();
         s.fine.clear();
         let fixed = params.coarse_probe.min(n_coarse);
@@ -1162,7 +1162,7 @@ impl Index {
     }
 
     /// How many fine centroids the automatic coarse probe ranks to pick `n` clusters from.
-    fn rank_target(n: usize) -> usize {
+    pub(crate) fn rank_target(n: usize) -> usize {
         (8 * n).max(256)
     }
 
@@ -1190,7 +1190,7 @@ impl Index {
 
     /// Moves the `n` best fine clusters of `s.fine` (by biased score) to its front, best first; the rest
     /// follow in no order. Entries keep the unbiased `q . c`.
-    fn top_fine(&self, n: usize, s: &mut Scratch) {
+    pub(crate) fn top_fine(&self, n: usize, s: &mut Scratch) {
         let bias = &self.fine_bias;
         let key = |e: &(f32, u32)| e.0 + bias[e.1 as usize];
         let n = n.min(s.fine.len());
@@ -1664,7 +1664,7 @@ pub const MAX_DIMS_PER_CODE: u8 = 16;
 /// Coarse centroids whose children a vector may move to during refinement.
 const REFINE_COARSE: usize = 4;
 
-fn with_row(e: Error, row: usize) -> Error {
+pub(crate) fn with_row(e: Error, row: usize) -> Error {
     match e {
         Error::NonFinite { column, value, .. } => Error::NonFinite { row, column, value },
         Error::ZeroNorm { .. } => Error::ZeroNorm { row },

@@ -41,7 +41,7 @@ mod view;
 
 pub use cold::ColdRows;
 pub use error::{Error, Result};
-pub use filter::{IdSet, RowFilter};
+pub use filter::{CHECK_COST, CODE_COST, FilterOptions, FilterPlan, FilterStats, IdSet, RowFilter};
 pub use index::{
     Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, MAX_DIMS_PER_CODE, RebalanceReport, Scratch,
     SearchParams,
