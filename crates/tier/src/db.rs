@@ -418,7 +418,7 @@ impl Db {
             return Err(Error::Poisoned { path: self.dir.clone() });
         }
         let result = f(self);
-        if matches!(&result, Err(e) if !matches!(e, Error::InvalidBatch { .. })) {
+        if matches!(&result, Err(e) if !matches!(e, Error::InvalidBatch { .. } | Error::InvalidAttributes { .. } | Error::InvalidFilter { .. })) {
             self.poisoned = true;
         }
         result
