@@ -257,7 +257,8 @@ impl Column {
 
     /// Rows `rows` of this column, in that order.
     fn pick(&self, rows: &[usize]) -> Column {
-        map_same!(self, v => rows.iter().map(|&r| v[r].clone()).collect())
+        // `Clone::clone` spelled out: the macro's arms hold both copy and heap types.
+        map_same!(self, v => rows.iter().map(|&r| Clone::clone(&v[r])).collect())
     }
 
     /// Appends `other` (of the same kind; checked by the callers).
@@ -429,6 +430,28 @@ pub(crate) fn decode_block(bytes: &[u8], schema: &Schema, rows: usize) -> std::r
     Ok(block.columns)
 }
 
+/// Encodes an update (the fields `batch` names, in its order; checked by the caller).
+pub(crate) fn encode_update(batch: &AttrBatch) -> Result<Vec<u8>> {
+    let block = Block {
+        names: batch.columns.iter().map(|(n, _)| n.clone()).collect(),
+        columns: batch.columns.iter().map(|(_, c)| c.clone()).collect(),
+    };
+    postcard::to_allocvec(&block)
+        .map_err(|e| Error::InvalidBatch { reason: format!("attributes do not serialise: {e}") })
+}
+
+/// Decodes an update of `rows` rows and checks it against `schema`; the reason says what is wrong.
+pub(crate) fn decode_update(bytes: &[u8], schema: &Schema, rows: usize) -> std::result::Result<AttrBatch, String> {
+    let (block, rest): (Block, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| format!("attribute update does not decode: {e}"))?;
+    if !rest.is_empty() || block.names.len() != block.columns.len() {
+        return Err("attribute update has bytes left over or names without columns".into());
+    }
+    let batch = AttrBatch { rows, columns: block.names.into_iter().zip(block.columns).collect() };
+    batch.normalise(schema).map_err(|e| e.to_string())?;
+    Ok(batch)
+}
+
 /// The attributes of every live row, in RAM: the columns in schema order, and where each id's row is.
 /// Filters are evaluated over it ([`AttrTable::evaluate`]) through per-field indexes built on first use
 /// after a change.
@@ -544,6 +567,57 @@ impl AttrTable {
         Ok(())
     }
 
+    /// Adds rows `ids` with `attrs` (`None`: every field null) to a table kept outside a database (the
+    /// facade's in-memory engine), with the checks [`crate::Db::ingest_with`] makes: a first batch with
+    /// attributes sets the schema of a table that has none; the batch must fit it, one row per id, every
+    /// id new. Nothing changes on error.
+    pub fn add(&mut self, ids: &[u64], attrs: Option<&AttrBatch>) -> Result<()> {
+        if let Some(id) = ids.iter().find(|id| self.pos.contains_key(id)) {
+            return Err(Error::InvalidBatch { reason: format!("id {id} is already in the table") });
+        }
+        let Some(a) = attrs.filter(|a| !a.columns.is_empty() || a.rows != ids.len()) else {
+            self.append(ids, None);
+            return Ok(());
+        };
+        if a.rows != ids.len() {
+            return Err(attr_error("", format!("{} rows of attributes for {} ids", a.rows, ids.len())));
+        }
+        let schema = if self.schema.is_empty() { Schema::infer(a)? } else { self.schema.clone() };
+        let cols = a.normalise(&schema)?;
+        if self.schema.is_empty() {
+            self.set_schema(schema);
+        }
+        self.append(ids, Some(&cols));
+        Ok(())
+    }
+
+    /// Declares the schema of a table that has none (its rows get nulls); the same one again is a no-op,
+    /// another one an error.
+    pub fn declare(&mut self, schema: Schema) -> Result<()> {
+        schema.check()?;
+        if self.schema == schema {
+            return Ok(());
+        }
+        if !self.schema.is_empty() {
+            return Err(attr_error("", format!("the schema is fixed ({:?})", self.schema)));
+        }
+        self.set_schema(schema);
+        Ok(())
+    }
+
+    /// Removes the rows of `ids` (absent ones are ignored).
+    pub fn delete(&mut self, ids: &[u64]) {
+        self.remove(ids);
+    }
+
+    /// Sets the fields `attrs` names for each of `ids` (see [`crate::Db::set_attributes`]).
+    pub fn set(&mut self, ids: &[u64], attrs: &AttrBatch) -> Result<()> {
+        if self.schema.is_empty() {
+            return Err(attr_error("", "no attribute schema"));
+        }
+        self.update(ids, attrs)
+    }
+
     /// The columns, in schema order, of the rows of `ids` (ids without a row get nulls).
     pub fn extract(&self, ids: &[u64]) -> Vec<Column> {
         let rows: Vec<Option<usize>> = ids.iter().map(|id| self.pos.get(id).copied()).collect();
@@ -621,13 +695,12 @@ mod tests {
 
     #[test]
     fn schema_names_and_labels_are_checked() {
-        let two_labels = vec![
-            Field { name: "a".into(), ty: FieldType::Label },
-            Field { name: "b".into(), ty: FieldType::Label },
-        ];
+        let two_labels =
+            vec![Field { name: "a".into(), ty: FieldType::Label }, Field { name: "b".into(), ty: FieldType::Label }];
         assert!(Schema::new(two_labels).is_err());
         assert!(Schema::new(vec![Field { name: "a b".into(), ty: FieldType::Int }]).is_err());
-        let twice = vec![Field { name: "a".into(), ty: FieldType::Int }, Field { name: "a".into(), ty: FieldType::Bool }];
+        let twice =
+            vec![Field { name: "a".into(), ty: FieldType::Int }, Field { name: "a".into(), ty: FieldType::Bool }];
         assert!(Schema::new(twice).is_err());
         let inferred = Schema::infer(&AttrBatch::new(1).with("label", Column::Int(vec![Some(3)]))).unwrap();
         assert_eq!(inferred.fields[0].ty, FieldType::Label);
@@ -655,10 +728,8 @@ mod tests {
     fn table_remove_update_and_extract_follow_ids() {
         let s = schema();
         let mut t = AttrTable::new(s.clone());
-        let cols = AttrBatch::new(3)
-            .with("label", Column::Int(vec![Some(10), Some(11), Some(12)]))
-            .normalise(&s)
-            .unwrap();
+        let cols =
+            AttrBatch::new(3).with("label", Column::Int(vec![Some(10), Some(11), Some(12)])).normalise(&s).unwrap();
         t.append(&[1, 2, 3], Some(&cols));
         t.remove(&[1]);
         // Row 3 moved into row 0's place: its label must follow it.

@@ -306,7 +306,7 @@ impl AttrTable {
     fn eval(&self, filter: &Filter, p: &Postings) -> Bits {
         let rows = self.len();
         let mut out = Bits::none(rows);
-        let index_of = |f: &str| self.schema().field(f).map(|(k, ty)| (k, ty));
+        let index_of = |f: &str| self.schema().field(f);
         match filter {
             Filter::Eq { field, value } => {
                 if let Some((k, ty)) = index_of(field)
@@ -504,10 +504,7 @@ mod tests {
             (json(r#"{"eq": {"field": "label", "value": 3}}"#), truth(|i| i % 7 == 3)),
             (json(r#"{"in": {"field": "label", "values": [0, 6]}}"#), truth(|i| i % 7 == 0 || i % 7 == 6)),
             (json(r#"{"range": {"field": "label", "gt": 1, "lte": 3}}"#), truth(|i| (2..=3).contains(&(i % 7)))),
-            (
-                json(r#"{"range": {"field": "score", "gte": 10, "lt": 20.5}}"#),
-                truth(|i| (100..205).contains(&i)),
-            ),
+            (json(r#"{"range": {"field": "score", "gte": 10, "lt": 20.5}}"#), truth(|i| (100..205).contains(&i))),
             (json(r#"{"eq": {"field": "tenant", "value": "t1"}}"#), truth(|i| i % 5 != 0 && i % 3 == 1)),
             (json(r#"{"is_null": {"field": "tenant"}}"#), truth(|i| i % 5 == 0)),
             (json(r#"{"eq": {"field": "flag", "value": false}}"#), truth(|i| i % 2 == 1)),
