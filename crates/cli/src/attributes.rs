@@ -101,7 +101,9 @@ pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<(Vec<u6
         for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "id") {
             if !cols.contains_key(k) {
                 let Some(mut col) = empty_like(v) else { continue };
-                (0..row).for_each(|_| drop(push(&mut col, None)));
+                for _ in 0..row {
+                    push(&mut col, None);
+                }
                 names.push(k.clone());
                 cols.insert(k.clone(), col);
             }
