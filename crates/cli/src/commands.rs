@@ -154,7 +154,7 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
                 Some(f) => Some(serde_json::from_str::<m2m::Filter>(f).context("--filter: not a filter")?),
                 None => None,
             };
-            query(cli, db, file.as_deref(), *row, *k, *lod, &params, filter.as_ref())
+            query(cli, db, file.as_deref(), *row, *k, &Search { lod: *lod, params, filter })
         }
         Command::Stream {
             db,
@@ -625,16 +625,16 @@ fn build(cli: &Cli, db: &Path, n_fine: Option<usize>, n_coarse: Option<usize>) -
     Ok(ExitCode::SUCCESS)
 }
 
-fn query(
-    cli: &Cli,
-    db: &Path,
-    file: Option<&Path>,
-    row: Option<u64>,
-    k: usize,
+/// How `query` searches: the level of detail, the search parameters, the filter.
+struct Search {
     lod: Lod,
-    params: &SearchParams,
-    filter: Option<&m2m::Filter>,
-) -> Result<ExitCode> {
+    params: SearchParams,
+    filter: Option<m2m::Filter>,
+}
+
+fn query(cli: &Cli, db: &Path, file: Option<&Path>, row: Option<u64>, k: usize, search: &Search) -> Result<ExitCode> {
+    let Search { lod, params, filter } = search;
+    let (lod, params, filter) = (*lod, params, filter.as_ref());
     let engine = open_reader(db)?;
     if engine.index().is_none() {
         bail!("{}: no current index; run `m2m build {}`", db.display(), db.display());
