@@ -154,3 +154,53 @@ fn bad_attributes_and_filters_are_typed_errors() {
         assert!(engine.retrieve_filtered(more, 10, Lod::Rerank, &nothing).unwrap().is_empty());
     }
 }
+
+/// The data lake: a filter restricts an epoch to the matching rows, and every batch carries the label
+/// column (a generated row its seed's label). Mutations caught: the filter ignored (rows of other
+/// labels, or more rows than match), labels not aligned with the rows (a row's label differs from the
+/// engine's), generated rows without their seed's label (column length), the reader ignoring the filter.
+#[test]
+fn the_lake_streams_labels_and_only_the_filtered_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let d = digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 2, dim: DIM, ..Default::default() }).unwrap();
+    let ids: Vec<u64> = (0..2_000).collect();
+    let mut engine = create_m2m(M2mConfig::default().dim(DIM).data_dir(&db)).unwrap();
+    engine.add_splats_with_attributes(&d.base, &attrs(&ids, &d.base_labels)).unwrap();
+    engine.build_index().unwrap();
+    let f = filter(r#"{"in": {"field": "label", "values": [1, 2]}}"#);
+    let want: HashSet<u64> = engine.matching_ids(&f).unwrap().into_iter().collect();
+    assert!(want.len() > 100 && want.len() < 1_000, "{}", want.len());
+    let cfg = m2m::DataLoaderConfig {
+        filter: Some(f.clone()),
+        generate_samples: true,
+        generate_steps: 2,
+        ..Default::default()
+    };
+    let mut seen = HashSet::new();
+    for batch in engine.export_to_dataloader(&cfg).unwrap() {
+        let batch = batch.unwrap();
+        assert_eq!(batch.labels.len(), batch.len(), "a label per row, generated ones included");
+        for (i, &id) in batch.ids.iter().enumerate() {
+            assert!(want.contains(&id), "row {id} outside the filter");
+            assert_eq!(batch.labels[i], engine.label(id), "row {id}");
+            if !batch.generated[i] {
+                assert!(seen.insert(id), "row {id} twice in an epoch");
+            }
+        }
+    }
+    assert_eq!(seen, want, "an epoch covers exactly the matching rows");
+    engine.flush().unwrap();
+    drop(engine);
+    let reader = m2m::LakeReader::open(&db).unwrap();
+    let cfg = m2m::DataLoaderConfig { filter: Some(f), source: m2m::Source::Tiers, ..Default::default() };
+    let mut seen = HashSet::new();
+    for batch in reader.export_to_dataloader(&cfg).unwrap() {
+        let batch = batch.unwrap();
+        for (i, &id) in batch.ids.iter().enumerate() {
+            assert!(seen.insert(id));
+            assert_eq!(batch.labels[i], Some(i64::from(d.base_labels[id as usize])), "row {id}");
+        }
+    }
+    assert_eq!(seen, want);
+}
