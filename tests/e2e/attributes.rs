@@ -63,6 +63,11 @@ fn check_filtered_retrieval(engine: &mut M2m, d: &m2m::splat::DigitsSphere) {
     let hits = engine.retrieve_filtered(&vectors[..DIM], 10, Lod::Exact, &f42).unwrap();
     assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>().len(), 3);
     assert!(hits.iter().all(|h| h.id != ids[0]), "a deleted row matched");
+    // A row added without attributes is in the table with nulls (in memory as on disk).
+    let plain = engine.add_splats(&d.queries[5 * DIM..6 * DIM]).unwrap();
+    let nulls = engine.matching_ids(&filter(r#"{"is_null": {"field": "label"}}"#)).unwrap();
+    assert_eq!(nulls, plain, "a row added without attributes has null fields");
+    assert_eq!(engine.attributes(plain[0]).unwrap()[0], ("label".to_string(), None));
     // Hits carry their attributes.
     let with = engine.with_attributes(&hits);
     assert_eq!(with[0].1[0], ("label".to_string(), Some(Value::Int(42))));

@@ -577,7 +577,13 @@ impl M2m {
         let rows = match &mut self.db {
             // In memory the set's own append is all-or-nothing; the attributes are checked on a copy of
             // the table first, so that a refused batch changes neither.
-            None if attrs.is_none() => Arc::make_mut(&mut self.set).append(batch)?,
+            None if attrs.is_none() => {
+                let rows = Arc::make_mut(&mut self.set).append(batch)?;
+                // The rows join the attribute table with every field null (their ids are new: the set's
+                // append refused any other).
+                Arc::make_mut(&mut self.attrs).add(&self.set.ids()[rows.clone()], None)?;
+                rows
+            }
             None => {
                 // The batch is validated into a set of its own first, then the attributes (the table's
                 // add is all-or-nothing), so that the set's append that follows cannot fail half-way.
