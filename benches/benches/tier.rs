@@ -7,6 +7,9 @@
 //! bandwidth). After the criterion groups it prints prefetch hit rates for a sequential epoch and for a
 //! query mix.
 //!
+//! `ingest_attributes`: the in-memory engine's `add_splats_with_attributes` (a label, a keyword, an
+//! integer and tags per row; issue 19's target is 500k rows/s) beside `add_splats` of the same vectors.
+//!
 //! Run with `cargo xtask bench tier`.
 
 #![allow(clippy::print_stdout, reason = "the hit rates are reported on the terminal after criterion's output")]
@@ -213,7 +216,35 @@ fn hit_rates(snap: &Snapshot) {
     );
 }
 
-criterion_group!(benches, wal, recovery_and_streaming);
+/// Rows per measured add in `ingest_attributes`.
+const ATTR_ROWS: usize = 50_000;
+
+fn ingest_attributes(c: &mut Criterion) {
+    use m2m::{AttrBatch, Column, M2mConfig};
+    let vectors: Vec<f32> = (0..ATTR_ROWS * DIM).map(|i| 1.0 + (i % 97) as f32).collect();
+    let attrs = AttrBatch::new(ATTR_ROWS)
+        .with("label", Column::Int((0..ATTR_ROWS).map(|i| Some((i % 10) as i64)).collect()))
+        .with("tenant", Column::Keyword((0..ATTR_ROWS).map(|i| Some(format!("tenant{}", i % 100))).collect()))
+        .with("t", Column::Int((0..ATTR_ROWS).map(|i| Some(i as i64)).collect()))
+        .with("tags", Column::Tags((0..ATTR_ROWS).map(|i| Some(vec![format!("tag{}", i % 7)])).collect()));
+    let engine = || m2m::create_m2m(M2mConfig::default().dim(DIM)).expect("engine");
+    let mut g = c.benchmark_group("ingest_attributes_50000x384");
+    g.throughput(Throughput::Elements(ATTR_ROWS as u64));
+    g.sample_size(10);
+    g.bench_function("in_memory_with_attributes", |b| {
+        b.iter_batched(
+            engine,
+            |mut e| e.add_splats_with_attributes(&vectors, &attrs).expect("add"),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("in_memory_without", |b| {
+        b.iter_batched(engine, |mut e| e.add_splats(&vectors).expect("add"), BatchSize::PerIteration)
+    });
+    g.finish();
+}
+
+criterion_group!(benches, wal, recovery_and_streaming, ingest_attributes);
 
 fn main() {
     benches();

@@ -1,5 +1,6 @@
 //! End-to-end tests through the facade: data made, written, streamed and ingested as a user would.
 
+mod attributes;
 mod engine;
 mod gpu;
 mod hostile;

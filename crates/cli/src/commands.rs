@@ -133,11 +133,28 @@ fn load_ingest_log(db: &Path) -> Result<IngestLog> {
 
 pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::Ingest { db, files, chunk, no_sync, metric } => ingest(cli, db, files, *chunk, *no_sync, *metric),
+        Command::Ingest { db, files, chunk, no_sync, metric, attributes } => {
+            let code = ingest(cli, db, files, *chunk, *no_sync, *metric)?;
+            if let Some(path) = attributes.as_deref().filter(|_| code == ExitCode::SUCCESS) {
+                regular_file(path)?;
+                let mut engine = open_with(db, !no_sync)?;
+                let rows = crate::attributes::apply(&mut engine, path)?;
+                if cli.json {
+                    say!("{}", json!({ "attributes": rows, "file": path.display().to_string() }));
+                } else {
+                    say!("attributes of {rows} splats set from {}", path.display());
+                }
+            }
+            Ok(code)
+        }
         Command::Build { db, n_fine, n_coarse } => build(cli, db, *n_fine, *n_coarse),
-        Command::Query { db, file, row, k, lod, nprobe, rerank } => {
+        Command::Query { db, file, row, k, lod, nprobe, rerank, filter } => {
             let params = SearchParams { nprobe: nprobe.unwrap_or(0), rerank: rerank.unwrap_or(0), coarse_probe: 0 };
-            query(cli, db, file.as_deref(), *row, *k, *lod, &params)
+            let filter = match filter {
+                Some(f) => Some(serde_json::from_str::<m2m::Filter>(f).context("--filter: not a filter")?),
+                None => None,
+            };
+            query(cli, db, file.as_deref(), *row, *k, &Search { lod: *lod, params, filter })
         }
         Command::Stream {
             db,
@@ -608,15 +625,16 @@ fn build(cli: &Cli, db: &Path, n_fine: Option<usize>, n_coarse: Option<usize>) -
     Ok(ExitCode::SUCCESS)
 }
 
-fn query(
-    cli: &Cli,
-    db: &Path,
-    file: Option<&Path>,
-    row: Option<u64>,
-    k: usize,
+/// How `query` searches: the level of detail, the search parameters, the filter.
+struct Search {
     lod: Lod,
-    params: &SearchParams,
-) -> Result<ExitCode> {
+    params: SearchParams,
+    filter: Option<m2m::Filter>,
+}
+
+fn query(cli: &Cli, db: &Path, file: Option<&Path>, row: Option<u64>, k: usize, search: &Search) -> Result<ExitCode> {
+    let Search { lod, params, filter } = search;
+    let (lod, params, filter) = (*lod, params, filter.as_ref());
     let engine = open_reader(db)?;
     if engine.index().is_none() {
         bail!("{}: no current index; run `m2m build {}`", db.display(), db.display());
@@ -638,9 +656,12 @@ fn query(
         (None, None) => bail!("--file or --row: one is needed"),
     };
     let t = Instant::now();
-    let results = engine
-        .retrieve_batch_with(&queries, k, lod, params)
-        .with_context(|| file.map_or_else(|| format!("--row {}", row.unwrap_or(0)), |f| f.display().to_string()))?;
+    let results = match filter {
+        None => engine.retrieve_batch_with(&queries, k, lod, params),
+        Some(f) => queries.chunks_exact(dim).map(|q| engine.retrieve_filtered_with(q, k, lod, params, f)).collect(),
+    }
+    .with_context(|| file.map_or_else(|| format!("--row {}", row.unwrap_or(0)), |f| f.display().to_string()))?;
+    let with_attrs = engine.schema().is_some();
     // The engine answers at most every live splat (its one bound of k); the output says what it used.
     let k = k.min(engine.len());
     let secs = t.elapsed().as_secs_f64();
@@ -648,8 +669,16 @@ fn query(
         let out: Vec<_> = results
             .iter()
             .map(|hits| {
-                hits.iter()
-                    .map(|h| json!({ "id": h.id, "score": h.score, "kappa": h.kappa, "alpha": h.alpha }))
+                engine
+                    .with_attributes(hits)
+                    .iter()
+                    .map(|(h, a)| {
+                        let mut hit = json!({ "id": h.id, "score": h.score, "kappa": h.kappa, "alpha": h.alpha });
+                        if with_attrs {
+                            hit["attributes"] = crate::attributes::to_json(a);
+                        }
+                        hit
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -658,8 +687,9 @@ fn query(
         for (q, hits) in results.iter().enumerate() {
             say!("query {q}:");
             say!("  {:>4}  {:>12}  {:>10}  {:>7}  {:>7}", "rank", "id", "score", "kappa", "alpha");
-            for (r, h) in hits.iter().enumerate() {
-                say!("  {:>4}  {:>12}  {:>10.5}  {:>7.2}  {:>7.3}", r + 1, h.id, h.score, h.kappa, h.alpha);
+            for (r, (h, a)) in engine.with_attributes(hits).iter().enumerate() {
+                let attrs = if with_attrs { format!("  {}", crate::attributes::to_json(a)) } else { String::new() };
+                say!("  {:>4}  {:>12}  {:>10.5}  {:>7.2}  {:>7.3}{attrs}", r + 1, h.id, h.score, h.kappa, h.alpha);
             }
         }
         say!("{} queries at LOD {} ({lod}) in {:.2} ms", results.len(), lod.level(), secs * 1e3);
@@ -786,6 +816,7 @@ fn info(cli: &Cli, db: &Path) -> Result<ExitCode> {
         // The engine's statistics (`m2m::Stats`, Python's `m2m.Stats`: the same fields), then the files.
         let mut out = serde_json::to_value(&s)?;
         out["bytes"] = json!(total);
+        out["schema"] = json!(engine.schema());
         out["files"] = json!(files.iter().map(|(n, b)| json!({ "name": n, "bytes": b })).collect::<Vec<_>>());
         say!("{out}");
     } else {
@@ -802,6 +833,10 @@ fn info(cli: &Cli, db: &Path) -> Result<ExitCode> {
             _ => say!("index      none (run `m2m build`)"),
         }
         say!("metric     {}", s.metric);
+        match engine.schema() {
+            Some(schema) => say!("schema     {}", crate::attributes::schema_line(&schema)),
+            None => say!("schema     none (no attributes)"),
+        }
         say!("kappa      mean {:.2}, min {:.2}, max {:.2}", s.kappa_mean, s.kappa_min, s.kappa_max);
         say!("device     {}", s.device);
         for (name, bytes) in &files {

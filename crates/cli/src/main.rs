@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! m2m ingest DB FILE...        .fvecs/.npy streamed in chunks; resumes after an interruption [--metric M] [--no-sync]
+//!            [--attributes FILE.jsonl]
 //! m2m build DB                 the index (cluster counts overridable), kappa and alpha learned
 //! m2m query DB --file Q | --row N [--k 10] [--lod 0-3|centroids|codes|rerank|exact] [--nprobe N] [--rerank N]
+//!            [--filter JSON]
 //! m2m stream DB [--batch-size 256] [--importance] [--generate] [--epochs 1] [--out batches.npy]
 //!            [--steps 20] [--temperature T] [--step-size DT] [--dynamics overdamped|underdamped]
 //! m2m info DB                  segments, sizes, index shape, kappa statistics
@@ -17,6 +19,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool reports to its terminal")]
 
+mod attributes;
 mod commands;
 
 use std::io::IsTerminal;
@@ -58,6 +61,12 @@ pub(crate) enum Command {
         /// different one given here is an error.
         #[arg(long, value_parser = parse_metric)]
         metric: Option<m2m::Metric>,
+        /// Attributes of the splats: JSON lines, one object per splat with its integer "id" and its
+        /// fields (integer, float, bool, string, array of strings as tags, object as a JSON payload),
+        /// set after the vectors are in. The schema is inferred from the file when the database has none
+        /// (an integer field named "label" is the label).
+        #[arg(long)]
+        attributes: Option<PathBuf>,
     },
     /// Build the index (and learn kappa and alpha).
     Build {
@@ -92,6 +101,10 @@ pub(crate) enum Command {
         /// Candidates re-ranked exactly at LOD 2 (default: the calibrated depth, scaled by k / 10).
         #[arg(long)]
         rerank: Option<usize>,
+        /// Only splats whose attributes match this filter (JSON), e.g.
+        /// '{"and": [{"eq": {"field": "label", "value": 3}}, {"range": {"field": "t", "gte": 10}}]}'.
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Stream training batches and report the throughput.
     Stream {

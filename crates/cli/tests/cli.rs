@@ -653,3 +653,53 @@ fn unbounded_stream_counts_are_refused() {
         assert!(code == 1 && err.contains(flag) && err.contains(bound), "{err}");
     }
 }
+
+/// `ingest --attributes` (JSON lines by id), `query --filter` and the schema in `info`. Mutations caught:
+/// a query that ignores the filter (a hit of another label), attributes not stored (no "attributes" in
+/// the hits, or other values), a bad filter or attribute file answered instead of refused.
+#[test]
+fn attributes_from_json_lines_filter_queries_and_show_in_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = digits(dir.path(), 1_000, 16);
+    let db = dir.path().join("db").display().to_string();
+    let q = dir.path().join("q.npy").display().to_string();
+    let attrs = dir.path().join("attrs.jsonl");
+    let lines: Vec<String> = (0..1_000)
+        .map(|id| {
+            format!(
+                r#"{{"id": {id}, "label": {}, "tenant": "t{}", "tags": ["x"], "doc": {{"n": {id}}}}}"#,
+                id % 4,
+                id % 2
+            )
+        })
+        .collect();
+    std::fs::write(&attrs, lines.join("\n")).unwrap();
+    let out = m2m(&["ingest", &db, &a, &b, "--attributes", &attrs.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&["build", &db]);
+    let filter = r#"{"eq": {"field": "label", "value": 2}}"#;
+    let r = ok(&["query", &db, "--file", &q, "--k", "5", "--lod", "exact", "--filter", filter]);
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    for hits in results {
+        assert_eq!(hits.as_array().unwrap().len(), 5);
+        for h in hits.as_array().unwrap() {
+            let id = h["id"].as_u64().unwrap();
+            assert_eq!(id % 4, 2, "{h}");
+            assert_eq!(h["attributes"]["label"], 2, "{h}");
+            assert_eq!(h["attributes"]["tenant"], format!("t{}", id % 2));
+            assert_eq!(h["attributes"]["doc"]["n"], id, "{h}");
+        }
+    }
+    let info = ok(&["info", &db]);
+    let fields = info["schema"]["fields"].as_array().unwrap();
+    assert!(fields.iter().any(|f| f["name"] == "label" && f["type"] == "label"), "{info}");
+    assert!(fields.iter().any(|f| f["name"] == "tags" && f["type"] == "tags"), "{info}");
+    let (code, err) = fails(&["query", &db, "--file", &q, "--filter", r#"{"eq": {"field": "nope", "value": 1}}"#]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nope") && !err.contains('\n'), "{err}");
+    std::fs::write(&attrs, r#"{"id": 3, "label": "three"}"#).unwrap();
+    let (code, err) = fails(&["ingest", &db, &a, "--attributes", &attrs.display().to_string()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("line 1") && err.contains("label"), "{err}");
+}

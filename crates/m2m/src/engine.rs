@@ -139,7 +139,10 @@ pub struct M2m {
     pub(crate) kappa: Arc<Vec<f32>>,
     pub(crate) alpha: Arc<Vec<f32>>,
     pub(crate) deleted: HashSet<u64>,
-    db: Option<Db>,
+    pub(crate) db: Option<Db>,
+    /// The attributes of an engine without a database (in memory, or a reader's snapshot); a writer's
+    /// are the database's (`attributes.rs`).
+    pub(crate) attrs: Arc<m2m_tier::AttrTable>,
     pub(crate) index: Option<Index>,
     /// The SOC controller (router and sandpile), started with the index and kept current by inserts
     /// and deletes: retrieval only records its hits, it never builds anything.
@@ -215,6 +218,7 @@ impl M2m {
             alpha: Arc::new(Vec::new()),
             deleted: HashSet::new(),
             db,
+            attrs: Arc::default(),
             index: None,
             soc: None,
             kappa_fit: None,
@@ -328,6 +332,7 @@ impl M2m {
             alpha: Arc::new(Vec::new()),
             deleted: HashSet::new(),
             db: None,
+            attrs: Arc::clone(&snap.attrs),
             index: None,
             soc: None,
             kappa_fit: None,
@@ -380,7 +385,7 @@ impl M2m {
         self.db.as_ref().map(Db::snapshot).or_else(|| self.snapshot.clone())
     }
 
-    fn refuse_if_read_only(&self, what: &'static str) -> Result<()> {
+    pub(crate) fn refuse_if_read_only(&self, what: &'static str) -> Result<()> {
         if self.read_only { Err(Error::ReadOnly { what }) } else { Ok(()) }
     }
 
@@ -529,6 +534,34 @@ impl M2m {
         kappa: Option<&[f32]>,
         alpha: Option<&[f32]>,
     ) -> Result<()> {
+        self.add_splats_attributed(vectors, ids, kappa, alpha, None)
+    }
+
+    /// [`add_splats`](Self::add_splats) with attributes (one row per vector; see
+    /// [`add_splats_attributed`](Self::add_splats_attributed)); returns the new ids.
+    pub fn add_splats_with_attributes(&mut self, vectors: &[f32], attrs: &m2m_tier::AttrBatch) -> Result<Vec<u64>> {
+        let n = vectors.len() / self.config.dim.max(1);
+        let end = self.next_id.checked_add(n as u64).ok_or_else(|| Error::Config {
+            field: "ids",
+            reason: format!("no id is left to assign {n} rows after id {}", self.next_id.saturating_sub(1)),
+        })?;
+        let ids: Vec<u64> = (self.next_id..end).collect();
+        self.add_splats_attributed(vectors, &ids, None, None, Some(attrs))?;
+        Ok(ids)
+    }
+
+    /// [`add_splats_with`](Self::add_splats_with) with the rows' attributes: the first add with
+    /// attributes sets the schema of an engine that has none (inferred from the columns); later ones
+    /// must fit it. The whole batch, vectors and attributes, is validated before anything is stored: a
+    /// wrong type, an unknown field or a wrong row count stores nothing.
+    pub fn add_splats_attributed(
+        &mut self,
+        vectors: &[f32],
+        ids: &[u64],
+        kappa: Option<&[f32]>,
+        alpha: Option<&[f32]>,
+        attrs: Option<&m2m_tier::AttrBatch>,
+    ) -> Result<()> {
         self.refuse_if_read_only("add_splats")?;
         let dim = self.config.dim;
         let mut batch = Batch::new(vectors, dim).ids(ids).kappa(self.config.init_kappa).alpha(self.config.init_alpha);
@@ -542,8 +575,27 @@ impl M2m {
             return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
         }
         let rows = match &mut self.db {
-            // In memory the set's own append is all-or-nothing.
-            None => Arc::make_mut(&mut self.set).append(batch)?,
+            // In memory the set's own append is all-or-nothing; the attributes are checked on a copy of
+            // the table first, so that a refused batch changes neither.
+            None if attrs.is_none() => {
+                let rows = Arc::make_mut(&mut self.set).append(batch)?;
+                // The rows join the attribute table with every field null (their ids are new: the set's
+                // append refused any other).
+                Arc::make_mut(&mut self.attrs).add(&self.set.ids()[rows.clone()], None)?;
+                rows
+            }
+            None => {
+                // The batch is validated into a set of its own first, then the attributes (the table's
+                // add is all-or-nothing), so that the set's append that follows cannot fail half-way.
+                let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
+                fresh.append(batch)?;
+                if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some())
+                {
+                    return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
+                }
+                Arc::make_mut(&mut self.attrs).add(ids, attrs)?;
+                Arc::make_mut(&mut self.set).append(batch)?
+            }
             Some(db) => {
                 // Validated into a batch set first, logged, then appended: nothing is written, to disk
                 // or RAM, unless all of it is good.
@@ -553,7 +605,7 @@ impl M2m {
                 {
                     return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
                 }
-                db.ingest(&fresh)?;
+                db.ingest_with(&fresh, attrs)?;
                 Arc::make_mut(&mut self.set).append(batch)?
             }
         };
@@ -666,7 +718,7 @@ impl M2m {
         Ok(())
     }
 
-    fn hit(&self, id: u64, score: f32) -> Hit {
+    pub(crate) fn hit(&self, id: u64, score: f32) -> Hit {
         let r = self.set.row_of(id).unwrap_or(0);
         Hit {
             id,
@@ -726,7 +778,7 @@ impl M2m {
     }
 
     /// Counts retrieval hits for the controller: atomic counters, no lock and nothing built.
-    fn record_use(&self, ids: impl Iterator<Item = u64>) {
+    pub(crate) fn record_use(&self, ids: impl Iterator<Item = u64>) {
         if let Some(ctl) = &self.soc {
             ctl.record_hits(ids);
         }
@@ -816,6 +868,8 @@ impl M2m {
         }
         if let Some(db) = &mut self.db {
             db.delete(&present)?;
+        } else {
+            Arc::make_mut(&mut self.attrs).delete(&present);
         }
         if let Some(index) = &mut self.index {
             index.delete(&present);

@@ -92,7 +92,9 @@ fn tier_kind(e: &m2m_tier::Error) -> ErrorKind {
         T::Corrupt { .. } | T::IncompatibleVersion { .. } => ErrorKind::Corrupt,
         T::Locked { .. } => ErrorKind::Locked,
         T::Poisoned { .. } => ErrorKind::Poisoned,
-        T::InvalidBatch { .. } | T::OverBudget { .. } => ErrorKind::InvalidInput,
+        T::InvalidBatch { .. } | T::InvalidAttributes { .. } | T::InvalidFilter { .. } | T::OverBudget { .. } => {
+            ErrorKind::InvalidInput
+        }
         T::Device { .. } => ErrorKind::Device,
         // Io, and any variant added later: a storage failure.
         _ => ErrorKind::Io,

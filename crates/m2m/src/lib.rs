@@ -20,6 +20,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod attributes;
 mod config;
 mod engine;
 mod error;
@@ -31,6 +32,7 @@ pub mod testing;
 mod training;
 mod validate;
 
+pub use attributes::Attribute;
 pub use config::{Device, LangevinDynamics, M2mConfig};
 pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, Stats, create_m2m};
 pub use error::{Error, ErrorKind, Result};
@@ -52,3 +54,5 @@ pub use m2m_splat as splat;
 pub use m2m_splat::{Batch, DigitsConfig, Metric, Splat, SplatId, SplatRef, SplatSet, digits_on_sphere};
 /// The storage layer: write-ahead log, segments, tiers, prefetch.
 pub use m2m_tier as tier;
+/// Attributes and filters (from m2m-tier, which stores them).
+pub use m2m_tier::{AttrBatch, Column, Field, FieldType, Filter, Scalar, Schema, Value};

@@ -19,9 +19,10 @@ use std::sync::Arc;
 
 use m2m_splat::SplatSet;
 
+use crate::attrs::{decode_block, decode_update, encode_block, encode_update};
 use crate::{
-    Columns, ColumnsRef, DirLock, Durability, Error, LogCheck, MANIFEST_FILE, Manifest, Memtable, Result, SectionFile,
-    SectionWriter, Segment, SegmentEntry, Wal, WalRecord, owned,
+    AttrBatch, AttrTable, Columns, ColumnsRef, DirLock, Durability, Error, LogCheck, MANIFEST_FILE, Manifest, Memtable,
+    Result, Schema, SectionFile, SectionWriter, Segment, SegmentEntry, Wal, WalRecord, owned,
 };
 
 /// Settings of a database directory.
@@ -50,6 +51,8 @@ pub struct Snapshot {
     /// Why the stored index's files could not be mapped, if they could not: the layer above reports it
     /// (readers) or leaves the index out (the writer, whose next build replaces it).
     pub index_error: Option<Arc<Error>>,
+    /// The attributes of the live rows (and the schema).
+    pub attrs: Arc<AttrTable>,
 }
 
 impl Snapshot {
@@ -104,6 +107,11 @@ pub struct Db {
     /// The stored index's mapped files (see [`Snapshot::index`]).
     index: Vec<Arc<SectionFile>>,
     index_error: Option<Arc<Error>>,
+    /// The attributes of every live row; shared with snapshots (a change while one is held copies).
+    attrs: Arc<AttrTable>,
+    /// Attributes of rows in segments changed since they were written (the log holds the change): the
+    /// next flush merges the segments, so that the change is not lost when the log is retired.
+    attrs_dirty: bool,
     options: DbOptions,
     /// Set when a write failed: the files are at their last good version, but this handle's view of them
     /// may not be, so it refuses further changes until the database is reopened.
@@ -118,6 +126,8 @@ struct Replayed {
     deleted: HashSet<u64>,
     index: Vec<Arc<SectionFile>>,
     index_error: Option<Arc<Error>>,
+    attrs: AttrTable,
+    attrs_dirty: bool,
 }
 
 /// The stored index's mapped files, or why they could not be mapped.
@@ -168,10 +178,29 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
             first.insert(id, i);
         }
     }
-    let mut ids: HashSet<u64> = first.into_keys().collect();
+    // The attributes: each segment's block (checked against the manifest's schema), nulls for a segment
+    // written without one.
+    let mut attrs = AttrTable::new(manifest.schema.clone().unwrap_or_default());
+    for s in &segments {
+        match (s.attrs_block(), &manifest.schema) {
+            (Some(block), Some(schema)) => {
+                let cols = decode_block(block, schema, s.rows()).map_err(|r| Error::corrupt(s.path(), 0, r))?;
+                attrs.append(s.ids(), Some(&cols));
+            }
+            (Some(_), None) => {
+                let reason = "an attribute block in a database whose manifest has no schema";
+                return Err(Error::corrupt(s.path(), 0, reason));
+            }
+            (None, _) => attrs.append(s.ids(), None),
+        }
+    }
+    attrs.remove(&manifest.deleted);
+    let mut attrs_dirty = false;
+    let mut ids: HashSet<u64> = first.keys().copied().collect();
     let mut deleted: HashSet<u64> = manifest.deleted.iter().copied().collect();
     ids.retain(|id| !deleted.contains(id));
     let mut memtable = Memtable::new(manifest.dim);
+    let no_schema = || Error::corrupt(wal_path, 0, "attributes in a database whose manifest has no schema");
     for record in records {
         match record {
             WalRecord::Batch(b) => {
@@ -182,17 +211,34 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
                     return Err(Error::corrupt(wal_path, 0, format!("id {id} added twice")));
                 }
                 memtable.push(b.columns.view());
+                match &b.attrs {
+                    Some(block) => {
+                        let schema = manifest.schema.as_ref().ok_or_else(no_schema)?;
+                        let cols = decode_block(block, schema, b.columns.rows())
+                            .map_err(|r| Error::corrupt(wal_path, 0, format!("record {}: {r}", b.seq)))?;
+                        attrs.append(&b.columns.ids, Some(&cols));
+                    }
+                    None => attrs.append(&b.columns.ids, None),
+                }
             }
             WalRecord::Delete { ids: gone, .. } => {
                 let gone: HashSet<u64> = gone.iter().copied().filter(|id| ids.remove(id)).collect();
                 // Rows still in memory simply go; rows already in a segment get a tombstone.
                 let in_memory = memtable.remove(&gone);
+                attrs.remove(&gone.iter().copied().collect::<Vec<_>>());
                 deleted.extend(gone.into_iter().filter(|id| !in_memory.contains(id)));
+            }
+            WalRecord::SetAttributes { seq, ids: which, block } => {
+                let schema = manifest.schema.as_ref().ok_or_else(no_schema)?;
+                let bad = |r: String| Error::corrupt(wal_path, 0, format!("record {seq}: {r}"));
+                let batch = decode_update(block, schema, which.len()).map_err(bad)?;
+                attrs.update(which, &batch).map_err(|e| bad(e.to_string()))?;
+                attrs_dirty |= which.iter().any(|id| first.contains_key(id));
             }
         }
     }
     let (index, index_error) = map_index(dir, manifest)?;
-    Ok(Replayed { segments, memtable, ids, deleted, index, index_error })
+    Ok(Replayed { segments, memtable, ids, deleted, index, index_error, attrs, attrs_dirty })
 }
 
 /// The log and the manifest disagree on the dimension: either may be the damaged one, so the error
@@ -260,6 +306,7 @@ impl Db {
             next_segment_id: 0,
             deleted: Vec::new(),
             index: Vec::new(),
+            schema: None,
         };
         let made = owned::check_creatable(&dir)
             .and_then(|marked| if marked { Ok(()) } else { owned::mark_creating(&dir) })
@@ -292,6 +339,8 @@ impl Db {
             deleted: Arc::new(HashSet::new()),
             index: Vec::new(),
             index_error: None,
+            attrs: Arc::new(AttrTable::default()),
+            attrs_dirty: false,
             options,
             poisoned: false,
         })
@@ -324,6 +373,8 @@ impl Db {
             deleted: Arc::new(state.deleted),
             index: state.index,
             index_error: state.index_error,
+            attrs: Arc::new(state.attrs),
+            attrs_dirty: state.attrs_dirty,
             options,
             poisoned: false,
         };
@@ -352,6 +403,7 @@ impl Db {
                     deleted: Arc::new(state.deleted),
                     index: state.index,
                     index_error: state.index_error,
+                    attrs: Arc::new(state.attrs),
                 })
             })();
             match result {
@@ -386,6 +438,7 @@ impl Db {
             deleted: Arc::new(state.deleted),
             index: state.index,
             index_error: state.index_error,
+            attrs: Arc::new(state.attrs),
         };
         Ok(DbCheck { manifest, snapshot, log, index_problem })
     }
@@ -418,7 +471,8 @@ impl Db {
             return Err(Error::Poisoned { path: self.dir.clone() });
         }
         let result = f(self);
-        if matches!(&result, Err(e) if !matches!(e, Error::InvalidBatch { .. })) {
+        if matches!(&result, Err(e) if !matches!(e, Error::InvalidBatch { .. } | Error::InvalidAttributes { .. } | Error::InvalidFilter { .. }))
+        {
             self.poisoned = true;
         }
         result
@@ -427,10 +481,18 @@ impl Db {
     /// Appends a validated batch: to the log first (acknowledged per [`DbOptions::durability`]), then to
     /// the in-memory table. Ids already in the database are refused before anything is written.
     pub fn ingest(&mut self, batch: &SplatSet) -> Result<()> {
-        self.change(|db| db.ingest_now(batch))
+        self.change(|db| db.ingest_now(batch, None))
     }
 
-    fn ingest_now(&mut self, batch: &SplatSet) -> Result<()> {
+    /// [`ingest`](Self::ingest) with the batch's attributes, one row per splat, logged in the same record
+    /// (atomic with the splats). The first batch with attributes sets the schema when the database has
+    /// none ([`Schema::infer`], stored in the manifest); later ones are checked against it. A wrong type,
+    /// an unknown field or a wrong row count is [`Error::InvalidAttributes`] and nothing is stored.
+    pub fn ingest_with(&mut self, batch: &SplatSet, attrs: Option<&AttrBatch>) -> Result<()> {
+        self.change(|db| db.ingest_now(batch, attrs))
+    }
+
+    fn ingest_now(&mut self, batch: &SplatSet, attrs: Option<&AttrBatch>) -> Result<()> {
         if let Some(id) = batch.ids().iter().find(|id| self.ids.contains(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} is already in the database") });
         }
@@ -439,10 +501,97 @@ impl Db {
         if let Some(id) = batch.ids().iter().find(|id| self.deleted.contains(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} was deleted and awaits compaction") });
         }
-        self.wal.append(batch)?;
+        let attrs = attrs.filter(|a| !a.columns.is_empty() || a.rows != batch.len());
+        let cols = match attrs {
+            None => None,
+            Some(a) => {
+                if a.rows != batch.len() {
+                    let reason = format!("{} rows of attributes for {} splats", a.rows, batch.len());
+                    return Err(Error::InvalidAttributes { field: String::new(), reason });
+                }
+                let schema = match &self.manifest.schema {
+                    Some(s) => s.clone(),
+                    None => Schema::infer(a)?,
+                };
+                // Checked before anything (the inferred schema included) is stored.
+                let cols = a.normalise(&schema)?;
+                if self.manifest.schema.is_none() {
+                    self.set_schema_now(schema)?;
+                }
+                Some(cols)
+            }
+        };
+        let block = match (&cols, &self.manifest.schema) {
+            (Some(c), Some(s)) => Some(encode_block(s, c)?),
+            _ => None,
+        };
+        self.wal.append_with(batch, block.as_deref())?;
         self.memtable.push(batch.into());
         self.ids.extend(batch.ids());
+        Arc::make_mut(&mut self.attrs).append(batch.ids(), cols.as_deref());
         Ok(())
+    }
+
+    /// Declares the attribute schema of a database that has none (stored in the manifest; the log is
+    /// replaced by one of version 2 after the rows in memory are flushed). The same schema again is a
+    /// no-op; another one is [`Error::InvalidAttributes`] (a schema is fixed once set).
+    pub fn set_schema(&mut self, schema: Schema) -> Result<()> {
+        self.change(|db| db.set_schema_now(schema))
+    }
+
+    fn set_schema_now(&mut self, schema: Schema) -> Result<()> {
+        schema.check()?;
+        match &self.manifest.schema {
+            Some(s) if *s == schema => return Ok(()),
+            Some(s) => {
+                let reason = format!("the database's schema is fixed ({s:?})");
+                return Err(Error::InvalidAttributes { field: String::new(), reason });
+            }
+            None => {}
+        }
+        self.flush_now()?;
+        let mut next = self.manifest.clone();
+        next.generation = self.next_number(next.generation)?;
+        next.schema = Some(schema.clone());
+        next.deleted = self.deleted.iter().copied().collect();
+        next.deleted.sort_unstable();
+        self.commit(next, true, |_| {})?;
+        Arc::make_mut(&mut self.attrs).set_schema(schema);
+        Ok(())
+    }
+
+    /// The attribute schema, if the database has one.
+    pub fn schema(&self) -> Option<&Schema> {
+        self.manifest.schema.as_ref()
+    }
+
+    /// The attributes of every live row.
+    pub fn attributes(&self) -> &AttrTable {
+        &self.attrs
+    }
+
+    /// Sets attributes of existing rows by id: the fields `attrs` names take its values (a null clears
+    /// one), the others keep theirs. Logged and acknowledged like a batch. Errors:
+    /// [`Error::InvalidAttributes`] (no schema, a field or type that does not fit, a wrong row count),
+    /// [`Error::InvalidBatch`] (an id that is not in the database); nothing changes then.
+    pub fn set_attributes(&mut self, ids: &[u64], attrs: &AttrBatch) -> Result<()> {
+        self.change(|db| db.set_attributes_now(ids, attrs))
+    }
+
+    fn set_attributes_now(&mut self, ids: &[u64], attrs: &AttrBatch) -> Result<()> {
+        if self.manifest.schema.is_none() {
+            let reason = "the database has no attribute schema".to_string();
+            return Err(Error::InvalidAttributes { field: String::new(), reason });
+        }
+        self.attrs.check_update(ids, attrs)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let block = encode_update(attrs)?;
+        self.wal.append_set_attrs(ids, &block)?;
+        let in_memory: HashSet<u64> = self.memtable.parts().flat_map(|p| p.ids.iter().copied()).collect();
+        self.attrs_dirty |= ids.iter().any(|id| !in_memory.contains(id));
+        Arc::make_mut(&mut self.attrs).update(ids, attrs)
     }
 
     /// Deletes ids (those not present are ignored) and returns how many were present. The delete is logged
@@ -464,6 +613,7 @@ impl Db {
         let gone: HashSet<u64> = present.iter().copied().collect();
         // Rows still in memory simply go; rows already in a segment get a tombstone.
         let in_memory = self.memtable.remove(&gone);
+        Arc::make_mut(&mut self.attrs).remove(&present);
         let tombstones = Arc::make_mut(&mut self.deleted);
         tombstones.extend(gone.iter().copied().filter(|id| !in_memory.contains(id)));
         self.ids.retain(|id| !gone.contains(id));
@@ -477,6 +627,11 @@ impl Db {
     }
 
     fn flush_now(&mut self) -> Result<()> {
+        if self.attrs_dirty {
+            // Attribute changes of segment rows live only in the log this flush retires: the segments
+            // are written again, with the rows in memory, carrying them.
+            return self.merge_now();
+        }
         if self.memtable.rows() == 0 {
             return Ok(());
         }
@@ -485,7 +640,9 @@ impl Db {
         let (generation, next_id) = (self.next_number(self.manifest.generation)?, self.next_number(id)?);
         let file = segment_name(id);
         let parts: Vec<ColumnsRef<'_>> = self.memtable.parts().collect();
-        crate::segment::write_segment_parts(&self.dir.join(&file), id, &parts)?;
+        let ids: Vec<u64> = parts.iter().flat_map(|p| p.ids.iter().copied()).collect();
+        let block = self.block_for(&ids)?;
+        crate::segment::write_segment_parts(&self.dir.join(&file), id, &parts, block.as_deref())?;
         let segment = Arc::new(Segment::open(self.dir.join(&file))?);
         let mut next = self.manifest.clone();
         next.generation = generation;
@@ -494,7 +651,15 @@ impl Db {
         // The log is retired with this flush: its deletes of segment rows move into the manifest.
         next.deleted = self.deleted.iter().copied().collect();
         next.deleted.sort_unstable();
-        self.commit(next, |segments| segments.push(segment))
+        self.commit(next, true, |segments| segments.push(segment))
+    }
+
+    /// The encoded attribute block of rows `ids` for a segment, when the database has a schema.
+    fn block_for(&self, ids: &[u64]) -> Result<Option<Vec<u8>>> {
+        match &self.manifest.schema {
+            Some(schema) => Ok(Some(encode_block(schema, &self.attrs.extract(ids))?)),
+            None => Ok(None),
+        }
     }
 
     /// Flushes, then merges every segment into one, in order, without the deleted rows, and drops the old
@@ -508,31 +673,43 @@ impl Db {
         if self.segments.len() < 2 && self.deleted.is_empty() {
             return Ok(());
         }
+        self.merge_now()
+    }
+
+    /// Writes every live row (the segments' without the deleted ones, then the rows in memory) as one
+    /// segment with its current attributes, and starts a new log: what compaction does, and what a flush
+    /// does after attributes of segment rows changed.
+    fn merge_now(&mut self) -> Result<()> {
         let mut merged = Columns::empty(self.manifest.dim);
         self.segments.iter().for_each(|s| merged.extend(s.columns()));
         merged.remove(&self.deleted);
+        self.memtable.parts().for_each(|p| merged.extend(p));
+        let block = self.block_for(&merged.ids)?;
         let id = self.manifest.next_segment_id;
         // Both numbers are checked before anything is written.
         let (generation, next_id) = (self.next_number(self.manifest.generation)?, self.next_number(id)?);
         let file = segment_name(id);
-        crate::write_segment(&self.dir.join(&file), id, merged.view())?;
+        crate::segment::write_segment_parts(&self.dir.join(&file), id, &[merged.view()], block.as_deref())?;
         let segment = Arc::new(Segment::open(self.dir.join(&file))?);
         let mut next = self.manifest.clone();
         next.generation = generation;
         next.segments = vec![SegmentEntry { id, file, rows: merged.rows() as u64 }];
         next.next_segment_id = next_id;
         next.deleted.clear();
-        self.commit(next, |segments| *segments = vec![segment])?;
+        self.commit(next, true, |segments| *segments = vec![segment])?;
         self.deleted = Arc::new(HashSet::new());
+        self.attrs_dirty = false;
         Ok(())
     }
 
     /// Stores `next` with a fresh log, then updates the in-memory state and removes what it replaced.
-    fn commit(&mut self, mut next: Manifest, update: impl FnOnce(&mut Vec<Arc<Segment>>)) -> Result<()> {
-        let flushing = self.memtable.rows() > 0 && next.segments.len() > self.manifest.segments.len();
-        let wal = if flushing {
+    /// With `new_log`, the rows in memory are in `next`'s segments (or there are none) and the log is
+    /// replaced by an empty one (version 2 when the database has a schema).
+    fn commit(&mut self, mut next: Manifest, new_log: bool, update: impl FnOnce(&mut Vec<Arc<Segment>>)) -> Result<()> {
+        let wal = if new_log {
             let name = wal_name(next.generation);
-            let wal = Wal::create(self.dir.join(&name), self.manifest.dim, self.options.durability)?;
+            let version = if next.schema.is_some() { 2 } else { 1 };
+            let wal = Wal::create_version(self.dir.join(&name), self.manifest.dim, self.options.durability, version)?;
             next.wal = Some(name);
             Some(wal)
         } else {
@@ -590,7 +767,7 @@ impl Db {
         next.generation = self.next_number(next.generation)?;
         next.next_segment_id = self.next_number(next.next_segment_id)?;
         next.index = names;
-        self.commit(next, |_| {})?;
+        self.commit(next, false, |_| {})?;
         self.index = files;
         self.index_error = None;
         Ok(())
@@ -606,7 +783,7 @@ impl Db {
             let mut next = db.manifest.clone();
             next.generation = db.next_number(next.generation)?;
             next.index.clear();
-            db.commit(next, |_| {})?;
+            db.commit(next, false, |_| {})?;
             db.index.clear();
             db.index_error = None;
             Ok(())
@@ -652,6 +829,7 @@ impl Db {
             deleted: Arc::clone(&self.deleted),
             index: self.index.clone(),
             index_error: self.index_error.clone(),
+            attrs: Arc::clone(&self.attrs),
         }
     }
 

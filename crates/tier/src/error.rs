@@ -74,6 +74,24 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Attributes that do not fit the database's schema: an unknown field, a column of the wrong type or
+    /// length, a value no column may hold, an invalid schema. Nothing was stored.
+    #[error("invalid attributes (field {field:?}): {reason}")]
+    InvalidAttributes {
+        /// The field ("" when the problem is not one field's).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A filter that does not fit the database's schema: an unknown field, a value of the wrong type, a
+    /// condition the field's type does not support.
+    #[error("invalid filter (field {field:?}): {reason}")]
+    InvalidFilter {
+        /// The field ("" when the problem is not one field's).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A device of the hot tier failed (allocation, upload).
     #[error("hot tier device: {reason}")]
     Device {

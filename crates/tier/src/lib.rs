@@ -49,10 +49,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod attrs;
 mod blob;
 mod columns;
 mod db;
 mod error;
+mod filter;
 mod fsio;
 mod hot;
 mod lock;
@@ -205,10 +207,15 @@ pub mod testing {
     }
 }
 
+pub use attrs::{
+    AttrBatch, AttrTable, Column, Field, FieldType, MAX_FIELDS, MAX_KEYWORD, MAX_PAYLOAD, MAX_TAGS, Schema, Storage,
+    Value,
+};
 pub use blob::{BLOB_MAGIC, BLOB_VERSION, load_blob, remove_blob, store_blob};
 pub use columns::{Columns, ColumnsRef, Memtable};
 pub use db::{Db, DbCheck, DbOptions, Snapshot};
 pub use error::{Error, Result};
+pub use filter::{Filter, MAX_DEPTH, Postings, Scalar};
 #[cfg(feature = "fault-injection")]
 pub use fsio::fault_injection as fault;
 pub use hot::{HotBytes, HotCache, HotKey, HotStats, HotStorage, HotTier, RamHot, RamStorage, Residency};

@@ -12,10 +12,10 @@ use crate::{Error, Result};
 pub const MANIFEST_FILE: &str = "MANIFEST";
 /// First bytes of the manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"M2M-MAN\0";
-/// Format version this build writes when the database has a stored index (`index` not empty); without one
-/// it writes version 1, the layout without that field, so that such a database stays readable by builds
-/// that know only version 1. Both are read.
-pub const MANIFEST_VERSION: u32 = 2;
+/// Format version this build writes when the database has an attribute schema; with a stored index and no
+/// schema it writes version 2, with neither version 1 (the older layouts, so that such a database stays
+/// readable by builds that know only them). All three are read.
+pub const MANIFEST_VERSION: u32 = 3;
 const HEADER: usize = 20;
 /// A manifest larger than this is damage (it lists files, not data).
 const MAX_PAYLOAD: usize = 64 << 20;
@@ -52,6 +52,21 @@ pub struct Manifest {
     /// The files of the stored index (section files, see `sections.rs`), empty when there is none. They
     /// are replaced together by one manifest store: a reader sees the old index or the new one.
     pub index: Vec<String>,
+    /// The attribute fields of the database (see [`crate::Schema`]), `None` while it has none (version 3
+    /// only).
+    pub schema: Option<crate::Schema>,
+}
+
+/// The version 2 payload: [`Manifest`] without `schema`.
+#[derive(Deserialize)]
+struct ManifestV2 {
+    generation: u64,
+    dim: usize,
+    segments: Vec<SegmentEntry>,
+    wal: Option<String>,
+    next_segment_id: u64,
+    deleted: Vec<u64>,
+    index: Vec<String>,
 }
 
 /// The version 1 payload: [`Manifest`] without `index`.
@@ -75,9 +90,20 @@ impl Manifest {
     pub fn store(&self, dir: &Path) -> Result<()> {
         let serialise =
             |e: postcard::Error| Error::InvalidBatch { reason: format!("manifest does not serialise: {e}") };
-        let (version, payload) = if self.index.is_empty() {
+        let (version, payload) = if self.schema.is_none() && self.index.is_empty() {
             let v1 = (self.generation, self.dim, &self.segments, &self.wal, self.next_segment_id, &self.deleted);
             (1, postcard::to_allocvec(&v1).map_err(serialise)?)
+        } else if self.schema.is_none() {
+            let v2 = (
+                self.generation,
+                self.dim,
+                &self.segments,
+                &self.wal,
+                self.next_segment_id,
+                &self.deleted,
+                &self.index,
+            );
+            (2, postcard::to_allocvec(&v2).map_err(serialise)?)
         } else {
             (MANIFEST_VERSION, postcard::to_allocvec(self).map_err(serialise)?)
         };
@@ -103,9 +129,12 @@ impl Manifest {
     /// Validates and decodes the bytes of a manifest file; `path` only labels errors.
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<Manifest> {
         let bad = |offset: usize, reason: String| Error::corrupt(path, offset as u64, reason);
-        // Version 1 (no index) is read as well as the current one; anything else is refused by `unseal`.
+        // Versions 1 (no index) and 2 (no schema) are read as well as the current one; anything else is
+        // refused by `unseal`.
         let version = match bytes.get(8..12) {
-            Some(&[a, b, c, d]) if u32::from_le_bytes([a, b, c, d]) == 1 => 1,
+            Some(&[a, b, c, d]) if matches!(u32::from_le_bytes([a, b, c, d]), 1 | 2) => {
+                u32::from_le_bytes([a, b, c, d])
+            }
             _ => MANIFEST_VERSION,
         };
         let payload = crate::blob::unseal(path, bytes, MANIFEST_MAGIC, version, MAX_PAYLOAD, "manifest")?;
@@ -125,10 +154,31 @@ impl Manifest {
                 next_segment_id: v1.next_segment_id,
                 deleted: v1.deleted,
                 index: Vec::new(),
+                schema: None,
+            }
+        } else if version == 2 {
+            let (v2, rest): (ManifestV2, _) = postcard::take_from_bytes(payload).map_err(undecodable)?;
+            if !rest.is_empty() {
+                return Err(bad(HEADER, format!("{} bytes after a version 2 payload", rest.len())));
+            }
+            Manifest {
+                generation: v2.generation,
+                dim: v2.dim,
+                segments: v2.segments,
+                wal: v2.wal,
+                next_segment_id: v2.next_segment_id,
+                deleted: v2.deleted,
+                index: v2.index,
+                schema: None,
             }
         } else {
             postcard::from_bytes(payload).map_err(undecodable)?
         };
+        if let Some(schema) = &m.schema
+            && let Err(e) = schema.check()
+        {
+            return Err(bad(HEADER, format!("schema: {e}")));
+        }
         if m.dim == 0 {
             return Err(bad(HEADER, "dimension 0".into()));
         }

@@ -16,8 +16,9 @@ use crate::{Error, Result, fsio};
 
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"M2M-SEG\0";
-/// Format version this build reads and writes.
-pub const SEGMENT_VERSION: u32 = 1;
+/// Format version this build writes for a segment with an attribute block; without one it writes
+/// version 1 (the layout older builds read). Both are read.
+pub const SEGMENT_VERSION: u32 = 2;
 /// Bytes of the segment header.
 pub const SEGMENT_HEADER: usize = 128;
 /// Column alignment in bytes.
@@ -45,11 +46,12 @@ pub(crate) fn layout(rows: usize, dim: usize) -> Option<[(usize, usize); 5]> {
 /// Writes `columns` as segment `id` at `path`: a temporary file beside it, fsync, rename, fsync of the
 /// directory. Nothing appears at `path` unless all of it was written.
 pub fn write_segment(path: &Path, id: u64, columns: ColumnsRef<'_>) -> Result<()> {
-    write_segment_parts(path, id, &[columns])
+    write_segment_parts(path, id, &[columns], None)
 }
 
 /// [`write_segment`] of the rows of `parts`, in order, as one segment (no copy into one buffer first).
-pub(crate) fn write_segment_parts(path: &Path, id: u64, parts: &[ColumnsRef<'_>]) -> Result<()> {
+/// With `attrs`, the rows' encoded attribute block follows the columns (version 2).
+pub(crate) fn write_segment_parts(path: &Path, id: u64, parts: &[ColumnsRef<'_>], attrs: Option<&[u8]>) -> Result<()> {
     let dim = parts.first().map_or(0, |p| p.dim);
     for p in parts {
         p.check()?;
@@ -72,7 +74,8 @@ pub(crate) fn write_segment_parts(path: &Path, id: u64, parts: &[ColumnsRef<'_>]
     ];
     let mut header = [0u8; SEGMENT_HEADER];
     header[..8].copy_from_slice(&SEGMENT_MAGIC);
-    header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    let version: u32 = if attrs.is_some() { 2 } else { 1 };
+    header[8..12].copy_from_slice(&version.to_le_bytes());
     header[12..16].copy_from_slice(&(dim as u32).to_le_bytes());
     header[16..24].copy_from_slice(&(rows as u64).to_le_bytes());
     header[24..32].copy_from_slice(&id.to_le_bytes());
@@ -80,6 +83,12 @@ pub(crate) fn write_segment_parts(path: &Path, id: u64, parts: &[ColumnsRef<'_>]
         let crc = slices.iter().fold(0, |crc, b| crc32c::crc32c_append(crc, b));
         header[32 + 8 * i..40 + 8 * i].copy_from_slice(&(*offset as u64).to_le_bytes());
         header[72 + 4 * i..76 + 4 * i].copy_from_slice(&crc.to_le_bytes());
+    }
+    let attrs_at = align_up(cols[4].0 + cols[4].1);
+    if let Some(block) = attrs {
+        header[92..100].copy_from_slice(&(attrs_at as u64).to_le_bytes());
+        header[100..108].copy_from_slice(&(block.len() as u64).to_le_bytes());
+        header[108..112].copy_from_slice(&crc32c::crc32c(block).to_le_bytes());
     }
     let crc = crc32c::crc32c(&header[..124]);
     header[124..128].copy_from_slice(&crc.to_le_bytes());
@@ -95,6 +104,10 @@ pub(crate) fn write_segment_parts(path: &Path, id: u64, parts: &[ColumnsRef<'_>]
             f.write_all(&vec![0u8; offset - at])?;
             slices.iter().try_for_each(|b| f.write_all(b))?;
             at = offset + len;
+        }
+        if let Some(block) = attrs {
+            f.write_all(&vec![0u8; attrs_at - at])?;
+            f.write_all(block)?;
         }
         f.flush()?;
         drop(f);
@@ -132,6 +145,8 @@ pub struct Segment {
     rows: usize,
     dim: usize,
     cols: [(usize, usize); 5],
+    /// Where the attribute block is (version 2), as (offset, length).
+    attrs: Option<(usize, usize)>,
 }
 
 impl Segment {
@@ -145,8 +160,8 @@ impl Segment {
         // SAFETY: see the type's safety contract: segment files are immutable once in place and are only
         // mapped read-only here; every byte is validated below before use.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let Layout { id, rows, dim, cols } = validate(&path, &map)?;
-        Ok(Segment { path, map, id, rows, dim, cols })
+        let Layout { id, rows, dim, cols, attrs } = validate(&path, &map)?;
+        Ok(Segment { path, map, id, rows, dim, cols, attrs })
     }
 
     fn column<T: bytemuck::Pod>(&self, i: usize) -> &[T] {
@@ -218,6 +233,12 @@ impl Segment {
         self.column(4)
     }
 
+    /// The encoded attribute block of the rows (checksum checked at open), `None` in a segment written
+    /// without attributes (version 1).
+    pub fn attrs_block(&self) -> Option<&[u8]> {
+        self.attrs.map(|(o, l)| &self.map[o..o + l])
+    }
+
     /// Number of splats.
     pub fn rows(&self) -> usize {
         self.rows
@@ -245,6 +266,7 @@ pub(crate) struct Layout {
     pub(crate) rows: usize,
     pub(crate) dim: usize,
     pub(crate) cols: [(usize, usize); 5],
+    pub(crate) attrs: Option<(usize, usize)>,
 }
 
 /// Checks every header field, column checksum and the length of a segment file's bytes (`map`); `path`
@@ -265,7 +287,7 @@ pub(crate) fn validate(path: &Path, map: &[u8]) -> Result<Layout> {
         return Err(bad(124, "header checksum mismatch".into()));
     }
     let version = u32_at(8);
-    if version != SEGMENT_VERSION {
+    if !(1..=SEGMENT_VERSION).contains(&version) {
         return Err(Error::IncompatibleVersion { path: path.into(), found: version, supported: SEGMENT_VERSION });
     }
     let dim = u32_at(12) as usize;
@@ -289,7 +311,24 @@ pub(crate) fn validate(path: &Path, map: &[u8]) -> Result<Layout> {
             return Err(bad(offset, format!("column {} checksum mismatch", COLUMNS[i].0)));
         }
     }
-    let end = cols[4].0 + cols[4].1;
+    let mut end = cols[4].0 + cols[4].1;
+    let mut attrs = None;
+    if version >= 2 {
+        let at = align_up(end);
+        let (stored, block_len) = (u64_at(92), u64_at(100));
+        if stored != at as u64 {
+            return Err(bad(92, format!("attribute block at byte {stored}, expected {at}")));
+        }
+        let block_end = usize::try_from(block_len).ok().and_then(|l| at.checked_add(l)).filter(|&e| e <= len);
+        let Some(block_end) = block_end else {
+            return Err(bad(100, format!("attribute block of {block_len} bytes runs past the end at {len}")));
+        };
+        if crc32c::crc32c(&map[at..block_end]) != u32_at(108) {
+            return Err(bad(at, "attribute block checksum mismatch".into()));
+        }
+        attrs = Some((at, block_end - at));
+        end = block_end;
+    }
     if len != end {
         return Err(bad(end, format!("{} bytes after the last column", len.saturating_sub(end))));
     }
@@ -309,5 +348,5 @@ pub(crate) fn validate(path: &Path, map: &[u8]) -> Result<Layout> {
         return Err(bad(at, format!("row {row} has an invalid {column}")));
     }
     let id = u64_at(24);
-    Ok(Layout { id, rows, dim, cols })
+    Ok(Layout { id, rows, dim, cols, attrs })
 }

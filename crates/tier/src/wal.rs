@@ -14,8 +14,9 @@ use crate::{Columns, Error, Result, fsio};
 
 /// First bytes of every WAL file.
 pub const WAL_MAGIC: [u8; 8] = *b"M2M-WAL\0";
-/// Format version this build reads and writes.
-pub const WAL_VERSION: u32 = 1;
+/// Format version this build writes for a database with an attribute schema (records of kinds 3 and 4
+/// need it); without one it writes version 1, which builds that know only version 1 read. Both are read.
+pub const WAL_VERSION: u32 = 2;
 /// Bytes of the file header.
 pub const WAL_HEADER: u64 = 32;
 /// Bytes of a record header (length, checksum).
@@ -26,6 +27,10 @@ const MAX_RECORD: u64 = 1 << 30;
 const KIND_BATCH: u8 = 1;
 /// Record kind of a list of deleted ids.
 const KIND_DELETE: u8 = 2;
+/// Record kind of a batch of splats with their attributes (version 2).
+const KIND_BATCH_ATTRS: u8 = 3;
+/// Record kind of an attribute update by id (version 2).
+const KIND_SET_ATTRS: u8 = 4;
 
 /// When an append counts as acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +50,9 @@ pub struct WalBatch {
     pub seq: u64,
     /// The splats.
     pub columns: Columns,
+    /// Their attributes: the encoded block (checked against the schema by the database), `None` in a
+    /// record without attributes.
+    pub attrs: Option<Vec<u8>>,
 }
 
 /// One recovered record of the log.
@@ -59,6 +67,15 @@ pub enum WalRecord {
         /// The ids.
         ids: Vec<u64>,
     },
+    /// Attributes of existing rows set (the fields the block names; the others unchanged).
+    SetAttributes {
+        /// Sequence number of the record.
+        seq: u64,
+        /// The ids, one per row of the block.
+        ids: Vec<u64>,
+        /// The encoded block (field names and columns).
+        block: Vec<u8>,
+    },
 }
 
 impl WalRecord {
@@ -66,7 +83,7 @@ impl WalRecord {
     pub fn seq(&self) -> u64 {
         match self {
             WalRecord::Batch(b) => b.seq,
-            WalRecord::Delete { seq, .. } => *seq,
+            WalRecord::Delete { seq, .. } | WalRecord::SetAttributes { seq, .. } => *seq,
         }
     }
 }
@@ -85,6 +102,8 @@ pub struct Wal {
     buf: Vec<u8>,
     /// What [`Wal::open`] cut from the end of the file, if anything.
     cut: Option<CutTail>,
+    /// The file's format version (attribute records need 2).
+    version: u32,
 }
 
 /// Bytes [`Wal::open`] cut after the last good record: a torn write, or a damaged acknowledged record.
@@ -110,14 +129,14 @@ impl std::fmt::Display for CutTail {
 
 /// Rows of the batch record whose header starts `tail`, when the header is whole.
 fn tail_rows(tail: &[u8]) -> Option<u64> {
-    (tail.len() >= RECORD_HEADER as usize + 8 && tail[8] == KIND_BATCH)
+    (tail.len() >= RECORD_HEADER as usize + 8 && matches!(tail[8], KIND_BATCH | KIND_BATCH_ATTRS))
         .then(|| u64::from(u32::from_le_bytes([tail[12], tail[13], tail[14], tail[15]])))
 }
 
-fn header_bytes(dim: u32) -> [u8; WAL_HEADER as usize] {
+fn header_bytes(dim: u32, version: u32) -> [u8; WAL_HEADER as usize] {
     let mut h = [0u8; WAL_HEADER as usize];
     h[..8].copy_from_slice(&WAL_MAGIC);
-    h[8..12].copy_from_slice(&WAL_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12..16].copy_from_slice(&dim.to_le_bytes());
     let crc = crc32c::crc32c(&h[..28]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
@@ -130,6 +149,16 @@ impl Wal {
     /// so a file of a log's name always starts with the log's magic (the mark of what is ours, see
     /// `owned.rs`); a file there that is not ours is [`Error::NotOurs`].
     pub fn create(path: impl AsRef<Path>, dim: usize, durability: Durability) -> Result<Wal> {
+        Wal::create_version(path, dim, durability, 1)
+    }
+
+    /// [`create`](Self::create) of a log of format `version` (1, or 2 for attribute records).
+    pub(crate) fn create_version(
+        path: impl AsRef<Path>,
+        dim: usize,
+        durability: Durability,
+        version: u32,
+    ) -> Result<Wal> {
         let path = path.as_ref().to_path_buf();
         let dim32 = u32::try_from(dim)
             .ok()
@@ -143,7 +172,7 @@ impl Wal {
         let tmp = path.with_file_name(crate::owned::temp_name(name));
         let file = fsio::create(&tmp, true).map_err(|e| Error::io(&tmp, e))?;
         let written = fsio::Writer(&file)
-            .write_all(&header_bytes(dim32))
+            .write_all(&header_bytes(dim32, version))
             .and_then(|()| fsio::sync_all(&file))
             .and_then(|()| fsio::rename(&tmp, &path))
             .and_then(|()| fsio::sync_dir(fsio::parent(&path)));
@@ -164,6 +193,7 @@ impl Wal {
             poisoned: false,
             buf: Vec::new(),
             cut: None,
+            version,
         })
     }
 
@@ -178,6 +208,7 @@ impl Wal {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
         let (dim, batches, end) = decode_log(&path, &bytes)?;
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         let len = bytes.len() as u64;
         let cut = (len != end).then(|| CutTail {
             path: path.clone(),
@@ -191,7 +222,10 @@ impl Wal {
         }
         file.seek(SeekFrom::Start(end)).map_err(|e| Error::io(&path, e))?;
         let next_seq = batches.len() as u64;
-        Ok((Wal { path, file, dim, durability, next_seq, end, poisoned: false, buf: Vec::new(), cut }, batches))
+        Ok((
+            Wal { path, file, dim, durability, next_seq, end, poisoned: false, buf: Vec::new(), cut, version },
+            batches,
+        ))
     }
 
     /// Reads every complete batch of a log without changing the file (a torn tail is skipped, not cut).
@@ -207,6 +241,15 @@ impl Wal {
     /// On a failed write the log cuts the partial record away and refuses further appends
     /// ([`Error::Poisoned`]) until reopened; nothing acknowledged is lost.
     pub fn append(&mut self, set: &m2m_splat::SplatSet) -> Result<u64> {
+        self.append_with(set, None)
+    }
+
+    /// [`append`](Self::append) with the batch's encoded attribute block (a record of kind 3, in a
+    /// version 2 log only).
+    pub(crate) fn append_with(&mut self, set: &m2m_splat::SplatSet, attrs: Option<&[u8]>) -> Result<u64> {
+        if attrs.is_some() && self.version < 2 {
+            return Err(Error::InvalidBatch { reason: "attributes in a version 1 log".into() });
+        }
         if self.poisoned {
             return Err(Error::Poisoned { path: self.path.clone() });
         }
@@ -221,15 +264,16 @@ impl Wal {
         let rows = u32::try_from(set.len()).map_err(|_| Error::InvalidBatch { reason: "too many rows".into() })?;
         // The columns go to the kernel straight from the set (one `writev`, no copy into a buffer); only
         // the 24 bytes of headers are assembled here.
-        let columns: [&[u8]; 5] = [
+        let columns: [&[u8]; 6] = [
             bytemuck::cast_slice(set.ids()),
             bytemuck::cast_slice(set.norms()),
             bytemuck::cast_slice(set.kappa()),
             bytemuck::cast_slice(set.alpha()),
             bytemuck::cast_slice(set.mu()),
+            attrs.unwrap_or(&[]),
         ];
         let mut head = [0u8; RECORD_HEADER as usize + 16];
-        head[8] = KIND_BATCH;
+        head[8] = if attrs.is_some() { KIND_BATCH_ATTRS } else { KIND_BATCH };
         head[12..16].copy_from_slice(&rows.to_le_bytes());
         head[16..24].copy_from_slice(&self.next_seq.to_le_bytes());
         let payload_len = 16 + columns.iter().map(|c| c.len()).sum::<usize>();
@@ -243,26 +287,41 @@ impl Wal {
             IoSlice::new(columns[2]),
             IoSlice::new(columns[3]),
             IoSlice::new(columns[4]),
+            IoSlice::new(columns[5]),
         ];
         self.write_record(payload_len as u64, &mut slices)
     }
 
     /// Appends a list of deleted ids, acknowledged like a batch. An empty list is refused.
     pub fn append_delete(&mut self, ids: &[u64]) -> Result<u64> {
+        self.append_ids(KIND_DELETE, ids, &[])
+    }
+
+    /// Appends an attribute update of `ids` (an encoded block of as many rows), acknowledged like a batch
+    /// (a record of kind 4, in a version 2 log only).
+    pub(crate) fn append_set_attrs(&mut self, ids: &[u64], block: &[u8]) -> Result<u64> {
+        if self.version < 2 {
+            return Err(Error::InvalidBatch { reason: "attributes in a version 1 log".into() });
+        }
+        self.append_ids(KIND_SET_ATTRS, ids, block)
+    }
+
+    fn append_ids(&mut self, kind: u8, ids: &[u64], tail: &[u8]) -> Result<u64> {
         if self.poisoned {
             return Err(Error::Poisoned { path: self.path.clone() });
         }
         let count = u32::try_from(ids.len())
             .ok()
             .filter(|&c| c > 0)
-            .ok_or_else(|| Error::InvalidBatch { reason: "a delete needs 1 to 2^32 - 1 ids".into() })?;
+            .ok_or_else(|| Error::InvalidBatch { reason: "a record needs 1 to 2^32 - 1 ids".into() })?;
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; RECORD_HEADER as usize]);
-        self.buf.push(KIND_DELETE);
+        self.buf.push(kind);
         self.buf.extend_from_slice(&[0u8; 3]);
         self.buf.extend_from_slice(&count.to_le_bytes());
         self.buf.extend_from_slice(&self.next_seq.to_le_bytes());
         self.buf.extend_from_slice(bytemuck::cast_slice(ids));
+        self.buf.extend_from_slice(tail);
         seal(&mut self.buf);
         let buf = std::mem::take(&mut self.buf);
         let result = self.write_record(buf.len() as u64 - RECORD_HEADER, &mut [IoSlice::new(&buf)]);
@@ -304,6 +363,11 @@ impl Wal {
             return Err(Error::io(&self.path, e));
         }
         Ok(())
+    }
+
+    /// The file's format version.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// Dimension of the log's splats.
@@ -350,12 +414,16 @@ fn take<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
 }
 
 /// Decodes one checksummed payload; `offset` (of its record) only labels errors.
-fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -> Result<WalRecord> {
+fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64, version: u32) -> Result<WalRecord> {
     let bad = |reason: String| Error::corrupt(path, offset, reason);
     if payload.len() < 16 {
         return Err(bad(format!("record payload of {} bytes is shorter than its 16-byte header", payload.len())));
     }
-    if !matches!(payload[0], KIND_BATCH | KIND_DELETE) || payload[1..4] != [0, 0, 0] {
+    let known = match version {
+        1 => matches!(payload[0], KIND_BATCH | KIND_DELETE),
+        _ => matches!(payload[0], KIND_BATCH | KIND_DELETE | KIND_BATCH_ATTRS | KIND_SET_ATTRS),
+    };
+    if !known || payload[1..4] != [0, 0, 0] {
         return Err(bad(format!("unknown record kind {}", payload[0])));
     }
     let rows = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
@@ -369,8 +437,25 @@ fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -
         }
         return Ok(WalRecord::Delete { seq, ids: take(&payload[16..]) });
     }
+    if payload[0] == KIND_SET_ATTRS {
+        let ids_end = rows.checked_mul(8).map(|b| b + 16).filter(|&e| e < payload.len());
+        let Some(ids_end) = ids_end.filter(|_| rows > 0) else {
+            return Err(bad(format!("{rows} ids and a block do not fit a payload of {} bytes", payload.len())));
+        };
+        return Ok(WalRecord::SetAttributes {
+            seq,
+            ids: take(&payload[16..ids_end]),
+            block: payload[ids_end..].to_vec(),
+        });
+    }
     let want = rows.checked_mul(8 + 12 + 4 * dim).map(|b| b + 16);
-    if rows == 0 || want != Some(payload.len()) {
+    let with_attrs = payload[0] == KIND_BATCH_ATTRS;
+    let fits = match want {
+        Some(w) if with_attrs => w < payload.len(),
+        Some(w) => w == payload.len(),
+        None => false,
+    };
+    if rows == 0 || !fits {
         return Err(bad(format!("{rows} rows of dimension {dim} do not fill a payload of {} bytes", payload.len())));
     }
     let mut at = 16;
@@ -387,10 +472,11 @@ fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64) -
         alpha: take(next(rows * 4)),
         mu: take(next(rows * dim * 4)),
     };
+    let attrs = with_attrs.then(|| payload[at..].to_vec());
     if let Some((column, row)) = columns.view().invalid_value(true) {
         return Err(bad(format!("row {row} has an invalid {column}")));
     }
-    Ok(WalRecord::Batch(WalBatch { seq, columns }))
+    Ok(WalRecord::Batch(WalBatch { seq, columns, attrs }))
 }
 
 /// The offset (in `rest`) of the first position at or after `from` where a record with a matching checksum
@@ -400,7 +486,7 @@ fn record_after(rest: &[u8], from: usize) -> Option<usize> {
     (from..rest.len().saturating_sub(header + 16)).find(|&p| {
         let len = u32::from_le_bytes(rest[p..p + 4].try_into().unwrap_or([0; 4])) as usize;
         let body = p + header;
-        let kind_ok = matches!(rest.get(body), Some(&KIND_BATCH | &KIND_DELETE));
+        let kind_ok = matches!(rest.get(body), Some(&(KIND_BATCH | KIND_DELETE | KIND_BATCH_ATTRS | KIND_SET_ATTRS)));
         if len < 16 || body + len > rest.len() || !kind_ok || rest[body + 1..body + 4] != [0, 0, 0] {
             return false;
         }
@@ -478,7 +564,7 @@ pub(crate) fn decode_log(path: &Path, bytes: &[u8]) -> Result<(usize, Vec<WalRec
         return Err(Error::corrupt(path, 28, "header checksum mismatch"));
     }
     let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if version != WAL_VERSION {
+    if !(1..=WAL_VERSION).contains(&version) {
         return Err(Error::IncompatibleVersion { path: path.to_path_buf(), found: version, supported: WAL_VERSION });
     }
     let dim = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
@@ -493,7 +579,7 @@ pub(crate) fn decode_log(path: &Path, bytes: &[u8]) -> Result<(usize, Vec<WalRec
         match good_record(rest, at) {
             Some(end) => {
                 let payload = &rest[at + RECORD_HEADER as usize..end];
-                batches.push(decode(path, offset, payload, dim, batches.len() as u64)?);
+                batches.push(decode(path, offset, payload, dim, batches.len() as u64, version)?);
                 at = end;
             }
             None => {

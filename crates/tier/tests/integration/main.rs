@@ -2,6 +2,7 @@
 //! the middle, headers, SIGKILL during ingest), segments and the manifest (round trips, damage at every
 //! byte, atomic replacement), and the directory lock.
 
+mod attrs;
 mod crash;
 mod db;
 mod faults;

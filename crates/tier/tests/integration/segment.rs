@@ -110,6 +110,7 @@ fn the_manifest_round_trips_and_is_replaced_whole() {
         next_segment_id: 1,
         deleted: vec![42],
         index: vec![],
+        schema: None,
     };
     m.store(dir.path()).unwrap();
     assert_eq!(Manifest::load(dir.path()).unwrap(), m);
@@ -123,6 +124,18 @@ fn the_manifest_round_trips_and_is_replaced_whole() {
     let mut bytes = std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap();
     bytes[8] = 1;
     assert!(matches!(Manifest::decode(dir.path(), &bytes), Err(Error::Corrupt { .. })));
+    // With a schema, version 3; read back as a version 2 it has bytes left over (Corrupt, not the
+    // schema silently dropped). Mutation caught: writing version 2 with a schema, or reading 3 as 2.
+    m.schema = Some(
+        m2m_tier::Schema::new(vec![m2m_tier::Field { name: "label".into(), ty: m2m_tier::FieldType::Label }]).unwrap(),
+    );
+    m.store(dir.path()).unwrap();
+    assert_eq!(std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap()[8], 3);
+    assert_eq!(Manifest::load(dir.path()).unwrap(), m);
+    let mut bytes = std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap();
+    bytes[8] = 2;
+    assert!(matches!(Manifest::decode(dir.path(), &bytes), Err(Error::Corrupt { .. })));
+    m.schema = None;
     m.index.clear();
     m.generation = 2;
     m.segments.push(SegmentEntry { id: 1, file: "0000000001.seg".into(), rows: 7 });
@@ -176,6 +189,7 @@ fn a_manifest_cannot_point_outside_its_directory() {
             next_segment_id: 1,
             deleted: vec![],
             index: vec![],
+            schema: None,
         };
         m.store(dir.path()).unwrap();
         assert!(matches!(Manifest::load(dir.path()), Err(Error::Corrupt { .. })), "{name:?} accepted");

@@ -1,0 +1,211 @@
+//! Attributes through the engine: adds with attributes (in memory and on disk), filtered retrieval at
+//! every level of detail against the exact filtered truth, rows added after the build, deletes,
+//! updates by id, reopening (writer and reader), and typed errors for bad attributes and filters.
+
+use std::collections::HashSet;
+
+use m2m::{AttrBatch, Column, ErrorKind, Filter, Lod, M2m, M2mConfig, Value, create_m2m, digits_on_sphere};
+
+const DIM: usize = 64;
+
+/// Attributes of rows with these ids and digit labels: the digit as `label` (correlated with the
+/// vectors: the hard case for in-cluster filtering), `even` = id even, `t` = id (a timestamp-like int).
+fn attrs(ids: &[u64], labels: &[u8]) -> AttrBatch {
+    AttrBatch::new(ids.len())
+        .with("label", Column::Int(labels.iter().map(|&l| Some(i64::from(l))).collect()))
+        .with("even", Column::Bool(ids.iter().map(|id| Some(id % 2 == 0)).collect()))
+        .with("t", Column::Int(ids.iter().map(|&id| Some(id as i64)).collect()))
+}
+
+/// The filtered truth: the exact ranking of every live row, kept where `ok` holds, first 10.
+fn truth(engine: &M2m, q: &[f32], ok: &HashSet<u64>) -> Vec<u64> {
+    let all = engine.retrieve(q, engine.len(), Lod::Exact).unwrap();
+    all.iter().map(|h| h.id).filter(|id| ok.contains(id)).take(10).collect()
+}
+
+fn filter(json: &str) -> Filter {
+    serde_json::from_str(json).unwrap()
+}
+
+/// Mutations caught: a retrieval that ignores the filter (hits outside the matching set), attributes
+/// of rows added after the build missing (the row's own vector does not find it under its label), a
+/// deleted row still matching, an exact filtered search that is not the filtered truth.
+fn check_filtered_retrieval(engine: &mut M2m, d: &m2m::splat::DigitsSphere) {
+    let f = filter(r#"{"and": [{"eq": {"field": "label", "value": 3}}, {"eq": {"field": "even", "value": true}}]}"#);
+    let ok: HashSet<u64> = engine.matching_ids(&f).unwrap().into_iter().collect();
+    assert!(!ok.is_empty() && ok.len() < engine.len() / 10, "{} of {}", ok.len(), engine.len());
+    for q in d.queries.chunks_exact(DIM).take(10) {
+        for lod in [Lod::Centroids, Lod::Codes, Lod::Rerank, Lod::Exact] {
+            let hits = engine.retrieve_filtered(q, 10, lod, &f).unwrap();
+            assert!(!hits.is_empty(), "{lod:?}");
+            assert!(hits.iter().all(|h| ok.contains(&h.id)), "{lod:?}: a hit outside the filter");
+        }
+        let exact: Vec<u64> = engine.retrieve_filtered(q, 10, Lod::Exact, &f).unwrap().iter().map(|h| h.id).collect();
+        assert_eq!(exact, truth(engine, q, &ok));
+    }
+    let batch = engine.retrieve_batch_filtered(&d.queries[..3 * DIM], 10, Lod::Exact, &f).unwrap();
+    assert_eq!(batch[1], engine.retrieve_filtered(&d.queries[DIM..2 * DIM], 10, Lod::Exact, &f).unwrap());
+
+    // Rows added after the build, with a label no other row has: found under it, and only they.
+    let start = engine.stats_max_id().unwrap() + 1;
+    let ids: Vec<u64> = (start..start + 4).collect();
+    let vectors = d.queries[..4 * DIM].to_vec();
+    engine.add_splats_attributed(&vectors, &ids, None, None, Some(&attrs(&ids, &[42; 4]))).unwrap();
+    let f42 = filter(r#"{"eq": {"field": "label", "value": 42}}"#);
+    for (i, q) in vectors.chunks_exact(DIM).enumerate() {
+        for lod in [Lod::Codes, Lod::Rerank, Lod::Exact] {
+            let hits = engine.retrieve_filtered(q, 10, lod, &f42).unwrap();
+            assert_eq!(hits.len(), 4, "{lod:?}");
+            assert_eq!(hits[0].id, ids[i], "{lod:?}");
+        }
+    }
+    engine.delete(&ids[..1]).unwrap();
+    let hits = engine.retrieve_filtered(&vectors[..DIM], 10, Lod::Exact, &f42).unwrap();
+    assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>().len(), 3);
+    assert!(hits.iter().all(|h| h.id != ids[0]), "a deleted row matched");
+    // A row added without attributes is in the table with nulls (in memory as on disk).
+    let plain = engine.add_splats(&d.queries[5 * DIM..6 * DIM]).unwrap();
+    let nulls = engine.matching_ids(&filter(r#"{"is_null": {"field": "label"}}"#)).unwrap();
+    assert_eq!(nulls, plain, "a row added without attributes has null fields");
+    assert_eq!(engine.attributes(plain[0]).unwrap()[0], ("label".to_string(), None));
+    // Hits carry their attributes.
+    let with = engine.with_attributes(&hits);
+    assert_eq!(with[0].1[0], ("label".to_string(), Some(Value::Int(42))));
+}
+
+#[test]
+fn filtered_retrieval_in_memory_matches_the_filtered_truth() {
+    let d = digits_on_sphere(&m2m::DigitsConfig { rows: 3_000, queries: 20, dim: DIM, ..Default::default() }).unwrap();
+    let mut engine = create_m2m(M2mConfig::default().dim(DIM)).unwrap();
+    let ids: Vec<u64> = (0..3_000).collect();
+    engine.add_splats_with_attributes(&d.base, &attrs(&ids, &d.base_labels)).unwrap();
+    engine.build_index().unwrap();
+    check_filtered_retrieval(&mut engine, &d);
+}
+
+/// Mutations caught: attributes not stored (none after reopening), a reader that does not see them, an
+/// update by id that is not logged (old label after reopening).
+#[test]
+fn attributes_persist_and_filter_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let d = digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 20, dim: DIM, ..Default::default() }).unwrap();
+    let ids: Vec<u64> = (0..2_000).collect();
+    {
+        let mut engine = create_m2m(M2mConfig::default().dim(DIM).data_dir(&db)).unwrap();
+        engine
+            .add_splats_with_attributes(&d.base[..1_000 * DIM], &attrs(&ids[..1_000], &d.base_labels[..1_000]))
+            .unwrap();
+        engine.flush().unwrap();
+        engine
+            .add_splats_attributed(
+                &d.base[1_000 * DIM..],
+                &ids[1_000..],
+                None,
+                None,
+                Some(&attrs(&ids[1_000..], &d.base_labels[1_000..])),
+            )
+            .unwrap();
+        engine.build_index().unwrap();
+        // Row 5 (in a segment) and row 1500 (in the log) get label 77.
+        let update = AttrBatch::new(2).with("label", Column::Int(vec![Some(77), Some(77)]));
+        engine.set_attributes(&[5, 1_500], &update).unwrap();
+    }
+    let mut engine = M2m::open(&db).unwrap();
+    assert_eq!(engine.schema().unwrap().fields.len(), 3);
+    let f77 = filter(r#"{"eq": {"field": "label", "value": 77}}"#);
+    assert_eq!(engine.matching_ids(&f77).unwrap(), vec![5, 1_500]);
+    assert_eq!(engine.label(6), Some(i64::from(d.base_labels[6])));
+    let reader = M2m::open_read_only(&db).unwrap();
+    assert_eq!(reader.matching_ids(&f77).unwrap(), vec![5, 1_500]);
+    let hits = reader.retrieve_filtered(&d.base[5 * DIM..6 * DIM], 10, Lod::Rerank, &f77).unwrap();
+    assert_eq!(hits[0].id, 5);
+    drop(reader);
+    check_filtered_retrieval(&mut engine, &d);
+}
+
+/// Mutations caught: validation after the rows are stored (the count grows), a filter on an unknown
+/// field or of the wrong type answered instead of refused.
+#[test]
+fn bad_attributes_and_filters_are_typed_errors() {
+    let d = digits_on_sphere(&m2m::DigitsConfig { rows: 500, queries: 2, dim: DIM, ..Default::default() }).unwrap();
+    for dir in [None, Some(tempfile::tempdir().unwrap())] {
+        let mut cfg = M2mConfig::default().dim(DIM);
+        if let Some(dir) = &dir {
+            cfg = cfg.data_dir(dir.path().join("db"));
+        }
+        let mut engine = create_m2m(cfg).unwrap();
+        let ids: Vec<u64> = (0..500).collect();
+        engine.add_splats_with_attributes(&d.base, &attrs(&ids, &d.base_labels)).unwrap();
+        engine.build_index().unwrap();
+        let more = &d.queries[..DIM];
+        for bad in [
+            AttrBatch::new(1).with("colour", Column::Int(vec![Some(1)])),
+            AttrBatch::new(1).with("label", Column::Keyword(vec![Some("x".into())])),
+            AttrBatch::new(2).with("label", Column::Int(vec![Some(1), Some(2)])),
+        ] {
+            let e = engine.add_splats_with_attributes(more, &bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        }
+        assert_eq!(engine.len(), 500, "nothing stored");
+        for f in [r#"{"eq": {"field": "colour", "value": 1}}"#, r#"{"eq": {"field": "label", "value": "x"}}"#] {
+            let e = engine.retrieve_filtered(more, 10, Lod::Rerank, &filter(f)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            assert!(e.to_string().contains("filter"), "{e}");
+        }
+        let e = engine.set_attributes(&[9_999], &AttrBatch::new(1)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let nothing = filter(r#"{"eq": {"field": "label", "value": 12345}}"#);
+        assert!(engine.retrieve_filtered(more, 10, Lod::Rerank, &nothing).unwrap().is_empty());
+    }
+}
+
+/// The data lake: a filter restricts an epoch to the matching rows, and every batch carries the label
+/// column (a generated row its seed's label). Mutations caught: the filter ignored (rows of other
+/// labels, or more rows than match), labels not aligned with the rows (a row's label differs from the
+/// engine's), generated rows without their seed's label (column length), the reader ignoring the filter.
+#[test]
+fn the_lake_streams_labels_and_only_the_filtered_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let d = digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 2, dim: DIM, ..Default::default() }).unwrap();
+    let ids: Vec<u64> = (0..2_000).collect();
+    let mut engine = create_m2m(M2mConfig::default().dim(DIM).data_dir(&db)).unwrap();
+    engine.add_splats_with_attributes(&d.base, &attrs(&ids, &d.base_labels)).unwrap();
+    engine.build_index().unwrap();
+    let f = filter(r#"{"in": {"field": "label", "values": [1, 2]}}"#);
+    let want: HashSet<u64> = engine.matching_ids(&f).unwrap().into_iter().collect();
+    assert!(want.len() > 100 && want.len() < 1_000, "{}", want.len());
+    let cfg = m2m::DataLoaderConfig {
+        filter: Some(f.clone()),
+        generate_samples: true,
+        generate_steps: 2,
+        ..Default::default()
+    };
+    let mut seen = HashSet::new();
+    for batch in engine.export_to_dataloader(&cfg).unwrap() {
+        let batch = batch.unwrap();
+        assert_eq!(batch.labels.len(), batch.len(), "a label per row, generated ones included");
+        for (i, &id) in batch.ids.iter().enumerate() {
+            assert!(want.contains(&id), "row {id} outside the filter");
+            assert_eq!(batch.labels[i], engine.label(id), "row {id}");
+            if !batch.generated[i] {
+                assert!(seen.insert(id), "row {id} twice in an epoch");
+            }
+        }
+    }
+    assert_eq!(seen, want, "an epoch covers exactly the matching rows");
+    engine.flush().unwrap();
+    drop(engine);
+    let reader = m2m::LakeReader::open(&db).unwrap();
+    let cfg = m2m::DataLoaderConfig { filter: Some(f), source: m2m::Source::Tiers, ..Default::default() };
+    let mut seen = HashSet::new();
+    for batch in reader.export_to_dataloader(&cfg).unwrap() {
+        let batch = batch.unwrap();
+        for (i, &id) in batch.ids.iter().enumerate() {
+            assert!(seen.insert(id));
+            assert_eq!(batch.labels[i], Some(i64::from(d.base_labels[id as usize])), "row {id}");
+        }
+    }
+    assert_eq!(seen, want);
+}
