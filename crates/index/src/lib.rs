@@ -38,7 +38,7 @@ mod topk;
 mod validate;
 mod view;
 
-pub use cold::ColdRows;
+pub use cold::{ClusterRows, ColdRows, RowCache};
 pub use error::{Error, Result};
 pub use filter::{IdSet, RowFilter};
 pub use index::{Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, RebalanceReport, Scratch, SearchParams};
