@@ -165,6 +165,10 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
         alpha: hot.values::<f32>("alpha", SectionKind::F32, true)?.to_vec(),
     };
     crate::validate::learned(hot.path(), &learned.ids, &learned.kappa, &learned.alpha)?;
+    // Everything of the hot file is copied into RAM now: its pages, brought in by the checksum pass, go.
+    if let Err(e) = hot.release_pages() {
+        tracing::debug!("m2m: could not release the pages of {}: {e}", hot.path().display());
+    }
     let mut index = Index::from_cold_parts(parts, cold_rows(files)?).map_err(|e| corrupt(hot, e.to_string()))?;
     crate::validate::index_matches(hot.path(), &index, config, &learned.ids)?;
     warm(&mut index, files, config.warm_budget_bytes)?;

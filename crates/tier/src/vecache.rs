@@ -22,6 +22,9 @@ use quick_cache::sync::Cache;
 
 use crate::MappedF32;
 
+/// Bytes around a released range that are released too (the kernel's default `fault_around_bytes`).
+const FAULT_AROUND: usize = 64 << 10;
+
 /// Counters of a [`VectorCache`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VectorCacheStats {
@@ -146,10 +149,12 @@ impl VectorCache {
     fn release(&self, range: Range<usize>) {
         #[cfg(unix)]
         if let Some((offset, len)) = self.bytes(range) {
-            // Whole pages inside the range only: a page shared with a neighbouring block that another
-            // thread reads in place stays.
+            // The range widened by the kernel's fault-around window (64 KiB by default): a fault maps the
+            // neighbouring pages already in the page cache too, and those would stay resident. Releasing
+            // a page another thread reads in place only makes it fault again (same bytes).
             let page = 4096;
-            let (lo, hi) = (offset.div_ceil(page) * page, (offset + len) / page * page);
+            let end = (offset + len + FAULT_AROUND).min(self.rows.file().map().len());
+            let (lo, hi) = (offset.saturating_sub(FAULT_AROUND) / page * page, end);
             if lo < hi {
                 // SAFETY: a read-only shared map of a file that does not change while mapped (section files
                 // are never written after their commit), so after MADV_DONTNEED every access faults the

@@ -210,6 +210,12 @@ class M2M:
         """Writes the rows added since the last flush into a segment."""
         self._engine.flush()
 
+    def compact(self) -> None:
+        """Compacts the engine: the index is stored again with the rows added and deleted since its build,
+        the database's segments are merged without the deleted rows, and those leave RAM. Afterwards a
+        deleted id may be added again (``add_splats(..., ids=...)``). In memory only the RAM part applies."""
+        self._engine.compact()
+
     # Training feedback.
 
     def feedback(self, ids: Any, losses: Any) -> int:
