@@ -45,6 +45,10 @@
 //! * `cargo xtask bench search --base B --queries Q [--truth T] [--metric cosine|ip|l2] [--k 10]
 //!   [--threads 1] [--isa scalar|avx2|avx512|neon] [--json OUT]`: the retrieval sweep of m2m-index (`--help` lists
 //!   every option; the ISA that ran is printed).
+//! * `cargo xtask bench tiered [--base B --queries Q --truth T] [--nq 10000] [--cold]`: a stored engine's
+//!   resident memory (after open and after the queries), open, ingest and build time, and LOD 2 recall@10
+//!   and 1-thread QPS with the warm budget holding every vector and 10% of them, each in its own process;
+//!   `--cold` adds the 10% regime in a memory cgroup (root) after the page cache is dropped.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool reports to its terminal")]
 
@@ -89,7 +93,7 @@ fn main() -> Result<()> {
         Some("torture") => torture::torture(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!(
-                "usage: cargo xtask <ci | shaders | python [--matrix] | package | portability [--strict] [--run-aarch64] | msrv | fuzz [SECONDS] | torture [--minutes N] [--seed S] | gpu-devrun [DIR] | bench [criterion args...] | bench search --base B --queries Q ...>"
+                "usage: cargo xtask <ci | shaders | python [--matrix] | package | portability [--strict] [--run-aarch64] | msrv | fuzz [SECONDS] | torture [--minutes N] [--seed S] | gpu-devrun [DIR] | bench [criterion args...] | bench search --base B --queries Q ... | bench tiered [--cold]>"
             );
             Ok(())
         }
@@ -306,6 +310,13 @@ fn bench(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("search") {
         // The retrieval benchmark: a release binary, so that its figures are those of an optimised build.
         let mut cmd = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-search", "--"];
+        cmd.extend(args[1..].iter().map(String::as_str));
+        return run("cargo", &cmd);
+    }
+    if args.first().map(String::as_str) == Some("tiered") {
+        // Resident memory, open time and LOD 2 under warm budgets (and capped in a memory cgroup with
+        // `--cold`), each regime in its own process (a release binary).
+        let mut cmd = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-tiered", "--"];
         cmd.extend(args[1..].iter().map(String::as_str));
         return run("cargo", &cmd);
     }

@@ -9,9 +9,44 @@
 //!
 //! The index does no IO: the rows come in as anything that derefs to `[f32]`.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::{Error, Index, IndexParts, Result};
+
+/// A cache in front of the cold rows (the facade plugs in m2m-tier's warm cache of the `.vec` file):
+/// LOD 2's re-rank and `Exact` read a cold cluster's vectors through it, and the clusters a re-rank is
+/// about to read are announced first. The index does no IO: what the cache does with the hints is its
+/// own business.
+pub trait RowCache: Send + Sync + std::fmt::Debug {
+    /// Values `range` of the cold rows (the rows of cluster `f`, always the same range for one `f`).
+    fn rows(&self, f: usize, range: Range<usize>) -> ClusterRows<'_>;
+    /// Cluster `f`'s rows (values `range`) will be read soon.
+    fn prefetch(&self, f: usize, range: Range<usize>);
+    /// A read of values `range` that [`rows`](Self::rows) served in place is over (the cache may
+    /// release its pages).
+    fn done(&self, range: Range<usize>);
+}
+
+/// A cluster's full vectors: borrowed (RAM, or a mapping read in place) or a block a cache shares.
+#[derive(Debug)]
+pub enum ClusterRows<'a> {
+    /// In place.
+    Borrowed(&'a [f32]),
+    /// A cache's copy.
+    Shared(Arc<[f32]>),
+}
+
+impl std::ops::Deref for ClusterRows<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            ClusterRows::Borrowed(rows) => rows,
+            ClusterRows::Shared(rows) => rows,
+        }
+    }
+}
 
 /// Cluster-major rows of full vectors held outside the index (a mapped file section), shared.
 #[derive(Clone)]
@@ -43,6 +78,8 @@ const IN_RAM: usize = usize::MAX;
 pub(crate) struct Cold {
     rows: ColdRows,
     start: Vec<usize>,
+    /// The cache the cold clusters are read through by re-rank and Exact, if any.
+    cache: Option<Arc<dyn RowCache>>,
 }
 
 /// First row of each cluster when the clusters' members follow each other in order; the total.
@@ -78,7 +115,7 @@ impl Index {
             });
         }
         let mut index = Index::assemble(p, false)?;
-        index.cold = Some(Cold { rows, start });
+        index.cold = Some(Cold { rows, start, cache: None });
         Ok(index)
     }
 
@@ -107,7 +144,7 @@ impl Index {
             cl.bf16 = Vec::new();
         }
         self.p.config.exact_prefilter = false;
-        self.cold = Some(Cold { rows, start });
+        self.cold = Some(Cold { rows, start, cache: None });
         Ok(())
     }
 
@@ -128,6 +165,65 @@ impl Index {
             return cold.rows.as_slice().get(s * dim..(s + cl.ids.len()) * dim).unwrap_or(&[]);
         }
         &cl.vectors
+    }
+
+    /// The shared cold rows and the first row of cluster `f`'s members in them, when its vectors are read
+    /// from them (`None` for a cluster in RAM or one that does not exist): what a reader that outlives a
+    /// borrow of the index (the SOC router) keeps instead of a copy of the vectors. Member `i` of the
+    /// cluster (in the order of its ids) is row `start + i`.
+    pub fn cold_cluster(&self, f: usize) -> Option<(ColdRows, usize)> {
+        let cold = self.cold.as_ref()?;
+        let &s = cold.start.get(f)?;
+        (s != IN_RAM).then(|| (cold.rows.clone(), s))
+    }
+
+    /// Reads the cold clusters through `cache` from now on in LOD 2's re-rank and `Exact` (`None`: in
+    /// place). The cache must serve the cold rows' own values (results do not change with it). No effect
+    /// on an index without cold rows.
+    pub fn set_row_cache(&mut self, cache: Option<Arc<dyn RowCache>>) {
+        if let Some(cold) = &mut self.cold {
+            cold.cache = cache;
+        }
+    }
+
+    /// The cache and the range of values of cluster `f` in the cold rows, when `f` is cold and a cache
+    /// is set.
+    fn cached(&self, f: usize) -> Option<(&dyn RowCache, Range<usize>)> {
+        let cold = self.cold.as_ref()?;
+        let cache = cold.cache.as_deref()?;
+        let &s = cold.start.get(f)?;
+        let len = self.p.clusters.get(f)?.ids.len();
+        let dim = self.p.dim;
+        (s != IN_RAM).then(|| (cache, s * dim..(s + len) * dim))
+    }
+
+    /// Cluster `f`'s full vectors for a scoring pass: through the cache when one is set and `f` is cold,
+    /// else as [`cluster_vectors`](Self::cluster_vectors). Hand them back with
+    /// [`rows_done`](Self::rows_done).
+    pub(crate) fn cluster_rows(&self, f: usize) -> ClusterRows<'_> {
+        match self.cached(f) {
+            Some((cache, range)) => cache.rows(f, range),
+            None => ClusterRows::Borrowed(self.cluster_vectors(f)),
+        }
+    }
+
+    /// The end of a scoring pass over [`cluster_rows`](Self::cluster_rows)`(f)`.
+    pub(crate) fn rows_done(&self, f: usize, rows: ClusterRows<'_>) {
+        if let (ClusterRows::Borrowed(_), Some((cache, range))) = (&rows, self.cached(f)) {
+            cache.done(range);
+        }
+    }
+
+    /// Announces that cluster `f`'s vectors are read next (to the cache, when one is set).
+    pub(crate) fn prefetch_rows(&self, f: usize) {
+        if let Some((cache, range)) = self.cached(f) {
+            cache.prefetch(f, range);
+        }
+    }
+
+    /// Whether a cache is set in front of cold clusters.
+    pub(crate) fn has_row_cache(&self) -> bool {
+        self.cold.as_ref().is_some_and(|c| c.cache.is_some())
     }
 
     /// Copies cluster `f`'s vectors into RAM before it changes (the cold rows are never written).

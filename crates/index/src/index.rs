@@ -1022,7 +1022,9 @@ impl Index {
                         continue;
                     }
                     scores.resize(nq * m, 0.0);
-                    crate::kernels::dots_many_with(self.isa, &prepared, self.cluster_vectors(f), dim, &mut scores);
+                    let rows = self.cluster_rows(f);
+                    crate::kernels::dots_many_with(self.isa, &prepared, &rows, dim, &mut scores);
+                    self.rows_done(f, rows);
                     for (t, row) in tops.iter_mut().zip(scores.chunks_exact_mut(m)) {
                         cl.to_similarity(row);
                         t.offer(f as u32, row);
@@ -1296,8 +1298,44 @@ impl Index {
     fn rerank(&self, k: usize, s: &mut Scratch) -> Vec<Entry> {
         let candidates = s.top.drain_sorted();
         s.top2.reset(k);
+        if self.has_row_cache() {
+            return self.rerank_cached(candidates, s);
+        }
         for e in candidates {
             s.top2.push(Entry { score: self.member_score(&s.q, e.cluster, e.pos), ..e });
+        }
+        s.top2.drain_sorted()
+    }
+
+    /// [`rerank`](Self::rerank) through the row cache: the candidates' clusters are announced, then
+    /// each is read once and its candidates scored; the scores are offered in the candidates' order, so
+    /// the result is the one without a cache.
+    fn rerank_cached(&self, candidates: Vec<Entry>, s: &mut Scratch) -> Vec<Entry> {
+        let dim = self.p.dim;
+        let mut by_cluster: Vec<u32> = (0..candidates.len() as u32).collect();
+        by_cluster.sort_unstable_by_key(|&i| candidates[i as usize].cluster);
+        let mut last = u32::MAX;
+        for &i in &by_cluster {
+            let f = candidates[i as usize].cluster;
+            if f != last {
+                self.prefetch_rows(f as usize);
+                last = f;
+            }
+        }
+        let mut scores = vec![0f32; candidates.len()];
+        for group in by_cluster.chunk_by(|&a, &b| candidates[a as usize].cluster == candidates[b as usize].cluster) {
+            let f = candidates[group[0] as usize].cluster as usize;
+            let cl = &self.p.clusters[f];
+            let rows = self.cluster_rows(f);
+            for &i in group {
+                let pos = candidates[i as usize].pos as usize;
+                let dot = crate::kernels::dot_with(self.isa, &s.q, &rows[pos * dim..][..dim]);
+                scores[i as usize] = if cl.half_sq_norms.is_empty() { dot } else { dot - cl.half_sq_norms[pos] };
+            }
+            self.rows_done(f, rows);
+        }
+        for (e, score) in candidates.into_iter().zip(scores) {
+            s.top2.push(Entry { score, ..e });
         }
         s.top2.drain_sorted()
     }
@@ -1305,7 +1343,9 @@ impl Index {
     fn score_exact(&self, f: usize, cl: &Cluster, q: &[f32], top: &mut TopK, buf: &mut Vec<f32>) {
         let m = cl.len();
         buf.resize(m, 0.0);
-        crate::kernels::dots_with(self.isa, q, self.cluster_vectors(f), buf);
+        let rows = self.cluster_rows(f);
+        crate::kernels::dots_with(self.isa, q, &rows, buf);
+        self.rows_done(f, rows);
         cl.to_similarity(buf);
         top.offer(f as u32, buf);
     }

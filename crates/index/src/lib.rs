@@ -39,7 +39,7 @@ mod topk;
 mod validate;
 mod view;
 
-pub use cold::ColdRows;
+pub use cold::{ClusterRows, ColdRows, RowCache};
 pub use error::{Error, Result};
 pub use filter::{CHECK_COST, CODE_COST, FilterOptions, FilterPlan, FilterStats, IdSet, RowFilter};
 pub use index::{

@@ -122,11 +122,16 @@ pub struct M2mConfig {
     pub langevin_dynamics: LangevinDynamics,
     /// Where kernels run. Default `Cpu`.
     pub device: Device,
-    /// Warm tier budget in bytes: the block cache through which the data lake reads the database's
-    /// segments ([`Source::Tiers`](crate::Source::Tiers)). Default 1 GiB.
+    /// Warm tier budget in bytes (the RAM budget of full vectors). With a data directory the index's
+    /// LOD 2 re-rank and Exact read the mapped `.vec` file through a cache of full-vector blocks (one per
+    /// fine cluster) that holds at most this many bytes; the mapping's pages it does not hold are
+    /// released after each read, so the process keeps no more of the vectors than this (plus the reads
+    /// in flight). A data-lake export with [`Source::Tiers`](crate::Source::Tiers) has its own block
+    /// cache of this budget while it runs. 0 reads in place, caching nothing. Default 1 GiB.
     pub warm_budget_bytes: u64,
     /// Hot tier budget in bytes (centroids and codes on a device). Default 256 MiB. Not used by the CPU
-    /// engine, which keeps them in RAM.
+    /// engine, which keeps centroids, codes and ids (what LOD 0 and LOD 1 read) in RAM whatever the
+    /// budget.
     pub hot_budget_bytes: u64,
     /// The database directory; `None` keeps everything in memory. Default `None`.
     pub data_dir: Option<PathBuf>,

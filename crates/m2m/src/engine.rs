@@ -8,6 +8,8 @@ use std::sync::Arc;
 use m2m_index::{Index, IndexConfig, Lod, SearchParams};
 use m2m_soc::{KappaConfig, Splats};
 use m2m_splat::{Batch, SplatSet};
+
+use crate::rows::RowStore;
 use m2m_tier::{Db, DbOptions, Durability};
 
 use crate::training::{
@@ -22,9 +24,6 @@ pub const INDEX_BLOB: &str = "m2m-index.blob";
 /// Blob of the learned kappa and alpha of the last build (with their ids), read by [`crate::LakeReader`]
 /// without the index.
 pub const LEARNED_BLOB: &str = "m2m-learned.blob";
-
-/// Rows converted at a time when an engine opens.
-const LOAD_ROWS: usize = 4096;
 
 /// The learned kappa and alpha of a build, by id.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -134,8 +133,10 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct M2m {
     pub(crate) config: M2mConfig,
-    /// Shared with running data loaders: a change while one runs copies (the loader keeps its snapshot).
-    pub(crate) set: Arc<SplatSet>,
+    /// The rows: ids and norms in RAM, vectors read in place from the database's mapped segments (see
+    /// `rows.rs`). Shared with running data loaders: a change while one runs copies the small columns
+    /// (the loader keeps its view).
+    pub(crate) set: Arc<RowStore>,
     pub(crate) kappa: Arc<Vec<f32>>,
     pub(crate) alpha: Arc<Vec<f32>>,
     pub(crate) deleted: HashSet<u64>,
@@ -213,7 +214,7 @@ impl M2m {
             None => None,
         };
         Ok(M2m {
-            set: Arc::new(SplatSet::new(config.dim)?),
+            set: Arc::new(RowStore::new(config.dim)),
             kappa: Arc::new(Vec::new()),
             alpha: Arc::new(Vec::new()),
             deleted: HashSet::new(),
@@ -327,7 +328,7 @@ impl M2m {
     /// The engine over a view of the database (with its writer handle, unless read-only).
     fn load(dir: &Path, config: M2mConfig, snap: &m2m_tier::Snapshot, db: Option<Db>) -> Result<M2m> {
         let mut engine = M2m {
-            set: Arc::new(SplatSet::new(config.dim)?),
+            set: Arc::new(RowStore::new(config.dim)),
             kappa: Arc::new(Vec::new()),
             alpha: Arc::new(Vec::new()),
             deleted: HashSet::new(),
@@ -343,24 +344,16 @@ impl M2m {
             read_only: false,
             snapshot: None,
         };
-        // Sized once (no doubling of the largest buffer while it fills), then filled in chunks of rows, so
-        // that the only full copy of the vectors made here is the set itself.
-        engine.set = Arc::new(SplatSet::with_capacity(engine.config.dim, snap.len())?);
-        for part in snap.parts() {
-            let dim = part.dim;
-            let keep: Vec<usize> = (0..part.rows()).filter(|&i| snap.is_live(part.ids[i])).collect();
-            for chunk in keep.chunks(LOAD_ROWS) {
-                // Raw vectors back from unit mu and norm, so the set keeps the original norms.
-                let mut raw = Vec::with_capacity(chunk.len() * dim);
-                for &i in chunk {
-                    raw.extend(part.mu[i * dim..(i + 1) * dim].iter().map(|v| v * part.norms[i]));
-                }
-                let ids: Vec<u64> = chunk.iter().map(|&i| part.ids[i]).collect();
-                let kappa: Vec<f32> = chunk.iter().map(|&i| part.kappa[i]).collect();
-                let alpha: Vec<f32> = chunk.iter().map(|&i| part.alpha[i]).collect();
-                Arc::make_mut(&mut engine.set).append(Batch::new(&raw, dim).ids(&ids).kappas(&kappa).alphas(&alpha))?;
-                Arc::make_mut(&mut engine.kappa).extend(kappa);
-                Arc::make_mut(&mut engine.alpha).extend(alpha);
+        // The rows are read in place from the view (mapped segments, the database's in-memory rows): no
+        // vector is copied. Opening a segment checked its columns' checksums, which brought its pages in;
+        // they are released so that only what queries read comes back.
+        let (rows, kappa, alpha) = RowStore::from_snapshot(engine.config.dim, snap)?;
+        engine.set = Arc::new(rows);
+        engine.kappa = Arc::new(kappa);
+        engine.alpha = Arc::new(alpha);
+        for segment in &snap.segments {
+            if let Err(e) = segment.release_pages() {
+                tracing::debug!("m2m: could not release the pages of {}: {e}", segment.path().display());
             }
         }
         engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m.saturating_add(1));
@@ -574,43 +567,22 @@ impl M2m {
         if let Some((row, id)) = ids.iter().enumerate().find(|(_, id)| self.deleted.contains(id)) {
             return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
         }
-        let rows = match &mut self.db {
-            // In memory the set's own append is all-or-nothing; the attributes are checked on a copy of
-            // the table first, so that a refused batch changes neither.
-            None if attrs.is_none() => {
-                let rows = Arc::make_mut(&mut self.set).append(batch)?;
-                // The rows join the attribute table with every field null (their ids are new: the set's
-                // append refused any other).
-                Arc::make_mut(&mut self.attrs).add(&self.set.ids()[rows.clone()], None)?;
-                rows
-            }
-            None => {
-                // The batch is validated into a set of its own first, then the attributes (the table's
-                // add is all-or-nothing), so that the set's append that follows cannot fail half-way.
-                let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
-                fresh.append(batch)?;
-                if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some())
-                {
-                    return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
-                }
-                Arc::make_mut(&mut self.attrs).add(ids, attrs)?;
-                Arc::make_mut(&mut self.set).append(batch)?
-            }
-            Some(db) => {
-                // Validated into a batch set first, logged, then appended: nothing is written, to disk
-                // or RAM, unless all of it is good.
-                let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
-                fresh.append(batch)?;
-                if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some())
-                {
-                    return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
-                }
-                db.ingest_with(&fresh, attrs)?;
-                Arc::make_mut(&mut self.set).append(batch)?
-            }
-        };
-        Arc::make_mut(&mut self.kappa).extend_from_slice(&self.set.kappa()[rows.clone()]);
-        Arc::make_mut(&mut self.alpha).extend_from_slice(&self.set.alpha()[rows.clone()]);
+        // Validated into a batch set first (in memory, the attributes against the table, whose add is
+        // all-or-nothing), then logged, then appended: nothing is written, to disk or RAM, unless all of
+        // it is good.
+        let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
+        fresh.append(batch)?;
+        if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some()) {
+            return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
+        }
+        match &mut self.db {
+            Some(db) => db.ingest_with(&fresh, attrs)?,
+            // Rows without attributes join the table with every field null.
+            None => Arc::make_mut(&mut self.attrs).add(fresh.ids(), attrs)?,
+        }
+        let rows = Arc::make_mut(&mut self.set).append(&fresh)?;
+        Arc::make_mut(&mut self.kappa).extend_from_slice(fresh.kappa());
+        Arc::make_mut(&mut self.alpha).extend_from_slice(fresh.alpha());
         self.next_id = self.next_id.max(ids.iter().max().map_or(0, |m| m.saturating_add(1)));
         if let Some(index) = &mut self.index {
             let vectors = index_vectors(&self.set, rows.clone(), self.config.metric);
@@ -659,8 +631,10 @@ impl M2m {
                 neighbours: NEIGHBOURS,
                 ..KappaConfig::default()
             };
-            let nb = m2m_soc::kappa::neighbours_from_index(&index, self.set.mu(), &ids, NEIGHBOURS)?;
-            let est = m2m_soc::kappa::kappa_from_neighbours(self.set.mu(), self.config.dim, &nb, NEIGHBOURS, &kc)?;
+            // For cosine the build's vectors are the unit mu of every row, in row order: the estimator
+            // reads them, no other copy is made.
+            let nb = m2m_soc::kappa::neighbours_from_index(&index, &vectors, &ids, NEIGHBOURS)?;
+            let est = m2m_soc::kappa::kappa_from_neighbours(&vectors, self.config.dim, &nb, NEIGHBOURS, &kc)?;
             let fit = KappaFit {
                 sphere_dimension: est.sphere_dimension,
                 clipped_low: est.clipped_low as u64,
@@ -684,7 +658,9 @@ impl M2m {
             let files = crate::stored::write(db, &index, &learned)?;
             db.commit_index(&files)?;
             m2m_tier::remove_blob(&dir, INDEX_BLOB)?;
-            index.attach_cold(crate::stored::cold_rows(&db.snapshot().index)?)?;
+            let files = db.snapshot().index;
+            index.attach_cold(crate::stored::cold_rows(&files)?)?;
+            crate::stored::warm(&mut index, &files, self.config.warm_budget_bytes)?;
             if let Some(nb) = &neighbours {
                 m2m_tier::store_blob(&dir, NEIGHBOURS_BLOB, &postcard::to_allocvec(nb).map_err(serialise)?)?;
             }
@@ -696,25 +672,31 @@ impl M2m {
         self.save_pile()
     }
 
-    /// Drops deleted rows from RAM (their ids stay deleted in the database).
+    /// Drops deleted rows from RAM (their ids stay deleted in the database), and reads the rows the
+    /// database now holds in place (after a flush or compaction, its new segments).
     fn compact_rows(&mut self) -> Result<()> {
-        let dim = self.config.dim;
         let keep: Vec<usize> = self.live_rows();
-        let mut raw = Vec::with_capacity(keep.len() * dim);
-        for &r in &keep {
-            raw.extend(raw_row(&self.set, r));
-        }
-        let ids: Vec<u64> = keep.iter().map(|&r| self.set.ids()[r]).collect();
         let kappa: Vec<f32> = keep.iter().map(|&r| self.kappa[r]).collect();
         let alpha: Vec<f32> = keep.iter().map(|&r| self.alpha[r]).collect();
-        let mut set = SplatSet::with_capacity(dim, keep.len())?;
-        if !keep.is_empty() {
-            set.append(Batch::new(&raw, dim).ids(&ids).kappas(&kappa).alphas(&alpha))?;
+        let mut rows = RowStore::clone(&self.set);
+        rows.retain_rows(&keep);
+        if let Some(db) = &self.db {
+            rows.remap(&db.snapshot())?;
         }
-        self.set = Arc::new(set);
+        self.set = Arc::new(rows);
         self.kappa = Arc::new(kappa);
         self.alpha = Arc::new(alpha);
         self.deleted.clear();
+        Ok(())
+    }
+
+    /// Reads the rows the database holds now in place (after a flush or compaction), dropping this
+    /// engine's RAM copies of them.
+    fn remap_rows(&mut self) -> Result<()> {
+        if let Some(db) = &self.db {
+            let snap = db.snapshot();
+            Arc::make_mut(&mut self.set).remap(&snap)?;
+        }
         Ok(())
     }
 
@@ -793,7 +775,13 @@ impl M2m {
         if let Some(ctl) = &self.soc {
             return Ok(ctl.router.energy(x, 16, 1024)?);
         }
-        let splats = Splats::new(self.config.dim, self.set.mu(), self.kappa.as_slice(), self.alpha.as_slice())?;
+        // Without an index the sum is exact over every live splat (a copy of their rows, for this call).
+        let live = self.live_rows();
+        let mut mu = Vec::with_capacity(live.len() * self.config.dim);
+        live.iter().for_each(|&r| mu.extend_from_slice(self.set.mu_row(r)));
+        let kappa: Vec<f32> = live.iter().map(|&r| self.kappa[r]).collect();
+        let alpha: Vec<f32> = live.iter().map(|&r| self.alpha[r]).collect();
+        let splats = Splats::new(self.config.dim, &mu, &kappa, &alpha)?;
         Ok(m2m_soc::energy::energy(x, &splats)?)
     }
 
@@ -906,13 +894,16 @@ impl M2m {
             let files = crate::stored::write(db, index, &learned)?;
             db.commit_index(&files)?;
             m2m_tier::remove_blob(&dir, INDEX_BLOB)?;
-            index.attach_cold(crate::stored::cold_rows(&db.snapshot().index)?)?;
+            let files = db.snapshot().index;
+            index.attach_cold(crate::stored::cold_rows(&files)?)?;
+            crate::stored::warm(index, &files, self.config.warm_budget_bytes)?;
             self.gpu.invalidate();
         }
         if let Some(db) = &mut self.db {
             db.compact()?;
         }
-        if !self.deleted.is_empty() {
+        // The rows now read from the merged segments (the old ones are released with them).
+        if !self.deleted.is_empty() || self.db.is_some() {
             self.compact_rows()?;
         }
         self.save_pile()
@@ -924,6 +915,8 @@ impl M2m {
         if let Some(db) = &mut self.db {
             db.flush()?;
         }
+        // The flushed rows are read from their segment from now on; this engine's copies go.
+        self.remap_rows()?;
         self.save_pile()
     }
 
@@ -987,16 +980,31 @@ impl M2m {
     pub fn index(&self) -> Option<&Index> {
         self.index.as_ref()
     }
+
+    /// Sets this session's warm budget ([`M2mConfig::warm_budget_bytes`]: the bytes of full vectors the
+    /// index's cache may hold) and starts the cache again, empty. Not stored: the next `open` uses the
+    /// stored setting. Without a stored index read from its files only the setting changes.
+    pub fn set_warm_budget(&mut self, bytes: u64) -> Result<()> {
+        self.config.warm_budget_bytes = bytes;
+        if let (Some(index), Some(snap)) =
+            (self.index.as_mut(), self.db.as_ref().map(Db::snapshot).or_else(|| self.snapshot.clone()))
+            && index.is_cold()
+            && !snap.index.is_empty()
+        {
+            crate::stored::warm(index, &snap.index, bytes)?;
+        }
+        Ok(())
+    }
 }
 
 /// Row `r`'s original vector: its unit `mu` times its norm.
-fn raw_row(set: &SplatSet, r: usize) -> impl Iterator<Item = f32> + '_ {
+fn raw_row(set: &RowStore, r: usize) -> impl Iterator<Item = f32> + '_ {
     let n = set.norms()[r];
     set.mu_row(r).iter().map(move |v| v * n)
 }
 
 /// The vectors the index is built on: unit `mu` for cosine, the original vectors otherwise.
-fn index_vectors(set: &SplatSet, rows: std::ops::Range<usize>, metric: Metric) -> Vec<f32> {
+fn index_vectors(set: &RowStore, rows: std::ops::Range<usize>, metric: Metric) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() * set.dim());
     for r in rows {
         if metric == Metric::Cosine {

@@ -20,11 +20,12 @@ use m2m_tier::{BlockKey, BlockStore, Columns, Prefetch, Snapshot};
 /// Where the data lake reads the splats' vectors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Source {
-    /// The engine's RAM copy while it keeps one (today it always does: retrieval re-ranks from it), which
-    /// is several times faster than the tiers when the rows are in RAM anyway.
+    /// The engine's own rows, read in place: the mapped segments (through the page cache) and the
+    /// rows not yet flushed (RAM). Today the same as [`Source::Memory`].
     #[default]
     Auto,
-    /// The engine's RAM copy.
+    /// The engine's own rows, read in place (see [`Source::Auto`]); in RAM for an engine without a data
+    /// directory.
     Memory,
     /// The database's segments (cold, memory-mapped) through the warm tier (a block cache of the
     /// engine's `warm_budget_bytes`), with a prefetch thread bringing the blocks of the next batches in
@@ -207,7 +208,7 @@ struct Lake {
 /// [`LakeReader`]'s ids (its vectors always come from the tiers).
 #[derive(Debug)]
 enum Rows {
-    Engine(Arc<m2m_splat::SplatSet>),
+    Engine(Arc<crate::rows::RowStore>),
     Reader(Arc<Vec<u64>>),
 }
 

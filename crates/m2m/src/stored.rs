@@ -21,8 +21,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use m2m_index::{ColdRows, Index, IndexParts};
-use m2m_tier::{Db, SectionFile, SectionKind, SectionWriter};
+use m2m_index::{ClusterRows, ColdRows, Index, IndexParts, RowCache};
+use m2m_tier::{CachedRows, Db, SectionFile, SectionKind, SectionWriter, VectorCache};
 
 use crate::engine::Learned;
 use crate::{Error, M2mConfig, Result};
@@ -80,8 +80,44 @@ pub(crate) fn write(db: &Db, index: &Index, learned: &Learned) -> Result<Vec<Pat
 
 /// The cold rows of a committed index's `vec` file.
 pub(crate) fn cold_rows(files: &[Arc<SectionFile>]) -> Result<ColdRows> {
+    Ok(ColdRows::new(vectors(files)?))
+}
+
+fn vectors(files: &[Arc<SectionFile>]) -> Result<m2m_tier::MappedF32> {
     let file = files.get(1).ok_or_else(|| Error::Config { field: "index", reason: "no vector file".into() })?;
-    Ok(ColdRows::new(file.shared_f32("vectors")?))
+    Ok(file.shared_f32("vectors")?)
+}
+
+/// m2m-tier's warm cache of the `vec` file as the index's row cache (blocks are fine clusters).
+#[derive(Debug)]
+struct WarmRows(VectorCache);
+
+impl RowCache for WarmRows {
+    fn rows(&self, f: usize, range: std::ops::Range<usize>) -> ClusterRows<'_> {
+        match self.0.get(u32::try_from(f).unwrap_or(u32::MAX), range) {
+            CachedRows::Cached(rows) => ClusterRows::Shared(rows),
+            CachedRows::Mapped(rows) => ClusterRows::Borrowed(rows),
+        }
+    }
+
+    fn prefetch(&self, f: usize, range: std::ops::Range<usize>) {
+        self.0.prefetch(u32::try_from(f).unwrap_or(u32::MAX), range);
+    }
+
+    fn done(&self, range: std::ops::Range<usize>) {
+        self.0.done(range);
+    }
+}
+
+/// Puts the warm cache of `budget` bytes (the engine's `warm_budget_bytes`) in front of the mapped
+/// vectors of `files` that `index` reads (after `attach_cold` or `load`): LOD 2 and Exact read through
+/// it, and the mapping's pages it does not hold are released after each read.
+pub(crate) fn warm(index: &mut Index, files: &[Arc<SectionFile>], budget: u64) -> Result<()> {
+    let rows = vectors(files)?;
+    let clusters = index.n_fine().max(1);
+    let block = (rows.as_slice().len() * 4 / clusters) as u64;
+    index.set_row_cache(Some(Arc::new(WarmRows(VectorCache::new(rows, budget, block)))));
+    Ok(())
 }
 
 /// Loads the stored index of `files` (the manifest's `[N.idx, N.vec]`): the hot part into RAM (checksums
@@ -145,8 +181,13 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
     if hot.sections().iter().any(|s| s.name == "pq_codebook") {
         parts.pq_codebook = hot.values::<f32>("pq_codebook", SectionKind::F32, true)?.to_vec();
     }
-    let index = Index::from_cold_parts(parts, cold_rows(files)?).map_err(|e| corrupt(hot, e.to_string()))?;
+    // Everything of the hot file is copied into RAM now: its pages, brought in by the checksum pass, go.
+    if let Err(e) = hot.release_pages() {
+        tracing::debug!("m2m: could not release the pages of {}: {e}", hot.path().display());
+    }
+    let mut index = Index::from_cold_parts(parts, cold_rows(files)?).map_err(|e| corrupt(hot, e.to_string()))?;
     crate::validate::index_matches(hot.path(), &index, config, &learned.ids)?;
+    warm(&mut index, files, config.warm_budget_bytes)?;
     Ok((index, learned))
 }
 
@@ -166,6 +207,7 @@ pub(crate) fn damage(dir: &std::path::Path, e: &m2m_tier::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{M2m, Metric};
     use m2m_index::{CodeKind, IndexConfig, Lod, SearchParams};
     use m2m_tier::DbOptions;
 
@@ -247,5 +289,61 @@ mod tests {
         assert!(files[0].sections().iter().all(|s| s.name != "pq_codebook"));
         let (back, _) = load(&files, &config).unwrap();
         assert_eq!(back.search_batch(q, 10, Lod::Codes, &p).unwrap(), sq.search_batch(q, 10, Lod::Codes, &p).unwrap());
+    }
+
+    /// LOD 2 and Exact answer the same through the warm cache at any budget (everything, 10% of the
+    /// vectors, nothing) as in place, and the cache never holds more than its budget. Mutations caught:
+    /// the cached re-rank reading another cluster's block or scoring the wrong row of it (hits differ);
+    /// offering scores in another order (ties resolved differently: the lists differ); a cache that
+    /// keeps blocks past its budget; a cache never used (no hit at 10%).
+    #[test]
+    fn results_are_the_same_through_the_cache_at_any_budget_and_the_budget_holds() {
+        let dim = 24;
+        let n = 3000;
+        let base: Vec<f32> = (0..n * dim).map(|i| (((i * 7919) % 263) as f32 / 60.0 - 2.0).sin()).collect();
+        let queries: Vec<f32> = (0..40 * dim).map(|i| (((i * 104_729) % 241) as f32 / 50.0 - 2.4).cos()).collect();
+        for metric in [Metric::Cosine, Metric::L2] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = crate::M2mConfig {
+                durable: false,
+                metric,
+                learn_kappa: false,
+                ..crate::M2mConfig::default().dim(dim).data_dir(dir.path().join("db"))
+            };
+            let mut engine = M2m::create(config).unwrap();
+            engine.add_splats(&base).unwrap();
+            engine.build_index().unwrap();
+            drop(engine);
+            let engine = M2m::open(dir.path().join("db")).unwrap();
+            let mut index = engine.index().unwrap().clone();
+            let files = engine.tier_snapshot().unwrap().index;
+            assert!(index.is_cold());
+            let params = SearchParams { nprobe: 6, ..SearchParams::default() };
+            let answer = |index: &Index| {
+                let mut out = Vec::new();
+                for lod in [Lod::Rerank, Lod::Exact] {
+                    for q in queries.chunks_exact(dim) {
+                        out.push(index.search(q, 10, lod, &params).unwrap());
+                    }
+                    out.extend(index.search_batch(&queries, 10, lod, &params).unwrap());
+                }
+                out
+            };
+            index.set_row_cache(None);
+            let in_place = answer(&index);
+            let bytes = (n * dim * 4) as u64;
+            for budget in [bytes * 2, bytes / 10, 0] {
+                let cache = Arc::new(WarmRows(VectorCache::new(vectors(&files).unwrap(), budget, bytes / 100)));
+                index.set_row_cache(Some(Arc::clone(&cache) as Arc<dyn RowCache>));
+                for round in 0..2 {
+                    assert_eq!(answer(&index), in_place, "{metric:?}, budget {budget}, round {round}");
+                    let s = cache.0.stats();
+                    assert!(s.resident_bytes <= budget, "{metric:?}: {} bytes held, budget {budget}", s.resident_bytes);
+                    if budget > 0 {
+                        assert!(s.hits > 0 && s.misses > 0, "{metric:?}, budget {budget}: {s:?}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -344,6 +344,13 @@ impl Engine {
         run(py, || inner.flush())
     }
 
+    /// Compacts the engine: the index stored again with the rows added and deleted since its build, the
+    /// segments merged without the deleted rows; afterwards a deleted id may be added again.
+    fn compact(&mut self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.get_mut()?;
+        run(py, || inner.compact())
+    }
+
     /// What the engine holds: `m2m::Stats` as JSON (Python's `m2m.Stats` has the same fields).
     fn stats_json(&self) -> PyResult<String> {
         serde_json::to_string(&self.get()?.stats()).map_err(|e| invalid(e.to_string()))

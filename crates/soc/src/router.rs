@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use m2m_index::{Index, Metric, kernels};
+use m2m_index::{ColdRows, Index, Metric, kernels};
 use rayon::prelude::*;
 
 use crate::energy::Splats;
@@ -20,14 +20,20 @@ use crate::error::{check_len, check_values};
 use crate::langevin::{LangevinConfig, OneScratch, one_applies, run_one_chain};
 use crate::{Error, Result, SiteGraph};
 
-/// The members of one fine cluster with their parameters.
+/// The members of one fine cluster with their parameters. Member `i`'s `mu` is row `slot[i]` of the
+/// index's cold rows when `slot[i]` has the [`COLD`] bit (without it), else row `slot[i]` of `mu`.
 #[derive(Clone, Debug, Default)]
 struct Members {
     ids: Vec<u64>,
+    slot: Vec<u32>,
+    /// The rows kept in RAM: members of clusters the index holds in RAM, and members inserted since.
     mu: Vec<f32>,
     kappa: Vec<f32>,
     alpha: Vec<f32>,
 }
+
+/// Marks a slot of the cold rows (see [`Members`]).
+const COLD: u32 = 1 << 31;
 
 /// Routes points to splats through an index's fine clusters.
 #[derive(Clone, Debug)]
@@ -35,6 +41,8 @@ pub struct Router {
     dim: usize,
     centroids: Vec<f32>,
     members: Vec<Members>,
+    /// The index's cold rows (a mapped file), read in place: a cold index's vectors are not copied.
+    cold: Option<ColdRows>,
     /// Where each id lies: (cluster, position among its members).
     locate: HashMap<u64, (u32, u32)>,
     /// Each splat's own neighbourhood (ids of its nearest splats, nearest first), when known: the
@@ -82,17 +90,32 @@ impl Router {
         let dim = index.dim();
         let parts = index.parts();
         let mut members = Vec::with_capacity(parts.clusters.len());
+        let mut cold = None;
         for (f, cl) in parts.clusters.iter().enumerate() {
             let mut m = Members::default();
+            // A cluster read from the index's cold rows is read there by the router too; rows past what
+            // a slot can name (2^31) are copied.
+            let shared = index
+                .cold_cluster(f)
+                .filter(|(_, start)| start.checked_add(cl.ids.len()).is_some_and(|end| end < COLD as usize));
             // Through the accessor: a cold index's vectors are not in its parts.
             let vectors = index.cluster_vectors(f);
             for (i, &id) in cl.ids.iter().enumerate() {
                 if let Some((k, a)) = params(id) {
                     m.ids.push(id);
-                    m.mu.extend_from_slice(&vectors[i * dim..(i + 1) * dim]);
+                    match &shared {
+                        Some((_, start)) => m.slot.push(COLD | (start + i) as u32),
+                        None => {
+                            m.slot.push((m.mu.len() / dim) as u32);
+                            m.mu.extend_from_slice(&vectors[i * dim..(i + 1) * dim]);
+                        }
+                    }
                     m.kappa.push(k);
                     m.alpha.push(a);
                 }
+            }
+            if let Some((rows, _)) = shared {
+                cold = Some(rows);
             }
             check_values("kappa", &m.kappa, true)?;
             check_values("alpha", &m.alpha, true)?;
@@ -103,7 +126,25 @@ impl Router {
             locate.extend(m.ids.iter().enumerate().map(|(i, &id)| (id, (c as u32, i as u32))));
         }
         let kappa_sum = members.iter().map(|m| m.kappa.iter().map(|&k| f64::from(k)).sum()).collect();
-        Ok(Router { dim, centroids: parts.fine.clone(), members, locate, neighbours: HashMap::new(), kappa_sum })
+        Ok(Router { dim, centroids: parts.fine.clone(), members, cold, locate, neighbours: HashMap::new(), kappa_sum })
+    }
+
+    /// Member `i` of cluster `c`'s unit `mu`, in place.
+    fn mu_of(&self, c: usize, i: usize) -> &[f32] {
+        let (m, dim) = (&self.members[c], self.dim);
+        let s = m.slot[i];
+        let (rows, at) = if s & COLD != 0 {
+            (self.cold.as_ref().map_or(&[][..], ColdRows::as_slice), (s & !COLD) as usize)
+        } else {
+            (&m.mu[..], s as usize)
+        };
+        rows.get(at * dim..(at + 1) * dim).unwrap_or(&[])
+    }
+
+    /// Bytes of vectors the router holds in RAM (its own rows; the cold rows it reads in place are not
+    /// counted).
+    pub fn ram_vector_bytes(&self) -> usize {
+        self.members.iter().map(|m| m.mu.len() * std::mem::size_of::<f32>()).sum()
     }
 
     /// Records each splat's own neighbourhood: `k` neighbour ids per id of `ids`, nearest first (for
@@ -163,6 +204,7 @@ impl Router {
             let m = &mut self.members[c as usize];
             self.locate.insert(id, (c, m.ids.len() as u32));
             m.ids.push(id);
+            m.slot.push((m.mu.len() / self.dim) as u32);
             m.mu.extend_from_slice(&mu[r * self.dim..(r + 1) * self.dim]);
             m.kappa.push(kappa[r]);
             m.alpha.push(alpha[r]);
@@ -179,14 +221,25 @@ impl Router {
             let m = &mut self.members[c as usize];
             let (i, last) = (i as usize, m.ids.len() - 1);
             self.kappa_sum[c as usize] = (self.kappa_sum[c as usize] - f64::from(m.kappa[i])).max(0.0);
+            let gone = m.slot.swap_remove(i);
             m.ids.swap_remove(i);
             m.kappa.swap_remove(i);
             m.alpha.swap_remove(i);
             if i != last {
-                m.mu.copy_within(last * dim..(last + 1) * dim, i * dim);
                 self.locate.insert(m.ids[i], (c, i as u32));
             }
-            m.mu.truncate(last * dim);
+            // A RAM row freed: the cluster's last RAM row moves into it, and the member naming it follows.
+            if gone & COLD == 0 {
+                let top = (m.mu.len() / dim - 1) as u32;
+                if gone != top {
+                    let (g, t) = (gone as usize, top as usize);
+                    m.mu.copy_within(t * dim..(t + 1) * dim, g * dim);
+                    if let Some(s) = m.slot.iter_mut().find(|s| **s == top) {
+                        *s = gone;
+                    }
+                }
+                m.mu.truncate(top as usize * dim);
+            }
             self.neighbours.remove(id);
         }
     }
@@ -198,7 +251,7 @@ impl Router {
             if let Some(&(c, i)) = self.locate.get(id) {
                 let (m, i) = (&self.members[c as usize], i as usize);
                 out.ids.push(*id);
-                out.mu.extend_from_slice(&m.mu[i * self.dim..(i + 1) * self.dim]);
+                out.mu.extend_from_slice(self.mu_of(c as usize, i));
                 out.kappa.push(m.kappa[i]);
                 out.alpha.push(m.alpha[i]);
             }
@@ -310,8 +363,7 @@ impl Router {
         let Some(nb) = self.neighbours.get(&id) else { return };
         for n in std::iter::once(&id).chain(nb.iter()) {
             if let Some(&(c, i)) = self.locate.get(n) {
-                let (m, i) = (&self.members[c as usize], i as usize);
-                prefetch(&m.mu[i * self.dim..(i + 1) * self.dim]);
+                prefetch(self.mu_of(c as usize, i as usize));
             }
         }
     }
@@ -330,7 +382,7 @@ impl Router {
         for id in &scr.ids {
             if let Some(&(c, i)) = self.locate.get(id) {
                 let (m, i) = (&self.members[c as usize], i as usize);
-                scr.mu.extend_from_slice(&m.mu[i * self.dim..(i + 1) * self.dim]);
+                scr.mu.extend_from_slice(self.mu_of(c as usize, i));
                 scr.kappa.push(m.kappa[i]);
                 scr.alpha.push(m.alpha[i]);
             }
@@ -406,7 +458,9 @@ impl Router {
         for &c in &clusters {
             let m = &self.members[c as usize];
             s.resize(m.ids.len(), 0.0);
-            kernels::dots(x, &m.mu, &mut s);
+            for (i, si) in s.iter_mut().enumerate() {
+                *si = kernels::dot(x, self.mu_of(c as usize, i));
+            }
             for (i, &si) in s.iter().enumerate() {
                 cand.push((m.alpha[i].ln() - 2.0 * m.kappa[i] * (1.0 - si), c, i as u32));
             }
@@ -420,7 +474,7 @@ impl Router {
         for &(_, c, i) in &cand {
             let (m, i) = (&self.members[c as usize], i as usize);
             out.ids.push(m.ids[i]);
-            out.mu.extend_from_slice(&m.mu[i * self.dim..(i + 1) * self.dim]);
+            out.mu.extend_from_slice(self.mu_of(c as usize, i));
             out.kappa.push(m.kappa[i]);
             out.alpha.push(m.alpha[i]);
         }

@@ -21,6 +21,9 @@
 //!   that readers keep while it changes.
 //! * [`BlockStore`]: the warm tier, blocks of rows copied from the mapped segments into a cache with a
 //!   byte budget, with hit / miss / byte counters.
+//! * [`VectorCache`]: the warm cache of the stored index's full vectors, blocks copied out of the mapped
+//!   `.vec` section within a byte budget, the mapping's pages released behind them, with readahead hints
+//!   for the blocks a search reads next.
 //! * [`Prefetch`]: a background thread that walks an access plan ahead of the consumer over a bounded
 //!   channel, and stops and is joined when the consumer drops it.
 //!
@@ -63,6 +66,7 @@ mod owned;
 mod prefetch;
 mod sections;
 mod segment;
+mod vecache;
 mod wal;
 mod warm;
 
@@ -226,5 +230,6 @@ pub use sections::{
     MappedF32, SECTIONS_HEADER, SECTIONS_MAGIC, SECTIONS_VERSION, SectionEntry, SectionFile, SectionKind, SectionWriter,
 };
 pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
+pub use vecache::{CachedRows, VectorCache, VectorCacheStats};
 pub use wal::{CutTail, Durability, LogCheck, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
 pub use warm::{BlockKey, BlockStore, DEFAULT_BLOCK_ROWS, MEMTABLE, WarmStats};

@@ -400,6 +400,11 @@ impl SectionFile {
         Ok(MappedF32 { file: Arc::clone(self), start, end })
     }
 
+    /// The mapping (for page advice on ranges of it).
+    pub(crate) fn map(&self) -> &memmap2::Mmap {
+        &self.map
+    }
+
     /// Drops this file's pages from memory, as [`Segment::release_pages`](crate::Segment::release_pages)
     /// does: for memory pressure and for measuring cold reads.
     pub fn release_pages(&self) -> Result<()> {
@@ -425,6 +430,11 @@ impl MappedF32 {
     /// The file.
     pub fn file(&self) -> &Arc<SectionFile> {
         &self.file
+    }
+
+    /// Byte offset of the first value in the file.
+    pub(crate) fn start(&self) -> usize {
+        self.start
     }
 }
 

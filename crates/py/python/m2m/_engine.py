@@ -210,6 +210,12 @@ class M2M:
         """Writes the rows added since the last flush into a segment."""
         self._engine.flush()
 
+    def compact(self) -> None:
+        """Compacts the engine: the index is stored again with the rows added and deleted since its build,
+        the database's segments are merged without the deleted rows, and those leave RAM. Afterwards a
+        deleted id may be added again (``add_splats(..., ids=...)``). In memory only the RAM part applies."""
+        self._engine.compact()
+
     # Training feedback.
 
     def feedback(self, ids: Any, losses: Any) -> int:
@@ -318,7 +324,8 @@ class M2M:
 
         Options: shuffle (True), seed (0), epochs (1), prefetch_batches (2), drop_last (False), rank (0),
         world_size (1), generate_steps (5), threads (0: all cores; 1 in DataLoader workers), source
-        ("auto" = "memory": the engine's RAM copy; "tiers": the database's segments through the warm
+        ("auto" = "memory": the engine's rows in place, mapped segments and unflushed rows; "tiers": the
+        database's segments through the warm
         tier, in block order; needs a data_dir). ``output``: "dict" (the default: ids, mu, kappa, alpha,
         weights, generated, epoch) or "mu" (the vectors alone, as the original yielded them; the default
         of an engine made from the original's settings).

@@ -142,3 +142,65 @@ fn seeded_chains_run_alone_against_their_neighbourhood_as_run_would() {
         Err(Error::Invalid { what: "chain norm^2", .. })
     ));
 }
+
+/// A router over a cold index (vectors in shared rows outside the index, as a stored engine maps them)
+/// reads them in place: it holds no vector in RAM, and it routes, gathers, inserts and removes exactly
+/// as a router over the same index in RAM. Mutations caught: the router copying the cold rows (RAM
+/// bytes above the inserted rows'), a member read from the wrong cold row (an off-by-one start, another
+/// cluster's rows: routes and gathers differ), a removal that moves the cluster's last RAM row without
+/// pointing its member at the new place (the gathered rows of the inserted splats differ).
+#[test]
+fn a_router_over_a_cold_index_reads_its_rows_in_place_and_routes_the_same() {
+    let dim = 32;
+    let n = 1200;
+    let config = m2m_splat::DigitsConfig { rows: n, queries: 12, dim, ..Default::default() };
+    let d = m2m_splat::digits_on_sphere(&config).unwrap();
+    let ids: Vec<u64> = (0..n as u64).collect();
+    let warm = Index::build(&IndexConfig::default().seed(3), dim, &d.base, &ids).unwrap();
+    let mut cold = warm.clone();
+    let rows: Vec<f32> = (0..cold.n_fine()).flat_map(|f| cold.cluster_vectors(f).to_vec()).collect();
+    cold.attach_cold(m2m_index::ColdRows::new(rows)).unwrap();
+    assert!(cold.is_cold());
+    let kappa: Vec<f32> = (0..n).map(|i| 20.0 + (i % 7) as f32).collect();
+    let alpha: Vec<f32> = (0..n).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect();
+    // Every fifth splat unknown to the parameters: left out, so the cold slots are not 0..members.
+    let params = |id: u64| (id % 5 != 4).then(|| (kappa[id as usize], alpha[id as usize]));
+    let mut a = Router::new(&warm, params).unwrap();
+    let mut b = Router::new(&cold, params).unwrap();
+    assert_eq!(b.ram_vector_bytes(), 0, "a cold index's rows are not copied");
+    assert_eq!(a.ram_vector_bytes(), a.len() * dim * 4);
+    let same = |a: &Router, b: &Router, what: &str| {
+        for q in d.queries.chunks_exact(dim) {
+            assert_eq!(a.route(q, 6, 50).unwrap(), b.route(q, 6, 50).unwrap(), "{what}: route");
+        }
+        assert_eq!(a.gather(&ids), b.gather(&ids), "{what}: gather");
+    };
+    same(&a, &b, "built");
+    // Each gathered row is its splat's own vector (not only the same in both routers).
+    let all = b.gather(&ids);
+    for (i, id) in all.ids.iter().enumerate() {
+        let want = &d.base[*id as usize * dim..(*id as usize + 1) * dim];
+        // The index holds the rows normalised again (to f32 rounding).
+        let gap = all.mu[i * dim..(i + 1) * dim].iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(gap < 1e-6, "row of id {id}: {gap}");
+    }
+    // Inserts (RAM rows), then removals of cold members and of inserted ones (RAM rows freed and the
+    // cluster's last one moved into the hole).
+    let extra: Vec<f32> = d.base[..6 * dim].to_vec();
+    let new_ids: Vec<u64> = (5000..5006).collect();
+    let (k, al) = (vec![25.0f32; 6], vec![1.0f32; 6]);
+    a.insert(&new_ids, &extra, &k, &al).unwrap();
+    b.insert(&new_ids, &extra, &k, &al).unwrap();
+    assert_eq!(b.ram_vector_bytes(), 6 * dim * 4);
+    let gone: Vec<u64> = vec![0, 7, 13, 500, 5000, 5002, 999];
+    a.remove(&gone);
+    b.remove(&gone);
+    assert_eq!(b.ram_vector_bytes(), 4 * dim * 4, "freed RAM rows are released");
+    same(&a, &b, "after inserts and removals");
+    let kept: Vec<u64> = vec![5001, 5003, 5004, 5005];
+    let got = b.gather(&kept);
+    for (i, id) in kept.iter().enumerate() {
+        let r = (*id - 5000) as usize;
+        assert_eq!(&got.mu[i * dim..(i + 1) * dim], &extra[r * dim..(r + 1) * dim], "inserted id {id}");
+    }
+}

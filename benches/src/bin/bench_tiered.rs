@@ -1,0 +1,328 @@
+//! The tiered-memory benchmark of the engine: `cargo xtask bench tiered [--base B --queries Q --truth T]
+//! [--dir DIR] [--nq 10000] [--cold]`.
+//!
+//! Ingests the base vectors into a stored engine (`DIR`, removed at the end unless `--keep`), builds the
+//! index, then measures each regime in a fresh child process of this binary, so that resident memory is
+//! the regime's own: open time and RSS after open, then `--nq` single queries at LOD 2 on one thread
+//! (recall@10 against the truth, QPS per wall second and per CPU second of the querying thread), RSS
+//! after them and the peak. Regimes: the warm budget holds every full vector; it holds 10% of them; and
+//! with `--cold` (root, cgroup v1) the 10% budget inside a memory cgroup capped at the process's resident
+//! memory after open plus 10% of the vectors, after the page cache is dropped, so the kernel cannot
+//! cache the rest. Prints a markdown table and one JSON line per regime. The RSS after the queries leaves
+//! out the benchmark's own query and truth arrays (read after the RSS at open).
+
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a benchmark reports to its terminal")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use m2m::{Lod, M2m, M2mConfig};
+use m2m_splat::read_vectors;
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser, Debug)]
+#[command(about = "RSS, open time and LOD 2 recall / QPS of a stored engine under warm budgets")]
+struct Args {
+    /// Base vectors (.fvecs or .npy). Default: minilm70k's.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Query vectors. Default: minilm70k's.
+    #[arg(long)]
+    queries: Option<PathBuf>,
+    /// Exact neighbour ids per query (.ivecs or .npy). Default: minilm70k's.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// The database directory (created; must not exist).
+    #[arg(long, default_value = "/tmp/m2m-bench-tiered/db")]
+    dir: PathBuf,
+    /// Queries per regime (the query file is cycled when shorter).
+    #[arg(long, default_value_t = 10_000)]
+    nq: usize,
+    /// Also run the cold regime in a memory cgroup (root, cgroup v1 at /sys/fs/cgroup/memory).
+    #[arg(long)]
+    cold: bool,
+    /// Keep the database afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Measure an existing database at `--dir` (built by an earlier `--keep` run): no ingest or build.
+    #[arg(long)]
+    reuse: bool,
+    /// Leave out the in-memory regime (its build takes as long as the stored one's).
+    #[arg(long)]
+    skip_ram: bool,
+    /// Internal: run one regime in this process with this warm budget (bytes).
+    #[arg(long, hide = true)]
+    child_budget: Option<u64>,
+    /// Internal: cap this process at this many bytes in a memory cgroup first.
+    #[arg(long, hide = true)]
+    child_cap: Option<u64>,
+    /// Internal: the in-memory regime (an engine without a data directory, built in this process).
+    #[arg(long, hide = true)]
+    child_ram: bool,
+}
+
+/// One regime's figures.
+#[derive(Debug, Serialize, Deserialize)]
+struct Regime {
+    budget_bytes: u64,
+    cap_bytes: Option<u64>,
+    open_s: f64,
+    rss_open_kb: u64,
+    rss_after_kb: u64,
+    peak_kb: u64,
+    cgroup_peak_bytes: Option<u64>,
+    /// Resident kB after the queries by mapping (anonymous memory and each mapped file), largest first.
+    by_mapping: Vec<(String, u64)>,
+    /// kB of the benchmark's own query and truth arrays (read after the RSS at open).
+    own_kb: u64,
+    /// Peak resident kB when the open returned (the open's transient buffers included).
+    peak_open_kb: u64,
+    recall10: f64,
+    qps_wall: f64,
+    qps_cpu: f64,
+    queries: usize,
+}
+
+fn status_kb(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds of the calling thread (scheduler statistics, nanoseconds).
+fn thread_cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0.0, |ns| ns as f64 * 1e-9)
+}
+
+const CG: &str = "/sys/fs/cgroup/memory";
+
+/// Resident kB per mapping (files by name, anonymous memory together), largest first.
+fn by_mapping() -> Vec<(String, u64)> {
+    let s = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut sums: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut name = String::new();
+    for line in s.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: address range, perms, offset, device, inode, [path].
+            let path = f.nth(4).unwrap_or("[anon]");
+            name = if path.contains("bench-tiered") {
+                "[binary]".into()
+            } else if path.starts_with('/') {
+                Path::new(path).file_name().map_or(path.to_string(), |n| n.to_string_lossy().into_owned())
+            } else {
+                "[anon]".into()
+            };
+        } else if first == "Rss:" {
+            *sums.entry(name.clone()).or_default() += f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    let mut v: Vec<(String, u64)> = sums.into_iter().filter(|(_, kb)| *kb >= 256).collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v
+}
+
+fn data(args: &Args) -> (PathBuf, PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/minilm70k/minilm70k");
+    let or = |p: &Option<PathBuf>, ext: &str| p.clone().unwrap_or_else(|| root.with_extension(ext));
+    (or(&args.base, "base.fvecs"), or(&args.queries, "query.fvecs"), or(&args.truth, "gt.ivecs"))
+}
+
+fn child(args: &Args, budget: u64) -> Result<()> {
+    let cg = match args.child_cap {
+        Some(cap) => {
+            let path = format!("{CG}/m2m-bench-tiered-{}", std::process::id());
+            std::fs::create_dir_all(&path).context("creating the memory cgroup (root and cgroup v1 needed)")?;
+            std::fs::write(format!("{path}/memory.limit_in_bytes"), cap.to_string())?;
+            std::fs::write(format!("{path}/cgroup.procs"), std::process::id().to_string())?;
+            // The page cache dropped: what the cap excludes must come from the disk.
+            Command::new("sh").args(["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).status()?;
+            Some(path)
+        }
+        None => None,
+    };
+    let (_, queries, truth) = data(args);
+    let start = Instant::now();
+    let mut engine = if args.child_ram {
+        // Everything in RAM: the in-memory engine (its index holds f32 and bf16 copies), built here.
+        let (base, _, _) = data(args);
+        let b = read_vectors::<f32>(&base)?;
+        let mut e = M2m::create(M2mConfig::default().dim(b.dim))?;
+        e.add_splats(&b.data)?;
+        e.build_index()?;
+        e
+    } else {
+        M2m::open_read_only(&args.dir)?
+    };
+    let open_s = start.elapsed().as_secs_f64();
+    let rss_open_kb = status_kb("VmRSS:");
+    let peak_open_kb = status_kb("VmHWM:");
+    engine.set_warm_budget(budget)?;
+    // The benchmark's own arrays, read after the RSS at open and subtracted from the RSS after.
+    let q = read_vectors::<f32>(&queries)?;
+    let t = read_vectors::<i32>(&truth)?;
+    let own_kb = ((q.data.len() + t.data.len()) * 4 / 1024) as u64;
+    let nq_file = q.rows();
+    let (mut found, mut total) = (0usize, 0usize);
+    let cpu0 = thread_cpu_s();
+    let start = Instant::now();
+    for i in 0..args.nq {
+        let r = i % nq_file;
+        let hits = engine.retrieve(&q.data[r * q.dim..(r + 1) * q.dim], 10, Lod::Rerank)?;
+        let want = &t.data[r * t.dim..r * t.dim + 10];
+        found += hits.iter().filter(|h| want.contains(&(h.id as i32))).count();
+        total += 10;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = thread_cpu_s() - cpu0;
+    let cgroup_peak_bytes = cg
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(format!("{p}/memory.max_usage_in_bytes")).ok()?.trim().parse().ok());
+    let out = Regime {
+        budget_bytes: budget,
+        cap_bytes: args.child_cap,
+        open_s,
+        rss_open_kb,
+        rss_after_kb: status_kb("VmRSS:").saturating_sub(own_kb),
+        peak_kb: status_kb("VmHWM:"),
+        cgroup_peak_bytes,
+        by_mapping: by_mapping(),
+        own_kb,
+        peak_open_kb,
+        recall10: found as f64 / total.max(1) as f64,
+        qps_wall: args.nq as f64 / wall,
+        qps_cpu: args.nq as f64 / cpu.max(1e-9),
+        queries: args.nq,
+    };
+    println!("{}", serde_json::to_string(&out)?);
+    if let Some(path) = cg {
+        // Back to the root group, so the group can be removed.
+        std::fs::write(format!("{CG}/cgroup.procs"), std::process::id().to_string())?;
+        let _ = std::fs::remove_dir(path);
+    }
+    Ok(())
+}
+
+fn run_child(args: &Args, budget: u64, cap: Option<u64>) -> Result<Regime> {
+    run_child_with(args, budget, cap, false)
+}
+
+fn run_child_with(args: &Args, budget: u64, cap: Option<u64>, ram: bool) -> Result<Regime> {
+    let exe = std::env::current_exe()?;
+    let (base, queries, truth) = data(args);
+    let mut cmd = Command::new(exe);
+    cmd.arg("--base").arg(base).arg("--queries").arg(queries).arg("--truth").arg(truth);
+    cmd.arg("--dir").arg(&args.dir).arg("--nq").arg(args.nq.to_string());
+    cmd.arg("--child-budget").arg(budget.to_string());
+    if let Some(cap) = cap {
+        cmd.arg("--child-cap").arg(cap.to_string());
+    }
+    if ram {
+        cmd.arg("--child-ram");
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("regime of budget {budget} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let last = line.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("regime output: {line}"))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(budget) = args.child_budget {
+        return child(&args, budget);
+    }
+    let (base, _, _) = data(&args);
+    let b = read_vectors::<f32>(&base).with_context(|| format!("reading {}", base.display()))?;
+    let (n, dim) = (b.rows(), b.dim);
+    let (mut ingest_s, mut build_s) = (f64::NAN, f64::NAN);
+    if !args.reuse {
+        if args.dir.exists() {
+            bail!("{} exists: give a new --dir", args.dir.display());
+        }
+        let config = M2mConfig { durable: false, ..M2mConfig::default().dim(dim).data_dir(&args.dir) };
+        let start = Instant::now();
+        let mut engine = M2m::create(config)?;
+        for chunk in b.data.chunks(10_000 * dim) {
+            engine.add_splats(chunk)?;
+        }
+        engine.flush()?;
+        ingest_s = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        engine.build_index()?;
+        build_s = start.elapsed().as_secs_f64();
+    }
+    drop(b);
+    let files: Vec<(String, u64)> = std::fs::read_dir(&args.dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map_or(0, |m| m.len())))
+        .collect();
+    let size = |ext: &str| files.iter().filter(|(f, _)| f.ends_with(ext)).map(|(_, l)| *l).sum::<u64>();
+    let (idx, vec) = (size(".idx"), size(".vec"));
+    println!("{n} x {dim}: ingest {ingest_s:.1} s, build {build_s:.1} s; index files: .idx {idx} B, .vec {vec} B");
+    let tenth = vec / 10;
+    let mut rows = Vec::new();
+    if !args.skip_ram {
+        rows.push(("in memory (no data dir; open = ingest + build)", run_child_with(&args, 0, None, true)?));
+    }
+    rows.push(("stored, budget holds all", run_child(&args, vec * 2, None)?));
+    rows.push(("stored, budget 10%", run_child(&args, tenth, None)?));
+    if args.cold {
+        // The cap: the process's peak through open (centroids, codes, ids and the engine's small
+        // columns, the binary) plus 10% of the vectors.
+        // And the benchmark's own query and truth arrays, read after open.
+        let ten = &rows[rows.len() - 1].1;
+        let cap = (ten.peak_open_kb + ten.own_kb) * 1024 + tenth;
+        rows.push(("stored, budget 10%, cold, cgroup cap", run_child(&args, tenth, Some(cap))?));
+    }
+    let per = |kb: u64| kb as f64 * 1024.0 / (n as f64 * dim as f64);
+    println!();
+    println!(
+        "| regime | budget (MiB) | cap (MiB) | open (s) | RSS open (MiB, B/dim/vec) | RSS after {} q (MiB, B/dim/vec) | peak (MiB) | recall@10 | QPS wall | QPS per CPU s |",
+        args.nq
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, r) in &rows {
+        println!(
+            "| {name} | {:.1} | {} | {:.3} | {:.1} ({:.2}) | {:.1} ({:.2}) | {:.1} | {:.4} | {:.0} | {:.0} |",
+            r.budget_bytes as f64 / 1048576.0,
+            r.cap_bytes.map_or("-".into(), |c| format!("{:.1}", c as f64 / 1048576.0)),
+            r.open_s,
+            r.rss_open_kb as f64 / 1024.0,
+            per(r.rss_open_kb),
+            r.rss_after_kb as f64 / 1024.0,
+            per(r.rss_after_kb),
+            r.peak_kb as f64 / 1024.0,
+            r.recall10,
+            r.qps_wall,
+            r.qps_cpu,
+        );
+    }
+    for (name, r) in &rows {
+        let top: Vec<String> =
+            r.by_mapping.iter().take(5).map(|(m, kb)| format!("{m} {:.1} MiB", *kb as f64 / 1024.0)).collect();
+        println!("RSS after the queries, {name}: {}", top.join(", "));
+    }
+    for (name, r) in &rows {
+        println!(
+            "{}",
+            serde_json::json!({ "regime": name, "n": n, "dim": dim, "build_s": build_s, "ingest_s": ingest_s, "figures": r })
+        );
+    }
+    if !args.keep {
+        std::fs::remove_dir_all(&args.dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The engine's rows without a full copy of their vectors in RAM: ids and norms (small columns) in RAM,
+//! each row's unit `mu` read in place from where the database holds it (a memory-mapped segment, or a
+//! chunk of the database's in-memory table of rows not yet flushed), and only the rows added by this
+//! session (and every row of an engine without a data directory) in RAM.
+//!
+//! The mapped rows are read through the page cache: `open` touches none of them, and a retrieval that
+//! reads none (the index answers from its own files) leaves them on disk. After a flush or a compaction
+//! the engine points its rows at the new segments ([`RowStore::remap`]) and the RAM copies go.
+//!
+//! What it does not do: write anything (m2m-tier owns files), or decide which rows are live (the engine's
+//! `deleted` set does).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use m2m_splat::SplatSet;
+use m2m_tier::{Columns, Segment, Snapshot};
+
+use crate::{Error, Result};
+
+/// A part of a database view whose rows the store reads in place.
+#[derive(Clone, Debug)]
+enum Part {
+    Segment(Arc<Segment>),
+    Chunk(Arc<Columns>),
+}
+
+impl Part {
+    fn mu(&self) -> &[f32] {
+        match self {
+            Part::Segment(s) => s.mu(),
+            Part::Chunk(c) => &c.mu,
+        }
+    }
+}
+
+/// Where a row's `mu` lies: in part `part` at row `row`, or in the store's own RAM rows when `part` is
+/// [`IN_RAM`].
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    part: u32,
+    row: u32,
+}
+
+const IN_RAM: u32 = u32::MAX;
+
+/// The engine's rows: ids, norms, and the unit `mu` of each, in place (see the module's docs).
+#[derive(Clone, Debug)]
+pub(crate) struct RowStore {
+    dim: usize,
+    ids: Vec<u64>,
+    norms: Vec<f32>,
+    row_of: HashMap<u64, u32>,
+    loc: Vec<Loc>,
+    parts: Vec<Part>,
+    /// Unit rows held in RAM (rows added by this session, or every row without a data directory).
+    ram: Vec<f32>,
+}
+
+/// The rows of `snap` that `keep` accepts, as the store's parts and locations, with their ids, norms,
+/// kappa and alpha, in the view's order (segments first, then the in-memory rows).
+struct Viewed {
+    parts: Vec<Part>,
+    loc: Vec<Loc>,
+    ids: Vec<u64>,
+    norms: Vec<f32>,
+    kappa: Vec<f32>,
+    alpha: Vec<f32>,
+}
+
+fn view(snap: &Snapshot, keep: impl Fn(u64) -> bool) -> Result<Viewed> {
+    let mut parts: Vec<Part> = snap.segments.iter().cloned().map(Part::Segment).collect();
+    parts.extend(snap.memtable.chunks().iter().cloned().map(Part::Chunk));
+    let mut v =
+        Viewed { parts, loc: Vec::new(), ids: Vec::new(), norms: Vec::new(), kappa: Vec::new(), alpha: Vec::new() };
+    for (p, cols) in snap.parts().enumerate() {
+        let part = u32::try_from(p).map_err(|_| too_many("parts"))?;
+        for i in 0..cols.rows() {
+            if keep(cols.ids[i]) {
+                v.loc.push(Loc { part, row: u32::try_from(i).map_err(|_| too_many("rows of a part"))? });
+                v.ids.push(cols.ids[i]);
+                v.norms.push(cols.norms[i]);
+                v.kappa.push(cols.kappa[i]);
+                v.alpha.push(cols.alpha[i]);
+            }
+        }
+    }
+    Ok(v)
+}
+
+fn too_many(what: &str) -> Error {
+    Error::Config { field: "rows", reason: format!("more than {} {what}", u32::MAX) }
+}
+
+impl RowStore {
+    /// An empty store of dimension `dim`.
+    pub(crate) fn new(dim: usize) -> RowStore {
+        RowStore {
+            dim,
+            ids: Vec::new(),
+            norms: Vec::new(),
+            row_of: HashMap::new(),
+            loc: Vec::new(),
+            parts: Vec::new(),
+            ram: Vec::new(),
+        }
+    }
+
+    /// The live rows of a database view (read in place), with their kappa and alpha. An id twice in the
+    /// view is `DuplicateId` (as appending it to a set was).
+    pub(crate) fn from_snapshot(dim: usize, snap: &Snapshot) -> Result<(RowStore, Vec<f32>, Vec<f32>)> {
+        let v = view(snap, |id| snap.is_live(id))?;
+        let mut row_of = HashMap::with_capacity(v.ids.len());
+        for (row, &id) in v.ids.iter().enumerate() {
+            if row_of.insert(id, row as u32).is_some() {
+                return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id }));
+            }
+        }
+        let store = RowStore { dim, ids: v.ids, norms: v.norms, row_of, loc: v.loc, parts: v.parts, ram: Vec::new() };
+        Ok((store, v.kappa, v.alpha))
+    }
+
+    /// Appends the rows of a validated set (copied into RAM: the database holds them in its log and
+    /// in-memory table until a flush, after which [`remap`](Self::remap) reads them in place). Ids
+    /// already here are `DuplicateId`, and nothing is appended then.
+    pub(crate) fn append(&mut self, set: &SplatSet) -> Result<std::ops::Range<usize>> {
+        if let Some((row, &id)) = set.ids().iter().enumerate().find(|(_, id)| self.row_of.contains_key(id)) {
+            return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id }));
+        }
+        let start = self.ids.len();
+        u32::try_from(start + set.len()).map_err(|_| too_many("rows"))?;
+        let ram_rows = self.ram.len() / self.dim;
+        self.ram.extend_from_slice(set.mu());
+        for (i, &id) in set.ids().iter().enumerate() {
+            self.row_of.insert(id, (start + i) as u32);
+            self.loc.push(Loc { part: IN_RAM, row: (ram_rows + i) as u32 });
+        }
+        self.ids.extend_from_slice(set.ids());
+        self.norms.extend_from_slice(set.norms());
+        Ok(start..self.ids.len())
+    }
+
+    /// Keeps only rows `keep` (in that order; each at most once).
+    pub(crate) fn retain_rows(&mut self, keep: &[usize]) {
+        let mut ram = Vec::new();
+        let mut loc = Vec::with_capacity(keep.len());
+        for &r in keep {
+            let l = self.loc[r];
+            if l.part == IN_RAM {
+                loc.push(Loc { part: IN_RAM, row: (ram.len() / self.dim) as u32 });
+                ram.extend_from_slice(self.mu_row(r));
+            } else {
+                loc.push(l);
+            }
+        }
+        self.ids = keep.iter().map(|&r| self.ids[r]).collect();
+        self.norms = keep.iter().map(|&r| self.norms[r]).collect();
+        self.row_of = self.ids.iter().enumerate().map(|(r, &id)| (id, r as u32)).collect();
+        self.loc = loc;
+        self.ram = ram;
+    }
+
+    /// Points every row that `snap` holds (live) at it, and copies into RAM any other row (one the view
+    /// no longer holds), so that parts that left the database (a compacted segment) are released. Ids,
+    /// norms and the order of the rows do not change.
+    pub(crate) fn remap(&mut self, snap: &Snapshot) -> Result<()> {
+        // Deleted rows that a segment still holds are read there too until the engine drops them.
+        let v = view(snap, |id| self.row_of.contains_key(&id))?;
+        let at: HashMap<u64, Loc> = v.ids.iter().copied().zip(v.loc.iter().copied()).collect();
+        let mut ram = Vec::new();
+        let mut loc = Vec::with_capacity(self.ids.len());
+        for (r, id) in self.ids.iter().enumerate() {
+            match at.get(id) {
+                // The database's copy of an id is the one this store read or appended: ids are never
+                // reused while the engine holds them.
+                Some(&l) => loc.push(l),
+                None => {
+                    loc.push(Loc { part: IN_RAM, row: (ram.len() / self.dim) as u32 });
+                    ram.extend_from_slice(self.mu_row(r));
+                }
+            }
+        }
+        self.loc = loc;
+        self.ram = ram;
+        self.parts = v.parts;
+        Ok(())
+    }
+
+    /// Dimension.
+    pub(crate) fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of rows (deleted ones included until the engine drops them).
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there is no row.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The id of each row.
+    pub(crate) fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    /// The norm of each row's original vector.
+    pub(crate) fn norms(&self) -> &[f32] {
+        &self.norms
+    }
+
+    /// The row of `id`.
+    pub(crate) fn row_of(&self, id: u64) -> Option<usize> {
+        self.row_of.get(&id).map(|&r| r as usize)
+    }
+
+    /// Row `r`'s unit `mu`, in place.
+    ///
+    /// # Panics
+    /// If `r >= self.len()`, like slice indexing.
+    pub(crate) fn mu_row(&self, r: usize) -> &[f32] {
+        let Loc { part, row } = self.loc[r];
+        let (rows, at) =
+            if part == IN_RAM { (&self.ram[..], row as usize) } else { (self.parts[part as usize].mu(), row as usize) };
+        &rows[at * self.dim..(at + 1) * self.dim]
+    }
+
+    #[cfg(test)]
+    /// Bytes of vectors this store holds in RAM (its own rows; the database's in-memory rows it shares
+    /// are not counted).
+    pub(crate) fn ram_vector_bytes(&self) -> usize {
+        self.ram.len() * std::mem::size_of::<f32>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{M2m, M2mConfig};
+
+    fn rows(n: usize, dim: usize, seed: usize) -> Vec<f32> {
+        (0..n * dim).map(|i| (((i + seed) * 7919) % 211) as f32 / 50.0 - 2.0 + ((i % dim) == 0) as u8 as f32).collect()
+    }
+
+    fn vectors(engine: &M2m, ids: &[u64]) -> Vec<Vec<f32>> {
+        ids.iter().map(|&id| engine.vector_of(id).unwrap_or_default()).collect()
+    }
+
+    /// A stored engine holds no copy of its vectors: after open, its rows are read from the mapped
+    /// segments (and the database's unflushed rows), and the SOC router reads the index's mapped rows.
+    /// Rows added by the session are held in RAM until a flush, compaction drops deleted rows and reads
+    /// the merged segment. Through all of it `vector_of` returns each id's own vector. Mutations caught:
+    /// `load` copying the rows (RAM bytes above 0 after open), `remap` after flush not pointing the rows
+    /// at the new segment (bytes left), a row pointed at another row of the view (a wrong part or
+    /// position: the vectors differ), compaction leaving a deleted row or losing a live one.
+    #[test]
+    fn a_stored_engine_reads_its_rows_in_place_and_returns_every_vector() {
+        let dim = 16;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let config = M2mConfig { durable: false, ..M2mConfig::default().dim(dim).data_dir(&path) };
+        let first = rows(600, dim, 1);
+        let mut engine = M2m::create(config).unwrap();
+        let mut ids = engine.add_splats(&first[..300 * dim]).unwrap();
+        engine.flush().unwrap();
+        assert_eq!(engine.set.ram_vector_bytes(), 0, "flushed rows are read from their segment");
+        ids.extend(engine.add_splats(&first[300 * dim..]).unwrap());
+        assert_eq!(engine.set.ram_vector_bytes(), 300 * dim * 4, "unflushed rows of the session in RAM");
+        engine.build_index().unwrap();
+        let want = vectors(&engine, &ids);
+        assert!(want.iter().all(|v| v.len() == dim));
+        drop(engine);
+
+        let mut engine = M2m::open(&path).unwrap();
+        assert_eq!(engine.set.ram_vector_bytes(), 0, "nothing copied at open");
+        let router = &engine.soc.as_ref().expect("a cosine index starts the router").router;
+        assert_eq!(router.ram_vector_bytes(), 0, "the router reads the index's mapped rows");
+        assert_eq!(vectors(&engine, &ids), want);
+        // Half the rows come from the log (the database's in-memory rows), the other half from a segment.
+        let more = rows(50, dim, 2);
+        let new = engine.add_splats(&more).unwrap();
+        engine.delete(&ids[..40]).unwrap();
+        engine.delete(&new[..5]).unwrap();
+        assert_eq!(vectors(&engine, &ids[40..]), want[40..]);
+        engine.compact().unwrap();
+        assert_eq!(engine.set.ram_vector_bytes(), 0, "after compaction every row is read from the merged segment");
+        assert_eq!(engine.set.len(), 600 - 40 + 45);
+        assert_eq!(vectors(&engine, &ids[40..]), want[40..]);
+        assert!(ids[..40].iter().all(|&id| engine.vector_of(id).is_none()));
+        for (i, &id) in new.iter().enumerate().skip(5) {
+            let got = engine.vector_of(id).unwrap();
+            let gap = got.iter().zip(&more[i * dim..(i + 1) * dim]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(gap < 1e-4, "id {id}: {gap}");
+        }
+        drop(engine);
+        let engine = M2m::open(&path).unwrap();
+        assert_eq!(vectors(&engine, &ids[40..]), want[40..]);
+    }
+}

@@ -1,0 +1,246 @@
+//! The warm cache of the stored index's full vectors: blocks of rows (one per fine cluster, as the
+//! layer above names them) copied out of the memory-mapped `.vec` section into RAM, within a byte budget.
+//!
+//! A block that is read is copied into the cache when it fits the budget, and the mapping's pages under
+//! it are released (`MADV_DONTNEED`: the process stops holding them; the page cache may keep them), so
+//! that what the process holds of the vectors is the cache, never more than the budget, plus the pages
+//! of the reads in flight. A block larger than the whole budget, or any block with a budget of 0, is
+//! read from the mapping in place and its pages released after use ([`VectorCache::done`]).
+//!
+//! [`VectorCache::prefetch`] asks the kernel to read a block's pages ahead (`MADV_WILLNEED`: readahead,
+//! without waiting), for the clusters a search will read next.
+//!
+//! What it does not do: decide which rows form a block (the caller passes ranges), or check the values
+//! (the section's checksum is `Db::check`'s job).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
+use crate::MappedF32;
+
+/// Bytes around a released range that are released too (the kernel's default `fault_around_bytes`).
+const FAULT_AROUND: usize = 64 << 10;
+
+/// Counters of a [`VectorCache`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VectorCacheStats {
+    /// Block reads answered from the cache.
+    pub hits: u64,
+    /// Block reads that read the mapping.
+    pub misses: u64,
+    /// Bytes of vectors the cache holds now.
+    pub resident_bytes: u64,
+    /// The budget.
+    pub budget_bytes: u64,
+}
+
+#[derive(Clone)]
+struct Bytes;
+
+impl Weighter<u32, Arc<[f32]>> for Bytes {
+    fn weight(&self, _key: &u32, rows: &Arc<[f32]>) -> u64 {
+        (rows.len() * std::mem::size_of::<f32>()).max(1) as u64
+    }
+}
+
+/// Rows of a block: in the cache (shared) or in the mapping.
+#[derive(Debug)]
+pub enum CachedRows<'a> {
+    /// A copy the cache holds (or held when it was read).
+    Cached(Arc<[f32]>),
+    /// The mapping itself (no budget for it).
+    Mapped(&'a [f32]),
+}
+
+impl std::ops::Deref for CachedRows<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            CachedRows::Cached(rows) => rows,
+            CachedRows::Mapped(rows) => rows,
+        }
+    }
+}
+
+/// The warm cache over a mapped f32 section (see the module's docs).
+pub struct VectorCache {
+    rows: MappedF32,
+    cache: Option<Cache<u32, Arc<[f32]>, Bytes>>,
+    budget: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for VectorCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorCache").field("stats", &self.stats()).finish()
+    }
+}
+
+impl VectorCache {
+    /// A cache of `budget_bytes` over `rows`, for blocks of about `block_bytes` (sizes its table).
+    pub fn new(rows: MappedF32, budget_bytes: u64, block_bytes: u64) -> VectorCache {
+        let items = usize::try_from(budget_bytes / block_bytes.max(1)).unwrap_or(usize::MAX).clamp(16, 1 << 22);
+        VectorCache {
+            rows,
+            cache: (budget_bytes > 0).then(|| Cache::with_weighter(items, budget_bytes, Bytes)),
+            budget: budget_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Every value of the section, in place.
+    pub fn mapped(&self) -> &[f32] {
+        self.rows.as_slice()
+    }
+
+    /// Block `block`, values `range` of the section: from the cache, or read from the mapping (and kept
+    /// when it fits the budget; the pages read are released then). A range outside the section is empty.
+    pub fn get(&self, block: u32, range: Range<usize>) -> CachedRows<'_> {
+        let Some(values) = self.rows.as_slice().get(range.clone()) else { return CachedRows::Mapped(&[]) };
+        let Some(cache) = &self.cache else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return CachedRows::Mapped(values);
+        };
+        if let Some(rows) = cache.get(&block) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return CachedRows::Cached(rows);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        if (values.len() * 4) as u64 > self.budget {
+            return CachedRows::Mapped(values);
+        }
+        let rows: Arc<[f32]> = Arc::from(values);
+        cache.insert(block, Arc::clone(&rows));
+        self.release(range);
+        CachedRows::Cached(rows)
+    }
+
+    /// Releases the pages of values `range` after a read in place ([`CachedRows::Mapped`]), so that the
+    /// process does not keep them. A no-op for a range the cache copied (released already).
+    pub fn done(&self, range: Range<usize>) {
+        self.release(range);
+    }
+
+    /// Asks the kernel to read values `range` ahead (a hint: it does not wait), unless block `block` is
+    /// in the cache.
+    pub fn prefetch(&self, block: u32, range: Range<usize>) {
+        if self.cache.as_ref().is_some_and(|c| c.contains_key(&block)) {
+            return;
+        }
+        if let Some((offset, len)) = self.bytes(range) {
+            // A hint: a failure changes nothing but speed.
+            let _ = self.rows.file().map().advise_range(memmap2::Advice::WillNeed, offset, len);
+        }
+    }
+
+    /// The file offset and length of values `range`, when inside the section.
+    fn bytes(&self, range: Range<usize>) -> Option<(usize, usize)> {
+        let n = self.rows.as_slice().len();
+        (range.start < range.end && range.end <= n).then(|| (self.rows.start() + range.start * 4, range.len() * 4))
+    }
+
+    fn release(&self, range: Range<usize>) {
+        #[cfg(unix)]
+        if let Some((offset, len)) = self.bytes(range) {
+            // The range widened by the kernel's fault-around window (64 KiB by default): a fault maps the
+            // neighbouring pages already in the page cache too, and those would stay resident. Releasing
+            // a page another thread reads in place only makes it fault again (same bytes).
+            let page = 4096;
+            let end = (offset + len + FAULT_AROUND).min(self.rows.file().map().len());
+            let (lo, hi) = (offset.saturating_sub(FAULT_AROUND) / page * page, end);
+            if lo < hi {
+                // SAFETY: a read-only shared map of a file that does not change while mapped (section files
+                // are never written after their commit), so after MADV_DONTNEED every access faults the
+                // same bytes back in: slices borrowed from the mapping keep their contents.
+                let _ = unsafe {
+                    self.rows.file().map().unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> VectorCacheStats {
+        VectorCacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            resident_bytes: self.cache.as_ref().map_or(0, Cache::weight),
+            budget_bytes: self.budget,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SectionFile, SectionKind, SectionWriter};
+
+    fn mapped(dir: &std::path::Path, values: &[f32]) -> MappedF32 {
+        let path = dir.join("0000000001.vec");
+        let mut w = SectionWriter::create(&path).unwrap();
+        w.begin("vectors", SectionKind::F32).unwrap();
+        w.write_values(values).unwrap();
+        let path = w.finish().unwrap();
+        Arc::new(SectionFile::open(&path).unwrap()).shared_f32("vectors").unwrap()
+    }
+
+    /// The budget holds and every read returns the section's values. Blocks of varied sizes (1 to 3 KiB
+    /// and one larger than the budget) are read in a seeded order, many times over. Mutations caught:
+    /// a cache without a byte weigher, or inserting a block larger than the budget (resident bytes
+    /// above the budget); a block served from the wrong range or a stale copy under another block's
+    /// key (values differ); a release of the wrong pages is harmless to values by design, and is not
+    /// what this checks.
+    #[test]
+    fn the_budget_holds_and_reads_return_the_sections_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..200_000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let rows = mapped(dir.path(), &values);
+        // Blocks: consecutive ranges of 256 to 767 values, and one of 40,000 (160 KB).
+        let mut blocks = Vec::new();
+        let mut at = 0usize;
+        let mut state = 7u64;
+        while at < values.len() {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = if blocks.len() == 5 { 40_000 } else { 256 + (state >> 33) as usize % 512 };
+            let end = (at + len).min(values.len());
+            blocks.push(at..end);
+            at = end;
+        }
+        for budget in [0u64, 10_000, 64 << 10, 2 << 20] {
+            let cache = VectorCache::new(rows.clone(), budget, 2048);
+            for step in 0..3_000usize {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                // Skewed: small block numbers more often, so some are hit again.
+                let b = ((state >> 33) as usize % blocks.len()).min((state >> 20) as usize % 64 + step % 3);
+                let range = blocks[b].clone();
+                if step % 7 == 0 {
+                    cache.prefetch(b as u32, range.clone());
+                }
+                let got = cache.get(b as u32, range.clone());
+                assert_eq!(&*got, &values[range.clone()], "budget {budget}, block {b}");
+                if matches!(got, CachedRows::Mapped(_)) {
+                    cache.done(range);
+                }
+                let s = cache.stats();
+                assert!(s.resident_bytes <= budget, "budget {budget}: {} bytes resident", s.resident_bytes);
+            }
+            let s = cache.stats();
+            assert_eq!(s.hits + s.misses, 3_000);
+            if budget >= 64 << 10 {
+                assert!(s.hits > 0 && s.resident_bytes > 0, "budget {budget}: {s:?}");
+            } else if budget == 0 {
+                assert_eq!((s.hits, s.resident_bytes), (0, 0));
+            }
+        }
+        assert!(VectorCache::new(rows, 1 << 20, 2048).get(0, 199_999..200_001).is_empty(), "out of range");
+    }
+}
