@@ -401,6 +401,7 @@ impl SectionFile {
     }
 
     /// The mapping (for page advice on ranges of it).
+    #[cfg_attr(not(unix), allow(dead_code, reason = "used by the Unix page advice only"))]
     pub(crate) fn map(&self) -> &memmap2::Mmap {
         &self.map
     }
@@ -433,6 +434,7 @@ impl MappedF32 {
     }
 
     /// Byte offset of the first value in the file.
+    #[cfg_attr(not(unix), allow(dead_code, reason = "used by the Unix page advice only"))]
     pub(crate) fn start(&self) -> usize {
         self.start
     }

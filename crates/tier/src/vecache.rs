@@ -23,6 +23,7 @@ use quick_cache::sync::Cache;
 use crate::MappedF32;
 
 /// Bytes around a released range that are released too (the kernel's default `fault_around_bytes`).
+#[cfg_attr(not(unix), allow(dead_code, reason = "used by the Unix page advice only"))]
 const FAULT_AROUND: usize = 64 << 10;
 
 /// Counters of a [`VectorCache`].
@@ -134,13 +135,17 @@ impl VectorCache {
         if self.cache.as_ref().is_some_and(|c| c.contains_key(&block)) {
             return;
         }
+        // A hint (on Unix; elsewhere none): a failure changes nothing but speed.
+        #[cfg(unix)]
         if let Some((offset, len)) = self.bytes(range) {
-            // A hint: a failure changes nothing but speed.
             let _ = self.rows.file().map().advise_range(memmap2::Advice::WillNeed, offset, len);
         }
+        #[cfg(not(unix))]
+        let _ = range;
     }
 
     /// The file offset and length of values `range`, when inside the section.
+    #[cfg_attr(not(unix), allow(dead_code, reason = "used by the Unix page advice only"))]
     fn bytes(&self, range: Range<usize>) -> Option<(usize, usize)> {
         let n = self.rows.as_slice().len();
         (range.start < range.end && range.end <= n).then(|| (self.rows.start() + range.start * 4, range.len() * 4))
