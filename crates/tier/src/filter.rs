@@ -389,55 +389,45 @@ fn select(p: &FieldPostings, v: &Key, out: &mut Bits) {
 
 /// Sets the rows inside the bounds `[gte, gt, lte, lt]`.
 fn range(p: &FieldPostings, bounds: [Option<Key>; 4], out: &mut Bits) {
-    let [gte, gt, lte, lt] = bounds;
     match p {
-        FieldPostings::Int(s) => {
-            let as_int = |k: &Option<Key>| match k {
-                Some(Key::Int(i)) => Some(*i),
+        FieldPostings::Int(s) => sorted_range(
+            s,
+            bounds.map(|k| match k {
+                Some(Key::Int(i)) => Some(i),
                 _ => None,
-            };
-            let mut lo = 0;
-            if let Some(x) = as_int(&gte) {
-                lo = lo.max(s.partition_point(|e| e.0 < x));
-            }
-            if let Some(x) = as_int(&gt) {
-                lo = lo.max(s.partition_point(|e| e.0 <= x));
-            }
-            let mut hi = s.len();
-            if let Some(x) = as_int(&lte) {
-                hi = hi.min(s.partition_point(|e| e.0 <= x));
-            }
-            if let Some(x) = as_int(&lt) {
-                hi = hi.min(s.partition_point(|e| e.0 < x));
-            }
-            if lo < hi {
-                out.set_all(s[lo..hi].iter().map(|e| e.1));
-            }
-        }
-        FieldPostings::Float(s) => {
-            let as_f = |k: &Option<Key>| match k {
-                Some(Key::Float(x)) => Some(*x),
+            }),
+            out,
+        ),
+        FieldPostings::Float(s) => sorted_range(
+            s,
+            bounds.map(|k| match k {
+                Some(Key::Float(x)) => Some(x),
                 _ => None,
-            };
-            let mut lo = 0;
-            if let Some(x) = as_f(&gte) {
-                lo = lo.max(s.partition_point(|e| e.0 < x));
-            }
-            if let Some(x) = as_f(&gt) {
-                lo = lo.max(s.partition_point(|e| e.0 <= x));
-            }
-            let mut hi = s.len();
-            if let Some(x) = as_f(&lte) {
-                hi = hi.min(s.partition_point(|e| e.0 <= x));
-            }
-            if let Some(x) = as_f(&lt) {
-                hi = hi.min(s.partition_point(|e| e.0 < x));
-            }
-            if lo < hi {
-                out.set_all(s[lo..hi].iter().map(|e| e.1));
-            }
-        }
+            }),
+            out,
+        ),
         _ => {}
+    }
+}
+
+/// Sets the rows of `s` (sorted by value) whose value lies inside `[gte, gt, lte, lt]`.
+fn sorted_range<T: PartialOrd + Copy>(s: &[(T, u32)], [gte, gt, lte, lt]: [Option<T>; 4], out: &mut Bits) {
+    let mut lo = 0;
+    if let Some(x) = gte {
+        lo = lo.max(s.partition_point(|e| e.0 < x));
+    }
+    if let Some(x) = gt {
+        lo = lo.max(s.partition_point(|e| e.0 <= x));
+    }
+    let mut hi = s.len();
+    if let Some(x) = lte {
+        hi = hi.min(s.partition_point(|e| e.0 <= x));
+    }
+    if let Some(x) = lt {
+        hi = hi.min(s.partition_point(|e| e.0 < x));
+    }
+    if lo < hi {
+        out.set_all(s[lo..hi].iter().map(|e| e.1));
     }
 }
 

@@ -139,13 +139,19 @@ impl Manifest {
         };
         let payload = crate::blob::unseal(path, bytes, MANIFEST_MAGIC, version, MAX_PAYLOAD, "manifest")?;
         let undecodable = |e: postcard::Error| bad(HEADER, format!("undecodable payload: {e}"));
+        // An older version's payload, decoded to its last byte: bytes left over are refused.
+        fn whole<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> std::result::Result<T, String> {
+            let (v, rest) = postcard::take_from_bytes(payload).map_err(|e| format!("undecodable payload: {e}"))?;
+            if rest.is_empty() {
+                Ok(v)
+            } else {
+                Err(format!("{} bytes after the payload of an older version", rest.len()))
+            }
+        }
         let m: Manifest = if version == 1 {
             // The version field is outside the payload's checksum: a version 2 payload read as version 1
             // would leave bytes over, which is refused rather than dropping the index.
-            let (v1, rest): (ManifestV1, _) = postcard::take_from_bytes(payload).map_err(undecodable)?;
-            if !rest.is_empty() {
-                return Err(bad(HEADER, format!("{} bytes after a version 1 payload", rest.len())));
-            }
+            let v1: ManifestV1 = whole(payload).map_err(|reason| bad(HEADER, reason))?;
             Manifest {
                 generation: v1.generation,
                 dim: v1.dim,
@@ -157,10 +163,7 @@ impl Manifest {
                 schema: None,
             }
         } else if version == 2 {
-            let (v2, rest): (ManifestV2, _) = postcard::take_from_bytes(payload).map_err(undecodable)?;
-            if !rest.is_empty() {
-                return Err(bad(HEADER, format!("{} bytes after a version 2 payload", rest.len())));
-            }
+            let v2: ManifestV2 = whole(payload).map_err(|reason| bad(HEADER, reason))?;
             Manifest {
                 generation: v2.generation,
                 dim: v2.dim,
