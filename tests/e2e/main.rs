@@ -2,7 +2,6 @@
 
 mod attributes;
 mod engine;
-mod gpu;
 mod hostile;
 mod training;
 mod vocabulary;

@@ -219,8 +219,8 @@ fn ci() -> Result<()> {
     let gpu_counts = run_tests(&["test", "--locked", "-p", "m2m-gpu", "--features", "vulkan"])?;
     counts.passed += gpu_counts.passed;
     counts.failed += gpu_counts.failed;
-    // The engine's batch retrieval on the device against its CPU path (tests/e2e/gpu.rs), on lavapipe.
-    let engine_gpu = run_tests(&["test", "--locked", "-p", "m2m", "--features", "gpu", "--test", "e2e", "gpu::"])?;
+    // The engine's batch retrieval on the device against its CPU path (tests/gpu.rs), on lavapipe.
+    let engine_gpu = run_tests(&["test", "--locked", "-p", "m2m", "--features", "gpu", "--test", "gpu"])?;
     counts.passed += engine_gpu.passed;
     counts.failed += engine_gpu.failed;
     // The Python bindings: the wheel built into a virtual environment, then pytest.
