@@ -195,9 +195,11 @@ fn setup_gpu() -> Result<()> {
     Ok(())
 }
 
-/// The crates linted with the Vulkan backend, and the features that turn it on.
-const GPU_CLIPPY: [&str; 8] =
-    ["-p", "m2m-gpu", "-p", "m2m", "-p", "m2m-benches", "--features", "m2m-gpu/vulkan,m2m/gpu,m2m-benches/gpu"];
+/// The features that turn the Vulkan backend on, given with `--workspace` so that cargo resolves the
+/// dependencies' features as for the plain workspace build plus vulkano's: the GPU lint and tests then
+/// reuse the dependency tree already built instead of building a second one (with `-p` selections the
+/// features of libc, serde, matrixmultiply... differed, and every crate above them was built again).
+const GPU_FEATURES: [&str; 3] = ["--workspace", "--features", "m2m-gpu/vulkan,m2m/gpu,m2m-benches/gpu"];
 
 fn ci() -> Result<()> {
     let start = Instant::now();
@@ -207,7 +209,7 @@ fn ci() -> Result<()> {
     gpu::check_shaders(&workspace_root())?;
     run("cargo", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     let mut clippy_gpu = vec!["clippy", "--all-targets", "--locked"];
-    clippy_gpu.extend(GPU_CLIPPY);
+    clippy_gpu.extend(GPU_FEATURES);
     clippy_gpu.extend(["--", "-D", "warnings"]);
     run("cargo", &clippy_gpu)?;
     // Documentation builds without a broken link or other rustdoc warning.
@@ -215,14 +217,15 @@ fn ci() -> Result<()> {
     unsafe { std::env::set_var("RUSTDOCFLAGS", "-D warnings") };
     run("cargo", &["doc", "--no-deps", "--workspace", "--locked"])?;
     let mut counts = run_tests(&["test", "--workspace", "--locked"])?;
-    // The GPU kernels against their CPU twins, on lavapipe (the tests fail if no device works).
-    let gpu_counts = run_tests(&["test", "--locked", "-p", "m2m-gpu", "--features", "vulkan"])?;
+    // On lavapipe (the tests fail if no device works): the GPU kernels against their CPU twins
+    // (crates/gpu/tests) and the engine's batch retrieval on the device against its CPU path
+    // (tests/gpu.rs), one build.
+    let mut test_gpu = vec!["test", "--locked"];
+    test_gpu.extend(GPU_FEATURES);
+    test_gpu.extend(["--test", "kernels", "--test", "no_driver", "--test", "gpu"]);
+    let gpu_counts = run_tests(&test_gpu)?;
     counts.passed += gpu_counts.passed;
     counts.failed += gpu_counts.failed;
-    // The engine's batch retrieval on the device against its CPU path (tests/gpu.rs), on lavapipe.
-    let engine_gpu = run_tests(&["test", "--locked", "-p", "m2m", "--features", "gpu", "--test", "gpu"])?;
-    counts.passed += engine_gpu.passed;
-    counts.failed += engine_gpu.failed;
     // The Python bindings: the wheel built into a virtual environment, then pytest.
     let py_counts = python::test()?;
     counts.passed += py_counts.passed;

@@ -412,7 +412,11 @@ pub(crate) fn torture(args: &[String]) -> Result<()> {
             other => bail!("torture: unknown argument {other} (expected --minutes N, --seed S)"),
         }
     }
-    crate::run("cargo", &["build", "--locked", "-p", "m2m-cli", "-p", "m2m-tier", "--bins"])?;
+    // The binaries as the workspace's test build makes them (in CI already built by the test step, so
+    // nothing is compiled again; `cargo build -p ...` resolved other dependency features and rebuilt
+    // most of the tree). Their m2m-tier has the `fault-injection` hooks compiled in, inert unless a test
+    // arms one on its own thread, which these processes never do.
+    crate::run("cargo", &["test", "--workspace", "--locked", "--no-run"])?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
     let bins = Bins { m2m: target.join("debug/m2m"), writer: target.join("debug/m2m-tier-crash-writer") };
