@@ -1053,6 +1053,25 @@ impl Index {
         if cl.half_sq_norms.is_empty() { dot } else { dot - cl.half_sq_norms[pos as usize] }
     }
 
+    /// Hints the CPU to bring member `pos` of `cluster`'s full vector into cache (no effect off x86-64).
+    #[inline]
+    fn prefetch_member(&self, cluster: u32, pos: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let dim = self.p.dim;
+            let rows = self.cluster_vectors(cluster as usize);
+            if let Some(row) = rows.get(pos as usize * dim..(pos as usize + 1) * dim) {
+                for line in row.chunks(16) {
+                    // SAFETY: a prefetch is a hint that never faults; the address lies within `row`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (cluster, pos);
+    }
+
     /// Whether exact search can take the bf16 first pass here.
     fn bf16_usable(&self) -> bool {
         self.p.config.exact_prefilter
@@ -1287,6 +1306,12 @@ impl Index {
             }
             // Scores in one vectorisable pass, then a scan against the (rarely changing) threshold.
             let base = qc + q_min;
+            if cl.half_sq_norms.is_empty() {
+                // Cosine and inner product: the score is monotone in the integer estimate, so chunks
+                // are tested on it and only a chunk that can enter the collector is converted.
+                s.top.offer_est(f, &s.est, base, inv);
+                continue;
+            }
             s.scores.clear();
             s.scores.extend(s.est.iter().map(|&e| base + e as f32 * inv));
             cl.to_similarity(&mut s.scores);
@@ -1301,8 +1326,13 @@ impl Index {
         if self.has_row_cache() {
             return self.rerank_cached(candidates, s);
         }
-        for e in candidates {
-            s.top2.push(Entry { score: self.member_score(&s.q, e.cluster, e.pos), ..e });
+        for (i, e) in candidates.iter().enumerate() {
+            // The rows are scattered over the full vectors: ask for the next one while this one is
+            // scored.
+            if let Some(next) = candidates.get(i + 1) {
+                self.prefetch_member(next.cluster, next.pos);
+            }
+            s.top2.push(Entry { score: self.member_score(&s.q, e.cluster, e.pos), ..*e });
         }
         s.top2.drain_sorted()
     }
