@@ -11,8 +11,14 @@ use m2m::{CONFIG_BLOB, Error, INDEX_BLOB, LEARNED_BLOB, Lod, M2m, M2mConfig, dig
 const DIM: usize = 16;
 
 fn built(dir: &Path, rows: usize) -> Vec<f32> {
+    built_with(dir, rows, None)
+}
+
+/// [`built`] with the given code kind (`None`: the default for the dimension).
+fn built_with(dir: &Path, rows: usize, codes: Option<m2m::index::CodeKind>) -> Vec<f32> {
     let d = digits_on_sphere(&m2m::DigitsConfig { rows, queries: 0, dim: DIM, ..Default::default() }).unwrap();
-    let mut engine = M2m::create(M2mConfig { durable: false, ..M2mConfig::default().dim(DIM).data_dir(dir) }).unwrap();
+    let config = M2mConfig { durable: false, ..M2mConfig::default().dim(DIM).data_dir(dir).codes(codes) };
+    let mut engine = M2m::create(config).unwrap();
     engine.add_splats(&d.base).unwrap();
     engine.build_index().unwrap();
     engine.flush().unwrap();
@@ -196,13 +202,16 @@ struct LegacyIndex {
 #[test]
 fn a_database_with_the_old_index_blob_opens_and_the_next_build_replaces_it() {
     let dir = tempfile::tempdir().unwrap();
-    let base = built(dir.path(), 500);
+    // Older builds stored SQ4 codes only (the blob's serde form has no PQ4 codebook: a PQ4 index in it
+    // is refused as corrupt), so this database is built with SQ4, whatever the default at DIM.
+    let sq4 = Some(m2m::index::CodeKind::Sq4);
+    let base = built_with(dir.path(), 500, sq4);
     let stored = M2m::open_read_only(dir.path()).unwrap();
     let want = stored.retrieve_batch(&base[..20 * DIM], 5, Lod::Rerank).unwrap();
     drop(stored);
     // The same index with its vectors in RAM (the build is deterministic for the seed), and the learned
     // values of the build, as an older build stored them.
-    let mut ram = M2m::create(M2mConfig::default().dim(DIM)).unwrap();
+    let mut ram = M2m::create(M2mConfig::default().dim(DIM).codes(sq4)).unwrap();
     ram.add_splats(&base).unwrap();
     ram.build_index().unwrap();
     #[derive(serde::Deserialize)]

@@ -66,7 +66,8 @@ struct Args {
     #[arg(long)]
     refine_iters: Option<usize>,
     /// Compressed codes: sq4, sq8, or pq4:D (4-bit product quantisation, D dimensions per sub-code),
-    /// pq4a:D (the same with ScaNN's anisotropic encoding).
+    /// pq4a:D (the same with ScaNN's anisotropic encoding), or auto (`CodeKind::for_dim`, the facade's
+    /// default).
     #[arg(long, default_value = "sq4")]
     codes: String,
     /// Levels to sweep (comma separated: 0, 1, 2, exact).
@@ -179,17 +180,8 @@ fn main() -> Result<()> {
     if let Some(r) = args.refine_iters {
         config.refine_iters = r;
     }
-    config.codes = match args.codes.as_str() {
-        "sq4" => CodeKind::Sq4,
-        "sq8" => CodeKind::Sq8,
-        other => match other.split_once(':') {
-            Some((kind @ ("pq4" | "pq4a"), d)) => CodeKind::Pq4 {
-                dims_per_code: d.parse().map_err(|_| anyhow::anyhow!("--codes {other}: D must be 1 to 16"))?,
-                anisotropic: kind == "pq4a",
-            },
-            _ => bail!("--codes {other}: expected sq4, sq8, pq4:D or pq4a:D"),
-        },
-    };
+    config.codes = if args.codes == "auto" { CodeKind::for_dim(dim) } else { args.codes.parse()? };
+    println!("codes: {:?}", config.codes);
 
     let build_pool =
         rayon::ThreadPoolBuilder::new().num_threads(args.build_threads.unwrap_or(0)).build().context("thread pool")?;

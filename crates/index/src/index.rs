@@ -89,6 +89,30 @@ pub enum CodeKind {
 }
 
 impl CodeKind {
+    /// The code kind chosen by measurement for vectors of dimension `dim` (notes/issue-14.md, round 4):
+    /// up to 128 dimensions PQ4 with one dimension per sub-code and the anisotropic encoding (16 trained
+    /// levels per dimension: a higher LOD 1 ceiling than SQ4's 16 uniform ones, and `dim / 2` bytes per
+    /// row where SQ4 pads every row to 64); above, SQ4, whose LOD 1 ceiling at d = 384 (0.94) PQ4 with 2
+    /// dimensions per code does not reach (0.85), at the same LOD 2 speed and a build several times faster.
+    pub fn for_dim(dim: usize) -> CodeKind {
+        if dim <= 128 { CodeKind::Pq4 { dims_per_code: 1, anisotropic: true } } else { CodeKind::Sq4 }
+    }
+
+    /// Checks the settings of the kind: PQ4's `dims_per_code` must lie in `1..=MAX_DIMS_PER_CODE`.
+    ///
+    /// Errors: [`Error::InvalidConfig`] naming `codes`.
+    pub fn check(self) -> Result<()> {
+        if let CodeKind::Pq4 { dims_per_code, .. } = self
+            && !(1..=MAX_DIMS_PER_CODE).contains(&dims_per_code)
+        {
+            return Err(Error::InvalidConfig {
+                what: "codes",
+                reason: format!("PQ4 dims_per_code {dims_per_code} is not in 1..={MAX_DIMS_PER_CODE}"),
+            });
+        }
+        Ok(())
+    }
+
     /// Bytes per vector of dimension `dim`.
     pub fn stride(self, dim: usize) -> usize {
         match self {
@@ -135,6 +159,34 @@ impl CodeKind {
             CodeKind::Sq8 | CodeKind::Pq4 { .. } => 0.0,
             CodeKind::Sq4 => 0.001,
         }
+    }
+}
+
+/// Names as `bench-search --codes` takes them: `sq4`, `sq8`, `pq4:D` or `pq4a:D` (PQ4 with `D`
+/// dimensions per sub-code, `a` for the anisotropic encoding), case-insensitive.
+impl std::str::FromStr for CodeKind {
+    type Err = Error;
+
+    /// Errors: [`Error::InvalidConfig`] naming `codes`, for an unknown name or a `D` outside
+    /// `1..=MAX_DIMS_PER_CODE`.
+    fn from_str(s: &str) -> Result<CodeKind> {
+        let bad = || Error::InvalidConfig {
+            what: "codes",
+            reason: format!("{s:?} is not sq4, sq8, pq4:D or pq4a:D with D in 1..={MAX_DIMS_PER_CODE}"),
+        };
+        let lower = s.trim().to_ascii_lowercase();
+        let kind = match lower.as_str() {
+            "sq4" => CodeKind::Sq4,
+            "sq8" => CodeKind::Sq8,
+            other => match other.split_once(':') {
+                Some((name @ ("pq4" | "pq4a"), d)) => {
+                    CodeKind::Pq4 { dims_per_code: d.parse().map_err(|_| bad())?, anisotropic: name == "pq4a" }
+                }
+                _ => return Err(bad()),
+            },
+        };
+        kind.check().map_err(|_| bad())?;
+        Ok(kind)
     }
 }
 
@@ -204,12 +256,7 @@ impl IndexConfig {
         if !(0.0..=1.0).contains(&self.target_recall) {
             return bad("target_recall", "must lie in [0, 1]");
         }
-        if let CodeKind::Pq4 { dims_per_code, .. } = self.codes
-            && !(1..=MAX_DIMS_PER_CODE).contains(&dims_per_code)
-        {
-            return bad("codes", &format!("PQ4 dims_per_code {dims_per_code} is not in 1..={MAX_DIMS_PER_CODE}"));
-        }
-        Ok(())
+        self.codes.check()
     }
 }
 
@@ -1053,6 +1100,25 @@ impl Index {
         if cl.half_sq_norms.is_empty() { dot } else { dot - cl.half_sq_norms[pos as usize] }
     }
 
+    /// Hints the CPU to bring member `pos` of `cluster`'s full vector into cache (no effect off x86-64).
+    #[inline]
+    fn prefetch_member(&self, cluster: u32, pos: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let dim = self.p.dim;
+            let rows = self.cluster_vectors(cluster as usize);
+            if let Some(row) = rows.get(pos as usize * dim..(pos as usize + 1) * dim) {
+                for line in row.chunks(16) {
+                    // SAFETY: a prefetch is a hint that never faults; the address lies within `row`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (cluster, pos);
+    }
+
     /// Whether exact search can take the bf16 first pass here.
     fn bf16_usable(&self) -> bool {
         self.p.config.exact_prefilter
@@ -1287,6 +1353,12 @@ impl Index {
             }
             // Scores in one vectorisable pass, then a scan against the (rarely changing) threshold.
             let base = qc + q_min;
+            if cl.half_sq_norms.is_empty() {
+                // Cosine and inner product: the score is monotone in the integer estimate, so chunks
+                // are tested on it and only a chunk that can enter the collector is converted.
+                s.top.offer_est(f, &s.est, base, inv);
+                continue;
+            }
             s.scores.clear();
             s.scores.extend(s.est.iter().map(|&e| base + e as f32 * inv));
             cl.to_similarity(&mut s.scores);
@@ -1301,8 +1373,13 @@ impl Index {
         if self.has_row_cache() {
             return self.rerank_cached(candidates, s);
         }
-        for e in candidates {
-            s.top2.push(Entry { score: self.member_score(&s.q, e.cluster, e.pos), ..e });
+        for (i, e) in candidates.iter().enumerate() {
+            // The rows are scattered over the full vectors: ask for the next one while this one is
+            // scored.
+            if let Some(next) = candidates.get(i + 1) {
+                self.prefetch_member(next.cluster, next.pos);
+            }
+            s.top2.push(Entry { score: self.member_score(&s.q, e.cluster, e.pos), ..*e });
         }
         s.top2.drain_sorted()
     }

@@ -201,11 +201,13 @@ pub(crate) fn lut(shape: Shape, book: &[f32], q: &[f32], table: &mut Vec<f32>, l
     let dpc = shape.dpc;
     table.clear();
     table.resize(shape.m * KSUB, 0.0);
-    let mut qs = vec![0.0f32; dpc];
+    // dpc <= MAX_DIMS_PER_CODE (checked at build and on load): no allocation per query.
+    let mut qs_buf = [0.0f32; crate::index::MAX_DIMS_PER_CODE as usize];
+    let qs = &mut qs_buf[..dpc];
     let mut bias = 0.0f32;
     let mut range = 0.0f32;
     for (s, t) in table.chunks_exact_mut(KSUB).enumerate() {
-        shape.sub(q, s, &mut qs);
+        shape.sub(q, s, qs);
         for (v, cent) in t.iter_mut().zip(book[s * KSUB * dpc..][..KSUB * dpc].chunks_exact(dpc)) {
             *v = qs.iter().zip(cent).map(|(a, b)| a * b).sum();
         }
@@ -218,8 +220,10 @@ pub(crate) fn lut(shape: Shape, book: &[f32], q: &[f32], table: &mut Vec<f32>, l
     let a = if range > 0.0 { 255.0 / range } else { 1.0 };
     lut.clear();
     lut.resize(crate::kernels::pq4_lut_len(shape.m), 0);
+    // v >= 0 (its sub-space's minimum was subtracted), so `+ 0.5` then the saturating cast rounds to
+    // nearest in a loop that vectorises (`f32::round` is a libm call per entry on x86).
     for (o, &v) in lut.iter_mut().zip(table.iter()) {
-        *o = (v * a).round().clamp(0.0, 255.0) as u8;
+        *o = (v * a + 0.5) as u8;
     }
     (bias, 1.0 / a)
 }

@@ -85,6 +85,27 @@ impl TopK {
         }
     }
 
+    /// [`offer`](Self::offer) of the scores `base + est[pos] * inv` (`inv > 0`), without computing
+    /// them for chunks of 16 whose largest estimate does not beat the threshold: the score rises with the
+    /// estimate (each step of `e as f32 * inv + base` is monotone for `inv > 0`), so the chunk's best
+    /// score is that of its largest estimate. Keeps exactly what `offer` of the computed scores keeps.
+    pub(crate) fn offer_est(&mut self, cluster: u32, est: &[i32], base: f32, inv: f32) {
+        let mut threshold = self.threshold();
+        for (c, chunk) in est.chunks(16).enumerate() {
+            let top = chunk.iter().copied().fold(i32::MIN, i32::max);
+            if base + top as f32 * inv <= threshold {
+                continue;
+            }
+            for (i, &e) in chunk.iter().enumerate() {
+                let score = base + e as f32 * inv;
+                if score > threshold {
+                    self.push(Entry { score, cluster, pos: (c * 16 + i) as u32 });
+                    threshold = self.threshold();
+                }
+            }
+        }
+    }
+
     /// The kept entries, best first; the collector is left empty.
     pub(crate) fn drain_sorted(&mut self) -> Vec<Entry> {
         let mut v: Vec<Entry> = self.heap.drain().collect();
@@ -119,6 +140,33 @@ mod tests {
             for e in offered {
                 prop_assert_eq!(e.cluster, 3);
                 prop_assert_eq!(scores[e.pos as usize], e.score);
+            }
+        }
+
+        /// `offer_est` keeps the entries `offer` keeps for the scores it would compute, in the same
+        /// order, for estimates whose chunk maxima sit on either side of the threshold. Catches a chunk
+        /// skipped on its first (not its largest) estimate, a `<` for `<=` that drops a tie with the
+        /// threshold differently from `offer`, and a position off by the chunk offset.
+        #[test]
+        fn offer_est_keeps_what_offer_keeps(
+            est in proptest::collection::vec(-300i32..300, 0..200),
+            k in 1usize..20,
+            base in -2.0f32..2.0,
+            inv in 0.001f32..0.1,
+        ) {
+            let scores: Vec<f32> = est.iter().map(|&e| base + e as f32 * inv).collect();
+            let mut a = TopK::default();
+            a.reset(k);
+            a.offer(5, &scores[..scores.len() / 2]);
+            a.offer(6, &scores[scores.len() / 2..]);
+            let mut b = TopK::default();
+            b.reset(k);
+            b.offer_est(5, &est[..est.len() / 2], base, inv);
+            b.offer_est(6, &est[est.len() / 2..], base, inv);
+            let (a, b) = (a.drain_sorted(), b.drain_sorted());
+            prop_assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                prop_assert_eq!((x.score, x.cluster, x.pos), (y.score, y.cluster, y.pos));
             }
         }
     }

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::Metric;
+use m2m_index::CodeKind;
 
 /// Where kernels run (see `m2m_gpu::Backend`).
 ///
@@ -139,6 +140,10 @@ pub struct M2mConfig {
     pub durable: bool,
     /// Seed of index building, sampling and Langevin. Default 42.
     pub seed: u64,
+    /// The index's compressed codes (what LOD 1 scans and LOD 2 re-ranks from); `None` (the default)
+    /// takes [`CodeKind::for_dim`] of `dim`, the kind measured best at that dimension. An invalid kind
+    /// (PQ4 `dims_per_code` outside `1..=16`) is [`Error::Config`](crate::Error::Config) naming `codes`.
+    pub codes: Option<CodeKind>,
 }
 
 impl Default for M2mConfig {
@@ -162,6 +167,7 @@ impl Default for M2mConfig {
             data_dir: None,
             durable: true,
             seed: 42,
+            codes: None,
         }
     }
 }
@@ -203,6 +209,17 @@ impl M2mConfig {
         self
     }
 
+    /// The settings with the given compressed codes (`None`: chosen by dimension).
+    pub fn codes(mut self, codes: Option<CodeKind>) -> Self {
+        self.codes = codes;
+        self
+    }
+
+    /// The code kind the index is built with: `codes`, or [`CodeKind::for_dim`] of `dim`.
+    pub fn code_kind(&self) -> CodeKind {
+        self.codes.unwrap_or_else(|| CodeKind::for_dim(self.dim))
+    }
+
     pub(crate) fn check(&self) -> crate::Result<()> {
         let bad = |field: &'static str, reason: String| Err(crate::Error::Config { field, reason });
         if self.dim == 0 {
@@ -225,6 +242,9 @@ impl M2mConfig {
         }
         if !(self.langevin_gamma >= 0.0 && self.langevin_gamma.is_finite()) {
             return bad("langevin_gamma", format!("{} is not finite and >= 0", self.langevin_gamma));
+        }
+        if let Some(Err(m2m_index::Error::InvalidConfig { reason, .. })) = self.codes.map(CodeKind::check) {
+            return bad("codes", reason);
         }
         Ok(())
     }
@@ -251,5 +271,32 @@ mod tests {
         let c = M2mConfig::default().dim(3).metric(Metric::L2).device(Device::Auto).durable(false).seed(7);
         let back: M2mConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+        let c = c.codes(Some(CodeKind::Pq4 { dims_per_code: 3, anisotropic: false }));
+        let back: M2mConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    /// The code kind: `None` follows the dimension, a given kind is kept, and an invalid one is the typed
+    /// `Config` error naming `codes`. Catches `check` letting dims_per_code 0 or 17 through (the build
+    /// would then fail later, as an index error), and a `code_kind` that ignores the setting.
+    #[test]
+    fn code_kind_follows_the_dimension_and_invalid_kinds_are_refused() {
+        assert_eq!(M2mConfig::default().dim(50).code_kind(), CodeKind::for_dim(50));
+        assert_eq!(M2mConfig::default().dim(384).code_kind(), CodeKind::Sq4);
+        let sq8 = M2mConfig::default().dim(50).codes(Some(CodeKind::Sq8));
+        assert_eq!(sq8.code_kind(), CodeKind::Sq8);
+        assert!(sq8.check().is_ok());
+        for d in [0u8, 17] {
+            let c = M2mConfig::default().codes(Some(CodeKind::Pq4 { dims_per_code: d, anisotropic: true }));
+            match c.check() {
+                Err(crate::Error::Config { field: "codes", reason }) => {
+                    assert!(reason.contains(&format!("dims_per_code {d}")), "{reason}")
+                }
+                other => panic!("dims_per_code {d}: {other:?}"),
+            }
+        }
+        let c: M2mConfig =
+            serde_json::from_str(r#"{"codes": {"Pq4": {"dims_per_code": 0, "anisotropic": false}}}"#).unwrap();
+        assert!(matches!(c.check(), Err(crate::Error::Config { field: "codes", .. })));
     }
 }

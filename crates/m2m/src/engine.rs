@@ -620,6 +620,7 @@ impl M2m {
             seed: self.config.seed,
             n_fine,
             n_coarse,
+            codes: self.config.code_kind(),
             ..IndexConfig::default()
         };
         let mut index = Index::build(&cfg, self.config.dim, &vectors, &ids)?;

@@ -347,18 +347,19 @@ pub(super) unsafe fn sq4_dots_avx2(query: &[i8], codes: &[u8], stride: usize, ou
 
 /// The fast-scan PQ4 kernel (layout and overflow rule in `fastscan.rs`): per block of 32 rows and pair of
 /// sub-spaces, one 32-byte load, two `vpshufb` against the pair's two tables (one per 128-bit lane), and
-/// four u16 adds, flushed into u32 totals every [`FS_FLUSH`](super::fastscan::FS_FLUSH) pairs.
+/// four u16 adds, flushed into u32 totals every [`FS_FLUSH`](super::fastscan::FS_FLUSH) pairs. The flush
+/// stays in registers ([`fold_avx2`]): the scalar fold it replaced cost about as much as 30 pair steps.
 ///
 /// # Safety
 /// The CPU must support AVX2; `lut.len() == pairs * 32` and `codes` holds at least
 /// `ceil(out.len() / 32)` blocks of `pairs * 32` bytes.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn pq4_scan_avx2(lut: &[u8], codes: &[u8], pairs: usize, out: &mut [i32]) {
-    use super::fastscan::{FS_BLOCK, FS_FLUSH, fold_flush};
+    use super::fastscan::{FS_BLOCK, FS_FLUSH};
     let bb = pairs * FS_BLOCK;
     let mask = _mm256_set1_epi8(0x0F);
     for (b, chunk) in out.chunks_mut(FS_BLOCK).enumerate() {
-        let mut tot = [0i32; FS_BLOCK];
+        let mut tot = [_mm256_setzero_si256(); 4];
         let mut p0 = 0;
         while p0 < pairs {
             let p1 = (p0 + FS_FLUSH).min(pairs);
@@ -382,14 +383,42 @@ pub(super) unsafe fn pq4_scan_avx2(lut: &[u8], codes: &[u8], pairs: usize, out: 
                 a_hi = _mm256_add_epi16(a_hi, rh);
                 b_hi = _mm256_add_epi16(b_hi, _mm256_srli_epi16(rh, 8));
             }
-            let mut w = [[0u16; 16]; 4];
-            for (dst, v) in w.iter_mut().zip([a_lo, b_lo, a_hi, b_hi]) {
-                // SAFETY: each destination is 32 bytes.
-                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
-            }
-            fold_flush(&mut tot, &w[0], &w[1], &w[2], &w[3]);
+            let (t0, t1) = fold_avx2(a_lo, b_lo);
+            let (t2, t3) = fold_avx2(a_hi, b_hi);
+            tot[0] = _mm256_add_epi32(tot[0], t0);
+            tot[1] = _mm256_add_epi32(tot[1], t1);
+            tot[2] = _mm256_add_epi32(tot[2], t2);
+            tot[3] = _mm256_add_epi32(tot[3], t3);
             p0 = p1;
         }
-        chunk.copy_from_slice(&tot[..chunk.len()]);
+        let mut all = [0i32; FS_BLOCK];
+        for (dst, v) in all.chunks_exact_mut(8).zip(tot) {
+            // SAFETY: each destination is 8 i32 = 32 bytes.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+        }
+        chunk.copy_from_slice(&all[..chunk.len()]);
     }
+}
+
+/// One flush of a half block (16 rows): `a` holds, per u16 word `i` of each 128-bit lane, row `2i`'s sum
+/// plus 256 times row `2i + 1`'s, `b` row `2i + 1`'s alone (fastscan.rs). Returns the u32 sums of rows
+/// 0..8 and 8..16, the two lanes (two sub-spaces of the same rows) added.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn fold_avx2(a: __m256i, b: __m256i) -> (__m256i, __m256i) {
+    let even = _mm256_sub_epi16(a, _mm256_slli_epi16(b, 8));
+    // Per lane: words 0..4 of even/odd interleaved = rows 0..8 in order; words 4..8 = rows 8..16.
+    let r0 = _mm256_unpacklo_epi16(even, b);
+    let r1 = _mm256_unpackhi_epi16(even, b);
+    (widen_add_lanes(r0), widen_add_lanes(r1))
+}
+
+/// The 8 u16 words of `r`'s low lane plus those of its high lane, as u32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn widen_add_lanes(r: __m256i) -> __m256i {
+    _mm256_add_epi32(
+        _mm256_cvtepu16_epi32(_mm256_castsi256_si128(r)),
+        _mm256_cvtepu16_epi32(_mm256_extracti128_si256(r, 1)),
+    )
 }

@@ -181,3 +181,26 @@ fn pq4_codebook_is_checked_on_load() {
     let bad = IndexConfig::default().codes(CodeKind::Pq4 { dims_per_code: 17, anisotropic: false });
     assert!(matches!(Index::build(&bad, dim, &all, &ids), Err(Error::InvalidConfig { .. })));
 }
+
+/// Code kinds by name (as `bench-search --codes` and configuration files give them) and the choice by
+/// dimension. Catches a parse that maps `pq4a` to the plain encoding or the other way, one that accepts
+/// a `D` the build refuses (0, 17), and a `for_dim` whose choice is not a valid kind.
+#[test]
+fn code_kinds_parse_and_bad_names_are_typed_errors() {
+    let pq = |d, a| CodeKind::Pq4 { dims_per_code: d, anisotropic: a };
+    for (name, kind) in
+        [("sq4", CodeKind::Sq4), ("SQ8", CodeKind::Sq8), ("pq4:2", pq(2, false)), ("pq4a:1", pq(1, true))]
+    {
+        assert_eq!(name.parse::<CodeKind>().unwrap(), kind, "{name}");
+    }
+    for name in ["pq4:0", "pq4a:17", "pq4:x", "pq8:2", "", "sq3"] {
+        match name.parse::<CodeKind>() {
+            Err(Error::InvalidConfig { what: "codes", reason }) => assert!(reason.contains(name), "{reason}"),
+            other => panic!("{name:?}: {other:?}"),
+        }
+    }
+    for dim in [1usize, 50, 128, 129, 384, 1536] {
+        assert!(CodeKind::for_dim(dim).check().is_ok(), "{dim}");
+    }
+    assert_eq!(CodeKind::for_dim(384), CodeKind::Sq4);
+}
