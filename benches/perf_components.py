@@ -1,7 +1,7 @@
 """Groups `perf script` call stacks (recorded with --call-graph dwarf) under a root frame by the search
 components they pass through, and prints each group's share of the samples under that root.
 
-    perf script -i perf.data | python3 scripts/perf_components.py search_with
+    perf script -i perf.data | python3 benches/perf_components.py search_with
 
 Used for the LOD 2 profiles in notes/issue-14.md (round 4).
 """
