@@ -184,7 +184,8 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
     for s in &segments {
         match (s.attrs_block(), &manifest.schema) {
             (Some(block), Some(schema)) => {
-                let cols = decode_block(block, schema, s.rows()).map_err(|r| Error::corrupt(s.path(), 0, r))?;
+                let cols =
+                    decode_block(block, schema, s.rows()).map_err(|r| Error::corrupt(s.path(), s.attrs_offset(), r))?;
                 attrs.append(s.ids(), Some(&cols));
             }
             (Some(_), None) => {

@@ -3,6 +3,7 @@
 //! byte, atomic replacement), and the directory lock.
 
 mod attrs;
+mod attrs_forged;
 mod crash;
 mod db;
 mod faults;
