@@ -12,5 +12,6 @@ mod index_files;
 mod lock;
 mod scale;
 mod segment;
+mod upsert;
 mod wal;
 mod warm;
