@@ -5,6 +5,7 @@ mod engine;
 mod gpu;
 mod hostile;
 mod training;
+mod upsert;
 mod vocabulary;
 
 use m2m::splat::{Error, VectorReader, VectorWriter};

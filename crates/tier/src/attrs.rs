@@ -575,7 +575,20 @@ impl AttrTable {
         if let Some(id) = ids.iter().find(|id| self.pos.contains_key(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} is already in the table") });
         }
+        self.put(ids, attrs, false)
+    }
+
+    /// [`add`](Self::add) where an id that has a row already is replaced by its new one (the upsert of
+    /// an engine kept outside a database): checked as `add` checks, and nothing changes on error.
+    pub fn replace(&mut self, ids: &[u64], attrs: Option<&AttrBatch>) -> Result<()> {
+        self.put(ids, attrs, true)
+    }
+
+    fn put(&mut self, ids: &[u64], attrs: Option<&AttrBatch>, replace: bool) -> Result<()> {
         let Some(a) = attrs.filter(|a| !a.columns.is_empty() || a.rows != ids.len()) else {
+            if replace {
+                self.remove(ids);
+            }
             self.append(ids, None);
             return Ok(());
         };
@@ -586,6 +599,9 @@ impl AttrTable {
         let cols = a.normalise(&schema)?;
         if self.schema.is_empty() {
             self.set_schema(schema);
+        }
+        if replace {
+            self.remove(ids);
         }
         self.append(ids, Some(&cols));
         Ok(())
