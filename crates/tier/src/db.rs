@@ -539,7 +539,7 @@ impl Db {
         self.wal.append_with(batch, block.as_deref())?;
         self.memtable.push(batch.into());
         self.ids.extend(batch.ids());
-        Arc::make_mut(&mut self.attrs).append(batch.ids(), cols.as_deref());
+        Arc::make_mut(&mut self.attrs).append_owned(batch.ids(), cols);
         Ok(())
     }
 
@@ -607,7 +607,7 @@ impl Db {
         tombstones.extend(replaced.into_iter().filter(|id| !in_memory.contains(id)));
         self.memtable.push(batch.into());
         self.ids.extend(batch.ids());
-        Arc::make_mut(&mut self.attrs).append(batch.ids(), cols.as_deref());
+        Arc::make_mut(&mut self.attrs).append_owned(batch.ids(), cols);
         Ok(())
     }
 
