@@ -4,6 +4,7 @@ mod attributes;
 mod engine;
 mod hostile;
 mod training;
+mod upsert;
 mod vocabulary;
 
 use m2m::splat::{Error, VectorReader, VectorWriter};

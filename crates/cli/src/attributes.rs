@@ -6,6 +6,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use m2m::tier::Storage;
 use m2m::{AttrBatch, Attribute, Column, M2m, Schema, Value};
 use serde_json::{Map, Value as Json};
 
@@ -13,15 +14,17 @@ use serde_json::{Map, Value as Json};
 const CHUNK: usize = 100_000;
 
 /// The kind of column a JSON value goes into: integer, float, bool, string (keyword), array of strings
-/// (tags), object (a JSON payload, stored as its text).
-fn empty_like(v: &Json) -> Option<Column> {
+/// (tags), object (a JSON payload, stored as its text); `None` for a null. An integer outside i64 has no
+/// kind (it would silently become a float).
+fn kind_of(v: &Json) -> Option<Storage> {
     Some(match v {
-        Json::Number(n) if n.is_i64() => Column::Int(Vec::new()),
-        Json::Number(_) => Column::Float(Vec::new()),
-        Json::Bool(_) => Column::Bool(Vec::new()),
-        Json::String(_) => Column::Keyword(Vec::new()),
-        Json::Array(_) => Column::Tags(Vec::new()),
-        Json::Object(_) => Column::Bytes(Vec::new()),
+        Json::Number(n) if n.is_i64() => Storage::Int,
+        Json::Number(n) if n.is_u64() => return None,
+        Json::Number(_) => Storage::Float,
+        Json::Bool(_) => Storage::Bool,
+        Json::String(_) => Storage::Keyword,
+        Json::Array(_) => Storage::Tags,
+        Json::Object(_) => Storage::Bytes,
         Json::Null => return None,
     })
 }
@@ -74,20 +77,27 @@ fn push(col: &mut Column, v: Option<&Json>) -> bool {
     true
 }
 
+/// The attributes of a file, read whole and checked: ids (distinct), the columns (checked against
+/// `schema`, the database's or the one the file implies).
+pub(crate) struct Prepared {
+    pub ids: Vec<u64>,
+    pub batch: AttrBatch,
+    pub schema: Schema,
+}
+
 /// Reads a JSON-lines file of objects, each with an integer `id` and the row's fields, into ids and
-/// columns (a field's kind from its first non-null value; a missing field is null). `schema`, when the
-/// database has one, gives the kinds instead (so an integer in a float field is read as a float).
-pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<(Vec<u64>, AttrBatch)> {
+/// columns (a missing field is null). Without a `schema`, a field's kind is the one all its non-null
+/// values share (integers and floats together make a float field; any other mix is an error naming the
+/// line). With one, its types decide (an integer in a float field is read as a float). Every error names
+/// the file and line: a line that is not a JSON object, a missing or non-integer id, an id given twice,
+/// a value that does not fit its field, and whatever the schema refuses (unknown field, an empty keyword).
+pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<Prepared> {
     let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let mut ids = Vec::new();
-    let mut names: Vec<String> = Vec::new();
-    let mut cols: HashMap<String, Column> = HashMap::new();
-    if let Some(s) = schema {
-        for f in &s.fields {
-            names.push(f.name.clone());
-            cols.insert(f.name.clone(), Column::nulls(f.ty.storage(), 0));
-        }
-    }
+    let mut rows: Vec<(usize, Map<String, Json>)> = Vec::new();
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    // Field names in first-seen order, with their kind so far and the line that set it.
+    let mut kinds: Vec<(String, Option<(Storage, usize)>)> = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("{}: line {}", path.display(), n + 1))?;
         if line.trim().is_empty() {
@@ -95,43 +105,98 @@ pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<(Vec<u6
         }
         let at = || format!("{}: line {}", path.display(), n + 1);
         let obj: Map<String, Json> = serde_json::from_str(&line).with_context(at)?;
-        let Some(id) = obj.get("id").and_then(Json::as_u64) else { bail!("{}: no integer \"id\"", at()) };
-        let row = ids.len();
+        let Some(id) = obj.get("id").and_then(Json::as_u64) else {
+            bail!("{}: no \"id\" that is an integer from 0 to 2^64 - 1", at())
+        };
+        if let Some(first) = seen.insert(id, n + 1) {
+            bail!("{}: id {id} again (first on line {first})", at());
+        }
         ids.push(id);
         for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "id") {
-            if !cols.contains_key(k) {
-                let Some(mut col) = empty_like(v) else { continue };
-                for _ in 0..row {
-                    push(&mut col, None);
+            if v.as_u64().is_some_and(|_| !v.is_i64()) {
+                bail!("{}: field {k:?}: {v} is outside the 64-bit signed integers", at());
+            }
+            let slot = match kinds.iter().position(|(name, _)| name == k) {
+                Some(i) => i,
+                None => {
+                    kinds.push((k.clone(), None));
+                    kinds.len() - 1
                 }
-                names.push(k.clone());
-                cols.insert(k.clone(), col);
+            };
+            let Some(kind) = kind_of(v) else { continue };
+            let merged = match kinds[slot].1 {
+                None => (kind, n + 1),
+                Some((was, line)) if was == kind => (was, line),
+                Some((Storage::Int, _)) | Some((Storage::Float, _))
+                    if matches!(kind, Storage::Int | Storage::Float) =>
+                {
+                    (Storage::Float, n + 1)
+                }
+                Some((was, line)) => {
+                    bail!("{}: field {k:?}: {v} is not a {was:?} value like the one on line {line}", at())
+                }
+            };
+            kinds[slot].1 = Some(merged);
+        }
+        rows.push((n + 1, obj));
+    }
+    let columns: Vec<(String, Storage)> = match schema {
+        Some(s) => s.fields.iter().map(|f| (f.name.clone(), f.ty.storage())).collect(),
+        // A field that is null on every line has no kind and is left out.
+        None => kinds.iter().filter_map(|(name, k)| k.map(|(k, _)| (name.clone(), k))).collect(),
+    };
+    let mut cols: Vec<Column> = columns.iter().map(|(_, k)| Column::nulls(*k, 0)).collect();
+    for (line, obj) in &rows {
+        for (name, _) in obj.iter().filter(|(k, _)| k.as_str() != "id") {
+            if !columns.iter().any(|(c, _)| c == name) && !obj[name].is_null() {
+                bail!("{}: line {line}: field {name:?} is not in the database's schema", path.display());
             }
         }
-        for name in &names {
-            let col = cols.get_mut(name).context("a column")?;
+        for ((name, _), col) in columns.iter().zip(&mut cols) {
             if !push(col, obj.get(name)) {
-                bail!("{}: field {name:?}: {} does not fit a {:?} column", at(), obj[name], col.storage());
+                bail!(
+                    "{}: line {line}: field {name:?}: {} does not fit a {:?} field",
+                    path.display(),
+                    obj[name],
+                    col.storage()
+                );
             }
         }
     }
     let mut batch = AttrBatch::new(ids.len());
-    for name in names {
-        let col = cols.remove(&name).context("a column")?;
+    for ((name, _), col) in columns.into_iter().zip(cols) {
         batch = batch.with(name, col);
     }
-    Ok((ids, batch))
+    let schema = match schema {
+        Some(s) => s.clone(),
+        None => Schema::infer(&batch).with_context(|| format!("{}", path.display()))?,
+    };
+    // The schema's own checks (keyword lengths, a non-finite float), with the line of the bad row.
+    if let Err(e) = batch.normalise(&schema) {
+        let line = match &e {
+            m2m::tier::Error::InvalidAttributes { reason, .. } => reason
+                .strip_prefix("row ")
+                .and_then(|r| r.split(':').next())
+                .and_then(|r| r.parse::<usize>().ok())
+                .and_then(|r| rows.get(r))
+                .map(|(line, _)| format!(": line {line}")),
+            _ => None,
+        };
+        bail!("{}{}: {e}", path.display(), line.unwrap_or_default());
+    }
+    Ok(Prepared { ids, batch, schema })
 }
 
-/// Sets the attributes of `path` on the engine's splats by id (the schema inferred from the file when
-/// the database has none); returns the rows set.
-pub(crate) fn apply(engine: &mut M2m, path: &Path) -> Result<usize> {
-    let (ids, batch) = read_jsonl(path, engine.schema().as_ref())?;
-    if engine.schema().is_none() {
-        engine.set_schema(Schema::infer(&batch)?).with_context(|| format!("{}", path.display()))?;
-    }
+/// Sets the attributes `prepared` (from [`read_jsonl`], checked whole before the vectors were ingested)
+/// on the engine's splats by id, declaring the schema first when the database has none; returns the
+/// rows set. An id that is not a splat of the database is refused before anything is set.
+pub(crate) fn apply(engine: &mut M2m, path: &Path, prepared: Prepared) -> Result<usize> {
+    let Prepared { ids, batch, schema } = prepared;
     if let Some(id) = ids.iter().find(|id| !engine.contains(**id)) {
         bail!("{}: id {id} is not a splat of the database", path.display());
+    }
+    if engine.schema().is_none() {
+        engine.set_schema(schema).with_context(|| format!("{}", path.display()))?;
     }
     for start in (0..ids.len()).step_by(CHUNK) {
         let end = (start + CHUNK).min(ids.len());

@@ -134,11 +134,20 @@ fn load_ingest_log(db: &Path) -> Result<IngestLog> {
 pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Ingest { db, files, chunk, no_sync, metric, attributes } => {
+            // The attributes file is read and checked whole (against the database's schema, when it
+            // has one) before any vector is written: a bad line leaves the database as it was.
+            let prepared = match attributes.as_deref() {
+                Some(path) => {
+                    regular_file(path)?;
+                    let schema = if is_db(db) { open_with(db, !no_sync)?.schema() } else { None };
+                    Some(crate::attributes::read_jsonl(path, schema.as_ref())?)
+                }
+                None => None,
+            };
             let code = ingest(cli, db, files, *chunk, *no_sync, *metric)?;
-            if let Some(path) = attributes.as_deref().filter(|_| code == ExitCode::SUCCESS) {
-                regular_file(path)?;
+            if let Some((path, prepared)) = attributes.as_deref().zip(prepared).filter(|_| code == ExitCode::SUCCESS) {
                 let mut engine = open_with(db, !no_sync)?;
-                let rows = crate::attributes::apply(&mut engine, path)?;
+                let rows = crate::attributes::apply(&mut engine, path, prepared)?;
                 if cli.json {
                     say!("{}", json!({ "attributes": rows, "file": path.display().to_string() }));
                 } else {

@@ -703,3 +703,52 @@ fn attributes_from_json_lines_filter_queries_and_show_in_info() {
     assert_eq!(code, 1);
     assert!(err.contains("line 1") && err.contains("label"), "{err}");
 }
+
+/// Bad `--attributes` files are one-line errors naming the line, and leave the database as it was: the
+/// vectors of the same command are not ingested either. Mutations caught: duplicate ids accepted (the
+/// later line silently wins); an integer past i64 read as a float; a field whose kind changes between
+/// lines accepted or reported without the line; the file checked after the vector ingest (the splat
+/// count grows); the schema declared before the ids are checked (the schema is set by a failed run);
+/// integers and floats in one field refused instead of read as floats.
+#[test]
+fn bad_attribute_files_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = digits(dir.path(), 400, 8);
+    let db = dir.path().join("db").display().to_string();
+    let attrs = dir.path().join("attrs.jsonl");
+    let path = attrs.display().to_string();
+    ok(&["ingest", &db, &a]);
+    let splats = |db: &str| ok(&["info", db])["splats"].as_u64().unwrap();
+    let before = splats(&db);
+    assert_eq!(before, 200);
+    let cases: [(&str, &[&str]); 7] = [
+        ("{\"id\": 1, \"label\": 1}\n{\"id\": 1, \"label\": 2}", &["line 2", "id 1 again", "line 1"]),
+        ("{\"id\": 1, \"n\": 18446744073709551615}", &["line 1", "\"n\"", "signed"]),
+        ("{\"id\": 1, \"t\": \"a\"}\n{\"id\": 2, \"t\": 3}", &["line 2", "\"t\"", "line 1"]),
+        ("{\"label\": 1}", &["line 1", "id"]),
+        ("{\"id\": -4, \"label\": 1}", &["line 1", "id"]),
+        ("{\"id\": 1, \"t\": \"a\"}\n{\"id\": 2, \"t\": \"\"}", &["line 2", "keyword"]),
+        ("{\"id\": 1}\n{\"id\": 2, \"tags\": [\"a\", 3]}", &["line 2", "tags"]),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&attrs, text).unwrap();
+        let (code, err) = fails(&["ingest", &db, &b, "--attributes", &path]);
+        assert_eq!(code, 1, "{text}");
+        for w in want {
+            assert!(err.contains(w), "{text}: {err} lacks {w}");
+        }
+        assert_eq!(splats(&db), before, "{text}: the vectors were ingested");
+        assert!(ok(&["info", &db])["schema"].is_null(), "{text}: a schema was set");
+    }
+    // Ids that are not splats: the vectors go in (they are good), the attributes and schema do not.
+    std::fs::write(&attrs, "{\"id\": 1, \"label\": 1}\n{\"id\": 99999, \"label\": 2}").unwrap();
+    let (_, err) = fails(&["ingest", &db, "--attributes", &path, &a]);
+    assert!(err.contains("99999") && err.contains("not a splat"), "{err}");
+    assert!(ok(&["info", &db])["schema"].is_null(), "a schema was set by a failed run");
+    // Integers and floats in one field make a float field.
+    std::fs::write(&attrs, "{\"id\": 1, \"w\": 2}\n{\"id\": 2, \"w\": 0.5}").unwrap();
+    let out = m2m(&["ingest", &db, &a, "--attributes", &path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fields = ok(&["info", &db])["schema"]["fields"].clone();
+    assert_eq!(fields[0]["type"], "float", "{fields}");
+}

@@ -134,10 +134,23 @@ impl M2m {
         lod: Lod,
         filter: &Filter,
     ) -> Result<Vec<Vec<Hit>>> {
+        self.retrieve_batch_filtered_with(queries, k, lod, &SearchParams::default(), filter)
+    }
+
+    /// [`retrieve_batch_filtered`](Self::retrieve_batch_filtered) with search parameters (see
+    /// [`retrieve_with`](Self::retrieve_with)).
+    pub fn retrieve_batch_filtered_with(
+        &self,
+        queries: &[f32],
+        k: usize,
+        lod: Lod,
+        params: &SearchParams,
+        filter: &Filter,
+    ) -> Result<Vec<Vec<Hit>>> {
         let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve_batch_filtered" })?;
         let rows = self.row_filter(filter)?;
         let k = crate::validate::bound_k(k, self.len());
-        let all = index.search_batch_filtered(queries, k, lod, &SearchParams::default(), &rows)?;
+        let all = index.search_batch_filtered(queries, k, lod, params, &rows)?;
         self.record_use(all.iter().flatten().map(|h| h.id));
         Ok(all.iter().map(|hits| hits.iter().map(|h| self.hit(h.id, h.score)).collect()).collect())
     }

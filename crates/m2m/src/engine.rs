@@ -24,6 +24,10 @@ pub const INDEX_BLOB: &str = "m2m-index.blob";
 /// Blob of the learned kappa and alpha of the last build (with their ids), read by [`crate::LakeReader`]
 /// without the index.
 pub const LEARNED_BLOB: &str = "m2m-learned.blob";
+/// Blob of the ids upserted since the stored index was written (their vectors in it are the old ones):
+/// `open` re-inserts them into the loaded index. Written before each upsert, removed when an index is
+/// stored again.
+pub const REPLACED_BLOB: &str = "m2m-replaced.blob";
 
 /// The learned kappa and alpha of a build, by id.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -152,8 +156,8 @@ pub struct M2m {
     pub(crate) kappa_fit: Option<KappaFit>,
     compute: m2m_gpu::Compute,
     /// Batch retrieval on the device (`gpu_search.rs`).
-    gpu: crate::gpu_search::GpuRetrieval,
-    next_id: u64,
+    pub(crate) gpu: crate::gpu_search::GpuRetrieval,
+    pub(crate) next_id: u64,
     /// Opened with [`M2m::open_read_only`]: changes are refused.
     read_only: bool,
     /// The view a read-only engine was opened on (the data lake's tiers read it).
@@ -325,7 +329,7 @@ impl M2m {
             return Err(Error::Tier(m2m_tier::Error::AlreadyExists { path: db.dir().to_path_buf() }));
         }
         let dir = db.dir().to_path_buf();
-        for blob in [INDEX_BLOB, LEARNED_BLOB, CONFIG_BLOB] {
+        for blob in [INDEX_BLOB, LEARNED_BLOB, CONFIG_BLOB, REPLACED_BLOB] {
             m2m_tier::remove_blob(&dir, blob)?;
         }
         Ok(db.discard()?)
@@ -441,15 +445,17 @@ impl M2m {
         } else {
             return Ok(());
         };
+        let replaced = crate::upsert::load_replaced(dir)?;
         let exact = same_ids(self.set.ids(), &stored.ids);
-        if !exact && !self.catch_up(&mut index, &stored.ids)? {
+        if (!exact || !replaced.is_empty()) && !self.catch_up(&mut index, &stored.ids, &replaced)? {
             return Ok(());
         }
         // The learned values hold while the build covers exactly the live rows (the rule `LakeReader`
         // follows too); rows added or deleted since then leave every row its stored kappa and alpha.
         if exact {
             let (mut kappa, mut alpha) = (self.kappa.to_vec(), self.alpha.to_vec());
-            for (i, id) in stored.ids.iter().enumerate() {
+            // An upserted row keeps the kappa and alpha it was upserted with.
+            for (i, id) in stored.ids.iter().enumerate().filter(|(_, id)| !replaced.contains(id)) {
                 if let Some(r) = self.set.row_of(*id) {
                     kappa[r] = stored.kappa[i];
                     alpha[r] = stored.alpha[i];
@@ -469,12 +475,15 @@ impl M2m {
     /// are deleted from it, rows added since are routed to their nearest clusters and coded (what
     /// `add_splats` does to a live index). The change is recomputed at each open from the rows the
     /// database holds, not stored with the index. When the change outnumbers the build's rows the index
-    /// is left stale (false) and `build_index` is needed.
-    fn catch_up(&self, index: &mut Index, built: &[u64]) -> Result<bool> {
+    /// is left stale (false) and `build_index` is needed. Ids upserted since (`replaced`) are both: their
+    /// old vectors leave the index, their rows now go in.
+    fn catch_up(&self, index: &mut Index, built: &[u64], replaced: &HashSet<u64>) -> Result<bool> {
         let live: HashSet<u64> = self.set.ids().iter().copied().collect();
         let then: HashSet<u64> = built.iter().copied().collect();
-        let gone: Vec<u64> = built.iter().copied().filter(|id| !live.contains(id)).collect();
-        let added: Vec<usize> = (0..self.set.len()).filter(|&r| !then.contains(&self.set.ids()[r])).collect();
+        let gone: Vec<u64> = built.iter().copied().filter(|id| !live.contains(id) || replaced.contains(id)).collect();
+        let added: Vec<usize> = (0..self.set.len())
+            .filter(|&r| !then.contains(&self.set.ids()[r]) || replaced.contains(&self.set.ids()[r]))
+            .collect();
         if gone.len() + added.len() > built.len() {
             self.stale(built.len());
             return Ok(false);
@@ -710,6 +719,8 @@ impl M2m {
             let files = crate::stored::write(db, &index, &learned)?;
             db.commit_index(&files)?;
             m2m_tier::remove_blob(&dir, INDEX_BLOB)?;
+            // The stored index now holds every upserted row's new vector.
+            m2m_tier::remove_blob(&dir, REPLACED_BLOB)?;
             let files = db.snapshot().index;
             index.attach_cold(crate::stored::cold_rows(&files)?)?;
             crate::stored::warm(&mut index, &files, self.config.warm_budget_bytes)?;
@@ -1029,6 +1040,8 @@ impl M2m {
             let files = crate::stored::write(db, index, &learned)?;
             db.commit_index(&files)?;
             m2m_tier::remove_blob(&dir, INDEX_BLOB)?;
+            // The stored index now holds every upserted row's new vector.
+            m2m_tier::remove_blob(&dir, REPLACED_BLOB)?;
             let files = db.snapshot().index;
             index.attach_cold(crate::stored::cold_rows(&files)?)?;
             crate::stored::warm(index, &files, self.config.warm_budget_bytes)?;
@@ -1139,7 +1152,7 @@ fn raw_row(set: &RowStore, r: usize) -> impl Iterator<Item = f32> + '_ {
 }
 
 /// The vectors the index is built on: unit `mu` for cosine, the original vectors otherwise.
-fn index_vectors(set: &RowStore, rows: std::ops::Range<usize>, metric: Metric) -> Vec<f32> {
+pub(crate) fn index_vectors(set: &RowStore, rows: std::ops::Range<usize>, metric: Metric) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() * set.dim());
     for r in rows {
         if metric == Metric::Cosine {

@@ -31,11 +31,12 @@ mod stored;
 #[doc(hidden)]
 pub mod testing;
 mod training;
+mod upsert;
 mod validate;
 
 pub use attributes::Attribute;
 pub use config::{Device, LangevinDynamics, M2mConfig};
-pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, Stats, create_m2m};
+pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, REPLACED_BLOB, Stats, create_m2m};
 pub use error::{Error, ErrorKind, Result};
 #[doc(hidden)]
 pub use gpu_search::ForcePath;

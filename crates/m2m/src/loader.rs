@@ -339,8 +339,10 @@ impl LakeReader {
         let config = M2m::stored_config(dir)?;
         let snapshot = m2m_tier::Db::read_snapshot(dir)?;
         let (mut ids, mut kappa, mut alpha) = (Vec::new(), Vec::new(), Vec::new());
-        for part in snapshot.parts() {
-            for i in (0..part.rows()).filter(|&i| snapshot.is_live(part.ids[i])) {
+        let segments = snapshot.segments.len();
+        for (p, part) in snapshot.parts().enumerate() {
+            // Tombstones hide segment rows only (a row in memory of such an id is an upsert's new row).
+            for i in (0..part.rows()).filter(|&i| p >= segments || snapshot.is_live(part.ids[i])) {
                 ids.push(part.ids[i]);
                 kappa.push(part.kappa[i]);
                 alpha.push(part.alpha[i]);

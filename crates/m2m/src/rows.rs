@@ -68,15 +68,17 @@ struct Viewed {
     alpha: Vec<f32>,
 }
 
-fn view(snap: &Snapshot, keep: impl Fn(u64) -> bool) -> Result<Viewed> {
+/// `keep` is asked with whether the row is in a segment (tombstones hide segment rows only) and its id.
+fn view(snap: &Snapshot, keep: impl Fn(bool, u64) -> bool) -> Result<Viewed> {
     let mut parts: Vec<Part> = snap.segments.iter().cloned().map(Part::Segment).collect();
     parts.extend(snap.memtable.chunks().iter().cloned().map(Part::Chunk));
     let mut v =
         Viewed { parts, loc: Vec::new(), ids: Vec::new(), norms: Vec::new(), kappa: Vec::new(), alpha: Vec::new() };
+    let segments = snap.segments.len();
     for (p, cols) in snap.parts().enumerate() {
         let part = u32::try_from(p).map_err(|_| too_many("parts"))?;
         for i in 0..cols.rows() {
-            if keep(cols.ids[i]) {
+            if keep(p < segments, cols.ids[i]) {
                 v.loc.push(Loc { part, row: u32::try_from(i).map_err(|_| too_many("rows of a part"))? });
                 v.ids.push(cols.ids[i]);
                 v.norms.push(cols.norms[i]);
@@ -109,7 +111,7 @@ impl RowStore {
     /// The live rows of a database view (read in place), with their kappa and alpha. An id twice in the
     /// view is `DuplicateId` (as appending it to a set was).
     pub(crate) fn from_snapshot(dim: usize, snap: &Snapshot) -> Result<(RowStore, Vec<f32>, Vec<f32>)> {
-        let v = view(snap, |id| snap.is_live(id))?;
+        let v = view(snap, |in_segment, id| !in_segment || snap.is_live(id))?;
         let mut row_of = HashMap::with_capacity(v.ids.len());
         for (row, &id) in v.ids.iter().enumerate() {
             if row_of.insert(id, row as u32).is_some() {
@@ -140,6 +142,15 @@ impl RowStore {
         Ok(start..self.ids.len())
     }
 
+    /// Replaces row `r`'s unit `mu` and norm (an upsert): the new `mu` goes into RAM (the old copy there,
+    /// if any, stays until the next [`retain_rows`](Self::retain_rows) or [`remap`](Self::remap)).
+    pub(crate) fn replace_row(&mut self, r: usize, mu: &[f32], norm: f32) {
+        let row = (self.ram.len() / self.dim) as u32;
+        self.ram.extend_from_slice(mu);
+        self.loc[r] = Loc { part: IN_RAM, row };
+        self.norms[r] = norm;
+    }
+
     /// Keeps only rows `keep` (in that order; each at most once).
     pub(crate) fn retain_rows(&mut self, keep: &[usize]) {
         let mut ram = Vec::new();
@@ -164,8 +175,10 @@ impl RowStore {
     /// no longer holds), so that parts that left the database (a compacted segment) are released. Ids,
     /// norms and the order of the rows do not change.
     pub(crate) fn remap(&mut self, snap: &Snapshot) -> Result<()> {
-        // Deleted rows that a segment still holds are read there too until the engine drops them.
-        let v = view(snap, |id| self.row_of.contains_key(&id))?;
+        // Deleted rows that a segment still holds are read there too until the engine drops them. An
+        // upserted id is in the view twice (its replaced segment row, then its new row in memory): the
+        // later, new one wins in `at`.
+        let v = view(snap, |_, id| self.row_of.contains_key(&id))?;
         let at: HashMap<u64, Loc> = v.ids.iter().copied().zip(v.loc.iter().copied()).collect();
         let mut ram = Vec::new();
         let mut loc = Vec::with_capacity(self.ids.len());

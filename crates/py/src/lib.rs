@@ -15,6 +15,8 @@
 
 use std::sync::{Arc, Mutex};
 
+mod attributes;
+
 use m2m::{
     DataLoader, DataLoaderConfig, Error, LakeReader, LangevinDynamics, Lod, M2m, M2mConfig, SearchParams, Source,
 };
@@ -217,8 +219,9 @@ impl Engine {
         Ok(self.get()?.contains(id))
     }
 
-    /// Adds rows (float32, C-contiguous, n x dim), with optional ids, kappa and alpha; returns the ids.
-    #[pyo3(signature = (vectors, ids = None, kappa = None, alpha = None))]
+    /// Adds rows (float32, C-contiguous, n x dim), with optional ids, kappa, alpha and attributes (a
+    /// dict of columns); returns the ids.
+    #[pyo3(signature = (vectors, ids = None, kappa = None, alpha = None, attributes = None))]
     fn add_splats<'py>(
         &mut self,
         py: Python<'py>,
@@ -226,23 +229,68 @@ impl Engine {
         ids: Option<PyReadonlyArray1<'py, u64>>,
         kappa: Option<PyReadonlyArray1<'py, f32>>,
         alpha: Option<PyReadonlyArray1<'py, f32>>,
+        attributes: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        let (data, _) = rows(&vectors, "vectors", self.get()?.config().dim)?;
+        let (data, n) = rows(&vectors, "vectors", self.get()?.config().dim)?;
         let ids = ids.as_ref().map(|a| slice(a, "ids")).transpose()?;
         let kappa = kappa.as_ref().map(|a| slice(a, "kappa")).transpose()?;
         let alpha = alpha.as_ref().map(|a| slice(a, "alpha")).transpose()?;
+        let attrs = attributes.as_ref().map(|d| attributes::batch(d, n)).transpose()?;
         let inner = self.get_mut()?;
-        let out = run(py, || match ids {
-            Some(ids) => inner.add_splats_with(data, ids, kappa, alpha).map(|()| ids.to_vec()),
-            None if kappa.is_some() || alpha.is_some() => {
+        let out = run(py, || match (ids, &attrs) {
+            (Some(ids), Some(a)) => {
+                inner.add_splats_attributed(data, ids, kappa, alpha, Some(a)).map(|()| ids.to_vec())
+            }
+            (None, Some(a)) => {
+                let start = inner.stats_max_id().map_or(0, |m| m + 1);
+                let ids: Vec<u64> = (start..start + n as u64).collect();
+                inner.add_splats_attributed(data, &ids, kappa, alpha, Some(a)).map(|()| ids)
+            }
+            (Some(ids), None) => inner.add_splats_with(data, ids, kappa, alpha).map(|()| ids.to_vec()),
+            (None, None) if kappa.is_some() || alpha.is_some() => {
                 let n = data.len() / inner.config().dim.max(1);
                 let start = inner.stats_max_id().map_or(0, |m| m + 1);
                 let ids: Vec<u64> = (start..start + n as u64).collect();
                 inner.add_splats_with(data, &ids, kappa, alpha).map(|()| ids)
             }
-            None => inner.add_splats(data),
+            (None, None) => inner.add_splats(data),
         })?;
         Ok(out.into_pyarray(py))
+    }
+
+    /// Adds rows with these ids, each replacing the live row of its id (vector, kappa, alpha and
+    /// attributes) when there is one; one logged change.
+    #[pyo3(signature = (vectors, ids, kappa = None, alpha = None, attributes = None))]
+    fn upsert<'py>(
+        &mut self,
+        py: Python<'py>,
+        vectors: PyReadonlyArray2<'py, f32>,
+        ids: PyReadonlyArray1<'py, u64>,
+        kappa: Option<PyReadonlyArray1<'py, f32>>,
+        alpha: Option<PyReadonlyArray1<'py, f32>>,
+        attributes: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<()> {
+        let (data, n) = rows(&vectors, "vectors", self.get()?.config().dim)?;
+        let ids = slice(&ids, "ids")?;
+        let kappa = kappa.as_ref().map(|a| slice(a, "kappa")).transpose()?;
+        let alpha = alpha.as_ref().map(|a| slice(a, "alpha")).transpose()?;
+        let attrs = attributes.as_ref().map(|d| attributes::batch(d, n)).transpose()?;
+        let inner = self.get_mut()?;
+        run(py, || inner.upsert(data, ids, kappa, alpha, attrs.as_ref()))
+    }
+
+    /// The attributes of `ids`: a dict from field name to a list aligned with `ids` (None: no value, or
+    /// an id that is not live).
+    fn attributes_of<'py>(&self, py: Python<'py>, ids: PyReadonlyArray1<'py, u64>) -> PyResult<Bound<'py, PyDict>> {
+        attributes::of_ids(py, self.get()?, slice(&ids, "ids")?)
+    }
+
+    /// The attribute schema as JSON (`{"fields": [{"name", "type"}]}`), or None without one.
+    fn schema_json(&self) -> PyResult<Option<String>> {
+        self.get()?
+            .schema()
+            .map(|s| serde_json::to_string(&s).map_err(|e| PyRuntimeError::new_err(e.to_string())))
+            .transpose()
     }
 
     /// Builds the index (and learns kappa and alpha).
@@ -254,8 +302,10 @@ impl Engine {
 
     /// Top-k of each query row: (ids, scores, kappa, alpha), each q x k' with k' = min(k, splats).
     /// `lod` is 0-3 or a name; `nprobe` and `rerank` override the calibrated defaults for this call.
-    #[pyo3(signature = (queries, k = 10, lod = None, nprobe = None, rerank = None))]
-    #[allow(clippy::type_complexity)]
+    /// With `filter` (the JSON form of an `m2m::Filter`), only matching splats; a query with fewer than
+    /// k' matches is padded with id 2^64 - 1, score -inf, kappa and alpha NaN.
+    #[pyo3(signature = (queries, k = 10, lod = None, nprobe = None, rerank = None, filter = None))]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn retrieve_batch<'py>(
         &self,
         py: Python<'py>,
@@ -264,6 +314,7 @@ impl Engine {
         lod: Option<Bound<'py, PyAny>>,
         nprobe: Option<usize>,
         rerank: Option<usize>,
+        filter: Option<&str>,
     ) -> PyResult<(
         Bound<'py, PyArray2<u64>>,
         Bound<'py, PyArray2<f32>>,
@@ -277,18 +328,36 @@ impl Engine {
         let params = SearchParams { nprobe: nprobe.unwrap_or(0), rerank: rerank.unwrap_or(0), coarse_probe: 0 };
         let inner = self.get()?;
         let (data, nq) = rows(&queries, "queries", inner.config().dim)?;
-        let hits = run(py, || inner.retrieve_batch_with(data, k, level, &params))?;
-        let width = hits.iter().map(Vec::len).max().unwrap_or(0);
-        if hits.iter().any(|h| h.len() != width) {
+        let filter = filter
+            .map(|f| serde_json::from_str::<m2m::Filter>(f).map_err(|e| invalid(format!("filter: {e}"))))
+            .transpose()?;
+        let hits = match &filter {
+            Some(f) => run(py, || inner.retrieve_batch_filtered_with(data, k, level, &params, f))?,
+            None => run(py, || inner.retrieve_batch_with(data, k, level, &params))?,
+        };
+        let width = match &filter {
+            // Every row as wide as k' = min(k, splats), padded.
+            Some(_) => k.min(inner.len()),
+            None => hits.iter().map(Vec::len).max().unwrap_or(0),
+        };
+        if filter.is_none() && hits.iter().any(|h| h.len() != width) {
             return Err(PyRuntimeError::new_err("queries got different numbers of hits"));
         }
         let mut ids = Vec::with_capacity(nq * width);
         let (mut scores, mut kappa, mut alpha) = (Vec::new(), Vec::new(), Vec::new());
-        for h in hits.iter().flatten() {
-            ids.push(h.id);
-            scores.push(h.score);
-            kappa.push(h.kappa);
-            alpha.push(h.alpha);
+        for row in &hits {
+            for h in row.iter().take(width) {
+                ids.push(h.id);
+                scores.push(h.score);
+                kappa.push(h.kappa);
+                alpha.push(h.alpha);
+            }
+            for _ in row.len().min(width)..width {
+                ids.push(u64::MAX);
+                scores.push(f32::NEG_INFINITY);
+                kappa.push(f32::NAN);
+                alpha.push(f32::NAN);
+            }
         }
         Ok((
             matrix(py, ids, nq, width)?,

@@ -261,6 +261,20 @@ impl Column {
         map_same!(self, v => rows.iter().map(|&r| Clone::clone(&v[r])).collect())
     }
 
+    /// Appends `other` by moving its values (of the same kind; checked by the callers): no value is
+    /// copied, no keyword allocated again.
+    fn append(&mut self, other: Column) {
+        match (self, other) {
+            (Column::Int(a), Column::Int(mut b)) => a.append(&mut b),
+            (Column::Float(a), Column::Float(mut b)) => a.append(&mut b),
+            (Column::Bool(a), Column::Bool(mut b)) => a.append(&mut b),
+            (Column::Keyword(a), Column::Keyword(mut b)) => a.append(&mut b),
+            (Column::Tags(a), Column::Tags(mut b)) => a.append(&mut b),
+            (Column::Bytes(a), Column::Bytes(mut b)) => a.append(&mut b),
+            _ => {}
+        }
+    }
+
     /// Appends `other` (of the same kind; checked by the callers).
     fn extend(&mut self, other: &Column) {
         match (self, other) {
@@ -526,6 +540,22 @@ impl AttrTable {
         self.postings = OnceLock::new();
     }
 
+    /// [`append`](Self::append) moving the values of `columns` (the ingest path: the columns were just
+    /// made by [`AttrBatch::normalise`]; copying them again would allocate every keyword a second time).
+    pub(crate) fn append_owned(&mut self, ids: &[u64], columns: Option<Vec<Column>>) {
+        let Some(columns) = columns else { return self.append(ids, None) };
+        let start = self.ids.len();
+        self.ids.extend_from_slice(ids);
+        self.pos.reserve(ids.len());
+        for (i, &id) in ids.iter().enumerate() {
+            self.pos.insert(id, start + i);
+        }
+        for (col, c) in self.columns.iter_mut().zip(columns) {
+            col.append(c);
+        }
+        self.postings = OnceLock::new();
+    }
+
     /// Removes the rows of `ids` (absent ones are ignored).
     pub(crate) fn remove(&mut self, ids: &[u64]) {
         for id in ids {
@@ -575,7 +605,20 @@ impl AttrTable {
         if let Some(id) = ids.iter().find(|id| self.pos.contains_key(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} is already in the table") });
         }
+        self.put(ids, attrs, false)
+    }
+
+    /// [`add`](Self::add) where an id that has a row already is replaced by its new one (the upsert of
+    /// an engine kept outside a database): checked as `add` checks, and nothing changes on error.
+    pub fn replace(&mut self, ids: &[u64], attrs: Option<&AttrBatch>) -> Result<()> {
+        self.put(ids, attrs, true)
+    }
+
+    fn put(&mut self, ids: &[u64], attrs: Option<&AttrBatch>, replace: bool) -> Result<()> {
         let Some(a) = attrs.filter(|a| !a.columns.is_empty() || a.rows != ids.len()) else {
+            if replace {
+                self.remove(ids);
+            }
             self.append(ids, None);
             return Ok(());
         };
@@ -587,7 +630,10 @@ impl AttrTable {
         if self.schema.is_empty() {
             self.set_schema(schema);
         }
-        self.append(ids, Some(&cols));
+        if replace {
+            self.remove(ids);
+        }
+        self.append_owned(ids, Some(cols));
         Ok(())
     }
 

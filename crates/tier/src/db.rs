@@ -35,6 +35,7 @@ pub struct DbOptions {
 /// A consistent view for readers: the segments and in-memory rows at the moment it was taken. Later
 /// ingests, deletes, flushes and compactions do not change it (a mapped segment stays readable after its
 /// file is removed). Segment rows whose id is in `deleted` are not part of the view: readers skip them.
+/// The tombstones apply to segment rows only: a row in memory of such an id is an upsert's new row.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// Manifest generation of the view.
@@ -71,7 +72,8 @@ impl Snapshot {
         self.len() == 0
     }
 
-    /// Whether a row with this id is part of the view (false for deleted segment rows).
+    /// Whether a segment row with this id is part of the view (false for a deleted row, or one an
+    /// upsert replaced). Rows in memory are always part of it.
     pub fn is_live(&self, id: u64) -> bool {
         !self.deleted.contains(&id)
     }
@@ -112,6 +114,8 @@ pub struct Db {
     /// Attributes of rows in segments changed since they were written (the log holds the change): the
     /// next flush merges the segments, so that the change is not lost when the log is retired.
     attrs_dirty: bool,
+    /// Least format version of the next log (3 once the database has upserted: its records need it).
+    log_floor: u32,
     options: DbOptions,
     /// Set when a write failed: the files are at their last good version, but this handle's view of them
     /// may not be, so it refuses further changes until the database is reopened.
@@ -184,7 +188,8 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
     for s in &segments {
         match (s.attrs_block(), &manifest.schema) {
             (Some(block), Some(schema)) => {
-                let cols = decode_block(block, schema, s.rows()).map_err(|r| Error::corrupt(s.path(), 0, r))?;
+                let cols =
+                    decode_block(block, schema, s.rows()).map_err(|r| Error::corrupt(s.path(), s.attrs_offset(), r))?;
                 attrs.append(s.ids(), Some(&cols));
             }
             (Some(_), None) => {
@@ -201,6 +206,18 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
     ids.retain(|id| !deleted.contains(id));
     let mut memtable = Memtable::new(manifest.dim);
     let no_schema = || Error::corrupt(wal_path, 0, "attributes in a database whose manifest has no schema");
+    let append_attrs = |attrs: &mut AttrTable, b: &crate::WalBatch| -> Result<()> {
+        match &b.attrs {
+            Some(block) => {
+                let schema = manifest.schema.as_ref().ok_or_else(no_schema)?;
+                let cols = decode_block(block, schema, b.columns.rows())
+                    .map_err(|r| Error::corrupt(wal_path, 0, format!("record {}: {r}", b.seq)))?;
+                attrs.append(&b.columns.ids, Some(&cols));
+            }
+            None => attrs.append(&b.columns.ids, None),
+        }
+        Ok(())
+    };
     for record in records {
         match record {
             WalRecord::Batch(b) => {
@@ -211,15 +228,25 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
                     return Err(Error::corrupt(wal_path, 0, format!("id {id} added twice")));
                 }
                 memtable.push(b.columns.view());
-                match &b.attrs {
-                    Some(block) => {
-                        let schema = manifest.schema.as_ref().ok_or_else(no_schema)?;
-                        let cols = decode_block(block, schema, b.columns.rows())
-                            .map_err(|r| Error::corrupt(wal_path, 0, format!("record {}: {r}", b.seq)))?;
-                        attrs.append(&b.columns.ids, Some(&cols));
-                    }
-                    None => attrs.append(&b.columns.ids, None),
+                append_attrs(&mut attrs, b)?;
+            }
+            WalRecord::Upsert(b) => {
+                if b.columns.dim != manifest.dim {
+                    return Err(dim_mismatch(wal_path, b.columns.dim, manifest.dim));
                 }
+                let mut seen = HashSet::with_capacity(b.columns.rows());
+                if let Some(id) = b.columns.ids.iter().find(|&&id| !seen.insert(id)) {
+                    return Err(Error::corrupt(wal_path, 0, format!("record {}: id {id} twice in an upsert", b.seq)));
+                }
+                // The rows replaced: in memory they go, in a segment they are tombstoned (the tombstones
+                // hide segment rows only, so the new row in memory stays visible).
+                let replaced: HashSet<u64> = b.columns.ids.iter().copied().filter(|id| ids.contains(id)).collect();
+                let in_memory = memtable.remove(&replaced);
+                attrs.remove(&replaced.iter().copied().collect::<Vec<_>>());
+                deleted.extend(replaced.into_iter().filter(|id| !in_memory.contains(id)));
+                ids.extend(b.columns.ids.iter().copied());
+                memtable.push(b.columns.view());
+                append_attrs(&mut attrs, b)?;
             }
             WalRecord::Delete { ids: gone, .. } => {
                 let gone: HashSet<u64> = gone.iter().copied().filter(|id| ids.remove(id)).collect();
@@ -341,6 +368,7 @@ impl Db {
             index_error: None,
             attrs: Arc::new(AttrTable::default()),
             attrs_dirty: false,
+            log_floor: 1,
             options,
             poisoned: false,
         })
@@ -362,6 +390,7 @@ impl Db {
             return Err(dim_mismatch(wal.path(), wal.dim(), manifest.dim));
         }
         let state = replay(&dir, &manifest, wal.path(), &records).map_err(|e| named_but_missing(&dir, e))?;
+        let log_floor = wal.version();
         let db = Db {
             dir,
             _lock: lock,
@@ -375,6 +404,7 @@ impl Db {
             index_error: state.index_error,
             attrs: Arc::new(state.attrs),
             attrs_dirty: state.attrs_dirty,
+            log_floor,
             options,
             poisoned: false,
         };
@@ -501,6 +531,21 @@ impl Db {
         if let Some(id) = batch.ids().iter().find(|id| self.deleted.contains(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} was deleted and awaits compaction") });
         }
+        let cols = self.checked_attrs(batch, attrs)?;
+        let block = match (&cols, &self.manifest.schema) {
+            (Some(c), Some(s)) => Some(encode_block(s, c)?),
+            _ => None,
+        };
+        self.wal.append_with(batch, block.as_deref())?;
+        self.memtable.push(batch.into());
+        self.ids.extend(batch.ids());
+        Arc::make_mut(&mut self.attrs).append_owned(batch.ids(), cols);
+        Ok(())
+    }
+
+    /// The attributes of `batch` checked and in schema order (`None`: a batch without attributes); the
+    /// first batch with attributes sets the schema of a database without one (nothing else is written).
+    fn checked_attrs(&mut self, batch: &SplatSet, attrs: Option<&AttrBatch>) -> Result<Option<Vec<crate::Column>>> {
         let attrs = attrs.filter(|a| !a.columns.is_empty() || a.rows != batch.len());
         let cols = match attrs {
             None => None,
@@ -521,14 +566,48 @@ impl Db {
                 Some(cols)
             }
         };
+        Ok(cols)
+    }
+
+    /// Adds `batch`, each row replacing any live row of its id: vector, kappa, alpha and attributes
+    /// (`attrs`, checked as [`ingest_with`](Self::ingest_with) checks them; a replaced row without
+    /// attributes in the batch gets nulls). New ids are added; an id deleted and awaiting compaction
+    /// comes back. It is one log record, so a crash shows either the old rows or the new ones, never both
+    /// or neither. A replaced row still in memory goes at once; one in a segment is tombstoned (hidden
+    /// from readers) and the next flush merges the segments, as after [`set_attributes`](Self::set_attributes).
+    /// The first upsert starts a log of format version 3 (older builds refuse it with
+    /// [`Error::IncompatibleVersion`]).
+    pub fn upsert_with(&mut self, batch: &SplatSet, attrs: Option<&AttrBatch>) -> Result<()> {
+        self.change(|db| db.upsert_now(batch, attrs))
+    }
+
+    fn upsert_now(&mut self, batch: &SplatSet, attrs: Option<&AttrBatch>) -> Result<()> {
+        let cols = self.checked_attrs(batch, attrs)?;
         let block = match (&cols, &self.manifest.schema) {
             (Some(c), Some(s)) => Some(encode_block(s, c)?),
             _ => None,
         };
-        self.wal.append_with(batch, block.as_deref())?;
+        if self.wal.version() < 3 {
+            // The log's version is fixed at its creation: start one that carries upserts.
+            self.log_floor = 3;
+            self.flush_now()?;
+            if self.wal.version() < 3 {
+                let mut next = self.manifest.clone();
+                next.generation = self.next_number(next.generation)?;
+                next.deleted = self.deleted.iter().copied().collect();
+                next.deleted.sort_unstable();
+                self.commit(next, true, |_| {})?;
+            }
+        }
+        self.wal.append_upsert(batch, block.as_deref())?;
+        let replaced: HashSet<u64> = batch.ids().iter().copied().filter(|id| self.ids.contains(id)).collect();
+        let in_memory = self.memtable.remove(&replaced);
+        Arc::make_mut(&mut self.attrs).remove(&replaced.iter().copied().collect::<Vec<_>>());
+        let tombstones = Arc::make_mut(&mut self.deleted);
+        tombstones.extend(replaced.into_iter().filter(|id| !in_memory.contains(id)));
         self.memtable.push(batch.into());
         self.ids.extend(batch.ids());
-        Arc::make_mut(&mut self.attrs).append(batch.ids(), cols.as_deref());
+        Arc::make_mut(&mut self.attrs).append_owned(batch.ids(), cols);
         Ok(())
     }
 
@@ -627,7 +706,11 @@ impl Db {
     }
 
     fn flush_now(&mut self) -> Result<()> {
-        if self.attrs_dirty {
+        // A row in memory that replaced a segment row (an upsert) has its id among the tombstones: a
+        // plain flush would move it into a segment under a tombstone that hides it.
+        let shadows =
+            !self.deleted.is_empty() && self.memtable.parts().any(|p| p.ids.iter().any(|id| self.deleted.contains(id)));
+        if self.attrs_dirty || shadows {
             // Attribute changes of segment rows live only in the log this flush retires: the segments
             // are written again, with the rows in memory, carrying them.
             return self.merge_now();
@@ -708,7 +791,7 @@ impl Db {
     fn commit(&mut self, mut next: Manifest, new_log: bool, update: impl FnOnce(&mut Vec<Arc<Segment>>)) -> Result<()> {
         let wal = if new_log {
             let name = wal_name(next.generation);
-            let version = if next.schema.is_some() { 2 } else { 1 };
+            let version = (if next.schema.is_some() { 2 } else { 1 }).max(self.log_floor);
             let wal = Wal::create_version(self.dir.join(&name), self.manifest.dim, self.options.durability, version)?;
             next.wal = Some(name);
             Some(wal)

@@ -555,4 +555,68 @@ mod tests {
         }
         assert!(t.evaluate(&deep).is_err());
     }
+
+    /// A filter nested thousands deep in JSON is a parse error (serde_json's recursion limit, 128),
+    /// never a stack overflow; one between that limit and [`MAX_DEPTH`] parses and is a typed
+    /// `InvalidFilter`. Mutation caught: a check without the depth bound (the 100-deep filter answered),
+    /// or a JSON reader built with `unbounded_depth` (the 100,000-deep one overflows the stack).
+    #[test]
+    fn filters_nested_thousands_deep_are_refused_without_recursion() {
+        let t = table();
+        let nest = |n: usize| {
+            let mut s = String::new();
+            s.push_str(&r#"{"not": "#.repeat(n));
+            s.push_str(r#"{"is_null": {"field": "label"}}"#);
+            s.push_str(&"}".repeat(n));
+            s
+        };
+        assert!(serde_json::from_str::<Filter>(&nest(100_000)).is_err(), "refused by the parser");
+        let deep: Filter = serde_json::from_str(&nest(100)).unwrap();
+        assert!(matches!(t.evaluate(&deep), Err(Error::InvalidFilter { .. })));
+        // At the bound it is answered: an even number of `not`s is the condition itself.
+        let ok: Filter = serde_json::from_str(&nest(MAX_DEPTH)).unwrap();
+        assert_eq!(t.evaluate(&ok).unwrap(), Vec::<u64>::new());
+    }
+
+    /// Non-finite bounds and values are typed errors naming the field (a NaN would make the binary
+    /// searches meaningless); JSON cannot carry them at all. Mutation caught: `key` without the
+    /// `is_finite` test (a NaN range answered with some rows).
+    #[test]
+    fn nan_and_infinite_constants_are_refused() {
+        let t = table();
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for f in [
+                Filter::range("score", Some(Scalar::Float(x)), None),
+                Filter::range("score", None, Some(Scalar::Float(x))),
+                Filter::eq("score", Scalar::Float(x)),
+                Filter::In { field: "score".into(), values: vec![Scalar::Float(1.0), Scalar::Float(x)] },
+            ] {
+                match t.evaluate(&f) {
+                    Err(Error::InvalidFilter { field, .. }) => assert_eq!(field, "score"),
+                    other => panic!("{f:?}: {other:?}"),
+                }
+            }
+        }
+        assert!(serde_json::from_str::<Filter>(r#"{"range": {"field": "score", "gte": NaN}}"#).is_err());
+        assert!(serde_json::from_str::<Filter>(r#"{"range": {"field": "score", "gte": 1e999}}"#).is_err());
+        // A float constant on an integer field is a wrong type, not rounded.
+        let f = Filter::range("label", Some(Scalar::Float(1.5)), None);
+        assert!(matches!(t.evaluate(&f), Err(Error::InvalidFilter { .. })));
+    }
+
+    /// `in` lists of 200,000 values (most matching nothing, some repeated) give the direct scan's rows.
+    /// Mutation caught: a value matched twice setting a row twice in the ids (duplicates), or values past
+    /// the first few ignored.
+    #[test]
+    fn huge_in_lists_match_a_direct_scan() {
+        let t = table();
+        let mut ints: Vec<Scalar> = (1_000..200_000).map(Scalar::Int).collect();
+        ints.extend([Scalar::Int(5), Scalar::Int(2), Scalar::Int(5)]);
+        let f = Filter::In { field: "label".into(), values: ints };
+        assert_eq!(t.evaluate(&f).unwrap(), truth(|i| matches!(i % 7, 2 | 5)));
+        let mut keys: Vec<Scalar> = (0..200_000).map(|i| Scalar::Str(format!("x{i}"))).collect();
+        keys.push(Scalar::Str("t2".into()));
+        let f = Filter::In { field: "tenant".into(), values: keys };
+        assert_eq!(t.evaluate(&f).unwrap(), truth(|i| i % 5 != 0 && i % 3 == 2));
+    }
 }

@@ -181,7 +181,8 @@ pub mod testing {
             }
         }
 
-        /// Recomputes the column and header checksums of a segment file where its header allows.
+        /// Recomputes the column, attribute block and header checksums of a segment file where its header
+        /// allows.
         pub fn reseal_segment(bytes: &mut [u8]) {
             if bytes.len() < crate::SEGMENT_HEADER {
                 return;
@@ -195,6 +196,15 @@ pub mod testing {
                         let crc = crc32c::crc32c(col);
                         bytes[72 + 4 * i..76 + 4 * i].copy_from_slice(&crc.to_le_bytes());
                     }
+                }
+            }
+            // The attribute block of a version 2 segment (offset, length, checksum at bytes 92..112).
+            if u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) >= 2 {
+                let (at, len) = (usize::try_from(u64_at(bytes, 92)), usize::try_from(u64_at(bytes, 100)));
+                let block = at.ok().zip(len.ok()).and_then(|(o, l)| bytes.get(o..o.checked_add(l)?));
+                if let Some(block) = block {
+                    let crc = crc32c::crc32c(block);
+                    bytes[108..112].copy_from_slice(&crc.to_le_bytes());
                 }
             }
             let crc = crc32c::crc32c(&bytes[..124]);

@@ -239,6 +239,11 @@ impl Segment {
         self.attrs.map(|(o, l)| &self.map[o..o + l])
     }
 
+    /// Byte offset of the attribute block in the file (0 without one), for errors about its content.
+    pub(crate) fn attrs_offset(&self) -> u64 {
+        self.attrs.map_or(0, |(o, _)| o as u64)
+    }
+
     /// Number of splats.
     pub fn rows(&self) -> usize {
         self.rows

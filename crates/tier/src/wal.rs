@@ -14,9 +14,10 @@ use crate::{Columns, Error, Result, fsio};
 
 /// First bytes of every WAL file.
 pub const WAL_MAGIC: [u8; 8] = *b"M2M-WAL\0";
-/// Format version this build writes for a database with an attribute schema (records of kinds 3 and 4
-/// need it); without one it writes version 1, which builds that know only version 1 read. Both are read.
-pub const WAL_VERSION: u32 = 2;
+/// Newest format version this build reads and writes. It writes version 1 for a database without an
+/// attribute schema (builds that know only version 1 read it), version 2 with one (records of kinds 3
+/// and 4 need it), and version 3 once a database has upserted (records of kind 5). All three are read.
+pub const WAL_VERSION: u32 = 3;
 /// Bytes of the file header.
 pub const WAL_HEADER: u64 = 32;
 /// Bytes of a record header (length, checksum).
@@ -31,6 +32,9 @@ const KIND_DELETE: u8 = 2;
 const KIND_BATCH_ATTRS: u8 = 3;
 /// Record kind of an attribute update by id (version 2).
 const KIND_SET_ATTRS: u8 = 4;
+/// Record kind of an upsert: a batch of splats (with their attribute block, when the payload goes on
+/// past the columns) that replaces any row of the same ids, as one record (version 3).
+const KIND_UPSERT: u8 = 5;
 
 /// When an append counts as acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,6 +71,8 @@ pub enum WalRecord {
         /// The ids.
         ids: Vec<u64>,
     },
+    /// Splats added, each replacing any row of its id (vector and attributes, as one change).
+    Upsert(WalBatch),
     /// Attributes of existing rows set (the fields the block names; the others unchanged).
     SetAttributes {
         /// Sequence number of the record.
@@ -82,7 +88,7 @@ impl WalRecord {
     /// The record's sequence number.
     pub fn seq(&self) -> u64 {
         match self {
-            WalRecord::Batch(b) => b.seq,
+            WalRecord::Batch(b) | WalRecord::Upsert(b) => b.seq,
             WalRecord::Delete { seq, .. } | WalRecord::SetAttributes { seq, .. } => *seq,
         }
     }
@@ -247,6 +253,19 @@ impl Wal {
     /// [`append`](Self::append) with the batch's encoded attribute block (a record of kind 3, in a
     /// version 2 log only).
     pub(crate) fn append_with(&mut self, set: &m2m_splat::SplatSet, attrs: Option<&[u8]>) -> Result<u64> {
+        self.append_batch(set, attrs, false)
+    }
+
+    /// An upsert of `set` (with its encoded attribute block, if any): a record of kind 5, in a version 3
+    /// log only.
+    pub(crate) fn append_upsert(&mut self, set: &m2m_splat::SplatSet, attrs: Option<&[u8]>) -> Result<u64> {
+        if self.version < 3 {
+            return Err(Error::InvalidBatch { reason: format!("an upsert in a version {} log", self.version) });
+        }
+        self.append_batch(set, attrs, true)
+    }
+
+    fn append_batch(&mut self, set: &m2m_splat::SplatSet, attrs: Option<&[u8]>, upsert: bool) -> Result<u64> {
         if attrs.is_some() && self.version < 2 {
             return Err(Error::InvalidBatch { reason: "attributes in a version 1 log".into() });
         }
@@ -273,7 +292,11 @@ impl Wal {
             attrs.unwrap_or(&[]),
         ];
         let mut head = [0u8; RECORD_HEADER as usize + 16];
-        head[8] = if attrs.is_some() { KIND_BATCH_ATTRS } else { KIND_BATCH };
+        head[8] = match (upsert, attrs.is_some()) {
+            (true, _) => KIND_UPSERT,
+            (false, true) => KIND_BATCH_ATTRS,
+            (false, false) => KIND_BATCH,
+        };
         head[12..16].copy_from_slice(&rows.to_le_bytes());
         head[16..24].copy_from_slice(&self.next_seq.to_le_bytes());
         let payload_len = 16 + columns.iter().map(|c| c.len()).sum::<usize>();
@@ -421,7 +444,8 @@ fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64, v
     }
     let known = match version {
         1 => matches!(payload[0], KIND_BATCH | KIND_DELETE),
-        _ => matches!(payload[0], KIND_BATCH | KIND_DELETE | KIND_BATCH_ATTRS | KIND_SET_ATTRS),
+        2 => matches!(payload[0], KIND_BATCH | KIND_DELETE | KIND_BATCH_ATTRS | KIND_SET_ATTRS),
+        _ => matches!(payload[0], KIND_BATCH | KIND_DELETE | KIND_BATCH_ATTRS | KIND_SET_ATTRS | KIND_UPSERT),
     };
     if !known || payload[1..4] != [0, 0, 0] {
         return Err(bad(format!("unknown record kind {}", payload[0])));
@@ -449,9 +473,11 @@ fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64, v
         });
     }
     let want = rows.checked_mul(8 + 12 + 4 * dim).map(|b| b + 16);
-    let with_attrs = payload[0] == KIND_BATCH_ATTRS;
+    let upsert = payload[0] == KIND_UPSERT;
     let fits = match want {
-        Some(w) if with_attrs => w < payload.len(),
+        // An upsert's attribute block is optional: present when the payload goes on past the columns.
+        Some(w) if upsert => w <= payload.len(),
+        Some(w) if payload[0] == KIND_BATCH_ATTRS => w < payload.len(),
         Some(w) => w == payload.len(),
         None => false,
     };
@@ -472,11 +498,12 @@ fn decode(path: &Path, offset: u64, payload: &[u8], dim: usize, want_seq: u64, v
         alpha: take(next(rows * 4)),
         mu: take(next(rows * dim * 4)),
     };
-    let attrs = with_attrs.then(|| payload[at..].to_vec());
+    let attrs = (at < payload.len()).then(|| payload[at..].to_vec());
     if let Some((column, row)) = columns.view().invalid_value(true) {
         return Err(bad(format!("row {row} has an invalid {column}")));
     }
-    Ok(WalRecord::Batch(WalBatch { seq, columns, attrs }))
+    let batch = WalBatch { seq, columns, attrs };
+    Ok(if upsert { WalRecord::Upsert(batch) } else { WalRecord::Batch(batch) })
 }
 
 /// The offset (in `rest`) of the first position at or after `from` where a record with a matching checksum
@@ -486,7 +513,10 @@ fn record_after(rest: &[u8], from: usize) -> Option<usize> {
     (from..rest.len().saturating_sub(header + 16)).find(|&p| {
         let len = u32::from_le_bytes(rest[p..p + 4].try_into().unwrap_or([0; 4])) as usize;
         let body = p + header;
-        let kind_ok = matches!(rest.get(body), Some(&(KIND_BATCH | KIND_DELETE | KIND_BATCH_ATTRS | KIND_SET_ATTRS)));
+        let kind_ok = matches!(
+            rest.get(body),
+            Some(&(KIND_BATCH | KIND_DELETE | KIND_BATCH_ATTRS | KIND_SET_ATTRS | KIND_UPSERT))
+        );
         if len < 16 || body + len > rest.len() || !kind_ok || rest[body + 1..body + 4] != [0, 0, 0] {
             return false;
         }

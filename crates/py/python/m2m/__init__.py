@@ -17,7 +17,7 @@ from __future__ import annotations
 from . import _m2m
 from ._config import M2MConfig
 from ._dataset import SplatDataset
-from ._engine import M2M, Hits, Lod, M2m, Stats, create_m2m, open_m2m
+from ._engine import NO_ID, M2M, AttributedHits, FilterSpec, Hits, Lod, M2m, Stats, create_m2m, open_m2m
 from .errors import (
     BY_KIND as _BY_KIND,
 )
@@ -41,6 +41,9 @@ __all__ = [
     "M2M",
     "M2m",
     "Hits",
+    "AttributedHits",
+    "FilterSpec",
+    "NO_ID",
     "Lod",
     "Stats",
     "SplatDataset",

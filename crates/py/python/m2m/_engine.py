@@ -8,7 +8,7 @@ import json
 import os
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Type, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, NamedTuple, Optional, Type, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,89 @@ class Hits(NamedTuple):
     scores: npt.NDArray[np.float32]
     kappa: npt.NDArray[np.float32]
     alpha: npt.NDArray[np.float32]
+
+
+#: The id that pads a filtered batch's rows when fewer than k splats match (2**64 - 1, the uint64 of -1);
+#: its score is -inf and its kappa and alpha NaN.
+NO_ID = 2**64 - 1
+
+#: A filter in its JSON form: a dict such as ``{"eq": {"field": "label", "value": 3}}`` (also
+#: ``in``, ``range`` with gte/gt/lte/lt, ``tag``, ``is_null``, ``and``, ``or``, ``not``), or its text.
+FilterSpec = Union[Dict[str, Any], str]
+
+
+class AttributedHits(NamedTuple):
+    """What ``retrieve(..., with_attributes=True)`` returns: the :class:`Hits` arrays and the hits'
+    attributes, a dict from field name to a list shaped like ``ids`` (a list of lists for a batch): the
+    value, or None (no value, or a padded hit). Payloads are ``bytes`` (JSON payloads as their text)."""
+
+    ids: npt.NDArray[np.uint64]
+    scores: npt.NDArray[np.float32]
+    kappa: npt.NDArray[np.float32]
+    alpha: npt.NDArray[np.float32]
+    attributes: Dict[str, List[Any]]
+
+
+def _filter_json(f: Optional[FilterSpec]) -> Optional[str]:
+    if f is None or isinstance(f, str):
+        return f
+    if not isinstance(f, dict):
+        raise InvalidInputError(f"a filter is a dict (its JSON form) or its text, not {type(f).__name__}")
+    try:
+        return json.dumps(f, allow_nan=False)
+    except RecursionError:
+        raise InvalidInputError("filter: nested too deep") from None
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"filter: {e}") from None
+
+
+def _attribute_column(name: str, v: Any) -> Any:
+    """One column as the native module takes it: int64, float64 or bool arrays, or a list of Python values
+    (JSON payloads, dicts, as their text in bytes)."""
+    if hasattr(v, "to_pylist"):  # a pyarrow array or chunked array
+        v = v.to_pylist()
+    elif hasattr(v, "to_numpy") and not isinstance(v, np.ndarray):  # a pandas series
+        v = v.to_numpy()
+    if hasattr(v, "detach") and hasattr(v, "cpu"):
+        v = v.detach().cpu().numpy()
+    if isinstance(v, np.ndarray):
+        if v.ndim != 1:
+            raise InvalidInputError(f"attribute {name!r}: a 1-d column, got {v.ndim} dimensions")
+        if v.dtype.kind == "b":
+            return np.ascontiguousarray(v, dtype=np.bool_)
+        if v.dtype.kind == "i":
+            return np.ascontiguousarray(v, dtype=np.int64)
+        if v.dtype.kind == "u":
+            if v.size and int(v.max()) > np.iinfo(np.int64).max:
+                raise InvalidInputError(f"attribute {name!r}: {int(v.max())} is outside the 64-bit signed integers")
+            return np.ascontiguousarray(v, dtype=np.int64)
+        if v.dtype.kind == "f":
+            return np.ascontiguousarray(v, dtype=np.float64)
+        v = v.tolist()
+    out = []
+    for x in v:
+        if isinstance(x, dict):
+            try:
+                x = json.dumps(x, allow_nan=False).encode()
+            except (TypeError, ValueError, RecursionError) as e:
+                raise InvalidInputError(f"attribute {name!r}: a payload that is not JSON: {e}") from None
+        elif isinstance(x, np.generic):
+            x = x.item()
+        out.append(x)
+    return out
+
+
+def _attributes(attrs: Any) -> Optional[Dict[str, Any]]:
+    """A dict of columns from a dict (of numpy arrays or lists), a pandas DataFrame or a pyarrow Table."""
+    if attrs is None:
+        return None
+    if hasattr(attrs, "to_pydict") and hasattr(attrs, "column_names"):  # pyarrow
+        attrs = {n: attrs.column(n) for n in attrs.column_names}
+    elif hasattr(attrs, "columns") and hasattr(attrs, "__getitem__") and not isinstance(attrs, dict):  # pandas
+        attrs = {str(c): attrs[c] for c in attrs.columns}
+    if not isinstance(attrs, dict):
+        raise InvalidInputError(f"attributes are a dict of columns, not {type(attrs).__name__}")
+    return {str(k): _attribute_column(str(k), v) for k, v in attrs.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,12 +274,42 @@ class M2M:
 
     # Changes.
 
-    def add_splats(self, vectors: Any, ids: Any = None, kappa: Any = None, alpha: Any = None) -> npt.NDArray[np.uint64]:
-        """Adds rows (n x dim: numpy, lists or torch tensors); returns their ids (uint64). A batch is
-        validated whole: on error nothing of it is kept."""
+    def add_splats(
+        self, vectors: Any, ids: Any = None, attributes: Any = None, kappa: Any = None, alpha: Any = None
+    ) -> npt.NDArray[np.uint64]:
+        """Adds rows (n x dim: numpy, lists or torch tensors); returns their ids (uint64). ``attributes``:
+        a dict from field name to a column of n values (a numpy array, a list with None for a missing
+        value, or a pandas / pyarrow column), or a pandas DataFrame or pyarrow Table. A column's values
+        give its type: integers, floats, bools, strings (keywords), lists of strings (tags), bytes or
+        dicts (payloads; a dict is stored as its JSON text). The first add with attributes sets the
+        schema (an integer column named ``label`` is the label); later adds must fit it. A batch is
+        validated whole: on error (:class:`m2m.InvalidInputError`) nothing of it is kept."""
         rows = _rows(vectors, self.dim, "vectors")
         id_col = None if ids is None else _ids(ids)
-        return self._engine.add_splats(rows, id_col, _column(kappa, np.float32), _column(alpha, np.float32))
+        return self._engine.add_splats(
+            rows, id_col, _column(kappa, np.float32), _column(alpha, np.float32), _attributes(attributes)
+        )
+
+    def upsert(self, vectors: Any, ids: Any, attributes: Any = None, kappa: Any = None, alpha: Any = None) -> None:
+        """Adds rows with these ids, each replacing the live splat of its id when there is one: its
+        vector, kappa, alpha and attributes (a field the batch does not give becomes null). One logged
+        change: after a crash either the old rows or the new ones are there, never both. Validated whole
+        first; on error nothing changes."""
+        rows = _rows(vectors, self.dim, "vectors")
+        self._engine.upsert(
+            rows, _ids(ids), _column(kappa, np.float32), _column(alpha, np.float32), _attributes(attributes)
+        )
+
+    @property
+    def schema(self) -> Optional[Dict[str, Any]]:
+        """The attribute schema, ``{"fields": [{"name": ..., "type": ...}]}``, or None without one."""
+        text = self._engine.schema_json()
+        return None if text is None else dict(json.loads(text))
+
+    def attributes(self, ids: Any) -> Dict[str, List[Any]]:
+        """The attributes of ``ids``: a dict from field name to a list aligned with them (None: no value,
+        or an id that is not live)."""
+        return dict(self._engine.attributes_of(_ids(ids)))
 
     def build_index(self, n_fine: Optional[int] = None, n_coarse: Optional[int] = None) -> None:
         """Builds the index (and learns kappa and alpha); replaces an older one."""
@@ -248,40 +361,83 @@ class M2M:
             )
             self._engine.build_index(None, None)
 
+    @overload
+    def retrieve(
+        self,
+        query: Any,
+        k: Optional[int] = ...,
+        lod: Lod = ...,
+        filter: Optional[FilterSpec] = ...,
+        *,
+        nprobe: Optional[int] = ...,
+        rerank: Optional[int] = ...,
+        with_attributes: Literal[False] = ...,
+    ) -> Hits: ...
+
+    @overload
+    def retrieve(
+        self,
+        query: Any,
+        k: Optional[int] = ...,
+        lod: Lod = ...,
+        filter: Optional[FilterSpec] = ...,
+        *,
+        nprobe: Optional[int] = ...,
+        rerank: Optional[int] = ...,
+        with_attributes: Literal[True],
+    ) -> AttributedHits: ...
+
     def retrieve(
         self,
         query: Any,
         k: Optional[int] = None,
         lod: Lod = 2,
+        filter: Optional[FilterSpec] = None,
         *,
         nprobe: Optional[int] = None,
         rerank: Optional[int] = None,
-    ) -> Hits:
+        with_attributes: bool = False,
+    ) -> Union[Hits, AttributedHits]:
         """The k best splats (k defaults to 10) of a query at a level of detail: 0 or "centroids", 1 or
         "codes", 2 or "rerank" (the default), 3 or "exact". ``nprobe`` (fine clusters scored) and
         ``rerank`` (candidates re-ranked exactly at LOD 2) override the calibrated defaults
         (``stats().nprobe``, ``stats().rerank``) for this call. A 1-d query gives 1-d arrays; a 2-d one
-        is a batch (see :meth:`retrieve_batch`)."""
+        is a batch (see :meth:`retrieve_batch`).
+
+        ``filter`` (a dict in the JSON form of ``m2m::Filter``, e.g. ``{"and": [{"eq": {"field":
+        "label", "value": 3}}, {"range": {"field": "t", "gte": 10}}]}``) keeps only the matching splats;
+        an unknown field or a value of the wrong type raises :class:`m2m.InvalidInputError`. With
+        ``with_attributes`` the hits come with their attributes (:class:`AttributedHits`)."""
         single = np.ndim(query) == 1
-        hits = self.retrieve_batch(query, k, lod, nprobe=nprobe, rerank=rerank)
+        hits = self.retrieve_batch(query, k, lod, filter, nprobe=nprobe, rerank=rerank)
         if single:
-            return Hits(hits.ids[0], hits.scores[0], hits.kappa[0], hits.alpha[0])
-        return hits
+            hits = Hits(hits.ids[0], hits.scores[0], hits.kappa[0], hits.alpha[0])
+        if not with_attributes:
+            return hits
+        flat = self.attributes(hits.ids.reshape(-1))
+        if not single:
+            width = hits.ids.shape[1] if hits.ids.ndim == 2 else 0
+            flat = {n: [col[i : i + width] for i in range(0, len(col), width)] if width else [[] for _ in hits.ids]
+                    for n, col in flat.items()}
+        return AttributedHits(hits.ids, hits.scores, hits.kappa, hits.alpha, flat)
 
     def retrieve_batch(
         self,
         queries: Any,
         k: Optional[int] = None,
         lod: Lod = 2,
+        filter: Optional[FilterSpec] = None,
         *,
         nprobe: Optional[int] = None,
         rerank: Optional[int] = None,
     ) -> Hits:
-        """:meth:`retrieve` for each query row: q x k' arrays."""
+        """:meth:`retrieve` for each query row: q x k' arrays, k' = min(k, splats). Under a ``filter`` a
+        query with fewer than k' matching splats has its row padded at the end with id :data:`NO_ID`
+        (2**64 - 1, the uint64 of -1), score -inf and kappa and alpha NaN."""
         self._index_for("retrieve")
         rows = _rows(queries, self.dim, "queries")
         k = self._default_k if k is None else k
-        return Hits(*self._engine.retrieve_batch(rows, k, lod, nprobe, rerank))
+        return Hits(*self._engine.retrieve_batch(rows, k, lod, nprobe, rerank, _filter_json(filter)))
 
     def search(self, query: Any, k: Optional[int] = None) -> Hits:
         """The original project's name of :meth:`retrieve` (deprecated)."""

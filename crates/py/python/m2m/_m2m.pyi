@@ -1,6 +1,6 @@
 """Type stubs of the native module (crates/py/src/lib.rs); use the wrappers in `m2m` instead."""
 
-from typing import Any, Dict, Iterator, Optional, Tuple, Type, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Type, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +34,18 @@ class Engine:
         ids: Optional[npt.NDArray[np.uint64]] = None,
         kappa: Optional[npt.NDArray[Any]] = None,
         alpha: Optional[npt.NDArray[Any]] = None,
+        attributes: Optional[Dict[str, Any]] = None,
     ) -> npt.NDArray[np.uint64]: ...
+    def upsert(
+        self,
+        vectors: npt.NDArray[np.float32],
+        ids: npt.NDArray[np.uint64],
+        kappa: Optional[npt.NDArray[Any]] = None,
+        alpha: Optional[npt.NDArray[Any]] = None,
+        attributes: Optional[Dict[str, Any]] = None,
+    ) -> None: ...
+    def attributes_of(self, ids: npt.NDArray[np.uint64]) -> Dict[str, List[Any]]: ...
+    def schema_json(self) -> Optional[str]: ...
     def build_index(self, n_fine: Optional[int] = None, n_coarse: Optional[int] = None) -> None: ...
     def retrieve_batch(
         self,
@@ -43,6 +54,7 @@ class Engine:
         lod: Union[int, str, None] = None,
         nprobe: Optional[int] = None,
         rerank: Optional[int] = None,
+        filter: Optional[str] = None,
     ) -> Tuple[
         npt.NDArray[np.uint64], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]
     ]: ...

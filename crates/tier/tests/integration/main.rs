@@ -3,6 +3,7 @@
 //! byte, atomic replacement), and the directory lock.
 
 mod attrs;
+mod attrs_forged;
 mod crash;
 mod db;
 mod faults;
@@ -11,5 +12,6 @@ mod index_files;
 mod lock;
 mod scale;
 mod segment;
+mod upsert;
 mod wal;
 mod warm;

@@ -144,13 +144,13 @@ fn header_damage_and_versions_are_typed() {
     }
     // Another version, with a correct header checksum.
     let mut other = bytes.clone();
-    other[8..12].copy_from_slice(&3u32.to_le_bytes());
+    other[8..12].copy_from_slice(&4u32.to_le_bytes());
     let crc = crc32c_of(&other[..28]);
     other[28..32].copy_from_slice(&crc.to_le_bytes());
     fs::write(&path, &other).unwrap();
     assert!(matches!(
         Wal::open(&path, Durability::Fsync),
-        Err(Error::IncompatibleVersion { found: 3, supported: 2, .. })
+        Err(Error::IncompatibleVersion { found: 4, supported: 3, .. })
     ));
     fs::write(&path, &bytes[..20]).unwrap();
     assert!(matches!(Wal::open(&path, Durability::Fsync), Err(Error::Corrupt { offset: 20, .. })));
