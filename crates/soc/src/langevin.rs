@@ -40,7 +40,7 @@ use crate::{Error, Result, Splats};
 
 mod reduced;
 
-pub(crate) use reduced::OneScratch;
+pub(crate) use reduced::{OneScratch, Prepared};
 
 /// Which dynamics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -231,17 +231,19 @@ pub(crate) fn one_applies(config: &LangevinConfig, n: usize, dim: usize) -> bool
 }
 
 /// Chain `c` of [`crate::Router::run_seeded`]: [`run_one`]'s step with chain `c`'s own generator (the
-/// one [`run`] gives group `c`), on trusted splats and reused buffers.
-pub(crate) fn run_one_chain(
+/// one [`run`] gives group `c`), from its start's `prep`ared basis, reading pivot `k`'s row as
+/// `pivot_row(k)`, with reused buffers.
+pub(crate) fn run_prepared_chain<'r>(
     config: &LangevinConfig,
-    splats: &Splats<'_>,
+    prep: &Prepared,
+    pivot_row: &dyn Fn(usize) -> &'r [f32],
     x: &mut [f32],
     seed: u64,
     c: u64,
-    scratch: &mut reduced::OneScratch,
+    scratch: &mut OneScratch,
 ) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed, c, 0));
-    reduced::run_one(splats, config, x, &mut rng, scratch);
+    reduced::run_prepared(prep, pivot_row, config, x, &mut rng, scratch);
 }
 
 /// Whether a block of `chains` against `n` splats in `dim` dimensions runs the reduced method.
