@@ -18,7 +18,9 @@ use rayon::prelude::*;
 
 use crate::energy::Splats;
 use crate::error::{check_len, check_values};
-use crate::langevin::{LangevinConfig, OneScratch, Prepared, one_applies, run_prepared_chain};
+use crate::langevin::{
+    LangevinConfig, OneScratch, Prepared, one_applies, run_prepared_chain, seeded_steps, seeded_temperature,
+};
 use crate::{Error, Result, SiteGraph};
 
 /// The members of one fine cluster with their parameters. Member `i`'s `mu` is row `slot[i]` of the
@@ -35,6 +37,40 @@ struct Members {
 
 /// Marks a slot of the cold rows (see [`Members`]).
 const COLD: u32 = 1 << 31;
+
+/// How long [`Router::run_seeded`] runs a chain started at its seed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SeededRunLength {
+    /// `config.steps` for every chain.
+    #[default]
+    Fixed,
+    /// Per seed, from its own band of real neighbours: the number of steps after which the mean
+    /// cosine to the seed of [`SEEDED_PILOTS`] pilot chains (started at the seed, with the chain's own
+    /// step) first falls to the middle of the seed's band (the mean of its cosines to the nearest and
+    /// the farthest splat of its neighbourhood), at most `max_factor` x `config.steps`. Computed once
+    /// per seed and configuration and kept with the seed's basis. Chains that do not start at their
+    /// seed run `config.steps`.
+    ToBandMiddle {
+        /// Bound on the steps, in multiples of `config.steps`.
+        max_factor: u32,
+    },
+    /// Per seed, from its own band of real neighbours: `config.steps` at the temperature
+    /// `config.temperature` x f, f in [1 / `max_factor`, `max_factor`], at which the mean cosine to
+    /// the seed of [`SEEDED_PILOTS`] pilot chains after the run is the middle of the seed's band (as
+    /// above). Where the run reaches the model's equilibrium before the band (a run length cannot move
+    /// it), the temperature sets that equilibrium's width. Kept with the seed's basis.
+    TemperatureToBandMiddle {
+        /// Bound on the factor of the temperature (and of its inverse).
+        max_factor: u32,
+    },
+}
+
+/// Squared distance within which a chain's start is taken as its seed's row by
+/// [`Router::run_seeded`] (two copies of one unit row, normalised apart, differ by ~1e-12).
+const AT_SEED: f32 = 1e-10;
+
+/// Pilot chains per seed of a calibrated [`SeededRunLength`].
+pub const SEEDED_PILOTS: usize = 4;
 
 /// Routes points to splats through an index's fine clusters.
 #[derive(Clone, Debug)]
@@ -54,6 +90,8 @@ pub struct Router {
     kappa_sum: Vec<f64>,
     /// Prepared bases of seeded chains, per seed ([`Router::run_seeded`]).
     seeded: SharedSeedCache,
+    /// Run length of seeded chains.
+    run_length: SeededRunLength,
 }
 
 /// Owned routed splats (see [`Router::route`]).
@@ -138,6 +176,7 @@ impl Router {
             neighbours: HashMap::new(),
             kappa_sum,
             seeded: SeedCache { budget: DEFAULT_SEED_CACHE_BYTES, ..SeedCache::default() }.into(),
+            run_length: SeededRunLength::Fixed,
         })
     }
 
@@ -358,8 +397,10 @@ impl Router {
             m.dedup();
             m
         };
-        let fresh: Vec<Option<SeedEntry>> =
-            missing.par_iter().map_init(SeededScratch::default, |scr, &s| self.prepare_seed(config, s, scr)).collect();
+        let fresh: Vec<Option<SeedEntry>> = missing
+            .par_iter()
+            .map_init(SeededScratch::default, |scr, &s| self.prepare_seed(config, step_kappa, s, scr))
+            .collect();
         let fresh_of: HashMap<u64, &SeedEntry> =
             missing.iter().zip(&fresh).filter_map(|(&s, e)| Some((s, e.as_ref()?))).collect();
 
@@ -387,19 +428,21 @@ impl Router {
                                 self.prefetch_rows(e);
                             }
                             let Some(e) = entry(s) else { return false };
-                            let cfg = match step_kappa {
-                                // The seed is the first splat of its neighbourhood; the step stays in (0, 1].
-                                Some(sk) => LangevinConfig {
-                                    dt: (config.dt * sk / e.prep.first_kappa()).clamp(1e-9, 1.0),
-                                    ..*config
-                                },
-                                None => *config,
-                            };
-                            let at_seed = self
-                                .locate
-                                .get(&s)
-                                .is_some_and(|&(cl, i)| self.mu_of(cl as usize, i as usize) == &row[..]);
+                            let cfg = seed_config(config, step_kappa, e.prep.first_kappa());
+                            // The caller's copy of the seed may differ from the index's in the last
+                            // bits (normalised again): within AT_SEED of it, the chain starts there.
+                            let at_seed = self.locate.get(&s).is_some_and(|&(cl, i)| {
+                                let m = self.mu_of(cl as usize, i as usize);
+                                m.len() == row.len()
+                                    && m.iter().zip(row.iter()).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() <= AT_SEED
+                            });
                             if at_seed {
+                                let (steps, temperature) = match (self.run_length, e.steps) {
+                                    (SeededRunLength::Fixed, _) => (cfg.steps, cfg.temperature),
+                                    (_, Some((key, run))) if key == run_key(&cfg, self.run_length) => run,
+                                    (rl, _) => self.seeded_run(&cfg, rl, &e.prep, s, &mut scr.one),
+                                };
+                                let cfg = LangevinConfig { steps, temperature, ..cfg };
                                 let pivot_row = |k: usize| self.mu_of(e.rows[k].0 as usize, e.rows[k].1 as usize);
                                 run_prepared_chain(&cfg, &e.prep, &pivot_row, row, seed, u64::from(c), &mut scr.one);
                             } else {
@@ -460,7 +503,13 @@ impl Router {
 
     /// The prepared basis of a chain started at splat `s` (`None` when the single-chain method does
     /// not apply to its neighbourhood).
-    fn prepare_seed(&self, config: &LangevinConfig, s: u64, scr: &mut SeededScratch) -> Option<SeedEntry> {
+    fn prepare_seed(
+        &self,
+        config: &LangevinConfig,
+        step_kappa: Option<f32>,
+        s: u64,
+        scr: &mut SeededScratch,
+    ) -> Option<SeedEntry> {
         let dim = self.dim;
         if !self.gather_neighbourhood(s, scr) || !one_applies(config, scr.kappa.len(), dim) {
             return None;
@@ -468,7 +517,54 @@ impl Router {
         let splats = Splats::trusted(dim, &scr.mu, &scr.kappa, &scr.alpha);
         let prep = Prepared::new(&splats, &scr.mu[..dim], &mut scr.one);
         let rows = prep.pivots().iter().map(|&p| scr.locs[p as usize]).collect();
-        Some(SeedEntry { prep, rows })
+        let steps = (self.run_length != SeededRunLength::Fixed).then(|| {
+            let cfg = seed_config(config, step_kappa, prep.first_kappa());
+            (run_key(&cfg, self.run_length), self.seeded_run(&cfg, self.run_length, &prep, s, &mut scr.one))
+        });
+        Some(SeedEntry { prep, rows, steps })
+    }
+
+    /// The steps and temperature of a chain started at seed `id` under `rl` (see [`SeededRunLength`]).
+    fn seeded_run(
+        &self,
+        cfg: &LangevinConfig,
+        rl: SeededRunLength,
+        prep: &Prepared,
+        id: u64,
+        scr: &mut OneScratch,
+    ) -> (usize, f32) {
+        match rl {
+            SeededRunLength::Fixed => (cfg.steps, cfg.temperature),
+            SeededRunLength::ToBandMiddle { max_factor } => {
+                let max = cfg.steps.saturating_mul(max_factor.max(1) as usize);
+                (seeded_steps(cfg, prep, id, max, SEEDED_PILOTS, self.dim, scr).unwrap_or(cfg.steps), cfg.temperature)
+            }
+            SeededRunLength::TemperatureToBandMiddle { max_factor } => {
+                let t = seeded_temperature(cfg, prep, id, max_factor as f32, SEEDED_PILOTS, self.dim, scr);
+                (cfg.steps, t.unwrap_or(cfg.temperature))
+            }
+        }
+    }
+
+    /// Sets how long [`Router::run_seeded`] runs chains started at their seed, dropping kept run
+    /// lengths.
+    pub fn set_seeded_run_length(&mut self, run_length: SeededRunLength) {
+        self.run_length = run_length;
+        self.clear_seed_cache();
+    }
+
+    /// How long [`Router::run_seeded`] runs chains started at their seed.
+    pub fn seeded_run_length(&self) -> SeededRunLength {
+        self.run_length
+    }
+
+    /// The steps and temperature a chain started at seed `id` runs with under `config` and
+    /// `step_kappa` (as in [`Router::run_seeded`]); `None` when `id` has no neighbourhood or the
+    /// single-chain method does not apply.
+    pub fn seeded_run_of(&self, config: &LangevinConfig, step_kappa: Option<f32>, id: u64) -> Option<(usize, f32)> {
+        let mut scr = SeededScratch::default();
+        let e = self.prepare_seed(config, step_kappa, id, &mut scr)?;
+        Some(e.steps.map_or((config.steps, config.temperature), |(_, run)| run))
     }
 
     /// Asks the CPU to bring a prepared seed's basis rows into cache (a hint; nothing on other
@@ -619,6 +715,25 @@ struct SeededScratch {
 struct SeedEntry {
     prep: Prepared,
     rows: Vec<(u32, u32)>,
+    /// The steps and temperature of a calibrated [`SeededRunLength`] and the settings they were found
+    /// for.
+    steps: Option<(RunKey, (usize, f32))>,
+}
+
+/// The settings a seed's run length depends on: dt and temperature bits, base steps, the bound.
+type RunKey = (u32, u32, usize, SeededRunLength);
+
+fn run_key(cfg: &LangevinConfig, rl: SeededRunLength) -> RunKey {
+    (cfg.dt.to_bits(), cfg.temperature.to_bits(), cfg.steps, rl)
+}
+
+/// `config` with the step of a chain whose seed has concentration `kappa` (see
+/// [`Router::run_seeded`]); the step stays in (0, 1].
+fn seed_config(config: &LangevinConfig, step_kappa: Option<f32>, kappa: f32) -> LangevinConfig {
+    match step_kappa {
+        Some(sk) => LangevinConfig { dt: (config.dt * sk / kappa).clamp(1e-9, 1.0), ..*config },
+        None => *config,
+    }
 }
 
 impl SeedEntry {

@@ -452,6 +452,15 @@ impl Prepared {
         (r + 1).next_multiple_of(8)
     }
 
+    /// The middle of the start's band of splats: the mean of its largest and smallest cosine to the
+    /// other splats (for the lake's chains, to the seed's 1st and last real neighbour); `None` with
+    /// one splat.
+    pub(crate) fn band_middle(&self) -> Option<f32> {
+        let others = self.scores.get(1..).filter(|o| !o.is_empty())?;
+        let (lo, hi) = others.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        Some(0.5 * (lo + hi))
+    }
+
     /// Rank of the basis.
     pub(crate) fn rank(&self) -> usize {
         self.pivots.len()
@@ -589,73 +598,12 @@ fn run_prepared_body<'r>(
     rng: &mut impl Rng,
     scr: &mut OneScratch,
 ) {
-    let (n, dim, kappa) = (prep.len(), x.len(), &prep.kappa[..]);
+    let dim = x.len();
     let r = prep.rank();
-    let rr = r + 1;
     let rho_x = prep.rho_x;
     let has_x = rho_x > 0.0;
-    scr.scores.clear();
-    scr.scores.extend_from_slice(&prep.scores);
-    scr.coef.resize(n, 0.0);
-    // `a` and `u` padded with zeros to the rows of `w` (the step below leaves the padding at 0).
-    let stride = Prepared::stride(r);
-    scr.a.clear();
-    scr.a.extend_from_slice(&prep.start);
-    scr.a.push(rho_x);
-    scr.a.resize(stride, 0.0);
     let perp = dim - r - usize::from(has_x);
-    let chi = (perp >= 2).then(|| ChiSquared::new((perp - 1) as f32).expect("df >= 1 is valid"));
-
-    let eta = config.dt;
-    let s = (2.0 * eta * config.temperature).sqrt();
-    let mut rho = 0f32;
-    let mut dots = [0f32; 1];
-    scr.u.resize(stride, 0.0);
-    scr.z.resize(rr + 1, 0.0);
-    for step in 0..config.steps {
-        // The two small products of a step as loops over vectors of 8 here, where they vectorise with
-        // this body's instruction set (the library's are calls sized for blocks of chains).
-        if step > 0 {
-            for (sc, wj) in scr.scores.iter_mut().zip(prep.w.chunks_exact(stride)) {
-                let mut acc = [0f32; 8];
-                for (w8, a8) in wj.chunks_exact(8).zip(scr.a.chunks_exact(8)) {
-                    acc.iter_mut().zip(w8).zip(a8).for_each(|((c, &w), &a)| *c += w * a);
-                }
-                *sc = lane_sum8(&acc);
-            }
-        }
-        softmax_coefficients(&scr.scores, &prep.ln_alpha, kappa, n, &mut scr.coef, &mut dots);
-        scr.u.fill(0.0);
-        for (&c, wj) in scr.coef.iter().zip(prep.w.chunks_exact(stride)) {
-            scr.u.iter_mut().zip(wj).for_each(|(u, &w)| *u += c * w);
-        }
-        if s > 0.0 {
-            fill_normal_generic(rng, &mut scr.z);
-        }
-        let zi = &mut scr.z;
-        if !has_x {
-            zi[r] = 0.0;
-        }
-        let (g, q) = if s > 0.0 {
-            let g = if perp >= 1 { zi[rr] } else { 0.0 };
-            (g, chi.as_ref().map_or(0.0, |d| d.sample(rng)))
-        } else {
-            (0.0, 0.0)
-        };
-        let ai = &mut scr.a[..rr];
-        let xi_dot = kernels::dot(&zi[..rr], ai) + g * rho;
-        let ux = dots[0];
-        for ((av, &uv), &zv) in ai.iter_mut().zip(&scr.u).zip(&zi[..rr]) {
-            let a0 = *av;
-            *av = a0 + eta * (uv - ux * a0) + s * (zv - xi_dot * a0);
-        }
-        let beta = 1.0 - eta * ux - s * xi_dot;
-        let rp = beta * rho + s * g;
-        let rho2 = rp * rp + s * s * q;
-        let inv = 1.0 / (kernels::dot(ai, ai) + rho2).sqrt();
-        ai.iter_mut().for_each(|v| *v *= inv);
-        rho = rho2.sqrt() * inv;
-    }
+    let rho = walk(prep, config, config.steps, dim, scr, rng, |_| {});
 
     // The lift, as in `run_block_body`; only the pivots' rows are read (the other splats lie in their
     // span), each twice: the Gaussian's scores, then the sum.
@@ -698,6 +646,134 @@ fn run_prepared_body<'r>(
     }
     let inv = 1.0 / kernels::dot(&scr.out, &scr.out).sqrt();
     x.iter_mut().zip(&scr.out).for_each(|(xv, o)| *xv = o * inv);
+}
+
+/// Runs `steps` steps of a chain from `prep`'s start in the span (`scr.a`, padded to `w`'s rows, holds
+/// its coordinates after; `after_step` sees them after each step) and returns its distance `rho` from
+/// the span. `dim` is the ambient dimension.
+#[inline(always)]
+fn walk(
+    prep: &Prepared,
+    config: &LangevinConfig,
+    steps: usize,
+    dim: usize,
+    scr: &mut OneScratch,
+    rng: &mut impl Rng,
+    mut after_step: impl FnMut(&[f32]),
+) -> f32 {
+    let (n, kappa) = (prep.len(), &prep.kappa[..]);
+    let r = prep.rank();
+    let rr = r + 1;
+    let rho_x = prep.rho_x;
+    let has_x = rho_x > 0.0;
+    scr.scores.clear();
+    scr.scores.extend_from_slice(&prep.scores);
+    scr.coef.resize(n, 0.0);
+    // `a` and `u` padded with zeros to the rows of `w` (the step below leaves the padding at 0).
+    let stride = Prepared::stride(r);
+    scr.a.clear();
+    scr.a.extend_from_slice(&prep.start);
+    scr.a.push(rho_x);
+    scr.a.resize(stride, 0.0);
+    let perp = dim - r - usize::from(has_x);
+    let chi = (perp >= 2).then(|| ChiSquared::new((perp - 1) as f32).expect("df >= 1 is valid"));
+
+    let eta = config.dt;
+    let s = (2.0 * eta * config.temperature).sqrt();
+    let mut rho = 0f32;
+    let mut dots = [0f32; 1];
+    scr.u.resize(stride, 0.0);
+    scr.z.resize(rr + 1, 0.0);
+    for step in 0..steps {
+        // The two small products of a step as loops over vectors of 8 here, where they vectorise with
+        // this body's instruction set (the library's are calls sized for blocks of chains).
+        if step > 0 {
+            for (sc, wj) in scr.scores.iter_mut().zip(prep.w.chunks_exact(stride)) {
+                let mut acc = [0f32; 8];
+                for (w8, a8) in wj.chunks_exact(8).zip(scr.a.chunks_exact(8)) {
+                    acc.iter_mut().zip(w8).zip(a8).for_each(|((c, &w), &a)| *c += w * a);
+                }
+                *sc = lane_sum8(&acc);
+            }
+        }
+        softmax_coefficients(&scr.scores, &prep.ln_alpha, kappa, n, &mut scr.coef, &mut dots);
+        scr.u.fill(0.0);
+        for (&c, wj) in scr.coef.iter().zip(prep.w.chunks_exact(stride)) {
+            scr.u.iter_mut().zip(wj).for_each(|(u, &w)| *u += c * w);
+        }
+        if s > 0.0 {
+            fill_normal_generic(rng, &mut scr.z);
+        }
+        let zi = &mut scr.z;
+        if !has_x {
+            zi[r] = 0.0;
+        }
+        let (g, q) = if s > 0.0 {
+            let g = if perp >= 1 { zi[rr] } else { 0.0 };
+            (g, chi.as_ref().map_or(0.0, |d| d.sample(rng)))
+        } else {
+            (0.0, 0.0)
+        };
+        let ai = &mut scr.a[..rr];
+        let xi_dot = kernels::dot(&zi[..rr], ai) + g * rho;
+        let ux = dots[0];
+        for ((av, &uv), &zv) in ai.iter_mut().zip(&scr.u).zip(&zi[..rr]) {
+            let a0 = *av;
+            *av = a0 + eta * (uv - ux * a0) + s * (zv - xi_dot * a0);
+        }
+        let beta = 1.0 - eta * ux - s * xi_dot;
+        let rp = beta * rho + s * g;
+        let rho2 = rp * rp + s * s * q;
+        let inv = 1.0 / (kernels::dot(ai, ai) + rho2).sqrt();
+        ai.iter_mut().for_each(|v| *v *= inv);
+        rho = rho2.sqrt() * inv;
+        after_step(&scr.a);
+    }
+    rho
+}
+
+/// The number of steps (1 to `max_steps`) after which the mean cosine to the first splat of `pilots`
+/// chains from `prep`'s start first falls to `target`; `max_steps` when it does not. The pilots run in
+/// the span only (the cosine to a splat is a score there): no lift. `dim` is the ambient dimension.
+pub(crate) fn steps_to_reach(
+    prep: &Prepared,
+    config: &LangevinConfig,
+    (target, max_steps): (f32, usize),
+    pilots: usize,
+    dim: usize,
+    rng: &mut impl Rng,
+    scr: &mut OneScratch,
+) -> usize {
+    let stride = Prepared::stride(prep.rank());
+    let mut mean = vec![0f32; max_steps];
+    for _ in 0..pilots {
+        let mut k = 0;
+        walk(prep, config, max_steps, dim, scr, rng, |a| {
+            mean[k] += prep.w[..stride].iter().zip(a).map(|(w, a)| w * a).sum::<f32>();
+            k += 1;
+        });
+    }
+    let limit = target * pilots as f32;
+    mean.iter().position(|&m| m <= limit).map_or(max_steps, |k| k + 1)
+}
+
+/// The mean cosine to the first splat of `pilots` chains from `prep`'s start after `config.steps`
+/// steps, run in the span only (no lift). `dim` is the ambient dimension.
+pub(crate) fn mean_cos_after(
+    prep: &Prepared,
+    config: &LangevinConfig,
+    pilots: usize,
+    dim: usize,
+    rng: &mut impl Rng,
+    scr: &mut OneScratch,
+) -> f32 {
+    let stride = Prepared::stride(prep.rank());
+    let mut sum = 0f32;
+    for _ in 0..pilots {
+        walk(prep, config, config.steps, dim, scr, rng, |_| {});
+        sum += prep.w[..stride].iter().zip(&scr.a).map(|(w, a)| w * a).sum::<f32>();
+    }
+    sum / pilots.max(1) as f32
 }
 
 /// Sum of 8 lanes, pairwise (the order a vector reduction takes).

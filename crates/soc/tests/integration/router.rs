@@ -288,3 +288,68 @@ fn kept_seed_bases_change_no_row_stay_within_their_budget_and_follow_removals() 
     none.insert(&[9_000], &d.base[..dim], &[20.0], &[1.0]).unwrap();
     assert_eq!(run_on(&keeps, None), run_on(&none, None));
 }
+
+#[test]
+fn a_seed_calibrated_temperature_puts_its_chains_in_the_middle_of_its_band() {
+    // `TemperatureToBandMiddle`: each seed's temperature is set (from 4 pilot chains) so that its
+    // chains end, on average, at the middle of its band (the mean of its cosines to its nearest and
+    // farthest neighbour). Checked on 256 chains per seed, far more than the pilots: their mean cosine
+    // to the seed must lie in the band's middle 80% (4 pilots estimate the mean roughly), where the fixed
+    // temperature misses it. Catches a bisection that moves the temperature the wrong way (the
+    // cosine falls as it rises), a target that is not the band's middle, and a calibrated temperature
+    // not applied to the chains.
+    let dim = 64;
+    let config = m2m_splat::DigitsConfig { rows: 600, queries: 0, dim, ..Default::default() };
+    let d = m2m_splat::digits_on_sphere(&config).unwrap();
+    let ids: Vec<u64> = (0..600).collect();
+    let index = Index::build(&IndexConfig::default().seed(2), dim, &d.base, &ids).unwrap();
+    let kappa = vec![40.0f32; 600];
+    let alpha = vec![1.0f32; 600];
+    let mut router = Router::new(&index, |id| Some((kappa[id as usize], alpha[id as usize]))).unwrap();
+    // Each row's 8 nearest rows as its neighbourhood, as the build records them.
+    let with: Vec<u64> = (0..600).collect();
+    let mut nb = Vec::new();
+    for i in 0..600usize {
+        let r = &d.base[i * dim..(i + 1) * dim];
+        let mut s: Vec<(f32, u64)> = (0..600usize)
+            .filter(|&j| j != i)
+            .map(|j| (r.iter().zip(&d.base[j * dim..(j + 1) * dim]).map(|(a, b)| a * b).sum(), j as u64))
+            .collect();
+        s.sort_by(|a, b| b.0.total_cmp(&a.0));
+        nb.extend(s[..8].iter().map(|p| p.1));
+    }
+    router.set_neighbourhoods(&with, &nb, 8).unwrap();
+    let cfg = LangevinConfig { steps: 20, dt: 0.004, temperature: 0.002, ..LangevinConfig::default() };
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>();
+    let chains = 256;
+    let mean_cos = |router: &Router, s: u64| {
+        let row = &d.base[s as usize * dim..(s as usize + 1) * dim];
+        let mut x: Vec<f32> = (0..chains).flat_map(|_| row.to_vec()).collect();
+        router.run_seeded(&cfg, &mut x, &vec![s; chains], 11, None).unwrap();
+        x.chunks_exact(dim).map(|c| cos(c, row)).sum::<f32>() / chains as f32
+    };
+    let mut fixed_misses = 0;
+    for s in [5u64, 123, 333, 590] {
+        let row = &d.base[s as usize * dim..(s as usize + 1) * dim];
+        let band: Vec<f32> = nb[s as usize * 8..(s as usize + 1) * 8]
+            .iter()
+            .map(|&j| cos(row, &d.base[j as usize * dim..(j as usize + 1) * dim]))
+            .collect();
+        let (lo, hi) = band.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        let (mid, width) = (0.5 * (lo + hi), hi - lo);
+        router.set_seeded_run_length(m2m_soc::SeededRunLength::Fixed);
+        let fixed = mean_cos(&router, s);
+        fixed_misses += usize::from((fixed - mid).abs() > 0.25 * width);
+        router.set_seeded_run_length(m2m_soc::SeededRunLength::TemperatureToBandMiddle { max_factor: 256 });
+        let calibrated = mean_cos(&router, s);
+        assert!(
+            (calibrated - mid).abs() <= 0.4 * width,
+            "seed {s}: mean cosine {calibrated}, band {lo}..{hi} (fixed temperature: {fixed})"
+        );
+        let (steps, t) = router.seeded_run_of(&cfg, None, s).unwrap();
+        assert_eq!(steps, 20);
+        assert!(t >= cfg.temperature / 256.0 && t <= cfg.temperature * 256.0 && t != cfg.temperature, "{t}");
+        assert_eq!(router.seeded_run_of(&cfg, None, s), Some((steps, t)), "a function of the seed");
+    }
+    assert!(fixed_misses >= 3, "the fixed temperature must miss the middle for this test to mean anything");
+}
