@@ -67,8 +67,9 @@ fn fidelity_holds_where_the_fit_sees_many_dimensions_and_the_clip_share_follows_
     // (10,000 rows: p ~ 60, kappa ~240-1,900). With kappa clipped at an absolute 50 (the old bound)
     // every splat clipped and generated rows fell out of their band (measured: 0% in band, cosine
     // 0.79 to the seed); with kappa unclipped but the step not scaled to it, 2 kappa dt ~ 3.4 per step
-    // and they fell out too (2.5% in band). Both are run here and must fail the targets the defaults
-    // meet, so the test catches dropping either the per-dimension clip or the step scaling.
+    // and they fell out too (2.5% in band). Both are run here: the unscaled step must fail the targets
+    // the defaults meet, the old clip must show in the clipped share (its rows are now brought back
+    // into their band by the per-seed temperature), so the test catches dropping either.
     let (engine, labels) = engine_640(6_000);
     let dim = engine.config().dim;
     let fit = engine.kappa_fit().unwrap();
@@ -100,8 +101,11 @@ fn fidelity_holds_where_the_fit_sees_many_dimensions_and_the_clip_share_follows_
     clipped.add_splats(&d.base).unwrap();
     clipped.build_index().unwrap();
     assert_eq!(clipped.stats().kappa_clipped, Some(1.0));
-    let wrong = measure(&clipped, &cfg);
-    assert!(wrong.in_band < 0.5, "{wrong:?} vs {f:?}");
+    // The per-seed temperature (`SeededRunLength::TemperatureToBandMiddle`, within 16x) now absorbs
+    // the broad kernels (measured: 95.7% in band, cosine 0.960; before the calibration 0%, 0.79): the
+    // clip is caught by the clipped share above, at 0% with the defaults.
+    let absorbed = measure(&clipped, &cfg);
+    assert!(absorbed.in_band >= 0.9, "{absorbed:?} vs {f:?}");
 }
 
 #[test]

@@ -128,7 +128,8 @@ pub struct M2mConfig {
     /// fine cluster) that holds at most this many bytes; the mapping's pages it does not hold are
     /// released after each read, so the process keeps no more of the vectors than this (plus the reads
     /// in flight). A data-lake export with [`Source::Tiers`](crate::Source::Tiers) has its own block
-    /// cache of this budget while it runs. 0 reads in place, caching nothing. Default 1 GiB.
+    /// cache of this budget while it runs. The data lake's Langevin chains keep each seed's prepared
+    /// basis (~2 KB) within a sixteenth of it. 0 reads in place, caching nothing. Default 1 GiB.
     pub warm_budget_bytes: u64,
     /// Hot tier budget in bytes (centroids and codes on a device). Default 256 MiB. Not used by the CPU
     /// engine, which keeps centroids, codes and ids (what LOD 0 and LOD 1 read) in RAM whatever the

@@ -91,8 +91,9 @@ pub struct DataLoaderConfig {
     /// controller as its feedback left it, gets epoch `e`'s order, which depends only on (seed, epoch,
     /// saved state). Default 0.
     pub start_epoch: u64,
-    /// Temperature of generated samples, relative to the model (see `M2mConfig::temperature`).
-    /// Default `None`: the engine's.
+    /// Temperature of generated samples, relative to the model (see `M2mConfig::temperature`): the
+    /// base each seed's calibrated temperature is found from (within 16x; see
+    /// `m2m_soc::SeededRunLength::TemperatureToBandMiddle`). Default `None`: the engine's.
     pub temperature: Option<f32>,
     /// Langevin step size of generated samples, scaled like the engine's `langevin_dt` (relative to
     /// kernels of `init_kappa`, and each chain's to its seed's kappa). Default `Some(0.016)`, chosen

@@ -229,6 +229,10 @@ impl M2m {
             let r = set.row_of(id)?;
             (!deleted.contains(&id)).then(|| (kappa[r], alpha[r]))
         })?;
+        // The lake's seeded chains keep their seeds' prepared bases within a sixteenth of the warm budget.
+        router.set_seed_cache_budget(usize::try_from(self.config.warm_budget_bytes / 16).unwrap_or(usize::MAX));
+        // Each seed's temperature from its own band of real neighbours (within 16x of the one asked).
+        router.set_seeded_run_length(m2m_soc::SeededRunLength::TemperatureToBandMiddle { max_factor: 16 });
         if let Some(nb) = neighbours {
             router.set_neighbourhoods(&nb.ids, &nb.neighbours, nb.k as usize)?;
         }

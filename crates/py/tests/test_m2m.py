@@ -322,3 +322,43 @@ def test_compact_frees_deleted_ids_and_keeps_the_index(tmp_path):
     reopened = m2m.open(path)
     got = reopened.retrieve(data[20], k=2, lod=3).ids
     assert set(got) == {ids[0], ids[20]}
+
+
+def test_dataset_feedback_steers_the_next_epoch_and_end_epoch_moves_on():
+    # Losses on a fixed set of rows raise their share of the next epoch's importance draws; a worker's
+    # copy of the dataset (pickled: no engine) refuses feedback. Catches feedback not forwarded to the
+    # engine (the share stays put), end_epoch not advancing the epoch, and a worker silently dropping
+    # losses.
+    import pickle
+
+    # The rows of two of 20 clusters are the hard ones (the controller's sites are clusters).
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((20, DIM)).astype(np.float32)
+    which = rng.integers(0, 20, 3000)
+    rows = centres[which] + 0.3 * rng.standard_normal((3000, DIM)).astype(np.float32)
+    e = m2m.create_m2m(dim=DIM, seed=7)
+    e.add_splats(rows.astype(np.float32))
+    e.build_index()
+    ds = e.export_to_dataloader(batch_size=100, seed=5, importance_sampling=True)
+    hard = {i for i in range(3000) if which[i] < 2}
+
+    def share(batches):
+        ids = [i for b in batches for i in np.asarray(b["ids"]).astype(np.uint64).tolist()]
+        return sum(i in hard for i in ids) / len(ids)
+
+    first = list(ds)
+    before = share(first)
+    for b in first:
+        ids = np.asarray(b["ids"]).astype(np.uint64)
+        losses = np.array([5.0 if int(i) in hard else 0.0 for i in ids], dtype=np.float32)
+        assert ds.feedback(b["ids"], losses) >= 0  # the topplings it caused
+    ds.end_epoch()
+    assert ds.state_dict() == {"epoch": 1, "batches": 0}
+    after = share(list(ds))
+    assert after > 1.5 * before, (before, after)
+
+    worker_copy = pickle.loads(pickle.dumps(ds))
+    with pytest.raises(m2m.errors.StateError):
+        worker_copy.feedback(np.array([1], dtype=np.uint64), np.array([1.0], dtype=np.float32))
+    with pytest.raises(m2m.errors.StateError):
+        worker_copy.end_epoch()

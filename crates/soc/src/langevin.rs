@@ -40,7 +40,7 @@ use crate::{Error, Result, Splats};
 
 mod reduced;
 
-pub(crate) use reduced::OneScratch;
+pub(crate) use reduced::{OneScratch, Prepared};
 
 /// Which dynamics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -231,17 +231,73 @@ pub(crate) fn one_applies(config: &LangevinConfig, n: usize, dim: usize) -> bool
 }
 
 /// Chain `c` of [`crate::Router::run_seeded`]: [`run_one`]'s step with chain `c`'s own generator (the
-/// one [`run`] gives group `c`), on trusted splats and reused buffers.
-pub(crate) fn run_one_chain(
+/// one [`run`] gives group `c`), from its start's `prep`ared basis, reading pivot `k`'s row as
+/// `pivot_row(k)`, with reused buffers.
+pub(crate) fn run_prepared_chain<'r>(
     config: &LangevinConfig,
-    splats: &Splats<'_>,
+    prep: &Prepared,
+    pivot_row: &dyn Fn(usize) -> &'r [f32],
     x: &mut [f32],
     seed: u64,
     c: u64,
-    scratch: &mut reduced::OneScratch,
+    scratch: &mut OneScratch,
 ) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed, c, 0));
-    reduced::run_one(splats, config, x, &mut rng, scratch);
+    reduced::run_prepared(prep, pivot_row, config, x, &mut rng, scratch);
+}
+
+/// The run length of a chain started at its seed with [`crate::SeededRunLength::ToBandMiddle`]: the
+/// number of steps (at most `max_steps`) after which the mean cosine to the seed of `pilots` pilot
+/// chains first reaches the middle of the seed's band (`prep`'s scores); `None` without a band. The
+/// pilots' generator depends on the seed's id only, so the length is a function of the seed and the
+/// configuration.
+pub(crate) fn seeded_steps(
+    config: &LangevinConfig,
+    prep: &Prepared,
+    id: u64,
+    max_steps: usize,
+    pilots: usize,
+    dim: usize,
+    scratch: &mut OneScratch,
+) -> Option<usize> {
+    let target = prep.band_middle()?;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(id, 0x5EED, 0xB4D));
+    Some(reduced::steps_to_reach(prep, config, (target, max_steps.max(1)), pilots.max(1), dim, &mut rng, scratch))
+}
+
+/// The temperature of a chain started at its seed with
+/// [`crate::SeededRunLength::TemperatureToBandMiddle`]: `config.temperature` x f, f in
+/// [1 / `max_factor`, `max_factor`], such that the mean cosine to the seed of `pilots` pilot chains
+/// after `config.steps` steps is the middle of the seed's band (bisection on ln f, 6 halvings; every
+/// trial draws the same numbers, so the mean moves with f alone). `None` without a band or at
+/// temperature 0.
+pub(crate) fn seeded_temperature(
+    config: &LangevinConfig,
+    prep: &Prepared,
+    id: u64,
+    max_factor: f32,
+    pilots: usize,
+    dim: usize,
+    scratch: &mut OneScratch,
+) -> Option<f32> {
+    let target = prep.band_middle()?;
+    if config.temperature <= 0.0 || config.steps == 0 {
+        return None;
+    }
+    let span = max_factor.max(1.0).ln();
+    let (mut lo, mut hi) = (-span, span);
+    for _ in 0..6 {
+        let mid = 0.5 * (lo + hi);
+        let cfg = LangevinConfig { temperature: config.temperature * mid.exp(), ..*config };
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(id, 0x5EED, 0x7E3));
+        // The cosine falls as the temperature rises.
+        if reduced::mean_cos_after(prep, &cfg, pilots.max(1), dim, &mut rng, scratch) > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(config.temperature * (0.5 * (lo + hi)).exp())
 }
 
 /// Whether a block of `chains` against `n` splats in `dim` dimensions runs the reduced method.

@@ -36,6 +36,6 @@ pub use energy::Splats;
 pub use error::{Error, Result};
 pub use kappa::{KappaConfig, KappaDimension, KappaEstimate, estimate_kappa};
 pub use langevin::{Dynamics, Group, LangevinConfig, Method, Noise};
-pub use router::{Routed, Router};
+pub use router::{Routed, Router, SEEDED_PILOTS, SeededRunLength};
 pub use sampler::{AliasTable, EpochPlan, ImportanceSampler, SamplerConfig};
 pub use soc::{Sandpile, SiteGraph, SocConfig};

@@ -11,13 +11,16 @@
 //! SOC controller.
 
 use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
 
 use m2m_index::{ColdRows, Index, Metric, kernels};
 use rayon::prelude::*;
 
 use crate::energy::Splats;
 use crate::error::{check_len, check_values};
-use crate::langevin::{LangevinConfig, OneScratch, one_applies, run_one_chain};
+use crate::langevin::{
+    LangevinConfig, OneScratch, Prepared, one_applies, run_prepared_chain, seeded_steps, seeded_temperature,
+};
 use crate::{Error, Result, SiteGraph};
 
 /// The members of one fine cluster with their parameters. Member `i`'s `mu` is row `slot[i]` of the
@@ -35,6 +38,40 @@ struct Members {
 /// Marks a slot of the cold rows (see [`Members`]).
 const COLD: u32 = 1 << 31;
 
+/// How long [`Router::run_seeded`] runs a chain started at its seed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SeededRunLength {
+    /// `config.steps` for every chain.
+    #[default]
+    Fixed,
+    /// Per seed, from its own band of real neighbours: the number of steps after which the mean
+    /// cosine to the seed of [`SEEDED_PILOTS`] pilot chains (started at the seed, with the chain's own
+    /// step) first falls to the middle of the seed's band (the mean of its cosines to the nearest and
+    /// the farthest splat of its neighbourhood), at most `max_factor` x `config.steps`. Computed once
+    /// per seed and configuration and kept with the seed's basis. Chains that do not start at their
+    /// seed run `config.steps`.
+    ToBandMiddle {
+        /// Bound on the steps, in multiples of `config.steps`.
+        max_factor: u32,
+    },
+    /// Per seed, from its own band of real neighbours: `config.steps` at the temperature
+    /// `config.temperature` x f, f in [1 / `max_factor`, `max_factor`], at which the mean cosine to
+    /// the seed of [`SEEDED_PILOTS`] pilot chains after the run is the middle of the seed's band (as
+    /// above). Where the run reaches the model's equilibrium before the band (a run length cannot move
+    /// it), the temperature sets that equilibrium's width. Kept with the seed's basis.
+    TemperatureToBandMiddle {
+        /// Bound on the factor of the temperature (and of its inverse).
+        max_factor: u32,
+    },
+}
+
+/// Squared distance within which a chain's start is taken as its seed's row by
+/// [`Router::run_seeded`] (two copies of one unit row, normalised apart, differ by ~1e-12).
+const AT_SEED: f32 = 1e-10;
+
+/// Pilot chains per seed of a calibrated [`SeededRunLength`].
+pub const SEEDED_PILOTS: usize = 4;
+
 /// Routes points to splats through an index's fine clusters.
 #[derive(Clone, Debug)]
 pub struct Router {
@@ -51,6 +88,10 @@ pub struct Router {
     /// Sum of the members' kappa per cluster (the mass [`crate::Sandpile::splat_probabilities`] gives a
     /// site with `kappa_power` 1), kept current by inserts and removals.
     kappa_sum: Vec<f64>,
+    /// Prepared bases of seeded chains, per seed ([`Router::run_seeded`]).
+    seeded: SharedSeedCache,
+    /// Run length of seeded chains.
+    run_length: SeededRunLength,
 }
 
 /// Owned routed splats (see [`Router::route`]).
@@ -126,7 +167,17 @@ impl Router {
             locate.extend(m.ids.iter().enumerate().map(|(i, &id)| (id, (c as u32, i as u32))));
         }
         let kappa_sum = members.iter().map(|m| m.kappa.iter().map(|&k| f64::from(k)).sum()).collect();
-        Ok(Router { dim, centroids: parts.fine.clone(), members, cold, locate, neighbours: HashMap::new(), kappa_sum })
+        Ok(Router {
+            dim,
+            centroids: parts.fine.clone(),
+            members,
+            cold,
+            locate,
+            neighbours: HashMap::new(),
+            kappa_sum,
+            seeded: SeedCache { budget: DEFAULT_SEED_CACHE_BYTES, ..SeedCache::default() }.into(),
+            run_length: SeededRunLength::Fixed,
+        })
     }
 
     /// Member `i` of cluster `c`'s unit `mu`, in place.
@@ -153,6 +204,7 @@ impl Router {
     /// ([`Router::route_seed`]).
     pub fn set_neighbourhoods(&mut self, ids: &[u64], neighbours: &[u64], k: usize) -> Result<()> {
         check_len("neighbours", neighbours.len(), ids.len() * k)?;
+        self.clear_seed_cache();
         self.neighbours =
             ids.iter().zip(neighbours.chunks_exact(k.max(1))).map(|(&id, nb)| (id, nb.to_vec().into())).collect();
         Ok(())
@@ -199,6 +251,7 @@ impl Router {
         if let Some(index) = ids.iter().position(|id| self.locate.contains_key(id)) {
             return Err(Error::Invalid { what: "id", index, value: ids[index] as f64, reason: "already routed" });
         }
+        // Inserts only append members: the kept bases' rows stay where they are.
         let clusters = self.nearest_cluster_of_rows(mu)?;
         for (r, (&id, &c)) in ids.iter().zip(&clusters).enumerate() {
             let m = &mut self.members[c as usize];
@@ -216,6 +269,7 @@ impl Router {
     /// Removes splats (ids not routed are ignored); neighbourhoods that name them skip them.
     pub fn remove(&mut self, ids: &[u64]) {
         let dim = self.dim;
+        self.clear_seed_cache();
         for id in ids {
             let Some((c, i)) = self.locate.remove(id) else { continue };
             let m = &mut self.members[c as usize];
@@ -280,8 +334,14 @@ impl Router {
     /// `x`, a unit vector, updated in place) runs against `seeds[c]` and its own neighbourhood (as
     /// [`Router::route_seed`] routes it), by itself: [`crate::langevin::run_one`] with the generator
     /// [`crate::langevin::run`] gives group `c`, so the result is that of `run` with one group per
-    /// chain, whatever the number of threads. Chains run in parallel, each reusing its thread's
-    /// buffers; nothing is copied but the neighbourhood's rows.
+    /// chain, whatever the number of threads and the order chains run in.
+    ///
+    /// What depends only on the seed (its neighbourhood's Gram matrix, the basis of its span, the
+    /// seed's coordinates in it) is computed once per seed and kept, within the budget
+    /// [`Router::set_seed_cache_budget`] sets, for the next chains started there: a chain that starts
+    /// at its seed's row then runs only its steps (in the span) and its lift (which reads the basis'
+    /// rows in place). A chain started elsewhere computes its own. Chains run in parallel, ordered by
+    /// their seed's cluster so that chains of nearby seeds read the same rows from cache.
     ///
     /// With `step_kappa`, chain `c`'s step is `config.dt` x `step_kappa` / (kappa of `seeds[c]`): the
     /// step is given for a kernel of concentration `step_kappa`, and every chain moves the same share of
@@ -318,53 +378,200 @@ impl Router {
                 reason: "chains must be unit vectors",
             });
         }
+        let mut ran = vec![false; seeds.len()];
         if !one_applies(config, 1, dim) {
-            return Ok(vec![false; seeds.len()]);
+            return Ok(ran);
+        }
+        // The chains that can run, in their seed's cluster order.
+        let mut order: Vec<(u32, u64, u32)> = seeds
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| self.neighbours.contains_key(s))
+            .filter_map(|(c, &s)| Some((self.locate.get(&s)?.0, s, c as u32)))
+            .collect();
+        order.sort_unstable();
+        // Seeds not prepared yet, each once, prepared in parallel.
+        let missing: Vec<u64> = {
+            let cache = self.seeded.read();
+            let mut m: Vec<u64> = order.iter().map(|o| o.1).filter(|s| !cache.map.contains_key(s)).collect();
+            m.dedup();
+            m
+        };
+        let fresh: Vec<Option<SeedEntry>> = missing
+            .par_iter()
+            .map_init(SeededScratch::default, |scr, &s| self.prepare_seed(config, step_kappa, s, scr))
+            .collect();
+        let fresh_of: HashMap<u64, &SeedEntry> =
+            missing.iter().zip(&fresh).filter_map(|(&s, e)| Some((s, e.as_ref()?))).collect();
+
+        let mut rows: Vec<f32> = Vec::with_capacity(order.len() * dim);
+        for &(_, _, c) in &order {
+            rows.extend_from_slice(&x[c as usize * dim..(c as usize + 1) * dim]);
         }
         // Blocks of chains run one after the other on a thread, each chain prefetching the next one's
-        // neighbourhood: its rows lie anywhere in memory, and fetching them is what a chain waits on.
+        // basis rows: they lie anywhere in memory, and fetching them is what a chain waits on.
         const BLOCK: usize = 16;
-        let ran: Vec<Vec<bool>> = x
-            .par_chunks_mut(dim * BLOCK)
-            .zip(seeds.par_chunks(BLOCK))
-            .enumerate()
-            .map_init(SeededScratch::default, |scr, (b, (rows, ids))| {
-                self.prefetch_neighbourhood(ids[0]);
-                rows.chunks_exact_mut(dim)
-                    .zip(ids)
-                    .enumerate()
-                    .map(|(k, (row, &s))| {
-                        if let Some(&next) = ids.get(k + 1) {
-                            self.prefetch_neighbourhood(next);
-                        }
-                        if !self.gather_neighbourhood(s, scr) || !one_applies(config, scr.kappa.len(), dim) {
-                            return false;
-                        }
-                        let splats = Splats::trusted(dim, &scr.mu, &scr.kappa, &scr.alpha);
-                        // The seed is the first splat gathered; its step stays in (0, 1].
-                        let cfg = match step_kappa {
-                            Some(sk) => {
-                                LangevinConfig { dt: (config.dt * sk / scr.kappa[0]).clamp(1e-9, 1.0), ..*config }
+        let done: Vec<Vec<bool>> = {
+            let cache = self.seeded.read();
+            let entry = |s: u64| cache.map.get(&s).or_else(|| fresh_of.get(&s).copied());
+            rows.par_chunks_mut(dim * BLOCK)
+                .zip(order.par_chunks(BLOCK))
+                .map_init(SeededScratch::default, |scr, (rows, chains)| {
+                    if let Some(e) = entry(chains[0].1) {
+                        self.prefetch_rows(e);
+                    }
+                    rows.chunks_exact_mut(dim)
+                        .zip(chains)
+                        .enumerate()
+                        .map(|(k, (row, &(_, s, c)))| {
+                            if let Some(e) = chains.get(k + 1).and_then(|n| entry(n.1)) {
+                                self.prefetch_rows(e);
                             }
-                            None => *config,
-                        };
-                        run_one_chain(&cfg, &splats, row, seed, (b * BLOCK + k) as u64, &mut scr.one);
-                        true
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(ran.concat())
+                            let Some(e) = entry(s) else { return false };
+                            let cfg = seed_config(config, step_kappa, e.prep.first_kappa());
+                            // The caller's copy of the seed may differ from the index's in the last
+                            // bits (normalised again): within AT_SEED of it, the chain starts there.
+                            let at_seed = self.locate.get(&s).is_some_and(|&(cl, i)| {
+                                let m = self.mu_of(cl as usize, i as usize);
+                                m.len() == row.len()
+                                    && m.iter().zip(row.iter()).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() <= AT_SEED
+                            });
+                            if at_seed {
+                                let (steps, temperature) = match (self.run_length, e.steps) {
+                                    (SeededRunLength::Fixed, _) => (cfg.steps, cfg.temperature),
+                                    (_, Some((key, run))) if key == run_key(&cfg, self.run_length) => run,
+                                    (rl, _) => self.seeded_run(&cfg, rl, &e.prep, s, &mut scr.one),
+                                };
+                                let cfg = LangevinConfig { steps, temperature, ..cfg };
+                                let pivot_row = |k: usize| self.mu_of(e.rows[k].0 as usize, e.rows[k].1 as usize);
+                                run_prepared_chain(&cfg, &e.prep, &pivot_row, row, seed, u64::from(c), &mut scr.one);
+                            } else {
+                                // A chain started off its seed: a basis of its own, not kept.
+                                self.gather_neighbourhood(s, scr);
+                                let splats = Splats::trusted(dim, &scr.mu, &scr.kappa, &scr.alpha);
+                                let prep = Prepared::new(&splats, row, &mut scr.one);
+                                let mu = &scr.mu;
+                                let pivot_row = |k: usize| {
+                                    let p = prep.pivots()[k] as usize;
+                                    &mu[p * dim..(p + 1) * dim]
+                                };
+                                run_prepared_chain(&cfg, &prep, &pivot_row, row, seed, u64::from(c), &mut scr.one);
+                            }
+                            true
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        for ((&(_, _, c), row), d) in order.iter().zip(rows.chunks_exact(dim)).zip(done.concat()) {
+            if d {
+                x[c as usize * dim..(c as usize + 1) * dim].copy_from_slice(row);
+                ran[c as usize] = true;
+            }
+        }
+        // Keep what fits in the budget, in cluster order.
+        let mut cache = self.seeded.write();
+        for (s, e) in missing.into_iter().zip(fresh) {
+            let Some(e) = e else { continue };
+            let bytes = e.bytes();
+            if cache.bytes + bytes > cache.budget {
+                break;
+            }
+            cache.bytes += bytes;
+            cache.map.insert(s, e);
+        }
+        Ok(ran)
     }
 
-    /// Asks the CPU to bring the rows of `id`'s neighbourhood into cache (a hint; nothing on other
-    /// architectures).
-    fn prefetch_neighbourhood(&self, id: u64) {
-        let Some(nb) = self.neighbours.get(&id) else { return };
-        for n in std::iter::once(&id).chain(nb.iter()) {
-            if let Some(&(c, i)) = self.locate.get(n) {
-                prefetch(self.mu_of(c as usize, i as usize));
+    /// Sets the bytes [`Router::run_seeded`] may keep for its seeds' prepared bases (about 2 KB a seed
+    /// of 17 splats; 0 keeps none) and drops what it kept.
+    pub fn set_seed_cache_budget(&mut self, bytes: usize) {
+        self.seeded = SeedCache { budget: bytes, ..SeedCache::default() }.into();
+    }
+
+    /// Bytes held by [`Router::run_seeded`]'s prepared bases, and how many seeds they serve.
+    pub fn seed_cache_usage(&self) -> (usize, usize) {
+        let c = self.seeded.read();
+        (c.bytes, c.map.len())
+    }
+
+    /// Drops the prepared bases (their splats or neighbourhoods changed), keeping the budget.
+    fn clear_seed_cache(&mut self) {
+        let budget = self.seeded.read().budget;
+        self.set_seed_cache_budget(budget);
+    }
+
+    /// The prepared basis of a chain started at splat `s` (`None` when the single-chain method does
+    /// not apply to its neighbourhood).
+    fn prepare_seed(
+        &self,
+        config: &LangevinConfig,
+        step_kappa: Option<f32>,
+        s: u64,
+        scr: &mut SeededScratch,
+    ) -> Option<SeedEntry> {
+        let dim = self.dim;
+        if !self.gather_neighbourhood(s, scr) || !one_applies(config, scr.kappa.len(), dim) {
+            return None;
+        }
+        let splats = Splats::trusted(dim, &scr.mu, &scr.kappa, &scr.alpha);
+        let prep = Prepared::new(&splats, &scr.mu[..dim], &mut scr.one);
+        let rows = prep.pivots().iter().map(|&p| scr.locs[p as usize]).collect();
+        let steps = (self.run_length != SeededRunLength::Fixed).then(|| {
+            let cfg = seed_config(config, step_kappa, prep.first_kappa());
+            (run_key(&cfg, self.run_length), self.seeded_run(&cfg, self.run_length, &prep, s, &mut scr.one))
+        });
+        Some(SeedEntry { prep, rows, steps })
+    }
+
+    /// The steps and temperature of a chain started at seed `id` under `rl` (see [`SeededRunLength`]).
+    fn seeded_run(
+        &self,
+        cfg: &LangevinConfig,
+        rl: SeededRunLength,
+        prep: &Prepared,
+        id: u64,
+        scr: &mut OneScratch,
+    ) -> (usize, f32) {
+        match rl {
+            SeededRunLength::Fixed => (cfg.steps, cfg.temperature),
+            SeededRunLength::ToBandMiddle { max_factor } => {
+                let max = cfg.steps.saturating_mul(max_factor.max(1) as usize);
+                (seeded_steps(cfg, prep, id, max, SEEDED_PILOTS, self.dim, scr).unwrap_or(cfg.steps), cfg.temperature)
             }
+            SeededRunLength::TemperatureToBandMiddle { max_factor } => {
+                let t = seeded_temperature(cfg, prep, id, max_factor as f32, SEEDED_PILOTS, self.dim, scr);
+                (cfg.steps, t.unwrap_or(cfg.temperature))
+            }
+        }
+    }
+
+    /// Sets how long [`Router::run_seeded`] runs chains started at their seed, dropping kept run
+    /// lengths.
+    pub fn set_seeded_run_length(&mut self, run_length: SeededRunLength) {
+        self.run_length = run_length;
+        self.clear_seed_cache();
+    }
+
+    /// How long [`Router::run_seeded`] runs chains started at their seed.
+    pub fn seeded_run_length(&self) -> SeededRunLength {
+        self.run_length
+    }
+
+    /// The steps and temperature a chain started at seed `id` runs with under `config` and
+    /// `step_kappa` (as in [`Router::run_seeded`]); `None` when `id` has no neighbourhood or the
+    /// single-chain method does not apply.
+    pub fn seeded_run_of(&self, config: &LangevinConfig, step_kappa: Option<f32>, id: u64) -> Option<(usize, f32)> {
+        let mut scr = SeededScratch::default();
+        let e = self.prepare_seed(config, step_kappa, id, &mut scr)?;
+        Some(e.steps.map_or((config.steps, config.temperature), |(_, run)| run))
+    }
+
+    /// Asks the CPU to bring a prepared seed's basis rows into cache (a hint; nothing on other
+    /// architectures).
+    fn prefetch_rows(&self, e: &SeedEntry) {
+        for &(c, i) in &e.rows {
+            prefetch(self.mu_of(c as usize, i as usize));
         }
     }
 
@@ -379,12 +586,14 @@ impl Router {
         scr.mu.clear();
         scr.kappa.clear();
         scr.alpha.clear();
+        scr.locs.clear();
         for id in &scr.ids {
             if let Some(&(c, i)) = self.locate.get(id) {
                 let (m, i) = (&self.members[c as usize], i as usize);
                 scr.mu.extend_from_slice(self.mu_of(c as usize, i));
                 scr.kappa.push(m.kappa[i]);
                 scr.alpha.push(m.alpha[i]);
+                scr.locs.push((c, i as u32));
             }
         }
         true
@@ -495,8 +704,82 @@ struct SeededScratch {
     mu: Vec<f32>,
     kappa: Vec<f32>,
     alpha: Vec<f32>,
+    /// (cluster, position) of each gathered row.
+    locs: Vec<(u32, u32)>,
     one: OneScratch,
 }
+
+/// A seed's prepared basis (see [`Router::run_seeded`]) and where its pivots' rows lie: (cluster,
+/// position among its members), valid until the router's members change (the cache is then dropped).
+#[derive(Debug)]
+struct SeedEntry {
+    prep: Prepared,
+    rows: Vec<(u32, u32)>,
+    /// The steps and temperature of a calibrated [`SeededRunLength`] and the settings they were found
+    /// for.
+    steps: Option<(RunKey, (usize, f32))>,
+}
+
+/// The settings a seed's run length depends on: dt and temperature bits, base steps, the bound.
+type RunKey = (u32, u32, usize, SeededRunLength);
+
+fn run_key(cfg: &LangevinConfig, rl: SeededRunLength) -> RunKey {
+    (cfg.dt.to_bits(), cfg.temperature.to_bits(), cfg.steps, rl)
+}
+
+/// `config` with the step of a chain whose seed has concentration `kappa` (see
+/// [`Router::run_seeded`]); the step stays in (0, 1].
+fn seed_config(config: &LangevinConfig, step_kappa: Option<f32>, kappa: f32) -> LangevinConfig {
+    match step_kappa {
+        Some(sk) => LangevinConfig { dt: (config.dt * sk / kappa).clamp(1e-9, 1.0), ..*config },
+        None => *config,
+    }
+}
+
+impl SeedEntry {
+    /// Bytes held, with the map's key and slot.
+    fn bytes(&self) -> usize {
+        self.prep.bytes() + self.rows.len() * 8 + std::mem::size_of::<(u64, SeedEntry)>()
+    }
+}
+
+/// The seeds' prepared bases within a budget of bytes.
+#[derive(Debug, Default)]
+struct SeedCache {
+    map: HashMap<u64, SeedEntry>,
+    bytes: usize,
+    budget: usize,
+}
+
+/// [`SeedCache`] behind a lock: [`Router::run_seeded`] takes `&self`. A clone starts empty with the
+/// same budget (its entries are recomputed on use).
+#[derive(Debug, Default)]
+struct SharedSeedCache(RwLock<SeedCache>);
+
+impl SharedSeedCache {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SeedCache> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SeedCache> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl From<SeedCache> for SharedSeedCache {
+    fn from(c: SeedCache) -> Self {
+        SharedSeedCache(RwLock::new(c))
+    }
+}
+
+impl Clone for SharedSeedCache {
+    fn clone(&self) -> Self {
+        SeedCache { budget: self.read().budget, ..SeedCache::default() }.into()
+    }
+}
+
+/// Default budget of [`Router::run_seeded`]'s prepared bases: 64 MiB, ~30,000 seeds of 17 splats.
+const DEFAULT_SEED_CACHE_BYTES: usize = 64 << 20;
 
 /// Prefetches the cache lines of `row` into L2 (a hint): a neighbourhood (17 rows of 640 floats, 43
 /// KB) does not fit in L1 next to the chain being run.

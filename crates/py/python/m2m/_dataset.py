@@ -88,6 +88,31 @@ class SplatDataset(_Base):  # type: ignore[misc]  # torch's IterableDataset, or 
             raise InvalidInputError(f"epoch must be >= 0, got {epoch}")
         self._epoch = int(epoch)
 
+    def feedback(self, ids: Any, losses: Any) -> int:
+        """Training feedback: per-row losses of a batch's rows (``ids`` as the batch gave them, an int64
+        tensor or a uint64 array) drive the SOC controller, so the next epochs' importance sampling
+        follows them; returns the topplings caused. Call it in the training loop's process, where the engine
+        is (DataLoader workers only read): the next epoch's workers see it once :meth:`end_epoch` has
+        saved it."""
+        return int(self._in_loop("feedback").feedback(ids, losses))
+
+    def end_epoch(self) -> None:
+        """Ends an epoch in the training loop's process: the controller's activity decays (``tick``,
+        which saves its state to the data directory, where the next epoch's workers read it) and the
+        next iteration streams the next epoch from its start."""
+        self._in_loop("end_epoch").tick()
+        self._epoch += 1
+        self._skip = 0
+        self._yielded = 0
+
+    def _in_loop(self, what: str) -> Any:
+        if self._engine is None or self._engine.closed:
+            raise StateError(
+                f"{what} goes to the engine in the training loop's process; this copy of the dataset "
+                "(a DataLoader worker's, or after the engine was closed) has none"
+            )
+        return self._engine
+
     def __len__(self) -> int:
         """Batches one iteration yields (over all its epochs, after a resume), whatever the number of
         DataLoader workers."""

@@ -364,23 +364,153 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
     x.copy_from_slice(&k.u[..x.len()]);
 }
 
-/// Reused buffers of [`run_one`]: a chain allocates only its basis.
+/// Reused buffers of [`run_one`] and [`run_prepared`]: a chain allocates nothing.
 #[derive(Debug, Default)]
 pub(crate) struct OneScratch {
     gram: Vec<f32>,
+    tmp: Vec<f32>,
     scores: Vec<f32>,
     coef: Vec<f32>,
-    ln_alpha: Vec<f32>,
     a: Vec<f32>,
     u: Vec<f32>,
     z: Vec<f32>,
-    start: Vec<f32>,
     gathered: Vec<f32>,
     h: Vec<f32>,
     v: Vec<f32>,
     y: Vec<f32>,
     gauss: Vec<f32>,
     out: Vec<f32>,
+}
+
+/// What a single chain needs that depends only on its splats and its start, not on its random draws:
+/// the basis of their span (pivots, L^-1 and every splat's coordinates), the start's scores and
+/// coordinates, and the splats' ln alpha and kappa. For the data lake's chains the splats are a seed's
+/// neighbourhood and the start is the seed itself, so this is computed once per seed
+/// ([`crate::Router::run_seeded`] keeps it) and every chain started there runs only its steps and its
+/// lift. It holds no rows: the lift reads the pivots' rows where they are.
+#[derive(Clone, Debug)]
+pub(crate) struct Prepared {
+    /// Splats chosen as the basis, in pivot order (indices into the splats).
+    pivots: Vec<u32>,
+    /// L^-1, `r` x `r` row-major lower triangular (M_B M_B^T = L L^T).
+    l_inv: Vec<f32>,
+    /// Coordinates of each splat: `n` rows of [`Prepared::stride`] (`r + 1` used: the last, the start's
+    /// own direction, is 0; zeros after), so that a step's products run in whole vectors of 8.
+    w: Vec<f32>,
+    /// The start's scores x0 . mu_j (`n`).
+    scores: Vec<f32>,
+    /// The start's coordinates Q^T x0 (`r`).
+    start: Vec<f32>,
+    /// The start's distance from the span (0 when inside it).
+    rho_x: f32,
+    ln_alpha: Vec<f32>,
+    kappa: Vec<f32>,
+}
+
+impl Prepared {
+    /// The basis of `splats`' span and the start `x` (a unit row) in it. Needs `splats + 1 < dim`.
+    pub(crate) fn new(splats: &crate::Splats<'_>, x: &[f32], scr: &mut OneScratch) -> Prepared {
+        let (n, dim, mu) = (splats.len(), splats.dim(), splats.mu());
+        gram(mu, n, &mut scr.tmp, &mut scr.gram);
+        let basis = Basis::from_gram(&scr.gram, n);
+        let r = basis.rank();
+        // A chain started at its seed (the first splat, as the lake starts them) has the Gram's first
+        // row as its scores.
+        let scores = if x == &mu[..dim] {
+            scr.gram[..n].to_vec()
+        } else {
+            let mut s = vec![0f32; n];
+            kernels::dots(x, mu, &mut s);
+            s
+        };
+        let mut prep = Prepared {
+            pivots: basis.pivots.iter().map(|&p| p as u32).collect(),
+            l_inv: basis.l_inv,
+            w: Vec::new(),
+            scores,
+            start: vec![0f32; r],
+            rho_x: 0.0,
+            ln_alpha: splats.alpha().iter().map(|a| a.ln()).collect(),
+            kappa: splats.kappa().to_vec(),
+        };
+        let (rr, stride) = (r + 1, Prepared::stride(r));
+        prep.w = vec![0f32; n * stride];
+        for (row, b) in prep.w.chunks_exact_mut(stride).zip(basis.w.chunks_exact(rr)) {
+            row[..rr].copy_from_slice(b);
+        }
+        let mut start = vec![0f32; r];
+        prep.forward(|k| prep.scores[prep.pivots[k] as usize], &mut start);
+        let norm2 = kernels::dot(x, x);
+        let res = f64::from(norm2) - f64::from(kernels::dot(&start, &start));
+        prep.rho_x = if res > PIVOT_TOL * f64::from(norm2) { res.sqrt() as f32 } else { 0.0 };
+        prep.start = start;
+        prep
+    }
+
+    /// Row length of `w`: `r + 1` rounded up to a multiple of 8.
+    fn stride(r: usize) -> usize {
+        (r + 1).next_multiple_of(8)
+    }
+
+    /// The middle of the start's band of splats: the mean of its largest and smallest cosine to the
+    /// other splats (for the lake's chains, to the seed's 1st and last real neighbour); `None` with
+    /// one splat.
+    pub(crate) fn band_middle(&self) -> Option<f32> {
+        let others = self.scores.get(1..).filter(|o| !o.is_empty())?;
+        let (lo, hi) = others.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        Some(0.5 * (lo + hi))
+    }
+
+    /// Rank of the basis.
+    pub(crate) fn rank(&self) -> usize {
+        self.pivots.len()
+    }
+
+    /// The splats chosen as the basis (indices into the splats), in pivot order.
+    pub(crate) fn pivots(&self) -> &[u32] {
+        &self.pivots
+    }
+
+    /// The start's concentration: kappa of the first splat (the seed, for the lake's chains).
+    pub(crate) fn first_kappa(&self) -> f32 {
+        self.kappa[0]
+    }
+
+    /// Number of splats.
+    pub(crate) fn len(&self) -> usize {
+        self.kappa.len()
+    }
+
+    /// Bytes held (the struct and its buffers).
+    pub(crate) fn bytes(&self) -> usize {
+        std::mem::size_of::<Prepared>()
+            + 4 * (self.pivots.len()
+                + self.l_inv.len()
+                + self.w.len()
+                + self.scores.len()
+                + self.start.len()
+                + self.ln_alpha.len()
+                + self.kappa.len())
+    }
+
+    /// Q^T v from v's scores on the pivots (`s(k)` for pivot `k`): y = L^-1 s.
+    #[inline(always)]
+    fn forward(&self, s: impl Fn(usize) -> f32, y: &mut [f32]) {
+        let r = self.rank();
+        for (k, yk) in y.iter_mut().enumerate().take(r) {
+            *yk = self.l_inv[k * r..k * r + k + 1].iter().enumerate().fold(0.0, |acc, (m, &l)| acc + l * s(m));
+        }
+    }
+
+    /// Coefficients over the pivots of Q v: y = L^-T v, as axpys over the rows of L^-1.
+    #[inline(always)]
+    fn backward(&self, v: &[f32], y: &mut [f32]) {
+        let r = self.rank();
+        y.fill(0.0);
+        for (k, &vk) in v.iter().enumerate().take(r) {
+            y.iter_mut().zip(&self.l_inv[k * r..(k + 1) * r]).for_each(|(a, &l)| *a += vk * l);
+        }
+    }
 }
 
 /// One chain `x` (a unit row, updated in place) against its own `splats`: the reduced method of
@@ -394,79 +524,157 @@ pub(crate) fn run_one(
     rng: &mut impl Rng,
     scr: &mut OneScratch,
 ) {
+    let prep = Prepared::new(splats, x, scr);
+    let (dim, mu) = (splats.dim(), splats.mu());
+    run_prepared(
+        &prep,
+        &|k| &mu[prep.pivots[k] as usize * dim..(prep.pivots[k] as usize + 1) * dim],
+        config,
+        x,
+        rng,
+        scr,
+    );
+}
+
+/// One chain `x` from the start `prep` was made for (a unit row, updated in place; it must be that
+/// start), reading pivot `k`'s row (a unit `mu` of `x.len()` values) as `pivot_row(k)`: [`run_one`]
+/// without the per-start work.
+pub(crate) fn run_prepared<'r>(
+    prep: &Prepared,
+    pivot_row: &dyn Fn(usize) -> &'r [f32],
+    config: &LangevinConfig,
+    x: &mut [f32],
+    rng: &mut impl Rng,
+    scr: &mut OneScratch,
+) {
     #[cfg(target_arch = "x86_64")]
     match kernels::Isa::best() {
         // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
-        kernels::Isa::Avx512 => return unsafe { run_one_avx512(splats, config, x, rng, scr) },
+        kernels::Isa::Avx512 => return unsafe { run_prepared_avx512(prep, pivot_row, config, x, rng, scr) },
         // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
-        kernels::Isa::Avx2 => return unsafe { run_one_avx2(splats, config, x, rng, scr) },
+        kernels::Isa::Avx2 => return unsafe { run_prepared_avx2(prep, pivot_row, config, x, rng, scr) },
         kernels::Isa::Scalar | kernels::Isa::Neon => {}
     }
-    run_one_body(splats, config, x, rng, scr)
+    run_prepared_body(prep, pivot_row, config, x, rng, scr)
 }
 
 /// # Safety
 /// The CPU must support AVX-512 F and BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-unsafe fn run_one_avx512(
-    splats: &crate::Splats<'_>,
+unsafe fn run_prepared_avx512<'r>(
+    prep: &Prepared,
+    pivot_row: &dyn Fn(usize) -> &'r [f32],
     config: &LangevinConfig,
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
 ) {
-    run_one_body(splats, config, x, rng, scr)
+    run_prepared_body(prep, pivot_row, config, x, rng, scr)
 }
 
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn run_one_avx2(
-    splats: &crate::Splats<'_>,
+unsafe fn run_prepared_avx2<'r>(
+    prep: &Prepared,
+    pivot_row: &dyn Fn(usize) -> &'r [f32],
     config: &LangevinConfig,
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
 ) {
-    run_one_body(splats, config, x, rng, scr)
+    run_prepared_body(prep, pivot_row, config, x, rng, scr)
 }
 
 /// `run_block_body` for one chain; the comments there apply.
 #[inline(always)]
-fn run_one_body(
-    splats: &crate::Splats<'_>,
+fn run_prepared_body<'r>(
+    prep: &Prepared,
+    pivot_row: &dyn Fn(usize) -> &'r [f32],
     config: &LangevinConfig,
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
 ) {
-    let (n, dim, mu, kappa) = (splats.len(), splats.dim(), splats.mu(), splats.kappa());
-    gram(mu, n, &mut scr.h, &mut scr.gram);
-    let basis = Basis::from_gram(&scr.gram, n);
-    let r = basis.rank();
-    let rr = r + 1;
-    scr.ln_alpha.clear();
-    scr.ln_alpha.extend(splats.alpha().iter().map(|a| a.ln()));
-    scr.scores.resize(n, 0.0);
-    scr.coef.resize(n, 0.0);
-    // A chain started at its seed (the first splat, as the lake starts them) has the Gram's first row
-    // as its scores.
-    if x == &mu[..dim] {
-        scr.scores.copy_from_slice(&scr.gram[..n]);
-    } else {
-        kernels::dots(x, mu, &mut scr.scores);
-    }
-    scr.start.resize(r, 0.0);
-    basis.forward(&scr.scores, n, &mut scr.gathered, &mut scr.start);
-    let norm2 = kernels::dot(x, x);
-    let res = f64::from(norm2) - f64::from(kernels::dot(&scr.start, &scr.start));
-    let rho_x = if res > PIVOT_TOL * f64::from(norm2) { res.sqrt() as f32 } else { 0.0 };
+    let dim = x.len();
+    let r = prep.rank();
+    let rho_x = prep.rho_x;
     let has_x = rho_x > 0.0;
+    let perp = dim - r - usize::from(has_x);
+    let rho = walk(prep, config, config.steps, dim, scr, rng, |_| {});
+
+    // The lift, as in `run_block_body`; only the pivots' rows are read (the other splats lie in their
+    // span), each twice: the Gaussian's scores, then the sum.
+    let lift_noise = rho > 0.0 && perp > 0;
+    scr.h.resize(r, 0.0);
+    scr.gauss.resize(dim, 0.0);
+    if lift_noise {
+        fill_normal_generic(rng, &mut scr.gauss);
+        scr.gathered.clear();
+        scr.gathered.extend((0..r).map(|k| kernels::dot(&scr.gauss, pivot_row(k))));
+        let gathered = &scr.gathered;
+        prep.forward(|k| gathered[k], &mut scr.h);
+    }
+    scr.v.clear();
+    scr.v.extend_from_slice(&scr.a[..r]);
+    let mut vx = scr.a[r];
+    let mut t = 0.0;
+    if lift_noise {
+        let hx = if has_x { (kernels::dot(x, &scr.gauss) - kernels::dot(&prep.start, &scr.h)) / rho_x } else { 0.0 };
+        let g2 = kernels::dot(&scr.gauss, &scr.gauss);
+        let off = (g2 - kernels::dot(&scr.h, &scr.h) - hx * hx).max(1e-6 * g2);
+        t = rho / off.sqrt();
+        scr.v.iter_mut().zip(&scr.h).for_each(|(vv, hv)| *vv -= t * hv);
+        vx -= t * hx;
+    }
+    let cx = if has_x { vx / rho_x } else { 0.0 };
+    scr.v.iter_mut().zip(&prep.start).for_each(|(vv, lv)| *vv -= cx * lv);
+    scr.y.resize(r, 0.0);
+    prep.backward(&scr.v, &mut scr.y);
+    // Sum of the pivots' rows as axpys here, where they vectorise with this body's instruction set.
+    scr.out.clear();
+    scr.out.resize(dim, 0.0);
+    for (k, &yv) in scr.y.iter().enumerate() {
+        scr.out.iter_mut().zip(pivot_row(k)).for_each(|(o, &m)| *o += yv * m);
+    }
+    if t != 0.0 {
+        scr.out.iter_mut().zip(x.iter()).zip(&scr.gauss).for_each(|((o, &xv), &gv)| *o += cx * xv + t * gv);
+    } else if cx != 0.0 {
+        scr.out.iter_mut().zip(x.iter()).for_each(|(o, &xv)| *o += cx * xv);
+    }
+    let inv = 1.0 / kernels::dot(&scr.out, &scr.out).sqrt();
+    x.iter_mut().zip(&scr.out).for_each(|(xv, o)| *xv = o * inv);
+}
+
+/// Runs `steps` steps of a chain from `prep`'s start in the span (`scr.a`, padded to `w`'s rows, holds
+/// its coordinates after; `after_step` sees them after each step) and returns its distance `rho` from
+/// the span. `dim` is the ambient dimension.
+#[inline(always)]
+fn walk(
+    prep: &Prepared,
+    config: &LangevinConfig,
+    steps: usize,
+    dim: usize,
+    scr: &mut OneScratch,
+    rng: &mut impl Rng,
+    mut after_step: impl FnMut(&[f32]),
+) -> f32 {
+    let (n, kappa) = (prep.len(), &prep.kappa[..]);
+    let r = prep.rank();
+    let rr = r + 1;
+    let rho_x = prep.rho_x;
+    let has_x = rho_x > 0.0;
+    scr.scores.clear();
+    scr.scores.extend_from_slice(&prep.scores);
+    scr.coef.resize(n, 0.0);
+    // `a` and `u` padded with zeros to the rows of `w` (the step below leaves the padding at 0).
+    let stride = Prepared::stride(r);
     scr.a.clear();
-    scr.a.extend_from_slice(&scr.start);
+    scr.a.extend_from_slice(&prep.start);
     scr.a.push(rho_x);
+    scr.a.resize(stride, 0.0);
     let perp = dim - r - usize::from(has_x);
     let chi = (perp >= 2).then(|| ChiSquared::new((perp - 1) as f32).expect("df >= 1 is valid"));
 
@@ -474,19 +682,23 @@ fn run_one_body(
     let s = (2.0 * eta * config.temperature).sqrt();
     let mut rho = 0f32;
     let mut dots = [0f32; 1];
-    scr.u.resize(rr, 0.0);
+    scr.u.resize(stride, 0.0);
     scr.z.resize(rr + 1, 0.0);
-    for step in 0..config.steps {
-        // The two small products of a step as loops here, where they vectorise with this body's
-        // instruction set (the library's are calls sized for blocks of chains).
+    for step in 0..steps {
+        // The two small products of a step as loops over vectors of 8 here, where they vectorise with
+        // this body's instruction set (the library's are calls sized for blocks of chains).
         if step > 0 {
-            for (sc, wj) in scr.scores.iter_mut().zip(basis.w.chunks_exact(rr)) {
-                *sc = wj.iter().zip(&scr.a).map(|(w, a)| w * a).sum();
+            for (sc, wj) in scr.scores.iter_mut().zip(prep.w.chunks_exact(stride)) {
+                let mut acc = [0f32; 8];
+                for (w8, a8) in wj.chunks_exact(8).zip(scr.a.chunks_exact(8)) {
+                    acc.iter_mut().zip(w8).zip(a8).for_each(|((c, &w), &a)| *c += w * a);
+                }
+                *sc = lane_sum8(&acc);
             }
         }
-        softmax_coefficients(&scr.scores, &scr.ln_alpha, kappa, n, &mut scr.coef, &mut dots);
+        softmax_coefficients(&scr.scores, &prep.ln_alpha, kappa, n, &mut scr.coef, &mut dots);
         scr.u.fill(0.0);
-        for (&c, wj) in scr.coef.iter().zip(basis.w.chunks_exact(rr)) {
+        for (&c, wj) in scr.coef.iter().zip(prep.w.chunks_exact(stride)) {
             scr.u.iter_mut().zip(wj).for_each(|(u, &w)| *u += c * w);
         }
         if s > 0.0 {
@@ -502,7 +714,7 @@ fn run_one_body(
         } else {
             (0.0, 0.0)
         };
-        let ai = &mut scr.a;
+        let ai = &mut scr.a[..rr];
         let xi_dot = kernels::dot(&zi[..rr], ai) + g * rho;
         let ux = dots[0];
         for ((av, &uv), &zv) in ai.iter_mut().zip(&scr.u).zip(&zi[..rr]) {
@@ -515,44 +727,58 @@ fn run_one_body(
         let inv = 1.0 / (kernels::dot(ai, ai) + rho2).sqrt();
         ai.iter_mut().for_each(|v| *v *= inv);
         rho = rho2.sqrt() * inv;
+        after_step(&scr.a);
     }
+    rho
+}
 
-    // The lift, as in `run_block_body`.
-    let lift_noise = rho > 0.0 && perp > 0;
-    scr.h.resize(r, 0.0);
-    scr.gauss.resize(dim, 0.0);
-    if lift_noise {
-        fill_normal_generic(rng, &mut scr.gauss);
-        kernels::dots(&scr.gauss, mu, &mut scr.scores);
-        basis.forward(&scr.scores, n, &mut scr.gathered, &mut scr.h);
+/// The number of steps (1 to `max_steps`) after which the mean cosine to the first splat of `pilots`
+/// chains from `prep`'s start first falls to `target`; `max_steps` when it does not. The pilots run in
+/// the span only (the cosine to a splat is a score there): no lift. `dim` is the ambient dimension.
+pub(crate) fn steps_to_reach(
+    prep: &Prepared,
+    config: &LangevinConfig,
+    (target, max_steps): (f32, usize),
+    pilots: usize,
+    dim: usize,
+    rng: &mut impl Rng,
+    scr: &mut OneScratch,
+) -> usize {
+    let stride = Prepared::stride(prep.rank());
+    let mut mean = vec![0f32; max_steps];
+    for _ in 0..pilots {
+        let mut k = 0;
+        walk(prep, config, max_steps, dim, scr, rng, |a| {
+            mean[k] += prep.w[..stride].iter().zip(a).map(|(w, a)| w * a).sum::<f32>();
+            k += 1;
+        });
     }
-    scr.v.clear();
-    scr.v.extend_from_slice(&scr.a[..r]);
-    let mut vx = scr.a[r];
-    let mut t = 0.0;
-    if lift_noise {
-        let hx = if has_x { (kernels::dot(x, &scr.gauss) - kernels::dot(&scr.start, &scr.h)) / rho_x } else { 0.0 };
-        let g2 = kernels::dot(&scr.gauss, &scr.gauss);
-        let off = (g2 - kernels::dot(&scr.h, &scr.h) - hx * hx).max(1e-6 * g2);
-        t = rho / off.sqrt();
-        scr.v.iter_mut().zip(&scr.h).for_each(|(vv, hv)| *vv -= t * hv);
-        vx -= t * hx;
+    let limit = target * pilots as f32;
+    mean.iter().position(|&m| m <= limit).map_or(max_steps, |k| k + 1)
+}
+
+/// The mean cosine to the first splat of `pilots` chains from `prep`'s start after `config.steps`
+/// steps, run in the span only (no lift). `dim` is the ambient dimension.
+pub(crate) fn mean_cos_after(
+    prep: &Prepared,
+    config: &LangevinConfig,
+    pilots: usize,
+    dim: usize,
+    rng: &mut impl Rng,
+    scr: &mut OneScratch,
+) -> f32 {
+    let stride = Prepared::stride(prep.rank());
+    let mut sum = 0f32;
+    for _ in 0..pilots {
+        walk(prep, config, config.steps, dim, scr, rng, |_| {});
+        sum += prep.w[..stride].iter().zip(&scr.a).map(|(w, a)| w * a).sum::<f32>();
     }
-    let cx = if has_x { vx / rho_x } else { 0.0 };
-    scr.v.iter_mut().zip(&scr.start).for_each(|(vv, lv)| *vv -= cx * lv);
-    scr.y.resize(r, 0.0);
-    basis.backward(&scr.v, &mut scr.y);
-    // Sum of the pivots' rows as axpys here, where they vectorise with this body's instruction set.
-    scr.out.clear();
-    scr.out.resize(dim, 0.0);
-    for (&p, &yv) in basis.pivots.iter().zip(&scr.y) {
-        scr.out.iter_mut().zip(&mu[p * dim..(p + 1) * dim]).for_each(|(o, &m)| *o += yv * m);
-    }
-    if t != 0.0 {
-        scr.out.iter_mut().zip(x.iter()).zip(&scr.gauss).for_each(|((o, &xv), &gv)| *o += cx * xv + t * gv);
-    } else {
-        scr.out.iter_mut().zip(x.iter()).for_each(|(o, &xv)| *o += cx * xv);
-    }
-    let inv = 1.0 / kernels::dot(&scr.out, &scr.out).sqrt();
-    x.iter_mut().zip(&scr.out).for_each(|(xv, o)| *xv = o * inv);
+    sum / pilots.max(1) as f32
+}
+
+/// Sum of 8 lanes, pairwise (the order a vector reduction takes).
+#[inline(always)]
+fn lane_sum8(v: &[f32; 8]) -> f32 {
+    let h = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    (h[0] + h[2]) + (h[1] + h[3])
 }

@@ -204,3 +204,152 @@ fn a_router_over_a_cold_index_reads_its_rows_in_place_and_routes_the_same() {
         assert_eq!(&got.mu[i * dim..(i + 1) * dim], &extra[r * dim..(r + 1) * dim], "inserted id {id}");
     }
 }
+
+#[test]
+fn kept_seed_bases_change_no_row_stay_within_their_budget_and_follow_removals() {
+    // `run_seeded` keeps each seed's prepared basis for the next chains started there. Kept or not,
+    // the rows must be the same bits; the bytes kept must stay within the budget; a chain started off
+    // its seed must not use its seed's basis; a removal must drop what was kept. Catches: a kept basis
+    // used for a chain that starts elsewhere (that chain then differs from the router that keeps none),
+    // a budget not enforced, and a basis kept across a removal (its pivots' rows have moved or gone:
+    // the rows then differ from a fresh router's).
+    let dim = 64;
+    let config = m2m_splat::DigitsConfig { rows: 600, queries: 0, dim, ..Default::default() };
+    let d = m2m_splat::digits_on_sphere(&config).unwrap();
+    let ids: Vec<u64> = (0..600).collect();
+    let index = Index::build(&IndexConfig::default().seed(2), dim, &d.base, &ids).unwrap();
+    let kappa: Vec<f32> = (0..600).map(|i| 20.0 + (i % 13) as f32).collect();
+    let alpha = vec![1.0f32; 600];
+    let build = |budget: usize| {
+        let mut r = Router::new(&index, |id| Some((kappa[id as usize], alpha[id as usize]))).unwrap();
+        let with: Vec<u64> = (0..500).collect();
+        let nb: Vec<u64> = with.iter().flat_map(|&i| (1..=8).map(move |k| (i + k * 7) % 600)).collect();
+        r.set_neighbourhoods(&with, &nb, 8).unwrap();
+        r.set_seed_cache_budget(budget);
+        r
+    };
+    let (mut keeps, mut none) = (build(1 << 20), build(0));
+    let seeds: Vec<u64> = vec![3, 3, 17, 250, 499, 550, 42, 0, 3];
+    let mut start: Vec<f32> =
+        seeds.iter().flat_map(|&s| d.base[s as usize * dim..(s as usize + 1) * dim].to_vec()).collect();
+    // The last chain of seed 3 starts off its seed (its neighbour 10).
+    start[8 * dim..].copy_from_slice(&d.base[10 * dim..11 * dim]);
+    let cfg = LangevinConfig { steps: 30, dt: 0.01, temperature: 0.05, ..LangevinConfig::default() };
+    let run_on = |r: &Router, step: Option<f32>| {
+        let mut x = start.clone();
+        r.run_seeded(&cfg, &mut x, &seeds, 7, step).unwrap();
+        x
+    };
+    let first = run_on(&keeps, Some(25.0));
+    let (bytes, kept) = keeps.seed_cache_usage();
+    assert_eq!(kept, 6, "seeds with a neighbourhood: 3, 17, 250, 499, 42, 0");
+    assert!(bytes > 0 && bytes <= 1 << 20, "{bytes}");
+    assert_eq!(none.seed_cache_usage(), (0, 0));
+    for step in [Some(25.0), None] {
+        let expect = run_on(&none, step);
+        assert_eq!(run_on(&keeps, step), expect, "kept bases give the same rows (step {step:?})");
+    }
+    assert_eq!(first, run_on(&none, Some(25.0)));
+    // A chain started off its seed ran (and moved) with a basis of its own: from the seed itself, the
+    // same chain (same generator) ends elsewhere.
+    assert!(first[8 * dim..].iter().zip(&start[8 * dim..]).any(|(a, b)| a != b));
+    let mut at_seed = start.clone();
+    at_seed[8 * dim..].copy_from_slice(&d.base[3 * dim..4 * dim]);
+    keeps.run_seeded(&cfg, &mut at_seed, &seeds, 7, Some(25.0)).unwrap();
+    let gap = at_seed[8 * dim..].iter().zip(&first[8 * dim..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(gap > 1e-3, "the start matters: {gap}");
+    assert_eq!(at_seed[..8 * dim], first[..8 * dim]);
+
+    // A budget of half the bytes keeps fewer seeds, never more bytes, and the same rows.
+    let mut half = build(bytes / 2);
+    let rows = run_on(&half, None);
+    let (b2, k2) = half.seed_cache_usage();
+    assert!(b2 <= bytes / 2 && k2 < 6 && k2 > 0, "{b2} bytes for {k2} seeds");
+    assert_eq!(rows, run_on(&none, None));
+    half.set_seed_cache_budget(0);
+    assert_eq!(half.seed_cache_usage(), (0, 0));
+
+    // Removing seed 3's neighbour 10 drops the kept bases; the rows are those of a router that never
+    // kept any.
+    keeps.remove(&[10]);
+    none.remove(&[10]);
+    assert_eq!(keeps.seed_cache_usage(), (0, 0));
+    let mut x = start[..dim].to_vec();
+    let mut y = x.clone();
+    let ks = keeps.clone();
+    ks.run_seeded(&cfg, &mut x, &[3], 7, None).unwrap();
+    none.run_seeded(&cfg, &mut y, &[3], 7, None).unwrap();
+    assert_eq!(x, y);
+    // Inserts keep what was kept (members are appended; kept rows do not move).
+    let _ = run_on(&keeps, None);
+    let kept_before = keeps.seed_cache_usage();
+    keeps.insert(&[9_000], &d.base[..dim], &[20.0], &[1.0]).unwrap();
+    assert_eq!(keeps.seed_cache_usage(), kept_before);
+    none.insert(&[9_000], &d.base[..dim], &[20.0], &[1.0]).unwrap();
+    assert_eq!(run_on(&keeps, None), run_on(&none, None));
+}
+
+#[test]
+fn a_seed_calibrated_temperature_puts_its_chains_in_the_middle_of_its_band() {
+    // `TemperatureToBandMiddle`: each seed's temperature is set (from 4 pilot chains) so that its
+    // chains end, on average, at the middle of its band (the mean of its cosines to its nearest and
+    // farthest neighbour). Checked on 256 chains per seed, far more than the pilots: their mean cosine
+    // to the seed must lie in the band's middle 80% (4 pilots estimate the mean roughly), where the fixed
+    // temperature misses it. Catches a bisection that moves the temperature the wrong way (the
+    // cosine falls as it rises), a target that is not the band's middle, and a calibrated temperature
+    // not applied to the chains.
+    let dim = 64;
+    let config = m2m_splat::DigitsConfig { rows: 600, queries: 0, dim, ..Default::default() };
+    let d = m2m_splat::digits_on_sphere(&config).unwrap();
+    let ids: Vec<u64> = (0..600).collect();
+    let index = Index::build(&IndexConfig::default().seed(2), dim, &d.base, &ids).unwrap();
+    let kappa = vec![40.0f32; 600];
+    let alpha = vec![1.0f32; 600];
+    let mut router = Router::new(&index, |id| Some((kappa[id as usize], alpha[id as usize]))).unwrap();
+    // Each row's 8 nearest rows as its neighbourhood, as the build records them.
+    let with: Vec<u64> = (0..600).collect();
+    let mut nb = Vec::new();
+    for i in 0..600usize {
+        let r = &d.base[i * dim..(i + 1) * dim];
+        let mut s: Vec<(f32, u64)> = (0..600usize)
+            .filter(|&j| j != i)
+            .map(|j| (r.iter().zip(&d.base[j * dim..(j + 1) * dim]).map(|(a, b)| a * b).sum(), j as u64))
+            .collect();
+        s.sort_by(|a, b| b.0.total_cmp(&a.0));
+        nb.extend(s[..8].iter().map(|p| p.1));
+    }
+    router.set_neighbourhoods(&with, &nb, 8).unwrap();
+    let cfg = LangevinConfig { steps: 20, dt: 0.004, temperature: 0.002, ..LangevinConfig::default() };
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>();
+    let chains = 256;
+    let mean_cos = |router: &Router, s: u64| {
+        let row = &d.base[s as usize * dim..(s as usize + 1) * dim];
+        let mut x: Vec<f32> = (0..chains).flat_map(|_| row.to_vec()).collect();
+        router.run_seeded(&cfg, &mut x, &vec![s; chains], 11, None).unwrap();
+        x.chunks_exact(dim).map(|c| cos(c, row)).sum::<f32>() / chains as f32
+    };
+    let mut fixed_misses = 0;
+    for s in [5u64, 123, 333, 590] {
+        let row = &d.base[s as usize * dim..(s as usize + 1) * dim];
+        let band: Vec<f32> = nb[s as usize * 8..(s as usize + 1) * 8]
+            .iter()
+            .map(|&j| cos(row, &d.base[j as usize * dim..(j as usize + 1) * dim]))
+            .collect();
+        let (lo, hi) = band.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        let (mid, width) = (0.5 * (lo + hi), hi - lo);
+        router.set_seeded_run_length(m2m_soc::SeededRunLength::Fixed);
+        let fixed = mean_cos(&router, s);
+        fixed_misses += usize::from((fixed - mid).abs() > 0.25 * width);
+        router.set_seeded_run_length(m2m_soc::SeededRunLength::TemperatureToBandMiddle { max_factor: 256 });
+        let calibrated = mean_cos(&router, s);
+        assert!(
+            (calibrated - mid).abs() <= 0.4 * width,
+            "seed {s}: mean cosine {calibrated}, band {lo}..{hi} (fixed temperature: {fixed})"
+        );
+        let (steps, t) = router.seeded_run_of(&cfg, None, s).unwrap();
+        assert_eq!(steps, 20);
+        assert!(t >= cfg.temperature / 256.0 && t <= cfg.temperature * 256.0 && t != cfg.temperature, "{t}");
+        assert_eq!(router.seeded_run_of(&cfg, None, s), Some((steps, t)), "a function of the seed");
+    }
+    assert!(fixed_misses >= 3, "the fixed temperature must miss the middle for this test to mean anything");
+}
