@@ -82,28 +82,28 @@ impl M2m {
 
     /// The `k` best splats for `query` among those `filter` matches, at a level of detail (fewer than
     /// `k` when fewer match). Like [`retrieve`](Self::retrieve), each hit adds load to the SOC sites.
-///
-/// # Examples
-///
-/// ```
-/// use m2m::{AttrBatch, Column, Filter, Lod, M2m, M2mConfig};
-/// let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 2, dim: 64, ..Default::default() })?;
-/// let labels = AttrBatch::new(2_000).with("label", Column::Int(d.base_labels.iter().map(|&l| Some(i64::from(l))).collect()));
-/// let mut engine = M2m::create(M2mConfig::default().dim(64))?;
-/// engine.add_splats_with_attributes(&d.base, &labels)?;
-/// engine.build_index()?;
-/// // The JSON form (Python and the CLI use it) and the typed form are the same filter.
-/// let filter: Filter = serde_json::from_str(r#"{"in": {"field": "label", "values": [3, 7]}}"#)?;
-/// let hits = engine.retrieve_filtered(&d.queries[..64], 10, Lod::Rerank, &filter)?;
-/// assert_eq!(hits.len(), 10);
-/// for (_, attrs) in engine.with_attributes(&hits) {
-///     assert!(matches!(attrs[0].1, Some(m2m::Value::Int(3 | 7))));
-/// }
-/// // A filter on a field the schema does not have is a typed error.
-/// let bad: Filter = serde_json::from_str(r#"{"eq": {"field": "colour", "value": "red"}}"#)?;
-/// assert!(engine.retrieve_filtered(&d.queries[..64], 10, Lod::Rerank, &bad).is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m::{AttrBatch, Column, Filter, Lod, M2m, M2mConfig};
+    /// let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 2, dim: 64, ..Default::default() })?;
+    /// let labels = AttrBatch::new(2_000).with("label", Column::Int(d.base_labels.iter().map(|&l| Some(i64::from(l))).collect()));
+    /// let mut engine = M2m::create(M2mConfig::default().dim(64))?;
+    /// engine.add_splats_with_attributes(&d.base, &labels)?;
+    /// engine.build_index()?;
+    /// // The JSON form (Python and the CLI use it) and the typed form are the same filter.
+    /// let filter: Filter = serde_json::from_str(r#"{"in": {"field": "label", "values": [3, 7]}}"#)?;
+    /// let hits = engine.retrieve_filtered(&d.queries[..64], 10, Lod::Rerank, &filter)?;
+    /// assert_eq!(hits.len(), 10);
+    /// for (_, attrs) in engine.with_attributes(&hits) {
+    ///     assert!(matches!(attrs[0].1, Some(m2m::Value::Int(3 | 7))));
+    /// }
+    /// // A filter on a field the schema does not have is a typed error.
+    /// let bad: Filter = serde_json::from_str(r#"{"eq": {"field": "colour", "value": "red"}}"#)?;
+    /// assert!(engine.retrieve_filtered(&d.queries[..64], 10, Lod::Rerank, &bad).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn retrieve_filtered(&self, query: &[f32], k: usize, lod: Lod, filter: &Filter) -> Result<Vec<Hit>> {
         self.retrieve_filtered_with(query, k, lod, &SearchParams::default(), filter)
     }

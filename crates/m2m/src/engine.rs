@@ -196,29 +196,29 @@ fn db_options(config: &M2mConfig) -> DbOptions {
 
 impl M2m {
     /// A new engine: in memory, or in `config.data_dir` (created; it must not hold a database yet).
-///
-/// # Examples
-///
-/// ```
-/// use m2m::{Lod, M2m, M2mConfig};
-/// let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
-/// // In memory:
-/// let mut engine = M2m::create(M2mConfig::default().dim(64))?;
-/// engine.add_splats(&d.base)?;
-/// engine.build_index()?;
-/// assert_eq!(engine.retrieve(&d.queries[..64], 5, Lod::Rerank)?.len(), 5);
-///
-/// // In a data directory (created; reopened with `M2m::open`):
-/// let dir = tempfile::tempdir()?;
-/// let mut stored = M2m::create(M2mConfig::default().dim(64).data_dir(dir.path().join("db")))?;
-/// let ids = stored.add_splats(&d.base[..100 * 64])?;
-/// drop(stored);
-/// let reopened = M2m::open(dir.path().join("db"))?;
-/// assert_eq!(reopened.len(), ids.len());
-/// // A second create over an existing database is refused.
-/// assert!(M2m::create(M2mConfig::default().dim(64).data_dir(dir.path().join("db"))).is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m::{Lod, M2m, M2mConfig};
+    /// let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
+    /// // In memory:
+    /// let mut engine = M2m::create(M2mConfig::default().dim(64))?;
+    /// engine.add_splats(&d.base)?;
+    /// engine.build_index()?;
+    /// assert_eq!(engine.retrieve(&d.queries[..64], 5, Lod::Rerank)?.len(), 5);
+    ///
+    /// // In a data directory (created; reopened with `M2m::open`):
+    /// let dir = tempfile::tempdir()?;
+    /// let mut stored = M2m::create(M2mConfig::default().dim(64).data_dir(dir.path().join("db")))?;
+    /// let ids = stored.add_splats(&d.base[..100 * 64])?;
+    /// drop(stored);
+    /// let reopened = M2m::open(dir.path().join("db"))?;
+    /// assert_eq!(reopened.len(), ids.len());
+    /// // A second create over an existing database is refused.
+    /// assert!(M2m::create(M2mConfig::default().dim(64).data_dir(dir.path().join("db"))).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create(config: M2mConfig) -> Result<M2m> {
         config.check()?;
         let compute = m2m_gpu::Compute::new(backend(config.device))?;
@@ -294,21 +294,21 @@ impl M2m {
     /// It shows what was acknowledged when it opened. Changes ([`add_splats`](Self::add_splats),
     /// [`delete`](Self::delete), [`flush`](Self::flush)) are refused with [`Error::ReadOnly`];
     /// [`build_index`](Self::build_index) builds in memory and stores nothing.
-///
-/// # Examples
-///
-/// ```
-/// use m2m::{ErrorKind, M2m, M2mConfig};
-/// let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 500, queries: 0, dim: 64, ..Default::default() })?;
-/// let dir = tempfile::tempdir()?;
-/// let mut writer = M2m::create(M2mConfig::default().dim(64).data_dir(dir.path()))?;
-/// writer.add_splats(&d.base)?;
-/// // A reader beside the writer sees what was acknowledged and refuses changes.
-/// let mut reader = M2m::open_read_only(dir.path())?;
-/// assert_eq!(reader.len(), 500);
-/// assert_eq!(reader.add_splats(&d.base[..64]).unwrap_err().kind(), ErrorKind::ReadOnly);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m::{ErrorKind, M2m, M2mConfig};
+    /// let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 500, queries: 0, dim: 64, ..Default::default() })?;
+    /// let dir = tempfile::tempdir()?;
+    /// let mut writer = M2m::create(M2mConfig::default().dim(64).data_dir(dir.path()))?;
+    /// writer.add_splats(&d.base)?;
+    /// // A reader beside the writer sees what was acknowledged and refuses changes.
+    /// let mut reader = M2m::open_read_only(dir.path())?;
+    /// assert_eq!(reader.len(), 500);
+    /// assert_eq!(reader.add_splats(&d.base[..64]).unwrap_err().kind(), ErrorKind::ReadOnly);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<M2m> {
         let dir = dir.as_ref();
         let config = Self::stored_config(dir)?;
@@ -553,19 +553,19 @@ impl M2m {
     /// Adds raw vectors (row-major, `dim` wide) as splats with the default kappa and alpha, and returns
     /// their new ids. The batch is validated whole: a bad row (NaN, zero vector, wrong length) refuses it
     /// and nothing is written. After `build_index`, the splats also go into the index.
-///
-/// # Examples
-///
-/// ```
-/// use m2m::{M2m, M2mConfig};
-/// let mut engine = M2m::create(M2mConfig::default().dim(3))?;
-/// assert_eq!(engine.add_splats(&[1.0, 0.0, 0.0, 0.0, 2.0, 0.0])?, vec![0, 1]);
-/// // A NaN in the second row refuses the whole batch: nothing is added.
-/// let err = engine.add_splats(&[0.0, 0.0, 1.0, f32::NAN, 1.0, 0.0]).unwrap_err();
-/// assert!(err.to_string().contains("row 1"), "{err}");
-/// assert_eq!(engine.len(), 2);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m::{M2m, M2mConfig};
+    /// let mut engine = M2m::create(M2mConfig::default().dim(3))?;
+    /// assert_eq!(engine.add_splats(&[1.0, 0.0, 0.0, 0.0, 2.0, 0.0])?, vec![0, 1]);
+    /// // A NaN in the second row refuses the whole batch: nothing is added.
+    /// let err = engine.add_splats(&[0.0, 0.0, 1.0, f32::NAN, 1.0, 0.0]).unwrap_err();
+    /// assert!(err.to_string().contains("row 1"), "{err}");
+    /// assert_eq!(engine.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_splats(&mut self, vectors: &[f32]) -> Result<Vec<u64>> {
         let dim = self.config.dim;
         let n = vectors.len() / dim.max(1);
@@ -787,20 +787,20 @@ impl M2m {
     /// [`retrieve`](Self::retrieve) for many queries (row-major), in parallel. With a compute device,
     /// LOD 2 and Exact batches run on it where the cost model measured at first use says it is faster
     /// ([`Stats::retrieval`] says which path ran).
-///
-/// # Examples
-///
-/// ```
-/// use m2m::Lod;
-/// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
-/// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
-/// # engine.add_splats(&d.base)?;
-/// # engine.build_index()?;
-/// let hits = engine.retrieve_batch(&d.queries, 10, Lod::Rerank)?;
-/// assert_eq!(hits.len(), 4);
-/// assert!(hits.iter().all(|h| h.len() == 10 && h.windows(2).all(|w| w[0].score >= w[1].score)));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m::Lod;
+    /// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
+    /// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
+    /// # engine.add_splats(&d.base)?;
+    /// # engine.build_index()?;
+    /// let hits = engine.retrieve_batch(&d.queries, 10, Lod::Rerank)?;
+    /// assert_eq!(hits.len(), 4);
+    /// assert!(hits.iter().all(|h| h.len() == 10 && h.windows(2).all(|w| w[0].score >= w[1].score)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn retrieve_batch(&self, queries: &[f32], k: usize, lod: Lod) -> Result<Vec<Vec<Hit>>> {
         let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve_batch" })?;
         let k = crate::validate::bound_k(k, self.len());
@@ -812,23 +812,23 @@ impl M2m {
     /// [`retrieve`](Self::retrieve) with search parameters set for this query: `nprobe` (fine clusters
     /// scored), `rerank` (candidates re-ranked exactly at LOD 2) and `coarse_probe`; a zero leaves the
     /// calibrated default (see [`Stats::nprobe`]).
-///
-/// # Examples
-///
-/// ```
-/// use m2m::{Lod, SearchParams};
-/// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
-/// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
-/// # engine.add_splats(&d.base)?;
-/// # engine.build_index()?;
-/// let q = &d.queries[..64];
-/// let exact = engine.retrieve(q, 10, Lod::Exact)?;
-/// // Every fine cluster probed and a deep re-rank: LOD 2 finds the exact answer.
-/// let params = SearchParams { nprobe: engine.stats().fine_clusters.unwrap(), rerank: 200, ..Default::default() };
-/// let wide = engine.retrieve_with(q, 10, Lod::Rerank, &params)?;
-/// assert_eq!(wide.iter().map(|h| h.id).collect::<Vec<_>>(), exact.iter().map(|h| h.id).collect::<Vec<_>>());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m::{Lod, SearchParams};
+    /// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
+    /// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
+    /// # engine.add_splats(&d.base)?;
+    /// # engine.build_index()?;
+    /// let q = &d.queries[..64];
+    /// let exact = engine.retrieve(q, 10, Lod::Exact)?;
+    /// // Every fine cluster probed and a deep re-rank: LOD 2 finds the exact answer.
+    /// let params = SearchParams { nprobe: engine.stats().fine_clusters.unwrap(), rerank: 200, ..Default::default() };
+    /// let wide = engine.retrieve_with(q, 10, Lod::Rerank, &params)?;
+    /// assert_eq!(wide.iter().map(|h| h.id).collect::<Vec<_>>(), exact.iter().map(|h| h.id).collect::<Vec<_>>());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn retrieve_with(&self, query: &[f32], k: usize, lod: Lod, params: &SearchParams) -> Result<Vec<Hit>> {
         let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve" })?;
         let k = crate::validate::bound_k(k, self.len());
@@ -862,20 +862,20 @@ impl M2m {
 
     /// The energy E(x) = -log sum alpha exp(-kappa |x - mu|^2) of a unit vector `x`: over the splats
     /// the index routes it to (16 clusters, up to 1,024 splats) when built, exactly otherwise.
-///
-/// # Examples
-///
-/// ```
-/// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
-/// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
-/// # engine.add_splats(&d.base)?;
-/// # engine.build_index()?;
-/// // The energy is lower on the data than far from it.
-/// let on_data = engine.energy(&d.base[..64])?;
-/// let away: Vec<f32> = d.base[..64].iter().map(|v| -v).collect();
-/// assert!(on_data < engine.energy(&away)?);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
+    /// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
+    /// # engine.add_splats(&d.base)?;
+    /// # engine.build_index()?;
+    /// // The energy is lower on the data than far from it.
+    /// let on_data = engine.energy(&d.base[..64])?;
+    /// let away: Vec<f32> = d.base[..64].iter().map(|v| -v).collect();
+    /// assert!(on_data < engine.energy(&away)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn energy(&self, x: &[f32]) -> Result<f64> {
         if self.is_empty() {
             return Err(Error::Empty);
@@ -896,25 +896,25 @@ impl M2m {
     /// Generates samples by Langevin dynamics on the splats' energy: `seeds` (unit rows) are moved
     /// `steps` steps (0: the config's `langevin_steps`) and returned. Each chain is routed by its own
     /// neighbourhood (the largest terms of its 4 nearest clusters). Needs the index for routing.
-///
-/// # Examples
-///
-/// ```
-/// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
-/// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
-/// # engine.add_splats(&d.base)?;
-/// # engine.build_index()?;
-/// let seeds = &d.base[..2 * 64];
-/// let samples = engine.generate(seeds, 20)?;
-/// assert_eq!(samples.len(), seeds.len());
-/// // Unit rows that moved from their seeds but stayed near them.
-/// for (s, x) in seeds.chunks_exact(64).zip(samples.chunks_exact(64)) {
-///     let cos: f32 = s.iter().zip(x).map(|(a, b)| a * b).sum();
-///     assert!(cos < 0.9999 && cos > 0.5, "cosine to the seed {cos}");
-///     assert!((x.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-3);
-/// }
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
+    /// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
+    /// # engine.add_splats(&d.base)?;
+    /// # engine.build_index()?;
+    /// let seeds = &d.base[..2 * 64];
+    /// let samples = engine.generate(seeds, 20)?;
+    /// assert_eq!(samples.len(), seeds.len());
+    /// // Unit rows that moved from their seeds but stayed near them.
+    /// for (s, x) in seeds.chunks_exact(64).zip(samples.chunks_exact(64)) {
+    ///     let cos: f32 = s.iter().zip(x).map(|(a, b)| a * b).sum();
+    ///     assert!(cos < 0.9999 && cos > 0.5, "cosine to the seed {cos}");
+    ///     assert!((x.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-3);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn generate(&self, seeds: &[f32], steps: usize) -> Result<Vec<f32>> {
         self.generate_from(seeds, None, steps)
     }
@@ -969,25 +969,25 @@ impl M2m {
 
     /// Deletes splats (ids not present are ignored) and returns how many were live. They leave the
     /// index at once and RAM at the next index build; the database logs the delete.
-///
-/// # Examples
-///
-/// ```
-/// use m2m::Lod;
-/// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
-/// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
-/// # engine.add_splats(&d.base)?;
-/// # engine.build_index()?;
-/// let q = &d.base[..64]; // row 0's own vector
-/// assert_eq!(engine.retrieve(q, 1, Lod::Rerank)?[0].id, 0);
-/// assert_eq!(engine.delete(&[0, 0, 99_999])?, 1); // a repeated or unknown id counts once or not at all
-/// assert_ne!(engine.retrieve(q, 1, Lod::Rerank)?[0].id, 0);
-/// engine.compact()?;
-/// // After compaction the id may be added again.
-/// engine.add_splats_with(q, &[0], None, None)?;
-/// assert_eq!(engine.retrieve(q, 1, Lod::Exact)?[0].id, 0);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m::Lod;
+    /// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
+    /// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
+    /// # engine.add_splats(&d.base)?;
+    /// # engine.build_index()?;
+    /// let q = &d.base[..64]; // row 0's own vector
+    /// assert_eq!(engine.retrieve(q, 1, Lod::Rerank)?[0].id, 0);
+    /// assert_eq!(engine.delete(&[0, 0, 99_999])?, 1); // a repeated or unknown id counts once or not at all
+    /// assert_ne!(engine.retrieve(q, 1, Lod::Rerank)?[0].id, 0);
+    /// engine.compact()?;
+    /// // After compaction the id may be added again.
+    /// engine.add_splats_with(q, &[0], None, None)?;
+    /// assert_eq!(engine.retrieve(q, 1, Lod::Exact)?[0].id, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn delete(&mut self, ids: &[u64]) -> Result<usize> {
         self.refuse_if_read_only("delete")?;
         let present: Vec<u64> = {

@@ -380,30 +380,30 @@ impl LakeReader {
     /// Streams the splats from the tiers, exactly as [`M2m::export_to_dataloader`] with
     /// [`Source::Tiers`] streams them from an engine opened on the same state. Importance sampling,
     /// Langevin samples and [`Source::Memory`] are `Config` errors.
-///
-/// # Examples
-///
-/// ```
-/// use m2m::DataLoaderConfig;
-/// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
-/// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
-/// # engine.add_splats(&d.base)?;
-/// # engine.build_index()?;
-/// let config = DataLoaderConfig { batch_size: 256, importance_sampling: true, generate_samples: true, ..Default::default() };
-/// let mut rows = 0;
-/// for batch in engine.export_to_dataloader(&config)? {
-///     let batch = batch?;
-///     // The training loop's per-row losses steer the next epoch's sampling.
-///     let losses: Vec<f32> = batch.ids.iter().map(|&id| (id % 7) as f32).collect();
-///     engine.feedback(&batch.ids, &losses)?;
-///     rows += batch.ids.len();
-///     assert_eq!(batch.mu.len(), batch.ids.len() * 64);
-/// }
-/// assert_eq!(rows, 2 * 2_000); // one generated row per drawn row
-/// let w = engine.weight_report()?;
-/// assert!(w.min < w.max, "weights that differ: {w:?}");
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m::DataLoaderConfig;
+    /// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 4, dim: 64, ..Default::default() })?;
+    /// # let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
+    /// # engine.add_splats(&d.base)?;
+    /// # engine.build_index()?;
+    /// let config = DataLoaderConfig { batch_size: 256, importance_sampling: true, generate_samples: true, ..Default::default() };
+    /// let mut rows = 0;
+    /// for batch in engine.export_to_dataloader(&config)? {
+    ///     let batch = batch?;
+    ///     // The training loop's per-row losses steer the next epoch's sampling.
+    ///     let losses: Vec<f32> = batch.ids.iter().map(|&id| (id % 7) as f32).collect();
+    ///     engine.feedback(&batch.ids, &losses)?;
+    ///     rows += batch.ids.len();
+    ///     assert_eq!(batch.mu.len(), batch.ids.len() * 64);
+    /// }
+    /// assert_eq!(rows, 2 * 2_000); // one generated row per drawn row
+    /// let w = engine.weight_report()?;
+    /// assert!(w.min < w.max, "weights that differ: {w:?}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn export_to_dataloader(&self, config: &DataLoaderConfig) -> Result<DataLoader> {
         check_shard(config)?;
         if config.importance_sampling || config.generate_samples {
