@@ -345,14 +345,14 @@ impl M2m {
             snapshot: None,
         };
         // The rows are read in place from the view (mapped segments, the database's in-memory rows): no
-        // vector is copied. Opening a segment checked its columns' checksums, which brought its pages in;
-        // they are released so that only what queries read comes back.
+        // vector is copied, and opening a segment read none (`m2m verify` checks them). The small columns
+        // just copied leave the process's pages again (the page cache keeps them).
         let (rows, kappa, alpha) = RowStore::from_snapshot(engine.config.dim, snap)?;
         engine.set = Arc::new(rows);
         engine.kappa = Arc::new(kappa);
         engine.alpha = Arc::new(alpha);
         for segment in &snap.segments {
-            if let Err(e) = segment.release_pages() {
+            if let Err(e) = segment.unmap_pages() {
                 tracing::debug!("m2m: could not release the pages of {}: {e}", segment.path().display());
             }
         }
