@@ -84,6 +84,11 @@ struct Regime {
     qps_wall: f64,
     qps_cpu: f64,
     queries: usize,
+    /// Bytes of the index's hot part (codes, centroids, codebook): with 10% of the vectors, the issue's
+    /// cap.
+    hot_bytes: u64,
+    /// The engine's heap bytes per structure after open ([`M2m::heap_bytes`]).
+    heap: Vec<(String, u64)>,
 }
 
 fn status_kb(field: &str) -> u64 {
@@ -167,6 +172,8 @@ fn child(args: &Args, budget: u64) -> Result<()> {
     let open_s = start.elapsed().as_secs_f64();
     let rss_open_kb = status_kb("VmRSS:");
     let peak_open_kb = status_kb("VmHWM:");
+    let heap: Vec<(String, u64)> = engine.heap_bytes().into_iter().map(|(k, v)| (k.to_string(), v as u64)).collect();
+    let hot_bytes = engine.index().map_or(0, |i| i.hot_bytes() as u64);
     engine.set_warm_budget(budget)?;
     // The benchmark's own arrays, read after the RSS at open and subtracted from the RSS after.
     let q = read_vectors::<f32>(&queries)?;
@@ -203,6 +210,8 @@ fn child(args: &Args, budget: u64) -> Result<()> {
         qps_wall: args.nq as f64 / wall,
         qps_cpu: args.nq as f64 / cpu.max(1e-9),
         queries: args.nq,
+        hot_bytes,
+        heap,
     };
     println!("{}", serde_json::to_string(&out)?);
     if let Some(path) = cg {
@@ -232,7 +241,12 @@ fn run_child_with(args: &Args, budget: u64, cap: Option<u64>, ram: bool) -> Resu
     }
     let out = cmd.output()?;
     if !out.status.success() {
-        bail!("regime of budget {budget} failed: {}", String::from_utf8_lossy(&out.stderr));
+        // A child the cgroup's OOM killer ends has no stderr of its own: say so.
+        let why = match std::os::unix::process::ExitStatusExt::signal(&out.status) {
+            Some(9) => "killed (SIGKILL: the memory cap's OOM killer)".to_string(),
+            _ => String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        bail!("regime of budget {budget}, cap {cap:?}: {why}");
     }
     let line = String::from_utf8_lossy(&out.stdout);
     let last = line.lines().last().unwrap_or_default();
@@ -285,7 +299,23 @@ fn main() -> Result<()> {
         // And the benchmark's own query and truth arrays, read after open.
         let ten = &rows[rows.len() - 1].1;
         let cap = (ten.peak_open_kb + ten.own_kb) * 1024 + tenth;
-        rows.push(("stored, budget 10%, cold, cgroup cap", run_child(&args, tenth, Some(cap))?));
+        // The issue's cap: codes + centroids + 10% of the vectors, plus the benchmark's own arrays.
+        let issue_cap = ten.hot_bytes + ten.own_kb * 1024 + tenth;
+        println!(
+            "caps: open peak + own arrays + 10% = {:.1} MiB; issue's (codes + centroids {:.1} MiB + own arrays + 10%) = {:.1} MiB",
+            cap as f64 / 1048576.0,
+            ten.hot_bytes as f64 / 1048576.0,
+            issue_cap as f64 / 1048576.0
+        );
+        for (name, c) in [
+            ("stored, budget 10%, cold, cap = open peak + 10%", cap),
+            ("stored, budget 10%, cold, issue's cap", issue_cap),
+        ] {
+            match run_child(&args, tenth, Some(c)) {
+                Ok(r) => rows.push((name, r)),
+                Err(e) => println!("{name} ({:.1} MiB): {e:#}", c as f64 / 1048576.0),
+            }
+        }
     }
     let per = |kb: u64| kb as f64 * 1024.0 / (n as f64 * dim as f64);
     println!();
@@ -308,6 +338,21 @@ fn main() -> Result<()> {
             r.recall10,
             r.qps_wall,
             r.qps_cpu,
+        );
+    }
+    // Bytes per row of each structure the engine holds after open (the 10% regime's engine).
+    if let Some((_, r)) = rows.iter().find(|(name, _)| *name == "stored, budget 10%") {
+        let total: u64 = r.heap.iter().map(|(_, b)| b).sum();
+        println!(
+            "heap after open, bytes per row (of {n}): {} | total {:.1} = {:.2} B/dim/vec",
+            r.heap
+                .iter()
+                .filter(|(_, b)| *b > 0)
+                .map(|(k, b)| format!("{k} {:.1}", *b as f64 / n as f64))
+                .collect::<Vec<_>>()
+                .join(", "),
+            total as f64 / n as f64,
+            total as f64 / (n as f64 * dim as f64)
         );
     }
     for (name, r) in &rows {

@@ -981,6 +981,23 @@ impl M2m {
         self.index.as_ref()
     }
 
+    /// Bytes the engine holds on the heap per structure, as (name, bytes), for a memory breakdown: its
+    /// rows' small columns and id map, kappa and alpha, the index's codes, ids, id map and centroids,
+    /// the SOC router's maps and neighbourhoods. Capacities, not the allocator's or the kernel's view
+    /// (the process's resident set also holds mapped pages, the warm cache and the allocator's slack).
+    pub fn heap_bytes(&self) -> Vec<(&'static str, usize)> {
+        let mut out = self.set.heap_bytes();
+        out.push(("engine kappa, alpha", (self.kappa.capacity() + self.alpha.capacity()) * 4));
+        out.push(("engine deleted ids", self.deleted.capacity() * 9));
+        if let Some(index) = &self.index {
+            out.extend(index.heap_bytes());
+        }
+        if let Some(ctl) = &self.soc {
+            out.extend(ctl.router.heap_bytes());
+        }
+        out
+    }
+
     /// Sets this session's warm budget ([`M2mConfig::warm_budget_bytes`]: the bytes of full vectors the
     /// index's cache may hold) and starts the cache again, empty. Not stored: the next `open` uses the
     /// stored setting. Without a stored index read from its files only the setting changes.
