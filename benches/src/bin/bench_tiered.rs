@@ -53,6 +53,15 @@ struct Args {
     /// Leave out the in-memory regime (its build takes as long as the stored one's).
     #[arg(long)]
     skip_ram: bool,
+    /// Only the data lake: `--lake-epochs` epochs of batches of 256 from the engine at `--dir` (built by an
+    /// earlier `--keep` run), from the rows in place (`Source::Memory`) and from the tiers
+    /// (`Source::Tiers`), alternating, three rounds; batches per wall second and per CPU second of the
+    /// process.
+    #[arg(long)]
+    lake: bool,
+    /// Epochs per lake measurement.
+    #[arg(long, default_value_t = 3)]
+    lake_epochs: u64,
     /// Internal: run one regime in this process with this warm budget (bytes).
     #[arg(long, hide = true)]
     child_budget: Option<u64>,
@@ -98,6 +107,52 @@ fn status_kb(field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU seconds of the whole process (user + system, clock ticks of 1/100 s).
+fn process_cpu_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    f.get(10).zip(f.get(11)).map_or(0.0, |(u, s)| (u + s) as f64 / 100.0)
+}
+
+/// The data lake from the rows in place and from the tiers (see `--lake`).
+fn lake(args: &Args) -> Result<()> {
+    use m2m::{DataLoaderConfig, Source};
+    let engine = M2m::open_read_only(&args.dir)?;
+    println!(
+        "lake: {} rows of dimension {}, batches of 256, {} epochs",
+        engine.len(),
+        engine.config().dim,
+        args.lake_epochs
+    );
+    for round in 0..3 {
+        for source in [Source::Memory, Source::Tiers, Source::Auto] {
+            let cfg = DataLoaderConfig {
+                batch_size: 256,
+                epochs: args.lake_epochs,
+                seed: round,
+                source,
+                ..Default::default()
+            };
+            let (cpu0, start) = (process_cpu_s(), Instant::now());
+            let (mut batches, mut sum) = (0u64, 0f64);
+            for b in engine.export_to_dataloader(&cfg)? {
+                let b = b?;
+                sum += f64::from(b.mu[0]);
+                batches += 1;
+            }
+            let (wall, cpu) = (start.elapsed().as_secs_f64(), process_cpu_s() - cpu0);
+            println!(
+                "round {round} {source:?}: {batches} batches, {:.0} batches/s wall, {:.0} per CPU s (checksum {sum:.3})",
+                batches as f64 / wall,
+                batches as f64 / cpu.max(1e-9)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// CPU seconds of the calling thread (scheduler statistics, nanoseconds).
@@ -257,6 +312,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(budget) = args.child_budget {
         return child(&args, budget);
+    }
+    if args.lake {
+        return lake(&args);
     }
     let (base, _, _) = data(&args);
     let b = read_vectors::<f32>(&base).with_context(|| format!("reading {}", base.display()))?;
