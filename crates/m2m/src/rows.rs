@@ -110,7 +110,13 @@ impl RowStore {
     /// The live rows of a database view (read in place), with their kappa and alpha. An id twice in the
     /// view is `DuplicateId` (as appending it to a set was).
     pub(crate) fn from_snapshot(dim: usize, snap: &Snapshot) -> Result<(RowStore, Vec<f32>, Vec<f32>)> {
-        let v = view(snap, |id| snap.is_live(id))?;
+        let mut v = view(snap, |id| snap.is_live(id))?;
+        // Grown row by row: up to twice the bytes held (measured: 15 bytes a row of ids instead of 8).
+        for col in [&mut v.norms, &mut v.kappa, &mut v.alpha] {
+            col.shrink_to_fit();
+        }
+        v.ids.shrink_to_fit();
+        v.loc.shrink_to_fit();
         let row_of =
             IdMap::from_pairs(v.ids.iter().enumerate().map(|(row, &id)| (id, row as u32)).collect()).map_err(|id| {
                 let row = v.ids.iter().enumerate().filter(|(_, x)| **x == id).nth(1).map_or(0, |(r, _)| r);
