@@ -203,15 +203,27 @@ impl Router {
         };
         let n = u32::try_from(ids.len()).map_err(|_| too_many())?;
         let mut order: Vec<u32> = (0..n).collect();
-        order.sort_by_key(|&i| ids[i as usize]);
+        // A build's ids usually come sorted (and dense): then no sort, and positions without a search.
+        if !ids.is_sorted() {
+            order.sort_by_key(|&i| ids[i as usize]);
+        }
         order.dedup_by_key(|i| ids[*i as usize]);
         let sorted: Vec<u64> = order.iter().map(|&i| ids[i as usize]).collect();
+        let dense = sorted.first().zip(sorted.last()).is_some_and(|(a, b)| b - a + 1 == sorted.len() as u64);
+        let find = |id: u64| -> std::result::Result<usize, usize> {
+            match sorted.first() {
+                Some(&first) if dense => {
+                    id.checked_sub(first).map(|p| p as usize).filter(|&p| p < sorted.len()).ok_or(0)
+                }
+                _ => sorted.binary_search(&id),
+            }
+        };
         let mut nb = Vec::with_capacity(order.len() * k);
         let mut outside: Vec<u64> = Vec::new();
         let mut outside_at: HashMap<u64, u32> = HashMap::new();
         for &i in &order {
             for &id in &neighbours[i as usize * k..(i as usize + 1) * k] {
-                let p = match sorted.binary_search(&id) {
+                let p = match find(id) {
                     Ok(p) => p,
                     Err(_) => match outside_at.get(&id) {
                         Some(&o) => o as usize,

@@ -223,21 +223,28 @@ fn each_seed_is_routed_to_its_own_neighbours_until_it_is_removed() {
     }
     let index = Index::build(&IndexConfig::default().seed(3), dim, &base, &ids).unwrap();
     let mut router = Router::new(&index, |_| Some((20.0, 1.0))).unwrap();
-    // Seeds in an unsorted order; half of each neighbourhood lies outside the seeds (ids 1300..1400).
-    let seeds: Vec<u64> = (0..300).map(|i| 1000 + (i * 7) % 300).collect();
+    // Seeds in an unsorted order, dense (1000..1300) and with gaps (sorted, every third id left out);
+    // half of each neighbourhood lies outside the seeds (ids 1300..1400, and the gaps). The dense set
+    // last: the removal below uses it.
+    let with_gaps: Vec<u64> = (1000..1300).filter(|i| i % 3 != 0).collect();
+    let dense: Vec<u64> = (0..300).map(|i| 1000 + (i * 7) % 300).collect();
     let k = 4;
-    let nb: Vec<u64> = seeds
-        .iter()
-        .flat_map(|&s| [1300 + s % 100, s + 1, 1399 - s % 100, if s > 1000 { s - 1 } else { 1001 }])
-        .collect();
-    router.set_neighbourhoods(&seeds, &nb, k).unwrap();
     let x = vec![1.0 / (dim as f32).sqrt(); dim];
-    for (j, &s) in seeds.iter().enumerate() {
-        let routed = router.route_seed(Some(s), &x, 2, 10).unwrap();
-        let mut want = vec![s];
-        want.extend(nb[j * k..(j + 1) * k].iter().copied().filter(|&n| n != s && n < 1400));
-        want.dedup();
-        assert_eq!(routed.ids, want, "seed {s}");
+    let mut seeds = Vec::new();
+    for set in [with_gaps, dense] {
+        seeds = set;
+        let nb: Vec<u64> = seeds
+            .iter()
+            .flat_map(|&s| [1300 + s % 100, s + 1, 1399 - s % 100, if s > 1000 { s - 1 } else { 1001 }])
+            .collect();
+        router.set_neighbourhoods(&seeds, &nb, k).unwrap();
+        for (j, &s) in seeds.iter().enumerate() {
+            let routed = router.route_seed(Some(s), &x, 2, 10).unwrap();
+            let mut want = vec![s];
+            want.extend(nb[j * k..(j + 1) * k].iter().copied().filter(|&n| n != s && n < 1400));
+            want.dedup();
+            assert_eq!(routed.ids, want, "seed {s}");
+        }
     }
     let s = seeds[5];
     let r = ids.iter().position(|&i| i == s).unwrap();
