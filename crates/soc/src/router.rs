@@ -209,7 +209,9 @@ impl Router {
         }
         order.dedup_by_key(|i| ids[*i as usize]);
         let sorted: Vec<u64> = order.iter().map(|&i| ids[i as usize]).collect();
-        let dense = sorted.first().zip(sorted.last()).is_some_and(|(a, b)| b - a + 1 == sorted.len() as u64);
+        // Checked: ids span all of u64 (a forged file found `b - a + 1` overflowing).
+        let dense =
+            sorted.first().zip(sorted.last()).is_some_and(|(a, b)| (b - a).checked_add(1) == Some(sorted.len() as u64));
         let find = |id: u64| -> std::result::Result<usize, usize> {
             match sorted.first() {
                 Some(&first) if dense => {

@@ -252,4 +252,7 @@ fn each_seed_is_routed_to_its_own_neighbours_until_it_is_removed() {
     router.insert(&[s], &base[r * dim..(r + 1) * dim], &[20.0], &[1.0]).unwrap();
     let routed = router.route_seed(Some(s), &x, 2, 10).unwrap();
     assert_eq!(routed, router.route(&x, 2, 10).unwrap(), "a removed seed is routed as any point");
+    // Ids spanning all of u64 (found by the torture: the density check overflowed). Mutation caught:
+    // `b - a + 1` unchecked (a panic in debug builds).
+    router.set_neighbourhoods(&[0, u64::MAX], &[u64::MAX, 0], 1).unwrap();
 }
