@@ -168,7 +168,8 @@ fn the_data_lake_streams_from_the_tiers_with_the_same_rows() {
     };
     let base = DataLoaderConfig { batch_size: 128, seed: 9, epochs: 2, ..Default::default() };
     let tiers = collect(&DataLoaderConfig { source: Source::Tiers, ..base.clone() });
-    assert_ne!(tiers, collect(&DataLoaderConfig { source: Source::Auto, ..base.clone() }), "auto reads the RAM copy");
+    // The default reads the tiers where a data directory exists (mutation caught: `Auto` as `Memory`).
+    assert_eq!(tiers, collect(&DataLoaderConfig { source: Source::Auto, ..base.clone() }), "auto reads the tiers");
     assert_eq!(tiers, collect(&DataLoaderConfig { source: Source::Tiers, ..base.clone() }), "deterministic");
     let memory = collect(&DataLoaderConfig { source: Source::Memory, ..base.clone() });
     assert_ne!(tiers, memory, "a block-ordered plan, not the row-shuffled one");
@@ -229,6 +230,12 @@ fn the_data_lake_streams_from_the_tiers_with_the_same_rows() {
     mem_engine.add_splats(&d.base[..100 * DIM]).unwrap();
     let r = mem_engine.export_to_dataloader(&DataLoaderConfig { source: Source::Tiers, ..Default::default() });
     assert!(matches!(r, Err(Error::Config { field: "source", .. })), "{r:?}");
+    // There the default reads RAM (mutation caught: `Auto` refusing an engine without a directory).
+    let rows = |source| -> Vec<m2m::TrainingBatch> {
+        let cfg = DataLoaderConfig { source, batch_size: 32, seed: 4, ..Default::default() };
+        mem_engine.export_to_dataloader(&cfg).unwrap().map(|b| b.unwrap()).collect()
+    };
+    assert_eq!(rows(Source::Auto), rows(Source::Memory));
 }
 
 #[test]

@@ -53,6 +53,15 @@ struct Args {
     /// Leave out the in-memory regime (its build takes as long as the stored one's).
     #[arg(long)]
     skip_ram: bool,
+    /// Only the data lake: `--lake-epochs` epochs of batches of 256 from the engine at `--dir` (built by an
+    /// earlier `--keep` run), from the rows in place (`Source::Memory`) and from the tiers
+    /// (`Source::Tiers`) and by default (`Source::Auto`), alternating, three rounds; batches per wall
+    /// second (the loader's work runs on its own threads, so the querying thread's CPU time says nothing).
+    #[arg(long)]
+    lake: bool,
+    /// Epochs per lake measurement.
+    #[arg(long, default_value_t = 3)]
+    lake_epochs: u64,
     /// Internal: run one regime in this process with this warm budget (bytes).
     #[arg(long, hide = true)]
     child_budget: Option<u64>,
@@ -84,6 +93,11 @@ struct Regime {
     qps_wall: f64,
     qps_cpu: f64,
     queries: usize,
+    /// Bytes of the index's hot part (codes, centroids, codebook): with 10% of the vectors, the issue's
+    /// cap.
+    hot_bytes: u64,
+    /// The engine's heap bytes per structure after open ([`M2m::heap_bytes`]).
+    heap: Vec<(String, u64)>,
 }
 
 fn status_kb(field: &str) -> u64 {
@@ -93,6 +107,42 @@ fn status_kb(field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// The data lake from the rows in place and from the tiers (see `--lake`).
+fn lake(args: &Args) -> Result<()> {
+    use m2m::{DataLoaderConfig, Source};
+    let engine = M2m::open_read_only(&args.dir)?;
+    println!(
+        "lake: {} rows of dimension {}, batches of 256, {} epochs",
+        engine.len(),
+        engine.config().dim,
+        args.lake_epochs
+    );
+    for round in 0..3 {
+        for source in [Source::Memory, Source::Tiers, Source::Auto] {
+            let cfg = DataLoaderConfig {
+                batch_size: 256,
+                epochs: args.lake_epochs,
+                seed: round,
+                source,
+                ..Default::default()
+            };
+            let start = Instant::now();
+            let (mut batches, mut sum) = (0u64, 0f64);
+            for b in engine.export_to_dataloader(&cfg)? {
+                let b = b?;
+                sum += f64::from(b.mu[0]);
+                batches += 1;
+            }
+            let wall = start.elapsed().as_secs_f64();
+            println!(
+                "round {round} {source:?}: {batches} batches, {:.0} batches/s wall (checksum {sum:.3})",
+                batches as f64 / wall
+            );
+        }
+    }
+    Ok(())
 }
 
 /// CPU seconds of the calling thread (scheduler statistics, nanoseconds).
@@ -167,6 +217,8 @@ fn child(args: &Args, budget: u64) -> Result<()> {
     let open_s = start.elapsed().as_secs_f64();
     let rss_open_kb = status_kb("VmRSS:");
     let peak_open_kb = status_kb("VmHWM:");
+    let heap: Vec<(String, u64)> = engine.heap_bytes().into_iter().map(|(k, v)| (k.to_string(), v as u64)).collect();
+    let hot_bytes = engine.index().map_or(0, |i| i.hot_bytes() as u64);
     engine.set_warm_budget(budget)?;
     // The benchmark's own arrays, read after the RSS at open and subtracted from the RSS after.
     let q = read_vectors::<f32>(&queries)?;
@@ -203,6 +255,8 @@ fn child(args: &Args, budget: u64) -> Result<()> {
         qps_wall: args.nq as f64 / wall,
         qps_cpu: args.nq as f64 / cpu.max(1e-9),
         queries: args.nq,
+        hot_bytes,
+        heap,
     };
     println!("{}", serde_json::to_string(&out)?);
     if let Some(path) = cg {
@@ -232,7 +286,12 @@ fn run_child_with(args: &Args, budget: u64, cap: Option<u64>, ram: bool) -> Resu
     }
     let out = cmd.output()?;
     if !out.status.success() {
-        bail!("regime of budget {budget} failed: {}", String::from_utf8_lossy(&out.stderr));
+        // A child the cgroup's OOM killer ends has no stderr of its own: say so.
+        let why = match std::os::unix::process::ExitStatusExt::signal(&out.status) {
+            Some(9) => "killed (SIGKILL: the memory cap's OOM killer)".to_string(),
+            _ => String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        bail!("regime of budget {budget}, cap {cap:?}: {why}");
     }
     let line = String::from_utf8_lossy(&out.stdout);
     let last = line.lines().last().unwrap_or_default();
@@ -243,6 +302,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(budget) = args.child_budget {
         return child(&args, budget);
+    }
+    if args.lake {
+        return lake(&args);
     }
     let (base, _, _) = data(&args);
     let b = read_vectors::<f32>(&base).with_context(|| format!("reading {}", base.display()))?;
@@ -285,7 +347,23 @@ fn main() -> Result<()> {
         // And the benchmark's own query and truth arrays, read after open.
         let ten = &rows[rows.len() - 1].1;
         let cap = (ten.peak_open_kb + ten.own_kb) * 1024 + tenth;
-        rows.push(("stored, budget 10%, cold, cgroup cap", run_child(&args, tenth, Some(cap))?));
+        // The issue's cap: codes + centroids + 10% of the vectors, plus the benchmark's own arrays.
+        let issue_cap = ten.hot_bytes + ten.own_kb * 1024 + tenth;
+        println!(
+            "caps: open peak + own arrays + 10% = {:.1} MiB; issue's (codes + centroids {:.1} MiB + own arrays + 10%) = {:.1} MiB",
+            cap as f64 / 1048576.0,
+            ten.hot_bytes as f64 / 1048576.0,
+            issue_cap as f64 / 1048576.0
+        );
+        for (name, c) in [
+            ("stored, budget 10%, cold, cap = open peak + 10%", cap),
+            ("stored, budget 10%, cold, issue's cap", issue_cap),
+        ] {
+            match run_child(&args, tenth, Some(c)) {
+                Ok(r) => rows.push((name, r)),
+                Err(e) => println!("{name} ({:.1} MiB): {e:#}", c as f64 / 1048576.0),
+            }
+        }
     }
     let per = |kb: u64| kb as f64 * 1024.0 / (n as f64 * dim as f64);
     println!();
@@ -308,6 +386,21 @@ fn main() -> Result<()> {
             r.recall10,
             r.qps_wall,
             r.qps_cpu,
+        );
+    }
+    // Bytes per row of each structure the engine holds after open (the 10% regime's engine).
+    if let Some((_, r)) = rows.iter().find(|(name, _)| *name == "stored, budget 10%") {
+        let total: u64 = r.heap.iter().map(|(_, b)| b).sum();
+        println!(
+            "heap after open, bytes per row (of {n}): {} | total {:.1} = {:.2} B/dim/vec",
+            r.heap
+                .iter()
+                .filter(|(_, b)| *b > 0)
+                .map(|(k, b)| format!("{k} {:.1}", *b as f64 / n as f64))
+                .collect::<Vec<_>>()
+                .join(", "),
+            total as f64 / n as f64,
+            total as f64 / (n as f64 * dim as f64)
         );
     }
     for (name, r) in &rows {

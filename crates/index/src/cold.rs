@@ -148,6 +148,29 @@ impl Index {
         Ok(())
     }
 
+    /// Bytes the index holds on the heap per structure, as (name, bytes): codes, member ids, the id
+    /// map, the clusters' other columns (L2 norms, bf16 rows), full vectors held in RAM (none for
+    /// clusters read from the cold rows), centroids and the search tables. For a memory breakdown.
+    pub fn heap_bytes(&self) -> Vec<(&'static str, usize)> {
+        let sum = |f: &dyn Fn(&crate::Cluster) -> usize| self.p.clusters.iter().map(f).sum::<usize>();
+        vec![
+            ("index codes", sum(&|c| c.codes.capacity())),
+            ("index member ids", sum(&|c| c.ids.capacity() * 8)),
+            ("index id map", self.locations.heap_bytes()),
+            ("index L2 norms, bf16 rows", sum(&|c| c.half_sq_norms.capacity() * 4 + c.bf16.capacity() * 2)),
+            ("index RAM vectors", sum(&|c| c.vectors.capacity() * 4)),
+            (
+                "index centroids and tables",
+                4 * (self.p.coarse.capacity()
+                    + self.p.fine.capacity()
+                    + self.p.pq_codebook.capacity()
+                    + self.fine_t.capacity()
+                    + self.fine_bias.capacity()
+                    + self.coarse_bias.capacity()),
+            ),
+        ]
+    }
+
     /// Whether full vectors are read from cold rows (for some cluster at least).
     pub fn is_cold(&self) -> bool {
         self.cold.as_ref().is_some_and(|c| c.start.iter().any(|&s| s != IN_RAM))

@@ -18,7 +18,9 @@
 //! `dim / 2` bytes per vector (SQ8 `dim`), an eighth (a quarter) of the full vectors, and only they are
 //! read at LOD 1.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use crate::IdMap;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -462,10 +464,10 @@ pub struct Index {
     /// For each coarse centroid, its children's positions in `order`.
     coarse_range: Vec<(u32, u32)>,
     /// Fine centroids in `order`, transposed into blocks of 16 for [`crate::kernels::dots_t16_with`].
-    fine_t: Vec<f32>,
-    coarse_bias: Vec<f32>,
+    pub(crate) fine_t: Vec<f32>,
+    pub(crate) coarse_bias: Vec<f32>,
     pub(crate) fine_bias: Vec<f32>,
-    pub(crate) locations: HashMap<u64, (u32, u32)>,
+    pub(crate) locations: IdMap<(u32, u32)>,
     isa: Isa,
     /// Full vectors read from outside RAM (a mapped file), cluster by cluster; clusters changed since
     /// are back in RAM (see `cold.rs`).
@@ -843,7 +845,7 @@ impl Index {
             ));
         }
         let l2 = p.config.metric == Metric::L2;
-        let mut locations = HashMap::new();
+        let mut locations = Vec::with_capacity(p.clusters.iter().map(|c| c.ids.len()).sum());
         for (f, c) in p.clusters.iter().enumerate() {
             let m = c.ids.len();
             let codes_len = p.config.codes.codes_len(dim, m);
@@ -858,12 +860,12 @@ impl Index {
             {
                 return corrupt(format!("cluster {f}: column lengths disagree with {m} members"));
             }
-            for (pos, &id) in c.ids.iter().enumerate() {
-                if locations.insert(id, (f as u32, pos as u32)).is_some() {
-                    return corrupt(format!("id {id} stored twice"));
-                }
-            }
+            locations.extend(c.ids.iter().enumerate().map(|(pos, &id)| (id, (f as u32, pos as u32))));
         }
+        let locations = match IdMap::from_pairs(locations) {
+            Ok(map) => map,
+            Err(id) => return corrupt(format!("id {id} stored twice")),
+        };
         let metric = p.config.metric;
         let coarse_bias = p.coarse.chunks_exact(dim).map(|c| bias(metric, c)).collect();
         let fine_bias: Vec<f32> = p.fine.chunks_exact(dim).map(|c| bias(metric, c)).collect();

@@ -31,6 +31,7 @@
 mod cold;
 mod error;
 mod filter;
+mod idmap;
 mod index;
 pub mod kernels;
 mod kmeans;
@@ -42,6 +43,7 @@ mod view;
 pub use cold::{ClusterRows, ColdRows, RowCache};
 pub use error::{Error, Result};
 pub use filter::{CHECK_COST, CODE_COST, FilterOptions, FilterPlan, FilterStats, IdSet, RowFilter};
+pub use idmap::IdMap;
 pub use index::{
     Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, MAX_DIMS_PER_CODE, RebalanceReport, Scratch,
     SearchParams,

@@ -387,14 +387,14 @@ impl M2m {
             snapshot: None,
         };
         // The rows are read in place from the view (mapped segments, the database's in-memory rows): no
-        // vector is copied. Opening a segment checked its columns' checksums, which brought its pages in;
-        // they are released so that only what queries read comes back.
+        // vector is copied, and opening a segment read none (`m2m verify` checks them). The small columns
+        // just copied leave the process's pages again (the page cache keeps them).
         let (rows, kappa, alpha) = RowStore::from_snapshot(engine.config.dim, snap)?;
         engine.set = Arc::new(rows);
         engine.kappa = Arc::new(kappa);
         engine.alpha = Arc::new(alpha);
         for segment in &snap.segments {
-            if let Err(e) = segment.release_pages() {
+            if let Err(e) = segment.unmap_pages() {
                 tracing::debug!("m2m: could not release the pages of {}: {e}", segment.path().display());
             }
         }
@@ -1127,6 +1127,23 @@ impl M2m {
     /// The index, when built.
     pub fn index(&self) -> Option<&Index> {
         self.index.as_ref()
+    }
+
+    /// Bytes the engine holds on the heap per structure, as (name, bytes), for a memory breakdown: its
+    /// rows' small columns and id map, kappa and alpha, the index's codes, ids, id map and centroids,
+    /// the SOC router's maps and neighbourhoods. Capacities, not the allocator's or the kernel's view
+    /// (the process's resident set also holds mapped pages, the warm cache and the allocator's slack).
+    pub fn heap_bytes(&self) -> Vec<(&'static str, usize)> {
+        let mut out = self.set.heap_bytes();
+        out.push(("engine kappa, alpha", (self.kappa.capacity() + self.alpha.capacity()) * 4));
+        out.push(("engine deleted ids", self.deleted.capacity() * 9));
+        if let Some(index) = &self.index {
+            out.extend(index.heap_bytes());
+        }
+        if let Some(ctl) = &self.soc {
+            out.extend(ctl.router.heap_bytes());
+        }
+        out
     }
 
     /// Sets this session's warm budget ([`M2mConfig::warm_budget_bytes`]: the bytes of full vectors the

@@ -20,8 +20,8 @@ use m2m_tier::{BlockKey, BlockStore, Columns, Prefetch, Snapshot};
 /// Where the data lake reads the splats' vectors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Source {
-    /// The engine's own rows, read in place: the mapped segments (through the page cache) and the
-    /// rows not yet flushed (RAM). Today the same as [`Source::Memory`].
+    /// [`Source::Tiers`] for an engine with a data directory (a writer or a read-only engine), else
+    /// [`Source::Memory`].
     #[default]
     Auto,
     /// The engine's own rows, read in place (see [`Source::Auto`]); in RAM for an engine without a data
@@ -530,7 +530,8 @@ impl M2m {
             }),
         };
         let tiered = match config.source {
-            Source::Memory | Source::Auto => None,
+            Source::Memory => None,
+            Source::Auto => self.tier_snapshot(),
             Source::Tiers => Some(self.tier_snapshot().ok_or(Error::Config {
                 field: "source",
                 reason: "the tiers need an engine with a data directory".into(),

@@ -10,10 +10,10 @@
 //! probing more clusters tightens the bound monotonically. The fine clusters are also the sites of the
 //! SOC controller.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{PoisonError, RwLock};
 
-use m2m_index::{ColdRows, Index, Metric, kernels};
+use m2m_index::{ColdRows, IdMap, Index, Metric, kernels};
 use rayon::prelude::*;
 
 use crate::energy::Splats;
@@ -72,6 +72,45 @@ const AT_SEED: f32 = 1e-10;
 /// Pilot chains per seed of a calibrated [`SeededRunLength`].
 pub const SEEDED_PILOTS: usize = 4;
 
+/// The splats' own neighbourhoods, compact: the seeds' ids sorted, and `k` neighbours per seed as
+/// positions in that array (4 bytes a neighbour, where ids would take 8 and a map per seed about 40 more).
+#[derive(Clone, Debug, Default)]
+struct Neighbourhoods {
+    ids: Vec<u64>,
+    k: usize,
+    /// `k` per seed, in the seeds' sorted order: position `p` is `ids[p]`, or `outside[p - ids.len()]`
+    /// for a neighbour that is not itself a seed.
+    nb: Vec<u32>,
+    outside: Vec<u64>,
+    /// Seeds removed since (their neighbourhood is no longer theirs if the id comes back).
+    dropped: HashSet<u64>,
+}
+
+impl Neighbourhoods {
+    /// The neighbour ids of `id`, nearest first, when it has a neighbourhood.
+    fn of(&self, id: u64) -> Option<impl Iterator<Item = u64> + '_> {
+        if self.dropped.contains(&id) {
+            return None;
+        }
+        let at = self.ids.binary_search(&id).ok()?;
+        let nb = self.nb.get(at * self.k..(at + 1) * self.k)?;
+        let seeds = self.ids.len();
+        Some(nb.iter().map(move |&p| {
+            let p = p as usize;
+            if p < seeds { self.ids[p] } else { self.outside[p - seeds] }
+        }))
+    }
+
+    /// Whether `id` has a neighbourhood.
+    fn contains(&self, id: u64) -> bool {
+        !self.dropped.contains(&id) && self.ids.binary_search(&id).is_ok()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        (self.ids.capacity() + self.outside.capacity()) * 8 + self.nb.capacity() * 4 + self.dropped.capacity() * 9
+    }
+}
+
 /// Routes points to splats through an index's fine clusters.
 #[derive(Clone, Debug)]
 pub struct Router {
@@ -81,10 +120,10 @@ pub struct Router {
     /// The index's cold rows (a mapped file), read in place: a cold index's vectors are not copied.
     cold: Option<ColdRows>,
     /// Where each id lies: (cluster, position among its members).
-    locate: HashMap<u64, (u32, u32)>,
+    locate: IdMap<(u32, u32)>,
     /// Each splat's own neighbourhood (ids of its nearest splats, nearest first), when known: the
     /// splats a chain seeded at it is routed to.
-    neighbours: HashMap<u64, Box<[u64]>>,
+    neighbours: Neighbourhoods,
     /// Sum of the members' kappa per cluster (the mass [`crate::Sandpile::splat_probabilities`] gives a
     /// site with `kappa_power` 1), kept current by inserts and removals.
     kappa_sum: Vec<f64>,
@@ -162,10 +201,17 @@ impl Router {
             check_values("alpha", &m.alpha, true)?;
             members.push(m);
         }
-        let mut locate = HashMap::new();
+        let mut pairs = Vec::with_capacity(members.iter().map(|m| m.ids.len()).sum());
         for (c, m) in members.iter().enumerate() {
-            locate.extend(m.ids.iter().enumerate().map(|(i, &id)| (id, (c as u32, i as u32))));
+            pairs.extend(m.ids.iter().enumerate().map(|(i, &id)| (id, (c as u32, i as u32))));
         }
+        // An index holds each id once (checked when it was built or read), so this cannot repeat one.
+        let locate = IdMap::from_pairs(pairs).map_err(|id| Error::Invalid {
+            what: "id",
+            index: 0,
+            value: id as f64,
+            reason: "twice in the index",
+        })?;
         let kappa_sum = members.iter().map(|m| m.kappa.iter().map(|&k| f64::from(k)).sum()).collect();
         Ok(Router {
             dim,
@@ -173,7 +219,7 @@ impl Router {
             members,
             cold,
             locate,
-            neighbours: HashMap::new(),
+            neighbours: Neighbourhoods::default(),
             kappa_sum,
             seeded: SeedCache { budget: DEFAULT_SEED_CACHE_BYTES, ..SeedCache::default() }.into(),
             run_length: SeededRunLength::Fixed,
@@ -201,13 +247,71 @@ impl Router {
     /// Records each splat's own neighbourhood: `k` neighbour ids per id of `ids`, nearest first (for
     /// example from [`crate::kappa::neighbours_from_index`], the neighbours kappa was fitted on).
     /// Chains seeded at these splats are then routed to the seed and its neighbours
-    /// ([`Router::route_seed`]).
+    /// ([`Router::route_seed`]). An id given twice keeps its first neighbourhood.
     pub fn set_neighbourhoods(&mut self, ids: &[u64], neighbours: &[u64], k: usize) -> Result<()> {
         check_len("neighbours", neighbours.len(), ids.len() * k)?;
         self.clear_seed_cache();
-        self.neighbours =
-            ids.iter().zip(neighbours.chunks_exact(k.max(1))).map(|(&id, nb)| (id, nb.to_vec().into())).collect();
+        let too_many = || Error::Invalid {
+            what: "ids",
+            index: 0,
+            value: ids.len() as f64,
+            reason: "more than 2^32 - 1 ids in neighbourhoods",
+        };
+        let n = u32::try_from(ids.len()).map_err(|_| too_many())?;
+        let mut order: Vec<u32> = (0..n).collect();
+        // A build's ids usually come sorted (and dense): then no sort, and positions without a search.
+        if !ids.is_sorted() {
+            order.sort_by_key(|&i| ids[i as usize]);
+        }
+        order.dedup_by_key(|i| ids[*i as usize]);
+        let sorted: Vec<u64> = order.iter().map(|&i| ids[i as usize]).collect();
+        // Checked: ids span all of u64 (a forged file found `b - a + 1` overflowing).
+        let dense =
+            sorted.first().zip(sorted.last()).is_some_and(|(a, b)| (b - a).checked_add(1) == Some(sorted.len() as u64));
+        let find = |id: u64| -> std::result::Result<usize, usize> {
+            match sorted.first() {
+                Some(&first) if dense => {
+                    id.checked_sub(first).map(|p| p as usize).filter(|&p| p < sorted.len()).ok_or(0)
+                }
+                _ => sorted.binary_search(&id),
+            }
+        };
+        let mut nb = Vec::with_capacity(order.len() * k);
+        let mut outside: Vec<u64> = Vec::new();
+        let mut outside_at: HashMap<u64, u32> = HashMap::new();
+        for &i in &order {
+            for &id in &neighbours[i as usize * k..(i as usize + 1) * k] {
+                let p = match find(id) {
+                    Ok(p) => p,
+                    Err(_) => match outside_at.get(&id) {
+                        Some(&o) => o as usize,
+                        None => {
+                            outside.push(id);
+                            let p = sorted.len() + outside.len() - 1;
+                            outside_at.insert(id, u32::try_from(p).map_err(|_| too_many())?);
+                            p
+                        }
+                    },
+                };
+                nb.push(u32::try_from(p).map_err(|_| too_many())?);
+            }
+        }
+        self.neighbours = Neighbourhoods { ids: sorted, k, nb, outside, dropped: HashSet::new() };
         Ok(())
+    }
+
+    /// Bytes the router holds on the heap per structure, as (name, bytes): its id map, neighbourhoods,
+    /// the members' ids, slots, kappa and alpha, the rows it holds in RAM, and the centroids.
+    pub fn heap_bytes(&self) -> Vec<(&'static str, usize)> {
+        let sum = |f: &dyn Fn(&Members) -> usize| self.members.iter().map(f).sum::<usize>();
+        vec![
+            ("router id map", self.locate.heap_bytes()),
+            ("router neighbourhoods", self.neighbours.heap_bytes()),
+            ("router member ids", sum(&|m| m.ids.capacity() * 8)),
+            ("router slots, kappa, alpha", sum(&|m| (m.slot.capacity() + m.kappa.capacity() + m.alpha.capacity()) * 4)),
+            ("router RAM rows", sum(&|m| m.mu.capacity() * 4)),
+            ("router centroids", self.centroids.capacity() * 4 + self.kappa_sum.capacity() * 8),
+        ]
     }
 
     /// Number of routed splats.
@@ -294,7 +398,9 @@ impl Router {
                 }
                 m.mu.truncate(top as usize * dim);
             }
-            self.neighbours.remove(id);
+            if self.neighbours.ids.binary_search(id).is_ok() {
+                self.neighbours.dropped.insert(*id);
+            }
         }
     }
 
@@ -319,11 +425,11 @@ impl Router {
     pub fn route_seed(&self, seed: Option<u64>, x: &[f32], probes: usize, max_splats: usize) -> Result<Routed> {
         if let Some(id) = seed
             && self.locate.contains_key(&id)
-            && let Some(nb) = self.neighbours.get(&id)
+            && let Some(nb) = self.neighbours.of(id)
         {
-            let mut ids = Vec::with_capacity(nb.len() + 1);
+            let mut ids = Vec::with_capacity(self.neighbours.k + 1);
             ids.push(id);
-            ids.extend(nb.iter().copied().filter(|&n| n != id));
+            ids.extend(nb.filter(|&n| n != id));
             ids.dedup();
             return Ok(self.gather(&ids));
         }
@@ -386,7 +492,7 @@ impl Router {
         let mut order: Vec<(u32, u64, u32)> = seeds
             .iter()
             .enumerate()
-            .filter(|(_, s)| self.neighbours.contains_key(s))
+            .filter(|(_, s)| self.neighbours.contains(**s))
             .filter_map(|(c, &s)| Some((self.locate.get(&s)?.0, s, c as u32)))
             .collect();
         order.sort_unstable();
@@ -578,10 +684,10 @@ impl Router {
     /// The seed `id` and its neighbourhood (the splats [`Router::route_seed`] routes a chain seeded at
     /// it to) into `scr`; false when `id` is not routed or has no neighbourhood.
     fn gather_neighbourhood(&self, id: u64, scr: &mut SeededScratch) -> bool {
-        let (Some(_), Some(nb)) = (self.locate.get(&id), self.neighbours.get(&id)) else { return false };
+        let (Some(_), Some(nb)) = (self.locate.get(&id), self.neighbours.of(id)) else { return false };
         scr.ids.clear();
         scr.ids.push(id);
-        scr.ids.extend(nb.iter().copied().filter(|&n| n != id));
+        scr.ids.extend(nb.filter(|&n| n != id));
         scr.ids.dedup();
         scr.mu.clear();
         scr.kappa.clear();

@@ -447,7 +447,8 @@ impl Db {
     }
 
     /// Checks the database in `dir` without changing anything (no lock, no file written or removed): the
-    /// manifest, every segment's header and column checksums, every log record. A torn or damaged log
+    /// manifest, every segment's header and column checksums (the vectors' too, which
+    /// [`Db::open`] leaves to this check: [`Segment::verify`]), every log record. A torn or damaged log
     /// tail is reported in [`DbCheck::log`] instead of being cut: [`Db::open`] cuts it (the explicit
     /// repair: check first to report what it drops).
     pub fn check(dir: impl AsRef<Path>) -> Result<DbCheck> {
@@ -456,6 +457,8 @@ impl Db {
         let wal_path = dir.join(manifest.wal.clone().unwrap_or_else(|| wal_name(manifest.generation)));
         let log = LogCheck::of(&wal_path).map_err(|e| named_but_missing(dir, e))?;
         let state = replay(dir, &manifest, &wal_path, &log.records).map_err(|e| named_but_missing(dir, e))?;
+        // Every byte of the segments' vectors, which opening does not read.
+        state.segments.iter().try_for_each(|s| s.verify())?;
         // Every byte of the index's files (their sections' checksums), which opening does not read.
         let index_problem = match &state.index_error {
             Some(e) => Some(e.to_string()),

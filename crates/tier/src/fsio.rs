@@ -79,6 +79,18 @@ pub(crate) fn release_pages(map: &memmap2::Mmap, path: &Path) -> crate::Result<(
     Ok(())
 }
 
+/// Drops a read-only file mapping's pages from this process (`madvise(DONTNEED)`, on Unix; nothing
+/// elsewhere): the page cache keeps them, so a later read is a minor fault, not a disk read. The
+/// caller's contract is [`release_pages`]'s.
+pub(crate) fn unmap_pages(map: &memmap2::Mmap, path: &Path) -> crate::Result<()> {
+    #[cfg(unix)]
+    // SAFETY: as in `release_pages`: a read-only shared map of a file that does not change while mapped.
+    unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }.map_err(|e| crate::Error::io(path, e))?;
+    #[cfg(not(unix))]
+    let _ = (map, path);
+    Ok(())
+}
+
 /// The directory of `path` ("." for a bare name).
 pub(crate) fn parent(path: &Path) -> &Path {
     path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))

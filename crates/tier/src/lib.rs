@@ -107,7 +107,7 @@ pub mod testing {
         /// returns (rows, dim).
         pub fn segment(bytes: &[u8]) -> Result<(usize, usize)> {
             let aligned = aligned_vec::AVec::<u8, aligned_vec::ConstAlign<4096>>::from_slice(4096, bytes);
-            crate::segment::validate(Path::new(LABEL), &aligned).map(|l| (l.rows, l.dim))
+            crate::segment::validate(Path::new(LABEL), &aligned, true).map(|l| (l.rows, l.dim))
         }
 
         /// Validation of a whole section file (copied to an aligned buffer first, as a mapping is), then

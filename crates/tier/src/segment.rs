@@ -1,9 +1,13 @@
 //! Immutable segment files: the cold tier's columns of splats, laid out so that a memory map can be used
 //! in place after validation. The byte layout is in `FORMAT.md`.
 //!
-//! Opening validates everything before any column is handed out: magic, header checksum, version, that
-//! every column lies inside the file at a 64-byte aligned offset with the length the header implies, and
-//! the CRC32C of every column. Columns are then cast with `bytemuck`, which rechecks size and alignment.
+//! Opening validates everything but the bulk before any column is handed out: magic, header checksum,
+//! version, that every column lies inside the file at a 64-byte aligned offset with the length the header
+//! implies, the CRC32C and the values of the small columns (ids, norms, kappa, alpha) and of the attribute
+//! block. The `mu` column (`4 d` bytes a row, nearly all of the file) is checked by [`Segment::verify`]
+//! (what [`crate::Db::check`] and `m2m verify` run), not at open: an open then costs time and memory in
+//! proportion to the rows, not to rows x dimension, and touches no page of the vectors. Columns are cast
+//! with `bytemuck`, which rechecks size and alignment.
 
 use std::fs::File;
 use std::io::Write;
@@ -154,14 +158,30 @@ impl Segment {
     ///
     /// Errors: [`Error::Io`], [`Error::Corrupt`] (with the offset of the damaged header field or column),
     /// [`Error::IncompatibleVersion`].
+    /// The `mu` column is not read (see the module's docs): [`Segment::verify`] checks it. The pages
+    /// the checks read (header, small columns, attribute block) leave the process again before it
+    /// returns ([`Segment::unmap_pages`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Segment> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: see the type's safety contract: segment files are immutable once in place and are only
-        // mapped read-only here; every byte is validated below before use.
+        // mapped read-only here; the header and small columns are validated below before use, and the
+        // `mu` column is read only as f32 values (any bit pattern is a valid f32; `verify` checks them).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let Layout { id, rows, dim, cols, attrs } = validate(&path, &map)?;
-        Ok(Segment { path, map, id, rows, dim, cols, attrs })
+        let Layout { id, rows, dim, cols, attrs } = validate(&path, &map, false)?;
+        let segment = Segment { path, map, id, rows, dim, cols, attrs };
+        let _ = segment.unmap_pages();
+        Ok(segment)
+    }
+
+    /// Checks what [`Segment::open`] leaves out: the `mu` column's checksum and that every component is
+    /// finite. Reads every byte of the column, then releases its pages again.
+    ///
+    /// Errors: [`Error::Corrupt`] with the column's offset (checksum) or the damaged row's.
+    pub fn verify(&self) -> Result<()> {
+        let result = check_mu(&self.path, &self.map, self.dim, &self.cols);
+        let _ = self.unmap_pages();
+        result
     }
 
     fn column<T: bytemuck::Pod>(&self, i: usize) -> &[T] {
@@ -199,6 +219,13 @@ impl Segment {
     /// drops what the platform allows and returns `Ok`.
     pub fn release_pages(&self) -> Result<()> {
         fsio::release_pages(&self.map, &self.path)
+    }
+
+    /// Drops this mapping's pages from the process (`madvise(DONTNEED)`, on Unix; nothing elsewhere)
+    /// while the page cache keeps them: what a reader that copied the small columns calls so that they
+    /// do not stay resident twice. Later reads are served from the page cache (or the disk).
+    pub fn unmap_pages(&self) -> Result<()> {
+        fsio::unmap_pages(&self.map, &self.path)
     }
 
     /// All columns.
@@ -274,9 +301,10 @@ pub(crate) struct Layout {
     pub(crate) attrs: Option<(usize, usize)>,
 }
 
-/// Checks every header field, column checksum and the length of a segment file's bytes (`map`); `path`
-/// only labels errors.
-pub(crate) fn validate(path: &Path, map: &[u8]) -> Result<Layout> {
+/// Checks every header field, the small columns' checksums and values, the attribute block's checksum
+/// and the length of a segment file's bytes (`map`), and with `mu` the `mu` column as
+/// [`Segment::verify`] does; `path` only labels errors.
+pub(crate) fn validate(path: &Path, map: &[u8], mu: bool) -> Result<Layout> {
     let bad = |offset: usize, reason: String| Error::corrupt(path, offset as u64, reason);
     let len = map.len();
     if len < SEGMENT_HEADER {
@@ -312,7 +340,7 @@ pub(crate) fn validate(path: &Path, map: &[u8]) -> Result<Layout> {
                 format!("column {} runs to byte {}, the file ends at {len}", COLUMNS[i].0, offset + col_len),
             ));
         }
-        if crc32c::crc32c(&map[offset..offset + col_len]) != u32_at(72 + 4 * i) {
+        if i > 0 && crc32c::crc32c(&map[offset..offset + col_len]) != u32_at(72 + 4 * i) {
             return Err(bad(offset, format!("column {} checksum mismatch", COLUMNS[i].0)));
         }
     }
@@ -337,21 +365,51 @@ pub(crate) fn validate(path: &Path, map: &[u8]) -> Result<Layout> {
     if len != end {
         return Err(bad(end, format!("{} bytes after the last column", len.saturating_sub(end))));
     }
-    // Behind the checksums, the values: a file forged with recomputed checksums must not bring a NaN
-    // direction or a non-positive norm, kappa or alpha to the layers above (the checksum pass above has
-    // read every byte already; this pass is over the same pages).
-    let floats =
-        |i: usize| -> &[f32] { bytemuck::try_cast_slice(&map[cols[i].0..cols[i].0 + cols[i].1]).unwrap_or(&[]) };
-    let view = ColumnsRef { dim, ids: &[], norms: floats(2), kappa: floats(3), alpha: floats(4), mu: floats(0) };
-    if let Some((column, row)) = view.invalid_value(true) {
+    // Behind the checksums, the values: a file forged with recomputed checksums must not bring a
+    // non-positive norm, kappa or alpha to the layers above (the checksum pass above has read these
+    // pages already).
+    let view = ColumnsRef {
+        dim,
+        ids: &[],
+        norms: floats(map, &cols, 2),
+        kappa: floats(map, &cols, 3),
+        alpha: floats(map, &cols, 4),
+        mu: &[],
+    };
+    if let Some((column, row)) = view.invalid_value(false) {
         let at = match column {
             "norm" => cols[2].0 + 4 * row,
             "kappa" => cols[3].0 + 4 * row,
-            "alpha" => cols[4].0 + 4 * row,
-            _ => cols[0].0 + 4 * row * dim,
+            _ => cols[4].0 + 4 * row,
         };
         return Err(bad(at, format!("row {row} has an invalid {column}")));
     }
+    if mu {
+        check_mu(path, map, dim, &cols)?;
+    }
     let id = u64_at(24);
     Ok(Layout { id, rows, dim, cols, attrs })
+}
+
+/// Column `i` of a validated layout as f32 values.
+fn floats<'a>(map: &'a [u8], cols: &[(usize, usize); 5], i: usize) -> &'a [f32] {
+    bytemuck::try_cast_slice(&map[cols[i].0..cols[i].0 + cols[i].1]).unwrap_or(&[])
+}
+
+/// The `mu` column of a validated layout: its checksum (stored in the header, checked at open), then
+/// that every component is finite (a file forged with a recomputed checksum must not bring a NaN
+/// direction to the layers above).
+fn check_mu(path: &Path, map: &[u8], dim: usize, cols: &[(usize, usize); 5]) -> Result<()> {
+    let (offset, len) = cols[0];
+    let stored = u32::from_le_bytes([map[72], map[73], map[74], map[75]]);
+    if crc32c::crc32c(&map[offset..offset + len]) != stored {
+        return Err(Error::corrupt(path, offset as u64, format!("column {} checksum mismatch", COLUMNS[0].0)));
+    }
+    let view = ColumnsRef { dim, ids: &[], norms: &[], kappa: &[], alpha: &[], mu: floats(map, cols, 0) };
+    match view.invalid_value(true) {
+        Some((column, row)) => {
+            Err(Error::corrupt(path, (offset + 4 * row * dim) as u64, format!("row {row} has an invalid {column}")))
+        }
+        None => Ok(()),
+    }
 }

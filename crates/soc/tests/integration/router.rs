@@ -353,3 +353,55 @@ fn a_seed_calibrated_temperature_puts_its_chains_in_the_middle_of_its_band() {
     }
     assert!(fixed_misses >= 3, "the fixed temperature must miss the middle for this test to mean anything");
 }
+
+/// The compact neighbourhoods give each seed exactly its own neighbours, in order, whether they are
+/// seeds themselves or not; a removed seed loses its neighbourhood and does not get it back when the
+/// id is inserted again. Mutations caught: a neighbour that is no seed dropped or read from the wrong
+/// list, a seed given another seed's neighbours (positions of the unsorted input), a removal that
+/// leaves the neighbourhood in place.
+#[test]
+fn each_seed_is_routed_to_its_own_neighbours_until_it_is_removed() {
+    let dim = 32;
+    let config = m2m_splat::DigitsConfig { rows: 400, queries: 0, dim, ..Default::default() };
+    let d = m2m_splat::digits_on_sphere(&config).unwrap();
+    let ids: Vec<u64> = (0..400).map(|i| 1000 + (i * 37) % 400).collect();
+    let mut base = vec![0f32; 400 * dim];
+    for (r, &id) in ids.iter().enumerate() {
+        let src = (id - 1000) as usize;
+        base[r * dim..(r + 1) * dim].copy_from_slice(&d.base[src * dim..(src + 1) * dim]);
+    }
+    let index = Index::build(&IndexConfig::default().seed(3), dim, &base, &ids).unwrap();
+    let mut router = Router::new(&index, |_| Some((20.0, 1.0))).unwrap();
+    // Seeds in an unsorted order, dense (1000..1300) and with gaps (sorted, every third id left out);
+    // half of each neighbourhood lies outside the seeds (ids 1300..1400, and the gaps). The dense set
+    // last: the removal below uses it.
+    let with_gaps: Vec<u64> = (1000..1300).filter(|i| i % 3 != 0).collect();
+    let dense: Vec<u64> = (0..300).map(|i| 1000 + (i * 7) % 300).collect();
+    let k = 4;
+    let x = vec![1.0 / (dim as f32).sqrt(); dim];
+    let mut seeds = Vec::new();
+    for set in [with_gaps, dense] {
+        seeds = set;
+        let nb: Vec<u64> = seeds
+            .iter()
+            .flat_map(|&s| [1300 + s % 100, s + 1, 1399 - s % 100, if s > 1000 { s - 1 } else { 1001 }])
+            .collect();
+        router.set_neighbourhoods(&seeds, &nb, k).unwrap();
+        for (j, &s) in seeds.iter().enumerate() {
+            let routed = router.route_seed(Some(s), &x, 2, 10).unwrap();
+            let mut want = vec![s];
+            want.extend(nb[j * k..(j + 1) * k].iter().copied().filter(|&n| n != s && n < 1400));
+            want.dedup();
+            assert_eq!(routed.ids, want, "seed {s}");
+        }
+    }
+    let s = seeds[5];
+    let r = ids.iter().position(|&i| i == s).unwrap();
+    router.remove(&[s]);
+    router.insert(&[s], &base[r * dim..(r + 1) * dim], &[20.0], &[1.0]).unwrap();
+    let routed = router.route_seed(Some(s), &x, 2, 10).unwrap();
+    assert_eq!(routed, router.route(&x, 2, 10).unwrap(), "a removed seed is routed as any point");
+    // Ids spanning all of u64 (found by the torture: the density check overflowed). Mutation caught:
+    // `b - a + 1` unchecked (a panic in debug builds).
+    router.set_neighbourhoods(&[0, u64::MAX], &[u64::MAX, 0], 1).unwrap();
+}

@@ -395,6 +395,32 @@ fn a_repeated_id_names_the_segment_that_repeats_it() {
     }
 }
 
+/// A flipped bit in a segment's vectors: the database opens (open reads no vector) and `Db::check`
+/// reports the segment and the column. Mutation caught: `check` without the segments' `verify` (it
+/// returns Ok).
+#[test]
+fn check_finds_a_damaged_vector_that_open_does_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+    db.ingest(&crash_batch(1, DIM)).unwrap();
+    db.flush().unwrap();
+    let seg = dir.path().join(&db.manifest().segments[0].file);
+    drop(db);
+    Db::check(dir.path()).unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let mu_at = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+    bytes[mu_at + 4 * DIM + 2] ^= 0x10;
+    fs::write(&seg, &bytes).unwrap();
+    drop(Db::open(dir.path(), DbOptions::default()).expect("open does not read the vectors"));
+    match Db::check(dir.path()) {
+        Err(Error::Corrupt { path, offset, reason }) => {
+            assert_eq!((path, offset), (seg, mu_at as u64));
+            assert!(reason.contains("mu"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A writer's open that cuts a damaged tail says what it cut: the same bytes and rows `Db::check`
 /// reported before. Mutation caught: `Wal::open` not recording the cut (`cut_tail` None).
 #[test]
