@@ -287,15 +287,27 @@ fn run_child_with(args: &Args, budget: u64, cap: Option<u64>, ram: bool) -> Resu
     let out = cmd.output()?;
     if !out.status.success() {
         // A child the cgroup's OOM killer ends has no stderr of its own: say so.
-        let why = match std::os::unix::process::ExitStatusExt::signal(&out.status) {
-            Some(9) => "killed (SIGKILL: the memory cap's OOM killer)".to_string(),
-            _ => String::from_utf8_lossy(&out.stderr).into_owned(),
+        let why = if killed(&out.status) {
+            "killed (SIGKILL: the memory cap's OOM killer)".to_string()
+        } else {
+            String::from_utf8_lossy(&out.stderr).into_owned()
         };
         bail!("regime of budget {budget}, cap {cap:?}: {why}");
     }
     let line = String::from_utf8_lossy(&out.stdout);
     let last = line.lines().last().unwrap_or_default();
     serde_json::from_str(last).with_context(|| format!("regime output: {line}"))
+}
+
+/// Whether a child ended by SIGKILL (what the memory cgroup's OOM killer sends; Unix only).
+#[cfg(unix)]
+fn killed(status: &std::process::ExitStatus) -> bool {
+    std::os::unix::process::ExitStatusExt::signal(status) == Some(9)
+}
+
+#[cfg(not(unix))]
+fn killed(_: &std::process::ExitStatus) -> bool {
+    false
 }
 
 fn main() -> Result<()> {
