@@ -64,7 +64,8 @@ pub(crate) enum Command {
         /// Attributes of the splats: JSON lines, one object per splat with its integer "id" and its
         /// fields (integer, float, bool, string, array of strings as tags, object as a JSON payload),
         /// set after the vectors are in. The schema is inferred from the file when the database has none
-        /// (an integer field named "label" is the label).
+        /// (an integer field named "label" is the label). A line sets its splat's whole row: a field it
+        /// does not name becomes null.
         #[arg(long)]
         attributes: Option<PathBuf>,
     },

@@ -484,8 +484,10 @@ impl M2m {
         let added: Vec<usize> = (0..self.set.len())
             .filter(|&r| !then.contains(&self.set.ids()[r]) || replaced.contains(&self.set.ids()[r]))
             .collect();
-        if gone.len() + added.len() > built.len() {
-            self.stale(built.len());
+        // Ids changed since the build, each once (an upserted id leaves and comes back: one change).
+        let changed = gone.len() + added.len() - gone.iter().filter(|id| live.contains(id)).count();
+        if changed > built.len() {
+            self.stale(built.len(), changed);
             return Ok(false);
         }
         index.delete(&gone);
@@ -505,10 +507,10 @@ impl M2m {
         Ok(true)
     }
 
-    fn stale(&self, then: usize) {
-        tracing::info!(
-            "m2m: the stored index is stale ({then} splats then, {} now); build_index to rebuild",
-            self.set.len()
+    fn stale(&self, then: usize, changed: usize) {
+        tracing::warn!(
+            "m2m: the stored index is left out: {changed} splats changed since its build of {then} (more \
+             than it held); build_index to rebuild"
         );
     }
 
@@ -567,14 +569,7 @@ impl M2m {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn add_splats(&mut self, vectors: &[f32]) -> Result<Vec<u64>> {
-        let dim = self.config.dim;
-        let n = vectors.len() / dim.max(1);
-        // Ids are assigned after the largest ever used; none is reused, so past u64::MAX there is none left.
-        let end = self.next_id.checked_add(n as u64).ok_or_else(|| Error::Config {
-            field: "ids",
-            reason: format!("no id is left to assign {n} rows after id {}", self.next_id.saturating_sub(1)),
-        })?;
-        let ids: Vec<u64> = (self.next_id..end).collect();
+        let ids = self.next_ids(vectors.len() / self.config.dim.max(1))?;
         self.add_splats_with(vectors, &ids, None, None)?;
         Ok(ids)
     }
@@ -593,14 +588,23 @@ impl M2m {
     /// [`add_splats`](Self::add_splats) with attributes (one row per vector; see
     /// [`add_splats_attributed`](Self::add_splats_attributed)); returns the new ids.
     pub fn add_splats_with_attributes(&mut self, vectors: &[f32], attrs: &m2m_tier::AttrBatch) -> Result<Vec<u64>> {
-        let n = vectors.len() / self.config.dim.max(1);
-        let end = self.next_id.checked_add(n as u64).ok_or_else(|| Error::Config {
-            field: "ids",
-            reason: format!("no id is left to assign {n} rows after id {}", self.next_id.saturating_sub(1)),
-        })?;
-        let ids: Vec<u64> = (self.next_id..end).collect();
+        let ids = self.next_ids(vectors.len() / self.config.dim.max(1))?;
         self.add_splats_attributed(vectors, &ids, None, None, Some(attrs))?;
         Ok(ids)
+    }
+
+    /// The ids the next add of `n` rows without ids gets: after the largest id ever used (none is
+    /// reused), below the reserved `u64::MAX`. An error when fewer than `n` are left.
+    pub fn next_ids(&self, n: usize) -> Result<Vec<u64>> {
+        let end = self.next_id.checked_add(n as u64).filter(|&end| end <= crate::validate::RESERVED_ID);
+        let end = end.ok_or_else(|| Error::Config {
+            field: "ids",
+            reason: format!(
+                "no id is left to assign {n} rows after id {} (u64::MAX is reserved)",
+                self.next_id.saturating_sub(1)
+            ),
+        })?;
+        Ok((self.next_id..end).collect())
     }
 
     /// [`add_splats_with`](Self::add_splats_with) with the rows' attributes: the first add with
@@ -616,6 +620,7 @@ impl M2m {
         attrs: Option<&m2m_tier::AttrBatch>,
     ) -> Result<()> {
         self.refuse_if_read_only("add_splats")?;
+        crate::validate::check_ids_not_reserved(ids)?;
         let dim = self.config.dim;
         let mut batch = Batch::new(vectors, dim).ids(ids).kappa(self.config.init_kappa).alpha(self.config.init_alpha);
         if let Some(k) = kappa {

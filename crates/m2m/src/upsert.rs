@@ -53,11 +53,15 @@ impl M2m {
         }
         let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
         fresh.append(batch)?;
+        crate::validate::check_ids_not_reserved(ids)?;
         // Live ids leave the index and the router; ids this store still holds (live, or deleted and
         // awaiting compaction) are replaced in place; the others are appended.
         let live: Vec<u64> = fresh.ids().iter().copied().filter(|&id| self.contains(id)).collect();
         match (&mut self.db, &self.config.data_dir) {
             (Some(db), Some(dir)) => {
+                // The attributes are checked before the replaced ids are written down: a refused upsert
+                // changes no file.
+                db.check_attributes(fresh.len(), attrs)?;
                 if self.index.is_some() || dir.join(crate::INDEX_BLOB).exists() || !db.snapshot().index.is_empty() {
                     let mut all = load_replaced(dir)?;
                     all.extend(live.iter().copied());

@@ -242,15 +242,12 @@ impl Engine {
                 inner.add_splats_attributed(data, ids, kappa, alpha, Some(a)).map(|()| ids.to_vec())
             }
             (None, Some(a)) => {
-                let start = inner.stats_max_id().map_or(0, |m| m + 1);
-                let ids: Vec<u64> = (start..start + n as u64).collect();
+                let ids = inner.next_ids(n)?;
                 inner.add_splats_attributed(data, &ids, kappa, alpha, Some(a)).map(|()| ids)
             }
             (Some(ids), None) => inner.add_splats_with(data, ids, kappa, alpha).map(|()| ids.to_vec()),
             (None, None) if kappa.is_some() || alpha.is_some() => {
-                let n = data.len() / inner.config().dim.max(1);
-                let start = inner.stats_max_id().map_or(0, |m| m + 1);
-                let ids: Vec<u64> = (start..start + n as u64).collect();
+                let ids = inner.next_ids(data.len() / inner.config().dim.max(1))?;
                 inner.add_splats_with(data, &ids, kappa, alpha).map(|()| ids)
             }
             (None, None) => inner.add_splats(data),

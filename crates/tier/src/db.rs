@@ -548,6 +548,22 @@ impl Db {
 
     /// The attributes of `batch` checked and in schema order (`None`: a batch without attributes); the
     /// first batch with attributes sets the schema of a database without one (nothing else is written).
+    /// Checks attributes for a batch of `rows` rows as an add or upsert would (row count, and the
+    /// columns against the schema, or the schema they would set), storing nothing: for a caller that
+    /// must write something of its own before the change (the facade's index bookkeeping of upserts).
+    pub fn check_attributes(&self, rows: usize, attrs: Option<&AttrBatch>) -> Result<()> {
+        let Some(a) = attrs.filter(|a| !a.columns.is_empty() || a.rows != rows) else { return Ok(()) };
+        if a.rows != rows {
+            let reason = format!("{} rows of attributes for {rows} splats", a.rows);
+            return Err(Error::InvalidAttributes { field: String::new(), reason });
+        }
+        let schema = match &self.manifest.schema {
+            Some(s) => s.clone(),
+            None => Schema::infer(a)?,
+        };
+        a.normalise(&schema).map(|_| ())
+    }
+
     fn checked_attrs(&mut self, batch: &SplatSet, attrs: Option<&AttrBatch>) -> Result<Option<Vec<crate::Column>>> {
         let attrs = attrs.filter(|a| !a.columns.is_empty() || a.rows != batch.len());
         let cols = match attrs {
