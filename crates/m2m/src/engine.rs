@@ -596,8 +596,8 @@ impl M2m {
     /// The ids the next add of `n` rows without ids gets: after the largest id ever used (none is
     /// reused), below the reserved `u64::MAX`. An error when fewer than `n` are left.
     pub fn next_ids(&self, n: usize) -> Result<Vec<u64>> {
-        let end = self.next_id.checked_add(n as u64).filter(|&end| end <= crate::validate::RESERVED_ID);
-        let end = end.ok_or_else(|| Error::Config {
+        // `next_id..end` stops below `end` <= u64::MAX: never the reserved id.
+        let end = self.next_id.checked_add(n as u64).ok_or_else(|| Error::Config {
             field: "ids",
             reason: format!(
                 "no id is left to assign {n} rows after id {} (u64::MAX is reserved)",

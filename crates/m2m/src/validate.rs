@@ -94,6 +94,21 @@ pub(crate) fn bound_k(k: usize, live: usize) -> usize {
     k.min(live.max(1))
 }
 
+/// The id no splat may have: `u64::MAX` marks the padding of short hit lists (Python's `NO_ID`), and ids
+/// assigned by the engine stop below it.
+pub(crate) const RESERVED_ID: u64 = u64::MAX;
+
+/// Refuses a batch that names [`RESERVED_ID`], with the row where it is.
+pub(crate) fn check_ids_not_reserved(ids: &[u64]) -> Result<()> {
+    match ids.iter().position(|&id| id == RESERVED_ID) {
+        Some(row) => Err(Error::Config {
+            field: "ids",
+            reason: format!("row {row}: id {RESERVED_ID} is reserved (it marks the padding of short hit lists)"),
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,20 +139,5 @@ mod tests {
             let e = learned(p, ids, kappa, alpha).unwrap_err().to_string();
             assert!(e.starts_with("m2m-learned.blob: corrupt"), "{e}");
         }
-    }
-}
-
-/// The id no splat may have: `u64::MAX` marks the padding of short hit lists (Python's `NO_ID`), and ids
-/// assigned by the engine stop below it.
-pub(crate) const RESERVED_ID: u64 = u64::MAX;
-
-/// Refuses a batch that names [`RESERVED_ID`], with the row where it is.
-pub(crate) fn check_ids_not_reserved(ids: &[u64]) -> Result<()> {
-    match ids.iter().position(|&id| id == RESERVED_ID) {
-        Some(row) => Err(Error::Config {
-            field: "ids",
-            reason: format!("row {row}: id {RESERVED_ID} is reserved (it marks the padding of short hit lists)"),
-        }),
-        None => Ok(()),
     }
 }
