@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use m2m::index::IndexParts;
 use m2m::tier::{SectionFile, SectionKind, SectionWriter};
-use m2m::{CONFIG_BLOB, Error, INDEX_BLOB, LEARNED_BLOB, Lod, M2m, M2mConfig, digits_on_sphere};
+use m2m::{CONFIG_BLOB, Error, ErrorKind, INDEX_BLOB, LEARNED_BLOB, Lod, M2m, M2mConfig, digits_on_sphere};
 
 const DIM: usize = 16;
 
@@ -308,18 +308,22 @@ fn a_create_killed_before_the_settings_is_created_again_and_an_unused_one_discar
 #[test]
 fn the_largest_id_is_accepted_and_no_later_add_panics() {
     // `next_id = max + 1` overflowed (a panic in debug builds, a wrap to id 0 in release) when a caller
-    // or a forged log used id u64::MAX.
+    // or a forged log used the largest id. `u64::MAX` itself is reserved (it marks the padding of short
+    // hit lists): refused by add with a typed error; `u64::MAX - 1` is the largest id a row may have.
     let dir = tempfile::tempdir().unwrap();
     let mut e = M2m::create(M2mConfig::default().dim(4).data_dir(dir.path().join("db"))).unwrap();
-    e.add_splats_with(&[1.0, 0.0, 0.0, 0.0], &[u64::MAX], None, None).unwrap();
-    assert!(e.contains(u64::MAX));
+    let err = e.add_splats_with(&[1.0, 0.0, 0.0, 0.0], &[u64::MAX], None, None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(e.is_empty());
+    e.add_splats_with(&[1.0, 0.0, 0.0, 0.0], &[u64::MAX - 1], None, None).unwrap();
+    assert!(e.contains(u64::MAX - 1));
     // No id is left to assign: a typed error, the engine unchanged, never a wrapped or repeated id.
     assert!(e.add_splats(&[0.0, 1.0, 0.0, 0.0]).is_err());
     assert_eq!(e.len(), 1);
     drop(e);
     let e = M2m::open(dir.path().join("db")).unwrap();
     assert_eq!(e.len(), 1);
-    assert!(e.contains(u64::MAX));
+    assert!(e.contains(u64::MAX - 1));
 }
 
 /// A writer's open that cuts a damaged log tail says what it dropped (`cut_tail`, and a warning), and a
