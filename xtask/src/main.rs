@@ -234,6 +234,8 @@ fn ci() -> Result<()> {
     // standard library is installed.
     release::package()?;
     release::portability(false)?;
+    // The declared minimum toolchain builds the libraries and binaries.
+    release::msrv()?;
     // The README's main command, exactly as written there.
     run("cargo", &["run", "--release", "--locked", "--example", "quickstart"])?;
     fuzz(Some(15))?;
