@@ -607,6 +607,30 @@ impl M2m {
         Ok((self.next_id..end).collect())
     }
 
+    /// Raw rows with their ids and (or the configured initial) kappa and alpha, validated whole into a
+    /// set of their own (normalised, finite, ids distinct and not the reserved one): what add and upsert
+    /// check before anything is stored.
+    pub(crate) fn validated_batch(
+        &self,
+        vectors: &[f32],
+        ids: &[u64],
+        kappa: Option<&[f32]>,
+        alpha: Option<&[f32]>,
+    ) -> Result<SplatSet> {
+        crate::validate::check_ids_not_reserved(ids)?;
+        let dim = self.config.dim;
+        let mut batch = Batch::new(vectors, dim).ids(ids).kappa(self.config.init_kappa).alpha(self.config.init_alpha);
+        if let Some(k) = kappa {
+            batch = batch.kappas(k);
+        }
+        if let Some(a) = alpha {
+            batch = batch.alphas(a);
+        }
+        let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
+        fresh.append(batch)?;
+        Ok(fresh)
+    }
+
     /// [`add_splats_with`](Self::add_splats_with) with the rows' attributes: the first add with
     /// attributes sets the schema of an engine that has none (inferred from the columns); later ones
     /// must fit it. The whole batch, vectors and attributes, is validated before anything is stored: a
@@ -620,23 +644,13 @@ impl M2m {
         attrs: Option<&m2m_tier::AttrBatch>,
     ) -> Result<()> {
         self.refuse_if_read_only("add_splats")?;
-        crate::validate::check_ids_not_reserved(ids)?;
-        let dim = self.config.dim;
-        let mut batch = Batch::new(vectors, dim).ids(ids).kappa(self.config.init_kappa).alpha(self.config.init_alpha);
-        if let Some(k) = kappa {
-            batch = batch.kappas(k);
-        }
-        if let Some(a) = alpha {
-            batch = batch.alphas(a);
-        }
         if let Some((row, id)) = ids.iter().enumerate().find(|(_, id)| self.deleted.contains(id)) {
             return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
         }
         // Validated into a batch set first (in memory, the attributes against the table, whose add is
         // all-or-nothing), then logged, then appended: nothing is written, to disk or RAM, unless all of
         // it is good.
-        let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
-        fresh.append(batch)?;
+        let fresh = self.validated_batch(vectors, ids, kappa, alpha)?;
         if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some()) {
             return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
         }

@@ -44,16 +44,7 @@ impl M2m {
     ) -> Result<()> {
         self.refuse_if_read_only("upsert")?;
         let dim = self.config.dim;
-        let mut batch = Batch::new(vectors, dim).ids(ids).kappa(self.config.init_kappa).alpha(self.config.init_alpha);
-        if let Some(k) = kappa {
-            batch = batch.kappas(k);
-        }
-        if let Some(a) = alpha {
-            batch = batch.alphas(a);
-        }
-        let mut fresh = SplatSet::with_capacity(dim, ids.len())?;
-        fresh.append(batch)?;
-        crate::validate::check_ids_not_reserved(ids)?;
+        let fresh = self.validated_batch(vectors, ids, kappa, alpha)?;
         // Live ids leave the index and the router; ids this store still holds (live, or deleted and
         // awaiting compaction) are replaced in place; the others are appended.
         let live: Vec<u64> = fresh.ids().iter().copied().filter(|&id| self.contains(id)).collect();
