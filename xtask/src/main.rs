@@ -33,11 +33,11 @@
 //!   rustup (`rustup target add T`) and one it cannot get is named (with `--strict`, an error). In CI, without `--strict`. With
 //!   `--run-aarch64` (not in CI) it then runs m2m-index's tests for aarch64 under qemu-user, once on a
 //!   CPU model with the dot-product extension and once on one without, so both NEON code paths run.
-//! * `cargo xtask msrv`: `cargo +RUST_VERSION check --workspace --all-targets` with the root manifest's
-//!   rust-version (not in CI: it is the toolchain CI builds with).
+//! * `cargo xtask msrv`: `cargo +RUST_VERSION check --workspace --locked` (libraries and binaries) with
+//!   the root manifest's rust-version, rustup installing that toolchain when missing (a CI step).
 //! * `cargo xtask python [--matrix]`: the wheel and its pytest suite (and mypy --strict over the
-//!   package); `--matrix` repeats the suite on the oldest and newest numpy the wheel supports (not in
-//!   CI: it downloads and installs numpy twice).
+//!   package); `--matrix` repeats the suite with the oldest and the newest numpy and torch the wheel
+//!   supports (not in CI: it downloads about 7 GB of torch and CUDA wheels).
 //! * `cargo xtask bench filter [--nq 1000] [--shares 0.5,0.1,0.01,0.001] [--json OUT] [--export DIR]`:
 //!   filtered search on minilm70k with synthetic attributes (random rows and k-means labels) against the
 //!   exact filtered truth, pinned to one core (`M2M_BENCH_CPU`, default 1) with `taskset`; `--export`

@@ -4,9 +4,10 @@
 //! the manylinux policies and tags it with the oldest this machine's glibc allows) and installed, then
 //! pytest over `crates/py/tests` and `mypy --strict` over the package.
 //!
-//! `--matrix` (not in CI: it downloads numpy twice) runs the suite again in clean environments with the
-//! oldest numpy the wheel declares (1.23.5, the first with wheels for this Python) and the newest; torch's
-//! tests skip there: only Debian's torch is installable here (see the module's first paragraph).
+//! `--matrix` (not in CI: it downloads about 7 GB, PyPI's torch wheels with their CUDA libraries) runs
+//! the suite again in clean environments (no system site packages) with the oldest numpy and torch the
+//! wheel declares (numpy 1.23.5, the first with wheels for this Python; torch 1.13.1, the first with
+//! wheels for it) and the newest of each.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -27,8 +28,11 @@ const PACKAGES: [(&str, &str); 3] = [
 /// PyPI tools, pinned.
 const TOOLS: [&str; 3] = ["maturin==1.16.0", "pytest==9.2.0", "mypy==2.4.1"];
 
-/// The numpy versions of `--matrix`: the oldest the wheel declares (pyproject's floor) and the newest.
-const NUMPY_MATRIX: [(&str, &str); 2] = [("oldest", "numpy==1.23.5"), ("newest", "numpy==2.4.6")];
+/// The environments of `--matrix`: the oldest numpy and torch the wheel declares (pyproject's floors) and
+/// the newest on PyPI when this was written. torch 1.13 was built against numpy 1.x, so the oldest pair is
+/// also the pair its users have.
+const MATRIX: [(&str, &str, &str); 2] =
+    [("oldest", "numpy==1.23.5", "torch==1.13.1"), ("newest", "numpy==2.4.6", "torch==2.15.0")];
 
 /// Builds the wheel into `target/py-venv` and runs the pytest suite; returns its counts.
 pub(crate) fn test() -> Result<TestCounts> {
@@ -88,7 +92,7 @@ fn build_wheel(py_s: &str) -> Result<std::path::PathBuf> {
 }
 
 /// `cargo xtask python --matrix`: the wheel of `test` (built again) and the suite in a clean
-/// environment per numpy version of [`NUMPY_MATRIX`].
+/// environment per pair of [`MATRIX`].
 pub(crate) fn matrix() -> Result<()> {
     let mut counts = test()?;
     let root = workspace_root();
@@ -97,20 +101,20 @@ pub(crate) fn matrix() -> Result<()> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .context("no wheel in target/wheels")?;
-    for (label, numpy) in NUMPY_MATRIX {
+    for (label, numpy, torch) in MATRIX {
         let venv = root.join(format!("target/py-venv-{label}"));
         let py = venv.join("bin/python");
         let py_s = py.to_string_lossy().into_owned();
         if !py.exists() {
             run("/usr/bin/python3", &["-m", "venv", &venv.to_string_lossy()])?;
         }
-        run(&py_s, &["-m", "pip", "install", "-q", "--disable-pip-version-check", numpy, TOOLS[1]])?;
+        run(&py_s, &["-m", "pip", "install", "-q", "--disable-pip-version-check", numpy, torch, TOOLS[1]])?;
         let wheel_s = wheel.to_string_lossy();
         let install = ["-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall", "--no-deps"];
         let mut args = install.to_vec();
         args.push(&wheel_s);
         run(&py_s, &args)?;
-        println!("\n==> matrix: {label} ({numpy}, no torch)");
+        println!("\n==> matrix: {label} ({numpy}, {torch})");
         let c = pytest(&py, &root.join("crates/py"))?;
         counts.passed += c.passed;
         counts.failed += c.failed;
