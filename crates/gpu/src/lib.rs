@@ -28,6 +28,28 @@
 //! blocks in device-local buffers (`DeviceStorage`).
 //!
 //! The default build has only the twins and needs no shader compiler.
+//!
+//! # Example
+//!
+//! The same calls run on the device or on the CPU twins; `Auto` falls back to the twins when no device
+//! works (always so in the default build).
+//!
+//! ```
+//! use m2m_gpu::{Backend, Compute, Metric};
+//!
+//! let compute = Compute::new(Backend::Auto)?;
+//! // Four candidate rows of dimension 2, uploaded once, then searched by a batch of two queries.
+//! let rows = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0, 0.6, 0.8];
+//! let candidates = compute.upload(&rows, 2)?;
+//! let queries = [0.0, 1.0, 1.0, 0.0];
+//! let best = compute.top_k(&queries, &candidates, Metric::InnerProduct, 2)?;
+//! assert_eq!(best[0][0].0, 1); // (0, 1) is its own best match
+//! assert_eq!(best[0][1].0, 3); // then (0.6, 0.8)
+//! assert_eq!(best[1][0].0, 0);
+//! // k beyond what the device kernel supports is refused, not truncated.
+//! assert!(compute.top_k(&queries, &candidates, Metric::InnerProduct, m2m_gpu::MAX_K + 1).is_err());
+//! # Ok::<(), m2m_gpu::Error>(())
+//! ```
 
 pub mod cpu;
 mod error;

@@ -1450,6 +1450,25 @@ impl Index {
 
     /// Inserts vectors after the build: each is routed to its fine cluster and its code appended, without
     /// a rebuild. The batch is validated whole first; on error nothing is inserted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m_index::{Error, Index, IndexConfig, Lod, SearchParams};
+    ///
+    /// let dim = 8;
+    /// let vectors: Vec<f32> = (0..400 * dim).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+    /// let mut index = Index::build(&IndexConfig::default(), dim, &vectors, &(0..400).collect::<Vec<u64>>())?;
+    /// let fresh: Vec<f32> = (0..dim).map(|i| i as f32 + 0.5).collect();
+    /// index.insert(&fresh, &[1_000])?;
+    /// let p = SearchParams::default();
+    /// assert_eq!(index.search(&fresh, 1, Lod::Rerank, &p)?[0].id, 1_000);
+    /// // An id the index holds is refused, and nothing is inserted.
+    /// assert!(matches!(index.insert(&fresh, &[7]), Err(Error::DuplicateId { id: 7 })));
+    /// assert_eq!(index.delete(&[1_000, 5_000]), 1); // only 1,000 was present
+    /// assert_ne!(index.search(&fresh, 1, Lod::Exact, &p)?[0].id, 1_000);
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn insert(&mut self, vectors: &[f32], ids: &[u64]) -> Result<()> {
         let dim = self.p.dim;
         let n = check_rows(vectors, dim)?;

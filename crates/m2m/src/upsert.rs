@@ -34,6 +34,29 @@ impl M2m {
     /// first (dimensions, finite values, an id twice in the batch, attributes against the schema): on
     /// error nothing changes. A database logs the whole batch as one record. The index follows at once
     /// (the replaced rows' old vectors leave it, the new rows go in, as `add_splats` inserts them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m::Lod;
+    /// # let d = m2m::digits_on_sphere(&m2m::DigitsConfig { rows: 1_000, queries: 0, dim: 64, ..Default::default() })?;
+    /// let mut engine = m2m::M2m::create(m2m::M2mConfig::default().dim(64))?;
+    /// engine.add_splats(&d.base)?;
+    /// engine.build_index()?;
+    /// // Id 5 takes row 900's vector; id 5000 is new.
+    /// let row = d.base[900 * 64..901 * 64].to_vec();
+    /// let vectors = [row.clone(), d.base[901 * 64..902 * 64].to_vec()].concat();
+    /// engine.upsert(&vectors, &[5, 5_000], None, None, None)?;
+    /// assert_eq!(engine.len(), 1_001);
+    /// let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+    /// assert!(close(&engine.vector_of(5).unwrap(), &row));
+    /// let hits: Vec<u64> = engine.retrieve(&row, 2, Lod::Exact)?.iter().map(|h| h.id).collect();
+    /// assert!(hits.contains(&5) && hits.contains(&900));
+    /// // An id twice in one batch is refused whole.
+    /// assert!(engine.upsert(&vectors, &[6, 6], None, None, None).is_err());
+    /// assert!(close(&engine.vector_of(6).unwrap(), &d.base[6 * 64..7 * 64]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn upsert(
         &mut self,
         vectors: &[f32],

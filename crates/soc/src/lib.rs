@@ -22,6 +22,33 @@
 //! * [`sampler`]: alias-table draws, epochs with weights 1 / (N p_i), and an every-row-once option.
 //!
 //! Everything random takes a seed and is deterministic for it, whatever the number of threads.
+//!
+//! # Example
+//!
+//! The energy is low near the splats and high away from them; an importance sampler draws rows in
+//! proportion to their weights and gives each draw the weight 1 / (N p) that keeps estimates unbiased.
+//!
+//! ```
+//! use m2m_soc::{ImportanceSampler, SamplerConfig, Splats, energy::energy};
+//!
+//! // Two splats on the circle S^1: at (1, 0) and at (0, 1).
+//! let mu = [1.0, 0.0, 0.0, 1.0];
+//! let (kappa, alpha) = ([10.0, 10.0], [1.0, 1.0]);
+//! let splats = Splats::new(2, &mu, &kappa, &alpha)?;
+//! let near = energy(&[1.0, 0.0], &splats)?;
+//! let far = energy(&[-1.0, 0.0], &splats)?;
+//! assert!(near < far);
+//!
+//! // Row 1 is three times as likely as row 0: it is drawn more and weighted less.
+//! let sampler = ImportanceSampler::new(&[1.0, 3.0], SamplerConfig { seed: 7, ..Default::default() })?;
+//! let plan = sampler.epoch(0);
+//! assert_eq!(plan.rows.len(), 2);
+//! for (&row, &w) in plan.rows.iter().zip(&plan.weights) {
+//!     let expected = if row == 0 { 2.0 } else { 2.0 / 3.0 }; // 1 / (N p): p = 1/4 and 3/4
+//!     assert!((w - expected).abs() < 1e-6);
+//! }
+//! # Ok::<(), m2m_soc::Error>(())
+//! ```
 
 pub mod energy;
 mod error;

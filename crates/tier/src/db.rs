@@ -376,6 +376,28 @@ impl Db {
 
     /// Opens the database in `dir`: takes the writer lock, maps and validates every segment, recovers the
     /// log (cutting a torn tail) and removes files left over by an interrupted flush or compaction.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m_splat::SplatSet;
+    /// use m2m_tier::{Db, DbOptions, Error};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let mut db = Db::create(dir.path(), 2, DbOptions::default())?;
+    /// db.ingest(&SplatSet::from_vectors(&[1.0, 0.0, 0.0, 1.0, 0.6, 0.8], 2)?)?; // acknowledged: in the log
+    /// db.delete(&[1])?;
+    /// drop(db); // no flush: as after a crash, only the log holds the rows
+    ///
+    /// let db = Db::open(dir.path(), DbOptions::default())?;
+    /// assert_eq!(db.len(), 2); // rows 0 and 2 recovered, the delete too
+    /// let snap = db.snapshot();
+    /// let live: Vec<u64> = snap.parts().flat_map(|p| p.ids.to_vec()).filter(|&id| snap.is_live(id)).collect();
+    /// assert_eq!(live, [0, 2]);
+    /// // One writer at a time: a second open is refused while `db` holds the lock.
+    /// assert!(matches!(Db::open(dir.path(), DbOptions::default()), Err(Error::Locked { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(dir: impl AsRef<Path>, options: DbOptions) -> Result<Db> {
         let dir = dir.as_ref().to_path_buf();
         // The manifest is read before the lock file is created: a directory without one is not ours,
