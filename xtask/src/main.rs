@@ -18,7 +18,7 @@
 //! * `cargo xtask torture [--minutes N] [--seed S]`: the hostile test (`torture.rs`): SIGKILLs of ingest,
 //!   flush, compaction and build at random moments, damage and forgeries of every file kind, foreign
 //!   files, a full disk as root; CI runs it for 3 minutes.
-//! * `cargo xtask bench [tier|splat|kernels|soc] [ARGS...]`: runs the criterion benchmarks (all, or one by
+//! * `cargo xtask bench [tier|splat|kernels|soc|engine] [ARGS...]`: runs the criterion benchmarks (all, or one by
 //!   name); ARGS go to criterion (for example a benchmark name filter). Without arguments it then runs
 //!   `cargo xtask bench report`, which regenerates `BENCHMARKS.md` and `BENCHMARKS-recall-qps.svg` from an
 //!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin.
@@ -362,7 +362,7 @@ fn bench(args: &[String]) -> Result<()> {
     let mut cmd = vec!["bench", "--locked", "-p", "m2m-benches"];
     let everything = args.is_empty();
     let mut args = args;
-    if let Some(name @ ("tier" | "splat" | "kernels" | "soc")) = args.first().map(String::as_str) {
+    if let Some(name @ ("tier" | "splat" | "kernels" | "soc" | "engine")) = args.first().map(String::as_str) {
         // One criterion benchmark by name: `cargo xtask bench tier`.
         cmd.extend(["--bench", name]);
         args = &args[1..];
