@@ -270,6 +270,33 @@ fn any_k_is_answered_with_at_most_every_live_splat() {
 }
 
 #[test]
+fn absurd_generate_sizes_and_dimensions_are_typed_errors_not_aborts_or_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = built(dir.path(), 300);
+    let engine = M2m::open(dir.path()).unwrap();
+    // Each of these once allocated until the process aborted, or ran for ever.
+    let field = |r: m2m::Result<Vec<f32>>| match r {
+        Err(Error::Config { field, .. }) => field,
+        other => panic!("expected a config error, got {:?}", other.map(|v| v.len())),
+    };
+    assert_eq!(field(engine.generate_n(1 << 40, 1)), "n");
+    assert_eq!(field(engine.generate_n(usize::MAX, 1)), "n");
+    assert_eq!(field(engine.generate_n(1, usize::MAX)), "steps");
+    assert_eq!(field(engine.generate(&base[..DIM], m2m::MAX_GENERATE_STEPS + 1)), "steps");
+    // Within them they run.
+    assert_eq!(engine.generate_n(4, 1).unwrap().len(), 4 * DIM);
+    assert_eq!(engine.generate(&base[..DIM], 3).unwrap().len(), DIM);
+    let too_many = M2mConfig { langevin_steps: m2m::MAX_GENERATE_STEPS + 1, ..M2mConfig::default().dim(DIM) };
+    assert!(matches!(M2m::create(too_many), Err(Error::Config { field: "langevin_steps", .. })));
+    // A dimension no row can have is refused before anything is written: the directory stays empty.
+    let fresh = dir.path().join("huge");
+    let huge = M2mConfig::default().dim(1 << 40).data_dir(&fresh);
+    assert!(matches!(M2m::create(huge), Err(Error::Config { field: "dim", .. })));
+    assert!(!fresh.exists(), "nothing made for a refused create");
+    assert!(matches!(M2m::create(M2mConfig::default().dim(1 << 40)), Err(Error::Config { field: "dim", .. })));
+}
+
+#[test]
 fn a_database_created_for_vulkan_opens_in_any_build() {
     let dir = tempfile::tempdir().unwrap();
     built(dir.path(), 200);

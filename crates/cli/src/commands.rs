@@ -342,6 +342,10 @@ fn ingest(
     }
     let dim = readers[0].1.info().dim;
     for (f, r) in &readers {
+        // An empty file is refused as an empty .fvecs is: the ingest log records files of rows.
+        if r.info().rows == 0 {
+            bail!("{}: holds no rows (shape (0, {})): nothing to ingest", f.display(), r.info().dim);
+        }
         if r.info().dim != dim {
             bail!("{}: dimension {} differs from {}'s {dim}", f.display(), r.info().dim, files[0].display());
         }

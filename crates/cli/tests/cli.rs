@@ -332,6 +332,11 @@ fn huge_k_empty_queries_and_changed_files_get_answers_not_panics() {
     write_vectors::<f32>(&empty, &[], 16).unwrap();
     let (code, err) = fails(&["query", &d, "--file", &empty.display().to_string()]);
     assert!(code == 1 && err.contains("empty.npy") && err.contains("no query vector"), "{err}");
+    // An empty file is not ingested (it once logged a zero-row entry that made the next ingest's log
+    // corrupt); the ingest after it still reads the log.
+    let (code, err) = fails(&["ingest", &d, &empty.display().to_string()]);
+    assert!(code == 1 && err.contains("empty.npy") && err.contains("no rows"), "{err}");
+    assert!(m2m(&["ingest", &d, &a]).status.success(), "the log stays readable after the refusal");
     let nan = dir.path().join("nan.npy");
     let mut q = vec![0.5f32; 3 * 16];
     q[2 * 16 + 1] = f32::NAN;

@@ -235,6 +235,15 @@ impl M2mConfig {
         if !(self.min_kappa > 0.0 && self.min_kappa <= self.max_kappa && self.max_kappa.is_finite()) {
             return bad("min_kappa", format!("range {}..{} is not 0 < min <= max", self.min_kappa, self.max_kappa));
         }
+        if self.dim > u32::MAX as usize {
+            return bad("dim", format!("{} is more than 2^32 - 1", self.dim));
+        }
+        if self.langevin_steps > crate::MAX_GENERATE_STEPS {
+            return bad(
+                "langevin_steps",
+                format!("{} is more than {}", self.langevin_steps, crate::MAX_GENERATE_STEPS),
+            );
+        }
         if !(self.langevin_dt > 0.0 && self.langevin_dt <= 1.0) {
             return bad("langevin_dt", format!("{} is not in (0, 1]", self.langevin_dt));
         }

@@ -12,10 +12,16 @@ use m2m_splat::{Batch, SplatSet};
 use crate::rows::RowStore;
 use m2m_tier::{Db, DbOptions, Durability};
 
+use crate::loader::MAX_GENERATE_STEPS;
 use crate::training::{
     Controller, KappaFit, LangevinOverrides, NEIGHBOURS, NEIGHBOURS_BLOB, StoredNeighbours, run_routed,
 };
 use crate::{Device, Error, M2mConfig, Metric, Result};
+
+/// The most values (rows times the dimension) that one call of [`M2m::generate`] or
+/// [`M2m::generate_n`] returns: 2^28, a GiB of `f32`. More is refused with a typed error rather than
+/// an allocation that aborts the process; the data lake streams any number in batches.
+pub const MAX_GENERATE_VALUES: usize = 1 << 28;
 
 /// Name of the engine's settings inside a data directory.
 pub const CONFIG_BLOB: &str = "m2m-config.blob";
@@ -1007,6 +1013,15 @@ impl M2m {
     /// the seed and its neighbours from the kappa fit).
     fn generate_from(&self, seeds: &[f32], ids: Option<&[u64]>, steps: usize) -> Result<Vec<f32>> {
         let dim = self.config.dim;
+        if steps > MAX_GENERATE_STEPS {
+            return Err(Error::Config { field: "steps", reason: format!("{steps} is more than {MAX_GENERATE_STEPS}") });
+        }
+        if seeds.len() > MAX_GENERATE_VALUES {
+            return Err(Error::Config {
+                field: "seeds",
+                reason: format!("{} values are more than {MAX_GENERATE_VALUES} in one call", seeds.len()),
+            });
+        }
         if !seeds.len().is_multiple_of(dim) || seeds.is_empty() {
             return Err(Error::Config {
                 field: "seeds",
@@ -1033,6 +1048,16 @@ impl M2m {
     pub fn generate_n(&self, n: usize, steps: usize) -> Result<Vec<f32>> {
         if n == 0 {
             return Err(Error::Config { field: "n", reason: "must be at least 1".into() });
+        }
+        if n.checked_mul(self.config.dim).is_none_or(|v| v > MAX_GENERATE_VALUES) {
+            return Err(Error::Config {
+                field: "n",
+                reason: format!(
+                    "{n} rows of {} values are more than {MAX_GENERATE_VALUES} values in one call: generate in \
+                     batches, or stream them with export_to_dataloader",
+                    self.config.dim
+                ),
+            });
         }
         if self.is_empty() {
             return Err(Error::Empty);

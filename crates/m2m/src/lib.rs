@@ -36,7 +36,9 @@ mod validate;
 
 pub use attributes::Attribute;
 pub use config::{Device, LangevinDynamics, M2mConfig};
-pub use engine::{CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, REPLACED_BLOB, Stats, create_m2m};
+pub use engine::{
+    CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, MAX_GENERATE_VALUES, REPLACED_BLOB, Stats, create_m2m,
+};
 pub use error::{Error, ErrorKind, Result};
 #[doc(hidden)]
 pub use gpu_search::ForcePath;
