@@ -234,3 +234,49 @@ def test_num_workers_gives_a_torch_dataloader(engine):
     loader = engine.export_to_dataloader(batch_size=500, num_workers=0, seed=1)
     assert isinstance(loader, torch.utils.data.DataLoader) and len(loader) == 6
     assert sorted(i for b in loader for i in b["ids"].tolist()) == list(range(3000))
+
+
+def test_one_engine_shared_by_threads_takes_calls_in_turn():
+    # An add beside queries once failed with RuntimeError("Already borrowed") from the native object.
+    import threading
+
+    e = m2m.create_m2m(dim=DIM, seed=3)
+    e.add_splats(vectors(2000))
+    e.build_index(n_fine=20)
+    q = vectors(4, seed=9)
+    errors = []
+
+    def query():
+        try:
+            for _ in range(200):
+                assert len(e.retrieve(q[0], k=5).ids) == 5
+        except Exception as x:  # noqa: BLE001 - collected and asserted below
+            errors.append(x)
+
+    def add():
+        try:
+            for i in range(50):
+                e.add_splats(vectors(10, seed=100 + i))
+        except Exception as x:  # noqa: BLE001
+            errors.append(x)
+
+    threads = [threading.Thread(target=query), threading.Thread(target=query), threading.Thread(target=add)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(e) == 2000 + 500
+    e.close()
+
+
+def test_integers_out_of_range_are_invalid_input():
+    e = m2m.create_m2m(dim=DIM, seed=3)
+    e.add_splats(vectors(300))
+    e.build_index(n_fine=8)
+    for bad in (dict(k=-1), dict(k=2**64), dict(k=5, nprobe=-1)):
+        with pytest.raises(m2m.InvalidInputError):
+            e.retrieve(vectors(1)[0], **bad)
+    with pytest.raises(ValueError):
+        e.generate(-1)
+    e.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import warnings
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Dict, List, Literal, NamedTuple, Optional, Type, Union, overload
@@ -202,13 +203,45 @@ class _Splats:
         return len(self._engine)
 
 
+class _OneAtATime:
+    """The native engine with its calls taken one at a time: a call from another thread waits for the
+    running one (with the GIL released) instead of failing on the native object's borrow ("Already
+    borrowed"), so an engine may be shared by threads: an add beside a query, a close during one. Each
+    call still runs its own work on every core. An integer argument out of range (a negative k, an id
+    above 2**64) is an :class:`InvalidInputError`, as other bad input is, not an OverflowError."""
+
+    def __init__(self, engine: "_m2m.Engine") -> None:
+        self._inner = engine
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                try:
+                    return attr(*args, **kwargs)
+                except OverflowError as e:
+                    raise InvalidInputError(f"{name}: an integer argument is out of range ({e})") from e
+
+        return call
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._inner)
+
+
 class M2M:
     """An engine. Make one with :func:`create_m2m` or :func:`open_m2m`; close it with :meth:`close` or
     a ``with`` block, which releases the directory's writer lock at once (it is also released when the
     object is collected)."""
 
     def __init__(self, engine: "_m2m.Engine", config: Optional[M2MConfig] = None) -> None:
-        self._engine = engine
+        # Typed as the native engine: every attribute goes through to it, one call at a time.
+        self._engine: "_m2m.Engine" = _OneAtATime(engine)  # type: ignore[assignment]
         self._legacy = config is not None and config.legacy
         self._default_k = 10 if config is None else config.default_k
 
