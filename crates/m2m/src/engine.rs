@@ -13,7 +13,8 @@ use crate::rows::RowStore;
 use m2m_tier::{Db, DbOptions, Durability};
 
 use crate::training::{
-    Controller, KappaFit, LangevinOverrides, NEIGHBOURS, NEIGHBOURS_BLOB, StoredNeighbours, run_routed,
+    Controller, KappaFit, LangevinOverrides, NEIGHBOURS, NEIGHBOURS_BLOB, NeighbourSource, StoredNeighbours, ids_hash,
+    run_routed,
 };
 use crate::{Device, Error, M2mConfig, Metric, Result};
 
@@ -59,6 +60,52 @@ pub(crate) fn load_neighbours(dir: &Path) -> Result<Option<StoredNeighbours>> {
         return Err(corrupt("neighbour lists of the wrong length".into()));
     }
     Ok(Some(nb))
+}
+
+/// The kappa fit and ids of the stored neighbourhoods of `dir`, if any, checked as
+/// [`load_neighbours`] checks them (the blob's checksum, its decoding, the lists' length) without
+/// keeping the lists: what `open` needs before the router is built.
+pub(crate) fn load_neighbours_head(dir: &Path) -> Result<Option<(KappaFit, Vec<u64>)>> {
+    /// The neighbour lists' length, counted as they are decoded.
+    struct Counted(usize);
+    impl<'de> serde::Deserialize<'de> for Counted {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Counted, D::Error> {
+            struct Count;
+            impl<'de> serde::de::Visitor<'de> for Count {
+                type Value = Counted;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a sequence of ids")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Counted, A::Error> {
+                    let mut n = 0usize;
+                    while seq.next_element::<u64>()?.is_some() {
+                        n += 1;
+                    }
+                    Ok(Counted(n))
+                }
+            }
+            d.deserialize_seq(Count)
+        }
+    }
+    /// [`StoredNeighbours`] with its lists counted.
+    #[derive(serde::Deserialize)]
+    struct Head {
+        fit: KappaFit,
+        ids: Vec<u64>,
+        k: u32,
+        neighbours: Counted,
+    }
+    if !dir.join(NEIGHBOURS_BLOB).exists() {
+        return Ok(None);
+    }
+    let bytes = m2m_tier::load_blob(dir, NEIGHBOURS_BLOB)?;
+    let corrupt =
+        |reason: String| Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(NEIGHBOURS_BLOB), offset: 20, reason });
+    let head: Head = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if Some(head.neighbours.0) != head.ids.len().checked_mul(head.k as usize) {
+        return Err(corrupt("neighbour lists of the wrong length".into()));
+    }
+    Ok(Some((head.fit, head.ids)))
 }
 
 /// The stored learned values of `dir`, if any.
@@ -432,6 +479,7 @@ impl M2m {
             }
             other => other?,
         }
+        release_freed_memory();
         Ok(engine)
     }
 
@@ -486,9 +534,15 @@ impl M2m {
             self.alpha = Arc::new(alpha);
         }
         self.index = Some(index);
-        let neighbours = load_neighbours(dir)?.filter(|nb| same_ids(self.set.ids(), &nb.ids));
-        self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
-        self.start_controller(neighbours.as_ref())?;
+        // Only the fit and the ids of the stored neighbourhoods are read now (the lists are counted, not
+        // kept): the router that uses them is built at its first use, and reads them then.
+        let neighbours = load_neighbours_head(dir)?.filter(|(_, ids)| same_ids(self.set.ids(), ids));
+        self.kappa_fit = neighbours.as_ref().map(|(fit, _)| *fit);
+        let source = match neighbours {
+            Some((_, ids)) => NeighbourSource::Stored { dir: dir.to_path_buf(), ids: ids_hash(&ids) },
+            None => NeighbourSource::Unknown,
+        };
+        self.start_controller(source, None)?;
         self.restore_pile(dir)
     }
 
@@ -688,8 +742,8 @@ impl M2m {
             let vectors = index_vectors(&self.set, rows.clone(), self.config.metric);
             index.insert(&vectors, &self.set.ids()[rows.clone()])?;
             // The router follows the index (its clusters are the SOC sites; the pile is unchanged).
-            if let Some(ctl) = &mut self.soc {
-                let router = Arc::make_mut(&mut ctl.router);
+            // A router not built yet reads the index when it is.
+            if let Some(router) = self.soc.as_mut().and_then(Controller::router_mut) {
                 router.insert(&self.set.ids()[rows.clone()], &vectors, &self.kappa[rows.clone()], &self.alpha[rows])?;
             }
             self.gpu.invalidate();
@@ -772,6 +826,7 @@ impl M2m {
             neighbours = Some(StoredNeighbours { fit, ids: ids.clone(), k: NEIGHBOURS as u32, neighbours: nb });
         }
         self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
+        let mut source = NeighbourSource::Unknown;
         if let (Some(dir), Some(db)) = (self.config.data_dir.clone(), self.db.as_mut()) {
             let learned = Learned { ids: ids.clone(), kappa: self.kappa.to_vec(), alpha: self.alpha.to_vec() };
             let serialise =
@@ -788,14 +843,20 @@ impl M2m {
             let files = db.snapshot().index;
             index.attach_cold(crate::stored::cold_rows(&files)?)?;
             crate::stored::warm(&mut index, &files, self.config.warm_budget_bytes)?;
-            if let Some(nb) = &neighbours {
-                m2m_tier::store_blob(&dir, NEIGHBOURS_BLOB, &postcard::to_allocvec(nb).map_err(serialise)?)?;
+            if let Some(nb) = neighbours.take() {
+                m2m_tier::store_blob(&dir, NEIGHBOURS_BLOB, &postcard::to_allocvec(&nb).map_err(serialise)?)?;
+                // Read back by the router when it is first used: not held in RAM meanwhile.
+                source = NeighbourSource::Stored { dir: dir.clone(), ids: ids_hash(&nb.ids) };
             }
         }
+        if let Some(nb) = neighbours {
+            source = NeighbourSource::Held(Arc::new(nb));
+        }
+        let old = self.soc.take().map(|ctl| (ctl, self.index.take()));
         self.index = Some(index);
         self.gpu.invalidate();
         // The pile is carried over onto the new clusters.
-        self.start_controller(neighbours.as_ref())?;
+        self.start_controller(source, old)?;
         self.save_pile()
     }
 
@@ -940,7 +1001,7 @@ impl M2m {
     /// Counts retrieval hits for the controller: atomic counters, no lock and nothing built.
     pub(crate) fn record_use(&self, ids: impl Iterator<Item = u64>) {
         if let Some(ctl) = &self.soc {
-            ctl.record_hits(ids);
+            ctl.record_hits(self.index.as_ref(), ids);
         }
     }
 
@@ -964,8 +1025,8 @@ impl M2m {
         if self.is_empty() {
             return Err(Error::Empty);
         }
-        if let Some(ctl) = &self.soc {
-            return Ok(ctl.router.energy(x, 16, 1024)?);
+        if self.soc.is_some() {
+            return Ok(self.router("energy")?.energy(x, 16, 1024)?);
         }
         // Without an index the sum is exact over every live splat (a copy of their rows, for this call).
         let live = self.live_rows();
@@ -1021,10 +1082,10 @@ impl M2m {
             }
             row.iter_mut().for_each(|v| *v /= n);
         }
-        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "generate" })?;
+        let router = self.router("generate")?;
         let steps = if steps == 0 { self.config.langevin_steps } else { steps };
-        let config = self.langevin_config(steps, &LangevinOverrides::default());
-        run_routed(&ctl.router, &config, &mut x, dim, self.config.seed, ids, self.step_kappa())?;
+        let config = self.langevin_config(steps, &LangevinOverrides::default())?;
+        run_routed(router, &config, &mut x, dim, self.config.seed, ids, self.step_kappa()?)?;
         Ok(x)
     }
 
@@ -1094,7 +1155,7 @@ impl M2m {
             self.gpu.invalidate();
         }
         if let Some(ctl) = &mut self.soc {
-            Arc::make_mut(&mut ctl.router).remove(&present);
+            ctl.remove(&present);
         }
         self.deleted.extend(present.iter().copied());
         Ok(present.len())
@@ -1254,8 +1315,8 @@ impl M2m {
         if let Some(index) = &self.index {
             out.extend(index.heap_bytes());
         }
-        if let Some(ctl) = &self.soc {
-            out.extend(ctl.router.heap_bytes());
+        if let Some(router) = self.soc.as_ref().and_then(Controller::built_router) {
+            out.extend(router.heap_bytes());
         }
         out
     }
@@ -1273,6 +1334,18 @@ impl M2m {
             crate::stored::warm(index, &snap.index, bytes)?;
         }
         Ok(())
+    }
+}
+
+/// Hands the allocator's free memory back to the OS. Open's transient allocations (the small columns
+/// as they grew, sorted copies of the ids, the stored neighbourhoods' bytes) are freed by its end, but
+/// glibc keeps freed memory in the process; without this the resident set after open is that peak, not
+/// what the engine holds. Elsewhere a no-op.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointer and only returns glibc's own free pages under its lock.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
