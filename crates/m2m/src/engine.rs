@@ -41,6 +41,10 @@ pub(crate) struct Learned {
 /// Whether a build's ids are exactly the live ones (in any order): the rule by which a stored index and
 /// its learned kappa and alpha are current.
 pub(crate) fn same_ids(now: &[u64], then: &[u64]) -> bool {
+    // The usual case, the same ids in the same order, needs no sorted copies.
+    if now == then {
+        return true;
+    }
     let (mut now, mut then) = (now.to_vec(), then.to_vec());
     now.sort_unstable();
     then.sort_unstable();
@@ -502,6 +506,14 @@ impl M2m {
         if let Some(e) = &snap.index_error {
             return Err(crate::stored::damage(dir, e));
         }
+        if snap.index.is_empty() && !dir.join(INDEX_BLOB).exists() {
+            return Ok(());
+        }
+        // The stored neighbourhoods' fit, and whether they are of the rows now live, read before the
+        // index so that the blob's bytes are not held beside the index's codes (open's peak); an error
+        // waits for where it has always been reported, after the index.
+        let neighbours = load_neighbours_head(dir)
+            .map(|head| head.filter(|(_, ids)| same_ids(self.set.ids(), ids)).map(|(fit, ids)| (fit, ids_hash(&ids))));
         let (mut index, stored) = if !snap.index.is_empty() {
             crate::stored::load(&snap.index, &self.config)?
         } else if dir.join(INDEX_BLOB).exists() {
@@ -534,12 +546,12 @@ impl M2m {
             self.alpha = Arc::new(alpha);
         }
         self.index = Some(index);
-        // Only the fit and the ids of the stored neighbourhoods are read now (the lists are counted, not
-        // kept): the router that uses them is built at its first use, and reads them then.
-        let neighbours = load_neighbours_head(dir)?.filter(|(_, ids)| same_ids(self.set.ids(), ids));
-        self.kappa_fit = neighbours.as_ref().map(|(fit, _)| *fit);
+        // Only the fit and the ids of the stored neighbourhoods were read (the lists counted, not kept):
+        // the router that uses them is built at its first use, and reads them then.
+        let neighbours = neighbours?;
+        self.kappa_fit = neighbours.map(|(fit, _)| fit);
         let source = match neighbours {
-            Some((_, ids)) => NeighbourSource::Stored { dir: dir.to_path_buf(), ids: ids_hash(&ids) },
+            Some((_, ids)) => NeighbourSource::Stored { dir: dir.to_path_buf(), ids },
             None => NeighbourSource::Unknown,
         };
         self.start_controller(source, None)?;
