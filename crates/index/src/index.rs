@@ -925,6 +925,11 @@ impl Index {
         self.locations.contains_key(&id)
     }
 
+    /// The fine cluster that holds `id`, if the index holds it.
+    pub fn cluster_of(&self, id: u64) -> Option<u32> {
+        self.locations.get(&id).map(|&(f, _)| f)
+    }
+
     /// Bytes of the parts that a search at LOD 1 reads (centroids and codes): what the hot tier holds.
     pub fn hot_bytes(&self) -> usize {
         4 * (self.p.coarse.len() + self.p.fine.len() + self.p.pq_codebook.len())

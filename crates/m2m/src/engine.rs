@@ -14,7 +14,8 @@ use m2m_tier::{Db, DbOptions, Durability};
 
 use crate::loader::MAX_GENERATE_STEPS;
 use crate::training::{
-    Controller, KappaFit, LangevinOverrides, NEIGHBOURS, NEIGHBOURS_BLOB, StoredNeighbours, run_routed,
+    Controller, KappaFit, LangevinOverrides, NEIGHBOURS, NEIGHBOURS_BLOB, NeighbourSource, StoredNeighbours, ids_hash,
+    run_routed,
 };
 use crate::{Device, Error, M2mConfig, Metric, Result};
 
@@ -46,6 +47,10 @@ pub(crate) struct Learned {
 /// Whether a build's ids are exactly the live ones (in any order): the rule by which a stored index and
 /// its learned kappa and alpha are current.
 pub(crate) fn same_ids(now: &[u64], then: &[u64]) -> bool {
+    // The usual case, the same ids in the same order, needs no sorted copies.
+    if now == then {
+        return true;
+    }
     let (mut now, mut then) = (now.to_vec(), then.to_vec());
     now.sort_unstable();
     then.sort_unstable();
@@ -65,6 +70,52 @@ pub(crate) fn load_neighbours(dir: &Path) -> Result<Option<StoredNeighbours>> {
         return Err(corrupt("neighbour lists of the wrong length".into()));
     }
     Ok(Some(nb))
+}
+
+/// The kappa fit and ids of the stored neighbourhoods of `dir`, if any, checked as
+/// [`load_neighbours`] checks them (the blob's checksum, its decoding, the lists' length) without
+/// keeping the lists: what `open` needs before the router is built.
+pub(crate) fn load_neighbours_head(dir: &Path) -> Result<Option<(KappaFit, Vec<u64>)>> {
+    /// The neighbour lists' length, counted as they are decoded.
+    struct Counted(usize);
+    impl<'de> serde::Deserialize<'de> for Counted {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Counted, D::Error> {
+            struct Count;
+            impl<'de> serde::de::Visitor<'de> for Count {
+                type Value = Counted;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a sequence of ids")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Counted, A::Error> {
+                    let mut n = 0usize;
+                    while seq.next_element::<u64>()?.is_some() {
+                        n += 1;
+                    }
+                    Ok(Counted(n))
+                }
+            }
+            d.deserialize_seq(Count)
+        }
+    }
+    /// [`StoredNeighbours`] with its lists counted.
+    #[derive(serde::Deserialize)]
+    struct Head {
+        fit: KappaFit,
+        ids: Vec<u64>,
+        k: u32,
+        neighbours: Counted,
+    }
+    if !dir.join(NEIGHBOURS_BLOB).exists() {
+        return Ok(None);
+    }
+    let bytes = m2m_tier::load_blob(dir, NEIGHBOURS_BLOB)?;
+    let corrupt =
+        |reason: String| Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(NEIGHBOURS_BLOB), offset: 20, reason });
+    let head: Head = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if Some(head.neighbours.0) != head.ids.len().checked_mul(head.k as usize) {
+        return Err(corrupt("neighbour lists of the wrong length".into()));
+    }
+    Ok(Some((head.fit, head.ids)))
 }
 
 /// The stored learned values of `dir`, if any.
@@ -438,6 +489,7 @@ impl M2m {
             }
             other => other?,
         }
+        release_freed_memory();
         Ok(engine)
     }
 
@@ -460,6 +512,14 @@ impl M2m {
         if let Some(e) = &snap.index_error {
             return Err(crate::stored::damage(dir, e));
         }
+        if snap.index.is_empty() && !dir.join(INDEX_BLOB).exists() {
+            return Ok(());
+        }
+        // The stored neighbourhoods' fit, and whether they are of the rows now live, read before the
+        // index so that the blob's bytes are not held beside the index's codes (open's peak); an error
+        // waits for where it has always been reported, after the index.
+        let neighbours = load_neighbours_head(dir)
+            .map(|head| head.filter(|(_, ids)| same_ids(self.set.ids(), ids)).map(|(fit, ids)| (fit, ids_hash(&ids))));
         let (mut index, stored) = if !snap.index.is_empty() {
             crate::stored::load(&snap.index, &self.config)?
         } else if dir.join(INDEX_BLOB).exists() {
@@ -492,9 +552,15 @@ impl M2m {
             self.alpha = Arc::new(alpha);
         }
         self.index = Some(index);
-        let neighbours = load_neighbours(dir)?.filter(|nb| same_ids(self.set.ids(), &nb.ids));
-        self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
-        self.start_controller(neighbours.as_ref())?;
+        // Only the fit and the ids of the stored neighbourhoods were read (the lists counted, not kept):
+        // the router that uses them is built at its first use, and reads them then.
+        let neighbours = neighbours?;
+        self.kappa_fit = neighbours.map(|(fit, _)| fit);
+        let source = match neighbours {
+            Some((_, ids)) => NeighbourSource::Stored { dir: dir.to_path_buf(), ids },
+            None => NeighbourSource::Unknown,
+        };
+        self.start_controller(source, None)?;
         self.restore_pile(dir)
     }
 
@@ -694,8 +760,8 @@ impl M2m {
             let vectors = index_vectors(&self.set, rows.clone(), self.config.metric);
             index.insert(&vectors, &self.set.ids()[rows.clone()])?;
             // The router follows the index (its clusters are the SOC sites; the pile is unchanged).
-            if let Some(ctl) = &mut self.soc {
-                let router = Arc::make_mut(&mut ctl.router);
+            // A router not built yet reads the index when it is.
+            if let Some(router) = self.soc.as_mut().and_then(Controller::router_mut) {
                 router.insert(&self.set.ids()[rows.clone()], &vectors, &self.kappa[rows.clone()], &self.alpha[rows])?;
             }
             self.gpu.invalidate();
@@ -778,6 +844,7 @@ impl M2m {
             neighbours = Some(StoredNeighbours { fit, ids: ids.clone(), k: NEIGHBOURS as u32, neighbours: nb });
         }
         self.kappa_fit = neighbours.as_ref().map(|nb| nb.fit);
+        let mut source = NeighbourSource::Unknown;
         if let (Some(dir), Some(db)) = (self.config.data_dir.clone(), self.db.as_mut()) {
             let learned = Learned { ids: ids.clone(), kappa: self.kappa.to_vec(), alpha: self.alpha.to_vec() };
             let serialise =
@@ -794,14 +861,20 @@ impl M2m {
             let files = db.snapshot().index;
             index.attach_cold(crate::stored::cold_rows(&files)?)?;
             crate::stored::warm(&mut index, &files, self.config.warm_budget_bytes)?;
-            if let Some(nb) = &neighbours {
-                m2m_tier::store_blob(&dir, NEIGHBOURS_BLOB, &postcard::to_allocvec(nb).map_err(serialise)?)?;
+            if let Some(nb) = neighbours.take() {
+                m2m_tier::store_blob(&dir, NEIGHBOURS_BLOB, &postcard::to_allocvec(&nb).map_err(serialise)?)?;
+                // Read back by the router when it is first used: not held in RAM meanwhile.
+                source = NeighbourSource::Stored { dir: dir.clone(), ids: ids_hash(&nb.ids) };
             }
         }
+        if let Some(nb) = neighbours {
+            source = NeighbourSource::Held(Arc::new(nb));
+        }
+        let old = self.soc.take().map(|ctl| (ctl, self.index.take()));
         self.index = Some(index);
         self.gpu.invalidate();
         // The pile is carried over onto the new clusters.
-        self.start_controller(neighbours.as_ref())?;
+        self.start_controller(source, old)?;
         self.save_pile()
     }
 
@@ -946,7 +1019,7 @@ impl M2m {
     /// Counts retrieval hits for the controller: atomic counters, no lock and nothing built.
     pub(crate) fn record_use(&self, ids: impl Iterator<Item = u64>) {
         if let Some(ctl) = &self.soc {
-            ctl.record_hits(ids);
+            ctl.record_hits(self.index.as_ref(), ids);
         }
     }
 
@@ -970,8 +1043,8 @@ impl M2m {
         if self.is_empty() {
             return Err(Error::Empty);
         }
-        if let Some(ctl) = &self.soc {
-            return Ok(ctl.router.energy(x, 16, 1024)?);
+        if self.soc.is_some() {
+            return Ok(self.router("energy")?.energy(x, 16, 1024)?);
         }
         // Without an index the sum is exact over every live splat (a copy of their rows, for this call).
         let live = self.live_rows();
@@ -1036,10 +1109,10 @@ impl M2m {
             }
             row.iter_mut().for_each(|v| *v /= n);
         }
-        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "generate" })?;
+        let router = self.router("generate")?;
         let steps = if steps == 0 { self.config.langevin_steps } else { steps };
-        let config = self.langevin_config(steps, &LangevinOverrides::default());
-        run_routed(&ctl.router, &config, &mut x, dim, self.config.seed, ids, self.step_kappa())?;
+        let config = self.langevin_config(steps, &LangevinOverrides::default())?;
+        run_routed(router, &config, &mut x, dim, self.config.seed, ids, self.step_kappa()?)?;
         Ok(x)
     }
 
@@ -1119,7 +1192,7 @@ impl M2m {
             self.gpu.invalidate();
         }
         if let Some(ctl) = &mut self.soc {
-            Arc::make_mut(&mut ctl.router).remove(&present);
+            ctl.remove(&present);
         }
         self.deleted.extend(present.iter().copied());
         Ok(present.len())
@@ -1279,8 +1352,8 @@ impl M2m {
         if let Some(index) = &self.index {
             out.extend(index.heap_bytes());
         }
-        if let Some(ctl) = &self.soc {
-            out.extend(ctl.router.heap_bytes());
+        if let Some(router) = self.soc.as_ref().and_then(Controller::built_router) {
+            out.extend(router.heap_bytes());
         }
         out
     }
@@ -1298,6 +1371,18 @@ impl M2m {
             crate::stored::warm(index, &snap.index, bytes)?;
         }
         Ok(())
+    }
+}
+
+/// Hands the allocator's free memory back to the OS. Open's transient allocations (the small columns
+/// as they grew, sorted copies of the ids, the stored neighbourhoods' bytes) are freed by its end, but
+/// glibc keeps freed memory in the process; without this the resident set after open is that peak, not
+/// what the engine holds. Elsewhere a no-op.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointer and only returns glibc's own free pages under its lock.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

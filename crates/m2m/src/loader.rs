@@ -521,8 +521,8 @@ impl M2m {
                     step_size: config.step_size,
                     dynamics: config.dynamics,
                 },
-            ),
-            step_kappa: self.step_kappa(),
+            )?,
+            step_kappa: self.step_kappa()?,
             tiers: None,
             labels: self.attr_table().schema().label().map(|_| {
                 let table = self.attr_table();
@@ -542,13 +542,16 @@ impl M2m {
             lake.tiers = Some(Tiers::over(&snap, self.config.warm_budget_bytes, dim, &ids, config)?);
         }
         if config.importance_sampling || config.generate_samples {
-            let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "the SOC controller" })?;
-            lake.router = Some(Arc::clone(&ctl.router));
+            lake.router = Some(Arc::clone(self.router("the SOC controller")?));
             if config.importance_sampling {
                 lake.probs = Some(self.row_probabilities(&live)?.1);
             }
         }
-        spawn(lake, config, self.soc.as_ref().map(|c| c.sink()))
+        let sink = match &self.soc {
+            Some(_) => Some(self.feedback_sink("the SOC controller")?),
+            None => None,
+        };
+        spawn(lake, config, sink)
     }
 }
 

@@ -45,6 +45,101 @@ struct Loc {
 
 const IN_RAM: u32 = u32::MAX;
 
+/// Rows `start..` (up to the next run's start) lie in part `part` at rows `row, row + 1, ...`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    start: u32,
+    part: u32,
+    row: u32,
+}
+
+impl Run {
+    /// Whether row `at` lying at `l` continues this run.
+    fn continued_by(&self, at: u32, l: Loc) -> bool {
+        l.part == self.part && u64::from(l.row) == u64::from(self.row) + u64::from(at - self.start)
+    }
+}
+
+/// Each row's [`Loc`], stored as runs of consecutive rows that lie one after the other in one part: a
+/// segment read whole is one run of 12 bytes, where a location per row took 8 bytes a row. A row is
+/// found by a binary search over the runs. The runs are kept as few as the locations allow (a change
+/// splits a run and merges what it can), so their number is the number of breaks in the layout.
+#[derive(Clone, Debug, Default)]
+struct Locations {
+    runs: Vec<Run>,
+    len: u32,
+}
+
+impl Locations {
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Appends the location of the next row. The caller keeps the row count within `u32`.
+    fn push(&mut self, l: Loc) {
+        match self.runs.last() {
+            Some(last) if last.continued_by(self.len, l) => {}
+            _ => self.runs.push(Run { start: self.len, part: l.part, row: l.row }),
+        }
+        self.len += 1;
+    }
+
+    /// The run holding row `r` (`r < len`).
+    fn run_of(&self, r: u32) -> usize {
+        self.runs.partition_point(|run| run.start <= r) - 1
+    }
+
+    /// Row `r`'s location.
+    ///
+    /// # Panics
+    /// If `r >= self.len()`, like slice indexing.
+    fn get(&self, r: usize) -> Loc {
+        assert!(r < self.len(), "row {r} of {}", self.len);
+        let r = r as u32;
+        let run = self.runs[self.run_of(r)];
+        Loc { part: run.part, row: run.row + (r - run.start) }
+    }
+
+    /// Sets row `r`'s location: its run is split around it, and runs that now continue each other are
+    /// merged.
+    ///
+    /// # Panics
+    /// If `r >= self.len()`.
+    fn set(&mut self, r: usize, l: Loc) {
+        assert!(r < self.len(), "row {r} of {}", self.len);
+        let r = r as u32;
+        let i = self.run_of(r);
+        let run = self.runs[i];
+        let end = self.runs.get(i + 1).map_or(self.len, |next| next.start);
+        let mut pieces = Vec::with_capacity(3);
+        if r > run.start {
+            pieces.push(run);
+        }
+        pieces.push(Run { start: r, part: l.part, row: l.row });
+        if r + 1 < end {
+            pieces.push(Run { start: r + 1, part: run.part, row: run.row + (r + 1 - run.start) });
+        }
+        let added = pieces.len();
+        self.runs.splice(i..=i, pieces);
+        // Only the boundaries from the run before the pieces to the run after them can have changed.
+        let (lo, hi) = (i.saturating_sub(1), (i + added + 1).min(self.runs.len()));
+        for j in (lo + 1..hi).rev() {
+            let (a, b) = (self.runs[j - 1], self.runs[j]);
+            if a.continued_by(b.start, Loc { part: b.part, row: b.row }) {
+                self.runs.remove(j);
+            }
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.runs.shrink_to_fit();
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.runs.capacity() * std::mem::size_of::<Run>()
+    }
+}
+
 /// The engine's rows: ids, norms, and the unit `mu` of each, in place (see the module's docs).
 #[derive(Clone, Debug)]
 pub(crate) struct RowStore {
@@ -52,7 +147,7 @@ pub(crate) struct RowStore {
     ids: Vec<u64>,
     norms: Vec<f32>,
     row_of: IdMap<u32>,
-    loc: Vec<Loc>,
+    loc: Locations,
     parts: Vec<Part>,
     /// Unit rows held in RAM (rows added by this session, or every row without a data directory).
     ram: Vec<f32>,
@@ -62,7 +157,7 @@ pub(crate) struct RowStore {
 /// kappa and alpha, in the view's order (segments first, then the in-memory rows).
 struct Viewed {
     parts: Vec<Part>,
-    loc: Vec<Loc>,
+    loc: Locations,
     ids: Vec<u64>,
     norms: Vec<f32>,
     kappa: Vec<f32>,
@@ -73,13 +168,22 @@ struct Viewed {
 fn view(snap: &Snapshot, keep: impl Fn(bool, u64) -> bool) -> Result<Viewed> {
     let mut parts: Vec<Part> = snap.segments.iter().cloned().map(Part::Segment).collect();
     parts.extend(snap.memtable.chunks().iter().cloned().map(Part::Chunk));
-    let mut v =
-        Viewed { parts, loc: Vec::new(), ids: Vec::new(), norms: Vec::new(), kappa: Vec::new(), alpha: Vec::new() };
+    let mut v = Viewed {
+        parts,
+        loc: Locations::default(),
+        ids: Vec::new(),
+        norms: Vec::new(),
+        kappa: Vec::new(),
+        alpha: Vec::new(),
+    };
     let segments = snap.segments.len();
     for (p, cols) in snap.parts().enumerate() {
         let part = u32::try_from(p).map_err(|_| too_many("parts"))?;
         for i in 0..cols.rows() {
             if keep(p < segments, cols.ids[i]) {
+                if v.loc.len() >= u32::MAX as usize {
+                    return Err(too_many("rows"));
+                }
                 v.loc.push(Loc { part, row: u32::try_from(i).map_err(|_| too_many("rows of a part"))? });
                 v.ids.push(cols.ids[i]);
                 v.norms.push(cols.norms[i]);
@@ -103,7 +207,7 @@ impl RowStore {
             ids: Vec::new(),
             norms: Vec::new(),
             row_of: IdMap::new(),
-            loc: Vec::new(),
+            loc: Locations::default(),
             parts: Vec::new(),
             ram: Vec::new(),
         }
@@ -153,16 +257,16 @@ impl RowStore {
     pub(crate) fn replace_row(&mut self, r: usize, mu: &[f32], norm: f32) {
         let row = (self.ram.len() / self.dim) as u32;
         self.ram.extend_from_slice(mu);
-        self.loc[r] = Loc { part: IN_RAM, row };
+        self.loc.set(r, Loc { part: IN_RAM, row });
         self.norms[r] = norm;
     }
 
     /// Keeps only rows `keep` (in that order; each at most once).
     pub(crate) fn retain_rows(&mut self, keep: &[usize]) {
         let mut ram = Vec::new();
-        let mut loc = Vec::with_capacity(keep.len());
+        let mut loc = Locations::default();
         for &r in keep {
-            let l = self.loc[r];
+            let l = self.loc.get(r);
             if l.part == IN_RAM {
                 loc.push(Loc { part: IN_RAM, row: (ram.len() / self.dim) as u32 });
                 ram.extend_from_slice(self.mu_row(r));
@@ -187,9 +291,9 @@ impl RowStore {
         // upserted id is in the view twice (its replaced segment row, then its new row in memory): the
         // later, new one wins in `at`.
         let v = view(snap, |_, id| self.row_of.contains_key(&id))?;
-        let at: HashMap<u64, Loc> = v.ids.iter().copied().zip(v.loc.iter().copied()).collect();
+        let at: HashMap<u64, Loc> = v.ids.iter().enumerate().map(|(i, &id)| (id, v.loc.get(i))).collect();
         let mut ram = Vec::new();
-        let mut loc = Vec::with_capacity(self.ids.len());
+        let mut loc = Locations::default();
         for (r, id) in self.ids.iter().enumerate() {
             match at.get(id) {
                 // The database's copy of an id is the one this store read or appended: ids are never
@@ -242,7 +346,7 @@ impl RowStore {
     /// # Panics
     /// If `r >= self.len()`, like slice indexing.
     pub(crate) fn mu_row(&self, r: usize) -> &[f32] {
-        let Loc { part, row } = self.loc[r];
+        let Loc { part, row } = self.loc.get(r);
         let (rows, at) =
             if part == IN_RAM { (&self.ram[..], row as usize) } else { (self.parts[part as usize].mu(), row as usize) };
         &rows[at * self.dim..(at + 1) * self.dim]
@@ -254,7 +358,7 @@ impl RowStore {
             ("engine ids", self.ids.capacity() * 8),
             ("engine norms", self.norms.capacity() * 4),
             ("engine id map", self.row_of.heap_bytes()),
-            ("engine row locations", self.loc.capacity() * std::mem::size_of::<Loc>()),
+            ("engine row locations", self.loc.heap_bytes()),
             ("engine RAM rows", self.ram.capacity() * 4),
         ]
     }
@@ -306,7 +410,10 @@ mod tests {
 
         let mut engine = M2m::open(&path).unwrap();
         assert_eq!(engine.set.ram_vector_bytes(), 0, "nothing copied at open");
-        let router = &engine.soc.as_ref().expect("a cosine index starts the router").router;
+        let ctl = engine.soc.as_ref().expect("a cosine index starts the controller");
+        assert!(ctl.built_router().is_none(), "open builds no router");
+        assert_eq!(engine.set.loc.runs.len(), 2, "a segment and the log's rows, each read whole: one run each");
+        let router = engine.router("test").unwrap();
         assert_eq!(router.ram_vector_bytes(), 0, "the router reads the index's mapped rows");
         assert_eq!(vectors(&engine, &ids), want);
         // Half the rows come from the log (the database's in-memory rows), the other half from a segment.
@@ -328,5 +435,153 @@ mod tests {
         drop(engine);
         let engine = M2m::open(&path).unwrap();
         assert_eq!(vectors(&engine, &ids[40..]), want[40..]);
+    }
+
+    /// The runs answer as a location per row would, through appends, single changes and rebuilds from a
+    /// subset, over random layouts (parts of random lengths read whole or in pieces, RAM rows, upserts
+    /// into RAM, deletes), and stay as few as the layout allows. Mutations caught: a split that leaves
+    /// the rows after the changed one at the old offset or the changed row's neighbours in another
+    /// part (the locations differ), a run that swallows a row of another part or a gap (`continued_by`
+    /// without its part or offset check), no merging after a change (more runs than breaks).
+    #[test]
+    fn row_locations_as_runs_answer_as_one_location_per_row_over_random_layouts() {
+        use super::{IN_RAM, Loc, Locations};
+        use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+        fn check(runs: &Locations, want: &[Loc], what: &str) {
+            assert_eq!(runs.len(), want.len(), "{what}: length");
+            for (r, w) in want.iter().enumerate() {
+                let got = runs.get(r);
+                assert_eq!((got.part, got.row), (w.part, w.row), "{what}: row {r}");
+            }
+            let breaks = (0..want.len())
+                .filter(|&r| {
+                    r == 0 || want[r].part != want[r - 1].part || want[r].row != want[r - 1].row.wrapping_add(1)
+                })
+                .count();
+            assert_eq!(runs.runs.len(), breaks, "{what}: runs are not as few as the layout allows");
+        }
+
+        let mut rng = StdRng::seed_from_u64(15);
+        for round in 0..300 {
+            let (mut runs, mut want) = (Locations::default(), Vec::new());
+            let mut ram_rows = 0u32;
+            // A view: parts, each read whole or with holes (deleted rows), then rows in RAM.
+            for part in 0..rng.random_range(0..6u32) {
+                let len = rng.random_range(0..40u32);
+                let holes = rng.random_bool(0.5);
+                for row in (0..len).filter(|_| !holes || rng.random_bool(0.8)) {
+                    want.push(Loc { part, row });
+                }
+            }
+            for _ in 0..rng.random_range(0..20) {
+                want.push(Loc { part: IN_RAM, row: ram_rows });
+                ram_rows += 1;
+            }
+            want.iter().for_each(|&l| runs.push(l));
+            check(&runs, &want, &format!("round {round}, view"));
+            for step in 0..30 {
+                if want.is_empty() {
+                    break;
+                }
+                match rng.random_range(0..4) {
+                    // An upsert: the row's new vector in RAM.
+                    0 => {
+                        let r = rng.random_range(0..want.len());
+                        want[r] = Loc { part: IN_RAM, row: ram_rows };
+                        ram_rows += 1;
+                        runs.set(r, want[r]);
+                    }
+                    // A change back to where the row's neighbour says it continues (merges runs).
+                    1 if want.len() > 1 => {
+                        let r = rng.random_range(1..want.len());
+                        want[r] = Loc { part: want[r - 1].part, row: want[r - 1].row.wrapping_add(1) };
+                        runs.set(r, want[r]);
+                    }
+                    // Deletes dropped: the store keeps a subset, in order.
+                    2 => {
+                        let kept: Vec<Loc> = want.iter().copied().filter(|_| rng.random_bool(0.85)).collect();
+                        runs = Locations::default();
+                        kept.iter().for_each(|&l| runs.push(l));
+                        want = kept;
+                    }
+                    // An added row.
+                    _ => {
+                        want.push(Loc { part: IN_RAM, row: ram_rows });
+                        ram_rows += 1;
+                        runs.push(*want.last().unwrap());
+                    }
+                }
+                check(&runs, &want, &format!("round {round}, step {step}"));
+            }
+        }
+    }
+
+    /// A query-only open builds no SOC router (the heap breakdown names none), and the first
+    /// generation after it builds one that generates exactly what the engine generated before it was
+    /// closed (from the stored neighbourhoods and the index read back). A row upserted before the first use leaves
+    /// the lazily built router as it leaves a built one. Mutations caught: `open` or `retrieve`
+    /// building the router (the breakdown names it), a lazy build without the stored neighbourhoods or
+    /// with another index's members (generated rows differ), retrieval hits recorded nowhere while the
+    /// router is not built (the pile's loads do not move), an upsert before the first use not
+    /// remembered (the lazily built router still routes the upserted seed to its old neighbourhood).
+    #[test]
+    fn a_query_only_open_builds_no_router_and_generate_builds_the_same_one() {
+        use crate::Lod;
+        let dim = 16;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let config = M2mConfig { durable: false, ..M2mConfig::default().dim(dim).data_dir(&path) };
+        let data = rows(800, dim, 3);
+        let mut engine = M2m::create(config).unwrap();
+        let ids = engine.add_splats(&data).unwrap();
+        engine.build_index().unwrap();
+        assert!(engine.kappa_fit().is_some(), "the build learned kappa (the neighbourhoods are stored)");
+        assert!(engine.soc.as_ref().unwrap().built_router().is_none(), "a build builds no router");
+        let before = engine.generate_n(12, 20).unwrap();
+        assert!(engine.soc.as_ref().unwrap().built_router().is_some(), "generate builds the router");
+        let energy = engine.energy(&data[..dim]).unwrap();
+        drop(engine);
+
+        let engine = M2m::open(&path).unwrap();
+        let names = |e: &M2m| e.heap_bytes().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+        assert!(!names(&engine).contains("router"), "open built a router: {}", names(&engine));
+        let loads = |e: &M2m| e.soc.as_ref().unwrap().pile.with(|p| p.loads().to_vec()).unwrap();
+        let idle = loads(&engine);
+        for q in data.chunks_exact(dim).take(50) {
+            engine.retrieve(q, 10, Lod::Rerank).unwrap();
+        }
+        assert!(!names(&engine).contains("router"), "a query built the router: {}", names(&engine));
+        assert_ne!(loads(&engine), idle, "retrieval hits reach the pile without a router");
+        assert_eq!(engine.generate_n(12, 20).unwrap(), before, "the lazily built router generates the same rows");
+        assert!(names(&engine).contains("router"));
+        assert_eq!(engine.energy(&data[..dim]).unwrap(), energy);
+        drop(engine);
+
+        // An upsert before the router is built leaves it as an upsert after: the id is routed with its
+        // new row and its stored neighbourhood is no longer its own (in-memory engines: held
+        // neighbourhoods).
+        let memory = || {
+            let mut e = M2m::create(M2mConfig::default().dim(dim)).unwrap();
+            e.add_splats(&data).unwrap();
+            e.build_index().unwrap();
+            e
+        };
+        let (mut first, mut later) = (memory(), memory());
+        let moved: Vec<f32> = data[dim..2 * dim].iter().rev().copied().collect();
+        let x = &data[..dim];
+        let seeded = |e: &M2m| e.router("test").unwrap().route_seed(Some(ids[0]), x, 4, 17).unwrap().ids;
+        let hood = seeded(&first);
+        assert_eq!(hood.len(), 17, "the seed and its 16 stored neighbours");
+        first.upsert(&moved, &ids[..1], None, None, None).unwrap();
+        later.upsert(&moved, &ids[..1], None, None, None).unwrap();
+        assert!(later.soc.as_ref().unwrap().built_router().is_none());
+        assert_eq!(seeded(&later), seeded(&first), "an upserted seed routed as a built router routes it");
+        assert_ne!(seeded(&later), hood, "the upserted seed kept its old neighbourhood");
+        let (a, b) = (first.router("test").unwrap().gather(&ids[..1]), later.router("test").unwrap().gather(&ids[..1]));
+        // The same splat; its row as the index holds it (normalised again) against the engine's unit row.
+        assert_eq!((&a.ids, &a.kappa, &a.alpha), (&b.ids, &b.kappa, &b.alpha));
+        assert!(a.mu.iter().zip(&b.mu).all(|(u, v)| (u - v).abs() < 1e-6), "{a:?} against {b:?}");
+        assert!(a.mu.iter().zip(&moved).all(|(u, v)| u.signum() == v.signum()), "the new row is routed");
     }
 }

@@ -8,12 +8,13 @@
 //! site order whenever the pile is read or fed (feedback, probabilities, tick, save), so queries never
 //! wait on training and the pile's state does not depend on thread timing, only on the counts.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use m2m_index::{Lod, SearchParams};
+use m2m_index::{Index, Lod, SearchParams};
 use m2m_soc::langevin::{Group, run};
 use m2m_soc::{LangevinConfig, Router, Sandpile, SocConfig};
 
@@ -56,7 +57,7 @@ impl KappaFit {
 }
 
 /// The build's neighbourhoods (as ids) and kappa fit, stored in [`NEIGHBOURS_BLOB`].
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StoredNeighbours {
     pub(crate) fit: KappaFit,
     pub(crate) ids: Vec<u64>,
@@ -141,25 +142,80 @@ impl FeedbackSink {
     }
 }
 
+/// Where the router, built at its first use, finds the build's neighbourhoods.
+#[derive(Debug)]
+pub(crate) enum NeighbourSource {
+    /// None: no kappa fit, or the stored one is of other rows.
+    Unknown,
+    /// Held in RAM: a build without a data directory to store them in (in memory, or read-only).
+    Held(Arc<StoredNeighbours>),
+    /// Stored in `dir`'s [`NEIGHBOURS_BLOB`], of the rows whose ids hash to `ids` ([`ids_hash`]) when the
+    /// controller started: read when the router is built, and left out if they changed since (a writer
+    /// rebuilt beside a read-only engine).
+    Stored { dir: PathBuf, ids: u64 },
+}
+
+/// A hash of `ids` in order, to recognise a stored neighbourhood blob as the one checked at start.
+pub(crate) fn ids_hash(ids: &[u64]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    ids.hash(&mut h);
+    h.finish()
+}
+
 /// The controller: the router over the index's clusters (the SOC sites), and the pile.
+///
+/// The router (a map of every routed id, the members' kappa and alpha, the build's neighbourhoods:
+/// about 140 bytes a row) is built at its first use, by generation, energy, an export or feedback,
+/// never by a query: until then the sites of ids are the index's fine clusters, which is what a router
+/// built then would say. Inserts and deletes keep it current once it is built.
 #[derive(Debug)]
 pub(crate) struct Controller {
-    pub(crate) router: Arc<Router>,
+    router: OnceLock<Arc<Router>>,
+    /// Serialises builders of the router (two first uses at once build it once).
+    building: Mutex<()>,
+    neighbours: NeighbourSource,
+    /// Ids removed since the controller started while the router was not built: their stored
+    /// neighbourhoods are no longer theirs (as [`Router::remove`] drops them from a built router).
+    dropped: HashSet<u64>,
     pub(crate) pile: Arc<Pile>,
 }
 
 impl Controller {
     /// Records retrieval hits (lock-free; absorbed at the next read of the pile).
-    pub(crate) fn record_hits(&self, ids: impl Iterator<Item = u64>) {
+    pub(crate) fn record_hits(&self, index: Option<&Index>, ids: impl Iterator<Item = u64>) {
         for id in ids {
-            if let Some(s) = self.router.site(id) {
+            if let Some(s) = self.site(index, id) {
                 self.pile.hit(s);
             }
         }
     }
 
-    pub(crate) fn sink(&self) -> FeedbackSink {
-        FeedbackSink { router: Arc::clone(&self.router), pile: Arc::clone(&self.pile) }
+    /// The site of `id`: the router's when built, else its cluster in `index`.
+    pub(crate) fn site(&self, index: Option<&Index>, id: u64) -> Option<u32> {
+        match self.router.get() {
+            Some(r) => r.site(id),
+            None => index?.cluster_of(id),
+        }
+    }
+
+    /// The router, when it has been built.
+    pub(crate) fn built_router(&self) -> Option<&Arc<Router>> {
+        self.router.get()
+    }
+
+    /// The router to change (an insert, a delete), when it has been built; `None` records nothing:
+    /// the router built later reads the index as it is then.
+    pub(crate) fn router_mut(&mut self) -> Option<&mut Router> {
+        self.router.get_mut().map(Arc::make_mut)
+    }
+
+    /// Ids leaving the router (deleted, or upserted: removed and routed again): removed from a built
+    /// router, remembered for one built later (their stored neighbourhoods are dropped then).
+    pub(crate) fn remove(&mut self, ids: &[u64]) {
+        match self.router.get_mut() {
+            Some(r) => Arc::make_mut(r).remove(ids),
+            None => self.dropped.extend(ids.iter().copied()),
+        }
     }
 }
 
@@ -215,14 +271,63 @@ pub struct Fidelity {
 }
 
 impl M2m {
-    /// Builds the controller over the current index (the router with the build's neighbourhoods), with
-    /// the pile carried over from the old controller, or restored from `saved`, or fresh.
-    pub(crate) fn start_controller(&mut self, neighbours: Option<&StoredNeighbours>) -> Result<()> {
+    /// Starts the controller over the current index, with the pile carried over from `old` (the
+    /// controller and the index it ran on), or fresh. The router is not built here: see [`Controller`]
+    /// and [`router`](Self::router); `neighbours` says where it will find the build's neighbourhoods.
+    pub(crate) fn start_controller(
+        &mut self,
+        neighbours: NeighbourSource,
+        old: Option<(Controller, Option<Index>)>,
+    ) -> Result<()> {
         // Routing lives on the sphere: no controller over an inner-product or L2 index.
         let Some(index) = self.index.as_ref().filter(|i| i.metric() == crate::Metric::Cosine) else {
             self.soc = None;
             return Ok(());
         };
+        let graph = site_graph(index)?;
+        let pile = match old {
+            Some((old, old_index)) => {
+                // (old site, new site) of every id both know; the new sites are the new index's clusters,
+                // as a router built on it would say.
+                let pairs: Vec<(u32, u32)> = self
+                    .set
+                    .ids()
+                    .iter()
+                    .filter_map(|&id| Some((old.site(old_index.as_ref(), id)?, index.cluster_of(id)?)))
+                    .collect();
+                old.pile.with(|p| Sandpile::carried_over(graph, p, &pairs))??
+            }
+            None => Sandpile::new(graph, SocConfig::default())?,
+        };
+        self.soc = Some(Controller {
+            router: OnceLock::new(),
+            building: Mutex::new(()),
+            neighbours,
+            dropped: HashSet::new(),
+            pile: Arc::new(Pile::new(pile)),
+        });
+        Ok(())
+    }
+
+    /// The SOC router, built at its first use over the index as it is then (see [`Controller`]);
+    /// `NoIndex` naming `what` without a cosine index. Queries never call it.
+    pub(crate) fn router(&self, what: &'static str) -> Result<&Arc<Router>> {
+        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what })?;
+        if let Some(r) = ctl.router.get() {
+            return Ok(r);
+        }
+        let _one = ctl.building.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(r) = ctl.router.get() {
+            return Ok(r);
+        }
+        let index = self.index.as_ref().ok_or(Error::NoIndex { what })?;
+        let router = self.build_router(ctl, index)?;
+        Ok(ctl.router.get_or_init(|| Arc::new(router)))
+    }
+
+    /// The router over `index`: every live member with its kappa and alpha, the build's neighbourhoods
+    /// (read from the data directory when stored there) less those of ids removed since the start.
+    fn build_router(&self, ctl: &Controller, index: &Index) -> Result<Router> {
         let set = &self.set;
         let (kappa, alpha, deleted) = (&self.kappa, &self.alpha, &self.deleted);
         let mut router = Router::new(index, |id| {
@@ -233,19 +338,32 @@ impl M2m {
         router.set_seed_cache_budget(usize::try_from(self.config.warm_budget_bytes / 16).unwrap_or(usize::MAX));
         // Each seed's temperature from its own band of real neighbours (within 16x of the one asked).
         router.set_seeded_run_length(m2m_soc::SeededRunLength::TemperatureToBandMiddle { max_factor: 16 });
-        if let Some(nb) = neighbours {
-            router.set_neighbourhoods(&nb.ids, &nb.neighbours, nb.k as usize)?;
-        }
-        let graph = router.site_graph(6)?;
-        let pile = match self.soc.take() {
-            Some(old) => {
-                let pairs = site_pairs(&old.router, &router, self.set.ids());
-                old.pile.with(|p| Sandpile::carried_over(graph, p, &pairs))??
+        let loaded;
+        let nb = match &ctl.neighbours {
+            NeighbourSource::Unknown => None,
+            NeighbourSource::Held(nb) => Some(&**nb),
+            NeighbourSource::Stored { dir, ids } => {
+                loaded = crate::engine::load_neighbours(dir)?.filter(|nb| ids_hash(&nb.ids) == *ids);
+                if loaded.is_none() {
+                    tracing::warn!("m2m: {} changed since the open; routing without it", NEIGHBOURS_BLOB);
+                }
+                loaded.as_ref()
             }
-            None => Sandpile::new(graph, SocConfig::default())?,
         };
-        self.soc = Some(Controller { router: Arc::new(router), pile: Arc::new(Pile::new(pile)) });
-        Ok(())
+        if let Some(nb) = nb {
+            let k = nb.k as usize;
+            if ctl.dropped.is_empty() {
+                router.set_neighbourhoods(&nb.ids, &nb.neighbours, k)?;
+            } else {
+                let (mut ids, mut lists) = (Vec::new(), Vec::new());
+                for (i, &id) in nb.ids.iter().enumerate().filter(|(_, id)| !ctl.dropped.contains(id)) {
+                    ids.push(id);
+                    lists.extend_from_slice(&nb.neighbours[i * k..(i + 1) * k]);
+                }
+                router.set_neighbourhoods(&ids, &lists, k)?;
+            }
+        }
+        Ok(router)
     }
 
     /// Restores the saved pile of `dir`, if any, onto the current controller (carried over when it was
@@ -262,9 +380,10 @@ impl M2m {
         if saved.ids.len() != saved.sites.len() || saved.loads.len() != saved.activity.len() {
             return Err(corrupt("columns of different lengths".into()));
         }
-        let graph = ctl.router.site_graph(6)?;
+        let index = self.index.as_ref();
+        let graph = site_graph(index.ok_or(Error::NoIndex { what: "the SOC controller" })?)?;
         let same = saved.loads.len() == graph.len()
-            && saved.ids.iter().zip(&saved.sites).all(|(&id, &s)| ctl.router.site(id).is_none_or(|now| now == s));
+            && saved.ids.iter().zip(&saved.sites).all(|(&id, &s)| ctl.site(index, id).is_none_or(|now| now == s));
         let pile = if same {
             Sandpile::restored(graph, SocConfig::default(), &saved.loads, &saved.activity)
         } else {
@@ -279,7 +398,7 @@ impl M2m {
                 .ids
                 .iter()
                 .zip(&saved.sites)
-                .filter_map(|(&id, &s)| ctl.router.site(id).map(|now| (s, now)))
+                .filter_map(|(&id, &s)| ctl.site(index, id).map(|now| (s, now)))
                 .collect();
             Sandpile::carried_over(graph, &old, &pairs)
         };
@@ -296,7 +415,7 @@ impl M2m {
         let (loads, activity) = ctl.pile.with(|p| (p.loads().to_vec(), p.activity().to_vec()))?;
         let live = self.live_rows();
         let ids: Vec<u64> = live.iter().map(|&r| self.set.ids()[r]).collect();
-        let sites: Vec<u32> = ids.iter().map(|&id| ctl.router.site(id).unwrap_or(u32::MAX)).collect();
+        let sites: Vec<u32> = ids.iter().map(|&id| ctl.site(self.index.as_ref(), id).unwrap_or(u32::MAX)).collect();
         let (ids, sites): (Vec<u64>, Vec<u32>) = ids.into_iter().zip(sites).filter(|&(_, s)| s != u32::MAX).unzip();
         let stored = StoredPile { loads, activity, ids, sites };
         let bytes = postcard::to_allocvec(&stored)
@@ -311,8 +430,7 @@ impl M2m {
     /// more in the next export. Ids no longer live are ignored. Returns the topplings caused.
     /// The state is saved with [`tick`](Self::tick) and [`flush`](Self::flush).
     pub fn feedback(&self, ids: &[u64], losses: &[f32]) -> Result<u64> {
-        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "feedback" })?;
-        ctl.sink().feedback(ids, losses)
+        self.feedback_sink("feedback")?.feedback(ids, losses)
     }
 
     /// Ends a round of training (an epoch): the controller's activity decays, and the pile is saved in
@@ -327,7 +445,8 @@ impl M2m {
     /// controller's current state.
     pub(crate) fn row_probabilities(&self, live: &[usize]) -> Result<(Vec<u32>, Vec<f64>)> {
         let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "importance sampling" })?;
-        let site_of: Vec<u32> = live.iter().map(|&r| ctl.router.site(self.set.ids()[r]).unwrap_or(0)).collect();
+        let index = self.index.as_ref();
+        let site_of: Vec<u32> = live.iter().map(|&r| ctl.site(index, self.set.ids()[r]).unwrap_or(0)).collect();
         let kappa: Vec<f32> = live.iter().map(|&r| self.kappa[r]).collect();
         let probs = ctl.pile.with(|p| p.splat_probabilities(&site_of, &kappa))??;
         Ok((site_of, probs))
@@ -355,31 +474,42 @@ impl M2m {
     /// r)): a mean of 14 for 3,000 digits (p ~ 2.7) but ~800 for 10,000 (p ~ 60), where an unscaled
     /// step of 0.004 is 6 relaxation times and chains leave their neighbourhood. Scaled, a step moves a
     /// chain the same share of its kernel's relaxation time whatever the dimension and the data.
-    pub(crate) fn langevin_config(&self, steps: usize, overrides: &LangevinOverrides) -> LangevinConfig {
+    pub(crate) fn langevin_config(&self, steps: usize, overrides: &LangevinOverrides) -> Result<LangevinConfig> {
         let t = overrides.temperature.unwrap_or(self.config.temperature);
         let scale =
             self.kappa_fit.map_or(1.0, |f| m2m_soc::kappa::ambient_temperature(f.sphere_dimension, self.config.dim));
-        let dt_scale = self.step_kappa().map_or(1.0, |k| f64::from(self.config.init_kappa) / f64::from(k));
+        let dt_scale = self.step_kappa()?.map_or(1.0, |k| f64::from(self.config.init_kappa) / f64::from(k));
         let dt = f64::from(overrides.step_size.unwrap_or(self.config.langevin_dt)) * dt_scale;
-        LangevinConfig {
+        Ok(LangevinConfig {
             steps,
             dt: (dt as f32).clamp(f32::MIN_POSITIVE, 1.0),
             gamma: self.config.langevin_gamma,
             temperature: (f64::from(t) * scale) as f32,
             dynamics: overrides.dynamics.unwrap_or(self.config.langevin_dynamics).into(),
             ..LangevinConfig::default()
-        }
+        })
     }
 
     /// The mean learned kappa (none without learned kappa): the step of [`langevin_config`] is scaled
     /// by `init_kappa` / this, and a seeded chain's by this / its seed's kappa ([`run_routed`]), so
-    /// that each chain moves the same share of its own seed kernel's relaxation time.
+    /// that each chain moves the same share of its own seed kernel's relaxation time. Builds the
+    /// router (its kappa sums) when there is learned kappa.
     ///
     /// [`langevin_config`]: Self::langevin_config
-    pub(crate) fn step_kappa(&self) -> Option<f32> {
-        let ctl = self.soc.as_ref().filter(|_| self.kappa_fit.is_some())?;
-        let mean = ctl.router.kappa_sums().iter().sum::<f64>() / ctl.router.len().max(1) as f64;
-        (mean > 0.0 && mean.is_finite()).then_some(mean as f32)
+    pub(crate) fn step_kappa(&self) -> Result<Option<f32>> {
+        if self.soc.is_none() || self.kappa_fit.is_none() {
+            return Ok(None);
+        }
+        let router = self.router("the SOC controller")?;
+        let mean = router.kappa_sums().iter().sum::<f64>() / router.len().max(1) as f64;
+        Ok((mean > 0.0 && mean.is_finite()).then_some(mean as f32))
+    }
+
+    /// Training feedback for running loaders (builds the router: the sites and kappa of fed-back rows).
+    pub(crate) fn feedback_sink(&self, what: &'static str) -> Result<FeedbackSink> {
+        let router = Arc::clone(self.router(what)?);
+        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what })?;
+        Ok(FeedbackSink { router, pile: Arc::clone(&ctl.pile) })
     }
 
     /// Fidelity of generated rows `generated` (unit rows, `dim` each) to their seeds `seeds` (ids of
@@ -450,7 +580,7 @@ impl M2m {
     /// point) chains are routed as the data lake routes them (the seed and its neighbours), otherwise
     /// as [`generate`](Self::generate) routes them. Exact sums visit every splat: for reports and tests.
     pub fn routing_truncation(&self, points: &[f32], seeds: Option<&[u64]>) -> Result<Vec<f64>> {
-        let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "routing_truncation" })?;
+        let router = self.router("routing_truncation")?;
         let dim = self.config.dim;
         let n = points.len() / dim;
         if points.len() != n * dim || n == 0 || seeds.is_some_and(|s| s.len() != n) {
@@ -467,7 +597,7 @@ impl M2m {
             .chunks_exact(dim)
             .enumerate()
             .map(|(i, x)| {
-                let routed = ctl.router.route_seed(seeds.map(|s| s[i]), x, 4, NEIGHBOURS + 1)?;
+                let routed = router.route_seed(seeds.map(|s| s[i]), x, 4, NEIGHBOURS + 1)?;
                 let exact = m2m_soc::energy::energy(x, &all)?;
                 let kept = m2m_soc::energy::energy(x, &routed.splats()?)?;
                 Ok((1.0 - (exact - kept).exp()).clamp(0.0, 1.0))
@@ -476,9 +606,10 @@ impl M2m {
     }
 }
 
-/// (old site, new site) of every id both routers know.
-fn site_pairs(old: &Router, new: &Router, ids: &[u64]) -> Vec<(u32, u32)> {
-    ids.iter().filter_map(|&id| Some((old.site(id)?, new.site(id)?))).collect()
+/// The SOC sites' graph: the index's fine clusters, each joined to its 6 nearest by centroid (what
+/// [`Router::site_graph`] gives a router built on it).
+fn site_graph(index: &Index) -> Result<m2m_soc::SiteGraph> {
+    Ok(m2m_soc::SiteGraph::knn(&index.parts().fine, index.dim(), 6)?)
 }
 
 /// Langevin on unit rows `x`, each chain routed by its own neighbourhood: a chain seeded at a splat

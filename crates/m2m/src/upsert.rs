@@ -131,11 +131,13 @@ impl M2m {
             let row_ids: Vec<u64> = rows.iter().map(|&r| self.set.ids()[r]).collect();
             index.insert(&vectors, &row_ids)?;
             if let Some(ctl) = &mut self.soc {
-                let router = Arc::make_mut(&mut ctl.router);
-                router.remove(&live);
-                let k: Vec<f32> = rows.iter().map(|&r| self.kappa[r]).collect();
-                let a: Vec<f32> = rows.iter().map(|&r| self.alpha[r]).collect();
-                router.insert(&row_ids, &vectors, &k, &a)?;
+                // Dropped from a built router (and its neighbourhoods), or remembered for one built later.
+                ctl.remove(&live);
+                if let Some(router) = ctl.router_mut() {
+                    let k: Vec<f32> = rows.iter().map(|&r| self.kappa[r]).collect();
+                    let a: Vec<f32> = rows.iter().map(|&r| self.alpha[r]).collect();
+                    router.insert(&row_ids, &vectors, &k, &a)?;
+                }
             }
             self.gpu.invalidate();
         }

@@ -69,11 +69,15 @@ fn looks_ours(head: &[u8]) -> bool {
 pub fn load_blob(dir: &Path, name: &str) -> Result<Vec<u8>> {
     check_name(name)?;
     let path = dir.join(name);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let mut bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     if !looks_ours(&bytes[..bytes.len().min(8)]) {
         return Err(occupied(&path));
     }
-    unseal(&path, &bytes, BLOB_MAGIC, BLOB_VERSION, MAX_BLOB, "blob").map(<[u8]>::to_vec)
+    unseal(&path, &bytes, BLOB_MAGIC, BLOB_VERSION, MAX_BLOB, "blob")?;
+    // The payload is the file after its header: moved down in place, not copied (a second buffer of
+    // the blob's size was the peak of an engine's open).
+    bytes.drain(..HEADER);
+    Ok(bytes)
 }
 
 /// Removes `dir/name` if it exists (a blob of a database being discarded, or one that is stale); a file
