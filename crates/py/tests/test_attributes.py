@@ -118,6 +118,19 @@ def test_bad_filters_are_invalid_input(engine, bad, what):
         engine.retrieve(vectors(1)[0], 5, 2, bad)
 
 
+@pytest.mark.parametrize("k", [0, -1, -(2**70), 2.5, True, "3", None])
+def test_k_below_one_or_not_an_integer_is_invalid_input(engine, k):
+    # k = -1 reached the native module as a built-in OverflowError; 2.5 as a TypeError.
+    q = vectors(1)[0]
+    if k is None:  # the default k (10) is fine
+        assert len(engine.retrieve(q, k).ids) == 10
+        return
+    with pytest.raises(m2m.InvalidInputError, match="k must"):
+        engine.retrieve(q, k)
+    with pytest.raises(m2m.InvalidInputError, match="k must"):
+        engine.retrieve_batch(vectors(2), k, 2, {"eq": {"field": "label", "value": 2}})
+
+
 def test_filters_nested_thousands_deep_are_invalid_input(engine):
     deep = {"is_null": {"field": "label"}}
     for _ in range(5000):
@@ -139,6 +152,12 @@ def test_filters_nested_thousands_deep_are_invalid_input(engine):
         ({"label": np.array([1, 2, 3, 2**63], dtype=np.uint64)}, "label"),
         ({"label": [1, 2, 3, 2**70]}, "label"),
         ({"label": np.zeros((4, 2), dtype=np.int64)}, "label"),
+        # A string is not a column: it was split into one row per character and stored.
+        ({"tenant": "abcd"}, "tenant"),
+        ({"tenant": np.str_("abcd")}, "tenant"),
+        ({"tenant": np.array("abcd")}, "tenant"),
+        ({"doc": b"abcd"}, "doc"),
+        ({"label": 3}, "label"),
     ],
 )
 def test_bad_attributes_are_invalid_input_and_store_nothing(engine, bad, what):

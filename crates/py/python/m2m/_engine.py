@@ -77,6 +77,11 @@ def _attribute_column(name: str, v: Any) -> Any:
         v = v.to_numpy()
     if hasattr(v, "detach") and hasattr(v, "cpu"):
         v = v.detach().cpu().numpy()
+    if isinstance(v, (str, bytes, bytearray, dict)) or (isinstance(v, np.ndarray) and v.ndim == 0):
+        # A string is iterable: it would be stored as one row per character.
+        raise InvalidInputError(
+            f"attribute {name!r}: a column is a sequence of values (one per row), not a single {type(v).__name__}"
+        )
     if isinstance(v, np.ndarray):
         if v.ndim != 1:
             raise InvalidInputError(f"attribute {name!r}: a 1-d column, got {v.ndim} dimensions")
@@ -91,6 +96,8 @@ def _attribute_column(name: str, v: Any) -> Any:
         if v.dtype.kind == "f":
             return np.ascontiguousarray(v, dtype=np.float64)
         v = v.tolist()
+    if not hasattr(v, "__iter__"):
+        raise InvalidInputError(f"attribute {name!r}: a column is a sequence of values, not {type(v).__name__}")
     out = []
     for x in v:
         if isinstance(x, dict):
@@ -172,6 +179,16 @@ def _column(a: Any, dtype: Any) -> Optional[npt.NDArray[Any]]:
     if hasattr(a, "detach") and hasattr(a, "cpu"):
         a = a.detach().cpu().numpy()
     return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+
+def _k(k: Any) -> int:
+    """``k`` as an int of at least 1 (a negative ``k`` would otherwise reach the native module as a
+    built-in ``OverflowError``)."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise InvalidInputError(f"k must be an integer, got {type(k).__name__}")
+    if k < 1:
+        raise InvalidInputError(f"k must be at least 1, got {k}")
+    return int(k)
 
 
 def _ids(a: Any) -> npt.NDArray[np.uint64]:
@@ -436,7 +453,7 @@ class M2M:
         (2**64 - 1, the uint64 of -1), score -inf and kappa and alpha NaN."""
         self._index_for("retrieve")
         rows = _rows(queries, self.dim, "queries")
-        k = self._default_k if k is None else k
+        k = _k(self._default_k if k is None else k)
         return Hits(*self._engine.retrieve_batch(rows, k, lod, nprobe, rerank, _filter_json(filter)))
 
     def search(self, query: Any, k: Optional[int] = None) -> Hits:
