@@ -167,6 +167,20 @@ def test_bad_attributes_are_invalid_input_and_store_nothing(engine, bad, what):
     assert len(engine) == before
 
 
+def test_an_all_none_column_is_refused_unless_the_schema_has_the_field():
+    # It was left out of the inferred schema without a word, so a later add with values failed as an
+    # unknown field.
+    e = m2m.create_m2m(dim=DIM)
+    with pytest.raises(m2m.InvalidInputError, match="note"):
+        e.add_splats(vectors(4), attributes={"label": [1, 2, 3, 4], "note": [None] * 4})
+    assert len(e) == 0 and e.schema is None
+    e.add_splats(vectors(4), attributes={"label": [1, 2, 3, 4], "note": ["a", None, "b", None]})
+    # The field exists now: a batch where it is all None gives nulls.
+    ids = e.add_splats(vectors(2, seed=1), attributes={"label": [5, 6], "note": [None, None]})
+    assert e.attributes(ids)["note"] == [None, None]
+    assert e.attributes(ids)["label"] == [5, 6]
+
+
 def test_upsert_replaces_vector_and_attributes(tmp_path):
     path = tmp_path / "db"
     e = m2m.create_m2m(m2m.M2MConfig(dim=DIM, data_dir=path, durable=False))

@@ -304,7 +304,7 @@ class M2M:
         rows = _rows(vectors, self.dim, "vectors")
         id_col = None if ids is None else _ids(ids)
         return self._engine.add_splats(
-            rows, id_col, _column(kappa, np.float32), _column(alpha, np.float32), _attributes(attributes)
+            rows, id_col, _column(kappa, np.float32), _column(alpha, np.float32), self._typed(attributes)
         )
 
     def upsert(self, vectors: Any, ids: Any, attributes: Any = None, kappa: Any = None, alpha: Any = None) -> None:
@@ -314,8 +314,24 @@ class M2M:
         first; on error nothing changes."""
         rows = _rows(vectors, self.dim, "vectors")
         self._engine.upsert(
-            rows, _ids(ids), _column(kappa, np.float32), _column(alpha, np.float32), _attributes(attributes)
+            rows, _ids(ids), _column(kappa, np.float32), _column(alpha, np.float32), self._typed(attributes)
         )
+
+    def _typed(self, attributes: Any) -> Optional[Dict[str, Any]]:
+        """The columns of ``attributes`` (see :func:`_attributes`), refusing a column whose every value is
+        None for a field the schema does not have: it has no type to infer, and the native side would
+        leave it out silently (a field the schema has is simply null in those rows)."""
+        cols = _attributes(attributes)
+        if not cols:
+            return cols
+        known = {f["name"] for f in (self.schema or {}).get("fields", [])}
+        for name, col in cols.items():
+            if isinstance(col, list) and col and all(v is None for v in col) and name not in known:
+                raise InvalidInputError(
+                    f"attribute {name!r}: every value is None and the schema has no such field, so its type "
+                    "cannot be inferred (give at least one value)"
+                )
+        return cols
 
     @property
     def schema(self) -> Optional[Dict[str, Any]]:
