@@ -209,3 +209,31 @@ def test_pandas_and_pyarrow_tables_when_installed():
     frame = pd.DataFrame({"label": [1, 2, 3], "name": ["a", "b", None]})
     e.add_splats(vectors(3), attributes=frame)
     assert e.attributes([0, 1, 2]) == {"label": [1, 2, 3], "name": ["a", "b", None]}
+
+
+def test_the_lake_streams_labels_and_only_the_rows_a_filter_matches():
+    # Python had neither: batches carried no label column and export_to_dataloader took no filter.
+    e = m2m.create_m2m(dim=DIM, seed=3)
+    labels = [None if i % 10 == 9 else i % 3 for i in range(N)]
+    e.add_splats(vectors(N), attributes={"label": labels, "score": np.arange(N) / 10.0})
+    seen = {}
+    for batch in e.export_to_dataloader(batch_size=64):
+        ids = np.asarray(batch["ids"]).view(np.uint64)
+        for i, l, m in zip(ids, np.asarray(batch["labels"]), np.asarray(batch["label_mask"])):
+            seen[int(i)] = int(l) if m else None
+    assert seen == {i: labels[i] for i in range(N)}
+    f = {"and": [{"eq": {"field": "label", "value": 1}}, {"range": {"field": "score", "lt": 40}}]}
+    want = {i for i in range(N) if labels[i] == 1 and i / 10.0 < 40}
+    ds = e.export_to_dataloader(batch_size=16, filter=f, epochs=2)
+    got = []
+    batches = 0
+    for batch in ds:
+        batches += 1
+        got.extend(int(i) for i in np.asarray(batch["ids"]).view(np.uint64))
+        assert (np.asarray(batch["labels"]) == 1).all() and np.asarray(batch["label_mask"]).all()
+    assert sorted(got) == sorted(list(want) * 2)
+    assert len(ds) == batches == 2 * -(-len(want) // 16)
+    with pytest.raises(m2m.InvalidInputError, match="colour"):
+        list(e.export_to_dataloader(batch_size=16, filter={"eq": {"field": "colour", "value": 1}}))
+    with pytest.raises(m2m.InvalidInputError, match="filter"):
+        e.export_to_dataloader(batch_size=16, filter=[1])

@@ -515,9 +515,13 @@ class M2M:
         world_size (1), generate_steps (5), threads (0: all cores; 1 in DataLoader workers), source
         ("auto" = "memory": the engine's rows in place, mapped segments and unflushed rows; "tiers": the
         database's segments through the warm
-        tier, in block order; needs a data_dir). ``output``: "dict" (the default: ids, mu, kappa, alpha,
-        weights, generated, epoch) or "mu" (the vectors alone, as the original yielded them; the default
-        of an engine made from the original's settings).
+        tier, in block order; needs a data_dir), filter (a dict in the JSON form of ``m2m::Filter``, as
+        :meth:`retrieve` takes it: only the matching splats are streamed, every epoch, importance sampling
+        and Langevin seeds included; not with source "tiers"). ``output``: "dict" (the default: ids, mu,
+        kappa, alpha, weights, generated, epoch; with a label field in the schema also ``labels``, int64,
+        0 where a row has none, and ``label_mask``, which rows have one; a generated row carries its
+        seed's label) or "mu" (the vectors alone, as the original yielded them; the default of an engine
+        made from the original's settings).
 
         The order depends only on (seed, epoch) and the options, never on the number of DataLoader
         workers: worker w of W assembles batches w, w + W, ... of the one stream, which the DataLoader's
