@@ -187,6 +187,26 @@ pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<Prepare
     Ok(Prepared { ids, batch, schema })
 }
 
+/// Refuses, before any vector is written, an id that can be no splat once this ingest is done: not in
+/// the database (`engine`, `None` for a new one) and not among the `incoming` ids the ingest assigns next.
+/// An id that passes can still be left out (a file already ingested adds no row); [`apply`] checks
+/// again after the ingest.
+pub(crate) fn check_ids(path: &Path, ids: &[u64], engine: Option<&M2m>, incoming: u64) -> Result<()> {
+    let next = match engine {
+        None => Some(0),
+        Some(e) => e.next_ids(1).ok().and_then(|v| v.first().copied()),
+    };
+    let possible =
+        |id: u64| engine.is_some_and(|e| e.contains(id)) || next.is_some_and(|n| id >= n && id - n < incoming);
+    if let Some(id) = ids.iter().find(|&&id| !possible(id)) {
+        bail!(
+            "{}: id {id} is not a splat of the database, nor one this ingest can add (nothing was written)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Sets the attributes `prepared` (from [`read_jsonl`], checked whole before the vectors were ingested)
 /// on the engine's splats by id, declaring the schema first when the database has none; returns the
 /// rows set. An id that is not a splat of the database is refused before anything is set.
