@@ -187,6 +187,26 @@ pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<Prepare
     Ok(Prepared { ids, batch, schema })
 }
 
+/// Refuses, before any vector is written, an id that can be no splat once this ingest is done: not in
+/// the database (`engine`, `None` for a new one) and not among the `incoming` ids the ingest assigns next.
+/// An id that passes can still be left out (a file already ingested adds no row); [`apply`] checks
+/// again after the ingest.
+pub(crate) fn check_ids(path: &Path, ids: &[u64], engine: Option<&M2m>, incoming: u64) -> Result<()> {
+    let next = match engine {
+        None => Some(0),
+        Some(e) => e.next_ids(1).ok().and_then(|v| v.first().copied()),
+    };
+    let possible =
+        |id: u64| engine.is_some_and(|e| e.contains(id)) || next.is_some_and(|n| id >= n && id - n < incoming);
+    if let Some(id) = ids.iter().find(|&&id| !possible(id)) {
+        bail!(
+            "{}: id {id} is not a splat of the database, nor one this ingest can add (nothing was written)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Sets the attributes `prepared` (from [`read_jsonl`], checked whole before the vectors were ingested)
 /// on the engine's splats by id, declaring the schema first when the database has none; returns the
 /// rows set. An id that is not a splat of the database is refused before anything is set.
@@ -221,19 +241,29 @@ fn slice(c: &Column, a: usize, b: usize) -> Column {
     }
 }
 
-/// A hit's attributes as a JSON object (a payload that is JSON text as that JSON, other bytes as an
-/// array of numbers).
+/// A hit's attributes as a JSON object. A payload whose bytes are the text of a JSON object (what
+/// `ingest --attributes` stores for an object) is shown as that object; any other bytes as
+/// `{"bytes_hex": "..."}`, so that bytes are never mistaken for a JSON number, string or array.
 pub(crate) fn to_json(attrs: &[Attribute]) -> Json {
     let mut out = Map::new();
     for (name, v) in attrs {
         let j = match v {
             None => Json::Null,
-            Some(Value::Bytes(b)) => serde_json::from_slice(b).unwrap_or_else(|_| serde_json::json!(b)),
+            Some(Value::Bytes(b)) => match serde_json::from_slice::<Json>(b) {
+                Ok(object @ Json::Object(_)) => object,
+                _ => serde_json::json!({ "bytes_hex": hex(b) }),
+            },
             Some(v) => serde_json::to_value(v).unwrap_or(Json::Null),
         };
         out.insert(name.clone(), j);
     }
     Json::Object(out)
+}
+
+/// Lower-case hexadecimal, two digits a byte.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|&b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 15)] as char]).collect()
 }
 
 /// The schema in one line: `name:type` per field.
@@ -249,4 +279,31 @@ pub(crate) fn schema_line(s: &Schema) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Catches the earlier printing, where bytes that happen to be JSON text ("123", "[1]", "\"a\"")
+    // came out as that JSON and other bytes as an array of numbers: neither could be told from a JSON
+    // payload. A JSON object stays the object (what `ingest --attributes` stores).
+    #[test]
+    fn bytes_payloads_print_as_hex_unless_they_are_a_json_object() {
+        let attrs: Vec<Attribute> = vec![
+            ("doc".into(), Some(Value::Bytes(br#"{"n": 1}"#.to_vec()))),
+            ("digits".into(), Some(Value::Bytes(b"123".to_vec()))),
+            ("array".into(), Some(Value::Bytes(b"[1]".to_vec()))),
+            ("raw".into(), Some(Value::Bytes(vec![0x00, 0xab, 0xff]))),
+            ("empty".into(), Some(Value::Bytes(Vec::new()))),
+            ("none".into(), None),
+        ];
+        let j = to_json(&attrs);
+        assert_eq!(j["doc"], serde_json::json!({ "n": 1 }));
+        assert_eq!(j["digits"], serde_json::json!({ "bytes_hex": "313233" }));
+        assert_eq!(j["array"], serde_json::json!({ "bytes_hex": "5b315d" }));
+        assert_eq!(j["raw"], serde_json::json!({ "bytes_hex": "00abff" }));
+        assert_eq!(j["empty"], serde_json::json!({ "bytes_hex": "" }));
+        assert_eq!(j["none"], Json::Null);
+    }
 }

@@ -139,8 +139,17 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
             let prepared = match attributes.as_deref() {
                 Some(path) => {
                     regular_file(path)?;
-                    let schema = if is_db(db) { open_with(db, !no_sync)?.schema() } else { None };
-                    Some(crate::attributes::read_jsonl(path, schema.as_ref())?)
+                    let existing = if is_db(db) { Some(open_with(db, !no_sync)?) } else { None };
+                    let schema = existing.as_ref().and_then(M2m::schema);
+                    let prepared = crate::attributes::read_jsonl(path, schema.as_ref())?;
+                    // The rows this ingest can add at most (a file already in adds none); a file that
+                    // does not open is the ingest's error to report, and bounds nothing here.
+                    let incoming = files
+                        .iter()
+                        .map(|f| VectorReader::open(f).map_or(u64::MAX, |r| r.info().rows))
+                        .fold(0u64, u64::saturating_add);
+                    crate::attributes::check_ids(path, &prepared.ids, existing.as_ref(), incoming)?;
+                    Some(prepared)
                 }
                 None => None,
             };

@@ -65,7 +65,8 @@ pub(crate) enum Command {
         /// fields (integer, float, bool, string, array of strings as tags, object as a JSON payload),
         /// set after the vectors are in. The schema is inferred from the file when the database has none
         /// (an integer field named "label" is the label). A line sets its splat's whole row: a field it
-        /// does not name becomes null.
+        /// does not name becomes null. The file is checked before any vector is written, ids included:
+        /// an id that is neither a splat of the database nor among the ids this ingest adds is an error.
         #[arg(long)]
         attributes: Option<PathBuf>,
     },

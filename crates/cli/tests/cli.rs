@@ -746,10 +746,12 @@ fn bad_attribute_files_are_refused_before_anything_is_written() {
         assert_eq!(splats(&db), before, "{text}: the vectors were ingested");
         assert!(ok(&["info", &db])["schema"].is_null(), "{text}: a schema was set");
     }
-    // Ids that are not splats: the vectors go in (they are good), the attributes and schema do not.
+    // Ids that can be no splat (not in the database, past the rows this ingest adds): refused before
+    // the vectors go in (they went in, and only the attributes were refused, before).
     std::fs::write(&attrs, "{\"id\": 1, \"label\": 1}\n{\"id\": 99999, \"label\": 2}").unwrap();
-    let (_, err) = fails(&["ingest", &db, "--attributes", &path, &a]);
+    let (_, err) = fails(&["ingest", &db, "--attributes", &path, &b]);
     assert!(err.contains("99999") && err.contains("not a splat"), "{err}");
+    assert_eq!(splats(&db), before, "the vectors were ingested by a run whose attributes name no splat");
     assert!(ok(&["info", &db])["schema"].is_null(), "a schema was set by a failed run");
     // Integers and floats in one field make a float field.
     std::fs::write(&attrs, "{\"id\": 1, \"w\": 2}\n{\"id\": 2, \"w\": 0.5}").unwrap();
@@ -757,4 +759,16 @@ fn bad_attribute_files_are_refused_before_anything_is_written() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let fields = ok(&["info", &db])["schema"]["fields"].clone();
     assert_eq!(fields[0]["type"], "float", "{fields}");
+    // A new database: the ids this ingest adds (0..400 from two files of 200) are accepted, one past
+    // them is refused before the database is created.
+    let fresh = dir.path().join("fresh").display().to_string();
+    std::fs::write(&attrs, "{\"id\": 0, \"label\": 1}\n{\"id\": 400, \"label\": 2}").unwrap();
+    let (_, err) = fails(&["ingest", &fresh, &a, &b, "--attributes", &path]);
+    assert!(err.contains("400") && err.contains("not a splat"), "{err}");
+    assert!(!dir.path().join("fresh").exists(), "a database was created by a refused ingest");
+    std::fs::write(&attrs, "{\"id\": 0, \"label\": 1}\n{\"id\": 399, \"label\": 2}").unwrap();
+    let out = m2m(&["ingest", &fresh, &a, &b, "--attributes", &path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(splats(&fresh), 400);
+    assert_eq!(ok(&["info", &fresh])["schema"]["fields"][0]["name"], "label");
 }

@@ -10,11 +10,16 @@
 //! cost model over the estimated selectivity `s` (the share of rows that match):
 //!
 //! * **In-cluster** ([`FilterPlan::InCluster`]): the fine clusters are probed in centroid order as an
-//!   unfiltered search probes them, but only the matching members are scored (codes, then the exact
-//!   re-rank at LOD 2), and probing goes on past `nprobe` until as many matching members were scored as
-//!   the first `nprobe` clusters hold members (what an unfiltered search scores for this query): the
-//!   candidates are as many as an unfiltered search has, all of them matching. Clusters without a match
-//!   cost a mask test only. When every row matches this is exactly the unfiltered search.
+//!   unfiltered search probes them, and only matching members become candidates (codes, then the exact
+//!   re-rank at LOD 2). The first `nprobe` clusters are scored whole, matching or not; probing then goes
+//!   on, in centroid order, until the next centroid's score trails the `depth`-th matching candidate by
+//!   more than `reach`, the largest (member score - its centroid's score) seen so far: no member of that
+//!   cluster, nor of any later one, is then expected to enter the candidates. Until `depth` matches are
+//!   held, probing goes on. While every row probed matched, it stops where an unfiltered search stops,
+//!   so a filter every row matches gives exactly the unfiltered search. Clusters without a match after
+//!   the first `nprobe` cost a mask test only. (An earlier rule stopped once as many matching members
+//!   were scored as the first `nprobe` clusters hold; it stopped too early when the matches near the
+//!   query sit in clusters that rank low, as when a filter follows the clusters.)
 //! * **Exact scan** ([`FilterPlan::ExactScan`]): every matching row is scored (exactly at LOD 2 and
 //!   Exact, by its code at LOD 1), through the index's id -> (cluster, position) map, which insert, delete
 //!   and rebalance keep current. At LOD 2 its results equal the exact filtered truth.
@@ -150,10 +155,9 @@ pub struct FilterOptions {
     /// The plan at LOD 1 and 2: forced (`Some`) or chosen by the cost model (`None`, the default). LOD 0
     /// and Exact keep their own.
     pub plan: Option<FilterPlan>,
-    /// In-cluster probing stops once `widen` times as many matching members were scored as the first
-    /// `nprobe` clusters hold (at least k). Default 1.0: as many candidates as an unfiltered search
-    /// scores, so that a filter every row matches gives the unfiltered search (which holds for any
-    /// `widen` <= 1). Must be finite and positive.
+    /// Scales `reach` in the in-cluster stop rule (see the module documentation): below 1 probing stops
+    /// sooner (faster, lower recall), above 1 later. Default 1.0. A filter every row matches gives the
+    /// unfiltered search at any `widen`. Must be finite and positive.
     pub widen: f64,
 }
 
@@ -511,8 +515,10 @@ impl Index {
         Codes { q_min: dot_with(self.isa(), &s.q, &self.p.sq_min), inv: 1.0 / scale, stride, kind, pq_m: 0 }
     }
 
-    /// Code estimates of the members `pos` of cluster `f` (all of them when `pos` covers most) into
-    /// `top`; `qc` is the query's dot product with the cluster's centroid.
+    /// Code estimates of the members `pos` of cluster `f` into `top`; `qc` is the query's dot product
+    /// with the cluster's centroid. Every member is scored when `whole` is set or `pos` covers most of
+    /// them (one kernel call over the contiguous codes), else only `pos`. Returns the best score of every
+    /// row scored, matching or not (`-inf` when none was): what the in-cluster stop rule learns from.
     #[allow(clippy::too_many_arguments, reason = "internal; the scratch buffers are split for borrows")]
     fn offer_codes(
         &self,
@@ -522,11 +528,12 @@ impl Index {
         qi8: &[i8],
         lut: &[u8],
         pos: &[u32],
+        whole: bool,
         est: &mut Vec<i32>,
         buf: &mut Vec<f32>,
         gather: &mut Vec<u8>,
         top: &mut TopK,
-    ) {
+    ) -> f32 {
         let cl = &self.p.clusters[f];
         let m = cl.len();
         let base = qc + c.q_min;
@@ -535,32 +542,27 @@ impl Index {
             CodeKind::Sq4 => sq4_dots_with(self.isa(), qi8, codes, c.stride, out),
             CodeKind::Pq4 { .. } => crate::kernels::pq4_scan_with(self.isa(), lut, codes, c.pq_m, out),
         };
-        if pos.len() == m {
-            // Every member matches: the same kernel call and scores as an unfiltered scan.
+        let best = |buf: &[f32]| buf.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // PQ4 codes are stored in transposed blocks of 32 rows: a row's code cannot be copied aside.
+        if whole || 2 * pos.len() >= m || c.pq_m > 0 {
+            // The whole cluster by one kernel call over its contiguous codes (cheaper than copying the
+            // matching half aside), the same scores as an unfiltered scan; then only the matching offered.
             est.resize(m, 0);
             score_rows(&cl.codes, est);
             buf.clear();
             buf.extend(est.iter().map(|&e| base + e as f32 * c.inv));
             buf.iter_mut().zip(&cl.half_sq_norms).for_each(|(sc, h)| *sc -= h);
-            top.offer(f as u32, buf);
-            return;
-        }
-        // PQ4 codes are stored in transposed blocks of 32 rows: a row's code cannot be copied aside.
-        if 2 * pos.len() >= m || c.pq_m > 0 {
-            // Most members match (or the codes are PQ4): the whole cluster by one kernel call over its contiguous codes (cheaper
-            // than copying the matching half aside), then only the matching scores offered.
-            est.resize(m, 0);
-            score_rows(&cl.codes, est);
-            for &p in pos {
-                let mut score = base + est[p as usize] as f32 * c.inv;
-                if let Some(h) = cl.half_sq_norms.get(p as usize) {
-                    score -= h;
-                }
-                if score > top.threshold() {
-                    top.push(Entry { score, cluster: f as u32, pos: p });
+            if pos.len() == m {
+                top.offer(f as u32, buf);
+            } else {
+                for &p in pos {
+                    let score = buf[p as usize];
+                    if score > top.threshold() {
+                        top.push(Entry { score, cluster: f as u32, pos: p });
+                    }
                 }
             }
-            return;
+            return best(buf);
         }
         // Otherwise the matching codes are gathered side by side and scored by one kernel call (the
         // kernels score four rows per step; one call per row costs several times more, and scoring the
@@ -571,15 +573,18 @@ impl Index {
         }
         est.resize(pos.len(), 0);
         score_rows(gather, est);
+        let mut most = f32::NEG_INFINITY;
         for (&p, &e) in pos.iter().zip(est.iter()) {
             let mut score = base + e as f32 * c.inv;
             if let Some(h) = cl.half_sq_norms.get(p as usize) {
                 score -= h;
             }
+            most = most.max(score);
             if score > top.threshold() {
                 top.push(Entry { score, cluster: f as u32, pos: p });
             }
         }
+        most
     }
 
     /// Matching positions of cluster `f` into `out`; returns the rows the filter was asked about.
@@ -626,29 +631,48 @@ impl Index {
         let codes = self.code_query(&mut fs.s);
         let FilterScratch { s, pos, buf, est, gather, visited, .. } = fs;
         s.top.reset(depth);
-        let mut first_rows = 0usize;
+        let bias = &self.fine_bias;
+        let by_centroid = |a: &(f32, u32), b: &(f32, u32)| {
+            (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
+        };
+        // Rows of the probed clusters (for the unfiltered stop) and how many of them matched.
+        let mut rows = 0usize;
         let mut matched = 0usize;
-        let mut need = usize::MAX;
+        // The largest (code score of a member - its cluster's centroid score) seen so far.
+        let mut reach = 0.0f32;
+        let first = nprobe.min(s.fine.len());
+        let mut walking = false;
         let mut ranked_all = s.fine.len() == n_fine;
         let mut i = 0;
         loop {
-            if i == nprobe.min(s.fine.len()) && need == usize::MAX {
-                // The members an unfiltered search scores for this query (times `widen`), at least k.
-                need = ((first_rows as f64 * widen).ceil() as usize).max(k);
+            if i == first && !walking {
+                walking = true;
                 if adaptive && stats.rows_checked > 0 {
+                    // The members an unfiltered search scores for this query (times `widen`), at least k:
+                    // what the planner's cost model assumes an in-cluster search goes on to score.
+                    let need = ((rows as f64 * widen).ceil() as usize).max(k);
                     let s_local = matched as f64 / stats.rows_checked as f64;
                     stats.selectivity = s_local;
                     if matched < need && self.choose(s_local, nprobe, depth, src) == FilterPlan::ExactScan {
                         return None;
                     }
                 }
-                let bias = &self.fine_bias;
-                s.fine[i..].sort_unstable_by(|a, b| {
-                    (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
-                });
+                s.fine[i..].sort_unstable_by(by_centroid);
             }
-            if need != usize::MAX && matched >= need {
-                break;
+            if walking {
+                if matched == rows {
+                    // The filter has removed nothing yet: stop where an unfiltered search stops.
+                    if matched >= k {
+                        break;
+                    }
+                } else if let Some(&(qc, f)) = s.fine.get(i)
+                    && qc + bias[f as usize] + widen as f32 * reach < s.top.threshold()
+                {
+                    // No member of this cluster (nor of any later one, their centroids rank lower) is
+                    // expected above the depth-th match: members have stood at most `reach` above
+                    // their centroid. Until `depth` matches are held the threshold is -inf.
+                    break;
+                }
             }
             if i == s.fine.len() {
                 if ranked_all {
@@ -661,10 +685,7 @@ impl Index {
                 let all = SearchParams { coarse_probe: self.n_coarse(), ..*params };
                 self.rank_fine(&all, 0, s);
                 s.fine.retain(|&(_, f)| !visited[f as usize]);
-                let bias = &self.fine_bias;
-                s.fine.sort_unstable_by(|a, b| {
-                    (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
-                });
+                s.fine.sort_unstable_by(by_centroid);
                 ranked_all = true;
                 i = 0;
                 if s.fine.is_empty() {
@@ -675,19 +696,21 @@ impl Index {
             let (qc, f) = s.fine[i];
             i += 1;
             let m = self.p.clusters[f as usize].len();
-            if need == usize::MAX {
-                first_rows += m;
-            }
             if m == 0 {
                 continue;
             }
+            rows += m;
             stats.clusters_probed += 1;
             stats.rows_checked += self.matching(f as usize, src, pos);
-            if pos.is_empty() {
+            // The first clusters are scored whole, matching or not, to learn how far members stand above
+            // their centroid near this query; later ones only when they hold a match.
+            if pos.is_empty() && walking {
                 continue;
             }
             matched += pos.len();
-            self.offer_codes(f as usize, qc, &codes, &s.qi8, &s.lut, pos, est, buf, gather, &mut s.top);
+            let most =
+                self.offer_codes(f as usize, qc, &codes, &s.qi8, &s.lut, pos, !walking, est, buf, gather, &mut s.top);
+            reach = reach.max(most - (qc + bias[f as usize]));
         }
         stats.rows_scored = matched;
         Some(())
@@ -738,7 +761,7 @@ impl Index {
                     }
                     Some(c) => {
                         let qc = centroid_dot(f as usize, &s.q);
-                        self.offer_codes(f as usize, qc, c, &s.qi8, &s.lut, &[p], est, buf, gather, &mut s.top);
+                        self.offer_codes(f as usize, qc, c, &s.qi8, &s.lut, &[p], false, est, buf, gather, &mut s.top);
                     }
                 }
             }
@@ -759,7 +782,7 @@ impl Index {
             match &codes {
                 Some(c) => {
                     let qc = centroid_dot(f, &s.q);
-                    self.offer_codes(f, qc, c, &s.qi8, &s.lut, pos, est, buf, gather, &mut s.top);
+                    self.offer_codes(f, qc, c, &s.qi8, &s.lut, pos, false, est, buf, gather, &mut s.top);
                 }
                 // Most members match: one many-row kernel call, then only the matching scores offered.
                 None if 4 * pos.len() >= m => {

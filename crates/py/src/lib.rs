@@ -476,6 +476,13 @@ impl Engine {
         Ok(d)
     }
 
+    /// How many live splats `filter` (its JSON text) matches.
+    fn count_matching(&self, py: Python<'_>, filter: &str) -> PyResult<usize> {
+        let filter = serde_json::from_str::<m2m::Filter>(filter).map_err(|e| invalid(format!("filter: {e}")))?;
+        let inner = self.get()?;
+        Ok(run(py, || inner.matching_ids(&filter))?.len())
+    }
+
     /// Starts streaming batches (see `m2m.M2M.export_to_dataloader` for the fields).
     #[pyo3(signature = (**options))]
     fn loader(&self, py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Loader> {
@@ -557,6 +564,11 @@ fn loader_config(options: Option<&Bound<'_, PyDict>>) -> PyResult<DataLoaderConf
                     }
                 }
             }
+            "filter" => {
+                let text: String = value.extract().map_err(|_| invalid("filter: its JSON text".into()))?;
+                c.filter =
+                    Some(serde_json::from_str::<m2m::Filter>(&text).map_err(|e| invalid(format!("filter: {e}")))?);
+            }
             "source" => {
                 c.source = match value.extract::<String>()?.to_ascii_lowercase().as_str() {
                     "auto" => Source::Auto,
@@ -604,6 +616,13 @@ impl Loader {
         d.set_item("alpha", batch.alpha.into_pyarray(py))?;
         d.set_item("weights", batch.weights.into_pyarray(py))?;
         d.set_item("generated", batch.generated.into_pyarray(py))?;
+        // With a label field: the labels as int64 (0 where a row has none) and which rows have one.
+        if !batch.labels.is_empty() {
+            let mask: Vec<bool> = batch.labels.iter().map(Option::is_some).collect();
+            let labels: Vec<i64> = batch.labels.iter().map(|l| l.unwrap_or(0)).collect();
+            d.set_item("labels", labels.into_pyarray(py))?;
+            d.set_item("label_mask", mask.into_pyarray(py))?;
+        }
         Ok(d)
     }
 

@@ -118,6 +118,19 @@ def test_bad_filters_are_invalid_input(engine, bad, what):
         engine.retrieve(vectors(1)[0], 5, 2, bad)
 
 
+@pytest.mark.parametrize("k", [0, -1, -(2**70), 2.5, True, "3", None])
+def test_k_below_one_or_not_an_integer_is_invalid_input(engine, k):
+    # k = -1 reached the native module as a built-in OverflowError; 2.5 as a TypeError.
+    q = vectors(1)[0]
+    if k is None:  # the default k (10) is fine
+        assert len(engine.retrieve(q, k).ids) == 10
+        return
+    with pytest.raises(m2m.InvalidInputError, match="k must"):
+        engine.retrieve(q, k)
+    with pytest.raises(m2m.InvalidInputError, match="k must"):
+        engine.retrieve_batch(vectors(2), k, 2, {"eq": {"field": "label", "value": 2}})
+
+
 def test_filters_nested_thousands_deep_are_invalid_input(engine):
     deep = {"is_null": {"field": "label"}}
     for _ in range(5000):
@@ -139,6 +152,12 @@ def test_filters_nested_thousands_deep_are_invalid_input(engine):
         ({"label": np.array([1, 2, 3, 2**63], dtype=np.uint64)}, "label"),
         ({"label": [1, 2, 3, 2**70]}, "label"),
         ({"label": np.zeros((4, 2), dtype=np.int64)}, "label"),
+        # A string is not a column: it was split into one row per character and stored.
+        ({"tenant": "abcd"}, "tenant"),
+        ({"tenant": np.str_("abcd")}, "tenant"),
+        ({"tenant": np.array("abcd")}, "tenant"),
+        ({"doc": b"abcd"}, "doc"),
+        ({"label": 3}, "label"),
     ],
 )
 def test_bad_attributes_are_invalid_input_and_store_nothing(engine, bad, what):
@@ -146,6 +165,20 @@ def test_bad_attributes_are_invalid_input_and_store_nothing(engine, bad, what):
     with pytest.raises(m2m.InvalidInputError, match=what):
         engine.add_splats(vectors(4, seed=9), attributes=bad)
     assert len(engine) == before
+
+
+def test_an_all_none_column_is_refused_unless_the_schema_has_the_field():
+    # It was left out of the inferred schema without a word, so a later add with values failed as an
+    # unknown field.
+    e = m2m.create_m2m(dim=DIM)
+    with pytest.raises(m2m.InvalidInputError, match="note"):
+        e.add_splats(vectors(4), attributes={"label": [1, 2, 3, 4], "note": [None] * 4})
+    assert len(e) == 0 and e.schema is None
+    e.add_splats(vectors(4), attributes={"label": [1, 2, 3, 4], "note": ["a", None, "b", None]})
+    # The field exists now: a batch where it is all None gives nulls.
+    ids = e.add_splats(vectors(2, seed=1), attributes={"label": [5, 6], "note": [None, None]})
+    assert e.attributes(ids)["note"] == [None, None]
+    assert e.attributes(ids)["label"] == [5, 6]
 
 
 def test_upsert_replaces_vector_and_attributes(tmp_path):
@@ -176,3 +209,31 @@ def test_pandas_and_pyarrow_tables_when_installed():
     frame = pd.DataFrame({"label": [1, 2, 3], "name": ["a", "b", None]})
     e.add_splats(vectors(3), attributes=frame)
     assert e.attributes([0, 1, 2]) == {"label": [1, 2, 3], "name": ["a", "b", None]}
+
+
+def test_the_lake_streams_labels_and_only_the_rows_a_filter_matches():
+    # Python had neither: batches carried no label column and export_to_dataloader took no filter.
+    e = m2m.create_m2m(dim=DIM, seed=3)
+    labels = [None if i % 10 == 9 else i % 3 for i in range(N)]
+    e.add_splats(vectors(N), attributes={"label": labels, "score": np.arange(N) / 10.0})
+    seen = {}
+    for batch in e.export_to_dataloader(batch_size=64):
+        ids = np.asarray(batch["ids"]).view(np.uint64)
+        for i, l, m in zip(ids, np.asarray(batch["labels"]), np.asarray(batch["label_mask"])):
+            seen[int(i)] = int(l) if m else None
+    assert seen == {i: labels[i] for i in range(N)}
+    f = {"and": [{"eq": {"field": "label", "value": 1}}, {"range": {"field": "score", "lt": 40}}]}
+    want = {i for i in range(N) if labels[i] == 1 and i / 10.0 < 40}
+    ds = e.export_to_dataloader(batch_size=16, filter=f, epochs=2)
+    got = []
+    batches = 0
+    for batch in ds:
+        batches += 1
+        got.extend(int(i) for i in np.asarray(batch["ids"]).view(np.uint64))
+        assert (np.asarray(batch["labels"]) == 1).all() and np.asarray(batch["label_mask"]).all()
+    assert sorted(got) == sorted(list(want) * 2)
+    assert len(ds) == batches == 2 * -(-len(want) // 16)
+    with pytest.raises(m2m.InvalidInputError, match="colour"):
+        list(e.export_to_dataloader(batch_size=16, filter={"eq": {"field": "colour", "value": 1}}))
+    with pytest.raises(m2m.InvalidInputError, match="filter"):
+        e.export_to_dataloader(batch_size=16, filter=[1])

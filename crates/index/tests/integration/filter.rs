@@ -393,3 +393,86 @@ fn pq4_codes_are_filtered_like_scalar_codes() {
         }
     }
 }
+
+/// `rows` base rows and `nq` queries around `centres` Gaussian centres in `dim` dimensions (noise `sigma`
+/// per coordinate around unit centres), seeded; each row's label is its centre.
+fn gaussian_centres(rows: usize, nq: usize, dim: usize, centres: usize, sigma: f32) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(0x0019_5eed);
+    let mut normal = move || {
+        // Box-Muller: rand alone has no normal distribution.
+        let (u, v): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    };
+    let mut c: Vec<f32> = (0..centres * dim).map(|_| normal()).collect();
+    for row in c.chunks_exact_mut(dim) {
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|x| *x /= n);
+    }
+    let mut draw = |n: usize| {
+        let mut out = Vec::with_capacity(n * dim);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let l = i % centres;
+            labels.push(l as u32);
+            out.extend(c[l * dim..][..dim].iter().map(|&x| x + sigma * normal()));
+        }
+        (out, labels)
+    };
+    let (base, labels) = draw(rows);
+    let (queries, _) = draw(nq);
+    (base, labels, queries)
+}
+
+// The shape where the earlier stop rule (as many matching members scored as the first nprobe clusters
+// hold) lost recall: a filter that keeps whole Gaussian centres, so that a query's nearest matches sit in
+// clusters that rank below the ones its own (filtered out) centre fills. Each query's hits are compared
+// with the exact filtered answer, computed by brute force in f64.
+// Catches: a walk that stops on a count of matches instead of on the centroid scores (LOD 2 recall here
+// was 0.860 with that rule, measured), a reach never updated (probing stops about where the unfiltered
+// search does), and a threshold taken before `depth` matches are held.
+#[test]
+fn a_filter_that_follows_the_clusters_finds_the_true_top_k() {
+    const D: usize = 64;
+    let (base, labels, queries) = gaussian_centres(20_000, 60, D, 50, 0.06);
+    let ids: Vec<u64> = (0..base.len() as u64 / D as u64).map(|i| i * 3 + 1).collect();
+    let index = Index::build(&IndexConfig::default(), D, &base, &ids).unwrap();
+    let kept = |label: u32| label.wrapping_mul(2_654_435_761) % 10 < 3;
+    let matching: Vec<u64> = ids.iter().zip(&labels).filter(|&(_, &l)| kept(l)).map(|(&id, _)| id).collect();
+    let filter = IdSet::new(matching, ids.len());
+    let k = 10;
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let (mut found, mut total) = (0usize, 0usize);
+    // The unfiltered search's recall on these queries: what the index's defaults reach on this shape.
+    let plain = index.search_batch(&queries, k, Lod::Rerank, &params()).unwrap();
+    let exact = index.search_batch(&queries, k, Lod::Exact, &params()).unwrap();
+    let plain_found: usize =
+        plain.iter().zip(&exact).map(|(p, e)| p.iter().filter(|h| e.iter().any(|x| x.id == h.id)).count()).sum();
+    let plain_recall = plain_found as f64 / (k * exact.len()) as f64;
+    let out = index.search_batch_filtered(&queries, k, Lod::Rerank, &params(), &filter).unwrap();
+    for (q, hits) in queries.chunks_exact(D).zip(&out) {
+        let mut truth: Vec<(f64, u64)> = base
+            .chunks_exact(D)
+            .zip(&ids)
+            .zip(&labels)
+            .filter(|&(_, &l)| kept(l))
+            .map(|((x, &id), _)| {
+                let dot: f64 = x.iter().zip(q).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                (dot / (norm(x) * norm(q)), id)
+            })
+            .collect();
+        truth.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let top: Vec<u64> = truth.iter().take(k).map(|t| t.1).collect();
+        assert_eq!(hits.len(), k);
+        assert!(hits.iter().all(|h| filter.matches(h.id)), "a hit does not match");
+        found += hits.iter().filter(|h| top.contains(&h.id)).count();
+        total += k;
+    }
+    let r = found as f64 / total as f64;
+    // Measured: 0.942 (unfiltered 0.932); the earlier rule 0.860. Probing every cluster with a match
+    // reaches 0.978 (the limit the re-rank depth sets), so the bound is the unfiltered recall.
+    assert!(
+        r >= plain_recall && r >= 0.92,
+        "LOD 2 recall {r} against the exact filtered truth (unfiltered {plain_recall})"
+    );
+}

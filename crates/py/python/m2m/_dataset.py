@@ -8,6 +8,7 @@ them back in the same order."""
 from __future__ import annotations
 
 import importlib
+import json
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -44,7 +45,20 @@ _OPTIONS = {
     "temperature",
     "step_size",
     "dynamics",
+    "filter",
 }
+
+
+def _filter_text(f: Any) -> str:
+    """A filter (a dict in the JSON form of ``m2m::Filter``, or its text) as its JSON text."""
+    if isinstance(f, str):
+        return f
+    if not isinstance(f, dict):
+        raise InvalidInputError(f"a filter is a dict (its JSON form) or its text, not {type(f).__name__}")
+    try:
+        return json.dumps(f, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise InvalidInputError(f"filter: {e}") from None
 
 
 class SplatDataset(_Base):  # type: ignore[misc]  # torch's IterableDataset, or object
@@ -68,9 +82,12 @@ class SplatDataset(_Base):  # type: ignore[misc]  # torch's IterableDataset, or 
             raise InvalidInputError("batch_size must be at least 1")
         if output not in ("dict", "mu"):
             raise InvalidInputError(f'output {output!r}: "dict" or "mu"')
+        if options.get("filter") is not None:
+            options["filter"] = _filter_text(options["filter"])
+        else:
+            options.pop("filter", None)
         self._engine: Optional["M2M"] = engine
         self._data_dir: Optional[str] = engine.config.get("data_dir")
-        self._rows = len(engine)
         self._output = output
         self._options: Dict[str, Any] = dict(
             options,
@@ -78,6 +95,7 @@ class SplatDataset(_Base):  # type: ignore[misc]  # torch's IterableDataset, or 
             generate_samples=generate_samples,
             importance_sampling=importance_sampling,
         )
+        self._rows = self._live_rows(engine)
         self._epoch = 0
         self._skip = 0
         self._yielded = 0
@@ -116,9 +134,14 @@ class SplatDataset(_Base):  # type: ignore[misc]  # torch's IterableDataset, or 
     def __len__(self) -> int:
         """Batches one iteration yields (over all its epochs, after a resume), whatever the number of
         DataLoader workers."""
-        rows = len(self._engine) if self._engine is not None and not self._engine.closed else self._rows
+        rows = self._live_rows(self._engine) if self._engine is not None and not self._engine.closed else self._rows
         opts = {k: v for k, v in self._options.items() if k in ("batch_size", "drop_last", "epochs", "rank", "world_size")}
         return int(_m2m.batch_count(rows, skip_batches=self._skip, **opts))
+
+    def _live_rows(self, engine: "M2M") -> int:
+        """The rows an epoch streams: every live splat, or those the filter matches."""
+        f = self._options.get("filter")
+        return len(engine) if f is None else int(engine._engine.count_matching(f))
 
     def state_dict(self) -> Dict[str, int]:
         """The epoch and the batches consumed so far (those given to :meth:`load_state_dict` plus those

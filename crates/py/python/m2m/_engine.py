@@ -78,6 +78,11 @@ def _attribute_column(name: str, v: Any) -> Any:
         v = v.to_numpy()
     if hasattr(v, "detach") and hasattr(v, "cpu"):
         v = v.detach().cpu().numpy()
+    if isinstance(v, (str, bytes, bytearray, dict)) or (isinstance(v, np.ndarray) and v.ndim == 0):
+        # A string is iterable: it would be stored as one row per character.
+        raise InvalidInputError(
+            f"attribute {name!r}: a column is a sequence of values (one per row), not a single {type(v).__name__}"
+        )
     if isinstance(v, np.ndarray):
         if v.ndim != 1:
             raise InvalidInputError(f"attribute {name!r}: a 1-d column, got {v.ndim} dimensions")
@@ -92,6 +97,8 @@ def _attribute_column(name: str, v: Any) -> Any:
         if v.dtype.kind == "f":
             return np.ascontiguousarray(v, dtype=np.float64)
         v = v.tolist()
+    if not hasattr(v, "__iter__"):
+        raise InvalidInputError(f"attribute {name!r}: a column is a sequence of values, not {type(v).__name__}")
     out = []
     for x in v:
         if isinstance(x, dict):
@@ -173,6 +180,16 @@ def _column(a: Any, dtype: Any) -> Optional[npt.NDArray[Any]]:
     if hasattr(a, "detach") and hasattr(a, "cpu"):
         a = a.detach().cpu().numpy()
     return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+
+def _k(k: Any) -> int:
+    """``k`` as an int of at least 1 (a negative ``k`` would otherwise reach the native module as a
+    built-in ``OverflowError``)."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise InvalidInputError(f"k must be an integer, got {type(k).__name__}")
+    if k < 1:
+        raise InvalidInputError(f"k must be at least 1, got {k}")
+    return int(k)
 
 
 def _ids(a: Any) -> npt.NDArray[np.uint64]:
@@ -320,7 +337,7 @@ class M2M:
         rows = _rows(vectors, self.dim, "vectors")
         id_col = None if ids is None else _ids(ids)
         return self._engine.add_splats(
-            rows, id_col, _column(kappa, np.float32), _column(alpha, np.float32), _attributes(attributes)
+            rows, id_col, _column(kappa, np.float32), _column(alpha, np.float32), self._typed(attributes)
         )
 
     def upsert(self, vectors: Any, ids: Any, attributes: Any = None, kappa: Any = None, alpha: Any = None) -> None:
@@ -330,8 +347,24 @@ class M2M:
         first; on error nothing changes."""
         rows = _rows(vectors, self.dim, "vectors")
         self._engine.upsert(
-            rows, _ids(ids), _column(kappa, np.float32), _column(alpha, np.float32), _attributes(attributes)
+            rows, _ids(ids), _column(kappa, np.float32), _column(alpha, np.float32), self._typed(attributes)
         )
+
+    def _typed(self, attributes: Any) -> Optional[Dict[str, Any]]:
+        """The columns of ``attributes`` (see :func:`_attributes`), refusing a column whose every value is
+        None for a field the schema does not have: it has no type to infer, and the native side would
+        leave it out silently (a field the schema has is simply null in those rows)."""
+        cols = _attributes(attributes)
+        if not cols:
+            return cols
+        known = {f["name"] for f in (self.schema or {}).get("fields", [])}
+        for name, col in cols.items():
+            if isinstance(col, list) and col and all(v is None for v in col) and name not in known:
+                raise InvalidInputError(
+                    f"attribute {name!r}: every value is None and the schema has no such field, so its type "
+                    "cannot be inferred (give at least one value)"
+                )
+        return cols
 
     @property
     def schema(self) -> Optional[Dict[str, Any]]:
@@ -469,7 +502,7 @@ class M2M:
         (2**64 - 1, the uint64 of -1), score -inf and kappa and alpha NaN."""
         self._index_for("retrieve")
         rows = _rows(queries, self.dim, "queries")
-        k = self._default_k if k is None else k
+        k = _k(self._default_k if k is None else k)
         return Hits(*self._engine.retrieve_batch(rows, k, lod, nprobe, rerank, _filter_json(filter)))
 
     def search(self, query: Any, k: Optional[int] = None) -> Hits:
@@ -515,9 +548,13 @@ class M2M:
         world_size (1), generate_steps (5), threads (0: all cores; 1 in DataLoader workers), source
         ("auto" = "memory": the engine's rows in place, mapped segments and unflushed rows; "tiers": the
         database's segments through the warm
-        tier, in block order; needs a data_dir). ``output``: "dict" (the default: ids, mu, kappa, alpha,
-        weights, generated, epoch) or "mu" (the vectors alone, as the original yielded them; the default
-        of an engine made from the original's settings).
+        tier, in block order; needs a data_dir), filter (a dict in the JSON form of ``m2m::Filter``, as
+        :meth:`retrieve` takes it: only the matching splats are streamed, every epoch, importance sampling
+        and Langevin seeds included; not with source "tiers"). ``output``: "dict" (the default: ids, mu,
+        kappa, alpha, weights, generated, epoch; with a label field in the schema also ``labels``, int64,
+        0 where a row has none, and ``label_mask``, which rows have one; a generated row carries its
+        seed's label) or "mu" (the vectors alone, as the original yielded them; the default of an engine
+        made from the original's settings).
 
         The order depends only on (seed, epoch) and the options, never on the number of DataLoader
         workers: worker w of W assembles batches w, w + W, ... of the one stream, which the DataLoader's
