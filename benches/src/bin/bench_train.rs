@@ -76,8 +76,8 @@ impl Softmax {
         losses
     }
 
-    /// (balanced accuracy, worst-class accuracy) on `x`, `y`.
-    fn evaluate(&self, x: &[f32], y: &[u8]) -> (f64, f64) {
+    /// (balanced accuracy, worst-class accuracy, the worst class) on `x`, `y`.
+    fn evaluate(&self, x: &[f32], y: &[u8]) -> (f64, f64, usize) {
         let (mut right, mut total) = ([0usize; CLASSES], [0usize; CLASSES]);
         let mut p = [0f32; CLASSES];
         for (row, &label) in x.chunks_exact(self.dim).zip(y) {
@@ -86,8 +86,10 @@ impl Softmax {
             total[label as usize] += 1;
             right[label as usize] += usize::from(best == label as usize);
         }
-        let acc: Vec<f64> = (0..CLASSES).filter(|&c| total[c] > 0).map(|c| right[c] as f64 / total[c] as f64).collect();
-        (acc.iter().sum::<f64>() / acc.len() as f64, acc.iter().copied().fold(1.0, f64::min))
+        let acc: Vec<(usize, f64)> =
+            (0..CLASSES).filter(|&c| total[c] > 0).map(|c| (c, right[c] as f64 / total[c] as f64)).collect();
+        let worst = acc.iter().copied().fold((0, 1.0), |w, a| if a.1 < w.1 { a } else { w });
+        (acc.iter().map(|a| a.1).sum::<f64>() / acc.len() as f64, worst.1, worst.0)
     }
 }
 
@@ -155,6 +157,7 @@ enum Sampling {
 struct Trained {
     balanced: f64,
     worst: f64,
+    worst_class: usize,
     minority_share: f64,
 }
 
@@ -211,8 +214,8 @@ fn train(
         }
         epoch += 1;
     }
-    let (balanced, worst) = model.evaluate(eval.0, eval.1);
-    Ok(Trained { balanced, worst, minority_share: minority as f64 / drawn.max(1) as f64 })
+    let (balanced, worst, worst_class) = model.evaluate(eval.0, eval.1);
+    Ok(Trained { balanced, worst, worst_class, minority_share: minority as f64 / drawn.max(1) as f64 })
 }
 
 /// Rows `x`, `y` split into (training, validation): 20% to validation by a hash of (seed, row).
@@ -302,6 +305,13 @@ fn main() -> Result<()> {
         ] {
             let e = engine(&x, s.dim, seed)?;
             let t = train(&e, &y, test, sampling, false, steps, seed, lr)?;
+            println!(
+                "seed {seed}, {name}: worst class digit {} at {:.1}%, balanced {:.1}%, minority share of draws {:.1}%",
+                t.worst_class,
+                100.0 * t.worst,
+                100.0 * t.balanced,
+                100.0 * t.minority_share
+            );
             let entry = imb.entry(name).or_default();
             entry.0.push(t.balanced);
             entry.1.push(t.worst);
