@@ -79,8 +79,8 @@ fn main() -> Result<()> {
         );
     }
 
-    // One epoch to a training loop: importance sampling by the SOC controller, one Langevin sample (5
-    // steps) per real row.
+    // One epoch to a training loop: importance sampling by the SOC controller, one Langevin sample (the
+    // lake's default steps) per real row.
     for (label, generate) in [("importance sampling", false), ("importance sampling + Langevin", true)] {
         let cfg = DataLoaderConfig {
             batch_size: 256,

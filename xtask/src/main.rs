@@ -24,6 +24,8 @@
 //!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin.
 //!   `cargo xtask bench train [--seeds 5]` trains classifiers on the built-in digits through the data
 //!   lake (uniform against loss-driven SOC sampling; no augmentation against Langevin augmentation).
+//!   `cargo xtask bench lake [--configs STEPSxDT,...]` measures the data lake with Langevin: rows per
+//!   CPU second in the first and later epochs, and the generated rows' fidelity (bench_lake.rs).
 //! * `cargo xtask gpu-devrun [DIR]`: fills the folder a lent GPU machine's call carries (see
 //!   `devrun.rs` and `scripts/device-gpu.sh`).
 //! * `cargo xtask package`: `cargo package --no-verify` for every published crate, and a check that each
@@ -331,6 +333,12 @@ fn bench(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("train") {
         // Downstream evidence for the data lake's training science (a release binary: minutes).
         let mut cmd = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-train", "--"];
+        cmd.extend(args[1..].iter().map(String::as_str));
+        return run("cargo", &cmd);
+    }
+    if args.first().map(String::as_str) == Some("lake") {
+        // The data lake with Langevin: rows per CPU second (first and later epochs) and fidelity.
+        let mut cmd = vec!["run", "--release", "--locked", "-p", "m2m-benches", "--bin", "bench-lake", "--"];
         cmd.extend(args[1..].iter().map(String::as_str));
         return run("cargo", &cmd);
     }

@@ -12,7 +12,8 @@
 //! The learning rate is chosen per seed for the uniform baseline, on a validation split of the training
 //! rows (20%, never trained on, never the test set), from a fixed grid ([`LR_GRID`]); every other
 //! method of that seed and part trains with the same rate. So the baseline is as good as the grid
-//! makes it, and the other samplers are not tuned at all.
+//! makes it, and the other samplers are not tuned at all. With `--lr-per-method` each SOC sampler of
+//! the imbalance part gets its own rate, chosen the same way (a fresh engine per rate tried).
 //!
 //! It also reports the fidelity of generated rows at the defaults (with labels). Every figure is a mean
 //! and standard deviation over the seeds; a claim is "met" only when the paired per-seed difference has
@@ -76,8 +77,8 @@ impl Softmax {
         losses
     }
 
-    /// (balanced accuracy, worst-class accuracy) on `x`, `y`.
-    fn evaluate(&self, x: &[f32], y: &[u8]) -> (f64, f64) {
+    /// (balanced accuracy, worst-class accuracy, the worst class) on `x`, `y`.
+    fn evaluate(&self, x: &[f32], y: &[u8]) -> (f64, f64, usize) {
         let (mut right, mut total) = ([0usize; CLASSES], [0usize; CLASSES]);
         let mut p = [0f32; CLASSES];
         for (row, &label) in x.chunks_exact(self.dim).zip(y) {
@@ -86,8 +87,10 @@ impl Softmax {
             total[label as usize] += 1;
             right[label as usize] += usize::from(best == label as usize);
         }
-        let acc: Vec<f64> = (0..CLASSES).filter(|&c| total[c] > 0).map(|c| right[c] as f64 / total[c] as f64).collect();
-        (acc.iter().sum::<f64>() / acc.len() as f64, acc.iter().copied().fold(1.0, f64::min))
+        let acc: Vec<(usize, f64)> =
+            (0..CLASSES).filter(|&c| total[c] > 0).map(|c| (c, right[c] as f64 / total[c] as f64)).collect();
+        let worst = acc.iter().copied().fold((0, 1.0), |w, a| if a.1 < w.1 { a } else { w });
+        (acc.iter().map(|a| a.1).sum::<f64>() / acc.len() as f64, worst.1, worst.0)
     }
 }
 
@@ -150,6 +153,15 @@ enum Sampling {
     SocUnweighted,
 }
 
+/// What one training run gave: balanced and worst-class accuracy on the evaluation rows, and the share
+/// of the real rows drawn that belong to the minority digits.
+struct Trained {
+    balanced: f64,
+    worst: f64,
+    worst_class: usize,
+    minority_share: f64,
+}
+
 /// Trains for `steps` batches drawn from `engine` (labels by id) at learning rate `lr` and evaluates
 /// on `eval` (rows, labels).
 #[allow(clippy::too_many_arguments, reason = "one call per table cell")]
@@ -162,8 +174,9 @@ fn train(
     steps: usize,
     seed: u64,
     lr: f32,
-) -> Result<(f64, f64)> {
+) -> Result<Trained> {
     let dim = e.config().dim;
+    let (mut drawn, mut minority) = (0usize, 0usize);
     let mut model = Softmax::new(dim);
     let (mut done, mut epoch) = (0usize, 0u64);
     while done < steps {
@@ -179,6 +192,10 @@ fn train(
         for batch in e.export_to_dataloader(&cfg)? {
             let b = batch?;
             let y: Vec<u8> = b.ids.iter().map(|&id| labels[id as usize]).collect();
+            for (&l, &g) in y.iter().zip(&b.generated) {
+                drawn += usize::from(!g);
+                minority += usize::from(!g && MINORITY.contains(&l));
+            }
             let w: Vec<f32> = if sampling == Sampling::SocWeighted { b.weights.clone() } else { vec![1.0; y.len()] };
             let losses = model.step(&b.mu, &y, &w, lr);
             if sampling != Sampling::Uniform {
@@ -198,7 +215,8 @@ fn train(
         }
         epoch += 1;
     }
-    Ok(model.evaluate(eval.0, eval.1))
+    let (balanced, worst, worst_class) = model.evaluate(eval.0, eval.1);
+    Ok(Trained { balanced, worst, worst_class, minority_share: minority as f64 / drawn.max(1) as f64 })
 }
 
 /// Rows `x`, `y` split into (training, validation): 20% to validation by a hash of (seed, row).
@@ -218,7 +236,29 @@ fn holdout(x: &[f32], y: &[u8], dim: usize, seed: u64) -> ((Vec<f32>, Vec<u8>), 
 fn choose_lr(e: &M2m, labels: &[u8], val: (&[f32], &[u8]), steps: usize, seed: u64) -> Result<f32> {
     let mut best = (f64::NEG_INFINITY, LR_GRID[0]);
     for lr in LR_GRID {
-        let (bal, _) = train(e, labels, val, Sampling::Uniform, false, steps, seed, lr)?;
+        let bal = train(e, labels, val, Sampling::Uniform, false, steps, seed, lr)?.balanced;
+        if bal > best.0 {
+            best = (bal, lr);
+        }
+    }
+    Ok(best.1)
+}
+
+/// [`choose_lr`] for `sampling` (with `--lr-per-method`): a fresh engine over `x` per rate, since
+/// SOC sampling's feedback changes the engine it trains from.
+#[allow(clippy::too_many_arguments, reason = "one call per method and seed")]
+fn choose_lr_for(
+    sampling: Sampling,
+    x: &[f32],
+    dim: usize,
+    labels: &[u8],
+    val: (&[f32], &[u8]),
+    steps: usize,
+    seed: u64,
+) -> Result<f32> {
+    let mut best = (f64::NEG_INFINITY, LR_GRID[0]);
+    for lr in LR_GRID {
+        let bal = train(&engine(x, dim, seed)?, labels, val, sampling, false, steps, seed, lr)?.balanced;
         if bal > best.0 {
             best = (bal, lr);
         }
@@ -252,6 +292,9 @@ fn verdict(name: &str, better: &[f64], base: &[f64]) -> String {
     )
 }
 
+/// Three figures per seed.
+type PerSeed = (Vec<f64>, Vec<f64>, Vec<f64>);
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let seeds: u64 = match args.iter().position(|a| a == "--seeds") {
@@ -263,7 +306,10 @@ fn main() -> Result<()> {
         None => 600,
     };
     ensure!(seeds >= 2, "at least two seeds, for a spread");
-    let mut imb: HashMap<&str, (Vec<f64>, Vec<f64>)> = HashMap::new();
+    let per_method = args.iter().any(|a| a == "--lr-per-method");
+    // Per sampling: balanced accuracy, worst-class accuracy, minority share of the drawn rows.
+    let mut imb: HashMap<&str, PerSeed> = HashMap::new();
+    let mut minority_rows = Vec::new();
     let (mut plain, mut aug) = (Vec::new(), Vec::new());
     let mut fid = Vec::new();
     let mut lrs: (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
@@ -273,6 +319,7 @@ fn main() -> Result<()> {
         // 1. Imbalance: three digits keep 5% of their rows; 20% of those kept go to validation.
         let (x, y) = subset(&s, |i, l| !MINORITY.contains(&l) || hash(seed, i as u64) % 100 < 5);
         let ((x, y), (vx, vy)) = holdout(&x, &y, s.dim, seed);
+        minority_rows.push(y.iter().filter(|l| MINORITY.contains(l)).count() as f64 / y.len().max(1) as f64);
         let lr = choose_lr(&engine(&x, s.dim, seed)?, &y, (&vx, &vy), steps, seed)?;
         lrs.0.push(lr);
         for (name, sampling) in [
@@ -280,11 +327,25 @@ fn main() -> Result<()> {
             ("SOC, weighted", Sampling::SocWeighted),
             ("SOC, unweighted", Sampling::SocUnweighted),
         ] {
+            // With `--lr-per-method` each SOC sampler gets its own rate from the same grid and split.
+            let lr = if per_method && sampling != Sampling::Uniform {
+                choose_lr_for(sampling, &x, s.dim, &y, (&vx, &vy), steps, seed)?
+            } else {
+                lr
+            };
             let e = engine(&x, s.dim, seed)?;
-            let (bal, worst) = train(&e, &y, test, sampling, false, steps, seed, lr)?;
+            let t = train(&e, &y, test, sampling, false, steps, seed, lr)?;
+            println!(
+                "seed {seed}, {name} (lr {lr}): worst class digit {} at {:.1}%, balanced {:.1}%, minority share of draws {:.1}%",
+                t.worst_class,
+                100.0 * t.worst,
+                100.0 * t.balanced,
+                100.0 * t.minority_share
+            );
             let entry = imb.entry(name).or_default();
-            entry.0.push(bal);
-            entry.1.push(worst);
+            entry.0.push(t.balanced);
+            entry.1.push(t.worst);
+            entry.2.push(t.minority_share);
         }
         // 2. Low data: 10% of the rows; 20% of those go to validation.
         let (x, y) = subset(&s, |i, _| hash(seed ^ 0xDA7A, i as u64) % 100 < 10);
@@ -292,8 +353,8 @@ fn main() -> Result<()> {
         let e = engine(&x, s.dim, seed)?;
         let lr = choose_lr(&e, &y, (&vx, &vy), steps, seed)?;
         lrs.1.push(lr);
-        plain.push(train(&e, &y, test, Sampling::Uniform, false, steps, seed, lr)?.0);
-        aug.push(train(&e, &y, test, Sampling::Uniform, true, steps, seed, lr)?.0);
+        plain.push(train(&e, &y, test, Sampling::Uniform, false, steps, seed, lr)?.balanced);
+        aug.push(train(&e, &y, test, Sampling::Uniform, true, steps, seed, lr)?.balanced);
         // Fidelity of generated rows at the defaults, with labels.
         let g = e.export_to_dataloader(&DataLoaderConfig {
             batch_size: 512,
@@ -311,16 +372,23 @@ fn main() -> Result<()> {
     }
     println!();
     println!(
-        "Class imbalance (digits {MINORITY:?} at 5% of their rows; balanced test set; softmax, {steps} steps of {BATCH}; {seeds} seeds; learning rate per seed from {LR_GRID:?} on a 20% validation split for uniform sampling: {:?}):",
-        lrs.0
+        "Class imbalance (digits {MINORITY:?} at 5% of their rows; balanced test set; softmax, {steps} steps of {BATCH}; {seeds} seeds; learning rate per seed from {LR_GRID:?} on a 20% validation split for uniform sampling: {:?}{}):",
+        lrs.0,
+        if per_method {
+            "; each SOC sampler's own rate chosen the same way (--lr-per-method, rates in the seed lines)"
+        } else {
+            ""
+        }
     );
     println!();
-    println!("| sampling | balanced accuracy % | worst-class accuracy % |");
-    println!("|---|---|---|");
+    println!("| sampling | balanced accuracy % | worst-class accuracy % | minority digits' share of drawn rows % |");
+    println!("|---|---|---|---|");
     for name in ["uniform", "SOC, weighted", "SOC, unweighted"] {
-        let (b, w) = &imb[name];
-        println!("| {name} | {} | {} |", cell(b), cell(w));
+        let (b, w, m) = &imb[name];
+        println!("| {name} | {} | {} | {} |", cell(b), cell(w), cell(m));
     }
+    println!();
+    println!("The minority digits are {} of the training rows (mean over the seeds).", cell(&minority_rows) + "%");
     println!();
     println!(
         "{}",

@@ -133,13 +133,13 @@ pub(crate) enum Command {
         /// Replace the --out file when it exists (refused otherwise).
         #[arg(long)]
         force: bool,
-        /// Langevin steps per generated row.
-        #[arg(long, default_value_t = 20)]
+        /// Langevin steps per generated row (default: the data lake's, 8).
+        #[arg(long, default_value_t = m2m::DataLoaderConfig::default().generate_steps)]
         steps: usize,
         /// Temperature of generated rows, relative to the model (default: the engine's).
         #[arg(long)]
         temperature: Option<f32>,
-        /// Langevin step size (default: the data lake's, 0.016).
+        /// Langevin step size (default: the data lake's, 0.04).
         #[arg(long)]
         step_size: Option<f32>,
         /// Langevin dynamics (default: the engine's).

@@ -50,9 +50,11 @@ pub struct DataLoaderConfig {
     /// Add one Langevin sample per real row (`generated` marks them; each carries its seed's id, kappa,
     /// alpha and weight). Default false.
     pub generate_samples: bool,
-    /// Langevin steps of generated samples. Default 20: with the default step size, each chain runs
-    /// 6.4 relaxation times of a kernel of `init_kappa` (2 x 10 x 0.016 x 20), scaled to its own seed's
-    /// kernel (see `step_size`).
+    /// Langevin steps of generated samples. Default 8: with the default step size, each chain runs
+    /// 6.4 relaxation times of a kernel of `init_kappa` (2 x 10 x 0.04 x 8), scaled to its own seed's
+    /// kernel (see `step_size`), the same run as the earlier default of 20 steps of 0.016 in 40% of
+    /// the steps (`cargo xtask bench lake`; each seed's calibrated temperature absorbs the coarser
+    /// step: see `step_size`).
     pub generate_steps: usize,
     /// Draw rows in proportion to the SOC controller's probabilities (needs the index), with weights
     /// 1 / (N p). Default false: every row once per epoch.
@@ -96,10 +98,12 @@ pub struct DataLoaderConfig {
     /// `m2m_soc::SeededRunLength::TemperatureToBandMiddle`). Default `None`: the engine's.
     pub temperature: Option<f32>,
     /// Langevin step size of generated samples, scaled like the engine's `langevin_dt` (relative to
-    /// kernels of `init_kappa`, and each chain's to its seed's kappa). Default `Some(0.016)`, chosen
-    /// over seven inputs (digits of 3,000 to 10,000 rows, noise 0.05 to 0.2, 600 distinct images,
-    /// minilm70k's first 20,000): the best worst case of 0.004, 0.016 and 0.032 among those that keep
-    /// at least 90% of generated rows in band where 0.004 did. `None` uses the engine's `langevin_dt`.
+    /// kernels of `init_kappa`, and each chain's to its seed's kappa). Default `Some(0.04)` with 8
+    /// steps, chosen by `cargo xtask bench lake` over digits of 600, 3,000 and 10,000 rows and 10,000
+    /// with noise 0.2, among 20 x 0.016 (the earlier default), 12 x 0.027, 8 x 0.04, 8 x 0.02, 5 x
+    /// 0.064 and 4 x 0.08: the fewest steps that kept at least 99% of generated rows in band on every
+    /// input (99.2% to 100%; 5 and 4 steps fell to 98.4% and 99.0% on 3,000 rows), at about twice
+    /// the rows per CPU second of 20 steps. `None` uses the engine's `langevin_dt`.
     pub step_size: Option<f32>,
     /// Dynamics of generated samples. Default `None`: the engine's `langevin_dynamics`.
     pub dynamics: Option<LangevinDynamics>,
@@ -113,7 +117,7 @@ impl Default for DataLoaderConfig {
         DataLoaderConfig {
             batch_size: 256,
             generate_samples: false,
-            generate_steps: 20,
+            generate_steps: 8,
             importance_sampling: false,
             shuffle: true,
             seed: 0,
@@ -129,7 +133,7 @@ impl Default for DataLoaderConfig {
             source: Source::Auto,
             start_epoch: 0,
             temperature: None,
-            step_size: Some(0.016),
+            step_size: Some(0.04),
             dynamics: None,
             filter: None,
         }
@@ -774,11 +778,13 @@ fn assemble<'a>(
     }
     if cfg.generate_samples {
         let router = lake.router.as_ref().ok_or(Error::NoIndex { what: "generate_samples" })?;
-        let mut x = out.mu.clone();
+        // The chains start at their seeds, a copy of the real rows after them, and run there in place.
+        let real = out.ids.len();
+        out.mu.extend_from_within(..real * dim);
         let seed = cfg.seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         // Each chain is routed by its seed's own neighbourhood.
-        run_routed(router, &lake.langevin, &mut x, dim, seed, Some(&out.ids), lake.step_kappa)?;
-        let real = out.ids.len();
+        let x = &mut out.mu[real * dim..];
+        run_routed(router, &lake.langevin, x, dim, seed, Some(&out.ids), lake.step_kappa)?;
         for i in 0..real {
             out.ids.push(out.ids[i]);
             out.kappa.push(out.kappa[i]);
@@ -789,7 +795,6 @@ fn assemble<'a>(
                 out.labels.push(l);
             }
         }
-        out.mu.extend_from_slice(&x);
     }
     Ok(out)
 }

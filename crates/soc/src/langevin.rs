@@ -39,6 +39,7 @@ use crate::error::{check_len, check_setting, check_values};
 use crate::{Error, Result, Splats};
 
 mod reduced;
+mod span;
 
 pub(crate) use reduced::{OneScratch, Prepared};
 
@@ -265,12 +266,22 @@ pub(crate) fn seeded_steps(
     Some(reduced::steps_to_reach(prep, config, (target, max_steps.max(1)), pilots.max(1), dim, &mut rng, scratch))
 }
 
+/// Pilot trials of [`seeded_temperature`]: the temperatures at which the pilot chains run.
+pub const CALIBRATION_TRIALS: usize = 3;
+
 /// The temperature of a chain started at its seed with
 /// [`crate::SeededRunLength::TemperatureToBandMiddle`]: `config.temperature` x f, f in
 /// [1 / `max_factor`, `max_factor`], such that the mean cosine to the seed of `pilots` pilot chains
-/// after `config.steps` steps is the middle of the seed's band (bisection on ln f, 6 halvings; every
-/// trial draws the same numbers, so the mean moves with f alone). `None` without a band or at
+/// after `config.steps` steps is the middle of the seed's band. `None` without a band or at
 /// temperature 0.
+///
+/// The search is a secant on logarithms, [`CALIBRATION_TRIALS`] trials of the pilots: the chains' mean
+/// distance from the seed, m(f) = 1 - mean cosine, grows with the temperature about like f (diffusion
+/// before the run relaxes, the width of the equilibrium after), so ln m is close to a line in ln f.
+/// The first trial runs at f = 1, the second where slope 1 puts the target, each later one (and the
+/// answer) where the line through the last two trials does; a slope that is not positive (noise,
+/// both trials at a bound) is taken as 1. Every trial draws the same numbers, so m moves with f alone.
+/// Where m is a power of f the answer is exact after two trials; the bisection this replaces took six.
 pub(crate) fn seeded_temperature(
     config: &LangevinConfig,
     prep: &Prepared,
@@ -284,20 +295,30 @@ pub(crate) fn seeded_temperature(
     if config.temperature <= 0.0 || config.steps == 0 {
         return None;
     }
-    let span = max_factor.max(1.0).ln();
-    let (mut lo, mut hi) = (-span, span);
-    for _ in 0..6 {
-        let mid = 0.5 * (lo + hi);
-        let cfg = LangevinConfig { temperature: config.temperature * mid.exp(), ..*config };
+    let span = f64::from(max_factor.max(1.0)).ln();
+    // Distances from the seed, floored: a chain that has not moved has m = 0, whose log is useless.
+    let floor = 1e-9f64;
+    let want = (1.0 - f64::from(target)).max(floor).ln();
+    let mut trial = |lf: f64| {
+        let cfg = LangevinConfig { temperature: (f64::from(config.temperature) * lf.exp()) as f32, ..*config };
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(id, 0x5EED, 0x7E3));
-        // The cosine falls as the temperature rises.
-        if reduced::mean_cos_after(prep, &cfg, pilots.max(1), dim, &mut rng, scratch) > target {
-            lo = mid;
-        } else {
-            hi = mid;
+        let cos = reduced::mean_cos_after(prep, &cfg, pilots.max(1), dim, &mut rng, scratch);
+        (1.0 - f64::from(cos)).max(floor).ln()
+    };
+    let (mut lf, mut lm) = (0.0, trial(0.0));
+    let mut slope = 1.0;
+    for k in 1..=CALIBRATION_TRIALS {
+        let next = (lf + (want - lm) / slope).clamp(-span, span);
+        if k == CALIBRATION_TRIALS || (next - lf).abs() < 1e-6 {
+            lf = next;
+            break;
         }
+        let m = trial(next);
+        let s = (m - lm) / (next - lf);
+        slope = if s.is_finite() && s > 0.05 { s } else { 1.0 };
+        (lf, lm) = (next, m);
     }
-    Some(config.temperature * (0.5 * (lo + hi)).exp())
+    Some((f64::from(config.temperature) * lf.exp()) as f32)
 }
 
 /// Whether a block of `chains` against `n` splats in `dim` dimensions runs the reduced method.

@@ -510,26 +510,26 @@ impl Router {
         let fresh_of: HashMap<u64, &SeedEntry> =
             missing.iter().zip(&fresh).filter_map(|(&s, e)| Some((s, e.as_ref()?))).collect();
 
-        let mut rows: Vec<f32> = Vec::with_capacity(order.len() * dim);
-        for &(_, _, c) in &order {
-            rows.extend_from_slice(&x[c as usize * dim..(c as usize + 1) * dim]);
-        }
+        // The chains' rows in that order, in place: no copy of the rows in and out.
+        let mut slots: Vec<Option<&mut [f32]>> = x.chunks_exact_mut(dim).map(Some).collect();
+        let mut rows: Vec<&mut [f32]> = order.iter().filter_map(|o| slots[o.2 as usize].take()).collect();
         // Blocks of chains run one after the other on a thread, each chain prefetching the next one's
         // basis rows: they lie anywhere in memory, and fetching them is what a chain waits on.
         const BLOCK: usize = 16;
         let done: Vec<Vec<bool>> = {
             let cache = self.seeded.read();
             let entry = |s: u64| cache.map.get(&s).or_else(|| fresh_of.get(&s).copied());
-            rows.par_chunks_mut(dim * BLOCK)
+            rows.par_chunks_mut(BLOCK)
                 .zip(order.par_chunks(BLOCK))
                 .map_init(SeededScratch::default, |scr, (rows, chains)| {
                     if let Some(e) = entry(chains[0].1) {
                         self.prefetch_rows(e);
                     }
-                    rows.chunks_exact_mut(dim)
+                    rows.iter_mut()
                         .zip(chains)
                         .enumerate()
                         .map(|(k, (row, &(_, s, c)))| {
+                            let row: &mut [f32] = row;
                             if let Some(e) = chains.get(k + 1).and_then(|n| entry(n.1)) {
                                 self.prefetch_rows(e);
                             }
@@ -539,8 +539,7 @@ impl Router {
                             // bits (normalised again): within AT_SEED of it, the chain starts there.
                             let at_seed = self.locate.get(&s).is_some_and(|&(cl, i)| {
                                 let m = self.mu_of(cl as usize, i as usize);
-                                m.len() == row.len()
-                                    && m.iter().zip(row.iter()).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() <= AT_SEED
+                                m.len() == row.len() && kernels::l2_sq(m, row) <= AT_SEED
                             });
                             if at_seed {
                                 let (steps, temperature) = match (self.run_length, e.steps) {
@@ -569,11 +568,9 @@ impl Router {
                 })
                 .collect()
         };
-        for ((&(_, _, c), row), d) in order.iter().zip(rows.chunks_exact(dim)).zip(done.concat()) {
-            if d {
-                x[c as usize * dim..(c as usize + 1) * dim].copy_from_slice(row);
-                ran[c as usize] = true;
-            }
+        drop(rows);
+        for (&(_, _, c), d) in order.iter().zip(done.concat()) {
+            ran[c as usize] = d;
         }
         // Keep what fits in the budget, in cluster order.
         let mut cache = self.seeded.write();

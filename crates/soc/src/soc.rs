@@ -107,6 +107,13 @@ pub struct SocConfig {
     pub activity_decay: f64,
     /// Exponent of kappa in a splat's weight (default 1).
     pub kappa_power: f64,
+    /// Exponent, in [0, 1], of a site's summed splat weights (sum of kappa^`kappa_power`) in its
+    /// prior mass (default 1). At 1 each splat's prior is its own weight, so a site's mass grows with
+    /// its number of splats and their kappa: a rare cluster (few rows, sparse, so low kappa) is drawn
+    /// less than its share of the rows. At 0 every site has the same prior mass (times its site
+    /// weight from the pile), shared among its splats by weight: rare clusters are drawn more. The
+    /// importance weights 1 / (N p) keep estimates unbiased either way.
+    pub site_mass_power: f64,
     /// Share of the probability spread uniformly over all splats, in [0, 1] (default 0.1).
     pub floor: f64,
     /// Grains per unit of relative loss in [`Sandpile::record_losses`] (default 4).
@@ -120,6 +127,7 @@ impl Default for SocConfig {
             energy_gain: 1.0,
             activity_decay: 0.9,
             kappa_power: 1.0,
+            site_mass_power: 1.0,
             floor: 0.1,
             loss_gain: 4.0,
         }
@@ -133,6 +141,7 @@ impl SocConfig {
         check_setting("energy_gain", self.energy_gain, 0.0, 1e9)?;
         check_setting("activity_decay", self.activity_decay, 0.0, 1.0)?;
         check_setting("kappa_power", self.kappa_power, 0.0, 16.0)?;
+        check_setting("site_mass_power", self.site_mass_power, 0.0, 1.0)?;
         check_setting("floor", self.floor, 0.0, 1.0)?;
         check_setting("loss_gain", self.loss_gain, 0.0, 1e9)
     }
@@ -251,13 +260,16 @@ impl Sandpile {
             return Err(Error::Invalid { what: "site", index, value: f64::from(sites[index]), reason: "not a site" });
         }
         let weights = self.site_weights();
-        let total: f64 = weights.iter().zip(kappa_sums).map(|(w, k)| w * k).sum();
+        let e = self.config.site_mass_power;
+        // Site s holds mass w_s K_s^e, shared among its splats in proportion to kappa^power.
+        let total: f64 = weights.iter().zip(kappa_sums).map(|(w, &k)| if k > 0.0 { w * k.powf(e) } else { 0.0 }).sum();
         let floor = self.config.floor;
         Ok(sites
             .iter()
             .zip(kappa)
             .map(|(&s, &k)| {
-                let raw = weights[s as usize] * f64::from(k).powf(self.config.kappa_power);
+                let ks = kappa_sums[s as usize].max(f64::MIN_POSITIVE);
+                let raw = weights[s as usize] * f64::from(k).powf(self.config.kappa_power) * ks.powf(e - 1.0);
                 (1.0 - floor) * raw / total.max(f64::MIN_POSITIVE) + floor / n.max(1) as f64
             })
             .collect())
@@ -393,7 +405,8 @@ impl Sandpile {
     }
 
     /// Sampling probabilities of splats: splat r (at site `site_of[r]`, concentration `kappa[r]`) gets
-    /// (1 - floor) site_weight * kappa^power / sum + floor / N.
+    /// (1 - floor) site_weight * kappa^power * K^(e - 1) / sum + floor / N, where K is the sum of
+    /// kappa^power over the splats of its site and e the `site_mass_power`.
     pub fn splat_probabilities(&self, site_of: &[u32], kappa: &[f32]) -> Result<Vec<f64>> {
         check_len("kappa", kappa.len(), site_of.len())?;
         if site_of.is_empty() {
@@ -409,10 +422,16 @@ impl Sandpile {
             });
         }
         let sites = self.site_weights();
+        let own: Vec<f64> = kappa.iter().map(|&k| f64::from(k).powf(self.config.kappa_power)).collect();
+        let mut sums = vec![0f64; sites.len()];
+        for (&s, &o) in site_of.iter().zip(&own) {
+            sums[s as usize] += o;
+        }
+        let e = self.config.site_mass_power;
         let raw: Vec<f64> = site_of
             .iter()
-            .zip(kappa)
-            .map(|(&s, &k)| sites[s as usize] * f64::from(k).powf(self.config.kappa_power))
+            .zip(&own)
+            .map(|(&s, &o)| sites[s as usize] * o * sums[s as usize].max(f64::MIN_POSITIVE).powf(e - 1.0))
             .collect();
         let total: f64 = raw.iter().sum();
         let n = raw.len() as f64;

@@ -545,7 +545,7 @@ class M2M:
         original project took it) a ``torch.utils.data.DataLoader`` over it.
 
         Options: shuffle (True), seed (0), epochs (1), prefetch_batches (2), drop_last (False), rank (0),
-        world_size (1), generate_steps (5), threads (0: all cores; 1 in DataLoader workers), source
+        world_size (1), generate_steps (8), threads (0: all cores; 1 in DataLoader workers), source
         ("auto" = "memory": the engine's rows in place, mapped segments and unflushed rows; "tiers": the
         database's segments through the warm
         tier, in block order; needs a data_dir), filter (a dict in the JSON form of ``m2m::Filter``, as

@@ -30,7 +30,7 @@ use m2m_index::kernels;
 use rand::Rng;
 use rand_distr::{ChiSquared, Distribution};
 
-use super::{Kernel, LangevinConfig, softmax_coefficients};
+use super::{Kernel, LangevinConfig, softmax_coefficients, span};
 use crate::normal::fill_normal_generic;
 
 /// Squared distance below which a splat, or a chain's start, is taken as in the span of the basis.
@@ -397,6 +397,9 @@ pub(crate) struct Prepared {
     /// Coordinates of each splat: `n` rows of [`Prepared::stride`] (`r + 1` used: the last, the start's
     /// own direction, is 0; zeros after), so that a step's products run in whole vectors of 8.
     w: Vec<f32>,
+    /// `w` transposed: `r + 1` rows of the `n` splats padded to [`Prepared::npad`] (zeros after), so
+    /// that a step's scores are a weighted sum of its rows ([`span::rows_sum`]).
+    w_t: Vec<f32>,
     /// The start's scores x0 . mu_j (`n`).
     scores: Vec<f32>,
     /// The start's coordinates Q^T x0 (`r`).
@@ -427,6 +430,7 @@ impl Prepared {
             pivots: basis.pivots.iter().map(|&p| p as u32).collect(),
             l_inv: basis.l_inv,
             w: Vec::new(),
+            w_t: Vec::new(),
             scores,
             start: vec![0f32; r],
             rho_x: 0.0,
@@ -437,6 +441,13 @@ impl Prepared {
         prep.w = vec![0f32; n * stride];
         for (row, b) in prep.w.chunks_exact_mut(stride).zip(basis.w.chunks_exact(rr)) {
             row[..rr].copy_from_slice(b);
+        }
+        let npad = Prepared::npad(n);
+        prep.w_t = vec![0f32; rr * npad];
+        for (j, b) in basis.w.chunks_exact(rr).enumerate() {
+            for (k, &v) in b.iter().enumerate() {
+                prep.w_t[k * npad + j] = v;
+            }
         }
         let mut start = vec![0f32; r];
         prep.forward(|k| prep.scores[prep.pivots[k] as usize], &mut start);
@@ -449,7 +460,12 @@ impl Prepared {
 
     /// Row length of `w`: `r + 1` rounded up to a multiple of 8.
     fn stride(r: usize) -> usize {
-        (r + 1).next_multiple_of(8)
+        (r + 1).next_multiple_of(span::LANES)
+    }
+
+    /// Row length of `w_t`: the `n` splats rounded up to a multiple of 8.
+    fn npad(n: usize) -> usize {
+        n.max(1).next_multiple_of(span::LANES)
     }
 
     /// The middle of the start's band of splats: the mean of its largest and smallest cosine to the
@@ -487,6 +503,7 @@ impl Prepared {
             + 4 * (self.pivots.len()
                 + self.l_inv.len()
                 + self.w.len()
+                + self.w_t.len()
                 + self.scores.len()
                 + self.start.len()
                 + self.ln_alpha.len()
@@ -666,8 +683,11 @@ fn walk(
     let rr = r + 1;
     let rho_x = prep.rho_x;
     let has_x = rho_x > 0.0;
+    // Scores padded to whole lanes (the padding lanes stay 0: `w_t`'s padding is 0).
+    let npad = Prepared::npad(n);
     scr.scores.clear();
     scr.scores.extend_from_slice(&prep.scores);
+    scr.scores.resize(npad, 0.0);
     scr.coef.resize(n, 0.0);
     // `a` and `u` padded with zeros to the rows of `w` (the step below leaves the padding at 0).
     let stride = Prepared::stride(r);
@@ -685,22 +705,13 @@ fn walk(
     scr.u.resize(stride, 0.0);
     scr.z.resize(rr + 1, 0.0);
     for step in 0..steps {
-        // The two small products of a step as loops over vectors of 8 here, where they vectorise with
-        // this body's instruction set (the library's are calls sized for blocks of chains).
+        // The two small products of a step: weighted sums of the rows of the coordinates (transposed
+        // for the scores), lane by lane on the best instruction set (module `span`).
         if step > 0 {
-            for (sc, wj) in scr.scores.iter_mut().zip(prep.w.chunks_exact(stride)) {
-                let mut acc = [0f32; 8];
-                for (w8, a8) in wj.chunks_exact(8).zip(scr.a.chunks_exact(8)) {
-                    acc.iter_mut().zip(w8).zip(a8).for_each(|((c, &w), &a)| *c += w * a);
-                }
-                *sc = lane_sum8(&acc);
-            }
+            span::rows_sum(&prep.w_t, npad, &scr.a[..rr], &mut scr.scores);
         }
-        softmax_coefficients(&scr.scores, &prep.ln_alpha, kappa, n, &mut scr.coef, &mut dots);
-        scr.u.fill(0.0);
-        for (&c, wj) in scr.coef.iter().zip(prep.w.chunks_exact(stride)) {
-            scr.u.iter_mut().zip(wj).for_each(|(u, &w)| *u += c * w);
-        }
+        softmax_coefficients(&scr.scores[..n], &prep.ln_alpha, kappa, n, &mut scr.coef, &mut dots);
+        span::rows_sum(&prep.w, stride, &scr.coef, &mut scr.u);
         if s > 0.0 {
             fill_normal_generic(rng, &mut scr.z);
         }
@@ -774,11 +785,4 @@ pub(crate) fn mean_cos_after(
         sum += prep.w[..stride].iter().zip(&scr.a).map(|(w, a)| w * a).sum::<f32>();
     }
     sum / pilots.max(1) as f32
-}
-
-/// Sum of 8 lanes, pairwise (the order a vector reduction takes).
-#[inline(always)]
-fn lane_sum8(v: &[f32; 8]) -> f32 {
-    let h = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
-    (h[0] + h[2]) + (h[1] + h[3])
 }

@@ -295,9 +295,10 @@ fn a_seed_calibrated_temperature_puts_its_chains_in_the_middle_of_its_band() {
     // chains end, on average, at the middle of its band (the mean of its cosines to its nearest and
     // farthest neighbour). Checked on 256 chains per seed, far more than the pilots: their mean cosine
     // to the seed must lie in the band's middle 80% (4 pilots estimate the mean roughly), where the fixed
-    // temperature misses it. Catches a bisection that moves the temperature the wrong way (the
-    // cosine falls as it rises), a target that is not the band's middle, and a calibrated temperature
-    // not applied to the chains.
+    // temperature misses it. Catches a search (the secant of `CALIBRATION_TRIALS` trials) that moves
+    // the temperature the wrong way (the cosine falls as it rises; checked: the step's sign flipped
+    // fails it), a target that is not the band's middle, and a calibrated temperature not applied to the
+    // chains.
     let dim = 64;
     let config = m2m_splat::DigitsConfig { rows: 600, queries: 0, dim, ..Default::default() };
     let d = m2m_splat::digits_on_sphere(&config).unwrap();

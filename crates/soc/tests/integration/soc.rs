@@ -153,3 +153,36 @@ fn a_pile_is_restored_exactly_and_carried_over_onto_new_sites() {
     assert!(matches!(pile.record_losses(&[0], &[-1.0], &[1.0]), Err(Error::Invalid { what: "loss", .. })));
     assert!(matches!(pile.record_losses(&[0], &[1.0], &[0.0]), Err(Error::Invalid { what: "weight", .. })));
 }
+
+#[test]
+fn the_site_mass_power_sets_how_much_a_site_s_size_draws() {
+    // 20 sites: site 0 holds 1 splat of kappa 1 (a rare, sparse cluster), the others 10 splats of
+    // kappa 10 each. At `site_mass_power` 1 a site's mass is its summed kappa (site 0: 1 / 1,901 of
+    // it); at 0 every site has the same mass (1 / 20), shared within it by kappa. `probabilities_of`
+    // (from per-site sums, what feedback uses) agrees with `splat_probabilities` at both. Catches the
+    // exponent ignored (0 would equal 1) or applied to the splat instead of its site.
+    let mut site_of = vec![0u32];
+    let mut kappa = vec![1.0f32];
+    for s in 1..20u32 {
+        site_of.extend([s; 10]);
+        kappa.extend((0..10).map(|i| if i == 0 { 19.0 } else { 9.0 }));
+    }
+    let sums: Vec<f64> = (0..20)
+        .map(|s| site_of.iter().zip(&kappa).filter(|(t, _)| **t == s).map(|(_, &k)| f64::from(k)).sum())
+        .collect();
+    let site_mass =
+        |p: &[f64], s: u32| -> f64 { site_of.iter().zip(p).filter(|(t, _)| **t == s).map(|(_, q)| q).sum() };
+    for (power, rare) in [(1.0, 1.0 / 1_901.0), (0.0, 1.0 / 20.0)] {
+        let config = SocConfig { site_mass_power: power, floor: 0.0, ..SocConfig::default() };
+        let pile = Sandpile::new(graph(20, 4), config).unwrap();
+        let p = pile.splat_probabilities(&site_of, &kappa).unwrap();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9, "power {power}");
+        assert!((site_mass(&p, 0) - rare).abs() < 1e-9, "power {power}: site 0 has {}", site_mass(&p, 0));
+        // Within a site, kappa still shares the mass: 19 against 9.
+        assert!((p[1] / p[2] - 19.0 / 9.0).abs() < 1e-9, "power {power}");
+        let q = pile.probabilities_of(&site_of, &kappa, &sums, site_of.len()).unwrap();
+        assert!(p.iter().zip(&q).all(|(a, b)| (a - b).abs() < 1e-12), "power {power}");
+    }
+    let bad = SocConfig { site_mass_power: 1.5, ..SocConfig::default() };
+    assert!(Sandpile::new(graph(20, 4), bad).is_err());
+}
