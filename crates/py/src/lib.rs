@@ -215,6 +215,12 @@ impl Engine {
         Ok(self.get()?.len())
     }
 
+    /// What this writer's open cut from the end of the log (a torn write, or a damaged acknowledged
+    /// record), as text; `None` when nothing was cut.
+    fn cut_tail(&self) -> PyResult<Option<String>> {
+        Ok(self.get()?.cut_tail().map(|c| c.to_string()))
+    }
+
     fn contains(&self, id: u64) -> PyResult<bool> {
         Ok(self.get()?.contains(id))
     }

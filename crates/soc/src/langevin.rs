@@ -266,7 +266,7 @@ pub(crate) fn seeded_steps(
     Some(reduced::steps_to_reach(prep, config, (target, max_steps.max(1)), pilots.max(1), dim, &mut rng, scratch))
 }
 
-/// Pilot trials of [`seeded_temperature`]: the temperatures at which the pilot chains run.
+/// Pilot trials of the per-seed temperature calibration: the temperatures at which the pilot chains run.
 pub const CALIBRATION_TRIALS: usize = 3;
 
 /// The temperature of a chain started at its seed with

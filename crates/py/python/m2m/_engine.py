@@ -601,4 +601,14 @@ def create_m2m(config: Optional[M2MConfig] = None, **fields: Any) -> M2M:
 def open_m2m(path: Union[str, "os.PathLike[str]"], read_only: bool = False) -> M2M:
     """Opens a stored engine as its only writer, or with ``read_only`` beside a writer (no lock, no file
     changed). Also ``m2m.open``, which ``from m2m import *`` leaves out so as not to hide the builtin."""
-    return M2M(_m2m.Engine.open(os.fspath(path), read_only))
+    engine = M2M(_m2m.Engine.open(os.fspath(path), read_only))
+    cut = None if read_only else engine._engine.cut_tail()
+    if cut is not None:
+        # Rows lost to a damaged log tail are said where a Python user looks, not only in a log line.
+        warnings.warn(
+            f"m2m: {cut}: a torn write or a damaged acknowledged record was dropped at open "
+            "(`m2m verify` names such damage before a writer opens)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return engine
