@@ -642,10 +642,7 @@ impl Index {
                         return None;
                     }
                 }
-                let bias = &self.fine_bias;
-                s.fine[i..].sort_unstable_by(|a, b| {
-                    (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
-                });
+                self.rescore_fine(i, s);
             }
             if need != usize::MAX && matched >= need {
                 break;
@@ -661,10 +658,7 @@ impl Index {
                 let all = SearchParams { coarse_probe: self.n_coarse(), ..*params };
                 self.rank_fine(&all, 0, s);
                 s.fine.retain(|&(_, f)| !visited[f as usize]);
-                let bias = &self.fine_bias;
-                s.fine.sort_unstable_by(|a, b| {
-                    (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
-                });
+                self.rescore_fine(0, s);
                 ranked_all = true;
                 i = 0;
                 if s.fine.is_empty() {
@@ -808,10 +802,7 @@ impl Index {
         visited.clear();
         visited.resize(self.n_fine(), false);
         loop {
-            let bias = &self.fine_bias;
-            s.fine.sort_unstable_by(|a, b| {
-                (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
-            });
+            self.rescore_fine(0, s);
             for &(v, f) in s.fine.iter() {
                 if visited[f as usize] {
                     continue;

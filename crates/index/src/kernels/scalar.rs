@@ -61,6 +61,18 @@ pub(super) fn dots_t16(query: &[f32], block: &[f32], out: &mut [f32; super::T16]
     *out = acc;
 }
 
+/// [`dots_t16`] over a transposed block of f16 bits: each column of 16 is converted (exactly, by
+/// [`super::f16_to_f32`]) and multiplied into the 16 sums.
+pub(super) fn dots_t16h(query: &[f32], block: &[u16], out: &mut [f32; super::T16]) {
+    let mut acc = [0.0f32; super::T16];
+    for (&q, col) in query.iter().zip(block.chunks_exact(super::T16)) {
+        for (a, &h) in acc.iter_mut().zip(col) {
+            *a += q * super::f16_to_f32(h);
+        }
+    }
+    *out = acc;
+}
+
 /// One packed SQ4 row against a query of `2 * row.len()` i8 values: each byte feeds two dimensions.
 pub(super) fn sq4_dot(row: &[u8], query: &[i8]) -> i32 {
     let mut s = 0i32;
