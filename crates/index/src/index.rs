@@ -1309,17 +1309,17 @@ impl Index {
 
     /// The bound `s.fine_err` for query `q` when its ranking reads the f16 table:
     /// [`crate::kernels::f16_error_bound`] times `|q|` times the largest centroid norm. `None` (rank on
-    /// the f32 rows) when the index has no table, or when a score could overflow f32
-    /// (`|q . h| <= |q| * 2^15 * sqrt(dim)` for the scaled halves `h`).
+    /// the f32 rows) when the index has no table or the bound is not finite. A finite `|q|^2` keeps
+    /// `|q| < 2^64`, so the scaled scores (`|q . h| <= |q| * 2^15 * sqrt(dim)`) cannot overflow f32. The
+    /// check saves work rather than results: with an infinite bound [`top_fine`](Self::top_fine) would
+    /// re-score every cluster in f32.
     fn fine_error(&self, q: &[f32]) -> Option<f32> {
         if self.fine_h.is_empty() {
             return None;
         }
-        let dim = self.p.dim;
         let q_norm = crate::kernels::dot_with(self.isa, q, q).sqrt();
-        let err = crate::kernels::f16_error_bound(dim) * q_norm * self.fine_norm_max;
-        let largest = q_norm * 32768.0 * (dim as f32).sqrt();
-        (err.is_finite() && largest < f32::MAX / 4.0).then_some(err)
+        let err = crate::kernels::f16_error_bound(self.p.dim) * q_norm * self.fine_norm_max;
+        err.is_finite().then_some(err)
     }
 
     /// Replaces the scores of `s.fine[from..]` by their f32 values, then orders that part best first (by

@@ -84,9 +84,10 @@ fn lod0_picks_the_clusters_and_scores_of_the_f32_ranking_where_f16_reorders_them
     assert!(reordered >= queries.len() / DIM / 2, "f16 reordered only {reordered} rankings");
 }
 
-// Catches: a table scale that is not undone (or not a power of two) for centroids far from 1, an index
-// whose centroids are too small for any f16 scale (below 2^-86) reading its empty table, and a query
-// whose f16 scores would overflow f32 ranked on the table anyway.
+// Catches: a table scale that is not undone (or not a power of two) for centroids far from 1 (1e14,
+// 1e-20), and an index whose centroids are too small for any f16 scale (below 2^-86) reading its empty
+// table (1e-30). A query whose |q|^2 overflows f32 (1e35) ranks on the f32 rows; that check only saves
+// work (an infinite bound re-scores everything), so no result could catch its removal.
 #[test]
 fn scaled_tables_and_values_beyond_the_f16_range_keep_the_f32_ranking() {
     for (centroids, queries) in [(1e14f32, 1e-14f32), (1e-20, 1e20), (1e-30, 1e28), (1.0, 1e35)] {
