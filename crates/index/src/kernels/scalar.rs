@@ -65,9 +65,12 @@ pub(super) fn dots_t16(query: &[f32], block: &[f32], out: &mut [f32; super::T16]
 /// [`super::f16_to_f32`]) and multiplied into the 16 sums.
 pub(super) fn dots_t16h(query: &[f32], block: &[u16], out: &mut [f32; super::T16]) {
     let mut acc = [0.0f32; super::T16];
-    for (&q, col) in query.iter().zip(block.chunks_exact(super::T16)) {
-        for (a, &h) in acc.iter_mut().zip(col) {
-            *a += q * super::f16_to_f32(h);
+    // Whole columns as arrays: with the length known, the widening and the products vectorise.
+    let (cols, _) = block.as_chunks::<{ super::T16 }>();
+    for (&q, col) in query.iter().zip(cols) {
+        let x = col.map(super::f16_to_f32);
+        for (a, v) in acc.iter_mut().zip(x) {
+            *a += q * v;
         }
     }
     *out = acc;
