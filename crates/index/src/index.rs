@@ -1040,7 +1040,7 @@ impl Index {
             Lod::Centroids => return Ok(self.lod0(&q, k, params, s)),
             Lod::Codes => {
                 self.rank_fine(params, Self::rank_target(params.nprobe.max(k)), s);
-                self.scan_codes(k, k, params.nprobe, s);
+                self.scan_codes(k, k, params.nprobe, true, s);
                 s.top.drain_sorted()
             }
             Lod::Rerank => {
@@ -1050,7 +1050,8 @@ impl Index {
                     params.rerank.max(k)
                 };
                 self.rank_fine(params, Self::rank_target(params.nprobe), s);
-                self.scan_codes(k, depth, params.nprobe, s);
+                // The re-rank scores exactly: the code estimates may start from f16 `q . c`.
+                self.scan_codes(k, depth, params.nprobe, false, s);
                 self.rerank(k, s)
             }
             Lod::Exact if self.bf16_usable() => self.exact_bf16(&s.q, k).pop().unwrap_or_default(),
@@ -1367,6 +1368,14 @@ impl Index {
     /// f32 and the top n chosen among them. The f32 rounding of the biased keys (score + bias) is covered
     /// by a few ulps more.
     pub(crate) fn top_fine(&self, n: usize, s: &mut Scratch) {
+        self.top_fine_with(n, true, s);
+    }
+
+    /// [`top_fine`](Self::top_fine); without `exact_front`, the clusters whose f16 key lies more than
+    /// `2e` above the cut (in the f32 top n for sure: their f32 key exceeds `cut + e`, and the n-th best
+    /// f32 key is at most `cut + e`) keep their f16 scores, within `e` of the f32 ones, and only the band
+    /// around the cut is re-scored: the same clusters, fewer f32 rows read.
+    fn top_fine_with(&self, n: usize, exact_front: bool, s: &mut Scratch) {
         let bias = &self.fine_bias;
         let key = |e: &(f32, u32)| e.0 + bias[e.1 as usize];
         let order = |a: &(f32, u32), b: &(f32, u32)| key(b).total_cmp(&key(a)).then(a.1.cmp(&b.1));
@@ -1379,7 +1388,18 @@ impl Index {
         }
         if s.fine_err > 0.0 {
             let cut = key(&s.fine[n - 1]);
-            let floor = cut - 2.0 * s.fine_err - 4.0 * f32::EPSILON * cut.abs();
+            let slack = 4.0 * f32::EPSILON * cut.abs();
+            let floor = cut - 2.0 * s.fine_err - slack;
+            let mut sure = 0;
+            if !exact_front {
+                let ceiling = cut + 2.0 * s.fine_err + slack;
+                for i in 0..n {
+                    if key(&s.fine[i]) > ceiling {
+                        s.fine.swap(sure, i);
+                        sure += 1;
+                    }
+                }
+            }
             let mut end = n;
             for i in n..s.fine.len() {
                 if key(&s.fine[i]) >= floor {
@@ -1387,11 +1407,12 @@ impl Index {
                     end += 1;
                 }
             }
-            for e in &mut s.fine[..end] {
+            for e in &mut s.fine[sure..end] {
                 e.0 = self.centroid_dot(&s.q, e.1);
             }
+            // `sure < n`: the cut's own cluster is not above the ceiling.
             if end > n {
-                s.fine[..end].select_nth_unstable_by(n - 1, order);
+                s.fine[sure..end].select_nth_unstable_by(n - sure - 1, order);
             }
         }
         s.fine[..n].sort_unstable_by(order);
@@ -1423,10 +1444,10 @@ impl Index {
     /// LOD 1 scan: SQ8 estimates of the members of the best `nprobe` clusters into `s.top` (size `depth`).
     /// Clusters keep being probed, best first, until at least `k` members were seen, so that a search
     /// returns k hits whenever the index holds k vectors.
-    fn scan_codes(&self, k: usize, depth: usize, nprobe: usize, s: &mut Scratch) {
+    fn scan_codes(&self, k: usize, depth: usize, nprobe: usize, exact_front: bool, s: &mut Scratch) {
         let dim = self.p.dim;
         let nprobe = nprobe.clamp(1, s.fine.len().max(1));
-        self.top_fine(nprobe, s);
+        self.top_fine_with(nprobe, exact_front, s);
         // Quantise w_j = q_j * step_j to i8; q . min is the same for every vector.
         let mut wmax = 0.0f32;
         for (q, st) in s.q.iter().zip(&self.p.sq_step) {
