@@ -22,8 +22,8 @@
 //! (transposed in blocks of 16, scaled by a power of two so that every value is a finite half), half the
 //! bytes of f32, with a proven bound on the score error ([`crate::kernels::f16_error_bound`]). The
 //! clusters whose f16 score lies within twice that bound of the cut are re-scored from the f32 centroids
-//! before the best are chosen, so the probed clusters, their order and the scores LOD 0 reports are those
-//! of an f32 ranking.
+//! before the best are chosen, so the probed clusters and the scores LOD 0 and LOD 1 start from are those
+//! of an f32 ranking (LOD 2, which re-ranks exactly, re-scores only the clusters near the cut).
 
 use std::collections::HashSet;
 
