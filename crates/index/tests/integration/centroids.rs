@@ -95,3 +95,34 @@ fn scaled_tables_and_values_beyond_the_f16_range_keep_the_f32_ranking() {
         check_lod0(&mut index, &q, queries);
     }
 }
+
+// Catches: LOD 2's band-only re-score (clusters far above the cut keep their f16 scores) probing other
+// clusters than an f32 ranking, e.g. a ceiling for "surely in" at the cut instead of 2e above it. With a
+// re-rank depth above every probed member, LOD 2 returns the exact top k of the probed clusters' members,
+// so the probed set shows in the hits.
+#[test]
+fn lod2_probes_the_clusters_of_the_f32_ranking() {
+    let (mut index, queries) = near_tied(1.0);
+    let nprobe = 20;
+    let params = SearchParams { nprobe, coarse_probe: index.n_coarse(), rerank: 3_000 };
+    for isa in Isa::available() {
+        index.set_isa(isa).unwrap();
+        let p = index.parts();
+        for q in queries.chunks_exact(DIM) {
+            let mut ranked: Vec<(f32, usize)> =
+                p.fine.chunks_exact(DIM).enumerate().map(|(f, c)| (dot_with(isa, q, c), f)).collect();
+            ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut want: Vec<(f32, u64)> = ranked[..nprobe]
+                .iter()
+                .flat_map(|&(_, f)| {
+                    let cl = &p.clusters[f];
+                    cl.ids.iter().zip(cl.vectors.chunks_exact(DIM)).map(|(&id, x)| (dot_with(isa, q, x), id))
+                })
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let want: Vec<u64> = want.iter().take(K).map(|w| w.1).collect();
+            let got: Vec<u64> = index.search(q, K, Lod::Rerank, &params).unwrap().iter().map(|h| h.id).collect();
+            assert_eq!(got, want, "{isa}: LOD 2 probed other clusters than the f32 ranking");
+        }
+    }
+}
