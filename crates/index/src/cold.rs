@@ -164,9 +164,9 @@ impl Index {
                 4 * (self.p.coarse.capacity()
                     + self.p.fine.capacity()
                     + self.p.pq_codebook.capacity()
-                    + self.fine_t.capacity()
                     + self.fine_bias.capacity()
-                    + self.coarse_bias.capacity()),
+                    + self.coarse_bias.capacity())
+                    + 2 * self.fine_h.capacity(),
             ),
         ]
     }

@@ -632,9 +632,6 @@ impl Index {
         let FilterScratch { s, pos, buf, est, gather, visited, .. } = fs;
         s.top.reset(depth);
         let bias = &self.fine_bias;
-        let by_centroid = |a: &(f32, u32), b: &(f32, u32)| {
-            (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
-        };
         // Rows of the probed clusters (for the unfiltered stop) and how many of them matched.
         let mut rows = 0usize;
         let mut matched = 0usize;
@@ -657,7 +654,7 @@ impl Index {
                         return None;
                     }
                 }
-                s.fine[i..].sort_unstable_by(by_centroid);
+                self.rescore_fine(i, s);
             }
             if walking {
                 if matched == rows {
@@ -685,7 +682,7 @@ impl Index {
                 let all = SearchParams { coarse_probe: self.n_coarse(), ..*params };
                 self.rank_fine(&all, 0, s);
                 s.fine.retain(|&(_, f)| !visited[f as usize]);
-                s.fine.sort_unstable_by(by_centroid);
+                self.rescore_fine(0, s);
                 ranked_all = true;
                 i = 0;
                 if s.fine.is_empty() {
@@ -831,10 +828,7 @@ impl Index {
         visited.clear();
         visited.resize(self.n_fine(), false);
         loop {
-            let bias = &self.fine_bias;
-            s.fine.sort_unstable_by(|a, b| {
-                (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
-            });
+            self.rescore_fine(0, s);
             for &(v, f) in s.fine.iter() {
                 if visited[f as usize] {
                     continue;

@@ -17,6 +17,13 @@
 //! runs in integers (`q_j step_j` scaled to i8), on AVX-512 VNNI where the CPU has it. SQ4 codes take
 //! `dim / 2` bytes per vector (SQ8 `dim`), an eighth (a quarter) of the full vectors, and only they are
 //! read at LOD 1.
+//!
+//! Ranking. Every search first scores fine centroids against the query. On SIMD paths it reads them from an f16 copy
+//! (transposed in blocks of 16, scaled by a power of two so that every value is a finite half), half the
+//! bytes of f32, with a proven bound on the score error ([`crate::kernels::f16_error_bound`]). The
+//! clusters whose f16 score lies within twice that bound of the cut are re-scored from the f32 centroids
+//! before the best are chosen, so the probed clusters and the scores LOD 0 and LOD 1 start from are those
+//! of an f32 ranking (LOD 2, which re-ranks exactly, re-scores only the clusters near the cut).
 
 use std::collections::HashSet;
 
@@ -439,6 +446,9 @@ pub struct Scratch {
     pub(crate) q: Vec<f32>,
     pub(crate) coarse_scores: Vec<f32>,
     pub(crate) fine: Vec<(f32, u32)>,
+    /// How far an entry of `fine` may be from its f32 score `q . c` (0: all are f32 scores); see
+    /// [`Index::rank_fine`].
+    pub(crate) fine_err: f32,
     pub(crate) coarse_order: Vec<u32>,
     pub(crate) scores: Vec<f32>,
     pub(crate) row_scores: Vec<f32>,
@@ -463,8 +473,15 @@ pub struct Index {
     order: Vec<u32>,
     /// For each coarse centroid, its children's positions in `order`.
     coarse_range: Vec<(u32, u32)>,
-    /// Fine centroids in `order`, transposed into blocks of 16 for [`crate::kernels::dots_t16_with`].
-    pub(crate) fine_t: Vec<f32>,
+    /// Fine centroids in `order`, times `fine_h_scale`, rounded to f16 and transposed into blocks of 16
+    /// for [`crate::kernels::dots_t16h_with`]: the table every ranking of fine centroids reads (half the
+    /// bytes of f32). Empty when the centroids' range does not fit ([`crate::kernels::f16_scale`]); the
+    /// ranking then scores the f32 rows.
+    pub(crate) fine_h: Vec<u16>,
+    /// `1 / s` for the power of two `s` the table was scaled by.
+    fine_h_unscale: f32,
+    /// The largest fine-centroid norm, for the f16 error bound.
+    fine_norm_max: f32,
     pub(crate) coarse_bias: Vec<f32>,
     pub(crate) fine_bias: Vec<f32>,
     pub(crate) locations: IdMap<(u32, u32)>,
@@ -504,6 +521,23 @@ fn prepare_rows(metric: Metric, data: &[f32], dim: usize) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
+}
+
+/// How much of the next probed cluster's codes [`Index::scan_codes`] prefetches while it scores the
+/// current one.
+const PREFETCH_CODE_BYTES: usize = 1024;
+
+/// Hints the CPU to bring the first `max_bytes` of `bytes` into cache, one request per 64-byte line (no
+/// effect off x86-64).
+#[inline]
+fn prefetch_lines(bytes: &[u8], max_bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes[..bytes.len().min(max_bytes)].chunks(64) {
+        // SAFETY: a prefetch is a hint that never faults; the address lies within `bytes`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, max_bytes);
 }
 
 fn bias(metric: Metric, v: &[f32]) -> f32 {
@@ -877,10 +911,27 @@ impl Index {
             at += ch.len() as u32;
         }
         let ordered: Vec<f32> = order.iter().flat_map(|&f| p.fine[f as usize * dim..][..dim].iter().copied()).collect();
-        let fine_t = crate::kernels::transpose_t16(&ordered, dim);
+        let max_abs = p.fine.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (fine_h, fine_h_unscale) = match crate::kernels::f16_scale(max_abs) {
+            Some(scale) => (crate::kernels::transpose_t16h(&ordered, dim, scale), 1.0 / scale),
+            None => (Vec::new(), 1.0),
+        };
+        let fine_norm_max = p.fine.chunks_exact(dim).fold(0.0f32, |m, c| m.max(dot(c, c).sqrt()));
         // A bad M2M_ISA is refused here rather than silently ignored.
         let isa = Isa::forced()?.unwrap_or_else(Isa::detected);
-        Ok(Index { p, order, coarse_range, fine_t, coarse_bias, fine_bias, locations, isa, cold: None })
+        Ok(Index {
+            p,
+            order,
+            coarse_range,
+            fine_h,
+            fine_h_unscale,
+            fine_norm_max,
+            coarse_bias,
+            fine_bias,
+            locations,
+            isa,
+            cold: None,
+        })
     }
 
     /// The index's parts, for persistence. A cluster whose full vectors are read from cold rows
@@ -994,7 +1045,7 @@ impl Index {
             Lod::Centroids => return Ok(self.lod0(&q, k, params, s)),
             Lod::Codes => {
                 self.rank_fine(params, Self::rank_target(params.nprobe.max(k)), s);
-                self.scan_codes(k, k, params.nprobe, s);
+                self.scan_codes(k, k, params.nprobe, true, s);
                 s.top.drain_sorted()
             }
             Lod::Rerank => {
@@ -1004,7 +1055,8 @@ impl Index {
                     params.rerank.max(k)
                 };
                 self.rank_fine(params, Self::rank_target(params.nprobe), s);
-                self.scan_codes(k, depth, params.nprobe, s);
+                // The re-rank scores exactly: the code estimates may start from f16 `q . c`.
+                self.scan_codes(k, depth, params.nprobe, false, s);
                 self.rerank(k, s)
             }
             Lod::Exact if self.bf16_usable() => self.exact_bf16(&s.q, k).pop().unwrap_or_default(),
@@ -1208,12 +1260,19 @@ impl Index {
 
     /// Scores fine centroids into `s.fine` as `(q . c, fine id)`, unordered: the children of the
     /// `params.coarse_probe` best coarse centroids, or (0) of as many as hold at least `want` children.
+    ///
+    /// The scores come from the f16 table and are within `s.fine_err` of the f32 ones. Whoever reads a
+    /// score or an order from `s.fine` goes through [`top_fine`](Self::top_fine) (its front is exact, and
+    /// the same clusters in the same order as an f32 ranking) or [`rescore_fine`](Self::rescore_fine).
     pub(crate) fn rank_fine(&self, params: &SearchParams, want: usize, s: &mut Scratch) {
         let n_coarse = self.n_coarse();
         s.fine.clear();
+        let err = self.fine_error(&s.q);
+        s.fine_err = err.unwrap_or(0.0);
+        let half = err.is_some();
         let fixed = params.coarse_probe.min(n_coarse);
         if fixed == n_coarse || (fixed == 0 && want >= self.order.len()) {
-            self.score_order_range(0, self.order.len(), s);
+            self.score_order_range_into(0, self.order.len(), half, &s.q, &mut s.fine);
             return;
         }
         s.coarse_scores.resize(n_coarse, 0.0);
@@ -1232,7 +1291,7 @@ impl Index {
                 break;
             }
             taken += (hi - lo) as usize;
-            self.score_order_range_into(lo as usize, hi as usize, &s.q, &mut s.fine);
+            self.score_order_range_into(lo as usize, hi as usize, half, &s.q, &mut s.fine);
         }
     }
 
@@ -1241,41 +1300,127 @@ impl Index {
         (8 * n).max(256)
     }
 
-    /// Pushes `(q . c, fine id)` for the fine centroids at positions `lo..hi` of `order`.
-    fn score_order_range(&self, lo: usize, hi: usize, s: &mut Scratch) {
-        self.score_order_range_into(lo, hi, &s.q, &mut s.fine);
-    }
-
-    fn score_order_range_into(&self, lo: usize, hi: usize, q: &[f32], fine: &mut Vec<(f32, u32)>) {
+    /// Pushes `(q . c, fine id)` for the fine centroids at positions `lo..hi` of `order`, from the f16
+    /// table if `half`, otherwise from the f32 rows.
+    fn score_order_range_into(&self, lo: usize, hi: usize, half: bool, q: &[f32], fine: &mut Vec<(f32, u32)>) {
         use crate::kernels::T16;
         let dim = self.p.dim;
+        if !half {
+            fine.extend(self.order[lo..hi].iter().map(|&f| (self.centroid_dot(q, f), f)));
+            return;
+        }
         let mut out = [0.0f32; T16];
         let mut b = lo / T16;
         while b * T16 < hi {
-            crate::kernels::dots_t16_with(self.isa, q, &self.fine_t[b * T16 * dim..][..T16 * dim], &mut out);
+            crate::kernels::dots_t16h_with(self.isa, q, &self.fine_h[b * T16 * dim..][..T16 * dim], &mut out);
             for (l, &v) in out.iter().enumerate() {
                 let i = b * T16 + l;
                 if i >= lo && i < hi {
-                    fine.push((v, self.order[i]));
+                    fine.push((v * self.fine_h_unscale, self.order[i]));
                 }
             }
             b += 1;
         }
     }
 
+    /// `q . c` of fine centroid `f` in f32, from its row.
+    #[inline]
+    pub(crate) fn centroid_dot(&self, q: &[f32], f: u32) -> f32 {
+        let dim = self.p.dim;
+        crate::kernels::dot_with(self.isa, q, &self.p.fine[f as usize * dim..][..dim])
+    }
+
+    /// The bound `s.fine_err` for query `q` when its ranking reads the f16 table:
+    /// [`crate::kernels::f16_error_bound`] times `|q|` times the largest centroid norm. `None` (rank on
+    /// the f32 rows) when the index has no table, runs the scalar kernels, or the bound is not finite. A finite `|q|^2` keeps
+    /// `|q| < 2^64`, so the scaled scores (`|q . h| <= |q| * 2^15 * sqrt(dim)`) cannot overflow f32. The
+    /// check saves work rather than results: with an infinite bound [`top_fine`](Self::top_fine) would
+    /// re-score every cluster in f32.
+    fn fine_error(&self, q: &[f32]) -> Option<f32> {
+        // The portable widening of halves costs more than the bytes it saves (measured: the scalar
+        // f16 kernel ran at 0.1-0.4x the scalar f32 one), so the scalar path ranks on the f32 rows.
+        if self.fine_h.is_empty() || self.isa == Isa::Scalar {
+            return None;
+        }
+        let q_norm = crate::kernels::dot_with(self.isa, q, q).sqrt();
+        let err = crate::kernels::f16_error_bound(self.p.dim) * q_norm * self.fine_norm_max;
+        err.is_finite().then_some(err)
+    }
+
+    /// Replaces the scores of `s.fine[from..]` by their f32 values, then orders that part best first (by
+    /// biased score, ties by id): for readers that walk past the front [`top_fine`](Self::top_fine) made
+    /// exact.
+    pub(crate) fn rescore_fine(&self, from: usize, s: &mut Scratch) {
+        let from = from.min(s.fine.len());
+        if s.fine_err > 0.0 {
+            for e in &mut s.fine[from..] {
+                e.0 = self.centroid_dot(&s.q, e.1);
+            }
+        }
+        let bias = &self.fine_bias;
+        s.fine[from..].sort_unstable_by(|a, b| {
+            (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
+        });
+    }
+
     /// Moves the `n` best fine clusters of `s.fine` (by biased score) to its front, best first; the rest
     /// follow in no order. Entries keep the unbiased `q . c`.
+    ///
+    /// The front is what an f32 ranking gives, with f32 scores, although `s.fine` holds f16 scores within
+    /// `e = s.fine_err` of them: let `t` be the n-th best f16 key. The n clusters of f16 key >= t have
+    /// f32 keys >= t - e, so the n-th best f32 key is >= t - e, and every cluster of the f32 top n has
+    /// an f16 key >= t - 2e. Those (the top n and the clusters within 2e below the cut) are re-scored in
+    /// f32 and the top n chosen among them. The f32 rounding of the biased keys (score + bias) is covered
+    /// by a few ulps more.
     pub(crate) fn top_fine(&self, n: usize, s: &mut Scratch) {
+        self.top_fine_with(n, true, s);
+    }
+
+    /// [`top_fine`](Self::top_fine); without `exact_front`, the clusters whose f16 key lies more than
+    /// `2e` above the cut (in the f32 top n for sure: their f32 key exceeds `cut + e`, and the n-th best
+    /// f32 key is at most `cut + e`) keep their f16 scores, within `e` of the f32 ones, and only the band
+    /// around the cut is re-scored: the same clusters, fewer f32 rows read.
+    fn top_fine_with(&self, n: usize, exact_front: bool, s: &mut Scratch) {
         let bias = &self.fine_bias;
         let key = |e: &(f32, u32)| e.0 + bias[e.1 as usize];
+        let order = |a: &(f32, u32), b: &(f32, u32)| key(b).total_cmp(&key(a)).then(a.1.cmp(&b.1));
         let n = n.min(s.fine.len());
         if n == 0 {
             return;
         }
         if n < s.fine.len() {
-            s.fine.select_nth_unstable_by(n - 1, |a, b| key(b).total_cmp(&key(a)).then(a.1.cmp(&b.1)));
+            s.fine.select_nth_unstable_by(n - 1, order);
         }
-        s.fine[..n].sort_unstable_by(|a, b| key(b).total_cmp(&key(a)).then(a.1.cmp(&b.1)));
+        if s.fine_err > 0.0 {
+            let cut = key(&s.fine[n - 1]);
+            let slack = 4.0 * f32::EPSILON * cut.abs();
+            let floor = cut - 2.0 * s.fine_err - slack;
+            let mut sure = 0;
+            if !exact_front {
+                let ceiling = cut + 2.0 * s.fine_err + slack;
+                for i in 0..n {
+                    if key(&s.fine[i]) > ceiling {
+                        s.fine.swap(sure, i);
+                        sure += 1;
+                    }
+                }
+            }
+            let mut end = n;
+            for i in n..s.fine.len() {
+                if key(&s.fine[i]) >= floor {
+                    s.fine.swap(end, i);
+                    end += 1;
+                }
+            }
+            for e in &mut s.fine[sure..end] {
+                e.0 = self.centroid_dot(&s.q, e.1);
+            }
+            // `sure < n`: the cut's own cluster is not above the ceiling.
+            if end > n {
+                s.fine[sure..end].select_nth_unstable_by(n - sure - 1, order);
+            }
+        }
+        s.fine[..n].sort_unstable_by(order);
     }
 
     fn lod0(&self, q: &Query, k: usize, params: &SearchParams, s: &mut Scratch) -> Vec<Hit> {
@@ -1304,10 +1449,10 @@ impl Index {
     /// LOD 1 scan: SQ8 estimates of the members of the best `nprobe` clusters into `s.top` (size `depth`).
     /// Clusters keep being probed, best first, until at least `k` members were seen, so that a search
     /// returns k hits whenever the index holds k vectors.
-    fn scan_codes(&self, k: usize, depth: usize, nprobe: usize, s: &mut Scratch) {
+    fn scan_codes(&self, k: usize, depth: usize, nprobe: usize, exact_front: bool, s: &mut Scratch) {
         let dim = self.p.dim;
         let nprobe = nprobe.clamp(1, s.fine.len().max(1));
-        self.top_fine(nprobe, s);
+        self.top_fine_with(nprobe, exact_front, s);
         // Quantise w_j = q_j * step_j to i8; q . min is the same for every vector.
         let mut wmax = 0.0f32;
         for (q, st) in s.q.iter().zip(&self.p.sq_step) {
@@ -1336,13 +1481,15 @@ impl Index {
                     break;
                 }
                 // Too few members in the probed clusters: order the rest and keep going.
-                let bias = &self.fine_bias;
-                s.fine[nprobe..].sort_unstable_by(|a, b| {
-                    (b.0 + bias[b.1 as usize]).total_cmp(&(a.0 + bias[a.1 as usize])).then(a.1.cmp(&b.1))
-                });
+                self.rescore_fine(nprobe, s);
             }
             let (qc, f) = s.fine[i];
             i += 1;
+            // The next cluster's codes start a new stream the hardware prefetcher has not seen: ask for
+            // its first lines while this cluster is scored.
+            if let Some(&(_, next)) = s.fine.get(i) {
+                prefetch_lines(&self.p.clusters[next as usize].codes, PREFETCH_CODE_BYTES);
+            }
             let cl = &self.p.clusters[f as usize];
             let m = cl.len();
             if m == 0 {

@@ -332,6 +332,39 @@ pub(super) unsafe fn dots_t16_avx512(query: &[f32], block: &[f32], out: &mut [f3
     }
 }
 
+/// [`dots_t16_avx512`] over a transposed block of f16 bits: one `vcvtph2ps` widens a column of 16
+/// (exactly) before the fused multiply-add, so the block is read at half the bytes.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `block.len() == 16 * query.len()`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dots_t16h_avx512(query: &[f32], block: &[u16], out: &mut [f32; 16]) {
+    let dim = query.len();
+    let pb = block.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); 8];
+    let mut j = 0;
+    // SAFETY: column j of the block is block[16 j .. 16 j + 16] (32 bytes), inside the block for j < dim.
+    unsafe {
+        let col = |j: usize| _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(j * 16).cast()));
+        while j + 8 <= dim {
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(query[j + u]), col(j + u), *a);
+            }
+            j += 8;
+        }
+        while j < dim {
+            acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(query[j]), col(j), acc[0]);
+            j += 1;
+        }
+        let s01 = _mm512_add_ps(acc[0], acc[1]);
+        let s23 = _mm512_add_ps(acc[2], acc[3]);
+        let s45 = _mm512_add_ps(acc[4], acc[5]);
+        let s67 = _mm512_add_ps(acc[6], acc[7]);
+        let sum = _mm512_add_ps(_mm512_add_ps(s01, s23), _mm512_add_ps(s45, s67));
+        _mm512_storeu_ps(out.as_mut_ptr(), sum);
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn sq8_dot512(codes: &[u8], query: &[i8]) -> i32 {

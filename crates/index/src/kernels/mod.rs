@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable code; the compiler vectorises it for the build target.
     Scalar,
-    /// AVX2 with FMA (x86-64 since Haswell / Zen).
+    /// AVX2 with FMA and F16C (x86-64 since Haswell / Zen; every such CPU has all three).
     Avx2,
     /// AVX-512 F + BW + VNNI (x86-64 since Ice Lake / Zen 4).
     Avx512,
@@ -75,7 +75,9 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 is_x86_feature_detected!("avx512f")
@@ -371,6 +373,97 @@ pub fn transpose_t16(rows: &[f32], dim: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// [`dots_t16_with`] over a block of f16 values (IEEE binary16 bits, the layout of [`transpose_t16h`]):
+/// `out[l] = sum_j query[j] * f16_to_f32(block[j * 16 + l])`, each half widened exactly and the sums
+/// kept in f32. Half the bytes of the f32 block: m2m-index ranks its fine centroids with it. F16C
+/// (`vcvtph2ps`) on AVX2 and AVX-512, a bit-move widening on NEON and in the scalar twin. A block of the
+/// wrong length leaves `out` untouched.
+pub fn dots_t16h_with(isa: Isa, query: &[f32], block: &[u16], out: &mut [f32; T16]) {
+    if block.len() != T16 * query.len() {
+        return;
+    }
+    match isa.checked() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx512 only on a CPU with AVX-512 F; length checked above.
+        Isa::Avx512 => unsafe { avx512::dots_t16h_avx512(query, block, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `checked` returned Avx2 only on a CPU with AVX2, FMA and F16C; length checked above.
+        Isa::Avx2 => unsafe { avx2::dots_t16h_avx2(query, block, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `checked` returned Neon only on a CPU with NEON; length checked above.
+        Isa::Neon => unsafe { neon::dots_t16h_neon(query, block, out) },
+        _ => scalar::dots_t16h(query, block, out),
+    }
+}
+
+/// [`transpose_t16`] into f16: row values are multiplied by `scale` (a power of two, so exactly) and
+/// rounded to the nearest f16 (ties to even). Choose `scale` with [`f16_scale`] so that nothing
+/// overflows; the scores of [`dots_t16h_with`] are then `scale` times the dot products.
+pub fn transpose_t16h(rows: &[f32], dim: usize, scale: f32) -> Vec<u16> {
+    transpose_t16(rows, dim).iter().map(|&v| to_f16(v * scale)).collect()
+}
+
+/// The f16 (IEEE binary16) nearest to `v`, ties to even, as bits; beyond the f16 range, infinity.
+#[inline]
+pub fn to_f16(v: f32) -> u16 {
+    half::f16::from_f32(v).to_bits()
+}
+
+/// 2^112: an f16's exponent bias (15) is 112 below an f32's (127).
+const F16_TO_F32_SCALE: f32 = f32::from_bits((127 + 112) << 23);
+
+/// The f32 value of a finite f16 (bits), exactly; normal and subnormal halves alike. Infinities and NaNs
+/// (exponent 31) come out as finite values of 2^16 and above: [`transpose_t16h`] with an [`f16_scale`]
+/// never stores one.
+///
+/// Branch free, so the loops that call it vectorise: the sign-extended half shifted left by 13 lays its
+/// exponent and mantissa under the f32 ones, and the multiplication by 2^112 moves the exponent bias from
+/// 15 to 127 (a subnormal half becomes a subnormal f32 first, which the multiplication makes normal).
+#[inline]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let bits = ((i32::from(h as i16) << 13) as u32) & 0x8FFF_E000;
+    f32::from_bits(bits) * F16_TO_F32_SCALE
+}
+
+/// A power of two `s` such that `max_abs * s` lies in `[2^14, 2^15)`: every value of magnitude at most
+/// `max_abs`, times `s`, is then a finite f16 well below the f16 maximum (65,504), and the values near
+/// `max_abs` keep f16's full 11 bits. `None` when `max_abs` is not finite, is below 2^-86 (but not 0) or
+/// above 2^114 (the scale or its inverse would leave the range where f32 products stay normal); `Some(1.0)`
+/// for 0.
+pub fn f16_scale(max_abs: f32) -> Option<f32> {
+    if max_abs == 0.0 {
+        return Some(1.0);
+    }
+    if !max_abs.is_finite() || max_abs < 0.0 {
+        return None;
+    }
+    let exp = ((max_abs.to_bits() >> 23) & 0xFF) as i32 - 127; // floor(log2(max_abs)) for normal values
+    let e = 14 - exp;
+    if !(-100..=100).contains(&e) {
+        return None;
+    }
+    Some(f32::from_bits(((e + 127) as u32) << 23))
+}
+
+/// Bound of the difference between an f16 score and the f32 one: for a query `q` (f32) and a row `c`
+/// whose values, times an [`f16_scale`] `s` of its table, were rounded to f16 `h`,
+/// `|dots_t16h(q, h) / s - dot_with(q, c)| <= f16_error_bound(dim) * |q| * C`, where `C` bounds `|c|` and
+/// every row of the table.
+///
+/// The terms: rounding to f16 moves each value by at most 2^-11 of itself (11 bits of precision), so the
+/// exact products move by at most `2^-11 sum |q_j c_j| <= 2^-11 |q| |c|` (Cauchy-Schwarz); halves below
+/// the normal range (2^-14 scaled, i.e. under 2^-28 of the table's largest value) move by at most 2^-25
+/// scaled, at most `2^-39 sqrt(dim) |q| C` in all; each of the two f32 sums (the f16 kernel's and the
+/// reference's) is within `dim * 2^-24` of its exact value, relative to the sum of magnitudes. A 1% margin
+/// covers the second-order terms.
+pub fn f16_error_bound(dim: usize) -> f32 {
+    let d = dim as f64;
+    let rounding = 2f64.powi(-11);
+    let subnormal = d.sqrt() * 2f64.powi(-39);
+    let accumulation = 2.0 * d * 2f64.powi(-24) * (1.0 + rounding);
+    (1.01 * (rounding + subnormal + accumulation)) as f32
 }
 
 /// Dimensions per SQ4 group: a group is 64 bytes holding 128 four-bit codes (see [`sq4_pack`]).

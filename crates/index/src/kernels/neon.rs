@@ -126,6 +126,50 @@ pub(super) unsafe fn dots_t16_neon(query: &[f32], block: &[f32], out: &mut [f32;
     }
 }
 
+/// Four f16 values (bits) widened to f32 exactly, by the same bit move as [`super::f16_to_f32`]: the
+/// sign-extended half shifted left by 13 puts its exponent and mantissa under the f32 ones (exponent
+/// bias 15 instead of 127, hence the multiplication by 2^112, exact also for subnormal halves). `fcvtl`
+/// would do it in one instruction, but its intrinsic needs the unstable `fp16` target feature.
+#[inline]
+#[target_feature(enable = "neon")]
+fn f16x4_to_f32(h: int16x4_t) -> float32x4_t {
+    let bits = vandq_s32(vshlq_n_s32::<13>(vmovl_s16(h)), vdupq_n_s32(0x8FFF_E000u32 as i32));
+    vmulq_f32(vreinterpretq_f32_s32(bits), vdupq_n_f32(super::F16_TO_F32_SCALE))
+}
+
+/// [`dots_t16_neon`] over a transposed block of f16 bits.
+///
+/// # Safety
+/// The CPU must support NEON; `block.len() == 16 * query.len()`.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn dots_t16h_neon(query: &[f32], block: &[u16], out: &mut [f32; 16]) {
+    let dim = query.len();
+    let pb = block.as_ptr().cast::<i16>();
+    let mut acc = [[vdupq_n_f32(0.0); 4]; 2];
+    let mut j = 0;
+    // SAFETY: column j is block[16 j .. 16 j + 16]; its four 4-value quarters lie inside it for j < dim.
+    unsafe {
+        while j + 2 <= dim {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let q = vdupq_n_f32(query[j + u]);
+                for (h, v) in a.iter_mut().enumerate() {
+                    *v = vfmaq_f32(*v, q, f16x4_to_f32(vld1_s16(pb.add((j + u) * 16 + 4 * h))));
+                }
+            }
+            j += 2;
+        }
+        if j < dim {
+            let q = vdupq_n_f32(query[j]);
+            for (h, v) in acc[0].iter_mut().enumerate() {
+                *v = vfmaq_f32(*v, q, f16x4_to_f32(vld1_s16(pb.add(j * 16 + 4 * h))));
+            }
+        }
+        for (h, (a, b)) in acc[0].iter().zip(&acc[1]).enumerate() {
+            vst1q_f32(out.as_mut_ptr().add(4 * h), vaddq_f32(*a, *b));
+        }
+    }
+}
+
 /// Scores queries `q..q+QN` against rows `r..r+RN` in registers (QN x RN accumulators of 4 lanes) and
 /// writes the QN x RN scores at `out[(q + k) * nr + r + j]`. Every score is reduced the same way
 /// (lane sum, then the `dim % 4` tail products in order), whatever the block shape, so a score does not

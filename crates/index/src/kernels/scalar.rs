@@ -61,6 +61,21 @@ pub(super) fn dots_t16(query: &[f32], block: &[f32], out: &mut [f32; super::T16]
     *out = acc;
 }
 
+/// [`dots_t16`] over a transposed block of f16 bits: each column of 16 is converted (exactly, by
+/// [`super::f16_to_f32`]) and multiplied into the 16 sums.
+pub(super) fn dots_t16h(query: &[f32], block: &[u16], out: &mut [f32; super::T16]) {
+    let mut acc = [0.0f32; super::T16];
+    // Whole columns as arrays: with the length known, the widening and the products vectorise.
+    let (cols, _) = block.as_chunks::<{ super::T16 }>();
+    for (&q, col) in query.iter().zip(cols) {
+        let x = col.map(super::f16_to_f32);
+        for (a, v) in acc.iter_mut().zip(x) {
+            *a += q * v;
+        }
+    }
+    *out = acc;
+}
+
 /// One packed SQ4 row against a query of `2 * row.len()` i8 values: each byte feeds two dimensions.
 pub(super) fn sq4_dot(row: &[u8], query: &[i8]) -> i32 {
     let mut s = 0i32;

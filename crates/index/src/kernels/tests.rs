@@ -463,3 +463,88 @@ fn pq4_extreme_sums_are_exact() {
         }
     }
 }
+
+// Catches: a wrong shift or mask in the bit-move widening, a wrong exponent rebias (2^112), and
+// subnormal halves widened as if normal.
+#[test]
+fn f16_widening_is_exact_for_every_finite_half() {
+    for h in 0..=u16::MAX {
+        if (h >> 10) & 0x1F == 0x1F {
+            continue; // infinities and NaNs: never stored (see f16_scale)
+        }
+        let want = half::f16::from_bits(h).to_f32();
+        assert_eq!(f16_to_f32(h).to_bits(), want.to_bits(), "half {h:#06x}");
+    }
+    // Ties round to even: 1 + 2^-11 lies halfway between 1 and the next half, 1 + 2^-10.
+    assert_eq!(f16_to_f32(to_f16(1.0 + 2f32.powi(-11))), 1.0);
+    assert_eq!(f16_to_f32(to_f16(1.0 + 3.0 * 2f32.powi(-11))), 1.0 + 2f32.powi(-9));
+}
+
+// Catches: a scale that is not a power of two (the unscaling would round), one that lets the largest
+// value reach f16's maximum, and tiny or huge ranges accepted that f32 cannot rescale.
+#[test]
+fn f16_scales_put_the_largest_value_below_the_f16_maximum() {
+    for &m in &[1e-20f32, 3e-5, 0.1, 0.75, 1.0, 1.5, 255.0, 65_504.0, 1e9, 1e30] {
+        let s = f16_scale(m).unwrap();
+        assert_eq!(s.to_bits() & 0x007F_FFFF, 0, "{m}: {s} is not a power of two");
+        let scaled = m * s;
+        assert!((16_384.0..32_768.0).contains(&scaled), "{m} scaled to {scaled}");
+        assert!(f16_to_f32(to_f16(scaled)).is_finite());
+    }
+    assert_eq!(f16_scale(0.0), Some(1.0));
+    for bad in [f32::INFINITY, f32::NAN, 1e35, 1e-30, f32::MIN_POSITIVE / 4.0, -1.0] {
+        assert_eq!(f16_scale(bad), None, "{bad}");
+    }
+}
+
+proptest! {
+    // Catches: a wrong column offset or swapped halves in a SIMD path, the `dim % 4` / `dim % 8` tail
+    // dropped, and an error bound smaller than the rounding it covers (scores are compared with the f32
+    // scores of the unrounded rows, the way the index uses the bound).
+    #[test]
+    fn f16_blocks_match_the_scalar_twin_and_stay_within_the_bound(
+        dim in 1usize..70,
+        rows in 1usize..40,
+        magnitude in -12i32..12,
+        seed in any::<u64>(),
+    ) {
+        use rand::{RngExt, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let unit = 2f32.powi(magnitude);
+        let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        // Some values near zero, so that subnormal halves occur.
+        let m: Vec<f32> = (0..rows * dim)
+            .map(|i| unit * rng.random_range(-1.0f32..1.0) * if i % 5 == 0 { 1e-9 } else { 1.0 })
+            .collect();
+        let max_abs = m.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let scale = f16_scale(max_abs).unwrap();
+        let t = transpose_t16h(&m, dim, scale);
+        prop_assert_eq!(t.len(), rows.div_ceil(T16) * T16 * dim);
+        let q_norm = dot_ref(&q, &q).sqrt();
+        let c_max = m.chunks_exact(dim).map(|c| dot_ref(c, c).sqrt()).fold(0.0, f64::max);
+        let bound = f64::from(f16_error_bound(dim)) * q_norm * c_max;
+        for (b, block) in t.chunks_exact(T16 * dim).enumerate() {
+            let mut reference = [f32::NAN; T16];
+            dots_t16h_with(Isa::Scalar, &q, block, &mut reference);
+            for isa in Isa::available() {
+                let mut out = [f32::NAN; T16];
+                dots_t16h_with(isa, &q, block, &mut out);
+                for (l, (&o, &r)) in out.iter().zip(&reference).enumerate() {
+                    let i = b * T16 + l;
+                    // Against the scalar twin: the same halves, only the order of the f32 sums differs.
+                    let halves: Vec<f32> = block.chunks_exact(T16).map(|col| f16_to_f32(col[l])).collect();
+                    prop_assert!((f64::from(o) - f64::from(r)).abs() <= 2.0 * tol(&q, &halves), "{:?} row {}", isa, i);
+                    let got = f64::from(o) / f64::from(scale);
+                    if i < rows {
+                        let row = &m[i * dim..][..dim];
+                        let f32_score = f64::from(dot_with(isa, &q, row));
+                        prop_assert!((got - f32_score).abs() <= bound,
+                            "{:?} row {}: {} vs {} (bound {})", isa, i, got, f32_score, bound);
+                    } else {
+                        prop_assert_eq!(o, 0.0);
+                    }
+                }
+            }
+        }
+    }
+}
