@@ -546,9 +546,9 @@ class M2M:
 
         Options: shuffle (True), seed (0), epochs (1), prefetch_batches (2), drop_last (False), rank (0),
         world_size (1), generate_steps (8), threads (0: all cores; 1 in DataLoader workers), source
-        ("auto" = "memory": the engine's rows in place, mapped segments and unflushed rows; "tiers": the
-        database's segments through the warm
-        tier, in block order; needs a data_dir), filter (a dict in the JSON form of ``m2m::Filter``, as
+        ("auto": "tiers" for an engine with a data_dir, else "memory"; "memory": the engine's rows in
+        place; "tiers": the database's segments through the warm tier, in block order, with prefetch;
+        needs a data_dir), filter (a dict in the JSON form of ``m2m::Filter``, as
         :meth:`retrieve` takes it: only the matching splats are streamed, every epoch, importance sampling
         and Langevin seeds included; not with source "tiers"). ``output``: "dict" (the default: ids, mu,
         kappa, alpha, weights, generated, epoch; with a label field in the schema also ``labels``, int64,
