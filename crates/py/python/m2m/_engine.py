@@ -558,7 +558,11 @@ class M2M:
 
         The order depends only on (seed, epoch) and the options, never on the number of DataLoader
         workers: worker w of W assembles batches w, w + W, ... of the one stream, which the DataLoader's
-        round-robin puts back in order. Call :meth:`SplatDataset.set_epoch` for each epoch's order."""
+        round-robin puts back in order. Call :meth:`SplatDataset.set_epoch` for each epoch's order. With
+        importance sampling, workers draw from the sampler's state saved by the last :meth:`tick`, the
+        main process from its live state (queries and feedback since): call :meth:`tick` before an epoch
+        for one order with and without workers. With ``generate_samples`` a batch holds ``batch_size``
+        real rows and one generated row per real row (``generated`` says which)."""
         from ._dataset import SplatDataset
 
         if generate_samples or importance_sampling:
