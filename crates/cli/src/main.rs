@@ -97,11 +97,13 @@ pub(crate) enum Command {
         /// Level of detail, by number or name: 0 or centroids, 1 or codes, 2 or rerank, 3 or exact.
         #[arg(long, default_value = "2", value_parser = parse_lod)]
         lod: m2m::Lod,
-        /// Fine clusters scored per query at LOD 1 and 2 (default: the value calibrated at build time).
-        #[arg(long)]
+        /// Fine clusters scored per query at LOD 1 and 2, at least 1 (default: the value calibrated at
+        /// build time).
+        #[arg(long, value_parser = at_least_one)]
         nprobe: Option<usize>,
-        /// Candidates re-ranked exactly at LOD 2 (default: the calibrated depth, scaled by k / 10).
-        #[arg(long)]
+        /// Candidates re-ranked exactly at LOD 2, at least 1 (default: the calibrated depth, scaled by
+        /// k / 10).
+        #[arg(long, value_parser = at_least_one)]
         rerank: Option<usize>,
         /// Only splats whose attributes match this filter (JSON), e.g.
         /// '{"and": [{"eq": {"field": "label", "value": 3}}, {"range": {"field": "t", "gte": 10}}]}'.
@@ -184,6 +186,16 @@ pub(crate) enum Command {
 
 fn parse_lod(s: &str) -> Result<m2m::Lod, String> {
     s.parse().map_err(|e: m2m::index::Error| e.to_string())
+}
+
+/// A count of at least 1 (`--nprobe`, `--rerank`): leaving the option out asks for the calibrated
+/// default, as `None` does in Python; 0 is refused there and here.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (leave the option out for the calibrated default)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 fn parse_metric(s: &str) -> Result<m2m::Metric, String> {

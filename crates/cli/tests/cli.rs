@@ -403,7 +403,7 @@ fn one_vocabulary_lod_names_search_parameters_metric_and_stats() {
     let narrow = ids(engine.retrieve_batch_with(&queries, 50, m2m::Lod::Rerank, &one).unwrap());
     let default = ids(engine.retrieve_batch(&queries, 50, m2m::Lod::Rerank).unwrap());
     assert_ne!(narrow, default, "the test needs data where nprobe 1 changes the answer");
-    let r = ok(&["query", &db, "--file", &q, "--k", "50", "--nprobe", "1", "--rerank", "0"]);
+    let r = ok(&["query", &db, "--file", &q, "--k", "50", "--nprobe", "1"]);
     let cli: Vec<Vec<u64>> = r["results"]
         .as_array()
         .unwrap()
@@ -411,6 +411,11 @@ fn one_vocabulary_lod_names_search_parameters_metric_and_stats() {
         .map(|hits| hits.as_array().unwrap().iter().map(|h| h["id"].as_u64().unwrap()).collect())
         .collect();
     assert_eq!(cli, narrow);
+    // 0 is refused as Python refuses it (leaving the option out is the calibrated default).
+    for opt in ["--nprobe", "--rerank"] {
+        let (code, err) = fails(&["query", &db, "--file", &q, opt, "0"]);
+        assert!(code == 2 && err.contains("at least 1"), "{opt}: {err}");
+    }
 
     // `info --json` is the facade's Stats, field for field.
     let info = ok(&["info", &db]);

@@ -68,7 +68,7 @@ def test_the_original_quick_start_runs_unchanged_with_deprecation_warnings():
     assert "enable_vulkan" in messages and "splats.build_index" in messages, messages
     engine = namespace["m2m"]
     assert len(engine) == 2000 and engine.has_index
-    assert engine.config["device"] == "Auto", "enable_vulkan=True: Vulkan when it works, else the CPU"
+    assert engine.config["device"] == "auto", "enable_vulkan=True: Vulkan when it works, else the CPU"
     exact = namespace["exact_results"]
     assert exact.ids.shape == (10,) and exact.kappa.shape == (10,) and exact.alpha.shape == (10,)
     assert namespace["approx_results"].ids.shape == (10,)
@@ -107,10 +107,12 @@ def test_an_engine_of_our_settings_does_not_build_behind_the_caller():
 
 
 def test_metric_and_device_names_are_case_insensitive():
-    for metric, stored in [("cosine", "Cosine"), ("COSINE", "Cosine"), ("Ip", "InnerProduct"), ("l2", "L2")]:
+    for metric, stored in [("cosine", "cosine"), ("COSINE", "cosine"), ("Ip", "ip"), ("l2", "l2")]:
         for device in ["cpu", "CPU", "Cpu"]:
             e = m2m.create_m2m(dim=4, metric=metric, device=device)
-            assert (e.config["metric"], e.config["device"]) == (stored, "Cpu")
+            # One vocabulary: config names them as stats does.
+            assert (e.config["metric"], e.config["device"]) == (stored, "cpu")
+            assert e.stats().metric == stored
     assert m2m.create_m2m(dim=4, metric="L2").stats().metric == "l2"
     with pytest.raises(m2m.InvalidInputError, match="hamming"):
         m2m.create_m2m(dim=4, metric="hamming")

@@ -306,8 +306,13 @@ class M2M:
 
     @property
     def config(self) -> Dict[str, Any]:
-        """The engine's settings (the Rust ``M2mConfig`` as a dict)."""
+        """The engine's settings (the Rust ``M2mConfig`` as a dict), with the metric and the device
+        named as :meth:`stats` and ``m2m info`` name them (``"ip"``, ``"cosine"``, ``"l2"``; ``"cpu"``,
+        ``"auto"``, ``"vulkan"``); any spelling of those is accepted back."""
         out: Dict[str, Any] = json.loads(self._engine.config_json())
+        metric = str(out.get("metric", "")).lower()
+        out["metric"] = {"innerproduct": "ip", "inner_product": "ip"}.get(metric, metric)
+        out["device"] = str(out.get("device", "")).lower()
         return out
 
     def __len__(self) -> int:
