@@ -622,7 +622,7 @@ fn a_file_fixed_in_place_after_a_failure_resumes_without_duplicates() {
 
 /// Forged settings (valid checksum) are named by every command: a dimension that differs from the
 /// manifest's is `m2m-config.blob` corrupt (not a bare "dimension mismatch"), a metric that differs from
-/// the index's names the settings too, and no message repeats "config field config". Mutations caught:
+/// the index's names the settings too, and no message repeats "invalid config: config". Mutations caught:
 /// `stored_config` without the manifest's dimension check, `index_matches` naming only the index
 /// (finding 5 of the second review).
 #[test]
@@ -641,7 +641,7 @@ fn forged_settings_name_the_settings_blob() {
     for cmd in ["info", "verify", "stream", "build"] {
         let (_, err) = fails(&[cmd, &d]);
         assert!(err.contains("m2m-config.blob") && err.contains("MANIFEST"), "{cmd}: {err}");
-        assert!(!err.contains("config field config"), "{cmd}: {err}");
+        assert!(!err.contains("invalid config: config"), "{cmd}: {err}");
     }
     let metric = if json["metric"] == "L2" { "Cosine" } else { "L2" };
     let mut m = json.clone();

@@ -19,8 +19,8 @@ pub enum Error {
     /// The GPU backend.
     #[error(transparent)]
     Gpu(#[from] m2m_gpu::Error),
-    /// A setting out of range.
-    #[error("config field {field}: {reason}")]
+    /// A setting or an argument out of range (`field` names it).
+    #[error("invalid {field}: {reason}")]
     Config {
         /// The field.
         field: &'static str,
