@@ -206,8 +206,9 @@ pub struct M2m {
     /// are the database's (`attributes.rs`).
     pub(crate) attrs: Arc<m2m_tier::AttrTable>,
     pub(crate) index: Option<Index>,
-    /// The SOC controller (router and sandpile), started with the index and kept current by inserts
-    /// and deletes: retrieval only records its hits, it never builds anything.
+    /// The SOC controller (sandpile, and the router once first used by generation, energy, export or
+    /// feedback), started with the index and kept current by inserts and deletes: retrieval only
+    /// records its hits, it never builds anything.
     pub(crate) soc: Option<Controller>,
     /// How the last build fitted kappa.
     pub(crate) kappa_fit: Option<KappaFit>,
