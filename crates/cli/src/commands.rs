@@ -548,10 +548,20 @@ fn ingest_into(
                 interrupted = true;
                 break;
             }
-            let c = c.with_context(|| format!("{}", path.display()))?;
+            // A failure past the file's first rows says what stays in: the chunks before it are
+            // acknowledged, and the same command resumes after them once the file is fixed.
+            let kept = |e: anyhow::Error| match row {
+                0 => e,
+                _ => anyhow::anyhow!(
+                    "{e:#}; its rows 0..{row} are in (ids {}..{}): fix the file and run the same command to resume",
+                    entry.base,
+                    entry.base + row
+                ),
+            };
+            let c = c.with_context(|| format!("{}", path.display())).map_err(kept)?;
             let n = (c.len() / dim) as u64;
             let ids: Vec<u64> = (entry.base + row..entry.base + row + n).collect();
-            engine.add_splats_with(&c, &ids, None, None).map_err(|e| at_file_row(e, &path, row, n))?;
+            engine.add_splats_with(&c, &ids, None, None).map_err(|e| kept(at_file_row(e, &path, row, n)))?;
             // `m2m -v ingest` reports each acknowledged chunk (the torture test holds the CLI to them).
             tracing::info!("acknowledged rows {row}..{} of {} as ids {}..", row + n, path.display(), entry.base + row);
             row += n;

@@ -233,6 +233,9 @@ fn a_failed_first_ingest_leaves_no_database_bound_to_its_dimension() {
     let (code, err) = fails(&["ingest", &d1, &bad("late.npy", 17), "--chunk", "10"]);
     assert_eq!(code, 1);
     assert!(err.contains("late.npy") && err.contains("row 17, column 3"), "{err}");
+    // What stays in is said: the first chunk was acknowledged, and the command resumes after it.
+    assert!(err.contains("rows 0..10 are in (ids 0..10)") && err.contains("resume"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
     // A bad row in the first chunk: the database it created is gone, the directory as before.
     let db = dir.path().join("db2");
     std::fs::create_dir(&db).unwrap();
