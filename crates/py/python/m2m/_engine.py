@@ -232,6 +232,9 @@ class _OneAtATime:
         self._lock = threading.RLock()
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_inner", "_lock"):
+            # Asked for only before __init__ set them (a copy or unpickling): no recursion.
+            raise AttributeError(name)
         with self._lock:
             attr = getattr(self._inner, name)
         if not callable(attr):
