@@ -26,6 +26,15 @@ pub trait RowCache: Send + Sync + std::fmt::Debug {
     /// A read of values `range` that [`rows`](Self::rows) served in place is over (the cache may
     /// release its pages).
     fn done(&self, range: Range<usize>);
+    /// Whether a re-rank, which reads a few members of each probed cluster, should read them one by one
+    /// ([`row`](Self::row)) rather than whole clusters: a cache that does not hold all the rows.
+    fn by_row(&self) -> bool;
+    /// One member's values `range` (inside its cluster's range).
+    fn row(&self, range: Range<usize>) -> ClusterRows<'_>;
+    /// Member values `range` will be read soon.
+    fn prefetch_row(&self, range: Range<usize>);
+    /// A batch of [`row`](Self::row) reads is over (the cache may release the pages they touched).
+    fn rows_done(&self);
 }
 
 /// A cluster's full vectors: borrowed (RAM, or a mapping read in place) or a block a cache shares.
@@ -247,6 +256,18 @@ impl Index {
     /// Whether a cache is set in front of cold clusters.
     pub(crate) fn has_row_cache(&self) -> bool {
         self.cold.as_ref().is_some_and(|c| c.cache.is_some())
+    }
+
+    /// The cache, when one is set and it reads re-rank members one by one ([`RowCache::by_row`]).
+    pub(crate) fn row_cache_by_row(&self) -> Option<&dyn RowCache> {
+        self.cold.as_ref()?.cache.as_deref().filter(|c| c.by_row())
+    }
+
+    /// The range of member `pos` of cluster `f` in the cold rows, when `f` is cold.
+    pub(crate) fn cold_member(&self, f: usize, pos: usize) -> Option<Range<usize>> {
+        let &s = self.cold.as_ref()?.start.get(f)?;
+        let dim = self.p.dim;
+        (s != IN_RAM).then(|| (s + pos) * dim..(s + pos + 1) * dim)
     }
 
     /// Copies cluster `f`'s vectors into RAM before it changes (the cold rows are never written).

@@ -1542,6 +1542,9 @@ impl Index {
     /// each is read once and its candidates scored; the scores are offered in the candidates' order, so
     /// the result is the one without a cache.
     fn rerank_cached(&self, candidates: Vec<Entry>, s: &mut Scratch) -> Vec<Entry> {
+        if let Some(cache) = self.row_cache_by_row() {
+            return self.rerank_by_row(cache, candidates, s);
+        }
         let dim = self.p.dim;
         let mut by_cluster: Vec<u32> = (0..candidates.len() as u32).collect();
         by_cluster.sort_unstable_by_key(|&i| candidates[i as usize].cluster);
@@ -1568,6 +1571,30 @@ impl Index {
         for (e, score) in candidates.into_iter().zip(scores) {
             s.top2.push(Entry { score, ..e });
         }
+        s.top2.drain_sorted()
+    }
+
+    /// [`rerank`](Self::rerank) through a cache that reads single rows: every cold candidate's row is
+    /// announced first (so that the reads of a cold file go to the disk together, not one after the
+    /// other), then each is read and scored, and the batch's pages are handed back once.
+    fn rerank_by_row(&self, cache: &dyn crate::RowCache, candidates: Vec<Entry>, s: &mut Scratch) -> Vec<Entry> {
+        for e in &candidates {
+            if let Some(range) = self.cold_member(e.cluster as usize, e.pos as usize) {
+                cache.prefetch_row(range);
+            }
+        }
+        for e in candidates {
+            let score = match self.cold_member(e.cluster as usize, e.pos as usize) {
+                Some(range) => {
+                    let cl = &self.p.clusters[e.cluster as usize];
+                    let dot = crate::kernels::dot_with(self.isa, &s.q, &cache.row(range));
+                    if cl.half_sq_norms.is_empty() { dot } else { dot - cl.half_sq_norms[e.pos as usize] }
+                }
+                None => self.member_score(&s.q, e.cluster, e.pos),
+            };
+            s.top2.push(Entry { score, ..e });
+        }
+        cache.rows_done();
         s.top2.drain_sorted()
     }
 

@@ -107,6 +107,25 @@ impl RowCache for WarmRows {
     fn done(&self, range: std::ops::Range<usize>) {
         self.0.done(range);
     }
+
+    fn by_row(&self) -> bool {
+        self.0.by_row()
+    }
+
+    fn row(&self, range: std::ops::Range<usize>) -> ClusterRows<'_> {
+        match self.0.row(range) {
+            CachedRows::Cached(rows) => ClusterRows::Shared(rows),
+            CachedRows::Mapped(rows) => ClusterRows::Borrowed(rows),
+        }
+    }
+
+    fn prefetch_row(&self, range: std::ops::Range<usize>) {
+        self.0.prefetch_row(range);
+    }
+
+    fn rows_done(&self) {
+        self.0.rows_done();
+    }
 }
 
 /// Puts the warm cache of `budget` bytes (the engine's `warm_budget_bytes`) in front of the mapped
@@ -116,7 +135,8 @@ pub(crate) fn warm(index: &mut Index, files: &[Arc<SectionFile>], budget: u64) -
     let rows = vectors(files)?;
     let clusters = index.n_fine().max(1);
     let block = (rows.as_slice().len() * 4 / clusters) as u64;
-    index.set_row_cache(Some(Arc::new(WarmRows(VectorCache::new(rows, budget, block)))));
+    let row = (index.dim() * 4) as u64;
+    index.set_row_cache(Some(Arc::new(WarmRows(VectorCache::new(rows, budget, block, row)))));
     Ok(())
 }
 
@@ -333,7 +353,14 @@ mod tests {
             let in_place = answer(&index);
             let bytes = (n * dim * 4) as u64;
             for budget in [bytes * 2, bytes / 10, 0] {
-                let cache = Arc::new(WarmRows(VectorCache::new(vectors(&files).unwrap(), budget, bytes / 100)));
+                let cache = Arc::new(WarmRows(VectorCache::new(
+                    vectors(&files).unwrap(),
+                    budget,
+                    bytes / 100,
+                    (dim * 4) as u64,
+                )));
+                // Below the vectors' size the re-rank reads single rows (`rerank_by_row`): its answers too.
+                assert_eq!(cache.by_row(), budget < bytes, "budget {budget}");
                 index.set_row_cache(Some(Arc::clone(&cache) as Arc<dyn RowCache>));
                 for round in 0..2 {
                     assert_eq!(answer(&index), in_place, "{metric:?}, budget {budget}, round {round}");

@@ -10,6 +10,17 @@
 //! [`VectorCache::prefetch`] asks the kernel to read a block's pages ahead (`MADV_WILLNEED`: readahead,
 //! without waiting), for the clusters a search will read next.
 //!
+//! **Blocks or rows.** A budget that holds the whole section caches whole blocks: after the first reads
+//! everything is a hit, as in RAM. A smaller budget caches single rows instead ([`VectorCache::by_row`]):
+//! a re-rank reads a few members of each of many clusters, and copying (or reading from the disk) whole
+//! clusters to use one or two of their rows multiplies the reads by the cluster's size. In that mode
+//! [`VectorCache::row`] serves one row from the cache or the mapping, [`VectorCache::prefetch_row`]
+//! asks for just its pages, and [`VectorCache::rows_done`] releases what a batch of row reads mapped, in
+//! one call over the section (a release per row would cost a system call per row); whole-block reads
+//! (`Exact` scans) are read in place. The mapping is advised `MADV_RANDOM`: a fault on a page that is
+//! not in the page cache reads that page, not the device's read-ahead window around it (8 MiB on some
+//! disks), so a cold row read costs one page, and the prefetch hints say what to read ahead.
+//!
 //! What it does not do: decide which rows form a block (the caller passes ranges), or check the values
 //! (the section's checksum is `Db::check`'s job).
 
@@ -42,8 +53,8 @@ pub struct VectorCacheStats {
 #[derive(Clone)]
 struct Bytes;
 
-impl Weighter<u32, Arc<[f32]>> for Bytes {
-    fn weight(&self, _key: &u32, rows: &Arc<[f32]>) -> u64 {
+impl Weighter<u64, Arc<[f32]>> for Bytes {
+    fn weight(&self, _key: &u64, rows: &Arc<[f32]>) -> u64 {
         (rows.len() * std::mem::size_of::<f32>()).max(1) as u64
     }
 }
@@ -71,8 +82,10 @@ impl std::ops::Deref for CachedRows<'_> {
 /// The warm cache over a mapped f32 section (see the module's docs).
 pub struct VectorCache {
     rows: MappedF32,
-    cache: Option<Cache<u32, Arc<[f32]>, Bytes>>,
+    /// Keyed by block number, or by a row's first value in by-row mode.
+    cache: Option<Cache<u64, Arc<[f32]>, Bytes>>,
     budget: u64,
+    by_row: bool,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -84,13 +97,23 @@ impl std::fmt::Debug for VectorCache {
 }
 
 impl VectorCache {
-    /// A cache of `budget_bytes` over `rows`, for blocks of about `block_bytes` (sizes its table).
-    pub fn new(rows: MappedF32, budget_bytes: u64, block_bytes: u64) -> VectorCache {
-        let items = usize::try_from(budget_bytes / block_bytes.max(1)).unwrap_or(usize::MAX).clamp(16, 1 << 22);
+    /// A cache of `budget_bytes` over `rows`, for blocks of about `block_bytes` and rows of `row_bytes`
+    /// (they size its table). It caches blocks when the budget holds the whole section, rows otherwise
+    /// (see the module's docs).
+    pub fn new(rows: MappedF32, budget_bytes: u64, block_bytes: u64, row_bytes: u64) -> VectorCache {
+        let by_row = budget_bytes < rows.as_slice().len() as u64 * 4;
+        let item = if by_row { row_bytes } else { block_bytes };
+        let items = usize::try_from(budget_bytes / item.max(1)).unwrap_or(usize::MAX).clamp(16, 1 << 24);
+        // A hint (on Unix; elsewhere none): a failure changes nothing but speed.
+        #[cfg(unix)]
+        if let Some((offset, len)) = Self::section_bytes(&rows) {
+            let _ = rows.file().map().advise_range(memmap2::Advice::Random, offset, len);
+        }
         VectorCache {
             rows,
             cache: (budget_bytes > 0).then(|| Cache::with_weighter(items, budget_bytes, Bytes)),
             budget: budget_bytes,
+            by_row,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -103,13 +126,14 @@ impl VectorCache {
 
     /// Block `block`, values `range` of the section: from the cache, or read from the mapping (and kept
     /// when it fits the budget; the pages read are released then). A range outside the section is empty.
+    /// In by-row mode blocks are not cached: they are read in place.
     pub fn get(&self, block: u32, range: Range<usize>) -> CachedRows<'_> {
         let Some(values) = self.rows.as_slice().get(range.clone()) else { return CachedRows::Mapped(&[]) };
-        let Some(cache) = &self.cache else {
+        let Some(cache) = self.cache.as_ref().filter(|_| !self.by_row) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return CachedRows::Mapped(values);
         };
-        if let Some(rows) = cache.get(&block) {
+        if let Some(rows) = cache.get(&u64::from(block)) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return CachedRows::Cached(rows);
         }
@@ -118,9 +142,73 @@ impl VectorCache {
             return CachedRows::Mapped(values);
         }
         let rows: Arc<[f32]> = Arc::from(values);
-        cache.insert(block, Arc::clone(&rows));
+        cache.insert(u64::from(block), Arc::clone(&rows));
         self.release(range);
         CachedRows::Cached(rows)
+    }
+
+    /// Whether this cache holds single rows (a budget smaller than the section): readers of a few rows
+    /// of a block should then use [`row`](Self::row), not [`get`](Self::get).
+    pub fn by_row(&self) -> bool {
+        self.by_row
+    }
+
+    /// One row, values `range` of the section: from the cache, or from the mapping (copied and kept in
+    /// by-row mode when the budget allows; read in place otherwise). The mapping's pages a batch of such
+    /// reads touched are released by [`rows_done`](Self::rows_done). A range outside the section is empty.
+    pub fn row(&self, range: Range<usize>) -> CachedRows<'_> {
+        let Some(values) = self.rows.as_slice().get(range.clone()) else { return CachedRows::Mapped(&[]) };
+        let Some(cache) = self.cache.as_ref().filter(|_| self.by_row) else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return CachedRows::Mapped(values);
+        };
+        let key = range.start as u64;
+        if let Some(rows) = cache.get(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return CachedRows::Cached(rows);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        if (values.len() * 4) as u64 > self.budget {
+            return CachedRows::Mapped(values);
+        }
+        let rows: Arc<[f32]> = Arc::from(values);
+        cache.insert(key, Arc::clone(&rows));
+        CachedRows::Cached(rows)
+    }
+
+    /// Asks the kernel to read the pages of one row (values `range`) ahead, unless the row is cached.
+    pub fn prefetch_row(&self, range: Range<usize>) {
+        if self.by_row && self.cache.as_ref().is_some_and(|c| c.contains_key(&(range.start as u64))) {
+            return;
+        }
+        #[cfg(unix)]
+        if let Some((offset, len)) = self.bytes(range) {
+            let _ = self.rows.file().map().advise_range(memmap2::Advice::WillNeed, offset, len);
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+
+    /// The end of a batch of [`row`](Self::row) reads: the process stops holding the mapping's pages
+    /// (the page cache may keep them), in one call over the whole section.
+    pub fn rows_done(&self) {
+        #[cfg(unix)]
+        if let Some((offset, len)) = Self::section_bytes(&self.rows) {
+            // SAFETY: as in `release`: the mapped file never changes, so a released page faults the same
+            // bytes back in, and slices borrowed from the mapping keep their contents.
+            let _ = unsafe {
+                self.rows.file().map().unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+        }
+    }
+
+    /// The page-aligned byte range of the mapping that holds the section (empty sections: none).
+    #[cfg_attr(not(unix), allow(dead_code, reason = "used by the Unix page advice only"))]
+    fn section_bytes(rows: &MappedF32) -> Option<(usize, usize)> {
+        let page = 4096;
+        let lo = rows.start() / page * page;
+        let hi = (rows.start() + rows.as_slice().len() * 4).min(rows.file().map().len());
+        (lo < hi).then(|| (lo, hi - lo))
     }
 
     /// Releases the pages of values `range` after a read in place ([`CachedRows::Mapped`]), so that the
@@ -132,7 +220,7 @@ impl VectorCache {
     /// Asks the kernel to read values `range` ahead (a hint: it does not wait), unless block `block` is
     /// in the cache.
     pub fn prefetch(&self, block: u32, range: Range<usize>) {
-        if self.cache.as_ref().is_some_and(|c| c.contains_key(&block)) {
+        if !self.by_row && self.cache.as_ref().is_some_and(|c| c.contains_key(&u64::from(block))) {
             return;
         }
         // A hint (on Unix; elsewhere none): a failure changes nothing but speed.
@@ -198,12 +286,14 @@ mod tests {
         Arc::new(SectionFile::open(&path).unwrap()).shared_f32("vectors").unwrap()
     }
 
-    /// The budget holds and every read returns the section's values. Blocks of varied sizes (1 to 3 KiB
-    /// and one larger than the budget) are read in a seeded order, many times over. Mutations caught:
-    /// a cache without a byte weigher, or inserting a block larger than the budget (resident bytes
-    /// above the budget); a block served from the wrong range or a stale copy under another block's
-    /// key (values differ); a release of the wrong pages is harmless to values by design, and is not
-    /// what this checks.
+    /// The budget holds and every read returns the section's values, in both modes. Blocks of varied
+    /// sizes (1 to 3 KiB and one larger than the budget) and single rows of 64 values are read in a
+    /// seeded, skewed order, many times over. Mutations caught: a cache without a byte weigher, or
+    /// inserting a block or row larger than the budget (resident bytes above the budget); a block or
+    /// row served from the wrong range or a stale copy under another key (values differ); blocks cached
+    /// in by-row mode or rows keyed by block (a row read returns a block's values); the mode chosen
+    /// the other way round (`by_row` checked); a cache that never keeps rows (no hits). A release of
+    /// the wrong pages is harmless to values by design, and is not what this checks.
     #[test]
     fn the_budget_holds_and_reads_return_the_sections_values() {
         let dir = tempfile::tempdir().unwrap();
@@ -220,8 +310,10 @@ mod tests {
             blocks.push(at..end);
             at = end;
         }
+        // The section is 800,000 bytes: the last budget holds it all (blocks), the others do not (rows).
         for budget in [0u64, 10_000, 64 << 10, 2 << 20] {
-            let cache = VectorCache::new(rows.clone(), budget, 2048);
+            let cache = VectorCache::new(rows.clone(), budget, 2048, 256);
+            assert_eq!(cache.by_row(), budget < 800_000, "budget {budget}");
             for step in 0..3_000usize {
                 state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                 // Skewed: small block numbers more often, so some are hit again.
@@ -235,17 +327,28 @@ mod tests {
                 if matches!(got, CachedRows::Mapped(_)) {
                     cache.done(range);
                 }
+                // A row of 64 values, skewed towards the first 100 rows.
+                let r = ((state >> 40) as usize % 3_125).min((state >> 13) as usize % 100 + step % 5);
+                let range = r * 64..(r + 1) * 64;
+                if step % 3 == 0 {
+                    cache.prefetch_row(range.clone());
+                }
+                assert_eq!(&*cache.row(range.clone()), &values[range], "budget {budget}, row {r}");
+                if step % 10 == 9 {
+                    cache.rows_done();
+                }
                 let s = cache.stats();
                 assert!(s.resident_bytes <= budget, "budget {budget}: {} bytes resident", s.resident_bytes);
             }
             let s = cache.stats();
-            assert_eq!(s.hits + s.misses, 3_000);
+            assert_eq!(s.hits + s.misses, 6_000);
             if budget >= 64 << 10 {
                 assert!(s.hits > 0 && s.resident_bytes > 0, "budget {budget}: {s:?}");
             } else if budget == 0 {
                 assert_eq!((s.hits, s.resident_bytes), (0, 0));
             }
         }
-        assert!(VectorCache::new(rows, 1 << 20, 2048).get(0, 199_999..200_001).is_empty(), "out of range");
+        assert!(VectorCache::new(rows.clone(), 1 << 20, 2048, 256).get(0, 199_999..200_001).is_empty(), "out of range");
+        assert!(VectorCache::new(rows, 1 << 10, 2048, 256).row(199_999..200_001).is_empty(), "out of range");
     }
 }
