@@ -1,5 +1,5 @@
-//! `m2m ingest --attributes FILE` and the attributes in `query` and `info`: JSON lines of attributes by
-//! id read into columns, and attributes written back as JSON.
+//! `m2m ingest --attributes FILE` and the attributes in `query` and `info`: JSON lines or a Parquet file
+//! of attributes by id read into columns, and attributes written back as JSON.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -29,9 +29,65 @@ fn kind_of(v: &Json) -> Option<Storage> {
     })
 }
 
+/// One value of a row: a JSON value, or raw bytes (a Parquet binary column: a payload as it is).
+#[derive(Debug)]
+enum Cell {
+    Json(Json),
+    Bytes(Vec<u8>),
+}
+
+impl Cell {
+    fn json(&self) -> Option<&Json> {
+        match self {
+            Cell::Json(v) => Some(v),
+            Cell::Bytes(_) => None,
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        self.json().is_some_and(Json::is_null)
+    }
+
+    fn kind(&self) -> Option<Storage> {
+        match self {
+            Cell::Json(v) => kind_of(v),
+            Cell::Bytes(_) => Some(Storage::Bytes),
+        }
+    }
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cell::Json(v) => write!(f, "{v}"),
+            Cell::Bytes(b) => write!(f, "{} bytes", b.len()),
+        }
+    }
+}
+
+/// A row of a file: where it is (`line 3`, `row 3`) and its fields by name.
+struct Row {
+    at: String,
+    fields: Vec<(String, Cell)>,
+}
+
+impl Row {
+    fn get(&self, name: &str) -> Option<&Cell> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
 /// Appends `v` (or a null) to `col`; false when `v` does not fit the column's kind.
-fn push(col: &mut Column, v: Option<&Json>) -> bool {
-    let v = v.filter(|v| !v.is_null());
+fn push(col: &mut Column, v: Option<&Cell>) -> bool {
+    if let (Column::Bytes(c), Some(Cell::Bytes(b))) = (&mut *col, v) {
+        c.push(Some(b.clone()));
+        return true;
+    }
+    let v = match v {
+        None => None,
+        Some(Cell::Bytes(_)) => return false,
+        Some(Cell::Json(v)) => Some(v).filter(|v| !v.is_null()),
+    };
     match col {
         Column::Int(c) => match v {
             None => c.push(None),
@@ -85,6 +141,18 @@ pub(crate) struct Prepared {
     pub schema: Schema,
 }
 
+/// Reads an attributes file: Parquet when it starts with Parquet's magic bytes (`PAR1`), JSON lines
+/// otherwise. See [`read_jsonl`] and [`read_parquet`]; both are checked the same way.
+pub(crate) fn read_attributes(path: &Path, schema: Option<&Schema>) -> Result<Prepared> {
+    let mut magic = [0u8; 4];
+    let is_parquet = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+        f.read(&mut magic).with_context(|| format!("{}", path.display()))? == 4 && &magic == b"PAR1"
+    };
+    if is_parquet { read_parquet(path, schema) } else { read_jsonl(path, schema) }
+}
+
 /// Reads a JSON-lines file of objects, each with an integer `id` and the row's fields, into ids and
 /// columns (a missing field is null). Without a `schema`, a field's kind is the one all its non-null
 /// values share (integers and floats together make a float field; any other mix is an error naming the
@@ -93,27 +161,124 @@ pub(crate) struct Prepared {
 /// a value that does not fit its field, and whatever the schema refuses (unknown field, an empty keyword).
 pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<Prepared> {
     let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut ids = Vec::new();
-    let mut rows: Vec<(usize, Map<String, Json>)> = Vec::new();
-    let mut seen: HashMap<u64, usize> = HashMap::new();
-    // Field names in first-seen order, with their kind so far and the line that set it.
-    let mut kinds: Vec<(String, Option<(Storage, usize)>)> = Vec::new();
+    let mut rows = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("{}: line {}", path.display(), n + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        let at = || format!("{}: line {}", path.display(), n + 1);
-        let obj: Map<String, Json> = serde_json::from_str(&line).with_context(at)?;
-        let Some(id) = obj.get("id").and_then(Json::as_u64) else {
+        let at = format!("line {}", n + 1);
+        let obj: Map<String, Json> =
+            serde_json::from_str(&line).with_context(|| format!("{}: {at}", path.display()))?;
+        rows.push(Row { at, fields: obj.into_iter().map(|(k, v)| (k, Cell::Json(v))).collect() });
+    }
+    prepare(path, rows, schema, &[])
+}
+
+/// Reads a Parquet file (one row per splat, an integer `id` column and the fields; snappy, gzip, LZ4 or
+/// uncompressed pages) into ids and columns, as [`read_jsonl`] reads JSON lines: integer columns (8 to
+/// 64 bits, signed or not, and dates as days) make integer fields, floats float fields, booleans bool
+/// fields, strings keyword fields, lists of strings tag fields, binary columns payloads (the bytes as
+/// they are), structs and maps JSON payloads, and timestamps timestamp fields in microseconds since the
+/// Unix epoch (milliseconds are converted). A null is a missing value. Errors name the file and the row
+/// (from 1): a decimal or a time of day (no field type holds them: cast them first), a non-finite float,
+/// a compression this build does not read, and every check of [`read_jsonl`].
+pub(crate) fn read_parquet(path: &Path, schema: Option<&Schema>) -> Result<Prepared> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let reader =
+        SerializedFileReader::new(file).with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
+    let mut timestamps = Vec::new();
+    for col in reader.metadata().file_metadata().schema_descr().columns() {
+        if matches!(col.logical_type_ref(), Some(parquet::basic::LogicalType::Timestamp { .. }))
+            || matches!(
+                col.converted_type(),
+                parquet::basic::ConvertedType::TIMESTAMP_MILLIS | parquet::basic::ConvertedType::TIMESTAMP_MICROS
+            )
+        {
+            timestamps.push(col.name().to_string());
+        }
+    }
+    let mut rows = Vec::new();
+    for (n, row) in reader.into_iter().enumerate() {
+        let at = format!("row {}", n + 1);
+        let row = row.with_context(|| format!("{}: {at}", path.display()))?;
+        let mut fields = Vec::new();
+        for (name, field) in row.into_columns() {
+            let cell =
+                cell_of(field).map_err(|why| anyhow::anyhow!("{}: {at}: field {name:?}: {why}", path.display()))?;
+            fields.push((name, cell));
+        }
+        rows.push(Row { at, fields });
+    }
+    prepare(path, rows, schema, &timestamps)
+}
+
+/// A Parquet value as a cell (see [`read_parquet`]), or why it has no field type.
+fn cell_of(field: parquet::record::Field) -> std::result::Result<Cell, String> {
+    use parquet::record::Field as F;
+    let number = |x: f64| {
+        serde_json::Number::from_f64(x).map(|n| Cell::Json(Json::Number(n))).ok_or_else(|| format!("{x} is not finite"))
+    };
+    Ok(match field {
+        F::Null => Cell::Json(Json::Null),
+        F::Bool(b) => Cell::Json(Json::Bool(b)),
+        F::Byte(i) => Cell::Json(i.into()),
+        F::Short(i) => Cell::Json(i.into()),
+        F::Int(i) | F::Date(i) => Cell::Json(i.into()),
+        F::Long(i) | F::TimestampMicros(i) => Cell::Json(i.into()),
+        F::TimestampMillis(i) => Cell::Json(
+            i.checked_mul(1000).ok_or_else(|| format!("{i} ms is outside the microsecond timestamps"))?.into(),
+        ),
+        F::UByte(i) => Cell::Json(i.into()),
+        F::UShort(i) => Cell::Json(i.into()),
+        F::UInt(i) => Cell::Json(i.into()),
+        F::ULong(i) => Cell::Json(i.into()),
+        F::Float16(x) => number(f64::from(x))?,
+        F::Float(x) => number(f64::from(x))?,
+        F::Double(x) => number(x)?,
+        F::Str(s) => Cell::Json(Json::String(s)),
+        F::Bytes(b) => Cell::Bytes(b.data().to_vec()),
+        F::ListInternal(list) => {
+            let items: std::result::Result<Vec<Json>, String> = list
+                .elements()
+                .iter()
+                .map(|e| match e {
+                    F::Str(s) => Ok(Json::String(s.clone())),
+                    other => Err(format!("a list of {other} values: only lists of strings (tags) are fields")),
+                })
+                .collect();
+            Cell::Json(Json::Array(items?))
+        }
+        group @ (F::Group(_) | F::MapInternal(_)) => match group.to_json_value() {
+            v @ Json::Object(_) => Cell::Json(v),
+            other => Cell::Json(serde_json::json!({ "value": other })),
+        },
+        F::Decimal(_) => return Err("a decimal: no field type holds one (cast it to a float or an integer)".into()),
+        F::TimeMillis(_) | F::TimeMicros(_) => {
+            return Err("a time of day: no field type holds one (cast it to an integer)".into());
+        }
+    })
+}
+
+/// The rows of a file (each with an integer `id`) checked and made columns: the body of [`read_jsonl`]
+/// and [`read_parquet`]. `timestamps` names the columns whose inferred type is a timestamp.
+fn prepare(path: &Path, rows: Vec<Row>, schema: Option<&Schema>, timestamps: &[String]) -> Result<Prepared> {
+    let mut ids = Vec::new();
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    // Field names in first-seen order, with their kind so far and the row that set it.
+    let mut kinds: Vec<(String, Option<(Storage, usize)>)> = Vec::new();
+    for (n, row) in rows.iter().enumerate() {
+        let at = || format!("{}: {}", path.display(), row.at);
+        let Some(id) = row.get("id").and_then(Cell::json).and_then(Json::as_u64) else {
             bail!("{}: no \"id\" that is an integer from 0 to 2^64 - 1", at())
         };
-        if let Some(first) = seen.insert(id, n + 1) {
-            bail!("{}: id {id} again (first on line {first})", at());
+        if let Some(first) = seen.insert(id, n) {
+            bail!("{}: id {id} again (first on {})", at(), rows[first].at);
         }
         ids.push(id);
-        for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "id") {
-            if v.as_u64().is_some_and(|_| !v.is_i64()) {
+        for (k, v) in row.fields.iter().filter(|(k, _)| k.as_str() != "id") {
+            if v.json().is_some_and(|v| v.as_u64().is_some_and(|_| !v.is_i64())) {
                 bail!("{}: field {k:?}: {v} is outside the 64-bit signed integers", at());
             }
             let slot = match kinds.iter().position(|(name, _)| name == k) {
@@ -123,41 +288,42 @@ pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<Prepare
                     kinds.len() - 1
                 }
             };
-            let Some(kind) = kind_of(v) else { continue };
+            let Some(kind) = v.kind() else { continue };
             let merged = match kinds[slot].1 {
-                None => (kind, n + 1),
-                Some((was, line)) if was == kind => (was, line),
+                None => (kind, n),
+                Some((was, first)) if was == kind => (was, first),
                 Some((Storage::Int, _)) | Some((Storage::Float, _))
                     if matches!(kind, Storage::Int | Storage::Float) =>
                 {
-                    (Storage::Float, n + 1)
+                    (Storage::Float, n)
                 }
-                Some((was, line)) => {
-                    bail!("{}: field {k:?}: {v} is not a {was:?} value like the one on line {line}", at())
+                Some((was, first)) => {
+                    bail!("{}: field {k:?}: {v} is not a {was:?} value like the one on {}", at(), rows[first].at)
                 }
             };
             kinds[slot].1 = Some(merged);
         }
-        rows.push((n + 1, obj));
     }
     let columns: Vec<(String, Storage)> = match schema {
         Some(s) => s.fields.iter().map(|f| (f.name.clone(), f.ty.storage())).collect(),
-        // A field that is null on every line has no kind and is left out.
+        // A field that is null on every row has no kind and is left out.
         None => kinds.iter().filter_map(|(name, k)| k.map(|(k, _)| (name.clone(), k))).collect(),
     };
     let mut cols: Vec<Column> = columns.iter().map(|(_, k)| Column::nulls(*k, 0)).collect();
-    for (line, obj) in &rows {
-        for (name, _) in obj.iter().filter(|(k, _)| k.as_str() != "id") {
-            if !columns.iter().any(|(c, _)| c == name) && !obj[name].is_null() {
-                bail!("{}: line {line}: field {name:?} is not in the database's schema", path.display());
+    for row in &rows {
+        for (name, v) in row.fields.iter().filter(|(k, _)| k.as_str() != "id") {
+            if !columns.iter().any(|(c, _)| c == name) && !v.is_null() {
+                bail!("{}: {}: field {name:?} is not in the database's schema", path.display(), row.at);
             }
         }
         for ((name, _), col) in columns.iter().zip(&mut cols) {
-            if !push(col, obj.get(name)) {
+            let v = row.get(name);
+            if !push(col, v) {
+                let shown = v.map_or_else(|| "null".to_string(), ToString::to_string);
                 bail!(
-                    "{}: line {line}: field {name:?}: {} does not fit a {:?} field",
+                    "{}: {}: field {name:?}: {shown} does not fit a {:?} field",
                     path.display(),
-                    obj[name],
+                    row.at,
                     col.storage()
                 );
             }
@@ -169,20 +335,29 @@ pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<Prepare
     }
     let schema = match schema {
         Some(s) => s.clone(),
-        None => Schema::infer(&batch).with_context(|| format!("{}", path.display()))?,
+        None => {
+            let mut inferred = Schema::infer(&batch).with_context(|| format!("{}", path.display()))?;
+            // A Parquet timestamp column is a timestamp field, not a plain integer.
+            for f in &mut inferred.fields {
+                if timestamps.contains(&f.name) && f.ty == m2m::tier::FieldType::Int {
+                    f.ty = m2m::tier::FieldType::Timestamp;
+                }
+            }
+            inferred
+        }
     };
-    // The schema's own checks (keyword lengths, a non-finite float), with the line of the bad row.
+    // The schema's own checks (keyword lengths, a non-finite float), with the row it names.
     if let Err(e) = batch.normalise(&schema) {
-        let line = match &e {
+        let at = match &e {
             m2m::tier::Error::InvalidAttributes { reason, .. } => reason
                 .strip_prefix("row ")
                 .and_then(|r| r.split(':').next())
                 .and_then(|r| r.parse::<usize>().ok())
                 .and_then(|r| rows.get(r))
-                .map(|(line, _)| format!(": line {line}")),
+                .map(|row| format!(": {}", row.at)),
             _ => None,
         };
-        bail!("{}{}: {e}", path.display(), line.unwrap_or_default());
+        bail!("{}{}: {e}", path.display(), at.unwrap_or_default());
     }
     Ok(Prepared { ids, batch, schema })
 }
@@ -207,7 +382,7 @@ pub(crate) fn check_ids(path: &Path, ids: &[u64], engine: Option<&M2m>, incoming
     Ok(())
 }
 
-/// Sets the attributes `prepared` (from [`read_jsonl`], checked whole before the vectors were ingested)
+/// Sets the attributes `prepared` (from [`read_attributes`], checked whole before the vectors were ingested)
 /// on the engine's splats by id, declaring the schema first when the database has none; returns the
 /// rows set. An id that is not a splat of the database is refused before anything is set.
 pub(crate) fn apply(engine: &mut M2m, path: &Path, prepared: Prepared) -> Result<usize> {

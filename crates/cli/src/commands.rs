@@ -141,7 +141,7 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
                     regular_file(path)?;
                     let existing = if is_db(db) { Some(open_with(db, !no_sync)?) } else { None };
                     let schema = existing.as_ref().and_then(M2m::schema);
-                    let prepared = crate::attributes::read_jsonl(path, schema.as_ref())?;
+                    let prepared = crate::attributes::read_attributes(path, schema.as_ref())?;
                     // The rows this ingest can add at most (a file already in adds none); a file that
                     // does not open is the ingest's error to report, and bounds nothing here.
                     let incoming = files

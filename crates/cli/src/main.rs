@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! m2m ingest DB FILE...        .fvecs/.npy streamed in chunks; resumes after an interruption [--metric M] [--no-sync]
-//!            [--attributes FILE.jsonl]
+//!            [--attributes FILE.jsonl|FILE.parquet]
 //! m2m build DB                 the index (cluster counts overridable), kappa and alpha learned
 //! m2m query DB --file Q | --row N [--k 10] [--lod 0-3|centroids|codes|rerank|exact] [--nprobe N] [--rerank N]
 //!            [--filter JSON]
@@ -65,8 +65,11 @@ pub(crate) enum Command {
         /// fields (integer, float, bool, string, array of strings as tags, object as a JSON payload),
         /// set after the vectors are in. The schema is inferred from the file when the database has none
         /// (an integer field named "label" is the label). A line sets its splat's whole row: a field it
-        /// does not name becomes null. The file is checked before any vector is written, ids included:
-        /// an id that is neither a splat of the database nor among the ids this ingest adds is an error.
+        /// does not name becomes null. Or a Parquet file (told by its first bytes), one row per splat with
+        /// an integer "id" column: integers, floats, booleans, strings, lists of strings (tags), binary
+        /// (a payload's bytes), structs (a JSON payload), timestamps (microseconds). The file is checked
+        /// before any vector is written, ids included: an id that is neither a splat of the database nor
+        /// among the ids this ingest adds is an error.
         #[arg(long)]
         attributes: Option<PathBuf>,
     },

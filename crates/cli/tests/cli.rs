@@ -718,6 +718,71 @@ fn attributes_from_json_lines_filter_queries_and_show_in_info() {
     assert!(err.contains("line 1") && err.contains("label"), "{err}");
 }
 
+/// `ingest --attributes FILE.parquet`: a file pyarrow wrote (`tests/data/make_attrs_parquet.py`: snappy
+/// pages, a null every 7th score, a list column, a timestamp and a binary column) sets every splat's
+/// attributes, typed by the Parquet schema, and a filter reads them. Mutations caught: a Parquet file
+/// read as JSON lines (refused at line 1), a column dropped or read from the wrong row (values differ
+/// from the generator's formulas), a timestamp column inferred as a plain integer (the schema's type),
+/// a binary column read as a string or base64 (the payload's bytes differ), nulls read as values, a
+/// truncated file accepted or reported without the file's name.
+#[test]
+fn attributes_from_parquet_are_typed_by_their_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = digits(dir.path(), 1_000, 16);
+    let db = dir.path().join("db").display().to_string();
+    let q = dir.path().join("q.npy").display().to_string();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/attrs.parquet");
+    let pq = fixture.display().to_string();
+    // A truncated copy: Parquet's magic bytes, then nothing readable. Refused before any vector is in.
+    let cut = dir.path().join("cut.parquet");
+    std::fs::write(&cut, &std::fs::read(&fixture).unwrap()[..200]).unwrap();
+    let (code, err) = fails(&["ingest", &db, &a, "--attributes", &cut.display().to_string()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cut.parquet") && err.contains("Parquet") && !err.contains('\n'), "{err}");
+    assert!(!dir.path().join("db").exists(), "a database was created by a refused ingest");
+
+    let out = m2m(&["ingest", &db, &a, &b, "--attributes", &pq]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&["build", &db]);
+    let info = ok(&["info", &db]);
+    let fields = info["schema"]["fields"].as_array().unwrap();
+    let ty = |name: &str| fields.iter().find(|f| f["name"] == name).map(|f| f["type"].clone());
+    for (name, want) in [
+        ("label", "label"),
+        ("tenant", "keyword"),
+        ("score", "float"),
+        ("flag", "bool"),
+        ("ts", "timestamp"),
+        ("tags", "tags"),
+        ("blob", "payload"),
+    ] {
+        assert_eq!(ty(name), Some(want.into()), "{name}: {info}");
+    }
+    let filter = r#"{"and": [{"eq": {"field": "label", "value": 1}}, {"eq": {"field": "flag", "value": false}}]}"#;
+    let r = ok(&["query", &db, "--file", &q, "--k", "8", "--lod", "exact", "--filter", filter]);
+    let mut seen = 0;
+    for hits in r["results"].as_array().unwrap() {
+        for h in hits.as_array().unwrap() {
+            let id = h["id"].as_u64().unwrap();
+            let at = &h["attributes"];
+            assert_eq!((id % 4, at["label"].as_u64()), (1, Some(1)), "{h}");
+            assert_eq!(at["flag"], false, "{h}");
+            assert_eq!(at["tenant"], format!("t{}", id % 2), "{h}");
+            if id % 7 == 0 {
+                assert!(at["score"].is_null(), "{h}");
+            } else {
+                assert!((at["score"].as_f64().unwrap() - id as f64 / 10.0).abs() < 1e-9, "{h}");
+            }
+            assert_eq!(at["ts"].as_i64(), Some(1_767_225_600_000_000 + id as i64 * 1_000_000), "{h}");
+            assert_eq!(at["tags"], serde_json::json!(["x", format!("t{}", id % 3)]), "{h}");
+            let hex: String = (id as u32).to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(at["blob"]["bytes_hex"], hex, "{h}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 5 * 8, "{r}");
+}
+
 /// Bad `--attributes` files are one-line errors naming the line, and leave the database as it was: the
 /// vectors of the same command are not ingested either. Mutations caught: duplicate ids accepted (the
 /// later line silently wins); an integer past i64 read as a float; a field whose kind changes between
