@@ -208,6 +208,7 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Verify { db } => verify(cli, db),
         Command::Repair { db } => repair(cli, db),
         Command::Compact { db } => compact(cli, db),
+        Command::Upsert { db, vectors, rows } => upsert(cli, db, vectors, rows),
         Command::Bench { base, queries, k } => bench(cli, base, queries, *k),
     }
 }
@@ -606,6 +607,44 @@ fn next_free_id(engine: &M2m, db: &Path) -> Result<u64> {
         None => Ok(0),
         Some(m) => m.checked_add(1).with_context(|| format!("{}: no id is left after id {m}", db.display())),
     }
+}
+
+/// `upsert`: the vectors and the rows read and checked whole (counts, dimension, finite values, the
+/// rows' ids and attributes), then one atomic [`M2m::upsert`]. A database without a schema takes the
+/// file's, set just before the upsert (after every check this command can make).
+fn upsert(cli: &Cli, db: &Path, vectors: &Path, rows: &Path) -> Result<ExitCode> {
+    let mut engine = open(db)?;
+    let v = read_vectors::<f32>(vectors).with_context(|| format!("{}", vectors.display()))?;
+    let dim = engine.config().dim;
+    if v.dim != dim {
+        bail!("{}: vectors of dimension {}, the database's is {dim}", vectors.display(), v.dim);
+    }
+    if let Some(i) = v.data.iter().position(|x| !x.is_finite()) {
+        bail!("{}: row {}: a value that is not finite ({})", vectors.display(), i / dim, v.data[i]);
+    }
+    let n = v.data.len() / dim.max(1);
+    let prepared = crate::attributes::read_attributes(rows, engine.schema().as_ref())?;
+    if prepared.ids.len() != n {
+        bail!("{}: {} rows for the {n} vectors of {}", rows.display(), prepared.ids.len(), vectors.display());
+    }
+    if n == 0 {
+        bail!("{}: no vectors", vectors.display());
+    }
+    let with_attrs = !prepared.batch.columns.is_empty();
+    if with_attrs && engine.schema().is_none() {
+        engine.set_schema(prepared.schema.clone()).with_context(|| format!("{}", rows.display()))?;
+    }
+    let replaced = prepared.ids.iter().filter(|&&id| engine.contains(id)).count();
+    engine
+        .upsert(&v.data, &prepared.ids, None, None, with_attrs.then_some(&prepared.batch))
+        .with_context(|| format!("{}", db.display()))?;
+    engine.flush()?;
+    if cli.json {
+        say!("{}", json!({ "replaced": replaced, "added": n - replaced, "splats": engine.len() }));
+    } else {
+        say!("{replaced} splats replaced, {} added ({} in all)", n - replaced, engine.len());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn compact(cli: &Cli, db: &Path) -> Result<ExitCode> {

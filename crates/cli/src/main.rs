@@ -3,6 +3,7 @@
 //! ```text
 //! m2m ingest DB FILE...        .fvecs/.npy streamed in chunks; resumes after an interruption [--metric M] [--no-sync]
 //!            [--attributes FILE.jsonl|FILE.parquet]
+//! m2m upsert DB FILE --rows R  add or replace splats by id (R: ids and attributes, JSON lines or Parquet)
 //! m2m build DB                 the index (cluster counts overridable), kappa and alpha learned
 //! m2m query DB --file Q | --row N [--k 10] [--lod 0-3|centroids|codes|rerank|exact] [--nprobe N] [--rerank N]
 //!            [--filter JSON]
@@ -166,6 +167,19 @@ pub(crate) enum Command {
     Repair {
         /// The database directory.
         db: PathBuf,
+    },
+    /// Add or replace splats by id: each row of ROWS (JSON lines or Parquet, as `ingest --attributes`
+    /// reads them) gives the id of the vector on the same row of VECTORS, and that splat's attributes.
+    /// An id in the database is replaced, vector and attributes (a field a row leaves out becomes
+    /// null); a new id is added. All rows or none: the whole file is one atomic change.
+    Upsert {
+        /// The database directory (it must exist).
+        db: PathBuf,
+        /// The vectors: .npy or .fvecs, one row per row of ROWS.
+        vectors: PathBuf,
+        /// The ids and attributes, one row per vector, in the same order.
+        #[arg(long)]
+        rows: PathBuf,
     },
     /// Merge the segments without deleted rows and store the index as it is now (with the rows added
     /// and deleted since its build); afterwards deleted ids may be added again.

@@ -783,6 +783,73 @@ fn attributes_from_parquet_are_typed_by_their_columns() {
     assert_eq!(seen, 5 * 8, "{r}");
 }
 
+/// `upsert DB VECTORS --rows ROWS`: ids 5 and 7 replaced (vector and attributes: a field a row leaves
+/// out becomes null), id 1000 added, the built index follows; bad runs change nothing. Mutations caught:
+/// rows paired with the wrong vectors (the replaced vector's nearest hit is another id), attributes not
+/// replaced or merged instead of replaced (label 1 or tenant kept), the count check missing (a short
+/// rows file accepted), a refused run that still writes (the splat count moves).
+#[test]
+fn upsert_replaces_by_id_and_refuses_bad_input_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = digits(dir.path(), 400, 16);
+    let db = dir.path().join("db").display().to_string();
+    let attrs = dir.path().join("attrs.jsonl");
+    let lines: Vec<String> = (0..200).map(|id| format!(r#"{{"id": {id}, "label": 1, "tenant": "t"}}"#)).collect();
+    std::fs::write(&attrs, lines.join("\n")).unwrap();
+    let out = m2m(&["ingest", &db, &a, "--attributes", &attrs.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&["build", &db]);
+    // Three vectors far from the digits: each its own direction.
+    let mut v = vec![0f32; 3 * 16];
+    for (r, row) in v.chunks_exact_mut(16).enumerate() {
+        row[r] = 1.0;
+        row[15 - r] = -1.0;
+    }
+    let vecs = dir.path().join("up.npy");
+    write_vectors(&vecs, &v, 16).unwrap();
+    let vecs = vecs.display().to_string();
+    let rows = dir.path().join("rows.jsonl");
+    let rows_s = rows.display().to_string();
+    std::fs::write(&rows, "{\"id\": 5, \"label\": 3}\n{\"id\": 7}\n{\"id\": 1000, \"label\": 2, \"tenant\": \"new\"}")
+        .unwrap();
+    let out = ok(&["upsert", &db, &vecs, "--rows", &rows_s]);
+    assert_eq!(
+        (out["replaced"].as_u64(), out["added"].as_u64(), out["splats"].as_u64()),
+        (Some(2), Some(1), Some(201))
+    );
+    let r = ok(&["query", &db, "--file", &vecs, "--k", "1"]);
+    let top: Vec<&serde_json::Value> = r["results"].as_array().unwrap().iter().map(|h| &h[0]).collect();
+    assert_eq!(top.iter().map(|h| h["id"].as_u64().unwrap()).collect::<Vec<_>>(), [5, 7, 1000], "{r}");
+    assert_eq!((top[0]["attributes"]["label"].as_i64(), top[0]["attributes"]["tenant"].is_null()), (Some(3), true));
+    assert!(top[1]["attributes"]["label"].is_null() && top[1]["attributes"]["tenant"].is_null(), "{r}");
+    assert_eq!(top[2]["attributes"]["tenant"], "new", "{r}");
+    let splats = |db: &str| ok(&["info", db])["splats"].as_u64().unwrap();
+    // Refused whole: too few rows, an id twice, a vector that is not finite, the wrong dimension.
+    let nan = dir.path().join("nan.npy");
+    let mut bad = v.clone();
+    bad[20] = f32::NAN;
+    write_vectors(&nan, &bad, 16).unwrap();
+    let wide = dir.path().join("wide.npy");
+    write_vectors(&wide, &vec![0.5f32; 3 * 17], 17).unwrap();
+    let cases: [(&str, &str, &[&str]); 4] = [
+        (&vecs, "{\"id\": 9}\n{\"id\": 10}", &["2 rows for the 3 vectors"]),
+        (&vecs, "{\"id\": 9}\n{\"id\": 9}\n{\"id\": 11}", &["line 2", "id 9 again"]),
+        (&nan.display().to_string(), "{\"id\": 9}\n{\"id\": 10}\n{\"id\": 11}", &["row 1", "not finite"]),
+        (&wide.display().to_string(), "{\"id\": 9}\n{\"id\": 10}\n{\"id\": 11}", &["dimension 17", "16"]),
+    ];
+    for (file, text, want) in cases {
+        std::fs::write(&rows, text).unwrap();
+        let (code, err) = fails(&["upsert", &db, file, "--rows", &rows_s]);
+        assert_eq!(code, 1, "{text}");
+        for w in want {
+            assert!(err.contains(w), "{text}: {err} lacks {w}");
+        }
+        assert_eq!(splats(&db), 201, "{text}: the database changed");
+    }
+    let (_, err) = fails(&["upsert", &dir.path().join("nope").display().to_string(), &vecs, "--rows", &rows_s]);
+    assert!(err.contains("not an M2M database"), "{err}");
+}
+
 /// Bad `--attributes` files are one-line errors naming the line, and leave the database as it was: the
 /// vectors of the same command are not ingested either. Mutations caught: duplicate ids accepted (the
 /// later line silently wins); an integer past i64 read as a float; a field whose kind changes between
