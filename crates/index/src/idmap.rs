@@ -67,9 +67,7 @@ impl<V: Copy> IdMap<V> {
     /// Where `id` is in the arrays.
     fn base(&self, id: u64) -> Option<usize> {
         match &self.keys {
-            Keys::Run { first } => {
-                id.checked_sub(*first).filter(|&i| i < self.vals.len() as u64).map(|i| i as usize)
-            }
+            Keys::Run { first } => id.checked_sub(*first).filter(|&i| i < self.vals.len() as u64).map(|i| i as usize),
             Keys::Sorted(keys) => keys.binary_search(&id).ok(),
         }
     }

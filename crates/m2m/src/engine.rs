@@ -1213,8 +1213,7 @@ impl M2m {
         if let (Some(dir), Some(db), Some(index)) =
             (self.config.data_dir.clone(), self.db.as_mut(), self.index.as_mut())
         {
-            let live: Vec<usize> =
-                (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.id(r))).collect();
+            let live: Vec<usize> = (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.id(r))).collect();
             let learned = Learned {
                 ids: live.iter().map(|&r| self.set.id(r)).collect(),
                 kappa: live.iter().map(|&r| self.kappa[r]).collect(),

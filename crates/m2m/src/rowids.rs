@@ -200,6 +200,9 @@ mod tests {
         }
         assert_eq!(RowIds::of(vec![4, 9, 4]).err(), Some(4));
         let run = RowIds::of((7..70_007).collect()).unwrap();
-        assert_eq!((run.heap_bytes(), run.row_of(7), run.row_of(70_006), run.row_of(70_007)), (0, Some(0), Some(69_999), None));
+        assert_eq!(
+            (run.heap_bytes(), run.row_of(7), run.row_of(70_006), run.row_of(70_007)),
+            (0, Some(0), Some(69_999), None)
+        );
     }
 }

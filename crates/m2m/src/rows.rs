@@ -175,13 +175,7 @@ struct Viewed {
 fn view(snap: &Snapshot, keep: impl Fn(bool, u64) -> bool) -> Result<Viewed> {
     let mut parts: Vec<Part> = snap.segments.iter().cloned().map(Part::Segment).collect();
     parts.extend(snap.memtable.chunks().iter().cloned().map(Part::Chunk));
-    let mut v = Viewed {
-        parts,
-        loc: Locations::default(),
-        ids: Vec::new(),
-        kappa: Vec::new(),
-        alpha: Vec::new(),
-    };
+    let mut v = Viewed { parts, loc: Locations::default(), ids: Vec::new(), kappa: Vec::new(), alpha: Vec::new() };
     let segments = snap.segments.len();
     for (p, cols) in snap.parts().enumerate() {
         let part = u32::try_from(p).map_err(|_| too_many("parts"))?;
@@ -238,8 +232,7 @@ impl RowStore {
                 return Err(dup(id, &all));
             }
         };
-        let store =
-            RowStore { dim, ids, loc: v.loc, parts: v.parts, ram: Vec::new(), ram_norms: Vec::new() };
+        let store = RowStore { dim, ids, loc: v.loc, parts: v.parts, ram: Vec::new(), ram_norms: Vec::new() };
         Ok((store, v.kappa, v.alpha))
     }
 
