@@ -1,7 +1,9 @@
 //! A compact map from ids to small values: the ids known when it was built as one sorted array beside
 //! their values (12 to 16 bytes an id, where a `HashMap<u64, _>` of a few million ids takes about 32),
 //! and the changes since (inserts, removals) in a small hash map that is merged into the arrays once it
-//! grows past an eighth of them. The index's id -> location map, the router's and the engine's id maps.
+//! grows past an eighth of them. When those ids are one run of consecutive ids (the engine hands out
+//! ids in sequence) the array of ids is not kept: an id's value is at `id - first`, and the map costs
+//! its values alone. The index's id -> location map, the router's and the engine's id maps.
 //!
 //! What it does not do: iterate in any order (nothing above needs it), or hold more than one value an id.
 
@@ -10,8 +12,8 @@ use std::collections::HashMap;
 /// Ids to values of type `V` (see the module's docs).
 #[derive(Clone, Debug, Default)]
 pub struct IdMap<V> {
-    /// Sorted, each id once.
-    keys: Vec<u64>,
+    /// The ids of `vals`, each once.
+    keys: Keys,
     vals: Vec<V>,
     /// Changes since the arrays were built: `Some` inserted or replaced, `None` removed (an id of
     /// `keys` only).
@@ -19,10 +21,36 @@ pub struct IdMap<V> {
     len: usize,
 }
 
+/// The ids of a map's arrays: consecutive ids from `first` (as many as there are values), or any
+/// sorted ids.
+#[derive(Clone, Debug)]
+enum Keys {
+    Run { first: u64 },
+    Sorted(Vec<u64>),
+}
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::Sorted(Vec::new())
+    }
+}
+
+impl Keys {
+    /// The keys of `sorted` (ascending, each once): a run when they are consecutive.
+    fn of(sorted: Vec<u64>) -> Keys {
+        match sorted.first() {
+            Some(&first) if sorted.last().is_some_and(|&last| last - first == (sorted.len() - 1) as u64) => {
+                Keys::Run { first }
+            }
+            _ => Keys::Sorted(sorted),
+        }
+    }
+}
+
 impl<V: Copy> IdMap<V> {
     /// An empty map.
     pub fn new() -> IdMap<V> {
-        IdMap { keys: Vec::new(), vals: Vec::new(), delta: HashMap::new(), len: 0 }
+        IdMap { keys: Keys::default(), vals: Vec::new(), delta: HashMap::new(), len: 0 }
     }
 
     /// The map of `pairs`; `Err(id)` names an id that comes twice.
@@ -32,12 +60,24 @@ impl<V: Copy> IdMap<V> {
             return Err(w[0].0);
         }
         let len = pairs.len();
-        let (keys, vals) = pairs.into_iter().unzip();
-        Ok(IdMap { keys, vals, delta: HashMap::new(), len })
+        let (keys, vals): (Vec<u64>, Vec<V>) = pairs.into_iter().unzip();
+        Ok(IdMap { keys: Keys::of(keys), vals, delta: HashMap::new(), len })
     }
 
+    /// Where `id` is in the arrays.
     fn base(&self, id: u64) -> Option<usize> {
-        self.keys.binary_search(&id).ok()
+        match &self.keys {
+            Keys::Run { first } => id.checked_sub(*first).filter(|&i| i < self.vals.len() as u64).map(|i| i as usize),
+            Keys::Sorted(keys) => keys.binary_search(&id).ok(),
+        }
+    }
+
+    /// The id at position `i` of the arrays.
+    fn key(&self, i: usize) -> u64 {
+        match &self.keys {
+            Keys::Run { first } => first + i as u64,
+            Keys::Sorted(keys) => keys[i],
+        }
     }
 
     /// The value of `id`.
@@ -101,13 +141,17 @@ impl<V: Copy> IdMap<V> {
 
     /// Bytes this map holds on the heap (its arrays' capacity and an estimate of the delta's table).
     pub fn heap_bytes(&self) -> usize {
-        self.keys.capacity() * 8
+        let keys = match &self.keys {
+            Keys::Run { .. } => 0,
+            Keys::Sorted(keys) => keys.capacity(),
+        };
+        keys * 8
             + self.vals.capacity() * std::mem::size_of::<V>()
             + self.delta.capacity() * (9 + std::mem::size_of::<(u64, Option<V>)>())
     }
 
     fn merge_if_large(&mut self) {
-        if self.delta.len() > 1024 + self.keys.len() / 8 {
+        if self.delta.len() > 1024 + self.vals.len() / 8 {
             self.merge();
         }
     }
@@ -126,7 +170,8 @@ impl<V: Copy> IdMap<V> {
         let mut keys = Vec::with_capacity(self.len);
         let mut vals = Vec::with_capacity(self.len);
         let mut a = added.into_iter().peekable();
-        for (&k, &v) in self.keys.iter().zip(&self.vals) {
+        for (i, &v) in self.vals.iter().enumerate() {
+            let k = self.key(i);
             while let Some(&(ak, av)) = a.peek().filter(|p| p.0 < k) {
                 keys.push(ak);
                 vals.push(av);
@@ -141,7 +186,7 @@ impl<V: Copy> IdMap<V> {
             keys.push(ak);
             vals.push(av);
         }
-        self.keys = keys;
+        self.keys = Keys::of(keys);
         self.vals = vals;
         self.delta = HashMap::new();
     }
@@ -153,30 +198,62 @@ mod tests {
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
     /// Against a `HashMap` through 20,000 random inserts, replacements and removals (enough to merge the
-    /// delta many times, starting from arrays of 3,000 ids): every answer and the length agree, and a
-    /// repeated id is refused with its name. Mutations caught: a merge that keeps a removed id or drops
-    /// an inserted one, a replaced base value not seen through a stale delta entry, `len` off by the
-    /// re-insert of a removed base id, a duplicate accepted.
+    /// delta many times), from arrays of 3,000 scattered ids and from a run of 3,000 consecutive ids
+    /// (kept without its keys): every answer and the length agree, and a repeated id is refused with
+    /// its name. Mutations caught: a merge that keeps a removed id or drops an inserted one, a replaced
+    /// base value not seen through a stale delta entry, `len` off by the re-insert of a removed base id,
+    /// a duplicate accepted, a run found for ids past its end or before its start (ids 3,000.. and
+    /// below the run's first are probed), scattered ids taken for a run.
     #[test]
     fn it_answers_as_a_hash_map_through_inserts_removals_and_merges() {
-        let mut rng = StdRng::seed_from_u64(7);
-        let start: Vec<(u64, u32)> = (0..3000u64).map(|i| (i * 7 % 10_007, i as u32)).collect();
-        let mut map = IdMap::from_pairs(start.clone()).unwrap();
-        let mut want: HashMap<u64, u32> = start.into_iter().collect();
-        for step in 0..20_000u32 {
-            let id = rng.random_range(0..12_000u64);
-            if rng.random_bool(0.55) {
-                assert_eq!(map.insert(id, step), want.insert(id, step), "insert {id}");
-            } else {
-                assert_eq!(map.remove(&id), want.remove(&id), "remove {id}");
+        let scattered: Vec<(u64, u32)> = (0..3000u64).map(|i| (i * 7 % 10_007, i as u32)).collect();
+        let run: Vec<(u64, u32)> = (0..3000u64).map(|i| (i + 500, (i * 13 % 3000) as u32)).collect();
+        for (seed, start) in [(7, scattered), (8, run)] {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut map = IdMap::from_pairs(start.clone()).unwrap();
+            let mut want: HashMap<u64, u32> = start.into_iter().collect();
+            for id in 0..12_000u64 {
+                assert_eq!(map.get(&id), want.get(&id), "get {id} before any change");
             }
-            assert_eq!(map.len(), want.len());
-            let probe = rng.random_range(0..12_000u64);
-            assert_eq!(map.get(&probe), want.get(&probe), "get {probe} at step {step}");
-        }
-        for id in 0..12_000u64 {
-            assert_eq!(map.get(&id), want.get(&id), "get {id}");
+            for step in 0..20_000u32 {
+                let id = rng.random_range(0..12_000u64);
+                if rng.random_bool(0.55) {
+                    assert_eq!(map.insert(id, step), want.insert(id, step), "insert {id}");
+                } else {
+                    assert_eq!(map.remove(&id), want.remove(&id), "remove {id}");
+                }
+                assert_eq!(map.len(), want.len());
+                let probe = rng.random_range(0..12_000u64);
+                assert_eq!(map.get(&probe), want.get(&probe), "get {probe} at step {step}");
+            }
+            for id in 0..12_000u64 {
+                assert_eq!(map.get(&id), want.get(&id), "get {id}");
+            }
         }
         assert_eq!(IdMap::from_pairs(vec![(5, 1u32), (3, 2), (5, 3)]).err(), Some(5));
+    }
+
+    /// A run of consecutive ids costs its values alone, scattered ids their keys too, and a merge that
+    /// makes the ids consecutive again drops the keys. Mutations caught: `Keys::of` never finding a run
+    /// (keys kept), or taking a run with a gap for one (the first test's answers then differ).
+    #[test]
+    fn consecutive_ids_keep_no_keys() {
+        let run = IdMap::from_pairs((0..5000u64).map(|i| (i + 9, i as u32)).collect()).unwrap();
+        assert_eq!(run.heap_bytes(), 5000 * 4, "values only");
+        let gap = IdMap::from_pairs((0..5000u64).map(|i| (i + u64::from(i >= 100), i as u32)).collect()).unwrap();
+        assert_eq!(gap.heap_bytes(), 5000 * 12, "keys and values");
+        assert_eq!(gap.get(&100), None);
+        assert_eq!(gap.get(&101), Some(&100));
+        // The gap filled and enough changes to merge: a run again.
+        let mut m = gap;
+        m.insert(100, 7);
+        for i in 5001..7000u64 {
+            m.insert(i, 1);
+        }
+        assert_eq!(m.len(), 7000);
+        // Merged once, the rest in the delta: a run's values (~26 kB) and the delta (~13 kB), where keys
+        // would add ~53 kB.
+        assert!(m.heap_bytes() < 7000 * 8, "merged into a run: {} bytes", m.heap_bytes());
+        assert_eq!((m.get(&0), m.get(&100), m.get(&6999), m.get(&7000)), (Some(&0), Some(&7), Some(&1), None));
     }
 }

@@ -46,12 +46,15 @@ pub(crate) struct Learned {
 
 /// Whether a build's ids are exactly the live ones (in any order): the rule by which a stored index and
 /// its learned kappa and alpha are current.
-pub(crate) fn same_ids(now: &[u64], then: &[u64]) -> bool {
+pub(crate) fn same_ids(now: impl ExactSizeIterator<Item = u64> + Clone, then: &[u64]) -> bool {
     // The usual case, the same ids in the same order, needs no sorted copies.
-    if now == then {
+    if now.len() != then.len() {
+        return false;
+    }
+    if now.clone().eq(then.iter().copied()) {
         return true;
     }
-    let (mut now, mut then) = (now.to_vec(), then.to_vec());
+    let (mut now, mut then): (Vec<u64>, Vec<u64>) = (now.collect(), then.to_vec());
     now.sort_unstable();
     then.sort_unstable();
     now == then
@@ -194,8 +197,8 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct M2m {
     pub(crate) config: M2mConfig,
-    /// The rows: ids and norms in RAM, vectors read in place from the database's mapped segments (see
-    /// `rows.rs`). Shared with running data loaders: a change while one runs copies the small columns
+    /// The rows: ids in RAM (nothing per row for ids in sequence), vectors and norms read in place
+    /// from the database's mapped segments (see `rows.rs`). Shared with running data loaders: a change while one runs copies the small columns
     /// (the loader keeps its view).
     pub(crate) set: Arc<RowStore>,
     pub(crate) kappa: Arc<Vec<f32>>,
@@ -477,7 +480,7 @@ impl M2m {
                 tracing::debug!("m2m: could not release the pages of {}: {e}", segment.path().display());
             }
         }
-        engine.next_id = engine.set.ids().iter().max().map_or(0, |m| m.saturating_add(1));
+        engine.next_id = engine.set.max_id().map_or(0, |m| m.saturating_add(1));
         let writer = db.is_some();
         engine.db = db;
         match engine.load_index(dir, snap) {
@@ -572,11 +575,11 @@ impl M2m {
     /// is left stale (false) and `build_index` is needed. Ids upserted since (`replaced`) are both: their
     /// old vectors leave the index, their rows now go in.
     fn catch_up(&self, index: &mut Index, built: &[u64], replaced: &HashSet<u64>) -> Result<bool> {
-        let live: HashSet<u64> = self.set.ids().iter().copied().collect();
+        let live: HashSet<u64> = self.set.ids().collect();
         let then: HashSet<u64> = built.iter().copied().collect();
         let gone: Vec<u64> = built.iter().copied().filter(|id| !live.contains(id) || replaced.contains(id)).collect();
         let added: Vec<usize> = (0..self.set.len())
-            .filter(|&r| !then.contains(&self.set.ids()[r]) || replaced.contains(&self.set.ids()[r]))
+            .filter(|&r| !then.contains(&self.set.id(r)) || replaced.contains(&self.set.id(r)))
             .collect();
         // Ids changed since the build, each once (an upserted id leaves and comes back: one change).
         let changed = gone.len() + added.len() - gone.iter().filter(|id| live.contains(id)).count();
@@ -590,7 +593,7 @@ impl M2m {
             for &r in &added {
                 vectors.extend(index_vectors(&self.set, r..r + 1, self.config.metric));
             }
-            let ids: Vec<u64> = added.iter().map(|&r| self.set.ids()[r]).collect();
+            let ids: Vec<u64> = added.iter().map(|&r| self.set.id(r)).collect();
             index.insert(&vectors, &ids)?;
         }
         tracing::info!(
@@ -620,7 +623,7 @@ impl M2m {
 
     /// Rows of the set that are not deleted, in order.
     pub(crate) fn live_rows(&self) -> Vec<usize> {
-        (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect()
+        (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.id(r))).collect()
     }
 
     /// Whether `id` is a live splat.
@@ -630,7 +633,7 @@ impl M2m {
 
     /// The largest id the engine has ever held (deleted ones included), if any.
     pub fn stats_max_id(&self) -> Option<u64> {
-        self.set.ids().iter().copied().max().max(self.next_id.checked_sub(1))
+        self.set.max_id().max(self.next_id.checked_sub(1))
     }
 
     /// The original vector of a live splat (unit `mu` times its norm).
@@ -759,11 +762,11 @@ impl M2m {
         self.next_id = self.next_id.max(ids.iter().max().map_or(0, |m| m.saturating_add(1)));
         if let Some(index) = &mut self.index {
             let vectors = index_vectors(&self.set, rows.clone(), self.config.metric);
-            index.insert(&vectors, &self.set.ids()[rows.clone()])?;
+            index.insert(&vectors, fresh.ids())?;
             // The router follows the index (its clusters are the SOC sites; the pile is unchanged).
             // A router not built yet reads the index when it is.
             if let Some(router) = self.soc.as_mut().and_then(Controller::router_mut) {
-                router.insert(&self.set.ids()[rows.clone()], &vectors, &self.kappa[rows.clone()], &self.alpha[rows])?;
+                router.insert(fresh.ids(), &vectors, &self.kappa[rows.clone()], &self.alpha[rows])?;
             }
             self.gpu.invalidate();
         }
@@ -810,7 +813,7 @@ impl M2m {
         if !self.deleted.is_empty() {
             self.compact_rows()?;
         }
-        let ids = self.set.ids().to_vec();
+        let ids: Vec<u64> = self.set.ids().collect();
         let vectors = index_vectors(&self.set, 0..self.set.len(), self.config.metric);
         let cfg = IndexConfig {
             metric: self.config.metric,
@@ -1145,7 +1148,7 @@ impl M2m {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             let r = live[(state >> 33) as usize % live.len()];
             seeds.extend_from_slice(self.set.mu_row(r));
-            ids.push(self.set.ids()[r]);
+            ids.push(self.set.id(r));
         }
         self.generate_from(&seeds, Some(&ids), steps)
     }
@@ -1210,10 +1213,9 @@ impl M2m {
         if let (Some(dir), Some(db), Some(index)) =
             (self.config.data_dir.clone(), self.db.as_mut(), self.index.as_mut())
         {
-            let live: Vec<usize> =
-                (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.ids()[r])).collect();
+            let live: Vec<usize> = (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.id(r))).collect();
             let learned = Learned {
-                ids: live.iter().map(|&r| self.set.ids()[r]).collect(),
+                ids: live.iter().map(|&r| self.set.id(r)).collect(),
                 kappa: live.iter().map(|&r| self.kappa[r]).collect(),
                 alpha: live.iter().map(|&r| self.alpha[r]).collect(),
             };
@@ -1389,7 +1391,7 @@ fn release_freed_memory() {
 
 /// Row `r`'s original vector: its unit `mu` times its norm.
 fn raw_row(set: &RowStore, r: usize) -> impl Iterator<Item = f32> + '_ {
-    let n = set.norms()[r];
+    let n = set.norm(r);
     set.mu_row(r).iter().map(move |v| v * n)
 }
 

@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod gpu_search;
 mod loader;
+mod rowids;
 mod rows;
 mod stored;
 #[doc(hidden)]

@@ -220,7 +220,7 @@ enum Rows {
 impl Lake {
     fn id(&self, r: usize) -> u64 {
         match &self.rows {
-            Rows::Engine(set) => set.ids()[r],
+            Rows::Engine(set) => set.id(r),
             Rows::Reader(ids) => ids[r],
         }
     }
@@ -354,7 +354,7 @@ impl LakeReader {
             }
         }
         if let Some(learned) = crate::engine::load_learned(dir)?
-            && crate::engine::same_ids(&ids, &learned.ids)
+            && crate::engine::same_ids(ids.iter().copied(), &learned.ids)
         {
             let at: std::collections::HashMap<u64, usize> =
                 learned.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
@@ -500,7 +500,7 @@ impl M2m {
         let mut live: Vec<usize> = self.live_rows();
         if let Some(filter) = &config.filter {
             let ok = self.matching_ids(filter)?;
-            live.retain(|&r| ok.binary_search(&self.set.ids()[r]).is_ok());
+            live.retain(|&r| ok.binary_search(&self.set.id(r)).is_ok());
             if live.is_empty() {
                 return Err(Error::Config { field: "filter", reason: "matches no live splat".into() });
             }
@@ -508,7 +508,7 @@ impl M2m {
         if config.importance_sampling {
             // Draws index the rows in id order, so that an epoch plan depends on (seed, epoch, saved
             // state) only, not on the order in which an engine (or a worker's read-only one) loaded them.
-            live.sort_unstable_by_key(|&r| self.set.ids()[r]);
+            live.sort_unstable_by_key(|&r| self.set.id(r));
         }
         let mut lake = Lake {
             dim,
@@ -518,19 +518,24 @@ impl M2m {
             live: live.iter().map(|&r| r as u32).collect(),
             probs: None,
             router: None,
-            langevin: self.langevin_config(
-                config.generate_steps.max(1),
-                &LangevinOverrides {
-                    temperature: config.temperature,
-                    step_size: config.step_size,
-                    dynamics: config.dynamics,
-                },
-            )?,
-            step_kappa: self.step_kappa()?,
+            // Only generation reads them (the step's kappa comes from the router's sums, built then).
+            langevin: if config.generate_samples {
+                self.langevin_config(
+                    config.generate_steps.max(1),
+                    &LangevinOverrides {
+                        temperature: config.temperature,
+                        step_size: config.step_size,
+                        dynamics: config.dynamics,
+                    },
+                )?
+            } else {
+                LangevinConfig::default()
+            },
+            step_kappa: if config.generate_samples { self.step_kappa()? } else { None },
             tiers: None,
             labels: self.attr_table().schema().label().map(|_| {
                 let table = self.attr_table();
-                live.iter().map(|&r| table.label(self.set.ids()[r])).collect()
+                live.iter().map(|&r| table.label(self.set.id(r))).collect()
             }),
         };
         let tiered = match config.source {
@@ -542,7 +547,7 @@ impl M2m {
             })?),
         };
         if let Some(snap) = tiered {
-            let ids: Vec<u64> = live.iter().map(|&r| self.set.ids()[r]).collect();
+            let ids: Vec<u64> = live.iter().map(|&r| self.set.id(r)).collect();
             lake.tiers = Some(Tiers::over(&snap, self.config.warm_budget_bytes, dim, &ids, config)?);
         }
         if config.importance_sampling || config.generate_samples {

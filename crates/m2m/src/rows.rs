@@ -1,7 +1,7 @@
-//! The engine's rows without a full copy of their vectors in RAM: ids and norms (small columns) in RAM,
-//! each row's unit `mu` read in place from where the database holds it (a memory-mapped segment, or a
-//! chunk of the database's in-memory table of rows not yet flushed), and only the rows added by this
-//! session (and every row of an engine without a data directory) in RAM.
+//! The engine's rows without a full copy of their vectors in RAM: ids in RAM (nothing per row for ids
+//! in sequence, `rowids.rs`), each row's unit `mu` and norm read in place from where the database holds
+//! them (a memory-mapped segment, or a chunk of the database's in-memory table of rows not yet flushed),
+//! and only the rows added by this session (and every row of an engine without a data directory) in RAM.
 //!
 //! The mapped rows are read through the page cache: `open` touches none of them, and a retrieval that
 //! reads none (the index answers from its own files) leaves them on disk. After a flush or a compaction
@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use m2m_index::IdMap;
+use crate::rowids::RowIds;
 use m2m_splat::SplatSet;
 use m2m_tier::{Columns, Segment, Snapshot};
 
@@ -31,6 +31,13 @@ impl Part {
         match self {
             Part::Segment(s) => s.mu(),
             Part::Chunk(c) => &c.mu,
+        }
+    }
+
+    fn norms(&self) -> &[f32] {
+        match self {
+            Part::Segment(s) => s.norms(),
+            Part::Chunk(c) => &c.norms,
         }
     }
 }
@@ -140,26 +147,26 @@ impl Locations {
     }
 }
 
-/// The engine's rows: ids, norms, and the unit `mu` of each, in place (see the module's docs).
+/// The engine's rows: ids, and the unit `mu` and norm of each, in place (see the module's docs).
 #[derive(Clone, Debug)]
 pub(crate) struct RowStore {
     dim: usize,
-    ids: Vec<u64>,
-    norms: Vec<f32>,
-    row_of: IdMap<u32>,
+    /// Each row's id and each id's row (nothing per row for ids in sequence: see `rowids.rs`).
+    ids: RowIds,
     loc: Locations,
     parts: Vec<Part>,
     /// Unit rows held in RAM (rows added by this session, or every row without a data directory).
     ram: Vec<f32>,
+    /// The norm of each RAM row (the norms of the other rows are read in place, beside their `mu`).
+    ram_norms: Vec<f32>,
 }
 
-/// The rows of `snap` that `keep` accepts, as the store's parts and locations, with their ids, norms,
-/// kappa and alpha, in the view's order (segments first, then the in-memory rows).
+/// The rows of `snap` that `keep` accepts, as the store's parts and locations, with their ids, kappa
+/// and alpha, in the view's order (segments first, then the in-memory rows).
 struct Viewed {
     parts: Vec<Part>,
     loc: Locations,
     ids: Vec<u64>,
-    norms: Vec<f32>,
     kappa: Vec<f32>,
     alpha: Vec<f32>,
 }
@@ -168,14 +175,7 @@ struct Viewed {
 fn view(snap: &Snapshot, keep: impl Fn(bool, u64) -> bool) -> Result<Viewed> {
     let mut parts: Vec<Part> = snap.segments.iter().cloned().map(Part::Segment).collect();
     parts.extend(snap.memtable.chunks().iter().cloned().map(Part::Chunk));
-    let mut v = Viewed {
-        parts,
-        loc: Locations::default(),
-        ids: Vec::new(),
-        norms: Vec::new(),
-        kappa: Vec::new(),
-        alpha: Vec::new(),
-    };
+    let mut v = Viewed { parts, loc: Locations::default(), ids: Vec::new(), kappa: Vec::new(), alpha: Vec::new() };
     let segments = snap.segments.len();
     for (p, cols) in snap.parts().enumerate() {
         let part = u32::try_from(p).map_err(|_| too_many("parts"))?;
@@ -186,7 +186,6 @@ fn view(snap: &Snapshot, keep: impl Fn(bool, u64) -> bool) -> Result<Viewed> {
                 }
                 v.loc.push(Loc { part, row: u32::try_from(i).map_err(|_| too_many("rows of a part"))? });
                 v.ids.push(cols.ids[i]);
-                v.norms.push(cols.norms[i]);
                 v.kappa.push(cols.kappa[i]);
                 v.alpha.push(cols.alpha[i]);
             }
@@ -204,12 +203,11 @@ impl RowStore {
     pub(crate) fn new(dim: usize) -> RowStore {
         RowStore {
             dim,
-            ids: Vec::new(),
-            norms: Vec::new(),
-            row_of: IdMap::new(),
+            ids: RowIds::default(),
             loc: Locations::default(),
             parts: Vec::new(),
             ram: Vec::new(),
+            ram_norms: Vec::new(),
         }
     }
 
@@ -218,17 +216,23 @@ impl RowStore {
     pub(crate) fn from_snapshot(dim: usize, snap: &Snapshot) -> Result<(RowStore, Vec<f32>, Vec<f32>)> {
         let mut v = view(snap, |in_segment, id| !in_segment || snap.is_live(id))?;
         // Grown row by row: up to twice the bytes held (measured: 15 bytes a row of ids instead of 8).
-        for col in [&mut v.norms, &mut v.kappa, &mut v.alpha] {
+        for col in [&mut v.kappa, &mut v.alpha] {
             col.shrink_to_fit();
         }
         v.ids.shrink_to_fit();
         v.loc.shrink_to_fit();
-        let row_of =
-            IdMap::from_pairs(v.ids.iter().enumerate().map(|(row, &id)| (id, row as u32)).collect()).map_err(|id| {
-                let row = v.ids.iter().enumerate().filter(|(_, x)| **x == id).nth(1).map_or(0, |(r, _)| r);
-                Error::Splat(m2m_splat::Error::DuplicateId { row, id })
-            })?;
-        let store = RowStore { dim, ids: v.ids, norms: v.norms, row_of, loc: v.loc, parts: v.parts, ram: Vec::new() };
+        let dup = |id: u64, ids: &[u64]| {
+            let row = ids.iter().enumerate().filter(|(_, x)| **x == id).nth(1).map_or(0, |(r, _)| r);
+            Error::Splat(m2m_splat::Error::DuplicateId { row, id })
+        };
+        let ids = match RowIds::of(v.ids) {
+            Ok(ids) => ids,
+            Err(id) => {
+                let all: Vec<u64> = view(snap, |in_segment, id| !in_segment || snap.is_live(id))?.ids;
+                return Err(dup(id, &all));
+            }
+        };
+        let store = RowStore { dim, ids, loc: v.loc, parts: v.parts, ram: Vec::new(), ram_norms: Vec::new() };
         Ok((store, v.kappa, v.alpha))
     }
 
@@ -236,19 +240,19 @@ impl RowStore {
     /// in-memory table until a flush, after which [`remap`](Self::remap) reads them in place). Ids
     /// already here are `DuplicateId`, and nothing is appended then.
     pub(crate) fn append(&mut self, set: &SplatSet) -> Result<std::ops::Range<usize>> {
-        if let Some((row, &id)) = set.ids().iter().enumerate().find(|(_, id)| self.row_of.contains_key(id)) {
+        if let Some((row, &id)) = set.ids().iter().enumerate().find(|(_, id)| self.row_of(**id).is_some()) {
             return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id }));
         }
         let start = self.ids.len();
         u32::try_from(start + set.len()).map_err(|_| too_many("rows"))?;
         let ram_rows = self.ram.len() / self.dim;
         self.ram.extend_from_slice(set.mu());
-        for (i, &id) in set.ids().iter().enumerate() {
-            self.row_of.insert(id, (start + i) as u32);
+        self.ram_norms.extend_from_slice(set.norms());
+        for i in 0..set.len() {
             self.loc.push(Loc { part: IN_RAM, row: (ram_rows + i) as u32 });
         }
-        self.ids.extend_from_slice(set.ids());
-        self.norms.extend_from_slice(set.norms());
+        // The new ids were checked against the old ones above, and a set's own ids are distinct.
+        self.ids.extend(set.ids());
         Ok(start..self.ids.len())
     }
 
@@ -257,30 +261,28 @@ impl RowStore {
     pub(crate) fn replace_row(&mut self, r: usize, mu: &[f32], norm: f32) {
         let row = (self.ram.len() / self.dim) as u32;
         self.ram.extend_from_slice(mu);
+        self.ram_norms.push(norm);
         self.loc.set(r, Loc { part: IN_RAM, row });
-        self.norms[r] = norm;
     }
 
     /// Keeps only rows `keep` (in that order; each at most once).
     pub(crate) fn retain_rows(&mut self, keep: &[usize]) {
-        let mut ram = Vec::new();
+        let (mut ram, mut ram_norms) = (Vec::new(), Vec::new());
         let mut loc = Locations::default();
         for &r in keep {
             let l = self.loc.get(r);
             if l.part == IN_RAM {
-                loc.push(Loc { part: IN_RAM, row: (ram.len() / self.dim) as u32 });
+                loc.push(Loc { part: IN_RAM, row: ram_norms.len() as u32 });
                 ram.extend_from_slice(self.mu_row(r));
+                ram_norms.push(self.norm(r));
             } else {
                 loc.push(l);
             }
         }
-        self.ids = keep.iter().map(|&r| self.ids[r]).collect();
-        self.norms = keep.iter().map(|&r| self.norms[r]).collect();
-        // Kept ids are distinct (they were keys of the map), so this cannot fail.
-        self.row_of =
-            IdMap::from_pairs(self.ids.iter().enumerate().map(|(r, &id)| (id, r as u32)).collect()).unwrap_or_default();
+        self.ids.retain_rows(keep);
         self.loc = loc;
         self.ram = ram;
+        self.ram_norms = ram_norms;
     }
 
     /// Points every row that `snap` holds (live) at it, and copies into RAM any other row (one the view
@@ -290,23 +292,25 @@ impl RowStore {
         // Deleted rows that a segment still holds are read there too until the engine drops them. An
         // upserted id is in the view twice (its replaced segment row, then its new row in memory): the
         // later, new one wins in `at`.
-        let v = view(snap, |_, id| self.row_of.contains_key(&id))?;
+        let v = view(snap, |_, id| self.row_of(id).is_some())?;
         let at: HashMap<u64, Loc> = v.ids.iter().enumerate().map(|(i, &id)| (id, v.loc.get(i))).collect();
-        let mut ram = Vec::new();
+        let (mut ram, mut ram_norms) = (Vec::new(), Vec::new());
         let mut loc = Locations::default();
         for (r, id) in self.ids.iter().enumerate() {
-            match at.get(id) {
+            match at.get(&id) {
                 // The database's copy of an id is the one this store read or appended: ids are never
                 // reused while the engine holds them.
                 Some(&l) => loc.push(l),
                 None => {
-                    loc.push(Loc { part: IN_RAM, row: (ram.len() / self.dim) as u32 });
+                    loc.push(Loc { part: IN_RAM, row: ram_norms.len() as u32 });
                     ram.extend_from_slice(self.mu_row(r));
+                    ram_norms.push(self.norm(r));
                 }
             }
         }
         self.loc = loc;
         self.ram = ram;
+        self.ram_norms = ram_norms;
         self.parts = v.parts;
         Ok(())
     }
@@ -323,22 +327,39 @@ impl RowStore {
 
     /// Whether there is no row.
     pub(crate) fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.ids.len() == 0
     }
 
-    /// The id of each row.
-    pub(crate) fn ids(&self) -> &[u64] {
-        &self.ids
+    /// The id of row `r`.
+    ///
+    /// # Panics
+    /// If `r >= self.len()`, like slice indexing.
+    pub(crate) fn id(&self, r: usize) -> u64 {
+        self.ids.get(r)
     }
 
-    /// The norm of each row's original vector.
-    pub(crate) fn norms(&self) -> &[f32] {
-        &self.norms
+    /// The id of each row, in row order.
+    pub(crate) fn ids(&self) -> impl ExactSizeIterator<Item = u64> + Clone + '_ {
+        self.ids.iter()
+    }
+
+    /// The largest id, if any.
+    pub(crate) fn max_id(&self) -> Option<u64> {
+        self.ids.max()
+    }
+
+    /// The norm of row `r`'s original vector, in place beside its `mu`.
+    ///
+    /// # Panics
+    /// If `r >= self.len()`, like slice indexing.
+    pub(crate) fn norm(&self, r: usize) -> f32 {
+        let Loc { part, row } = self.loc.get(r);
+        if part == IN_RAM { self.ram_norms[row as usize] } else { self.parts[part as usize].norms()[row as usize] }
     }
 
     /// The row of `id`.
     pub(crate) fn row_of(&self, id: u64) -> Option<usize> {
-        self.row_of.get(&id).map(|&r| r as usize)
+        self.ids.row_of(id)
     }
 
     /// Row `r`'s unit `mu`, in place.
@@ -355,11 +376,9 @@ impl RowStore {
     /// Bytes this store holds on the heap per structure, as (name, bytes).
     pub(crate) fn heap_bytes(&self) -> Vec<(&'static str, usize)> {
         vec![
-            ("engine ids", self.ids.capacity() * 8),
-            ("engine norms", self.norms.capacity() * 4),
-            ("engine id map", self.row_of.heap_bytes()),
+            ("engine ids and id map", self.ids.heap_bytes()),
             ("engine row locations", self.loc.heap_bytes()),
-            ("engine RAM rows", self.ram.capacity() * 4),
+            ("engine RAM rows and norms", (self.ram.capacity() + self.ram_norms.capacity()) * 4),
         ]
     }
 
@@ -435,6 +454,53 @@ mod tests {
         drop(engine);
         let engine = M2m::open(&path).unwrap();
         assert_eq!(vectors(&engine, &ids[40..]), want[40..]);
+    }
+
+    /// The row store's ids and norms through appends (ids in sequence, then out of order), a refused
+    /// duplicate, an upsert's `replace_row` and a `retain_rows`: every row's id, id's row and norm
+    /// equal a reference list's, and ids in sequence cost no byte. Mutations caught: `norm` reading
+    /// the RAM norms at the wrong row (a norm of another row), `replace_row` not recording the new
+    /// norm, `retain_rows` dropping the norms of RAM rows or keeping them in the old order, a refused
+    /// append that left rows or norms behind.
+    #[test]
+    fn ids_and_norms_follow_appends_upserts_and_retains() {
+        let dim = 4;
+        let mut store = super::RowStore::new(dim);
+        let mut want: Vec<(u64, f32)> = Vec::new();
+        let set_of = |ids: &[u64]| {
+            let v: Vec<f32> = ids.iter().flat_map(|&id| [1.0 + id as f32, 2.0, 0.5, id as f32 % 3.0]).collect();
+            let mut s = m2m_splat::SplatSet::with_capacity(dim, ids.len()).unwrap();
+            s.append(m2m_splat::Batch::new(&v, dim).ids(ids)).unwrap();
+            s
+        };
+        let check = |store: &super::RowStore, want: &[(u64, f32)], what: &str| {
+            assert_eq!(store.len(), want.len(), "{what}");
+            for (r, &(id, norm)) in want.iter().enumerate() {
+                assert_eq!((store.id(r), store.row_of(id), store.norm(r)), (id, Some(r), norm), "{what}: row {r}");
+            }
+            assert_eq!(store.row_of(1_000_000), None);
+        };
+        for ids in [(0..50).collect::<Vec<u64>>(), (50..120).collect()] {
+            let set = set_of(&ids);
+            store.append(&set).unwrap();
+            want.extend(ids.iter().zip(set.norms()).map(|(&id, &n)| (id, n)));
+        }
+        assert_eq!(store.heap_bytes()[0], ("engine ids and id map", 0), "ids in sequence cost nothing");
+        check(&store, &want, "in sequence");
+        let back = set_of(&[130, 125, 300]);
+        store.append(&back).unwrap();
+        want.extend(back.ids().iter().zip(back.norms()).map(|(&id, &n)| (id, n)));
+        check(&store, &want, "out of order");
+        assert!(store.append(&set_of(&[301, 40])).is_err(), "id 40 is there");
+        check(&store, &want, "after a refused append");
+        // An upsert of row 7 (id 7) with a new vector and norm.
+        store.replace_row(7, &[0.6, 0.8, 0.0, 0.0], 42.0);
+        want[7].1 = 42.0;
+        check(&store, &want, "after an upsert");
+        let keep: Vec<usize> = (0..store.len()).rev().filter(|r| r % 3 != 1).collect();
+        store.retain_rows(&keep);
+        want = keep.iter().map(|&r| want[r]).collect();
+        check(&store, &want, "after retain_rows");
     }
 
     /// The runs answer as a location per row would, through appends, single changes and rebuilds from a

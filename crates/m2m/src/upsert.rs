@@ -128,7 +128,7 @@ impl M2m {
             for &r in &rows {
                 vectors.extend(index_vectors(&self.set, r..r + 1, self.config.metric));
             }
-            let row_ids: Vec<u64> = rows.iter().map(|&r| self.set.ids()[r]).collect();
+            let row_ids: Vec<u64> = rows.iter().map(|&r| self.set.id(r)).collect();
             index.insert(&vectors, &row_ids)?;
             if let Some(ctl) = &mut self.soc {
                 // Dropped from a built router (and its neighbourhoods), or remembered for one built later.

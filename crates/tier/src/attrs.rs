@@ -5,11 +5,13 @@
 //! This module does no IO: the log and the segments carry the encoded block ([`encode_block`],
 //! [`decode_block`]), the manifest carries the schema.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::idruns::IdRuns;
 use crate::{Error, Result};
 
 /// The type of one attribute field.
@@ -469,21 +471,72 @@ pub(crate) fn decode_update(bytes: &[u8], schema: &Schema, rows: usize) -> std::
 /// The attributes of every live row, in RAM: the columns in schema order, and where each id's row is.
 /// Filters are evaluated over it ([`AttrTable::evaluate`]) through per-field indexes built on first use
 /// after a change.
+///
+/// A table without a schema (no field: every row's attributes are the empty list) keeps only which ids
+/// have a row, as runs of consecutive ids: nothing per row for ids handed out in sequence, where a
+/// list of the ids and a map to their rows took about 32 bytes a row. Its rows are laid out (in id
+/// order) when a schema is declared.
 #[derive(Clone, Debug, Default)]
 pub struct AttrTable {
     schema: Schema,
-    ids: Vec<u64>,
-    pos: HashMap<u64, usize>,
+    rows: Rows,
     columns: Vec<Column>,
     /// The per-field indexes; emptied by every change, rebuilt by the next filter.
     pub(crate) postings: OnceLock<crate::filter::Postings>,
 }
 
+/// Which ids have a row, and where.
+#[derive(Clone, Debug)]
+enum Rows {
+    /// Without a field: the ids only (unless they are scattered: see [`IdRuns::scattered`]).
+    Ids(IdRuns),
+    /// Each row's id, and the row of each id.
+    Laid { ids: Vec<u64>, pos: HashMap<u64, usize> },
+}
+
+impl Default for Rows {
+    fn default() -> Rows {
+        Rows::Ids(IdRuns::default())
+    }
+}
+
+impl Rows {
+    fn laid(ids: Vec<u64>) -> Rows {
+        let pos = ids.iter().enumerate().map(|(r, &id)| (id, r)).collect();
+        Rows::Laid { ids, pos }
+    }
+
+    /// The row of `id` (in the id order of a table without fields).
+    fn get(&self, id: u64) -> Option<usize> {
+        match self {
+            Rows::Ids(runs) => runs.contains(id).then_some(0),
+            Rows::Laid { pos, .. } => pos.get(&id).copied(),
+        }
+    }
+}
+
 impl AttrTable {
     /// An empty table of `schema`.
     pub fn new(schema: Schema) -> AttrTable {
-        let columns = schema.fields.iter().map(|f| Column::nulls(f.ty.storage(), 0)).collect();
-        AttrTable { schema, ids: Vec::new(), pos: HashMap::new(), columns, postings: OnceLock::new() }
+        let columns: Vec<Column> = schema.fields.iter().map(|f| Column::nulls(f.ty.storage(), 0)).collect();
+        let rows = if columns.is_empty() { Rows::default() } else { Rows::laid(Vec::new()) };
+        AttrTable { schema, rows, columns, postings: OnceLock::new() }
+    }
+
+    /// Lays the rows out (each id's row, in id order) before a change that needs rows: a schema, or
+    /// ids too scattered for runs.
+    fn lay_out(&mut self) {
+        if let Rows::Ids(runs) = &self.rows {
+            self.rows = Rows::laid(runs.iter().collect());
+        }
+    }
+
+    /// Bytes on the heap of the ids and their rows (the columns not counted), for a memory breakdown.
+    pub fn row_heap_bytes(&self) -> usize {
+        match &self.rows {
+            Rows::Ids(runs) => runs.heap_bytes(),
+            Rows::Laid { ids, pos } => ids.capacity() * 8 + pos.capacity() * (1 + 16),
+        }
     }
 
     /// The schema.
@@ -493,21 +546,28 @@ impl AttrTable {
 
     /// Rows (live ids) in the table.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        match &self.rows {
+            Rows::Ids(runs) => runs.len(),
+            Rows::Laid { ids, .. } => ids.len(),
+        }
     }
 
     /// Whether the table has no row.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len() == 0
     }
 
     /// Whether `id` has a row.
     pub fn contains(&self, id: u64) -> bool {
-        self.pos.contains_key(&id)
+        self.rows.get(id).is_some()
     }
 
-    pub(crate) fn ids(&self) -> &[u64] {
-        &self.ids
+    /// Each row's id, in row order.
+    pub(crate) fn ids(&self) -> Cow<'_, [u64]> {
+        match &self.rows {
+            Rows::Ids(runs) => Cow::Owned(runs.iter().collect()),
+            Rows::Laid { ids, .. } => Cow::Borrowed(ids),
+        }
     }
 
     pub(crate) fn columns(&self) -> &[Column] {
@@ -516,7 +576,8 @@ impl AttrTable {
 
     /// Sets a schema on an empty table (one that had none).
     pub(crate) fn set_schema(&mut self, schema: Schema) {
-        let rows = self.ids.len();
+        self.lay_out();
+        let rows = self.len();
         self.columns = schema.fields.iter().map(|f| Column::nulls(f.ty.storage(), rows)).collect();
         self.schema = schema;
         self.postings = OnceLock::new();
@@ -525,12 +586,18 @@ impl AttrTable {
     /// Appends rows `ids` with `columns` in schema order (`None`: every field null). The ids must be new
     /// (the callers check).
     pub(crate) fn append(&mut self, ids: &[u64], columns: Option<&[Column]>) {
-        let start = self.ids.len();
-        self.ids.extend_from_slice(ids);
-        self.pos.reserve(ids.len());
-        for (i, &id) in ids.iter().enumerate() {
-            self.pos.insert(id, start + i);
+        if let Rows::Ids(runs) = &mut self.rows
+            && columns.is_none()
+            && self.columns.is_empty()
+        {
+            runs.insert(ids);
+            if runs.scattered() {
+                self.lay_out();
+            }
+            self.postings = OnceLock::new();
+            return;
         }
+        self.push_rows(ids);
         for (k, col) in self.columns.iter_mut().enumerate() {
             match columns {
                 Some(c) => col.extend(&c[k]),
@@ -544,26 +611,39 @@ impl AttrTable {
     /// made by [`AttrBatch::normalise`]; copying them again would allocate every keyword a second time).
     pub(crate) fn append_owned(&mut self, ids: &[u64], columns: Option<Vec<Column>>) {
         let Some(columns) = columns else { return self.append(ids, None) };
-        let start = self.ids.len();
-        self.ids.extend_from_slice(ids);
-        self.pos.reserve(ids.len());
-        for (i, &id) in ids.iter().enumerate() {
-            self.pos.insert(id, start + i);
-        }
+        self.push_rows(ids);
         for (col, c) in self.columns.iter_mut().zip(columns) {
             col.append(c);
         }
         self.postings = OnceLock::new();
     }
 
+    /// Appends rows for `ids` (laid out; the columns are the caller's).
+    fn push_rows(&mut self, ids: &[u64]) {
+        self.lay_out();
+        if let Rows::Laid { ids: all, pos } = &mut self.rows {
+            let start = all.len();
+            all.extend_from_slice(ids);
+            pos.reserve(ids.len());
+            for (i, &id) in ids.iter().enumerate() {
+                pos.insert(id, start + i);
+            }
+        }
+    }
+
     /// Removes the rows of `ids` (absent ones are ignored).
     pub(crate) fn remove(&mut self, ids: &[u64]) {
-        for id in ids {
-            let Some(r) = self.pos.remove(id) else { continue };
-            self.ids.swap_remove(r);
-            self.columns.iter_mut().for_each(|c| c.swap_remove(r));
-            if let Some(&moved) = self.ids.get(r) {
-                self.pos.insert(moved, r);
+        match &mut self.rows {
+            Rows::Ids(runs) => runs.remove(ids),
+            Rows::Laid { ids: all, pos } => {
+                for id in ids {
+                    let Some(r) = pos.remove(id) else { continue };
+                    all.swap_remove(r);
+                    self.columns.iter_mut().for_each(|c| c.swap_remove(r));
+                    if let Some(&moved) = all.get(r) {
+                        pos.insert(moved, r);
+                    }
+                }
             }
         }
         self.postings = OnceLock::new();
@@ -575,8 +655,8 @@ impl AttrTable {
         self.check_update(ids, batch)?;
         for (name, col) in &batch.columns {
             let (k, _) = self.schema.field(name).ok_or_else(|| attr_error(name, "unknown field"))?;
-            for (j, id) in ids.iter().enumerate() {
-                if let Some(&r) = self.pos.get(id) {
+            for (j, &id) in ids.iter().enumerate() {
+                if let Some(r) = self.rows.get(id) {
                     self.columns[k].set_from(r, col, j);
                 }
             }
@@ -591,7 +671,7 @@ impl AttrTable {
             return Err(attr_error("", format!("{} rows of attributes for {} ids", batch.rows, ids.len())));
         }
         batch.normalise(&self.schema)?;
-        if let Some(id) = ids.iter().find(|id| !self.pos.contains_key(id)) {
+        if let Some(id) = ids.iter().find(|&&id| !self.contains(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} is not in the database") });
         }
         Ok(())
@@ -602,7 +682,7 @@ impl AttrTable {
     /// attributes sets the schema of a table that has none; the batch must fit it, one row per id, every
     /// id new. Nothing changes on error.
     pub fn add(&mut self, ids: &[u64], attrs: Option<&AttrBatch>) -> Result<()> {
-        if let Some(id) = ids.iter().find(|id| self.pos.contains_key(id)) {
+        if let Some(id) = ids.iter().find(|&&id| self.contains(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} is already in the table") });
         }
         self.put(ids, attrs, false)
@@ -666,7 +746,10 @@ impl AttrTable {
 
     /// The columns, in schema order, of the rows of `ids` (ids without a row get nulls).
     pub fn extract(&self, ids: &[u64]) -> Vec<Column> {
-        let rows: Vec<Option<usize>> = ids.iter().map(|id| self.pos.get(id).copied()).collect();
+        if self.columns.is_empty() {
+            return Vec::new();
+        }
+        let rows: Vec<Option<usize>> = ids.iter().map(|&id| self.rows.get(id)).collect();
         if rows.iter().all(Option::is_some) {
             let rows: Vec<usize> = rows.into_iter().flatten().collect();
             return self.columns.iter().map(|c| c.pick(&rows)).collect();
@@ -689,14 +772,14 @@ impl AttrTable {
     /// The attributes of `id`: each field's name and value (`None`: null), in schema order; `None` when
     /// the id has no row.
     pub fn row(&self, id: u64) -> Option<Vec<(String, Option<Value>)>> {
-        let &r = self.pos.get(&id)?;
+        let r = self.rows.get(id)?;
         Some(self.schema.fields.iter().zip(&self.columns).map(|(f, c)| (f.name.clone(), c.get(r))).collect())
     }
 
     /// The label of `id`, when the schema has a label field and the row a value.
     pub fn label(&self, id: u64) -> Option<i64> {
         let k = self.schema.label()?;
-        let &r = self.pos.get(&id)?;
+        let r = self.rows.get(id)?;
         match &self.columns[k] {
             Column::Int(v) => v[r],
             _ => None,
@@ -786,5 +869,50 @@ mod tests {
         assert_eq!(t.label(2), Some(7));
         assert!(t.update(&[9], &AttrBatch::new(1).with("label", Column::Int(vec![Some(7)]))).is_err());
         assert_eq!(t.extract(&[3, 2])[0], Column::Int(vec![Some(12), Some(7)]));
+    }
+
+    /// A table without a schema keeps its ids as runs (one run, 16 bytes, for ids in sequence) and
+    /// answers as a laid-out table would: membership, the empty row, a duplicate add refused, removal,
+    /// a field-free filter over every row; declaring a schema then lays every id out with null fields
+    /// that can be set. Mutations caught: `contains` or `row` of the runs answering for a removed or
+    /// never-added id, `lay_out` losing or repeating ids (lengths and labels differ), `evaluate`
+    /// without the ids of the runs (an empty match), a schemaless append that lays the rows out (the
+    /// heap bytes grow per row).
+    #[test]
+    fn a_table_without_a_schema_keeps_runs_of_ids_and_lays_them_out_for_a_schema() {
+        let mut t = AttrTable::default();
+        let ids: Vec<u64> = (100..10_100).collect();
+        for chunk in ids.chunks(1000) {
+            t.add(chunk, None).unwrap();
+        }
+        assert_eq!(t.len(), 10_000);
+        assert!(t.row_heap_bytes() <= 64, "one run, not a row each: {} bytes", t.row_heap_bytes());
+        assert!(t.add(&[5, 100], None).is_err(), "id 100 has a row");
+        t.delete(&[100, 5000, 5001, 99_999]);
+        assert_eq!(t.len(), 9_997);
+        for id in [99, 100, 5000, 5001, 10_100] {
+            assert!(!t.contains(id) && t.row(id).is_none(), "id {id}");
+        }
+        for id in [101, 4999, 5002, 10_099] {
+            assert!(t.contains(id) && t.row(id) == Some(Vec::new()), "id {id}");
+        }
+        let want: Vec<u64> = ids.iter().copied().filter(|id| ![100, 5000, 5001].contains(id)).collect();
+        assert_eq!(t.evaluate(&crate::Filter::And(Vec::new())).unwrap(), want, "every row matches");
+        assert!(t.evaluate(&crate::Filter::Or(Vec::new())).unwrap().is_empty());
+        // Scattered ids are laid out rather than kept as a run each.
+        let mut scattered = AttrTable::default();
+        scattered.add(&(0..20_000u64).map(|i| i * 2).collect::<Vec<_>>(), None).unwrap();
+        assert!(matches!(scattered.rows, Rows::Laid { .. }));
+        assert!(scattered.contains(39_998) && !scattered.contains(39_997));
+
+        t.declare(schema()).unwrap();
+        assert_eq!(t.len(), 9_997);
+        assert_eq!(t.ids().len(), 9_997);
+        assert!(t.contains(101) && !t.contains(5000));
+        assert_eq!(t.label(101), None, "declared fields are null");
+        t.set(&[101, 10_099], &AttrBatch::new(2).with("label", Column::Int(vec![Some(4), Some(5)]))).unwrap();
+        assert_eq!((t.label(101), t.label(10_099), t.label(102)), (Some(4), Some(5), None));
+        let four = crate::Filter::Eq { field: "label".into(), value: crate::Scalar::Int(4) };
+        assert_eq!(t.evaluate(&four).unwrap(), vec![101]);
     }
 }

@@ -60,6 +60,7 @@ mod error;
 mod filter;
 mod fsio;
 mod hot;
+mod idruns;
 mod lock;
 mod manifest;
 mod owned;
