@@ -105,7 +105,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "bench-lake [--rows 10000] [--noise 0.1] [--data-seed 42] [--epochs 4] [--threads 1] [--fidelity-rows 512] [--configs STEPSxDT,...]"
+            "bench-lake [--rows 10000] [--noise 0.1] [--data-seed 42] [--epochs 4] [--plain-epochs 10 x epochs] [--threads 1] [--fidelity-rows 512] [--configs STEPSxDT,...]"
         );
         return Ok(());
     }
@@ -115,6 +115,9 @@ fn main() -> Result<()> {
     let epochs: u64 = arg(&args, "--epochs", 4)?;
     let threads: usize = arg(&args, "--threads", 1)?;
     let keep: usize = arg(&args, "--fidelity-rows", 512)?;
+    // Epochs without Langevin for the reference column (0 leaves it out, so that a profile of the run
+    // holds the Langevin epochs only).
+    let plain_epochs: u64 = arg(&args, "--plain-epochs", 10 * epochs)?;
     ensure!(epochs >= 2, "--epochs: at least 2 (the first epoch, and later ones)");
     let defaults = DataLoaderConfig::default();
     let configs: Vec<(usize, f32)> = match args.iter().position(|a| a == "--configs") {
@@ -147,10 +150,10 @@ fn main() -> Result<()> {
         e.add_splats(&digits.base)?;
         e.build_index()?;
         let base = DataLoaderConfig { importance_sampling: true, threads, ..DataLoaderConfig::default() };
-        // Without Langevin an epoch takes a few clock ticks: several, for a figure above the clock's
-        // 10 ms resolution.
+        // Without Langevin an epoch takes a few clock ticks: several (10 per Langevin epoch by
+        // default), for a figure above the clock's 10 ms resolution.
         let (mut plain_rows, mut plain_cpu) = (0usize, 0f64);
-        for ep in 0..10 * epochs {
+        for ep in 0..plain_epochs {
             let r = epoch(&e, &DataLoaderConfig { start_epoch: ep, ..base.clone() }, 0)?;
             plain_rows += r.rows;
             plain_cpu += r.cpu;

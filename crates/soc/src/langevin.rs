@@ -36,6 +36,7 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::error::{check_len, check_setting, check_values};
+use crate::prefetch::LineQueue;
 use crate::{Error, Result, Splats};
 
 mod reduced;
@@ -242,9 +243,10 @@ pub(crate) fn run_prepared_chain<'r>(
     seed: u64,
     c: u64,
     scratch: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed, c, 0));
-    reduced::run_prepared(prep, pivot_row, config, x, &mut rng, scratch);
+    reduced::run_prepared(prep, pivot_row, config, x, &mut rng, scratch, ahead);
 }
 
 /// The run length of a chain started at its seed with [`crate::SeededRunLength::ToBandMiddle`]: the
@@ -290,6 +292,7 @@ pub(crate) fn seeded_temperature(
     pilots: usize,
     dim: usize,
     scratch: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) -> Option<f32> {
     let target = prep.band_middle()?;
     if config.temperature <= 0.0 || config.steps == 0 {
@@ -302,7 +305,7 @@ pub(crate) fn seeded_temperature(
     let mut trial = |lf: f64| {
         let cfg = LangevinConfig { temperature: (f64::from(config.temperature) * lf.exp()) as f32, ..*config };
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(id, 0x5EED, 0x7E3));
-        let cos = reduced::mean_cos_after(prep, &cfg, pilots.max(1), dim, &mut rng, scratch);
+        let cos = reduced::mean_cos_after(prep, &cfg, pilots.max(1), dim, &mut rng, scratch, ahead);
         (1.0 - f64::from(cos)).max(floor).ln()
     };
     let (mut lf, mut lm) = (0.0, trial(0.0));

@@ -55,6 +55,7 @@ mod error;
 pub mod kappa;
 pub mod langevin;
 pub mod normal;
+mod prefetch;
 pub mod router;
 pub mod sampler;
 pub mod soc;

@@ -21,6 +21,7 @@ use crate::error::{check_len, check_values};
 use crate::langevin::{
     LangevinConfig, OneScratch, Prepared, one_applies, run_prepared_chain, seeded_steps, seeded_temperature,
 };
+use crate::prefetch::LineQueue;
 use crate::{Error, Result, SiteGraph};
 
 /// The members of one fine cluster with their parameters. Member `i`'s `mu` is row `slot[i]` of the
@@ -488,6 +489,10 @@ impl Router {
         if !one_applies(config, 1, dim) {
             return Ok(ran);
         }
+        // Seeds are prepared, and chains run, in blocks of this many one after the other on a thread,
+        // each prefetching the next one's rows while it computes: they lie anywhere in memory, and
+        // fetching them is what a chain waits on.
+        const BLOCK: usize = 16;
         // The chains that can run, in their seed's cluster order.
         let mut order: Vec<(u32, u64, u32)> = seeds
             .iter()
@@ -503,9 +508,26 @@ impl Router {
             m.dedup();
             m
         };
+        // In blocks, each seed's preparation prefetching the next one's rows (see `LineQueue`).
         let fresh: Vec<Option<SeedEntry>> = missing
-            .par_iter()
-            .map_init(SeededScratch::default, |scr, &s| self.prepare_seed(config, step_kappa, s, scr))
+            .par_chunks(BLOCK)
+            .map_init(SeededScratch::default, |scr, seeds| {
+                let mut ahead = LineQueue::default();
+                self.queue_neighbourhood(seeds[0], &mut ahead);
+                ahead.drain();
+                seeds
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &s)| {
+                        ahead.clear();
+                        if let Some(&next) = seeds.get(k + 1) {
+                            self.queue_neighbourhood(next, &mut ahead);
+                        }
+                        self.prepare_seed(config, step_kappa, s, scr, &mut ahead)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .flatten()
             .collect();
         let fresh_of: HashMap<u64, &SeedEntry> =
             missing.iter().zip(&fresh).filter_map(|(&s, e)| Some((s, e.as_ref()?))).collect();
@@ -513,25 +535,25 @@ impl Router {
         // The chains' rows in that order, in place: no copy of the rows in and out.
         let mut slots: Vec<Option<&mut [f32]>> = x.chunks_exact_mut(dim).map(Some).collect();
         let mut rows: Vec<&mut [f32]> = order.iter().filter_map(|o| slots[o.2 as usize].take()).collect();
-        // Blocks of chains run one after the other on a thread, each chain prefetching the next one's
-        // basis rows: they lie anywhere in memory, and fetching them is what a chain waits on.
-        const BLOCK: usize = 16;
         let done: Vec<Vec<bool>> = {
             let cache = self.seeded.read();
             let entry = |s: u64| cache.map.get(&s).or_else(|| fresh_of.get(&s).copied());
             rows.par_chunks_mut(BLOCK)
                 .zip(order.par_chunks(BLOCK))
                 .map_init(SeededScratch::default, |scr, (rows, chains)| {
+                    let mut ahead = LineQueue::default();
                     if let Some(e) = entry(chains[0].1) {
-                        self.prefetch_rows(e);
+                        self.queue_rows(e, &mut ahead);
+                        ahead.drain();
                     }
                     rows.iter_mut()
                         .zip(chains)
                         .enumerate()
                         .map(|(k, (row, &(_, s, c)))| {
                             let row: &mut [f32] = row;
+                            ahead.clear();
                             if let Some(e) = chains.get(k + 1).and_then(|n| entry(n.1)) {
-                                self.prefetch_rows(e);
+                                self.queue_rows(e, &mut ahead);
                             }
                             let Some(e) = entry(s) else { return false };
                             let cfg = seed_config(config, step_kappa, e.prep.first_kappa());
@@ -545,11 +567,20 @@ impl Router {
                                 let (steps, temperature) = match (self.run_length, e.steps) {
                                     (SeededRunLength::Fixed, _) => (cfg.steps, cfg.temperature),
                                     (_, Some((key, run))) if key == run_key(&cfg, self.run_length) => run,
-                                    (rl, _) => self.seeded_run(&cfg, rl, &e.prep, s, &mut scr.one),
+                                    (rl, _) => self.seeded_run(&cfg, rl, &e.prep, s, &mut scr.one, &mut ahead),
                                 };
                                 let cfg = LangevinConfig { steps, temperature, ..cfg };
                                 let pivot_row = |k: usize| self.mu_of(e.rows[k].0 as usize, e.rows[k].1 as usize);
-                                run_prepared_chain(&cfg, &e.prep, &pivot_row, row, seed, u64::from(c), &mut scr.one);
+                                run_prepared_chain(
+                                    &cfg,
+                                    &e.prep,
+                                    &pivot_row,
+                                    row,
+                                    seed,
+                                    u64::from(c),
+                                    &mut scr.one,
+                                    &mut ahead,
+                                );
                             } else {
                                 // A chain started off its seed: a basis of its own, not kept.
                                 self.gather_neighbourhood(s, scr);
@@ -560,7 +591,16 @@ impl Router {
                                     let p = prep.pivots()[k] as usize;
                                     &mu[p * dim..(p + 1) * dim]
                                 };
-                                run_prepared_chain(&cfg, &prep, &pivot_row, row, seed, u64::from(c), &mut scr.one);
+                                run_prepared_chain(
+                                    &cfg,
+                                    &prep,
+                                    &pivot_row,
+                                    row,
+                                    seed,
+                                    u64::from(c),
+                                    &mut scr.one,
+                                    &mut ahead,
+                                );
                             }
                             true
                         })
@@ -612,6 +652,7 @@ impl Router {
         step_kappa: Option<f32>,
         s: u64,
         scr: &mut SeededScratch,
+        ahead: &mut LineQueue<'_>,
     ) -> Option<SeedEntry> {
         let dim = self.dim;
         if !self.gather_neighbourhood(s, scr) || !one_applies(config, scr.kappa.len(), dim) {
@@ -622,7 +663,7 @@ impl Router {
         let rows = prep.pivots().iter().map(|&p| scr.locs[p as usize]).collect();
         let steps = (self.run_length != SeededRunLength::Fixed).then(|| {
             let cfg = seed_config(config, step_kappa, prep.first_kappa());
-            (run_key(&cfg, self.run_length), self.seeded_run(&cfg, self.run_length, &prep, s, &mut scr.one))
+            (run_key(&cfg, self.run_length), self.seeded_run(&cfg, self.run_length, &prep, s, &mut scr.one, ahead))
         });
         Some(SeedEntry { prep, rows, steps })
     }
@@ -635,6 +676,7 @@ impl Router {
         prep: &Prepared,
         id: u64,
         scr: &mut OneScratch,
+        ahead: &mut LineQueue<'_>,
     ) -> (usize, f32) {
         match rl {
             SeededRunLength::Fixed => (cfg.steps, cfg.temperature),
@@ -643,7 +685,7 @@ impl Router {
                 (seeded_steps(cfg, prep, id, max, SEEDED_PILOTS, self.dim, scr).unwrap_or(cfg.steps), cfg.temperature)
             }
             SeededRunLength::TemperatureToBandMiddle { max_factor } => {
-                let t = seeded_temperature(cfg, prep, id, max_factor as f32, SEEDED_PILOTS, self.dim, scr);
+                let t = seeded_temperature(cfg, prep, id, max_factor as f32, SEEDED_PILOTS, self.dim, scr, ahead);
                 (cfg.steps, t.unwrap_or(cfg.temperature))
             }
         }
@@ -666,15 +708,25 @@ impl Router {
     /// single-chain method does not apply.
     pub fn seeded_run_of(&self, config: &LangevinConfig, step_kappa: Option<f32>, id: u64) -> Option<(usize, f32)> {
         let mut scr = SeededScratch::default();
-        let e = self.prepare_seed(config, step_kappa, id, &mut scr)?;
+        let e = self.prepare_seed(config, step_kappa, id, &mut scr, &mut LineQueue::default())?;
         Some(e.steps.map_or((config.steps, config.temperature), |(_, run)| run))
     }
 
-    /// Asks the CPU to bring a prepared seed's basis rows into cache (a hint; nothing on other
-    /// architectures).
-    fn prefetch_rows(&self, e: &SeedEntry) {
+    /// Queues a prepared seed's basis rows for prefetching.
+    fn queue_rows<'a>(&'a self, e: &SeedEntry, ahead: &mut LineQueue<'a>) {
         for &(c, i) in &e.rows {
-            prefetch(self.mu_of(c as usize, i as usize));
+            ahead.push(self.mu_of(c as usize, i as usize));
+        }
+    }
+
+    /// Queues the rows of seed `id`'s neighbourhood (what [`Router::gather_neighbourhood`] copies)
+    /// for prefetching.
+    fn queue_neighbourhood<'a>(&'a self, id: u64, ahead: &mut LineQueue<'a>) {
+        let Some(nb) = self.neighbours.of(id) else { return };
+        for id in std::iter::once(id).chain(nb) {
+            if let Some(&(c, i)) = self.locate.get(&id) {
+                ahead.push(self.mu_of(c as usize, i as usize));
+            }
         }
     }
 
@@ -883,16 +935,3 @@ impl Clone for SharedSeedCache {
 
 /// Default budget of [`Router::run_seeded`]'s prepared bases: 64 MiB, ~30,000 seeds of 17 splats.
 const DEFAULT_SEED_CACHE_BYTES: usize = 64 << 20;
-
-/// Prefetches the cache lines of `row` into L2 (a hint): a neighbourhood (17 rows of 640 floats, 43
-/// KB) does not fit in L1 next to the chain being run.
-#[inline]
-fn prefetch(row: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in row.chunks(16) {
-        // SAFETY: a prefetch is a hint that never faults, and the pointer is that of a live slice.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(line.as_ptr().cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
-}

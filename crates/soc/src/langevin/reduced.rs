@@ -32,6 +32,7 @@ use rand_distr::{ChiSquared, Distribution};
 
 use super::{Kernel, LangevinConfig, softmax_coefficients, span};
 use crate::normal::fill_normal_generic;
+use crate::prefetch::LineQueue;
 
 /// Squared distance below which a splat, or a chain's start, is taken as in the span of the basis.
 const PIVOT_TOL: f64 = 1e-5;
@@ -550,6 +551,7 @@ pub(crate) fn run_one(
         x,
         rng,
         scr,
+        &mut LineQueue::default(),
     );
 }
 
@@ -563,16 +565,17 @@ pub(crate) fn run_prepared<'r>(
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
     #[cfg(target_arch = "x86_64")]
     match kernels::Isa::best() {
         // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
-        kernels::Isa::Avx512 => return unsafe { run_prepared_avx512(prep, pivot_row, config, x, rng, scr) },
+        kernels::Isa::Avx512 => return unsafe { run_prepared_avx512(prep, pivot_row, config, x, rng, scr, ahead) },
         // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
-        kernels::Isa::Avx2 => return unsafe { run_prepared_avx2(prep, pivot_row, config, x, rng, scr) },
+        kernels::Isa::Avx2 => return unsafe { run_prepared_avx2(prep, pivot_row, config, x, rng, scr, ahead) },
         kernels::Isa::Scalar | kernels::Isa::Neon => {}
     }
-    run_prepared_body(prep, pivot_row, config, x, rng, scr)
+    run_prepared_body(prep, pivot_row, config, x, rng, scr, ahead)
 }
 
 /// # Safety
@@ -586,8 +589,9 @@ unsafe fn run_prepared_avx512<'r>(
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
-    run_prepared_body(prep, pivot_row, config, x, rng, scr)
+    run_prepared_body(prep, pivot_row, config, x, rng, scr, ahead)
 }
 
 /// # Safety
@@ -601,11 +605,13 @@ unsafe fn run_prepared_avx2<'r>(
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
-    run_prepared_body(prep, pivot_row, config, x, rng, scr)
+    run_prepared_body(prep, pivot_row, config, x, rng, scr, ahead)
 }
 
-/// `run_block_body` for one chain; the comments there apply.
+/// `run_block_body` for one chain; the comments there apply. `ahead` (the next chain's rows) is
+/// issued a share after each step and after the lift's deviates, the rest before the lift's sums.
 #[inline(always)]
 fn run_prepared_body<'r>(
     prep: &Prepared,
@@ -614,13 +620,18 @@ fn run_prepared_body<'r>(
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
     let dim = x.len();
     let r = prep.rank();
     let rho_x = prep.rho_x;
     let has_x = rho_x > 0.0;
     let perp = dim - r - usize::from(has_x);
-    let rho = walk(prep, config, config.steps, dim, scr, rng, |_| {});
+    let mut parts = config.steps + 2;
+    let rho = walk(prep, config, config.steps, dim, scr, rng, |_| {
+        ahead.pump_share(parts);
+        parts -= 1;
+    });
 
     // The lift, as in `run_block_body`; only the pivots' rows are read (the other splats lie in their
     // span), each twice: the Gaussian's scores, then the sum.
@@ -629,6 +640,7 @@ fn run_prepared_body<'r>(
     scr.gauss.resize(dim, 0.0);
     if lift_noise {
         fill_normal_generic(rng, &mut scr.gauss);
+        ahead.pump_share(2);
         scr.gathered.clear();
         scr.gathered.extend((0..r).map(|k| kernels::dot(&scr.gauss, pivot_row(k))));
         let gathered = &scr.gathered;
@@ -650,6 +662,7 @@ fn run_prepared_body<'r>(
     scr.v.iter_mut().zip(&prep.start).for_each(|(vv, lv)| *vv -= cx * lv);
     scr.y.resize(r, 0.0);
     prep.backward(&scr.v, &mut scr.y);
+    ahead.drain();
     // Sum of the pivots' rows as axpys here, where they vectorise with this body's instruction set.
     scr.out.clear();
     scr.out.resize(dim, 0.0);
@@ -768,8 +781,13 @@ pub(crate) fn steps_to_reach(
     mean.iter().position(|&m| m <= limit).map_or(max_steps, |k| k + 1)
 }
 
+/// Lines of `ahead` a pilot's step issues: a calibration runs 3 trials of 4 pilots of 8 steps at the
+/// defaults (96 steps), which issue a neighbourhood of 17 rows of 640 (680 lines) at 8 a step.
+const AHEAD_LINES_PER_PILOT_STEP: usize = 8;
+
 /// The mean cosine to the first splat of `pilots` chains from `prep`'s start after `config.steps`
-/// steps, run in the span only (no lift). `dim` is the ambient dimension.
+/// steps, run in the span only (no lift), issuing [`AHEAD_LINES_PER_PILOT_STEP`] lines of `ahead` a
+/// step. `dim` is the ambient dimension.
 pub(crate) fn mean_cos_after(
     prep: &Prepared,
     config: &LangevinConfig,
@@ -777,11 +795,12 @@ pub(crate) fn mean_cos_after(
     dim: usize,
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) -> f32 {
     let stride = Prepared::stride(prep.rank());
     let mut sum = 0f32;
     for _ in 0..pilots {
-        walk(prep, config, config.steps, dim, scr, rng, |_| {});
+        walk(prep, config, config.steps, dim, scr, rng, |_| ahead.pump(AHEAD_LINES_PER_PILOT_STEP));
         sum += prep.w[..stride].iter().zip(&scr.a).map(|(w, a)| w * a).sum::<f32>();
     }
     sum / pilots.max(1) as f32
