@@ -132,8 +132,10 @@ fn main() -> Result<()> {
     let timing =
         if cpu_seconds().is_some() { "rows per CPU second" } else { "rows per wall second (no CPU clock here)" };
     println!(
-        "Data lake on digits ({rows} rows on S^{}, noise {noise}, data seed {data_seed}), importance sampling, batch 256, loader threads {threads}, {epochs} epochs; {timing}:",
-        dim - 1
+        "Data lake on digits ({rows} rows on S^{}, noise {noise}, data seed {data_seed}), importance sampling, batch 256, loader threads {threads}, {epochs} epochs, Langevin kernels on {} (index kernels on {}); {timing}:",
+        dim - 1,
+        m2m_soc::kernel_isa().name(),
+        m2m_index::kernels::Isa::best().name()
     );
     println!();
     println!(
@@ -186,8 +188,14 @@ fn main() -> Result<()> {
             100.0 * f.real_label_agreement.unwrap_or(0.0),
             f.copies
         );
+        // A fingerprint of the fidelity rows' bits (FNV-1a), so that a change meant to give the same
+        // rows faster can be checked to.
+        let print = first
+            .samples
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3));
         println!(
-            "{steps}x{dt}: first epoch {} rows in {:.2} s CPU / {:.2} s wall; later {later_rows} rows in {later_cpu:.2} s CPU; {} fidelity rows, max cosine to a real row {:.4}",
+            "{steps}x{dt}: first epoch {} rows in {:.2} s CPU / {:.2} s wall; later {later_rows} rows in {later_cpu:.2} s CPU; {} fidelity rows (bits {print:016x}), max cosine to a real row {:.4}",
             first.rows, first.cpu, first.wall, f.rows, f.max_cos_to_real
         );
     }

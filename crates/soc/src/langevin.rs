@@ -36,6 +36,7 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::error::{check_len, check_setting, check_values};
+use crate::isa::kernel_isa;
 use crate::prefetch::LineQueue;
 use crate::{Error, Result, Splats};
 
@@ -164,7 +165,10 @@ pub fn run(config: &LangevinConfig, groups: &mut [Group<'_>], seed: u64) -> Resu
         }
         check_values("chains", g.x, false)?;
         if let Some((i, n)) =
-            g.x.chunks_exact(dim).map(|r| kernels::dot(r, r)).enumerate().find(|(_, n)| (n - 1.0).abs() > 1e-3)
+            g.x.chunks_exact(dim)
+                .map(|r| kernels::dot_with(kernel_isa(), r, r))
+                .enumerate()
+                .find(|(_, n)| (n - 1.0).abs() > 1e-3)
         {
             return Err(Error::Invalid {
                 what: "chain norm^2",
@@ -205,7 +209,7 @@ pub fn run_one(config: &LangevinConfig, splats: &Splats<'_>, x: &mut [f32], seed
     config.validate()?;
     check_len("chain", x.len(), splats.dim())?;
     check_values("chain", x, false)?;
-    let n2 = kernels::dot(x, x);
+    let n2 = kernels::dot_with(kernel_isa(), x, x);
     if (n2 - 1.0).abs() > 1e-3 {
         return Err(Error::Invalid { what: "chain norm^2", index: 0, value: f64::from(n2), reason: "must be unit" });
     }
@@ -348,7 +352,7 @@ fn softmax_coefficients(scores: &[f32], ln_alpha: &[f32], kappa: &[f32], n: usiz
         for j in 0..n {
             c[j] *= 2.0 * kappa[j] * inv_z;
         }
-        *ux = kernels::dot(c, s);
+        *ux = kernels::dot_with(kernel_isa(), c, s);
     }
 }
 
@@ -403,9 +407,9 @@ impl<'s> Kernel<'s> {
     fn drift(&mut self, x: &[f32], dots: &mut [f32]) {
         let (n, dim) = (self.splats.len(), self.splats.dim());
         // S = X M^T as weighted sums of the rows of M^T: no horizontal sums in the inner loop.
-        kernels::weighted_sums(x, &self.mu_t, n, &mut self.scores);
+        kernels::weighted_sums_with(kernel_isa(), x, &self.mu_t, n, &mut self.scores);
         softmax_coefficients(&self.scores, &self.ln_alpha, self.splats.kappa(), n, &mut self.coef, dots);
-        kernels::weighted_sums(&self.coef, self.splats.mu(), dim, &mut self.u);
+        kernels::weighted_sums_with(kernel_isa(), &self.coef, self.splats.mu(), dim, &mut self.u);
     }
 
     #[inline(always)]
@@ -426,10 +430,10 @@ impl<'s> Kernel<'s> {
     /// Runs the steps with the per-chain loops compiled for the best instruction set.
     fn run(&mut self, cfg: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
         #[cfg(target_arch = "x86_64")]
-        match kernels::Isa::best() {
-            // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
+        match kernel_isa() {
+            // SAFETY: `kernel_isa` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) are present.
             kernels::Isa::Avx512 => return unsafe { self.run_avx512(cfg, x, rng) },
-            // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
+            // SAFETY: `kernel_isa` returns Avx2 only when AVX2 and FMA are present.
             kernels::Isa::Avx2 => return unsafe { self.run_avx2(cfg, x, rng) },
             // Scalar runs the portable body below. Neon is never returned on x86-64; on aarch64 this
             // match is compiled out and the portable body is built with NEON, baseline there.
@@ -474,7 +478,7 @@ impl<'s> Kernel<'s> {
                 self.fill_noise(cfg.noise, rng);
                 let row = &mut x[i * dim..(i + 1) * dim];
                 let u = &self.u[i * dim..(i + 1) * dim];
-                let xi_dot = kernels::dot(&self.xi, row);
+                let xi_dot = kernels::dot_with(kernel_isa(), &self.xi, row);
                 // Tangent force f = P_x U = -P_x grad E, and tangent noise P_x xi.
                 let ux = dots[i];
                 match cfg.dynamics {
@@ -491,7 +495,7 @@ impl<'s> Kernel<'s> {
                 if cfg.dynamics == Dynamics::Underdamped {
                     retract(row);
                     let vi = &mut v[i * dim..(i + 1) * dim];
-                    let radial = kernels::dot(vi, row);
+                    let radial = kernels::dot_with(kernel_isa(), vi, row);
                     vi.iter_mut().zip(row.iter()).for_each(|(a, b)| *a -= radial * b);
                 }
             }
@@ -516,7 +520,7 @@ pub fn overdamped_step(config: &LangevinConfig, x: &mut [f32], splats: &Splats<'
         let row = &mut x[i * dim..(i + 1) * dim];
         let noise = &xi[i * dim..(i + 1) * dim];
         let u = &k.u[i * dim..(i + 1) * dim];
-        let xi_dot = kernels::dot(noise, row);
+        let xi_dot = kernels::dot_with(kernel_isa(), noise, row);
         overdamped_update(row, u, dots[i], noise, xi_dot, config.dt, scale);
     }
     Ok(())
@@ -536,7 +540,7 @@ fn overdamped_update(row: &mut [f32], u: &[f32], ux: f32, xi: &[f32], xi_dot: f3
 /// Back onto the sphere (the retraction after every step).
 #[inline(always)]
 fn retract(row: &mut [f32]) {
-    let inv = 1.0 / kernels::dot(row, row).sqrt();
+    let inv = 1.0 / kernels::dot_with(kernel_isa(), row, row).sqrt();
     row.iter_mut().for_each(|a| *a *= inv);
 }
 

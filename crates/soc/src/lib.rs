@@ -52,6 +52,7 @@
 
 pub mod energy;
 mod error;
+mod isa;
 pub mod kappa;
 pub mod langevin;
 pub mod normal;
@@ -62,6 +63,7 @@ pub mod soc;
 
 pub use energy::Splats;
 pub use error::{Error, Result};
+pub use isa::kernel_isa;
 pub use kappa::{KappaConfig, KappaDimension, KappaEstimate, estimate_kappa};
 pub use langevin::{Dynamics, Group, LangevinConfig, Method, Noise};
 pub use router::{Routed, Router, SEEDED_PILOTS, SeededRunLength};

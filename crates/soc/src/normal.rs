@@ -11,10 +11,10 @@ use rand::Rng;
 /// Fills `out` with independent standard normal deviates (AVX-512 or AVX2 code where the CPU has it).
 pub fn fill_normal(rng: &mut impl Rng, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    match m2m_index::kernels::Isa::best() {
-        // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
+    match crate::isa::kernel_isa() {
+        // SAFETY: `kernel_isa` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) are present.
         m2m_index::kernels::Isa::Avx512 => return unsafe { fill_normal_avx512(rng, out) },
-        // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
+        // SAFETY: `kernel_isa` returns Avx2 only when AVX2 and FMA are present.
         m2m_index::kernels::Isa::Avx2 => return unsafe { fill_normal_avx2(rng, out) },
         // Scalar runs the portable body below. Neon is never returned on x86-64; on aarch64 this
         // match is compiled out and the portable body is built with NEON, baseline there.

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::energy::Splats;
 use crate::error::{check_len, check_values};
+use crate::isa::kernel_isa;
 use crate::langevin::{
     LangevinConfig, OneScratch, Prepared, one_applies, run_prepared_chain, seeded_steps, seeded_temperature,
 };
@@ -468,22 +469,47 @@ impl Router {
         seed: u64,
         step_kappa: Option<f32>,
     ) -> Result<Vec<bool>> {
+        let dim = self.dim;
+        check_len("chains", x.len(), seeds.len() * dim)?;
+        let mut rows: Vec<&mut [f32]> = x.chunks_exact_mut(dim).collect();
+        let streams: Vec<(u64, u64)> = (0..seeds.len() as u64).map(|c| (seed, c)).collect();
+        self.run_seeded_rows(config, &mut rows, seeds, &streams, step_kappa)
+    }
+
+    /// [`Router::run_seeded`] for chains that need not lie in one slice: chain `c` is `rows[c]`, runs
+    /// against `seeds[c]`, and draws from the generator of `streams[c]` = (seed, index), the one
+    /// `run_seeded` with that seed gives its chain of that index. So chains of several calls (the
+    /// lake's batches) run in one, in one cluster order, with the results each call would give: the
+    /// more chains share a call, the more of them find their neighbourhood's rows in cache.
+    ///
+    /// Errors: those of [`Router::run_seeded`]; `seeds` or `streams` not one per row.
+    pub fn run_seeded_rows(
+        &self,
+        config: &LangevinConfig,
+        rows: &mut [&mut [f32]],
+        seeds: &[u64],
+        streams: &[(u64, u64)],
+        step_kappa: Option<f32>,
+    ) -> Result<Vec<bool>> {
         config.validate()?;
         if let Some(k) = step_kappa.filter(|k| !(k.is_finite() && *k > 0.0)) {
             return Err(Error::Invalid { what: "step_kappa", index: 0, value: f64::from(k), reason: "must be > 0" });
         }
         let dim = self.dim;
-        check_len("chains", x.len(), seeds.len() * dim)?;
-        check_values("chains", x, false)?;
-        if let Some((i, n)) =
-            x.chunks_exact(dim).map(|r| kernels::dot(r, r)).enumerate().find(|(_, n)| (n - 1.0).abs() > 1e-3)
-        {
-            return Err(Error::Invalid {
-                what: "chain norm^2",
-                index: i,
-                value: f64::from(n),
-                reason: "chains must be unit vectors",
-            });
+        check_len("seeds", seeds.len(), rows.len())?;
+        check_len("streams", streams.len(), rows.len())?;
+        for (i, row) in rows.iter().enumerate() {
+            check_len("chain", row.len(), dim)?;
+            check_values("chains", row, false)?;
+            let n = kernels::dot_with(kernel_isa(), row, row);
+            if (n - 1.0).abs() > 1e-3 {
+                return Err(Error::Invalid {
+                    what: "chain norm^2",
+                    index: i,
+                    value: f64::from(n),
+                    reason: "chains must be unit vectors",
+                });
+            }
         }
         let mut ran = vec![false; seeds.len()];
         if !one_applies(config, 1, dim) {
@@ -533,7 +559,7 @@ impl Router {
             missing.iter().zip(&fresh).filter_map(|(&s, e)| Some((s, e.as_ref()?))).collect();
 
         // The chains' rows in that order, in place: no copy of the rows in and out.
-        let mut slots: Vec<Option<&mut [f32]>> = x.chunks_exact_mut(dim).map(Some).collect();
+        let mut slots: Vec<Option<&mut [f32]>> = rows.iter_mut().map(|r| Some(&mut **r)).collect();
         let mut rows: Vec<&mut [f32]> = order.iter().filter_map(|o| slots[o.2 as usize].take()).collect();
         let done: Vec<Vec<bool>> = {
             let cache = self.seeded.read();
@@ -561,7 +587,7 @@ impl Router {
                             // bits (normalised again): within AT_SEED of it, the chain starts there.
                             let at_seed = self.locate.get(&s).is_some_and(|&(cl, i)| {
                                 let m = self.mu_of(cl as usize, i as usize);
-                                m.len() == row.len() && kernels::l2_sq(m, row) <= AT_SEED
+                                m.len() == row.len() && kernels::l2_sq_with(kernel_isa(), m, row) <= AT_SEED
                             });
                             if at_seed {
                                 let (steps, temperature) = match (self.run_length, e.steps) {
@@ -576,8 +602,8 @@ impl Router {
                                     &e.prep,
                                     &pivot_row,
                                     row,
-                                    seed,
-                                    u64::from(c),
+                                    streams[c as usize].0,
+                                    streams[c as usize].1,
                                     &mut scr.one,
                                     &mut ahead,
                                 );
@@ -596,8 +622,8 @@ impl Router {
                                     &prep,
                                     &pivot_row,
                                     row,
-                                    seed,
-                                    u64::from(c),
+                                    streams[c as usize].0,
+                                    streams[c as usize].1,
                                     &mut scr.one,
                                     &mut ahead,
                                 );
@@ -783,7 +809,7 @@ impl Router {
         check_len("x", x.len(), self.dim)?;
         check_values("x", x, false)?;
         let mut scores = vec![0f32; self.members.len()];
-        kernels::dots(x, &self.centroids, &mut scores);
+        kernels::dots_with(kernel_isa(), x, &self.centroids, &mut scores);
         let mut order: Vec<u32> = (0..scores.len() as u32).collect();
         let p = probes.clamp(1, order.len().max(1));
         if p < order.len() {
@@ -801,7 +827,7 @@ impl Router {
         check_values("x", x, false)?;
         let n = self.members.len();
         let mut scores = vec![0f32; rows * n];
-        kernels::dots_many(x, &self.centroids, self.dim, &mut scores);
+        kernels::dots_many_with(kernel_isa(), x, &self.centroids, self.dim, &mut scores);
         Ok(scores
             .chunks_exact(n)
             .map(|s| {
@@ -823,7 +849,7 @@ impl Router {
             let m = &self.members[c as usize];
             s.resize(m.ids.len(), 0.0);
             for (i, si) in s.iter_mut().enumerate() {
-                *si = kernels::dot(x, self.mu_of(c as usize, i));
+                *si = kernels::dot_with(kernel_isa(), x, self.mu_of(c as usize, i));
             }
             for (i, &si) in s.iter().enumerate() {
                 cand.push((m.alpha[i].ln() - 2.0 * m.kappa[i] * (1.0 - si), c, i as u32));
