@@ -346,7 +346,7 @@ fn softmax_coefficients(scores: &[f32], ln_alpha: &[f32], kappa: &[f32], n: usiz
         for j in 0..n {
             c[j] = ln_alpha[j] - 2.0 * kappa[j] * (1.0 - s[j]);
         }
-        let m = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let m = lane_max(c);
         c.iter_mut().for_each(|v| *v = exp_nonpositive(*v - m));
         let inv_z = 1.0 / lane_sum(c);
         for j in 0..n {
@@ -574,6 +574,19 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Maximum in eight interleaved lanes (vectorises, unlike a sequential fold: a walk step's softmax
+/// waited on 17 dependent maxima); `-inf` for an empty slice.
+#[inline(always)]
+fn lane_max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &b)| *a = a.max(b));
+    }
+    let m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    acc.iter().fold(m, |a, &b| a.max(b))
 }
 
 /// Sum in eight interleaved lanes (vectorises, unlike a sequential f32 sum).
