@@ -21,13 +21,35 @@ use m2m_index::kernels::Isa;
 pub fn kernel_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let chosen = match Isa::forced() {
-            Ok(Some(forced)) => forced,
-            _ => match Isa::detected() {
-                Isa::Avx512 => Isa::Avx2,
-                other => other,
-            },
-        };
+        let chosen = choose(Isa::forced().ok().flatten(), Isa::detected());
         Some(chosen).filter(|i| i.is_available()).unwrap_or(Isa::Scalar)
     })
+}
+
+/// The kernels' instruction set from what `M2M_ISA` forces (if valid) and what the CPU has.
+fn choose(forced: Option<Isa>, detected: Isa) -> Isa {
+    match (forced, detected) {
+        (Some(isa), _) => isa,
+        (None, Isa::Avx512) => Isa::Avx2,
+        (None, other) => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use m2m_index::kernels::Isa;
+
+    use super::choose;
+
+    /// A detected AVX-512 runs the AVX2 code, a forced one runs itself, everything else is kept.
+    /// Catches the rule inverted or dropped (detected AVX-512 kept) and a forced set overridden.
+    #[test]
+    fn detected_avx512_runs_avx2_and_a_forced_set_wins() {
+        assert_eq!(choose(None, Isa::Avx512), Isa::Avx2);
+        assert_eq!(choose(Some(Isa::Avx512), Isa::Avx512), Isa::Avx512);
+        assert_eq!(choose(Some(Isa::Scalar), Isa::Avx512), Isa::Scalar);
+        assert_eq!(choose(None, Isa::Avx2), Isa::Avx2);
+        assert_eq!(choose(None, Isa::Scalar), Isa::Scalar);
+        assert_eq!(choose(None, Isa::Neon), Isa::Neon);
+    }
 }
