@@ -239,6 +239,10 @@ pub(crate) fn one_applies(config: &LangevinConfig, n: usize, dim: usize) -> bool
 /// Chain `c` of [`crate::Router::run_seeded`]: [`run_one`]'s step with chain `c`'s own generator (the
 /// one [`run`] gives group `c`), from its start's `prep`ared basis, reading pivot `k`'s row as
 /// `pivot_row(k)`, with reused buffers.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the chain's settings, basis, rows, start, generator stream (two) and two buffers: a struct would only rename them"
+)]
 pub(crate) fn run_prepared_chain<'r>(
     config: &LangevinConfig,
     prep: &Prepared,
@@ -288,6 +292,10 @@ pub const CALIBRATION_TRIALS: usize = 3;
 /// answer) where the line through the last two trials does; a slope that is not positive (noise,
 /// both trials at a bound) is taken as 1. Every trial draws the same numbers, so m moves with f alone.
 /// Where m is a power of f the answer is exact after two trials; the bisection this replaces took six.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the search's settings and its two buffers, as `mean_cos_after` takes them: a struct would only rename them"
+)]
 pub(crate) fn seeded_temperature(
     config: &LangevinConfig,
     prep: &Prepared,

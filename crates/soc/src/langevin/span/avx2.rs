@@ -57,9 +57,9 @@ unsafe fn block<const R: usize>(m: &[f32], width: usize, c: usize, s: &[f32], ou
     }
     if let [last] = pairs.remainder() {
         let b = _mm256_set1_ps(*last);
-        for r in 0..R {
+        for (r, e) in even.iter_mut().enumerate() {
             // SAFETY: i is the last row: i * width + c + 8 r + 8 <= s.len() * width <= m.len().
-            even[r] = _mm256_fmadd_ps(b, unsafe { _mm256_loadu_ps(base.add(i * width + c + 8 * r)) }, even[r]);
+            *e = _mm256_fmadd_ps(b, unsafe { _mm256_loadu_ps(base.add(i * width + c + 8 * r)) }, *e);
         }
     }
     for r in 0..R {

@@ -72,9 +72,9 @@ unsafe fn block<const R: usize>(m: &[f32], width: usize, c: usize, s: &[f32], ou
     }
     if let [last] = pairs.remainder() {
         let b = _mm512_set1_ps(*last);
-        for r in 0..R {
+        for (r, e) in even.iter_mut().enumerate() {
             // SAFETY: i * width + c + 16 r + 16 <= (i + 1) * width <= m.len().
-            even[r] = _mm512_fmadd_ps(b, unsafe { _mm512_loadu_ps(base.add(i * width + c + 16 * r)) }, even[r]);
+            *e = _mm512_fmadd_ps(b, unsafe { _mm512_loadu_ps(base.add(i * width + c + 16 * r)) }, *e);
         }
     }
     for r in 0..R {
