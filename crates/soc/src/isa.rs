@@ -8,8 +8,8 @@
 //! floating-point work lowers the core's clock for a while. The lake's kernels are short (17 to 40
 //! lanes in the span, rows that come from memory in the lift) and interleaved with scalar code, so
 //! with AVX-512 they paid the clock for every instruction around them and gained no width. (The
-//! measurement, `freq.rs`, is described in notes/issue-17.md.) CPUs whose 512-bit units run at full
-//! clock lose little with the AVX2 code here. `M2M_ISA=avx512` still forces the AVX-512 code, so that
+//! measuring program and its runs are in notes/issue-17.md, round of 2026-12-02, second session.)
+//! CPUs whose 512-bit units run at full clock lose little with the AVX2 code here. `M2M_ISA=avx512` still forces the AVX-512 code, so that
 //! every path can be benchmarked side by side.
 
 use std::sync::OnceLock;
