@@ -105,7 +105,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "bench-lake [--rows 10000] [--noise 0.1] [--data-seed 42] [--epochs 4] [--threads 1] [--fidelity-rows 512] [--configs STEPSxDT,...]"
+            "bench-lake [--rows 10000] [--noise 0.1] [--data-seed 42] [--epochs 4] [--plain-epochs 10 x epochs] [--threads 1] [--fidelity-rows 512] [--configs STEPSxDT,...]"
         );
         return Ok(());
     }
@@ -115,6 +115,9 @@ fn main() -> Result<()> {
     let epochs: u64 = arg(&args, "--epochs", 4)?;
     let threads: usize = arg(&args, "--threads", 1)?;
     let keep: usize = arg(&args, "--fidelity-rows", 512)?;
+    // Epochs without Langevin for the reference column (0 leaves it out, so that a profile of the run
+    // holds the Langevin epochs only).
+    let plain_epochs: u64 = arg(&args, "--plain-epochs", 10 * epochs)?;
     ensure!(epochs >= 2, "--epochs: at least 2 (the first epoch, and later ones)");
     let defaults = DataLoaderConfig::default();
     let configs: Vec<(usize, f32)> = match args.iter().position(|a| a == "--configs") {
@@ -129,8 +132,10 @@ fn main() -> Result<()> {
     let timing =
         if cpu_seconds().is_some() { "rows per CPU second" } else { "rows per wall second (no CPU clock here)" };
     println!(
-        "Data lake on digits ({rows} rows on S^{}, noise {noise}, data seed {data_seed}), importance sampling, batch 256, loader threads {threads}, {epochs} epochs; {timing}:",
-        dim - 1
+        "Data lake on digits ({rows} rows on S^{}, noise {noise}, data seed {data_seed}), importance sampling, batch 256, loader threads {threads}, {epochs} epochs, Langevin kernels on {} (index kernels on {}); {timing}:",
+        dim - 1,
+        m2m_soc::kernel_isa().name(),
+        m2m_index::kernels::Isa::best().name()
     );
     println!();
     println!(
@@ -147,10 +152,10 @@ fn main() -> Result<()> {
         e.add_splats(&digits.base)?;
         e.build_index()?;
         let base = DataLoaderConfig { importance_sampling: true, threads, ..DataLoaderConfig::default() };
-        // Without Langevin an epoch takes a few clock ticks: several, for a figure above the clock's
-        // 10 ms resolution.
+        // Without Langevin an epoch takes a few clock ticks: several (10 per Langevin epoch by
+        // default), for a figure above the clock's 10 ms resolution.
         let (mut plain_rows, mut plain_cpu) = (0usize, 0f64);
-        for ep in 0..10 * epochs {
+        for ep in 0..plain_epochs {
             let r = epoch(&e, &DataLoaderConfig { start_epoch: ep, ..base.clone() }, 0)?;
             plain_rows += r.rows;
             plain_cpu += r.cpu;
@@ -183,8 +188,14 @@ fn main() -> Result<()> {
             100.0 * f.real_label_agreement.unwrap_or(0.0),
             f.copies
         );
+        // A fingerprint of the fidelity rows' bits (FNV-1a), so that a change meant to give the same
+        // rows faster can be checked to.
+        let print = first
+            .samples
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3));
         println!(
-            "{steps}x{dt}: first epoch {} rows in {:.2} s CPU / {:.2} s wall; later {later_rows} rows in {later_cpu:.2} s CPU; {} fidelity rows, max cosine to a real row {:.4}",
+            "{steps}x{dt}: first epoch {} rows in {:.2} s CPU / {:.2} s wall; later {later_rows} rows in {later_cpu:.2} s CPU; {} fidelity rows (bits {print:016x}), max cosine to a real row {:.4}",
             first.rows, first.cpu, first.wall, f.rows, f.max_cos_to_real
         );
     }

@@ -13,7 +13,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use crate::training::{FeedbackSink, LangevinOverrides, run_routed};
+use crate::training::{FeedbackSink, LangevinOverrides, run_rest};
 use crate::{Error, LangevinDynamics, M2m, M2mConfig, Result};
 use m2m_tier::{BlockKey, BlockStore, Columns, Prefetch, Snapshot};
 
@@ -628,10 +628,18 @@ fn send_batches<'a>(
     tx: &crossbeam_channel::Sender<Result<TrainingBatch>>,
     mu: &(dyn Fn(u32) -> &'a [f32] + Sync),
 ) -> bool {
-    let window = cfg.prefetch_batches.max(rayon::current_num_threads()).max(1);
+    let mut window = cfg.prefetch_batches.max(rayon::current_num_threads()).max(1);
+    if cfg.generate_samples {
+        // A window's chains run in one call, in their seeds' cluster order: the more chains per
+        // call, the more find their neighbourhood's rows in cache (see `LANGEVIN_WINDOW_CHAINS`).
+        window = window.max(LANGEVIN_WINDOW_CHAINS.div_ceil(cfg.batch_size.max(1)));
+    }
     for group in chunks.chunks(window) {
-        let batches: Vec<Result<TrainingBatch>> =
-            group.par_iter().map(|&(b, chunk)| assemble(lake, cfg, epoch, b, chunk, mu)).collect();
+        let batches: Vec<Result<TrainingBatch>> = if cfg.generate_samples {
+            assemble_generated(lake, cfg, epoch, group, mu)
+        } else {
+            group.par_iter().map(|&(_, chunk)| Ok(assemble_real(lake, cfg, epoch, chunk, mu))).collect()
+        };
         for batch in batches {
             let failed = batch.is_err();
             if tx.send(batch).is_err() || failed {
@@ -758,14 +766,15 @@ fn block_ordered(t: &Tiers, mut plan: Vec<(u32, f32)>, cfg: &DataLoaderConfig, e
     plan
 }
 
-fn assemble<'a>(
+/// The real rows of one batch (`chunk` of the plan), with room for as many generated rows when the
+/// loader generates.
+fn assemble_real<'a>(
     lake: &Lake,
     cfg: &DataLoaderConfig,
     epoch: u64,
-    b: u64,
     chunk: &[(u32, f32)],
     mu: &(dyn Fn(u32) -> &'a [f32] + Sync),
-) -> Result<TrainingBatch> {
+) -> TrainingBatch {
     let dim = lake.dim;
     let mut out = TrainingBatch { epoch, ..TrainingBatch::default() };
     out.mu.reserve(chunk.len() * dim * if cfg.generate_samples { 2 } else { 1 });
@@ -781,25 +790,89 @@ fn assemble<'a>(
             out.labels.push(labels[i as usize]);
         }
     }
-    if cfg.generate_samples {
-        let router = lake.router.as_ref().ok_or(Error::NoIndex { what: "generate_samples" })?;
-        // The chains start at their seeds, a copy of the real rows after them, and run there in place.
-        let real = out.ids.len();
-        out.mu.extend_from_within(..real * dim);
-        let seed = cfg.seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // Each chain is routed by its seed's own neighbourhood.
-        let x = &mut out.mu[real * dim..];
-        run_routed(router, &lake.langevin, x, dim, seed, Some(&out.ids), lake.step_kappa)?;
-        for i in 0..real {
-            out.ids.push(out.ids[i]);
-            out.kappa.push(out.kappa[i]);
-            out.alpha.push(out.alpha[i]);
-            out.weights.push(out.weights[i]);
-            out.generated.push(true);
-            if let Some(&l) = out.labels.get(i) {
-                out.labels.push(l);
-            }
-        }
+    out
+}
+
+/// The generator seed of batch `b`'s chains in `epoch` (chain `c` draws from stream (seed, c)).
+fn batch_seed(cfg: &DataLoaderConfig, epoch: u64, b: u64) -> u64 {
+    cfg.seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Chains the loader runs in one call to [`Router::run_seeded_rows`] (at least; a window is whole
+/// batches): a neighbourhood is 17 rows (43 KB at d = 640) that a chain reads from memory unless a
+/// chain of a nearby seed has just read them, so the share of reads served from cache grows with the
+/// chains per cluster in a call. 4,096 chains hold 21 MB of rows in flight at d = 640 (real and
+/// generated); more buys little on the lakes we measured and delays the first batch.
+const LANGEVIN_WINDOW_CHAINS: usize = 4096;
+
+/// The batches of `group` with one generated row per real row: each batch's real rows, then copies
+/// of them as the chains' starts, and the chains of the whole window run in one call (each with its
+/// batch's generator stream, so every batch gets what it would alone); chains without a
+/// neighbourhood are routed from where they are, per batch. Returns the batches in order, or one
+/// error.
+fn assemble_generated<'a>(
+    lake: &Lake,
+    cfg: &DataLoaderConfig,
+    epoch: u64,
+    group: &[(u64, &[(u32, f32)])],
+    mu: &(dyn Fn(u32) -> &'a [f32] + Sync),
+) -> Vec<Result<TrainingBatch>> {
+    let Some(router) = lake.router.as_ref() else {
+        return vec![Err(Error::NoIndex { what: "generate_samples" })];
+    };
+    let dim = lake.dim;
+    let mut batches: Vec<TrainingBatch> = group
+        .par_iter()
+        .map(|&(_, chunk)| {
+            let mut out = assemble_real(lake, cfg, epoch, chunk, mu);
+            // The chains start at their seeds, a copy of the real rows after them, and run there in
+            // place.
+            let real = out.ids.len();
+            out.mu.extend_from_within(..real * dim);
+            out
+        })
+        .collect();
+    let (mut seeds, mut streams) = (Vec::new(), Vec::new());
+    for (&(b, _), out) in group.iter().zip(&batches) {
+        let seed = batch_seed(cfg, epoch, b);
+        seeds.extend_from_slice(&out.ids);
+        streams.extend((0..out.ids.len() as u64).map(|c| (seed, c)));
     }
-    Ok(out)
+    let done = {
+        let mut rows: Vec<&mut [f32]> = batches
+            .iter_mut()
+            .flat_map(|out| {
+                let real = out.ids.len();
+                out.mu[real * dim..].chunks_exact_mut(dim)
+            })
+            .collect();
+        // Each chain is routed by its seed's own neighbourhood.
+        match router.run_seeded_rows(&lake.langevin, &mut rows, &seeds, &streams, lake.step_kappa) {
+            Ok(d) => d,
+            Err(e) => return vec![Err(e.into())],
+        }
+    };
+    let mut at = 0;
+    group
+        .iter()
+        .zip(batches)
+        .map(|(&(b, _), mut out)| {
+            let real = out.ids.len();
+            let ran = &done[at..at + real];
+            at += real;
+            let x = &mut out.mu[real * dim..];
+            run_rest(router, &lake.langevin, x, dim, batch_seed(cfg, epoch, b), Some(&out.ids), ran)?;
+            for i in 0..real {
+                out.ids.push(out.ids[i]);
+                out.kappa.push(out.kappa[i]);
+                out.alpha.push(out.alpha[i]);
+                out.weights.push(out.weights[i]);
+                out.generated.push(true);
+                if let Some(&l) = out.labels.get(i) {
+                    out.labels.push(l);
+                }
+            }
+            Ok(out)
+        })
+        .collect()
 }

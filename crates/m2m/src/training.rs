@@ -695,6 +695,22 @@ pub(crate) fn run_routed(
         Some(s) => router.run_seeded(config, x, s, seed, step_kappa)?,
         None => vec![false; chains],
     };
+    run_rest(router, config, x, dim, seed, seeds, &done)
+}
+
+/// The part of [`run_routed`] after [`Router::run_seeded`]: the chains `done` does not mark, routed
+/// from where they are (grouped by seed) and run as groups with `seed`.
+pub(crate) fn run_rest(
+    router: &Router,
+    config: &LangevinConfig,
+    x: &mut [f32],
+    dim: usize,
+    seed: u64,
+    seeds: Option<&[u64]>,
+    done: &[bool],
+) -> Result<()> {
+    let chains = x.len() / dim;
+    let seeds = seeds.filter(|s| s.len() == chains);
     // The other chains grouped by seed (deterministic order: first appearance).
     let mut group_of: HashMap<u64, usize> = HashMap::new();
     let mut members: Vec<Vec<usize>> = Vec::new();

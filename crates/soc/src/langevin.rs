@@ -36,6 +36,8 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::error::{check_len, check_setting, check_values};
+use crate::isa::kernel_isa;
+use crate::prefetch::LineQueue;
 use crate::{Error, Result, Splats};
 
 mod reduced;
@@ -163,7 +165,10 @@ pub fn run(config: &LangevinConfig, groups: &mut [Group<'_>], seed: u64) -> Resu
         }
         check_values("chains", g.x, false)?;
         if let Some((i, n)) =
-            g.x.chunks_exact(dim).map(|r| kernels::dot(r, r)).enumerate().find(|(_, n)| (n - 1.0).abs() > 1e-3)
+            g.x.chunks_exact(dim)
+                .map(|r| kernels::dot_with(kernel_isa(), r, r))
+                .enumerate()
+                .find(|(_, n)| (n - 1.0).abs() > 1e-3)
         {
             return Err(Error::Invalid {
                 what: "chain norm^2",
@@ -204,7 +209,7 @@ pub fn run_one(config: &LangevinConfig, splats: &Splats<'_>, x: &mut [f32], seed
     config.validate()?;
     check_len("chain", x.len(), splats.dim())?;
     check_values("chain", x, false)?;
-    let n2 = kernels::dot(x, x);
+    let n2 = kernels::dot_with(kernel_isa(), x, x);
     if (n2 - 1.0).abs() > 1e-3 {
         return Err(Error::Invalid { what: "chain norm^2", index: 0, value: f64::from(n2), reason: "must be unit" });
     }
@@ -234,6 +239,10 @@ pub(crate) fn one_applies(config: &LangevinConfig, n: usize, dim: usize) -> bool
 /// Chain `c` of [`crate::Router::run_seeded`]: [`run_one`]'s step with chain `c`'s own generator (the
 /// one [`run`] gives group `c`), from its start's `prep`ared basis, reading pivot `k`'s row as
 /// `pivot_row(k)`, with reused buffers.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the chain's settings, basis, rows, start, generator stream (two) and two buffers: a struct would only rename them"
+)]
 pub(crate) fn run_prepared_chain<'r>(
     config: &LangevinConfig,
     prep: &Prepared,
@@ -242,9 +251,10 @@ pub(crate) fn run_prepared_chain<'r>(
     seed: u64,
     c: u64,
     scratch: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed, c, 0));
-    reduced::run_prepared(prep, pivot_row, config, x, &mut rng, scratch);
+    reduced::run_prepared(prep, pivot_row, config, x, &mut rng, scratch, ahead);
 }
 
 /// The run length of a chain started at its seed with [`crate::SeededRunLength::ToBandMiddle`]: the
@@ -282,6 +292,10 @@ pub const CALIBRATION_TRIALS: usize = 3;
 /// answer) where the line through the last two trials does; a slope that is not positive (noise,
 /// both trials at a bound) is taken as 1. Every trial draws the same numbers, so m moves with f alone.
 /// Where m is a power of f the answer is exact after two trials; the bisection this replaces took six.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the search's settings and its two buffers, as `mean_cos_after` takes them: a struct would only rename them"
+)]
 pub(crate) fn seeded_temperature(
     config: &LangevinConfig,
     prep: &Prepared,
@@ -290,6 +304,7 @@ pub(crate) fn seeded_temperature(
     pilots: usize,
     dim: usize,
     scratch: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) -> Option<f32> {
     let target = prep.band_middle()?;
     if config.temperature <= 0.0 || config.steps == 0 {
@@ -302,7 +317,7 @@ pub(crate) fn seeded_temperature(
     let mut trial = |lf: f64| {
         let cfg = LangevinConfig { temperature: (f64::from(config.temperature) * lf.exp()) as f32, ..*config };
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(id, 0x5EED, 0x7E3));
-        let cos = reduced::mean_cos_after(prep, &cfg, pilots.max(1), dim, &mut rng, scratch);
+        let cos = reduced::mean_cos_after(prep, &cfg, pilots.max(1), dim, &mut rng, scratch, ahead);
         (1.0 - f64::from(cos)).max(floor).ln()
     };
     let (mut lf, mut lm) = (0.0, trial(0.0));
@@ -339,13 +354,13 @@ fn softmax_coefficients(scores: &[f32], ln_alpha: &[f32], kappa: &[f32], n: usiz
         for j in 0..n {
             c[j] = ln_alpha[j] - 2.0 * kappa[j] * (1.0 - s[j]);
         }
-        let m = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let m = lane_max(c);
         c.iter_mut().for_each(|v| *v = exp_nonpositive(*v - m));
         let inv_z = 1.0 / lane_sum(c);
         for j in 0..n {
             c[j] *= 2.0 * kappa[j] * inv_z;
         }
-        *ux = kernels::dot(c, s);
+        *ux = kernels::dot_with(kernel_isa(), c, s);
     }
 }
 
@@ -400,9 +415,9 @@ impl<'s> Kernel<'s> {
     fn drift(&mut self, x: &[f32], dots: &mut [f32]) {
         let (n, dim) = (self.splats.len(), self.splats.dim());
         // S = X M^T as weighted sums of the rows of M^T: no horizontal sums in the inner loop.
-        kernels::weighted_sums(x, &self.mu_t, n, &mut self.scores);
+        kernels::weighted_sums_with(kernel_isa(), x, &self.mu_t, n, &mut self.scores);
         softmax_coefficients(&self.scores, &self.ln_alpha, self.splats.kappa(), n, &mut self.coef, dots);
-        kernels::weighted_sums(&self.coef, self.splats.mu(), dim, &mut self.u);
+        kernels::weighted_sums_with(kernel_isa(), &self.coef, self.splats.mu(), dim, &mut self.u);
     }
 
     #[inline(always)]
@@ -423,10 +438,10 @@ impl<'s> Kernel<'s> {
     /// Runs the steps with the per-chain loops compiled for the best instruction set.
     fn run(&mut self, cfg: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
         #[cfg(target_arch = "x86_64")]
-        match kernels::Isa::best() {
-            // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
+        match kernel_isa() {
+            // SAFETY: `kernel_isa` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) are present.
             kernels::Isa::Avx512 => return unsafe { self.run_avx512(cfg, x, rng) },
-            // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
+            // SAFETY: `kernel_isa` returns Avx2 only when AVX2 and FMA are present.
             kernels::Isa::Avx2 => return unsafe { self.run_avx2(cfg, x, rng) },
             // Scalar runs the portable body below. Neon is never returned on x86-64; on aarch64 this
             // match is compiled out and the portable body is built with NEON, baseline there.
@@ -471,7 +486,7 @@ impl<'s> Kernel<'s> {
                 self.fill_noise(cfg.noise, rng);
                 let row = &mut x[i * dim..(i + 1) * dim];
                 let u = &self.u[i * dim..(i + 1) * dim];
-                let xi_dot = kernels::dot(&self.xi, row);
+                let xi_dot = kernels::dot_with(kernel_isa(), &self.xi, row);
                 // Tangent force f = P_x U = -P_x grad E, and tangent noise P_x xi.
                 let ux = dots[i];
                 match cfg.dynamics {
@@ -488,7 +503,7 @@ impl<'s> Kernel<'s> {
                 if cfg.dynamics == Dynamics::Underdamped {
                     retract(row);
                     let vi = &mut v[i * dim..(i + 1) * dim];
-                    let radial = kernels::dot(vi, row);
+                    let radial = kernels::dot_with(kernel_isa(), vi, row);
                     vi.iter_mut().zip(row.iter()).for_each(|(a, b)| *a -= radial * b);
                 }
             }
@@ -513,7 +528,7 @@ pub fn overdamped_step(config: &LangevinConfig, x: &mut [f32], splats: &Splats<'
         let row = &mut x[i * dim..(i + 1) * dim];
         let noise = &xi[i * dim..(i + 1) * dim];
         let u = &k.u[i * dim..(i + 1) * dim];
-        let xi_dot = kernels::dot(noise, row);
+        let xi_dot = kernels::dot_with(kernel_isa(), noise, row);
         overdamped_update(row, u, dots[i], noise, xi_dot, config.dt, scale);
     }
     Ok(())
@@ -533,7 +548,7 @@ fn overdamped_update(row: &mut [f32], u: &[f32], ux: f32, xi: &[f32], xi_dot: f3
 /// Back onto the sphere (the retraction after every step).
 #[inline(always)]
 fn retract(row: &mut [f32]) {
-    let inv = 1.0 / kernels::dot(row, row).sqrt();
+    let inv = 1.0 / kernels::dot_with(kernel_isa(), row, row).sqrt();
     row.iter_mut().for_each(|a| *a *= inv);
 }
 
@@ -567,6 +582,19 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Maximum in eight interleaved lanes (vectorises, unlike a sequential fold: a walk step's softmax
+/// waited on 17 dependent maxima); `-inf` for an empty slice.
+#[inline(always)]
+fn lane_max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &b)| *a = a.max(b));
+    }
+    let m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    acc.iter().fold(m, |a, &b| a.max(b))
 }
 
 /// Sum in eight interleaved lanes (vectorises, unlike a sequential f32 sum).

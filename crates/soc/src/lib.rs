@@ -52,15 +52,18 @@
 
 pub mod energy;
 mod error;
+mod isa;
 pub mod kappa;
 pub mod langevin;
 pub mod normal;
+mod prefetch;
 pub mod router;
 pub mod sampler;
 pub mod soc;
 
 pub use energy::Splats;
 pub use error::{Error, Result};
+pub use isa::kernel_isa;
 pub use kappa::{KappaConfig, KappaDimension, KappaEstimate, estimate_kappa};
 pub use langevin::{Dynamics, Group, LangevinConfig, Method, Noise};
 pub use router::{Routed, Router, SEEDED_PILOTS, SeededRunLength};

@@ -18,9 +18,11 @@ use rayon::prelude::*;
 
 use crate::energy::Splats;
 use crate::error::{check_len, check_values};
+use crate::isa::kernel_isa;
 use crate::langevin::{
     LangevinConfig, OneScratch, Prepared, one_applies, run_prepared_chain, seeded_steps, seeded_temperature,
 };
+use crate::prefetch::LineQueue;
 use crate::{Error, Result, SiteGraph};
 
 /// The members of one fine cluster with their parameters. Member `i`'s `mu` is row `slot[i]` of the
@@ -467,27 +469,56 @@ impl Router {
         seed: u64,
         step_kappa: Option<f32>,
     ) -> Result<Vec<bool>> {
+        let dim = self.dim;
+        check_len("chains", x.len(), seeds.len() * dim)?;
+        let mut rows: Vec<&mut [f32]> = x.chunks_exact_mut(dim).collect();
+        let streams: Vec<(u64, u64)> = (0..seeds.len() as u64).map(|c| (seed, c)).collect();
+        self.run_seeded_rows(config, &mut rows, seeds, &streams, step_kappa)
+    }
+
+    /// [`Router::run_seeded`] for chains that need not lie in one slice: chain `c` is `rows[c]`, runs
+    /// against `seeds[c]`, and draws from the generator of `streams[c]` = (seed, index), the one
+    /// `run_seeded` with that seed gives its chain of that index. So chains of several calls (the
+    /// lake's batches) run in one, in one cluster order, with the results each call would give: the
+    /// more chains share a call, the more of them find their neighbourhood's rows in cache.
+    ///
+    /// Errors: those of [`Router::run_seeded`]; `seeds` or `streams` not one per row.
+    pub fn run_seeded_rows(
+        &self,
+        config: &LangevinConfig,
+        rows: &mut [&mut [f32]],
+        seeds: &[u64],
+        streams: &[(u64, u64)],
+        step_kappa: Option<f32>,
+    ) -> Result<Vec<bool>> {
         config.validate()?;
         if let Some(k) = step_kappa.filter(|k| !(k.is_finite() && *k > 0.0)) {
             return Err(Error::Invalid { what: "step_kappa", index: 0, value: f64::from(k), reason: "must be > 0" });
         }
         let dim = self.dim;
-        check_len("chains", x.len(), seeds.len() * dim)?;
-        check_values("chains", x, false)?;
-        if let Some((i, n)) =
-            x.chunks_exact(dim).map(|r| kernels::dot(r, r)).enumerate().find(|(_, n)| (n - 1.0).abs() > 1e-3)
-        {
-            return Err(Error::Invalid {
-                what: "chain norm^2",
-                index: i,
-                value: f64::from(n),
-                reason: "chains must be unit vectors",
-            });
+        check_len("seeds", seeds.len(), rows.len())?;
+        check_len("streams", streams.len(), rows.len())?;
+        for (i, row) in rows.iter().enumerate() {
+            check_len("chain", row.len(), dim)?;
+            check_values("chains", row, false)?;
+            let n = kernels::dot_with(kernel_isa(), row, row);
+            if (n - 1.0).abs() > 1e-3 {
+                return Err(Error::Invalid {
+                    what: "chain norm^2",
+                    index: i,
+                    value: f64::from(n),
+                    reason: "chains must be unit vectors",
+                });
+            }
         }
         let mut ran = vec![false; seeds.len()];
         if !one_applies(config, 1, dim) {
             return Ok(ran);
         }
+        // Seeds are prepared, and chains run, in blocks of this many one after the other on a thread,
+        // each prefetching the next one's rows while it computes: they lie anywhere in memory, and
+        // fetching them is what a chain waits on.
+        const BLOCK: usize = 16;
         // The chains that can run, in their seed's cluster order.
         let mut order: Vec<(u32, u64, u32)> = seeds
             .iter()
@@ -503,35 +534,52 @@ impl Router {
             m.dedup();
             m
         };
+        // In blocks, each seed's preparation prefetching the next one's rows (see `LineQueue`).
         let fresh: Vec<Option<SeedEntry>> = missing
-            .par_iter()
-            .map_init(SeededScratch::default, |scr, &s| self.prepare_seed(config, step_kappa, s, scr))
+            .par_chunks(BLOCK)
+            .map_init(SeededScratch::default, |scr, seeds| {
+                let mut ahead = LineQueue::default();
+                self.queue_neighbourhood(seeds[0], &mut ahead);
+                ahead.drain();
+                seeds
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &s)| {
+                        ahead.clear();
+                        if let Some(&next) = seeds.get(k + 1) {
+                            self.queue_neighbourhood(next, &mut ahead);
+                        }
+                        self.prepare_seed(config, step_kappa, s, scr, &mut ahead)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .flatten()
             .collect();
         let fresh_of: HashMap<u64, &SeedEntry> =
             missing.iter().zip(&fresh).filter_map(|(&s, e)| Some((s, e.as_ref()?))).collect();
 
         // The chains' rows in that order, in place: no copy of the rows in and out.
-        let mut slots: Vec<Option<&mut [f32]>> = x.chunks_exact_mut(dim).map(Some).collect();
+        let mut slots: Vec<Option<&mut [f32]>> = rows.iter_mut().map(|r| Some(&mut **r)).collect();
         let mut rows: Vec<&mut [f32]> = order.iter().filter_map(|o| slots[o.2 as usize].take()).collect();
-        // Blocks of chains run one after the other on a thread, each chain prefetching the next one's
-        // basis rows: they lie anywhere in memory, and fetching them is what a chain waits on.
-        const BLOCK: usize = 16;
         let done: Vec<Vec<bool>> = {
             let cache = self.seeded.read();
             let entry = |s: u64| cache.map.get(&s).or_else(|| fresh_of.get(&s).copied());
             rows.par_chunks_mut(BLOCK)
                 .zip(order.par_chunks(BLOCK))
                 .map_init(SeededScratch::default, |scr, (rows, chains)| {
+                    let mut ahead = LineQueue::default();
                     if let Some(e) = entry(chains[0].1) {
-                        self.prefetch_rows(e);
+                        self.queue_rows(e, &mut ahead);
+                        ahead.drain();
                     }
                     rows.iter_mut()
                         .zip(chains)
                         .enumerate()
                         .map(|(k, (row, &(_, s, c)))| {
                             let row: &mut [f32] = row;
+                            ahead.clear();
                             if let Some(e) = chains.get(k + 1).and_then(|n| entry(n.1)) {
-                                self.prefetch_rows(e);
+                                self.queue_rows(e, &mut ahead);
                             }
                             let Some(e) = entry(s) else { return false };
                             let cfg = seed_config(config, step_kappa, e.prep.first_kappa());
@@ -539,17 +587,26 @@ impl Router {
                             // bits (normalised again): within AT_SEED of it, the chain starts there.
                             let at_seed = self.locate.get(&s).is_some_and(|&(cl, i)| {
                                 let m = self.mu_of(cl as usize, i as usize);
-                                m.len() == row.len() && kernels::l2_sq(m, row) <= AT_SEED
+                                m.len() == row.len() && kernels::l2_sq_with(kernel_isa(), m, row) <= AT_SEED
                             });
                             if at_seed {
                                 let (steps, temperature) = match (self.run_length, e.steps) {
                                     (SeededRunLength::Fixed, _) => (cfg.steps, cfg.temperature),
                                     (_, Some((key, run))) if key == run_key(&cfg, self.run_length) => run,
-                                    (rl, _) => self.seeded_run(&cfg, rl, &e.prep, s, &mut scr.one),
+                                    (rl, _) => self.seeded_run(&cfg, rl, &e.prep, s, &mut scr.one, &mut ahead),
                                 };
                                 let cfg = LangevinConfig { steps, temperature, ..cfg };
                                 let pivot_row = |k: usize| self.mu_of(e.rows[k].0 as usize, e.rows[k].1 as usize);
-                                run_prepared_chain(&cfg, &e.prep, &pivot_row, row, seed, u64::from(c), &mut scr.one);
+                                run_prepared_chain(
+                                    &cfg,
+                                    &e.prep,
+                                    &pivot_row,
+                                    row,
+                                    streams[c as usize].0,
+                                    streams[c as usize].1,
+                                    &mut scr.one,
+                                    &mut ahead,
+                                );
                             } else {
                                 // A chain started off its seed: a basis of its own, not kept.
                                 self.gather_neighbourhood(s, scr);
@@ -560,7 +617,16 @@ impl Router {
                                     let p = prep.pivots()[k] as usize;
                                     &mu[p * dim..(p + 1) * dim]
                                 };
-                                run_prepared_chain(&cfg, &prep, &pivot_row, row, seed, u64::from(c), &mut scr.one);
+                                run_prepared_chain(
+                                    &cfg,
+                                    &prep,
+                                    &pivot_row,
+                                    row,
+                                    streams[c as usize].0,
+                                    streams[c as usize].1,
+                                    &mut scr.one,
+                                    &mut ahead,
+                                );
                             }
                             true
                         })
@@ -612,6 +678,7 @@ impl Router {
         step_kappa: Option<f32>,
         s: u64,
         scr: &mut SeededScratch,
+        ahead: &mut LineQueue<'_>,
     ) -> Option<SeedEntry> {
         let dim = self.dim;
         if !self.gather_neighbourhood(s, scr) || !one_applies(config, scr.kappa.len(), dim) {
@@ -622,7 +689,7 @@ impl Router {
         let rows = prep.pivots().iter().map(|&p| scr.locs[p as usize]).collect();
         let steps = (self.run_length != SeededRunLength::Fixed).then(|| {
             let cfg = seed_config(config, step_kappa, prep.first_kappa());
-            (run_key(&cfg, self.run_length), self.seeded_run(&cfg, self.run_length, &prep, s, &mut scr.one))
+            (run_key(&cfg, self.run_length), self.seeded_run(&cfg, self.run_length, &prep, s, &mut scr.one, ahead))
         });
         Some(SeedEntry { prep, rows, steps })
     }
@@ -635,6 +702,7 @@ impl Router {
         prep: &Prepared,
         id: u64,
         scr: &mut OneScratch,
+        ahead: &mut LineQueue<'_>,
     ) -> (usize, f32) {
         match rl {
             SeededRunLength::Fixed => (cfg.steps, cfg.temperature),
@@ -643,7 +711,7 @@ impl Router {
                 (seeded_steps(cfg, prep, id, max, SEEDED_PILOTS, self.dim, scr).unwrap_or(cfg.steps), cfg.temperature)
             }
             SeededRunLength::TemperatureToBandMiddle { max_factor } => {
-                let t = seeded_temperature(cfg, prep, id, max_factor as f32, SEEDED_PILOTS, self.dim, scr);
+                let t = seeded_temperature(cfg, prep, id, max_factor as f32, SEEDED_PILOTS, self.dim, scr, ahead);
                 (cfg.steps, t.unwrap_or(cfg.temperature))
             }
         }
@@ -666,15 +734,25 @@ impl Router {
     /// single-chain method does not apply.
     pub fn seeded_run_of(&self, config: &LangevinConfig, step_kappa: Option<f32>, id: u64) -> Option<(usize, f32)> {
         let mut scr = SeededScratch::default();
-        let e = self.prepare_seed(config, step_kappa, id, &mut scr)?;
+        let e = self.prepare_seed(config, step_kappa, id, &mut scr, &mut LineQueue::default())?;
         Some(e.steps.map_or((config.steps, config.temperature), |(_, run)| run))
     }
 
-    /// Asks the CPU to bring a prepared seed's basis rows into cache (a hint; nothing on other
-    /// architectures).
-    fn prefetch_rows(&self, e: &SeedEntry) {
+    /// Queues a prepared seed's basis rows for prefetching.
+    fn queue_rows<'a>(&'a self, e: &SeedEntry, ahead: &mut LineQueue<'a>) {
         for &(c, i) in &e.rows {
-            prefetch(self.mu_of(c as usize, i as usize));
+            ahead.push(self.mu_of(c as usize, i as usize));
+        }
+    }
+
+    /// Queues the rows of seed `id`'s neighbourhood (what [`Router::gather_neighbourhood`] copies)
+    /// for prefetching.
+    fn queue_neighbourhood<'a>(&'a self, id: u64, ahead: &mut LineQueue<'a>) {
+        let Some(nb) = self.neighbours.of(id) else { return };
+        for id in std::iter::once(id).chain(nb) {
+            if let Some(&(c, i)) = self.locate.get(&id) {
+                ahead.push(self.mu_of(c as usize, i as usize));
+            }
         }
     }
 
@@ -731,7 +809,7 @@ impl Router {
         check_len("x", x.len(), self.dim)?;
         check_values("x", x, false)?;
         let mut scores = vec![0f32; self.members.len()];
-        kernels::dots(x, &self.centroids, &mut scores);
+        kernels::dots_with(kernel_isa(), x, &self.centroids, &mut scores);
         let mut order: Vec<u32> = (0..scores.len() as u32).collect();
         let p = probes.clamp(1, order.len().max(1));
         if p < order.len() {
@@ -749,7 +827,7 @@ impl Router {
         check_values("x", x, false)?;
         let n = self.members.len();
         let mut scores = vec![0f32; rows * n];
-        kernels::dots_many(x, &self.centroids, self.dim, &mut scores);
+        kernels::dots_many_with(kernel_isa(), x, &self.centroids, self.dim, &mut scores);
         Ok(scores
             .chunks_exact(n)
             .map(|s| {
@@ -771,7 +849,7 @@ impl Router {
             let m = &self.members[c as usize];
             s.resize(m.ids.len(), 0.0);
             for (i, si) in s.iter_mut().enumerate() {
-                *si = kernels::dot(x, self.mu_of(c as usize, i));
+                *si = kernels::dot_with(kernel_isa(), x, self.mu_of(c as usize, i));
             }
             for (i, &si) in s.iter().enumerate() {
                 cand.push((m.alpha[i].ln() - 2.0 * m.kappa[i] * (1.0 - si), c, i as u32));
@@ -883,16 +961,3 @@ impl Clone for SharedSeedCache {
 
 /// Default budget of [`Router::run_seeded`]'s prepared bases: 64 MiB, ~30,000 seeds of 17 splats.
 const DEFAULT_SEED_CACHE_BYTES: usize = 64 << 20;
-
-/// Prefetches the cache lines of `row` into L2 (a hint): a neighbourhood (17 rows of 640 floats, 43
-/// KB) does not fit in L1 next to the chain being run.
-#[inline]
-fn prefetch(row: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in row.chunks(16) {
-        // SAFETY: a prefetch is a hint that never faults, and the pointer is that of a live slice.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(line.as_ptr().cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
-}

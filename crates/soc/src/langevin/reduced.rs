@@ -31,7 +31,9 @@ use rand::Rng;
 use rand_distr::{ChiSquared, Distribution};
 
 use super::{Kernel, LangevinConfig, softmax_coefficients, span};
+use crate::isa::kernel_isa;
 use crate::normal::fill_normal_generic;
+use crate::prefetch::LineQueue;
 
 /// Squared distance below which a splat, or a chain's start, is taken as in the span of the basis.
 const PIVOT_TOL: f64 = 1e-5;
@@ -148,7 +150,7 @@ impl Basis {
             gathered.extend(self.pivots.iter().map(|&p| row[p]));
         }
         if r > 0 {
-            kernels::weighted_sums(gathered, &self.l_inv_t, r, y);
+            kernels::weighted_sums_with(kernel_isa(), gathered, &self.l_inv_t, r, y);
         }
     }
 
@@ -157,7 +159,7 @@ impl Basis {
     fn backward(&self, v: &[f32], y: &mut [f32]) {
         let r = self.rank();
         if r > 0 {
-            kernels::weighted_sums(v, &self.l_inv, r, y);
+            kernels::weighted_sums_with(kernel_isa(), v, &self.l_inv, r, y);
         }
     }
 }
@@ -173,7 +175,13 @@ fn gram(mu: &[f32], n: usize, tmp: &mut Vec<f32>, out: &mut Vec<f32>) {
     for i0 in (0..n).step_by(4) {
         let q = (n - i0).min(4);
         let cols = n - i0;
-        kernels::dots_many(&mu[i0 * dim..(i0 + q) * dim], &mu[i0 * dim..], dim, &mut tmp[..q * cols]);
+        kernels::dots_many_with(
+            kernel_isa(),
+            &mu[i0 * dim..(i0 + q) * dim],
+            &mu[i0 * dim..],
+            dim,
+            &mut tmp[..q * cols],
+        );
         for a in 0..q {
             for b in a..cols {
                 let v = tmp[a * cols + b];
@@ -196,10 +204,10 @@ pub(super) fn pays(config: &LangevinConfig, n: usize, dim: usize, chains: usize)
 /// `splats + 1 < dim`, so that every chain keeps at least one dimension off its span.
 pub(super) fn run_block(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rng: &mut impl Rng) {
     #[cfg(target_arch = "x86_64")]
-    match kernels::Isa::best() {
-        // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
+    match kernel_isa() {
+        // SAFETY: `kernel_isa` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) are present.
         kernels::Isa::Avx512 => return unsafe { run_block_avx512(k, config, x, rng) },
-        // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
+        // SAFETY: `kernel_isa` returns Avx2 only when AVX2 and FMA are present.
         kernels::Isa::Avx2 => return unsafe { run_block_avx2(k, config, x, rng) },
         // Scalar runs the portable body below. Neon is never returned on x86-64; on aarch64 this
         // match is compiled out and the portable body is built with NEON, baseline there.
@@ -233,7 +241,7 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
     let rr = r + 1;
 
     // Start: a = (Q^T x0, rho_x), where rho_x is x0's distance from the splats' span (0 when inside).
-    kernels::weighted_sums(x, &k.mu_t, n, &mut k.scores);
+    kernels::weighted_sums_with(kernel_isa(), x, &k.mu_t, n, &mut k.scores);
     let mut a = vec![0f32; chains * rr];
     let mut start = vec![0f32; chains * r];
     let mut gathered = Vec::with_capacity(chains * r);
@@ -242,8 +250,8 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
     for i in 0..chains {
         let l0 = &start[i * r..(i + 1) * r];
         let row = &x[i * dim..(i + 1) * dim];
-        let norm2 = kernels::dot(row, row);
-        let res = f64::from(norm2) - f64::from(kernels::dot(l0, l0));
+        let norm2 = kernels::dot_with(kernel_isa(), row, row);
+        let res = f64::from(norm2) - f64::from(kernels::dot_with(kernel_isa(), l0, l0));
         rho_x[i] = if res > PIVOT_TOL * f64::from(norm2) { res.sqrt() as f32 } else { 0.0 };
         a[i * rr..i * rr + r].copy_from_slice(l0);
         a[i * rr + r] = rho_x[i];
@@ -264,10 +272,10 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
     for step in 0..config.steps {
         // The first step's scores are the start's (X M^T, still in `k.scores`).
         if step > 0 {
-            kernels::weighted_sums(&a, &basis.w_t, n, &mut k.scores);
+            kernels::weighted_sums_with(kernel_isa(), &a, &basis.w_t, n, &mut k.scores);
         }
         softmax_coefficients(&k.scores, &k.ln_alpha, kappa, n, &mut k.coef, &mut dots);
-        kernels::weighted_sums(&k.coef, &basis.w, rr, &mut u);
+        kernels::weighted_sums_with(kernel_isa(), &k.coef, &basis.w, rr, &mut u);
         if s > 0.0 {
             fill_normal_generic(rng, &mut z);
         }
@@ -286,7 +294,7 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
             };
             let ai = &mut a[i * rr..(i + 1) * rr];
             let ui = &u[i * rr..(i + 1) * rr];
-            let xi_dot = kernels::dot(&zi[..rr], ai) + g * rho[i];
+            let xi_dot = kernels::dot_with(kernel_isa(), &zi[..rr], ai) + g * rho[i];
             let ux = dots[i];
             for ((av, &uv), &zv) in ai.iter_mut().zip(ui).zip(&zi[..rr]) {
                 let a0 = *av;
@@ -295,7 +303,7 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
             let beta = 1.0 - eta * ux - s * xi_dot;
             let rp = beta * rho[i] + s * g;
             let rho2 = rp * rp + s * s * q;
-            let inv = 1.0 / (kernels::dot(ai, ai) + rho2).sqrt();
+            let inv = 1.0 / (kernels::dot_with(kernel_isa(), ai, ai) + rho2).sqrt();
             ai.iter_mut().for_each(|v| *v *= inv);
             rho[i] = rho2.sqrt() * inv;
         }
@@ -307,7 +315,7 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
     let lift_noise = rho.iter().zip(&perp).any(|(&rh, &pp)| rh > 0.0 && pp > 0);
     if lift_noise {
         fill_normal_generic(rng, &mut gauss);
-        kernels::weighted_sums(&gauss, &k.mu_t, n, &mut k.scores);
+        kernels::weighted_sums_with(kernel_isa(), &gauss, &k.mu_t, n, &mut k.scores);
     }
     let mut h = vec![0f32; chains * r];
     if lift_noise {
@@ -326,12 +334,14 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
             let gi = &gauss[i * dim..(i + 1) * dim];
             let hi = &h[i * r..(i + 1) * r];
             let hx = if rho_x[i] > 0.0 {
-                (kernels::dot(&x[i * dim..(i + 1) * dim], gi) - kernels::dot(l0, hi)) / rho_x[i]
+                (kernels::dot_with(kernel_isa(), &x[i * dim..(i + 1) * dim], gi)
+                    - kernels::dot_with(kernel_isa(), l0, hi))
+                    / rho_x[i]
             } else {
                 0.0
             };
-            let g2 = kernels::dot(gi, gi);
-            let off = (g2 - kernels::dot(hi, hi) - hx * hx).max(1e-6 * g2);
+            let g2 = kernels::dot_with(kernel_isa(), gi, gi);
+            let off = (g2 - kernels::dot_with(kernel_isa(), hi, hi) - hx * hx).max(1e-6 * g2);
             t = rho[i] / off.sqrt();
             vi.iter_mut().zip(hi).for_each(|(vv, hv)| *vv -= t * hv);
             vx -= t * hx;
@@ -348,7 +358,7 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
             k.coef[i * n + p] = yv;
         }
     }
-    kernels::weighted_sums(&k.coef, k.splats.mu(), dim, &mut k.u);
+    kernels::weighted_sums_with(kernel_isa(), &k.coef, k.splats.mu(), dim, &mut k.u);
     for (i, &(cx, t)) in extra.iter().enumerate() {
         let out = &mut k.u[i * dim..(i + 1) * dim];
         let x0 = &x[i * dim..(i + 1) * dim];
@@ -358,7 +368,7 @@ fn run_block_body(k: &mut Kernel<'_>, config: &LangevinConfig, x: &mut [f32], rn
         } else {
             out.iter_mut().zip(x0).for_each(|(o, &xv)| *o += cx * xv);
         }
-        let inv = 1.0 / kernels::dot(out, out).sqrt();
+        let inv = 1.0 / kernels::dot_with(kernel_isa(), out, out).sqrt();
         out.iter_mut().for_each(|v| *v *= inv);
     }
     x.copy_from_slice(&k.u[..x.len()]);
@@ -423,7 +433,7 @@ impl Prepared {
             scr.gram[..n].to_vec()
         } else {
             let mut s = vec![0f32; n];
-            kernels::dots(x, mu, &mut s);
+            kernels::dots_with(kernel_isa(), x, mu, &mut s);
             s
         };
         let mut prep = Prepared {
@@ -451,8 +461,8 @@ impl Prepared {
         }
         let mut start = vec![0f32; r];
         prep.forward(|k| prep.scores[prep.pivots[k] as usize], &mut start);
-        let norm2 = kernels::dot(x, x);
-        let res = f64::from(norm2) - f64::from(kernels::dot(&start, &start));
+        let norm2 = kernels::dot_with(kernel_isa(), x, x);
+        let res = f64::from(norm2) - f64::from(kernels::dot_with(kernel_isa(), &start, &start));
         prep.rho_x = if res > PIVOT_TOL * f64::from(norm2) { res.sqrt() as f32 } else { 0.0 };
         prep.start = start;
         prep
@@ -550,6 +560,7 @@ pub(crate) fn run_one(
         x,
         rng,
         scr,
+        &mut LineQueue::default(),
     );
 }
 
@@ -563,16 +574,17 @@ pub(crate) fn run_prepared<'r>(
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    match kernels::Isa::best() {
-        // SAFETY: `Isa::best` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) were detected.
-        kernels::Isa::Avx512 => return unsafe { run_prepared_avx512(prep, pivot_row, config, x, rng, scr) },
-        // SAFETY: `Isa::best` returns Avx2 only when AVX2 and FMA were detected.
-        kernels::Isa::Avx2 => return unsafe { run_prepared_avx2(prep, pivot_row, config, x, rng, scr) },
+    match kernel_isa() {
+        // SAFETY: `kernel_isa` returns Avx512 only when AVX-512 F/BW (and AVX2, FMA) are present.
+        kernels::Isa::Avx512 => return unsafe { run_prepared_avx512(prep, pivot_row, config, x, rng, scr, ahead) },
+        // SAFETY: `kernel_isa` returns Avx2 only when AVX2 and FMA are present.
+        kernels::Isa::Avx2 => return unsafe { run_prepared_avx2(prep, pivot_row, config, x, rng, scr, ahead) },
         kernels::Isa::Scalar | kernels::Isa::Neon => {}
     }
-    run_prepared_body(prep, pivot_row, config, x, rng, scr)
+    run_prepared_body(prep, pivot_row, config, x, rng, scr, ahead)
 }
 
 /// # Safety
@@ -586,8 +598,9 @@ unsafe fn run_prepared_avx512<'r>(
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
-    run_prepared_body(prep, pivot_row, config, x, rng, scr)
+    run_prepared_body(prep, pivot_row, config, x, rng, scr, ahead)
 }
 
 /// # Safety
@@ -601,11 +614,13 @@ unsafe fn run_prepared_avx2<'r>(
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
-    run_prepared_body(prep, pivot_row, config, x, rng, scr)
+    run_prepared_body(prep, pivot_row, config, x, rng, scr, ahead)
 }
 
-/// `run_block_body` for one chain; the comments there apply.
+/// `run_block_body` for one chain; the comments there apply. `ahead` (the next chain's rows) is
+/// issued a share after each step and after the lift's deviates, the rest before the lift's sums.
 #[inline(always)]
 fn run_prepared_body<'r>(
     prep: &Prepared,
@@ -614,13 +629,18 @@ fn run_prepared_body<'r>(
     x: &mut [f32],
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) {
     let dim = x.len();
     let r = prep.rank();
     let rho_x = prep.rho_x;
     let has_x = rho_x > 0.0;
     let perp = dim - r - usize::from(has_x);
-    let rho = walk(prep, config, config.steps, dim, scr, rng, |_| {});
+    let mut parts = config.steps + 2;
+    let rho = walk(prep, config, config.steps, dim, scr, rng, |_| {
+        ahead.pump_share(parts);
+        parts -= 1;
+    });
 
     // The lift, as in `run_block_body`; only the pivots' rows are read (the other splats lie in their
     // span), each twice: the Gaussian's scores, then the sum.
@@ -629,8 +649,9 @@ fn run_prepared_body<'r>(
     scr.gauss.resize(dim, 0.0);
     if lift_noise {
         fill_normal_generic(rng, &mut scr.gauss);
+        ahead.pump_share(2);
         scr.gathered.clear();
-        scr.gathered.extend((0..r).map(|k| kernels::dot(&scr.gauss, pivot_row(k))));
+        scr.gathered.extend((0..r).map(|k| kernels::dot_with(kernel_isa(), &scr.gauss, pivot_row(k))));
         let gathered = &scr.gathered;
         prep.forward(|k| gathered[k], &mut scr.h);
     }
@@ -639,9 +660,14 @@ fn run_prepared_body<'r>(
     let mut vx = scr.a[r];
     let mut t = 0.0;
     if lift_noise {
-        let hx = if has_x { (kernels::dot(x, &scr.gauss) - kernels::dot(&prep.start, &scr.h)) / rho_x } else { 0.0 };
-        let g2 = kernels::dot(&scr.gauss, &scr.gauss);
-        let off = (g2 - kernels::dot(&scr.h, &scr.h) - hx * hx).max(1e-6 * g2);
+        let hx = if has_x {
+            (kernels::dot_with(kernel_isa(), x, &scr.gauss) - kernels::dot_with(kernel_isa(), &prep.start, &scr.h))
+                / rho_x
+        } else {
+            0.0
+        };
+        let g2 = kernels::dot_with(kernel_isa(), &scr.gauss, &scr.gauss);
+        let off = (g2 - kernels::dot_with(kernel_isa(), &scr.h, &scr.h) - hx * hx).max(1e-6 * g2);
         t = rho / off.sqrt();
         scr.v.iter_mut().zip(&scr.h).for_each(|(vv, hv)| *vv -= t * hv);
         vx -= t * hx;
@@ -650,6 +676,7 @@ fn run_prepared_body<'r>(
     scr.v.iter_mut().zip(&prep.start).for_each(|(vv, lv)| *vv -= cx * lv);
     scr.y.resize(r, 0.0);
     prep.backward(&scr.v, &mut scr.y);
+    ahead.drain();
     // Sum of the pivots' rows as axpys here, where they vectorise with this body's instruction set.
     scr.out.clear();
     scr.out.resize(dim, 0.0);
@@ -661,7 +688,7 @@ fn run_prepared_body<'r>(
     } else if cx != 0.0 {
         scr.out.iter_mut().zip(x.iter()).for_each(|(o, &xv)| *o += cx * xv);
     }
-    let inv = 1.0 / kernels::dot(&scr.out, &scr.out).sqrt();
+    let inv = 1.0 / kernels::dot_with(kernel_isa(), &scr.out, &scr.out).sqrt();
     x.iter_mut().zip(&scr.out).for_each(|(xv, o)| *xv = o * inv);
 }
 
@@ -726,7 +753,7 @@ fn walk(
             (0.0, 0.0)
         };
         let ai = &mut scr.a[..rr];
-        let xi_dot = kernels::dot(&zi[..rr], ai) + g * rho;
+        let xi_dot = kernels::dot_with(kernel_isa(), &zi[..rr], ai) + g * rho;
         let ux = dots[0];
         for ((av, &uv), &zv) in ai.iter_mut().zip(&scr.u).zip(&zi[..rr]) {
             let a0 = *av;
@@ -735,7 +762,7 @@ fn walk(
         let beta = 1.0 - eta * ux - s * xi_dot;
         let rp = beta * rho + s * g;
         let rho2 = rp * rp + s * s * q;
-        let inv = 1.0 / (kernels::dot(ai, ai) + rho2).sqrt();
+        let inv = 1.0 / (kernels::dot_with(kernel_isa(), ai, ai) + rho2).sqrt();
         ai.iter_mut().for_each(|v| *v *= inv);
         rho = rho2.sqrt() * inv;
         after_step(&scr.a);
@@ -768,8 +795,13 @@ pub(crate) fn steps_to_reach(
     mean.iter().position(|&m| m <= limit).map_or(max_steps, |k| k + 1)
 }
 
+/// Lines of `ahead` a pilot's step issues: a calibration runs 3 trials of 4 pilots of 8 steps at the
+/// defaults (96 steps), which issue a neighbourhood of 17 rows of 640 (680 lines) at 8 a step.
+const AHEAD_LINES_PER_PILOT_STEP: usize = 8;
+
 /// The mean cosine to the first splat of `pilots` chains from `prep`'s start after `config.steps`
-/// steps, run in the span only (no lift). `dim` is the ambient dimension.
+/// steps, run in the span only (no lift), issuing [`AHEAD_LINES_PER_PILOT_STEP`] lines of `ahead` a
+/// step. `dim` is the ambient dimension.
 pub(crate) fn mean_cos_after(
     prep: &Prepared,
     config: &LangevinConfig,
@@ -777,11 +809,12 @@ pub(crate) fn mean_cos_after(
     dim: usize,
     rng: &mut impl Rng,
     scr: &mut OneScratch,
+    ahead: &mut LineQueue<'_>,
 ) -> f32 {
     let stride = Prepared::stride(prep.rank());
     let mut sum = 0f32;
     for _ in 0..pilots {
-        walk(prep, config, config.steps, dim, scr, rng, |_| {});
+        walk(prep, config, config.steps, dim, scr, rng, |_| ahead.pump(AHEAD_LINES_PER_PILOT_STEP));
         sum += prep.w[..stride].iter().zip(&scr.a).map(|(w, a)| w * a).sum::<f32>();
     }
     sum / pilots.max(1) as f32

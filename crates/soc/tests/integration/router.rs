@@ -143,6 +143,64 @@ fn seeded_chains_run_alone_against_their_neighbourhood_as_run_would() {
     ));
 }
 
+#[test]
+fn chains_of_several_calls_run_in_one_give_what_each_call_gives() {
+    // The lake runs a window of batches in one call ([`Router::run_seeded_rows`]), each chain with its
+    // batch's generator stream. Each batch must get the bits `run_seeded` gives it alone, whatever the
+    // rows' order in the call. Catches the stream ignored (a chain numbered by its place in the call,
+    // or every chain given the first batch's seed: rows differ), rows and seeds paired wrongly (the
+    // call's cluster order must carry each row with its own seed), and lengths left unchecked.
+    let dim = 64;
+    let config = m2m_splat::DigitsConfig { rows: 600, queries: 0, dim, ..Default::default() };
+    let d = m2m_splat::digits_on_sphere(&config).unwrap();
+    let ids: Vec<u64> = (0..600).collect();
+    let index = Index::build(&IndexConfig::default().seed(2), dim, &d.base, &ids).unwrap();
+    let kappa: Vec<f32> = (0..600).map(|i| 20.0 + (i % 13) as f32).collect();
+    let alpha = vec![1.0f32; 600];
+    let mut router = Router::new(&index, |id| Some((kappa[id as usize], alpha[id as usize]))).unwrap();
+    let with: Vec<u64> = (0..600).collect();
+    let nb: Vec<u64> = with.iter().flat_map(|&i| (1..=8).map(move |k| (i + k * 7) % 600)).collect();
+    router.set_neighbourhoods(&with, &nb, 8).unwrap();
+    let row = |s: u64| d.base[s as usize * dim..(s as usize + 1) * dim].to_vec();
+    let (a, b): (Vec<u64>, Vec<u64>) = (vec![3, 17, 250, 3], vec![499, 17, 42, 0, 311]);
+    let cfg = LangevinConfig { steps: 10, dt: 0.02, temperature: 0.05, ..LangevinConfig::default() };
+    let alone = |seeds: &[u64], seed: u64| {
+        let mut x: Vec<f32> = seeds.iter().flat_map(|&s| row(s)).collect();
+        assert!(router.run_seeded(&cfg, &mut x, seeds, seed, None).unwrap().iter().all(|&r| r));
+        x
+    };
+    let (xa, xb) = (alone(&a, 7), alone(&b, 11));
+    // Both batches in one call, interleaved: b's chains at even places, a's at odd ones.
+    let mut order: Vec<(u64, u64, u64)> = Vec::new(); // (seed id, stream seed, index in its batch)
+    for k in 0..b.len().max(a.len()) {
+        if let Some(&s) = b.get(k) {
+            order.push((s, 11, k as u64));
+        }
+        if let Some(&s) = a.get(k) {
+            order.push((s, 7, k as u64));
+        }
+    }
+    let mut rows: Vec<Vec<f32>> = order.iter().map(|o| row(o.0)).collect();
+    let seeds: Vec<u64> = order.iter().map(|o| o.0).collect();
+    let streams: Vec<(u64, u64)> = order.iter().map(|o| (o.1, o.2)).collect();
+    let mut refs: Vec<&mut [f32]> = rows.iter_mut().map(|r| r.as_mut_slice()).collect();
+    assert!(router.run_seeded_rows(&cfg, &mut refs, &seeds, &streams, None).unwrap().iter().all(|&r| r));
+    for (o, got) in order.iter().zip(&rows) {
+        let (own, k) = if o.1 == 7 { (&xa, o.2 as usize) } else { (&xb, o.2 as usize) };
+        assert_eq!(got[..], own[k * dim..(k + 1) * dim], "chain {k} of the batch with seed {}", o.1);
+    }
+    // One stream or seed per row.
+    let mut refs: Vec<&mut [f32]> = rows.iter_mut().map(|r| r.as_mut_slice()).collect();
+    assert!(matches!(
+        router.run_seeded_rows(&cfg, &mut refs, &seeds, &streams[1..], None),
+        Err(Error::Length { what: "streams", .. })
+    ));
+    assert!(matches!(
+        router.run_seeded_rows(&cfg, &mut refs, &seeds[1..], &streams, None),
+        Err(Error::Length { what: "seeds", .. })
+    ));
+}
+
 /// A router over a cold index (vectors in shared rows outside the index, as a stored engine maps them)
 /// reads them in place: it holds no vector in RAM, and it routes, gathers, inserts and removes exactly
 /// as a router over the same index in RAM. Mutations caught: the router copying the cold rows (RAM

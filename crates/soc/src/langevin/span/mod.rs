@@ -12,12 +12,10 @@
 //! One module per instruction set, as m2m-index's kernels: `scalar` (the reference, auto-vectorisable),
 //! `avx2` (AVX2 + FMA, 8 lanes) and `avx512` (AVX-512 F, 16 lanes and an 8-lane tail), behind
 //! [`rows_sum_with`], which takes an explicit instruction set so that tests and benchmarks can run every
-//! variant against the scalar one; [`rows_sum`] runs m2m-index's [`Isa::best`] (chosen once). An
+//! variant against the scalar one; [`rows_sum`] runs [`crate::isa::kernel_isa`] (chosen once: AVX2 where AVX-512 is detected). An
 //! instruction set the CPU lacks runs the scalar code (no input reaches an instruction the machine does
 //! not have). NEON runs the scalar code, which the compiler vectorises there (NEON is baseline on
 //! aarch64).
-
-use std::sync::OnceLock;
 
 use m2m_index::kernels::Isa;
 
@@ -30,14 +28,14 @@ mod scalar;
 /// Lanes every row of the matrices is padded to.
 pub(crate) const LANES: usize = 8;
 
-/// `out[..width] = sum_i s[i] * m[i * width..(i + 1) * width]` for `i < s.len()`, on the best
+/// `out[..width] = sum_i s[i] * m[i * width..(i + 1) * width]` for `i < s.len()`, on the kernels'
 /// instruction set. `width` must be a multiple of [`LANES`], `m` at least `s.len() * width` long and
 /// `out` at least `width`: a length outside these is a bug of the caller, caught by the assertion.
 #[inline]
 pub(crate) fn rows_sum(m: &[f32], width: usize, s: &[f32], out: &mut [f32]) {
-    // Chosen once: a step calls this twice, and asking the CPU each time showed in profiles.
-    static BEST: OnceLock<Isa> = OnceLock::new();
-    let isa = *BEST.get_or_init(|| Some(Isa::best()).filter(|i| i.is_available()).unwrap_or(Isa::Scalar));
+    // Chosen once (a step calls this twice, and asking the CPU each time showed in profiles), and
+    // never one the CPU lacks.
+    let isa = crate::isa::kernel_isa();
     check(m, width, s, out);
     // SAFETY: `isa` is available (checked once above); the lengths are checked.
     unsafe { rows_sum_unchecked(isa, m, width, s, &mut out[..width]) }
