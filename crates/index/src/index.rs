@@ -1066,12 +1066,13 @@ impl Index {
                 } else {
                     params.rerank.max(k)
                 };
-                // A member may come twice (its cluster and a spill list): at least k distinct.
-                let depth = if self.spill.is_empty() { depth } else { depth.max(2 * k) };
                 self.rank_fine(params, Self::rank_target(params.nprobe), s);
-                // The re-rank scores exactly: the code estimates may start from f16 `q . c`.
-                self.scan_codes(k, depth, params.nprobe, false, s);
-                self.rerank(k, s)
+                // The re-rank scores exactly: the code estimates may start from f16 `q . c`. A member
+                // may come twice (its cluster and a spill list): room for both, so that `depth`
+                // distinct members are re-ranked.
+                let room = if self.spill.is_empty() { depth } else { 2 * depth };
+                self.scan_codes(k, room, params.nprobe, false, s);
+                self.rerank(k, depth, s)
             }
             Lod::Exact if self.bf16_usable() => self.exact_bf16(&s.q, k).pop().unwrap_or_default(),
             Lod::Exact => {
@@ -1559,11 +1560,12 @@ impl Index {
         s.top.offer(cluster, &s.scores);
     }
 
-    /// LOD 2: exact scores of the candidates in `s.top`, best `k` first.
-    fn rerank(&self, k: usize, s: &mut Scratch) -> Vec<Entry> {
+    /// LOD 2: exact scores of the best `depth` distinct candidates in `s.top`, best `k` first.
+    fn rerank(&self, k: usize, depth: usize, s: &mut Scratch) -> Vec<Entry> {
         let mut candidates = s.top.drain_sorted();
         if !self.spill.is_empty() {
             candidates = self.resolve_spill(candidates);
+            candidates.truncate(depth);
         }
         s.top2.reset(k);
         if self.has_row_cache() {
