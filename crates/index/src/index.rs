@@ -489,6 +489,8 @@ pub struct Index {
     /// Full vectors read from outside RAM (a mapped file), cluster by cluster; clusters changed since
     /// are back in RAM (see `cold.rs`).
     pub(crate) cold: Option<crate::cold::Cold>,
+    /// Spill lists by fine cluster ([`Index::spill`]); empty when the index has none.
+    pub(crate) spill: Vec<crate::spill::SpillList>,
 }
 
 /// Counts of [`Index::rebalance`].
@@ -931,6 +933,7 @@ impl Index {
             locations,
             isa,
             cold: None,
+            spill: Vec::new(),
         })
     }
 
@@ -985,6 +988,7 @@ impl Index {
     pub fn hot_bytes(&self) -> usize {
         4 * (self.p.coarse.len() + self.p.fine.len() + self.p.pq_codebook.len())
             + self.p.clusters.iter().map(|c| c.codes.len()).sum::<usize>()
+            + self.spill_bytes()
     }
 
     fn check_query(&self, q: &[f32], k: usize) -> Result<()> {
@@ -1045,8 +1049,16 @@ impl Index {
             Lod::Centroids => return Ok(self.lod0(&q, k, params, s)),
             Lod::Codes => {
                 self.rank_fine(params, Self::rank_target(params.nprobe.max(k)), s);
-                self.scan_codes(k, k, params.nprobe, true, s);
-                s.top.drain_sorted()
+                if self.spill.is_empty() {
+                    self.scan_codes(k, k, params.nprobe, true, s);
+                    s.top.drain_sorted()
+                } else {
+                    // A member may come twice (its cluster and a spill list): room for both, merged after.
+                    self.scan_codes(k, 2 * k, params.nprobe, true, s);
+                    let mut entries = self.resolve_spill(s.top.drain_sorted());
+                    entries.truncate(k);
+                    entries
+                }
             }
             Lod::Rerank => {
                 let depth = if params.rerank == 0 {
@@ -1055,9 +1067,12 @@ impl Index {
                     params.rerank.max(k)
                 };
                 self.rank_fine(params, Self::rank_target(params.nprobe), s);
-                // The re-rank scores exactly: the code estimates may start from f16 `q . c`.
-                self.scan_codes(k, depth, params.nprobe, false, s);
-                self.rerank(k, s)
+                // The re-rank scores exactly: the code estimates may start from f16 `q . c`. A member
+                // may come twice (its cluster and a spill list): room for both, so that `depth`
+                // distinct members are re-ranked.
+                let room = if self.spill.is_empty() { depth } else { 2 * depth };
+                self.scan_codes(k, room, params.nprobe, false, s);
+                self.rerank(k, depth, s)
             }
             Lod::Exact if self.bf16_usable() => self.exact_bf16(&s.q, k).pop().unwrap_or_default(),
             Lod::Exact => {
@@ -1489,40 +1504,69 @@ impl Index {
             // its first lines while this cluster is scored.
             if let Some(&(_, next)) = s.fine.get(i) {
                 prefetch_lines(&self.p.clusters[next as usize].codes, PREFETCH_CODE_BYTES);
+                if let Some(list) = self.spill.get(next as usize) {
+                    prefetch_lines(&list.codes, PREFETCH_CODE_BYTES);
+                }
             }
             let cl = &self.p.clusters[f as usize];
             let m = cl.len();
-            if m == 0 {
-                continue;
-            }
             seen += m;
-            s.est.resize(m, 0);
-            match kind {
-                CodeKind::Sq8 => sq8_dots_with(self.isa, &s.qi8, &cl.codes, stride, &mut s.est),
-                CodeKind::Sq4 => crate::kernels::sq4_dots_with(self.isa, &s.qi8, &cl.codes, stride, &mut s.est),
-                CodeKind::Pq4 { .. } => {
-                    let m = pq.map_or(0, |shape| shape.m);
-                    crate::kernels::pq4_scan_with(self.isa, &s.lut, &cl.codes, m, &mut s.est)
-                }
-            }
-            // Scores in one vectorisable pass, then a scan against the (rarely changing) threshold.
+            // The spill list's codes are residuals to the same centroid: the same base.
             let base = qc + q_min;
-            if cl.half_sq_norms.is_empty() {
-                // Cosine and inner product: the score is monotone in the integer estimate, so chunks
-                // are tested on it and only a chunk that can enter the collector is converted.
-                s.top.offer_est(f, &s.est, base, inv);
-                continue;
+            if m > 0 {
+                self.score_codes(&cl.codes, m, &cl.half_sq_norms, f, base, inv, s);
             }
-            s.scores.clear();
-            s.scores.extend(s.est.iter().map(|&e| base + e as f32 * inv));
-            cl.to_similarity(&mut s.scores);
-            s.top.offer(f, &s.scores);
+            if let Some(list) = self.spill.get(f as usize)
+                && !list.ids.is_empty()
+            {
+                let tag = f | crate::spill::SPILL_BIT;
+                self.score_codes(&list.codes, list.ids.len(), &list.half_sq_norms, tag, base, inv, s);
+            }
         }
     }
 
-    /// LOD 2: exact scores of the candidates in `s.top`, best `k` first.
-    fn rerank(&self, k: usize, s: &mut Scratch) -> Vec<Entry> {
-        let candidates = s.top.drain_sorted();
+    /// Offers the estimates of `rows` codes (`codes`, in the index's layout; `half_sq_norms` for L2,
+    /// else empty) to `s.top` as entries of `cluster`: `base + estimate * inv`, minus `|x|^2 / 2` for L2.
+    #[allow(clippy::too_many_arguments, reason = "internal; the state of scan_codes")]
+    fn score_codes(
+        &self,
+        codes: &[u8],
+        rows: usize,
+        half_sq_norms: &[f32],
+        cluster: u32,
+        base: f32,
+        inv: f32,
+        s: &mut Scratch,
+    ) {
+        let kind = self.p.config.codes;
+        let stride = kind.stride(self.p.dim);
+        s.est.resize(rows, 0);
+        match kind {
+            CodeKind::Sq8 => sq8_dots_with(self.isa, &s.qi8, codes, stride, &mut s.est),
+            CodeKind::Sq4 => crate::kernels::sq4_dots_with(self.isa, &s.qi8, codes, stride, &mut s.est),
+            CodeKind::Pq4 { .. } => {
+                let m = kind.pq_shape(self.p.dim).map_or(0, |shape| shape.m);
+                crate::kernels::pq4_scan_with(self.isa, &s.lut, codes, m, &mut s.est)
+            }
+        }
+        if half_sq_norms.is_empty() {
+            // Cosine and inner product: the score is monotone in the integer estimate, so chunks
+            // are tested on it and only a chunk that can enter the collector is converted.
+            s.top.offer_est(cluster, &s.est, base, inv);
+            return;
+        }
+        s.scores.clear();
+        s.scores.extend(s.est.iter().zip(half_sq_norms).map(|(&e, h)| base + e as f32 * inv - h));
+        s.top.offer(cluster, &s.scores);
+    }
+
+    /// LOD 2: exact scores of the best `depth` distinct candidates in `s.top`, best `k` first.
+    fn rerank(&self, k: usize, depth: usize, s: &mut Scratch) -> Vec<Entry> {
+        let mut candidates = s.top.drain_sorted();
+        if !self.spill.is_empty() {
+            candidates = self.resolve_spill(candidates);
+            candidates.truncate(depth);
+        }
         s.top2.reset(k);
         if self.has_row_cache() {
             return self.rerank_cached(candidates, s);
@@ -1714,6 +1758,9 @@ impl Index {
                 self.p.clusters[f].representative = rep;
             }
             removed += 1;
+        }
+        if removed > 0 && !self.spill.is_empty() {
+            self.unspill(ids);
         }
         removed
     }
@@ -1992,12 +2039,30 @@ pub(crate) fn with_row(e: Error, row: usize) -> Error {
 /// Appends one prepared vector to cluster `f`'s storage `cl` (codes clamp to the SQ8 range).
 fn push_member(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
     let dim = p.dim;
+    cl.ids.push(id);
+    cl.vectors.extend_from_slice(x);
+    push_code(p, f, &mut cl.codes, cl.ids.len() - 1, x);
+    let sq = dot(x, x);
+    if p.config.metric == Metric::L2 {
+        cl.half_sq_norms.push(0.5 * sq);
+    }
+    // A little above the computed norm, so that f32 rounding cannot make the bound too small.
+    cl.max_norm = cl.max_norm.max(sq.sqrt() * (1.0 + 1e-5));
+    if p.config.exact_prefilter {
+        let at = cl.bf16.len();
+        cl.bf16.resize(at + crate::kernels::bf16_stride(dim), 0);
+        crate::kernels::to_bf16(x, &mut cl.bf16[at..]);
+    }
+}
+
+/// Appends the code of `x`'s residual to fine centroid `f` as row `row` of `codes` (the code storage of
+/// a cluster or of its spill list).
+pub(crate) fn push_code(p: &IndexParts, f: usize, codes: &mut Vec<u8>, row: usize, x: &[f32]) {
+    let dim = p.dim;
     let c = &p.fine[f * dim..][..dim];
     let kind = p.config.codes;
     let levels = kind.levels();
-    cl.ids.push(id);
-    cl.vectors.extend_from_slice(x);
-    let codes = x
+    let quantised = x
         .iter()
         .zip(c)
         .zip(p.sq_min.iter().zip(&p.sq_step))
@@ -2009,26 +2074,15 @@ fn push_member(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
             let mut sub = vec![0u8; shape.m];
             let eta = if anisotropic { crate::pq::eta(dim) } else { 1.0 };
             crate::pq::encode(shape, &p.pq_codebook, &r, x, eta, &mut sub);
-            crate::kernels::pq4_push(&mut cl.codes, shape.m, cl.ids.len() - 1, &sub);
+            crate::kernels::pq4_push(codes, shape.m, row, &sub);
         }
-        CodeKind::Sq8 => cl.codes.extend(codes),
+        CodeKind::Sq8 => codes.extend(quantised),
         CodeKind::Sq4 => {
-            let unpacked: Vec<u8> = codes.collect();
-            let at = cl.codes.len();
-            cl.codes.resize(at + kind.stride(dim), 0);
-            crate::kernels::sq4_pack(&unpacked, &mut cl.codes[at..]);
+            let unpacked: Vec<u8> = quantised.collect();
+            let at = codes.len();
+            codes.resize(at + kind.stride(dim), 0);
+            crate::kernels::sq4_pack(&unpacked, &mut codes[at..]);
         }
-    }
-    let sq = dot(x, x);
-    if p.config.metric == Metric::L2 {
-        cl.half_sq_norms.push(0.5 * sq);
-    }
-    // A little above the computed norm, so that f32 rounding cannot make the bound too small.
-    cl.max_norm = cl.max_norm.max(sq.sqrt() * (1.0 + 1e-5));
-    if p.config.exact_prefilter {
-        let at = cl.bf16.len();
-        cl.bf16.resize(at + crate::kernels::bf16_stride(dim), 0);
-        crate::kernels::to_bf16(x, &mut cl.bf16[at..]);
     }
 }
 

@@ -36,6 +36,7 @@ mod index;
 pub mod kernels;
 mod kmeans;
 mod pq;
+mod spill;
 mod topk;
 mod validate;
 mod view;

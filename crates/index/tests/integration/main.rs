@@ -6,4 +6,5 @@ mod filter;
 mod lod;
 mod pq;
 mod recall;
+mod spill;
 mod updates;
