@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use m2m_index::IdMap;
-use m2m_splat::SplatSet;
+use m2m_splat::{Batch, SplatSet};
 use m2m_tier::{Columns, Segment, Snapshot};
 
 use crate::{Error, Result};
@@ -249,6 +249,23 @@ impl RowStore {
         }
         self.ids.extend_from_slice(set.ids());
         self.norms.extend_from_slice(set.norms());
+        Ok(start..self.ids.len())
+    }
+
+    /// Appends the raw rows of `batch` with their ids, normalising each vector straight into the RAM
+    /// rows as it is checked ([`Batch::normalise_onto`]: one read and one write of each vector). The
+    /// caller has run [`Batch::check`] and checked that the ids are new and distinct. On error (a row
+    /// that is not finite or has no direction, too many rows) nothing changes.
+    pub(crate) fn append_batch(&mut self, batch: &Batch<'_>, ids: &[u64]) -> Result<std::ops::Range<usize>> {
+        let start = self.ids.len();
+        u32::try_from(start + ids.len()).map_err(|_| too_many("rows"))?;
+        let ram_rows = self.ram.len() / self.dim;
+        batch.normalise_onto(&mut self.ram, &mut self.norms)?;
+        self.row_of.extend_new(ids, |i| (start + i) as u32);
+        for i in 0..ids.len() {
+            self.loc.push(Loc { part: IN_RAM, row: (ram_rows + i) as u32 });
+        }
+        self.ids.extend_from_slice(ids);
         Ok(start..self.ids.len())
     }
 
