@@ -243,7 +243,9 @@ fn a_bad_row_in_the_middle_of_a_batch_leaves_the_in_memory_engine_as_before() {
     // 100 new rows (raw rows 300..400), odd ids 1001, 1003, ...: ascending, but below `next_id` (599).
     let n = 100;
     let good_ids: Vec<u64> = (0..n as u64).map(|i| 1 + 2 * i).collect();
-    let good: Vec<f32> = d.base[300 * DIM..(300 + n) * DIM].to_vec();
+    // Scaled per row (the digits are unit vectors): a norm read from the wrong row shows in `vector_of`.
+    let good: Vec<f32> =
+        d.base[300 * DIM..(300 + n) * DIM].iter().enumerate().map(|(i, x)| x * (1 + (i / DIM) % 5) as f32).collect();
     let at = |v: &mut Vec<f32>, x: f32| v[50 * DIM + 7] = x;
     let mut nan = good.clone();
     at(&mut nan, f32::NAN);
@@ -290,7 +292,8 @@ fn a_bad_row_in_the_middle_of_a_batch_leaves_the_in_memory_engine_as_before() {
     assert_eq!(engine.len(), before.0 + n);
     for (i, &id) in good_ids.iter().enumerate() {
         let v = engine.vector_of(id).unwrap();
-        assert!(v.iter().zip(row(300 + i)).all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0)), "row {i}");
+        let want = &good[i * DIM..(i + 1) * DIM];
+        assert!(v.iter().zip(want).all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0)), "row {i}");
         assert_eq!(engine.label(id), Some(i64::from(labels[i])), "row {i}");
         let top = engine.retrieve(row(300 + i), 1, Lod::Exact).unwrap();
         assert!(top[0].id == id || top[0].score >= 1.0 - 1e-6, "row {i}: {top:?}");

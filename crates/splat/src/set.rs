@@ -496,6 +496,27 @@ mod tests {
         assert_eq!(set.append(Batch::new(&good, 3)).unwrap(), 2..4);
     }
 
+    /// `normalise_onto`, the ingest's one pass: a bad row anywhere leaves both columns exactly as they
+    /// were (their old contents and lengths), and a good batch writes what `append` writes. Mutations
+    /// caught (both tried by hand): `mu` or `norms` not cut back after a bad row.
+    #[test]
+    fn normalise_onto_writes_what_append_writes_and_nothing_on_a_bad_row() {
+        let good: Vec<f32> = (0..40 * 3).map(|i| 1.0 + (i % 7) as f32).collect();
+        let (mut mu, mut norms) = (vec![5.0f32; 6], vec![9.0f32; 2]);
+        for bad_row in [0, 17, 39] {
+            for x in [f32::NAN, f32::INFINITY] {
+                let mut bad = good.clone();
+                bad[bad_row * 3 + 1] = x;
+                let e = Batch::new(&bad, 3).normalise_onto(&mut mu, &mut norms).unwrap_err();
+                assert!(matches!(e, Error::NonFinite { row, column: 1, .. } if row == bad_row), "{e:?}");
+                assert_eq!((&mu[..], &norms[..]), (&[5.0f32; 6][..], &[9.0f32; 2][..]), "row {bad_row}");
+            }
+        }
+        Batch::new(&good, 3).normalise_onto(&mut mu, &mut norms).unwrap();
+        let set = SplatSet::from_vectors(&good, 3).unwrap();
+        assert_eq!((&mu[6..], &norms[2..]), (set.mu(), set.norms()));
+    }
+
     #[test]
     fn ids_exhausted_is_an_error_not_a_wrap() {
         let mut set = SplatSet::new(1).unwrap();
