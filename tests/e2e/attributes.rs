@@ -245,7 +245,7 @@ fn a_bad_row_in_the_middle_of_a_batch_leaves_the_in_memory_engine_as_before() {
     let good_ids: Vec<u64> = (0..n as u64).map(|i| 1 + 2 * i).collect();
     // Scaled per row (the digits are unit vectors): a norm read from the wrong row shows in `vector_of`.
     let good: Vec<f32> =
-        d.base[300 * DIM..(300 + n) * DIM].iter().enumerate().map(|(i, x)| x * (1 + (i / DIM) % 5) as f32).collect();
+        d.base[300 * DIM..(300 + n) * DIM].iter().enumerate().map(|(i, x)| x * (1 + (i / DIM) % 7) as f32).collect();
     let at = |v: &mut Vec<f32>, x: f32| v[50 * DIM + 7] = x;
     let mut nan = good.clone();
     at(&mut nan, f32::NAN);
