@@ -269,7 +269,9 @@ fn a_bad_row_in_the_middle_of_a_batch_leaves_the_in_memory_engine_as_before() {
     let a = attrs(&good_ids, labels);
     let bad_attrs = a.clone().with("colour", Column::Int(vec![Some(1); n]));
     let short_attrs = attrs(&good_ids[..n - 1], &labels[..n - 1]);
-    let cases: Vec<(&str, &[f32], Vec<u64>, Option<&[f32]>, Option<&[f32]>, &AttrBatch)> = vec![
+    // (what, vectors, ids, kappa, alpha, attributes)
+    type Case<'a> = (&'a str, &'a [f32], Vec<u64>, Option<&'a [f32]>, Option<&'a [f32]>, &'a AttrBatch);
+    let cases: Vec<Case<'_>> = vec![
         ("NaN", &nan, good_ids.clone(), None, None, &a),
         ("infinity", &inf, good_ids.clone(), None, None, &a),
         ("zero vector", &zero, good_ids.clone(), None, None, &a),
