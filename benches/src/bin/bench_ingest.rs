@@ -97,7 +97,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "bench-ingest [--base minilm70k.base.fvecs] [--rows 50000] [--dim 384] [--reps 7] [--lake-epochs 20] [--skip-lake]"
+            "bench-ingest [--base minilm70k.base.fvecs] [--rows 50000] [--dim 384] [--reps 7] [--lake-epochs 20] [--skip-lake] [--labelled-last]"
         );
         return Ok(());
     }
@@ -135,14 +135,23 @@ fn main() -> Result<()> {
     }
     // A third engine with attributes but no label field tells the labels' own cost from that of an
     // engine with a schema (or of where its rows lie in memory).
-    let mut labelled = M2m::create(M2mConfig::default().dim(dim))?;
-    labelled.add_splats_with_attributes(&vectors, &attrs)?;
+    // `--labelled-last`: the labelled engine made after the other two (where its rows lie in memory).
+    let make_labelled = || -> Result<M2m> {
+        let mut e = M2m::create(M2mConfig::default().dim(dim))?;
+        e.add_splats_with_attributes(&vectors, &attrs)?;
+        Ok(e)
+    };
+    let early = if args.iter().any(|a| a == "--labelled-last") { None } else { Some(make_labelled()?) };
     let mut plain = M2m::create(M2mConfig::default().dim(dim))?;
     plain.add_splats(&vectors)?;
     let mut unlabelled = M2m::create(M2mConfig::default().dim(dim))?;
     let tenants =
         AttrBatch { rows: n, columns: attrs.columns.iter().filter(|(f, _)| f == "tenant").cloned().collect() };
     unlabelled.add_splats_with_attributes(&vectors, &tenants)?;
+    let labelled = match early {
+        Some(e) => e,
+        None => make_labelled()?,
+    };
     println!("lake: plain epochs (shuffled, batch 256, 1 loader thread), {lake_epochs} epochs a run, interleaved");
     let (mut with, mut without, mut other) = (Vec::new(), Vec::new(), Vec::new());
     // The three in a rotating order: the first run after a change of engine measured slower here
