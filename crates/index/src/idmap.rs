@@ -114,6 +114,43 @@ impl<V: Copy> IdMap<V> {
         old
     }
 
+    /// Inserts `ids` (none of them here: the caller checked), id `ids[i]` with value `value(i)`. Ids
+    /// ascending and above every id here (an engine's automatically numbered rows) go straight onto the
+    /// sorted arrays, with no hashing; any others are inserted one by one.
+    pub fn extend_new(&mut self, ids: &[u64], value: impl Fn(usize) -> V) {
+        let ascending = ids.windows(2).all(|w| w[0] < w[1]);
+        // Folding a delta into the arrays copies them: worth it only for a batch of their order of size.
+        if ascending && !self.delta.is_empty() && ids.len() >= self.vals.len() / 8 {
+            self.merge();
+        }
+        let n = self.vals.len();
+        let last = n.checked_sub(1).map(|i| self.key(i));
+        let above = ids.first().is_some_and(|&first| last.is_none_or(|last| first > last));
+        if ascending && above && self.delta.is_empty() {
+            // Consecutive ids that continue a run (or start one in an empty map) keep no keys.
+            let consecutive = ids.first().zip(ids.last()).is_some_and(|(f, l)| l - f == (ids.len() - 1) as u64);
+            self.keys = match std::mem::take(&mut self.keys) {
+                Keys::Run { first } if consecutive && first + n as u64 == ids[0] => Keys::Run { first },
+                Keys::Sorted(keys) if keys.is_empty() && n == 0 && consecutive => Keys::Run { first: ids[0] },
+                Keys::Run { first } => {
+                    let mut keys: Vec<u64> = (first..first + n as u64).collect();
+                    keys.extend_from_slice(ids);
+                    Keys::Sorted(keys)
+                }
+                Keys::Sorted(mut keys) => {
+                    keys.extend_from_slice(ids);
+                    Keys::Sorted(keys)
+                }
+            };
+            self.vals.extend((0..ids.len()).map(value));
+            self.len += ids.len();
+            return;
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            self.insert(id, value(i));
+        }
+    }
+
     /// Removes `id`; returns its value.
     pub fn remove(&mut self, id: &u64) -> Option<V> {
         let old = self.get(id).copied();
@@ -255,5 +292,54 @@ mod tests {
         // would add ~53 kB.
         assert!(m.heap_bytes() < 7000 * 8, "merged into a run: {} bytes", m.heap_bytes());
         assert_eq!((m.get(&0), m.get(&100), m.get(&6999), m.get(&7000)), (Some(&0), Some(&7), Some(&1), None));
+    }
+
+    /// `extend_new` against `insert` one by one, on both of its paths (ascending ids above the arrays,
+    /// with and without a delta to fold first; ids among the existing ones; descending ones). Mutations
+    /// caught: appending ids that are not above the arrays (unsorted keys: later look-ups miss), a
+    /// delta not folded before appending (its ids hidden or `len` wrong), values shifted by one.
+    #[test]
+    fn extend_new_answers_as_inserts() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for case in 0..60u64 {
+            // Cases 40..: a run of consecutive ids (kept without keys), extended by consecutive ids that
+            // continue it, by ids past a gap, and by scattered ones.
+            let step = if case >= 40 { 1 } else { 3 };
+            let start: Vec<(u64, u32)> = (0..rng.random_range(0..3000u64)).map(|i| (i * step, i as u32)).collect();
+            let m = start.len() as u64;
+            let mut map = IdMap::from_pairs(start.clone()).unwrap();
+            let mut want: HashMap<u64, u32> = start.into_iter().collect();
+            // A delta of a few inserts and removals first, on some cases.
+            for _ in 0..if case >= 40 && case % 2 == 0 { 0 } else { rng.random_range(0..50u32) } {
+                let id = rng.random_range(0..9000u64);
+                if rng.random_bool(0.5) {
+                    assert_eq!(map.insert(id, 1), want.insert(id, 1));
+                } else {
+                    assert_eq!(map.remove(&id), want.remove(&id));
+                }
+            }
+            let n = rng.random_range(1..5000usize);
+            let ids: Vec<u64> = match case % 3 {
+                _ if case >= 40 && case % 4 < 2 => {
+                    (0..n as u64).map(|i| m + i).filter(|id| !want.contains_key(id)).collect()
+                }
+                _ if case >= 40 => (0..n as u64).map(|i| 30_000 + i).collect(),
+                0 => (0..n as u64).map(|i| 20_000 + 2 * i).collect(),
+                1 => (0..n as u64).map(|i| 20_000 - i).filter(|id| !want.contains_key(id)).collect(),
+                _ => (0..n as u64).map(|i| 1 + 3 * i).filter(|id| !want.contains_key(id)).collect(),
+            };
+            map.extend_new(&ids, |i| 100 + i as u32);
+            for (i, &id) in ids.iter().enumerate() {
+                want.insert(id, 100 + i as u32);
+            }
+            assert_eq!(map.len(), want.len(), "case {case}");
+            if case >= 40 && case % 4 == 0 {
+                // A run continued by consecutive ids, no delta: still no keys.
+                assert_eq!(map.heap_bytes(), map.vals.capacity() * 4, "case {case}: keys kept");
+            }
+            for id in 0..35_000u64 {
+                assert_eq!(map.get(&id), want.get(&id), "case {case}: get {id}");
+            }
+        }
     }
 }

@@ -218,6 +218,9 @@ pub struct M2m {
     compute: m2m_gpu::Compute,
     /// Batch retrieval on the device (`gpu_search.rs`).
     pub(crate) gpu: crate::gpu_search::GpuRetrieval,
+    /// The first id of the next automatic add. Without a database it is above every id the engine
+    /// holds or held, deleted ones included (the in-memory add relies on it, `ingest.rs`); an opened
+    /// database's starts above its live ids (the database refuses its tombstoned ones).
     pub(crate) next_id: u64,
     /// Opened with [`M2m::open_read_only`]: changes are refused.
     read_only: bool,
@@ -741,36 +744,49 @@ impl M2m {
         attrs: Option<&m2m_tier::AttrBatch>,
     ) -> Result<()> {
         self.refuse_if_read_only("add_splats")?;
-        if let Some((row, id)) = ids.iter().enumerate().find(|(_, id)| self.deleted.contains(id)) {
-            return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
-        }
-        // Validated into a batch set first (in memory, the attributes against the table, whose add is
-        // all-or-nothing), then logged, then appended: nothing is written, to disk or RAM, unless all of
-        // it is good.
-        let fresh = self.validated_batch(vectors, ids, kappa, alpha)?;
-        if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some()) {
-            return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
-        }
-        match &mut self.db {
-            Some(db) => db.ingest_with(&fresh, attrs)?,
-            // Rows without attributes join the table with every field null.
-            None => Arc::make_mut(&mut self.attrs).add(fresh.ids(), attrs)?,
-        }
-        let rows = Arc::make_mut(&mut self.set).append(&fresh)?;
-        Arc::make_mut(&mut self.kappa).extend_from_slice(fresh.kappa());
-        Arc::make_mut(&mut self.alpha).extend_from_slice(fresh.alpha());
+        let rows = match self.db {
+            None => self.add_in_memory(vectors, ids, kappa, alpha, attrs)?,
+            Some(_) => self.add_to_database(vectors, ids, kappa, alpha, attrs)?,
+        };
         self.next_id = self.next_id.max(ids.iter().max().map_or(0, |m| m.saturating_add(1)));
         if let Some(index) = &mut self.index {
             let vectors = index_vectors(&self.set, rows.clone(), self.config.metric);
-            index.insert(&vectors, fresh.ids())?;
+            index.insert(&vectors, ids)?;
             // The router follows the index (its clusters are the SOC sites; the pile is unchanged).
             // A router not built yet reads the index when it is.
             if let Some(router) = self.soc.as_mut().and_then(Controller::router_mut) {
-                router.insert(fresh.ids(), &vectors, &self.kappa[rows.clone()], &self.alpha[rows])?;
+                router.insert(ids, &vectors, &self.kappa[rows.clone()], &self.alpha[rows])?;
             }
             self.gpu.invalidate();
         }
         Ok(())
+    }
+
+    /// The add of an engine with a database: validated into a batch set first (which the database's
+    /// log and in-memory table take), then logged, then appended: nothing is written, to disk or RAM,
+    /// unless all of it is good. Returns the rows the splats occupy.
+    fn add_to_database(
+        &mut self,
+        vectors: &[f32],
+        ids: &[u64],
+        kappa: Option<&[f32]>,
+        alpha: Option<&[f32]>,
+        attrs: Option<&m2m_tier::AttrBatch>,
+    ) -> Result<std::ops::Range<usize>> {
+        if let Some((row, id)) = ids.iter().enumerate().find(|(_, id)| self.deleted.contains(id)) {
+            return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
+        }
+        let fresh = self.validated_batch(vectors, ids, kappa, alpha)?;
+        if let Some((row, id)) = fresh.ids().iter().enumerate().find(|(_, id)| self.set.row_of(**id).is_some()) {
+            return Err(Error::Splat(m2m_splat::Error::DuplicateId { row, id: *id }));
+        }
+        if let Some(db) = &mut self.db {
+            db.ingest_with(&fresh, attrs)?;
+        }
+        let rows = Arc::make_mut(&mut self.set).append(&fresh)?;
+        Arc::make_mut(&mut self.kappa).extend_from_slice(fresh.kappa());
+        Arc::make_mut(&mut self.alpha).extend_from_slice(fresh.alpha());
+        Ok(rows)
     }
 
     /// Builds the retrieval index over the live splats (replacing an older one), learns kappa and alpha

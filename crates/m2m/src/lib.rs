@@ -25,6 +25,7 @@ mod config;
 mod engine;
 mod error;
 mod gpu_search;
+mod ingest;
 mod loader;
 mod rowids;
 mod rows;

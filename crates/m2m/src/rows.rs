@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::rowids::RowIds;
-use m2m_splat::SplatSet;
+use m2m_splat::{Batch, SplatSet};
 use m2m_tier::{Columns, Segment, Snapshot};
 
 use crate::{Error, Result};
@@ -253,6 +253,23 @@ impl RowStore {
         }
         // The new ids were checked against the old ones above, and a set's own ids are distinct.
         self.ids.extend(set.ids());
+        Ok(start..self.ids.len())
+    }
+
+    /// Appends the raw rows of `batch` with their ids, normalising each vector straight into the RAM
+    /// rows as it is checked ([`Batch::normalise_onto`]: one read and one write of each vector). The
+    /// caller has run [`Batch::check`] and checked that the ids are new and distinct. On error (a row
+    /// that is not finite or has no direction, too many rows) nothing changes.
+    pub(crate) fn append_batch(&mut self, batch: &Batch<'_>, ids: &[u64]) -> Result<std::ops::Range<usize>> {
+        let start = self.ids.len();
+        u32::try_from(start + ids.len()).map_err(|_| too_many("rows"))?;
+        let ram_rows = self.ram.len() / self.dim;
+        batch.normalise_onto(&mut self.ram, &mut self.ram_norms)?;
+        for i in 0..ids.len() {
+            self.loc.push(Loc { part: IN_RAM, row: (ram_rows + i) as u32 });
+        }
+        // Ids in sequence stay a run (no per-row cost); the caller checked they are new and distinct.
+        self.ids.extend(ids);
         Ok(start..self.ids.len())
     }
 

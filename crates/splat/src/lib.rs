@@ -48,6 +48,6 @@ pub use io::{
     write_vectors,
 };
 pub use metric::Metric;
-pub use normalize::{normalize, normalize_into};
+pub use normalize::{normalize, normalize_extend, normalize_into};
 pub use set::{Batch, MU_ALIGN, SplatSet, SplatSetInfo, Values};
 pub use splat::{DEFAULT_ALPHA, DEFAULT_KAPPA, Splat, SplatId, SplatRef};

@@ -36,16 +36,10 @@ fn norm_f64(v: &[f32]) -> f64 {
     max * s.sqrt()
 }
 
-/// Writes `src / |src|` into `dst` and returns `|src|` (as f32, saturating to `f32::MAX`).
-///
-/// `row` only labels errors: [`Error::NonFinite`] for a NaN or infinite component (the first one, with its
-/// column), [`Error::ZeroNorm`] when the vector is all zeros. On error `dst` may hold partial output.
-/// `src` and `dst` must have the same length; a different length is reported as
-/// [`Error::DimensionMismatch`].
-pub fn normalize_into(src: &[f32], dst: &mut [f32], row: usize) -> Result<f32> {
-    if src.len() != dst.len() {
-        return Err(Error::DimensionMismatch { expected: dst.len(), got: src.len() });
-    }
+/// The norm of `src` (as f64), with its checks: [`Error::NonFinite`] for a NaN or infinite component
+/// (the first one, with its column), [`Error::ZeroNorm`] when the vector is all zeros. `row` only labels
+/// errors.
+fn checked_norm(src: &[f32], row: usize) -> Result<f64> {
     let sum = sum_squares_f32(src);
     let norm: f64 = if sum.is_finite() && sum >= f32::MIN_POSITIVE {
         f64::from(sum).sqrt()
@@ -59,6 +53,25 @@ pub fn normalize_into(src: &[f32], dst: &mut [f32], row: usize) -> Result<f32> {
     if norm == 0.0 {
         return Err(Error::ZeroNorm { row });
     }
+    Ok(norm)
+}
+
+/// `norm` as the f32 that callers keep (saturating to `f32::MAX`).
+fn stored_norm(norm: f64) -> f32 {
+    norm.min(f64::from(f32::MAX)) as f32
+}
+
+/// Writes `src / |src|` into `dst` and returns `|src|` (as f32, saturating to `f32::MAX`).
+///
+/// `row` only labels errors: [`Error::NonFinite`] for a NaN or infinite component (the first one, with its
+/// column), [`Error::ZeroNorm`] when the vector is all zeros. On error `dst` may hold partial output.
+/// `src` and `dst` must have the same length; a different length is reported as
+/// [`Error::DimensionMismatch`].
+pub fn normalize_into(src: &[f32], dst: &mut [f32], row: usize) -> Result<f32> {
+    if src.len() != dst.len() {
+        return Err(Error::DimensionMismatch { expected: dst.len(), got: src.len() });
+    }
+    let norm = checked_norm(src, row)?;
     let inv = 1.0 / norm;
     if inv.is_finite() && inv < f64::from(f32::MAX) {
         let inv = inv as f32;
@@ -71,7 +84,22 @@ pub fn normalize_into(src: &[f32], dst: &mut [f32], row: usize) -> Result<f32> {
             *d = (f64::from(*s) * inv) as f32;
         }
     }
-    Ok(norm.min(f64::from(f32::MAX)) as f32)
+    Ok(stored_norm(norm))
+}
+
+/// Appends `src / |src|` to `out` and returns `|src|`, as [`normalize_into`] computes them (the same
+/// values, bit for bit), without zero-filling `out` first: the ingest path's one write of each row. On
+/// error `out` is unchanged. `row` only labels errors.
+pub fn normalize_extend(src: &[f32], out: &mut Vec<f32>, row: usize) -> Result<f32> {
+    let norm = checked_norm(src, row)?;
+    let inv = 1.0 / norm;
+    if inv.is_finite() && inv < f64::from(f32::MAX) {
+        let inv = inv as f32;
+        out.extend(src.iter().map(|s| s * inv));
+    } else {
+        out.extend(src.iter().map(|s| (f64::from(*s) * inv) as f32));
+    }
+    Ok(stored_norm(norm))
 }
 
 /// Returns a unit-norm copy of `v` and its original norm.
@@ -135,6 +163,41 @@ mod tests {
             match normalize_into(&v, &mut out, 7) {
                 Err(Error::NonFinite { row: 7, column, .. }) => prop_assert_eq!(column, col),
                 other => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+    }
+
+    proptest! {
+        /// `normalize_extend` against `normalize_into`, including the f64 paths (huge and tiny values),
+        /// and a bad row leaving `out` as it was. Mutations caught: a different rounding (a division
+        /// instead of the multiply by the f32 inverse), a partial row left behind on error, the norm not
+        /// saturated like `normalize_into`'s.
+        #[test]
+        fn extend_writes_what_into_writes_and_nothing_on_error(
+            v in proptest::collection::vec(-1.0f32..1.0, 1..200),
+            exp in prop_oneof![Just(0i32), Just(-40), Just(30), Just(38)],
+            bad in proptest::option::of((any::<prop::sample::Index>(), prop_oneof![Just(f32::NAN), Just(f32::INFINITY)])),
+        ) {
+            let scale = 10f64.powi(exp);
+            let mut v: Vec<f32> = v.iter().map(|&x| (f64::from(x) * scale) as f32).collect();
+            if let Some((at, x)) = bad {
+                let i = at.index(v.len());
+                v[i] = x;
+            }
+            let mut out = vec![7.0f32; 3];
+            let mut into = vec![0.0f32; v.len()];
+            match (normalize_into(&v, &mut into, 2), normalize_extend(&v, &mut out, 2)) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(a.to_bits(), b.to_bits());
+                    prop_assert_eq!(&out[..3], &[7.0, 7.0, 7.0]);
+                    let same = out[3..].iter().zip(&into).all(|(x, y)| x.to_bits() == y.to_bits());
+                    prop_assert!(same && out.len() == 3 + v.len());
+                }
+                (Err(a), Err(b)) => {
+                    prop_assert_eq!(a.to_string(), b.to_string());
+                    prop_assert_eq!(out, vec![7.0f32; 3]);
+                }
+                (a, b) => prop_assert!(false, "into {:?}, extend {:?}", a, b),
             }
         }
     }

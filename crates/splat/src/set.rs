@@ -8,7 +8,7 @@ use aligned_vec::{AVec, ConstAlign};
 use serde::{Deserialize, Serialize};
 
 use crate::splat::{check_alpha, check_kappa};
-use crate::{DEFAULT_ALPHA, DEFAULT_KAPPA, Error, Result, Splat, SplatId, SplatRef, normalize_into};
+use crate::{DEFAULT_ALPHA, DEFAULT_KAPPA, Error, Result, Splat, SplatId, SplatRef, normalize_extend, normalize_into};
 
 /// Alignment in bytes of the start of the `mu` buffer: one cache line, and the width of an AVX-512 load.
 pub const MU_ALIGN: usize = 64;
@@ -115,6 +115,64 @@ impl<'a> Batch<'a> {
     pub fn dim(&self) -> usize {
         self.dim
     }
+
+    /// Checks what needs no set, and returns the number of rows: the dimension is `dim`, the vectors
+    /// are whole rows and at least one, the ids, kappa and alpha columns (where given) have one value a
+    /// row, each kappa and alpha is finite and > 0. What is left to check is per row and done as the row
+    /// is written: its values (by [`normalise_onto`](Self::normalise_onto)) and its id (by the caller).
+    ///
+    /// Errors: [`Error::DimensionMismatch`], [`Error::RaggedBatch`], [`Error::EmptyBatch`],
+    /// [`Error::ColumnLength`], [`Error::InvalidKappa`], [`Error::InvalidAlpha`].
+    pub fn check(&self, dim: usize) -> Result<usize> {
+        if self.dim != dim {
+            return Err(Error::DimensionMismatch { expected: dim, got: self.dim });
+        }
+        if !self.vectors.len().is_multiple_of(dim) {
+            return Err(Error::RaggedBatch { len: self.vectors.len(), dim });
+        }
+        let rows = self.rows();
+        if rows == 0 {
+            return Err(Error::EmptyBatch);
+        }
+        if let Some(ids) = self.ids.filter(|ids| ids.len() != rows) {
+            return Err(Error::ColumnLength { column: "ids", expected: rows, got: ids.len() });
+        }
+        self.kappa.check(rows, "kappa", check_kappa)?;
+        self.alpha.check(rows, "alpha", check_alpha)?;
+        Ok(rows)
+    }
+
+    /// Appends each row's unit vector to `mu` and its norm to `norms`, checking the row as it is written
+    /// ([`Error::NonFinite`], [`Error::ZeroNorm`], rows counted from the batch's start): one read and
+    /// one write of each vector, nothing zero-filled first. On error `mu` and `norms` are as before.
+    /// Call [`check`](Self::check) first (a ragged tail is not written).
+    pub fn normalise_onto(&self, mu: &mut Vec<f32>, norms: &mut Vec<f32>) -> Result<()> {
+        let (mu_len, norms_len) = (mu.len(), norms.len());
+        let rows = self.rows();
+        mu.reserve(rows * self.dim);
+        norms.reserve(rows);
+        for (row, src) in self.vectors.chunks_exact(self.dim.max(1)).enumerate() {
+            match normalize_extend(src, mu, row) {
+                Ok(norm) => norms.push(norm),
+                Err(e) => {
+                    mu.truncate(mu_len);
+                    norms.truncate(norms_len);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends each row's kappa to `out`: the batch's, or [`DEFAULT_KAPPA`].
+    pub fn extend_kappa(&self, out: &mut Vec<f32>) {
+        self.kappa.extend_into(out, self.rows(), DEFAULT_KAPPA);
+    }
+
+    /// Appends each row's alpha to `out`: the batch's, or [`DEFAULT_ALPHA`].
+    pub fn extend_alpha(&self, out: &mut Vec<f32>) {
+        self.alpha.extend_into(out, self.rows(), DEFAULT_ALPHA);
+    }
 }
 
 /// The shape of a [`SplatSet`], small enough to persist with postcard.
@@ -185,19 +243,8 @@ impl SplatSet {
     /// [`Error::InvalidAlpha`], [`Error::NonFinite`], [`Error::ZeroNorm`]; rows in errors count from the
     /// start of the batch.
     pub fn append(&mut self, batch: Batch<'_>) -> Result<Range<usize>> {
-        if batch.dim != self.dim {
-            return Err(Error::DimensionMismatch { expected: self.dim, got: batch.dim });
-        }
-        if !batch.vectors.len().is_multiple_of(self.dim) {
-            return Err(Error::RaggedBatch { len: batch.vectors.len(), dim: self.dim });
-        }
-        let rows = batch.rows();
-        if rows == 0 {
-            return Err(Error::EmptyBatch);
-        }
+        let rows = batch.check(self.dim)?;
         let new_next_id = self.check_ids(batch.ids, rows)?;
-        batch.kappa.check(rows, "kappa", check_kappa)?;
-        batch.alpha.check(rows, "alpha", check_alpha)?;
 
         let start_row = self.len();
         let start = self.mu.len();
@@ -447,6 +494,27 @@ mod tests {
         }
         // And the set still takes a good batch afterwards.
         assert_eq!(set.append(Batch::new(&good, 3)).unwrap(), 2..4);
+    }
+
+    /// `normalise_onto`, the ingest's one pass: a bad row anywhere leaves both columns exactly as they
+    /// were (their old contents and lengths), and a good batch writes what `append` writes. Mutations
+    /// caught (both tried by hand): `mu` or `norms` not cut back after a bad row.
+    #[test]
+    fn normalise_onto_writes_what_append_writes_and_nothing_on_a_bad_row() {
+        let good: Vec<f32> = (0..40 * 3).map(|i| 1.0 + (i % 7) as f32).collect();
+        let (mut mu, mut norms) = (vec![5.0f32; 6], vec![9.0f32; 2]);
+        for bad_row in [0, 17, 39] {
+            for x in [f32::NAN, f32::INFINITY] {
+                let mut bad = good.clone();
+                bad[bad_row * 3 + 1] = x;
+                let e = Batch::new(&bad, 3).normalise_onto(&mut mu, &mut norms).unwrap_err();
+                assert!(matches!(e, Error::NonFinite { row, column: 1, .. } if row == bad_row), "{e:?}");
+                assert_eq!((&mu[..], &norms[..]), (&[5.0f32; 6][..], &[9.0f32; 2][..]), "row {bad_row}");
+            }
+        }
+        Batch::new(&good, 3).normalise_onto(&mut mu, &mut norms).unwrap();
+        let set = SplatSet::from_vectors(&good, 3).unwrap();
+        assert_eq!((&mu[6..], &norms[2..]), (set.mu(), set.norms()));
     }
 
     #[test]

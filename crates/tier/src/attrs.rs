@@ -515,6 +515,16 @@ impl Rows {
     }
 }
 
+/// Attributes checked for an add and not yet stored ([`AttrTable::prepare`], [`AttrTable::commit`]):
+/// the columns in schema order (`None`: every field null), and the schema inferred from them when the
+/// table had none.
+#[derive(Debug)]
+pub struct PreparedAttrs {
+    rows: usize,
+    schema: Option<Schema>,
+    columns: Option<Vec<Column>>,
+}
+
 impl AttrTable {
     /// An empty table of `schema`.
     pub fn new(schema: Schema) -> AttrTable {
@@ -685,36 +695,44 @@ impl AttrTable {
         if let Some(id) = ids.iter().find(|&&id| self.contains(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} is already in the table") });
         }
-        self.put(ids, attrs, false)
+        let prepared = self.prepare(ids.len(), attrs)?;
+        self.commit(ids, prepared);
+        Ok(())
     }
 
     /// [`add`](Self::add) where an id that has a row already is replaced by its new one (the upsert of
     /// an engine kept outside a database): checked as `add` checks, and nothing changes on error.
     pub fn replace(&mut self, ids: &[u64], attrs: Option<&AttrBatch>) -> Result<()> {
-        self.put(ids, attrs, true)
+        let prepared = self.prepare(ids.len(), attrs)?;
+        self.remove(ids);
+        self.commit(ids, prepared);
+        Ok(())
     }
 
-    fn put(&mut self, ids: &[u64], attrs: Option<&AttrBatch>, replace: bool) -> Result<()> {
-        let Some(a) = attrs.filter(|a| !a.columns.is_empty() || a.rows != ids.len()) else {
-            if replace {
-                self.remove(ids);
-            }
-            self.append(ids, None);
-            return Ok(());
+    /// The first half of [`add`](Self::add) without its id check: `attrs` checked for `rows` new rows
+    /// (against the schema, or inferring one when the table has none), the table unchanged. A caller
+    /// that must check more before anything changes (the in-memory engine's vectors) checks it between
+    /// this and [`commit`](Self::commit).
+    pub fn prepare(&self, rows: usize, attrs: Option<&AttrBatch>) -> Result<PreparedAttrs> {
+        let Some(a) = attrs.filter(|a| !a.columns.is_empty() || a.rows != rows) else {
+            return Ok(PreparedAttrs { rows, schema: None, columns: None });
         };
-        if a.rows != ids.len() {
-            return Err(attr_error("", format!("{} rows of attributes for {} ids", a.rows, ids.len())));
+        if a.rows != rows {
+            return Err(attr_error("", format!("{} rows of attributes for {rows} ids", a.rows)));
         }
-        let schema = if self.schema.is_empty() { Schema::infer(a)? } else { self.schema.clone() };
-        let cols = a.normalise(&schema)?;
-        if self.schema.is_empty() {
+        let inferred = if self.schema.is_empty() { Some(Schema::infer(a)?) } else { None };
+        let columns = a.normalise(inferred.as_ref().unwrap_or(&self.schema))?;
+        Ok(PreparedAttrs { rows, schema: inferred, columns: Some(columns) })
+    }
+
+    /// Appends rows `ids` with attributes from [`prepare`](Self::prepare) on this table, unchanged since
+    /// (the ids new, one per prepared row: the caller checked them). Cannot fail.
+    pub fn commit(&mut self, ids: &[u64], prepared: PreparedAttrs) {
+        debug_assert_eq!(ids.len(), prepared.rows, "prepared for another batch");
+        if let Some(schema) = prepared.schema {
             self.set_schema(schema);
         }
-        if replace {
-            self.remove(ids);
-        }
-        self.append_owned(ids, Some(cols));
-        Ok(())
+        self.append_owned(ids, prepared.columns);
     }
 
     /// Declares the schema of a table that has none (its rows get nulls); the same one again is a no-op,

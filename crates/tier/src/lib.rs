@@ -223,8 +223,8 @@ pub mod testing {
 }
 
 pub use attrs::{
-    AttrBatch, AttrTable, Column, Field, FieldType, MAX_FIELDS, MAX_KEYWORD, MAX_PAYLOAD, MAX_TAGS, Schema, Storage,
-    Value,
+    AttrBatch, AttrTable, Column, Field, FieldType, MAX_FIELDS, MAX_KEYWORD, MAX_PAYLOAD, MAX_TAGS, PreparedAttrs,
+    Schema, Storage, Value,
 };
 pub use blob::{BLOB_MAGIC, BLOB_VERSION, load_blob, remove_blob, store_blob};
 pub use columns::{Columns, ColumnsRef, Memtable};
