@@ -17,9 +17,12 @@
 //! [`VectorCache::row`] serves one row from the cache or the mapping, [`VectorCache::prefetch_row`]
 //! asks for just its pages, and [`VectorCache::rows_done`] releases what a batch of row reads mapped, in
 //! one call over the section (a release per row would cost a system call per row); whole-block reads
-//! (`Exact` scans) are read in place. The mapping is advised `MADV_RANDOM`: a fault on a page that is
-//! not in the page cache reads that page, not the device's read-ahead window around it (8 MiB on some
-//! disks), so a cold row read costs one page, and the prefetch hints say what to read ahead.
+//! (`Exact` scans) are read in place. On Unix a row is read with `pread` on the section's file rather
+//! than through the mapping: a fault would also map up to 16 neighbouring cached pages (the kernel's
+//! fault-around), which then have to be released; a read copies the row's bytes alone and leaves
+//! nothing mapped. The mapping is advised `MADV_RANDOM`: a fault on a page that is not in the page
+//! cache reads that page, not the device's read-ahead window around it (8 MiB on some disks), and the
+//! prefetch hints say what to read ahead.
 //!
 //! What it does not do: decide which rows form a block (the caller passes ranges), or check the values
 //! (the section's checksum is `Db::check`'s job).
@@ -86,6 +89,10 @@ pub struct VectorCache {
     cache: Option<Cache<u64, Arc<[f32]>, Bytes>>,
     budget: u64,
     by_row: bool,
+    /// The section's file, for row reads by `pread` (by-row mode on Unix; `None`: through the mapping).
+    file: Option<std::fs::File>,
+    /// Whether a row was read through the mapping since the last [`rows_done`](Self::rows_done).
+    mapped_rows: std::sync::atomic::AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -109,11 +116,16 @@ impl VectorCache {
         if let Some((offset, len)) = Self::section_bytes(&rows) {
             let _ = rows.file().map().advise_range(memmap2::Advice::Random, offset, len);
         }
+        // The file of the mapping (section files are never rewritten: a new index is a new file). Where
+        // it cannot be opened, rows are read through the mapping.
+        let file = (by_row && cfg!(unix)).then(|| std::fs::File::open(rows.file().path()).ok()).flatten();
         VectorCache {
             rows,
             cache: (budget_bytes > 0).then(|| Cache::with_weighter(items, budget_bytes, Bytes)),
             budget: budget_bytes,
             by_row,
+            file,
+            mapped_rows: std::sync::atomic::AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -158,22 +170,46 @@ impl VectorCache {
     /// reads touched are released by [`rows_done`](Self::rows_done). A range outside the section is empty.
     pub fn row(&self, range: Range<usize>) -> CachedRows<'_> {
         let Some(values) = self.rows.as_slice().get(range.clone()) else { return CachedRows::Mapped(&[]) };
-        let Some(cache) = self.cache.as_ref().filter(|_| self.by_row) else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return CachedRows::Mapped(values);
-        };
+        let cache = self.cache.as_ref().filter(|_| self.by_row);
         let key = range.start as u64;
-        if let Some(rows) = cache.get(&key) {
+        if let Some(rows) = cache.and_then(|c| c.get(&key)) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return CachedRows::Cached(rows);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        if (values.len() * 4) as u64 > self.budget {
-            return CachedRows::Mapped(values);
+        let rows: Arc<[f32]> = match self.read_row(range.clone()) {
+            Some(rows) => rows,
+            None => {
+                self.mapped_rows.store(true, Ordering::Relaxed);
+                match cache {
+                    Some(_) if (values.len() * 4) as u64 <= self.budget => Arc::from(values),
+                    _ => return CachedRows::Mapped(values),
+                }
+            }
+        };
+        if let Some(cache) = cache.filter(|_| (rows.len() * 4) as u64 <= self.budget) {
+            cache.insert(key, Arc::clone(&rows));
         }
-        let rows: Arc<[f32]> = Arc::from(values);
-        cache.insert(key, Arc::clone(&rows));
         CachedRows::Cached(rows)
+    }
+
+    /// Values `range` read from the section's file (`pread`), when this cache reads rows that way and
+    /// the read succeeds (a failure falls back to the mapping, which reads the same bytes).
+    fn read_row(&self, range: Range<usize>) -> Option<Arc<[f32]>> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            let file = self.file.as_ref()?;
+            let (offset, _) = self.bytes(range.clone())?;
+            let mut buf = vec![0f32; range.len()];
+            file.read_exact_at(bytemuck::cast_slice_mut(&mut buf), offset as u64).ok()?;
+            Some(Arc::from(buf))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = range;
+            None
+        }
     }
 
     /// Asks the kernel to read the pages of one row (values `range`) ahead, unless the row is cached.
@@ -192,6 +228,10 @@ impl VectorCache {
     /// The end of a batch of [`row`](Self::row) reads: the process stops holding the mapping's pages
     /// (the page cache may keep them), in one call over the whole section.
     pub fn rows_done(&self) {
+        // Rows read from the file left nothing mapped.
+        if !self.mapped_rows.swap(false, Ordering::Relaxed) {
+            return;
+        }
         #[cfg(unix)]
         if let Some((offset, len)) = Self::section_bytes(&self.rows) {
             // SAFETY: as in `release`: the mapped file never changes, so a released page faults the same
