@@ -150,7 +150,17 @@ pub(crate) fn read_attributes(path: &Path, schema: Option<&Schema>) -> Result<Pr
         let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
         f.read(&mut magic).with_context(|| format!("{}", path.display()))? == 4 && &magic == b"PAR1"
     };
-    if is_parquet { read_parquet(path, schema) } else { read_jsonl(path, schema) }
+    if is_parquet {
+        // The Parquet reader is a third party's parser of hostile bytes: a panic in it (a forged footer
+        // has made it panic) is a refused file, not a crash.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let read = std::panic::catch_unwind(|| read_parquet(path, schema));
+        std::panic::set_hook(hook);
+        read.unwrap_or_else(|_| bail!("{}: not a readable Parquet file (its metadata is inconsistent)", path.display()))
+    } else {
+        read_jsonl(path, schema)
+    }
 }
 
 /// Reads a JSON-lines file of objects, each with an integer `id` and the row's fields, into ids and
@@ -172,6 +182,9 @@ pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<Prepare
             serde_json::from_str(&line).with_context(|| format!("{}: {at}", path.display()))?;
         rows.push(Row { at, fields: obj.into_iter().map(|(k, v)| (k, Cell::Json(v))).collect() });
     }
+    if rows.is_empty() {
+        bail!("{}: no rows (an empty file)", path.display());
+    }
     prepare(path, rows, schema, &[])
 }
 
@@ -182,21 +195,36 @@ pub(crate) fn read_jsonl(path: &Path, schema: Option<&Schema>) -> Result<Prepare
 /// they are), structs and maps JSON payloads, and timestamps timestamp fields in microseconds since the
 /// Unix epoch (milliseconds are converted). A null is a missing value. Errors name the file and the row
 /// (from 1): a decimal or a time of day (no field type holds them: cast them first), a non-finite float,
-/// a compression this build does not read, and every check of [`read_jsonl`].
+/// a compression this build does not read (zstd, brotli), a file without rows, and every check of
+/// [`read_jsonl`]. Nanosecond timestamps are floored to microseconds.
 pub(crate) fn read_parquet(path: &Path, schema: Option<&Schema>) -> Result<Prepared> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let reader =
         SerializedFileReader::new(file).with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
-    let mut timestamps = Vec::new();
+    use parquet::basic::{ConvertedType, LogicalType, TimeUnit};
+    use parquet::record::Field as F;
+    // Top-level columns by logical type: timestamps (those in nanoseconds arrive as plain integers and
+    // are floored to microseconds here), and times of day stored as plain integers (refused like the
+    // others).
+    let (mut timestamps, mut nanos, mut times) = (Vec::new(), Vec::new(), Vec::new());
     for col in reader.metadata().file_metadata().schema_descr().columns() {
-        if matches!(col.logical_type_ref(), Some(parquet::basic::LogicalType::Timestamp { .. }))
-            || matches!(
-                col.converted_type(),
-                parquet::basic::ConvertedType::TIMESTAMP_MILLIS | parquet::basic::ConvertedType::TIMESTAMP_MICROS
-            )
-        {
-            timestamps.push(col.name().to_string());
+        if col.path().parts().len() != 1 {
+            continue;
+        }
+        let name = col.name().to_string();
+        match col.logical_type_ref() {
+            Some(LogicalType::Timestamp(ts)) => {
+                if matches!(ts.unit, TimeUnit::NANOS) {
+                    nanos.push(name.clone());
+                }
+                timestamps.push(name);
+            }
+            Some(LogicalType::Time { .. }) => times.push(name),
+            _ if matches!(col.converted_type(), ConvertedType::TIMESTAMP_MILLIS | ConvertedType::TIMESTAMP_MICROS) => {
+                timestamps.push(name);
+            }
+            _ => {}
         }
     }
     let mut rows = Vec::new();
@@ -205,11 +233,25 @@ pub(crate) fn read_parquet(path: &Path, schema: Option<&Schema>) -> Result<Prepa
         let row = row.with_context(|| format!("{}: {at}", path.display()))?;
         let mut fields = Vec::new();
         for (name, field) in row.into_columns() {
+            let field = match field {
+                F::Long(ns) if nanos.contains(&name) => F::Long(ns.div_euclid(1000)),
+                F::Null => F::Null,
+                _ if times.contains(&name) => {
+                    bail!(
+                        "{}: {at}: field {name:?}: a time of day: no field type holds one (cast it to an integer)",
+                        path.display()
+                    )
+                }
+                other => other,
+            };
             let cell =
                 cell_of(field).map_err(|why| anyhow::anyhow!("{}: {at}: field {name:?}: {why}", path.display()))?;
             fields.push((name, cell));
         }
         rows.push(Row { at, fields });
+    }
+    if rows.is_empty() {
+        bail!("{}: no rows", path.display());
     }
     prepare(path, rows, schema, &timestamps)
 }

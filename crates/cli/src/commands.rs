@@ -622,6 +622,10 @@ fn upsert(cli: &Cli, db: &Path, vectors: &Path, rows: &Path) -> Result<ExitCode>
     if let Some(i) = v.data.iter().position(|x| !x.is_finite()) {
         bail!("{}: row {}: a value that is not finite ({})", vectors.display(), i / dim, v.data[i]);
     }
+    // What the engine would refuse after the schema is set (a refused upsert must change nothing).
+    if let Some(r) = v.data.chunks_exact(dim.max(1)).position(|row| row.iter().all(|&x| x == 0.0)) {
+        bail!("{}: row {r}: a zero vector has no direction", vectors.display());
+    }
     let n = v.data.len() / dim.max(1);
     let prepared = crate::attributes::read_attributes(rows, engine.schema().as_ref())?;
     if prepared.ids.len() != n {
@@ -629,6 +633,9 @@ fn upsert(cli: &Cli, db: &Path, vectors: &Path, rows: &Path) -> Result<ExitCode>
     }
     if n == 0 {
         bail!("{}: no vectors", vectors.display());
+    }
+    if let Some(r) = prepared.ids.iter().position(|&id| id == u64::MAX) {
+        bail!("{}: row {}: id {} is reserved", rows.display(), r + 1, u64::MAX);
     }
     let with_attrs = !prepared.batch.columns.is_empty();
     if with_attrs && engine.schema().is_none() {

@@ -724,7 +724,8 @@ fn attributes_from_json_lines_filter_queries_and_show_in_info() {
 /// read as JSON lines (refused at line 1), a column dropped or read from the wrong row (values differ
 /// from the generator's formulas), a timestamp column inferred as a plain integer (the schema's type),
 /// a binary column read as a string or base64 (the payload's bytes differ), nulls read as values, a
-/// truncated file accepted or reported without the file's name.
+/// truncated file accepted or reported without the file's name, a panic of the Parquet reader on a
+/// forged footer let through (exit 101), an empty file taken for zero attributes.
 #[test]
 fn attributes_from_parquet_are_typed_by_their_columns() {
     let dir = tempfile::tempdir().unwrap();
@@ -740,6 +741,16 @@ fn attributes_from_parquet_are_typed_by_their_columns() {
     assert_eq!(code, 1);
     assert!(err.contains("cut.parquet") && err.contains("Parquet") && !err.contains('\n'), "{err}");
     assert!(!dir.path().join("db").exists(), "a database was created by a refused ingest");
+    // A footer with three bytes changed (found by a reviewer's mutation run) made the Parquet reader
+    // panic; an empty file is no attributes file. Both refused in one line, nothing created.
+    let forged = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/forged_footer.parquet");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    for (bad, want) in [(forged, "not a readable Parquet file"), (empty, "no rows")] {
+        let (code, err) = fails(&["ingest", &db, &a, "--attributes", &bad.display().to_string()]);
+        assert!(code == 1 && err.contains(want) && !err.contains('\n'), "{err}");
+        assert!(!dir.path().join("db").exists(), "a database was created by a refused ingest");
+    }
 
     let out = m2m(&["ingest", &db, &a, &b, "--attributes", &pq]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

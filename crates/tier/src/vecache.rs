@@ -90,6 +90,7 @@ pub struct VectorCache {
     budget: u64,
     by_row: bool,
     /// The section's file, for row reads by `pread` (by-row mode on Unix; `None`: through the mapping).
+    #[cfg_attr(not(unix), allow(dead_code, reason = "rows are read by pread on Unix only"))]
     file: Option<std::fs::File>,
     /// Whether a row was read through the mapping since the last [`rows_done`](Self::rows_done).
     mapped_rows: std::sync::atomic::AtomicBool,
