@@ -29,6 +29,18 @@ fn kind_of(v: &Json) -> Option<Storage> {
     })
 }
 
+/// A kind of column as the schema names its values, with its article: `an int`, `a payload`...
+fn kind_name(kind: Storage) -> &'static str {
+    match kind {
+        Storage::Int => "an int",
+        Storage::Float => "a float",
+        Storage::Bool => "a bool",
+        Storage::Keyword => "a keyword",
+        Storage::Tags => "a tags",
+        Storage::Bytes => "a payload",
+    }
+}
+
 /// One value of a row: a JSON value, or raw bytes (a Parquet binary column: a payload as it is).
 #[derive(Debug)]
 enum Cell {
@@ -340,7 +352,12 @@ fn prepare(path: &Path, rows: Vec<Row>, schema: Option<&Schema>, timestamps: &[S
                     (Storage::Float, n)
                 }
                 Some((was, first)) => {
-                    bail!("{}: field {k:?}: {v} is not a {was:?} value like the one on {}", at(), rows[first].at)
+                    bail!(
+                        "{}: field {k:?}: {v} is not {} value like the one on {}",
+                        at(),
+                        kind_name(was),
+                        rows[first].at
+                    )
                 }
             };
             kinds[slot].1 = Some(merged);
@@ -363,10 +380,10 @@ fn prepare(path: &Path, rows: Vec<Row>, schema: Option<&Schema>, timestamps: &[S
             if !push(col, v) {
                 let shown = v.map_or_else(|| "null".to_string(), ToString::to_string);
                 bail!(
-                    "{}: {}: field {name:?}: {shown} does not fit a {:?} field",
+                    "{}: {}: field {name:?}: {shown} does not fit {} field",
                     path.display(),
                     row.at,
-                    col.storage()
+                    kind_name(col.storage())
                 );
             }
         }
