@@ -1167,10 +1167,15 @@ impl Index {
 
     /// The exact similarity of member `pos` of cluster `cluster` to the prepared query `q`.
     pub(crate) fn member_score(&self, q: &[f32], cluster: u32, pos: u32) -> f32 {
-        let cl = &self.p.clusters[cluster as usize];
         let dim = self.p.dim;
-        let dot =
-            crate::kernels::dot_with(self.isa, q, &self.cluster_vectors(cluster as usize)[pos as usize * dim..][..dim]);
+        self.score_row(q, cluster, pos, &self.cluster_vectors(cluster as usize)[pos as usize * dim..][..dim])
+    }
+
+    /// The exact score of member `pos` of `cluster`, whose full vector is `row` (read from wherever it
+    /// lives: RAM, the mapping, a cache).
+    fn score_row(&self, q: &[f32], cluster: u32, pos: u32, row: &[f32]) -> f32 {
+        let cl = &self.p.clusters[cluster as usize];
+        let dot = crate::kernels::dot_with(self.isa, q, row);
         if cl.half_sq_norms.is_empty() { dot } else { dot - cl.half_sq_norms[pos as usize] }
     }
 
@@ -1602,15 +1607,13 @@ impl Index {
         }
         let mut scores = vec![0f32; candidates.len()];
         for group in by_cluster.chunk_by(|&a, &b| candidates[a as usize].cluster == candidates[b as usize].cluster) {
-            let f = candidates[group[0] as usize].cluster as usize;
-            let cl = &self.p.clusters[f];
-            let rows = self.cluster_rows(f);
+            let f = candidates[group[0] as usize].cluster;
+            let rows = self.cluster_rows(f as usize);
             for &i in group {
-                let pos = candidates[i as usize].pos as usize;
-                let dot = crate::kernels::dot_with(self.isa, &s.q, &rows[pos * dim..][..dim]);
-                scores[i as usize] = if cl.half_sq_norms.is_empty() { dot } else { dot - cl.half_sq_norms[pos] };
+                let pos = candidates[i as usize].pos;
+                scores[i as usize] = self.score_row(&s.q, f, pos, &rows[pos as usize * dim..][..dim]);
             }
-            self.rows_done(f, rows);
+            self.rows_done(f as usize, rows);
         }
         for (e, score) in candidates.into_iter().zip(scores) {
             s.top2.push(Entry { score, ..e });
@@ -1629,11 +1632,7 @@ impl Index {
         }
         for e in candidates {
             let score = match self.cold_member(e.cluster as usize, e.pos as usize) {
-                Some(range) => {
-                    let cl = &self.p.clusters[e.cluster as usize];
-                    let dot = crate::kernels::dot_with(self.isa, &s.q, &cache.row(range));
-                    if cl.half_sq_norms.is_empty() { dot } else { dot - cl.half_sq_norms[e.pos as usize] }
-                }
+                Some(range) => self.score_row(&s.q, e.cluster, e.pos, &cache.row(range)),
                 None => self.member_score(&s.q, e.cluster, e.pos),
             };
             s.top2.push(Entry { score, ..e });
