@@ -42,7 +42,8 @@ pub(crate) fn layout(rows: usize, dim: usize) -> Option<[(usize, usize); 5]> {
     for (slot, &(_, width, per_dim)) in out.iter_mut().zip(&COLUMNS) {
         let len = rows.checked_mul(width)?.checked_mul(if per_dim { dim } else { 1 })?;
         *slot = (at, len);
-        at = align_up(at.checked_add(len)?);
+        // Checked: a forged header's row count can bring `at` within 64 bytes of the top of usize.
+        at = at.checked_add(len)?.checked_next_multiple_of(ALIGN)?;
     }
     Some(out)
 }
