@@ -539,7 +539,7 @@ impl M2m {
         } else {
             return Ok(());
         };
-        let replaced = crate::upsert::load_replaced(dir)?;
+        let replaced = crate::upsert::load_replaced(dir)?.landed(&self.set, &self.kappa, &self.alpha);
         let exact = same_ids(self.set.ids(), &stored.ids);
         if (!exact || !replaced.is_empty()) && !self.catch_up(&mut index, &stored.ids, &replaced)? {
             return Ok(());
