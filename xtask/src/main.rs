@@ -15,7 +15,7 @@
 //!   and manifest decoders, and the blobs' framing and payloads) for SECONDS each (default 20), installing cargo-fuzz when it is missing; CI
 //!   runs it for 15 seconds per target. cargo-fuzz's flags (`-Z sanitizer=address`) need a nightly
 //!   compiler, and this machine has only stable: `RUSTC_BOOTSTRAP=1` lets stable accept them.
-//! * `cargo xtask torture [--minutes N] [--seed S]`: the hostile test (`torture.rs`): SIGKILLs of ingest,
+//! * `cargo xtask torture [--minutes N] [--seed S] [--only KIND]`: the hostile test (`torture.rs`): SIGKILLs of ingest,
 //!   flush, compaction and build at random moments, damage and forgeries of every file kind, foreign
 //!   files, a full disk as root; CI runs it for 3 minutes.
 //! * `cargo xtask bench [tier|splat|kernels|soc|engine] [ARGS...]`: runs the criterion benchmarks (all, or one by
@@ -95,7 +95,7 @@ fn main() -> Result<()> {
         Some("torture") => torture::torture(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!(
-                "usage: cargo xtask <ci | shaders | python [--matrix] | package | portability [--strict] [--run-aarch64] | msrv | fuzz [SECONDS] | torture [--minutes N] [--seed S] | gpu-devrun [DIR] | bench [criterion args...] | bench search --base B --queries Q ... | bench tiered [--cold]>"
+                "usage: cargo xtask <ci | shaders | python [--matrix] | package | portability [--strict] [--run-aarch64] | msrv | fuzz [SECONDS] | torture [--minutes N] [--seed S] [--only KIND] | gpu-devrun [DIR] | bench [criterion args...] | bench search --base B --queries Q ... | bench tiered [--cold]>"
             );
             Ok(())
         }

@@ -1,4 +1,5 @@
-//! `cargo xtask torture [--minutes N] [--seed S]`: the hostile test, kept running.
+//! `cargo xtask torture [--minutes N] [--seed S] [--only KIND]`: the hostile test, kept running (`--only`
+//! runs one kind of trial, by the names below).
 //!
 //! Trials, drawn at random until the time is up, each in a fresh directory with foreign files planted
 //! beside and (once it exists) inside the database (names like ours included: ten-digit `.wal`/`.seg`
@@ -17,6 +18,9 @@
 //!   and `verify` must leave as it is. Kills drawn after the process exited are counted apart.
 //! * `build-kill`: `m2m build` SIGKILLed; then `verify` must pass, `build` work, and row 5 be its own
 //!   nearest neighbour (id matched exactly).
+//! * `upsert-kill`: `m2m upsert` of 30 ids of a built database and 10 new ones SIGKILLed; then `verify`
+//!   must pass, the upsert be in whole or not at all (the old rows byte for byte), LOD 2 agree with the
+//!   rows, and the same command complete on a rerun.
 //! * `damage`: one file of a built database (manifest, log, segment, any blob) gets a bit flip, a
 //!   truncation, a zero tail, or a forged change with recomputed checksums (structure-aware: length and
 //!   count fields, and the numbers that must not overflow: ids, generations and id ranges near 2^64);
@@ -403,22 +407,29 @@ fn every_command(bins: &Bins, db: &Path, file: &Path, hurt: &Damage) -> Result<R
 
 #[derive(Default)]
 struct Tally {
-    trials: [u64; 5],
-    skipped: [u64; 5],
+    trials: [u64; 6],
+    skipped: [u64; 6],
     failures: Vec<String>,
 }
 
-const KINDS: [&str; 5] = ["tier-kill", "ingest-kill", "build-kill", "damage", "full-disk"];
+const KINDS: [&str; 6] = ["tier-kill", "ingest-kill", "build-kill", "damage", "full-disk", "upsert-kill"];
 
 pub(crate) fn torture(args: &[String]) -> Result<()> {
     let mut minutes = 3.0f64;
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64 | 1;
+    let mut only = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--minutes" => minutes = it.next().context("--minutes N")?.parse().context("--minutes: a number")?,
             "--seed" => seed = it.next().context("--seed S")?.parse().context("--seed: a number")?,
-            other => bail!("torture: unknown argument {other} (expected --minutes N, --seed S)"),
+            "--only" => {
+                let name = it.next().context("--only KIND")?;
+                only = Some(KINDS.iter().position(|k| k == name).with_context(|| {
+                    format!("--only: {name} is no kind of trial (expected one of {})", KINDS.join(", "))
+                })?);
+            }
+            other => bail!("torture: unknown argument {other} (expected --minutes N, --seed S, --only KIND)"),
         }
     }
     // The binaries as the workspace's test build makes them (in CI already built by the test step, so
@@ -459,14 +470,19 @@ pub(crate) fn torture(args: &[String]) -> Result<()> {
     let mut n = 0u64;
     while Instant::now() < deadline {
         n += 1;
-        let kind = match rng.below(16) {
+        let kind = match rng.below(18) {
             0..=3 => 0,
             4..=8 => 1,
             9..=10 => 2,
             11..=14 => 3,
+            15..=16 => 5,
             _ if root_user => 4,
             _ => 3,
         };
+        // `--only`: the same draws, the other kinds skipped (not counted).
+        if only.is_some_and(|k| k != kind) {
+            continue;
+        }
         let trial = root.join(format!("trial-{n}"));
         std::fs::create_dir_all(&trial)?;
         let mut planted = plant(&trial);
@@ -475,6 +491,7 @@ pub(crate) fn torture(args: &[String]) -> Result<()> {
             0 => tier_kill(&bins, &db, &mut rng, &mut planted)?,
             1 => ingest_kill(&bins, &db, &file, &mut rng, &mut planted)?,
             2 => build_kill(&bins, &template, &db, &mut rng, &mut planted)?,
+            5 => upsert_kill(&bins, &template, &db, &file, &mut rng, &mut planted)?,
             3 => {
                 copy_dir(&template, &db)?;
                 planted.extend(plant(&db));
@@ -691,6 +708,105 @@ fn build_kill(
         }
     }
     Ok(Ok(()))
+}
+
+/// The top hit of each query in `m2m query --json` output with k = 1: (id, score), in query order.
+fn top_hits(stdout: &str) -> Vec<(u64, f64)> {
+    let number = |s: &str| s.split([',', '}']).next().unwrap_or("").trim().to_string();
+    stdout
+        .split("\"id\":")
+        .skip(1)
+        .map(|rest| {
+            let id = number(rest).parse().unwrap_or(u64::MAX);
+            let score = rest.split("\"score\":").nth(1).map_or(f64::NAN, |s| number(s).parse().unwrap_or(f64::NAN));
+            (id, score)
+        })
+        .collect()
+}
+
+/// `m2m upsert` of 30 ids of the built database and 10 new ones, SIGKILLed; then `verify` must pass, the
+/// upsert be all in or not at all (exact search finds every upserted row, or no new id and every old row
+/// byte for byte), the index agree with the rows (LOD 2 finds each upserted row when it is in), and the
+/// same command complete on a rerun.
+fn upsert_kill(
+    bins: &Bins,
+    template: &Path,
+    db: &Path,
+    file: &Path,
+    rng: &mut Rng,
+    planted: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<Result<(), String>> {
+    copy_dir(template, db)?;
+    planted.extend(plant(db));
+    let trial = db.parent().unwrap_or(Path::new("."));
+    let (vectors, rows) = (trial.join("up.fvecs"), trial.join("up.jsonl"));
+    write_fvecs(&vectors, 40, rng)?;
+    let mut ids: Vec<u64> = Vec::new();
+    while ids.len() < 30 {
+        let id = rng.below(ROWS as u64);
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids.extend((0..10).map(|i| ROWS as u64 + 7 * i));
+    let lines: Vec<String> = ids.iter().map(|id| format!("{{\"id\": {id}}}")).collect();
+    std::fs::write(&rows, lines.join("\n"))?;
+    let (d, v, r) = (db.display().to_string(), vectors.display().to_string(), rows.display().to_string());
+    // The command takes ~0.1 s here: most kills fall within it.
+    let delay = if rng.below(4) == 0 { rng.below(1_200) } else { rng.below(120) };
+    kill_after(&bins.m2m, &["upsert", &d, &v, "--rows", &r], Duration::from_millis(delay))?;
+    let at = format!("after a kill at {delay} ms");
+    let check = |what: &str| -> Result<Result<bool, String>> {
+        let ran = run_bin(&bins.m2m, &["verify", &d])?;
+        if ran.code != Some(0) {
+            return Ok(Err(format!("{what}: verify: {}", ran.stderr.trim())));
+        }
+        let mut tops = Vec::new();
+        for lod in ["exact", "rerank"] {
+            let ran = run_bin(&bins.m2m, &["query", &d, "--file", &v, "--k", "1", "--lod", lod, "--json"])?;
+            let hits = top_hits(&ran.stdout);
+            if ran.code != Some(0) || hits.len() != ids.len() {
+                return Ok(Err(format!("{what}: query --lod {lod}: {} {}", ran.stdout.trim(), ran.stderr.trim())));
+            }
+            tops.push(hits);
+        }
+        let found = |hits: &[(u64, f64)], i: usize| hits[i].0 == ids[i] && hits[i].1 > 0.9999;
+        let exact = (0..ids.len()).filter(|&i| found(&tops[0], i)).count();
+        let new = (30..ids.len()).filter(|&i| found(&tops[0], i)).count();
+        if exact == ids.len() {
+            // In: the index must hold the new rows (LOD 2 finds each as its own nearest).
+            if let Some(i) = (0..ids.len()).find(|&i| !found(&tops[1], i)) {
+                return Ok(Err(format!("{what}: upserted, but LOD 2 finds {:?} for id {}", tops[1][i], ids[i])));
+            }
+            return Ok(Ok(true));
+        }
+        if new > 0 {
+            return Ok(Err(format!("{what}: half an upsert: {exact} of 40 rows in, {new} of the 10 new ids")));
+        }
+        let ran = run_bin(&bins.writer, &["rows", &d, &file.display().to_string()])?;
+        if ran.code != Some(0) || ran.stdout.trim() != format!("ok {ROWS}") {
+            return Ok(Err(format!(
+                "{what}: not upserted, but the old rows changed: {} {}",
+                ran.stdout.trim(),
+                ran.stderr.trim()
+            )));
+        }
+        Ok(Ok(false))
+    };
+    match check(&at)? {
+        Err(e) => return Ok(Err(e)),
+        Ok(true) => return Ok(Ok(())),
+        Ok(false) => {}
+    }
+    let ran = run_bin(&bins.m2m, &["upsert", &d, &v, "--rows", &r])?;
+    if ran.code != Some(0) {
+        return Ok(Err(format!("the rerun {at} failed: {}", ran.stderr.trim())));
+    }
+    Ok(match check(&format!("the rerun {at}"))? {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("the rerun {at} succeeded but its rows are not in")),
+        Err(e) => Err(e),
+    })
 }
 
 fn full_disk(
