@@ -1,0 +1,211 @@
+//! Batched row reads: the rows of one query's re-rank that the warm cache does not hold, read from the
+//! section's file in one submission to the kernel (io_uring, Linux 5.6 and later), so that the process
+//! makes one system call for them instead of one per row, and the disk receives them together (on a
+//! virtual disk: one notification of the device per batch, not one per row).
+//!
+//! Each thread has its own ring, made at its first batch: a ring is driven by the thread that made it,
+//! which lets the kernel run the completions when that thread waits for them (`DEFER_TASKRUN`, Linux 6.1)
+//! rather than interrupt it; older kernels get a plain ring. Where io_uring is missing (other systems,
+//! older kernels) or refused (a seccomp filter, `kernel.io_uring_disabled`), [`read`] says so and the
+//! caller reads the rows one by one, as it does for any read a batch could not complete.
+//!
+//! What it does not do: cache rows, choose them, or check their values (the warm cache's and the
+//! caller's jobs).
+
+use std::fs::File;
+
+/// Most reads in one submission (a ring's size); a longer batch is submitted in parts.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code, reason = "the ring exists on Linux only"))]
+const ENTRIES: usize = 128;
+
+/// Whether batched reads can be made on this thread (on Linux: its ring exists or can be made).
+pub(crate) fn available() -> bool {
+    imp::available()
+}
+
+/// Reads `reads` (each a byte offset in `file` and a number of f32 values) and calls `each(i, values)`
+/// for every read `i` that completed whole, in any order. Returns the reads that did not (an error, a
+/// short read), for the caller to read another way; `None` when batched reads are not available (then
+/// nothing was read and `each` was not called).
+pub(crate) fn read(file: &File, reads: &[(u64, usize)], each: &mut dyn FnMut(usize, &[f32])) -> Option<Vec<usize>> {
+    imp::read(file, reads, each)
+}
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use std::cell::RefCell;
+    use std::fs::File;
+    use std::io::ErrorKind;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use io_uring::{IoUring, opcode, types};
+
+    use super::ENTRIES;
+
+    /// Set once the kernel refused a ring, or a ring was lost (see `Ring::read_part`): every later batch
+    /// is read row by row, without asking again.
+    static REFUSED: AtomicBool = AtomicBool::new(false);
+
+    thread_local! {
+        static RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
+    }
+
+    /// A ring and the buffer its reads land in (owned together: see `Ring::read_part`).
+    struct Ring {
+        ring: IoUring,
+        buf: Vec<f32>,
+    }
+
+    /// The ring lost track of reads in flight: its buffer may still be written by the kernel.
+    struct Lost;
+
+    fn new_ring() -> Option<Ring> {
+        let n = ENTRIES as u32;
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(n)
+            .or_else(|_| IoUring::builder().setup_coop_taskrun().build(n))
+            .or_else(|_| IoUring::new(n))
+            .ok()?;
+        Some(Ring { ring, buf: Vec::new() })
+    }
+
+    /// Runs `f` on this thread's ring, made if needed; `None` when there is none to be had (refused, or
+    /// the ring is in use further up this thread's stack).
+    fn with_ring<T>(f: impl FnOnce(&mut Option<Ring>) -> T) -> Option<T> {
+        if REFUSED.load(Ordering::Relaxed) {
+            return None;
+        }
+        RING.try_with(|cell| {
+            let mut slot = cell.try_borrow_mut().ok()?;
+            if slot.is_none() {
+                match new_ring() {
+                    Some(ring) => *slot = Some(ring),
+                    None => {
+                        REFUSED.store(true, Ordering::Relaxed);
+                        return None;
+                    }
+                }
+            }
+            Some(f(&mut slot))
+        })
+        .ok()
+        .flatten()
+    }
+
+    pub(super) fn available() -> bool {
+        with_ring(|_| ()).is_some()
+    }
+
+    pub(super) fn read(file: &File, reads: &[(u64, usize)], each: &mut dyn FnMut(usize, &[f32])) -> Option<Vec<usize>> {
+        let fd = types::Fd(file.as_raw_fd());
+        with_ring(|slot| {
+            let mut failed = Vec::new();
+            for (p, part) in reads.chunks(ENTRIES).enumerate() {
+                let base = p * ENTRIES;
+                let Some(ring) = slot.as_mut() else {
+                    failed.extend(base..base + part.len());
+                    continue;
+                };
+                match ring.read_part(fd, part) {
+                    Ok(ok) => {
+                        let mut at = 0;
+                        for (j, (&(_, len), ok)) in part.iter().zip(ok).enumerate() {
+                            if ok {
+                                each(base + j, &ring.buf[at..at + len]);
+                            } else {
+                                failed.push(base + j);
+                            }
+                            at += len;
+                        }
+                    }
+                    Err(Lost) => {
+                        // Reads may still be in flight into the ring's buffer: the ring and its buffer
+                        // are leaked (never freed, so never reused), and no ring is made again.
+                        std::mem::forget(slot.take());
+                        REFUSED.store(true, Ordering::Relaxed);
+                        failed.extend(base..base + part.len());
+                    }
+                }
+            }
+            failed
+        })
+    }
+
+    impl Ring {
+        /// Submits the reads of `part` (at most a ring's size) into `buf`, one after another, and waits
+        /// for all of them; whether each completed whole. `Err(Lost)` when the ring failed in a way
+        /// that leaves reads possibly in flight.
+        fn read_part(&mut self, fd: types::Fd, part: &[(u64, usize)]) -> Result<Vec<bool>, Lost> {
+            debug_assert!(part.len() <= ENTRIES);
+            let total: usize = part.iter().map(|&(_, len)| len).sum();
+            self.buf.clear();
+            self.buf.resize(total, 0.0);
+            let mut ok = vec![false; part.len()];
+            let mut pushed = 0usize;
+            {
+                let mut sq = self.ring.submission();
+                let mut at = 0usize;
+                for (j, &(offset, len)) in part.iter().enumerate() {
+                    let dst = &mut self.buf[at..at + len];
+                    at += len;
+                    // A read the kernel's length field cannot express is left to the caller.
+                    let Ok(bytes) = u32::try_from(len * 4) else { continue };
+                    let entry = opcode::Read::new(fd, dst.as_mut_ptr().cast::<u8>(), bytes)
+                        .offset(offset)
+                        .build()
+                        .user_data(j as u64);
+                    // SAFETY: `dst` is inside `self.buf`, which is neither resized nor freed until every
+                    // pushed read has completed (this function waits for them all), or, if the ring
+                    // loses track of them, never (the caller leaks the ring and the buffer together).
+                    // The fd belongs to a file the caller holds open for the call; the kernel holds
+                    // its own reference to the file for each read anyway.
+                    if unsafe { sq.push(&entry) }.is_err() {
+                        // Cannot happen (the queue is empty and `part` fits it), but the entries
+                        // already pushed are in the queue: the ring is not reused.
+                        return Err(Lost);
+                    }
+                    pushed += 1;
+                }
+            }
+            let mut done = 0usize;
+            let mut retries = 0u32;
+            while done < pushed {
+                match self.ring.submit_and_wait(pushed - done) {
+                    Ok(_) => {}
+                    // A signal, or the kernel short of memory for a moment, or completions to reap.
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::ResourceBusy)
+                            && retries < 1_000 =>
+                    {
+                        retries += 1;
+                    }
+                    Err(_) => return Err(Lost),
+                }
+                for cqe in self.ring.completion() {
+                    done += 1;
+                    let j = cqe.user_data() as usize;
+                    if let Some(&(_, len)) = part.get(j) {
+                        ok[j] = usize::try_from(cqe.result()).is_ok_and(|n| n == len * 4);
+                    }
+                }
+            }
+            Ok(ok)
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod imp {
+    use std::fs::File;
+
+    pub(super) fn available() -> bool {
+        false
+    }
+
+    pub(super) fn read(_: &File, _: &[(u64, usize)], _: &mut dyn FnMut(usize, &[f32])) -> Option<Vec<usize>> {
+        None
+    }
+}
