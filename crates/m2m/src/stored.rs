@@ -326,7 +326,10 @@ mod tests {
     /// vectors, nothing) as in place, and the cache never holds more than its budget. Mutations caught:
     /// the cached re-rank reading another cluster's block or scoring the wrong row of it (hits differ);
     /// offering scores in another order (ties resolved differently: the lists differ); a cache that
-    /// keeps blocks past its budget; a cache never used (no hit at 10%).
+    /// keeps blocks past its budget; a cache never used (no hit at 10%). Each budget is tried with
+    /// every way of reading rows (batched through the page cache or past it, row by row, and the
+    /// automatic choice): the by-row re-rank's batch (`read_rows`) scoring a row for the wrong
+    /// candidate, or a batched path never taken where it is available (`batched_rows`), fail it.
     #[test]
     fn results_are_the_same_through_the_cache_at_any_budget_and_the_budget_holds() {
         let dim = 24;
@@ -363,7 +366,8 @@ mod tests {
             index.set_row_cache(None);
             let in_place = answer(&index);
             let bytes = (n * dim * 4) as u64;
-            let runs = [bytes * 2, bytes / 10, 0].into_iter().flat_map(|b| [(b, RowReads::Batched), (b, RowReads::Pread)]);
+            let modes = [RowReads::Auto, RowReads::Batched, RowReads::Direct, RowReads::Pread];
+            let runs = [bytes * 2, bytes / 10, 0].into_iter().flat_map(|b| modes.map(|m| (b, m)));
             for (budget, reads) in runs {
                 let cache = Arc::new(WarmRows(
                     VectorCache::new(vectors(&files).unwrap(), budget, bytes / 100, (dim * 4) as u64)
@@ -380,7 +384,7 @@ mod tests {
                         assert!(s.hits > 0 && s.misses > 0, "{metric:?}, budget {budget}: {s:?}");
                     }
                     // Rows read in batches exactly where asked for and available.
-                    let batched = cache.0.by_row() && cache.0.row_reads() == RowReads::Batched;
+                    let batched = cache.0.by_row() && cache.0.row_reads() != RowReads::Pread;
                     assert_eq!(s.batched_rows > 0, batched, "{metric:?}, budget {budget}, {reads:?}: {s:?}");
                 }
             }

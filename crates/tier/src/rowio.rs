@@ -23,12 +23,67 @@ pub(crate) fn available() -> bool {
     imp::available()
 }
 
+/// Alignment of direct reads' offsets, lengths and buffers: a page, a multiple of every block size
+/// Linux's `O_DIRECT` asks for on the devices it runs on.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code, reason = "the ring exists on Linux only"))]
+const ALIGN: usize = 4096;
+
 /// Reads `reads` (each a byte offset in `file` and a number of f32 values) and calls `each(i, values)`
 /// for every read `i` that completed whole, in any order. Returns the reads that did not (an error, a
 /// short read), for the caller to read another way; `None` when batched reads are not available (then
-/// nothing was read and `each` was not called).
-pub(crate) fn read(file: &File, reads: &[(u64, usize)], each: &mut dyn FnMut(usize, &[f32])) -> Option<Vec<usize>> {
-    imp::read(file, reads, each)
+/// nothing was read and `each` was not called). `direct`: `file` was opened with `O_DIRECT`, so each
+/// read is widened to the pages around its row.
+pub(crate) fn read(
+    file: &File,
+    direct: bool,
+    reads: &[(u64, usize)],
+    each: &mut dyn FnMut(usize, &[f32]),
+) -> Option<Vec<usize>> {
+    imp::read(file, direct, reads, each)
+}
+
+/// Bytes of file pages this process may still cache (Linux: the smaller of the system's available
+/// memory and what its memory cgroup's limit leaves, v1 or v2); `None` where unknown.
+pub(crate) fn page_cache_room() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+        let available = meminfo.as_deref().and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+        });
+        let group = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_room(&c));
+        match (available, group) {
+            (Some(a), Some(g)) => Some(a.min(g)),
+            (a, g) => a.or(g),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// What the memory cgroup named in `/proc/self/cgroup`'s text leaves below its limit: `limit -
+/// usage` (v1: `memory.limit_in_bytes`, `memory.usage_in_bytes`; v2: `memory.max`, `memory.current`).
+#[cfg(target_os = "linux")]
+fn cgroup_room(cgroups: &str) -> Option<u64> {
+    let read = |path: String| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            let dir = format!("/sys/fs/cgroup/memory{path}");
+            let limit = read(format!("{dir}/memory.limit_in_bytes"))?;
+            return Some(limit.saturating_sub(read(format!("{dir}/memory.usage_in_bytes"))?));
+        }
+        if controllers.is_empty() {
+            // v2 ("max": no limit, and no figure).
+            let dir = format!("/sys/fs/cgroup{path}");
+            if let Some(limit) = read(format!("{dir}/memory.max")) {
+                return Some(limit.saturating_sub(read(format!("{dir}/memory.current"))?));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(target_os = "linux")]
@@ -41,7 +96,7 @@ mod imp {
 
     use io_uring::{IoUring, opcode, types};
 
-    use super::ENTRIES;
+    use super::{ALIGN, ENTRIES};
 
     /// Set once the kernel refused a ring, or a ring was lost (see `Ring::read_part`): every later batch
     /// is read row by row, without asking again.
@@ -51,10 +106,21 @@ mod imp {
         static RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
     }
 
-    /// A ring and the buffer its reads land in (owned together: see `Ring::read_part`).
+    /// A ring and the buffer its reads land in (owned together: see `Ring::read_part`). The buffer only
+    /// grows (a query's reads are not worth zeroing again), and reads land from its first page-aligned
+    /// byte on.
     struct Ring {
         ring: IoUring,
-        buf: Vec<f32>,
+        buf: Vec<u8>,
+    }
+
+    /// Where one read of a part lands: at `at` in the buffer (from its aligned start), `len` bytes from
+    /// file offset `offset`, the row `skip` bytes in.
+    struct Slot {
+        at: usize,
+        offset: u64,
+        len: usize,
+        skip: usize,
     }
 
     /// The ring lost track of reads in flight: its buffer may still be written by the kernel.
@@ -99,7 +165,12 @@ mod imp {
         with_ring(|_| ()).is_some()
     }
 
-    pub(super) fn read(file: &File, reads: &[(u64, usize)], each: &mut dyn FnMut(usize, &[f32])) -> Option<Vec<usize>> {
+    pub(super) fn read(
+        file: &File,
+        direct: bool,
+        reads: &[(u64, usize)],
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Option<Vec<usize>> {
         let fd = types::Fd(file.as_raw_fd());
         with_ring(|slot| {
             let mut failed = Vec::new();
@@ -109,16 +180,18 @@ mod imp {
                     failed.extend(base..base + part.len());
                     continue;
                 };
-                match ring.read_part(fd, part) {
-                    Ok(ok) => {
-                        let mut at = 0;
-                        for (j, (&(_, len), ok)) in part.iter().zip(ok).enumerate() {
-                            if ok {
-                                each(base + j, &ring.buf[at..at + len]);
-                            } else {
-                                failed.push(base + j);
+                match ring.read_part(fd, direct, part) {
+                    Ok(slots) => {
+                        let start = ring.buf.as_ptr().align_offset(ALIGN);
+                        for (j, (&(_, len), slot)) in part.iter().zip(slots).enumerate() {
+                            let row = slot.and_then(|s| {
+                                let from = start + s.at + s.skip;
+                                bytemuck::try_cast_slice::<u8, f32>(ring.buf.get(from..from + len * 4)?).ok()
+                            });
+                            match row {
+                                Some(row) => each(base + j, row),
+                                None => failed.push(base + j),
                             }
-                            at += len;
                         }
                     }
                     Err(Lost) => {
@@ -135,28 +208,40 @@ mod imp {
     }
 
     impl Ring {
-        /// Submits the reads of `part` (at most a ring's size) into `buf`, one after another, and waits
-        /// for all of them; whether each completed whole. `Err(Lost)` when the ring failed in a way
-        /// that leaves reads possibly in flight.
-        fn read_part(&mut self, fd: types::Fd, part: &[(u64, usize)]) -> Result<Vec<bool>, Lost> {
+        /// Submits the reads of `part` (at most a ring's size) into `buf`, one after another (each
+        /// widened to whole pages when `direct`), and waits for all of them; where each row landed, for
+        /// the reads that completed whole. `Err(Lost)` when the ring failed in a way that leaves reads
+        /// possibly in flight.
+        fn read_part(&mut self, fd: types::Fd, direct: bool, part: &[(u64, usize)]) -> Result<Vec<Option<Slot>>, Lost> {
             debug_assert!(part.len() <= ENTRIES);
-            let total: usize = part.iter().map(|&(_, len)| len).sum();
-            self.buf.clear();
-            self.buf.resize(total, 0.0);
+            let align = if direct { ALIGN } else { 4 };
+            let mut at = 0usize;
+            let slots: Vec<Slot> = part
+                .iter()
+                .map(|&(offset, len)| {
+                    let (from, to) = (
+                        offset / align as u64 * align as u64,
+                        (offset + len as u64 * 4).next_multiple_of(align as u64),
+                    );
+                    let slot = Slot { at, offset: from, len: (to - from) as usize, skip: (offset - from) as usize };
+                    at += slot.len.next_multiple_of(align);
+                    slot
+                })
+                .collect();
+            if self.buf.len() < at + ALIGN {
+                self.buf.resize(at + ALIGN, 0);
+            }
+            let start = self.buf.as_ptr().align_offset(ALIGN);
             let mut ok = vec![false; part.len()];
             let mut pushed = 0usize;
             {
                 let mut sq = self.ring.submission();
-                let mut at = 0usize;
-                for (j, &(offset, len)) in part.iter().enumerate() {
-                    let dst = &mut self.buf[at..at + len];
-                    at += len;
+                for (j, slot) in slots.iter().enumerate() {
+                    let dst = &mut self.buf[start + slot.at..start + slot.at + slot.len];
                     // A read the kernel's length field cannot express is left to the caller.
-                    let Ok(bytes) = u32::try_from(len * 4) else { continue };
-                    let entry = opcode::Read::new(fd, dst.as_mut_ptr().cast::<u8>(), bytes)
-                        .offset(offset)
-                        .build()
-                        .user_data(j as u64);
+                    let Ok(bytes) = u32::try_from(slot.len) else { continue };
+                    let entry =
+                        opcode::Read::new(fd, dst.as_mut_ptr(), bytes).offset(slot.offset).build().user_data(j as u64);
                     // SAFETY: `dst` is inside `self.buf`, which is neither resized nor freed until every
                     // pushed read has completed (this function waits for them all), or, if the ring
                     // loses track of them, never (the caller leaks the ring and the buffer together).
@@ -177,8 +262,10 @@ mod imp {
                     Ok(_) => {}
                     // A signal, or the kernel short of memory for a moment, or completions to reap.
                     Err(e)
-                        if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::ResourceBusy)
-                            && retries < 1_000 =>
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::ResourceBusy
+                        ) && retries < 1_000 =>
                     {
                         retries += 1;
                     }
@@ -187,12 +274,14 @@ mod imp {
                 for cqe in self.ring.completion() {
                     done += 1;
                     let j = cqe.user_data() as usize;
-                    if let Some(&(_, len)) = part.get(j) {
-                        ok[j] = usize::try_from(cqe.result()).is_ok_and(|n| n == len * 4);
+                    if let (Some(&(_, len)), Some(slot)) = (part.get(j), slots.get(j)) {
+                        // A direct read may end short at the end of the file, past the row.
+                        ok[j] = usize::try_from(cqe.result()).is_ok_and(|n| n >= slot.skip + len * 4);
                     }
                 }
             }
-            Ok(ok)
+            let slots = slots.into_iter().zip(ok).map(|(slot, ok)| ok.then_some(slot)).collect();
+            Ok(slots)
         }
     }
 }
@@ -205,7 +294,7 @@ mod imp {
         false
     }
 
-    pub(super) fn read(_: &File, _: &[(u64, usize)], _: &mut dyn FnMut(usize, &[f32])) -> Option<Vec<usize>> {
+    pub(super) fn read(_: &File, _: bool, _: &[(u64, usize)], _: &mut dyn FnMut(usize, &[f32])) -> Option<Vec<usize>> {
         None
     }
 }

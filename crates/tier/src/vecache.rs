@@ -30,7 +30,14 @@
 //! io_uring is missing or refused, each announced (`MADV_WILLNEED`) and then read by `pread`. The file
 //! is advised `POSIX_FADV_RANDOM` (Linux, Android, FreeBSD): a read of a row that is not in the page
 //! cache reads its page or two, not a read-ahead window grown from neighbouring reads.
-//! `M2M_ROW_READS=pread` in the environment selects the row-by-row reads (for comparisons).
+//!
+//! **Past the page cache when it has no room.** When the section is larger than the page cache the
+//! process may still fill (a memory cgroup's cap, or a machine smaller than the vectors: the issue this
+//! tier exists for), caching the rows read only churns: each page read is charged to the process's group,
+//! evicts another and is copied out once. Then the batch is read with `O_DIRECT` ([`RowReads::Direct`],
+//! chosen by [`RowReads::Auto`], the default): from the disk straight into the reader's buffer, each read
+//! widened to the page or two around its row. `M2M_ROW_READS` (`auto`, `batched`, `direct`, `pread`) in
+//! the environment overrides the choice (for comparisons).
 //!
 //! What it does not do: decide which rows form a block (the caller passes ranges), or check the values
 //! (the section's checksum is `Db::check`'s job).
@@ -51,20 +58,32 @@ const FAULT_AROUND: usize = 64 << 10;
 /// How a by-row [`VectorCache`] reads the rows of [`read_rows`](VectorCache::read_rows) it does not hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RowReads {
-    /// All of a batch's rows in one submission (io_uring, Linux); where that is not available, as
-    /// [`Pread`](RowReads::Pread). The default.
+    /// The default: [`Direct`](RowReads::Direct) when the section is larger than the page cache this
+    /// process may still fill (Linux: the smaller of the available memory and what its memory cgroup's
+    /// limit leaves, when the cache is made), [`Batched`](RowReads::Batched) otherwise.
     #[default]
+    Auto,
+    /// All of a batch's rows in one submission (io_uring, Linux); where that is not available, as
+    /// [`Pread`](RowReads::Pread).
     Batched,
     /// Each row announced to the kernel, then read by one `pread` (Unix) or through the mapping.
     Pread,
+    /// As [`Batched`](RowReads::Batched), past the page cache (`O_DIRECT`, Linux; elsewhere, or where
+    /// the file system refuses it, as `Batched`): the rows go from the disk to the reader without
+    /// being cached, charged to the process's memory group or evicted again. For a process whose
+    /// memory cap leaves the page cache no room for the vectors; a row the page cache holds is read
+    /// from the disk all the same.
+    Direct,
 }
 
 impl RowReads {
     /// The reads `M2M_ROW_READS` asks for (`batched` or `pread`), if it is set to one of them.
     fn from_env() -> Option<RowReads> {
         match std::env::var("M2M_ROW_READS").ok()?.as_str() {
+            "auto" => Some(RowReads::Auto),
             "batched" => Some(RowReads::Batched),
             "pread" => Some(RowReads::Pread),
+            "direct" => Some(RowReads::Direct),
             _ => None,
         }
     }
@@ -124,6 +143,9 @@ pub struct VectorCache {
     /// The section's file, for row reads by `pread` (by-row mode on Unix; `None`: through the mapping).
     #[cfg_attr(not(unix), allow(dead_code, reason = "rows are read by pread on Unix only"))]
     file: Option<std::fs::File>,
+    /// The same file opened `O_DIRECT`, for [`RowReads::Direct`] (Linux; `None`: not asked for, or
+    /// refused by the file system).
+    direct: Option<std::fs::File>,
     /// Whether a row was read through the mapping since the last [`rows_done`](Self::rows_done).
     mapped_rows: std::sync::atomic::AtomicBool,
     row_reads: RowReads,
@@ -165,28 +187,44 @@ impl VectorCache {
             budget: budget_bytes,
             by_row,
             file,
+            direct: None,
             mapped_rows: std::sync::atomic::AtomicBool::new(false),
-            row_reads: RowReads::from_env().unwrap_or_default(),
+            row_reads: RowReads::Auto,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             batched_rows: AtomicU64::new(0),
         }
+        .with_row_reads(RowReads::from_env().unwrap_or_default())
     }
 
     /// The same cache, reading the rows of [`read_rows`](Self::read_rows) as `reads` says (default:
-    /// [`RowReads::Batched`], or what `M2M_ROW_READS` asks for).
-    pub fn with_row_reads(mut self, reads: RowReads) -> VectorCache {
+    /// [`RowReads::Auto`], or what `M2M_ROW_READS` asks for: `auto`, `batched`, `direct`, `pread`).
+    pub fn with_row_reads(mut self, mut reads: RowReads) -> VectorCache {
+        if reads == RowReads::Auto {
+            let bytes = self.rows.as_slice().len() as u64 * 4;
+            let cramped = self.by_row && crate::rowio::page_cache_room().is_some_and(|room| room < bytes);
+            reads = if cramped { RowReads::Direct } else { RowReads::Batched };
+        }
         self.row_reads = reads;
+        self.direct = None;
+        #[cfg(target_os = "linux")]
+        if reads == RowReads::Direct && self.file.is_some() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
+            self.direct = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(self.rows.file().path()).ok();
+        }
         self
     }
 
-    /// How [`read_rows`](Self::read_rows) reads rows on this thread: [`RowReads::Batched`] only when
-    /// asked for, in by-row mode, and available (on Linux, a ring the kernel grants).
+    /// How [`read_rows`](Self::read_rows) reads rows on this thread ([`RowReads::Auto`] resolved):
+    /// batched ([`RowReads::Batched`] or [`RowReads::Direct`]) only when asked for, in by-row mode, and
+    /// available (on Linux, a ring the kernel grants; for `Direct`, a file system that allows it).
     pub fn row_reads(&self) -> RowReads {
-        if self.row_reads == RowReads::Batched && self.file.is_some() && crate::rowio::available() {
-            RowReads::Batched
-        } else {
-            RowReads::Pread
+        match self.row_reads {
+            RowReads::Pread => RowReads::Pread,
+            _ if self.file.is_none() || !crate::rowio::available() => RowReads::Pread,
+            _ if self.direct.is_some() => RowReads::Direct,
+            _ => RowReads::Batched,
         }
     }
 
@@ -283,13 +321,18 @@ impl VectorCache {
             return;
         }
         self.misses.fetch_add(misses.len() as u64, Ordering::Relaxed);
-        let batched = match (&self.file, self.row_reads) {
-            (Some(file), RowReads::Batched) => {
+        let file = match (&self.file, &self.direct) {
+            (_, Some(direct)) => Some((direct, true)),
+            (Some(file), None) => Some((file, false)),
+            (None, None) => None,
+        };
+        let batched = match file.filter(|_| self.row_reads != RowReads::Pread) {
+            Some((file, direct)) => {
                 let reads: Vec<(u64, usize)> = misses
                     .iter()
                     .map(|&i| ((self.rows.start() + ranges[i].start * 4) as u64, ranges[i].len()))
                     .collect();
-                crate::rowio::read(file, &reads, &mut |j, values| {
+                crate::rowio::read(file, direct, &reads, &mut |j, values| {
                     let i = misses[j];
                     if let Some(cache) = cache.filter(|_| (values.len() * 4) as u64 <= self.budget) {
                         cache.insert(ranges[i].start as u64, Arc::from(values));
@@ -297,7 +340,7 @@ impl VectorCache {
                     each(i, values);
                 })
             }
-            _ => None,
+            None => None,
         };
         let rest = match batched {
             Some(failed) => {
@@ -520,7 +563,8 @@ mod tests {
         assert!(VectorCache::new(rows, 1 << 10, 2048, 256).row(199_999..200_001).is_empty(), "out of range");
     }
 
-    /// `read_rows` gives every asked row once, with the section's values, batched and row by row, at
+    /// `read_rows` gives every asked row once, with the section's values, batched (through the page cache
+    /// and past it: `Direct`, whose reads are widened to pages) and row by row, at
     /// budgets that cache nothing, some rows, or many. Batches of 1 to 300 rows (longer than a ring:
     /// submitted in parts), with rows repeated inside a batch and across batches, and one range
     /// outside the section (empty). Mutations caught: a read landing in another row's slot or at the
@@ -538,12 +582,13 @@ mod tests {
         let uring_expected = cfg!(all(target_os = "linux", target_arch = "x86_64"))
             && std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|s| s.trim() == "0");
         let mut state = 21u64;
-        for reads in [RowReads::Batched, RowReads::Pread] {
+        for reads in [RowReads::Batched, RowReads::Pread, RowReads::Direct] {
             for budget in [0u64, 20_000, 256 << 10] {
                 let cache = VectorCache::new(rows.clone(), budget, 2048, (dim * 4) as u64).with_row_reads(reads);
-                let batched = cache.row_reads() == RowReads::Batched;
-                assert!(!batched || reads == RowReads::Batched);
-                if reads == RowReads::Batched && uring_expected {
+                let batched = cache.row_reads() != RowReads::Pread;
+                assert!(!batched || reads != RowReads::Pread);
+                assert!(cache.row_reads() != RowReads::Direct || reads == RowReads::Direct);
+                if reads != RowReads::Pread && uring_expected {
                     assert!(batched, "io_uring is allowed here (io_uring_disabled = 0) but no ring was made");
                 }
                 let mut asked = 0u64;
