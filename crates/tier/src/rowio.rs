@@ -44,21 +44,23 @@ pub(crate) fn read(
 
 /// Bytes of file pages this process may still cache (Linux: the smaller of the system's available
 /// memory and what its memory cgroup's limit leaves, v1 or v2); `None` where unknown.
+#[cfg(target_os = "linux")]
 pub(crate) fn page_cache_room() -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
-        let available = meminfo.as_deref().and_then(|m| {
-            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-        });
-        let group = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_room(&c));
-        match (available, group) {
-            (Some(a), Some(g)) => Some(a.min(g)),
-            (a, g) => a.or(g),
-        }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let available = meminfo.as_deref().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    });
+    let group = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_room(&c));
+    match (available, group) {
+        (Some(a), Some(g)) => Some(a.min(g)),
+        (a, g) => a.or(g),
     }
-    #[cfg(not(target_os = "linux"))]
+}
+
+/// Bytes of file pages this process may still cache: unknown off Linux.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn page_cache_room() -> Option<u64> {
     None
 }
 
