@@ -51,7 +51,9 @@ pub(crate) fn page_cache_room() -> Option<u64> {
         let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
         Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
     });
-    let group = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_room(&c));
+    let group = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| cgroup_room(&c, std::path::Path::new("/sys/fs/cgroup")));
     match (available, group) {
         (Some(a), Some(g)) => Some(a.min(g)),
         (a, g) => a.or(g),
@@ -64,28 +66,64 @@ pub(crate) fn page_cache_room() -> Option<u64> {
     None
 }
 
-/// What the memory cgroup named in `/proc/self/cgroup`'s text leaves below its limit: `limit -
-/// usage` (v1: `memory.limit_in_bytes`, `memory.usage_in_bytes`; v2: `memory.max`, `memory.current`).
+/// What the memory cgroup named in `/proc/self/cgroup`'s text (`cgroups`) leaves below its limit:
+/// `limit - usage` (v1: `ROOT/memory/PATH/memory.limit_in_bytes` and `memory.usage_in_bytes`; v2:
+/// `ROOT/PATH/memory.max` and `memory.current`, where "max" means no limit and no figure).
 #[cfg(target_os = "linux")]
-fn cgroup_room(cgroups: &str) -> Option<u64> {
-    let read = |path: String| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+fn cgroup_room(cgroups: &str, root: &std::path::Path) -> Option<u64> {
+    let read =
+        |dir: &std::path::Path, file: &str| std::fs::read_to_string(dir.join(file)).ok()?.trim().parse::<u64>().ok();
     for line in cgroups.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
         if controllers.split(',').any(|c| c == "memory") {
-            let dir = format!("/sys/fs/cgroup/memory{path}");
-            let limit = read(format!("{dir}/memory.limit_in_bytes"))?;
-            return Some(limit.saturating_sub(read(format!("{dir}/memory.usage_in_bytes"))?));
+            let dir = root.join("memory").join(path);
+            let limit = read(&dir, "memory.limit_in_bytes")?;
+            return Some(limit.saturating_sub(read(&dir, "memory.usage_in_bytes")?));
         }
         if controllers.is_empty() {
-            // v2 ("max": no limit, and no figure).
-            let dir = format!("/sys/fs/cgroup{path}");
-            if let Some(limit) = read(format!("{dir}/memory.max")) {
-                return Some(limit.saturating_sub(read(format!("{dir}/memory.current"))?));
+            let dir = root.join(path);
+            if let Some(limit) = read(&dir, "memory.max") {
+                return Some(limit.saturating_sub(read(&dir, "memory.current")?));
             }
         }
     }
     None
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::cgroup_room;
+
+    /// The room a memory cgroup leaves is its limit minus its usage, found where `/proc/self/cgroup`
+    /// points, in v1 and v2 layouts; no limit or no memory controller: no figure. Mutations caught: the
+    /// usage not subtracted, the v1 controller's directory left out of the path (or the line's leading
+    /// slash joined as an absolute path: the tempdir is left), "max" read as a figure.
+    #[test]
+    fn the_room_is_the_groups_limit_less_its_usage_in_v1_and_v2() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |dir: &str, file: &str, text: &str| {
+            let dir = root.path().join(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), text).unwrap();
+        };
+        put("memory/bench/a", "memory.limit_in_bytes", "25863179\n");
+        put("memory/bench/a", "memory.usage_in_bytes", "23000000\n");
+        let v1 = "12:pids:/x\n4:cpu,cpuacct:/y\n7:memory:/bench/a\n";
+        assert_eq!(cgroup_room(v1, root.path()), Some(2_863_179));
+        put("user/b", "memory.max", "1000000\n");
+        put("user/b", "memory.current", "250000\n");
+        assert_eq!(cgroup_room("0::/user/b\n", root.path()), Some(750_000));
+        put("user/c", "memory.max", "max\n");
+        put("user/c", "memory.current", "250000\n");
+        assert_eq!(cgroup_room("0::/user/c\n", root.path()), None);
+        assert_eq!(cgroup_room("3:cpu:/z\n", root.path()), None);
+        // Usage above the limit (a group being reclaimed): no room.
+        put("memory/full", "memory.limit_in_bytes", "100");
+        put("memory/full", "memory.usage_in_bytes", "200");
+        assert_eq!(cgroup_room("5:memory:/full", root.path()), Some(0));
+    }
 }
 
 #[cfg(target_os = "linux")]
