@@ -35,6 +35,20 @@ pub trait RowCache: Send + Sync + std::fmt::Debug {
     fn prefetch_row(&self, range: Range<usize>);
     /// A batch of [`row`](Self::row) reads is over (the cache may release the pages they touched).
     fn rows_done(&self);
+    /// Members' values `ranges` (each as for [`row`](Self::row)), for one re-rank: calls `each(i, row)`
+    /// once for every range `i`, in any order. A cache that can reads the ones it does not hold
+    /// together (one submission to the disk). The default announces them all
+    /// ([`prefetch_row`](Self::prefetch_row)), reads each with [`row`](Self::row), and ends the batch
+    /// ([`rows_done`](Self::rows_done)).
+    fn read_rows(&self, ranges: &[Range<usize>], each: &mut dyn FnMut(usize, &[f32])) {
+        for range in ranges {
+            self.prefetch_row(range.clone());
+        }
+        for (i, range) in ranges.iter().enumerate() {
+            each(i, &self.row(range.clone()));
+        }
+        self.rows_done();
+    }
 }
 
 /// A cluster's full vectors: borrowed (RAM, or a mapping read in place) or a block a cache shares.

@@ -452,6 +452,9 @@ pub struct Scratch {
     pub(crate) coarse_order: Vec<u32>,
     pub(crate) scores: Vec<f32>,
     pub(crate) row_scores: Vec<f32>,
+    /// The cold rows a by-row re-rank reads, and the candidate each belongs to.
+    pub(crate) cold_ranges: Vec<std::ops::Range<usize>>,
+    pub(crate) cold_of: Vec<u32>,
     pub(crate) qi8: Vec<i8>,
     pub(crate) est: Vec<i32>,
     pub(crate) lut: Vec<u8>,
@@ -1621,23 +1624,35 @@ impl Index {
         s.top2.drain_sorted()
     }
 
-    /// [`rerank`](Self::rerank) through a cache that reads single rows: every cold candidate's row is
-    /// announced first (so that the reads of a cold file go to the disk together, not one after the
-    /// other), then each is read and scored, and the batch's pages are handed back once.
+    /// [`rerank`](Self::rerank) through a cache that reads single rows: the cold candidates' rows are
+    /// asked for in one batch ([`RowCache::read_rows`]: the cache may read them from the disk together,
+    /// in one submission), each scored as it arrives; the scores are offered in the candidates' order,
+    /// so the result is the one without a cache.
     fn rerank_by_row(&self, cache: &dyn crate::RowCache, candidates: Vec<Entry>, s: &mut Scratch) -> Vec<Entry> {
-        for e in &candidates {
-            if let Some(range) = self.cold_member(e.cluster as usize, e.pos as usize) {
-                cache.prefetch_row(range);
+        let mut scores = std::mem::take(&mut s.row_scores);
+        scores.clear();
+        s.cold_ranges.clear();
+        s.cold_of.clear();
+        for (i, e) in candidates.iter().enumerate() {
+            match self.cold_member(e.cluster as usize, e.pos as usize) {
+                Some(range) => {
+                    s.cold_ranges.push(range);
+                    s.cold_of.push(i as u32);
+                    scores.push(f32::NAN);
+                }
+                None => scores.push(self.member_score(&s.q, e.cluster, e.pos)),
             }
         }
-        for e in candidates {
-            let score = match self.cold_member(e.cluster as usize, e.pos as usize) {
-                Some(range) => self.score_row(&s.q, e.cluster, e.pos, &cache.row(range)),
-                None => self.member_score(&s.q, e.cluster, e.pos),
-            };
+        cache.read_rows(&s.cold_ranges, &mut |j, row| {
+            if let Some(&i) = s.cold_of.get(j) {
+                let e = &candidates[i as usize];
+                scores[i as usize] = self.score_row(&s.q, e.cluster, e.pos, row);
+            }
+        });
+        for (e, &score) in candidates.into_iter().zip(&scores) {
             s.top2.push(Entry { score, ..e });
         }
-        cache.rows_done();
+        s.row_scores = scores;
         s.top2.drain_sorted()
     }
 

@@ -126,6 +126,10 @@ impl RowCache for WarmRows {
     fn rows_done(&self) {
         self.0.rows_done();
     }
+
+    fn read_rows(&self, ranges: &[std::ops::Range<usize>], each: &mut dyn FnMut(usize, &[f32])) {
+        self.0.read_rows(ranges, each);
+    }
 }
 
 /// Puts the warm cache of `budget` bytes (the engine's `warm_budget_bytes`) in front of the mapped
@@ -236,7 +240,7 @@ mod tests {
     use super::*;
     use crate::{M2m, Metric};
     use m2m_index::{CodeKind, IndexConfig, Lod, SearchParams};
-    use m2m_tier::DbOptions;
+    use m2m_tier::{DbOptions, RowReads};
 
     const DIM: usize = 16;
     const ROWS: usize = 600;
@@ -322,7 +326,10 @@ mod tests {
     /// vectors, nothing) as in place, and the cache never holds more than its budget. Mutations caught:
     /// the cached re-rank reading another cluster's block or scoring the wrong row of it (hits differ);
     /// offering scores in another order (ties resolved differently: the lists differ); a cache that
-    /// keeps blocks past its budget; a cache never used (no hit at 10%).
+    /// keeps blocks past its budget; a cache never used (no hit at 10%). Each budget is tried with
+    /// every way of reading rows (batched through the page cache or past it, row by row, and the
+    /// automatic choice): the by-row re-rank's batch (`read_rows`) scoring a row for the wrong
+    /// candidate, or a batched path never taken where it is available (`batched_rows`), fail it.
     #[test]
     fn results_are_the_same_through_the_cache_at_any_budget_and_the_budget_holds() {
         let dim = 24;
@@ -359,23 +366,26 @@ mod tests {
             index.set_row_cache(None);
             let in_place = answer(&index);
             let bytes = (n * dim * 4) as u64;
-            for budget in [bytes * 2, bytes / 10, 0] {
-                let cache = Arc::new(WarmRows(VectorCache::new(
-                    vectors(&files).unwrap(),
-                    budget,
-                    bytes / 100,
-                    (dim * 4) as u64,
-                )));
+            let modes = [RowReads::Auto, RowReads::Batched, RowReads::Direct, RowReads::Pread];
+            let runs = [bytes * 2, bytes / 10, 0].into_iter().flat_map(|b| modes.map(|m| (b, m)));
+            for (budget, reads) in runs {
+                let cache = Arc::new(WarmRows(
+                    VectorCache::new(vectors(&files).unwrap(), budget, bytes / 100, (dim * 4) as u64)
+                        .with_row_reads(reads),
+                ));
                 // Below the vectors' size the re-rank reads single rows (`rerank_by_row`): its answers too.
                 assert_eq!(cache.by_row(), budget < bytes, "budget {budget}");
                 index.set_row_cache(Some(Arc::clone(&cache) as Arc<dyn RowCache>));
                 for round in 0..2 {
-                    assert_eq!(answer(&index), in_place, "{metric:?}, budget {budget}, round {round}");
+                    assert_eq!(answer(&index), in_place, "{metric:?}, budget {budget}, {reads:?}, round {round}");
                     let s = cache.0.stats();
                     assert!(s.resident_bytes <= budget, "{metric:?}: {} bytes held, budget {budget}", s.resident_bytes);
                     if budget > 0 {
                         assert!(s.hits > 0 && s.misses > 0, "{metric:?}, budget {budget}: {s:?}");
                     }
+                    // Rows read in batches exactly where asked for and available.
+                    let batched = cache.0.by_row() && cache.0.row_reads() != RowReads::Pread;
+                    assert_eq!(s.batched_rows > 0, batched, "{metric:?}, budget {budget}, {reads:?}: {s:?}");
                 }
             }
         }

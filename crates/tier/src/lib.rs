@@ -65,6 +65,7 @@ mod lock;
 mod manifest;
 mod owned;
 mod prefetch;
+mod rowio;
 mod sections;
 mod segment;
 mod vecache;
@@ -241,6 +242,6 @@ pub use sections::{
     MappedF32, SECTIONS_HEADER, SECTIONS_MAGIC, SECTIONS_VERSION, SectionEntry, SectionFile, SectionKind, SectionWriter,
 };
 pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
-pub use vecache::{CachedRows, VectorCache, VectorCacheStats};
+pub use vecache::{CachedRows, RowReads, VectorCache, VectorCacheStats};
 pub use wal::{CutTail, Durability, LogCheck, WAL_HEADER, WAL_MAGIC, WAL_VERSION, Wal, WalBatch, WalRecord};
 pub use warm::{BlockKey, BlockStore, DEFAULT_BLOCK_ROWS, MEMTABLE, WarmStats};

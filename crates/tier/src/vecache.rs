@@ -24,6 +24,21 @@
 //! cache reads that page, not the device's read-ahead window around it (8 MiB on some disks), and the
 //! prefetch hints say what to read ahead.
 //!
+//! **A batch of rows at once.** [`VectorCache::read_rows`] serves a query's re-rank rows together: the
+//! cached ones from the cache, and all the others in one submission to the kernel (io_uring on Linux:
+//! one system call, and the disk receives the reads together), or, with [`RowReads::Pread`] or where
+//! io_uring is missing or refused, each announced (`MADV_WILLNEED`) and then read by `pread`. The file
+//! is advised `POSIX_FADV_RANDOM` (Linux, Android, FreeBSD): a read of a row that is not in the page
+//! cache reads its page or two, not a read-ahead window grown from neighbouring reads.
+//!
+//! **Past the page cache when it has no room.** When the section is larger than the page cache the
+//! process may still fill (a memory cgroup's cap, or a machine smaller than the vectors: the issue this
+//! tier exists for), caching the rows read only churns: each page read is charged to the process's group,
+//! evicts another and is copied out once. Then the batch is read with `O_DIRECT` ([`RowReads::Direct`],
+//! chosen by [`RowReads::Auto`], the default): from the disk straight into the reader's buffer, each read
+//! widened to the page or two around its row. `M2M_ROW_READS` (`auto`, `batched`, `direct`, `pread`) in
+//! the environment overrides the choice (for comparisons).
+//!
 //! What it does not do: decide which rows form a block (the caller passes ranges), or check the values
 //! (the section's checksum is `Db::check`'s job).
 
@@ -40,6 +55,40 @@ use crate::MappedF32;
 #[cfg_attr(not(unix), allow(dead_code, reason = "used by the Unix page advice only"))]
 const FAULT_AROUND: usize = 64 << 10;
 
+/// How a by-row [`VectorCache`] reads the rows of [`read_rows`](VectorCache::read_rows) it does not hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RowReads {
+    /// The default: [`Direct`](RowReads::Direct) when the section is larger than the page cache this
+    /// process may still fill (Linux: the smaller of the available memory and what its memory cgroup's
+    /// limit leaves, when the cache is made), [`Batched`](RowReads::Batched) otherwise.
+    #[default]
+    Auto,
+    /// All of a batch's rows in one submission (io_uring, Linux); where that is not available, as
+    /// [`Pread`](RowReads::Pread).
+    Batched,
+    /// Each row announced to the kernel, then read by one `pread` (Unix) or through the mapping.
+    Pread,
+    /// As [`Batched`](RowReads::Batched), past the page cache (`O_DIRECT`, Linux; elsewhere, or where
+    /// the file system refuses it, as `Batched`): the rows go from the disk to the reader without
+    /// being cached, charged to the process's memory group or evicted again. For a process whose
+    /// memory cap leaves the page cache no room for the vectors; a row the page cache holds is read
+    /// from the disk all the same.
+    Direct,
+}
+
+impl RowReads {
+    /// The reads `M2M_ROW_READS` asks for (`batched` or `pread`), if it is set to one of them.
+    fn from_env() -> Option<RowReads> {
+        match std::env::var("M2M_ROW_READS").ok()?.as_str() {
+            "auto" => Some(RowReads::Auto),
+            "batched" => Some(RowReads::Batched),
+            "pread" => Some(RowReads::Pread),
+            "direct" => Some(RowReads::Direct),
+            _ => None,
+        }
+    }
+}
+
 /// Counters of a [`VectorCache`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VectorCacheStats {
@@ -47,6 +96,8 @@ pub struct VectorCacheStats {
     pub hits: u64,
     /// Block reads that read the mapping.
     pub misses: u64,
+    /// Rows (counted in `misses`) read by batched submissions ([`RowReads::Batched`]).
+    pub batched_rows: u64,
     /// Bytes of vectors the cache holds now.
     pub resident_bytes: u64,
     /// The budget.
@@ -92,10 +143,15 @@ pub struct VectorCache {
     /// The section's file, for row reads by `pread` (by-row mode on Unix; `None`: through the mapping).
     #[cfg_attr(not(unix), allow(dead_code, reason = "rows are read by pread on Unix only"))]
     file: Option<std::fs::File>,
+    /// The same file opened `O_DIRECT`, for [`RowReads::Direct`] (Linux; `None`: not asked for, or
+    /// refused by the file system).
+    direct: Option<std::fs::File>,
     /// Whether a row was read through the mapping since the last [`rows_done`](Self::rows_done).
     mapped_rows: std::sync::atomic::AtomicBool,
+    row_reads: RowReads,
     hits: AtomicU64,
     misses: AtomicU64,
+    batched_rows: AtomicU64,
 }
 
 impl std::fmt::Debug for VectorCache {
@@ -120,15 +176,55 @@ impl VectorCache {
         // The file of the mapping (section files are never rewritten: a new index is a new file). Where
         // it cannot be opened, rows are read through the mapping.
         let file = (by_row && cfg!(unix)).then(|| std::fs::File::open(rows.file().path()).ok()).flatten();
+        // A hint: a failure changes nothing but speed.
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        if let Some(file) = &file {
+            let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random);
+        }
         VectorCache {
             rows,
             cache: (budget_bytes > 0).then(|| Cache::with_weighter(items, budget_bytes, Bytes)),
             budget: budget_bytes,
             by_row,
             file,
+            direct: None,
             mapped_rows: std::sync::atomic::AtomicBool::new(false),
+            row_reads: RowReads::Auto,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            batched_rows: AtomicU64::new(0),
+        }
+        .with_row_reads(RowReads::from_env().unwrap_or_default())
+    }
+
+    /// The same cache, reading the rows of [`read_rows`](Self::read_rows) as `reads` says (default:
+    /// [`RowReads::Auto`], or what `M2M_ROW_READS` asks for: `auto`, `batched`, `direct`, `pread`).
+    pub fn with_row_reads(mut self, mut reads: RowReads) -> VectorCache {
+        if reads == RowReads::Auto {
+            let bytes = self.rows.as_slice().len() as u64 * 4;
+            let cramped = self.by_row && crate::rowio::page_cache_room().is_some_and(|room| room < bytes);
+            reads = if cramped { RowReads::Direct } else { RowReads::Batched };
+        }
+        self.row_reads = reads;
+        self.direct = None;
+        #[cfg(target_os = "linux")]
+        if reads == RowReads::Direct && self.file.is_some() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
+            self.direct = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(self.rows.file().path()).ok();
+        }
+        self
+    }
+
+    /// How [`read_rows`](Self::read_rows) reads rows on this thread ([`RowReads::Auto`] resolved):
+    /// batched ([`RowReads::Batched`] or [`RowReads::Direct`]) only when asked for, in by-row mode, and
+    /// available (on Linux, a ring the kernel grants; for `Direct`, a file system that allows it).
+    pub fn row_reads(&self) -> RowReads {
+        match self.row_reads {
+            RowReads::Pread => RowReads::Pread,
+            _ if self.file.is_none() || !crate::rowio::available() => RowReads::Pread,
+            _ if self.direct.is_some() => RowReads::Direct,
+            _ => RowReads::Batched,
         }
     }
 
@@ -178,7 +274,15 @@ impl VectorCache {
             return CachedRows::Cached(rows);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let rows: Arc<[f32]> = match self.read_row(range.clone()) {
+        self.read_miss(range, values)
+    }
+
+    /// A row not in the cache (values `range`, `values` in the mapping): read by `pread`, or through the
+    /// mapping where that fails, and kept when the budget allows.
+    fn read_miss<'a>(&'a self, range: Range<usize>, values: &'a [f32]) -> CachedRows<'a> {
+        let cache = self.cache.as_ref().filter(|_| self.by_row);
+        let key = range.start as u64;
+        let rows: Arc<[f32]> = match self.read_row(range) {
             Some(rows) => rows,
             None => {
                 self.mapped_rows.store(true, Ordering::Relaxed);
@@ -192,6 +296,71 @@ impl VectorCache {
             cache.insert(key, Arc::clone(&rows));
         }
         CachedRows::Cached(rows)
+    }
+
+    /// Rows `ranges` (values of the section, as for [`row`](Self::row)), read together: `each(i,
+    /// values)` is called once for every range `i`, in any order (a range outside the section: empty).
+    /// Cached rows come from the cache; the others are read in one submission ([`RowReads::Batched`],
+    /// where available) or announced and read one by one, and kept when the budget allows. Nothing is
+    /// left mapped afterwards (no [`rows_done`](Self::rows_done) needed).
+    pub fn read_rows(&self, ranges: &[Range<usize>], each: &mut dyn FnMut(usize, &[f32])) {
+        let all = self.rows.as_slice();
+        let cache = self.cache.as_ref().filter(|_| self.by_row);
+        let mut misses = Vec::new();
+        for (i, range) in ranges.iter().enumerate() {
+            if all.get(range.clone()).is_none() {
+                each(i, &[]);
+            } else if let Some(rows) = cache.and_then(|c| c.get(&(range.start as u64))) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                each(i, &rows);
+            } else {
+                misses.push(i);
+            }
+        }
+        if misses.is_empty() {
+            return;
+        }
+        self.misses.fetch_add(misses.len() as u64, Ordering::Relaxed);
+        let file = match (&self.file, &self.direct) {
+            (_, Some(direct)) => Some((direct, true)),
+            (Some(file), None) => Some((file, false)),
+            (None, None) => None,
+        };
+        let batched = match file.filter(|_| self.row_reads != RowReads::Pread) {
+            Some((file, direct)) => {
+                let reads: Vec<(u64, usize)> = misses
+                    .iter()
+                    .map(|&i| ((self.rows.start() + ranges[i].start * 4) as u64, ranges[i].len()))
+                    .collect();
+                crate::rowio::read(file, direct, &reads, &mut |j, values| {
+                    let i = misses[j];
+                    if let Some(cache) = cache.filter(|_| (values.len() * 4) as u64 <= self.budget) {
+                        cache.insert(ranges[i].start as u64, Arc::from(values));
+                    }
+                    each(i, values);
+                })
+            }
+            None => None,
+        };
+        let rest = match batched {
+            Some(failed) => {
+                self.batched_rows.fetch_add((misses.len() - failed.len()) as u64, Ordering::Relaxed);
+                failed.into_iter().map(|j| misses[j]).collect()
+            }
+            None => misses,
+        };
+        // Row by row: all announced first, so that the disk gets them together.
+        #[cfg(unix)]
+        for &i in &rest {
+            if let Some((offset, len)) = self.bytes(ranges[i].clone()) {
+                let _ = self.rows.file().map().advise_range(memmap2::Advice::WillNeed, offset, len);
+            }
+        }
+        for &i in &rest {
+            let range = ranges[i].clone();
+            each(i, &self.read_miss(range.clone(), &all[range]));
+        }
+        self.rows_done();
     }
 
     /// Values `range` read from the section's file (`pread`), when this cache reads rows that way and
@@ -307,6 +476,7 @@ impl VectorCache {
         VectorCacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            batched_rows: self.batched_rows.load(Ordering::Relaxed),
             resident_bytes: self.cache.as_ref().map_or(0, Cache::weight),
             budget_bytes: self.budget,
         }
@@ -391,5 +561,77 @@ mod tests {
         }
         assert!(VectorCache::new(rows.clone(), 1 << 20, 2048, 256).get(0, 199_999..200_001).is_empty(), "out of range");
         assert!(VectorCache::new(rows, 1 << 10, 2048, 256).row(199_999..200_001).is_empty(), "out of range");
+    }
+
+    /// `read_rows` gives every asked row once, with the section's values, batched (through the page cache
+    /// and past it: `Direct`, whose reads are widened to pages) and row by row, at
+    /// budgets that cache nothing, some rows, or many. Batches of 1 to 300 rows (longer than a ring:
+    /// submitted in parts), with rows repeated inside a batch and across batches, and one range
+    /// outside the section (empty). Mutations caught: a read landing in another row's slot or at the
+    /// wrong file offset (values differ), a part of a long batch dropped or given twice (each row once),
+    /// batched reads never made where the kernel allows them or made when `Pread` is asked for
+    /// (`batched_rows`), a cache that keeps no row read in a batch (no hits), the budget overrun.
+    #[test]
+    fn read_rows_gives_each_row_once_batched_and_row_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 64usize;
+        let n = 3_125usize;
+        let values: Vec<f32> = (0..n * dim).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let rows = mapped(dir.path(), &values);
+        // Where the kernel offers io_uring (not under emulation, not disabled), batched reads must be made.
+        let uring_expected = cfg!(all(target_os = "linux", target_arch = "x86_64"))
+            && std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|s| s.trim() == "0");
+        let mut state = 21u64;
+        for reads in [RowReads::Batched, RowReads::Pread, RowReads::Direct] {
+            for budget in [0u64, 20_000, 256 << 10] {
+                let cache = VectorCache::new(rows.clone(), budget, 2048, (dim * 4) as u64).with_row_reads(reads);
+                let batched = cache.row_reads() != RowReads::Pread;
+                assert!(!batched || reads != RowReads::Pread);
+                assert!(cache.row_reads() != RowReads::Direct || reads == RowReads::Direct);
+                if reads != RowReads::Pread && uring_expected {
+                    assert!(batched, "io_uring is allowed here (io_uring_disabled = 0) but no ring was made");
+                }
+                let mut asked = 0u64;
+                for step in 0..60usize {
+                    state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    let len = [1usize, 7, 30, 129, 300][step % 5];
+                    let mut ranges: Vec<Range<usize>> = (0..len)
+                        .map(|j| {
+                            let x = state.wrapping_mul(j as u64 * 2 + 1).rotate_left(j as u32 % 64);
+                            // Skewed towards the first 200 rows, so rows repeat.
+                            let r = if j % 2 == 0 { (x >> 33) as usize % 200 } else { (x >> 17) as usize % n };
+                            r * dim..(r + 1) * dim
+                        })
+                        .collect();
+                    if step == 13 {
+                        ranges[3] = n * dim - 10..n * dim + 54;
+                    }
+                    let mut got: Vec<Option<Vec<f32>>> = vec![None; ranges.len()];
+                    cache.read_rows(&ranges, &mut |i, row| {
+                        assert!(got[i].is_none(), "row {i} given twice");
+                        got[i] = Some(row.to_vec());
+                    });
+                    for (i, (range, got)) in ranges.iter().zip(got).enumerate() {
+                        let want = values.get(range.clone()).unwrap_or(&[]);
+                        assert_eq!(got.as_deref(), Some(want), "{reads:?}, budget {budget}, step {step}, row {i}");
+                        asked += u64::from(!want.is_empty());
+                    }
+                    let s = cache.stats();
+                    assert!(s.resident_bytes <= budget, "budget {budget}: {} bytes resident", s.resident_bytes);
+                }
+                let s = cache.stats();
+                assert_eq!(s.hits + s.misses, asked, "{reads:?}, budget {budget}: {s:?}");
+                if batched {
+                    assert_eq!(s.batched_rows, s.misses, "{reads:?}, budget {budget}: {s:?}");
+                } else {
+                    assert_eq!(s.batched_rows, 0, "{reads:?}, budget {budget}: {s:?}");
+                }
+                if budget >= 256 << 10 {
+                    assert!(s.hits > 0, "{reads:?}, budget {budget}: {s:?}");
+                } else if budget == 0 {
+                    assert_eq!((s.hits, s.resident_bytes), (0, 0));
+                }
+            }
+        }
     }
 }
