@@ -637,27 +637,6 @@ fn upsert(cli: &Cli, db: &Path, vectors: &Path, rows: &Path) -> Result<ExitCode>
     if let Some(r) = prepared.ids.iter().position(|&id| id == u64::MAX) {
         bail!("{}: row {}: id {} is reserved", rows.display(), r + 1, u64::MAX);
     }
-    // A new id inside the range an unfinished ingest logged would make that ingest's resume add it a
-    // second time (and fail for ever): the ingest is finished first.
-    let log = load_ingest_log(db)?;
-    let reserved =
-        prepared.ids.iter().enumerate().filter(|&(_, &id)| !engine.contains(id)).find_map(|(r, &id)| {
-            log.files.iter().find(|e| (e.base..e.base + e.rows).contains(&id)).map(|e| (r, id, e))
-        });
-    if let Some((r, id, e)) = reserved {
-        bail!(
-            "{}: row {}: id {id} is reserved for row {} of {}, whose ingest stopped after {} of its {} rows (ids {}..{}): \
-             run that ingest again to finish it, then upsert",
-            rows.display(),
-            r + 1,
-            id - e.base,
-            e.path,
-            rows_in(&engine, e),
-            e.rows,
-            e.base,
-            e.base + e.rows
-        );
-    }
     let with_attrs = !prepared.batch.columns.is_empty();
     if with_attrs && engine.schema().is_none() {
         engine.set_schema(prepared.schema.clone()).with_context(|| format!("{}", rows.display()))?;
