@@ -397,9 +397,23 @@ impl LakeReader {
         if let Some(learned) = crate::engine::load_learned(dir)?
             && crate::engine::same_ids(ids.iter().copied(), &learned.ids)
         {
+            // Ids upserted since the build keep the kappa and alpha they were upserted with, as at
+            // `M2m::open`: the rows the upsert blob names, fingerprinted as the database holds them.
+            let replaced = crate::upsert::load_replaced(dir)?;
+            let mut prints = std::collections::HashMap::new();
+            for (p, part) in snapshot.parts().enumerate() {
+                for i in (0..part.rows()).filter(|&i| p >= segments || snapshot.is_live(part.ids[i])) {
+                    if replaced.names(part.ids[i]) {
+                        let mu = &part.mu[i * part.dim..(i + 1) * part.dim];
+                        let print = crate::upsert::fingerprint(mu, part.norms[i], part.kappa[i], part.alpha[i]);
+                        prints.insert(part.ids[i], print);
+                    }
+                }
+            }
+            let landed = replaced.landed_by(|id| prints.get(&id).copied());
             let at: std::collections::HashMap<u64, usize> =
                 learned.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-            for (r, id) in ids.iter().enumerate() {
+            for (r, id) in ids.iter().enumerate().filter(|(_, id)| !landed.contains(id)) {
                 kappa[r] = learned.kappa[at[id]];
                 alpha[r] = learned.alpha[at[id]];
             }

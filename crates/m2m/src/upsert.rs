@@ -7,7 +7,10 @@
 //! record, each upserted id goes into [`REPLACED_BLOB`] with a fingerprint of its new row, and `open`
 //! counts an id as replaced only when the row the database holds is one it was upserted with. So a crash
 //! after the blob and before the record leaves that id as it was: its old vector stays in the index and
-//! its learned kappa and alpha still apply (they were reset when the blob held ids alone).
+//! its learned kappa and alpha still apply (they were reset when the blob held ids alone). The one
+//! exception: a cut upsert whose new row equals the stored one bit for bit (vector, norm, kappa, alpha)
+//! counts as landed, so the id ends as that upsert would have left it (its kappa and alpha the upserted
+//! ones, not the learned ones).
 //!
 //! `REPLACED_BLOB`'s payload (inside `m2m_tier`'s blob frame, which checksums it), postcard:
 //! the 4 bytes `RPL2`; a varint count and that many varint ids of the earlier format (ids only,
@@ -48,7 +51,7 @@ pub(crate) struct Replaced {
 }
 
 /// The fingerprint of a row (module docs).
-fn fingerprint(mu: &[f32], norm: f32, kappa: f32, alpha: f32) -> u64 {
+pub(crate) fn fingerprint(mu: &[f32], norm: f32, kappa: f32, alpha: f32) -> u64 {
     let mut bytes = Vec::with_capacity((mu.len() + 3) * 4);
     for v in mu.iter().chain([&norm, &kappa, &alpha]) {
         bytes.extend_from_slice(&v.to_le_bytes());
@@ -63,15 +66,24 @@ pub(crate) fn load_replaced(dir: &Path) -> Result<Replaced> {
     }
     let bytes = m2m_tier::load_blob(dir, REPLACED_BLOB)?;
     let corrupt = |e: postcard::Error| crate::validate::corrupt(&dir.join(REPLACED_BLOB), e.to_string());
+    let trailing = |rest: &[u8]| {
+        crate::validate::corrupt(&dir.join(REPLACED_BLOB), format!("{} bytes after the record", rest.len()))
+    };
     if bytes.starts_with(&MAGIC) {
-        let record: Record = postcard::from_bytes(&bytes).map_err(corrupt)?;
+        let (record, rest): (Record, &[u8]) = postcard::take_from_bytes(&bytes).map_err(corrupt)?;
+        if !rest.is_empty() {
+            return Err(trailing(rest));
+        }
         let mut rows: HashMap<u64, Vec<u64>> = HashMap::new();
         for (id, print) in record.rows {
             rows.entry(id).or_default().push(print);
         }
         Ok(Replaced { any: record.any.into_iter().collect(), rows })
     } else {
-        let ids: Vec<u64> = postcard::from_bytes(&bytes).map_err(corrupt)?;
+        let (ids, rest): (Vec<u64>, &[u8]) = postcard::take_from_bytes(&bytes).map_err(corrupt)?;
+        if !rest.is_empty() {
+            return Err(trailing(rest));
+        }
         Ok(Replaced { any: ids.into_iter().collect(), rows: HashMap::new() })
     }
 }
@@ -92,15 +104,23 @@ impl Replaced {
     /// database's values, indexed by row) is one of the rows the id was upserted with. Ids of an
     /// earlier build's blob count whatever their rows.
     pub(crate) fn landed(&self, set: &RowStore, kappa: &[f32], alpha: &[f32]) -> HashSet<u64> {
+        self.landed_by(|id| set.row_of(id).map(|r| fingerprint(set.mu_row(r), set.norm(r), kappa[r], alpha[r])))
+    }
+
+    /// [`landed`](Self::landed) with each id's row given as its fingerprint (`None`: no live row).
+    pub(crate) fn landed_by(&self, print_of: impl Fn(u64) -> Option<u64>) -> HashSet<u64> {
         let mut ids = self.any.clone();
         for (&id, prints) in &self.rows {
-            if let Some(r) = set.row_of(id)
-                && prints.contains(&fingerprint(set.mu_row(r), set.norm(r), kappa[r], alpha[r]))
-            {
+            if print_of(id).is_some_and(|p| prints.contains(&p)) {
                 ids.insert(id);
             }
         }
         ids
+    }
+
+    /// Whether `id` is in the blob at all (landed or not).
+    pub(crate) fn names(&self, id: u64) -> bool {
+        self.any.contains(&id) || self.rows.contains_key(&id)
     }
 
     fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -288,6 +308,17 @@ mod tests {
         assert_eq!(learned(&engine, 6), before[1], "id 6 was never upserted");
         let hit = engine.retrieve(&d.queries[..DIM], 1, Lod::Rerank).unwrap()[0];
         assert_eq!((hit.id, hit.score > 0.999), (5, true), "the index holds 5's new vector: {hit:?}");
+        // The lake reader gives what the engine gives (a review found it applying the learned values to
+        // the upserted id too).
+        let lake = crate::LakeReader::open(&db).unwrap();
+        let config = crate::DataLoaderConfig { batch_size: 1_000, shuffle: false, ..Default::default() };
+        let mut seen = HashMap::new();
+        for b in lake.export_to_dataloader(&config).unwrap() {
+            let b = b.unwrap();
+            seen.extend(b.ids.iter().zip(b.kappa.iter().zip(&b.alpha)).map(|(&id, (&k, &a))| (id, (k, a))));
+        }
+        assert_eq!(seen[&5], (3.0, 0.5), "the lake reader: the landed upsert's kappa and alpha");
+        assert_eq!(seen[&6], before[1], "the lake reader: id 6's learned values");
     }
 
     /// An id deleted after the index was stored and upserted back before any compaction: the stored index
@@ -307,6 +338,23 @@ mod tests {
         let engine = M2m::open(&db).unwrap();
         let hit = engine.retrieve(&d.queries[..DIM], 1, Lod::Rerank).unwrap()[0];
         assert_eq!((hit.id, hit.score > 0.999), (7, true), "{hit:?}");
+    }
+
+    /// A payload with bytes after its record is corrupt, in either format (postcard stops reading at
+    /// the record's end). Mutation caught: `from_bytes` instead of `take_from_bytes` (accepted).
+    #[test]
+    fn trailing_bytes_after_the_record_are_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut good = Replaced::default();
+        let mut set = SplatSet::with_capacity(DIM, 1).unwrap();
+        set.append(Batch::new(&[1.0; DIM], DIM).ids(&[9])).unwrap();
+        good.note(&set);
+        for mut bytes in [good.to_bytes().unwrap(), postcard::to_allocvec(&vec![3u64, 4]).unwrap()] {
+            bytes.extend_from_slice(b"junk");
+            m2m_tier::store_blob(dir.path(), REPLACED_BLOB, &bytes).unwrap();
+            let e = load_replaced(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(REPLACED_BLOB) && e.contains("4 bytes after the record"), "{e}");
+        }
     }
 
     /// An earlier build's blob (ids alone, ascending) still reads, each id replaced whatever its row, and
