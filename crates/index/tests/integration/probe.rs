@@ -17,14 +17,14 @@ struct Data {
 /// a query's neighbours spread over many clusters. Queries are fresh draws of the same mixture.
 fn mixture(rows: usize, queries: usize, dim: usize, centres: usize, sigma: f32, seed: u64) -> Data {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut normal = move |rng: &mut StdRng| -> f32 {
+    let normal = move |rng: &mut StdRng| -> f32 {
         // Box-Muller: enough for a test's data.
         let u: f32 = rng.random::<f32>().max(1e-12);
         let v: f32 = rng.random();
         (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
     };
     let c: Vec<f32> = (0..centres * dim).map(|_| normal(&mut rng)).collect();
-    let mut draw = |n: usize, rng: &mut StdRng| -> Vec<f32> {
+    let draw = |n: usize, rng: &mut StdRng| -> Vec<f32> {
         let mut out = Vec::with_capacity(n * dim);
         for _ in 0..n {
             let j = rng.random_range(0..centres);
