@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use m2m_index::{CodeKind, Hit, Index, IndexConfig, Lod, Metric, Scratch, SearchParams};
+use m2m_index::{CodeKind, Hit, Index, IndexConfig, Lod, Metric, ProbeRule, Scratch, SearchParams};
 use m2m_splat::{Vectors, read_vectors};
 use serde::Serialize;
 
@@ -89,6 +89,23 @@ struct Args {
     /// the usual value) and recalibrate; its time is printed apart from the build's.
     #[arg(long)]
     spill: Option<f32>,
+    /// Recall@10 the build calibrates the default nprobe (and the adaptive probe rule) to (default: the
+    /// index's default, 0.95).
+    #[arg(long)]
+    target_recall: Option<f32>,
+    /// The probe of LOD 2 at nprobe 0: `auto` (what the calibration chose: the adaptive rule where it
+    /// pays, else the fixed nprobe) or `fixed` (the calibrated fixed nprobe, the rule removed: the old
+    /// path, for A/B).
+    #[arg(long, default_value = "auto")]
+    probe: String,
+    /// Extra LOD 2 points with the adaptive probe rule of these margins (comma separated) and the cap
+    /// `--max-probe`, for recall / QPS curves of the rule.
+    #[arg(long, value_delimiter = ',')]
+    margins: Vec<f32>,
+    /// The cap of the `--margins` points (default: the calibrated rule's cap, else twice the default
+    /// nprobe).
+    #[arg(long)]
+    max_probe: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -96,6 +113,9 @@ struct Point {
     lod: String,
     params: serde_json::Value,
     recall: f64,
+    /// Mean codes scanned and clusters probed per query (LOD 1 and 2).
+    codes_per_query: f64,
+    clusters_per_query: f64,
     qps: f64,
     /// Queries per second of this process's CPU time (see [`cpu_seconds`]).
     cpu_qps: f64,
@@ -185,6 +205,9 @@ fn main() -> Result<()> {
         config.refine_iters = r;
     }
     config.codes = if args.codes == "auto" { CodeKind::for_dim(dim) } else { args.codes.parse()? };
+    if let Some(r) = args.target_recall {
+        config.target_recall = r;
+    }
     println!("codes: {:?}", config.codes);
 
     let build_pool =
@@ -209,6 +232,12 @@ fn main() -> Result<()> {
         index.attach_cold(m2m_index::ColdRows::new(file.shared_f32("vectors")?))?;
         eprintln!("full vectors read from {} (mapped)", path.display());
     }
+    match args.probe.as_str() {
+        "auto" => {}
+        "fixed" => index.set_probe_rule(None)?,
+        other => bail!("--probe {other}: auto or fixed"),
+    }
+    eprintln!("probe rule: {:?}", index.probe_rule());
     eprintln!("isa: {} (detected best: {})", index.isa(), m2m_index::kernels::Isa::detected());
     eprintln!(
         "built {} x {dim} in {build_s:.2} s: {} coarse, {} fine clusters, {:.1} MB hot, default nprobe {} \
@@ -239,33 +268,52 @@ fn main() -> Result<()> {
     };
 
     let want = |l: &str| args.lods.iter().any(|x| x == l);
-    let mut settings: Vec<(Lod, SearchParams)> = Vec::new();
+    // Each point with the probe rule it runs under (LOD 2 at nprobe 0 follows it).
+    let calibrated = index.probe_rule();
+    let mut settings: Vec<(Lod, SearchParams, Option<ProbeRule>)> = Vec::new();
     if want("0") {
-        settings.push((Lod::Centroids, SearchParams { coarse_probe: args.coarse_probe, ..SearchParams::default() }));
+        let params = SearchParams { coarse_probe: args.coarse_probe, ..SearchParams::default() };
+        settings.push((Lod::Centroids, params, calibrated));
     }
     for &nprobe in args.nprobe.iter().filter(|_| want("1")) {
-        settings.push((Lod::Codes, SearchParams { nprobe, coarse_probe: args.coarse_probe, rerank: 0 }));
+        settings.push((Lod::Codes, SearchParams { nprobe, coarse_probe: args.coarse_probe, rerank: 0 }, calibrated));
     }
     for &nprobe in args.nprobe.iter().filter(|_| want("2")) {
         for &rerank in &args.rerank {
-            settings.push((Lod::Rerank, SearchParams { nprobe, coarse_probe: args.coarse_probe, rerank }));
+            let params = SearchParams { nprobe, coarse_probe: args.coarse_probe, rerank };
+            settings.push((Lod::Rerank, params, calibrated));
+        }
+    }
+    let max_probe = args
+        .max_probe
+        .unwrap_or_else(|| calibrated.map_or((2 * index.default_nprobe()).min(index.n_fine()), |r| r.max_probe));
+    for &margin in &args.margins {
+        for &rerank in &args.rerank {
+            let params = SearchParams { nprobe: 0, coarse_probe: args.coarse_probe, rerank };
+            settings.push((Lod::Rerank, params, Some(ProbeRule { max_probe, margin })));
         }
     }
     if want("exact") {
-        settings.push((Lod::Exact, SearchParams::default()));
+        settings.push((Lod::Exact, SearchParams::default(), calibrated));
     }
 
-    // nprobe 0 asks for the calibrated default: report which value that was.
-    let shown = |nprobe: usize| -> serde_json::Value {
-        if nprobe == 0 { format!("auto:{}", index.default_nprobe()).into() } else { nprobe.into() }
-    };
     let mut points = Vec::new();
     println!(
-        "| lod | nprobe | rerank | recall@{} | QPS ({} thr) | QPS per CPU s | p50 us | p95 us | p99 us |",
+        "| lod | nprobe | rerank | recall@{} | codes/q | clusters/q | QPS ({} thr) | QPS per CPU s | p50 us | p95 us | p99 us |",
         args.k, args.threads
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (lod, params) in settings {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (lod, params, rule) in settings {
+        index.set_probe_rule(rule)?;
+        let index = &index;
+        // nprobe 0 asks for the calibrated default (or the rule): report which.
+        let shown = |nprobe: usize| -> serde_json::Value {
+            match (nprobe, index.probe_rule()) {
+                (0, Some(r)) if lod == Lod::Rerank => format!("rule:{}/{}", r.max_probe, r.margin).into(),
+                (0, _) => format!("auto:{}", index.default_nprobe()).into(),
+                _ => nprobe.into(),
+            }
+        };
         // Batch: best of three passes over all queries.
         let mut best = f64::INFINITY;
         let mut best_cpu = f64::INFINITY;
@@ -279,6 +327,16 @@ fn main() -> Result<()> {
             }
         }
         let r = recall(&results, &truth, args.k);
+        // Work per query, counted in one untimed pass.
+        let (mut codes, mut clusters) = (0usize, 0usize);
+        if matches!(lod, Lod::Codes | Lod::Rerank) {
+            let mut scratch = Scratch::default();
+            for q in queries.data.chunks_exact(dim) {
+                std::hint::black_box(index.search_with(q, args.k, lod, &params, &mut scratch)?);
+                codes += scratch.scanned_codes();
+                clusters += scratch.probed_clusters();
+            }
+        }
         // Latency: one query at a time on this thread.
         let mut scratch = Scratch::default();
         let mut lat: Vec<f64> = Vec::with_capacity(args.nq_lat);
@@ -299,6 +357,8 @@ fn main() -> Result<()> {
             lod: name.into(),
             params: json_params,
             recall: r,
+            codes_per_query: codes as f64 / nq as f64,
+            clusters_per_query: clusters as f64 / nq as f64,
             qps: nq as f64 / best,
             cpu_qps: if best_cpu.is_finite() { nq as f64 / best_cpu } else { f64::NAN },
             p50_us: percentile(&lat, 0.5),
@@ -309,11 +369,13 @@ fn main() -> Result<()> {
             v.map_or("-".to_string(), |v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
         };
         println!(
-            "| {} | {} | {} | {:.4} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {:.4} | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
             p.lod,
             show(p.params.get("nprobe")),
             show(p.params.get("rerank")),
             p.recall,
+            p.codes_per_query,
+            p.clusters_per_query,
             p.qps,
             p.cpu_qps,
             p.p50_us,

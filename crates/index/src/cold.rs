@@ -332,6 +332,7 @@ impl Index {
             calibration_ids: p.calibration_ids.clone(),
             default_rerank: p.default_rerank,
             pq_codebook: p.pq_codebook.clone(),
+            probe_rule: p.probe_rule,
         }
     }
 }

@@ -436,7 +436,10 @@ impl Index {
             stats.plan = if lod == Lod::Centroids { FilterPlan::Centroids } else { FilterPlan::ExactScan };
             return Ok((Vec::new(), stats));
         }
-        let nprobe = if params.nprobe == 0 { self.default_nprobe().max(1) } else { params.nprobe };
+        // LOD 2 left to the index follows the calibrated probe rule as the unfiltered search does.
+        let rule = if params.nprobe == 0 && lod == Lod::Rerank { self.probe_rule() } else { None };
+        let nprobe =
+            if params.nprobe == 0 { rule.map_or(self.default_nprobe(), |r| r.max_probe).max(1) } else { params.nprobe };
         let depth = match lod {
             Lod::Rerank if params.rerank == 0 => (self.default_rerank() * k).div_ceil(10).max(k),
             Lod::Rerank => params.rerank.max(k),
@@ -464,8 +467,19 @@ impl Index {
                     self.exact_scan(k, exact_rows, src, fs, &mut stats)
                 } else {
                     let adaptive = force.is_none() && known.is_none();
-                    match self.in_cluster(k, depth, nprobe, known, options.widen, params, src, adaptive, fs, &mut stats)
-                    {
+                    match self.in_cluster(
+                        k,
+                        depth,
+                        nprobe,
+                        known,
+                        options.widen,
+                        params,
+                        src,
+                        adaptive,
+                        rule.map(|r| r.margin),
+                        fs,
+                        &mut stats,
+                    ) {
                         Some(()) => {
                             stats.plan = FilterPlan::InCluster;
                             if exact_rows { self.rerank_filtered(k, fs) } else { fs.s.top.drain_sorted() }
@@ -628,6 +642,7 @@ impl Index {
         params: &SearchParams,
         src: Source<'_>,
         adaptive: bool,
+        stop: Option<f32>,
         fs: &mut FilterScratch,
         stats: &mut FilterStats,
     ) -> Option<()> {
@@ -639,7 +654,7 @@ impl Index {
         self.top_fine(nprobe, &mut fs.s);
         let codes = self.code_query(&mut fs.s);
         let FilterScratch { s, pos, buf, est, gather, visited, .. } = fs;
-        s.top.reset(depth);
+        s.top.reset_watching(depth, if stop.is_some() { k } else { 0 });
         let bias = &self.fine_bias;
         // Rows of the probed clusters (for the unfiltered stop) and how many of them matched.
         let mut rows = 0usize;
@@ -661,6 +676,16 @@ impl Index {
         // the filter's overall share (see the module documentation).
         let mut count_stop: Option<usize> = None;
         loop {
+            // The probe rule ends the first clusters as in an unfiltered search, against the k-th best
+            // matching estimate (-inf until k matches are held); then nothing more is probed.
+            if !walking
+                && let Some(margin) = stop
+                && let Some(&(qc, f)) = s.fine.get(i)
+                && i < first
+                && qc + bias[f as usize] + margin < s.top.watched()
+            {
+                break;
+            }
             if i == first && !walking {
                 walking = true;
                 if let Some(share) = s_known

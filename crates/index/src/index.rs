@@ -438,6 +438,13 @@ pub struct IndexParts {
     /// [`Index::from_parts`] as corrupt.
     #[serde(skip)]
     pub pq_codebook: Vec<f32>,
+    /// The adaptive probe rule a LOD 2 search that leaves `nprobe` to the index follows
+    /// ([`crate::ProbeRule`]; `None`: it probes `default_nprobe` clusters). Chosen by the calibration
+    /// only where it costs less than the fixed nprobe at the target recall. Not part of the serde form
+    /// (a stored index keeps it in a section of its own, the facade's `probe_rule`); parts decoded
+    /// without it probe `default_nprobe` clusters, which the calibration also set.
+    #[serde(skip)]
+    pub probe_rule: Option<crate::ProbeRule>,
 }
 
 /// Per-query working memory; reuse one per thread to search without allocating.
@@ -461,6 +468,23 @@ pub struct Scratch {
     pub(crate) table: Vec<f32>,
     pub(crate) top: TopK,
     pub(crate) top2: TopK,
+    /// Of the last LOD 1 or LOD 2 search: fine centroids scored, clusters probed, codes scanned.
+    pub(crate) ranked: usize,
+    pub(crate) probed: usize,
+    pub(crate) scanned: usize,
+}
+
+impl Scratch {
+    /// Fine clusters whose codes the last LOD 1 or LOD 2 search with this scratch scanned (with the
+    /// adaptive probe rule, fewer than its `nprobe` cap when it stopped early).
+    pub fn probed_clusters(&self) -> usize {
+        self.probed
+    }
+
+    /// Codes (members, and spill entries) the last LOD 1 or LOD 2 search with this scratch scored.
+    pub fn scanned_codes(&self) -> usize {
+        self.scanned
+    }
 }
 
 /// A prepared query: the vector as the index compares it, plus what is needed to report scores.
@@ -484,7 +508,7 @@ pub struct Index {
     /// `1 / s` for the power of two `s` the table was scaled by.
     fine_h_unscale: f32,
     /// The largest fine-centroid norm, for the f16 error bound.
-    fine_norm_max: f32,
+    pub(crate) fine_norm_max: f32,
     pub(crate) coarse_bias: Vec<f32>,
     pub(crate) fine_bias: Vec<f32>,
     pub(crate) locations: IdMap<(u32, u32)>,
@@ -687,6 +711,7 @@ impl Index {
             default_rerank: 40,
             calibration_ids: held.iter().map(|&r| ids[r]).collect(),
             pq_codebook,
+            probe_rule: None,
         };
         p.clusters = groups
             .par_iter()
@@ -726,9 +751,12 @@ impl Index {
     /// with it; when the target is not reached by probing a quarter of the clusters, the default stays at
     /// that quarter (raise `SearchParams::nprobe` explicitly for more).
     ///
-    /// Then it sets the default re-rank depth to the smallest of k, 1.5k, 2k, 3k that loses at most 0.002
-    /// of that recall. Recall is measured, never assumed: the build calls this with its `target_recall`,
-    /// and after many inserts a caller can run it again.
+    /// Then it chooses the adaptive probe rule ([`crate::ProbeRule`], [`Index::probe_rule`]) that
+    /// reaches the same recall on the same queries at the least modelled cost, if that cost is at least
+    /// [`crate::MIN_GAIN`] below the fixed nprobe's; otherwise there is none and LOD 2 probes the fixed
+    /// nprobe. Then it sets the default re-rank depth to the smallest of k, 1.5k, 2k, 3k that loses at
+    /// most 0.002 of that recall (with the rule, if one was chosen). Recall is measured, never assumed:
+    /// the build calls this with its `target_recall`, and after many inserts a caller can run it again.
     pub fn calibrate(&mut self, target: f32, k: usize) -> Result<(usize, f32)> {
         if k == 0 {
             return Err(Error::ZeroK);
@@ -737,6 +765,7 @@ impl Index {
         let n = self.len();
         let n_fine = self.n_fine();
         if n <= k + 1 {
+            self.p.probe_rule = None;
             self.p.default_nprobe = n_fine.max(1);
             return Ok((self.p.default_nprobe, 1.0));
         }
@@ -787,33 +816,34 @@ impl Index {
             let last = *ladder.last().unwrap_or(&8);
             ladder.push((last + 1).max((last as f64 * 1.2).round() as usize));
         }
-        let measure = |index: &Index, nprobe: usize, rerank: usize| -> Result<f32> {
-            let params = SearchParams { nprobe, rerank, ..SearchParams::default() };
-            let results = index.search_batch(&queries, k + 1, Lod::Rerank, &params)?;
-            let mut found = 0usize;
-            let mut total = 0usize;
-            for ((hits, t), &me) in results.into_iter().zip(&truth).zip(&own) {
-                let got = others(hits, me);
-                found += got.iter().filter(|id| t.contains(id)).count();
-                total += t.len();
-            }
-            Ok(if total == 0 { 1.0 } else { found as f32 / total as f32 })
-        };
+        let calib = crate::probe::Calibration { queries, own, truth, k };
         // nprobe first, with a generous re-rank depth so that probing alone decides.
         let deep = (4 * (k + 1)).max(40);
         let mut chosen = (cap, 1.0f32);
+        let mut at = None;
         for &nprobe in &ladder {
             let nprobe = nprobe.min(cap);
-            let recall = measure(self, nprobe, deep)?;
-            if recall >= target || nprobe >= cap {
-                chosen = (nprobe, recall);
+            let m = calib.measure(self, nprobe, deep, None)?;
+            if m.recall >= target || nprobe >= cap {
+                chosen = (nprobe, m.recall);
+                at = Some(m);
                 break;
             }
+        }
+        // Then the adaptive probe rule, where it reaches the same recall for less.
+        self.p.probe_rule = None;
+        let mut base = (chosen.0, None, chosen.1);
+        if let Some(at) = at
+            && at.recall >= target
+            && let Some((rule, m)) = self.calibrate_probe_rule(&calib, chosen.0, deep, at)?
+        {
+            self.p.probe_rule = Some(rule);
+            base = (rule.max_probe, Some(rule.margin), m.recall);
         }
         // Then the smallest depth that loses no more than 0.002 of that recall.
         let mut depth = deep;
         for d in [k + 1, 3 * (k + 1) / 2, 2 * (k + 1), 3 * (k + 1)] {
-            if d < deep && measure(self, chosen.0, d)? >= chosen.1 - 0.002 {
+            if d < deep && calib.measure(self, base.0, d, base.1)?.recall >= base.2 - 0.002 {
                 depth = d;
                 break;
             }
@@ -1042,8 +1072,11 @@ impl Index {
         self.check_query(query, k)?;
         let q = self.prepare(query, s)?;
         let resolved;
+        // LOD 2 left to the index follows the calibrated probe rule, if the calibration chose one.
+        let rule = if params.nprobe == 0 && lod == Lod::Rerank { self.p.probe_rule } else { None };
         let params = if params.nprobe == 0 {
-            resolved = SearchParams { nprobe: self.p.default_nprobe.max(1), ..*params };
+            let nprobe = rule.map_or(self.p.default_nprobe, |r| r.max_probe).max(1);
+            resolved = SearchParams { nprobe, ..*params };
             &resolved
         } else {
             params
@@ -1053,30 +1086,17 @@ impl Index {
             Lod::Codes => {
                 self.rank_fine(params, Self::rank_target(params.nprobe.max(k)), s);
                 if self.spill.is_empty() {
-                    self.scan_codes(k, k, params.nprobe, true, s);
+                    self.scan_codes(k, k, params.nprobe, true, None, s);
                     s.top.drain_sorted()
                 } else {
                     // A member may come twice (its cluster and a spill list): room for both, merged after.
-                    self.scan_codes(k, 2 * k, params.nprobe, true, s);
+                    self.scan_codes(k, 2 * k, params.nprobe, true, None, s);
                     let mut entries = self.resolve_spill(s.top.drain_sorted());
                     entries.truncate(k);
                     entries
                 }
             }
-            Lod::Rerank => {
-                let depth = if params.rerank == 0 {
-                    (self.p.default_rerank * k).div_ceil(10).max(k)
-                } else {
-                    params.rerank.max(k)
-                };
-                self.rank_fine(params, Self::rank_target(params.nprobe), s);
-                // The re-rank scores exactly: the code estimates may start from f16 `q . c`. A member
-                // may come twice (its cluster and a spill list): room for both, so that `depth`
-                // distinct members are re-ranked.
-                let room = if self.spill.is_empty() { depth } else { 2 * depth };
-                self.scan_codes(k, room, params.nprobe, false, s);
-                self.rerank(k, depth, s)
-            }
+            Lod::Rerank => self.lod2(k, params, rule.map(|r| r.margin), s),
             Lod::Exact if self.bf16_usable() => self.exact_bf16(&s.q, k).pop().unwrap_or_default(),
             Lod::Exact => {
                 s.top.reset(k);
@@ -1087,6 +1107,20 @@ impl Index {
             }
         };
         Ok(entries.iter().map(|e| self.hit(&q, e)).collect())
+    }
+
+    /// LOD 2 over a prepared query in `s.q`, probing up to `params.nprobe` clusters; with `stop`, the
+    /// adaptive probe rule of that margin ends the probing early ([`crate::ProbeRule`]).
+    pub(crate) fn lod2(&self, k: usize, params: &SearchParams, stop: Option<f32>, s: &mut Scratch) -> Vec<Entry> {
+        let depth =
+            if params.rerank == 0 { (self.p.default_rerank * k).div_ceil(10).max(k) } else { params.rerank.max(k) };
+        self.rank_fine(params, Self::rank_target(params.nprobe), s);
+        // The re-rank scores exactly: the code estimates may start from f16 `q . c`. A member may come
+        // twice (its cluster and a spill list): room for both, so that `depth` distinct members are
+        // re-ranked.
+        let room = if self.spill.is_empty() { depth } else { 2 * depth };
+        self.scan_codes(k, room, params.nprobe, false, stop, s);
+        self.rerank(k, depth, s)
     }
 
     pub(crate) fn hit(&self, q: &Query, e: &Entry) -> Hit {
@@ -1469,10 +1503,12 @@ impl Index {
         }
     }
 
-    /// LOD 1 scan: SQ8 estimates of the members of the best `nprobe` clusters into `s.top` (size `depth`).
+    /// LOD 1 scan: code estimates of the members of the best `nprobe` clusters into `s.top` (size `depth`).
     /// Clusters keep being probed, best first, until at least `k` members were seen, so that a search
-    /// returns k hits whenever the index holds k vectors.
-    fn scan_codes(&self, k: usize, depth: usize, nprobe: usize, exact_front: bool, s: &mut Scratch) {
+    /// returns k hits whenever the index holds k vectors. With `stop` (a margin), probing ends before the
+    /// first cluster whose centroid key trails the k-th best estimate by more than it (the adaptive
+    /// probe rule, [`crate::ProbeRule`]); the k members are seen first all the same.
+    fn scan_codes(&self, k: usize, depth: usize, nprobe: usize, exact_front: bool, stop: Option<f32>, s: &mut Scratch) {
         let dim = self.p.dim;
         let nprobe = nprobe.clamp(1, s.fine.len().max(1));
         self.top_fine_with(nprobe, exact_front, s);
@@ -1495,7 +1531,10 @@ impl Index {
             }
             (crate::kernels::dot_with(self.isa, &s.q, &self.p.sq_min), 1.0 / scale)
         };
-        s.top.reset(depth);
+        s.ranked = s.fine.len();
+        s.probed = 0;
+        s.scanned = 0;
+        s.top.reset_watching(depth, if stop.is_some() { k } else { 0 });
         let mut seen = 0usize;
         let mut i = 0;
         while i < s.fine.len() {
@@ -1507,6 +1546,13 @@ impl Index {
                 self.rescore_fine(nprobe, s);
             }
             let (qc, f) = s.fine[i];
+            // The clusters come in order of key: once one trails the k-th best estimate by more than
+            // the margin, so does every later one. Until k estimates are held the watched score is -inf.
+            if let Some(margin) = stop
+                && qc + self.fine_bias[f as usize] + margin < s.top.watched()
+            {
+                break;
+            }
             i += 1;
             // The next cluster's codes start a new stream the hardware prefetcher has not seen: ask for
             // its first lines while this cluster is scored.
@@ -1519,6 +1565,8 @@ impl Index {
             let cl = &self.p.clusters[f as usize];
             let m = cl.len();
             seen += m;
+            s.probed += 1;
+            s.scanned += m + self.spill.get(f as usize).map_or(0, |l| l.ids.len());
             // The spill list's codes are residuals to the same centroid: the same base.
             let base = qc + q_min;
             if m > 0 {
@@ -2030,6 +2078,7 @@ fn empty_parts() -> IndexParts {
         calibration_ids: Vec::new(),
         default_rerank: 40,
         pq_codebook: Vec::new(),
+        probe_rule: None,
     }
 }
 

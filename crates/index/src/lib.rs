@@ -36,6 +36,7 @@ mod index;
 pub mod kernels;
 mod kmeans;
 mod pq;
+mod probe;
 mod spill;
 mod topk;
 mod validate;
@@ -50,3 +51,4 @@ pub use index::{
     SearchParams,
 };
 pub use m2m_splat::Metric;
+pub use probe::{MIN_GAIN, ProbeRule};

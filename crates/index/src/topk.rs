@@ -33,17 +33,40 @@ impl Ord for Entry {
     }
 }
 
-/// Keeps the `k` highest-scoring entries pushed into it.
+/// Keeps the `k` highest-scoring entries pushed into it; optionally also watches the `watch`-th best
+/// score (`watch <= k`), which the adaptive probe rule compares centroids with.
 #[derive(Debug, Default)]
 pub(crate) struct TopK {
     k: usize,
     heap: BinaryHeap<Entry>,
+    watch: usize,
+    /// The `watch` best scores pushed (as entries, worst at the top), empty when `watch` is 0.
+    front: BinaryHeap<Entry>,
 }
 
 impl TopK {
     pub(crate) fn reset(&mut self, k: usize) {
+        self.reset_watching(k, 0);
+    }
+
+    /// [`reset`](Self::reset), and keep the `watch`-th best score at hand ([`watched`](Self::watched)).
+    /// The front holds the best `watch` of every entry pushed: each one of them beat the threshold of the
+    /// `k` kept (`watch <= k`), so none is skipped by `offer`.
+    pub(crate) fn reset_watching(&mut self, k: usize, watch: usize) {
         self.k = k;
         self.heap.clear();
+        self.watch = watch.min(k);
+        self.front.clear();
+    }
+
+    /// The `watch`-th best score pushed so far; -inf while fewer were pushed, or when nothing is watched.
+    #[inline]
+    pub(crate) fn watched(&self) -> f32 {
+        if self.watch == 0 || self.front.len() < self.watch {
+            f32::NEG_INFINITY
+        } else {
+            self.front.peek().map_or(f32::NEG_INFINITY, |e| e.score)
+        }
     }
 
     /// The score a new entry must beat to be kept.
@@ -58,9 +81,17 @@ impl TopK {
 
     #[inline]
     pub(crate) fn push(&mut self, e: Entry) {
-        if self.heap.len() < self.k {
-            self.heap.push(e);
-        } else if let Some(mut worst) = self.heap.peek_mut()
+        Self::keep(&mut self.heap, self.k, e);
+        if self.watch > 0 {
+            Self::keep(&mut self.front, self.watch, e);
+        }
+    }
+
+    #[inline]
+    fn keep(heap: &mut BinaryHeap<Entry>, k: usize, e: Entry) {
+        if heap.len() < k {
+            heap.push(e);
+        } else if let Some(mut worst) = heap.peek_mut()
             && e.score > worst.score
         {
             *worst = e;
@@ -141,6 +172,32 @@ mod tests {
                 prop_assert_eq!(e.cluster, 3);
                 prop_assert_eq!(scores[e.pos as usize], e.score);
             }
+        }
+
+        /// The watched score is the `watch`-th best of everything offered, whatever the order of the
+        /// offers and the chunks skipped against the larger collector's threshold. Catches a front fed
+        /// only from entries that stay kept (it would lose ones the larger heap later evicts... which
+        /// cannot be among the best `watch`), a front of the wrong size, and a watched score read off
+        /// the kept heap instead of the front.
+        #[test]
+        fn the_watched_score_is_the_watch_th_best_offered(
+            scores in proptest::collection::vec(-100.0f32..100.0, 0..200),
+            k in 1usize..30,
+            watch in 1usize..30,
+        ) {
+            let mut t = TopK::default();
+            t.reset_watching(k, watch);
+            let half = scores.len() / 2;
+            t.offer(1, &scores[..half]);
+            t.offer(2, &scores[half..]);
+            let mut want = scores.clone();
+            want.sort_by(|a, b| b.total_cmp(a));
+            let w = watch.min(k);
+            let expected = if want.len() < w { f32::NEG_INFINITY } else { want[w - 1] };
+            prop_assert_eq!(t.watched(), expected);
+            t.reset(k);
+            t.offer(1, &scores);
+            prop_assert_eq!(t.watched(), f32::NEG_INFINITY);
         }
 
         /// `offer_est` keeps the entries `offer` keeps for the scores it would compute, in the same

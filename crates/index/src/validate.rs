@@ -71,6 +71,11 @@ pub(crate) fn parts(p: &IndexParts) -> Result<()> {
     if p.default_rerank == 0 || p.default_rerank > rows.saturating_mul(10).clamp(4096, MAX_RERANK) {
         return corrupt(format!("default re-rank depth {} for {rows} rows", p.default_rerank));
     }
+    if let Some(rule) = p.probe_rule
+        && let Err(e) = rule.check(p.clusters.len())
+    {
+        return corrupt(format!("probe rule: {e}"));
+    }
     for (f, cl) in p.clusters.iter().enumerate() {
         if let Some(i) = first_non_finite(&cl.vectors) {
             return corrupt(format!("cluster {f}: vector value {i} is {}", cl.vectors[i]));
@@ -116,6 +121,14 @@ mod tests {
             ("foreign representative", Box::new(|p| p.clusters[0].representative = Some(u64::MAX))),
             ("huge re-rank depth", Box::new(|p| p.default_rerank = usize::MAX)),
             ("nprobe 0", Box::new(|p| p.default_nprobe = 0)),
+            (
+                "probe rule beyond the clusters",
+                Box::new(|p| p.probe_rule = Some(crate::ProbeRule { max_probe: p.clusters.len() + 1, margin: 0.1 })),
+            ),
+            (
+                "probe rule NaN margin",
+                Box::new(|p| p.probe_rule = Some(crate::ProbeRule { max_probe: 2, margin: f32::NAN })),
+            ),
             ("huge dimension", Box::new(|p| p.dim = usize::MAX)),
             ("cluster factor NaN", Box::new(|p| p.config.max_cluster_factor = f32::NAN)),
         ];

@@ -9,7 +9,9 @@
 //!   code stride per member), `half_sq_norms` (f32 per member for L2, empty otherwise), and the learned
 //!   values of the build: `build_ids` (u64), `kappa`, `alpha` (f32 per build id), and, for PQ4 codes,
 //!   `pq_codebook` (f32, the index's product-quantisation codebook, which the postcard meta does not
-//!   carry). Files written before PQ4 have no `pq_codebook` section and read as before.
+//!   carry). Files written before PQ4 have no `pq_codebook` section and read as before. An index whose
+//!   calibration chose the adaptive probe rule has a `probe_rule` section (f32: `max_probe`, `margin`);
+//!   without it (older files, or the fixed nprobe chosen) LOD 2 probes the fixed `default_nprobe`.
 //! * `N.vec`, the cold part: `vectors`, every member's full vector (unit for cosine), f32, in the same
 //!   member order (cluster after cluster). It is mapped and never read whole at open: the index reads
 //!   its rows in place (LOD 2 re-rank, Exact), so the page cache holds what is used. Its checksum is
@@ -66,6 +68,11 @@ pub(crate) fn write(db: &Db, index: &Index, learned: &Learned) -> Result<Vec<Pat
     if !parts.pq_codebook.is_empty() {
         hot.begin("pq_codebook", SectionKind::F32)?;
         hot.write_values(&parts.pq_codebook)?;
+    }
+    if let Some(rule) = parts.probe_rule {
+        // A cluster count is far below 2^24, so it is exact in f32.
+        hot.begin("probe_rule", SectionKind::F32)?;
+        hot.write_values(&[rule.max_probe as f32, rule.margin])?;
     }
     let mut cold: SectionWriter = db.index_writer("vec")?;
     cold.begin("vectors", SectionKind::F32)?;
@@ -212,6 +219,18 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
     if hot.sections().iter().any(|s| s.name == "pq_codebook") {
         parts.pq_codebook = hot.values::<f32>("pq_codebook", SectionKind::F32, true)?.to_vec();
     }
+    // Absent in files whose calibration kept the fixed nprobe (and in every file from before the rule);
+    // its values are checked by `from_cold_parts` below.
+    if hot.sections().iter().any(|s| s.name == "probe_rule") {
+        let v = hot.values::<f32>("probe_rule", SectionKind::F32, true)?;
+        let [max_probe, margin] = v else {
+            return Err(corrupt(hot, format!("probe_rule holds {} values, not 2", v.len())));
+        };
+        if !(max_probe.fract() == 0.0 && *max_probe >= 1.0 && *max_probe < 16_777_216.0) {
+            return Err(corrupt(hot, format!("probe_rule max_probe {max_probe} is not a count")));
+        }
+        parts.probe_rule = Some(m2m_index::ProbeRule { max_probe: *max_probe as usize, margin: *margin });
+    }
     // Everything of the hot file is copied into RAM now: its pages, brought in by the checksum pass, go.
     if let Err(e) = hot.release_pages() {
         tracing::debug!("m2m: could not release the pages of {}: {e}", hot.path().display());
@@ -320,6 +339,54 @@ mod tests {
         assert!(files[0].sections().iter().all(|s| s.name != "pq_codebook"));
         let (back, _) = load(&files, &config).unwrap();
         assert_eq!(back.search_batch(q, 10, Lod::Codes, &p).unwrap(), sq.search_batch(q, 10, Lod::Codes, &p).unwrap());
+    }
+
+    /// The adaptive probe rule survives a store and load (and LOD 2 at the default answers as before);
+    /// an index without one writes no `probe_rule` section and loads without one; a section of the wrong
+    /// length, a cap that is not a whole number, or a NaN margin is `Corrupt` naming the file. Catches a
+    /// writer that drops the rule (the reloaded engine would probe the fixed nprobe), a loader that
+    /// ignores it, and values accepted unchecked.
+    #[test]
+    fn the_probe_rule_round_trips_and_a_forged_one_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::create(dir.path(), DIM, DbOptions::default()).unwrap();
+        let vectors: Vec<f32> = (0..ROWS * DIM).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+        let ids: Vec<u64> = (0..ROWS as u64).collect();
+        let learned = Learned { ids: ids.clone(), kappa: vec![10.0; ROWS], alpha: vec![1.0; ROWS] };
+        let config = M2mConfig::default().dim(DIM);
+        let mut index = Index::build(&IndexConfig::default(), DIM, &vectors, &ids).unwrap();
+        index.set_probe_rule(None).unwrap();
+        let files = open_all(&write(&db, &index, &learned).unwrap());
+        assert!(files[0].sections().iter().all(|s| s.name != "probe_rule"));
+        assert_eq!(load(&files, &config).unwrap().0.probe_rule(), None);
+
+        let rule = m2m_index::ProbeRule { max_probe: 5, margin: 0.375 };
+        index.set_probe_rule(Some(rule)).unwrap();
+        let files = open_all(&write(&db, &index, &learned).unwrap());
+        let (back, _) = load(&files, &config).unwrap();
+        assert_eq!(back.probe_rule(), Some(rule));
+        let (p, q) = (SearchParams::default(), &vectors[..8 * DIM]);
+        assert_eq!(
+            back.search_batch(q, 10, Lod::Rerank, &p).unwrap(),
+            index.search_batch(q, 10, Lod::Rerank, &p).unwrap()
+        );
+
+        let forged = dir.path().join("forged.idx");
+        let values = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        for (what, bad) in [
+            ("three values", values(&[5.0, 0.375, 1.0])),
+            ("a fractional cap", values(&[5.5, 0.375])),
+            ("a cap of 0", values(&[0.0, 0.375])),
+            ("a NaN margin", values(&[5.0, f32::NAN])),
+        ] {
+            rewrite(&files[0], &forged, |name, b| Some(if name == "probe_rule" { bad.clone() } else { b.to_vec() }));
+            let bad_files = vec![Arc::new(SectionFile::open(&forged).unwrap()), files[1].clone()];
+            match load(&bad_files, &config) {
+                Err(Error::Tier(m2m_tier::Error::Corrupt { path, .. })) => assert_eq!(path, forged, "{what}"),
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what}: accepted"),
+            }
+        }
     }
 
     /// LOD 2 and Exact answer the same through the warm cache at any budget (everything, 10% of the

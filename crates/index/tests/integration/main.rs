@@ -5,6 +5,7 @@ mod centroids;
 mod filter;
 mod lod;
 mod pq;
+mod probe;
 mod recall;
 mod spill;
 mod updates;
