@@ -37,6 +37,7 @@ pub mod kernels;
 mod kmeans;
 mod pq;
 mod spill;
+mod stream;
 mod topk;
 mod validate;
 mod view;
@@ -50,3 +51,4 @@ pub use index::{
     SearchParams,
 };
 pub use m2m_splat::Metric;
+pub use stream::{Calibration, RowSource, StreamBuilt, StreamConfig, StreamReport};
