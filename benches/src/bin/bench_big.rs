@@ -16,6 +16,8 @@
 //! ```
 //! Every subcommand prints one JSON line.
 
+#![allow(clippy::print_stdout, reason = "a benchmark reports to its terminal")]
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

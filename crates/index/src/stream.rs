@@ -278,7 +278,7 @@ impl Index {
             let index = Index::build(config, dim, &all, ids)?;
             drop(all);
             for f in 0..index.n_fine() {
-                sink(&index.cluster_vectors(f))?;
+                sink(index.cluster_vectors(f))?;
             }
             let mut parts = index.p;
             for cl in &mut parts.clusters {
@@ -632,7 +632,7 @@ mod tests {
         for f in 0..memory.n_fine() {
             assert_eq!(index.parts().clusters[f].ids, memory.parts().clusters[f].ids);
             assert_eq!(index.parts().clusters[f].codes, memory.parts().clusters[f].codes);
-            assert_eq!(&*index.cluster_vectors(f), &*memory.cluster_vectors(f));
+            assert_eq!(index.cluster_vectors(f), memory.cluster_vectors(f));
         }
         let p = SearchParams::default();
         for q in data.chunks_exact(dim).step_by(97) {
