@@ -725,8 +725,9 @@ fn top_hits(stdout: &str) -> Vec<(u64, f64)> {
 }
 
 /// `m2m upsert` of 30 ids of the built database and 10 new ones, SIGKILLed; then `verify` must pass, the
-/// upsert be all in or not at all (exact search finds every upserted row, or no new id and every old row
-/// byte for byte), the index agree with the rows (LOD 2 finds each upserted row when it is in), and the
+/// upsert be all in or not at all (exact search finds every upserted row, or no new id, every old row
+/// byte for byte, and five replaced ids' own rows answered as before: learned kappa and alpha kept, LOD 2
+/// finding the old vector), the index agree with the rows (LOD 2 finds each upserted row when it is in), and the
 /// same command complete on a rerun.
 fn upsert_kill(
     bins: &Bins,
@@ -752,6 +753,19 @@ fn upsert_kill(
     let lines: Vec<String> = ids.iter().map(|id| format!("{{\"id\": {id}}}")).collect();
     std::fs::write(&rows, lines.join("\n"))?;
     let (d, v, r) = (db.display().to_string(), vectors.display().to_string(), rows.display().to_string());
+    // Five replaced ids' own rows as the built database answers them (id, score, learned kappa and
+    // alpha), Exact and LOD 2: an upsert that is not in must leave both answers as they were.
+    let own = |id: u64| -> Result<Vec<String>> {
+        let id = id.to_string();
+        let mut out = Vec::new();
+        for lod in ["exact", "rerank"] {
+            let ran = run_bin(&bins.m2m, &["query", &d, "--row", &id, "--k", "1", "--lod", lod, "--json"])?;
+            let results = ran.stdout.split("\"results\":").nth(1).and_then(|x| x.split(",\"seconds\"").next());
+            out.push(results.unwrap_or("(no results)").to_string());
+        }
+        Ok(out)
+    };
+    let before: Vec<Vec<String>> = ids[..5].iter().map(|&id| own(id)).collect::<Result<_>>()?;
     // The command takes ~0.1 s here: most kills fall within it.
     let delay = if rng.below(4) == 0 { rng.below(1_200) } else { rng.below(120) };
     kill_after(&bins.m2m, &["upsert", &d, &v, "--rows", &r], Duration::from_millis(delay))?;
@@ -790,6 +804,14 @@ fn upsert_kill(
                 ran.stdout.trim(),
                 ran.stderr.trim()
             )));
+        }
+        for (id, was) in ids[..5].iter().zip(&before) {
+            let now = own(*id)?;
+            if now != *was {
+                return Ok(Err(format!(
+                    "{what}: not upserted, but id {id}'s own row now answers {now:?}, was {was:?}"
+                )));
+            }
         }
         Ok(Ok(false))
     };

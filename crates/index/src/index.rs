@@ -248,7 +248,7 @@ impl IndexConfig {
         self
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let bad = |what, reason: &str| Err(Error::InvalidConfig { what, reason: reason.into() });
         if self.n_fine == Some(0) {
             return bad("n_fine", "must be at least 1");
@@ -537,7 +537,7 @@ fn check_rows(data: &[f32], dim: usize) -> Result<usize> {
 }
 
 /// Validates rows and returns them as the index stores them (normalised for cosine).
-fn prepare_rows(metric: Metric, data: &[f32], dim: usize) -> Result<Vec<f32>> {
+pub(crate) fn prepare_rows(metric: Metric, data: &[f32], dim: usize) -> Result<Vec<f32>> {
     let mut out = vec![0.0f32; data.len()];
     for (row, (src, dst)) in data.chunks_exact(dim).zip(out.chunks_exact_mut(dim)).enumerate() {
         if metric == Metric::Cosine {
@@ -574,7 +574,7 @@ fn bias(metric: Metric, v: &[f32]) -> f32 {
 }
 
 /// Derived cluster counts for `n` vectors.
-fn cluster_counts(config: &IndexConfig, n: usize) -> (usize, usize) {
+pub(crate) fn cluster_counts(config: &IndexConfig, n: usize) -> (usize, usize) {
     let n_fine = config.n_fine.unwrap_or_else(|| (4.0 * (n as f64).sqrt()).round() as usize).clamp(1, n);
     let n_coarse = config.n_coarse.unwrap_or_else(|| (n_fine as f64).sqrt().round() as usize).clamp(1, n_fine);
     (n_fine, n_coarse)
@@ -798,15 +798,26 @@ impl Index {
                 }
             }
         }
-        let others = |hits: Vec<Hit>, me: u64| -> Vec<u64> {
-            hits.into_iter().map(|h| h.id).filter(|&id| id != me).take(k).collect()
-        };
         let truth: Vec<Vec<u64>> = self
             .search_batch(&queries, k + 1, Lod::Exact, &SearchParams::default())?
             .into_iter()
             .zip(&own)
-            .map(|(h, &me)| others(h, me))
+            .map(|(h, &me)| h.into_iter().map(|h| h.id).filter(|&id| id != me).take(k).collect())
             .collect();
+        self.calibrate_on(target, k, &queries, &own, &truth)
+    }
+
+    /// [`calibrate`](Self::calibrate) with its queries (prepared rows), their own ids and the `k` exact
+    /// neighbours of each other than itself given (the streaming build finds them in its own pass).
+    pub(crate) fn calibrate_on(
+        &mut self,
+        target: f32,
+        k: usize,
+        queries: &[f32],
+        own: &[u64],
+        truth: &[Vec<u64>],
+    ) -> Result<(usize, f32)> {
+        let n_fine = self.n_fine();
         // A geometric ladder, steps of about 20%: 8, 10, 12, 14, 17, 20, 24, 29, ...
         // Probing more than a quarter of the clusters is no longer an index search: the ladder stops there,
         // and data on which the target needs more keeps that cap (the measured recall is returned).
@@ -816,7 +827,8 @@ impl Index {
             let last = *ladder.last().unwrap_or(&8);
             ladder.push((last + 1).max((last as f64 * 1.2).round() as usize));
         }
-        let calib = crate::probe::Calibration { queries, own, truth, k };
+        let calib =
+            crate::probe::Calibration { queries: queries.to_vec(), own: own.to_vec(), truth: truth.to_vec(), k };
         // nprobe first, with a generous re-rank depth so that probing alone decides.
         let deep = (4 * (k + 1)).max(40);
         let mut chosen = (cap, 1.0f32);
@@ -2083,13 +2095,13 @@ fn empty_parts() -> IndexParts {
 }
 
 /// Vectors held out of training to calibrate the default nprobe.
-const CALIBRATION_QUERIES: usize = 200;
+pub(crate) const CALIBRATION_QUERIES: usize = 200;
 
 /// Largest `dims_per_code` of [`CodeKind::Pq4`].
 pub const MAX_DIMS_PER_CODE: u8 = 16;
 
 /// Coarse centroids whose children a vector may move to during refinement.
-const REFINE_COARSE: usize = 4;
+pub(crate) const REFINE_COARSE: usize = 4;
 
 pub(crate) fn with_row(e: Error, row: usize) -> Error {
     match e {
@@ -2102,8 +2114,20 @@ pub(crate) fn with_row(e: Error, row: usize) -> Error {
 /// Appends one prepared vector to cluster `f`'s storage `cl` (codes clamp to the SQ8 range).
 fn push_member(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
     let dim = p.dim;
-    cl.ids.push(id);
+    push_columns(p, f, cl, id, x);
     cl.vectors.extend_from_slice(x);
+    if p.config.exact_prefilter {
+        let at = cl.bf16.len();
+        cl.bf16.resize(at + crate::kernels::bf16_stride(dim), 0);
+        crate::kernels::to_bf16(x, &mut cl.bf16[at..]);
+    }
+}
+
+/// Appends what cluster `f` keeps of one prepared vector besides the vector itself (and its bf16 copy):
+/// its id, code, half squared norm (L2) and the bound of the norms. The streaming build keeps only these
+/// in RAM.
+pub(crate) fn push_columns(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
+    cl.ids.push(id);
     push_code(p, f, &mut cl.codes, cl.ids.len() - 1, x);
     let sq = dot(x, x);
     if p.config.metric == Metric::L2 {
@@ -2111,11 +2135,6 @@ fn push_member(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
     }
     // A little above the computed norm, so that f32 rounding cannot make the bound too small.
     cl.max_norm = cl.max_norm.max(sq.sqrt() * (1.0 + 1e-5));
-    if p.config.exact_prefilter {
-        let at = cl.bf16.len();
-        cl.bf16.resize(at + crate::kernels::bf16_stride(dim), 0);
-        crate::kernels::to_bf16(x, &mut cl.bf16[at..]);
-    }
 }
 
 /// Appends the code of `x`'s residual to fine centroid `f` as row `row` of `codes` (the code storage of
@@ -2151,12 +2170,17 @@ pub(crate) fn push_code(p: &IndexParts, f: usize, codes: &mut Vec<u8>, row: usiz
 
 /// The member of cluster `f` nearest its centroid.
 fn representative(p: &IndexParts, f: usize, cl: &Cluster) -> Option<u64> {
+    representative_of(p, f, &cl.vectors, &cl.ids)
+}
+
+/// The member nearest fine centroid `f` among `vectors` (row-major) with their `ids`.
+pub(crate) fn representative_of(p: &IndexParts, f: usize, vectors: &[f32], ids: &[u64]) -> Option<u64> {
     let dim = p.dim;
     let c = &p.fine[f * dim..][..dim];
     let l2 = p.config.metric == Metric::L2;
-    cl.vectors
+    vectors
         .chunks_exact(dim)
-        .zip(&cl.ids)
+        .zip(ids)
         .map(|(x, &id)| (if l2 { -crate::kernels::l2_sq(x, c) } else { dot(x, c) }, id))
         .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
         .map(|(_, id)| id)

@@ -38,6 +38,7 @@ mod kmeans;
 mod pq;
 mod probe;
 mod spill;
+mod stream;
 mod topk;
 mod validate;
 mod view;
@@ -52,3 +53,4 @@ pub use index::{
 };
 pub use m2m_splat::Metric;
 pub use probe::{MIN_GAIN, ProbeRule};
+pub use stream::{Calibration, RowSource, StreamBuilt, StreamConfig, StreamReport};

@@ -791,7 +791,8 @@ impl M2m {
 
     /// Builds the retrieval index over the live splats (replacing an older one), learns kappa and alpha
     /// from each splat's neighbours when `learn_kappa` is set, and starts the SOC controller over the
-    /// index's clusters.
+    /// index's clusters. With a data directory and more rows than [`crate::DEFAULT_BUILD_BUDGET_BYTES`]
+    /// allows, the build streams instead and learns no kappa ([`build_index_within`](Self::build_index_within)).
     ///
     /// # Examples
     ///
@@ -817,7 +818,7 @@ impl M2m {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn build_index(&mut self) -> Result<()> {
-        self.build_index_with(None, None)
+        self.build_index_within(crate::build::DEFAULT_BUILD_BUDGET_BYTES).map(|_| ())
     }
 
     /// [`build_index`](Self::build_index) with the numbers of fine and coarse clusters set (`None`: the
@@ -900,7 +901,7 @@ impl M2m {
 
     /// Drops deleted rows from RAM (their ids stay deleted in the database), and reads the rows the
     /// database now holds in place (after a flush or compaction, its new segments).
-    fn compact_rows(&mut self) -> Result<()> {
+    pub(crate) fn compact_rows(&mut self) -> Result<()> {
         let keep: Vec<usize> = self.live_rows();
         let kappa: Vec<f32> = keep.iter().map(|&r| self.kappa[r]).collect();
         let alpha: Vec<f32> = keep.iter().map(|&r| self.alpha[r]).collect();

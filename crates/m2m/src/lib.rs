@@ -21,6 +21,7 @@
 //! ```
 
 mod attributes;
+mod build;
 mod config;
 mod engine;
 mod error;
@@ -37,6 +38,7 @@ mod upsert;
 mod validate;
 
 pub use attributes::Attribute;
+pub use build::DEFAULT_BUILD_BUDGET_BYTES;
 pub use config::{Device, LangevinDynamics, M2mConfig};
 pub use engine::{
     CONFIG_BLOB, Hit, INDEX_BLOB, LEARNED_BLOB, M2m, MAX_GENERATE_VALUES, REPLACED_BLOB, Stats, create_m2m,
@@ -52,7 +54,7 @@ pub use training::{Fidelity, KappaFit, NEIGHBOURS_BLOB, SOC_BLOB, WeightReport};
 pub use m2m_gpu as gpu;
 /// The index layer: the KMeans++ level-of-detail tree and the distance kernels.
 pub use m2m_index as index;
-pub use m2m_index::{Lod, SearchParams};
+pub use m2m_index::{Lod, SearchParams, StreamReport};
 /// The science layer: energy, kappa, the SOC controller, the sampler, Langevin dynamics.
 pub use m2m_soc as soc;
 /// The splat layer: types, validation, vector files and the built-in data set.

@@ -390,6 +390,17 @@ impl RowStore {
         &rows[at * self.dim..(at + 1) * self.dim]
     }
 
+    /// Drops the pages of the mapped segments from the process (the page cache keeps them): a reader
+    /// that went over many rows (the streaming build) calls it so that they do not stay resident.
+    pub(crate) fn unmap_pages(&self) -> Result<()> {
+        for part in &self.parts {
+            if let Part::Segment(s) = part {
+                s.unmap_pages()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes this store holds on the heap per structure, as (name, bytes).
     pub(crate) fn heap_bytes(&self) -> Vec<(&'static str, usize)> {
         vec![

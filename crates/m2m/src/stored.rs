@@ -39,6 +39,21 @@ fn corrupt(file: &SectionFile, reason: impl Into<String>) -> Error {
 /// Writes `index` and the build's learned values as a new (uncommitted) index of `db`; returns the
 /// files to pass to `Db::commit_index`.
 pub(crate) fn write(db: &Db, index: &Index, learned: &Learned) -> Result<Vec<PathBuf>> {
+    let hot = write_hot(db, index, learned)?;
+    let mut cold: SectionWriter = db.index_writer("vec")?;
+    cold.begin("vectors", SectionKind::F32)?;
+    let dim = index.dim();
+    for f in 0..index.n_fine() {
+        for chunk in index.cluster_vectors(f).chunks(ROWS_PER_WRITE * dim) {
+            cold.write_values(chunk)?;
+        }
+    }
+    Ok(vec![hot, cold.finish()?])
+}
+
+/// Writes the hot file (`N.idx`) of `index` and the build's learned values; returns its path. The
+/// streaming build writes the vector file itself, before.
+pub(crate) fn write_hot(db: &Db, index: &Index, learned: &Learned) -> Result<PathBuf> {
     let parts = index.parts();
     let n_fine = index.n_fine();
     let meta = postcard::to_allocvec(&index.hollow_parts())
@@ -74,15 +89,16 @@ pub(crate) fn write(db: &Db, index: &Index, learned: &Learned) -> Result<Vec<Pat
         hot.begin("probe_rule", SectionKind::F32)?;
         hot.write_values(&[rule.max_probe as f32, rule.margin])?;
     }
-    let mut cold: SectionWriter = db.index_writer("vec")?;
-    cold.begin("vectors", SectionKind::F32)?;
-    let dim = index.dim();
-    for f in 0..n_fine {
-        for chunk in index.cluster_vectors(f).chunks(ROWS_PER_WRITE * dim) {
-            cold.write_values(chunk)?;
-        }
+    debug_assert_eq!(parts.clusters.len(), n_fine);
+    Ok(hot.finish()?)
+}
+
+/// Writes rows of vectors (cluster order) into a vector file's `vectors` section, a few MiB per write.
+pub(crate) fn write_rows(cold: &mut SectionWriter, rows: &[f32], dim: usize) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_WRITE * dim.max(1)) {
+        cold.write_values(chunk)?;
     }
-    Ok(vec![hot.finish()?, cold.finish()?])
+    Ok(())
 }
 
 /// The cold rows of a committed index's `vec` file.
@@ -143,12 +159,16 @@ impl RowCache for WarmRows {
 /// vectors of `files` that `index` reads (after `attach_cold` or `load`): LOD 2 and Exact read through
 /// it, and the mapping's pages it does not hold are released after each read.
 pub(crate) fn warm(index: &mut Index, files: &[Arc<SectionFile>], budget: u64) -> Result<()> {
-    let rows = vectors(files)?;
+    warm_rows(index, vectors(files)?, budget);
+    Ok(())
+}
+
+/// [`warm`] over the mapped `vectors` section `rows` of a vector file.
+pub(crate) fn warm_rows(index: &mut Index, rows: m2m_tier::MappedF32, budget: u64) {
     let clusters = index.n_fine().max(1);
     let block = (rows.as_slice().len() * 4 / clusters) as u64;
     let row = (index.dim() * 4) as u64;
     index.set_row_cache(Some(Arc::new(WarmRows(VectorCache::new(rows, budget, block, row)))));
-    Ok(())
 }
 
 /// Loads the stored index of `files` (the manifest's `[N.idx, N.vec]`): the hot part into RAM (checksums

@@ -186,3 +186,28 @@ fn the_site_mass_power_sets_how_much_a_site_s_size_draws() {
     let bad = SocConfig { site_mass_power: 1.5, ..SocConfig::default() };
     assert!(Sandpile::new(graph(20, 4), bad).is_err());
 }
+
+/// The k-nearest graph links each point to its k best by inner product (an f64 reference), across the
+/// blocks the kernel scores at once (50 points: blocks of 16 and a partial one). Catches: a block's
+/// points numbered from 0 instead of their offset, a point linked to itself, the worst taken for the
+/// best.
+#[test]
+fn the_site_graph_links_each_point_to_its_nearest() {
+    let mut r = rng(9);
+    let n = 50;
+    let points: Vec<f32> = (0..n).flat_map(|_| unit(&mut r, 16)).collect();
+    let g = SiteGraph::knn(&points, 16, 3).unwrap();
+    let dot = |i: usize, j: usize| -> f64 {
+        points[i * 16..][..16].iter().zip(&points[j * 16..][..16]).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()
+    };
+    for i in 0..n {
+        let mut others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+        others.sort_by(|&a, &b| dot(i, b).total_cmp(&dot(i, a)));
+        let linked: Vec<usize> = g.neighbours(i).iter().map(|&j| j as usize).collect();
+        // Undirected: i's own 3 nearest are among its links, and every link is i's or names i.
+        assert!(others[..3].iter().all(|j| linked.contains(j)), "point {i}: {linked:?}, nearest {:?}", &others[..3]);
+        for &j in &linked {
+            assert_ne!(j, i);
+        }
+    }
+}
