@@ -34,10 +34,11 @@
 //! **Past the page cache when it has no room.** When the section is larger than the page cache the
 //! process may still fill (a memory cgroup's cap, or a machine smaller than the vectors: the issue this
 //! tier exists for), caching the rows read only churns: each page read is charged to the process's group,
-//! evicts another and is copied out once. Then the batch is read with `O_DIRECT` ([`RowReads::Direct`],
-//! chosen by [`RowReads::Auto`], the default): from the disk straight into the reader's buffer, each read
-//! widened to the page or two around its row. `M2M_ROW_READS` (`auto`, `batched`, `direct`, `pread`) in
-//! the environment overrides the choice (for comparisons).
+//! evicts another and is copied out once. The batch can then be read with `O_DIRECT` ([`RowReads::Direct`],
+//! opt-in): from the disk straight into the reader's buffer, each read widened to the page or two around
+//! its row. It costs the least CPU, but was slower by the clock than `Batched` on a quiet machine, so
+//! [`RowReads::Auto`], the default, is `Batched`. `M2M_ROW_READS` (`auto`, `batched`, `direct`, `pread`)
+//! in the environment overrides the choice (for comparisons).
 //!
 //! What it does not do: decide which rows form a block (the caller passes ranges), or check the values
 //! (the section's checksum is `Db::check`'s job).
@@ -58,9 +59,8 @@ const FAULT_AROUND: usize = 64 << 10;
 /// How a by-row [`VectorCache`] reads the rows of [`read_rows`](VectorCache::read_rows) it does not hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RowReads {
-    /// The default: [`Direct`](RowReads::Direct) when the section is larger than the page cache this
-    /// process may still fill (Linux: the smaller of the available memory and what its memory cgroup's
-    /// limit leaves, when the cache is made), [`Batched`](RowReads::Batched) otherwise.
+    /// The default: [`Batched`](RowReads::Batched) (measured against `Direct` under a memory cap: see
+    /// the module docs).
     #[default]
     Auto,
     /// All of a batch's rows in one submission (io_uring, Linux); where that is not available, as
@@ -201,9 +201,10 @@ impl VectorCache {
     /// [`RowReads::Auto`], or what `M2M_ROW_READS` asks for: `auto`, `batched`, `direct`, `pread`).
     pub fn with_row_reads(mut self, mut reads: RowReads) -> VectorCache {
         if reads == RowReads::Auto {
-            let bytes = self.rows.as_slice().len() as u64 * 4;
-            let cramped = self.by_row && crate::rowio::page_cache_room().is_some_and(|room| room < bytes);
-            reads = if cramped { RowReads::Direct } else { RowReads::Batched };
+            // Not `Direct` under a cap, though it costs the least CPU there: on a quiet machine it was
+            // the slowest by the clock (notes/issue-15.md, third session: ~1,950 QPS wall against
+            // ~2,250 batched at minilm70k's 10% cap), the page cache's few rows being lost to it.
+            reads = RowReads::Batched;
         }
         self.row_reads = reads;
         self.direct = None;
