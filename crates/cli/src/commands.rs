@@ -940,8 +940,11 @@ struct Findings {
 }
 
 /// The blobs `repair` may remove when damaged, and what their removal costs.
-const REMOVABLE: [(&str, &str); 5] = [
+const REMOVABLE: [(&str, &str); 6] = [
     (INDEX_BLOB, "`m2m build` makes a new index"),
+    // Without it a stored index would keep the old vectors of the ids upserted since it was written:
+    // the index goes with it (below).
+    (m2m::REPLACED_BLOB, "the stored index goes with it (it holds upserted ids' old vectors); `m2m build` makes a new one"),
     (LEARNED_BLOB, "the learned kappa and alpha go back to the stored ones; `m2m build` learns them again"),
     (m2m::NEIGHBOURS_BLOB, "`m2m build` computes the neighbourhoods again"),
     (m2m::SOC_BLOB, "the sandpile's state starts afresh"),
@@ -1081,7 +1084,15 @@ fn repair(cli: &Cli, db: &Path) -> Result<ExitCode> {
     // removable blob is damaged (each round removes at least one, so at most one round per blob).
     let mut f = find(db)?;
     for _ in 0..=REMOVABLE.len() + 1 {
-        let drop_stored = f.bad_stored_index && !f.check.manifest.index.is_empty();
+        let replaced_damaged = f.damaged.iter().any(|d| d.0 == m2m::REPLACED_BLOB);
+        let drop_stored = (f.bad_stored_index || replaced_damaged) && !f.check.manifest.index.is_empty();
+        if replaced_damaged && db.join(INDEX_BLOB).exists() && !f.damaged.iter().any(|d| d.0 == INDEX_BLOB) {
+            // An index stored as a blob (older builds) goes with the upsert bookkeeping too, first.
+            let lock = m2m::tier::DirLock::acquire(db)?;
+            m2m::tier::remove_blob(db, INDEX_BLOB)?;
+            dropped.push(format!("{}: removed with {}", db.join(INDEX_BLOB).display(), m2m::REPLACED_BLOB));
+            drop(lock);
+        }
         if f.damaged.is_empty() && !drop_stored {
             break;
         }
@@ -1092,8 +1103,9 @@ fn repair(cli: &Cli, db: &Path) -> Result<ExitCode> {
                 dropped.push(cut.to_string());
             }
             tier.drop_index()?;
+            let why = if f.bad_stored_index { "damaged" } else { "with the damaged upsert bookkeeping" };
             for name in &f.check.manifest.index {
-                dropped.push(format!("{}: removed (damaged); `m2m build` makes a new index", db.join(name).display()));
+                dropped.push(format!("{}: removed ({why}); `m2m build` makes a new index", db.join(name).display()));
             }
         }
         if !f.damaged.is_empty() {

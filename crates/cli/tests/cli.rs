@@ -798,7 +798,8 @@ fn attributes_from_parquet_are_typed_by_their_columns() {
 /// out becomes null), id 1000 added, the built index follows; bad runs change nothing. Mutations caught:
 /// rows paired with the wrong vectors (the replaced vector's nearest hit is another id), attributes not
 /// replaced or merged instead of replaced (label 1 or tenant kept), the count check missing (a short
-/// rows file accepted), a refused run that still writes (the splat count moves).
+/// rows file accepted), a refused run that still writes (the splat count moves), a damaged upsert
+/// blob that `repair` cannot remove (or removes without the stored index).
 #[test]
 fn upsert_replaces_by_id_and_refuses_bad_input_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -859,6 +860,25 @@ fn upsert_replaces_by_id_and_refuses_bad_input_whole() {
     }
     let (_, err) = fails(&["upsert", &dir.path().join("nope").display().to_string(), &vecs, "--rows", &rows_s]);
     assert!(err.contains("not an M2M database"), "{err}");
+    // A damaged upsert bookkeeping blob: named, and `repair` drops it with the stored index it belongs to
+    // (kept alone, the index would answer with the upserted ids' old vectors); `build` makes a new one.
+    let blob = dir.path().join("db").join(m2m::REPLACED_BLOB);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&blob, &bytes).unwrap();
+    let (_, err) = fails(&["info", &db]);
+    assert!(err.contains(m2m::REPLACED_BLOB), "{err}");
+    let out = m2m(&["repair", &db]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(m2m::REPLACED_BLOB) && said.contains("stored index goes with it"), "{said}");
+    assert!(!blob.exists());
+    assert!(ok(&["info", &db])["fine_clusters"].is_null(), "the stored index was kept without its blob");
+    ok(&["build", &db]);
+    let r = ok(&["query", &db, "--file", &vecs, "--k", "1"]);
+    let top: Vec<u64> = r["results"].as_array().unwrap().iter().map(|h| h[0]["id"].as_u64().unwrap()).collect();
+    assert_eq!(top, [5, 7, 1000], "{r}");
 }
 
 /// Bad `--attributes` files are one-line errors naming the line, and leave the database as it was: the

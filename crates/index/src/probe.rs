@@ -29,8 +29,8 @@ use crate::index::{Query, Scratch};
 use crate::kernels::Isa;
 use crate::{Error, Index, Result, SearchParams};
 
-/// The adaptive probe rule ([module docs](self)): probe up to `max_probe` clusters, best first, and stop
-/// before the first whose key trails the k-th best code estimate by more than `margin`.
+/// The adaptive probe rule (chosen by [`Index::calibrate`]): probe up to `max_probe` clusters, best first,
+/// and stop before the first whose key trails the k-th best code estimate by more than `margin`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ProbeRule {
     /// The most clusters a search probes (at least 1).
