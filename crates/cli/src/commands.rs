@@ -944,7 +944,10 @@ const REMOVABLE: [(&str, &str); 6] = [
     (INDEX_BLOB, "`m2m build` makes a new index"),
     // Without it a stored index would keep the old vectors of the ids upserted since it was written:
     // the index goes with it (below).
-    (m2m::REPLACED_BLOB, "the stored index goes with it (it holds upserted ids' old vectors); `m2m build` makes a new one"),
+    (
+        m2m::REPLACED_BLOB,
+        "the stored index goes with it (it holds upserted ids' old vectors); `m2m build` makes a new one",
+    ),
     (LEARNED_BLOB, "the learned kappa and alpha go back to the stored ones; `m2m build` learns them again"),
     (m2m::NEIGHBOURS_BLOB, "`m2m build` computes the neighbourhoods again"),
     (m2m::SOC_BLOB, "the sandpile's state starts afresh"),
