@@ -176,8 +176,13 @@ pub struct Stats {
     /// Coarse clusters of the index; `None` before `build_index`.
     pub coarse_clusters: Option<usize>,
     /// The calibrated default nprobe (fine clusters scored per query at LOD 1 and 2); `None` without
-    /// an index. A query's own `nprobe` overrides it.
+    /// an index. A query's own `nprobe` overrides it. With an adaptive probe rule (`probe_margin`), the
+    /// most clusters LOD 2 probes at the default.
     pub nprobe: Option<usize>,
+    /// The margin of the adaptive probe rule the calibration chose, if it chose one: LOD 2 at the default
+    /// nprobe then stops probing, per query, before the first cluster whose centroid trails the k-th best
+    /// code estimate by more than this (`m2m_index::ProbeRule`). `None`: the fixed `nprobe`.
+    pub probe_margin: Option<f32>,
     /// The calibrated default re-rank depth for k = 10 at LOD 2; `None` without an index.
     pub rerank: Option<usize>,
     /// Mean kappa of the live splats (0 when there is none).
@@ -1326,7 +1331,8 @@ impl M2m {
             },
             fine_clusters: index.map(Index::n_fine),
             coarse_clusters: index.map(Index::n_coarse),
-            nprobe: index.map(Index::default_nprobe),
+            nprobe: index.map(|i| i.probe_rule().map_or(i.default_nprobe(), |r| r.max_probe)),
+            probe_margin: index.and_then(Index::probe_rule).map(|r| r.margin),
             rerank: index.map(Index::default_rerank),
             kappa_mean,
             kappa_min,

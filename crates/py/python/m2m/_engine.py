@@ -138,6 +138,9 @@ class Stats:
     fine_clusters: Optional[int]
     coarse_clusters: Optional[int]
     nprobe: Optional[int]
+    #: The adaptive probe rule's margin when the calibration chose one (LOD 2 at the default then probes up
+    #: to ``nprobe`` clusters, stopping early per query); None: the fixed ``nprobe``.
+    probe_margin: Optional[float]
     rerank: Optional[int]
     kappa_mean: float
     kappa_min: float
