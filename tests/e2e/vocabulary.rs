@@ -39,7 +39,11 @@ fn stats_carry_the_calibrated_parameters_and_serialise_by_name() {
     let s = e.stats();
     let index = e.index().unwrap();
     assert_eq!((s.fine_clusters, s.coarse_clusters), (Some(index.n_fine()), Some(index.n_coarse())));
-    assert_eq!((s.nprobe, s.rerank), (Some(index.default_nprobe()), Some(index.default_rerank())));
+    // With the adaptive probe rule the calibration may choose, nprobe is the rule's cap.
+    let rule = index.probe_rule();
+    let nprobe = rule.map_or(index.default_nprobe(), |r| r.max_probe);
+    assert_eq!((s.nprobe, s.rerank), (Some(nprobe), Some(index.default_rerank())));
+    assert_eq!(s.probe_margin, rule.map(|r| r.margin));
     assert_eq!(s.metric, "cosine");
     let json = serde_json::to_value(&s).unwrap();
     for field in ["splats", "deleted", "dim", "metric", "device", "segments", "fine_clusters", "kappa_mean"] {
