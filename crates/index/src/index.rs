@@ -609,15 +609,7 @@ impl Index {
         let (n_fine, n_coarse) = cluster_counts(config, n);
         // Calibration rows: a seeded sample that k-means never trains on, so that they measure recall as
         // unseen queries would (rows a clustering was fitted to are found more easily).
-        let held: Vec<usize> = if config.target_recall > 0.0 && n > 2 * CALIBRATION_QUERIES {
-            use rand::{SeedableRng, rngs::StdRng};
-            let mut rng = StdRng::seed_from_u64(config.seed ^ 0xCA11_B8A7E);
-            let mut rows = rand::seq::index::sample(&mut rng, n, CALIBRATION_QUERIES).into_vec();
-            rows.sort_unstable();
-            rows
-        } else {
-            Vec::new()
-        };
+        let held = calibration_rows(config, n);
         let mut is_held = vec![false; n];
         held.iter().for_each(|&r| is_held[r] = true);
 
@@ -2096,6 +2088,19 @@ fn empty_parts() -> IndexParts {
 
 /// Vectors held out of training to calibrate the default nprobe.
 pub(crate) const CALIBRATION_QUERIES: usize = 200;
+
+/// The rows of `n` held out for the calibration (a seeded sample, ascending; none when the config does not
+/// calibrate or the rows are too few): the in-memory and the streaming build hold out the same ones.
+pub(crate) fn calibration_rows(config: &IndexConfig, n: usize) -> Vec<usize> {
+    use rand::{SeedableRng, rngs::StdRng};
+    if config.target_recall <= 0.0 || n <= 2 * CALIBRATION_QUERIES {
+        return Vec::new();
+    }
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0xCA11_B8A7E);
+    let mut rows = rand::seq::index::sample(&mut rng, n, CALIBRATION_QUERIES).into_vec();
+    rows.sort_unstable();
+    rows
+}
 
 /// Largest `dims_per_code` of [`CodeKind::Pq4`].
 pub const MAX_DIMS_PER_CODE: u8 = 16;

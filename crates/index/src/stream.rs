@@ -319,14 +319,7 @@ impl Index {
         }
         // Calibration rows (as `Index::build` holds them out): never trained on.
         let calibrate = config.target_recall > 0.0 && n > 2 * CALIBRATION_QUERIES;
-        let held_rows: Vec<usize> = if calibrate {
-            let mut rng = StdRng::seed_from_u64(config.seed ^ 0xCA11_B8A7E);
-            let mut rows = rand::seq::index::sample(&mut rng, n, CALIBRATION_QUERIES).into_vec();
-            rows.sort_unstable();
-            rows
-        } else {
-            Vec::new()
-        };
+        let held_rows = crate::index::calibration_rows(config, n);
         let want = config.train_per_centroid.saturating_mul(n_fine).min(most).min(n - held_rows.len());
         let sample: Vec<usize> = {
             let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5A3F_1E5A_3B1E);

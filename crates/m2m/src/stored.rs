@@ -42,11 +42,8 @@ pub(crate) fn write(db: &Db, index: &Index, learned: &Learned) -> Result<Vec<Pat
     let hot = write_hot(db, index, learned)?;
     let mut cold: SectionWriter = db.index_writer("vec")?;
     cold.begin("vectors", SectionKind::F32)?;
-    let dim = index.dim();
     for f in 0..index.n_fine() {
-        for chunk in index.cluster_vectors(f).chunks(ROWS_PER_WRITE * dim) {
-            cold.write_values(chunk)?;
-        }
+        write_rows(&mut cold, index.cluster_vectors(f), index.dim())?;
     }
     Ok(vec![hot, cold.finish()?])
 }
