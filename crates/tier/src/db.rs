@@ -20,6 +20,7 @@ use std::sync::Arc;
 use m2m_splat::SplatSet;
 
 use crate::attrs::{decode_block, decode_update, encode_block, encode_update};
+use crate::idruns::LiveIds;
 use crate::{
     AttrBatch, AttrTable, Columns, ColumnsRef, DirLock, Durability, Error, LogCheck, MANIFEST_FILE, Manifest, Memtable,
     Result, Schema, SectionFile, SectionWriter, Segment, SegmentEntry, Wal, WalRecord, owned,
@@ -103,7 +104,7 @@ pub struct Db {
     wal: Wal,
     memtable: Memtable,
     /// Live ids.
-    ids: HashSet<u64>,
+    ids: LiveIds,
     /// Ids deleted from segments, until compaction.
     deleted: Arc<HashSet<u64>>,
     /// The stored index's mapped files (see [`Snapshot::index`]).
@@ -126,7 +127,7 @@ pub struct Db {
 struct Replayed {
     segments: Vec<Arc<Segment>>,
     memtable: Memtable,
-    ids: HashSet<u64>,
+    ids: LiveIds,
     deleted: HashSet<u64>,
     index: Vec<Arc<SectionFile>>,
     index_error: Option<Arc<Error>>,
@@ -171,15 +172,22 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
             return Err(Error::corrupt(dir.join(MANIFEST_FILE), 0, reason));
         }
     }
-    // Where each id is stored, so that a repeated id names both files (either may be the damaged one).
-    let mut first: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    // The ids the segments hold (tombstoned ones included), as runs: ids handed out in sequence are a
+    // few runs, not a hash set of every id (which the open spent most of its time building). A repeated
+    // id names both files (either may be the damaged one).
+    let mut stored = LiveIds::default();
     for (i, s) in segments.iter().enumerate() {
-        for &id in s.ids() {
-            if let Some(&j) = first.get(&id) {
-                let reason = format!("id {id} stored twice (also in {})", segments[j].path().display());
-                return Err(Error::corrupt(s.path(), 0, reason));
-            }
-            first.insert(id, i);
+        let before = stored.len();
+        if let Some(&id) = s.ids().iter().find(|&&id| stored.contains(id)) {
+            let j = segments[..i].iter().position(|t| t.ids().contains(&id)).unwrap_or(i);
+            let reason = format!("id {id} stored twice (also in {})", segments[j].path().display());
+            return Err(Error::corrupt(s.path(), 0, reason));
+        }
+        stored.insert(s.ids());
+        if stored.len() != before + s.ids().len() {
+            let id = repeated(s.ids()).unwrap_or_default();
+            let reason = format!("id {id} stored twice (also in {})", s.path().display());
+            return Err(Error::corrupt(s.path(), 0, reason));
         }
     }
     // The attributes: each segment's block (checked against the manifest's schema), nulls for a segment
@@ -201,9 +209,9 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
     }
     attrs.remove(&manifest.deleted);
     let mut attrs_dirty = false;
-    let mut ids: HashSet<u64> = first.keys().copied().collect();
+    let mut ids = stored.clone();
+    ids.remove(&manifest.deleted);
     let mut deleted: HashSet<u64> = manifest.deleted.iter().copied().collect();
-    ids.retain(|id| !deleted.contains(id));
     let mut memtable = Memtable::new(manifest.dim);
     let no_schema = || Error::corrupt(wal_path, 0, "attributes in a database whose manifest has no schema");
     let append_attrs = |attrs: &mut AttrTable, b: &crate::WalBatch| -> Result<()> {
@@ -224,7 +232,12 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
                 if b.columns.dim != manifest.dim {
                     return Err(dim_mismatch(wal_path, b.columns.dim, manifest.dim));
                 }
-                if let Some(id) = b.columns.ids.iter().find(|&&id| !ids.insert(id)) {
+                let before = ids.len();
+                let twice = b.columns.ids.iter().copied().find(|&id| ids.contains(id)).or_else(|| {
+                    ids.insert(&b.columns.ids);
+                    (ids.len() != before + b.columns.ids.len()).then(|| repeated(&b.columns.ids).unwrap_or_default())
+                });
+                if let Some(id) = twice {
                     return Err(Error::corrupt(wal_path, 0, format!("id {id} added twice")));
                 }
                 memtable.push(b.columns.view());
@@ -240,16 +253,17 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
                 }
                 // The rows replaced: in memory they go, in a segment they are tombstoned (the tombstones
                 // hide segment rows only, so the new row in memory stays visible).
-                let replaced: HashSet<u64> = b.columns.ids.iter().copied().filter(|id| ids.contains(id)).collect();
+                let replaced: HashSet<u64> = b.columns.ids.iter().copied().filter(|&id| ids.contains(id)).collect();
                 let in_memory = memtable.remove(&replaced);
                 attrs.remove(&replaced.iter().copied().collect::<Vec<_>>());
                 deleted.extend(replaced.into_iter().filter(|id| !in_memory.contains(id)));
-                ids.extend(b.columns.ids.iter().copied());
+                ids.insert(&b.columns.ids);
                 memtable.push(b.columns.view());
                 append_attrs(&mut attrs, b)?;
             }
             WalRecord::Delete { ids: gone, .. } => {
-                let gone: HashSet<u64> = gone.iter().copied().filter(|id| ids.remove(id)).collect();
+                let gone: HashSet<u64> = gone.iter().copied().filter(|&id| ids.contains(id)).collect();
+                ids.remove(&gone.iter().copied().collect::<Vec<_>>());
                 // Rows still in memory simply go; rows already in a segment get a tombstone.
                 let in_memory = memtable.remove(&gone);
                 attrs.remove(&gone.iter().copied().collect::<Vec<_>>());
@@ -260,12 +274,19 @@ fn replay(dir: &Path, manifest: &Manifest, wal_path: &Path, records: &[WalRecord
                 let bad = |r: String| Error::corrupt(wal_path, 0, format!("record {seq}: {r}"));
                 let batch = decode_update(block, schema, which.len()).map_err(bad)?;
                 attrs.update(which, &batch).map_err(|e| bad(e.to_string()))?;
-                attrs_dirty |= which.iter().any(|id| first.contains_key(id));
+                attrs_dirty |= which.iter().any(|&id| stored.contains(id));
             }
         }
     }
     let (index, index_error) = map_index(dir, manifest)?;
     Ok(Replayed { segments, memtable, ids, deleted, index, index_error, attrs, attrs_dirty })
+}
+
+/// An id `ids` holds twice, if any.
+fn repeated(ids: &[u64]) -> Option<u64> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 /// The log and the manifest disagree on the dimension: either may be the damaged one, so the error
@@ -362,7 +383,7 @@ impl Db {
             segments: Vec::new(),
             wal,
             memtable: Memtable::new(dim),
-            ids: HashSet::new(),
+            ids: LiveIds::default(),
             deleted: Arc::new(HashSet::new()),
             index: Vec::new(),
             index_error: None,
@@ -548,7 +569,7 @@ impl Db {
     }
 
     fn ingest_now(&mut self, batch: &SplatSet, attrs: Option<&AttrBatch>) -> Result<()> {
-        if let Some(id) = batch.ids().iter().find(|id| self.ids.contains(id)) {
+        if let Some(id) = batch.ids().iter().find(|&&id| self.ids.contains(id)) {
             return Err(Error::InvalidBatch { reason: format!("id {id} is already in the database") });
         }
         // A deleted id still inside a segment cannot come back until compaction has dropped it: the
@@ -563,7 +584,7 @@ impl Db {
         };
         self.wal.append_with(batch, block.as_deref())?;
         self.memtable.push(batch.into());
-        self.ids.extend(batch.ids());
+        self.ids.insert(batch.ids());
         Arc::make_mut(&mut self.attrs).append_owned(batch.ids(), cols);
         Ok(())
     }
@@ -641,13 +662,13 @@ impl Db {
             }
         }
         self.wal.append_upsert(batch, block.as_deref())?;
-        let replaced: HashSet<u64> = batch.ids().iter().copied().filter(|id| self.ids.contains(id)).collect();
+        let replaced: HashSet<u64> = batch.ids().iter().copied().filter(|&id| self.ids.contains(id)).collect();
         let in_memory = self.memtable.remove(&replaced);
         Arc::make_mut(&mut self.attrs).remove(&replaced.iter().copied().collect::<Vec<_>>());
         let tombstones = Arc::make_mut(&mut self.deleted);
         tombstones.extend(replaced.into_iter().filter(|id| !in_memory.contains(id)));
         self.memtable.push(batch.into());
-        self.ids.extend(batch.ids());
+        self.ids.insert(batch.ids());
         Arc::make_mut(&mut self.attrs).append_owned(batch.ids(), cols);
         Ok(())
     }
@@ -724,7 +745,7 @@ impl Db {
     fn delete_now(&mut self, ids: &[u64]) -> Result<usize> {
         let present: Vec<u64> = {
             let mut seen = HashSet::new();
-            ids.iter().copied().filter(|id| self.ids.contains(id) && seen.insert(*id)).collect()
+            ids.iter().copied().filter(|&id| self.ids.contains(id) && seen.insert(id)).collect()
         };
         if present.is_empty() {
             return Ok(0);
@@ -736,7 +757,7 @@ impl Db {
         Arc::make_mut(&mut self.attrs).remove(&present);
         let tombstones = Arc::make_mut(&mut self.deleted);
         tombstones.extend(gone.iter().copied().filter(|id| !in_memory.contains(id)));
-        self.ids.retain(|id| !gone.contains(id));
+        self.ids.remove(&present);
         Ok(present.len())
     }
 

@@ -57,11 +57,28 @@ impl IdRuns {
             }
             return;
         }
-        let mut all: Vec<u64> = self.iter().chain(ids.iter().copied()).collect();
-        all.sort_unstable();
-        all.dedup();
-        *self = IdRuns::default();
-        self.insert(&all);
+        // Anything else: the new ids merged into the runs, linear in the runs (not in their ids).
+        let mut new: Vec<u64> = ids.iter().copied().filter(|&id| !self.contains(id)).collect();
+        new.sort_unstable();
+        new.dedup();
+        if new.is_empty() {
+            return;
+        }
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.runs.len() + new.len());
+        let mut push = |(first, last): (u64, u64)| match out.last_mut() {
+            Some((_, end)) if end.checked_add(1).is_some_and(|next| next >= first) => *end = (*end).max(last),
+            _ => out.push((first, last)),
+        };
+        let mut fresh = new.iter().copied().peekable();
+        for &run in &self.runs {
+            while let Some(id) = fresh.next_if(|&id| id < run.0) {
+                push((id, id));
+            }
+            push(run);
+        }
+        fresh.for_each(|id| push((id, id)));
+        self.len += new.len();
+        self.runs = out;
     }
 
     /// Removes `ids` (absent ones are ignored). Linear in the runs and the ids removed.
@@ -94,6 +111,71 @@ impl IdRuns {
     /// Bytes on the heap.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.runs.capacity() * 16
+    }
+}
+
+/// The live ids of a database ([`Db`](crate::Db)): sorted runs while the ids are mostly consecutive
+/// (ids handed out in sequence: 16 bytes a run, where a hash set takes about 16 bytes an id), a hash
+/// set once they are scattered (more runs than 4096 and than a sixteenth of the ids), so that adding
+/// or removing a batch stays cheap (the runs are linear in their number to change).
+#[derive(Clone, Debug)]
+pub(crate) enum LiveIds {
+    Runs(IdRuns),
+    Set(std::collections::HashSet<u64>),
+}
+
+impl Default for LiveIds {
+    fn default() -> Self {
+        LiveIds::Runs(IdRuns::default())
+    }
+}
+
+impl LiveIds {
+    /// Number of ids.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            LiveIds::Runs(r) => r.len(),
+            LiveIds::Set(s) => s.len(),
+        }
+    }
+
+    /// Whether there is no id.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `id` is here.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        match self {
+            LiveIds::Runs(r) => r.contains(id),
+            LiveIds::Set(s) => s.contains(&id),
+        }
+    }
+
+    /// Adds `ids` (repeats and ids already here are added once).
+    pub(crate) fn insert(&mut self, ids: &[u64]) {
+        match self {
+            LiveIds::Runs(r) => {
+                r.insert(ids);
+                if r.runs.len() > 4096 && r.runs.len() * 16 > r.len {
+                    *self = LiveIds::Set(r.iter().collect());
+                }
+            }
+            LiveIds::Set(s) => s.extend(ids.iter().copied()),
+        }
+    }
+
+    /// Removes `ids` (absent ones are ignored).
+    pub(crate) fn remove(&mut self, ids: &[u64]) {
+        match self {
+            LiveIds::Runs(r) => {
+                r.remove(ids);
+                if r.runs.len() > 4096 && r.runs.len() * 16 > r.len {
+                    *self = LiveIds::Set(r.iter().collect());
+                }
+            }
+            LiveIds::Set(s) => ids.iter().for_each(|id| _ = s.remove(id)),
+        }
     }
 }
 
@@ -164,5 +246,40 @@ mod tests {
         top.insert(&[3, u64::MAX]);
         top.remove(&[u64::MAX - 1]);
         assert!(top.iter().eq([3, u64::MAX]));
+    }
+
+    /// The live ids against a `BTreeSet` through batches of consecutive ids, scattered ids (which turn
+    /// the runs into a hash set past 4,096 runs) and removals. Mutations caught: the switch losing ids
+    /// (`Set` built from the ids removed, or empty), `remove` on the set ignoring ids, `len` of the
+    /// runs counting an id added twice (the merging insert: ids already here filtered out first).
+    #[test]
+    fn live_ids_answer_as_a_set_and_turn_into_a_hash_set_when_scattered() {
+        let mut live = LiveIds::default();
+        let mut want = BTreeSet::new();
+        let check = |live: &LiveIds, want: &BTreeSet<u64>, what: &str| {
+            assert_eq!(live.len(), want.len(), "{what}");
+            for id in (0..200).chain((0..400).map(|i| i * 997)) {
+                assert_eq!(live.contains(id), want.contains(&id), "{what}: {id}");
+            }
+        };
+        let dense: Vec<u64> = (0..50_000).collect();
+        live.insert(&dense);
+        want.extend(dense.iter().copied());
+        live.insert(&[7, 7, 49_999, 50_000]);
+        want.insert(50_000);
+        check(&live, &want, "dense");
+        assert!(matches!(live, LiveIds::Runs(_)), "consecutive ids are runs");
+        let gone: Vec<u64> = (0..50_000).step_by(3).collect();
+        live.remove(&gone);
+        gone.iter().for_each(|id| _ = want.remove(id));
+        check(&live, &want, "every third removed");
+        assert!(matches!(live, LiveIds::Set(_)), "16,667 runs for 33,334 ids: a set");
+        let scattered: Vec<u64> = (0..2_000u64).map(|i| 1_000_000 + i * 1_000).collect();
+        live.insert(&scattered);
+        want.extend(scattered.iter().copied());
+        live.remove(&[1, 2, 1_000_000]);
+        [1, 2, 1_000_000].iter().for_each(|id| _ = want.remove(id));
+        check(&live, &want, "scattered, as a set");
+        assert!(live.contains(1_001_000) && !live.contains(1_000_000));
     }
 }
