@@ -389,3 +389,34 @@ fn a_cut_tail_is_reported_and_a_forged_setting_names_its_blob() {
         assert!(msg.contains(CONFIG_BLOB), "{msg}");
     }
 }
+
+/// A flipped byte in the stored index's codes: the open maps the codes without reading their checksum
+/// (any byte is a code), so readers and the writer open and answer, and `Db::check` (`m2m verify`)
+/// reports the file and the section. A flipped byte in the member ids (checked at every open) is still
+/// refused by the open, typed and naming the file. Mutations caught: `Db::check` without the index
+/// files' checksums (no problem reported), the open reading every section unchecked (the ids pass).
+#[test]
+fn a_damaged_code_is_found_by_verify_and_a_damaged_id_by_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = built(dir.path(), 600);
+    let files = index_files(dir.path());
+    let flip = |name: &str| {
+        let offset = SectionFile::open(&files[0]).unwrap().sections().iter().find(|e| e.name == name).unwrap().offset;
+        let mut bytes = std::fs::read(&files[0]).unwrap();
+        bytes[offset as usize + 5] ^= 0x01;
+        std::fs::write(&files[0], &bytes).unwrap();
+    };
+    flip("codes");
+    let reader = M2m::open_read_only(dir.path()).unwrap();
+    assert_eq!(reader.retrieve(&base[..DIM], 10, Lod::Rerank).unwrap().len(), 10);
+    let writer = M2m::open(dir.path()).unwrap();
+    assert!(writer.index().is_some(), "the writer left the index out");
+    drop((reader, writer));
+    let problem = m2m::tier::Db::check(dir.path()).unwrap().index_problem.expect("verify finds the damage");
+    assert!(problem.contains("codes") && problem.contains(&*files[0].to_string_lossy()), "{problem}");
+    flip("codes");
+    assert!(m2m::tier::Db::check(dir.path()).unwrap().index_problem.is_none(), "the byte flipped back");
+    flip("ids");
+    let e = M2m::open_read_only(dir.path()).unwrap_err();
+    assert!(names_the_index(&e) && e.to_string().contains("ids"), "{e}");
+}

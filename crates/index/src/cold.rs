@@ -177,7 +177,7 @@ impl Index {
     pub fn heap_bytes(&self) -> Vec<(&'static str, usize)> {
         let sum = |f: &dyn Fn(&crate::Cluster) -> usize| self.p.clusters.iter().map(f).sum::<usize>();
         vec![
-            ("index codes", sum(&|c| c.codes.capacity())),
+            ("index codes", sum(&|c| c.codes.heap_bytes())),
             ("index member ids", sum(&|c| c.ids.capacity() * 8)),
             ("index id map", self.locations.heap_bytes()),
             ("index L2 norms, bf16 rows", sum(&|c| c.half_sq_norms.capacity() * 4 + c.bf16.capacity() * 2)),

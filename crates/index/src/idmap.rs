@@ -55,6 +55,9 @@ impl<V: Copy> IdMap<V> {
 
     /// The map of `pairs`; `Err(id)` names an id that comes twice.
     pub fn from_pairs(mut pairs: Vec<(u64, V)>) -> Result<IdMap<V>, u64> {
+        if let Some(map) = Self::from_run(&pairs)? {
+            return Ok(map);
+        }
         pairs.sort_unstable_by_key(|p| p.0);
         if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(w[0].0);
@@ -62,6 +65,31 @@ impl<V: Copy> IdMap<V> {
         let len = pairs.len();
         let (keys, vals): (Vec<u64>, Vec<V>) = pairs.into_iter().unzip();
         Ok(IdMap { keys: Keys::of(keys), vals, delta: HashMap::new(), len })
+    }
+
+    /// The map of `pairs` whose ids span exactly as many consecutive ids as there are pairs (ids handed
+    /// out in sequence, in any order: an index's clusters list them by cluster), each value put at its
+    /// id's place in one pass instead of a sort; `None` when the ids span more, `Err(id)` for an id
+    /// that comes twice.
+    fn from_run(pairs: &[(u64, V)]) -> Result<Option<IdMap<V>>, u64> {
+        let Some(&(_, v0)) = pairs.first() else { return Ok(None) };
+        let (lo, hi) = pairs.iter().fold((u64::MAX, 0), |(lo, hi), &(id, _)| (lo.min(id), hi.max(id)));
+        if hi - lo != (pairs.len() - 1) as u64 {
+            return Ok(None);
+        }
+        let mut vals = vec![v0; pairs.len()];
+        let mut seen = vec![0u64; pairs.len().div_ceil(64)];
+        for &(id, v) in pairs {
+            let i = (id - lo) as usize;
+            let (word, bit) = (i / 64, 1u64 << (i % 64));
+            if seen[word] & bit != 0 {
+                return Err(id);
+            }
+            seen[word] |= bit;
+            vals[i] = v;
+        }
+        let len = vals.len();
+        Ok(Some(IdMap { keys: Keys::Run { first: lo }, vals, delta: HashMap::new(), len }))
     }
 
     /// Where `id` is in the arrays.
@@ -292,6 +320,31 @@ mod tests {
         // would add ~53 kB.
         assert!(m.heap_bytes() < 7000 * 8, "merged into a run: {} bytes", m.heap_bytes());
         assert_eq!((m.get(&0), m.get(&100), m.get(&6999), m.get(&7000)), (Some(&0), Some(&7), Some(&1), None));
+    }
+
+    /// Consecutive ids in any order (an index lists them cluster by cluster) are placed without a sort:
+    /// every id answers its own value, the map keeps no keys, and an id twice is named whether the
+    /// ids span exactly as many as there are pairs (the one-pass path) or more (the sorted path).
+    /// Mutations caught: a value put at `id` rather than `id - first` (out of range: a panic, or wrong
+    /// answers), the repeat check dropped from the one-pass path (a map of 5,000 pairs returned).
+    #[test]
+    fn shuffled_consecutive_ids_are_placed_and_repeats_named() {
+        let ids: Vec<u64> = (0..5000u64).map(|i| 77 + (i * 2_654_435_761) % 5000).collect();
+        let map = IdMap::from_pairs(ids.iter().map(|&id| (id, id as u32 * 3)).collect()).unwrap();
+        assert_eq!(map.heap_bytes(), 5000 * 4, "values only");
+        assert!((77..5077u64).all(|id| map.get(&id) == Some(&(id as u32 * 3))));
+        assert_eq!((map.get(&76), map.get(&5077), map.len()), (None, None, 5000));
+        // One id replaced by a repeat: the ids span one fewer... or as many (the repeat inside the span).
+        let mut twice = ids.clone();
+        let (a, b) = (twice[10], twice[4000]);
+        twice[4000] = a;
+        let span_kept = b != 77 && b != 5076;
+        let err = IdMap::from_pairs(twice.iter().map(|&id| (id, 0u32)).collect()).unwrap_err();
+        assert_eq!(err, a, "the repeat named (span kept: {span_kept})");
+        twice[4000] = 1_000_000;
+        twice[11] = twice[12];
+        let err = IdMap::from_pairs(twice.iter().map(|&id| (id, 0u32)).collect()).unwrap_err();
+        assert_eq!(err, twice[12], "a repeat among ids that span more");
     }
 
     /// `extend_new` against `insert` one by one, on both of its paths (ascending ids above the arrays,

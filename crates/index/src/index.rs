@@ -373,8 +373,9 @@ pub struct Cluster {
     pub ids: Vec<u64>,
     /// Member vectors (unit for cosine), row-major.
     pub vectors: Vec<f32>,
-    /// Codes of the residuals, [`CodeKind::stride`] bytes per member.
-    pub codes: Vec<u8>,
+    /// Codes of the residuals, [`CodeKind::stride`] bytes per member (owned, or borrowed from a
+    /// mapped file: see [`Codes`]).
+    pub codes: crate::Codes,
     /// `|x|^2 / 2` per member for L2, empty otherwise.
     pub half_sq_norms: Vec<f32>,
     /// The member nearest the centroid, if any.
@@ -1805,8 +1806,8 @@ impl Index {
             if pos != last {
                 cl.vectors.copy_within(last * dim..(last + 1) * dim, pos * dim);
                 match pq {
-                    Some(shape) => crate::kernels::pq4_copy_row(&mut cl.codes, shape.m, last, pos),
-                    None => cl.codes.copy_within(last * stride..(last + 1) * stride, pos * stride),
+                    Some(shape) => crate::kernels::pq4_copy_row(cl.codes.to_mut(), shape.m, last, pos),
+                    None => cl.codes.to_mut().copy_within(last * stride..(last + 1) * stride, pos * stride),
                 }
                 if !cl.bf16.is_empty() {
                     cl.bf16.copy_within(last * bstride..(last + 1) * bstride, pos * bstride);
@@ -1815,8 +1816,8 @@ impl Index {
             }
             cl.vectors.truncate(last * dim);
             match pq {
-                Some(shape) => crate::kernels::pq4_truncate(&mut cl.codes, shape.m, last),
-                None => cl.codes.truncate(last * stride),
+                Some(shape) => crate::kernels::pq4_truncate(cl.codes.to_mut(), shape.m, last),
+                None => cl.codes.to_mut().truncate(last * stride),
             }
             cl.bf16.truncate(if cl.bf16.is_empty() { 0 } else { last * bstride });
             if cl.representative == Some(id) {
@@ -2133,7 +2134,7 @@ fn push_member(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
 /// in RAM.
 pub(crate) fn push_columns(p: &IndexParts, f: usize, cl: &mut Cluster, id: u64, x: &[f32]) {
     cl.ids.push(id);
-    push_code(p, f, &mut cl.codes, cl.ids.len() - 1, x);
+    push_code(p, f, cl.codes.to_mut(), cl.ids.len() - 1, x);
     let sq = dot(x, x);
     if p.config.metric == Metric::L2 {
         cl.half_sq_norms.push(0.5 * sq);

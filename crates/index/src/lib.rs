@@ -28,6 +28,7 @@
 //! # Ok::<(), m2m_index::Error>(())
 //! ```
 
+mod codes;
 mod cold;
 mod error;
 mod filter;
@@ -43,6 +44,7 @@ mod topk;
 mod validate;
 mod view;
 
+pub use codes::{Codes, SharedBytes};
 pub use cold::{ClusterRows, ColdRows, RowCache};
 pub use error::{Error, Result};
 pub use filter::{CHECK_COST, CODE_COST, FilterOptions, FilterPlan, FilterStats, IdSet, RowFilter};

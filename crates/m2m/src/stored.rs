@@ -192,7 +192,13 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
     parts.calibration_ids.shrink_to_fit();
     let offsets: &[u64] = hot.values("offsets", SectionKind::U64, true)?;
     let ids: &[u64] = hot.values("ids", SectionKind::U64, true)?;
-    let codes: &[u8] = hot.verified_bytes("codes", SectionKind::U8)?;
+    // The codes (0.5 to 1 byte a dimension a row: most of the file) are mapped, not copied, and not
+    // checked against their checksum at each open, which read and summed the whole file every time:
+    // any byte is a valid code (a damaged one can cost recall, never memory safety or a wrong id), and
+    // `m2m verify` (`Db::check`) checks every section of every index file. Every other section is
+    // checked here.
+    let codes: &[u8] = hot.bytes("codes", SectionKind::U8)?;
+    let mapped: m2m_index::SharedBytes = Arc::new(hot.shared_bytes("codes")?);
     let half: &[f32] = hot.values("half_sq_norms", SectionKind::F32, true)?;
     let dim = parts.dim;
     let kind = parts.config.codes;
@@ -219,7 +225,8 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
         let (lo, hi) = (offsets[f] as usize, offsets[f + 1] as usize);
         cl.ids = ids[lo..hi].to_vec();
         let len = kind.codes_len(dim, hi - lo);
-        cl.codes = codes[at..at + len].to_vec();
+        cl.codes = m2m_index::Codes::shared(Arc::clone(&mapped), at..at + len)
+            .ok_or_else(|| corrupt(hot, format!("cluster {f}'s codes lie past the codes section")))?;
         at += len;
         if l2 {
             cl.half_sq_norms = half[lo..hi].to_vec();
@@ -248,8 +255,9 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
         }
         parts.probe_rule = Some(m2m_index::ProbeRule { max_probe: *max_probe as usize, margin: *margin });
     }
-    // Everything of the hot file is copied into RAM now: its pages, brought in by the checksum pass, go.
-    if let Err(e) = hot.release_pages() {
+    // The hot file's sections other than the codes are copied into RAM now: their pages leave the
+    // process (the page cache keeps them, and the mapped codes are read from it).
+    if let Err(e) = hot.unmap_pages() {
         tracing::debug!("m2m: could not release the pages of {}: {e}", hot.path().display());
     }
     let mut index = Index::from_cold_parts(parts, cold_rows(files)?).map_err(|e| corrupt(hot, e.to_string()))?;

@@ -82,7 +82,7 @@ pub fn mutate_index(bytes: &[u8], choice: u64) -> Option<Vec<u8>> {
             p.clusters.get_mut(f)?.ids.pop();
         }
         8 => {
-            p.clusters.get_mut(f)?.codes.pop();
+            p.clusters.get_mut(f)?.codes.to_mut().pop();
         }
         9 => p.clusters.get_mut(f)?.representative = Some(u64::MAX),
         10 => {

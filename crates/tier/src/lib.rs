@@ -239,7 +239,8 @@ pub use lock::{DirLock, LOCK_FILE, LOCK_PATIENCE};
 pub use manifest::{MANIFEST_FILE, MANIFEST_MAGIC, MANIFEST_VERSION, MAX_NUMBER, Manifest, SegmentEntry};
 pub use prefetch::{Fetched, Prefetch, PrefetchStats};
 pub use sections::{
-    MappedF32, SECTIONS_HEADER, SECTIONS_MAGIC, SECTIONS_VERSION, SectionEntry, SectionFile, SectionKind, SectionWriter,
+    MappedBytes, MappedF32, SECTIONS_HEADER, SECTIONS_MAGIC, SECTIONS_VERSION, SectionEntry, SectionFile, SectionKind,
+    SectionWriter,
 };
 pub use segment::{SEGMENT_HEADER, SEGMENT_MAGIC, SEGMENT_VERSION, Segment, write_segment};
 pub use vecache::{CachedRows, RowReads, VectorCache, VectorCacheStats};

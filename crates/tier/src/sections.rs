@@ -400,6 +400,20 @@ impl SectionFile {
         Ok(MappedF32 { file: Arc::clone(self), start, end })
     }
 
+    /// Section `name` (bytes) as a handle that owns the mapping: what an index keeps to read its codes
+    /// from the page cache instead of a copy.
+    pub fn shared_bytes(self: &Arc<Self>, name: &str) -> Result<MappedBytes> {
+        let e = self.entry(name, SectionKind::U8)?;
+        let (start, end) = (e.offset as usize, (e.offset + e.len) as usize);
+        Ok(MappedBytes { file: Arc::clone(self), start, end })
+    }
+
+    /// Drops this file's pages from this process only (`madvise(DONTNEED)`): the page cache keeps them,
+    /// and a later read of a section is a minor fault. For the sections copied at open.
+    pub fn unmap_pages(&self) -> Result<()> {
+        fsio::unmap_pages(&self.map, &self.path)
+    }
+
     /// The mapping (for page advice on ranges of it).
     #[cfg_attr(not(unix), allow(dead_code, reason = "used by the Unix page advice only"))]
     pub(crate) fn map(&self) -> &memmap2::Mmap {
@@ -437,6 +451,21 @@ impl MappedF32 {
     #[cfg_attr(not(unix), allow(dead_code, reason = "used by the Unix page advice only"))]
     pub(crate) fn start(&self) -> usize {
         self.start
+    }
+}
+
+/// A byte section of a mapped [`SectionFile`], holding the mapping alive.
+#[derive(Clone, Debug)]
+pub struct MappedBytes {
+    file: Arc<SectionFile>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MappedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // In bounds: checked at open.
+        &self.file.map[self.start..self.end]
     }
 }
 

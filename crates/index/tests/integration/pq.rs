@@ -167,7 +167,7 @@ fn pq4_codebook_is_checked_on_load() {
         (
             "a block of codes missing",
             Box::new(|p| {
-                let c = &mut p.clusters[0].codes;
+                let c = p.clusters[0].codes.to_mut();
                 c.truncate(c.len() - 32);
             }),
         ),

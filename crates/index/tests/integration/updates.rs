@@ -93,7 +93,7 @@ fn parts_round_trip_through_postcard_and_corruption_is_caught() {
     assert_eq!(back.search_batch(q, 10, Lod::Rerank, &p).unwrap(), index.search_batch(q, 10, Lod::Rerank, &p).unwrap());
 
     let mut bad = parts.clone();
-    bad.clusters[3].codes.pop();
+    bad.clusters[3].codes.to_mut().pop();
     assert!(matches!(Index::from_parts(bad), Err(Error::Corrupt { .. })));
     let mut bad = parts.clone();
     bad.children[0].push(0);
