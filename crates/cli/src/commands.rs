@@ -994,7 +994,14 @@ fn find(db: &Path) -> Result<Findings> {
         f.problems.push(problem);
     }
     match M2m::open_read_only(db) {
-        Ok(engine) if engine.index().is_some() => f.index = "ok",
+        Ok(engine) if engine.index().is_some() => {
+            f.index = "ok";
+            // The saved sandpile, which the open leaves to its first use.
+            if let Err(e) = engine.check_deferred() {
+                let damaged = blob_of(&e);
+                f.note(e.to_string(), damaged);
+            }
+        }
         Ok(_) if stored_index => f.index = "stale (rebuild with `m2m build`)",
         Ok(_) => {}
         Err(e) if names_index_file(&e) => {

@@ -640,7 +640,8 @@ mod tests {
         let engine = M2m::open(&path).unwrap();
         let names = |e: &M2m| e.heap_bytes().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
         assert!(!names(&engine).contains("router"), "open built a router: {}", names(&engine));
-        let loads = |e: &M2m| e.soc.as_ref().unwrap().pile.with(|p| p.loads().to_vec()).unwrap();
+        let loads =
+            |e: &M2m| e.soc.as_ref().unwrap().pile(e.index.as_ref()).unwrap().with(|p| p.loads().to_vec()).unwrap();
         let idle = loads(&engine);
         for q in data.chunks_exact(dim).take(50) {
             engine.retrieve(q, 10, Lod::Rerank).unwrap();

@@ -77,16 +77,54 @@ struct StoredPile {
 
 /// The sandpile and the retrieval hits not yet absorbed into it; shared with running data loaders,
 /// whose feedback lands here.
+///
+/// An open does not make the pile: its site graph is the k nearest fine centroids of each fine
+/// centroid (n_fine^2 d multiply-adds: seconds at 5M rows), and queries only count hits. It is made
+/// at its first read ([`Controller::pile`]: feedback, tick, probabilities, a loader's sink, a save
+/// with hits to absorb), from the index as it is then and the saved state found in the directory
+/// then (a damaged saved state is reported there, typed, instead of at the open).
 #[derive(Debug)]
 pub(crate) struct Pile {
-    pile: Mutex<Sandpile>,
+    state: Mutex<PileState>,
     hits: Vec<AtomicU32>,
+}
+
+#[derive(Debug)]
+enum PileState {
+    Made(Box<Sandpile>),
+    /// Not made yet: a fresh pile over the index's clusters, restored from the saved state of this
+    /// directory when it holds one.
+    Pending {
+        saved_in: Option<PathBuf>,
+    },
 }
 
 impl Pile {
     fn new(pile: Sandpile) -> Pile {
         let hits = (0..pile.graph().len()).map(|_| AtomicU32::new(0)).collect();
-        Pile { pile: Mutex::new(pile), hits }
+        Pile { state: Mutex::new(PileState::Made(Box::new(pile))), hits }
+    }
+
+    /// A pile made at its first read (see the type's docs) over `sites` sites.
+    fn pending(sites: usize, saved_in: Option<PathBuf>) -> Pile {
+        let hits = (0..sites).map(|_| AtomicU32::new(0)).collect();
+        Pile { state: Mutex::new(PileState::Pending { saved_in }), hits }
+    }
+
+    /// Whether the pile is still to be made and no hit waits to be absorbed: its saved state (if any)
+    /// is still what a save would write.
+    fn untouched(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        matches!(*state, PileState::Pending { .. }) && self.hits.iter().all(|h| h.load(Ordering::Relaxed) == 0)
+    }
+
+    /// Where the saved state of a pile not made yet is.
+    fn saved_in(&self) -> Option<PathBuf> {
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*state {
+            PileState::Pending { saved_in } => saved_in.clone(),
+            PileState::Made(_) => None,
+        }
     }
 
     /// One retrieval hit at `site` (lock-free).
@@ -96,16 +134,35 @@ impl Pile {
         }
     }
 
-    /// The pile with every pending hit absorbed (one grain each, in site order).
+    /// Makes a pending pile with `make` (given where its saved state is); a made pile is left as it is.
+    fn make(&self, make: impl FnOnce(Option<&Path>) -> Result<Sandpile>) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let PileState::Pending { saved_in } = &*state {
+            let pile = make(saved_in.as_deref())?;
+            if pile.graph().len() != self.hits.len() {
+                let reason = format!("{} sites, but the pile counts hits of {}", pile.graph().len(), self.hits.len());
+                return Err(Error::Config { field: "soc", reason });
+            }
+            *state = PileState::Made(Box::new(pile));
+        }
+        Ok(())
+    }
+
+    /// The pile with every pending hit absorbed (one grain each, in site order). A pile not made yet
+    /// is `NoIndex`: the engine makes it first ([`Controller::pile`]), and a loader's sink is handed
+    /// a made one.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Sandpile) -> T) -> Result<T> {
-        let mut pile = self.pile.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let PileState::Made(pile) = &mut *state else {
+            return Err(Error::NoIndex { what: "the SOC pile (not made yet)" });
+        };
         for (site, h) in self.hits.iter().enumerate() {
             let n = h.swap(0, Ordering::Relaxed);
             if n > 0 {
                 pile.drive(site, f64::from(n))?;
             }
         }
-        Ok(f(&mut pile))
+        Ok(f(pile))
     }
 }
 
@@ -236,6 +293,53 @@ impl Controller {
         }
     }
 
+    /// The pile, made first when it is still pending (see [`Pile`]) from `index`'s fine centroids and
+    /// the saved state, carried over onto `index`'s clusters when it was saved on others.
+    pub(crate) fn pile(&self, index: Option<&Index>) -> Result<&Arc<Pile>> {
+        self.pile.make(|saved_in| {
+            let index = index.ok_or(Error::NoIndex { what: "the SOC controller" })?;
+            let graph = site_graph(index)?;
+            match saved_in {
+                Some(dir) if dir.join(SOC_BLOB).exists() => self.restored(index, dir, graph),
+                _ => Ok(Sandpile::new(graph, SocConfig::default())?),
+            }
+        })?;
+        Ok(&self.pile)
+    }
+
+    /// The pile saved in `dir` over `graph` (`index`'s sites), carried over when saved on other clusters.
+    fn restored(&self, index: &Index, dir: &Path, graph: m2m_soc::SiteGraph) -> Result<Sandpile> {
+        let bytes = m2m_tier::load_blob(dir, SOC_BLOB)?;
+        let corrupt =
+            |reason: String| Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(SOC_BLOB), offset: 20, reason });
+        let saved: StoredPile = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if saved.ids.len() != saved.sites.len() || saved.loads.len() != saved.activity.len() {
+            return Err(corrupt("columns of different lengths".into()));
+        }
+        let index = Some(index);
+        let same = saved.loads.len() == graph.len()
+            && saved.ids.iter().zip(&saved.sites).all(|(&id, &s)| self.site(index, id).is_none_or(|now| now == s));
+        let pile = if same {
+            Sandpile::restored(graph, SocConfig::default(), &saved.loads, &saved.activity)
+        } else {
+            let old = Sandpile::restored(
+                m2m_soc::SiteGraph::from_edges(saved.loads.len().max(1), &[])?,
+                SocConfig::default(),
+                &saved.loads,
+                &saved.activity,
+            );
+            let old = old.map_err(|e| corrupt(e.to_string()))?;
+            let pairs: Vec<(u32, u32)> = saved
+                .ids
+                .iter()
+                .zip(&saved.sites)
+                .filter_map(|(&id, &s)| self.site(index, id).map(|now| (s, now)))
+                .collect();
+            Sandpile::carried_over(graph, &old, &pairs)
+        };
+        pile.map_err(|e| corrupt(e.to_string()))
+    }
+
     /// The router, when it has been built.
     pub(crate) fn built_router(&self) -> Option<&Arc<Router>> {
         self.router.get()
@@ -322,8 +426,9 @@ impl M2m {
             self.soc = None;
             return Ok(());
         };
-        let graph = site_graph(index)?;
         let pile = match old {
+            // A pile never read and never hit is a fresh one (or the saved one, still to be read).
+            Some((old, _)) if old.pile.untouched() => Pile::pending(index.n_fine(), old.pile.saved_in()),
             Some((old, old_index)) => {
                 // (old site, new site) of every id both know; the new sites are the new index's clusters,
                 // as a router built on it would say.
@@ -332,16 +437,17 @@ impl M2m {
                     .ids()
                     .filter_map(|id| Some((old.site(old_index.as_ref(), id)?, index.cluster_of(id)?)))
                     .collect();
-                old.pile.with(|p| Sandpile::carried_over(graph, p, &pairs))??
+                let graph = site_graph(index)?;
+                Pile::new(old.pile(old_index.as_ref())?.with(|p| Sandpile::carried_over(graph, p, &pairs))??)
             }
-            None => Sandpile::new(graph, SocConfig::default())?,
+            None => Pile::pending(index.n_fine(), None),
         };
         self.soc = Some(Controller {
             router: OnceLock::new(),
             building: Mutex::new(()),
             neighbours,
             dropped: HashSet::new(),
-            pile: Arc::new(Pile::new(pile)),
+            pile: Arc::new(pile),
         });
         Ok(())
     }
@@ -404,60 +510,35 @@ impl M2m {
     }
 
     /// Restores the saved pile of `dir`, if any, onto the current controller (carried over when it was
-    /// saved on other clusters). Called right after [`start_controller`](Self::start_controller) over
-    /// the same index: the fresh pile's graph is the index's site graph, taken from it rather than
-    /// computed again (n_fine^2 d: seconds at 5M rows).
+    /// saved on other clusters), called right after [`start_controller`](Self::start_controller) at an
+    /// open: the pile is made at its first read ([`Pile`]), and reads the saved state then.
     pub(crate) fn restore_pile(&mut self, dir: &Path) -> Result<()> {
-        let Some(ctl) = self.soc.as_mut() else { return Ok(()) };
-        if !dir.join(SOC_BLOB).exists() {
-            return Ok(());
+        let (Some(ctl), Some(index)) = (self.soc.as_mut(), self.index.as_ref()) else { return Ok(()) };
+        if dir.join(SOC_BLOB).exists() {
+            ctl.pile = Arc::new(Pile::pending(index.n_fine(), Some(dir.to_path_buf())));
         }
-        let bytes = m2m_tier::load_blob(dir, SOC_BLOB)?;
-        let corrupt =
-            |reason: String| Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(SOC_BLOB), offset: 20, reason });
-        let saved: StoredPile = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if saved.ids.len() != saved.sites.len() || saved.loads.len() != saved.activity.len() {
-            return Err(corrupt("columns of different lengths".into()));
-        }
-        let index = self.index.as_ref();
-        let n_fine = index.ok_or(Error::NoIndex { what: "the SOC controller" })?.n_fine();
-        let graph = ctl.pile.with(|p| p.graph().clone())?;
-        let graph = if graph.len() == n_fine {
-            graph
-        } else {
-            site_graph(index.ok_or(Error::NoIndex { what: "the SOC controller" })?)?
-        };
-        let same = saved.loads.len() == graph.len()
-            && saved.ids.iter().zip(&saved.sites).all(|(&id, &s)| ctl.site(index, id).is_none_or(|now| now == s));
-        let pile = if same {
-            Sandpile::restored(graph, SocConfig::default(), &saved.loads, &saved.activity)
-        } else {
-            let old = Sandpile::restored(
-                m2m_soc::SiteGraph::from_edges(saved.loads.len().max(1), &[])?,
-                SocConfig::default(),
-                &saved.loads,
-                &saved.activity,
-            );
-            let old = old.map_err(|e| corrupt(e.to_string()))?;
-            let pairs: Vec<(u32, u32)> = saved
-                .ids
-                .iter()
-                .zip(&saved.sites)
-                .filter_map(|(&id, &s)| ctl.site(index, id).map(|now| (s, now)))
-                .collect();
-            Sandpile::carried_over(graph, &old, &pairs)
-        };
-        ctl.pile = Arc::new(Pile::new(pile.map_err(|e| corrupt(e.to_string()))?));
         Ok(())
+    }
+
+    /// Reads and checks what an open leaves to its first use: the saved SOC pile, decoded, checked and
+    /// restored onto the index's clusters (see [`Pile`]: an open no longer reads it). `Corrupt` naming
+    /// the blob when it is damaged. `m2m verify` calls it after a read-only open; a no-op without a
+    /// controller (no cosine index).
+    pub fn check_deferred(&self) -> Result<()> {
+        match &self.soc {
+            Some(ctl) => ctl.pile(self.index.as_ref()).map(drop),
+            None => Ok(()),
+        }
     }
 
     /// Saves the pile in the data directory (a no-op in memory, read-only or without an index).
     pub(crate) fn save_pile(&self) -> Result<()> {
         let (Some(dir), Some(ctl)) = (self.config.data_dir.as_ref(), self.soc.as_ref()) else { return Ok(()) };
-        if self.is_read_only() {
+        // A pile not made and not hit since the open is what is saved already (or a fresh one).
+        if self.is_read_only() || ctl.pile.untouched() {
             return Ok(());
         }
-        let (loads, activity) = ctl.pile.with(|p| (p.loads().to_vec(), p.activity().to_vec()))?;
+        let (loads, activity) = ctl.pile(self.index.as_ref())?.with(|p| (p.loads().to_vec(), p.activity().to_vec()))?;
         let live = self.live_rows();
         let ids: Vec<u64> = live.iter().map(|&r| self.set.id(r)).collect();
         let sites: Vec<u32> = ids.iter().map(|&id| ctl.site(self.index.as_ref(), id).unwrap_or(u32::MAX)).collect();
@@ -478,14 +559,15 @@ impl M2m {
         // Called per batch: the router (built once) answers, not the index's clusters gathered per call.
         let router = Arc::clone(self.router("feedback")?);
         let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "feedback" })?;
-        FeedbackSink { sites: Sites::Router(router), pile: Arc::clone(&ctl.pile) }.feedback(ids, losses)
+        let pile = Arc::clone(ctl.pile(self.index.as_ref())?);
+        FeedbackSink { sites: Sites::Router(router), pile }.feedback(ids, losses)
     }
 
     /// Ends a round of training (an epoch): the controller's activity decays, and the pile is saved in
     /// the data directory, where DataLoader workers and resumed runs read it.
     pub fn tick(&self) -> Result<()> {
         let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what: "tick" })?;
-        ctl.pile.with(Sandpile::tick)?;
+        ctl.pile(self.index.as_ref())?.with(Sandpile::tick)?;
         self.save_pile()
     }
 
@@ -496,7 +578,7 @@ impl M2m {
         let index = self.index.as_ref();
         let site_of: Vec<u32> = live.iter().map(|&r| ctl.site(index, self.set.id(r)).unwrap_or(0)).collect();
         let kappa: Vec<f32> = live.iter().map(|&r| self.kappa[r]).collect();
-        let probs = ctl.pile.with(|p| p.splat_probabilities(&site_of, &kappa))??;
+        let probs = ctl.pile(index)?.with(|p| p.splat_probabilities(&site_of, &kappa))??;
         Ok((site_of, probs))
     }
 
@@ -557,7 +639,8 @@ impl M2m {
     /// index's clusters now (see [`FeedbackSink`]; no router is built).
     pub(crate) fn feedback_sink(&self, what: &'static str) -> Result<FeedbackSink> {
         let ctl = self.soc.as_ref().ok_or(Error::NoIndex { what })?;
-        let pile = Arc::clone(&ctl.pile);
+        // The sink feeds the pile without the index: it gets a made one.
+        let pile = Arc::clone(ctl.pile(self.index.as_ref())?);
         if let Some(router) = ctl.built_router() {
             return Ok(FeedbackSink { sites: Sites::Router(Arc::clone(router)), pile });
         }
@@ -795,9 +878,66 @@ mod tests {
         for round in 0..3 {
             assert_eq!(a.feedback(&fed, &losses).unwrap(), b.feedback(&fed, &losses).unwrap(), "round {round}");
         }
-        let loads = |e: &M2m| e.soc.as_ref().unwrap().pile.with(|p| p.loads().to_vec()).unwrap();
+        let loads =
+            |e: &M2m| e.soc.as_ref().unwrap().pile(e.index.as_ref()).unwrap().with(|p| p.loads().to_vec()).unwrap();
         assert_ne!(loads(&lazy), vec![0.0; loads(&lazy).len()], "the feedback reached the pile");
         assert_eq!(loads(&routed), loads(&lazy));
         assert!(lazy.soc.as_ref().unwrap().built_router().is_none(), "feedback built the router");
+    }
+
+    /// An open does not make the pile (its site graph is n_fine^2 d), yet the first read gives the pile
+    /// that was saved, loads and activity bit for bit, for a writer and a reader; a flush after an
+    /// open that never read nor hit the pile leaves the saved state as it was; a damaged saved state
+    /// is reported, typed and naming the blob, at the first read instead of failing the open.
+    /// Mutations caught: restoring a fresh pile instead of the saved one (the loads differ), making
+    /// the pile at the open (`untouched` is false), a save at the flush of an untouched pile (it
+    /// rewrites the blob with the pile's fresh state: the bytes differ), the corrupt blob ignored.
+    #[test]
+    fn the_pile_is_made_at_its_first_read_as_it_was_saved() {
+        let dim = 16;
+        let data: Vec<f32> =
+            (0..900 * dim).map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0 + ((i % dim) == 0) as u8 as f32).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let state = |e: &M2m| {
+            e.soc
+                .as_ref()
+                .unwrap()
+                .pile(e.index.as_ref())
+                .unwrap()
+                .with(|p| (p.loads().to_vec(), p.activity().to_vec()))
+        };
+        let saved = {
+            let mut e = M2m::create(M2mConfig::default().dim(dim).data_dir(dir.path())).unwrap();
+            let ids = e.add_splats(&data).unwrap();
+            e.build_index().unwrap();
+            let losses: Vec<f32> = (0..ids.len()).map(|i| 0.1 + (i % 13) as f32 * 0.9).collect();
+            e.feedback(&ids, &losses).unwrap();
+            e.tick().unwrap();
+            e.flush().unwrap();
+            state(&e).unwrap()
+        };
+        assert!(saved.0.iter().any(|&l| l != 0.0), "the feedback left loads to save");
+        let blob = std::fs::read(dir.path().join(super::SOC_BLOB)).unwrap();
+        {
+            let mut writer = M2m::open(dir.path()).unwrap();
+            assert!(writer.soc.as_ref().unwrap().pile.untouched(), "the open made the pile");
+            writer.flush().unwrap();
+            assert_eq!(std::fs::read(dir.path().join(super::SOC_BLOB)).unwrap(), blob, "an untouched pile saved");
+            assert_eq!(state(&writer).unwrap(), saved, "the writer's pile");
+        }
+        let reader = M2m::open_read_only(dir.path()).unwrap();
+        assert!(reader.soc.as_ref().unwrap().pile.untouched());
+        assert_eq!(state(&reader).unwrap(), saved, "the reader's pile");
+
+        m2m_tier::store_blob(dir.path(), super::SOC_BLOB, b"forged, with a valid checksum").unwrap();
+        for e in [M2m::open_read_only(dir.path()).unwrap(), M2m::open(dir.path()).unwrap()] {
+            assert!(e.index().is_some(), "a damaged pile took the index");
+            match e.tick() {
+                Err(crate::Error::Tier(m2m_tier::Error::Corrupt { path, .. })) => {
+                    assert_eq!(path, dir.path().join(super::SOC_BLOB));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }
