@@ -250,9 +250,9 @@ fn open(args: &Args, read_only: bool, nq: usize) -> Result<()> {
     let t = read_vectors::<i32>(beside(args, "truth.ivecs"))?;
     let own_kb = ((q.data.len() + t.data.len()) * 4 / 1024) as u64;
     let rss0 = status_kb("VmRSS:");
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), cpu_s());
     let engine = if read_only { M2m::open_read_only(&args.dir)? } else { M2m::open(&args.dir)? };
-    let open_s = start.elapsed().as_secs_f64();
+    let (open_s, open_cpu_s) = (start.elapsed().as_secs_f64(), cpu_s() - cpu0);
     let rss_open_kb = status_kb("VmRSS:");
     if engine.index().is_none() {
         bail!("no index: run `bench-big build` first");
@@ -274,7 +274,7 @@ fn open(args: &Args, read_only: bool, nq: usize) -> Result<()> {
     let n_rows = engine.len();
     println!(
         "{}",
-        json!({ "step": "open", "read_only": read_only, "rows": n_rows, "open_s": open_s, "rss_before_open_kb": rss0,
+        json!({ "step": "open", "read_only": read_only, "rows": n_rows, "open_s": open_s, "open_cpu_s": open_cpu_s, "rss_before_open_kb": rss0,
                 "rss_open_kb": rss_open_kb, "own_kb": own_kb,
                 "bytes_per_dim_per_vector_after_open": (rss_open_kb.saturating_sub(own_kb) as f64 * 1024.0) / (n_rows as f64 * dim as f64),
                 "first_query_ms": first_ms, "median_query_ms": median, "queries": n, "recall10_lod2": found as f64 / (n * 10) as f64,
