@@ -3,7 +3,8 @@
 //!
 //! Two files of one number `N`, committed together through the manifest:
 //!
-//! * `N.idx`, the hot part, read into RAM at open after every section's checksum is checked: `meta` (the
+//! * `N.idx`, the hot part, read into RAM at open after every section's checksum is checked (but the
+//!   codes: mapped, their checksum checked by `Db::check`, `m2m verify`): `meta` (the
 //!   index's parts without any per-member column, postcard), `offsets` (n_fine + 1 u64: the first member
 //!   of each fine cluster in the member order, then the total), `ids` (u64 per member), `codes` (the
 //!   code stride per member), `half_sq_norms` (f32 per member for L2, empty otherwise), and the learned
@@ -169,7 +170,7 @@ pub(crate) fn warm_rows(index: &mut Index, rows: m2m_tier::MappedF32, budget: u6
 }
 
 /// Loads the stored index of `files` (the manifest's `[N.idx, N.vec]`): the hot part into RAM (checksums
-/// checked), the vectors mapped. Checked against the settings as the old blob was: a forged file with
+/// checked) but the codes, mapped as the vectors are. Checked against the settings as the old blob was: a forged file with
 /// valid checksums is `Corrupt` naming it.
 pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(Index, Learned)> {
     let [hot, _] = files else {
