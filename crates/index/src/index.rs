@@ -374,7 +374,7 @@ pub struct Cluster {
     /// Member vectors (unit for cosine), row-major.
     pub vectors: Vec<f32>,
     /// Codes of the residuals, [`CodeKind::stride`] bytes per member (owned, or borrowed from a
-    /// mapped file: see [`Codes`]).
+    /// mapped file: see [`Codes`](crate::Codes)).
     pub codes: crate::Codes,
     /// `|x|^2 / 2` per member for L2, empty otherwise.
     pub half_sq_norms: Vec<f32>,

@@ -521,7 +521,7 @@ impl M2m {
     }
 
     /// Reads and checks what an open leaves to its first use: the saved SOC pile, decoded, checked and
-    /// restored onto the index's clusters (see [`Pile`]: an open no longer reads it). `Corrupt` naming
+    /// restored onto the index's clusters (an open no longer reads it). `Corrupt` naming
     /// the blob when it is damaged. `m2m verify` calls it after a read-only open; a no-op without a
     /// controller (no cosine index).
     pub fn check_deferred(&self) -> Result<()> {
