@@ -312,3 +312,69 @@ fn a_bad_row_in_the_middle_of_a_batch_leaves_the_in_memory_engine_as_before() {
     assert_eq!(fresh.add_splats_with_attributes(&good, &a).unwrap().len(), n);
     assert!(fresh.schema().is_some());
 }
+
+/// A filter the engine keeps resolved (used again and again, single and batch) follows every change:
+/// attributes set by id (a row that comes to match is found, one that stops matching is not), rows
+/// deleted and added, in memory and on disk; two filters used in turn each keep their own rows.
+/// Mutations caught: the attribute table's stamp not renewed by an update (tried by hand: the row
+/// given label 3 is missing from the hits), a look-up that does not compare the filter (label 5's rows
+/// under label 3), the index's stamp not renewed by a delete or an insert (the deleted row returned, or
+/// the added one missing), a batch under a kept filter answering other rows than single calls.
+#[test]
+fn a_filter_kept_resolved_follows_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = digits_on_sphere(&m2m::DigitsConfig { rows: 2_000, queries: 20, dim: DIM, ..Default::default() }).unwrap();
+    let ids: Vec<u64> = (0..2_000).collect();
+    for on_disk in [false, true] {
+        let mut config = M2mConfig::default().dim(DIM);
+        if on_disk {
+            config = config.data_dir(dir.path().join("db"));
+        }
+        let mut engine = create_m2m(config).unwrap();
+        engine.add_splats_with_attributes(&d.base, &attrs(&ids, &d.base_labels)).unwrap();
+        engine.build_index().unwrap();
+        let (f3, f5) =
+            (filter(r#"{"eq": {"field": "label", "value": 3}}"#), filter(r#"{"eq": {"field": "label", "value": 5}}"#));
+        let q = &d.queries[..DIM];
+        // Answers under `f`, three times single (kept from the second) and as a batch, all equal to the
+        // filtered truth.
+        let check_at = |engine: &M2m, f: &Filter, q: &[f32]| -> Vec<u64> {
+            let ok: HashSet<u64> = engine.matching_ids(f).unwrap().into_iter().collect();
+            let want = truth(engine, q, &ok);
+            for _ in 0..3 {
+                let got: Vec<u64> =
+                    engine.retrieve_filtered(q, 10, Lod::Exact, f).unwrap().iter().map(|h| h.id).collect();
+                assert_eq!(got, want, "on disk {on_disk}");
+                let rerank = engine.retrieve_filtered(q, 10, Lod::Rerank, f).unwrap();
+                assert!(rerank.iter().all(|h| ok.contains(&h.id)), "on disk {on_disk}: a hit outside the filter");
+            }
+            let mut three = q.to_vec();
+            three.extend_from_slice(&d.queries[DIM..3 * DIM]);
+            let batch = engine.retrieve_batch_filtered(&three, 10, Lod::Exact, f).unwrap();
+            assert_eq!(batch[0].iter().map(|h| h.id).collect::<Vec<_>>(), want, "on disk {on_disk}");
+            want
+        };
+        let check = |engine: &M2m, f: &Filter| check_at(engine, f, q);
+        let first3 = check(&engine, &f3);
+        check(&engine, &f5);
+        assert_eq!(check(&engine, &f3), first3);
+        // The nearest row to q that is not labelled 3 (nor 5) becomes a 3: found first under f3 now.
+        let all = engine.retrieve(q, engine.len(), Lod::Exact).unwrap();
+        let other = all.iter().map(|h| h.id).find(|&id| ![3, 5].contains(&engine.label(id).unwrap())).unwrap();
+        engine.set_attributes(&[other], &AttrBatch::new(1).with("label", Column::Int(vec![Some(3)]))).unwrap();
+        let now3 = check(&engine, &f3);
+        assert!(now3.contains(&other), "on disk {on_disk}: the row that came to match is missing");
+        // The best 3 stops being one (it becomes a 5): gone from f3, found under f5.
+        engine.set_attributes(&[first3[0]], &AttrBatch::new(1).with("label", Column::Int(vec![Some(5)]))).unwrap();
+        assert!(!check(&engine, &f3).contains(&first3[0]), "on disk {on_disk}");
+        let own = &d.base[first3[0] as usize * DIM..][..DIM];
+        assert_eq!(check_at(&engine, &f5, own)[0], first3[0], "on disk {on_disk}");
+        // Deleted: never returned; added with label 3 at the query's place: first.
+        engine.delete(&[now3[1]]).unwrap();
+        assert!(!check(&engine, &f3).contains(&now3[1]), "on disk {on_disk}");
+        let new = engine.stats_max_id().unwrap() + 1;
+        engine.add_splats_attributed(q, &[new], None, None, Some(&attrs(&[new], &[3]))).unwrap();
+        assert_eq!(check(&engine, &f3)[0], new, "on disk {on_disk}");
+        assert!(!check(&engine, &f5).contains(&new), "on disk {on_disk}");
+    }
+}

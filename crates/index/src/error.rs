@@ -79,6 +79,12 @@ pub enum Error {
         /// The ones this CPU can run.
         available: String,
     },
+    /// A [`crate::ResolvedFilter`] used with an index whose rows moved since it was resolved (an
+    /// insert, delete or rebalance), or with another index.
+    #[error(
+        "the resolved filter was made for another state of the index (rows inserted, deleted or moved since): resolve it again"
+    )]
+    StaleFilter,
     /// Deserialised index parts that contradict each other.
     #[error("corrupt index: {reason}")]
     Corrupt {

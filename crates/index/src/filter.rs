@@ -63,7 +63,10 @@
 //! `matches` of every row, in parallel), so that each query's per-row test is a bit test and a cluster
 //! without a match is skipped in one step. A single [`Index::search_filtered`] asks `matches` only for
 //! the members of the clusters it probes (or looks its `matching_ids` up), since resolving every row
-//! would cost more than one query. Many queries under one filter belong in one batch.
+//! would cost more than one query. A caller that searches one query at a time under one filter many
+//! times resolves it once ([`Index::resolve_filter`], a [`ResolvedFilter`]) and searches under it
+//! ([`Index::search_resolved`]): each call then runs as a batch's query does. A resolved filter is tied
+//! to the index's rows: an insert, delete or rebalance makes it stale ([`Error::StaleFilter`]).
 //!
 //! Ids the filter names that are not in the index (deleted, or never added) are never returned.
 
@@ -208,6 +211,7 @@ pub struct FilterStats {
 
 /// A filter resolved against one state of the index: a bit per member position, each cluster's bits
 /// starting on a word of its own.
+#[derive(Clone, Debug)]
 struct Mask {
     words: Vec<u64>,
     /// First word of each cluster, then the total.
@@ -272,6 +276,41 @@ impl Mask {
     }
 }
 
+/// A [`RowFilter`] resolved once against one state of an index ([`Index::resolve_filter`]): a bit per
+/// stored row, in cluster order, and the matching rows per cluster. Searching under it
+/// ([`Index::search_resolved`], [`Index::search_batch_resolved`]) tests a row with one bit and skips a
+/// cluster without a match in one step, and costs nothing to set up: what a batch does once, made
+/// reusable across calls, for a caller that searches many times under one filter (the facade keeps the
+/// filters it resolved).
+///
+/// It is tied to the rows of the index it was resolved against: an insert, delete or rebalance of that
+/// index moves rows, and a search under it then returns [`Error::StaleFilter`] (check with
+/// [`Index::is_current`]). A clone of that index, unchanged, takes it. Its size is one bit per row plus
+/// 12 bytes per fine cluster ([`heap_bytes`](Self::heap_bytes)).
+#[derive(Clone, Debug)]
+pub struct ResolvedFilter {
+    mask: Mask,
+    /// The `Index::stamp` it was resolved against.
+    stamp: u64,
+}
+
+impl ResolvedFilter {
+    /// Rows of the index that match.
+    pub fn len(&self) -> usize {
+        self.mask.total
+    }
+
+    /// Whether no row of the index matches.
+    pub fn is_empty(&self) -> bool {
+        self.mask.total == 0
+    }
+
+    /// Bytes on the heap (for a cache's budget).
+    pub fn heap_bytes(&self) -> usize {
+        self.mask.words.capacity() * 8 + self.mask.start.capacity() * 8 + self.mask.count.capacity() * 4
+    }
+}
+
 /// Where a search learns which rows match: a resolved mask, or the filter asked row by row.
 #[derive(Clone, Copy)]
 enum Source<'a> {
@@ -289,6 +328,14 @@ struct FilterScratch {
     gather: Vec<u8>,
     rows: Vec<(u32, u32)>,
     visited: Vec<bool>,
+}
+
+thread_local! {
+    /// The working memory of one-query searches under a resolved filter, kept per thread: a call then
+    /// allocates nothing but its hits (the ranking of ~`nprobe / s` centroids and the candidates'
+    /// buffers are the size of a query's work, and a fresh set per call is a measurable share of it at
+    /// high QPS).
+    static FILTER_SCRATCH: std::cell::RefCell<FilterScratch> = std::cell::RefCell::new(FilterScratch::default());
 }
 
 /// The code-scoring state of one prepared query (see `scan_codes` in index.rs: the same estimate).
@@ -346,6 +393,84 @@ impl Index {
         self.filtered_one(query, k, lod, params, Source::Lazy(filter), &options, &mut FilterScratch::default())
     }
 
+    /// Resolves `filter` against this index's rows for [`search_resolved`](Self::search_resolved) and
+    /// [`search_batch_resolved`](Self::search_batch_resolved): one id-map look-up per listed id when the
+    /// filter has [`matching_ids`](RowFilter::matching_ids), else `matches` asked about every row (in
+    /// parallel). Ids the filter names that the index does not hold are left out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use m2m_index::{IdSet, Index, IndexConfig, Lod, SearchParams};
+    /// let dim = 8;
+    /// let data: Vec<f32> = (0..2_000 * dim).map(|i| ((i * 7_919 % 211) as f32 - 105.0) / 50.0).collect();
+    /// let ids: Vec<u64> = (0..2_000).collect();
+    /// let mut index = Index::build(&IndexConfig::default(), dim, &data, &ids)?;
+    /// let even = index.resolve_filter(&IdSet::new((0..2_000).step_by(2).collect(), 2_000));
+    /// let p = SearchParams::default();
+    /// for q in data.chunks_exact(dim).take(5) {
+    ///     let (hits, _) = index.search_resolved(q, 10, Lod::Rerank, &p, &even, None)?;
+    ///     assert!(hits.iter().all(|h| h.id % 2 == 0));
+    /// }
+    /// // A delete moves rows: the resolved filter must be made again.
+    /// index.delete(&[4]);
+    /// assert!(!index.is_current(&even));
+    /// assert!(index.search_resolved(&data[..dim], 10, Lod::Rerank, &p, &even, None).is_err());
+    /// # Ok::<(), m2m_index::Error>(())
+    /// ```
+    pub fn resolve_filter(&self, filter: &dyn RowFilter) -> ResolvedFilter {
+        ResolvedFilter { mask: Mask::resolve(self, filter), stamp: self.stamp }
+    }
+
+    /// Whether `filter` was resolved against the rows this index holds now (by this index, or by one it
+    /// is an unchanged clone of).
+    pub fn is_current(&self, filter: &ResolvedFilter) -> bool {
+        filter.stamp == self.stamp
+    }
+
+    fn check_current(&self, filter: &ResolvedFilter) -> Result<()> {
+        if self.is_current(filter) { Ok(()) } else { Err(Error::StaleFilter) }
+    }
+
+    /// [`search_filtered_planned`](Self::search_filtered_planned) under a filter resolved by
+    /// [`resolve_filter`](Self::resolve_filter): the same plans and results as a batch under that filter.
+    ///
+    /// Errors: those of [`search_filtered_planned`](Self::search_filtered_planned);
+    /// [`Error::StaleFilter`] when the index changed since the filter was resolved.
+    pub fn search_resolved(
+        &self,
+        query: &[f32],
+        k: usize,
+        lod: Lod,
+        params: &SearchParams,
+        filter: &ResolvedFilter,
+        options: impl Into<FilterOptions>,
+    ) -> Result<(Vec<Hit>, FilterStats)> {
+        let options = check_options(options.into())?;
+        self.check_current(filter)?;
+        self.check_filtered(query.len(), k)?;
+        FILTER_SCRATCH
+            .with_borrow_mut(|fs| self.filtered_one(query, k, lod, params, Source::Mask(&filter.mask), &options, fs))
+    }
+
+    /// [`search_resolved`](Self::search_resolved) for many queries (row-major), in parallel; one list per
+    /// query, with its statistics.
+    ///
+    /// Errors: those of [`search_batch_filtered_planned`](Self::search_batch_filtered_planned);
+    /// [`Error::StaleFilter`] when the index changed since the filter was resolved.
+    pub fn search_batch_resolved(
+        &self,
+        queries: &[f32],
+        k: usize,
+        lod: Lod,
+        params: &SearchParams,
+        filter: &ResolvedFilter,
+        options: impl Into<FilterOptions>,
+    ) -> Result<Vec<(Vec<Hit>, FilterStats)>> {
+        self.check_current(filter)?;
+        self.batch_masked(queries, k, lod, params, &filter.mask, check_options(options.into())?)
+    }
+
     /// [`search_filtered`](Self::search_filtered) for many queries (row-major), in parallel; one list per
     /// query. The filter is resolved once for the whole batch.
     ///
@@ -379,18 +504,35 @@ impl Index {
         options: impl Into<FilterOptions>,
     ) -> Result<Vec<(Vec<Hit>, FilterStats)>> {
         let options = check_options(options.into())?;
+        self.check_batch(queries.len(), k)?;
+        self.batch_masked(queries, k, lod, params, &Mask::resolve(self, filter), options)
+    }
+
+    fn check_batch(&self, len: usize, k: usize) -> Result<()> {
         let dim = self.dim();
-        if !queries.len().is_multiple_of(dim) {
-            return Err(Error::RaggedBatch { len: queries.len(), dim });
+        if !len.is_multiple_of(dim) {
+            return Err(Error::RaggedBatch { len, dim });
         }
         if k == 0 {
             return Err(Error::ZeroK);
         }
-        let mask = Mask::resolve(self, filter);
+        Ok(())
+    }
+
+    fn batch_masked(
+        &self,
+        queries: &[f32],
+        k: usize,
+        lod: Lod,
+        params: &SearchParams,
+        mask: &Mask,
+        options: FilterOptions,
+    ) -> Result<Vec<(Vec<Hit>, FilterStats)>> {
+        self.check_batch(queries.len(), k)?;
         queries
-            .par_chunks(dim)
+            .par_chunks(self.dim())
             .map_init(FilterScratch::default, |fs, q| {
-                self.filtered_one(q, k, lod, params, Source::Mask(&mask), &options, fs)
+                self.filtered_one(q, k, lod, params, Source::Mask(mask), &options, fs)
             })
             .enumerate()
             .map(|(row, r)| r.map_err(|e| with_row(e, row)))

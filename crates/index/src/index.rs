@@ -519,6 +519,16 @@ pub struct Index {
     pub(crate) cold: Option<crate::cold::Cold>,
     /// Spill lists by fine cluster ([`Index::spill`]); empty when the index has none.
     pub(crate) spill: Vec<crate::spill::SpillList>,
+    /// Which state of the members this is: taken fresh ([`next_stamp`]) by the build and by every change
+    /// of which row sits where (insert, delete, rebalance; spill lists leave the members in place); a
+    /// clone keeps it, since it holds the same rows in the same places. A [`crate::ResolvedFilter`] remembers the stamp it was made for.
+    pub(crate) stamp: u64,
+}
+
+/// A stamp no index has had before in this process (see `Index::stamp`).
+pub(crate) fn next_stamp() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Counts of [`Index::rebalance`].
@@ -972,6 +982,7 @@ impl Index {
             isa,
             cold: None,
             spill: Vec::new(),
+            stamp: next_stamp(),
         })
     }
 
@@ -1771,6 +1782,7 @@ impl Index {
         }
         let data = prepare_rows(self.metric(), vectors, dim)?;
         let routes: Vec<usize> = data.par_chunks(dim).map(|x| self.route(x)).collect();
+        self.stamp = next_stamp();
         let mut touched = HashSet::new();
         for ((x, &id), &f) in data.chunks_exact(dim).zip(ids).zip(&routes) {
             self.own(f);
@@ -1826,6 +1838,9 @@ impl Index {
             }
             removed += 1;
         }
+        if removed > 0 {
+            self.stamp = next_stamp();
+        }
         if removed > 0 && !self.spill.is_empty() {
             self.unspill(ids);
         }
@@ -1850,6 +1865,7 @@ impl Index {
         let spherical = self.metric() == Metric::Cosine;
         // Splitting moves members and re-encoding rewrites every cluster: all of them in RAM first.
         self.own_all();
+        self.stamp = next_stamp();
         let mut report = RebalanceReport::default();
         let mut f = 0;
         while f < self.p.clusters.len() {

@@ -47,7 +47,7 @@ mod view;
 pub use codes::{Codes, SharedBytes};
 pub use cold::{ClusterRows, ColdRows, RowCache};
 pub use error::{Error, Result};
-pub use filter::{CHECK_COST, CODE_COST, FilterOptions, FilterPlan, FilterStats, IdSet, RowFilter};
+pub use filter::{CHECK_COST, CODE_COST, FilterOptions, FilterPlan, FilterStats, IdSet, ResolvedFilter, RowFilter};
 pub use idmap::IdMap;
 pub use index::{
     Cluster, CodeKind, Hit, Index, IndexConfig, IndexParts, Lod, MAX_DIMS_PER_CODE, RebalanceReport, Scratch,

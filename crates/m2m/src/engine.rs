@@ -231,6 +231,8 @@ pub struct M2m {
     read_only: bool,
     /// The view a read-only engine was opened on (the data lake's tiers read it).
     snapshot: Option<m2m_tier::Snapshot>,
+    /// Filters kept resolved against the index for the next filtered retrieval (`attributes.rs`).
+    pub(crate) filters: crate::attributes::FilterCache,
 }
 
 /// `create_m2m` of the original API: [`M2m::create`].
@@ -325,6 +327,7 @@ impl M2m {
             config,
             read_only: false,
             snapshot: None,
+            filters: Default::default(),
         })
     }
 
@@ -475,6 +478,7 @@ impl M2m {
             config,
             read_only: false,
             snapshot: None,
+            filters: Default::default(),
         };
         // The rows are read in place from the view (mapped segments, the database's in-memory rows): no
         // vector is copied, and opening a segment read none (`m2m verify` checks them). The small columns

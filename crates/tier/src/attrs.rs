@@ -483,6 +483,14 @@ pub struct AttrTable {
     columns: Vec<Column>,
     /// The per-field indexes; emptied by every change, rebuilt by the next filter.
     pub(crate) postings: OnceLock<crate::filter::Postings>,
+    /// Which state of the rows this is ([`stamp`](AttrTable::stamp)).
+    stamp: u64,
+}
+
+/// A stamp no table has had before in this process; 0 is the empty default table's.
+fn next_stamp() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Which ids have a row, and where.
@@ -530,7 +538,7 @@ impl AttrTable {
     pub fn new(schema: Schema) -> AttrTable {
         let columns: Vec<Column> = schema.fields.iter().map(|f| Column::nulls(f.ty.storage(), 0)).collect();
         let rows = if columns.is_empty() { Rows::default() } else { Rows::laid(Vec::new()) };
-        AttrTable { schema, rows, columns, postings: OnceLock::new() }
+        AttrTable { schema, rows, columns, postings: OnceLock::new(), stamp: next_stamp() }
     }
 
     /// Lays the rows out (each id's row, in id order) before a change that needs rows: a schema, or
@@ -547,6 +555,20 @@ impl AttrTable {
             Rows::Ids(runs) => runs.heap_bytes(),
             Rows::Laid { ids, pos } => ids.capacity() * 8 + pos.capacity() * (1 + 16),
         }
+    }
+
+    /// Marks a change of rows or values: the per-field indexes are stale, and the stamp is new.
+    fn changed(&mut self) {
+        self.postings = OnceLock::new();
+        self.stamp = next_stamp();
+    }
+
+    /// Which state of the rows and their values this is: new after every change (rows added, removed or
+    /// updated, a schema set), kept by a clone. Two tables with one stamp give every filter the same
+    /// matching ids, so a caller may keep what it derived from a filter's result (the facade's resolved
+    /// filters) for as long as the stamp stays.
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// The schema.
@@ -590,7 +612,7 @@ impl AttrTable {
         let rows = self.len();
         self.columns = schema.fields.iter().map(|f| Column::nulls(f.ty.storage(), rows)).collect();
         self.schema = schema;
-        self.postings = OnceLock::new();
+        self.changed();
     }
 
     /// Appends rows `ids` with `columns` in schema order (`None`: every field null). The ids must be new
@@ -604,7 +626,7 @@ impl AttrTable {
             if runs.scattered() {
                 self.lay_out();
             }
-            self.postings = OnceLock::new();
+            self.changed();
             return;
         }
         self.push_rows(ids);
@@ -614,7 +636,7 @@ impl AttrTable {
                 None => col.extend(&Column::nulls(col.storage(), ids.len())),
             }
         }
-        self.postings = OnceLock::new();
+        self.changed();
     }
 
     /// [`append`](Self::append) moving the values of `columns` (the ingest path: the columns were just
@@ -625,7 +647,7 @@ impl AttrTable {
         for (col, c) in self.columns.iter_mut().zip(columns) {
             col.append(c);
         }
-        self.postings = OnceLock::new();
+        self.changed();
     }
 
     /// Appends rows for `ids` (laid out; the columns are the caller's).
@@ -656,7 +678,7 @@ impl AttrTable {
                 }
             }
         }
-        self.postings = OnceLock::new();
+        self.changed();
     }
 
     /// Sets, for each of `ids` (all present: the callers check), the fields `batch` names to its values;
@@ -671,7 +693,7 @@ impl AttrTable {
                 }
             }
         }
-        self.postings = OnceLock::new();
+        self.changed();
         Ok(())
     }
 

@@ -532,3 +532,61 @@ fn a_correlated_filter_keeps_its_recall_at_every_selectivity() {
         );
     }
 }
+
+/// A filter resolved once answers every call as a batch under that filter answers it (the same plans,
+/// the same hits), at every level; an insert, a delete or a rebalance makes it stale (a typed error,
+/// never hits from rows that moved), an unchanged clone of the index takes it, and resolving again
+/// follows the change.
+///
+/// Mutations caught: the stamp not renewed by `insert`, `delete` or `rebalance` (tried by hand for
+/// `delete`: it fails, the stale filter is taken); `search_resolved` searching under another source
+/// than the mask (hits outside the filter, or other plans than the batch's); the resolve dropping ids
+/// inserted after the build (the new row missing under the new filter).
+#[test]
+fn a_resolved_filter_answers_as_the_batch_and_goes_stale_when_rows_move() {
+    let mut d = data(3_000);
+    let f = random_ids(&d, 30);
+    let resolved = d.index.resolve_filter(&f);
+    assert_eq!(resolved.len(), f.ids().len());
+    assert!(d.index.is_current(&resolved));
+    for lod in [Lod::Centroids, Lod::Codes, Lod::Rerank, Lod::Exact] {
+        let batch = d.index.search_batch_filtered_planned(&d.queries, 10, lod, &params(), &f, None).unwrap();
+        let again = d.index.search_batch_resolved(&d.queries, 10, lod, &params(), &resolved, None).unwrap();
+        for (i, q) in d.queries.chunks_exact(DIM).enumerate() {
+            let one = d.index.search_resolved(q, 10, lod, &params(), &resolved, None).unwrap();
+            assert_eq!(one, batch[i], "{lod:?}, query {i}");
+            assert_eq!(again[i], batch[i], "{lod:?}, query {i}");
+            assert!(one.0.iter().all(|h| f.matches(h.id)), "{lod:?}: a hit outside the filter");
+        }
+    }
+    let clone = d.index.clone();
+    assert!(clone.is_current(&resolved));
+
+    // Each change moves rows: the resolved filter is refused after it, whichever it was.
+    let q = d.queries[..DIM].to_vec();
+    let near = d.index.search_resolved(&q, 10, Lod::Exact, &params(), &resolved, None).unwrap().0;
+    for what in ["delete", "insert", "rebalance"] {
+        let mut index = clone.clone();
+        match what {
+            "delete" => assert_eq!(index.delete(&[near[0].id]), 1),
+            "insert" => index.insert(&q, &[9_999_999]).unwrap(),
+            _ => _ = index.rebalance(),
+        }
+        assert!(!index.is_current(&resolved), "{what}");
+        let err = index.search_resolved(&q, 10, Lod::Rerank, &params(), &resolved, None).unwrap_err();
+        assert!(matches!(err, Error::StaleFilter), "{what}: {err}");
+        let err = index.search_batch_resolved(&d.queries, 10, Lod::Rerank, &params(), &resolved, None).unwrap_err();
+        assert!(matches!(err, Error::StaleFilter), "{what}: {err}");
+        assert!(clone.is_current(&resolved), "{what} changed the clone it was not made on");
+    }
+
+    // Resolved again after a delete and an insert: the deleted row is gone, the inserted one found.
+    d.index.delete(&[near[0].id]);
+    d.index.insert(&q, &[9_999_999]).unwrap();
+    let f2 = IdSet::new(f.ids().iter().copied().chain([9_999_999]).collect(), d.ids.len() + 1);
+    let fresh = d.index.resolve_filter(&f2);
+    assert_eq!(fresh.len(), f.ids().len());
+    let hits = d.index.search_resolved(&q, 10, Lod::Exact, &params(), &fresh, None).unwrap().0;
+    assert_eq!(hits[0].id, 9_999_999);
+    assert!(hits.iter().all(|h| h.id != near[0].id && f2.matches(h.id)));
+}
