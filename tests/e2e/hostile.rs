@@ -420,3 +420,88 @@ fn a_damaged_code_is_found_by_verify_and_a_damaged_id_by_the_open() {
     let e = M2m::open_read_only(dir.path()).unwrap_err();
     assert!(names_the_index(&e) && e.to_string().contains("ids"), "{e}");
 }
+
+/// The open maps the codes and vectors unchecked (`m2m verify` checks them): a compaction, which stores
+/// the index again from those mappings, checks them first. Damaged codes are refused there, naming
+/// the file, and nothing is written: the damage stays where `m2m verify` sees it, never copied into a
+/// new file under a fresh checksum. Catches `compact` without `stored::verify`.
+#[test]
+fn a_compaction_refuses_damaged_codes_instead_of_storing_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    built(dir.path(), 600);
+    let files = index_files(dir.path());
+    let offset = SectionFile::open(&files[0]).unwrap().sections().iter().find(|e| e.name == "codes").unwrap().offset;
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes[offset as usize + 7] ^= 0x10;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let mut writer = M2m::open(dir.path()).unwrap();
+    writer.delete(&[3]).unwrap();
+    let e = writer.compact().unwrap_err();
+    assert!(names_the_index(&e) && e.to_string().contains("codes"), "{e}");
+    drop(writer);
+    assert_eq!(index_files(dir.path()), files, "a compaction that failed wrote an index");
+    let problem = m2m::tier::Db::check(dir.path()).unwrap().index_problem.expect("verify still finds the damage");
+    assert!(problem.contains("codes"), "{problem}");
+}
+
+/// After a compaction (and a build) the index reads its codes from the files it just wrote: the hot file
+/// the compaction replaced is not kept mapped (its disk space would stay taken until the engine is
+/// dropped), and codes copied into RAM by inserts go back to the mapping. Catches the codes left on
+/// the old mapping (`stored::attach` without `attach_codes`).
+#[test]
+fn a_compaction_leaves_no_removed_index_file_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = built(dir.path(), 600);
+    let old = index_files(dir.path());
+    let mut writer = M2m::open(dir.path()).unwrap();
+    writer.add_splats(&base[..4 * DIM]).unwrap();
+    writer.delete(&[5]).unwrap();
+    let before = writer.retrieve(&base[7 * DIM..8 * DIM], 10, Lod::Codes).unwrap();
+    writer.compact().unwrap();
+    assert!(!old[0].exists(), "the compaction stored the index again");
+    let here = dir.path().to_string_lossy().into_owned();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let stale: Vec<&str> = maps.lines().filter(|l| l.contains(&here) && l.contains("(deleted)")).collect();
+    assert!(stale.is_empty(), "removed files still mapped: {stale:#?}");
+    let after = writer.retrieve(&base[7 * DIM..8 * DIM], 10, Lod::Codes).unwrap();
+    assert_eq!(before, after, "the codes read from the new file answer as before");
+}
+
+/// A damaged saved SOC pile (a valid checksum over bytes that do not decode) is the reader's typed
+/// error at the pile's first read, but a writer's first read of it can come after a flush or a build
+/// has committed: there it starts a fresh pile (a warning) and the save replaces the blob, so that a
+/// committed flush or build never reports failure. Catches the writer's `pile` returning the error
+/// (the flush and the build then fail after committing, and the build leaves no controller).
+#[test]
+fn a_damaged_soc_pile_fails_no_write_after_it_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = digits_on_sphere(&m2m::DigitsConfig { rows: 800, queries: 0, dim: DIM, ..Default::default() }).unwrap();
+    {
+        let config = M2mConfig { durable: false, ..M2mConfig::default().dim(DIM).data_dir(dir.path()) };
+        let mut e = M2m::create(config).unwrap();
+        let ids = e.add_splats(&d.base).unwrap();
+        e.build_index().unwrap();
+        e.feedback(&ids, &vec![1.0; ids.len()]).unwrap();
+        e.tick().unwrap();
+        e.flush().unwrap();
+    }
+    m2m::tier::store_blob(dir.path(), m2m::SOC_BLOB, b"forged, with a valid checksum").unwrap();
+    let reader = M2m::open_read_only(dir.path()).unwrap();
+    let e = reader.tick().unwrap_err();
+    assert!(e.to_string().contains(m2m::SOC_BLOB), "{e}");
+    assert!(reader.check_deferred().is_err(), "verify's check misses the damaged pile");
+    drop(reader);
+    let mut writer = M2m::open(dir.path()).unwrap();
+    for q in d.base.chunks_exact(DIM).take(10) {
+        writer.retrieve(q, 10, Lod::Rerank).unwrap();
+    }
+    let segments = writer.stats().segments;
+    writer.add_splats(&d.base[..10 * DIM]).unwrap();
+    writer.flush().expect("a flush that committed reports success");
+    assert_eq!(writer.stats().segments, segments + 1);
+    writer.build_index().expect("a build that committed reports success");
+    writer.tick().expect("the controller survives the build");
+    drop(writer);
+    let reader = M2m::open_read_only(dir.path()).unwrap();
+    reader.check_deferred().expect("the writer's save replaced the damaged pile");
+}

@@ -171,6 +171,35 @@ impl Index {
         Ok(())
     }
 
+    /// Reads this index's codes from `owner` from now on (a mapped `codes` section just written from
+    /// this index: every cluster's codes, cluster after cluster), dropping RAM copies and borrowed
+    /// ranges of an older file alike. Checked byte by byte before anything changes, as
+    /// [`attach_cold`](Self::attach_cold) checks the vectors.
+    ///
+    /// Errors: [`Error::Corrupt`] when `owner` holds other bytes (nothing is changed then).
+    pub fn attach_codes(&mut self, owner: crate::SharedBytes) -> Result<()> {
+        let theirs: &[u8] = (*owner).as_ref();
+        let total: usize = self.p.clusters.iter().map(|c| c.codes.len()).sum();
+        if total != theirs.len() {
+            return Err(Error::Corrupt { reason: format!("{} code bytes for {total} in the clusters", theirs.len()) });
+        }
+        let mut at = 0;
+        for (f, cl) in self.p.clusters.iter().enumerate() {
+            if *cl.codes != theirs[at..at + cl.codes.len()] {
+                return Err(Error::Corrupt { reason: format!("stored codes differ from cluster {f}'s codes") });
+            }
+            at += cl.codes.len();
+        }
+        let mut at = 0;
+        for cl in &mut self.p.clusters {
+            let len = cl.codes.len();
+            cl.codes = crate::Codes::shared(std::sync::Arc::clone(&owner), at..at + len)
+                .expect("the ranges were checked against the owner's length above");
+            at += len;
+        }
+        Ok(())
+    }
+
     /// Bytes the index holds on the heap per structure, as (name, bytes): codes, member ids, the id
     /// map, the clusters' other columns (L2 norms, bf16 rows), full vectors held in RAM (none for
     /// clusters read from the cold rows), centroids and the search tables. For a memory breakdown.

@@ -476,7 +476,9 @@ impl M2m {
             gpu: Default::default(),
             next_id: 0,
             config,
-            read_only: false,
+            // Without the database's writer lock this is a reader's open (set here, not after: the
+            // controller started by `load_index` asks).
+            read_only: db.is_none(),
             snapshot: None,
             filters: Default::default(),
         };
@@ -889,8 +891,7 @@ impl M2m {
             // The stored index now holds every upserted row's new vector.
             m2m_tier::remove_blob(&dir, REPLACED_BLOB)?;
             let files = db.snapshot().index;
-            index.attach_cold(crate::stored::cold_rows(&files)?)?;
-            crate::stored::warm(&mut index, &files, self.config.warm_budget_bytes)?;
+            crate::stored::attach(&mut index, &files, self.config.warm_budget_bytes)?;
             if let Some(nb) = neighbours.take() {
                 m2m_tier::store_blob(&dir, NEIGHBOURS_BLOB, &postcard::to_allocvec(&nb).map_err(serialise)?)?;
                 // Read back by the router when it is first used: not held in RAM meanwhile.
@@ -1234,11 +1235,17 @@ impl M2m {
     /// the index is stored first: a crash before the merge leaves the deleted ids refused (the
     /// database's tombstones) and absent from the stored index, so a stored index never holds a vector
     /// that an id had before it was deleted and added again. In memory only the RAM part applies.
+    ///
+    /// Errors: `Corrupt` naming the file when a stored index file fails its checksums (the open maps
+    /// the codes and vectors unchecked; their copy into new files would give damaged bytes a fresh
+    /// checksum): nothing is written then; `m2m repair` removes the damaged index, `build_index`
+    /// replaces it.
     pub fn compact(&mut self) -> Result<()> {
         self.refuse_if_read_only("compact")?;
         if let (Some(dir), Some(db), Some(index)) =
             (self.config.data_dir.clone(), self.db.as_mut(), self.index.as_mut())
         {
+            crate::stored::verify(&db.snapshot().index)?;
             let live: Vec<usize> = (0..self.set.len()).filter(|&r| !self.deleted.contains(&self.set.id(r))).collect();
             let learned = Learned {
                 ids: live.iter().map(|&r| self.set.id(r)).collect(),
@@ -1254,8 +1261,7 @@ impl M2m {
             // The stored index now holds every upserted row's new vector.
             m2m_tier::remove_blob(&dir, REPLACED_BLOB)?;
             let files = db.snapshot().index;
-            index.attach_cold(crate::stored::cold_rows(&files)?)?;
-            crate::stored::warm(index, &files, self.config.warm_budget_bytes)?;
+            crate::stored::attach(index, &files, self.config.warm_budget_bytes)?;
             self.gpu.invalidate();
         }
         if let Some(db) = &mut self.db {

@@ -153,6 +153,27 @@ impl RowCache for WarmRows {
     }
 }
 
+/// Points `index` at the index files `files` it was just written to (committed): its full vectors and
+/// its codes are read from their mappings from now on (RAM copies, and ranges of an older file that a
+/// compaction removed, are dropped), behind a warm cache of `budget` bytes. Both are checked against
+/// what the index holds before anything changes.
+pub(crate) fn attach(index: &mut Index, files: &[Arc<SectionFile>], budget: u64) -> Result<()> {
+    let [hot, _] = files else {
+        return Err(Error::Config { field: "index", reason: format!("{} index files, not 2", files.len()) });
+    };
+    index.attach_cold(cold_rows(files)?)?;
+    index.attach_codes(Arc::new(hot.shared_bytes("codes")?))?;
+    warm(index, files, budget)
+}
+
+/// Checks every section of the index files `files` against its checksum (reads them whole): what a
+/// rewrite of the stored index from its mapped codes and vectors (a compaction) must do first, so that
+/// damaged bytes are not copied into a new file under a fresh checksum, where `m2m verify` would no
+/// longer see them.
+pub(crate) fn verify(files: &[Arc<SectionFile>]) -> Result<()> {
+    files.iter().try_for_each(|f| f.verify()).map_err(Error::Tier)
+}
+
 /// Puts the warm cache of `budget` bytes (the engine's `warm_budget_bytes`) in front of the mapped
 /// vectors of `files` that `index` reads (after `attach_cold` or `load`): LOD 2 and Exact read through
 /// it, and the mapping's pages it does not hold are released after each read.

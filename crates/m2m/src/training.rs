@@ -273,6 +273,8 @@ pub(crate) struct Controller {
     /// neighbourhoods are no longer theirs (as [`Router::remove`] drops them from a built router).
     dropped: HashSet<u64>,
     pub(crate) pile: Arc<Pile>,
+    /// Whether the engine writes (see [`Controller::pile`]: a writer replaces a damaged saved pile).
+    writer: bool,
 }
 
 impl Controller {
@@ -295,12 +297,25 @@ impl Controller {
 
     /// The pile, made first when it is still pending (see [`Pile`]) from `index`'s fine centroids and
     /// the saved state, carried over onto `index`'s clusters when it was saved on others.
+    ///
+    /// A damaged saved state is `Corrupt` naming the blob for a reader (and so for `m2m verify`, which
+    /// opens read-only). A writer starts a fresh pile instead, with a warning, and its next save
+    /// replaces the blob: the pile is state learned from feedback, not data, and a writer's first read
+    /// of it can come after a flush, a compaction or a build has committed (a save absorbing hits),
+    /// where an error would report a failure of what was done (as a writer's open dropped a damaged
+    /// stored index before the pile was made lazily).
     pub(crate) fn pile(&self, index: Option<&Index>) -> Result<&Arc<Pile>> {
         self.pile.make(|saved_in| {
             let index = index.ok_or(Error::NoIndex { what: "the SOC controller" })?;
             let graph = site_graph(index)?;
             match saved_in {
-                Some(dir) if dir.join(SOC_BLOB).exists() => self.restored(index, dir, graph),
+                Some(dir) if dir.join(SOC_BLOB).exists() => match self.restored(index, dir, graph.clone()) {
+                    Err(e @ Error::Tier(m2m_tier::Error::Corrupt { .. })) if self.writer => {
+                        tracing::warn!("m2m: {e}; the SOC pile starts afresh (the next save replaces it)");
+                        Ok(Sandpile::new(graph, SocConfig::default())?)
+                    }
+                    made => made,
+                },
                 _ => Ok(Sandpile::new(graph, SocConfig::default())?),
             }
         })?;
@@ -438,7 +453,18 @@ impl M2m {
                     .filter_map(|id| Some((old.site(old_index.as_ref(), id)?, index.cluster_of(id)?)))
                     .collect();
                 let graph = site_graph(index)?;
-                Pile::new(old.pile(old_index.as_ref())?.with(|p| Sandpile::carried_over(graph, p, &pairs))??)
+                // The new index is committed by now: a pile that cannot be carried over is started afresh
+                // (a warning), never an error that would leave the engine without a controller.
+                let carried = old
+                    .pile(old_index.as_ref())
+                    .and_then(|p| p.with(|p| Sandpile::carried_over(graph.clone(), p, &pairs))?.map_err(Error::from));
+                match carried {
+                    Ok(pile) => Pile::new(pile),
+                    Err(e) => {
+                        tracing::warn!("m2m: the SOC pile could not be carried over ({e}); it starts afresh");
+                        Pile::new(Sandpile::new(graph, SocConfig::default())?)
+                    }
+                }
             }
             None => Pile::pending(index.n_fine(), None),
         };
@@ -448,6 +474,7 @@ impl M2m {
             neighbours,
             dropped: HashSet::new(),
             pile: Arc::new(pile),
+            writer: !self.is_read_only(),
         });
         Ok(())
     }
