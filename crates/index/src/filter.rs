@@ -450,8 +450,13 @@ impl Index {
         let options = check_options(options.into())?;
         self.check_current(filter)?;
         self.check_filtered(query.len(), k)?;
-        FILTER_SCRATCH
-            .with_borrow_mut(|fs| self.filtered_one(query, k, lod, params, Source::Mask(&filter.mask), &options, fs))
+        let src = Source::Mask(&filter.mask);
+        FILTER_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut fs) => self.filtered_one(query, k, lod, params, src, &options, &mut fs),
+            // Entered again on this thread while a search holds it (nothing in the search calls back
+            // today; a row cache or a work-stealing pool could): a scratch of its own, never a panic.
+            Err(_) => self.filtered_one(query, k, lod, params, src, &options, &mut FilterScratch::default()),
+        })
     }
 
     /// [`search_resolved`](Self::search_resolved) for many queries (row-major), in parallel; one list per
