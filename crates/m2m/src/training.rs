@@ -65,10 +65,23 @@ pub(crate) struct StoredNeighbours {
     pub(crate) neighbours: Vec<u64>,
 }
 
-/// The sandpile's saved state, stored in [`SOC_BLOB`]: each site's load and activity, and the site of
-/// every id then, so that a pile saved on other clusters is carried over rather than dropped.
+/// The sandpile's saved state, stored in [`SOC_BLOB`]: each site's load and activity, the site of
+/// every id then, so that a pile saved on other clusters is carried over rather than dropped, and each
+/// site's loss memory (`Sandpile::loss_memory`; absent from blobs written before it existed, which
+/// are read as [`StoredPileV1`], with an empty memory).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredPile {
+    loads: Vec<f64>,
+    activity: Vec<f64>,
+    ids: Vec<u64>,
+    sites: Vec<u32>,
+    drawn: Vec<f64>,
+    lossy: Vec<f64>,
+}
+
+/// [`StoredPile`] as written before the loss memory: the same fields, without the last two.
+#[derive(serde::Deserialize)]
+struct StoredPileV1 {
     loads: Vec<f64>,
     activity: Vec<f64>,
     ids: Vec<u64>,
@@ -415,8 +428,27 @@ impl M2m {
         let bytes = m2m_tier::load_blob(dir, SOC_BLOB)?;
         let corrupt =
             |reason: String| Error::Tier(m2m_tier::Error::Corrupt { path: dir.join(SOC_BLOB), offset: 20, reason });
-        let saved: StoredPile = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if saved.ids.len() != saved.sites.len() || saved.loads.len() != saved.activity.len() {
+        // postcard is not self-describing: a blob of the older layout ends where the loss memory
+        // would begin, so the current layout fails on it and the older one is tried.
+        let saved: StoredPile = match postcard::from_bytes::<StoredPile>(&bytes) {
+            Ok(saved) => saved,
+            Err(e) => match postcard::from_bytes::<StoredPileV1>(&bytes) {
+                Ok(v1) => StoredPile {
+                    drawn: vec![0.0; v1.loads.len()],
+                    lossy: vec![0.0; v1.loads.len()],
+                    loads: v1.loads,
+                    activity: v1.activity,
+                    ids: v1.ids,
+                    sites: v1.sites,
+                },
+                Err(_) => return Err(corrupt(e.to_string())),
+            },
+        };
+        if saved.ids.len() != saved.sites.len()
+            || saved.loads.len() != saved.activity.len()
+            || saved.drawn.len() != saved.loads.len()
+            || saved.lossy.len() != saved.loads.len()
+        {
             return Err(corrupt("columns of different lengths".into()));
         }
         let index = self.index.as_ref();
@@ -429,15 +461,21 @@ impl M2m {
         };
         let same = saved.loads.len() == graph.len()
             && saved.ids.iter().zip(&saved.sites).all(|(&id, &s)| ctl.site(index, id).is_none_or(|now| now == s));
+        let with_memory = |p: Sandpile| -> m2m_soc::Result<Sandpile> {
+            let mut p = p;
+            p.set_loss_memory(&saved.drawn, &saved.lossy)?;
+            Ok(p)
+        };
         let pile = if same {
-            Sandpile::restored(graph, SocConfig::default(), &saved.loads, &saved.activity)
+            Sandpile::restored(graph, SocConfig::default(), &saved.loads, &saved.activity).and_then(with_memory)
         } else {
             let old = Sandpile::restored(
                 m2m_soc::SiteGraph::from_edges(saved.loads.len().max(1), &[])?,
                 SocConfig::default(),
                 &saved.loads,
                 &saved.activity,
-            );
+            )
+            .and_then(with_memory);
             let old = old.map_err(|e| corrupt(e.to_string()))?;
             let pairs: Vec<(u32, u32)> = saved
                 .ids
@@ -457,12 +495,15 @@ impl M2m {
         if self.is_read_only() {
             return Ok(());
         }
-        let (loads, activity) = ctl.pile.with(|p| (p.loads().to_vec(), p.activity().to_vec()))?;
+        let (loads, activity, drawn, lossy) = ctl.pile.with(|p| {
+            let (d, l) = p.loss_memory();
+            (p.loads().to_vec(), p.activity().to_vec(), d.to_vec(), l.to_vec())
+        })?;
         let live = self.live_rows();
         let ids: Vec<u64> = live.iter().map(|&r| self.set.id(r)).collect();
         let sites: Vec<u32> = ids.iter().map(|&id| ctl.site(self.index.as_ref(), id).unwrap_or(u32::MAX)).collect();
         let (ids, sites): (Vec<u64>, Vec<u32>) = ids.into_iter().zip(sites).filter(|&(_, s)| s != u32::MAX).unzip();
-        let stored = StoredPile { loads, activity, ids, sites };
+        let stored = StoredPile { loads, activity, ids, sites, drawn, lossy };
         let bytes = postcard::to_allocvec(&stored)
             .map_err(|e| Error::Config { field: "soc", reason: format!("does not serialise: {e}") })?;
         m2m_tier::store_blob(dir, SOC_BLOB, &bytes)?;
