@@ -314,8 +314,8 @@ impl Sandpile {
 
     /// The pile over `graph` carried over from `old` through `pairs` (old site, new site): each new
     /// site takes the mean relative load (load / threshold), the mean activity and the mean loss
-    /// memory of the old sites paired with it (rows that moved between them), so that a rebuilt index keeps what training
-    /// taught the controller. New sites without a pair start empty.
+    /// memory of the old sites paired with it (rows that moved between them), so that a rebuilt index
+    /// keeps what training taught the controller. New sites without a pair start empty.
     pub fn carried_over(graph: SiteGraph, old: &Sandpile, pairs: &[(u32, u32)]) -> Result<Sandpile> {
         let mut pile = Sandpile::new(graph, old.config)?;
         let n = pile.load.len();
