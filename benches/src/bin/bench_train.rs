@@ -550,6 +550,33 @@ fn diagnose(seeds: u64, steps: usize, lr: Option<f32>) -> Result<()> {
     Ok(())
 }
 
+/// An orthonormal basis (modified Gram-Schmidt) of the span of the built-in images projected to
+/// S^(dim-1) without noise.
+fn image_span(dim: usize) -> Result<Vec<Vec<f64>>> {
+    let d = digits_on_sphere(&DigitsConfig {
+        rows: m2m_splat::DIGIT_IMAGES,
+        queries: 0,
+        noise: 0.0,
+        dim,
+        ..DigitsConfig::default()
+    })?;
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    for row in d.base.chunks_exact(dim) {
+        let mut r: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        for _ in 0..2 {
+            for b in &basis {
+                let c: f64 = r.iter().zip(b).map(|(a, b)| a * b).sum();
+                r.iter_mut().zip(b).for_each(|(a, b)| *a -= c * b);
+            }
+        }
+        let n = r.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if n > 1e-4 {
+            basis.push(r.iter().map(|a| a / n).collect());
+        }
+    }
+    Ok(basis)
+}
+
 /// `--diagnose`, low data: a model trained on the real rows only classifies the generated rows of one
 /// epoch (with their seeds' labels) and the real rows; generated rows the model gets wrong pull it
 /// the wrong way when trained on.
@@ -585,6 +612,24 @@ fn diagnose_low_data(seed: u64, steps: usize) -> Result<()> {
             gy.push(y[b.ids[i] as usize]);
         }
     }
+    // Where the generated rows sit: the norm of a row's part off the images' span (the span of the
+    // noiseless projected images, at most 64 dimensions: what the data varies in), real and generated.
+    let basis = image_span(s.dim)?;
+    let off = |row: &[f32]| -> f64 {
+        let mut r: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        for b in &basis {
+            let c: f64 = r.iter().zip(b).map(|(a, b)| a * b).sum();
+            r.iter_mut().zip(b).for_each(|(a, b)| *a -= c * b);
+        }
+        r.iter().map(|a| a * a).sum::<f64>().sqrt()
+    };
+    let mean_off = |xs: &[f32]| xs.chunks_exact(s.dim).map(off).sum::<f64>() / (xs.len() / s.dim).max(1) as f64;
+    println!(
+        "seed {seed} low data: span of the images {} dimensions; mean norm off it: real rows {:.3}, generated rows {:.3}",
+        basis.len(),
+        mean_off(&x),
+        mean_off(&gx)
+    );
     let acc = |xs: &[f32], ys: &[u8]| {
         let a = model.class_accuracy(xs, ys);
         let mut n = [0usize; CLASSES];
