@@ -22,8 +22,10 @@
 //!   name); ARGS go to criterion (for example a benchmark name filter). Without arguments it then runs
 //!   `cargo xtask bench report`, which regenerates `BENCHMARKS.md` and `BENCHMARKS-recall-qps.svg` from an
 //!   end-to-end run of the engine. `cargo xtask bench gpu` times each GPU kernel against its CPU twin.
-//!   `cargo xtask bench train [--seeds 5]` trains classifiers on the built-in digits through the data
-//!   lake (uniform against loss-driven SOC sampling; no augmentation against Langevin augmentation).
+//!   `cargo xtask bench train [--seeds 5] [--lr-per-method] [--minority 3,8,9] [--diagnose [--low-data]]`
+//!   trains classifiers on the built-in digits through the data lake (uniform against loss-driven SOC
+//!   sampling; no augmentation against Langevin augmentation); `--diagnose` traces per-class losses and
+//!   the sampler's rate for the rare digits instead of the tables.
 //!   `cargo xtask bench lake [--configs STEPSxDT,...]` measures the data lake with Langevin: rows per
 //!   CPU second in the first and later epochs, and the generated rows' fidelity (bench_lake.rs).
 //! * `cargo xtask gpu-devrun [DIR]`: fills the folder a lent GPU machine's call carries (see

@@ -10,10 +10,20 @@
 //! where avalanche sizes follow a power law (tested: the log-log slope of their distribution); a large
 //! dissipation makes them short and exponentially rare (also tested).
 //!
-//! Importance: a site's weight is 1 + z_i / theta_i + activity_i, where activity counts recent
-//! topplings (decayed by [`Sandpile::tick`]); a splat's weight is its site's weight times kappa^power
-//! (high kappa and high load are sampled more), and [`Sandpile::splat_probabilities`] mixes in a uniform
-//! floor so that nothing starves.
+//! Importance: a site's weight is (1 + z_i / theta_i + activity_i) l_i, where activity counts recent
+//! topplings (decayed by [`Sandpile::tick`]) and l_i is the site's loss factor (below); a splat's weight
+//! is its site's weight times kappa^power (high kappa and high load are sampled more), and
+//! [`Sandpile::splat_probabilities`] mixes in a uniform floor so that nothing starves.
+//!
+//! Training losses ([`Sandpile::record_losses`]) drive the pile like any use, but near the critical
+//! state an avalanche crosses the whole graph (a grain survives about 1 / dissipation topplings), so
+//! the activity they cause is spread over every site and says almost nothing about where the losses
+//! were (measured: `cargo xtask bench train --diagnose` drew the rare, high-loss digits at 0.7 of
+//! their uniform rate all through training, their loss 10 to 30 times the others'). So each site
+//! also keeps its own memory of the losses fed back there, without avalanches: importance-weighted
+//! sums of draws D_i and of relative losses R_i (both decayed by `tick`), and the loss factor
+//! l_i = (1 + g R_i / D_i) / (1 + g) (g = `loss_gain`; 1 before any feedback), which is about 1 at
+//! a site of average loss, up to g / (1 + g) times its relative loss above, and at least 1 / (1 + g).
 
 use m2m_index::kernels;
 use rayon::prelude::*;
@@ -172,6 +182,10 @@ pub struct Sandpile {
     load: Vec<f64>,
     threshold: Vec<f64>,
     activity: Vec<f64>,
+    /// Importance-weighted draws fed back at each site ([`Sandpile::record_losses`]), decayed by `tick`.
+    drawn: Vec<f64>,
+    /// Importance-weighted relative losses fed back at each site, decayed by `tick`.
+    lossy: Vec<f64>,
     avalanches: Vec<u32>,
     stack: Vec<u32>,
     grains_in: f64,
@@ -190,6 +204,8 @@ impl Sandpile {
             load: vec![0.0; n],
             threshold,
             activity: vec![0.0; n],
+            drawn: vec![0.0; n],
+            lossy: vec![0.0; n],
             avalanches: Vec::new(),
             stack: Vec::new(),
             grains_in: 0.0,
@@ -234,8 +250,10 @@ impl Sandpile {
     /// more the worse the model does on it, relative to the call's mean loss (so the scale of the loss
     /// does not matter). The importance weight makes each site's drive an unbiased estimate of its
     /// total relative loss whatever its sampling probability; without it rows drawn often would drive
-    /// their sites more and be drawn more still. Losses must be finite and >= 0, weights finite and
-    /// > 0. Returns the topplings.
+    /// their sites more and be drawn more still. The same weighted draw and relative loss go into the
+    /// site's loss memory (the loss factor of [`site_weights`](Self::site_weights)), where no
+    /// avalanche spreads them. Losses must be finite and >= 0, weights finite and > 0. Returns the
+    /// topplings.
     pub fn record_losses(&mut self, sites: &[u32], losses: &[f32], weights: &[f64]) -> Result<u64> {
         check_len("losses", losses.len(), sites.len())?;
         check_len("weights", weights.len(), sites.len())?;
@@ -262,6 +280,8 @@ impl Sandpile {
         let mut total = 0u64;
         for ((&s, &l), &w) in sites.iter().zip(losses).zip(weights) {
             let relative = if mean > 0.0 { f64::from(l) / mean } else { 0.0 };
+            self.drawn[s as usize] += w;
+            self.lossy[s as usize] += w * relative;
             total += u64::from(self.drive(s as usize, w * (1.0 + self.config.loss_gain * relative))?);
         }
         Ok(total)
@@ -293,13 +313,14 @@ impl Sandpile {
     }
 
     /// The pile over `graph` carried over from `old` through `pairs` (old site, new site): each new
-    /// site takes the mean relative load (load / threshold) and the mean activity of the old sites
-    /// paired with it (rows that moved between them), so that a rebuilt index keeps what training
-    /// taught the controller. New sites without a pair start empty.
+    /// site takes the mean relative load (load / threshold), the mean activity and the mean loss
+    /// memory of the old sites paired with it (rows that moved between them), so that a rebuilt index
+    /// keeps what training taught the controller. New sites without a pair start empty.
     pub fn carried_over(graph: SiteGraph, old: &Sandpile, pairs: &[(u32, u32)]) -> Result<Sandpile> {
         let mut pile = Sandpile::new(graph, old.config)?;
         let n = pile.load.len();
         let (mut rel, mut act, mut count) = (vec![0f64; n], vec![0f64; n], vec![0u64; n]);
+        let (mut drawn, mut lossy) = (vec![0f64; n], vec![0f64; n]);
         for (index, &(o, s)) in pairs.iter().enumerate() {
             let (o, s) = (o as usize, s as usize);
             if o >= old.load.len() || s >= n {
@@ -307,6 +328,8 @@ impl Sandpile {
             }
             rel[s] += old.load[o] / old.threshold[o];
             act[s] += old.activity[o];
+            drawn[s] += old.drawn[o];
+            lossy[s] += old.lossy[o];
             count[s] += 1;
         }
         for s in 0..n {
@@ -315,6 +338,8 @@ impl Sandpile {
                 // Below the threshold, as a relaxed pile is.
                 pile.load[s] = (rel[s] / c).min(1.0 - 1e-9) * pile.threshold[s];
                 pile.activity[s] = act[s] / c;
+                pile.drawn[s] = drawn[s] / c;
+                pile.lossy[s] = lossy[s] / c;
             }
         }
         pile.grains_in = old.grains_in;
@@ -344,6 +369,27 @@ impl Sandpile {
     /// The activity counters (recent topplings, decayed by [`tick`](Self::tick)).
     pub fn activity(&self) -> &[f64] {
         &self.activity
+    }
+
+    /// The loss memory: each site's importance-weighted draws and relative losses fed back there
+    /// (decayed by [`tick`](Self::tick)), what its loss factor is made of (see the module docs).
+    pub fn loss_memory(&self) -> (&[f64], &[f64]) {
+        (&self.drawn, &self.lossy)
+    }
+
+    /// Sets the loss memory (a saved state, see [`loss_memory`](Self::loss_memory)); both finite and
+    /// >= 0, one value per site.
+    pub fn set_loss_memory(&mut self, drawn: &[f64], lossy: &[f64]) -> Result<()> {
+        check_len("drawn", drawn.len(), self.load.len())?;
+        check_len("lossy", lossy.len(), self.load.len())?;
+        for (what, v) in [("drawn", drawn), ("lossy", lossy)] {
+            if let Some(index) = v.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+                return Err(Error::Invalid { what, index, value: v[index], reason: "must be finite and >= 0" });
+            }
+        }
+        self.drawn.copy_from_slice(drawn);
+        self.lossy.copy_from_slice(lossy);
+        Ok(())
     }
 
     /// The settings.
@@ -395,10 +441,12 @@ impl Sandpile {
         size
     }
 
-    /// Ages the activity counters (call once per epoch or batch of queries).
+    /// Ages the activity counters and the loss memory (call once per epoch or batch of queries).
     pub fn tick(&mut self) {
         let decay = self.config.activity_decay;
-        self.activity.iter_mut().for_each(|a| *a *= decay);
+        for v in [&mut self.activity, &mut self.drawn, &mut self.lossy] {
+            v.iter_mut().for_each(|a| *a *= decay);
+        }
     }
 
     /// The sizes of every avalanche so far, in order.
@@ -416,9 +464,17 @@ impl Sandpile {
         self.grains_in
     }
 
-    /// Each site's weight: 1 + load / threshold + activity.
+    /// Each site's weight: (1 + load / threshold + activity) times its loss factor (1 + g R / D) / (1 +
+    /// g), 1 where no draw was fed back (see the module docs).
     pub fn site_weights(&self) -> Vec<f64> {
-        (0..self.load.len()).map(|i| 1.0 + self.load[i] / self.threshold[i] + self.activity[i]).collect()
+        let g = self.config.loss_gain;
+        (0..self.load.len())
+            .map(|i| {
+                let loss =
+                    if self.drawn[i] > 0.0 { (1.0 + g * self.lossy[i] / self.drawn[i]) / (1.0 + g) } else { 1.0 };
+                (1.0 + self.load[i] / self.threshold[i] + self.activity[i]) * loss
+            })
+            .collect()
     }
 
     /// Sampling probabilities of splats: splat r (at site `site_of[r]`, concentration `kappa[r]`) gets

@@ -106,8 +106,9 @@ fn losses_drive_their_sites_whatever_their_draw_rate() {
     // Two groups of 50 sites (the graph is sparse between random points, so both see avalanches from
     // the other): sites 0..50 are drawn 9 times as often as sites 50..100 but with a tenth of the loss.
     // With the draws' importance weights (1 / (N p), here 9 times smaller for the frequent group) the
-    // rare, high-loss sites end heavier; without them (weights 1) the frequent sites win on volume,
-    // which is the rich-get-richer loop the weights are there to break.
+    // rare, high-loss sites end heavier; without them (weights 1) the frequent sites' activity wins on
+    // volume, which is the rich-get-richer loop the weights are there to break. The loss memory is a
+    // loss per draw, which the draw rate does not inflate: it ranks the rare sites first either way.
     let run = |weighted: bool| {
         // Dissipation 0.3: grains travel a few sites before they are lost, so a site's activity says
         // more about its own drive than about the graph's (at 0.02 they cross the whole graph).
@@ -125,13 +126,56 @@ fn losses_drive_their_sites_whatever_their_draw_rate() {
             pile.record_losses(&sites, &losses, &weights).unwrap();
             pile.tick();
         }
-        let w = pile.site_weights();
-        (w[..50].iter().sum::<f64>() / 50.0, w[50..].iter().sum::<f64>() / 50.0)
+        let halves = |v: &[f64]| (v[..50].iter().sum::<f64>() / 50.0, v[50..].iter().sum::<f64>() / 50.0);
+        (halves(&pile.site_weights()), halves(pile.activity()))
     };
-    let (frequent, rare) = run(true);
+    let ((frequent, rare), (frequent_a, rare_a)) = run(true);
     assert!(rare > 1.5 * frequent, "weighted: rare high-loss sites {rare} vs frequent {frequent}");
-    let (frequent, rare) = run(false);
-    assert!(frequent > rare, "unweighted: frequent sites {frequent} vs rare {rare}");
+    assert!(rare_a > frequent_a, "weighted activity: rare {rare_a} vs frequent {frequent_a}");
+    let ((frequent, rare), (frequent_a, rare_a)) = run(false);
+    assert!(frequent_a > rare_a, "unweighted activity: frequent sites {frequent_a} vs rare {rare_a}");
+    assert!(rare > frequent, "unweighted, with the loss memory: rare {rare} vs frequent {frequent}");
+}
+
+#[test]
+fn losses_reach_their_own_sites_at_the_default_dissipation() {
+    // At the default dissipation (0.02, near critical) a grain survives ~50 topplings and an avalanche
+    // crosses the graph, so the activity that losses cause is spread over every site; the loss memory
+    // keeps where they were. 100 sites; sites 0..10 hold rows of 10 times the others' loss and are
+    // drawn at a fifth of the others' rate, with that rate's importance weights (the rare digits of
+    // `bench-train`: few rows, low prior, high loss).
+    let mut pile = Sandpile::new(graph(100, 5), SocConfig::default()).unwrap();
+    let (p_hot, p_cold) = (0.2 / 92.0, 1.0 / 92.0);
+    let mut r = rng(9);
+    for _ in 0..100 {
+        let (mut sites, mut losses, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..100 {
+            let hot = uniform(&mut r) < 10.0 * p_hot;
+            let s = if hot { (uniform(&mut r) * 10.0) as u32 } else { 10 + (uniform(&mut r) * 90.0) as u32 };
+            sites.push(s.min(99));
+            losses.push(if hot { 1.0f32 } else { 0.1 });
+            weights.push(1.0 / (100.0 * if hot { p_hot } else { p_cold }));
+        }
+        pile.record_losses(&sites, &losses, &weights).unwrap();
+        pile.tick();
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let w = pile.site_weights();
+    let (hot, cold) = (mean(&w[..10]), mean(&w[10..]));
+    assert!(hot > 4.0 * cold, "loss-driven weights: hot sites {hot} vs cold {cold}");
+    // What the memory is for: the activity alone barely tells the hot sites from the cold ones.
+    let a = pile.activity();
+    let (hot_a, cold_a) = (mean(&a[..10]), mean(&a[10..]));
+    assert!(hot_a < 2.0 * cold_a, "activity: hot sites {hot_a} vs cold {cold_a}");
+    // The memory is saved and set back exactly.
+    let (drawn, lossy) = pile.loss_memory();
+    let mut back = Sandpile::restored(graph(100, 5), SocConfig::default(), pile.loads(), pile.activity()).unwrap();
+    back.set_loss_memory(drawn, lossy).unwrap();
+    assert_eq!(back.site_weights(), w);
+    assert!(matches!(back.set_loss_memory(&drawn[1..], lossy), Err(Error::Length { .. })));
+    let mut bad = drawn.to_vec();
+    bad[3] = -1.0;
+    assert!(matches!(back.set_loss_memory(&bad, lossy), Err(Error::Invalid { what: "drawn", index: 3, .. })));
 }
 
 #[test]
@@ -150,6 +194,15 @@ fn a_pile_is_restored_exactly_and_carried_over_onto_new_sites() {
         assert!((new[i] - want).abs() < 1e-9, "site {i}: {} vs {want}", new[i]);
     }
     assert!(matches!(Sandpile::carried_over(graph(30, 8), &pile, &[(60, 0)]), Err(Error::Invalid { .. })));
+    // The loss memory is carried over the same way: each new site takes the mean of its old sites'.
+    pile.record_losses(&[0, 1, 1, 5], &[2.0, 1.0, 3.0, 0.5], &[1.0, 2.0, 2.0, 0.5]).unwrap();
+    let moved = Sandpile::carried_over(graph(30, 8), &pile, &pairs).unwrap();
+    let ((d_old, l_old), (d_new, l_new)) = (pile.loss_memory(), moved.loss_memory());
+    for i in 0..30 {
+        assert!((d_new[i] - (d_old[2 * i] + d_old[2 * i + 1]) / 2.0).abs() < 1e-12, "drawn, site {i}");
+        assert!((l_new[i] - (l_old[2 * i] + l_old[2 * i + 1]) / 2.0).abs() < 1e-12, "lossy, site {i}");
+    }
+    assert!(d_new[0] > 0.0 && l_new[2] > 0.0, "the fed-back sites carry their memory: {d_new:?}");
     assert!(matches!(pile.record_losses(&[0], &[-1.0], &[1.0]), Err(Error::Invalid { what: "loss", .. })));
     assert!(matches!(pile.record_losses(&[0], &[1.0], &[0.0]), Err(Error::Invalid { what: "weight", .. })));
 }
