@@ -4,7 +4,7 @@
 //! Two files of one number `N`, committed together through the manifest:
 //!
 //! * `N.idx`, the hot part, read into RAM at open after every section's checksum is checked (but the
-//!   codes: mapped, their checksum checked by `Db::check`, `m2m verify`): `meta` (the
+//!   codes': checked by `Db::check`, `m2m verify`; `M2M_CODES=map` maps the codes): `meta` (the
 //!   index's parts without any per-member column, postcard), `offsets` (n_fine + 1 u64: the first member
 //!   of each fine cluster in the member order, then the total), `ids` (u64 per member), `codes` (the
 //!   code stride per member), `half_sq_norms` (f32 per member for L2, empty otherwise), and the learned
@@ -191,7 +191,7 @@ pub(crate) fn warm_rows(index: &mut Index, rows: m2m_tier::MappedF32, budget: u6
 }
 
 /// Loads the stored index of `files` (the manifest's `[N.idx, N.vec]`): the hot part into RAM (checksums
-/// checked) but the codes, mapped as the vectors are. Checked against the settings as the old blob was: a forged file with
+/// checked, but the codes'), the vectors mapped. Checked against the settings as the old blob was: a forged file with
 /// valid checksums is `Corrupt` naming it.
 pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(Index, Learned)> {
     let [hot, _] = files else {
@@ -214,13 +214,18 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
     parts.calibration_ids.shrink_to_fit();
     let offsets: &[u64] = hot.values("offsets", SectionKind::U64, true)?;
     let ids: &[u64] = hot.values("ids", SectionKind::U64, true)?;
-    // The codes (0.5 to 1 byte a dimension a row: most of the file) are mapped, not copied, and not
-    // checked against their checksum at each open, which read and summed the whole file every time:
-    // any byte is a valid code (a damaged one can cost recall, never memory safety or a wrong id), and
-    // `m2m verify` (`Db::check`) checks every section of every index file. Every other section is
-    // checked here.
+    // The codes (0.5 to 1 byte a dimension a row: most of the file) are not checked against their
+    // checksum at each open, which read and summed the whole file every time: any byte is a valid code
+    // (a damaged one can cost recall, never memory safety or a wrong id), and `m2m verify`
+    // (`Db::check`) checks every section of every index file. Every other section is checked here.
+    // They are copied in one piece (one allocation, one copy; each cluster's `Codes` a range of it),
+    // so that they stay resident under a memory cap, as the budget promises: a mapping's pages are
+    // the first the kernel reclaims (without swap, the only ones). `M2M_CODES=map` maps them instead
+    // (nothing read at open; queries bring their clusters' codes in from the page cache).
     let codes: &[u8] = hot.bytes("codes", SectionKind::U8)?;
-    let mapped: m2m_index::SharedBytes = Arc::new(hot.shared_bytes("codes")?);
+    let map_codes = std::env::var("M2M_CODES").is_ok_and(|v| v == "map");
+    let shared: m2m_index::SharedBytes =
+        if map_codes { Arc::new(hot.shared_bytes("codes")?) } else { Arc::new(codes.to_vec()) };
     let half: &[f32] = hot.values("half_sq_norms", SectionKind::F32, true)?;
     let dim = parts.dim;
     let kind = parts.config.codes;
@@ -247,7 +252,7 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
         let (lo, hi) = (offsets[f] as usize, offsets[f + 1] as usize);
         cl.ids = ids[lo..hi].to_vec();
         let len = kind.codes_len(dim, hi - lo);
-        cl.codes = m2m_index::Codes::shared(Arc::clone(&mapped), at..at + len)
+        cl.codes = m2m_index::Codes::shared(Arc::clone(&shared), at..at + len)
             .ok_or_else(|| corrupt(hot, format!("cluster {f}'s codes lie past the codes section")))?;
         at += len;
         if l2 {
@@ -277,9 +282,10 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
         }
         parts.probe_rule = Some(m2m_index::ProbeRule { max_probe: *max_probe as usize, margin: *margin });
     }
-    // The hot file's sections other than the codes are copied into RAM now: their pages leave the
-    // process (the page cache keeps them, and the mapped codes are read from it).
-    if let Err(e) = hot.unmap_pages() {
+    // The hot file's sections are copied into RAM now: their pages leave the process, and the page
+    // cache too (it would hold them twice), unless the codes are mapped (then read from it).
+    let released = if map_codes { hot.unmap_pages() } else { hot.release_pages() };
+    if let Err(e) = released {
         tracing::debug!("m2m: could not release the pages of {}: {e}", hot.path().display());
     }
     let mut index = Index::from_cold_parts(parts, cold_rows(files)?).map_err(|e| corrupt(hot, e.to_string()))?;
