@@ -444,10 +444,10 @@ fn a_compaction_refuses_damaged_codes_instead_of_storing_them_again() {
     assert!(problem.contains("codes"), "{problem}");
 }
 
-/// After a compaction (and a build) the index reads its codes from the files it just wrote: the hot file
-/// the compaction replaced is not kept mapped (its disk space would stay taken until the engine is
-/// dropped), and codes copied into RAM by inserts go back to the mapping. Catches the codes left on
-/// the old mapping (`stored::attach` without `attach_codes`).
+/// After a compaction the hot file it replaced is not kept mapped (its disk space would stay taken until
+/// the engine is dropped), and the index answers as before. With the default (codes copied at open)
+/// this guards against a change that maps them without re-pointing them after a compaction; the
+/// re-pointing itself (`attach_codes`, used with `M2M_CODES=map`) is tested in m2m-index.
 #[test]
 fn a_compaction_leaves_no_removed_index_file_mapped() {
     let dir = tempfile::tempdir().unwrap();

@@ -392,6 +392,46 @@ mod tests {
         Index::from_cold_parts(p, ColdRows::new(rows_of(index))).unwrap()
     }
 
+    /// `attach_codes`: the codes, owned by the clusters after a build and an insert, become ranges of
+    /// one shared buffer holding the same bytes (what a just-written `codes` section is), and the index
+    /// answers exactly as before at every level; a buffer with one byte changed, or one byte short, is
+    /// `Corrupt` and changes nothing. Catches a range placed off by a cluster's length, the check
+    /// skipped (damaged bytes adopted), a refused attach that changed clusters before failing.
+    #[test]
+    fn attached_codes_are_ranges_of_the_written_bytes_and_checked_first() {
+        let dim = 12;
+        let vectors = data(700, dim);
+        let ids: Vec<u64> = (0..700).collect();
+        let cfg = IndexConfig::default().n_fine(20).n_coarse(4);
+        let mut index = Index::build(&cfg, dim, &vectors[..600 * dim], &ids[..600]).unwrap();
+        index.insert(&vectors[600 * dim..], &ids[600..]).unwrap();
+        let written: Vec<u8> = index.parts().clusters.iter().flat_map(|c| c.codes.to_vec()).collect();
+        let q = &vectors[..30 * dim];
+        let before: Vec<_> = [Lod::Codes, Lod::Rerank]
+            .map(|lod| index.search_batch(q, 9, lod, &SearchParams::default()).unwrap())
+            .into();
+        for bad in [
+            {
+                let mut w = written.clone();
+                w[written.len() / 2] ^= 1;
+                w
+            },
+            written[..written.len() - 1].to_vec(),
+        ] {
+            let e = index.attach_codes(std::sync::Arc::new(bad)).unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+            assert!(index.parts().clusters.iter().all(|c| !c.codes.is_shared()), "a refused attach changed codes");
+        }
+        index.attach_codes(std::sync::Arc::new(written.clone())).unwrap();
+        assert!(index.parts().clusters.iter().all(|c| c.codes.is_shared()));
+        let again: Vec<u8> = index.parts().clusters.iter().flat_map(|c| c.codes.to_vec()).collect();
+        assert_eq!(again, written);
+        let after: Vec<_> = [Lod::Codes, Lod::Rerank]
+            .map(|lod| index.search_batch(q, 9, lod, &SearchParams::default()).unwrap())
+            .into();
+        assert_eq!(before, after);
+    }
+
     /// Catches: a cold index that reads the wrong rows for a cluster (an off-by-one start, rows of the
     /// wrong cluster), at every level of detail and for every metric.
     #[test]

@@ -150,8 +150,9 @@ impl M2m {
         let hot = crate::stored::write_hot(db, &index, &learned)?;
         drop(learned);
         db.commit_index(&[hot, vec_path])?;
-        // The codes built in RAM are read from the committed file from now on, as at an open.
-        if let [hot, _] = &db.snapshot().index[..] {
+        // With mapped codes (`M2M_CODES=map`) the codes built in RAM are read from the committed file
+        // from now on, as at an open.
+        if let ([hot, _], true) = (&db.snapshot().index[..], crate::stored::map_codes()) {
             index.attach_codes(Arc::new(hot.shared_bytes("codes")?))?;
         }
         m2m_tier::remove_blob(&dir, INDEX_BLOB)?;

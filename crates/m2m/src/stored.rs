@@ -153,16 +153,24 @@ impl RowCache for WarmRows {
     }
 }
 
-/// Points `index` at the index files `files` it was just written to (committed): its full vectors and
-/// its codes are read from their mappings from now on (RAM copies, and ranges of an older file that a
-/// compaction removed, are dropped), behind a warm cache of `budget` bytes. Both are checked against
-/// what the index holds before anything changes.
+/// Whether the stored index's codes are mapped rather than copied into RAM (`M2M_CODES=map`; see
+/// [`load`]).
+pub(crate) fn map_codes() -> bool {
+    std::env::var("M2M_CODES").is_ok_and(|v| v == "map")
+}
+
+/// Points `index` at the index files `files` it was just written to (committed): its full vectors are
+/// read from their mapping from now on, behind a warm cache of `budget` bytes, and with mapped codes
+/// (`M2M_CODES=map`) its codes too (ranges of an older file that a compaction removed would keep that
+/// file's disk space taken). Both are checked against what the index holds before anything changes.
 pub(crate) fn attach(index: &mut Index, files: &[Arc<SectionFile>], budget: u64) -> Result<()> {
     let [hot, _] = files else {
         return Err(Error::Config { field: "index", reason: format!("{} index files, not 2", files.len()) });
     };
     index.attach_cold(cold_rows(files)?)?;
-    index.attach_codes(Arc::new(hot.shared_bytes("codes")?))?;
+    if map_codes() {
+        index.attach_codes(Arc::new(hot.shared_bytes("codes")?))?;
+    }
     warm(index, files, budget)
 }
 
@@ -223,7 +231,7 @@ pub(crate) fn load(files: &[Arc<SectionFile>], config: &M2mConfig) -> Result<(In
     // the first the kernel reclaims (without swap, the only ones). `M2M_CODES=map` maps them instead
     // (nothing read at open; queries bring their clusters' codes in from the page cache).
     let codes: &[u8] = hot.bytes("codes", SectionKind::U8)?;
-    let map_codes = std::env::var("M2M_CODES").is_ok_and(|v| v == "map");
+    let map_codes = map_codes();
     let shared: m2m_index::SharedBytes =
         if map_codes { Arc::new(hot.shared_bytes("codes")?) } else { Arc::new(codes.to_vec()) };
     let half: &[f32] = hot.values("half_sq_norms", SectionKind::F32, true)?;
