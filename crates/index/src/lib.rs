@@ -28,6 +28,7 @@
 //! # Ok::<(), m2m_index::Error>(())
 //! ```
 
+mod bitq;
 mod cold;
 mod error;
 mod filter;
@@ -43,6 +44,7 @@ mod topk;
 mod validate;
 mod view;
 
+pub use bitq::BITQ_EPS;
 pub use cold::{ClusterRows, ColdRows, RowCache};
 pub use error::{Error, Result};
 pub use filter::{CHECK_COST, CODE_COST, FilterOptions, FilterPlan, FilterStats, IdSet, RowFilter};
