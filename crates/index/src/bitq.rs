@@ -218,7 +218,7 @@ impl BitQ {
     /// Upper bounds of the similarity (`q . x`, minus `|x|^2 / 2` for L2: `half` holds those, empty
     /// otherwise) of every member of cluster `f` into `upper`, from the query's table `bq`, the centroid
     /// score `qc` (within `slack` of `q . c`) and `qc_norm = |q - c|`; `ints` is scratch for the table
-    /// sums. The estimate is the bound minus [`radius`](Self::radius).
+    /// sums. The estimate is the bound minus `radius` (the interval's half width).
     #[allow(clippy::too_many_arguments, reason = "internal; the state of a LOD 2 scan")]
     pub(crate) fn upper(
         &self,
