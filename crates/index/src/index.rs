@@ -494,7 +494,8 @@ impl Scratch {
     }
 
     /// Of the codes the last LOD 2 search scanned with the 1-bit first stage ([`Index::enable_bitq`]),
-    /// how many passed it and were scored by their SQ4 / SQ8 code (0 without the stage).
+    /// how many were scored by their SQ4 / SQ8 code: those that passed it, and those of the clusters
+    /// scanned before the re-rank's threshold existed, which skip it (0 without the stage).
     pub fn refined_codes(&self) -> usize {
         self.refined
     }
@@ -1616,6 +1617,12 @@ impl Index {
             let base = qc + q_min;
             if m > 0 {
                 match bitq {
+                    // Until the collector holds `depth` estimates every member would pass: the 1-bit
+                    // pass would only add work.
+                    Some(_) if s.top.threshold() == f32::NEG_INFINITY => {
+                        s.refined += m;
+                        self.score_codes(&cl.codes, m, &cl.half_sq_norms, f, base, inv, s)
+                    }
                     Some(b) if b.list(f as usize).is_some_and(|l| l.k0.len() == m) => {
                         let qc_norm = (q_sq - 2.0 * qc + b.c_sq[f as usize]).max(0.0).sqrt();
                         self.score_bitq(b, cl, f, qc, qc_norm, base, inv, s);
