@@ -89,6 +89,11 @@ struct Args {
     /// the usual value) and recalibrate; its time is printed apart from the build's.
     #[arg(long)]
     spill: Option<f32>,
+    /// After the build (and any spill), add LOD 2's 1-bit first stage with this confidence
+    /// (`Index::enable_bitq`; RaBitQ's 1.9 is `m2m_index::BITQ_EPS`); its time is printed apart, and
+    /// each LOD 2 point prints the codes per query that passed it.
+    #[arg(long)]
+    bitq: Option<f32>,
     /// Recall@10 the build calibrates the default nprobe (and the adaptive probe rule) to (default: the
     /// index's default, 0.95).
     #[arg(long)]
@@ -220,6 +225,11 @@ fn main() -> Result<()> {
         let spilled = build_pool.install(|| index.spill(lambda))?;
         eprintln!("spilled {spilled} members (lambda {lambda}) in {:.2} s, recalibrated", t.elapsed().as_secs_f64());
     }
+    if let Some(eps) = args.bitq {
+        let t = Instant::now();
+        let coded = build_pool.install(|| index.enable_bitq(eps))?;
+        eprintln!("1-bit stage: {coded} members coded (eps {eps}) in {:.2} s", t.elapsed().as_secs_f64());
+    }
     if let Some(dir) = &args.cold {
         let path = dir.join("bench-search.vec");
         let mut w = m2m_tier::SectionWriter::create(&path)?;
@@ -328,13 +338,21 @@ fn main() -> Result<()> {
         }
         let r = recall(&results, &truth, args.k);
         // Work per query, counted in one untimed pass.
-        let (mut codes, mut clusters) = (0usize, 0usize);
+        let (mut codes, mut clusters, mut refined) = (0usize, 0usize, 0usize);
         if matches!(lod, Lod::Codes | Lod::Rerank) {
             let mut scratch = Scratch::default();
             for q in queries.data.chunks_exact(dim) {
                 std::hint::black_box(index.search_with(q, args.k, lod, &params, &mut scratch)?);
                 codes += scratch.scanned_codes();
                 clusters += scratch.probed_clusters();
+                refined += scratch.refined_codes();
+            }
+            if index.bitq_eps().is_some() && lod == Lod::Rerank {
+                eprintln!(
+                    "lod 2 nprobe {}: {:.0} codes/q passed the 1-bit stage",
+                    params.nprobe,
+                    refined as f64 / nq as f64
+                );
             }
         }
         // Latency: one query at a time on this thread.

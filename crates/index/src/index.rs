@@ -473,6 +473,13 @@ pub struct Scratch {
     pub(crate) ranked: usize,
     pub(crate) probed: usize,
     pub(crate) scanned: usize,
+    /// Of the last LOD 2 search with the 1-bit first stage: codes that passed it and were scored.
+    pub(crate) refined: usize,
+    /// The query's side of the 1-bit first stage, the members of a cluster that pass it, and their
+    /// codes gathered.
+    pub(crate) bq: crate::bitq::BitQuery,
+    pub(crate) surv: Vec<u32>,
+    pub(crate) gather: Vec<u8>,
 }
 
 impl Scratch {
@@ -485,6 +492,13 @@ impl Scratch {
     /// Codes (members, and spill entries) the last LOD 1 or LOD 2 search with this scratch scored.
     pub fn scanned_codes(&self) -> usize {
         self.scanned
+    }
+
+    /// Of the codes the last LOD 2 search scanned with the 1-bit first stage ([`Index::enable_bitq`]),
+    /// how many were scored by their SQ4 / SQ8 code: those that passed it, and those of the clusters
+    /// scanned before the re-rank's threshold existed, which skip it (0 without the stage).
+    pub fn refined_codes(&self) -> usize {
+        self.refined
     }
 }
 
@@ -519,6 +533,8 @@ pub struct Index {
     pub(crate) cold: Option<crate::cold::Cold>,
     /// Spill lists by fine cluster ([`Index::spill`]); empty when the index has none.
     pub(crate) spill: Vec<crate::spill::SpillList>,
+    /// The 1-bit first stage of LOD 2 ([`Index::enable_bitq`]); `None` when the index has none.
+    pub(crate) bitq: Option<Box<crate::bitq::BitQ>>,
     /// Which state of the members this is: taken fresh ([`next_stamp`]) by the build and by every change
     /// of which row sits where (insert, delete, rebalance; spill lists leave the members in place); a
     /// clone keeps it, since it holds the same rows in the same places. A [`crate::ResolvedFilter`] remembers the stamp it was made for.
@@ -578,6 +594,12 @@ fn prefetch_lines(bytes: &[u8], max_bytes: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (bytes, max_bytes);
+}
+
+/// The bytes of an f32 slice (for [`prefetch_lines`]).
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: any initialised f32 is 4 initialised bytes; u8 has alignment 1; the length is in bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }
 
 fn bias(metric: Metric, v: &[f32]) -> f32 {
@@ -983,6 +1005,7 @@ impl Index {
             cold: None,
             spill: Vec::new(),
             stamp: next_stamp(),
+            bitq: None,
         })
     }
 
@@ -1038,6 +1061,7 @@ impl Index {
         4 * (self.p.coarse.len() + self.p.fine.len() + self.p.pq_codebook.len())
             + self.p.clusters.iter().map(|c| c.codes.len()).sum::<usize>()
             + self.spill_bytes()
+            + self.bitq_bytes()
     }
 
     fn check_query(&self, q: &[f32], k: usize) -> Result<()> {
@@ -1550,7 +1574,16 @@ impl Index {
         s.ranked = s.fine.len();
         s.probed = 0;
         s.scanned = 0;
+        s.refined = 0;
         s.top.reset_watching(depth, if stop.is_some() { k } else { 0 });
+        // The 1-bit first stage runs in LOD 2 (the only caller without an exact front).
+        let bitq = if exact_front || !self.spill.is_empty() { None } else { self.bitq.as_deref() };
+        let q_sq = if let Some(b) = bitq {
+            b.prepare(&s.q, &mut s.bq);
+            crate::kernels::dot_with(self.isa, &s.q, &s.q)
+        } else {
+            0.0
+        };
         let mut seen = 0usize;
         let mut i = 0;
         while i < s.fine.len() {
@@ -1573,7 +1606,16 @@ impl Index {
             // The next cluster's codes start a new stream the hardware prefetcher has not seen: ask for
             // its first lines while this cluster is scored.
             if let Some(&(_, next)) = s.fine.get(i) {
-                prefetch_lines(&self.p.clusters[next as usize].codes, PREFETCH_CODE_BYTES);
+                match bitq.and_then(|b| b.list(next as usize)) {
+                    // With the 1-bit stage the next cluster's 1-bit codes and factors are read first.
+                    Some(list) => {
+                        prefetch_lines(list.codes, PREFETCH_CODE_BYTES);
+                        for factors in [list.k0, list.k1, list.k2] {
+                            prefetch_lines(bytemuck_f32(factors), 256);
+                        }
+                    }
+                    None => prefetch_lines(&self.p.clusters[next as usize].codes, PREFETCH_CODE_BYTES),
+                }
                 if let Some(list) = self.spill.get(next as usize) {
                     prefetch_lines(&list.codes, PREFETCH_CODE_BYTES);
                 }
@@ -1586,7 +1628,19 @@ impl Index {
             // The spill list's codes are residuals to the same centroid: the same base.
             let base = qc + q_min;
             if m > 0 {
-                self.score_codes(&cl.codes, m, &cl.half_sq_norms, f, base, inv, s);
+                match bitq {
+                    // Until the collector holds `depth` estimates every member would pass: the 1-bit
+                    // pass would only add work.
+                    Some(_) if s.top.threshold() == f32::NEG_INFINITY => {
+                        s.refined += m;
+                        self.score_codes(&cl.codes, m, &cl.half_sq_norms, f, base, inv, s)
+                    }
+                    Some(b) if b.list(f as usize).is_some_and(|l| l.k0.len() == m) => {
+                        let qc_norm = (q_sq - 2.0 * qc + b.c_sq[f as usize]).max(0.0).sqrt();
+                        self.score_bitq(b, cl, f, qc, qc_norm, base, inv, s);
+                    }
+                    _ => self.score_codes(&cl.codes, m, &cl.half_sq_norms, f, base, inv, s),
+                }
             }
             if let Some(list) = self.spill.get(f as usize)
                 && !list.ids.is_empty()
@@ -1630,6 +1684,58 @@ impl Index {
         s.scores.clear();
         s.scores.extend(s.est.iter().zip(half_sq_norms).map(|(&e, h)| base + e as f32 * inv - h));
         s.top.offer(cluster, &s.scores);
+    }
+
+    /// The 1-bit first stage over cluster `f` (`cl`, centroid score `qc`, `|q - c| = qc_norm`): every
+    /// member's upper bound from its 1-bit code; only the members whose bound reaches `s.top`'s threshold
+    /// are scored by their code into `s.top` (`base + estimate * inv`, minus `|x|^2 / 2` for L2), as [`score_codes`](Self::score_codes)
+    /// scores them. See `bitq.rs` for the estimator and its bound.
+    #[allow(clippy::too_many_arguments, reason = "internal; the state of scan_codes")]
+    fn score_bitq(
+        &self,
+        b: &crate::bitq::BitQ,
+        cl: &Cluster,
+        f: u32,
+        qc: f32,
+        qc_norm: f32,
+        base: f32,
+        inv: f32,
+        s: &mut Scratch,
+    ) {
+        let m = cl.len();
+        let half = &cl.half_sq_norms;
+        b.upper(self.isa, &s.bq, f as usize, (qc, qc_norm, s.fine_err), half, &mut s.est, &mut s.row_scores);
+        // A member whose upper bound is below the depth-th best estimate held cannot enter the re-rank
+        // by its true score (the threshold only rises; only its code estimate's own error could lift it in).
+        let threshold = s.top.threshold();
+        s.surv.clear();
+        s.surv.extend((0..m as u32).filter(|&i| s.row_scores[i as usize] >= threshold));
+        if s.surv.is_empty() {
+            return;
+        }
+        s.refined += s.surv.len();
+        let kind = self.p.config.codes;
+        let stride = kind.stride(self.p.dim);
+        // The survivors' rows are scattered over the cluster's codes: ask for all of them before the
+        // first is copied.
+        for &i in &s.surv {
+            prefetch_lines(&cl.codes[i as usize * stride..][..stride], stride);
+        }
+        s.gather.clear();
+        for &i in &s.surv {
+            s.gather.extend_from_slice(&cl.codes[i as usize * stride..][..stride]);
+        }
+        s.est.resize(s.surv.len(), 0);
+        match kind {
+            CodeKind::Sq8 => sq8_dots_with(self.isa, &s.qi8, &s.gather, stride, &mut s.est),
+            _ => crate::kernels::sq4_dots_with(self.isa, &s.qi8, &s.gather, stride, &mut s.est),
+        }
+        for (&i, &e) in s.surv.iter().zip(&s.est) {
+            let score = base + e as f32 * inv - half.get(i as usize).copied().unwrap_or(0.0);
+            if score > s.top.threshold() {
+                s.top.push(Entry { score, cluster: f, pos: i });
+            }
+        }
     }
 
     /// LOD 2: exact scores of the best `depth` distinct candidates in `s.top`, best `k` first.
@@ -1781,6 +1887,8 @@ impl Index {
             return Err(Error::DuplicateId { id });
         }
         let data = prepare_rows(self.metric(), vectors, dim)?;
+        // The 1-bit lists follow the members' order; a changed cluster would not match them.
+        self.bitq = None;
         let routes: Vec<usize> = data.par_chunks(dim).map(|x| self.route(x)).collect();
         self.stamp = next_stamp();
         let mut touched = HashSet::new();
@@ -1843,6 +1951,9 @@ impl Index {
         }
         if removed > 0 && !self.spill.is_empty() {
             self.unspill(ids);
+        }
+        if removed > 0 {
+            self.bitq = None;
         }
         removed
     }

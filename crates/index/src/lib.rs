@@ -28,6 +28,7 @@
 //! # Ok::<(), m2m_index::Error>(())
 //! ```
 
+mod bitq;
 mod codes;
 mod cold;
 mod error;
@@ -44,6 +45,7 @@ mod topk;
 mod validate;
 mod view;
 
+pub use bitq::BITQ_EPS;
 pub use codes::{Codes, SharedBytes};
 pub use cold::{ClusterRows, ColdRows, RowCache};
 pub use error::{Error, Result};

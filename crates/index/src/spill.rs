@@ -61,6 +61,8 @@ impl Index {
             });
         }
         self.spill = Vec::new();
+        // The 1-bit stage does not cover spill lists.
+        self.bitq = None;
         let n_fine = self.n_fine();
         if n_fine < 2 {
             return Ok(0);

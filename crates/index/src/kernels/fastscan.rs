@@ -133,20 +133,3 @@ pub(super) fn pq4_scan_scalar(lut: &[u8], codes: &[u8], pairs: usize, out: &mut 
         chunk.copy_from_slice(&acc[..chunk.len()]);
     }
 }
-
-/// Adds the u16 accumulators of one flush into a block's u32 totals: `lo` and `hi` hold the even/odd
-/// interleaved sums of rows 0..16 and 16..32 (see the module docs), `lanes` 128-bit lanes of 8 words each,
-/// every lane a different sub-space of the same rows.
-#[cfg(target_arch = "x86_64")]
-pub(super) fn fold_flush(tot: &mut [i32; FS_BLOCK], a_lo: &[u16], b_lo: &[u16], a_hi: &[u16], b_hi: &[u16]) {
-    for (half, (a, b)) in [(a_lo, b_lo), (a_hi, b_hi)].into_iter().enumerate() {
-        for (lane_a, lane_b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-            for i in 0..8 {
-                let odd = lane_b[i];
-                let even = lane_a[i].wrapping_sub(odd << 8);
-                tot[16 * half + 2 * i] += i32::from(even);
-                tot[16 * half + 2 * i + 1] += i32::from(odd);
-            }
-        }
-    }
-}

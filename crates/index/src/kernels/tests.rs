@@ -392,7 +392,8 @@ proptest! {
     /// Every ISA's fast-scan sums equal the plain sum of looked-up bytes over the unpacked codes, to the
     /// integer. Rows 0..100 cover partial and several blocks; m 1..40 odd and even sub-space counts (the
     /// padding sub-space, AVX-512's odd last pair). Catches a swapped nibble half (rows j and 16 + j), a
-    /// lane holding the wrong sub-space, a wrong even/odd recovery in `fold_flush`, and a block stride
+    /// lane holding the wrong sub-space, a wrong even/odd recovery in the folds (`fold_avx2`,
+    /// `fold_flush_avx512`), and a block stride
     /// off by a pair.
     #[test]
     fn pq4_fastscan_matches_the_unpacked_sums(rows in 0usize..100, m in 1usize..40, seed in any::<u64>()) {

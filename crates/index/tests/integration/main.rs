@@ -1,6 +1,7 @@
 //! Integration tests of m2m-index: recall against brute force at every level of detail, every metric,
 //! typed errors, updates, and serialisation.
 
+mod bitq;
 mod centroids;
 mod filter;
 mod lod;
