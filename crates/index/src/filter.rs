@@ -40,9 +40,12 @@
 //!
 //! The model counts work in full-vector dot products: an in-cluster search ranks its share of the fine
 //! centroids (one each), scores its matching candidates by code ([`CODE_COST`] each) and re-ranks its
-//! depth (one each); an exact scan costs one per matching row. Testing whether a row matches costs
-//! [`CHECK_COST`] when the filter must be asked row by row, nothing when it was resolved up front. The
-//! cheaper plan runs. The selectivity comes from, in order: the resolved filter (exact), the filter's
+//! depth (one each); an exact scan costs one per matching row. The cheaper plan runs. A filter asked
+//! row by row pays about [`CHECK_COST`] more per row it asks about, which the model leaves out on
+//! purpose: the plan is the one a resolved filter would get, so that a query gets the same answer
+//! before and after its filter is resolved (the facade resolves a single query's filter at its second
+//! use; with the check weighed, a first call took an exact scan where the later ones searched in
+//! clusters, and some answers differed). The selectivity comes from, in order: the resolved filter (exact), the filter's
 //! [`selectivity`](RowFilter::selectivity), the length of its [`matching_ids`](RowFilter::matching_ids),
 //! and else the matching share of the rows of the first `nprobe` probed clusters (a sample that an
 //! in-cluster search checks anyway; it then either goes on or turns into an exact scan).
@@ -285,8 +288,9 @@ impl Mask {
 ///
 /// It is tied to the rows of the index it was resolved against: an insert, delete or rebalance of that
 /// index moves rows, and a search under it then returns [`Error::StaleFilter`] (check with
-/// [`Index::is_current`]). A clone of that index, unchanged, takes it. Its size is one bit per row plus
-/// 12 bytes per fine cluster ([`heap_bytes`](Self::heap_bytes)).
+/// [`Index::is_current`]). A clone of that index, unchanged, takes it. Its size is one bit per row
+/// (each fine cluster's bits starting on a 64-bit word) plus 12 bytes per fine cluster
+/// ([`heap_bytes`](Self::heap_bytes)).
 #[derive(Clone, Debug)]
 pub struct ResolvedFilter {
     mask: Mask,
@@ -329,6 +333,10 @@ struct FilterScratch {
     rows: Vec<(u32, u32)>,
     visited: Vec<bool>,
 }
+
+/// Past this k a one-query search under a resolved filter gives its per-thread buffers back (see
+/// `search_resolved`).
+const KEEP_SCRATCH_K: usize = 1024;
 
 thread_local! {
     /// The working memory of one-query searches under a resolved filter, kept per thread: a call then
@@ -452,7 +460,15 @@ impl Index {
         self.check_filtered(query.len(), k)?;
         let src = Source::Mask(&filter.mask);
         FILTER_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut fs) => self.filtered_one(query, k, lod, params, src, &options, &mut fs),
+            Ok(mut fs) => {
+                let found = self.filtered_one(query, k, lod, params, src, &options, &mut fs);
+                // The kept buffers grow with k (the candidates' heaps): a call of a large k does not
+                // leave them that large for the thread's life.
+                if k > KEEP_SCRATCH_K {
+                    *fs = FilterScratch::default();
+                }
+                found
+            }
             // Entered again on this thread while a search holds it (nothing in the search calls back
             // today; a row cache or a work-stealing pool could): a scratch of its own, never a panic.
             Err(_) => self.filtered_one(query, k, lod, params, src, &options, &mut FilterScratch::default()),
@@ -535,6 +551,8 @@ impl Index {
         options: FilterOptions,
     ) -> Result<Vec<(Vec<Hit>, FilterStats)>> {
         self.check_batch(queries.len(), k)?;
+        // No more hits than rows: a huge k would otherwise size buffers by it.
+        let k = k.min(self.len().max(1));
         queries
             .par_chunks(self.dim())
             .map_init(FilterScratch::default, |fs, q| {
@@ -568,6 +586,7 @@ impl Index {
     ) -> Result<(Vec<Hit>, FilterStats)> {
         let force = options.plan;
         self.check_filtered(query.len(), k)?;
+        let k = k.min(self.len().max(1));
         let q = self.prepare(query, &mut fs.s)?;
         let n = self.len();
         let mut stats = FilterStats::default();
@@ -606,7 +625,7 @@ impl Index {
                 let exact_rows = lod == Lod::Rerank;
                 let plan = match (force, known) {
                     (Some(p @ (FilterPlan::InCluster | FilterPlan::ExactScan)), _) => p,
-                    (_, Some(s)) => self.choose(s, nprobe, depth, src),
+                    (_, Some(s)) => self.choose(s, nprobe, depth),
                     // Unknown: start in-cluster; its first clusters measure the selectivity.
                     (_, None) => FilterPlan::InCluster,
                 };
@@ -643,8 +662,9 @@ impl Index {
         Ok((entries.iter().map(|e| self.hit(&q, e)).collect(), stats))
     }
 
-    /// The cost model of the module documentation: which plan is cheaper at selectivity `s`.
-    fn choose(&self, s: f64, nprobe: usize, depth: usize, src: Source<'_>) -> FilterPlan {
+    /// The cost model of the module documentation: which plan is cheaper at selectivity `s`, the same
+    /// for a filter asked row by row as for a resolved one (see there).
+    fn choose(&self, s: f64, nprobe: usize, depth: usize) -> FilterPlan {
         let n = self.len() as f64;
         let n_fine = self.n_fine().max(1) as f64;
         let mean = n / n_fine;
@@ -652,15 +672,8 @@ impl Index {
         let need = (nprobe as f64 * mean).max(depth as f64);
         let probes = (need / (s * mean)).min(n_fine);
         let ranked = (Self::rank_target(probes.ceil() as usize) as f64).min(n_fine);
-        let (check_in, check_exact) = match src {
-            Source::Mask(_) => (0.0, 0.0),
-            // An exact scan looks listed ids up (about a check each) or asks about every row.
-            Source::Lazy(f) => {
-                (CHECK_COST, if f.matching_ids().is_some() { CHECK_COST * s * n } else { CHECK_COST * n })
-            }
-        };
-        let in_cluster = ranked + need.min(s * n) * CODE_COST + depth as f64 + probes * mean * check_in;
-        let exact = s * n + check_exact;
+        let in_cluster = ranked + need.min(s * n) * CODE_COST + depth as f64;
+        let exact = s * n;
         if exact <= in_cluster { FilterPlan::ExactScan } else { FilterPlan::InCluster }
     }
 
@@ -848,7 +861,7 @@ impl Index {
                     let need = ((rows as f64 * widen).ceil() as usize).max(k);
                     let s_local = matched as f64 / stats.rows_checked as f64;
                     stats.selectivity = s_local;
-                    if matched < need && self.choose(s_local, nprobe, depth, src) == FilterPlan::ExactScan {
+                    if matched < need && self.choose(s_local, nprobe, depth) == FilterPlan::ExactScan {
                         return None;
                     }
                 }

@@ -1110,6 +1110,8 @@ impl Index {
         s: &mut Scratch,
     ) -> Result<Vec<Hit>> {
         self.check_query(query, k)?;
+        // No more hits than rows: a huge k would otherwise size buffers by it (and overflow products).
+        let k = k.min(self.len().max(1));
         let q = self.prepare(query, s)?;
         let resolved;
         // LOD 2 left to the index follows the calibrated probe rule, if the calibration chose one.
@@ -1174,6 +1176,7 @@ impl Index {
         if k == 0 {
             return Err(Error::ZeroK);
         }
+        let k = k.min(self.len().max(1));
         if lod == Lod::Exact {
             return self.exact_batch(queries, n, k);
         }

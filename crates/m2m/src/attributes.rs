@@ -43,6 +43,44 @@ pub(crate) const KEPT_BYTES: usize = 64 << 20;
 /// Single-query filters remembered as seen (not resolved), most recent first.
 const SEEN_FILTERS: usize = 32;
 
+/// Largest filter (its own bytes: fields, values, nesting) the engine remembers or keeps: a larger one
+/// (an allow-list of many values) is resolved for its call and forgotten, so that the filters held as
+/// keys stay within (8 + 32) x 64 KiB whatever the callers send.
+const KEY_BYTES: usize = 64 << 10;
+
+/// Bytes `filter` holds (its nodes, strings and values; an estimate of the heap it takes), counted
+/// without recursion (a filter is checked for depth after the look-up).
+fn filter_bytes(filter: &Filter) -> usize {
+    let scalar = |v: &m2m_tier::Scalar| {
+        std::mem::size_of::<m2m_tier::Scalar>() + if let m2m_tier::Scalar::Str(s) = v { s.len() } else { 0 }
+    };
+    let (mut bytes, mut stack) = (0usize, vec![filter]);
+    while let Some(f) = stack.pop() {
+        bytes += std::mem::size_of::<Filter>();
+        bytes += match f {
+            Filter::Eq { field, value } => field.len() + scalar(value),
+            Filter::In { field, values } => field.len() + values.iter().map(scalar).sum::<usize>(),
+            Filter::Range { field, gte, gt, lte, lt } => {
+                field.len() + [gte, gt, lte, lt].into_iter().flatten().map(scalar).sum::<usize>()
+            }
+            Filter::Tag { field, value } => field.len() + value.len(),
+            Filter::IsNull { field } => field.len(),
+            Filter::And(all) | Filter::Or(all) => {
+                stack.extend(all);
+                0
+            }
+            Filter::Not(f) => {
+                stack.push(f);
+                0
+            }
+        };
+        if bytes > KEY_BYTES {
+            break;
+        }
+    }
+    bytes
+}
+
 /// The filters an engine keeps resolved, and those a single query has seen once (see the module
 /// documentation). Behind a lock: retrieval takes `&self` and may run on many threads; the lock is held
 /// for the look-up only, never during a search.
@@ -90,6 +128,11 @@ impl FilterCache {
     }
 
     fn lookup(&self, filter: &Filter, attrs: u64, index: &Index, single: bool) -> Lookup {
+        if filter_bytes(filter) > KEY_BYTES {
+            // Never remembered nor kept (see `KEY_BYTES`): a single query asks it row by row, a batch
+            // resolves it for itself.
+            return if single { Lookup::New } else { Lookup::Seen };
+        }
         let mut st = self.state();
         // Entries of another state of the attributes or the index can never be used again.
         st.kept.retain(|e| e.attrs == attrs && index.is_current(&e.resolved));
@@ -113,7 +156,8 @@ impl FilterCache {
     }
 
     fn keep(&self, filter: &Filter, attrs: u64, resolved: Arc<ResolvedFilter>) {
-        if resolved.heap_bytes() > KEPT_BYTES {
+        let key = filter_bytes(filter);
+        if key > KEY_BYTES || resolved.heap_bytes() + key > KEPT_BYTES {
             return;
         }
         let mut st = self.state();
@@ -122,7 +166,7 @@ impl FilterCache {
         let mut bytes = 0usize;
         let mut n = 0usize;
         for e in &st.kept {
-            bytes += e.resolved.heap_bytes();
+            bytes += e.resolved.heap_bytes() + filter_bytes(&e.filter);
             if bytes > KEPT_BYTES || n == KEPT_FILTERS {
                 break;
             }
@@ -136,6 +180,21 @@ impl FilterCache {
     pub(crate) fn kept(&self) -> usize {
         self.state().kept.len()
     }
+}
+
+/// The index's own errors for a call it would refuse (k = 0, a query of the wrong length, a ragged
+/// batch), before its filter is resolved and kept: a refused call does no work for its filter.
+fn refuse_before_resolving(len: usize, dim: usize, k: usize, single: bool) -> Result<()> {
+    if k == 0 {
+        return Err(Error::Index(m2m_index::Error::ZeroK));
+    }
+    if single && len != dim {
+        return Err(Error::Index(m2m_index::Error::DimensionMismatch { expected: dim, got: len }));
+    }
+    if !single && !len.is_multiple_of(dim) {
+        return Err(Error::Index(m2m_index::Error::RaggedBatch { len, dim }));
+    }
+    Ok(())
 }
 
 /// How a call searches under its filter.
@@ -269,6 +328,7 @@ impl M2m {
     ) -> Result<Vec<Hit>> {
         let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve_filtered" })?;
         let k = crate::validate::bound_k(k, self.len());
+        refuse_before_resolving(query.len(), self.config.dim, k, true)?;
         let hits = match self.under(index, filter, true)? {
             Under::Resolved(r) => index.search_resolved(query, k, lod, params, &r, None)?.0,
             Under::Ids(rows) => index.search_filtered(query, k, lod, params, &rows)?,
@@ -301,6 +361,7 @@ impl M2m {
         let index = self.index.as_ref().ok_or(Error::NoIndex { what: "retrieve_batch_filtered" })?;
         let k = crate::validate::bound_k(k, self.len());
         let single = queries.len() <= self.config.dim;
+        refuse_before_resolving(queries.len(), self.config.dim, k, false)?;
         let all: Vec<Vec<m2m_index::Hit>> = match self.under(index, filter, single)? {
             Under::Resolved(r) => {
                 index.search_batch_resolved(queries, k, lod, params, &r, None)?.into_iter().map(|r| r.0).collect()
@@ -321,7 +382,7 @@ impl M2m {
 mod tests {
     use super::*;
     use crate::{DigitsConfig, M2mConfig, digits_on_sphere};
-    use m2m_tier::Column;
+    use m2m_tier::{Column, Scalar};
 
     fn engine() -> (M2m, Vec<f32>) {
         let d = digits_on_sphere(&DigitsConfig { rows: 2_000, queries: 4, dim: 32, ..Default::default() }).unwrap();
@@ -366,5 +427,30 @@ mod tests {
         engine.set_attributes(&[0], &one).unwrap();
         engine.retrieve_filtered(q, 5, Lod::Rerank, &label(4)).unwrap();
         assert_eq!(engine.filters.kept(), 0);
+    }
+
+    /// A filter too large to hold as a key (an allow-list of 20,000 values, ~0.5 MB) is answered but
+    /// never remembered nor kept, single or batch; a refused call (k = 0, a query of another length)
+    /// resolves and keeps nothing. Mutations caught: `lookup` or `keep` without the `KEY_BYTES` test
+    /// (the large filter kept: 1), `filter_bytes` missing `In`'s values, the checks moved after `under`.
+    #[test]
+    fn large_filters_and_refused_calls_are_not_kept() {
+        let (engine, queries) = engine();
+        let q = &queries[..32];
+        let big = Filter::In { field: "label".into(), values: (0..20_000).map(Scalar::Int).collect() };
+        assert!(filter_bytes(&big) > KEY_BYTES);
+        for _ in 0..3 {
+            assert_eq!(engine.retrieve_filtered(q, 5, Lod::Rerank, &big).unwrap().len(), 5);
+        }
+        engine.retrieve_batch_filtered(&queries[..64], 5, Lod::Rerank, &big).unwrap();
+        let st = engine.filters.state();
+        assert_eq!((st.kept.len(), st.seen.len()), (0, 0), "a large filter was remembered");
+        drop(st);
+        for _ in 0..2 {
+            assert!(engine.retrieve_filtered(q, 0, Lod::Rerank, &label(2)).is_err());
+            assert!(engine.retrieve_filtered(&q[..31], 5, Lod::Rerank, &label(2)).is_err());
+        }
+        assert!(engine.retrieve_batch_filtered(&queries[..63], 5, Lod::Rerank, &label(2)).is_err());
+        assert_eq!(engine.filters.kept(), 0, "a refused call kept its filter");
     }
 }

@@ -51,12 +51,12 @@ impl IdRuns {
     /// ascending order, extend it in place; any other id is placed in its run (logarithmic).
     pub(crate) fn insert(&mut self, ids: &[u64]) {
         for &id in ids {
-            if let Some(mut last) = self.runs.last_entry() {
-                if last.get().checked_add(1) == Some(id) {
-                    *last.get_mut() = id;
-                    self.len += 1;
-                    continue;
-                }
+            if let Some(mut last) = self.runs.last_entry()
+                && last.get().checked_add(1) == Some(id)
+            {
+                *last.get_mut() = id;
+                self.len += 1;
+                continue;
             }
             self.insert_one(id);
         }

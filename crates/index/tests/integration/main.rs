@@ -8,5 +8,6 @@ mod lod;
 mod pq;
 mod probe;
 mod recall;
+mod resolved;
 mod spill;
 mod updates;
