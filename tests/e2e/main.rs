@@ -1,6 +1,7 @@
 //! End-to-end tests through the facade: data made, written, streamed and ingested as a user would.
 
 mod attributes;
+mod compaction;
 mod engine;
 mod hostile;
 mod training;

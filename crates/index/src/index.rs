@@ -789,7 +789,7 @@ impl Index {
         let dim = self.p.dim;
         let n = self.len();
         let n_fine = self.n_fine();
-        if n <= k + 1 {
+        if n <= k.saturating_add(1) {
             self.p.probe_rule = None;
             self.p.default_nprobe = n_fine.max(1);
             return Ok((self.p.default_nprobe, 1.0));

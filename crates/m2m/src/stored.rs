@@ -179,7 +179,14 @@ pub(crate) fn attach(index: &mut Index, files: &[Arc<SectionFile>], budget: u64)
 /// damaged bytes are not copied into a new file under a fresh checksum, where `m2m verify` would no
 /// longer see them.
 pub(crate) fn verify(files: &[Arc<SectionFile>]) -> Result<()> {
-    files.iter().try_for_each(|f| f.verify()).map_err(Error::Tier)
+    files.iter().try_for_each(|f| {
+        let checked = f.verify();
+        // The pages just read leave the process (the warm cache's budget holds during a compaction).
+        if let Err(e) = f.unmap_pages() {
+            tracing::debug!("m2m: could not release the pages of {}: {e}", f.path().display());
+        }
+        checked.map_err(Error::Tier)
+    })
 }
 
 /// Puts the warm cache of `budget` bytes (the engine's `warm_budget_bytes`) in front of the mapped

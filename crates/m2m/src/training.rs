@@ -490,16 +490,24 @@ impl M2m {
                     .filter_map(|id| Some((old.site(old_index.as_ref(), id)?, index.cluster_of(id)?)))
                     .collect();
                 let graph = site_graph(index)?;
-                // The new index is committed by now: a pile that cannot be carried over is started afresh
-                // (a warning), never an error that would leave the engine without a controller.
+                // The new index is committed by now: a pile that cannot be carried over is never an error
+                // that would leave the engine without a controller. A damaged saved pile starts afresh (a
+                // warning; the next save replaces it, as `Controller::pile` does for a writer); a saved
+                // pile that could not be read for another reason (IO, a newer version) stays pending on
+                // its blob, which nothing overwrites until it is read (carried over onto these clusters
+                // then), so that a transient error or a downgrade does not destroy it.
                 let carried = old
                     .pile(old_index.as_ref())
                     .and_then(|p| p.with(|p| Sandpile::carried_over(graph.clone(), p, &pairs))?.map_err(Error::from));
                 match carried {
                     Ok(pile) => Pile::new(pile),
-                    Err(e) => {
+                    Err(e @ Error::Tier(m2m_tier::Error::Corrupt { .. })) | Err(e @ Error::Soc(_)) => {
                         tracing::warn!("m2m: the SOC pile could not be carried over ({e}); it starts afresh");
                         Pile::new(Sandpile::new(graph, SocConfig::default())?)
+                    }
+                    Err(e) => {
+                        tracing::warn!("m2m: the saved SOC pile could not be read ({e}); left as it is");
+                        Pile::pending(index.n_fine(), old.pile.saved_in())
                     }
                 }
             }
@@ -602,7 +610,18 @@ impl M2m {
         if self.is_read_only() || ctl.pile.untouched() {
             return Ok(());
         }
-        let (loads, activity, drawn, lossy) = ctl.pile(self.index.as_ref())?.with(|p| {
+        // Called after a flush, compaction or build committed: a pile that cannot be made (its saved
+        // state unreadable for a reason other than damage, which a writer replaces) is not saved, with a
+        // warning, rather than reported as a failure of what was committed. `tick` reads it first and
+        // returns the error.
+        let pile = match ctl.pile(self.index.as_ref()) {
+            Ok(pile) => pile,
+            Err(e) => {
+                tracing::warn!("m2m: the SOC pile is not saved: {e}");
+                return Ok(());
+            }
+        };
+        let (loads, activity, drawn, lossy) = pile.with(|p| {
             let (d, l) = p.loss_memory();
             (p.loads().to_vec(), p.activity().to_vec(), d.to_vec(), l.to_vec())
         })?;

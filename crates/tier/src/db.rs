@@ -825,6 +825,12 @@ impl Db {
     /// segment with its current attributes, and starts a new log: what compaction does, and what a flush
     /// does after attributes of segment rows changed.
     fn merge_now(&mut self) -> Result<()> {
+        // Segments are opened without their vectors' checksum (`Segment::verify` reads them): checked
+        // here first, so that a damaged vector is never copied into a new segment under a fresh checksum,
+        // where `m2m verify` would no longer see it. Refused, naming the segment, with nothing written.
+        for s in &self.segments {
+            s.verify()?;
+        }
         let mut merged = Columns::empty(self.manifest.dim);
         self.segments.iter().for_each(|s| merged.extend(s.columns()));
         merged.remove(&self.deleted);

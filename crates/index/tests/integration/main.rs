@@ -2,6 +2,7 @@
 //! typed errors, updates, and serialisation.
 
 mod bitq;
+mod bounds;
 mod centroids;
 mod filter;
 mod lod;
