@@ -24,25 +24,18 @@ is the same in every cascade and left out.
 
     /tmp/peers/bin/python benches/rabitq_sim.py 500      # queries used (the first N)
 """
+import os
 import sys
 import numpy as np
 import faiss
 
-
-def fvecs(p):
-    a = np.fromfile(p, dtype=np.int32)
-    return a.reshape(-1, a[0] + 1)[:, 1:].view(np.float32).copy()
-
-
-def ivecs(p):
-    a = np.fromfile(p, dtype=np.int32)
-    return a.reshape(-1, a[0] + 1)[:, 1:].copy()
-
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
+from benchutil import read_fvecs, read_ivecs  # noqa: E402  (the peers' readers, not a second copy)
 
 D = "/work/shared/data/minilm70k/minilm70k"
-X = fvecs(D + ".base.fvecs")
-Q = fvecs(D + ".query.fvecs")
-G = ivecs(D + ".gt.ivecs")[:, :10]
+X = read_fvecs(D + ".base.fvecs", mmap=False).copy()
+Q = read_fvecs(D + ".query.fvecs", mmap=False).copy()
+G = read_ivecs(D + ".gt.ivecs")[:, :10].copy()
 X /= np.linalg.norm(X, axis=1, keepdims=True)
 Q /= np.linalg.norm(Q, axis=1, keepdims=True)
 nq = int(sys.argv[1]) if len(sys.argv) > 1 else 500
